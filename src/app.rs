@@ -1,0 +1,312 @@
+//! Wiring: opens the log and the store, rebuilds state by replaying the log, bootstraps the
+//! organisation and its admin key, and runs the log consumer that feeds the usage store.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::codec::{self, CodecError};
+use crate::crypto::{self, Sealer};
+use crate::domain::pricing::PriceTable;
+use crate::domain::*;
+use crate::log::file::FileLog;
+use crate::log::{EventLog, LogError, Topic};
+use crate::settings::Settings;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{StoreError, UsageStore};
+use crate::telemetry::Metrics;
+
+/// Why the application could not start or commit.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("master key: {0}")]
+    MasterKey(String),
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("price table: {0}")]
+    Prices(String),
+    #[error("upstream client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// The store consumer's name in `consumer_offsets`.
+const STORE_CONSUMER: &str = "embedded-store";
+/// The slug of the workspace every organisation starts with.
+pub const DEFAULT_WORKSPACE_SLUG: &str = "ws-default";
+/// The id of the bootstrap admin key record.
+const BOOTSTRAP_KEY_ID: &str = "admin-bootstrap";
+
+/// Everything the roles share. State is behind a read-write lock: requests take short read
+/// locks; the only writers are event applications, which are brief and never await.
+pub struct Core {
+    pub state: RwLock<State>,
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn UsageStore>,
+    pub sealer: Sealer,
+    pub prices: PriceTable,
+    pub metrics: Metrics,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    /// Serialises admin commands so read-modify-write of an entity never races.
+    pub admin_lock: tokio::sync::Mutex<()>,
+}
+
+/// What starting produced besides the core: an admin key generated on first start (shown once).
+pub struct Started {
+    pub core: Arc<Core>,
+    pub generated_admin_key: Option<String>,
+}
+
+impl Core {
+    /// Opens the embedded backends in the data dir and rebuilds state.
+    pub async fn open(settings: Settings) -> Result<Started, AppError> {
+        let dir = settings.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| AppError::DataDir { path: dir.display().to_string(), source })?;
+        let sealer = master_key(&settings, &dir)?;
+        let log: Arc<dyn EventLog> = Arc::new(FileLog::open(&dir.join("log"), settings.usage_fsync)?);
+        let store: Arc<dyn UsageStore> = Arc::new(SqliteStore::open(&dir.join("usage.sqlite"))?);
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        let core = Arc::new(Core {
+            state: RwLock::new(State::default()),
+            log,
+            store,
+            sealer,
+            prices: PriceTable::shipped().map_err(AppError::Prices)?,
+            metrics: Metrics::default(),
+            settings,
+            http,
+            admin_lock: tokio::sync::Mutex::new(()),
+        });
+        core.replay().await?;
+        let generated_admin_key = core.bootstrap().await?;
+        Ok(Started { core, generated_admin_key })
+    }
+
+    /// Folds the whole log into state: config first, then usage.
+    async fn replay(&self) -> Result<(), AppError> {
+        let mut state = State::default();
+        for topic in [Topic::Config, Topic::Usage] {
+            let mut at = 0;
+            loop {
+                let batch = self.log.read(topic, at, 4 << 20).await?;
+                let Some(last) = batch.last() else { break };
+                at = last.next;
+                for r in &batch {
+                    let event = match topic {
+                        Topic::Config => Event::Config(codec::decode_config(&r.payload)?),
+                        Topic::Usage => Event::Usage(codec::decode_usage(&r.payload)?),
+                    };
+                    state.apply(&event);
+                }
+            }
+        }
+        tracing::info!(
+            workspaces = state.workspaces.len(),
+            api_keys = state.api_keys.len(),
+            usage_events = state.usage_events_seen(),
+            "state rebuilt from the log"
+        );
+        *self.state.write() = state;
+        Ok(())
+    }
+
+    /// Makes sure the organisation, its default workspace and the admin key exist.
+    async fn bootstrap(&self) -> Result<Option<String>, AppError> {
+        let now = Millis::now();
+        let mut changes = Vec::new();
+        let (has_org, has_default_ws, bootstrap_key) = {
+            let s = self.state.read();
+            (
+                s.organisation.is_some(),
+                s.workspace(DEFAULT_WORKSPACE_SLUG).is_some(),
+                s.api_keys.get(BOOTSTRAP_KEY_ID).cloned(),
+            )
+        };
+        if !has_org {
+            changes.push(Change::Upsert(Entity::Organisation(Organisation {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: "default".into(),
+                created_at: now,
+            })));
+        }
+        if !has_default_ws {
+            changes.push(Change::Upsert(Entity::Workspace(Workspace {
+                id: uuid::Uuid::new_v4().to_string(),
+                slug: DEFAULT_WORKSPACE_SLUG.into(),
+                name: "Default".into(),
+                description: Some("The organisation's default workspace".into()),
+                defaults: Default::default(),
+                usage_limits: None,
+                rate_limits: vec![],
+                created_at: now,
+                updated_at: now,
+            })));
+        }
+        let mut generated = None;
+        let wanted_hash = self.settings.admin_key.as_deref().map(crypto::hash_api_key);
+        let key = match (&bootstrap_key, wanted_hash) {
+            (Some(k), Some(h)) if crypto::hashes_equal(&k.key_hash, &h) => None,
+            (Some(_), None) => None,
+            (_, Some(h)) => Some((h, self.settings.admin_key.as_deref().map(crypto::mask).unwrap_or_default())),
+            (None, None) => {
+                let secret = crypto::new_api_key();
+                let out = (crypto::hash_api_key(&secret), crypto::mask(&secret));
+                generated = Some(secret);
+                Some(out)
+            }
+        };
+        if let Some((key_hash, masked)) = key {
+            changes.push(Change::Upsert(Entity::ApiKey(ApiKey {
+                id: BOOTSTRAP_KEY_ID.into(),
+                key_hash,
+                masked,
+                name: "Bootstrap admin key".into(),
+                description: Some("Created at first start (TOLLGATE_ADMIN_KEY)".into()),
+                kind: ApiKeyType::OrganisationService,
+                workspace_id: None,
+                user_id: None,
+                scopes: crate::control::api_keys::ADMIN_SCOPES.iter().map(|s| s.to_string()).collect(),
+                defaults: Default::default(),
+                usage_limits: None,
+                rate_limits: vec![],
+                alert_emails: vec![],
+                rotation_policy: None,
+                expires_at: None,
+                creation_mode: "auto".into(),
+                created_by: None,
+                created_at: bootstrap_key.as_ref().map_or(now, |k| k.created_at),
+                updated_at: now,
+            })));
+        }
+        if !changes.is_empty() {
+            self.commit(changes).await?;
+        }
+        Ok(generated)
+    }
+
+    /// Appends config changes durably, then applies them (read-your-writes for the caller).
+    /// Callers hold `admin_lock` so the changes were computed from the state they replace.
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), AppError> {
+        let at = Millis::now();
+        for change in changes {
+            let event = ConfigEvent { event_id: uuid::Uuid::new_v4().to_string(), at, change };
+            let bytes = codec::encode_config(&event)?;
+            self.log.append(Topic::Config, event.key().into_bytes(), bytes).await?;
+            self.metrics.config_events_appended.fetch_add(1, Ordering::Relaxed);
+            self.state.write().apply(&Event::Config(event));
+        }
+        Ok(())
+    }
+
+    /// Appends a usage event durably, then folds it into the running totals.
+    pub async fn record_usage(&self, event: UsageEvent) -> Result<(), AppError> {
+        let bytes = codec::encode_usage(&event)?;
+        self.log.append(Topic::Usage, event.api_key_id.clone().into_bytes(), bytes).await?;
+        self.metrics.usage_events_appended.fetch_add(1, Ordering::Relaxed);
+        self.state.write().apply(&Event::Usage(event));
+        Ok(())
+    }
+
+    /// How many bytes of the usage log the store has not ingested yet.
+    pub async fn store_lag(&self) -> u64 {
+        let end = *self.log.watch_end(Topic::Usage).borrow();
+        let done = self.store.offset(STORE_CONSUMER).await.unwrap_or(0);
+        end.saturating_sub(done)
+    }
+}
+
+/// Reads the master key from the settings, or from `<data dir>/master.key`, generating that
+/// file (mode 0600) on first start.
+fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {
+    if let Some(k) = &settings.master_key {
+        return Sealer::from_base64(k).map_err(|e| AppError::MasterKey(e.to_string()));
+    }
+    let path = dir.join("master.key");
+    let io = |source| AppError::DataDir { path: path.display().to_string(), source };
+    if !path.exists() {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&path).map_err(io)?;
+        f.write_all(Sealer::generate_key().as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        tracing::warn!(
+            path = %path.display(),
+            "generated a master key for provider credentials; back it up, or set TOLLGATE_MASTER_KEY"
+        );
+    }
+    let text = std::fs::read_to_string(&path).map_err(io)?;
+    Sealer::from_base64(&text).map_err(|e| AppError::MasterKey(format!("{}: {e}", path.display())))
+}
+
+/// The embedded aggregator: tails the usage log into the usage store.
+///
+/// Delivery order: read a batch from the log, write its rows *and* the new offset in one store
+/// transaction, then continue. A crash before the commit replays the batch, and the store drops
+/// the events it already has (idempotent on `event_id`), so the store ends up with each event
+/// exactly once.
+pub async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    let mut end = core.log.watch_end(Topic::Usage);
+    let mut at = match core.store.offset(STORE_CONSUMER).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "store sink: cannot read its offset; not running");
+            return;
+        }
+    };
+    loop {
+        if at >= *end.borrow_and_update() {
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                r = end.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        match sink_batch(&core, at).await {
+            Ok(next) => at = next,
+            Err(e) => {
+                tracing::error!(error = %e, "store sink: batch failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn sink_batch(core: &Core, at: u64) -> Result<u64, AppError> {
+    let batch = core.log.read(Topic::Usage, at, 1 << 20).await?;
+    let Some(next) = batch.last().map(|r| r.next) else { return Ok(at) };
+    let mut events = Vec::with_capacity(batch.len());
+    for r in &batch {
+        match codec::decode_usage(&r.payload) {
+            Ok(e) => events.push(e),
+            // An undecodable record can never become decodable; skipping it (loudly) keeps the
+            // store live. It stays in the log for inspection.
+            Err(e) => tracing::error!(offset = r.offset, error = %e, "store sink: skipping undecodable usage record"),
+        }
+    }
+    let new = core.store.ingest(events, STORE_CONSUMER, next).await?;
+    core.metrics.usage_events_stored.fetch_add(new as u64, Ordering::Relaxed);
+    Ok(next)
+}

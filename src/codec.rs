@@ -1,0 +1,401 @@
+//! The wire form of events: Avro single-object encoding (`C3 01`, the writer schema's 8-byte
+//! CRC-64-AVRO fingerprint, then the Avro body), with the schemas in `schemas/`. A reader looks up
+//! the writer schema by fingerprint and resolves it to the current schema, so compatible schema
+//! evolution (new optional fields) reads old and new records alike.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::types::Value;
+use apache_avro::{from_avro_datum, to_avro_datum, Schema};
+use rust_decimal::Decimal;
+
+use crate::domain::*;
+
+/// The current writer schemas.
+pub const USAGE_SCHEMA: &str = include_str!("../schemas/usage_event.v1.avsc");
+pub const CONFIG_SCHEMA: &str = include_str!("../schemas/config_event.v1.avsc");
+
+/// Scale of `cost_usd` on the wire (Avro `decimal(38, 12)`); prices have at most 12 places in dollars.
+const COST_SCALE: u32 = 12;
+
+/// Why an event could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("avro: {0}")]
+    Avro(#[from] apache_avro::Error),
+    #[error("not single-object encoded (bad marker)")]
+    Marker,
+    #[error("unknown writer schema fingerprint {0:016x}")]
+    UnknownSchema(u64),
+    #[error("field {0}: {1}")]
+    Field(&'static str, String),
+    #[error("entity json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+struct Family {
+    current: Schema,
+    header: [u8; 10],
+    writers: HashMap<u64, Schema>,
+}
+
+impl Family {
+    fn new(text: &str) -> Self {
+        // The schemas are compiled in and checked by tests; a parse failure is a build defect.
+        #[allow(clippy::expect_used)]
+        let current = Schema::parse_str(text).expect("embedded schema parses");
+        let fp = current.fingerprint::<Rabin>().bytes;
+        let mut header = [0u8; 10];
+        header[0] = 0xC3;
+        header[1] = 0x01;
+        header[2..].copy_from_slice(&fp[..8]);
+        let mut writers = HashMap::new();
+        writers.insert(fingerprint_u64(&header[2..]), current.clone());
+        Family { current, header, writers }
+    }
+
+    fn encode(&self, value: Value) -> Result<Vec<u8>, CodecError> {
+        let body = to_avro_datum(&self.current, value)?;
+        let mut out = Vec::with_capacity(10 + body.len());
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Vec<(String, Value)>, CodecError> {
+        if bytes.len() < 10 || bytes[0] != 0xC3 || bytes[1] != 0x01 {
+            return Err(CodecError::Marker);
+        }
+        let fp = fingerprint_u64(&bytes[2..10]);
+        let writer = self.writers.get(&fp).ok_or(CodecError::UnknownSchema(fp))?;
+        let mut body = &bytes[10..];
+        match from_avro_datum(writer, &mut body, Some(&self.current))? {
+            Value::Record(fields) => Ok(fields),
+            _ => Err(CodecError::Field("(record)", "not a record".into())),
+        }
+    }
+}
+
+fn fingerprint_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn usage_family() -> &'static Family {
+    static F: OnceLock<Family> = OnceLock::new();
+    F.get_or_init(|| Family::new(USAGE_SCHEMA))
+}
+
+fn config_family() -> &'static Family {
+    static F: OnceLock<Family> = OnceLock::new();
+    F.get_or_init(|| Family::new(CONFIG_SCHEMA))
+}
+
+fn opt(v: &Option<String>) -> Value {
+    match v {
+        Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
+        None => Value::Union(0, Box::new(Value::Null)),
+    }
+}
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_owned())
+}
+
+/// Encodes a usage event.
+pub fn encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
+    let mut cost = e.cost_usd;
+    cost.rescale(COST_SCALE);
+    if cost != e.cost_usd {
+        return Err(CodecError::Field("cost_usd", format!("{} has more than 12 decimal places", e.cost_usd)));
+    }
+    let metadata = e.metadata.iter().map(|(k, v)| (k.clone(), s(v))).collect();
+    let fields = vec![
+        ("event_id".into(), s(&e.event_id)),
+        ("at".into(), Value::TimestampMillis(e.at.0)),
+        ("organisation_id".into(), s(&e.organisation_id)),
+        ("workspace_id".into(), s(&e.workspace_id)),
+        ("api_key_id".into(), s(&e.api_key_id)),
+        ("provider_id".into(), s(&e.provider_id)),
+        ("provider_slug".into(), s(&e.provider_slug)),
+        ("integration_id".into(), s(&e.integration_id)),
+        ("ai_provider".into(), s(&e.ai_provider)),
+        ("department".into(), opt(&e.department)),
+        ("user".into(), opt(&e.user)),
+        ("metadata".into(), Value::Map(metadata)),
+        ("model".into(), s(&e.model)),
+        ("endpoint".into(), s(e.endpoint.as_str())),
+        ("status_code".into(), Value::Int(i32::from(e.status_code))),
+        ("prompt_tokens".into(), Value::Long(e.prompt_tokens as i64)),
+        ("completion_tokens".into(), Value::Long(e.completion_tokens as i64)),
+        ("cached_tokens".into(), Value::Long(e.cached_tokens as i64)),
+        ("cost_usd".into(), Value::Decimal(apache_avro::Decimal::from(cost.mantissa().to_be_bytes()))),
+        ("priced".into(), Value::Boolean(e.priced)),
+        ("usage_source".into(), Value::Enum(u32::from(e.usage_source == UsageSource::Estimated), e.usage_source.as_str().into())),
+        ("latency_ms".into(), Value::Int(e.latency_ms.min(i32::MAX as u32) as i32)),
+        ("upstream_latency_ms".into(), Value::Int(e.upstream_latency_ms.min(i32::MAX as u32) as i32)),
+        ("streamed".into(), Value::Boolean(e.streamed)),
+        ("attempt_index".into(), Value::Int(e.attempt_index as i32)),
+        ("trace_id".into(), s(&e.trace_id)),
+        ("config_id".into(), opt(&e.config_id)),
+    ];
+    usage_family().encode(Value::Record(fields))
+}
+
+/// Field access on a decoded record.
+struct Fields(HashMap<String, Value>);
+
+impl Fields {
+    fn take(&mut self, name: &'static str) -> Result<Value, CodecError> {
+        let v = self.0.remove(name).ok_or(CodecError::Field(name, "missing".into()))?;
+        Ok(match v {
+            Value::Union(_, inner) => *inner,
+            other => other,
+        })
+    }
+
+    fn string(&mut self, name: &'static str) -> Result<String, CodecError> {
+        match self.take(name)? {
+            Value::String(s) | Value::Enum(_, s) => Ok(s),
+            other => Err(CodecError::Field(name, format!("expected string, got {other:?}"))),
+        }
+    }
+
+    fn opt_string(&mut self, name: &'static str) -> Result<Option<String>, CodecError> {
+        match self.take(name)? {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s)),
+            other => Err(CodecError::Field(name, format!("expected string or null, got {other:?}"))),
+        }
+    }
+
+    fn long(&mut self, name: &'static str) -> Result<i64, CodecError> {
+        match self.take(name)? {
+            Value::Long(n) | Value::TimestampMillis(n) => Ok(n),
+            Value::Int(n) => Ok(i64::from(n)),
+            other => Err(CodecError::Field(name, format!("expected number, got {other:?}"))),
+        }
+    }
+
+    fn unsigned<T: TryFrom<i64>>(&mut self, name: &'static str) -> Result<T, CodecError> {
+        T::try_from(self.long(name)?).map_err(|_| CodecError::Field(name, "out of range".into()))
+    }
+
+    fn boolean(&mut self, name: &'static str) -> Result<bool, CodecError> {
+        match self.take(name)? {
+            Value::Boolean(b) => Ok(b),
+            other => Err(CodecError::Field(name, format!("expected boolean, got {other:?}"))),
+        }
+    }
+}
+
+fn record(fields: Vec<(String, Value)>) -> Fields {
+    Fields(fields.into_iter().collect())
+}
+
+/// Decodes a usage event written with any known version of its schema.
+pub fn decode_usage(bytes: &[u8]) -> Result<UsageEvent, CodecError> {
+    let mut f = record(usage_family().decode(bytes)?);
+    let cost = match f.take("cost_usd")? {
+        Value::Decimal(d) => {
+            let b = Vec::<u8>::try_from(&d)?;
+            if b.len() > 16 {
+                return Err(CodecError::Field("cost_usd", "wider than 128 bits".into()));
+            }
+            let fill = if b.first().is_some_and(|x| x & 0x80 != 0) { 0xFF } else { 0 };
+            let mut a = [fill; 16];
+            a[16 - b.len()..].copy_from_slice(&b);
+            Decimal::try_from_i128_with_scale(i128::from_be_bytes(a), COST_SCALE)
+                .map_err(|e| CodecError::Field("cost_usd", e.to_string()))?
+                .normalize()
+        }
+        other => return Err(CodecError::Field("cost_usd", format!("expected decimal, got {other:?}"))),
+    };
+    let metadata = match f.take("metadata")? {
+        Value::Map(m) => m
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+        _ => Metadata::new(),
+    };
+    let endpoint = f.string("endpoint")?;
+    Ok(UsageEvent {
+        event_id: f.string("event_id")?,
+        at: Millis(f.long("at")?),
+        organisation_id: f.string("organisation_id")?,
+        workspace_id: f.string("workspace_id")?,
+        api_key_id: f.string("api_key_id")?,
+        provider_id: f.string("provider_id")?,
+        provider_slug: f.string("provider_slug")?,
+        integration_id: f.string("integration_id")?,
+        ai_provider: f.string("ai_provider")?,
+        department: f.opt_string("department")?,
+        user: f.opt_string("user")?,
+        metadata,
+        model: f.string("model")?,
+        endpoint: Endpoint::parse(&endpoint).ok_or(CodecError::Field("endpoint", endpoint))?,
+        status_code: f.unsigned("status_code")?,
+        prompt_tokens: f.unsigned("prompt_tokens")?,
+        completion_tokens: f.unsigned("completion_tokens")?,
+        cached_tokens: f.unsigned("cached_tokens")?,
+        cost_usd: cost,
+        priced: f.boolean("priced")?,
+        usage_source: match f.string("usage_source")?.as_str() {
+            "estimated" => UsageSource::Estimated,
+            _ => UsageSource::Provider,
+        },
+        latency_ms: f.unsigned("latency_ms")?,
+        upstream_latency_ms: f.unsigned("upstream_latency_ms")?,
+        streamed: f.boolean("streamed")?,
+        attempt_index: f.unsigned("attempt_index")?,
+        trace_id: f.string("trace_id")?,
+        config_id: f.opt_string("config_id")?,
+    })
+}
+
+fn entity_json(e: &Entity) -> Result<String, serde_json::Error> {
+    match e {
+        Entity::Organisation(x) => serde_json::to_string(x),
+        Entity::Workspace(x) => serde_json::to_string(x),
+        Entity::Integration(x) => serde_json::to_string(x),
+        Entity::Provider(x) => serde_json::to_string(x),
+        Entity::Config(x) => serde_json::to_string(x),
+        Entity::ApiKey(x) => serde_json::to_string(x),
+    }
+}
+
+fn entity_from_json(kind: EntityKind, json: &str) -> Result<Entity, serde_json::Error> {
+    Ok(match kind {
+        EntityKind::Organisation => Entity::Organisation(serde_json::from_str(json)?),
+        EntityKind::Workspace => Entity::Workspace(serde_json::from_str(json)?),
+        EntityKind::Integration => Entity::Integration(serde_json::from_str(json)?),
+        EntityKind::Provider => Entity::Provider(serde_json::from_str(json)?),
+        EntityKind::Config => Entity::Config(serde_json::from_str(json)?),
+        EntityKind::ApiKey => Entity::ApiKey(serde_json::from_str(json)?),
+    })
+}
+
+/// Encodes a config event.
+pub fn encode_config(e: &ConfigEvent) -> Result<Vec<u8>, CodecError> {
+    let (kind, id, body) = match &e.change {
+        Change::Upsert(entity) => (entity.kind(), entity.id().to_owned(), Some(entity_json(entity)?)),
+        Change::Delete { kind, id } => (*kind, id.clone(), None),
+    };
+    let index = EntityKind::ALL.iter().position(|k| *k == kind).unwrap_or(0) as u32;
+    let fields = vec![
+        ("event_id".into(), s(&e.event_id)),
+        ("at".into(), Value::TimestampMillis(e.at.0)),
+        ("kind".into(), Value::Enum(index, kind.as_str().into())),
+        ("entity_id".into(), Value::String(id)),
+        ("entity".into(), opt(&body)),
+    ];
+    config_family().encode(Value::Record(fields))
+}
+
+/// Decodes a config event.
+pub fn decode_config(bytes: &[u8]) -> Result<ConfigEvent, CodecError> {
+    let mut f = record(config_family().decode(bytes)?);
+    let kind_name = f.string("kind")?;
+    let kind = EntityKind::parse(&kind_name).ok_or(CodecError::Field("kind", kind_name))?;
+    let id = f.string("entity_id")?;
+    let change = match f.opt_string("entity")? {
+        Some(json) => Change::Upsert(entity_from_json(kind, &json)?),
+        None => Change::Delete { kind, id },
+    };
+    Ok(ConfigEvent { event_id: f.string("event_id")?, at: Millis(f.long("at")?), change })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample_usage() -> UsageEvent {
+        let mut metadata = Metadata::new();
+        metadata.insert("department".into(), "engineering".into());
+        UsageEvent {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            at: Millis(1_735_689_600_123),
+            organisation_id: "org".into(),
+            workspace_id: "ws".into(),
+            api_key_id: "key".into(),
+            provider_id: "prov".into(),
+            provider_slug: "team".into(),
+            integration_id: "int".into(),
+            ai_provider: "openai".into(),
+            department: Some("engineering".into()),
+            user: None,
+            metadata,
+            model: "gpt-4o-mini".into(),
+            endpoint: Endpoint::ChatCompletions,
+            status_code: 200,
+            prompt_tokens: 25,
+            completion_tokens: 24,
+            cached_tokens: 3,
+            cost_usd: "0.000018150001".parse().unwrap(),
+            priced: true,
+            usage_source: UsageSource::Estimated,
+            latency_ms: 12,
+            upstream_latency_ms: 10,
+            streamed: true,
+            attempt_index: 1,
+            trace_id: "trace".into(),
+            config_id: Some("pc-1".into()),
+        }
+    }
+
+    #[test]
+    fn usage_round_trip_is_exact() {
+        let e = sample_usage();
+        let bytes = encode_usage(&e).unwrap();
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(decode_usage(&bytes).unwrap(), e);
+        let mut neg = e.clone();
+        neg.cost_usd = "-1.5".parse().unwrap();
+        assert_eq!(decode_usage(&encode_usage(&neg).unwrap()).unwrap().cost_usd, neg.cost_usd);
+    }
+
+    #[test]
+    fn too_precise_cost_is_refused_not_rounded() {
+        let mut e = sample_usage();
+        e.cost_usd = "0.0000000000001".parse().unwrap();
+        assert!(matches!(encode_usage(&e), Err(CodecError::Field("cost_usd", _))));
+    }
+
+    #[test]
+    fn config_round_trip() {
+        let ws = Workspace {
+            id: "w1".into(),
+            slug: "ws-a".into(),
+            name: "A".into(),
+            description: None,
+            defaults: Default::default(),
+            usage_limits: None,
+            rate_limits: vec![],
+            created_at: Millis(1),
+            updated_at: Millis(2),
+        };
+        for change in [
+            Change::Upsert(Entity::Workspace(ws)),
+            Change::Delete { kind: EntityKind::Workspace, id: "w1".into() },
+        ] {
+            let e = ConfigEvent { event_id: "e".into(), at: Millis(5), change };
+            assert_eq!(decode_config(&encode_config(&e).unwrap()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_usage(b"").is_err());
+        assert!(decode_usage(&[0xC3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let mut bytes = encode_usage(&sample_usage()).unwrap();
+        bytes.truncate(bytes.len() / 2);
+        assert!(decode_usage(&bytes).is_err());
+        assert!(decode_config(&bytes).is_err());
+    }
+}

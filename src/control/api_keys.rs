@@ -1,0 +1,227 @@
+//! API keys: organisation service keys (control plane) and workspace service / user keys
+//! (data plane with `completions.write`). The secret is returned once, on create.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::crypto;
+use crate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
+use crate::domain::*;
+
+/// Every management scope; the bootstrap admin key holds them all.
+pub const ADMIN_SCOPES: &[&str] = &[
+    "workspaces.create", "workspaces.read", "workspaces.update", "workspaces.delete", "workspaces.list",
+    "workspace_service_api_keys.create", "workspace_service_api_keys.read", "workspace_service_api_keys.update",
+    "workspace_service_api_keys.delete", "workspace_service_api_keys.list",
+    "workspace_user_api_keys.create", "workspace_user_api_keys.read", "workspace_user_api_keys.update",
+    "workspace_user_api_keys.delete", "workspace_user_api_keys.list",
+    "organisation_service_api_keys.create", "organisation_service_api_keys.read", "organisation_service_api_keys.update",
+    "organisation_service_api_keys.delete", "organisation_service_api_keys.list",
+    "virtual_keys.create", "virtual_keys.read", "virtual_keys.update", "virtual_keys.delete", "virtual_keys.list",
+    "virtual_keys.duplicate", "virtual_keys.copy",
+    "providers.create", "providers.read", "providers.update", "providers.delete", "providers.list",
+    "configs.create", "configs.read", "configs.update", "configs.delete", "configs.list",
+    "organisation_integrations.create", "organisation_integrations.read", "organisation_integrations.update",
+    "organisation_integrations.delete", "organisation_integrations.list",
+    "workspace_integrations.create", "workspace_integrations.read", "workspace_integrations.update",
+    "workspace_integrations.delete", "workspace_integrations.list",
+    "analytics.view", "logs.view", "logs.list", "logs.export",
+];
+
+/// Scopes that only make sense on workspace keys.
+const DATA_PLANE_SCOPES: &[&str] = &["completions.write", "logs.write", "prompts.render", "mcp.invoke", "agents.invoke", "guardrails.invoke"];
+
+/// The scope family that manages keys of this type.
+fn family(kind: ApiKeyType) -> &'static str {
+    match kind {
+        ApiKeyType::OrganisationService => "organisation_service_api_keys",
+        ApiKeyType::WorkspaceService => "workspace_service_api_keys",
+        ApiKeyType::WorkspaceUser => "workspace_user_api_keys",
+    }
+}
+
+fn emails_of(b: &Body) -> Result<Option<Vec<String>>> {
+    let Some(list) = b.string_list("alert_emails")? else { return Ok(None) };
+    for e in &list {
+        let ok = e.split_once('@').is_some_and(|(u, d)| !u.is_empty() && d.contains('.') && !e.contains(char::is_whitespace));
+        if !ok {
+            return Err(invalid(format!("alert_emails: {e:?} is not an email address")));
+        }
+    }
+    Ok(Some(list))
+}
+
+fn defaults_of(state: &State, workspace_id: Option<&str>, b: &Body) -> Result<Option<Map<String, Value>>> {
+    let Some(d) = b.object("defaults")? else { return Ok(None) };
+    if let Some(cfg) = d.get("config_id").filter(|v| !v.is_null()) {
+        let slug = cfg.as_str().ok_or_else(|| invalid("defaults.config_id must be a string"))?;
+        let found = state.config(slug).is_some_and(|c| workspace_id.is_none_or(|w| c.workspace_id == w));
+        if !found {
+            return Err(invalid(format!("defaults.config_id: config {slug} not found in the key's workspace")));
+        }
+    }
+    if let Some(m) = d.get("metadata").filter(|v| !v.is_null()) {
+        if !m.as_object().is_some_and(|o| o.values().all(Value::is_string)) {
+            return Err(invalid("defaults.metadata must be an object of strings"));
+        }
+    }
+    Ok(Some(d.clone()))
+}
+
+pub async fn create(core: &Core, caller: &Caller, kind: &str, sub: &str, body: &Value) -> Result<Value> {
+    let kind = ApiKeyType::from_path(kind, sub)
+        .ok_or_else(|| invalid(format!("{kind}/{sub} is not a key type (organisation/service, workspace/service, workspace/user)")))?;
+    caller.require(&format!("{}.create", family(kind)))?;
+    let b = Body::of(body)?;
+    let name = b.required_str("name")?.trim().to_owned();
+    let scopes = b.string_list("scopes")?.ok_or_else(|| invalid("scopes is required"))?;
+    if !kind.is_workspace() {
+        if let Some(s) = scopes.iter().find(|s| DATA_PLANE_SCOPES.contains(&s.as_str())) {
+            return Err(invalid(format!("scope {s} is only valid on workspace keys")));
+        }
+        if caller.key.workspace_id.is_some() {
+            return Err(ControlError::Forbidden("a workspace key cannot create organisation keys".into()));
+        }
+    }
+    let user_id = b.str("user_id")?.map(str::to_owned);
+    if kind == ApiKeyType::WorkspaceUser && user_id.is_none() {
+        return Err(invalid("user_id is required for workspace user keys"));
+    }
+    let usage_limits = parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?;
+    let rate_limits = parse_rate_limits(b.get("rate_limits").unwrap_or(&Value::Null), LimitOwner::ApiKey).map_err(invalid)?;
+    let alert_emails = emails_of(&b)?.unwrap_or_default();
+    let expires_at = b.timestamp("expires_at")?.flatten();
+    let _guard = core.admin_lock.lock().await;
+    let now = Millis::now();
+    let secret = crypto::new_api_key();
+    let key = {
+        let state = core.state.read();
+        let workspace_id = if kind.is_workspace() {
+            let requested = b.str("workspace_id")?;
+            if requested.is_none() && caller.key.workspace_id.is_none() {
+                return Err(invalid("workspace_id is required for workspace keys created with an organisation key"));
+            }
+            Some(caller.workspace_for(&state, requested)?)
+        } else {
+            None
+        };
+        ApiKey {
+            id: new_id(),
+            key_hash: crypto::hash_api_key(&secret),
+            masked: crypto::mask(&secret),
+            name,
+            description: b.str("description")?.map(str::to_owned),
+            kind,
+            defaults: defaults_of(&state, workspace_id.as_deref(), &b)?.unwrap_or_default(),
+            workspace_id,
+            user_id,
+            scopes,
+            usage_limits,
+            rate_limits,
+            alert_emails,
+            rotation_policy: b.get("rotation_policy").cloned(),
+            expires_at,
+            creation_mode: "api".into(),
+            created_by: Some(caller.key.id.clone()),
+            created_at: now,
+            updated_at: now,
+        }
+    };
+    let out = json!({"id": key.id, "key": secret, "object": "api-key"});
+    core.commit(vec![Change::Upsert(Entity::ApiKey(key))]).await?;
+    Ok(out)
+}
+
+fn find(state: &State, caller: &Caller, id: &str, action: &str) -> Result<ApiKey> {
+    let k = state
+        .api_keys
+        .get(id)
+        .filter(|k| caller.sees(k.workspace_id.as_deref()))
+        .cloned()
+        .ok_or_else(|| ControlError::NotFound(format!("api key {id} not found")))?;
+    caller.require(&format!("{}.{action}", family(k.kind)))?;
+    Ok(k)
+}
+
+pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+    let page = Page::from_query(q, 100)?;
+    let state = core.state.read();
+    let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
+    let now = Millis::now();
+    let mut items: Vec<&ApiKey> = state
+        .api_keys
+        .values()
+        .filter(|k| caller.key.has_scope(&format!("{}.list", family(k.kind))))
+        .filter(|k| match &ws {
+            Some(w) => k.workspace_id.as_deref() == Some(w.as_str()),
+            None => true,
+        })
+        .collect();
+    items.sort_by_key(|k| (k.created_at, k.id.clone()));
+    Ok(page.list(items.into_iter().map(|k| views::api_key(k, &state, now)).collect()))
+}
+
+pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+    let state = core.state.read();
+    let k = find(&state, caller, id, "read")?;
+    Ok(views::api_key(&k, &state, Millis::now()))
+}
+
+pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
+    let b = Body::of(body)?;
+    let _guard = core.admin_lock.lock().await;
+    let k = {
+        let state = core.state.read();
+        let mut k = find(&state, caller, id, "update")?;
+        if let Some(n) = b.str("name")? {
+            if n.trim().is_empty() {
+                return Err(invalid("name must not be empty"));
+            }
+            k.name = n.trim().to_owned();
+        }
+        if let Some(d) = b.str("description")? {
+            k.description = Some(d.to_owned());
+        }
+        if let Some(s) = b.string_list("scopes")? {
+            k.scopes = s;
+        }
+        if let Some(d) = defaults_of(&state, k.workspace_id.as_deref(), &b)? {
+            k.defaults = d;
+        }
+        if let Some(r) = b.get("rate_limits") {
+            k.rate_limits = parse_rate_limits(r, LimitOwner::ApiKey).map_err(invalid)?;
+        }
+        if let Some(u) = b.get("usage_limits") {
+            let new = parse_usage_limit(u).map_err(invalid)?;
+            if k.usage_limits.is_some() && new != k.usage_limits {
+                return Err(invalid("a budget cannot be edited once set; use reset_usage or remove it"));
+            }
+            k.usage_limits = new;
+        }
+        if let Some(e) = emails_of(&b)? {
+            k.alert_emails = e;
+        }
+        if let Some(r) = b.get("rotation_policy") {
+            k.rotation_policy = Some(r.clone());
+        }
+        if let Some(e) = b.timestamp("expires_at")? {
+            k.expires_at = e;
+        }
+        k.updated_at = Millis::now();
+        k
+    };
+    core.commit(vec![Change::Upsert(Entity::ApiKey(k))]).await?;
+    Ok(json!({}))
+}
+
+pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+    let _guard = core.admin_lock.lock().await;
+    let k = find(&core.state.read(), caller, id, "delete")?;
+    if k.id == caller.key.id {
+        return Err(ControlError::Forbidden("a key cannot delete itself".into()));
+    }
+    core.commit(vec![Change::Delete { kind: EntityKind::ApiKey, id: k.id }]).await?;
+    Ok(json!({}))
+}

@@ -1,0 +1,110 @@
+//! Saved routing configs (`pc-…`).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::domain::routing::Node;
+use crate::domain::*;
+
+/// A config body may be an object or its JSON text; it must pass §4 validation.
+fn config_of(v: &Value) -> Result<Value> {
+    let v = match v {
+        Value::String(s) => serde_json::from_str(s).map_err(|e| invalid(format!("config is not valid JSON: {e}")))?,
+        other => other.clone(),
+    };
+    Node::parse(&v).map_err(|e| invalid(format!("invalid config: {e}")))?;
+    Ok(v)
+}
+
+fn find(state: &State, caller: &Caller, slug: &str) -> Result<RouteConfig> {
+    state
+        .config(slug)
+        .filter(|c| caller.sees(Some(&c.workspace_id)))
+        .cloned()
+        .ok_or_else(|| ControlError::NotFound(format!("config {slug} not found")))
+}
+
+pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+    caller.require("configs.create")?;
+    let b = Body::of(body)?;
+    let name = b.required_str("name")?.trim().to_owned();
+    let config = config_of(b.get("config").ok_or_else(|| invalid("config is required"))?)?;
+    let is_default = match b.get("is_default").or_else(|| b.get("isDefault")) {
+        None => false,
+        Some(v) => match v.as_f64() {
+            Some(x) if x == 0.0 || x == 1.0 => x == 1.0,
+            _ => v.as_bool().ok_or_else(|| invalid("is_default must be 0 or 1"))?,
+        },
+    };
+    let _guard = core.admin_lock.lock().await;
+    let now = Millis::now();
+    let c = {
+        let state = core.state.read();
+        RouteConfig {
+            id: new_id(),
+            slug: make_slug("pc-", &name),
+            name,
+            workspace_id: caller.workspace_for(&state, b.str("workspace_id")?)?,
+            config,
+            is_default,
+            status: "active".into(),
+            version_id: new_id(),
+            owner_id: Some(caller.key.id.clone()),
+            created_at: now,
+            updated_at: now,
+        }
+    };
+    let out = json!({"id": c.id, "slug": c.slug, "version_id": c.version_id, "object": "config",
+        "success": true, "data": {"id": c.id, "version_id": c.version_id}});
+    core.commit(vec![Change::Upsert(Entity::Config(c))]).await?;
+    Ok(out)
+}
+
+pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+    caller.require("configs.list")?;
+    let page = Page::from_query(q, 1000)?;
+    let state = core.state.read();
+    let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
+    let mut items: Vec<&RouteConfig> = state.configs.values().filter(|c| ws.as_ref().is_none_or(|w| &c.workspace_id == w)).collect();
+    items.sort_by_key(|c| (c.created_at, c.id.clone()));
+    let mut out = page.list(items.into_iter().map(|c| views::config(c, &state, false)).collect());
+    out["success"] = json!(true);
+    Ok(out)
+}
+
+pub fn retrieve(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
+    caller.require("configs.read")?;
+    let state = core.state.read();
+    Ok(views::config(&find(&state, caller, slug)?, &state, true))
+}
+
+pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
+    caller.require("configs.update")?;
+    let b = Body::of(body)?;
+    let _guard = core.admin_lock.lock().await;
+    let mut c = find(&core.state.read(), caller, slug)?;
+    if let Some(n) = b.str("name")? {
+        c.name = n.to_owned();
+    }
+    if let Some(v) = b.get("config") {
+        c.config = config_of(v)?;
+    }
+    if let Some(s) = b.str("status")? {
+        c.status = s.to_owned();
+    }
+    c.version_id = new_id();
+    c.updated_at = Millis::now();
+    let out = json!({"version_id": c.version_id, "success": true, "data": {"version_id": c.version_id}});
+    core.commit(vec![Change::Upsert(Entity::Config(c))]).await?;
+    Ok(out)
+}
+
+pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
+    caller.require("configs.delete")?;
+    let _guard = core.admin_lock.lock().await;
+    let c = find(&core.state.read(), caller, slug)?;
+    core.commit(vec![Change::Delete { kind: EntityKind::Config, id: c.id }]).await?;
+    Ok(json!({}))
+}

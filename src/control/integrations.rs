@@ -1,0 +1,349 @@
+//! Integrations (shared provider credentials), their workspace provisioning and model provisioning.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
+use crate::domain::pricing::Price;
+use crate::domain::routing::parse_url;
+use crate::domain::*;
+
+/// Checks `configurations`: `custom_host` must be a URL and `custom_headers` an object of strings.
+fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
+    let Some(c) = b.object("configurations")? else { return Ok(None) };
+    let mut c = c.clone();
+    c.retain(|_, v| !v.is_null());
+    if let Some(h) = c.get("custom_host") {
+        let url = parse_url(h, "configurations.custom_host").map_err(invalid)?;
+        c.insert("custom_host".into(), Value::String(url));
+    }
+    if let Some(h) = c.get("custom_headers") {
+        if !h.as_object().is_some_and(|o| o.values().all(Value::is_string)) {
+            return Err(invalid("configurations.custom_headers must be an object of strings"));
+        }
+    }
+    Ok(Some(c))
+}
+
+fn find(state: &State, caller: &Caller, slug: &str) -> Result<Integration> {
+    state
+        .integration(slug)
+        .filter(|i| {
+            !i.implicit
+                && match (&caller.key.workspace_id, &i.workspace_id) {
+                    (None, _) => true,
+                    (Some(own), Some(ws)) => own == ws,
+                    (Some(own), None) => i.serves_workspace(own),
+                }
+        })
+        .cloned()
+        .ok_or_else(|| ControlError::NotFound(format!("integration {slug} not found")))
+}
+
+/// The scope a credential is sealed to (its associated data): the owning workspace, or the organisation.
+pub fn seal_scope(i: &Integration) -> &str {
+    i.workspace_id.as_deref().unwrap_or("organisation")
+}
+
+/// A provider auto-created for a workspace that was given an integration.
+fn default_provider(state: &State, i: &Integration, workspace_id: &str, slug: Option<&str>, now: Millis) -> Result<Option<Provider>> {
+    let slug = slug.unwrap_or(&i.slug);
+    check_slug(slug)?;
+    if let Some(existing) = state.provider(slug, Some(workspace_id)) {
+        if existing.integration_id == i.id {
+            return Ok(None);
+        }
+        return Err(ControlError::Conflict(format!("provider slug {slug} is taken in that workspace")));
+    }
+    Ok(Some(Provider {
+        id: new_id(),
+        slug: slug.to_owned(),
+        name: i.name.clone(),
+        note: Some(format!("Created by provisioning integration {}", i.slug)),
+        integration_id: i.id.clone(),
+        workspace_id: workspace_id.to_owned(),
+        origin: ProviderOrigin::Provisioned,
+        usage_limits: None,
+        rate_limits: vec![],
+        expires_at: None,
+        created_at: now,
+        updated_at: now,
+    }))
+}
+
+pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+    let b = Body::of(body)?;
+    let name = b.required_str("name")?.trim().to_owned();
+    let ai_provider_id = b.required_str("ai_provider_id")?.to_owned();
+    let configurations = configurations_of(&b)?.unwrap_or_default();
+    let _guard = core.admin_lock.lock().await;
+    let now = Millis::now();
+    let (integration, provider) = {
+        let state = core.state.read();
+        let workspace_id = match b.str("workspace_id")? {
+            Some(w) => Some(caller.workspace_for(&state, Some(w))?),
+            None => caller.key.workspace_id.clone(),
+        };
+        caller.require(if workspace_id.is_some() { "workspace_integrations.create" } else { "organisation_integrations.create" })?;
+        let slug = match b.str("slug")? {
+            Some(s) => {
+                check_slug(s)?;
+                if state.integrations.values().any(|i| i.slug == s) {
+                    return Err(ControlError::Conflict(format!("integration slug {s} is taken")));
+                }
+                s.to_owned()
+            }
+            None => make_slug("", &name),
+        };
+        let id = new_id();
+        let mut i = Integration {
+            id: id.clone(),
+            slug,
+            name,
+            description: b.str("description")?.map(str::to_owned),
+            ai_provider_id,
+            workspace_id: workspace_id.clone(),
+            key: None,
+            configurations,
+            allow_all_models: true,
+            models: Default::default(),
+            workspaces: Default::default(),
+            global_workspace_access: b.get("global_workspace_access").cloned(),
+            implicit: false,
+            created_at: now,
+            updated_at: now,
+        };
+        if let Some(k) = b.str("key")?.filter(|k| !k.is_empty()) {
+            i.key = Some(core.sealer.seal(k, seal_scope(&i), &id));
+        }
+        let provider = match &workspace_id {
+            Some(ws) if b.bool("create_default_provider")?.unwrap_or(true) => {
+                default_provider(&state, &i, ws, b.str("default_provider_slug")?, now)?
+            }
+            _ => None,
+        };
+        (i, provider)
+    };
+    let (id, slug) = (integration.id.clone(), integration.slug.clone());
+    let mut changes = vec![Change::Upsert(Entity::Integration(integration))];
+    changes.extend(provider.map(|p| Change::Upsert(Entity::Provider(p))));
+    core.commit(changes).await?;
+    Ok(json!({"id": id, "slug": slug, "object": "integration"}))
+}
+
+pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+    let page = Page::from_query(q, 100)?;
+    let state = core.state.read();
+    let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
+    let kind = q.get("type").map(String::as_str).unwrap_or("all");
+    let mut items: Vec<&Integration> = state
+        .integrations
+        .values()
+        .filter(|i| !i.implicit)
+        .filter(|i| match kind {
+            "workspace" => i.workspace_id.is_some(),
+            "organisation" => i.workspace_id.is_none(),
+            _ => true,
+        })
+        .filter(|i| match &ws {
+            None => true,
+            Some(ws) => i.serves_workspace(ws),
+        })
+        .collect();
+    items.sort_by_key(|i| (i.created_at, i.id.clone()));
+    Ok(page.list(items.into_iter().map(|i| views::integration(i, &state, false)).collect()))
+}
+
+pub fn retrieve(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
+    let state = core.state.read();
+    let i = find(&state, caller, slug)?;
+    Ok(views::integration(&i, &state, true))
+}
+
+pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
+    let b = Body::of(body)?;
+    let _guard = core.admin_lock.lock().await;
+    let mut i = find(&core.state.read(), caller, slug)?;
+    caller.require(if i.workspace_id.is_some() { "workspace_integrations.update" } else { "organisation_integrations.update" })?;
+    if let Some(n) = b.str("name")? {
+        i.name = n.to_owned();
+    }
+    if let Some(d) = b.str("description")? {
+        i.description = Some(d.to_owned());
+    }
+    if let Some(c) = configurations_of(&b)? {
+        i.configurations.extend(c);
+    }
+    if let Some(k) = b.str("key")?.filter(|k| !k.is_empty()) {
+        i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
+    }
+    i.updated_at = Millis::now();
+    core.commit(vec![Change::Upsert(Entity::Integration(i))]).await?;
+    Ok(json!({}))
+}
+
+pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
+    let _guard = core.admin_lock.lock().await;
+    let changes = {
+        let state = core.state.read();
+        let i = find(&state, caller, slug)?;
+        caller.require(if i.workspace_id.is_some() { "workspace_integrations.delete" } else { "organisation_integrations.delete" })?;
+        let mut changes: Vec<Change> = state
+            .providers
+            .values()
+            .filter(|p| p.integration_id == i.id)
+            .map(|p| Change::Delete { kind: EntityKind::Provider, id: p.id.clone() })
+            .collect();
+        changes.push(Change::Delete { kind: EntityKind::Integration, id: i.id });
+        changes
+    };
+    core.commit(changes).await?;
+    Ok(json!({}))
+}
+
+/// `PUT /integrations/{slug}/workspaces`: grant or revoke workspaces, with their limits.
+pub async fn update_workspaces(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
+    caller.require("organisation_integrations.update")?;
+    let b = Body::of(body)?;
+    let _guard = core.admin_lock.lock().await;
+    let now = Millis::now();
+    let changes = {
+        let state = core.state.read();
+        let mut i = find(&state, caller, slug)?;
+        if i.workspace_id.is_some() {
+            return Err(invalid("a workspace-scoped integration cannot be provisioned to other workspaces"));
+        }
+        let create_default = b.bool("create_default_provider")?.unwrap_or(true);
+        let mut providers = Vec::new();
+        let items = match b.get("workspaces") {
+            None => &Vec::new(),
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err(invalid("workspaces must be an array")),
+        };
+        for (n, item) in items.iter().enumerate() {
+            let w = Body::of(item).map_err(|_| invalid(format!("workspaces[{n}] must be an object")))?;
+            let ws_ref = w.required_str("id").map_err(|_| invalid(format!("workspaces[{n}].id is required")))?;
+            let ws = state.workspace(ws_ref).ok_or_else(|| ControlError::NotFound(format!("workspace {ws_ref} not found")))?;
+            let enabled = w.bool("enabled")?.unwrap_or(true);
+            let prev = i.workspaces.get(&ws.id).cloned();
+            let usage_limits = match w.get("usage_limits") {
+                Some(u) => parse_usage_limit(u).map_err(|e| invalid(format!("workspaces[{n}].{e}")))?,
+                None => prev.as_ref().and_then(|p| p.usage_limits.clone()),
+            };
+            if let Some(old) = prev.as_ref().and_then(|p| p.usage_limits.as_ref()) {
+                if usage_limits.as_ref() != Some(old) && w.get("usage_limits").is_some() {
+                    return Err(invalid(format!("workspaces[{n}]: a budget cannot be edited once set")));
+                }
+            }
+            let rate_limits = match w.get("rate_limits") {
+                Some(r) => parse_rate_limits(r, LimitOwner::Other).map_err(|e| invalid(format!("workspaces[{n}].{e}")))?,
+                None => prev.as_ref().map(|p| p.rate_limits.clone()).unwrap_or_default(),
+            };
+            i.workspaces.insert(
+                ws.id.clone(),
+                WorkspaceAccess {
+                    workspace_id: ws.id.clone(),
+                    enabled,
+                    usage_limits,
+                    rate_limits,
+                    created_at: prev.map_or(now, |p| p.created_at),
+                    updated_at: now,
+                },
+            );
+            if enabled && w.bool("create_default_provider")?.unwrap_or(create_default) {
+                let slug = w.str("default_provider_slug")?.or(b.str("default_provider_slug")?);
+                providers.extend(default_provider(&state, &i, &ws.id, slug, now)?);
+            }
+        }
+        if let Some(g) = b.get("global_workspace_access") {
+            i.global_workspace_access = Some(g.clone());
+        }
+        i.updated_at = now;
+        let mut changes = vec![Change::Upsert(Entity::Integration(i))];
+        changes.extend(providers.into_iter().map(|p| Change::Upsert(Entity::Provider(p))));
+        changes
+    };
+    core.commit(changes).await?;
+    Ok(json!({}))
+}
+
+pub fn list_workspaces(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
+    let state = core.state.read();
+    let i = find(&state, caller, slug)?;
+    let items: Vec<Value> = i
+        .workspaces
+        .values()
+        .filter(|a| caller.sees(Some(&a.workspace_id)))
+        .map(|a| views::workspace_access(a, &state))
+        .collect();
+    Ok(json!({
+        "object": "list", "total": items.len(), "workspaces": items, "data": [],
+        "global_workspace_access": i.global_workspace_access,
+    }))
+}
+
+/// `PUT /integrations/{slug}/models`: the allow-list and custom pricing.
+pub async fn update_models(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
+    let b = Body::of(body)?;
+    let _guard = core.admin_lock.lock().await;
+    let mut i = find(&core.state.read(), caller, slug)?;
+    caller.require(if i.workspace_id.is_some() { "workspace_integrations.update" } else { "organisation_integrations.update" })?;
+    let now = Millis::now();
+    if let Some(all) = b.bool("allow_all_models")? {
+        i.allow_all_models = all;
+    }
+    let items = match b.get("models") {
+        None => &Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(invalid("models must be an array")),
+    };
+    for (n, item) in items.iter().enumerate() {
+        let m = Body::of(item).map_err(|_| invalid(format!("models[{n}] must be an object")))?;
+        let slug = m.required_str("slug").map_err(|_| invalid(format!("models[{n}].slug is required")))?;
+        let enabled = m.bool("enabled")?.ok_or_else(|| invalid(format!("models[{n}].enabled is required")))?;
+        let pricing_config = m.get("pricing_config").cloned();
+        if let Some(p) = &pricing_config {
+            if Price::from_pricing_config(p).is_none() {
+                return Err(invalid(format!(
+                    "models[{n}].pricing_config needs pay_as_you_go.request_token.price or response_token.price (US cents per token)"
+                )));
+            }
+        }
+        let prev = i.models.get(slug);
+        let entry = ModelEntry {
+            slug: slug.to_owned(),
+            enabled,
+            is_custom: m.bool("is_custom")?.unwrap_or(false),
+            is_finetune: m.bool("is_finetune")?.unwrap_or(false),
+            base_model_slug: m.str("base_model_slug")?.map(str::to_owned),
+            pricing_config: pricing_config.or_else(|| prev.and_then(|p| p.pricing_config.clone())),
+            created_at: prev.map_or(now, |p| p.created_at),
+            updated_at: now,
+        };
+        i.models.insert(slug.to_owned(), entry);
+    }
+    i.updated_at = now;
+    core.commit(vec![Change::Upsert(Entity::Integration(i))]).await?;
+    Ok(json!({}))
+}
+
+pub fn list_models(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
+    let state = core.state.read();
+    let i = find(&state, caller, slug)?;
+    let models: Vec<Value> = i.models.values().map(views::model_entry).collect();
+    Ok(json!({"object": "list", "total": models.len(), "allow_all_models": i.allow_all_models, "models": models, "data": []}))
+}
+
+pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str) -> Result<Value> {
+    let _guard = core.admin_lock.lock().await;
+    let mut i = find(&core.state.read(), caller, slug)?;
+    caller.require(if i.workspace_id.is_some() { "workspace_integrations.update" } else { "organisation_integrations.update" })?;
+    for s in slugs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        i.models.remove(s);
+    }
+    i.updated_at = Millis::now();
+    core.commit(vec![Change::Upsert(Entity::Integration(i))]).await?;
+    Ok(json!({}))
+}

@@ -1,0 +1,254 @@
+//! The control plane: admin commands. Each validates its input against the current state,
+//! builds the new entity snapshots and commits them as config events. Views (the JSON the SDK
+//! reads) are in [`views`]. HTTP is not known here; errors are [`ControlError`] values.
+
+pub mod api_keys;
+pub mod configs;
+pub mod integrations;
+pub mod providers;
+pub mod views;
+pub mod workspaces;
+
+use rand::Rng;
+use serde_json::{Map, Value};
+
+use crate::app::{AppError, Core, DEFAULT_WORKSPACE_SLUG};
+use crate::domain::{ApiKey, Millis, State};
+
+/// Why an admin command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Internal(#[from] AppError),
+}
+
+pub type Result<T> = std::result::Result<T, ControlError>;
+
+fn invalid(m: impl Into<String>) -> ControlError {
+    ControlError::Invalid(m.into())
+}
+
+/// The authenticated caller of an admin endpoint.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key: ApiKey,
+}
+
+impl Caller {
+    /// Refuses unless the caller's key carries `scope`.
+    pub fn require(&self, scope: &str) -> Result<()> {
+        if self.key.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(ControlError::Forbidden(format!("this API key lacks the {scope} scope")))
+        }
+    }
+
+    /// The workspace an operation applies to: a workspace key is pinned to its own; an organisation
+    /// key names one (id or slug) or gets the default workspace.
+    pub fn workspace_for(&self, state: &State, requested: Option<&str>) -> Result<String> {
+        if let Some(own) = &self.key.workspace_id {
+            return match requested.map(|r| state.workspace(r).map(|w| w.id.clone())) {
+                None => Ok(own.clone()),
+                Some(Some(id)) if &id == own => Ok(id),
+                Some(_) => Err(ControlError::Forbidden("a workspace key can only act on its own workspace".into())),
+            };
+        }
+        let wanted = requested.unwrap_or(DEFAULT_WORKSPACE_SLUG);
+        state
+            .workspace(wanted)
+            .map(|w| w.id.clone())
+            .ok_or_else(|| ControlError::NotFound(format!("workspace {wanted} not found")))
+    }
+
+    /// For list endpoints: the workspace to filter on, if any.
+    pub fn workspace_filter(&self, state: &State, requested: Option<&str>) -> Result<Option<String>> {
+        match (&self.key.workspace_id, requested) {
+            (Some(_), r) => self.workspace_for(state, r).map(Some),
+            (None, Some(r)) => self.workspace_for(state, Some(r)).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Whether the caller may see an object of `workspace_id`.
+    pub fn sees(&self, workspace_id: Option<&str>) -> bool {
+        match (&self.key.workspace_id, workspace_id) {
+            (None, _) => true,
+            (Some(own), Some(ws)) => own == ws,
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Field access on a JSON request body, with the contract's leniencies: null means unset,
+/// and a field of the wrong type is a 400 naming it.
+pub struct Body<'a>(pub &'a Map<String, Value>);
+
+impl<'a> Body<'a> {
+    pub fn of(v: &'a Value) -> Result<Self> {
+        v.as_object().map(Body).ok_or_else(|| invalid("the request body must be a JSON object"))
+    }
+
+    pub fn get(&self, k: &str) -> Option<&'a Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+
+    pub fn str(&self, k: &str) -> Result<Option<&'a str>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(invalid(format!("{k} must be a string"))),
+        }
+    }
+
+    pub fn required_str(&self, k: &str) -> Result<&'a str> {
+        self.str(k)?.filter(|s| !s.trim().is_empty()).ok_or_else(|| invalid(format!("{k} is required")))
+    }
+
+    pub fn bool(&self, k: &str) -> Result<Option<bool>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => Ok(Some(n.as_u64() == Some(1))),
+            Some(Value::String(s)) => parse_bool(s).map(Some).ok_or_else(|| invalid(format!("{k} must be a boolean"))),
+            Some(_) => Err(invalid(format!("{k} must be a boolean"))),
+        }
+    }
+
+    pub fn object(&self, k: &str) -> Result<Option<&'a Map<String, Value>>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m)),
+            Some(_) => Err(invalid(format!("{k} must be an object"))),
+        }
+    }
+
+    pub fn string_list(&self, k: &str) -> Result<Option<Vec<String>>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| invalid(format!("{k} must be a list of strings"))))
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(_) => Err(invalid(format!("{k} must be a list of strings"))),
+        }
+    }
+
+    /// An ISO timestamp; `Some(None)` when the field is present and null (clears it).
+    pub fn timestamp(&self, k: &str) -> Result<Option<Option<Millis>>> {
+        match self.0.get(k) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(Value::String(s)) => Millis::parse_iso(s)
+                .map(|m| Some(Some(m)))
+                .ok_or_else(|| invalid(format!("{k} must be an ISO-8601 timestamp"))),
+            Some(_) => Err(invalid(format!("{k} must be an ISO-8601 timestamp"))),
+        }
+    }
+}
+
+/// `true`/`false` in any case, as Python sends them in query strings.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Checks a user-chosen slug (`^[a-zA-Z0-9_-]+$`, at most 100 characters).
+pub fn check_slug(slug: &str) -> Result<()> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 100
+        && slug.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then_some(()).ok_or_else(|| invalid(format!("slug {slug:?} must match ^[a-zA-Z0-9_-]+$")))
+}
+
+/// A readable unique slug: `prefix` + the name's letters and digits + a random suffix.
+pub fn make_slug(prefix: &str, name: &str) -> String {
+    let base: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let base: String = base.chars().take(40).collect();
+    let suffix: String = (0..6).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::thread_rng().gen_range(0..36)])).collect();
+    match (prefix.is_empty(), base.is_empty()) {
+        (true, true) => suffix,
+        (true, false) => format!("{base}-{suffix}"),
+        (false, true) => format!("{prefix}{suffix}"),
+        (false, false) => format!("{prefix}{base}-{suffix}"),
+    }
+}
+
+/// A new random id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Pagination from `current_page`/`currentPage` and `page_size`/`pageSize` (zero-based pages).
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub current: usize,
+    pub size: usize,
+}
+
+impl Page {
+    pub fn from_query(q: &std::collections::HashMap<String, String>, default_size: usize) -> Result<Page> {
+        let num = |a: &str, b: &str| -> Result<Option<usize>> {
+            match q.get(a).or_else(|| q.get(b)) {
+                None => Ok(None),
+                Some(v) if v.is_empty() => Ok(None),
+                Some(v) => v.parse().map(Some).map_err(|_| invalid(format!("{a} must be a whole number"))),
+            }
+        };
+        let current = num("current_page", "currentPage")?.unwrap_or(0);
+        let size = num("page_size", "pageSize")?.unwrap_or(default_size);
+        if size == 0 || size > 1000 {
+            return Err(invalid("page_size must be between 1 and 1000"));
+        }
+        Ok(Page { current, size })
+    }
+
+    /// `{object:"list", total, data}` for a page of `items`.
+    pub fn list(&self, items: Vec<Value>) -> Value {
+        let total = items.len();
+        let data: Vec<Value> = items.into_iter().skip(self.current.saturating_mul(self.size)).take(self.size).collect();
+        serde_json::json!({"object": "list", "total": total, "data": data})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        let s = make_slug("ws-", "Team Alpha!");
+        assert!(s.starts_with("ws-team-alpha-"), "{s}");
+        assert!(check_slug(&s).is_ok());
+        assert!(check_slug("bad slug").is_err());
+        assert!(check_slug("").is_err());
+        assert!(make_slug("pc-", "").starts_with("pc-"));
+    }
+
+    #[test]
+    fn bools_from_python() {
+        assert_eq!(parse_bool("True"), Some(true));
+        assert_eq!(parse_bool("FALSE"), Some(false));
+        assert_eq!(parse_bool("maybe"), None);
+    }
+}

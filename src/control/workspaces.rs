@@ -1,0 +1,161 @@
+//! Admin workspaces (`/admin/workspaces`).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
+use crate::domain::{Change, Entity, EntityKind, Workspace};
+
+fn defaults_of(b: &Body) -> Result<Option<Map<String, Value>>> {
+    let Some(d) = b.object("defaults")? else { return Ok(None) };
+    if let Some(m) = d.get("metadata").filter(|m| !m.is_null()) {
+        let ok = m.as_object().is_some_and(|o| o.values().all(Value::is_string));
+        if !ok {
+            return Err(invalid("defaults.metadata must be an object of strings"));
+        }
+    }
+    Ok(Some(d.clone()))
+}
+
+pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+    caller.require("workspaces.create")?;
+    if caller.key.workspace_id.is_some() {
+        return Err(ControlError::Forbidden("workspaces are created with an organisation key".into()));
+    }
+    let b = Body::of(body)?;
+    let name = b.required_str("name")?.trim().to_owned();
+    let usage_limits = parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?;
+    let rate_limits = parse_rate_limits(b.get("rate_limits").unwrap_or(&Value::Null), LimitOwner::Other).map_err(invalid)?;
+    let _guard = core.admin_lock.lock().await;
+    let slug = match b.str("slug")? {
+        Some(s) => {
+            check_slug(s)?;
+            if core.state.read().workspace(s).is_some() {
+                return Err(ControlError::Conflict(format!("workspace slug {s} is taken")));
+            }
+            s.to_owned()
+        }
+        None => make_slug("ws-", &name),
+    };
+    let now = Millis::now();
+    let ws = Workspace {
+        id: new_id(),
+        slug,
+        name,
+        description: b.str("description")?.map(str::to_owned),
+        defaults: defaults_of(&b)?.unwrap_or_default(),
+        usage_limits,
+        rate_limits,
+        created_at: now,
+        updated_at: now,
+    };
+    core.commit(vec![Change::Upsert(Entity::Workspace(ws.clone()))]).await?;
+    Ok(views::workspace(&ws, &core.state.read(), false))
+}
+
+pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+    caller.require("workspaces.list")?;
+    let page = Page::from_query(q, 100)?;
+    let exact = q.get("exact_name").and_then(|v| parse_bool(v)).unwrap_or(false);
+    let name = q.get("name").map(|n| n.to_lowercase());
+    let state = core.state.read();
+    let mut items: Vec<&Workspace> = state
+        .workspaces
+        .values()
+        .filter(|w| caller.sees(Some(&w.id)))
+        .filter(|w| match &name {
+            None => true,
+            Some(n) if exact => w.name.to_lowercase() == *n,
+            Some(n) => w.name.to_lowercase().contains(n.as_str()),
+        })
+        .collect();
+    items.sort_by_key(|w| (w.created_at, w.id.clone()));
+    Ok(page.list(items.into_iter().map(|w| views::workspace(w, &state, false)).collect()))
+}
+
+fn find(state: &State, caller: &Caller, id: &str) -> Result<Workspace> {
+    state
+        .workspace(id)
+        .filter(|w| caller.sees(Some(&w.id)))
+        .cloned()
+        .ok_or_else(|| ControlError::NotFound(format!("workspace {id} not found")))
+}
+
+pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+    caller.require("workspaces.read")?;
+    let state = core.state.read();
+    let w = find(&state, caller, id)?;
+    Ok(views::workspace(&w, &state, true))
+}
+
+pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
+    caller.require("workspaces.update")?;
+    let b = Body::of(body)?;
+    let _guard = core.admin_lock.lock().await;
+    let mut w = find(&core.state.read(), caller, id)?;
+    if let Some(name) = b.str("name")? {
+        if name.trim().is_empty() {
+            return Err(invalid("name must not be empty"));
+        }
+        w.name = name.trim().to_owned();
+    }
+    if let Some(d) = b.str("description")? {
+        w.description = Some(d.to_owned());
+    }
+    if let Some(d) = defaults_of(&b)? {
+        w.defaults = d;
+    }
+    if let Some(r) = b.get("rate_limits") {
+        w.rate_limits = parse_rate_limits(r, LimitOwner::Other).map_err(invalid)?;
+    }
+    if let Some(u) = b.get("usage_limits") {
+        let new = parse_usage_limit(u).map_err(invalid)?;
+        if w.usage_limits.is_some() && new != w.usage_limits {
+            return Err(ControlError::Invalid("a budget cannot be edited once set; use reset_usage or remove it".into()));
+        }
+        w.usage_limits = new;
+    }
+    w.updated_at = Millis::now();
+    core.commit(vec![Change::Upsert(Entity::Workspace(w))]).await?;
+    Ok(json!({}))
+}
+
+pub async fn delete(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
+    caller.require("workspaces.delete")?;
+    let force = body.get("force_delete").and_then(Value::as_bool).unwrap_or(false);
+    let _guard = core.admin_lock.lock().await;
+    let changes = {
+        let state = core.state.read();
+        let w = find(&state, caller, id)?;
+        if w.slug == crate::app::DEFAULT_WORKSPACE_SLUG {
+            return Err(ControlError::Forbidden("the default workspace cannot be deleted".into()));
+        }
+        let mut deps: Vec<(EntityKind, String)> = Vec::new();
+        deps.extend(state.api_keys.values().filter(|k| k.workspace_id.as_deref() == Some(&w.id)).map(|k| (EntityKind::ApiKey, k.id.clone())));
+        deps.extend(state.providers.values().filter(|p| p.workspace_id == w.id).map(|p| (EntityKind::Provider, p.id.clone())));
+        deps.extend(state.configs.values().filter(|c| c.workspace_id == w.id).map(|c| (EntityKind::Config, c.id.clone())));
+        deps.extend(
+            state.integrations.values().filter(|i| i.workspace_id.as_deref() == Some(&w.id)).map(|i| (EntityKind::Integration, i.id.clone())),
+        );
+        if !deps.is_empty() && !force {
+            return Err(ControlError::Conflict(format!(
+                "workspace {} still has {} keys, providers, configs or integrations; delete them or pass force_delete",
+                w.slug,
+                deps.len()
+            )));
+        }
+        let mut changes: Vec<Change> = deps.into_iter().map(|(kind, id)| Change::Delete { kind, id }).collect();
+        // Remove the workspace from shared integrations' provisioning.
+        for i in state.integrations.values().filter(|i| i.workspaces.contains_key(&w.id)) {
+            let mut i = i.clone();
+            i.workspaces.remove(&w.id);
+            changes.push(Change::Upsert(Entity::Integration(i)));
+        }
+        changes.push(Change::Delete { kind: EntityKind::Workspace, id: w.id });
+        changes
+    };
+    core.commit(changes).await?;
+    Ok(json!({}))
+}

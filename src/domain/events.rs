@@ -1,0 +1,207 @@
+//! The events everything is a fold of. Their wire form (Avro) lives in `crate::codec`.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::entities::*;
+use super::time::Millis;
+
+/// The kinds of control-plane entity; also the key prefix on the compacted config topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityKind {
+    Organisation,
+    Workspace,
+    Integration,
+    Provider,
+    Config,
+    ApiKey,
+}
+
+impl EntityKind {
+    pub const ALL: [EntityKind; 6] = [
+        EntityKind::Organisation,
+        EntityKind::Workspace,
+        EntityKind::Integration,
+        EntityKind::Provider,
+        EntityKind::Config,
+        EntityKind::ApiKey,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Organisation => "organisation",
+            EntityKind::Workspace => "workspace",
+            EntityKind::Integration => "integration",
+            EntityKind::Provider => "provider",
+            EntityKind::Config => "config",
+            EntityKind::ApiKey => "api_key",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A whole entity, as carried by an upsert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Entity {
+    Organisation(Organisation),
+    Workspace(Workspace),
+    Integration(Integration),
+    Provider(Provider),
+    Config(RouteConfig),
+    ApiKey(ApiKey),
+}
+
+impl Entity {
+    pub fn kind(&self) -> EntityKind {
+        match self {
+            Entity::Organisation(_) => EntityKind::Organisation,
+            Entity::Workspace(_) => EntityKind::Workspace,
+            Entity::Integration(_) => EntityKind::Integration,
+            Entity::Provider(_) => EntityKind::Provider,
+            Entity::Config(_) => EntityKind::Config,
+            Entity::ApiKey(_) => EntityKind::ApiKey,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Entity::Organisation(e) => &e.id,
+            Entity::Workspace(e) => &e.id,
+            Entity::Integration(e) => &e.id,
+            Entity::Provider(e) => &e.id,
+            Entity::Config(e) => &e.id,
+            Entity::ApiKey(e) => &e.id,
+        }
+    }
+}
+
+/// What a config event does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// Create or replace the entity with this snapshot.
+    Upsert(Entity),
+    /// Remove the entity.
+    Delete { kind: EntityKind, id: String },
+}
+
+/// An admin change: one entity's new state (or its removal).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigEvent {
+    pub event_id: String,
+    pub at: Millis,
+    pub change: Change,
+}
+
+impl ConfigEvent {
+    /// The entity key: compaction keeps the latest event per key.
+    pub fn key(&self) -> String {
+        let (kind, id) = match &self.change {
+            Change::Upsert(e) => (e.kind(), e.id()),
+            Change::Delete { kind, id } => (*kind, id.as_str()),
+        };
+        format!("{}:{}", kind.as_str(), id)
+    }
+}
+
+/// Whether token counts came from the provider or were estimated by us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    Provider,
+    Estimated,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Provider => "provider",
+            UsageSource::Estimated => "estimated",
+        }
+    }
+}
+
+/// The data-plane endpoint a usage event was made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Endpoint {
+    #[serde(rename = "chat.completions")]
+    ChatCompletions,
+    #[serde(rename = "completions")]
+    Completions,
+    #[serde(rename = "embeddings")]
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat.completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::ChatCompletions, Self::Completions, Self::Embeddings]
+            .into_iter()
+            .find(|e| e.as_str() == s)
+    }
+}
+
+/// One upstream attempt, metered. Made once at admission (the `event_id`) and completed after the
+/// attempt; delivery is at-least-once and every consumer dedupes on `event_id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    pub event_id: String,
+    pub at: Millis,
+    pub organisation_id: String,
+    pub workspace_id: String,
+    pub api_key_id: String,
+    pub provider_id: String,
+    pub provider_slug: String,
+    pub integration_id: String,
+    /// `openai`, `groq`, ...
+    pub ai_provider: String,
+    pub department: Option<String>,
+    pub user: Option<String>,
+    pub metadata: Metadata,
+    pub model: String,
+    pub endpoint: Endpoint,
+    pub status_code: u16,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    /// Exact cost in US dollars.
+    pub cost_usd: Decimal,
+    /// False when the model had no price (cost is then 0).
+    pub priced: bool,
+    pub usage_source: UsageSource,
+    /// From admission to the end of the attempt.
+    pub latency_ms: u32,
+    /// Time spent waiting on the provider.
+    pub upstream_latency_ms: u32,
+    pub streamed: bool,
+    pub attempt_index: u32,
+    pub trace_id: String,
+    pub config_id: Option<String>,
+}
+
+impl UsageEvent {
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.status_code >= 400
+    }
+}
+
+/// Any event on the log.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Config(ConfigEvent),
+    Usage(UsageEvent),
+}

@@ -1,0 +1,17 @@
+//! The pure core: entities, events, the reducer and the decisions made on them.
+//!
+//! Nothing here touches the network, the disk or a clock; time is always an argument.
+//! Every role (gateway, aggregator, notifier) folds the same events with [`State::apply`].
+
+pub mod entities;
+pub mod events;
+pub mod limits;
+pub mod pricing;
+pub mod routing;
+pub mod state;
+pub mod time;
+
+pub use entities::*;
+pub use events::*;
+pub use state::{State, Totals};
+pub use time::Millis;

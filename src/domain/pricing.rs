@@ -1,0 +1,198 @@
+//! Exact cost of a request. Prices are US cents per token (the unit of Portkey's open price
+//! table, shipped as `data/prices.tsv`); costs come out in US dollars. All decimal, never f64.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+/// Per-token prices of one model, in US cents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Price {
+    pub input: Decimal,
+    pub output: Decimal,
+    /// Cached input tokens; falls back to `input` when the table has no cached price.
+    pub cache_read: Option<Decimal>,
+}
+
+/// Token counts of one attempt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub prompt: u64,
+    pub completion: u64,
+    /// The part of `prompt` served from the provider's cache.
+    pub cached: u64,
+}
+
+impl Price {
+    /// Cost in US dollars. Cached tokens are part of the prompt and billed at the cached rate.
+    pub fn cost_usd(&self, u: TokenUsage) -> Decimal {
+        let cached = u.cached.min(u.prompt);
+        let fresh = u.prompt - cached;
+        let cents = Decimal::from(fresh) * self.input
+            + Decimal::from(cached) * self.cache_read.unwrap_or(self.input)
+            + Decimal::from(u.completion) * self.output;
+        (cents / Decimal::ONE_HUNDRED).normalize()
+    }
+
+    /// Reads an integration model's `pricing_config` (`pay_as_you_go.{request,response}_token.price`).
+    pub fn from_pricing_config(v: &Value) -> Option<Price> {
+        let payg = v.get("pay_as_you_go")?;
+        let get = |k: &str| payg.get(k)?.get("price").and_then(decimal_of);
+        let input = get("request_token");
+        let output = get("response_token");
+        if input.is_none() && output.is_none() {
+            return None;
+        }
+        Some(Price {
+            input: input.unwrap_or_default(),
+            output: output.unwrap_or_default(),
+            cache_read: get("cache_read_input_token"),
+        })
+    }
+}
+
+/// A JSON number or numeric string as an exact decimal (no float round trip).
+pub fn decimal_of(v: &Value) -> Option<Decimal> {
+    match v {
+        Value::Number(n) => {
+            let s = n.to_string();
+            Decimal::from_str(&s)
+                .or_else(|_| Decimal::from_scientific(&s))
+                .ok()
+        }
+        Value::String(s) => Decimal::from_str(s).ok(),
+        _ => None,
+    }
+}
+
+/// The shipped price table, keyed by provider and model.
+#[derive(Clone, Debug, Default)]
+pub struct PriceTable {
+    prices: HashMap<String, HashMap<String, Price>>,
+}
+
+/// The table built from Portkey's open price data (see `scripts/build-prices.py`).
+pub const SHIPPED_PRICES: &str = include_str!("../../data/prices.tsv");
+
+impl PriceTable {
+    /// Parses `provider\tmodel\tinput\toutput\tcache_read\tcache_write` rows; `#` starts a comment.
+    pub fn parse(tsv: &str) -> Result<Self, String> {
+        let mut prices: HashMap<String, HashMap<String, Price>> = HashMap::new();
+        for (n, line) in tsv.lines().enumerate() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() < 5 {
+                return Err(format!("prices line {}: expected 5 or more columns", n + 1));
+            }
+            let num = |s: &str| -> Result<Option<Decimal>, String> {
+                if s.is_empty() {
+                    return Ok(None);
+                }
+                Decimal::from_str(s)
+                    .map(Some)
+                    .map_err(|e| format!("prices line {}: {s}: {e}", n + 1))
+            };
+            let price = Price {
+                input: num(f[2])?.unwrap_or_default(),
+                output: num(f[3])?.unwrap_or_default(),
+                cache_read: num(f[4])?,
+            };
+            prices
+                .entry(f[0].to_owned())
+                .or_default()
+                .insert(f[1].to_owned(), price);
+        }
+        Ok(PriceTable { prices })
+    }
+
+    /// The shipped table.
+    pub fn shipped() -> Result<Self, String> {
+        Self::parse(SHIPPED_PRICES)
+    }
+
+    /// The price of `model` at `provider`: an exact match, else the model without a
+    /// `-YYYY-MM-DD` snapshot suffix. Azure-hosted OpenAI models fall back to OpenAI's prices.
+    pub fn lookup(&self, provider: &str, model: &str) -> Option<Price> {
+        let find = |p: &str| {
+            let table = self.prices.get(p)?;
+            table
+                .get(model)
+                .or_else(|| strip_snapshot(model).and_then(|m| table.get(m)))
+                .copied()
+        };
+        find(provider).or_else(|| match provider {
+            "azure-openai" => find("openai"),
+            _ => None,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.prices.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `gpt-4o-2024-08-06` → `gpt-4o`.
+fn strip_snapshot(model: &str) -> Option<&str> {
+    let (head, tail) = model.split_at(model.len().checked_sub(11)?);
+    let date = tail.strip_prefix('-')?;
+    let ok = date.len() == 10
+        && date
+            .char_indices()
+            .all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() });
+    ok.then_some(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn shipped_table_prices_gpt_4o_exactly() {
+        let t = PriceTable::shipped().unwrap();
+        assert!(t.len() > 1000);
+        let p = t.lookup("openai", "gpt-4o").unwrap();
+        // $2.50 / 1M input, $10 / 1M output, $1.25 / 1M cached input.
+        let u = TokenUsage { prompt: 1_000_000, completion: 1_000_000, cached: 0 };
+        assert_eq!(p.cost_usd(u), Decimal::from(1250) / Decimal::from(100));
+        let u = TokenUsage { prompt: 1_000_000, completion: 0, cached: 1_000_000 };
+        assert_eq!(p.cost_usd(u).to_string(), "1.25");
+        let u = TokenUsage { prompt: 25, completion: 24, cached: 0 };
+        let mini = t.lookup("openai", "gpt-4o-mini").unwrap();
+        assert_eq!(mini.cost_usd(u).to_string(), "0.00001815");
+    }
+
+    #[test]
+    fn snapshot_suffix_and_azure_fallback() {
+        let t = PriceTable::parse("openai\tgpt-x\t0.1\t0.2\t\t\n").unwrap();
+        assert!(t.lookup("openai", "gpt-x-2024-08-06").is_some());
+        assert!(t.lookup("azure-openai", "gpt-x").is_some());
+        assert!(t.lookup("openai", "gpt-y").is_none());
+        assert_eq!(strip_snapshot("a-2024-0806"), None);
+        assert_eq!(strip_snapshot("short"), None);
+    }
+
+    #[test]
+    fn custom_pricing_config() {
+        let p = Price::from_pricing_config(&json!({"type":"static","pay_as_you_go":{
+            "request_token":{"price":0.0001},"response_token":{"price":"0.0003"}}}))
+        .unwrap();
+        let u = TokenUsage { prompt: 10, completion: 10, cached: 3 };
+        assert_eq!(p.cost_usd(u).to_string(), "0.00004");
+        assert_eq!(Price::from_pricing_config(&json!({"type":"static"})), None);
+    }
+
+    #[test]
+    fn rejects_bad_rows() {
+        assert!(PriceTable::parse("openai\tm\tx\t1\t\n").is_err());
+        assert!(PriceTable::parse("openai\tm\n").is_err());
+    }
+}

@@ -1,0 +1,330 @@
+//! The reducer. `State` is the fold of every config and usage event; [`State::apply`] only
+//! changes state (no decisions, no I/O), so replaying the log from the start rebuilds it exactly.
+
+use std::collections::{HashMap, HashSet};
+
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+
+use super::entities::*;
+use super::events::*;
+
+/// Running usage of one entity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    pub tokens: u64,
+    pub cost_usd: Decimal,
+}
+
+impl Totals {
+    fn add(&mut self, e: &UsageEvent) {
+        self.requests += 1;
+        self.tokens += e.total_tokens();
+        self.cost_usd += e.cost_usd;
+    }
+}
+
+/// Everything the control plane knows plus usage totals per entity.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub organisation: Option<Organisation>,
+    pub workspaces: HashMap<String, Workspace>,
+    pub integrations: HashMap<String, Integration>,
+    pub providers: HashMap<String, Provider>,
+    pub configs: HashMap<String, RouteConfig>,
+    pub api_keys: HashMap<String, ApiKey>,
+    key_by_hash: HashMap<String, String>,
+    usage: HashMap<(EntityKind, String), Totals>,
+    seen_usage: HashSet<u128>,
+}
+
+/// A compact dedupe key for an event id: the UUID's bits, or a hash of any other string.
+fn id_bits(event_id: &str) -> u128 {
+    match uuid::Uuid::try_parse(event_id) {
+        Ok(u) => u.as_u128(),
+        Err(_) => {
+            let d = Sha256::digest(event_id.as_bytes());
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&d[..16]);
+            u128::from_be_bytes(b)
+        }
+    }
+}
+
+impl State {
+    /// Folds one event in. Duplicate usage events (same `event_id`) change nothing.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Config(c) => self.apply_config(c),
+            Event::Usage(u) => self.apply_usage(u),
+        }
+    }
+
+    fn apply_config(&mut self, event: &ConfigEvent) {
+        match &event.change {
+            Change::Upsert(entity) => self.upsert(entity.clone()),
+            Change::Delete { kind, id } => self.delete(*kind, id),
+        }
+    }
+
+    fn upsert(&mut self, entity: Entity) {
+        match entity {
+            Entity::Organisation(o) => self.organisation = Some(o),
+            Entity::Workspace(w) => {
+                self.workspaces.insert(w.id.clone(), w);
+            }
+            Entity::Integration(i) => {
+                self.integrations.insert(i.id.clone(), i);
+            }
+            Entity::Provider(p) => {
+                self.providers.insert(p.id.clone(), p);
+            }
+            Entity::Config(c) => {
+                self.configs.insert(c.id.clone(), c);
+            }
+            Entity::ApiKey(k) => {
+                if let Some(old) = self.api_keys.get(&k.id) {
+                    self.key_by_hash.remove(&old.key_hash);
+                }
+                self.key_by_hash.insert(k.key_hash.clone(), k.id.clone());
+                self.api_keys.insert(k.id.clone(), k);
+            }
+        }
+    }
+
+    fn delete(&mut self, kind: EntityKind, id: &str) {
+        match kind {
+            EntityKind::Organisation => self.organisation = None,
+            EntityKind::Workspace => {
+                self.workspaces.remove(id);
+            }
+            EntityKind::Integration => {
+                self.integrations.remove(id);
+            }
+            EntityKind::Provider => {
+                self.providers.remove(id);
+            }
+            EntityKind::Config => {
+                self.configs.remove(id);
+            }
+            EntityKind::ApiKey => {
+                if let Some(k) = self.api_keys.remove(id) {
+                    self.key_by_hash.remove(&k.key_hash);
+                }
+            }
+        }
+    }
+
+    fn apply_usage(&mut self, e: &UsageEvent) {
+        if !self.seen_usage.insert(id_bits(&e.event_id)) {
+            return;
+        }
+        let targets = [
+            (EntityKind::ApiKey, &e.api_key_id),
+            (EntityKind::Provider, &e.provider_id),
+            (EntityKind::Workspace, &e.workspace_id),
+            (EntityKind::Integration, &e.integration_id),
+        ];
+        for (kind, id) in targets {
+            if !id.is_empty() {
+                self.usage.entry((kind, id.clone())).or_default().add(e);
+            }
+        }
+    }
+
+    /// Usage folded so far for an entity.
+    pub fn usage_of(&self, kind: EntityKind, id: &str) -> Totals {
+        self.usage
+            .get(&(kind, id.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The API key whose secret hashes to `hash`.
+    pub fn api_key_by_hash(&self, hash: &str) -> Option<&ApiKey> {
+        self.key_by_hash.get(hash).and_then(|id| self.api_keys.get(id))
+    }
+
+    /// A workspace by id or slug.
+    pub fn workspace(&self, id_or_slug: &str) -> Option<&Workspace> {
+        self.workspaces
+            .get(id_or_slug)
+            .or_else(|| self.workspaces.values().find(|w| w.slug == id_or_slug))
+    }
+
+    /// An integration by slug or id.
+    pub fn integration(&self, slug_or_id: &str) -> Option<&Integration> {
+        self.integrations
+            .values()
+            .find(|i| i.slug == slug_or_id)
+            .or_else(|| self.integrations.get(slug_or_id))
+    }
+
+    /// A provider (or virtual key) by slug or id, within a workspace when one is given.
+    pub fn provider(&self, slug_or_id: &str, workspace_id: Option<&str>) -> Option<&Provider> {
+        let in_scope = |p: &&Provider| workspace_id.is_none_or(|w| p.workspace_id == w);
+        self.providers
+            .values()
+            .filter(in_scope)
+            .find(|p| p.slug == slug_or_id)
+            .or_else(|| self.providers.get(slug_or_id).filter(in_scope))
+    }
+
+    /// A config by slug or id.
+    pub fn config(&self, slug_or_id: &str) -> Option<&RouteConfig> {
+        self.configs
+            .values()
+            .find(|c| c.slug == slug_or_id)
+            .or_else(|| self.configs.get(slug_or_id))
+    }
+
+    /// How many distinct usage events have been folded.
+    pub fn usage_events_seen(&self) -> usize {
+        self.seen_usage.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::time::Millis;
+    use proptest::prelude::*;
+
+    pub(crate) fn usage(id: u128, key: &str, tokens: u64, cost_millicents: i64) -> UsageEvent {
+        UsageEvent {
+            event_id: uuid::Uuid::from_u128(id).to_string(),
+            at: Millis(1_700_000_000_000),
+            organisation_id: "org".into(),
+            workspace_id: "ws".into(),
+            api_key_id: key.into(),
+            provider_id: "prov".into(),
+            provider_slug: "p".into(),
+            integration_id: "int".into(),
+            ai_provider: "openai".into(),
+            department: None,
+            user: None,
+            metadata: Metadata::new(),
+            model: "gpt-4o".into(),
+            endpoint: Endpoint::ChatCompletions,
+            status_code: 200,
+            prompt_tokens: tokens / 2,
+            completion_tokens: tokens - tokens / 2,
+            cached_tokens: 0,
+            cost_usd: Decimal::new(cost_millicents, 5),
+            priced: true,
+            usage_source: UsageSource::Provider,
+            latency_ms: 1,
+            upstream_latency_ms: 1,
+            streamed: false,
+            attempt_index: 0,
+            trace_id: "t".into(),
+            config_id: None,
+        }
+    }
+
+    fn fold(events: &[UsageEvent]) -> State {
+        let mut s = State::default();
+        for e in events {
+            s.apply(&Event::Usage(e.clone()));
+        }
+        s
+    }
+
+    fn snapshot(s: &State) -> Vec<((EntityKind, String), Totals)> {
+        let mut v: Vec<_> = s.usage.iter().map(|(k, t)| (k.clone(), *t)).collect();
+        v.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        v
+    }
+
+    proptest! {
+        /// Duplicates, reordering and splitting the stream into separately folded runs all give
+        /// the totals of the distinct events.
+        #[test]
+        fn fold_is_exact_under_duplicates_and_reordering(
+            table in prop::collection::vec((0usize..3, 0u64..5000, 0i64..10_000_000), 40),
+            ids in prop::collection::vec(0usize..40, 1..120),
+            seed in any::<u64>(),
+        ) {
+            // An event id always names the same event: contents are a function of the id.
+            let keys = ["k1", "k2", "k3"];
+            let events: Vec<UsageEvent> = ids
+                .iter()
+                .map(|&id| { let (k, t, c) = table[id]; usage(id as u128, keys[k], t, c) })
+                .collect();
+            // The distinct events (first occurrence of each id wins, as in the log).
+            let mut distinct = Vec::new();
+            let mut ids = HashSet::new();
+            for e in &events {
+                if ids.insert(e.event_id.clone()) { distinct.push(e.clone()); }
+            }
+            let expected = fold(&distinct);
+            for k in keys {
+                let want = distinct.iter().filter(|e| e.api_key_id == k);
+                let cost: Decimal = want.clone().map(|e| e.cost_usd).sum();
+                let tokens: u64 = want.clone().map(|e| e.total_tokens()).sum();
+                let got = expected.usage_of(EntityKind::ApiKey, k);
+                prop_assert_eq!(got.cost_usd, cost);
+                prop_assert_eq!(got.tokens, tokens);
+                prop_assert_eq!(got.requests, want.count() as u64);
+            }
+            // Duplicate every event and shuffle deterministically.
+            let mut noisy: Vec<UsageEvent> = events.iter().chain(events.iter()).cloned().collect();
+            let n = noisy.len();
+            let mut x = seed | 1;
+            for i in (1..n).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                noisy.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            prop_assert_eq!(snapshot(&fold(&noisy)), snapshot(&expected));
+            // Split into two halves folded by the same state in two runs (a restart mid-stream).
+            let mut s = fold(&noisy[..n / 2]);
+            for e in &noisy[n / 2..] { s.apply(&Event::Usage(e.clone())); }
+            prop_assert_eq!(snapshot(&s), snapshot(&expected));
+        }
+    }
+
+    #[test]
+    fn api_key_rehash_moves_the_index() {
+        let mut s = State::default();
+        let mut k = ApiKey {
+            id: "k".into(),
+            key_hash: "h1".into(),
+            masked: "m".into(),
+            name: "n".into(),
+            description: None,
+            kind: ApiKeyType::WorkspaceService,
+            workspace_id: Some("ws".into()),
+            user_id: None,
+            scopes: vec![],
+            defaults: Default::default(),
+            usage_limits: None,
+            rate_limits: vec![],
+            alert_emails: vec![],
+            rotation_policy: None,
+            expires_at: None,
+            creation_mode: "api".into(),
+            created_by: None,
+            created_at: Millis(0),
+            updated_at: Millis(0),
+        };
+        let up = |k: &ApiKey| {
+            Event::Config(ConfigEvent {
+                event_id: "e".into(),
+                at: Millis(0),
+                change: Change::Upsert(Entity::ApiKey(k.clone())),
+            })
+        };
+        s.apply(&up(&k));
+        k.key_hash = "h2".into();
+        s.apply(&up(&k));
+        assert!(s.api_key_by_hash("h1").is_none());
+        assert_eq!(s.api_key_by_hash("h2").map(|k| k.id.as_str()), Some("k"));
+        s.apply(&Event::Config(ConfigEvent {
+            event_id: "e2".into(),
+            at: Millis(0),
+            change: Change::Delete { kind: EntityKind::ApiKey, id: "k".into() },
+        }));
+        assert!(s.api_key_by_hash("h2").is_none());
+    }
+}

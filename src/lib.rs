@@ -1,0 +1,27 @@
+//! Tollgate: a self-hosted governance gateway and event-sourced usage meter for LLM traffic.
+//!
+//! # Layout
+//! - [`domain`]: the pure core. Entities, events, the reducer ([`domain::State::apply`]), limits,
+//!   pricing and routing configs. No I/O, no clock.
+//! - [`codec`]: Avro single-object encoding of events (schemas in `schemas/`).
+//! - [`log`]: the event-log port and its embedded adapter (durable, group-committed files).
+//! - [`store`]: the usage-store port (raw events, rollups, analytics) and its SQLite adapter.
+//! - [`crypto`]: provider-credential sealing (AES-256-GCM) and API-key secrets.
+//! - [`settings`]: defaults < `tollgate.toml` < environment < flags, checked into [`settings::Settings`].
+//! - [`control`]: the control plane: admin commands that validate input and emit config events.
+//! - [`proxy`]: the data plane: auth, route resolution, upstream calls, streaming and metering.
+//! - [`http`]: the axum server: thin handlers, the error body, analytics and operations routes.
+//! - [`app`]: wiring: opens the log and store, replays state, runs the consumers, serves.
+//! - [`telemetry`]: typed metrics (Prometheus text) and logging setup.
+
+pub mod app;
+pub mod codec;
+pub mod control;
+pub mod crypto;
+pub mod domain;
+pub mod http;
+pub mod log;
+pub mod proxy;
+pub mod settings;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,67 @@
+//! The event log port. Roles talk only through it (and the usage store): the embedded adapter
+//! ([`file::FileLog`]) is a local durable log in the data dir; the distributed one is Kafka.
+
+pub mod file;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+/// The log's topics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Admin changes, keyed by entity (compacted on Kafka).
+    Config,
+    /// One event per upstream attempt, keyed by API key.
+    Usage,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 2] = [Topic::Config, Topic::Usage];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Config => "config",
+            Topic::Usage => "usage",
+        }
+    }
+}
+
+/// A position in a topic; the offset of the next record after a read is [`Record::next`].
+pub type Offset = u64;
+
+/// One stored record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub offset: Offset,
+    pub next: Offset,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// Why the log could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log i/o on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("log writer for topic {0} has stopped")]
+    WriterGone(&'static str),
+    #[error("record too large: {0} bytes")]
+    TooLarge(usize),
+}
+
+/// The event log.
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends a record. Resolves once the record is durable by the log's policy; only then may the
+    /// caller acknowledge anything that depends on it.
+    fn append(&self, topic: Topic, key: Vec<u8>, payload: Vec<u8>) -> BoxFuture<'static, Result<Offset, LogError>>;
+
+    /// Reads committed records from `from`, up to about `max_bytes`.
+    fn read(&self, topic: Topic, from: Offset, max_bytes: usize) -> BoxFuture<'static, Result<Vec<Record>, LogError>>;
+
+    /// The committed end of a topic, updated on every append.
+    fn watch_end(&self, topic: Topic) -> watch::Receiver<Offset>;
+}

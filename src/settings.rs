@@ -1,0 +1,227 @@
+//! Settings: defaults < `tollgate.toml` < `TOLLGATE_*` environment < command-line flags.
+//! Every layer goes through one `set(name, value)`; an unknown name anywhere is a startup error
+//! that names it, never a silently ignored typo.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::log::file::Fsync;
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("unknown setting {0}")]
+    Unknown(String),
+    #[error("setting {name}: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("reading {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Toml {
+        path: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The checked settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The bootstrap organisation admin key, when given; otherwise one is generated on first start.
+    pub admin_key: Option<String>,
+    /// Base64 32-byte key sealing provider credentials; otherwise generated into the data dir.
+    pub master_key: Option<String>,
+    pub max_body_bytes: usize,
+    pub usage_fsync: Fsync,
+    pub upstream_timeout: Duration,
+    /// How long to keep reading a stream after its client went away, to meter the real usage.
+    pub stream_drain_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Display for Settings {
+    /// For the startup log: never the secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "listen={} data_dir={} max_body_bytes={} usage_fsync={:?} upstream_timeout={:?} admin_key={} master_key={}",
+            self.listen,
+            self.data_dir.display(),
+            self.max_body_bytes,
+            self.usage_fsync,
+            self.upstream_timeout,
+            if self.admin_key.is_some() { "set" } else { "unset" },
+            if self.master_key.is_some() { "set" } else { "unset" },
+        )
+    }
+}
+
+/// Every setting: its name (as in the file; `TOLLGATE_` + upper case in the environment) and help.
+pub const KNOWN: &[(&str, &str)] = &[
+    ("listen", "address to serve on (default 127.0.0.1:8787)"),
+    ("data_dir", "directory for the log, the usage store and generated keys (default ./tollgate-data)"),
+    ("admin_key", "bootstrap organisation admin API key (default: generated on first start, printed once)"),
+    ("master_key", "base64 32-byte key that encrypts provider credentials (default: generated into the data dir)"),
+    ("max_body_bytes", "largest accepted request body (default 10485760)"),
+    ("usage_fsync_ms", "usage-log fdatasync window in ms; 0 syncs before every acknowledgement (default 10)"),
+    ("upstream_timeout_ms", "upstream request timeout in ms (default 600000)"),
+    ("stream_drain_timeout_ms", "how long to keep reading a stream whose client left (default 30000)"),
+    ("log_format", "text or json (default text)"),
+];
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            data_dir: PathBuf::from("./tollgate-data"),
+            admin_key: None,
+            master_key: None,
+            max_body_bytes: 10 << 20,
+            usage_fsync: Fsync::Every(Duration::from_millis(10)),
+            upstream_timeout: Duration::from_secs(600),
+            stream_drain_timeout: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Settings {
+    /// Sets one setting from its text.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), SettingsError> {
+        let invalid = |reason: &str| SettingsError::Invalid { name: name.to_owned(), reason: reason.to_owned() };
+        let number = || value.trim().parse::<u64>().map_err(|_| invalid("expected a whole number"));
+        match name {
+            "listen" => self.listen = value.parse().map_err(|_| invalid("expected host:port, e.g. 127.0.0.1:8787"))?,
+            "data_dir" => self.data_dir = PathBuf::from(value),
+            "admin_key" => self.admin_key = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "master_key" => self.master_key = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "max_body_bytes" => {
+                self.max_body_bytes = usize::try_from(number()?).ok().filter(|n| *n >= 1024).ok_or_else(|| invalid("at least 1024"))?
+            }
+            "usage_fsync_ms" => {
+                self.usage_fsync = match number()? {
+                    0 => Fsync::Always,
+                    ms => Fsync::Every(Duration::from_millis(ms)),
+                }
+            }
+            "upstream_timeout_ms" => self.upstream_timeout = Duration::from_millis(number()?.max(1)),
+            "stream_drain_timeout_ms" => self.stream_drain_timeout = Duration::from_millis(number()?),
+            "log_format" => {
+                self.log_format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(invalid("expected text or json")),
+                }
+            }
+            other => return Err(SettingsError::Unknown(other.to_owned())),
+        }
+        Ok(())
+    }
+
+    /// Loads the layers. `file` is the explicit `--config`; otherwise `./tollgate.toml` if present.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[(&str, Option<String>)],
+    ) -> Result<Settings, SettingsError> {
+        let mut s = Settings::default();
+        let default_file = Path::new("tollgate.toml");
+        let file = file.or_else(|| default_file.exists().then_some(default_file));
+        if let Some(path) = file {
+            s.merge_file(path)?;
+        }
+        for (k, v) in env {
+            if let Some(name) = k.strip_prefix("TOLLGATE_") {
+                let name = name.to_ascii_lowercase();
+                s.set(&name, &v).map_err(|e| match e {
+                    SettingsError::Unknown(_) => SettingsError::Unknown(k.clone()),
+                    SettingsError::Invalid { reason, .. } => SettingsError::Invalid { name: k.clone(), reason },
+                    other => other,
+                })?;
+            }
+        }
+        for (name, value) in flags {
+            if let Some(v) = value {
+                s.set(name, v)?;
+            }
+        }
+        Ok(s)
+    }
+
+    fn merge_file(&mut self, path: &Path) -> Result<(), SettingsError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::File { path: shown.clone(), source })?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|source| SettingsError::Toml { path: shown.clone(), source: Box::new(source) })?;
+        for (k, v) in table {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                other => {
+                    return Err(SettingsError::Invalid { name: k, reason: format!("unsupported value {other}") })
+                }
+            };
+            self.set(&k, &text)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1\"\nmax_body_bytes = 2048\nlog_format = \"json\"\n").unwrap();
+        let s = Settings::load(
+            Some(&f),
+            env(&[("TOLLGATE_LISTEN", "127.0.0.1:2"), ("PATH", "/bin")]),
+            &[("data_dir", Some("/tmp/x".into())), ("listen", None)],
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.max_body_bytes, 2048);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_and_invalid_settings_are_named() {
+        let e = Settings::load(None, env(&[("TOLLGATE_LISTN", "x")]), &[]).unwrap_err();
+        assert_eq!(e.to_string(), "unknown setting TOLLGATE_LISTN");
+        let e = Settings::load(None, env(&[("TOLLGATE_MAX_BODY_BYTES", "lots")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("TOLLGATE_MAX_BODY_BYTES"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "lisen = \"x\"\n").unwrap();
+        assert_eq!(Settings::load(Some(&f), env(&[]), &[]).unwrap_err().to_string(), "unknown setting lisen");
+    }
+
+    #[test]
+    fn display_hides_secrets() {
+        let mut s = Settings::default();
+        s.set("admin_key", "tg_secret").unwrap();
+        assert!(!s.to_string().contains("tg_secret"));
+    }
+}

@@ -1,0 +1,161 @@
+//! The usage store port: raw usage events (idempotent on `event_id`) plus rollups, and the
+//! analytics queries over them. The embedded adapter is [`sqlite::SqliteStore`]; the distributed
+//! one is ClickHouse. Both answer the same [`Filter`]s with the same figures.
+
+pub mod sqlite;
+
+use futures_util::future::BoxFuture;
+use rust_decimal::Decimal;
+
+use crate::domain::{Metadata, Millis, UsageEvent};
+
+/// Why the store could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("usage store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("usage store i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("usage store task failed: {0}")]
+    Task(String),
+}
+
+/// Which events an analytics query covers. Empty lists mean "any".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub from: Millis,
+    pub to: Millis,
+    pub workspace_id: Option<String>,
+    pub api_key_ids: Vec<String>,
+    pub provider_slugs: Vec<String>,
+    /// `(ai_provider, model)` pairs.
+    pub models: Vec<(String, String)>,
+    pub status_codes: Vec<u16>,
+    pub metadata: Metadata,
+    pub trace_id: Option<String>,
+    pub config_ids: Vec<String>,
+}
+
+/// Time-series bucket width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Bucket {
+    pub fn ms(self) -> i64 {
+        match self {
+            Bucket::Minute => 60_000,
+            Bucket::Hour => 3_600_000,
+            Bucket::Day => 86_400_000,
+        }
+    }
+
+    /// Minutes for ranges up to 2 hours, hours up to 2 days, days beyond.
+    pub fn for_range(from: Millis, to: Millis) -> Bucket {
+        let span = to.0 - from.0;
+        if span <= 2 * 3_600_000 {
+            Bucket::Minute
+        } else if span <= 2 * 86_400_000 {
+            Bucket::Hour
+        } else {
+            Bucket::Day
+        }
+    }
+}
+
+/// Aggregates of one bucket (or of a whole group).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: Decimal,
+    pub users: u64,
+    pub last_seen: Millis,
+}
+
+impl Stats {
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Latency distribution of a bucket, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Latency {
+    pub avg: f64,
+    pub p50: u32,
+    pub p90: u32,
+    pub p99: u32,
+}
+
+impl Latency {
+    /// Nearest-rank percentiles of sorted values.
+    pub fn of_sorted(v: &[u32]) -> Latency {
+        if v.is_empty() {
+            return Latency::default();
+        }
+        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        let sum: u64 = v.iter().map(|&x| u64::from(x)).sum();
+        Latency { avg: sum as f64 / v.len() as f64, p50: rank(0.5), p90: rank(0.9), p99: rank(0.99) }
+    }
+}
+
+/// What analytics groups by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    User,
+    Model,
+    AiProvider,
+    Provider,
+    ApiKey,
+    Workspace,
+    StatusCode,
+    Config,
+    Department,
+    /// A metadata key.
+    Metadata(String),
+}
+
+/// The rollup dimensions.
+pub const ROLLUP_DIMENSIONS: [&str; 6] = ["api_key", "workspace", "department", "integration", "provider", "model"];
+
+/// One rollup row (for SQL users, Grafana and the exactness tests).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RollupRow {
+    pub grain: String,
+    pub bucket: Millis,
+    pub dimension: String,
+    pub value: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: Decimal,
+}
+
+/// The usage store.
+pub trait UsageStore: Send + Sync + 'static {
+    /// Stores events not seen before and folds them into the rollups, and records that `consumer`
+    /// has read the log up to `next_offset`, all atomically. Returns how many events were new.
+    fn ingest(&self, events: Vec<UsageEvent>, consumer: &str, next_offset: u64) -> BoxFuture<'static, Result<usize, StoreError>>;
+
+    /// Where `consumer` has read up to (0 when never).
+    fn offset(&self, consumer: &str) -> BoxFuture<'static, Result<u64, StoreError>>;
+
+    /// Per-bucket stats over the filter.
+    fn series(&self, filter: Filter, bucket: Bucket) -> BoxFuture<'static, Result<Vec<(Millis, Stats)>, StoreError>>;
+
+    /// Per-bucket latency over the filter, plus the whole range's (first).
+    fn latency(&self, filter: Filter, bucket: Bucket) -> BoxFuture<'static, Result<(Latency, Vec<(Millis, Latency)>), StoreError>>;
+
+    /// Stats per group value, most requests first.
+    fn groups(&self, filter: Filter, by: GroupBy) -> BoxFuture<'static, Result<Vec<(String, Stats)>, StoreError>>;
+
+    /// Every rollup row of a grain and dimension.
+    fn rollups(&self, grain: &str, dimension: &str) -> BoxFuture<'static, Result<Vec<RollupRow>, StoreError>>;
+}

@@ -1,0 +1,394 @@
+//! The embedded usage store: one SQLite file in the data dir (`usage.sqlite`, WAL mode), with
+//! the tables of `schemas/sqlite/`. One connection writes (the log consumer); another serves
+//! analytics reads, so a long query never blocks ingestion. Each has its own mutex because a
+//! SQLite connection must not be used from two threads at once.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use parking_lot::Mutex;
+use rusqlite::types::Value as Sql;
+use rusqlite::{params, Connection, OptionalExtension};
+use rust_decimal::Decimal;
+
+use super::*;
+
+const DDL: &str = include_str!("../../schemas/sqlite/001_init.sql");
+
+/// Dollars ↔ integer picodollars (the store's exact money column).
+fn to_pico(d: Decimal) -> i64 {
+    let mut d = d;
+    d.rescale(12);
+    i64::try_from(d.mantissa()).unwrap_or(i64::MAX)
+}
+
+fn from_pico(p: i64) -> Decimal {
+    Decimal::new(p, 12).normalize()
+}
+
+/// The embedded usage store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the store file and applies the schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        writer.execute_batch(DDL)?;
+        let reader = Connection::open(path)?;
+        Ok(SqliteStore { writer: Arc::new(Mutex::new(writer)), reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    fn blocking<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let conn = conn.clone();
+        async move {
+            tokio::task::spawn_blocking(move || f(&mut conn.lock()))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        }
+        .boxed()
+    }
+}
+
+#[derive(Default)]
+struct Agg {
+    requests: i64,
+    errors: i64,
+    prompt: i64,
+    completion: i64,
+    cached: i64,
+    cost: i64,
+    latency: i64,
+}
+
+/// The rollup keys an event contributes to.
+fn rollup_keys(e: &UsageEvent) -> impl Iterator<Item = (&'static str, &str)> {
+    [
+        ("api_key", Some(e.api_key_id.as_str())),
+        ("workspace", Some(e.workspace_id.as_str())),
+        ("department", e.department.as_deref()),
+        ("integration", Some(e.integration_id.as_str())),
+        ("provider", Some(e.provider_slug.as_str())),
+        ("model", Some(e.model.as_str())),
+    ]
+    .into_iter()
+    .filter_map(|(d, v)| v.map(|v| (d, v)))
+}
+
+fn ingest(conn: &mut Connection, events: &[UsageEvent], consumer: &str, next: u64) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let mut new = 0;
+    let mut rollups: HashMap<(&'static str, i64, &'static str, String), Agg> = HashMap::new();
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO usage_events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        )?;
+        for e in events {
+            let metadata = serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into());
+            let inserted = insert.execute(params![
+                e.event_id, e.at.0, e.organisation_id, e.workspace_id, e.api_key_id, e.provider_id,
+                e.provider_slug, e.integration_id, e.ai_provider, e.department, e.user, metadata,
+                e.model, e.endpoint.as_str(), e.status_code, e.prompt_tokens as i64,
+                e.completion_tokens as i64, e.cached_tokens as i64, to_pico(e.cost_usd), e.priced,
+                e.usage_source.as_str(), e.latency_ms, e.upstream_latency_ms, e.streamed,
+                e.attempt_index, e.trace_id, e.config_id
+            ])?;
+            if inserted == 0 {
+                continue; // seen before: a replay after a crash between insert and offset commit
+            }
+            new += 1;
+            for (grain, bucket) in [("minute", e.at.floor_minute().0), ("day", e.at.floor_day().0)] {
+                for (dim, value) in rollup_keys(e) {
+                    let a = rollups.entry((grain, bucket, dim, value.to_owned())).or_default();
+                    a.requests += 1;
+                    a.errors += i64::from(e.is_error());
+                    a.prompt += e.prompt_tokens as i64;
+                    a.completion += e.completion_tokens as i64;
+                    a.cached += e.cached_tokens as i64;
+                    a.cost += to_pico(e.cost_usd);
+                    a.latency += i64::from(e.latency_ms);
+                }
+            }
+        }
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO usage_rollup VALUES (?,?,?,?,?,?,?,?,?,?,?)
+             ON CONFLICT (grain, bucket, dimension, value) DO UPDATE SET
+               requests = requests + excluded.requests, errors = errors + excluded.errors,
+               prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+               completion_tokens = completion_tokens + excluded.completion_tokens,
+               cached_tokens = cached_tokens + excluded.cached_tokens,
+               cost_pico = cost_pico + excluded.cost_pico,
+               latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum",
+        )?;
+        for ((grain, bucket, dim, value), a) in &rollups {
+            upsert.execute(params![
+                grain, bucket, dim, value, a.requests, a.errors, a.prompt, a.completion, a.cached, a.cost, a.latency
+            ])?;
+        }
+        tx.execute(
+            "INSERT INTO consumer_offsets VALUES (?1, ?2)
+             ON CONFLICT (consumer) DO UPDATE SET next_offset = excluded.next_offset",
+            params![consumer, next as i64],
+        )?;
+    }
+    tx.commit()?;
+    Ok(new)
+}
+
+/// A WHERE clause and its parameters.
+fn where_clause(f: &Filter) -> (String, Vec<Sql>) {
+    let mut sql = String::from("ts >= ? AND ts < ?");
+    let mut args = vec![Sql::Integer(f.from.0), Sql::Integer(f.to.0)];
+    let mut any_of = |col: &str, vals: Vec<Sql>, sql: &mut String| {
+        if !vals.is_empty() {
+            let marks = vec!["?"; vals.len()].join(",");
+            sql.push_str(&format!(" AND {col} IN ({marks})"));
+            args.extend(vals);
+        }
+    };
+    let text = |v: &[String]| v.iter().map(|s| Sql::Text(s.clone())).collect::<Vec<_>>();
+    if let Some(ws) = &f.workspace_id {
+        any_of("workspace_id", vec![Sql::Text(ws.clone())], &mut sql);
+    }
+    any_of("api_key_id", text(&f.api_key_ids), &mut sql);
+    any_of("provider_slug", text(&f.provider_slugs), &mut sql);
+    any_of("config_id", text(&f.config_ids), &mut sql);
+    any_of("status_code", f.status_codes.iter().map(|c| Sql::Integer(i64::from(*c))).collect(), &mut sql);
+    if let Some(t) = &f.trace_id {
+        any_of("trace_id", vec![Sql::Text(t.clone())], &mut sql);
+    }
+    if !f.models.is_empty() {
+        let ors = vec!["(ai_provider = ? AND model = ?)"; f.models.len()].join(" OR ");
+        sql.push_str(&format!(" AND ({ors})"));
+        for (p, m) in &f.models {
+            args.push(Sql::Text(p.clone()));
+            args.push(Sql::Text(m.clone()));
+        }
+    }
+    for (k, v) in &f.metadata {
+        sql.push_str(" AND json_extract(metadata, ?) = ?");
+        args.push(Sql::Text(json_path(k)));
+        args.push(Sql::Text(v.clone()));
+    }
+    (sql, args)
+}
+
+/// `$."key"` with the key quoted, so any metadata key is a literal member name.
+fn json_path(key: &str) -> String {
+    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+const STATS_COLUMNS: &str = "count(*), coalesce(sum(status_code >= 400), 0), coalesce(sum(prompt_tokens), 0),
+    coalesce(sum(completion_tokens), 0), coalesce(sum(cost_pico), 0), count(DISTINCT user), coalesce(max(ts), 0)";
+
+fn stats_of(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Stats> {
+    Ok(Stats {
+        requests: row.get::<_, i64>(at)? as u64,
+        errors: row.get::<_, i64>(at + 1)? as u64,
+        prompt_tokens: row.get::<_, i64>(at + 2)? as u64,
+        completion_tokens: row.get::<_, i64>(at + 3)? as u64,
+        cost_usd: from_pico(row.get(at + 4)?),
+        users: row.get::<_, i64>(at + 5)? as u64,
+        last_seen: Millis(row.get(at + 6)?),
+    })
+}
+
+fn series(conn: &mut Connection, f: &Filter, b: Bucket) -> Result<Vec<(Millis, Stats)>, StoreError> {
+    let (cond, mut args) = where_clause(f);
+    let sql = format!(
+        "SELECT (ts / ?) * ? AS bucket, {STATS_COLUMNS} FROM usage_events WHERE {cond} GROUP BY bucket ORDER BY bucket"
+    );
+    let mut all = vec![Sql::Integer(b.ms()), Sql::Integer(b.ms())];
+    all.append(&mut args);
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(all), |r| Ok((Millis(r.get(0)?), stats_of(r, 1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn latency(conn: &mut Connection, f: &Filter, b: Bucket) -> Result<(Latency, Vec<(Millis, Latency)>), StoreError> {
+    let (cond, args) = where_clause(f);
+    let sql = format!("SELECT ts, latency_ms FROM usage_events WHERE {cond} ORDER BY ts");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)))?;
+    let mut all = Vec::new();
+    let mut buckets: Vec<(Millis, Vec<u32>)> = Vec::new();
+    for row in rows {
+        let (ts, ms) = row?;
+        let bucket = Millis(ts.div_euclid(b.ms()) * b.ms());
+        match buckets.last_mut() {
+            Some((at, v)) if *at == bucket => v.push(ms),
+            _ => buckets.push((bucket, vec![ms])),
+        }
+        all.push(ms);
+    }
+    all.sort_unstable();
+    let per = buckets
+        .into_iter()
+        .map(|(at, mut v)| {
+            v.sort_unstable();
+            (at, Latency::of_sorted(&v))
+        })
+        .collect();
+    Ok((Latency::of_sorted(&all), per))
+}
+
+fn group_column(by: &GroupBy) -> (String, Option<Sql>) {
+    match by {
+        GroupBy::User => ("coalesce(user, '')".into(), None),
+        GroupBy::Model => ("model".into(), None),
+        GroupBy::AiProvider => ("ai_provider".into(), None),
+        GroupBy::Provider => ("provider_slug".into(), None),
+        GroupBy::ApiKey => ("api_key_id".into(), None),
+        GroupBy::Workspace => ("workspace_id".into(), None),
+        GroupBy::StatusCode => ("CAST(status_code AS TEXT)".into(), None),
+        GroupBy::Config => ("coalesce(config_id, '')".into(), None),
+        GroupBy::Department => ("coalesce(department, '')".into(), None),
+        GroupBy::Metadata(k) => ("coalesce(json_extract(metadata, ?), '')".into(), Some(Sql::Text(json_path(k)))),
+    }
+}
+
+fn groups(conn: &mut Connection, f: &Filter, by: &GroupBy) -> Result<Vec<(String, Stats)>, StoreError> {
+    let (cond, mut args) = where_clause(f);
+    let (col, col_arg) = group_column(by);
+    let sql = format!(
+        "SELECT {col} AS g, {STATS_COLUMNS} FROM usage_events WHERE {cond} GROUP BY g ORDER BY count(*) DESC, g"
+    );
+    let mut all: Vec<Sql> = col_arg.into_iter().collect();
+    all.append(&mut args);
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(all), |r| {
+        let g: Sql = r.get(0)?;
+        let g = match g {
+            Sql::Text(s) => s,
+            Sql::Integer(i) => i.to_string(),
+            Sql::Real(x) => x.to_string(),
+            _ => String::new(),
+        };
+        Ok((g, stats_of(r, 1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn rollups(conn: &mut Connection, grain: &str, dimension: &str) -> Result<Vec<RollupRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT grain, bucket, dimension, value, requests, errors, prompt_tokens, completion_tokens, cost_pico
+         FROM usage_rollup WHERE grain = ? AND dimension = ? ORDER BY bucket, value",
+    )?;
+    let rows = stmt.query_map(params![grain, dimension], |r| {
+        Ok(RollupRow {
+            grain: r.get(0)?,
+            bucket: Millis(r.get(1)?),
+            dimension: r.get(2)?,
+            value: r.get(3)?,
+            requests: r.get::<_, i64>(4)? as u64,
+            errors: r.get::<_, i64>(5)? as u64,
+            prompt_tokens: r.get::<_, i64>(6)? as u64,
+            completion_tokens: r.get::<_, i64>(7)? as u64,
+            cost_usd: from_pico(r.get(8)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+impl UsageStore for SqliteStore {
+    fn ingest(&self, events: Vec<UsageEvent>, consumer: &str, next_offset: u64) -> BoxFuture<'static, Result<usize, StoreError>> {
+        let consumer = consumer.to_owned();
+        Self::blocking(&self.writer, move |c| ingest(c, &events, &consumer, next_offset))
+    }
+
+    fn offset(&self, consumer: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let consumer = consumer.to_owned();
+        Self::blocking(&self.writer, move |c| {
+            let off: Option<i64> = c
+                .query_row("SELECT next_offset FROM consumer_offsets WHERE consumer = ?", [consumer], |r| r.get(0))
+                .optional()?;
+            Ok(off.unwrap_or(0) as u64)
+        })
+    }
+
+    fn series(&self, filter: Filter, bucket: Bucket) -> BoxFuture<'static, Result<Vec<(Millis, Stats)>, StoreError>> {
+        Self::blocking(&self.reader, move |c| series(c, &filter, bucket))
+    }
+
+    fn latency(&self, filter: Filter, bucket: Bucket) -> BoxFuture<'static, Result<(Latency, Vec<(Millis, Latency)>), StoreError>> {
+        Self::blocking(&self.reader, move |c| latency(c, &filter, bucket))
+    }
+
+    fn groups(&self, filter: Filter, by: GroupBy) -> BoxFuture<'static, Result<Vec<(String, Stats)>, StoreError>> {
+        Self::blocking(&self.reader, move |c| groups(c, &filter, &by))
+    }
+
+    fn rollups(&self, grain: &str, dimension: &str) -> BoxFuture<'static, Result<Vec<RollupRow>, StoreError>> {
+        let (grain, dimension) = (grain.to_owned(), dimension.to_owned());
+        Self::blocking(&self.reader, move |c| rollups(c, &grain, &dimension))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::sample_usage;
+
+    fn event(minute: i64, key: &str, cost: &str, status: u16) -> UsageEvent {
+        let mut e = sample_usage();
+        e.at = Millis(1_735_689_600_000 + minute * 60_000);
+        e.api_key_id = key.into();
+        e.cost_usd = cost.parse().unwrap();
+        e.status_code = status;
+        e
+    }
+
+    #[tokio::test]
+    async fn ingest_is_idempotent_and_rollups_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("u.sqlite")).unwrap();
+        let a = event(0, "k1", "0.000000000001", 200);
+        let b = event(0, "k1", "1.1", 500);
+        let c = event(61, "k2", "2.25", 200);
+        assert_eq!(store.ingest(vec![a.clone(), b.clone()], "agg", 10).await.unwrap(), 2);
+        // A replay of the same events plus one new one: only the new one counts.
+        assert_eq!(store.ingest(vec![a, b, c], "agg", 20).await.unwrap(), 1);
+        assert_eq!(store.offset("agg").await.unwrap(), 20);
+        assert_eq!(store.offset("other").await.unwrap(), 0);
+        let minute = store.rollups("minute", "api_key").await.unwrap();
+        assert_eq!(minute.len(), 2);
+        assert_eq!(minute[0].cost_usd.to_string(), "1.100000000001");
+        assert_eq!((minute[0].requests, minute[0].errors), (2, 1));
+        let day = store.rollups("day", "department").await.unwrap();
+        assert_eq!(day.len(), 1);
+        assert_eq!(day[0].cost_usd.to_string(), "3.350000000001");
+        let f = Filter { from: Millis(0), to: Millis(i64::MAX), ..Default::default() };
+        let g = store.groups(f.clone(), GroupBy::ApiKey).await.unwrap();
+        assert_eq!(g[0].0, "k1");
+        assert_eq!(g[0].1.requests, 2);
+        let s = store.series(f.clone(), Bucket::Hour).await.unwrap();
+        assert_eq!(s.len(), 2);
+        let mut by_dept = f.clone();
+        by_dept.metadata.insert("department".into(), "engineering".into());
+        assert_eq!(store.groups(by_dept.clone(), GroupBy::Metadata("department".into())).await.unwrap()[0].1.requests, 3);
+        by_dept.metadata.insert("department".into(), "sales".into());
+        assert!(store.series(by_dept, Bucket::Hour).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u32> = (1..=100).collect();
+        let l = Latency::of_sorted(&v);
+        assert_eq!((l.p50, l.p90, l.p99), (50, 90, 99));
+        assert_eq!(Latency::of_sorted(&[]).p99, 0);
+    }
+}

@@ -1,0 +1,170 @@
+//! Typed telemetry: a few named measurements with low-cardinality labels, rendered as
+//! Prometheus text at `/metrics`, and the logging setup. Counters are atomics or a short
+//! mutex-guarded map (one lock per request, no allocation once a label pair has been seen).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::settings::LogFormat;
+
+/// Histogram bucket upper bounds, in seconds.
+const BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// A fixed-bucket latency histogram.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = BOUNDS.iter().position(|b| s <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut acc = 0;
+        for (b, n) in BOUNDS.iter().zip(&self.buckets) {
+            acc += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {acc}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Why an upstream attempt failed, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamFailure {
+    Connect,
+    Timeout,
+    Status5xx,
+    Status4xx,
+    Body,
+}
+
+impl UpstreamFailure {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Status5xx => "status_5xx",
+            UpstreamFailure::Status4xx => "status_4xx",
+            UpstreamFailure::Body => "body",
+        }
+    }
+}
+
+/// All of Tollgate's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<HashMap<(&'static str, u16), u64>>,
+    upstream_errors: Mutex<HashMap<UpstreamFailure, u64>>,
+    /// Time spent in Tollgate itself: the request's total minus the time waiting on the provider.
+    pub gateway_overhead: Histogram,
+    pub upstream_time: Histogram,
+    pub usage_events_appended: AtomicU64,
+    pub config_events_appended: AtomicU64,
+    pub usage_events_stored: AtomicU64,
+}
+
+impl Metrics {
+    /// One HTTP request finished. `route` is the matched route pattern (a small, fixed set).
+    pub fn request(&self, route: &'static str, status: u16) {
+        *self.requests.lock().entry((route, status)).or_default() += 1;
+    }
+
+    pub fn upstream_failure(&self, why: UpstreamFailure) {
+        *self.upstream_errors.lock().entry(why).or_default() += 1;
+    }
+
+    /// Prometheus text exposition. `store_lag_bytes` is how far the store trails the usage log.
+    pub fn render(&self, store_lag_bytes: u64) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP tollgate_http_requests_total HTTP requests by route and status\n");
+        out.push_str("# TYPE tollgate_http_requests_total counter\n");
+        let mut rows: Vec<_> = self.requests.lock().iter().map(|(k, v)| (*k, *v)).collect();
+        rows.sort();
+        for ((route, status), n) in rows {
+            let _ = writeln!(out, "tollgate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        }
+        out.push_str("# HELP tollgate_upstream_errors_total failed upstream attempts by cause\n");
+        out.push_str("# TYPE tollgate_upstream_errors_total counter\n");
+        let mut rows: Vec<_> = self.upstream_errors.lock().iter().map(|(k, v)| (k.label(), *v)).collect();
+        rows.sort();
+        for (why, n) in rows {
+            let _ = writeln!(out, "tollgate_upstream_errors_total{{cause=\"{why}\"}} {n}");
+        }
+        self.gateway_overhead.render(
+            "tollgate_gateway_overhead_seconds",
+            "time spent in the gateway per data-plane request, excluding the provider",
+            &mut out,
+        );
+        self.upstream_time.render("tollgate_upstream_seconds", "time waiting on the provider per attempt", &mut out);
+        let counters = [
+            ("tollgate_events_appended_total{topic=\"usage\"}", &self.usage_events_appended),
+            ("tollgate_events_appended_total{topic=\"config\"}", &self.config_events_appended),
+        ];
+        out.push_str("# HELP tollgate_events_appended_total events durably appended to the log\n");
+        out.push_str("# TYPE tollgate_events_appended_total counter\n");
+        for (name, c) in counters {
+            let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
+        }
+        let stored = self.usage_events_stored.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_usage_events_stored_total usage events written to the usage store\n# TYPE tollgate_usage_events_stored_total counter\ntollgate_usage_events_stored_total {stored}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_store_lag_bytes how far the usage store trails the usage log\n# TYPE tollgate_store_lag_bytes gauge\ntollgate_store_lag_bytes {store_lag_bytes}"
+        );
+        out
+    }
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.request("/v1/chat/completions", 200);
+        m.request("/v1/chat/completions", 200);
+        m.upstream_failure(UpstreamFailure::Timeout);
+        m.gateway_overhead.observe(Duration::from_micros(150));
+        let text = m.render(7);
+        assert!(text.contains("tollgate_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"));
+        assert!(text.contains("tollgate_upstream_errors_total{cause=\"timeout\"} 1"));
+        assert!(text.contains("tollgate_gateway_overhead_seconds_bucket{le=\"0.00025\"} 1"));
+        assert!(text.contains("tollgate_gateway_overhead_seconds_count 1"));
+        assert!(text.contains("tollgate_store_lag_bytes 7"));
+    }
+}
