@@ -75,9 +75,13 @@ impl Core {
     /// Opens the embedded backends in the data dir and rebuilds state.
     pub async fn open(settings: Settings) -> Result<Started, AppError> {
         let dir = settings.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| AppError::DataDir { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| AppError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let sealer = master_key(&settings, &dir)?;
-        let log: Arc<dyn EventLog> = Arc::new(FileLog::open(&dir.join("log"), settings.usage_fsync)?);
+        let log: Arc<dyn EventLog> =
+            Arc::new(FileLog::open(&dir.join("log"), settings.usage_fsync)?);
         let store: Arc<dyn UsageStore> = Arc::new(SqliteStore::open(&dir.join("usage.sqlite"))?);
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
@@ -97,7 +101,10 @@ impl Core {
         });
         core.replay().await?;
         let generated_admin_key = core.bootstrap().await?;
-        Ok(Started { core, generated_admin_key })
+        Ok(Started {
+            core,
+            generated_admin_key,
+        })
     }
 
     /// Folds the whole log into state: config first, then usage.
@@ -165,7 +172,14 @@ impl Core {
         let key = match (&bootstrap_key, wanted_hash) {
             (Some(k), Some(h)) if crypto::hashes_equal(&k.key_hash, &h) => None,
             (Some(_), None) => None,
-            (_, Some(h)) => Some((h, self.settings.admin_key.as_deref().map(crypto::mask).unwrap_or_default())),
+            (_, Some(h)) => Some((
+                h,
+                self.settings
+                    .admin_key
+                    .as_deref()
+                    .map(crypto::mask)
+                    .unwrap_or_default(),
+            )),
             (None, None) => {
                 let secret = crypto::new_api_key();
                 let out = (crypto::hash_api_key(&secret), crypto::mask(&secret));
@@ -183,7 +197,10 @@ impl Core {
                 kind: ApiKeyType::OrganisationService,
                 workspace_id: None,
                 user_id: None,
-                scopes: crate::control::api_keys::ADMIN_SCOPES.iter().map(|s| s.to_string()).collect(),
+                scopes: crate::control::api_keys::ADMIN_SCOPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 defaults: Default::default(),
                 usage_limits: None,
                 rate_limits: vec![],
@@ -207,10 +224,18 @@ impl Core {
     pub async fn commit(&self, changes: Vec<Change>) -> Result<(), AppError> {
         let at = Millis::now();
         for change in changes {
-            let event = ConfigEvent { event_id: uuid::Uuid::new_v4().to_string(), at, change };
+            let event = ConfigEvent {
+                event_id: uuid::Uuid::new_v4().to_string(),
+                at,
+                change,
+            };
             let bytes = codec::encode_config(&event)?;
-            self.log.append(Topic::Config, event.key().into_bytes(), bytes).await?;
-            self.metrics.config_events_appended.fetch_add(1, Ordering::Relaxed);
+            self.log
+                .append(Topic::Config, event.key().into_bytes(), bytes)
+                .await?;
+            self.metrics
+                .config_events_appended
+                .fetch_add(1, Ordering::Relaxed);
             self.state.write().apply(&Event::Config(event));
         }
         Ok(())
@@ -219,8 +244,12 @@ impl Core {
     /// Appends a usage event durably, then folds it into the running totals.
     pub async fn record_usage(&self, event: UsageEvent) -> Result<(), AppError> {
         let bytes = codec::encode_usage(&event)?;
-        self.log.append(Topic::Usage, event.api_key_id.clone().into_bytes(), bytes).await?;
-        self.metrics.usage_events_appended.fetch_add(1, Ordering::Relaxed);
+        self.log
+            .append(Topic::Usage, event.api_key_id.clone().into_bytes(), bytes)
+            .await?;
+        self.metrics
+            .usage_events_appended
+            .fetch_add(1, Ordering::Relaxed);
         self.state.write().apply(&Event::Usage(event));
         Ok(())
     }
@@ -240,7 +269,10 @@ fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {
         return Sealer::from_base64(k).map_err(|e| AppError::MasterKey(e.to_string()));
     }
     let path = dir.join("master.key");
-    let io = |source| AppError::DataDir { path: path.display().to_string(), source };
+    let io = |source| AppError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
     if !path.exists() {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
@@ -296,17 +328,23 @@ pub async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>
 
 async fn sink_batch(core: &Core, at: u64) -> Result<u64, AppError> {
     let batch = core.log.read(Topic::Usage, at, 1 << 20).await?;
-    let Some(next) = batch.last().map(|r| r.next) else { return Ok(at) };
+    let Some(next) = batch.last().map(|r| r.next) else {
+        return Ok(at);
+    };
     let mut events = Vec::with_capacity(batch.len());
     for r in &batch {
         match codec::decode_usage(&r.payload) {
             Ok(e) => events.push(e),
             // An undecodable record can never become decodable; skipping it (loudly) keeps the
             // store live. It stays in the log for inspection.
-            Err(e) => tracing::error!(offset = r.offset, error = %e, "store sink: skipping undecodable usage record"),
+            Err(e) => {
+                tracing::error!(offset = r.offset, error = %e, "store sink: skipping undecodable usage record")
+            }
         }
     }
     let new = core.store.ingest(events, STORE_CONSUMER, next).await?;
-    core.metrics.usage_events_stored.fetch_add(new as u64, Ordering::Relaxed);
+    core.metrics
+        .usage_events_stored
+        .fetch_add(new as u64, Ordering::Relaxed);
     Ok(next)
 }

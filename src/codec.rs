@@ -24,7 +24,7 @@ const COST_SCALE: u32 = 12;
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("avro: {0}")]
-    Avro(#[from] apache_avro::Error),
+    Avro(Box<apache_avro::Error>),
     #[error("not single-object encoded (bad marker)")]
     Marker,
     #[error("unknown writer schema fingerprint {0:016x}")]
@@ -33,6 +33,12 @@ pub enum CodecError {
     Field(&'static str, String),
     #[error("entity json: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<apache_avro::Error> for CodecError {
+    fn from(e: apache_avro::Error) -> Self {
+        CodecError::Avro(Box::new(e))
+    }
 }
 
 struct Family {
@@ -53,7 +59,11 @@ impl Family {
         header[2..].copy_from_slice(&fp[..8]);
         let mut writers = HashMap::new();
         writers.insert(fingerprint_u64(&header[2..]), current.clone());
-        Family { current, header, writers }
+        Family {
+            current,
+            header,
+            writers,
+        }
     }
 
     fn encode(&self, value: Value) -> Result<Vec<u8>, CodecError> {
@@ -110,7 +120,10 @@ pub fn encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
     let mut cost = e.cost_usd;
     cost.rescale(COST_SCALE);
     if cost != e.cost_usd {
-        return Err(CodecError::Field("cost_usd", format!("{} has more than 12 decimal places", e.cost_usd)));
+        return Err(CodecError::Field(
+            "cost_usd",
+            format!("{} has more than 12 decimal places", e.cost_usd),
+        ));
     }
     let metadata = e.metadata.iter().map(|(k, v)| (k.clone(), s(v))).collect();
     let fields = vec![
@@ -130,13 +143,31 @@ pub fn encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
         ("endpoint".into(), s(e.endpoint.as_str())),
         ("status_code".into(), Value::Int(i32::from(e.status_code))),
         ("prompt_tokens".into(), Value::Long(e.prompt_tokens as i64)),
-        ("completion_tokens".into(), Value::Long(e.completion_tokens as i64)),
+        (
+            "completion_tokens".into(),
+            Value::Long(e.completion_tokens as i64),
+        ),
         ("cached_tokens".into(), Value::Long(e.cached_tokens as i64)),
-        ("cost_usd".into(), Value::Decimal(apache_avro::Decimal::from(cost.mantissa().to_be_bytes()))),
+        (
+            "cost_usd".into(),
+            Value::Decimal(apache_avro::Decimal::from(cost.mantissa().to_be_bytes())),
+        ),
         ("priced".into(), Value::Boolean(e.priced)),
-        ("usage_source".into(), Value::Enum(u32::from(e.usage_source == UsageSource::Estimated), e.usage_source.as_str().into())),
-        ("latency_ms".into(), Value::Int(e.latency_ms.min(i32::MAX as u32) as i32)),
-        ("upstream_latency_ms".into(), Value::Int(e.upstream_latency_ms.min(i32::MAX as u32) as i32)),
+        (
+            "usage_source".into(),
+            Value::Enum(
+                u32::from(e.usage_source == UsageSource::Estimated),
+                e.usage_source.as_str().into(),
+            ),
+        ),
+        (
+            "latency_ms".into(),
+            Value::Int(e.latency_ms.min(i32::MAX as u32) as i32),
+        ),
+        (
+            "upstream_latency_ms".into(),
+            Value::Int(e.upstream_latency_ms.min(i32::MAX as u32) as i32),
+        ),
         ("streamed".into(), Value::Boolean(e.streamed)),
         ("attempt_index".into(), Value::Int(e.attempt_index as i32)),
         ("trace_id".into(), s(&e.trace_id)),
@@ -150,7 +181,10 @@ struct Fields(HashMap<String, Value>);
 
 impl Fields {
     fn take(&mut self, name: &'static str) -> Result<Value, CodecError> {
-        let v = self.0.remove(name).ok_or(CodecError::Field(name, "missing".into()))?;
+        let v = self
+            .0
+            .remove(name)
+            .ok_or(CodecError::Field(name, "missing".into()))?;
         Ok(match v {
             Value::Union(_, inner) => *inner,
             other => other,
@@ -160,7 +194,10 @@ impl Fields {
     fn string(&mut self, name: &'static str) -> Result<String, CodecError> {
         match self.take(name)? {
             Value::String(s) | Value::Enum(_, s) => Ok(s),
-            other => Err(CodecError::Field(name, format!("expected string, got {other:?}"))),
+            other => Err(CodecError::Field(
+                name,
+                format!("expected string, got {other:?}"),
+            )),
         }
     }
 
@@ -168,7 +205,10 @@ impl Fields {
         match self.take(name)? {
             Value::Null => Ok(None),
             Value::String(s) => Ok(Some(s)),
-            other => Err(CodecError::Field(name, format!("expected string or null, got {other:?}"))),
+            other => Err(CodecError::Field(
+                name,
+                format!("expected string or null, got {other:?}"),
+            )),
         }
     }
 
@@ -176,7 +216,10 @@ impl Fields {
         match self.take(name)? {
             Value::Long(n) | Value::TimestampMillis(n) => Ok(n),
             Value::Int(n) => Ok(i64::from(n)),
-            other => Err(CodecError::Field(name, format!("expected number, got {other:?}"))),
+            other => Err(CodecError::Field(
+                name,
+                format!("expected number, got {other:?}"),
+            )),
         }
     }
 
@@ -187,7 +230,10 @@ impl Fields {
     fn boolean(&mut self, name: &'static str) -> Result<bool, CodecError> {
         match self.take(name)? {
             Value::Boolean(b) => Ok(b),
-            other => Err(CodecError::Field(name, format!("expected boolean, got {other:?}"))),
+            other => Err(CodecError::Field(
+                name,
+                format!("expected boolean, got {other:?}"),
+            )),
         }
     }
 }
@@ -205,14 +251,23 @@ pub fn decode_usage(bytes: &[u8]) -> Result<UsageEvent, CodecError> {
             if b.len() > 16 {
                 return Err(CodecError::Field("cost_usd", "wider than 128 bits".into()));
             }
-            let fill = if b.first().is_some_and(|x| x & 0x80 != 0) { 0xFF } else { 0 };
+            let fill = if b.first().is_some_and(|x| x & 0x80 != 0) {
+                0xFF
+            } else {
+                0
+            };
             let mut a = [fill; 16];
             a[16 - b.len()..].copy_from_slice(&b);
             Decimal::try_from_i128_with_scale(i128::from_be_bytes(a), COST_SCALE)
                 .map_err(|e| CodecError::Field("cost_usd", e.to_string()))?
                 .normalize()
         }
-        other => return Err(CodecError::Field("cost_usd", format!("expected decimal, got {other:?}"))),
+        other => {
+            return Err(CodecError::Field(
+                "cost_usd",
+                format!("expected decimal, got {other:?}"),
+            ))
+        }
     };
     let metadata = match f.take("metadata")? {
         Value::Map(m) => m
@@ -284,7 +339,11 @@ fn entity_from_json(kind: EntityKind, json: &str) -> Result<Entity, serde_json::
 /// Encodes a config event.
 pub fn encode_config(e: &ConfigEvent) -> Result<Vec<u8>, CodecError> {
     let (kind, id, body) = match &e.change {
-        Change::Upsert(entity) => (entity.kind(), entity.id().to_owned(), Some(entity_json(entity)?)),
+        Change::Upsert(entity) => (
+            entity.kind(),
+            entity.id().to_owned(),
+            Some(entity_json(entity)?),
+        ),
         Change::Delete { kind, id } => (*kind, id.clone(), None),
     };
     let index = EntityKind::ALL.iter().position(|k| *k == kind).unwrap_or(0) as u32;
@@ -308,7 +367,11 @@ pub fn decode_config(bytes: &[u8]) -> Result<ConfigEvent, CodecError> {
         Some(json) => Change::Upsert(entity_from_json(kind, &json)?),
         None => Change::Delete { kind, id },
     };
-    Ok(ConfigEvent { event_id: f.string("event_id")?, at: Millis(f.long("at")?), change })
+    Ok(ConfigEvent {
+        event_id: f.string("event_id")?,
+        at: Millis(f.long("at")?),
+        change,
+    })
 }
 
 #[cfg(test)]
@@ -357,14 +420,20 @@ pub(crate) mod tests {
         assert_eq!(decode_usage(&bytes).unwrap(), e);
         let mut neg = e.clone();
         neg.cost_usd = "-1.5".parse().unwrap();
-        assert_eq!(decode_usage(&encode_usage(&neg).unwrap()).unwrap().cost_usd, neg.cost_usd);
+        assert_eq!(
+            decode_usage(&encode_usage(&neg).unwrap()).unwrap().cost_usd,
+            neg.cost_usd
+        );
     }
 
     #[test]
     fn too_precise_cost_is_refused_not_rounded() {
         let mut e = sample_usage();
         e.cost_usd = "0.0000000000001".parse().unwrap();
-        assert!(matches!(encode_usage(&e), Err(CodecError::Field("cost_usd", _))));
+        assert!(matches!(
+            encode_usage(&e),
+            Err(CodecError::Field("cost_usd", _))
+        ));
     }
 
     #[test]
@@ -382,9 +451,16 @@ pub(crate) mod tests {
         };
         for change in [
             Change::Upsert(Entity::Workspace(ws)),
-            Change::Delete { kind: EntityKind::Workspace, id: "w1".into() },
+            Change::Delete {
+                kind: EntityKind::Workspace,
+                id: "w1".into(),
+            },
         ] {
-            let e = ConfigEvent { event_id: "e".into(), at: Millis(5), change };
+            let e = ConfigEvent {
+                event_id: "e".into(),
+                at: Millis(5),
+                change,
+            };
             assert_eq!(decode_config(&encode_config(&e).unwrap()).unwrap(), e);
         }
     }

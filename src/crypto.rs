@@ -40,7 +40,9 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// From a base64 32-byte key.
     pub fn from_base64(key: &str) -> Result<Self, CryptoError> {
-        let bytes = STANDARD.decode(key.trim()).map_err(|_| CryptoError::BadMasterKey)?;
+        let bytes = STANDARD
+            .decode(key.trim())
+            .map_err(|_| CryptoError::BadMasterKey)?;
         if bytes.len() != 32 {
             return Err(CryptoError::BadMasterKey);
         }
@@ -63,11 +65,20 @@ impl Sealer {
         // Encryption with a valid key and in-memory buffers cannot fail.
         let ct = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: secret.as_bytes(), aad: aad.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
             .unwrap_or_default();
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&ct);
-        SealedSecret { sealed: STANDARD.encode(blob), masked: mask(secret) }
+        SealedSecret {
+            sealed: STANDARD.encode(blob),
+            masked: mask(secret),
+        }
     }
 
     /// Opens a secret sealed for `(scope, id)`.
@@ -79,7 +90,13 @@ impl Sealer {
         let aad = format!("{scope}\n{id}");
         let pt = self
             .cipher
-            .decrypt(Nonce::from_slice(&blob[..12]), Payload { msg: &blob[12..], aad: aad.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(&blob[..12]),
+                Payload {
+                    msg: &blob[12..],
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Open)?;
         String::from_utf8(pt).map_err(|_| CryptoError::Open)
     }
@@ -107,7 +124,9 @@ pub fn new_api_key() -> String {
 
 /// Whether `key` is shaped like a Tollgate key with a valid checksum (cheap; no lookup).
 pub fn looks_like_api_key(key: &str) -> bool {
-    let Some(body) = key.strip_prefix(KEY_PREFIX) else { return false };
+    let Some(body) = key.strip_prefix(KEY_PREFIX) else {
+        return false;
+    };
     match URL_SAFE_NO_PAD.decode(body) {
         Ok(raw) if raw.len() == 36 => crc32fast::hash(&raw[..32]).to_be_bytes() == raw[32..],
         _ => false,
@@ -139,11 +158,17 @@ mod tests {
         let sealed = s.seal("sk-live-abcdefghijkl", "ws1", "int1");
         assert!(!sealed.sealed.contains("abcdefghijkl"));
         assert_eq!(sealed.masked, "sk-****ijkl");
-        assert_eq!(s.open(&sealed, "ws1", "int1").unwrap(), "sk-live-abcdefghijkl");
+        assert_eq!(
+            s.open(&sealed, "ws1", "int1").unwrap(),
+            "sk-live-abcdefghijkl"
+        );
         assert_eq!(s.open(&sealed, "ws2", "int1"), Err(CryptoError::Open));
         let other = Sealer::from_base64(&Sealer::generate_key()).unwrap();
         assert_eq!(other.open(&sealed, "ws1", "int1"), Err(CryptoError::Open));
-        assert_eq!(Sealer::from_base64("c2hvcnQ=").err(), Some(CryptoError::BadMasterKey));
+        assert_eq!(
+            Sealer::from_base64("c2hvcnQ=").err(),
+            Some(CryptoError::BadMasterKey)
+        );
     }
 
     #[test]

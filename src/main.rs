@@ -1,1 +1,132 @@
-fn main() {}
+//! The `tollgate` command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use tollgate::app::{run_store_sink, Core};
+use tollgate::settings::{Settings, KNOWN};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Self-hosted governance gateway and usage metering for LLM traffic"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process on embedded backends (the data dir).
+    Serve(ServeArgs),
+    /// List every setting with its environment variable.
+    Settings,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A settings file (default: ./tollgate.toml when present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to serve on [TOLLGATE_LISTEN].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory [TOLLGATE_DATA_DIR].
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Bootstrap admin API key [TOLLGATE_ADMIN_KEY].
+    #[arg(long)]
+    admin_key: Option<String>,
+    /// Base64 32-byte master key for provider credentials [TOLLGATE_MASTER_KEY].
+    #[arg(long)]
+    master_key: Option<String>,
+    /// Largest request body in bytes [TOLLGATE_MAX_BODY_BYTES].
+    #[arg(long)]
+    max_body_bytes: Option<String>,
+    /// Usage-log fsync window in ms, 0 = before every acknowledgement [TOLLGATE_USAGE_FSYNC_MS].
+    #[arg(long)]
+    usage_fsync_ms: Option<String>,
+    /// text or json [TOLLGATE_LOG_FORMAT].
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Settings => {
+            for (name, help) in KNOWN {
+                println!("{:<26} TOLLGATE_{:<26} {help}", name, name.to_uppercase());
+            }
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let flags = [
+                ("listen", args.listen),
+                ("data_dir", args.data_dir),
+                ("admin_key", args.admin_key),
+                ("master_key", args.master_key),
+                ("max_body_bytes", args.max_body_bytes),
+                ("usage_fsync_ms", args.usage_fsync_ms),
+                ("log_format", args.log_format),
+            ];
+            let settings = Settings::load(args.config.as_deref(), std::env::vars(), &flags)?;
+            tollgate::telemetry::init_logging(settings.log_format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(settings))
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(%settings, "starting tollgate serve");
+    let listen = settings.listen;
+    let started = Core::open(settings).await.context("opening the data dir")?;
+    if let Some(key) = &started.generated_admin_key {
+        // Printed once, to the terminal only (never to the log): only its hash is kept.
+        eprintln!("\nTollgate admin API key (shown once; store it now):\n\n    {key}\n");
+    }
+    let core = started.core;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, "serving");
+    let (stop, stopped) = watch::channel(false);
+    let sink = tokio::spawn(run_store_sink(core.clone(), stopped.clone()));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = stop.send(true);
+    });
+    tollgate::http::serve(listener, core.clone(), stopped).await?;
+    // Every acknowledged event is already in the log; let the store catch up before exiting.
+    let _ = sink.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

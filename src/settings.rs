@@ -102,15 +102,30 @@ impl Default for Settings {
 impl Settings {
     /// Sets one setting from its text.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), SettingsError> {
-        let invalid = |reason: &str| SettingsError::Invalid { name: name.to_owned(), reason: reason.to_owned() };
-        let number = || value.trim().parse::<u64>().map_err(|_| invalid("expected a whole number"));
+        let invalid = |reason: &str| SettingsError::Invalid {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let number = || {
+            value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| invalid("expected a whole number"))
+        };
         match name {
-            "listen" => self.listen = value.parse().map_err(|_| invalid("expected host:port, e.g. 127.0.0.1:8787"))?,
+            "listen" => {
+                self.listen = value
+                    .parse()
+                    .map_err(|_| invalid("expected host:port, e.g. 127.0.0.1:8787"))?
+            }
             "data_dir" => self.data_dir = PathBuf::from(value),
             "admin_key" => self.admin_key = Some(value.to_owned()).filter(|v| !v.is_empty()),
             "master_key" => self.master_key = Some(value.to_owned()).filter(|v| !v.is_empty()),
             "max_body_bytes" => {
-                self.max_body_bytes = usize::try_from(number()?).ok().filter(|n| *n >= 1024).ok_or_else(|| invalid("at least 1024"))?
+                self.max_body_bytes = usize::try_from(number()?)
+                    .ok()
+                    .filter(|n| *n >= 1024)
+                    .ok_or_else(|| invalid("at least 1024"))?
             }
             "usage_fsync_ms" => {
                 self.usage_fsync = match number()? {
@@ -118,8 +133,12 @@ impl Settings {
                     ms => Fsync::Every(Duration::from_millis(ms)),
                 }
             }
-            "upstream_timeout_ms" => self.upstream_timeout = Duration::from_millis(number()?.max(1)),
-            "stream_drain_timeout_ms" => self.stream_drain_timeout = Duration::from_millis(number()?),
+            "upstream_timeout_ms" => {
+                self.upstream_timeout = Duration::from_millis(number()?.max(1))
+            }
+            "stream_drain_timeout_ms" => {
+                self.stream_drain_timeout = Duration::from_millis(number()?)
+            }
             "log_format" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,
@@ -149,7 +168,10 @@ impl Settings {
                 let name = name.to_ascii_lowercase();
                 s.set(&name, &v).map_err(|e| match e {
                     SettingsError::Unknown(_) => SettingsError::Unknown(k.clone()),
-                    SettingsError::Invalid { reason, .. } => SettingsError::Invalid { name: k.clone(), reason },
+                    SettingsError::Invalid { reason, .. } => SettingsError::Invalid {
+                        name: k.clone(),
+                        reason,
+                    },
                     other => other,
                 })?;
             }
@@ -164,15 +186,23 @@ impl Settings {
 
     fn merge_file(&mut self, path: &Path) -> Result<(), SettingsError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::File { path: shown.clone(), source })?;
-        let table: toml::Table =
-            toml::from_str(&text).map_err(|source| SettingsError::Toml { path: shown.clone(), source: Box::new(source) })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::File {
+            path: shown.clone(),
+            source,
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|source| SettingsError::Toml {
+            path: shown.clone(),
+            source: Box::new(source),
+        })?;
         for (k, v) in table {
             let text = match v {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
                 other => {
-                    return Err(SettingsError::Invalid { name: k, reason: format!("unsupported value {other}") })
+                    return Err(SettingsError::Invalid {
+                        name: k,
+                        reason: format!("unsupported value {other}"),
+                    })
                 }
             };
             self.set(&k, &text)?;
@@ -186,14 +216,21 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn layers_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("t.toml");
-        std::fs::write(&f, "listen = \"127.0.0.1:1\"\nmax_body_bytes = 2048\nlog_format = \"json\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:1\"\nmax_body_bytes = 2048\nlog_format = \"json\"\n",
+        )
+        .unwrap();
         let s = Settings::load(
             Some(&f),
             env(&[("TOLLGATE_LISTEN", "127.0.0.1:2"), ("PATH", "/bin")]),
@@ -215,7 +252,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("t.toml");
         std::fs::write(&f, "lisen = \"x\"\n").unwrap();
-        assert_eq!(Settings::load(Some(&f), env(&[]), &[]).unwrap_err().to_string(), "unknown setting lisen");
+        assert_eq!(
+            Settings::load(Some(&f), env(&[]), &[])
+                .unwrap_err()
+                .to_string(),
+            "unknown setting lisen"
+        );
     }
 
     #[test]

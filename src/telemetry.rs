@@ -31,7 +31,8 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     fn render(&self, name: &str, help: &str, out: &mut String) {
@@ -43,7 +44,11 @@ impl Histogram {
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -101,11 +106,19 @@ impl Metrics {
         let mut rows: Vec<_> = self.requests.lock().iter().map(|(k, v)| (*k, *v)).collect();
         rows.sort();
         for ((route, status), n) in rows {
-            let _ = writeln!(out, "tollgate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "tollgate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
         out.push_str("# HELP tollgate_upstream_errors_total failed upstream attempts by cause\n");
         out.push_str("# TYPE tollgate_upstream_errors_total counter\n");
-        let mut rows: Vec<_> = self.upstream_errors.lock().iter().map(|(k, v)| (k.label(), *v)).collect();
+        let mut rows: Vec<_> = self
+            .upstream_errors
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.label(), *v))
+            .collect();
         rows.sort();
         for (why, n) in rows {
             let _ = writeln!(out, "tollgate_upstream_errors_total{{cause=\"{why}\"}} {n}");
@@ -115,10 +128,20 @@ impl Metrics {
             "time spent in the gateway per data-plane request, excluding the provider",
             &mut out,
         );
-        self.upstream_time.render("tollgate_upstream_seconds", "time waiting on the provider per attempt", &mut out);
+        self.upstream_time.render(
+            "tollgate_upstream_seconds",
+            "time waiting on the provider per attempt",
+            &mut out,
+        );
         let counters = [
-            ("tollgate_events_appended_total{topic=\"usage\"}", &self.usage_events_appended),
-            ("tollgate_events_appended_total{topic=\"config\"}", &self.config_events_appended),
+            (
+                "tollgate_events_appended_total{topic=\"usage\"}",
+                &self.usage_events_appended,
+            ),
+            (
+                "tollgate_events_appended_total{topic=\"config\"}",
+                &self.config_events_appended,
+            ),
         ];
         out.push_str("# HELP tollgate_events_appended_total events durably appended to the log\n");
         out.push_str("# TYPE tollgate_events_appended_total counter\n");
@@ -142,7 +165,9 @@ impl Metrics {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -161,7 +186,9 @@ mod tests {
         m.upstream_failure(UpstreamFailure::Timeout);
         m.gateway_overhead.observe(Duration::from_micros(150));
         let text = m.render(7);
-        assert!(text.contains("tollgate_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"));
+        assert!(text.contains(
+            "tollgate_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"
+        ));
         assert!(text.contains("tollgate_upstream_errors_total{cause=\"timeout\"} 1"));
         assert!(text.contains("tollgate_gateway_overhead_seconds_bucket{le=\"0.00025\"} 1"));
         assert!(text.contains("tollgate_gateway_overhead_seconds_count 1"));

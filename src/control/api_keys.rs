@@ -12,26 +12,68 @@ use crate::domain::*;
 
 /// Every management scope; the bootstrap admin key holds them all.
 pub const ADMIN_SCOPES: &[&str] = &[
-    "workspaces.create", "workspaces.read", "workspaces.update", "workspaces.delete", "workspaces.list",
-    "workspace_service_api_keys.create", "workspace_service_api_keys.read", "workspace_service_api_keys.update",
-    "workspace_service_api_keys.delete", "workspace_service_api_keys.list",
-    "workspace_user_api_keys.create", "workspace_user_api_keys.read", "workspace_user_api_keys.update",
-    "workspace_user_api_keys.delete", "workspace_user_api_keys.list",
-    "organisation_service_api_keys.create", "organisation_service_api_keys.read", "organisation_service_api_keys.update",
-    "organisation_service_api_keys.delete", "organisation_service_api_keys.list",
-    "virtual_keys.create", "virtual_keys.read", "virtual_keys.update", "virtual_keys.delete", "virtual_keys.list",
-    "virtual_keys.duplicate", "virtual_keys.copy",
-    "providers.create", "providers.read", "providers.update", "providers.delete", "providers.list",
-    "configs.create", "configs.read", "configs.update", "configs.delete", "configs.list",
-    "organisation_integrations.create", "organisation_integrations.read", "organisation_integrations.update",
-    "organisation_integrations.delete", "organisation_integrations.list",
-    "workspace_integrations.create", "workspace_integrations.read", "workspace_integrations.update",
-    "workspace_integrations.delete", "workspace_integrations.list",
-    "analytics.view", "logs.view", "logs.list", "logs.export",
+    "workspaces.create",
+    "workspaces.read",
+    "workspaces.update",
+    "workspaces.delete",
+    "workspaces.list",
+    "workspace_service_api_keys.create",
+    "workspace_service_api_keys.read",
+    "workspace_service_api_keys.update",
+    "workspace_service_api_keys.delete",
+    "workspace_service_api_keys.list",
+    "workspace_user_api_keys.create",
+    "workspace_user_api_keys.read",
+    "workspace_user_api_keys.update",
+    "workspace_user_api_keys.delete",
+    "workspace_user_api_keys.list",
+    "organisation_service_api_keys.create",
+    "organisation_service_api_keys.read",
+    "organisation_service_api_keys.update",
+    "organisation_service_api_keys.delete",
+    "organisation_service_api_keys.list",
+    "virtual_keys.create",
+    "virtual_keys.read",
+    "virtual_keys.update",
+    "virtual_keys.delete",
+    "virtual_keys.list",
+    "virtual_keys.duplicate",
+    "virtual_keys.copy",
+    "providers.create",
+    "providers.read",
+    "providers.update",
+    "providers.delete",
+    "providers.list",
+    "configs.create",
+    "configs.read",
+    "configs.update",
+    "configs.delete",
+    "configs.list",
+    "organisation_integrations.create",
+    "organisation_integrations.read",
+    "organisation_integrations.update",
+    "organisation_integrations.delete",
+    "organisation_integrations.list",
+    "workspace_integrations.create",
+    "workspace_integrations.read",
+    "workspace_integrations.update",
+    "workspace_integrations.delete",
+    "workspace_integrations.list",
+    "analytics.view",
+    "logs.view",
+    "logs.list",
+    "logs.export",
 ];
 
 /// Scopes that only make sense on workspace keys.
-const DATA_PLANE_SCOPES: &[&str] = &["completions.write", "logs.write", "prompts.render", "mcp.invoke", "agents.invoke", "guardrails.invoke"];
+const DATA_PLANE_SCOPES: &[&str] = &[
+    "completions.write",
+    "logs.write",
+    "prompts.render",
+    "mcp.invoke",
+    "agents.invoke",
+    "guardrails.invoke",
+];
 
 /// The scope family that manages keys of this type.
 fn family(kind: ApiKeyType) -> &'static str {
@@ -43,54 +85,95 @@ fn family(kind: ApiKeyType) -> &'static str {
 }
 
 fn emails_of(b: &Body) -> Result<Option<Vec<String>>> {
-    let Some(list) = b.string_list("alert_emails")? else { return Ok(None) };
+    let Some(list) = b.string_list("alert_emails")? else {
+        return Ok(None);
+    };
     for e in &list {
-        let ok = e.split_once('@').is_some_and(|(u, d)| !u.is_empty() && d.contains('.') && !e.contains(char::is_whitespace));
+        let ok = e.split_once('@').is_some_and(|(u, d)| {
+            !u.is_empty() && d.contains('.') && !e.contains(char::is_whitespace)
+        });
         if !ok {
-            return Err(invalid(format!("alert_emails: {e:?} is not an email address")));
+            return Err(invalid(format!(
+                "alert_emails: {e:?} is not an email address"
+            )));
         }
     }
     Ok(Some(list))
 }
 
-fn defaults_of(state: &State, workspace_id: Option<&str>, b: &Body) -> Result<Option<Map<String, Value>>> {
-    let Some(d) = b.object("defaults")? else { return Ok(None) };
+fn defaults_of(
+    state: &State,
+    workspace_id: Option<&str>,
+    b: &Body,
+) -> Result<Option<Map<String, Value>>> {
+    let Some(d) = b.object("defaults")? else {
+        return Ok(None);
+    };
     if let Some(cfg) = d.get("config_id").filter(|v| !v.is_null()) {
-        let slug = cfg.as_str().ok_or_else(|| invalid("defaults.config_id must be a string"))?;
-        let found = state.config(slug).is_some_and(|c| workspace_id.is_none_or(|w| c.workspace_id == w));
+        let slug = cfg
+            .as_str()
+            .ok_or_else(|| invalid("defaults.config_id must be a string"))?;
+        let found = state
+            .config(slug)
+            .is_some_and(|c| workspace_id.is_none_or(|w| c.workspace_id == w));
         if !found {
-            return Err(invalid(format!("defaults.config_id: config {slug} not found in the key's workspace")));
+            return Err(invalid(format!(
+                "defaults.config_id: config {slug} not found in the key's workspace"
+            )));
         }
     }
     if let Some(m) = d.get("metadata").filter(|v| !v.is_null()) {
-        if !m.as_object().is_some_and(|o| o.values().all(Value::is_string)) {
+        if !m
+            .as_object()
+            .is_some_and(|o| o.values().all(Value::is_string))
+        {
             return Err(invalid("defaults.metadata must be an object of strings"));
         }
     }
     Ok(Some(d.clone()))
 }
 
-pub async fn create(core: &Core, caller: &Caller, kind: &str, sub: &str, body: &Value) -> Result<Value> {
+pub async fn create(
+    core: &Core,
+    caller: &Caller,
+    kind: &str,
+    sub: &str,
+    body: &Value,
+) -> Result<Value> {
     let kind = ApiKeyType::from_path(kind, sub)
         .ok_or_else(|| invalid(format!("{kind}/{sub} is not a key type (organisation/service, workspace/service, workspace/user)")))?;
     caller.require(&format!("{}.create", family(kind)))?;
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
-    let scopes = b.string_list("scopes")?.ok_or_else(|| invalid("scopes is required"))?;
+    let scopes = b
+        .string_list("scopes")?
+        .ok_or_else(|| invalid("scopes is required"))?;
     if !kind.is_workspace() {
-        if let Some(s) = scopes.iter().find(|s| DATA_PLANE_SCOPES.contains(&s.as_str())) {
-            return Err(invalid(format!("scope {s} is only valid on workspace keys")));
+        if let Some(s) = scopes
+            .iter()
+            .find(|s| DATA_PLANE_SCOPES.contains(&s.as_str()))
+        {
+            return Err(invalid(format!(
+                "scope {s} is only valid on workspace keys"
+            )));
         }
         if caller.key.workspace_id.is_some() {
-            return Err(ControlError::Forbidden("a workspace key cannot create organisation keys".into()));
+            return Err(ControlError::Forbidden(
+                "a workspace key cannot create organisation keys".into(),
+            ));
         }
     }
     let user_id = b.str("user_id")?.map(str::to_owned);
     if kind == ApiKeyType::WorkspaceUser && user_id.is_none() {
         return Err(invalid("user_id is required for workspace user keys"));
     }
-    let usage_limits = parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?;
-    let rate_limits = parse_rate_limits(b.get("rate_limits").unwrap_or(&Value::Null), LimitOwner::ApiKey).map_err(invalid)?;
+    let usage_limits =
+        parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?;
+    let rate_limits = parse_rate_limits(
+        b.get("rate_limits").unwrap_or(&Value::Null),
+        LimitOwner::ApiKey,
+    )
+    .map_err(invalid)?;
     let alert_emails = emails_of(&b)?.unwrap_or_default();
     let expires_at = b.timestamp("expires_at")?.flatten();
     let _guard = core.admin_lock.lock().await;
@@ -101,7 +184,9 @@ pub async fn create(core: &Core, caller: &Caller, kind: &str, sub: &str, body: &
         let workspace_id = if kind.is_workspace() {
             let requested = b.str("workspace_id")?;
             if requested.is_none() && caller.key.workspace_id.is_none() {
-                return Err(invalid("workspace_id is required for workspace keys created with an organisation key"));
+                return Err(invalid(
+                    "workspace_id is required for workspace keys created with an organisation key",
+                ));
             }
             Some(caller.workspace_for(&state, requested)?)
         } else {
@@ -130,7 +215,8 @@ pub async fn create(core: &Core, caller: &Caller, kind: &str, sub: &str, body: &
         }
     };
     let out = json!({"id": key.id, "key": secret, "object": "api-key"});
-    core.commit(vec![Change::Upsert(Entity::ApiKey(key))]).await?;
+    core.commit(vec![Change::Upsert(Entity::ApiKey(key))])
+        .await?;
     Ok(out)
 }
 
@@ -160,7 +246,12 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
         })
         .collect();
     items.sort_by_key(|k| (k.created_at, k.id.clone()));
-    Ok(page.list(items.into_iter().map(|k| views::api_key(k, &state, now)).collect()))
+    Ok(page.list(
+        items
+            .into_iter()
+            .map(|k| views::api_key(k, &state, now))
+            .collect(),
+    ))
 }
 
 pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
@@ -196,7 +287,9 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         if let Some(u) = b.get("usage_limits") {
             let new = parse_usage_limit(u).map_err(invalid)?;
             if k.usage_limits.is_some() && new != k.usage_limits {
-                return Err(invalid("a budget cannot be edited once set; use reset_usage or remove it"));
+                return Err(invalid(
+                    "a budget cannot be edited once set; use reset_usage or remove it",
+                ));
             }
             k.usage_limits = new;
         }
@@ -222,6 +315,10 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
     if k.id == caller.key.id {
         return Err(ControlError::Forbidden("a key cannot delete itself".into()));
     }
-    core.commit(vec![Change::Delete { kind: EntityKind::ApiKey, id: k.id }]).await?;
+    core.commit(vec![Change::Delete {
+        kind: EntityKind::ApiKey,
+        id: k.id,
+    }])
+    .await?;
     Ok(json!({}))
 }

@@ -11,7 +11,8 @@ use crate::domain::*;
 /// A config body may be an object or its JSON text; it must pass §4 validation.
 fn config_of(v: &Value) -> Result<Value> {
     let v = match v {
-        Value::String(s) => serde_json::from_str(s).map_err(|e| invalid(format!("config is not valid JSON: {e}")))?,
+        Value::String(s) => serde_json::from_str(s)
+            .map_err(|e| invalid(format!("config is not valid JSON: {e}")))?,
         other => other.clone(),
     };
     Node::parse(&v).map_err(|e| invalid(format!("invalid config: {e}")))?;
@@ -30,12 +31,17 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
     caller.require("configs.create")?;
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
-    let config = config_of(b.get("config").ok_or_else(|| invalid("config is required"))?)?;
+    let config = config_of(
+        b.get("config")
+            .ok_or_else(|| invalid("config is required"))?,
+    )?;
     let is_default = match b.get("is_default").or_else(|| b.get("isDefault")) {
         None => false,
         Some(v) => match v.as_f64() {
             Some(x) if x == 0.0 || x == 1.0 => x == 1.0,
-            _ => v.as_bool().ok_or_else(|| invalid("is_default must be 0 or 1"))?,
+            _ => v
+                .as_bool()
+                .ok_or_else(|| invalid("is_default must be 0 or 1"))?,
         },
     };
     let _guard = core.admin_lock.lock().await;
@@ -67,9 +73,18 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
     let page = Page::from_query(q, 1000)?;
     let state = core.state.read();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
-    let mut items: Vec<&RouteConfig> = state.configs.values().filter(|c| ws.as_ref().is_none_or(|w| &c.workspace_id == w)).collect();
+    let mut items: Vec<&RouteConfig> = state
+        .configs
+        .values()
+        .filter(|c| ws.as_ref().is_none_or(|w| &c.workspace_id == w))
+        .collect();
     items.sort_by_key(|c| (c.created_at, c.id.clone()));
-    let mut out = page.list(items.into_iter().map(|c| views::config(c, &state, false)).collect());
+    let mut out = page.list(
+        items
+            .into_iter()
+            .map(|c| views::config(c, &state, false))
+            .collect(),
+    );
     out["success"] = json!(true);
     Ok(out)
 }
@@ -96,7 +111,8 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     }
     c.version_id = new_id();
     c.updated_at = Millis::now();
-    let out = json!({"version_id": c.version_id, "success": true, "data": {"version_id": c.version_id}});
+    let out =
+        json!({"version_id": c.version_id, "success": true, "data": {"version_id": c.version_id}});
     core.commit(vec![Change::Upsert(Entity::Config(c))]).await?;
     Ok(out)
 }
@@ -105,6 +121,10 @@ pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     caller.require("configs.delete")?;
     let _guard = core.admin_lock.lock().await;
     let c = find(&core.state.read(), caller, slug)?;
-    core.commit(vec![Change::Delete { kind: EntityKind::Config, id: c.id }]).await?;
+    core.commit(vec![Change::Delete {
+        kind: EntityKind::Config,
+        id: c.id,
+    }])
+    .await?;
     Ok(json!({}))
 }

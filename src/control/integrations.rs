@@ -12,7 +12,9 @@ use crate::domain::*;
 
 /// Checks `configurations`: `custom_host` must be a URL and `custom_headers` an object of strings.
 fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
-    let Some(c) = b.object("configurations")? else { return Ok(None) };
+    let Some(c) = b.object("configurations")? else {
+        return Ok(None);
+    };
     let mut c = c.clone();
     c.retain(|_, v| !v.is_null());
     if let Some(h) = c.get("custom_host") {
@@ -20,8 +22,13 @@ fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
         c.insert("custom_host".into(), Value::String(url));
     }
     if let Some(h) = c.get("custom_headers") {
-        if !h.as_object().is_some_and(|o| o.values().all(Value::is_string)) {
-            return Err(invalid("configurations.custom_headers must be an object of strings"));
+        if !h
+            .as_object()
+            .is_some_and(|o| o.values().all(Value::is_string))
+        {
+            return Err(invalid(
+                "configurations.custom_headers must be an object of strings",
+            ));
         }
     }
     Ok(Some(c))
@@ -48,14 +55,22 @@ pub fn seal_scope(i: &Integration) -> &str {
 }
 
 /// A provider auto-created for a workspace that was given an integration.
-fn default_provider(state: &State, i: &Integration, workspace_id: &str, slug: Option<&str>, now: Millis) -> Result<Option<Provider>> {
+fn default_provider(
+    state: &State,
+    i: &Integration,
+    workspace_id: &str,
+    slug: Option<&str>,
+    now: Millis,
+) -> Result<Option<Provider>> {
     let slug = slug.unwrap_or(&i.slug);
     check_slug(slug)?;
     if let Some(existing) = state.provider(slug, Some(workspace_id)) {
         if existing.integration_id == i.id {
             return Ok(None);
         }
-        return Err(ControlError::Conflict(format!("provider slug {slug} is taken in that workspace")));
+        return Err(ControlError::Conflict(format!(
+            "provider slug {slug} is taken in that workspace"
+        )));
     }
     Ok(Some(Provider {
         id: new_id(),
@@ -86,12 +101,18 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             Some(w) => Some(caller.workspace_for(&state, Some(w))?),
             None => caller.key.workspace_id.clone(),
         };
-        caller.require(if workspace_id.is_some() { "workspace_integrations.create" } else { "organisation_integrations.create" })?;
+        caller.require(if workspace_id.is_some() {
+            "workspace_integrations.create"
+        } else {
+            "organisation_integrations.create"
+        })?;
         let slug = match b.str("slug")? {
             Some(s) => {
                 check_slug(s)?;
                 if state.integrations.values().any(|i| i.slug == s) {
-                    return Err(ControlError::Conflict(format!("integration slug {s} is taken")));
+                    return Err(ControlError::Conflict(format!(
+                        "integration slug {s} is taken"
+                    )));
                 }
                 s.to_owned()
             }
@@ -153,7 +174,12 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
         })
         .collect();
     items.sort_by_key(|i| (i.created_at, i.id.clone()));
-    Ok(page.list(items.into_iter().map(|i| views::integration(i, &state, false)).collect()))
+    Ok(page.list(
+        items
+            .into_iter()
+            .map(|i| views::integration(i, &state, false))
+            .collect(),
+    ))
 }
 
 pub fn retrieve(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
@@ -166,7 +192,11 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
-    caller.require(if i.workspace_id.is_some() { "workspace_integrations.update" } else { "organisation_integrations.update" })?;
+    caller.require(if i.workspace_id.is_some() {
+        "workspace_integrations.update"
+    } else {
+        "organisation_integrations.update"
+    })?;
     if let Some(n) = b.str("name")? {
         i.name = n.to_owned();
     }
@@ -180,7 +210,8 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
         i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
     }
     i.updated_at = Millis::now();
-    core.commit(vec![Change::Upsert(Entity::Integration(i))]).await?;
+    core.commit(vec![Change::Upsert(Entity::Integration(i))])
+        .await?;
     Ok(json!({}))
 }
 
@@ -189,14 +220,24 @@ pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let changes = {
         let state = core.state.read();
         let i = find(&state, caller, slug)?;
-        caller.require(if i.workspace_id.is_some() { "workspace_integrations.delete" } else { "organisation_integrations.delete" })?;
+        caller.require(if i.workspace_id.is_some() {
+            "workspace_integrations.delete"
+        } else {
+            "organisation_integrations.delete"
+        })?;
         let mut changes: Vec<Change> = state
             .providers
             .values()
             .filter(|p| p.integration_id == i.id)
-            .map(|p| Change::Delete { kind: EntityKind::Provider, id: p.id.clone() })
+            .map(|p| Change::Delete {
+                kind: EntityKind::Provider,
+                id: p.id.clone(),
+            })
             .collect();
-        changes.push(Change::Delete { kind: EntityKind::Integration, id: i.id });
+        changes.push(Change::Delete {
+            kind: EntityKind::Integration,
+            id: i.id,
+        });
         changes
     };
     core.commit(changes).await?;
@@ -204,7 +245,12 @@ pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
 }
 
 /// `PUT /integrations/{slug}/workspaces`: grant or revoke workspaces, with their limits.
-pub async fn update_workspaces(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
+pub async fn update_workspaces(
+    core: &Core,
+    caller: &Caller,
+    slug: &str,
+    body: &Value,
+) -> Result<Value> {
     caller.require("organisation_integrations.update")?;
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
@@ -213,7 +259,9 @@ pub async fn update_workspaces(core: &Core, caller: &Caller, slug: &str, body: &
         let state = core.state.read();
         let mut i = find(&state, caller, slug)?;
         if i.workspace_id.is_some() {
-            return Err(invalid("a workspace-scoped integration cannot be provisioned to other workspaces"));
+            return Err(invalid(
+                "a workspace-scoped integration cannot be provisioned to other workspaces",
+            ));
         }
         let create_default = b.bool("create_default_provider")?.unwrap_or(true);
         let mut providers = Vec::new();
@@ -223,23 +271,36 @@ pub async fn update_workspaces(core: &Core, caller: &Caller, slug: &str, body: &
             Some(_) => return Err(invalid("workspaces must be an array")),
         };
         for (n, item) in items.iter().enumerate() {
-            let w = Body::of(item).map_err(|_| invalid(format!("workspaces[{n}] must be an object")))?;
-            let ws_ref = w.required_str("id").map_err(|_| invalid(format!("workspaces[{n}].id is required")))?;
-            let ws = state.workspace(ws_ref).ok_or_else(|| ControlError::NotFound(format!("workspace {ws_ref} not found")))?;
+            let w = Body::of(item)
+                .map_err(|_| invalid(format!("workspaces[{n}] must be an object")))?;
+            let ws_ref = w
+                .required_str("id")
+                .map_err(|_| invalid(format!("workspaces[{n}].id is required")))?;
+            let ws = state
+                .workspace(ws_ref)
+                .ok_or_else(|| ControlError::NotFound(format!("workspace {ws_ref} not found")))?;
             let enabled = w.bool("enabled")?.unwrap_or(true);
             let prev = i.workspaces.get(&ws.id).cloned();
             let usage_limits = match w.get("usage_limits") {
-                Some(u) => parse_usage_limit(u).map_err(|e| invalid(format!("workspaces[{n}].{e}")))?,
+                Some(u) => {
+                    parse_usage_limit(u).map_err(|e| invalid(format!("workspaces[{n}].{e}")))?
+                }
                 None => prev.as_ref().and_then(|p| p.usage_limits.clone()),
             };
             if let Some(old) = prev.as_ref().and_then(|p| p.usage_limits.as_ref()) {
                 if usage_limits.as_ref() != Some(old) && w.get("usage_limits").is_some() {
-                    return Err(invalid(format!("workspaces[{n}]: a budget cannot be edited once set")));
+                    return Err(invalid(format!(
+                        "workspaces[{n}]: a budget cannot be edited once set"
+                    )));
                 }
             }
             let rate_limits = match w.get("rate_limits") {
-                Some(r) => parse_rate_limits(r, LimitOwner::Other).map_err(|e| invalid(format!("workspaces[{n}].{e}")))?,
-                None => prev.as_ref().map(|p| p.rate_limits.clone()).unwrap_or_default(),
+                Some(r) => parse_rate_limits(r, LimitOwner::Other)
+                    .map_err(|e| invalid(format!("workspaces[{n}].{e}")))?,
+                None => prev
+                    .as_ref()
+                    .map(|p| p.rate_limits.clone())
+                    .unwrap_or_default(),
             };
             i.workspaces.insert(
                 ws.id.clone(),
@@ -253,7 +314,9 @@ pub async fn update_workspaces(core: &Core, caller: &Caller, slug: &str, body: &
                 },
             );
             if enabled && w.bool("create_default_provider")?.unwrap_or(create_default) {
-                let slug = w.str("default_provider_slug")?.or(b.str("default_provider_slug")?);
+                let slug = w
+                    .str("default_provider_slug")?
+                    .or(b.str("default_provider_slug")?);
                 providers.extend(default_provider(&state, &i, &ws.id, slug, now)?);
             }
         }
@@ -262,7 +325,11 @@ pub async fn update_workspaces(core: &Core, caller: &Caller, slug: &str, body: &
         }
         i.updated_at = now;
         let mut changes = vec![Change::Upsert(Entity::Integration(i))];
-        changes.extend(providers.into_iter().map(|p| Change::Upsert(Entity::Provider(p))));
+        changes.extend(
+            providers
+                .into_iter()
+                .map(|p| Change::Upsert(Entity::Provider(p))),
+        );
         changes
     };
     core.commit(changes).await?;
@@ -285,11 +352,20 @@ pub fn list_workspaces(core: &Core, caller: &Caller, slug: &str) -> Result<Value
 }
 
 /// `PUT /integrations/{slug}/models`: the allow-list and custom pricing.
-pub async fn update_models(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
+pub async fn update_models(
+    core: &Core,
+    caller: &Caller,
+    slug: &str,
+    body: &Value,
+) -> Result<Value> {
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
-    caller.require(if i.workspace_id.is_some() { "workspace_integrations.update" } else { "organisation_integrations.update" })?;
+    caller.require(if i.workspace_id.is_some() {
+        "workspace_integrations.update"
+    } else {
+        "organisation_integrations.update"
+    })?;
     let now = Millis::now();
     if let Some(all) = b.bool("allow_all_models")? {
         i.allow_all_models = all;
@@ -301,8 +377,12 @@ pub async fn update_models(core: &Core, caller: &Caller, slug: &str, body: &Valu
     };
     for (n, item) in items.iter().enumerate() {
         let m = Body::of(item).map_err(|_| invalid(format!("models[{n}] must be an object")))?;
-        let slug = m.required_str("slug").map_err(|_| invalid(format!("models[{n}].slug is required")))?;
-        let enabled = m.bool("enabled")?.ok_or_else(|| invalid(format!("models[{n}].enabled is required")))?;
+        let slug = m
+            .required_str("slug")
+            .map_err(|_| invalid(format!("models[{n}].slug is required")))?;
+        let enabled = m
+            .bool("enabled")?
+            .ok_or_else(|| invalid(format!("models[{n}].enabled is required")))?;
         let pricing_config = m.get("pricing_config").cloned();
         if let Some(p) = &pricing_config {
             if Price::from_pricing_config(p).is_none() {
@@ -325,7 +405,8 @@ pub async fn update_models(core: &Core, caller: &Caller, slug: &str, body: &Valu
         i.models.insert(slug.to_owned(), entry);
     }
     i.updated_at = now;
-    core.commit(vec![Change::Upsert(Entity::Integration(i))]).await?;
+    core.commit(vec![Change::Upsert(Entity::Integration(i))])
+        .await?;
     Ok(json!({}))
 }
 
@@ -333,17 +414,24 @@ pub fn list_models(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let state = core.state.read();
     let i = find(&state, caller, slug)?;
     let models: Vec<Value> = i.models.values().map(views::model_entry).collect();
-    Ok(json!({"object": "list", "total": models.len(), "allow_all_models": i.allow_all_models, "models": models, "data": []}))
+    Ok(
+        json!({"object": "list", "total": models.len(), "allow_all_models": i.allow_all_models, "models": models, "data": []}),
+    )
 }
 
 pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str) -> Result<Value> {
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
-    caller.require(if i.workspace_id.is_some() { "workspace_integrations.update" } else { "organisation_integrations.update" })?;
+    caller.require(if i.workspace_id.is_some() {
+        "workspace_integrations.update"
+    } else {
+        "organisation_integrations.update"
+    })?;
     for s in slugs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         i.models.remove(s);
     }
     i.updated_at = Millis::now();
-    core.commit(vec![Change::Upsert(Entity::Integration(i))]).await?;
+    core.commit(vec![Change::Upsert(Entity::Integration(i))])
+        .await?;
     Ok(json!({}))
 }

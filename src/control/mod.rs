@@ -27,7 +27,13 @@ pub enum ControlError {
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
-    Internal(#[from] AppError),
+    Internal(Box<AppError>),
+}
+
+impl From<AppError> for ControlError {
+    fn from(e: AppError) -> Self {
+        ControlError::Internal(Box::new(e))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ControlError>;
@@ -48,7 +54,9 @@ impl Caller {
         if self.key.has_scope(scope) {
             Ok(())
         } else {
-            Err(ControlError::Forbidden(format!("this API key lacks the {scope} scope")))
+            Err(ControlError::Forbidden(format!(
+                "this API key lacks the {scope} scope"
+            )))
         }
     }
 
@@ -59,7 +67,9 @@ impl Caller {
             return match requested.map(|r| state.workspace(r).map(|w| w.id.clone())) {
                 None => Ok(own.clone()),
                 Some(Some(id)) if &id == own => Ok(id),
-                Some(_) => Err(ControlError::Forbidden("a workspace key can only act on its own workspace".into())),
+                Some(_) => Err(ControlError::Forbidden(
+                    "a workspace key can only act on its own workspace".into(),
+                )),
             };
         }
         let wanted = requested.unwrap_or(DEFAULT_WORKSPACE_SLUG);
@@ -70,7 +80,11 @@ impl Caller {
     }
 
     /// For list endpoints: the workspace to filter on, if any.
-    pub fn workspace_filter(&self, state: &State, requested: Option<&str>) -> Result<Option<String>> {
+    pub fn workspace_filter(
+        &self,
+        state: &State,
+        requested: Option<&str>,
+    ) -> Result<Option<String>> {
         match (&self.key.workspace_id, requested) {
             (Some(_), r) => self.workspace_for(state, r).map(Some),
             (None, Some(r)) => self.workspace_for(state, Some(r)).map(Some),
@@ -94,7 +108,9 @@ pub struct Body<'a>(pub &'a Map<String, Value>);
 
 impl<'a> Body<'a> {
     pub fn of(v: &'a Value) -> Result<Self> {
-        v.as_object().map(Body).ok_or_else(|| invalid("the request body must be a JSON object"))
+        v.as_object()
+            .map(Body)
+            .ok_or_else(|| invalid("the request body must be a JSON object"))
     }
 
     pub fn get(&self, k: &str) -> Option<&'a Value> {
@@ -110,15 +126,21 @@ impl<'a> Body<'a> {
     }
 
     pub fn required_str(&self, k: &str) -> Result<&'a str> {
-        self.str(k)?.filter(|s| !s.trim().is_empty()).ok_or_else(|| invalid(format!("{k} is required")))
+        self.str(k)?
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| invalid(format!("{k} is required")))
     }
 
     pub fn bool(&self, k: &str) -> Result<Option<bool>> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => Ok(Some(n.as_u64() == Some(1))),
-            Some(Value::String(s)) => parse_bool(s).map(Some).ok_or_else(|| invalid(format!("{k} must be a boolean"))),
+            Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
+                Ok(Some(n.as_u64() == Some(1)))
+            }
+            Some(Value::String(s)) => parse_bool(s)
+                .map(Some)
+                .ok_or_else(|| invalid(format!("{k} must be a boolean"))),
             Some(_) => Err(invalid(format!("{k} must be a boolean"))),
         }
     }
@@ -136,7 +158,11 @@ impl<'a> Body<'a> {
             None => Ok(None),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| invalid(format!("{k} must be a list of strings"))))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| invalid(format!("{k} must be a list of strings")))
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(_) => Err(invalid(format!("{k} must be a list of strings"))),
@@ -169,8 +195,11 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 pub fn check_slug(slug: &str) -> Result<()> {
     let ok = !slug.is_empty()
         && slug.len() <= 100
-        && slug.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    ok.then_some(()).ok_or_else(|| invalid(format!("slug {slug:?} must match ^[a-zA-Z0-9_-]+$")))
+        && slug
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then_some(())
+        .ok_or_else(|| invalid(format!("slug {slug:?} must match ^[a-zA-Z0-9_-]+$")))
 }
 
 /// A readable unique slug: `prefix` + the name's letters and digits + a random suffix.
@@ -185,7 +214,11 @@ pub fn make_slug(prefix: &str, name: &str) -> String {
         .collect::<Vec<_>>()
         .join("-");
     let base: String = base.chars().take(40).collect();
-    let suffix: String = (0..6).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::thread_rng().gen_range(0..36)])).collect();
+    let suffix: String = (0..6)
+        .map(|_| {
+            char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::thread_rng().gen_range(0..36)])
+        })
+        .collect();
     match (prefix.is_empty(), base.is_empty()) {
         (true, true) => suffix,
         (true, false) => format!("{base}-{suffix}"),
@@ -207,12 +240,18 @@ pub struct Page {
 }
 
 impl Page {
-    pub fn from_query(q: &std::collections::HashMap<String, String>, default_size: usize) -> Result<Page> {
+    pub fn from_query(
+        q: &std::collections::HashMap<String, String>,
+        default_size: usize,
+    ) -> Result<Page> {
         let num = |a: &str, b: &str| -> Result<Option<usize>> {
             match q.get(a).or_else(|| q.get(b)) {
                 None => Ok(None),
                 Some(v) if v.is_empty() => Ok(None),
-                Some(v) => v.parse().map(Some).map_err(|_| invalid(format!("{a} must be a whole number"))),
+                Some(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| invalid(format!("{a} must be a whole number"))),
             }
         };
         let current = num("current_page", "currentPage")?.unwrap_or(0);
@@ -226,7 +265,11 @@ impl Page {
     /// `{object:"list", total, data}` for a page of `items`.
     pub fn list(&self, items: Vec<Value>) -> Value {
         let total = items.len();
-        let data: Vec<Value> = items.into_iter().skip(self.current.saturating_mul(self.size)).take(self.size).collect();
+        let data: Vec<Value> = items
+            .into_iter()
+            .skip(self.current.saturating_mul(self.size))
+            .take(self.size)
+            .collect();
         serde_json::json!({"object": "list", "total": total, "data": data})
     }
 }

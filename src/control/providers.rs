@@ -44,7 +44,9 @@ fn unique_slug(state: &State, b: &Body, workspace_id: &str, name: &str) -> Resul
         Some(s) => {
             check_slug(s)?;
             if state.provider(s, Some(workspace_id)).is_some() {
-                return Err(ControlError::Conflict(format!("provider slug {s} is taken in that workspace")));
+                return Err(ControlError::Conflict(format!(
+                    "provider slug {s} is taken in that workspace"
+                )));
             }
             Ok(s.to_owned())
         }
@@ -61,7 +63,11 @@ struct Limits {
 fn limits_of(b: &Body) -> Result<Limits> {
     Ok(Limits {
         usage: parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?,
-        rate: parse_rate_limits(b.get("rate_limits").unwrap_or(&Value::Null), LimitOwner::Other).map_err(invalid)?,
+        rate: parse_rate_limits(
+            b.get("rate_limits").unwrap_or(&Value::Null),
+            LimitOwner::Other,
+        )
+        .map_err(invalid)?,
         expires_at: b.timestamp("expires_at")?.flatten(),
     })
 }
@@ -104,7 +110,8 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         }
     };
     let out = json!({"id": p.id, "slug": p.slug, "object": "provider"});
-    core.commit(vec![Change::Upsert(Entity::Provider(p))]).await?;
+    core.commit(vec![Change::Upsert(Entity::Provider(p))])
+        .await?;
     Ok(out)
 }
 
@@ -117,7 +124,12 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
     let key = b.required_str("key")?;
     let limits = limits_of(&b)?;
     let mut configurations = Map::new();
-    for (from, to) in [("custom_host", "custom_host"), ("apiVersion", "api_version"), ("resourceName", "resource_name"), ("deploymentName", "deployment_name")] {
+    for (from, to) in [
+        ("custom_host", "custom_host"),
+        ("apiVersion", "api_version"),
+        ("resourceName", "resource_name"),
+        ("deploymentName", "deployment_name"),
+    ] {
         if let Some(v) = b.str(from)? {
             configurations.insert(to.into(), Value::String(v.to_owned()));
         }
@@ -167,7 +179,11 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
         (i, p)
     };
     let out = json!({"id": provider.id, "slug": provider.slug, "object": "virtual-key", "success": true, "data": {"slug": provider.slug}});
-    core.commit(vec![Change::Upsert(Entity::Integration(integration)), Change::Upsert(Entity::Provider(provider))]).await?;
+    core.commit(vec![
+        Change::Upsert(Entity::Integration(integration)),
+        Change::Upsert(Entity::Provider(provider)),
+    ])
+    .await?;
     Ok(out)
 }
 
@@ -190,7 +206,13 @@ pub fn list(core: &Core, caller: &Caller, api: Api, q: &HashMap<String, String>)
     Ok(page.list(items.into_iter().map(render).collect()))
 }
 
-pub fn retrieve(core: &Core, caller: &Caller, api: Api, slug: &str, workspace: Option<&str>) -> Result<Value> {
+pub fn retrieve(
+    core: &Core,
+    caller: &Caller,
+    api: Api,
+    slug: &str,
+    workspace: Option<&str>,
+) -> Result<Value> {
     caller.require(&api.scope("read"))?;
     let state = core.state.read();
     let p = find(&state, caller, slug, workspace)?;
@@ -200,7 +222,14 @@ pub fn retrieve(core: &Core, caller: &Caller, api: Api, slug: &str, workspace: O
     })
 }
 
-pub async fn update(core: &Core, caller: &Caller, api: Api, slug: &str, workspace: Option<&str>, body: &Value) -> Result<Value> {
+pub async fn update(
+    core: &Core,
+    caller: &Caller,
+    api: Api,
+    slug: &str,
+    workspace: Option<&str>,
+    body: &Value,
+) -> Result<Value> {
     caller.require(&api.scope("update"))?;
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
@@ -220,7 +249,9 @@ pub async fn update(core: &Core, caller: &Caller, api: Api, slug: &str, workspac
         if let Some(u) = b.get("usage_limits") {
             let new = parse_usage_limit(u).map_err(invalid)?;
             if p.usage_limits.is_some() && new != p.usage_limits {
-                return Err(invalid("a budget cannot be edited once set; use reset_usage or remove it"));
+                return Err(invalid(
+                    "a budget cannot be edited once set; use reset_usage or remove it",
+                ));
             }
             p.usage_limits = new;
         }
@@ -229,14 +260,21 @@ pub async fn update(core: &Core, caller: &Caller, api: Api, slug: &str, workspac
         }
         p.updated_at = now;
         // A virtual key's credential lives on its implicit integration.
-        let integration = match (b.str("key")?.filter(|k| !k.is_empty()), state.integrations.get(&p.integration_id)) {
+        let integration = match (
+            b.str("key")?.filter(|k| !k.is_empty()),
+            state.integrations.get(&p.integration_id),
+        ) {
             (Some(k), Some(i)) if i.implicit => {
                 let mut i = i.clone();
                 i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
                 i.updated_at = now;
                 Some(i)
             }
-            (Some(_), _) => return Err(invalid("a catalog provider's key is set on its integration")),
+            (Some(_), _) => {
+                return Err(invalid(
+                    "a catalog provider's key is set on its integration",
+                ))
+            }
             (None, _) => None,
         };
         (p, integration)
@@ -251,15 +289,31 @@ pub async fn update(core: &Core, caller: &Caller, api: Api, slug: &str, workspac
     Ok(out)
 }
 
-pub async fn delete(core: &Core, caller: &Caller, api: Api, slug: &str, workspace: Option<&str>) -> Result<Value> {
+pub async fn delete(
+    core: &Core,
+    caller: &Caller,
+    api: Api,
+    slug: &str,
+    workspace: Option<&str>,
+) -> Result<Value> {
     caller.require(&api.scope("delete"))?;
     let _guard = core.admin_lock.lock().await;
     let changes = {
         let state = core.state.read();
         let p = find(&state, caller, slug, workspace)?;
-        let mut changes = vec![Change::Delete { kind: EntityKind::Provider, id: p.id.clone() }];
-        if state.integrations.get(&p.integration_id).is_some_and(|i| i.implicit) {
-            changes.push(Change::Delete { kind: EntityKind::Integration, id: p.integration_id });
+        let mut changes = vec![Change::Delete {
+            kind: EntityKind::Provider,
+            id: p.id.clone(),
+        }];
+        if state
+            .integrations
+            .get(&p.integration_id)
+            .is_some_and(|i| i.implicit)
+        {
+            changes.push(Change::Delete {
+                kind: EntityKind::Integration,
+                id: p.integration_id,
+            });
         }
         changes
     };

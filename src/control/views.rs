@@ -28,7 +28,9 @@ pub fn rate_limits(r: &[RateLimit]) -> Value {
 
 /// The first rate limit as an object, or null (the SDK's `Dict` in list items).
 pub fn rate_limit_object(r: &[RateLimit]) -> Value {
-    r.first().map_or(Value::Null, |l| serde_json::to_value(l).unwrap_or(Value::Null))
+    r.first().map_or(Value::Null, |l| {
+        serde_json::to_value(l).unwrap_or(Value::Null)
+    })
 }
 
 fn usage(t: Totals) -> Value {
@@ -86,9 +88,14 @@ pub fn integration(i: &Integration, state: &State, full: bool) -> Value {
     if full {
         v["masked_key"] = json!(i.key.as_ref().map(|k| k.masked.clone()));
         v["allow_all_models"] = json!(i.allow_all_models);
-        v["type"] = json!(if i.workspace_id.is_some() { "workspace" } else { "organisation" });
+        v["type"] = json!(if i.workspace_id.is_some() {
+            "workspace"
+        } else {
+            "organisation"
+        });
         v["global_workspace_access"] = i.global_workspace_access.clone().unwrap_or(Value::Null);
-        v["global_workspace_access_settings"] = i.global_workspace_access.clone().unwrap_or(Value::Null);
+        v["global_workspace_access_settings"] =
+            i.global_workspace_access.clone().unwrap_or(Value::Null);
         v["owner_id"] = Value::Null;
         v["workspace_count"] = json!(i.workspaces.values().filter(|a| a.enabled).count());
         v["current_usage"] = usage(state.usage_of(EntityKind::Integration, &i.id));

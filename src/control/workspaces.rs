@@ -9,9 +9,13 @@ use crate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
 use crate::domain::{Change, Entity, EntityKind, Workspace};
 
 fn defaults_of(b: &Body) -> Result<Option<Map<String, Value>>> {
-    let Some(d) = b.object("defaults")? else { return Ok(None) };
+    let Some(d) = b.object("defaults")? else {
+        return Ok(None);
+    };
     if let Some(m) = d.get("metadata").filter(|m| !m.is_null()) {
-        let ok = m.as_object().is_some_and(|o| o.values().all(Value::is_string));
+        let ok = m
+            .as_object()
+            .is_some_and(|o| o.values().all(Value::is_string));
         if !ok {
             return Err(invalid("defaults.metadata must be an object of strings"));
         }
@@ -22,18 +26,27 @@ fn defaults_of(b: &Body) -> Result<Option<Map<String, Value>>> {
 pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("workspaces.create")?;
     if caller.key.workspace_id.is_some() {
-        return Err(ControlError::Forbidden("workspaces are created with an organisation key".into()));
+        return Err(ControlError::Forbidden(
+            "workspaces are created with an organisation key".into(),
+        ));
     }
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
-    let usage_limits = parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?;
-    let rate_limits = parse_rate_limits(b.get("rate_limits").unwrap_or(&Value::Null), LimitOwner::Other).map_err(invalid)?;
+    let usage_limits =
+        parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?;
+    let rate_limits = parse_rate_limits(
+        b.get("rate_limits").unwrap_or(&Value::Null),
+        LimitOwner::Other,
+    )
+    .map_err(invalid)?;
     let _guard = core.admin_lock.lock().await;
     let slug = match b.str("slug")? {
         Some(s) => {
             check_slug(s)?;
             if core.state.read().workspace(s).is_some() {
-                return Err(ControlError::Conflict(format!("workspace slug {s} is taken")));
+                return Err(ControlError::Conflict(format!(
+                    "workspace slug {s} is taken"
+                )));
             }
             s.to_owned()
         }
@@ -51,14 +64,18 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         created_at: now,
         updated_at: now,
     };
-    core.commit(vec![Change::Upsert(Entity::Workspace(ws.clone()))]).await?;
+    core.commit(vec![Change::Upsert(Entity::Workspace(ws.clone()))])
+        .await?;
     Ok(views::workspace(&ws, &core.state.read(), false))
 }
 
 pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("workspaces.list")?;
     let page = Page::from_query(q, 100)?;
-    let exact = q.get("exact_name").and_then(|v| parse_bool(v)).unwrap_or(false);
+    let exact = q
+        .get("exact_name")
+        .and_then(|v| parse_bool(v))
+        .unwrap_or(false);
     let name = q.get("name").map(|n| n.to_lowercase());
     let state = core.state.read();
     let mut items: Vec<&Workspace> = state
@@ -72,7 +89,12 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
         })
         .collect();
     items.sort_by_key(|w| (w.created_at, w.id.clone()));
-    Ok(page.list(items.into_iter().map(|w| views::workspace(w, &state, false)).collect()))
+    Ok(page.list(
+        items
+            .into_iter()
+            .map(|w| views::workspace(w, &state, false))
+            .collect(),
+    ))
 }
 
 fn find(state: &State, caller: &Caller, id: &str) -> Result<Workspace> {
@@ -113,31 +135,61 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
     if let Some(u) = b.get("usage_limits") {
         let new = parse_usage_limit(u).map_err(invalid)?;
         if w.usage_limits.is_some() && new != w.usage_limits {
-            return Err(ControlError::Invalid("a budget cannot be edited once set; use reset_usage or remove it".into()));
+            return Err(ControlError::Invalid(
+                "a budget cannot be edited once set; use reset_usage or remove it".into(),
+            ));
         }
         w.usage_limits = new;
     }
     w.updated_at = Millis::now();
-    core.commit(vec![Change::Upsert(Entity::Workspace(w))]).await?;
+    core.commit(vec![Change::Upsert(Entity::Workspace(w))])
+        .await?;
     Ok(json!({}))
 }
 
 pub async fn delete(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.delete")?;
-    let force = body.get("force_delete").and_then(Value::as_bool).unwrap_or(false);
+    let force = body
+        .get("force_delete")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let _guard = core.admin_lock.lock().await;
     let changes = {
         let state = core.state.read();
         let w = find(&state, caller, id)?;
         if w.slug == crate::app::DEFAULT_WORKSPACE_SLUG {
-            return Err(ControlError::Forbidden("the default workspace cannot be deleted".into()));
+            return Err(ControlError::Forbidden(
+                "the default workspace cannot be deleted".into(),
+            ));
         }
         let mut deps: Vec<(EntityKind, String)> = Vec::new();
-        deps.extend(state.api_keys.values().filter(|k| k.workspace_id.as_deref() == Some(&w.id)).map(|k| (EntityKind::ApiKey, k.id.clone())));
-        deps.extend(state.providers.values().filter(|p| p.workspace_id == w.id).map(|p| (EntityKind::Provider, p.id.clone())));
-        deps.extend(state.configs.values().filter(|c| c.workspace_id == w.id).map(|c| (EntityKind::Config, c.id.clone())));
         deps.extend(
-            state.integrations.values().filter(|i| i.workspace_id.as_deref() == Some(&w.id)).map(|i| (EntityKind::Integration, i.id.clone())),
+            state
+                .api_keys
+                .values()
+                .filter(|k| k.workspace_id.as_deref() == Some(&w.id))
+                .map(|k| (EntityKind::ApiKey, k.id.clone())),
+        );
+        deps.extend(
+            state
+                .providers
+                .values()
+                .filter(|p| p.workspace_id == w.id)
+                .map(|p| (EntityKind::Provider, p.id.clone())),
+        );
+        deps.extend(
+            state
+                .configs
+                .values()
+                .filter(|c| c.workspace_id == w.id)
+                .map(|c| (EntityKind::Config, c.id.clone())),
+        );
+        deps.extend(
+            state
+                .integrations
+                .values()
+                .filter(|i| i.workspace_id.as_deref() == Some(&w.id))
+                .map(|i| (EntityKind::Integration, i.id.clone())),
         );
         if !deps.is_empty() && !force {
             return Err(ControlError::Conflict(format!(
@@ -146,14 +198,24 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
                 deps.len()
             )));
         }
-        let mut changes: Vec<Change> = deps.into_iter().map(|(kind, id)| Change::Delete { kind, id }).collect();
+        let mut changes: Vec<Change> = deps
+            .into_iter()
+            .map(|(kind, id)| Change::Delete { kind, id })
+            .collect();
         // Remove the workspace from shared integrations' provisioning.
-        for i in state.integrations.values().filter(|i| i.workspaces.contains_key(&w.id)) {
+        for i in state
+            .integrations
+            .values()
+            .filter(|i| i.workspaces.contains_key(&w.id))
+        {
             let mut i = i.clone();
             i.workspaces.remove(&w.id);
             changes.push(Change::Upsert(Entity::Integration(i)));
         }
-        changes.push(Change::Delete { kind: EntityKind::Workspace, id: w.id });
+        changes.push(Change::Delete {
+            kind: EntityKind::Workspace,
+            id: w.id,
+        });
         changes
     };
     core.commit(changes).await?;

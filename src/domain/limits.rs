@@ -124,12 +124,17 @@ pub fn parse_usage_limit(v: &Value) -> Result<Option<UsageLimit>, String> {
     }
     if let Some(t) = limit.alert_threshold {
         if t <= Decimal::ZERO || t >= limit.credit_limit {
-            return Err("usage_limits.alert_threshold must be above 0 and below credit_limit".into());
+            return Err(
+                "usage_limits.alert_threshold must be above 0 and below credit_limit".into(),
+            );
         }
     }
     match limit.periodic_reset_days {
         Some(_) if limit.periodic_reset.is_some() => {
-            return Err("usage_limits: periodic_reset and periodic_reset_days are mutually exclusive".into())
+            return Err(
+                "usage_limits: periodic_reset and periodic_reset_days are mutually exclusive"
+                    .into(),
+            )
         }
         Some(d) if !(1..=365).contains(&d) => {
             return Err("usage_limits.periodic_reset_days must be between 1 and 365".into())
@@ -152,11 +157,15 @@ pub fn parse_rate_limits(v: &Value, owner: LimitOwner) -> Result<Vec<RateLimit>,
         if let Some(map) = item.as_object_mut() {
             map.entry("type").or_insert_with(|| Value::from("requests"));
         }
-        let limit: RateLimit = serde_json::from_value(item).map_err(|e| format!("rate_limits: {e}"))?;
+        let limit: RateLimit =
+            serde_json::from_value(item).map_err(|e| format!("rate_limits: {e}"))?;
         if owner == LimitOwner::Other && matches!(limit.unit, RateUnit::Rps | RateUnit::Rpw) {
             return Err("rate_limits.unit must be one of rpm, rph, rpd".into());
         }
-        if out.iter().any(|l: &RateLimit| l.kind == limit.kind && l.unit == limit.unit) {
+        if out
+            .iter()
+            .any(|l: &RateLimit| l.kind == limit.kind && l.unit == limit.unit)
+        {
             return Err("rate_limits: duplicate limit for the same type and unit".into());
         }
         out.push(limit);
@@ -171,7 +180,8 @@ mod tests {
 
     #[test]
     fn usage_limit_object_array_and_null() {
-        let one = json!({"type":"cost","credit_limit":10,"alert_threshold":8,"periodic_reset":"monthly"});
+        let one =
+            json!({"type":"cost","credit_limit":10,"alert_threshold":8,"periodic_reset":"monthly"});
         let a = parse_usage_limit(&one).unwrap().unwrap();
         let b = parse_usage_limit(&json!([one])).unwrap().unwrap();
         assert_eq!(a, b);
@@ -183,7 +193,9 @@ mod tests {
 
     #[test]
     fn usage_limit_keeps_exact_decimals() {
-        let l = parse_usage_limit(&json!({"credit_limit": 1.1})).unwrap().unwrap();
+        let l = parse_usage_limit(&json!({"credit_limit": 1.1}))
+            .unwrap()
+            .unwrap();
         assert_eq!(l.credit_limit.to_string(), "1.1");
         assert_eq!(l.kind, BudgetKind::Cost);
     }
@@ -207,7 +219,12 @@ mod tests {
     fn rate_limits_object_or_array() {
         let one = json!({"type":"requests","unit":"rpm","value":100});
         assert_eq!(parse_rate_limits(&one, LimitOwner::Other).unwrap().len(), 1);
-        assert_eq!(parse_rate_limits(&json!([one]), LimitOwner::Other).unwrap().len(), 1);
+        assert_eq!(
+            parse_rate_limits(&json!([one]), LimitOwner::Other)
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(parse_rate_limits(&json!({"unit":"rps","value":1}), LimitOwner::Other).is_err());
         assert!(parse_rate_limits(&json!({"unit":"rps","value":1}), LimitOwner::ApiKey).is_ok());
         assert!(parse_rate_limits(&json!({"unit":"rpm","value":-1}), LimitOwner::ApiKey).is_err());

@@ -27,6 +27,8 @@ pub struct TokenUsage {
 
 impl Price {
     /// Cost in US dollars. Cached tokens are part of the prompt and billed at the cached rate.
+    /// Prices carry at most [`MAX_PRICE_SCALE`] decimal places in cents, so the cost has at most 12
+    /// in dollars (the scale of the event schema) and no rounding happens.
     pub fn cost_usd(&self, u: TokenUsage) -> Decimal {
         let cached = u.cached.min(u.prompt);
         let fresh = u.prompt - cached;
@@ -39,7 +41,12 @@ impl Price {
     /// Reads an integration model's `pricing_config` (`pay_as_you_go.{request,response}_token.price`).
     pub fn from_pricing_config(v: &Value) -> Option<Price> {
         let payg = v.get("pay_as_you_go")?;
-        let get = |k: &str| payg.get(k)?.get("price").and_then(decimal_of);
+        let get = |k: &str| {
+            payg.get(k)?
+                .get("price")
+                .and_then(decimal_of)
+                .filter(|d| d.normalize().scale() <= MAX_PRICE_SCALE && !d.is_sign_negative())
+        };
         let input = get("request_token");
         let output = get("response_token");
         if input.is_none() && output.is_none() {
@@ -52,6 +59,9 @@ impl Price {
         })
     }
 }
+
+/// The most decimal places a price (US cents per token) may have.
+pub const MAX_PRICE_SCALE: u32 = 10;
 
 /// A JSON number or numeric string as an exact decimal (no float round trip).
 pub fn decimal_of(v: &Value) -> Option<Decimal> {
@@ -130,6 +140,14 @@ impl PriceTable {
         })
     }
 
+    /// The models priced for a provider.
+    pub fn models_of<'a>(&'a self, provider: &str) -> impl Iterator<Item = &'a str> + 'a {
+        self.prices
+            .get(provider)
+            .into_iter()
+            .flat_map(|m| m.keys().map(String::as_str))
+    }
+
     pub fn len(&self) -> usize {
         self.prices.values().map(HashMap::len).sum()
     }
@@ -144,9 +162,13 @@ fn strip_snapshot(model: &str) -> Option<&str> {
     let (head, tail) = model.split_at(model.len().checked_sub(11)?);
     let date = tail.strip_prefix('-')?;
     let ok = date.len() == 10
-        && date
-            .char_indices()
-            .all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() });
+        && date.char_indices().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
     ok.then_some(head)
 }
 
@@ -159,13 +181,34 @@ mod tests {
     fn shipped_table_prices_gpt_4o_exactly() {
         let t = PriceTable::shipped().unwrap();
         assert!(t.len() > 1000);
+        let max_scale = t
+            .prices
+            .values()
+            .flat_map(|m| m.values())
+            .flat_map(|p| [Some(p.input), Some(p.output), p.cache_read])
+            .flatten()
+            .map(|d| d.normalize().scale())
+            .max();
+        assert!(max_scale <= Some(MAX_PRICE_SCALE), "{max_scale:?}");
         let p = t.lookup("openai", "gpt-4o").unwrap();
         // $2.50 / 1M input, $10 / 1M output, $1.25 / 1M cached input.
-        let u = TokenUsage { prompt: 1_000_000, completion: 1_000_000, cached: 0 };
+        let u = TokenUsage {
+            prompt: 1_000_000,
+            completion: 1_000_000,
+            cached: 0,
+        };
         assert_eq!(p.cost_usd(u), Decimal::from(1250) / Decimal::from(100));
-        let u = TokenUsage { prompt: 1_000_000, completion: 0, cached: 1_000_000 };
+        let u = TokenUsage {
+            prompt: 1_000_000,
+            completion: 0,
+            cached: 1_000_000,
+        };
         assert_eq!(p.cost_usd(u).to_string(), "1.25");
-        let u = TokenUsage { prompt: 25, completion: 24, cached: 0 };
+        let u = TokenUsage {
+            prompt: 25,
+            completion: 24,
+            cached: 0,
+        };
         let mini = t.lookup("openai", "gpt-4o-mini").unwrap();
         assert_eq!(mini.cost_usd(u).to_string(), "0.00001815");
     }
@@ -185,9 +228,15 @@ mod tests {
         let p = Price::from_pricing_config(&json!({"type":"static","pay_as_you_go":{
             "request_token":{"price":0.0001},"response_token":{"price":"0.0003"}}}))
         .unwrap();
-        let u = TokenUsage { prompt: 10, completion: 10, cached: 3 };
+        let u = TokenUsage {
+            prompt: 10,
+            completion: 10,
+            cached: 3,
+        };
         assert_eq!(p.cost_usd(u).to_string(), "0.00004");
         assert_eq!(Price::from_pricing_config(&json!({"type":"static"})), None);
+        let too_fine = json!({"pay_as_you_go":{"request_token":{"price":"0.00000000001"}}});
+        assert_eq!(Price::from_pricing_config(&too_fine), None);
     }
 
     #[test]

@@ -9,7 +9,9 @@ use serde_json::{Map, Value};
 pub enum Mode {
     Single,
     /// Try targets in order; move on when the status is in `on_status_codes` (or is not 2xx when unset).
-    Fallback { on_status_codes: Option<Vec<u16>> },
+    Fallback {
+        on_status_codes: Option<Vec<u16>>,
+    },
     Loadbalance,
 }
 
@@ -111,7 +113,9 @@ const MAX_DEPTH: usize = 8;
 
 fn parse_node(v: &Value, inherited: Node, depth: usize) -> Result<Node, String> {
     let at = inherited.path.clone();
-    let obj = v.as_object().ok_or_else(|| format!("{at}: must be an object"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("{at}: must be an object"))?;
     if depth > MAX_DEPTH {
         return Err(format!("{at}: configs nest at most {MAX_DEPTH} levels"));
     }
@@ -120,7 +124,9 @@ fn parse_node(v: &Value, inherited: Node, depth: usize) -> Result<Node, String> 
     node.mode = None;
     node.leaf = None;
     if let Some(p) = obj.get("override_params") {
-        let p = p.as_object().ok_or_else(|| format!("{at}.override_params: must be an object"))?;
+        let p = p
+            .as_object()
+            .ok_or_else(|| format!("{at}.override_params: must be an object"))?;
         for (k, v) in p {
             node.override_params.insert(k.clone(), v.clone());
         }
@@ -137,8 +143,10 @@ fn parse_node(v: &Value, inherited: Node, depth: usize) -> Result<Node, String> 
         node.retry = Some(parse_retry(r, &at)?);
     }
     if let Some(t) = obj.get("request_timeout") {
-        node.request_timeout_ms =
-            Some(t.as_u64().ok_or_else(|| format!("{at}.request_timeout: must be milliseconds"))?);
+        node.request_timeout_ms = Some(
+            t.as_u64()
+                .ok_or_else(|| format!("{at}.request_timeout: must be milliseconds"))?,
+        );
     }
     if let Some(h) = obj.get("custom_host") {
         node.custom_host = Some(parse_url(h, &format!("{at}.custom_host"))?);
@@ -184,7 +192,9 @@ fn parse_leaf(obj: &Map<String, Value>, at: &str) -> Result<Option<Leaf>, String
     match (text("provider")?, text("api_key")?) {
         (Some(p), _) if p.starts_with('@') => Ok(Some(Leaf::Provider(p[1..].to_owned()))),
         (Some(provider), Some(api_key)) => Ok(Some(Leaf::Byok { provider, api_key })),
-        (Some(p), None) => Err(format!("{at}.provider: \"{p}\" needs an api_key, or use \"@provider-slug\"")),
+        (Some(p), None) => Err(format!(
+            "{at}.provider: \"{p}\" needs an api_key, or use \"@provider-slug\""
+        )),
         (None, _) => Ok(None),
     }
 }
@@ -202,7 +212,9 @@ fn parse_mode(v: &Value, at: &str) -> Result<Mode, String> {
                 None | Some(Value::Null) => None,
                 Some(c) => Some(status_list(c, &format!("{at}.strategy.on_status_codes"))?),
             };
-            Ok(Mode::Fallback { on_status_codes: codes })
+            Ok(Mode::Fallback {
+                on_status_codes: codes,
+            })
         }
         other => Err(format!(
             "{at}.strategy.mode: \"{other}\" is not supported (single, fallback, loadbalance)"
@@ -222,7 +234,10 @@ fn parse_retry(v: &Value, at: &str) -> Result<Retry, String> {
         None | Some(Value::Null) => DEFAULT_RETRY_CODES.to_vec(),
         Some(c) => status_list(c, &format!("{at}.retry.on_status_codes"))?,
     };
-    Ok(Retry { attempts: attempts as u32, on_status_codes })
+    Ok(Retry {
+        attempts: attempts as u32,
+        on_status_codes,
+    })
 }
 
 fn status_list(v: &Value, at: &str) -> Result<Vec<u16>, String> {
@@ -240,7 +255,9 @@ fn status_list(v: &Value, at: &str) -> Result<Vec<u16>, String> {
 
 /// Checks an upstream base URL (http or https, with a host).
 pub fn parse_url(v: &Value, at: &str) -> Result<String, String> {
-    let s = v.as_str().ok_or_else(|| format!("{at}: must be a URL string"))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| format!("{at}: must be a URL string"))?;
     let rest = s
         .strip_prefix("http://")
         .or_else(|| s.strip_prefix("https://"))
@@ -267,17 +284,31 @@ mod tests {
                 {"provider":"@team","retry":{"attempts":2,"on_status_codes":[429]}}]
         }))
         .unwrap();
-        assert_eq!(n.mode, Some(Mode::Fallback { on_status_codes: Some(vec![500]) }));
+        assert_eq!(
+            n.mode,
+            Some(Mode::Fallback {
+                on_status_codes: Some(vec![500])
+            })
+        );
         let (a, b) = (&n.targets[0], &n.targets[1]);
         assert_eq!(a.path, "config.targets[0]");
         assert_eq!(a.leaf, Some(Leaf::VirtualKey("vk-1".into())));
         assert_eq!(a.override_params["model"], json!("b"));
         assert_eq!(a.override_params["temperature"], json!(0));
         assert_eq!(a.custom_host.as_deref(), Some("http://mock/v1"));
-        assert_eq!(a.retry.as_ref().unwrap().on_status_codes, DEFAULT_RETRY_CODES.to_vec());
+        assert_eq!(
+            a.retry.as_ref().unwrap().on_status_codes,
+            DEFAULT_RETRY_CODES.to_vec()
+        );
         assert_eq!(b.leaf, Some(Leaf::Provider("team".into())));
         assert_eq!(b.override_params["model"], json!("a"));
-        assert_eq!(b.retry, Some(Retry { attempts: 2, on_status_codes: vec![429] }));
+        assert_eq!(
+            b.retry,
+            Some(Retry {
+                attempts: 2,
+                on_status_codes: vec![429]
+            })
+        );
         assert_eq!(b.custom_host, None);
     }
 
@@ -286,11 +317,23 @@ mod tests {
         for (bad, needle) in [
             (json!({}), "config: a config node needs"),
             (json!({"strategy":{"mode":"fallback"}}), "targets"),
-            (json!({"strategy":{"mode":"conditional"},"targets":[{"virtual_key":"a"}]}), "not supported"),
-            (json!({"strategy":{"mode":"single"},"targets":[{"weight":1}]}), "config.targets[0]"),
+            (
+                json!({"strategy":{"mode":"conditional"},"targets":[{"virtual_key":"a"}]}),
+                "not supported",
+            ),
+            (
+                json!({"strategy":{"mode":"single"},"targets":[{"weight":1}]}),
+                "config.targets[0]",
+            ),
             (json!({"provider":"openai"}), "needs an api_key"),
-            (json!({"virtual_key":"a","retry":{"attempts":9}}), "at most 5"),
-            (json!({"virtual_key":"a","custom_host":"ftp://x"}), "custom_host"),
+            (
+                json!({"virtual_key":"a","retry":{"attempts":9}}),
+                "at most 5",
+            ),
+            (
+                json!({"virtual_key":"a","custom_host":"ftp://x"}),
+                "custom_host",
+            ),
             (json!("pc-1"), "must be an object"),
         ] {
             let e = Node::parse(&bad).unwrap_err();

@@ -143,7 +143,9 @@ impl State {
 
     /// The API key whose secret hashes to `hash`.
     pub fn api_key_by_hash(&self, hash: &str) -> Option<&ApiKey> {
-        self.key_by_hash.get(hash).and_then(|id| self.api_keys.get(id))
+        self.key_by_hash
+            .get(hash)
+            .and_then(|id| self.api_keys.get(id))
     }
 
     /// A workspace by id or slug.
@@ -323,7 +325,10 @@ mod tests {
         s.apply(&Event::Config(ConfigEvent {
             event_id: "e2".into(),
             at: Millis(0),
-            change: Change::Delete { kind: EntityKind::ApiKey, id: "k".into() },
+            change: Change::Delete {
+                kind: EntityKind::ApiKey,
+                id: "k".into(),
+            },
         }));
         assert!(s.api_key_by_hash("h2").is_none());
     }

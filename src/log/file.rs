@@ -64,7 +64,10 @@ pub struct FileLog {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LogError + '_ {
-    move |source| LogError::Io { path: path.display().to_string(), source }
+    move |source| LogError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl FileLog {
@@ -105,7 +108,11 @@ fn open_topic(dir: &Path, topic: Topic, fsync: Fsync) -> Result<TopicHandle, Log
         .name(format!("log-{name}"))
         .spawn(move || writer(file, writer_path, end, fsync, rx, end_tx))
         .map_err(io_err(&path))?;
-    Ok(TopicHandle { path, tx, end: end_rx })
+    Ok(TopicHandle {
+        path,
+        tx,
+        end: end_rx,
+    })
 }
 
 /// Scans the file frame by frame, truncates a torn tail, and returns the end offset.
@@ -128,7 +135,11 @@ fn recover(file: &mut File) -> std::io::Result<Offset> {
     }
     drop(reader);
     if pos < total {
-        tracing::warn!(kept = pos, dropped = total - pos, "log: truncating a torn tail");
+        tracing::warn!(
+            kept = pos,
+            dropped = total - pos,
+            "log: truncating a torn tail"
+        );
         file.set_len(pos)?;
         file.sync_data()?;
     }
@@ -214,7 +225,9 @@ fn writer(
                 // Nothing of this batch is acknowledged; cut any partial write so the file stays
                 // a clean sequence of frames.
                 tracing::error!(path = %path.display(), error = %e, "log: append failed");
-                let _ = file.set_len(end).and_then(|_| file.seek(SeekFrom::Start(end)).map(drop));
+                let _ = file
+                    .set_len(end)
+                    .and_then(|_| file.seek(SeekFrom::Start(end)).map(drop));
                 for (ack, _) in acks.drain(..) {
                     let _ = ack.send(Err(LogError::Io {
                         path: path.display().to_string(),
@@ -237,7 +250,12 @@ fn sync(file: &File, path: &Path, dirty_since: &mut Option<Instant>) {
     }
 }
 
-fn read_range(path: &Path, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>, LogError> {
+fn read_range(
+    path: &Path,
+    from: Offset,
+    end: Offset,
+    max_bytes: usize,
+) -> Result<Vec<Record>, LogError> {
     if from >= end {
         return Ok(Vec::new());
     }
@@ -265,14 +283,22 @@ fn read_range(path: &Path, from: Offset, end: Offset, max_bytes: usize) -> Resul
     if out.is_empty() {
         return Err(LogError::Io {
             path: path.display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no valid frame at offset {from}")),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no valid frame at offset {from}"),
+            ),
         });
     }
     Ok(out)
 }
 
 impl EventLog for FileLog {
-    fn append(&self, topic: Topic, key: Vec<u8>, payload: Vec<u8>) -> BoxFuture<'static, Result<Offset, LogError>> {
+    fn append(
+        &self,
+        topic: Topic,
+        key: Vec<u8>,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Offset, LogError>> {
         let size = key.len() + payload.len();
         if size > MAX_RECORD || key.len() > usize::from(u16::MAX) {
             return async move { Err(LogError::TooLarge(size)) }.boxed();
@@ -286,7 +312,12 @@ impl EventLog for FileLog {
         .boxed()
     }
 
-    fn read(&self, topic: Topic, from: Offset, max_bytes: usize) -> BoxFuture<'static, Result<Vec<Record>, LogError>> {
+    fn read(
+        &self,
+        topic: Topic,
+        from: Offset,
+        max_bytes: usize,
+    ) -> BoxFuture<'static, Result<Vec<Record>, LogError>> {
         let t = self.topic(topic);
         let (path, end) = (t.path.clone(), *t.end.borrow());
         async move {
@@ -328,14 +359,22 @@ mod tests {
             }
             let offsets: Vec<Offset> = futures_util::future::try_join_all(joins).await.unwrap();
             assert!(offsets.windows(2).all(|w| w[0] < w[1]));
-            log.append(Topic::Config, b"c".to_vec(), b"x".to_vec()).await.unwrap();
+            log.append(Topic::Config, b"c".to_vec(), b"x".to_vec())
+                .await
+                .unwrap();
         }
         let log = FileLog::open(dir.path(), Fsync::Always).unwrap();
         let recs = read_all(&log, Topic::Usage).await;
         assert_eq!(recs.len(), 200);
-        assert!(recs.iter().enumerate().all(|(i, r)| r.payload == (i as u32).to_le_bytes()));
+        assert!(recs
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.payload == (i as u32).to_le_bytes()));
         assert_eq!(read_all(&log, Topic::Config).await.len(), 1);
-        assert_eq!(*log.watch_end(Topic::Usage).borrow(), recs.last().unwrap().next);
+        assert_eq!(
+            *log.watch_end(Topic::Usage).borrow(),
+            recs.last().unwrap().next
+        );
     }
 
     #[tokio::test]
@@ -382,7 +421,9 @@ mod tests {
     async fn oversized_record_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let log = FileLog::open(dir.path(), Fsync::Always).unwrap();
-        let r = log.append(Topic::Usage, vec![], vec![0; MAX_RECORD + 1]).await;
+        let r = log
+            .append(Topic::Usage, vec![], vec![0; MAX_RECORD + 1])
+            .await;
         assert!(matches!(r, Err(LogError::TooLarge(_))));
     }
 }

@@ -57,10 +57,20 @@ pub enum LogError {
 pub trait EventLog: Send + Sync + 'static {
     /// Appends a record. Resolves once the record is durable by the log's policy; only then may the
     /// caller acknowledge anything that depends on it.
-    fn append(&self, topic: Topic, key: Vec<u8>, payload: Vec<u8>) -> BoxFuture<'static, Result<Offset, LogError>>;
+    fn append(
+        &self,
+        topic: Topic,
+        key: Vec<u8>,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Offset, LogError>>;
 
     /// Reads committed records from `from`, up to about `max_bytes`.
-    fn read(&self, topic: Topic, from: Offset, max_bytes: usize) -> BoxFuture<'static, Result<Vec<Record>, LogError>>;
+    fn read(
+        &self,
+        topic: Topic,
+        from: Offset,
+        max_bytes: usize,
+    ) -> BoxFuture<'static, Result<Vec<Record>, LogError>>;
 
     /// The committed end of a topic, updated on every append.
     fn watch_end(&self, topic: Topic) -> watch::Receiver<Offset>;

@@ -101,9 +101,17 @@ impl Latency {
         }
         let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
         let sum: u64 = v.iter().map(|&x| u64::from(x)).sum();
-        Latency { avg: sum as f64 / v.len() as f64, p50: rank(0.5), p90: rank(0.9), p99: rank(0.99) }
+        Latency {
+            avg: sum as f64 / v.len() as f64,
+            p50: rank(0.5),
+            p90: rank(0.9),
+            p99: rank(0.99),
+        }
     }
 }
+
+/// The whole range's latency, then each bucket's.
+pub type LatencyReport = (Latency, Vec<(Millis, Latency)>);
 
 /// What analytics groups by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,7 +130,14 @@ pub enum GroupBy {
 }
 
 /// The rollup dimensions.
-pub const ROLLUP_DIMENSIONS: [&str; 6] = ["api_key", "workspace", "department", "integration", "provider", "model"];
+pub const ROLLUP_DIMENSIONS: [&str; 6] = [
+    "api_key",
+    "workspace",
+    "department",
+    "integration",
+    "provider",
+    "model",
+];
 
 /// One rollup row (for SQL users, Grafana and the exactness tests).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -142,20 +157,41 @@ pub struct RollupRow {
 pub trait UsageStore: Send + Sync + 'static {
     /// Stores events not seen before and folds them into the rollups, and records that `consumer`
     /// has read the log up to `next_offset`, all atomically. Returns how many events were new.
-    fn ingest(&self, events: Vec<UsageEvent>, consumer: &str, next_offset: u64) -> BoxFuture<'static, Result<usize, StoreError>>;
+    fn ingest(
+        &self,
+        events: Vec<UsageEvent>,
+        consumer: &str,
+        next_offset: u64,
+    ) -> BoxFuture<'static, Result<usize, StoreError>>;
 
     /// Where `consumer` has read up to (0 when never).
     fn offset(&self, consumer: &str) -> BoxFuture<'static, Result<u64, StoreError>>;
 
     /// Per-bucket stats over the filter.
-    fn series(&self, filter: Filter, bucket: Bucket) -> BoxFuture<'static, Result<Vec<(Millis, Stats)>, StoreError>>;
+    fn series(
+        &self,
+        filter: Filter,
+        bucket: Bucket,
+    ) -> BoxFuture<'static, Result<Vec<(Millis, Stats)>, StoreError>>;
 
     /// Per-bucket latency over the filter, plus the whole range's (first).
-    fn latency(&self, filter: Filter, bucket: Bucket) -> BoxFuture<'static, Result<(Latency, Vec<(Millis, Latency)>), StoreError>>;
+    fn latency(
+        &self,
+        filter: Filter,
+        bucket: Bucket,
+    ) -> BoxFuture<'static, Result<LatencyReport, StoreError>>;
 
     /// Stats per group value, most requests first.
-    fn groups(&self, filter: Filter, by: GroupBy) -> BoxFuture<'static, Result<Vec<(String, Stats)>, StoreError>>;
+    fn groups(
+        &self,
+        filter: Filter,
+        by: GroupBy,
+    ) -> BoxFuture<'static, Result<Vec<(String, Stats)>, StoreError>>;
 
     /// Every rollup row of a grain and dimension.
-    fn rollups(&self, grain: &str, dimension: &str) -> BoxFuture<'static, Result<Vec<RollupRow>, StoreError>>;
+    fn rollups(
+        &self,
+        grain: &str,
+        dimension: &str,
+    ) -> BoxFuture<'static, Result<Vec<RollupRow>, StoreError>>;
 }

@@ -47,7 +47,10 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.execute_batch(DDL)?;
         let reader = Connection::open(path)?;
-        Ok(SqliteStore { writer: Arc::new(Mutex::new(writer)), reader: Arc::new(Mutex::new(reader)) })
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
     fn blocking<T: Send + 'static>(
@@ -89,7 +92,12 @@ fn rollup_keys(e: &UsageEvent) -> impl Iterator<Item = (&'static str, &str)> {
     .filter_map(|(d, v)| v.map(|v| (d, v)))
 }
 
-fn ingest(conn: &mut Connection, events: &[UsageEvent], consumer: &str, next: u64) -> Result<usize, StoreError> {
+fn ingest(
+    conn: &mut Connection,
+    events: &[UsageEvent],
+    consumer: &str,
+    next: u64,
+) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
     let mut new = 0;
     let mut rollups: HashMap<(&'static str, i64, &'static str, String), Agg> = HashMap::new();
@@ -100,20 +108,46 @@ fn ingest(conn: &mut Connection, events: &[UsageEvent], consumer: &str, next: u6
         for e in events {
             let metadata = serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into());
             let inserted = insert.execute(params![
-                e.event_id, e.at.0, e.organisation_id, e.workspace_id, e.api_key_id, e.provider_id,
-                e.provider_slug, e.integration_id, e.ai_provider, e.department, e.user, metadata,
-                e.model, e.endpoint.as_str(), e.status_code, e.prompt_tokens as i64,
-                e.completion_tokens as i64, e.cached_tokens as i64, to_pico(e.cost_usd), e.priced,
-                e.usage_source.as_str(), e.latency_ms, e.upstream_latency_ms, e.streamed,
-                e.attempt_index, e.trace_id, e.config_id
+                e.event_id,
+                e.at.0,
+                e.organisation_id,
+                e.workspace_id,
+                e.api_key_id,
+                e.provider_id,
+                e.provider_slug,
+                e.integration_id,
+                e.ai_provider,
+                e.department,
+                e.user,
+                metadata,
+                e.model,
+                e.endpoint.as_str(),
+                e.status_code,
+                e.prompt_tokens as i64,
+                e.completion_tokens as i64,
+                e.cached_tokens as i64,
+                to_pico(e.cost_usd),
+                e.priced,
+                e.usage_source.as_str(),
+                e.latency_ms,
+                e.upstream_latency_ms,
+                e.streamed,
+                e.attempt_index,
+                e.trace_id,
+                e.config_id
             ])?;
             if inserted == 0 {
                 continue; // seen before: a replay after a crash between insert and offset commit
             }
             new += 1;
-            for (grain, bucket) in [("minute", e.at.floor_minute().0), ("day", e.at.floor_day().0)] {
+            for (grain, bucket) in [
+                ("minute", e.at.floor_minute().0),
+                ("day", e.at.floor_day().0),
+            ] {
                 for (dim, value) in rollup_keys(e) {
-                    let a = rollups.entry((grain, bucket, dim, value.to_owned())).or_default();
+                    let a = rollups
+                        .entry((grain, bucket, dim, value.to_owned()))
+                        .or_default();
                     a.requests += 1;
                     a.errors += i64::from(e.is_error());
                     a.prompt += e.prompt_tokens as i64;
@@ -136,7 +170,17 @@ fn ingest(conn: &mut Connection, events: &[UsageEvent], consumer: &str, next: u6
         )?;
         for ((grain, bucket, dim, value), a) in &rollups {
             upsert.execute(params![
-                grain, bucket, dim, value, a.requests, a.errors, a.prompt, a.completion, a.cached, a.cost, a.latency
+                grain,
+                bucket,
+                dim,
+                value,
+                a.requests,
+                a.errors,
+                a.prompt,
+                a.completion,
+                a.cached,
+                a.cost,
+                a.latency
             ])?;
         }
         tx.execute(
@@ -167,7 +211,14 @@ fn where_clause(f: &Filter) -> (String, Vec<Sql>) {
     any_of("api_key_id", text(&f.api_key_ids), &mut sql);
     any_of("provider_slug", text(&f.provider_slugs), &mut sql);
     any_of("config_id", text(&f.config_ids), &mut sql);
-    any_of("status_code", f.status_codes.iter().map(|c| Sql::Integer(i64::from(*c))).collect(), &mut sql);
+    any_of(
+        "status_code",
+        f.status_codes
+            .iter()
+            .map(|c| Sql::Integer(i64::from(*c)))
+            .collect(),
+        &mut sql,
+    );
     if let Some(t) = &f.trace_id {
         any_of("trace_id", vec![Sql::Text(t.clone())], &mut sql);
     }
@@ -207,7 +258,11 @@ fn stats_of(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Stats> {
     })
 }
 
-fn series(conn: &mut Connection, f: &Filter, b: Bucket) -> Result<Vec<(Millis, Stats)>, StoreError> {
+fn series(
+    conn: &mut Connection,
+    f: &Filter,
+    b: Bucket,
+) -> Result<Vec<(Millis, Stats)>, StoreError> {
     let (cond, mut args) = where_clause(f);
     let sql = format!(
         "SELECT (ts / ?) * ? AS bucket, {STATS_COLUMNS} FROM usage_events WHERE {cond} GROUP BY bucket ORDER BY bucket"
@@ -215,15 +270,19 @@ fn series(conn: &mut Connection, f: &Filter, b: Bucket) -> Result<Vec<(Millis, S
     let mut all = vec![Sql::Integer(b.ms()), Sql::Integer(b.ms())];
     all.append(&mut args);
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(all), |r| Ok((Millis(r.get(0)?), stats_of(r, 1)?)))?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(all), |r| {
+        Ok((Millis(r.get(0)?), stats_of(r, 1)?))
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn latency(conn: &mut Connection, f: &Filter, b: Bucket) -> Result<(Latency, Vec<(Millis, Latency)>), StoreError> {
+fn latency(conn: &mut Connection, f: &Filter, b: Bucket) -> Result<LatencyReport, StoreError> {
     let (cond, args) = where_clause(f);
     let sql = format!("SELECT ts, latency_ms FROM usage_events WHERE {cond} ORDER BY ts");
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)))?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?))
+    })?;
     let mut all = Vec::new();
     let mut buckets: Vec<(Millis, Vec<u32>)> = Vec::new();
     for row in rows {
@@ -257,11 +316,18 @@ fn group_column(by: &GroupBy) -> (String, Option<Sql>) {
         GroupBy::StatusCode => ("CAST(status_code AS TEXT)".into(), None),
         GroupBy::Config => ("coalesce(config_id, '')".into(), None),
         GroupBy::Department => ("coalesce(department, '')".into(), None),
-        GroupBy::Metadata(k) => ("coalesce(json_extract(metadata, ?), '')".into(), Some(Sql::Text(json_path(k)))),
+        GroupBy::Metadata(k) => (
+            "coalesce(json_extract(metadata, ?), '')".into(),
+            Some(Sql::Text(json_path(k))),
+        ),
     }
 }
 
-fn groups(conn: &mut Connection, f: &Filter, by: &GroupBy) -> Result<Vec<(String, Stats)>, StoreError> {
+fn groups(
+    conn: &mut Connection,
+    f: &Filter,
+    by: &GroupBy,
+) -> Result<Vec<(String, Stats)>, StoreError> {
     let (cond, mut args) = where_clause(f);
     let (col, col_arg) = group_column(by);
     let sql = format!(
@@ -283,7 +349,11 @@ fn groups(conn: &mut Connection, f: &Filter, by: &GroupBy) -> Result<Vec<(String
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn rollups(conn: &mut Connection, grain: &str, dimension: &str) -> Result<Vec<RollupRow>, StoreError> {
+fn rollups(
+    conn: &mut Connection,
+    grain: &str,
+    dimension: &str,
+) -> Result<Vec<RollupRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT grain, bucket, dimension, value, requests, errors, prompt_tokens, completion_tokens, cost_pico
          FROM usage_rollup WHERE grain = ? AND dimension = ? ORDER BY bucket, value",
@@ -305,34 +375,61 @@ fn rollups(conn: &mut Connection, grain: &str, dimension: &str) -> Result<Vec<Ro
 }
 
 impl UsageStore for SqliteStore {
-    fn ingest(&self, events: Vec<UsageEvent>, consumer: &str, next_offset: u64) -> BoxFuture<'static, Result<usize, StoreError>> {
+    fn ingest(
+        &self,
+        events: Vec<UsageEvent>,
+        consumer: &str,
+        next_offset: u64,
+    ) -> BoxFuture<'static, Result<usize, StoreError>> {
         let consumer = consumer.to_owned();
-        Self::blocking(&self.writer, move |c| ingest(c, &events, &consumer, next_offset))
+        Self::blocking(&self.writer, move |c| {
+            ingest(c, &events, &consumer, next_offset)
+        })
     }
 
     fn offset(&self, consumer: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
         let consumer = consumer.to_owned();
         Self::blocking(&self.writer, move |c| {
             let off: Option<i64> = c
-                .query_row("SELECT next_offset FROM consumer_offsets WHERE consumer = ?", [consumer], |r| r.get(0))
+                .query_row(
+                    "SELECT next_offset FROM consumer_offsets WHERE consumer = ?",
+                    [consumer],
+                    |r| r.get(0),
+                )
                 .optional()?;
             Ok(off.unwrap_or(0) as u64)
         })
     }
 
-    fn series(&self, filter: Filter, bucket: Bucket) -> BoxFuture<'static, Result<Vec<(Millis, Stats)>, StoreError>> {
+    fn series(
+        &self,
+        filter: Filter,
+        bucket: Bucket,
+    ) -> BoxFuture<'static, Result<Vec<(Millis, Stats)>, StoreError>> {
         Self::blocking(&self.reader, move |c| series(c, &filter, bucket))
     }
 
-    fn latency(&self, filter: Filter, bucket: Bucket) -> BoxFuture<'static, Result<(Latency, Vec<(Millis, Latency)>), StoreError>> {
+    fn latency(
+        &self,
+        filter: Filter,
+        bucket: Bucket,
+    ) -> BoxFuture<'static, Result<LatencyReport, StoreError>> {
         Self::blocking(&self.reader, move |c| latency(c, &filter, bucket))
     }
 
-    fn groups(&self, filter: Filter, by: GroupBy) -> BoxFuture<'static, Result<Vec<(String, Stats)>, StoreError>> {
+    fn groups(
+        &self,
+        filter: Filter,
+        by: GroupBy,
+    ) -> BoxFuture<'static, Result<Vec<(String, Stats)>, StoreError>> {
         Self::blocking(&self.reader, move |c| groups(c, &filter, &by))
     }
 
-    fn rollups(&self, grain: &str, dimension: &str) -> BoxFuture<'static, Result<Vec<RollupRow>, StoreError>> {
+    fn rollups(
+        &self,
+        grain: &str,
+        dimension: &str,
+    ) -> BoxFuture<'static, Result<Vec<RollupRow>, StoreError>> {
         let (grain, dimension) = (grain.to_owned(), dimension.to_owned());
         Self::blocking(&self.reader, move |c| rollups(c, &grain, &dimension))
     }
@@ -359,7 +456,13 @@ mod tests {
         let a = event(0, "k1", "0.000000000001", 200);
         let b = event(0, "k1", "1.1", 500);
         let c = event(61, "k2", "2.25", 200);
-        assert_eq!(store.ingest(vec![a.clone(), b.clone()], "agg", 10).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .ingest(vec![a.clone(), b.clone()], "agg", 10)
+                .await
+                .unwrap(),
+            2
+        );
         // A replay of the same events plus one new one: only the new one counts.
         assert_eq!(store.ingest(vec![a, b, c], "agg", 20).await.unwrap(), 1);
         assert_eq!(store.offset("agg").await.unwrap(), 20);
@@ -371,17 +474,35 @@ mod tests {
         let day = store.rollups("day", "department").await.unwrap();
         assert_eq!(day.len(), 1);
         assert_eq!(day[0].cost_usd.to_string(), "3.350000000001");
-        let f = Filter { from: Millis(0), to: Millis(i64::MAX), ..Default::default() };
+        let f = Filter {
+            from: Millis(0),
+            to: Millis(i64::MAX),
+            ..Default::default()
+        };
         let g = store.groups(f.clone(), GroupBy::ApiKey).await.unwrap();
         assert_eq!(g[0].0, "k1");
         assert_eq!(g[0].1.requests, 2);
         let s = store.series(f.clone(), Bucket::Hour).await.unwrap();
         assert_eq!(s.len(), 2);
         let mut by_dept = f.clone();
-        by_dept.metadata.insert("department".into(), "engineering".into());
-        assert_eq!(store.groups(by_dept.clone(), GroupBy::Metadata("department".into())).await.unwrap()[0].1.requests, 3);
+        by_dept
+            .metadata
+            .insert("department".into(), "engineering".into());
+        assert_eq!(
+            store
+                .groups(by_dept.clone(), GroupBy::Metadata("department".into()))
+                .await
+                .unwrap()[0]
+                .1
+                .requests,
+            3
+        );
         by_dept.metadata.insert("department".into(), "sales".into());
-        assert!(store.series(by_dept, Bucket::Hour).await.unwrap().is_empty());
+        assert!(store
+            .series(by_dept, Bucket::Hour)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -1,0 +1,264 @@
+//! Control-plane handlers: extract, call one control function, answer JSON.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::extract::{Admin, JsonBody, QueryMap};
+use crate::app::Core;
+use crate::control::providers::Api;
+use crate::control::{api_keys, configs, integrations, providers, workspaces};
+
+type Answer = Result<Json<Value>, ApiError>;
+type Core_ = State<Arc<Core>>;
+
+fn ok(r: crate::control::Result<Value>) -> Answer {
+    r.map(Json).map_err(ApiError::from)
+}
+
+/// The control-plane routes (under `/v1`).
+pub fn routes() -> Router<Arc<Core>> {
+    Router::new()
+        .route("/admin/workspaces", get(ws_list).post(ws_create))
+        .route(
+            "/admin/workspaces/{id}",
+            get(ws_get).put(ws_update).delete(ws_delete),
+        )
+        .route("/integrations", get(int_list).post(int_create))
+        .route(
+            "/integrations/{slug}",
+            get(int_get).put(int_update).delete(int_delete),
+        )
+        .route(
+            "/integrations/{slug}/workspaces",
+            get(int_ws_list).put(int_ws_update),
+        )
+        .route(
+            "/integrations/{slug}/models",
+            get(int_models_list)
+                .put(int_models_update)
+                .delete(int_models_delete),
+        )
+        .route("/providers", get(prov_list).post(prov_create))
+        .route(
+            "/providers/{slug}",
+            get(prov_get).put(prov_update).delete(prov_delete),
+        )
+        .route("/virtual-keys", get(vk_list).post(vk_create))
+        .route(
+            "/virtual-keys/{slug}",
+            get(vk_get).put(vk_update).delete(vk_delete),
+        )
+        .route("/configs", get(cfg_list).post(cfg_create))
+        .route(
+            "/configs/{slug}",
+            get(cfg_get).put(cfg_update).delete(cfg_delete),
+        )
+        .route("/api-keys", get(key_list))
+        .route("/api-keys/{kind}/{sub}", post(key_create))
+        .route(
+            "/api-keys/{id}",
+            get(key_get).put(key_update).delete(key_delete),
+        )
+}
+
+async fn ws_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(workspaces::create(&c, &a, &b).await)
+}
+async fn ws_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(workspaces::list(&c, &a, &q))
+}
+async fn ws_get(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(workspaces::retrieve(&c, &a, &id))
+}
+async fn ws_update(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(workspaces::update(&c, &a, &id, &b).await)
+}
+async fn ws_delete(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(workspaces::delete(&c, &a, &id, &b).await)
+}
+
+async fn int_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(integrations::create(&c, &a, &b).await)
+}
+async fn int_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(integrations::list(&c, &a, &q))
+}
+async fn int_get(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(integrations::retrieve(&c, &a, &s))
+}
+async fn int_update(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(integrations::update(&c, &a, &s, &b).await)
+}
+async fn int_delete(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(integrations::delete(&c, &a, &s).await)
+}
+async fn int_ws_list(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(integrations::list_workspaces(&c, &a, &s))
+}
+async fn int_ws_update(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(integrations::update_workspaces(&c, &a, &s, &b).await)
+}
+async fn int_models_list(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(integrations::list_models(&c, &a, &s))
+}
+async fn int_models_update(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(integrations::update_models(&c, &a, &s, &b).await)
+}
+async fn int_models_delete(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    QueryMap(q): QueryMap,
+) -> Answer {
+    ok(
+        integrations::delete_models(&c, &a, &s, q.get("slugs").map(String::as_str).unwrap_or(""))
+            .await,
+    )
+}
+
+fn ws(q: &std::collections::HashMap<String, String>) -> Option<&str> {
+    q.get("workspace_id")
+        .map(String::as_str)
+        .filter(|w| !w.is_empty())
+}
+
+async fn prov_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(providers::create(&c, &a, &b).await)
+}
+async fn prov_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(providers::list(&c, &a, Api::Providers, &q))
+}
+async fn prov_get(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    QueryMap(q): QueryMap,
+) -> Answer {
+    ok(providers::retrieve(&c, &a, Api::Providers, &s, ws(&q)))
+}
+async fn prov_update(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    QueryMap(q): QueryMap,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(providers::update(&c, &a, Api::Providers, &s, ws(&q), &b).await)
+}
+async fn prov_delete(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    QueryMap(q): QueryMap,
+) -> Answer {
+    ok(providers::delete(&c, &a, Api::Providers, &s, ws(&q)).await)
+}
+
+async fn vk_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(providers::create_virtual_key(&c, &a, &b).await)
+}
+async fn vk_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(providers::list(&c, &a, Api::VirtualKeys, &q))
+}
+async fn vk_get(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    QueryMap(q): QueryMap,
+) -> Answer {
+    ok(providers::retrieve(&c, &a, Api::VirtualKeys, &s, ws(&q)))
+}
+async fn vk_update(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    QueryMap(q): QueryMap,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(providers::update(&c, &a, Api::VirtualKeys, &s, ws(&q), &b).await)
+}
+async fn vk_delete(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    QueryMap(q): QueryMap,
+) -> Answer {
+    ok(providers::delete(&c, &a, Api::VirtualKeys, &s, ws(&q)).await)
+}
+
+async fn cfg_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(configs::create(&c, &a, &b).await)
+}
+async fn cfg_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(configs::list(&c, &a, &q))
+}
+async fn cfg_get(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(configs::retrieve(&c, &a, &s))
+}
+async fn cfg_update(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(s): Path<String>,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(configs::update(&c, &a, &s, &b).await)
+}
+async fn cfg_delete(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(configs::delete(&c, &a, &s).await)
+}
+
+async fn key_create(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path((kind, sub)): Path<(String, String)>,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(api_keys::create(&c, &a, &kind, &sub, &b).await)
+}
+async fn key_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(api_keys::list(&c, &a, &q))
+}
+async fn key_get(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(api_keys::retrieve(&c, &a, &id))
+}
+async fn key_update(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(api_keys::update(&c, &a, &id, &b).await)
+}
+async fn key_delete(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(api_keys::delete(&c, &a, &id).await)
+}

@@ -1,0 +1,113 @@
+//! Data-plane handlers: OpenAI-compatible endpoints.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use tokio_stream_shim::ReceiverStream;
+
+use super::error::{ApiError, Plane};
+use super::extract::{body_bytes, QueryMap};
+use crate::app::Core;
+use crate::domain::Endpoint;
+use crate::proxy::{self, Reply};
+
+/// The data-plane routes (under `/v1`).
+pub fn routes() -> Router<Arc<Core>> {
+    Router::new()
+        .route("/chat/completions", post(chat))
+        .route("/completions", post(completions))
+        .route("/embeddings", post(embeddings))
+        .route("/models", get(models))
+        .route("/models/{*id}", get(model))
+}
+
+async fn serve(core: Arc<Core>, endpoint: Endpoint, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let trace_id = proxy::trace_id(&headers);
+    let body = match body_bytes(req, &(), Plane::Data).await {
+        Ok(b) => b,
+        Err(mut e) => {
+            e.trace_id = Some(trace_id);
+            return e.into_response();
+        }
+    };
+    match proxy::handle(core, endpoint, &headers, &body, trace_id.clone()).await {
+        Ok(Reply::Full {
+            status,
+            headers,
+            body,
+        }) => (status, headers, body).into_response(),
+        Ok(Reply::Stream { headers, frames }) => {
+            let stream = ReceiverStream(frames).map(Ok::<_, std::convert::Infallible>);
+            (headers, Body::from_stream(stream)).into_response()
+        }
+        Err(e) => ApiError::data(e, Some(trace_id)).into_response(),
+    }
+}
+
+async fn chat(State(core): State<Arc<Core>>, req: Request) -> Response {
+    serve(core, Endpoint::ChatCompletions, req).await
+}
+
+async fn completions(State(core): State<Arc<Core>>, req: Request) -> Response {
+    serve(core, Endpoint::Completions, req).await
+}
+
+async fn embeddings(State(core): State<Arc<Core>>, req: Request) -> Response {
+    serve(core, Endpoint::Embeddings, req).await
+}
+
+async fn models(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    QueryMap(q): QueryMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let provider = q.get("provider").map(String::as_str);
+    let mut list =
+        proxy::list_models(&core, &headers, provider, None).map_err(|e| ApiError::data(e, None))?;
+    let offset: usize = q.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX);
+    if let Some(data) = list.get_mut("data").and_then(|d| d.as_array_mut()) {
+        let page: Vec<_> = data.drain(..).skip(offset).take(limit).collect();
+        *data = page;
+    }
+    Ok(Json(list))
+}
+
+async fn model(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    proxy::list_models(&core, &headers, None, Some(&id))
+        .map(Json)
+        .map_err(|e| ApiError::data(e, None))
+}
+
+/// A `Stream` over an mpsc receiver (what `tokio-stream` provides, without the dependency).
+mod tokio_stream_shim {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+
+    pub struct ReceiverStream(pub mpsc::Receiver<Bytes>);
+
+    impl futures_util::Stream for ReceiverStream {
+        type Item = Bytes;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The one HTTP error type. Control-plane errors carry both envelopes (Portkey's
+//! `{success:false, data:{message, errorCode}}` and OpenAI's `{error:{...}}`); data-plane errors
+//! carry the OpenAI envelope. Every 5xx carries `x-portkey-gateway-exception` so SDKs don't retry
+//! a request that was refused on purpose, and every error carries the trace id when there is one.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::control::ControlError;
+use crate::proxy::DataError;
+
+/// Which API a failed request belonged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    Control,
+    Data,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub plane: Plane,
+    pub error: DataError,
+    pub trace_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn control(status: StatusCode, message: impl Into<String>) -> Self {
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            409 => "conflict_error",
+            413 => "invalid_request_error",
+            s if s >= 500 => "server_error",
+            _ => "invalid_request_error",
+        };
+        ApiError {
+            plane: Plane::Control,
+            error: DataError::new(status, kind, None, message),
+            trace_id: None,
+        }
+    }
+
+    pub fn data(error: DataError, trace_id: Option<String>) -> Self {
+        ApiError {
+            plane: Plane::Data,
+            error,
+            trace_id,
+        }
+    }
+
+    pub fn not_found(plane: Plane, what: &str) -> Self {
+        let e = DataError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("not_found"),
+            format!("{what} not found"),
+        );
+        ApiError {
+            plane,
+            error: e,
+            trace_id: None,
+        }
+    }
+}
+
+/// Portkey's admin error codes.
+fn error_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 413 | 422 => "AB01",
+        401 => "AB05",
+        403 => "AB03",
+        404 => "AB08",
+        409 => "AB07",
+        402 => "AB09",
+        429 => "AB06",
+        _ => "AB04",
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let status = match &e {
+            ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Internal(inner) => {
+                tracing::error!(error = %inner, "admin command failed");
+                return ApiError::control(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; the change was not made",
+                );
+            }
+        };
+        ApiError::control(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = &self.error;
+        let body = match self.plane {
+            Plane::Data => {
+                json!({"error": {"message": e.message, "type": e.kind, "param": null, "code": e.code}})
+            }
+            Plane::Control => {
+                let code = error_code(e.status);
+                json!({"success": false, "data": {"message": e.message, "errorCode": code},
+                       "error": {"message": e.message, "type": e.kind, "code": code}})
+            }
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        if e.status.is_server_error() {
+            headers.insert(
+                "x-portkey-gateway-exception",
+                HeaderValue::from_static("true"),
+            );
+        }
+        if let Some(t) = self
+            .trace_id
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
+            headers.insert("x-portkey-trace-id", t);
+        }
+        if let Some(s) = e.retry_after_secs {
+            headers.insert("retry-after", HeaderValue::from(s));
+            headers.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        (e.status, headers, body.to_string()).into_response()
+    }
+}

@@ -1,0 +1,100 @@
+//! Request extractors that fail in the API's own error format (axum's defaults answer in plain
+//! text): JSON bodies, query strings, and the admin caller.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use super::error::{ApiError, Plane};
+use crate::app::Core;
+use crate::control::Caller;
+use crate::proxy::auth;
+
+/// Reads the body, mapping an oversized one to 413 in the contract's format.
+pub async fn body_bytes<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    plane: Plane,
+) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|r| {
+        let too_large = r.status() == StatusCode::PAYLOAD_TOO_LARGE;
+        let (status, msg) = if too_large {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than the configured limit".to_owned(),
+            )
+        } else {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {r}"),
+            )
+        };
+        let mut e = ApiError::control(status, msg);
+        e.plane = plane;
+        e
+    })
+}
+
+/// A control-plane JSON body; an empty body is `{}`.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = body_bytes(req, state, Plane::Control).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(Value::Object(Default::default())));
+        }
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::control(
+                StatusCode::BAD_REQUEST,
+                format!("the request body is not valid JSON: {e}"),
+            )
+        })?;
+        if !v.is_object() {
+            return Err(ApiError::control(
+                StatusCode::BAD_REQUEST,
+                "the request body must be a JSON object",
+            ));
+        }
+        Ok(JsonBody(v))
+    }
+}
+
+/// Query parameters as a map (the last value of a repeated name wins).
+pub struct QueryMap(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).map_err(|e| {
+            ApiError::control(
+                StatusCode::BAD_REQUEST,
+                format!("malformed query string: {e}"),
+            )
+        })?;
+        Ok(QueryMap(pairs.into_iter().collect()))
+    }
+}
+
+/// The authenticated admin caller.
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<Arc<Core>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, ApiError> {
+        let state = core.state.read();
+        let key = auth::authenticate(&state, &parts.headers, crate::domain::Millis::now())
+            .map_err(|e| ApiError::control(StatusCode::UNAUTHORIZED, e.message()))?;
+        Ok(Admin(Caller { key }))
+    }
+}

@@ -1,0 +1,46 @@
+//! Operations endpoints: liveness, readiness and Prometheus metrics.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::app::Core;
+
+pub fn routes() -> Router<Arc<Core>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the state has been rebuilt (it is before the server binds) and the store answers.
+async fn readyz(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    let lag = core.store_lag().await;
+    let ready = core.state.read().organisation.is_some();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"status": if ready { "ready" } else { "starting" }, "store_lag_bytes": lag})),
+    )
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    let lag = core.store_lag().await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        core.metrics.render(lag),
+    )
+}

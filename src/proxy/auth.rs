@@ -1,0 +1,102 @@
+//! Who is calling: the §1.3 key resolution rules. `x-portkey-api-key` wins; otherwise
+//! `Authorization: Bearer` counts only when it holds a Tollgate key (so the Portkey SDK's literal
+//! `OPENAI_API_KEY` placeholder, or a provider key, is never mistaken for one).
+
+use reqwest::header::{HeaderMap, AUTHORIZATION};
+
+use super::DataError;
+use crate::crypto;
+use crate::domain::{ApiKey, Millis, State};
+
+/// Why a key was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Unknown,
+    Expired,
+}
+
+impl AuthError {
+    pub fn message(&self) -> &'static str {
+        match self {
+            AuthError::Missing => {
+                "missing API key: send x-portkey-api-key or Authorization: Bearer <key>"
+            }
+            AuthError::Unknown => "invalid API key",
+            AuthError::Expired => "this API key has expired",
+        }
+    }
+}
+
+/// The presented Tollgate key, if any (never the provider key in `Authorization`).
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(k) = headers
+        .get("x-portkey-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    {
+        if !k.is_empty() {
+            return Some(k);
+        }
+    }
+    let bearer = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let token = bearer
+        .strip_prefix("Bearer ")
+        .or_else(|| bearer.strip_prefix("bearer "))?
+        .trim();
+    token.starts_with(crypto::KEY_PREFIX).then_some(token)
+}
+
+/// Looks the key up by hash; the stored hash is compared in constant time.
+pub fn authenticate(state: &State, headers: &HeaderMap, now: Millis) -> Result<ApiKey, AuthError> {
+    let presented = presented_key(headers).ok_or(AuthError::Missing)?;
+    let hash = crypto::hash_api_key(presented);
+    let key = state.api_key_by_hash(&hash).ok_or(AuthError::Unknown)?;
+    if !crypto::hashes_equal(&key.key_hash, &hash) {
+        return Err(AuthError::Unknown);
+    }
+    if key.is_expired(now) {
+        return Err(AuthError::Expired);
+    }
+    Ok(key.clone())
+}
+
+/// Data-plane access: a workspace key with `completions.write`.
+pub fn authorize_data_plane(key: &ApiKey) -> Result<(), DataError> {
+    if !key.kind.is_workspace() {
+        return Err(DataError::forbidden(
+            "admin_key_on_data_plane",
+            "organisation (admin) keys cannot call data-plane endpoints; use a workspace key",
+        ));
+    }
+    if !key.has_scope("completions.write") {
+        return Err(DataError::forbidden(
+            "missing_scope",
+            "this API key lacks the completions.write scope",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn placeholder_authorization_is_ignored() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer OPENAI_API_KEY"),
+        );
+        assert_eq!(presented_key(&h), None);
+        h.insert("x-portkey-api-key", HeaderValue::from_static("tg_abc"));
+        assert_eq!(presented_key(&h), Some("tg_abc"));
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer tg_xyz"));
+        assert_eq!(presented_key(&h), Some("tg_xyz"));
+        h.insert("x-portkey-api-key", HeaderValue::from_static(""));
+        assert_eq!(presented_key(&h), Some("tg_xyz"));
+    }
+}

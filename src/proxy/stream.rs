@@ -1,0 +1,327 @@
+//! Streaming pass-through with metering. A task reads the provider's SSE stream and forwards
+//! each event as it completes (never buffering the response), notes the usage chunk (hiding it
+//! from clients that did not ask for it), and holds back only the final `data: [DONE]` until
+//! the attempt's usage event is durable. If the client goes away, the task keeps reading the
+//! provider (bounded in time and bytes) to learn the real usage; if none arrives, the event
+//! carries an estimate and says so.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::meter::{self, Attempt, WireUsage};
+use super::route::Target;
+use super::RequestCtx;
+use crate::app::Core;
+use crate::domain::pricing::TokenUsage;
+use crate::domain::UsageSource;
+
+/// The most the task reads from a provider after the client left.
+const DRAIN_MAX_BYTES: usize = 16 << 20;
+/// Frames buffered towards a slow client before reading from the provider pauses.
+const CLIENT_BUFFER: usize = 64;
+
+/// Everything the stream task needs to meter the attempt.
+pub struct Job {
+    pub core: Arc<Core>,
+    pub ctx: RequestCtx,
+    pub target_model: String,
+    pub prompt_estimate: u64,
+    pub client_wants_usage: bool,
+    pub index: u32,
+    pub event_id: String,
+    pub started: Instant,
+}
+
+/// Splits a byte stream into SSE events (blocks ending in a blank line).
+#[derive(Default)]
+pub struct SseSplitter {
+    buf: BytesMut,
+}
+
+impl SseSplitter {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next whole event, terminator included.
+    pub fn next_event(&mut self) -> Option<Bytes> {
+        let end = find_blank_line(&self.buf)?;
+        Some(self.buf.split_to(end).freeze())
+    }
+
+    /// Whatever is left when the stream ends without a final blank line.
+    pub fn rest(&mut self) -> Option<Bytes> {
+        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
+    }
+}
+
+fn find_blank_line(b: &[u8]) -> Option<usize> {
+    let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    delta: Option<Delta>,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    choices: Option<Vec<ChunkChoice>>,
+    usage: Option<WireUsage>,
+}
+
+/// What an SSE event is, for metering.
+#[derive(Debug, PartialEq)]
+pub enum Frame {
+    Done,
+    Data {
+        usage: Option<TokenUsage>,
+        chars: usize,
+        usage_only: bool,
+    },
+    Other,
+}
+
+/// Reads the `data:` lines of an event.
+pub fn classify(event: &[u8]) -> Frame {
+    let mut data = Vec::new();
+    for line in event.split(|&c| c == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    if data == b"[DONE]" {
+        return Frame::Done;
+    }
+    match serde_json::from_slice::<Chunk>(&data) {
+        Ok(c) => {
+            let chars = c.choices.iter().flatten().map(|ch| {
+                let d = ch.delta.as_ref().and_then(|d| d.content.as_deref());
+                d.or(ch.text.as_deref()).map_or(0, |s| s.chars().count())
+            });
+            let usage_only = c.choices.as_ref().is_some_and(Vec::is_empty) && c.usage.is_some();
+            Frame::Data {
+                usage: c.usage.map(|u| u.tokens()),
+                chars: chars.sum(),
+                usage_only,
+            }
+        }
+        Err(_) => Frame::Other,
+    }
+}
+
+/// Starts the stream task; the returned receiver yields the frames for the client.
+pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+    let mut target = target.clone();
+    target.headers.clear(); // the credential is not needed past the request
+    tokio::spawn(pump(job, target, resp, tx));
+    rx
+}
+
+struct Progress {
+    usage: Option<TokenUsage>,
+    chars: usize,
+    done: Option<Bytes>,
+    client_gone_at: Option<Instant>,
+    drained: usize,
+    failed: bool,
+}
+
+async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sender<Bytes>) {
+    let mut upstream = resp.bytes_stream();
+    let mut split = SseSplitter::default();
+    let drain = job.core.settings.stream_drain_timeout;
+    let mut p = Progress {
+        usage: None,
+        chars: 0,
+        done: None,
+        client_gone_at: None,
+        drained: 0,
+        failed: false,
+    };
+    loop {
+        let next = match p.client_gone_at {
+            None => upstream.next().await,
+            Some(t) => {
+                match tokio::time::timeout(drain.saturating_sub(t.elapsed()), upstream.next()).await
+                {
+                    Ok(n) => n,
+                    Err(_) => break,
+                }
+            }
+        };
+        let chunk = match next {
+            None => break,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::warn!(trace_id = %job.ctx.trace_id, error = %e.without_url(), "provider stream broke off");
+                p.failed = true;
+                break;
+            }
+        };
+        if p.client_gone_at.is_some() {
+            p.drained += chunk.len();
+        }
+        split.push(&chunk);
+        while let Some(event) = split.next_event() {
+            forward_event(&job, &tx, &mut p, event).await;
+        }
+        if p.client_gone_at.is_some() && (p.usage.is_some() || p.drained > DRAIN_MAX_BYTES) {
+            break;
+        }
+    }
+    if let Some(rest) = split.rest() {
+        forward_event(&job, &tx, &mut p, rest).await;
+    }
+    settle(job, &target, &tx, p).await;
+}
+
+async fn forward_event(job: &Job, tx: &mpsc::Sender<Bytes>, p: &mut Progress, event: Bytes) {
+    let forward = match classify(&event) {
+        Frame::Done => {
+            p.done = Some(event);
+            return;
+        }
+        Frame::Data {
+            usage,
+            chars,
+            usage_only,
+        } => {
+            if usage.is_some() {
+                p.usage = usage;
+            }
+            p.chars += chars;
+            !usage_only || job.client_wants_usage
+        }
+        Frame::Other => true,
+    };
+    if forward && p.client_gone_at.is_none() && tx.send(event).await.is_err() {
+        tracing::info!(trace_id = %job.ctx.trace_id, "client left mid-stream; reading on to meter the real usage");
+        p.client_gone_at = Some(Instant::now());
+    }
+}
+
+/// Records the usage event, then lets the client have its last bytes.
+async fn settle(job: Job, target: &Target, tx: &mpsc::Sender<Bytes>, p: Progress) {
+    let (usage, source) = match p.usage {
+        Some(u) => (u, UsageSource::Provider),
+        None => (
+            TokenUsage {
+                prompt: job.prompt_estimate,
+                completion: meter::tokens_for_chars(p.chars),
+                cached: 0,
+            },
+            UsageSource::Estimated,
+        ),
+    };
+    let elapsed = job.started.elapsed();
+    job.core.metrics.upstream_time.observe(elapsed);
+    let attempt = Attempt {
+        target,
+        model: &job.target_model,
+        status: 200,
+        usage,
+        source,
+        upstream_ms: elapsed.as_millis().min(u128::from(u32::MAX)) as u32,
+        streamed: true,
+        index: job.index,
+        event_id: job.event_id.clone(),
+    };
+    let event = meter::usage_event(&job.core.prices, &job.ctx, attempt);
+    let recorded = job.core.record_usage(event).await;
+    if p.client_gone_at.is_some() {
+        return;
+    }
+    let last = match (recorded, p.failed) {
+        (Err(e), _) => {
+            tracing::error!(trace_id = %job.ctx.trace_id, error = %e, "usage event could not be recorded");
+            Some(error_frame(
+                "the request's usage could not be recorded",
+                "server_error",
+            ))
+        }
+        (Ok(()), true) => Some(error_frame("the provider's stream broke off", "api_error")),
+        (Ok(()), false) => p.done,
+    };
+    if let Some(frame) = last {
+        let _ = tx.send(frame).await;
+    }
+}
+
+fn error_frame(message: &str, kind: &str) -> Bytes {
+    let body = serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_events_across_chunks() {
+        let mut s = SseSplitter::default();
+        s.push(b"data: {\"a\":1}\n\nda");
+        assert_eq!(s.next_event().unwrap(), &b"data: {\"a\":1}\n\n"[..]);
+        assert!(s.next_event().is_none());
+        s.push(b"ta: [DONE]\r\n\r\n");
+        assert_eq!(classify(&s.next_event().unwrap()), Frame::Done);
+        assert!(s.rest().is_none());
+    }
+
+    #[test]
+    fn classifies_usage_and_content() {
+        let content =
+            br#"data: {"choices":[{"index":0,"delta":{"content":"hello"}}],"usage":null}"#;
+        assert_eq!(
+            classify(content),
+            Frame::Data {
+                usage: None,
+                chars: 5,
+                usage_only: false
+            }
+        );
+        let usage = br#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":0,"total_tokens":3}}"#;
+        assert_eq!(
+            classify(usage),
+            Frame::Data {
+                usage: Some(TokenUsage {
+                    prompt: 3,
+                    completion: 0,
+                    cached: 0
+                }),
+                chars: 0,
+                usage_only: true
+            }
+        );
+        assert_eq!(classify(b": keep-alive\n\n"), Frame::Other);
+        assert_eq!(
+            classify(b"data: {\"choices\":[{\"text\":\"ab\"}]}"),
+            Frame::Data {
+                usage: None,
+                chars: 2,
+                usage_only: false
+            }
+        );
+    }
+}

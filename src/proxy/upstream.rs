@@ -1,0 +1,446 @@
+//! Executing a routing plan: targets tried per strategy (single, fallback, loadbalance), retries on
+//! the configured statuses, one metered usage event per upstream attempt.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::meter::{self, Attempt};
+use super::route::{self, Plan, Target};
+use super::stream;
+use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
+use crate::app::Core;
+use crate::domain::pricing::TokenUsage;
+use crate::domain::routing::{Mode, Node};
+use crate::domain::{Endpoint, Millis, UsageSource};
+use crate::telemetry::UpstreamFailure;
+
+/// The answer of one target (possibly after retries): what fallback looks at.
+struct Answer {
+    status: u16,
+    reply: Reply,
+}
+
+enum Outcome {
+    Answer(Answer),
+    /// A gateway-side refusal (unknown provider, model not allowed, ...): stops any fallback.
+    Stop(DataError),
+}
+
+/// One request's execution.
+struct Exec {
+    core: Arc<Core>,
+    ctx: RequestCtx,
+    body: RequestBody,
+    path: &'static str,
+    attempts: u32,
+    upstream_time: Duration,
+    last_option: String,
+    last_provider: String,
+}
+
+/// Runs the plan and answers the client.
+pub async fn run(
+    core: Arc<Core>,
+    ctx: RequestCtx,
+    plan: Plan,
+    body: RequestBody,
+) -> Result<Reply, DataError> {
+    let path = match ctx.endpoint {
+        Endpoint::ChatCompletions => "/chat/completions",
+        Endpoint::Completions => "/completions",
+        Endpoint::Embeddings => "/embeddings",
+    };
+    let mut exec = Exec {
+        core,
+        ctx,
+        body,
+        path,
+        attempts: 0,
+        upstream_time: Duration::ZERO,
+        last_option: String::new(),
+        last_provider: String::new(),
+    };
+    let outcome = exec.try_node(&plan.root).await;
+    let overhead = exec
+        .ctx
+        .started
+        .elapsed()
+        .saturating_sub(exec.upstream_time);
+    exec.core.metrics.gateway_overhead.observe(overhead);
+    match outcome {
+        Outcome::Stop(e) => Err(e),
+        Outcome::Answer(a) => Ok(exec.decorate(a.reply)),
+    }
+}
+
+impl Exec {
+    fn try_node<'a>(&'a mut self, node: &'a Node) -> BoxFuture<'a, Outcome> {
+        async move {
+            match &node.mode {
+                None => self.try_leaf(node).await,
+                Some(Mode::Single) => self.try_node(&node.targets[0]).await,
+                Some(Mode::Loadbalance) => {
+                    let i = Node::pick_weighted(&node.targets, rand::thread_rng().gen::<f64>());
+                    self.try_node(&node.targets[i]).await
+                }
+                Some(Mode::Fallback { on_status_codes }) => {
+                    let last = node.targets.len() - 1;
+                    for (i, t) in node.targets.iter().enumerate() {
+                        match self.try_node(t).await {
+                            Outcome::Answer(a)
+                                if i < last && Node::falls_back_on(on_status_codes, a.status) =>
+                            {
+                                continue
+                            }
+                            other => return other,
+                        }
+                    }
+                    Outcome::Stop(DataError::internal("fallback had no targets"))
+                }
+            }
+        }
+        .boxed()
+    }
+
+    /// The body for a target: the request with the node's `override_params` over it.
+    fn body_for(&self, node: &Node) -> Result<serde_json::Map<String, Value>, DataError> {
+        let mut json = self.body.json.clone();
+        for (k, v) in &node.override_params {
+            json.insert(k.clone(), v.clone());
+        }
+        match json.get("model").and_then(Value::as_str) {
+            Some("portkey-default") | None => Err(DataError::bad_request(
+                "model is required (the config's override_params.model is not set either)",
+            )),
+            Some(_) => Ok(json),
+        }
+    }
+
+    async fn try_leaf(&mut self, node: &Node) -> Outcome {
+        let Some(leaf) = &node.leaf else {
+            return Outcome::Stop(DataError::internal("config leaf without a target"));
+        };
+        let target = {
+            let state = self.core.state.read();
+            route::resolve(
+                &state,
+                &self.core.sealer,
+                &self.ctx.workspace_id,
+                leaf,
+                node.custom_host.as_deref(),
+                Millis::now(),
+            )
+        };
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => return Outcome::Stop(e),
+        };
+        let mut json = match self.body_for(node) {
+            Ok(j) => j,
+            Err(e) => return Outcome::Stop(e),
+        };
+        let model = json
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if !target.integration.allows_model(&model) {
+            return Outcome::Stop(DataError::forbidden(
+                "model_not_allowed",
+                format!(
+                    "model {model} is not enabled for provider {}",
+                    target.provider.slug
+                ),
+            ));
+        }
+        if self.body.stream && self.ctx.endpoint != Endpoint::Embeddings {
+            // Always ask for usage so the stream can be metered; the extra chunk is hidden from
+            // clients that did not ask for it.
+            let opts = json
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(o) = opts.as_object_mut() {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        let bytes = match serde_json::to_vec(&json) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                return Outcome::Stop(DataError::internal(format!(
+                    "encoding the upstream body: {e}"
+                )))
+            }
+        };
+        self.last_option = node.path.clone();
+        self.last_provider = target.integration.ai_provider_id.clone();
+        let (retries, retry_on) = node
+            .retry
+            .as_ref()
+            .map_or((0, &[][..]), |r| (r.attempts, &r.on_status_codes[..]));
+        let mut n = 0;
+        loop {
+            let answer = self
+                .attempt(&target, &model, bytes.clone(), node.request_timeout_ms)
+                .await;
+            match answer {
+                Ok(a) if n < retries && retry_on.contains(&a.status) => {
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(50 << n.min(5))).await;
+                }
+                Ok(a) => return Outcome::Answer(a),
+                Err(e) => return Outcome::Stop(e),
+            }
+        }
+    }
+
+    /// One upstream attempt, metered.
+    async fn attempt(
+        &mut self,
+        target: &Target,
+        model: &str,
+        body: Bytes,
+        timeout_ms: Option<u64>,
+    ) -> Result<Answer, DataError> {
+        let index = self.attempts;
+        self.attempts += 1;
+        let event_id = uuid::Uuid::new_v4().to_string();
+        let mut url = format!("{}{}", target.base_url, self.path);
+        if let Some(q) = &target.query {
+            url = format!("{url}?{q}");
+        }
+        let timeout = timeout_ms.map_or(self.core.settings.upstream_timeout, Duration::from_millis);
+        let started = Instant::now();
+        let sent = self
+            .core
+            .http
+            .post(url)
+            .headers(target.headers.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let (status, why, msg) = if e.is_timeout() {
+                    (
+                        StatusCode::REQUEST_TIMEOUT,
+                        UpstreamFailure::Timeout,
+                        format!(
+                            "the provider did not answer within {} ms",
+                            timeout.as_millis()
+                        ),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        UpstreamFailure::Connect,
+                        "the provider could not be reached".to_owned(),
+                    )
+                };
+                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %target.provider.slug, error = %e.without_url(), "upstream attempt failed");
+                self.core.metrics.upstream_failure(why);
+                self.finish(
+                    target,
+                    model,
+                    status.as_u16(),
+                    TokenUsage::default(),
+                    UsageSource::Provider,
+                    started,
+                    index,
+                    event_id,
+                )
+                .await?;
+                let err = DataError::new(status, "api_error", Some("upstream_unavailable"), msg);
+                return Ok(Answer {
+                    status: status.as_u16(),
+                    reply: error_reply(&err),
+                });
+            }
+        };
+        let status = resp.status();
+        if status.is_server_error() {
+            self.core
+                .metrics
+                .upstream_failure(UpstreamFailure::Status5xx);
+        } else if status.is_client_error() {
+            self.core
+                .metrics
+                .upstream_failure(UpstreamFailure::Status4xx);
+        }
+        let streaming = self.body.stream
+            && status.is_success()
+            && resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with("text/event-stream"));
+        if streaming {
+            self.upstream_time += started.elapsed();
+            let job = stream::Job {
+                core: self.core.clone(),
+                ctx: self.ctx.clone(),
+                target_model: model.to_owned(),
+                prompt_estimate: meter::estimate_prompt(&self.body.json),
+                client_wants_usage: self.body.client_wants_usage,
+                index,
+                event_id,
+                started,
+            };
+            let frames = stream::spawn(job, target, resp);
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+            return Ok(Answer {
+                status: status.as_u16(),
+                reply: Reply::Stream { headers, frames },
+            });
+        }
+        let mut headers = HeaderMap::new();
+        for h in [CONTENT_TYPE, RETRY_AFTER] {
+            if let Some(v) = resp.headers().get(&h) {
+                headers.insert(h, v.clone());
+            }
+        }
+        let body =
+            match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), resp.bytes())
+                .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(_)) | Err(_) => {
+                    self.core.metrics.upstream_failure(UpstreamFailure::Body);
+                    self.finish(
+                        target,
+                        model,
+                        502,
+                        TokenUsage::default(),
+                        UsageSource::Estimated,
+                        started,
+                        index,
+                        event_id,
+                    )
+                    .await?;
+                    let err = DataError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "api_error",
+                        Some("upstream_body"),
+                        "the provider's response was cut off",
+                    );
+                    return Ok(Answer {
+                        status: 502,
+                        reply: error_reply(&err),
+                    });
+                }
+            };
+        let (usage, source) = match meter::usage_of_body(&body) {
+            Some(u) => (u, UsageSource::Provider),
+            None if status.is_success() => (
+                TokenUsage {
+                    prompt: meter::estimate_prompt(&self.body.json),
+                    completion: meter::tokens_for_chars(meter::completion_chars(&body)),
+                    cached: 0,
+                },
+                UsageSource::Estimated,
+            ),
+            None => (TokenUsage::default(), UsageSource::Provider),
+        };
+        self.finish(
+            target,
+            model,
+            status.as_u16(),
+            usage,
+            source,
+            started,
+            index,
+            event_id,
+        )
+        .await?;
+        if !headers.contains_key(CONTENT_TYPE) {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        Ok(Answer {
+            status: status.as_u16(),
+            reply: Reply::Full {
+                status,
+                headers,
+                body,
+            },
+        })
+    }
+
+    /// Records the attempt's usage event; the answer waits for it to be durable.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &mut self,
+        target: &Target,
+        model: &str,
+        status: u16,
+        usage: TokenUsage,
+        source: UsageSource,
+        started: Instant,
+        index: u32,
+        event_id: String,
+    ) -> Result<(), DataError> {
+        let elapsed = started.elapsed();
+        self.upstream_time += elapsed;
+        self.core.metrics.upstream_time.observe(elapsed);
+        let attempt = Attempt {
+            target,
+            model,
+            status,
+            usage,
+            source,
+            upstream_ms: elapsed.as_millis().min(u128::from(u32::MAX)) as u32,
+            streamed: false,
+            index,
+            event_id,
+        };
+        let event = meter::usage_event(&self.core.prices, &self.ctx, attempt);
+        self.core.record_usage(event).await.map_err(|e| {
+            tracing::error!(trace_id = %self.ctx.trace_id, error = %e, "usage event could not be recorded");
+            DataError::internal("the request's usage could not be recorded; it was not acknowledged")
+        })
+    }
+
+    /// Adds the trace and routing headers.
+    fn decorate(&self, mut reply: Reply) -> Reply {
+        let h = match &mut reply {
+            Reply::Full { headers, .. } | Reply::Stream { headers, .. } => headers,
+        };
+        set_header(h, "x-portkey-trace-id", &self.ctx.trace_id);
+        set_header(
+            h,
+            "x-portkey-retry-attempt-count",
+            &self.attempts.saturating_sub(1).to_string(),
+        );
+        set_header(h, "x-portkey-last-used-option-index", &self.last_option);
+        set_header(h, "x-portkey-cache-status", "DISABLED");
+        set_header(h, "x-portkey-provider", &self.last_provider);
+        reply
+    }
+}
+
+/// A gateway-made error answer in the OpenAI envelope (used where fallback may still move on).
+pub fn error_reply(e: &DataError) -> Reply {
+    let body = serde_json::json!({"error": {"message": e.message, "type": e.kind, "param": null, "code": e.code}});
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        "x-portkey-gateway-exception",
+        HeaderValue::from_static("true"),
+    );
+    Reply::Full {
+        status: e.status,
+        headers,
+        body: Bytes::from(body.to_string()),
+    }
+}
