@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::domain::limits::{RateLimit, UsageLimit};
+use crate::domain::pricing::decimal_json;
 use crate::domain::*;
 
 /// A budget as the API shows it (exact decimals as JSON numbers).
@@ -34,7 +35,7 @@ pub fn rate_limit_object(r: &[RateLimit]) -> Value {
 }
 
 fn usage(t: Totals) -> Value {
-    json!({"cost": t.cost_usd, "tokens": t.tokens, "requests": t.requests})
+    json!({"cost": decimal_json(t.cost_usd), "tokens": t.tokens, "requests": t.requests})
 }
 
 fn iso(m: Millis) -> Value {

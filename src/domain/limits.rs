@@ -31,8 +31,13 @@ pub enum PeriodicReset {
 pub struct UsageLimit {
     #[serde(rename = "type")]
     pub kind: BudgetKind,
+    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
     pub credit_limit: Decimal,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::arbitrary_precision_option"
+    )]
     pub alert_threshold: Option<Decimal>,
     #[serde(default)]
     pub periodic_reset: Option<PeriodicReset>,
@@ -197,6 +202,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(l.credit_limit.to_string(), "1.1");
+        // Shown as a JSON number, not a string.
+        assert_eq!(
+            serde_json::to_value(&l).unwrap()["credit_limit"].to_string(),
+            "1.1"
+        );
         assert_eq!(l.kind, BudgetKind::Cost);
     }
 

@@ -63,6 +63,14 @@ impl Price {
 /// The most decimal places a price (US cents per token) may have.
 pub const MAX_PRICE_SCALE: u32 = 10;
 
+/// An exact decimal as a JSON number (its exact text, never through f64).
+pub fn decimal_json(d: Decimal) -> Value {
+    d.normalize()
+        .to_string()
+        .parse::<serde_json::Number>()
+        .map_or(Value::Null, Value::Number)
+}
+
 /// A JSON number or numeric string as an exact decimal (no float round trip).
 pub fn decimal_of(v: &Value) -> Option<Decimal> {
     match v {

@@ -16,6 +16,7 @@ use super::error::{ApiError, Plane};
 use super::extract::{Admin, QueryMap};
 use crate::app::Core;
 use crate::control::Caller;
+use crate::domain::pricing::decimal_json as num;
 use crate::domain::{Metadata, Millis};
 use crate::store::{Bucket, Filter, GroupBy, Stats};
 
@@ -204,13 +205,19 @@ async fn graph(
         ),
         "cost" => {
             let total = cents(sum(&series, |s| s.cost_usd));
-            let points = series.iter().map(|(t, s)| json!({"timestamp": ts(t), "total": cents(s.cost_usd), "avg": avg(cents(s.cost_usd), s.requests)})).collect();
-            graph(json!({"total": total, "avg": avg(total, requests)}), points)
+            let points = series.iter().map(|(t, s)| json!({"timestamp": ts(t), "total": num(cents(s.cost_usd)), "avg": num(avg(cents(s.cost_usd), s.requests))})).collect();
+            graph(
+                json!({"total": num(total), "avg": num(avg(total, requests))}),
+                points,
+            )
         }
         "tokens" => {
             let total = sum(&series, |s| Decimal::from(s.tokens()));
-            let points = series.iter().map(|(t, s)| json!({"timestamp": ts(t), "total": s.tokens(), "avg": avg(Decimal::from(s.tokens()), s.requests)})).collect();
-            graph(json!({"total": total, "avg": avg(total, requests)}), points)
+            let points = series.iter().map(|(t, s)| json!({"timestamp": ts(t), "total": s.tokens(), "avg": num(avg(Decimal::from(s.tokens()), s.requests))})).collect();
+            graph(
+                json!({"total": num(total), "avg": num(avg(total, requests))}),
+                points,
+            )
         }
         "errors" => {
             let total: u64 = series.iter().map(|(_, s)| s.errors).sum();
@@ -227,9 +234,9 @@ async fn graph(
             let rate = |e: u64, n: u64| avg(Decimal::from(e) * Decimal::ONE_HUNDRED, n);
             let points = series
                 .iter()
-                .map(|(t, s)| json!({"timestamp": ts(t), "rate": rate(s.errors, s.requests)}))
+                .map(|(t, s)| json!({"timestamp": ts(t), "rate": num(rate(s.errors, s.requests))}))
                 .collect();
-            graph(json!({"rate": rate(errors, requests)}), points)
+            graph(json!({"rate": num(rate(errors, requests))}), points)
         }
         "users" | "users/requests" => {
             let users = core
@@ -247,9 +254,9 @@ async fn graph(
                         .collect(),
                 )
             } else {
-                let points = series.iter().map(|(t, s)| json!({"timestamp": ts(t), "avg": avg(Decimal::from(s.requests), s.users)})).collect();
+                let points = series.iter().map(|(t, s)| json!({"timestamp": ts(t), "avg": num(avg(Decimal::from(s.requests), s.users))})).collect();
                 graph(
-                    json!({"total": requests, "unique": unique, "avg": avg(Decimal::from(requests), unique)}),
+                    json!({"total": requests, "unique": unique, "avg": num(avg(Decimal::from(requests), unique))}),
                     points,
                 )
             }

@@ -1,0 +1,177 @@
+//! Starting the real server: in-process on `127.0.0.1:0`, or as the `tollgate` binary; plus
+//! helpers for the admin API and for running the Python SDK scripts in `tests/sdk/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use tollgate::app::{run_store_sink, Core};
+use tollgate::settings::Settings;
+
+pub struct Server {
+    pub url: String,
+    pub admin_key: String,
+    pub core: Arc<Core>,
+    pub dir: tempfile::TempDir,
+    stop: watch::Sender<bool>,
+}
+
+pub const ADMIN_KEY: &str = "tg_test_admin_key_for_integration_tests";
+
+/// Settings for a test server in `dir`.
+pub fn settings(dir: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.set("listen", "127.0.0.1:0").unwrap();
+    s.set("data_dir", dir.to_str().unwrap()).unwrap();
+    s.set("admin_key", ADMIN_KEY).unwrap();
+    s.set("upstream_timeout_ms", "5000").unwrap();
+    s.set("stream_drain_timeout_ms", "5000").unwrap();
+    s
+}
+
+pub async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    tweak(&mut s);
+    let core = Core::open(s).await.unwrap().core;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(run_store_sink(core.clone(), stopped.clone()));
+    tokio::spawn(tollgate::http::serve(listener, core.clone(), stopped));
+    Server {
+        url,
+        admin_key: ADMIN_KEY.into(),
+        core,
+        dir,
+        stop,
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// An HTTP call with an optional Tollgate key; returns status, headers and JSON (or `Value::Null`).
+pub async fn call(
+    method: &str,
+    url: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.parse().unwrap(), url);
+    if let Some(k) = key {
+        req = req.header("x-portkey-api-key", k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+impl Server {
+    /// An admin call that must succeed.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, _, v) = call(
+            method,
+            &format!("{}/v1{path}", self.url),
+            Some(&self.admin_key),
+            body,
+        )
+        .await;
+        assert!(status < 300, "{method} {path}: {status} {v}");
+        v
+    }
+
+    /// A workspace, an integration pointing at `upstream` provisioned to it (provider `@<slug>`),
+    /// and a workspace service key with `completions.write`. Returns (workspace id, key).
+    pub async fn tenant(&self, upstream: &str, slug: &str) -> (String, String) {
+        let ws = self
+            .admin(
+                "POST",
+                "/admin/workspaces",
+                Some(json!({"name": format!("team {slug}")})),
+            )
+            .await;
+        let ws_id = ws["id"].as_str().unwrap().to_owned();
+        self.admin(
+            "POST",
+            "/integrations",
+            Some(
+                json!({"name": slug, "slug": slug, "ai_provider_id": "openai",
+            "key": "sk-upstream-secret-1234567890", "configurations": {"custom_host": upstream}}),
+            ),
+        )
+        .await;
+        self.admin(
+            "PUT",
+            &format!("/integrations/{slug}/workspaces"),
+            Some(json!({"workspaces": [{"id": ws_id, "enabled": true}]})),
+        )
+        .await;
+        let key = self.admin("POST", "/api-keys/workspace/service", Some(json!({"name": "svc", "workspace_id": ws_id,
+            "scopes": ["completions.write"], "defaults": {"metadata": {"department": "engineering"}}}))).await;
+        (ws_id, key["key"].as_str().unwrap().to_owned())
+    }
+
+    /// Waits until the usage store has every event of the log.
+    pub async fn store_caught_up(&self) {
+        for _ in 0..200 {
+            if self.core.store_lag().await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the usage store did not catch up");
+    }
+}
+
+/// The Python with the SDKs installed (`TOLLGATE_PYTHON`, set up by scripts/test.sh).
+pub fn python() -> PathBuf {
+    std::env::var_os("TOLLGATE_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from)
+}
+
+/// Runs `tests/sdk/<script>` with the given environment and asserts it succeeded.
+pub async fn run_sdk(script: &str, env: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(&path)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.env_remove("PORTKEY_API_KEY")
+        .env_remove("OPENAI_API_KEY");
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("sdk script timed out")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    stdout
+}

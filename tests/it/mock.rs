@@ -1,0 +1,188 @@
+//! A mock OpenAI-compatible provider (the only mock the tests use). Behaviour is chosen by the
+//! model name so a test can ask for failures, missing usage or slow streams:
+//! - `fail-500` answers 500; `fail-429` answers 429;
+//! - `no-usage` omits `usage`; `zero-usage` reports zeros;
+//! - `slow-stream` streams 40 chunks 25 ms apart; `slow` waits 2 s before answering.
+//! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+#[derive(Default)]
+pub struct Seen {
+    pub requests: AtomicUsize,
+    pub bodies: Mutex<Vec<Value>>,
+    pub auth: Mutex<Vec<String>>,
+    /// Streams whose last chunk the mock managed to write.
+    pub streams_finished: AtomicUsize,
+}
+
+pub struct Mock {
+    pub url: String,
+    pub seen: Arc<Seen>,
+}
+
+pub const COMPLETION_TOKENS: u64 = 7;
+
+pub fn prompt_tokens(body: &Value) -> u64 {
+    11 + body["messages"].as_array().map_or(0, Vec::len) as u64
+}
+
+pub async fn start() -> Mock {
+    let seen = Arc::new(Seen::default());
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Mock { url, seen }
+}
+
+fn record(seen: &Seen, headers: &HeaderMap, body: &Value) {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    seen.bodies.lock().push(body.clone());
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    seen.auth.lock().push(auth);
+}
+
+fn usage(body: &Value) -> Value {
+    let model = body["model"].as_str().unwrap_or("");
+    if model.contains("zero-usage") {
+        return json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
+    }
+    let p = prompt_tokens(body);
+    json!({"prompt_tokens": p, "completion_tokens": COMPLETION_TOKENS, "total_tokens": p + COMPLETION_TOKENS,
+           "prompt_tokens_details": {"cached_tokens": 0}})
+}
+
+fn failure(model: &str) -> Option<Response> {
+    let status = if model.contains("fail-500") {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else if model.contains("fail-429") {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        return None;
+    };
+    let body = json!({"error": {"message": format!("mock {status}"), "type": "mock_error", "param": null, "code": null}});
+    Some((status, Json(body)).into_response())
+}
+
+async fn chat(
+    State(seen): State<Arc<Seen>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    record(&seen, &headers, &body);
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    if let Some(r) = failure(&model) {
+        return r;
+    }
+    if model.contains("slow") && !model.contains("slow-stream") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if body["stream"].as_bool() == Some(true) {
+        return stream(seen, body, model);
+    }
+    let mut out = json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock!"}, "finish_reason": "stop", "logprobs": null}],
+    });
+    if !model.contains("no-usage") {
+        out["usage"] = usage(&body);
+    }
+    Json(out).into_response()
+}
+
+fn stream(seen: Arc<Seen>, body: Value, model: String) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(4);
+    let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true)
+        && !model.contains("no-usage");
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let n = if model.contains("slow-stream") { 40 } else { 3 };
+        let mut frames = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        frames.extend((0..n).map(|i| chunk(json!({"content": format!("w{i} ")}), Value::Null)));
+        frames.push(chunk(json!({}), json!("stop")));
+        if include_usage {
+            frames.push(json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                               "model": model, "choices": [], "usage": usage(&body)}));
+        }
+        for f in frames {
+            if model.contains("slow-stream") {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            if tx.send(Ok(format!("data: {f}\n\n"))).await.is_err() {
+                return;
+            }
+        }
+        if tx.send(Ok("data: [DONE]\n\n".into())).await.is_ok() {
+            seen.streams_finished.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+async fn completions(
+    State(seen): State<Arc<Seen>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    record(&seen, &headers, &body);
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    Json(json!({
+        "id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000, "model": model,
+        "choices": [{"index": 0, "text": "Hello!", "finish_reason": "stop", "logprobs": null}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }))
+    .into_response()
+}
+
+async fn embeddings(
+    State(seen): State<Arc<Seen>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    record(&seen, &headers, &body);
+    let vector = [0.25f32, -0.5, 1.0];
+    let embedding = if body["encoding_format"] == "base64" {
+        let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+        json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        json!(vector)
+    };
+    Json(json!({
+        "object": "list", "model": body["model"],
+        "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
+        "usage": {"prompt_tokens": 4, "total_tokens": 4},
+    }))
+    .into_response()
+}
