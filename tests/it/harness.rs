@@ -145,9 +145,9 @@ impl Server {
     }
 }
 
-/// The Python with the SDKs installed (`TOLLGATE_PYTHON`, set up by scripts/test.sh).
+/// The Python with the SDKs installed (`TG_PYTHON`, set up by scripts/test.sh).
 pub fn python() -> PathBuf {
-    std::env::var_os("TOLLGATE_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from)
+    std::env::var_os("TG_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from)
 }
 
 /// Runs `tests/sdk/<script>` with the given environment and asserts it succeeded.

@@ -4,4 +4,6 @@
 mod harness;
 mod http;
 mod mock;
+mod process;
 mod sdk;
+mod stream;

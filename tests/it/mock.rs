@@ -3,6 +3,7 @@
 //! - `fail-500` answers 500; `fail-429` answers 429;
 //! - `no-usage` omits `usage`; `zero-usage` reports zeros;
 //! - `slow-stream` streams 40 chunks 25 ms apart; `slow` waits 2 s before answering.
+//!
 //! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Load harness: gateway overhead of `tollgate serve` against the nginx mock upstream, measured in
+# the same run as direct-to-mock (and, with PEERS=1, Portkey's gateway and LiteLLM's proxy).
+#
+#   benches/load.sh                      # direct + tollgate, JSON, CONCS="1 16 64", 20 s each
+#   PEERS=1 ROUNDS=3 benches/load.sh     # also portkey + litellm (first run installs them: slow)
+#   STREAM=1 benches/load.sh             # SSE instead of JSON
+#
+# It copies ../shared/bench-peers into benches/run/peers (never writes into shared/), adds a
+# `tollgate` target there, starts the mock (and peers), starts a release build of Tollgate on
+# 127.0.0.1:18790 with a fresh data dir, provisions a tenant through the admin API, and runs the
+# peers' bench.sh. All traffic stays on loopback; every run is bounded by DURATION.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(cd .. && pwd)
+SRC=${PEERS_SRC:-$ROOT/../shared/bench-peers}
+W=$PWD/run/peers
+PORT=18790
+ADMIN=tg_bench_admin_key_0123456789
+mkdir -p "$W/run"
+for f in bench.sh post.lua start.sh stop.sh setup.sh README.md; do cp "$SRC/$f" "$W/$f"; done
+for d in mock portkey litellm; do mkdir -p "$W/$d" && cp -r "$SRC/$d/." "$W/$d/"; done
+chmod -R u+w "$W" && chmod +x "$W"/*.sh
+
+# The tollgate target: the same request through @bench (JSON mock) or @bench-sse (SSE mock).
+python3 - "$W/bench.sh" "$PORT" <<'PY'
+import sys
+path, port = sys.argv[1], sys.argv[2]
+s = open(path).read()
+case = f'''    tollgate|tollgate-limits) URL=http://127.0.0.1:{port}/v1/chat/completions
+             [ -s run/$1-key ] || return 1; AUTH=$(cat run/$1-key)
+             MODEL=$([ "$STREAM" = 1 ] && echo @bench-sse/gpt-4o-mini || echo @bench/gpt-4o-mini) ;;
+  esac'''
+if "tollgate)" not in s:
+    s = s.replace("  esac", case, 1)
+open(path, "w").write(s)
+PY
+
+need=(); for p in nginx-light wrk curl; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if ((${#need[@]})); then
+  [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; }
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
+
+alive() { [ -f "$W/run/$1.pid" ] && kill -0 "$(cat "$W/run/$1.pid")" 2>/dev/null; }
+if [ "${PEERS:-0}" = 1 ]; then
+  "$W/setup.sh" && "$W/start.sh"
+elif ! alive mock; then
+  mkdir -p "$W/run/nginx"
+  (cd "$W" && setsid nginx -p "$W/run/nginx/" -c "$W/mock/nginx.conf" >"$W/run/mock.log" 2>&1 < /dev/null & echo $! > "$W/run/mock.pid")
+  for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:18700/v1/models && break; sleep 0.1; done
+fi
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tollgate/target}
+(cd "$ROOT" && cargo build --release --quiet)
+if alive tollgate; then kill "$(cat "$W/run/tollgate.pid")"; sleep 1; fi
+rm -rf "$W/run/tollgate-data"
+TOLLGATE_LISTEN=127.0.0.1:$PORT TOLLGATE_DATA_DIR=$W/run/tollgate-data TOLLGATE_ADMIN_KEY=$ADMIN RUST_LOG=warn \
+  setsid "$CARGO_TARGET_DIR/release/tollgate" serve >"$W/run/tollgate.log" 2>&1 < /dev/null & echo $! > "$W/run/tollgate.pid"
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done
+
+api() { curl -sf -X "$1" "http://127.0.0.1:$PORT/v1$2" -H "x-portkey-api-key: $ADMIN" -H 'content-type: application/json' ${3:+-d "$3"}; }
+WS=$(api POST /admin/workspaces '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+for p in bench:18700 bench-sse:18701; do
+  slug=${p%%:*}; port=${p##*:}
+  api POST /integrations "{\"name\":\"$slug\",\"slug\":\"$slug\",\"ai_provider_id\":\"openai\",\"key\":\"sk-mock-0123456789\",\"configurations\":{\"custom_host\":\"http://127.0.0.1:$port/v1\"}}" >/dev/null
+  api PUT "/integrations/$slug/workspaces" "{\"workspaces\":[{\"id\":\"$WS\",\"enabled\":true}]}" >/dev/null
+done
+api POST /api-keys/workspace/service "{\"name\":\"bench\",\"workspace_id\":\"$WS\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}}}" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' > "$W/run/tollgate-key"
+
+TARGETS=${TARGETS:-"direct tollgate $([ "${PEERS:-0}" = 1 ] && echo "portkey litellm")"}
+export TARGETS
+echo "# machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tollgate $(git -C "$ROOT" rev-parse --short HEAD)"
+"$W/bench.sh"
+echo "# tollgate metered: $(curl -s "http://127.0.0.1:$PORT/metrics" | grep '^tollgate_events_appended_total{topic="usage"}')"
+kill "$(cat "$W/run/tollgate.pid")" 2>/dev/null || true
+[ "${PEERS:-0}" = 1 ] || { kill "$(cat "$W/run/mock.pid")" 2>/dev/null || true; }

@@ -1,0 +1,217 @@
+//! The `tollgate serve` binary as users run it: state survives a restart exactly, SIGTERM stops
+//! cleanly, and `kill -9` under load loses no acknowledged usage event.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::harness::{call, ADMIN_KEY};
+use crate::mock;
+
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn(dir: &Path) -> Proc {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOLLGATE_DATA_DIR", dir)
+        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(format!("{url}/readyz")).await {
+            if r.status() == 200 {
+                return Proc { child, url };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("tollgate serve did not become ready");
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(p.child.id().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+async fn admin(url: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (s, _, v) = call(method, &format!("{url}/v1{path}"), Some(ADMIN_KEY), body).await;
+    assert!(s < 300, "{method} {path}: {s} {v}");
+    v
+}
+
+/// Creates a tenant through the admin API; returns the workspace id and a data-plane key.
+async fn tenant(url: &str, upstream: &str) -> (String, String) {
+    let ws = admin(
+        url,
+        "POST",
+        "/admin/workspaces",
+        Some(json!({"name": "persist"})),
+    )
+    .await;
+    let ws_id = ws["id"].as_str().unwrap().to_owned();
+    admin(url, "POST", "/integrations", Some(json!({"name": "up", "slug": "up", "ai_provider_id": "openai", "key": "sk-persisted-key-000111", "configurations": {"custom_host": upstream}}))).await;
+    admin(
+        url,
+        "PUT",
+        "/integrations/up/workspaces",
+        Some(json!({"workspaces": [{"id": ws_id, "enabled": true}]})),
+    )
+    .await;
+    admin(url, "PUT", "/integrations/up/models", Some(json!({"allow_all_models": false, "models": [{"slug": "gpt-4o-mini", "enabled": true}]}))).await;
+    admin(
+        url,
+        "POST",
+        "/configs",
+        Some(json!({"name": "c", "workspace_id": ws_id, "config": {"provider": "@up"}})),
+    )
+    .await;
+    let key = admin(
+        url,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(json!({"name": "k", "workspace_id": ws_id, "scopes": ["completions.write"]})),
+    )
+    .await;
+    (ws_id, key["key"].as_str().unwrap().to_owned())
+}
+
+async fn chat(url: &str, key: &str, trace: &str) -> u16 {
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{url}/v1/chat/completions"))
+        .header("x-portkey-api-key", key)
+        .header("x-portkey-trace-id", trace)
+        .json(&json!({"model": "@up/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await;
+    r.map_or(0, |r| r.status().as_u16())
+}
+
+/// Everything the admin API shows, minus what legitimately changes between calls.
+async fn snapshot(url: &str, ws: &str) -> Value {
+    let mut keys = admin(url, "GET", &format!("/api-keys?workspace_id={ws}"), None).await;
+    for k in keys["data"].as_array_mut().unwrap() {
+        k.as_object_mut().unwrap().remove("status");
+    }
+    json!({
+        "workspaces": admin(url, "GET", "/admin/workspaces", None).await,
+        "integration": admin(url, "GET", "/integrations/up", None).await,
+        "access": admin(url, "GET", "/integrations/up/workspaces", None).await,
+        "models": admin(url, "GET", "/integrations/up/models", None).await,
+        "providers": admin(url, "GET", &format!("/providers?workspace_id={ws}"), None).await,
+        "configs": admin(url, "GET", &format!("/configs?workspace_id={ws}"), None).await,
+        "keys": keys,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_restores_everything_exactly() {
+    let mock = mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(dir.path()).await;
+    let (ws, key) = tenant(&p.url, &mock.url).await;
+    for i in 0..25 {
+        assert_eq!(chat(&p.url, &key, &format!("r{i}")).await, 200);
+    }
+    let before = snapshot(&p.url, &ws).await;
+    assert_eq!(before["keys"]["data"][0]["current_usage"]["requests"], 25);
+    signal(&p, "TERM");
+    assert!(p.child.wait().unwrap().success(), "SIGTERM exits cleanly");
+
+    let mut p = spawn(dir.path()).await;
+    assert_eq!(snapshot(&p.url, &ws).await, before);
+    assert_eq!(
+        chat(&p.url, &key, "after").await,
+        200,
+        "the old key works after a restart"
+    );
+    signal(&p, "TERM");
+    assert!(p.child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_event() {
+    let mock = mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(dir.path()).await;
+    let (_, key) = tenant(&p.url, &mock.url).await;
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (url, key, acked) = (p.url.clone(), key.clone(), acked.clone());
+        workers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let trace = format!("w{w}-{i}");
+                match chat(&url, &key, &trace).await {
+                    200 => {
+                        acked.lock().insert(trace);
+                    }
+                    0 => return, // the server is gone
+                    s => panic!("unexpected status {s}"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(&p, "KILL");
+    let _ = p.child.wait();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().clone();
+    assert!(acked.len() > 50, "load ran: {}", acked.len());
+
+    let mut p = spawn(dir.path()).await;
+    let mut stored = HashSet::new();
+    for _ in 0..200 {
+        let db = rusqlite::Connection::open(dir.path().join("usage.sqlite")).unwrap();
+        let mut stmt = db.prepare("SELECT trace_id FROM usage_events").unwrap();
+        stored = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        if acked.is_subset(&stored) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let missing: Vec<_> = acked.difference(&stored).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged requests lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    signal(&p, "TERM");
+    let _ = p.child.wait();
+}

@@ -1,0 +1,108 @@
+//! Streaming: the client that leaves mid-stream is still billed the provider's real usage, and a
+//! provider that never reports usage yields an event marked `estimated`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::harness;
+use crate::mock;
+
+/// The raw event columns of one trace, read straight from the store file.
+fn events_of(server: &harness::Server, trace: &str) -> Vec<(String, i64, i64, i64)> {
+    let db = rusqlite::Connection::open(server.dir.path().join("usage.sqlite")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT usage_source, prompt_tokens, completion_tokens, streamed FROM usage_events WHERE trace_id = ?")
+        .unwrap();
+    stmt.query_map([trace], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+async fn wait_for_event(server: &harness::Server, trace: &str) -> Vec<(String, i64, i64, i64)> {
+    for _ in 0..400 {
+        server.store_caught_up().await;
+        let e = events_of(server, trace);
+        if !e.is_empty() {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no usage event for {trace}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_mid_stream_still_bills_real_usage() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (_, key) = server.tenant(&mock.url, "s1").await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .header("x-portkey-api-key", key.as_str())
+        .header("x-portkey-trace-id", "leaver")
+        .json(&json!({"model": "@s1/slow-stream", "messages": [{"role": "user", "content": "hi"}], "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(body); // the client goes away after the first chunk
+    let events = wait_for_event(&server, "leaver").await;
+    assert_eq!(
+        events,
+        vec![("provider".to_owned(), 12, mock::COMPLETION_TOKENS as i64, 1)]
+    );
+    assert_eq!(
+        mock.seen.streams_finished.load(Ordering::SeqCst),
+        1,
+        "the gateway read the provider's stream to the end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_without_provider_usage_is_estimated_and_final_frame_follows_the_event() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (_, key) = server.tenant(&mock.url, "s2").await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .header("x-portkey-api-key", key.as_str())
+        .header("x-portkey-trace-id", "silent")
+        .json(&json!({"model": "@s2/no-usage", "messages": [{"role": "user", "content": "12345678"}], "stream": true,
+                      "stream_options": {"include_usage": true}}))
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    // By the time the client has [DONE], the event is in the log (and so in the state).
+    let key_id = server
+        .core
+        .state
+        .read()
+        .api_keys
+        .values()
+        .find(|k| k.name == "svc")
+        .unwrap()
+        .id
+        .clone();
+    assert_eq!(
+        server
+            .core
+            .state
+            .read()
+            .usage_of(tollgate::domain::EntityKind::ApiKey, &key_id)
+            .requests,
+        1
+    );
+    let events = wait_for_event(&server, "silent").await;
+    // Prompt: 8 characters → 2 tokens + 4 for the message; completion: "w0 w1 w2 " → 9 chars → 3 tokens.
+    assert_eq!(events, vec![("estimated".to_owned(), 6, 3, 1)]);
+}
