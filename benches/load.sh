@@ -47,7 +47,8 @@ if [ "${PEERS:-0}" = 1 ]; then
   "$W/setup.sh" && "$W/start.sh"
 elif ! alive mock; then
   mkdir -p "$W/run/nginx"
-  (cd "$W" && setsid nginx -p "$W/run/nginx/" -c "$W/mock/nginx.conf" >"$W/run/mock.log" 2>&1 < /dev/null & echo $! > "$W/run/mock.pid")
+  nginx -p "$W/run/nginx/" -c "$W/mock/nginx.conf" >"$W/run/mock.log" 2>&1 < /dev/null &
+  echo $! > "$W/run/mock.pid"
   for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:18700/v1/models && break; sleep 0.1; done
 fi
 
@@ -56,7 +57,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tollgate/target}
 if alive tollgate; then kill "$(cat "$W/run/tollgate.pid")"; sleep 1; fi
 rm -rf "$W/run/tollgate-data"
 TOLLGATE_LISTEN=127.0.0.1:$PORT TOLLGATE_DATA_DIR=$W/run/tollgate-data TOLLGATE_ADMIN_KEY=$ADMIN RUST_LOG=warn \
-  setsid "$CARGO_TARGET_DIR/release/tollgate" serve >"$W/run/tollgate.log" 2>&1 < /dev/null & echo $! > "$W/run/tollgate.pid"
+  "$CARGO_TARGET_DIR/release/tollgate" serve >"$W/run/tollgate.log" 2>&1 < /dev/null &
+echo $! > "$W/run/tollgate.pid"
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done
 
 api() { curl -sf -X "$1" "http://127.0.0.1:$PORT/v1$2" -H "x-portkey-api-key: $ADMIN" -H 'content-type: application/json' ${3:+-d "$3"}; }
@@ -69,8 +71,8 @@ done
 api POST /api-keys/workspace/service "{\"name\":\"bench\",\"workspace_id\":\"$WS\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}}}" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' > "$W/run/tollgate-key"
 
-TARGETS=${TARGETS:-"direct tollgate $([ "${PEERS:-0}" = 1 ] && echo "portkey litellm")"}
-export TARGETS
+PEER_TARGETS=; [ "${PEERS:-0}" != 1 ] || PEER_TARGETS="portkey litellm"
+export TARGETS=${TARGETS:-"direct tollgate $PEER_TARGETS"}
 echo "# machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tollgate $(git -C "$ROOT" rev-parse --short HEAD)"
 "$W/bench.sh"
 echo "# tollgate metered: $(curl -s "http://127.0.0.1:$PORT/metrics" | grep '^tollgate_events_appended_total{topic="usage"}')"

@@ -290,6 +290,10 @@ fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {
     Sealer::from_base64(&text).map_err(|e| AppError::MasterKey(format!("{}: {e}", path.display())))
 }
 
+/// How long the store sink lets events accumulate after a wake-up, so it commits one transaction
+/// per many events rather than one per request (the commit, not the rows, is what costs).
+const SINK_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// The embedded aggregator: tails the usage log into the usage store.
 ///
 /// Delivery order: read a batch from the log, write its rows *and* the new offset in one store
@@ -314,6 +318,7 @@ pub async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>
                 r = end.changed() => if r.is_err() { return },
                 _ = shutdown.changed() => {}
             }
+            tokio::time::sleep(SINK_BATCH_WINDOW).await;
             continue;
         }
         match sink_batch(&core, at).await {
@@ -327,7 +332,7 @@ pub async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>
 }
 
 async fn sink_batch(core: &Core, at: u64) -> Result<u64, AppError> {
-    let batch = core.log.read(Topic::Usage, at, 1 << 20).await?;
+    let batch = core.log.read(Topic::Usage, at, 4 << 20).await?;
     let Some(next) = batch.last().map(|r| r.next) else {
         return Ok(at);
     };

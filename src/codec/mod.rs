@@ -3,6 +3,8 @@
 //! the writer schema by fingerprint and resolves it to the current schema, so compatible schema
 //! evolution (new optional fields) reads old and new records alike.
 
+mod binary;
+
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -14,8 +16,8 @@ use rust_decimal::Decimal;
 use crate::domain::*;
 
 /// The current writer schemas.
-pub const USAGE_SCHEMA: &str = include_str!("../schemas/usage_event.v1.avsc");
-pub const CONFIG_SCHEMA: &str = include_str!("../schemas/config_event.v1.avsc");
+pub const USAGE_SCHEMA: &str = include_str!("../../schemas/usage_event.v1.avsc");
+pub const CONFIG_SCHEMA: &str = include_str!("../../schemas/config_event.v1.avsc");
 
 /// Scale of `cost_usd` on the wire (Avro `decimal(38, 12)`); prices have at most 12 places in dollars.
 const COST_SCALE: u32 = 12;
@@ -115,67 +117,6 @@ fn s(v: &str) -> Value {
     Value::String(v.to_owned())
 }
 
-/// Encodes a usage event.
-pub fn encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
-    let mut cost = e.cost_usd;
-    cost.rescale(COST_SCALE);
-    if cost != e.cost_usd {
-        return Err(CodecError::Field(
-            "cost_usd",
-            format!("{} has more than 12 decimal places", e.cost_usd),
-        ));
-    }
-    let metadata = e.metadata.iter().map(|(k, v)| (k.clone(), s(v))).collect();
-    let fields = vec![
-        ("event_id".into(), s(&e.event_id)),
-        ("at".into(), Value::TimestampMillis(e.at.0)),
-        ("organisation_id".into(), s(&e.organisation_id)),
-        ("workspace_id".into(), s(&e.workspace_id)),
-        ("api_key_id".into(), s(&e.api_key_id)),
-        ("provider_id".into(), s(&e.provider_id)),
-        ("provider_slug".into(), s(&e.provider_slug)),
-        ("integration_id".into(), s(&e.integration_id)),
-        ("ai_provider".into(), s(&e.ai_provider)),
-        ("department".into(), opt(&e.department)),
-        ("user".into(), opt(&e.user)),
-        ("metadata".into(), Value::Map(metadata)),
-        ("model".into(), s(&e.model)),
-        ("endpoint".into(), s(e.endpoint.as_str())),
-        ("status_code".into(), Value::Int(i32::from(e.status_code))),
-        ("prompt_tokens".into(), Value::Long(e.prompt_tokens as i64)),
-        (
-            "completion_tokens".into(),
-            Value::Long(e.completion_tokens as i64),
-        ),
-        ("cached_tokens".into(), Value::Long(e.cached_tokens as i64)),
-        (
-            "cost_usd".into(),
-            Value::Decimal(apache_avro::Decimal::from(cost.mantissa().to_be_bytes())),
-        ),
-        ("priced".into(), Value::Boolean(e.priced)),
-        (
-            "usage_source".into(),
-            Value::Enum(
-                u32::from(e.usage_source == UsageSource::Estimated),
-                e.usage_source.as_str().into(),
-            ),
-        ),
-        (
-            "latency_ms".into(),
-            Value::Int(e.latency_ms.min(i32::MAX as u32) as i32),
-        ),
-        (
-            "upstream_latency_ms".into(),
-            Value::Int(e.upstream_latency_ms.min(i32::MAX as u32) as i32),
-        ),
-        ("streamed".into(), Value::Boolean(e.streamed)),
-        ("attempt_index".into(), Value::Int(e.attempt_index as i32)),
-        ("trace_id".into(), s(&e.trace_id)),
-        ("config_id".into(), opt(&e.config_id)),
-    ];
-    usage_family().encode(Value::Record(fields))
-}
-
 /// Field access on a decoded record.
 struct Fields(HashMap<String, Value>);
 
@@ -222,95 +163,164 @@ impl Fields {
             )),
         }
     }
-
-    fn unsigned<T: TryFrom<i64>>(&mut self, name: &'static str) -> Result<T, CodecError> {
-        T::try_from(self.long(name)?).map_err(|_| CodecError::Field(name, "out of range".into()))
-    }
-
-    fn boolean(&mut self, name: &'static str) -> Result<bool, CodecError> {
-        match self.take(name)? {
-            Value::Boolean(b) => Ok(b),
-            other => Err(CodecError::Field(
-                name,
-                format!("expected boolean, got {other:?}"),
-            )),
-        }
-    }
 }
 
 fn record(fields: Vec<(String, Value)>) -> Fields {
     Fields(fields.into_iter().collect())
 }
 
-/// Decodes a usage event written with any known version of its schema.
+/// Encodes a usage event (schema `usage_event.v1`), field by field.
+pub fn encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
+    let mut cost = e.cost_usd;
+    cost.rescale(COST_SCALE);
+    if cost != e.cost_usd {
+        return Err(CodecError::Field(
+            "cost_usd",
+            format!("{} has more than 12 decimal places", e.cost_usd),
+        ));
+    }
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&usage_family().header);
+    binary::string(&mut out, &e.event_id);
+    binary::long(&mut out, e.at.0);
+    for s in [
+        &e.organisation_id,
+        &e.workspace_id,
+        &e.api_key_id,
+        &e.provider_id,
+        &e.provider_slug,
+        &e.integration_id,
+        &e.ai_provider,
+    ] {
+        binary::string(&mut out, s);
+    }
+    binary::opt_string(&mut out, e.department.as_deref());
+    binary::opt_string(&mut out, e.user.as_deref());
+    if !e.metadata.is_empty() {
+        binary::long(&mut out, e.metadata.len() as i64);
+        for (k, v) in &e.metadata {
+            binary::string(&mut out, k);
+            binary::string(&mut out, v);
+        }
+    }
+    binary::long(&mut out, 0);
+    binary::string(&mut out, &e.model);
+    binary::string(&mut out, e.endpoint.as_str());
+    binary::long(&mut out, i64::from(e.status_code));
+    for n in [e.prompt_tokens, e.completion_tokens, e.cached_tokens] {
+        binary::long(&mut out, n as i64);
+    }
+    binary::bytes(&mut out, &cost.mantissa().to_be_bytes());
+    binary::boolean(&mut out, e.priced);
+    binary::long(
+        &mut out,
+        i64::from(e.usage_source == UsageSource::Estimated),
+    );
+    binary::long(&mut out, i64::from(e.latency_ms.min(i32::MAX as u32)));
+    binary::long(
+        &mut out,
+        i64::from(e.upstream_latency_ms.min(i32::MAX as u32)),
+    );
+    binary::boolean(&mut out, e.streamed);
+    binary::long(&mut out, i64::from(e.attempt_index.min(i32::MAX as u32)));
+    binary::string(&mut out, &e.trace_id);
+    binary::opt_string(&mut out, e.config_id.as_deref());
+    Ok(out)
+}
+
+/// Decodes a usage event written with the current schema.
 pub fn decode_usage(bytes: &[u8]) -> Result<UsageEvent, CodecError> {
-    let mut f = record(usage_family().decode(bytes)?);
-    let cost = match f.take("cost_usd")? {
-        Value::Decimal(d) => {
-            let b = Vec::<u8>::try_from(&d)?;
-            if b.len() > 16 {
-                return Err(CodecError::Field("cost_usd", "wider than 128 bits".into()));
-            }
-            let fill = if b.first().is_some_and(|x| x & 0x80 != 0) {
-                0xFF
-            } else {
-                0
-            };
-            let mut a = [fill; 16];
-            a[16 - b.len()..].copy_from_slice(&b);
-            Decimal::try_from_i128_with_scale(i128::from_be_bytes(a), COST_SCALE)
-                .map_err(|e| CodecError::Field("cost_usd", e.to_string()))?
-                .normalize()
-        }
-        other => {
-            return Err(CodecError::Field(
-                "cost_usd",
-                format!("expected decimal, got {other:?}"),
-            ))
-        }
+    let family = usage_family();
+    if bytes.len() < 10 || bytes[0] != 0xC3 || bytes[1] != 0x01 {
+        return Err(CodecError::Marker);
+    }
+    if bytes[..10] != family.header {
+        return Err(CodecError::UnknownSchema(fingerprint_u64(&bytes[2..10])));
+    }
+    let mut r = binary::Reader::new(&bytes[10..]);
+    let event_id = r.string("event_id")?;
+    let at = Millis(r.long("at")?);
+    let mut ids = Vec::with_capacity(7);
+    for f in [
+        "organisation_id",
+        "workspace_id",
+        "api_key_id",
+        "provider_id",
+        "provider_slug",
+        "integration_id",
+        "ai_provider",
+    ] {
+        ids.push(r.string(f)?);
+    }
+    let department = r.opt_string("department")?;
+    let user = r.opt_string("user")?;
+    let metadata = r.string_map("metadata")?.into_iter().collect();
+    let model = r.string("model")?;
+    let endpoint = r.string("endpoint")?;
+    let endpoint = Endpoint::parse(&endpoint).ok_or(CodecError::Field("endpoint", endpoint))?;
+    let status_code = r.int("status_code")?;
+    let prompt_tokens = r.int("prompt_tokens")?;
+    let completion_tokens = r.int("completion_tokens")?;
+    let cached_tokens = r.int("cached_tokens")?;
+    let cost = r.bytes("cost_usd")?;
+    if cost.len() > 16 {
+        return Err(CodecError::Field("cost_usd", "wider than 128 bits".into()));
+    }
+    let fill = if cost.first().is_some_and(|x| x & 0x80 != 0) {
+        0xFF
+    } else {
+        0
     };
-    let metadata = match f.take("metadata")? {
-        Value::Map(m) => m
-            .into_iter()
-            .filter_map(|(k, v)| match v {
-                Value::String(s) => Some((k, s)),
-                _ => None,
-            })
-            .collect(),
-        _ => Metadata::new(),
+    let mut wide = [fill; 16];
+    wide[16 - cost.len()..].copy_from_slice(cost);
+    let cost_usd = Decimal::try_from_i128_with_scale(i128::from_be_bytes(wide), COST_SCALE)
+        .map_err(|e| CodecError::Field("cost_usd", e.to_string()))?
+        .normalize();
+    let priced = r.boolean("priced")?;
+    let usage_source = match r.long("usage_source")? {
+        0 => UsageSource::Provider,
+        1 => UsageSource::Estimated,
+        _ => return Err(CodecError::Field("usage_source", "unknown symbol".into())),
     };
-    let endpoint = f.string("endpoint")?;
+    let latency_ms = r.int("latency_ms")?;
+    let upstream_latency_ms = r.int("upstream_latency_ms")?;
+    let streamed = r.boolean("streamed")?;
+    let attempt_index = r.int("attempt_index")?;
+    let trace_id = r.string("trace_id")?;
+    let config_id = r.opt_string("config_id")?;
+    if !r.is_empty() {
+        return Err(CodecError::Field("(record)", "trailing bytes".into()));
+    }
+    let mut ids = ids.into_iter();
+    let mut next = || ids.next().unwrap_or_default();
     Ok(UsageEvent {
-        event_id: f.string("event_id")?,
-        at: Millis(f.long("at")?),
-        organisation_id: f.string("organisation_id")?,
-        workspace_id: f.string("workspace_id")?,
-        api_key_id: f.string("api_key_id")?,
-        provider_id: f.string("provider_id")?,
-        provider_slug: f.string("provider_slug")?,
-        integration_id: f.string("integration_id")?,
-        ai_provider: f.string("ai_provider")?,
-        department: f.opt_string("department")?,
-        user: f.opt_string("user")?,
+        event_id,
+        at,
+        organisation_id: next(),
+        workspace_id: next(),
+        api_key_id: next(),
+        provider_id: next(),
+        provider_slug: next(),
+        integration_id: next(),
+        ai_provider: next(),
+        department,
+        user,
         metadata,
-        model: f.string("model")?,
-        endpoint: Endpoint::parse(&endpoint).ok_or(CodecError::Field("endpoint", endpoint))?,
-        status_code: f.unsigned("status_code")?,
-        prompt_tokens: f.unsigned("prompt_tokens")?,
-        completion_tokens: f.unsigned("completion_tokens")?,
-        cached_tokens: f.unsigned("cached_tokens")?,
-        cost_usd: cost,
-        priced: f.boolean("priced")?,
-        usage_source: match f.string("usage_source")?.as_str() {
-            "estimated" => UsageSource::Estimated,
-            _ => UsageSource::Provider,
-        },
-        latency_ms: f.unsigned("latency_ms")?,
-        upstream_latency_ms: f.unsigned("upstream_latency_ms")?,
-        streamed: f.boolean("streamed")?,
-        attempt_index: f.unsigned("attempt_index")?,
-        trace_id: f.string("trace_id")?,
-        config_id: f.opt_string("config_id")?,
+        model,
+        endpoint,
+        status_code,
+        prompt_tokens,
+        completion_tokens,
+        cached_tokens,
+        cost_usd,
+        priced,
+        usage_source,
+        latency_ms,
+        upstream_latency_ms,
+        streamed,
+        attempt_index,
+        trace_id,
+        config_id,
     })
 }
 
@@ -409,6 +419,89 @@ pub(crate) mod tests {
             attempt_index: 1,
             trace_id: "trace".into(),
             config_id: Some("pc-1".into()),
+        }
+    }
+
+    /// The reference: the same event through apache-avro's generic writer.
+    fn apache_encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
+        let mut cost = e.cost_usd;
+        cost.rescale(COST_SCALE);
+        if cost != e.cost_usd {
+            return Err(CodecError::Field(
+                "cost_usd",
+                format!("{} has more than 12 decimal places", e.cost_usd),
+            ));
+        }
+        let metadata = e.metadata.iter().map(|(k, v)| (k.clone(), s(v))).collect();
+        let fields = vec![
+            ("event_id".into(), s(&e.event_id)),
+            ("at".into(), Value::TimestampMillis(e.at.0)),
+            ("organisation_id".into(), s(&e.organisation_id)),
+            ("workspace_id".into(), s(&e.workspace_id)),
+            ("api_key_id".into(), s(&e.api_key_id)),
+            ("provider_id".into(), s(&e.provider_id)),
+            ("provider_slug".into(), s(&e.provider_slug)),
+            ("integration_id".into(), s(&e.integration_id)),
+            ("ai_provider".into(), s(&e.ai_provider)),
+            ("department".into(), opt(&e.department)),
+            ("user".into(), opt(&e.user)),
+            ("metadata".into(), Value::Map(metadata)),
+            ("model".into(), s(&e.model)),
+            ("endpoint".into(), s(e.endpoint.as_str())),
+            ("status_code".into(), Value::Int(i32::from(e.status_code))),
+            ("prompt_tokens".into(), Value::Long(e.prompt_tokens as i64)),
+            (
+                "completion_tokens".into(),
+                Value::Long(e.completion_tokens as i64),
+            ),
+            ("cached_tokens".into(), Value::Long(e.cached_tokens as i64)),
+            (
+                "cost_usd".into(),
+                Value::Decimal(apache_avro::Decimal::from(cost.mantissa().to_be_bytes())),
+            ),
+            ("priced".into(), Value::Boolean(e.priced)),
+            (
+                "usage_source".into(),
+                Value::Enum(
+                    u32::from(e.usage_source == UsageSource::Estimated),
+                    e.usage_source.as_str().into(),
+                ),
+            ),
+            (
+                "latency_ms".into(),
+                Value::Int(e.latency_ms.min(i32::MAX as u32) as i32),
+            ),
+            (
+                "upstream_latency_ms".into(),
+                Value::Int(e.upstream_latency_ms.min(i32::MAX as u32) as i32),
+            ),
+            ("streamed".into(), Value::Boolean(e.streamed)),
+            ("attempt_index".into(), Value::Int(e.attempt_index as i32)),
+            ("trace_id".into(), s(&e.trace_id)),
+            ("config_id".into(), opt(&e.config_id)),
+        ];
+        usage_family().encode(Value::Record(fields))
+    }
+
+    #[test]
+    fn direct_encoding_is_byte_identical_to_apache_avro() {
+        let mut e = sample_usage();
+        for (dept, meta, cost) in [
+            (None, false, "0"),
+            (Some("x"), true, "-12.5"),
+            (Some("y"), true, "123456789.000000000001"),
+        ] {
+            e.department = dept.map(str::to_owned);
+            if !meta {
+                e.metadata.clear();
+            }
+            e.cost_usd = cost.parse().unwrap();
+            let ours = encode_usage(&e).unwrap();
+            assert_eq!(ours, apache_encode_usage(&e).unwrap());
+            // And apache-avro reads ours back to the same values.
+            let fields = usage_family().decode(&ours).unwrap();
+            assert_eq!(fields.len(), 27);
+            assert_eq!(decode_usage(&ours).unwrap(), e);
         }
     }
 
