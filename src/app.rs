@@ -292,7 +292,7 @@ fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {
 
 /// How long the store sink lets events accumulate after a wake-up, so it commits one transaction
 /// per many events rather than one per request (the commit, not the rows, is what costs).
-const SINK_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(25);
+const SINK_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The embedded aggregator: tails the usage log into the usage store.
 ///

@@ -13,10 +13,11 @@
 //! - Readers see only the committed end published after a batch is written, never a partial frame.
 //!
 //! # Durability (group commit)
-//! An append resolves after its batch is written to the file with `write(2)`: the bytes are then in
-//! the kernel and survive the process being killed (`kill -9`). `fdatasync` runs per batch when the
-//! policy is [`Fsync::Always`], or at most `window` after a write with [`Fsync::Every`], which bounds
-//! what a power loss (not a process crash) can take to that window.
+//! With [`Fsync::Every`], an append resolves after its batch is written to the file with `write(2)`:
+//! the bytes are then in the kernel and survive the process being killed (`kill -9`), and a sync
+//! thread runs `fdatasync` at most `window` after a write, which bounds what a power loss (not a
+//! process crash) can take to that window. With [`Fsync::Always`], an append resolves only after
+//! an `fdatasync` that covers it (one sync covers every batch written while the previous ran).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -168,7 +169,12 @@ fn encode_frame(out: &mut Vec<u8>, key: &[u8], payload: &[u8]) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The writer thread: batches whatever is queued into one write, syncs by policy, then acks.
+/// What the writer hands the sync thread: with [`Fsync::Always`], acks to send after the sync.
+type SyncJob = Vec<(Ack, Offset)>;
+
+/// The writer thread: batches whatever is queued into one `write`, then acks (or, with
+/// [`Fsync::Always`], hands the acks to the sync thread). It never waits for a sync itself, so a
+/// slow `fdatasync` (a busy disk) does not hold up appends behind it.
 fn writer(
     mut file: File,
     path: PathBuf,
@@ -177,26 +183,25 @@ fn writer(
     rx: mpsc::Receiver<Append>,
     end_tx: watch::Sender<Offset>,
 ) {
-    let window = match fsync {
-        Fsync::Always => Duration::from_secs(3600),
-        Fsync::Every(w) => w,
+    let (sync_tx, sync_rx) = mpsc::channel::<SyncJob>();
+    let sync_file = match file.try_clone() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "log: cannot start the sync thread");
+            return;
+        }
     };
-    let mut dirty_since: Option<Instant> = None;
+    let sync_path = path.clone();
+    let syncer = std::thread::Builder::new()
+        .name("log-sync".into())
+        .spawn(move || sync_loop(sync_file, sync_path, fsync, sync_rx));
+    if syncer.is_err() {
+        tracing::error!(path = %path.display(), "log: cannot start the sync thread");
+        return;
+    }
     let mut buf = Vec::with_capacity(64 << 10);
     let mut acks: Vec<(Ack, Offset)> = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let wait = dirty_since.map_or(window, |t| window.saturating_sub(t.elapsed()));
-        let first = match rx.recv_timeout(wait) {
-            Ok(a) => a,
-            Err(RecvTimeoutError::Timeout) => {
-                sync(&file, &path, &mut dirty_since);
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                sync(&file, &path, &mut dirty_since);
-                return;
-            }
-        };
+    while let Ok(first) = rx.recv() {
         buf.clear();
         let mut pos = end;
         for a in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH - 1)) {
@@ -205,21 +210,23 @@ fn writer(
             acks.push((a.ack, pos));
             pos += (buf.len() - before) as u64;
         }
-        let written = file.write_all(&buf);
-        let synced = match (&written, fsync) {
-            (Ok(()), Fsync::Always) => file.sync_data(),
-            _ => Ok(()),
-        };
-        match written.and(synced) {
+        match file.write_all(&buf) {
             Ok(()) => {
                 end = pos;
-                if fsync != Fsync::Always && dirty_since.is_none() {
-                    dirty_since = Some(Instant::now());
-                }
                 end_tx.send_replace(end);
-                for (ack, offset) in acks.drain(..) {
-                    let _ = ack.send(Ok(offset));
-                }
+                let batch: SyncJob = std::mem::take(&mut acks);
+                let batch = match fsync {
+                    Fsync::Always => batch,
+                    Fsync::Every(_) => {
+                        for (ack, offset) in batch {
+                            let _ = ack.send(Ok(offset));
+                        }
+                        Vec::new()
+                    }
+                };
+                // The sync thread is gone only if it panicked; then acks are dropped (the
+                // appenders see an error) rather than sent without a sync.
+                let _ = sync_tx.send(batch);
             }
             Err(e) => {
                 // Nothing of this batch is acknowledged; cut any partial write so the file stays
@@ -236,16 +243,50 @@ fn writer(
                 }
             }
         }
-        if dirty_since.is_some_and(|t| t.elapsed() >= window) {
-            sync(&file, &path, &mut dirty_since);
-        }
     }
 }
 
-fn sync(file: &File, path: &Path, dirty_since: &mut Option<Instant>) {
-    if dirty_since.take().is_some() {
-        if let Err(e) = file.sync_data() {
-            tracing::error!(path = %path.display(), error = %e, "log: fdatasync failed");
+/// Syncs written data: at once for [`Fsync::Always`] (one sync covers every batch queued so far,
+/// then their acks go out), or once per window after the first unsynced write.
+fn sync_loop(file: File, path: PathBuf, fsync: Fsync, rx: mpsc::Receiver<SyncJob>) {
+    let window = match fsync {
+        Fsync::Always => Duration::ZERO,
+        Fsync::Every(w) => w,
+    };
+    let mut dirty_since: Option<Instant> = None;
+    let mut pending: Vec<(Ack, Offset)> = Vec::new();
+    loop {
+        let job = match dirty_since {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(t) => rx.recv_timeout(window.saturating_sub(t.elapsed())),
+        };
+        match job {
+            Ok(acks) => {
+                pending.extend(acks);
+                pending.extend(rx.try_iter().flatten());
+                dirty_since.get_or_insert_with(Instant::now);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = file.sync_data();
+                return;
+            }
+        }
+        if dirty_since.is_some_and(|t| t.elapsed() >= window) {
+            dirty_since = None;
+            let result = file.sync_data();
+            if let Err(e) = &result {
+                tracing::error!(path = %path.display(), error = %e, "log: fdatasync failed");
+            }
+            for (ack, offset) in pending.drain(..) {
+                let _ = ack.send(match &result {
+                    Ok(()) => Ok(offset),
+                    Err(e) => Err(LogError::Io {
+                        path: path.display().to_string(),
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    }),
+                });
+            }
         }
     }
 }
