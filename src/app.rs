@@ -61,6 +61,8 @@ pub struct Core {
     pub metrics: Metrics,
     pub settings: Settings,
     pub http: reqwest::Client,
+    /// Budgets' reservations and rate limiters.
+    pub governor: Arc<crate::proxy::govern::Governor>,
     /// Serialises admin commands so read-modify-write of an entity never races.
     pub admin_lock: tokio::sync::Mutex<()>,
 }
@@ -97,6 +99,7 @@ impl Core {
             metrics: Metrics::default(),
             settings,
             http,
+            governor: Arc::default(),
             admin_lock: tokio::sync::Mutex::new(()),
         });
         core.replay().await?;
@@ -241,8 +244,14 @@ impl Core {
         Ok(())
     }
 
-    /// Appends a usage event durably, then folds it into the running totals.
-    pub async fn record_usage(&self, event: UsageEvent) -> Result<(), AppError> {
+    /// Appends a usage event durably, then settles it: folds it into the totals and budgets and
+    /// releases the attempt's reservation. If the append fails, dropping the reservation
+    /// releases it.
+    pub async fn record_usage(
+        &self,
+        event: UsageEvent,
+        reservation: Option<crate::proxy::govern::Reservation>,
+    ) -> Result<(), AppError> {
         let bytes = codec::encode_usage(&event)?;
         self.log
             .append(Topic::Usage, event.api_key_id.clone().into_bytes(), bytes)
@@ -250,7 +259,7 @@ impl Core {
         self.metrics
             .usage_events_appended
             .fetch_add(1, Ordering::Relaxed);
-        self.state.write().apply(&Event::Usage(event));
+        self.governor.settle(&self.state, event, reservation);
         Ok(())
     }
 

@@ -332,6 +332,7 @@ fn entity_json(e: &Entity) -> Result<String, serde_json::Error> {
         Entity::Provider(x) => serde_json::to_string(x),
         Entity::Config(x) => serde_json::to_string(x),
         Entity::ApiKey(x) => serde_json::to_string(x),
+        Entity::Policy(x) => serde_json::to_string(x),
     }
 }
 
@@ -343,6 +344,7 @@ fn entity_from_json(kind: EntityKind, json: &str) -> Result<Entity, serde_json::
         EntityKind::Provider => Entity::Provider(serde_json::from_str(json)?),
         EntityKind::Config => Entity::Config(serde_json::from_str(json)?),
         EntityKind::ApiKey => Entity::ApiKey(serde_json::from_str(json)?),
+        EntityKind::Policy => Entity::Policy(serde_json::from_str(json)?),
     })
 }
 

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::crypto;
-use crate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
+use crate::domain::limits::{parse_rate_limits, LimitOwner};
 use crate::domain::*;
 
 /// Every management scope; the bootstrap admin key holds them all.
@@ -167,8 +167,7 @@ pub async fn create(
     if kind == ApiKeyType::WorkspaceUser && user_id.is_none() {
         return Err(invalid("user_id is required for workspace user keys"));
     }
-    let usage_limits =
-        parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?;
+    let usage_limits = new_budget(b.get("usage_limits"), Millis::now())?;
     let rate_limits = parse_rate_limits(
         b.get("rate_limits").unwrap_or(&Value::Null),
         LimitOwner::ApiKey,
@@ -284,15 +283,13 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         if let Some(r) = b.get("rate_limits") {
             k.rate_limits = parse_rate_limits(r, LimitOwner::ApiKey).map_err(invalid)?;
         }
-        if let Some(u) = b.get("usage_limits") {
-            let new = parse_usage_limit(u).map_err(invalid)?;
-            if k.usage_limits.is_some() && new != k.usage_limits {
-                return Err(invalid(
-                    "a budget cannot be edited once set; use reset_usage or remove it",
-                ));
-            }
-            k.usage_limits = new;
-        }
+        let reset = b.bool("reset_usage")?.unwrap_or(false);
+        update_budget(
+            &mut k.usage_limits,
+            b.0.get("usage_limits"),
+            reset,
+            Millis::now(),
+        )?;
         if let Some(e) = emails_of(&b)? {
             k.alert_emails = e;
         }

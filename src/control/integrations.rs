@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
+use crate::domain::limits::{parse_rate_limits, LimitOwner};
 use crate::domain::pricing::Price;
 use crate::domain::routing::parse_url;
 use crate::domain::*;
@@ -281,19 +281,10 @@ pub async fn update_workspaces(
                 .ok_or_else(|| ControlError::NotFound(format!("workspace {ws_ref} not found")))?;
             let enabled = w.bool("enabled")?.unwrap_or(true);
             let prev = i.workspaces.get(&ws.id).cloned();
-            let usage_limits = match w.get("usage_limits") {
-                Some(u) => {
-                    parse_usage_limit(u).map_err(|e| invalid(format!("workspaces[{n}].{e}")))?
-                }
-                None => prev.as_ref().and_then(|p| p.usage_limits.clone()),
-            };
-            if let Some(old) = prev.as_ref().and_then(|p| p.usage_limits.as_ref()) {
-                if usage_limits.as_ref() != Some(old) && w.get("usage_limits").is_some() {
-                    return Err(invalid(format!(
-                        "workspaces[{n}]: a budget cannot be edited once set"
-                    )));
-                }
-            }
+            let mut usage_limits = prev.as_ref().and_then(|p| p.usage_limits.clone());
+            let reset = w.bool("reset_usage")?.unwrap_or(false);
+            update_budget(&mut usage_limits, w.0.get("usage_limits"), reset, now)
+                .map_err(|e| invalid(format!("workspaces[{n}]: {e}")))?;
             let rate_limits = match w.get("rate_limits") {
                 Some(r) => parse_rate_limits(r, LimitOwner::Other)
                     .map_err(|e| invalid(format!("workspaces[{n}].{e}")))?,
@@ -343,7 +334,7 @@ pub fn list_workspaces(core: &Core, caller: &Caller, slug: &str) -> Result<Value
         .workspaces
         .values()
         .filter(|a| caller.sees(Some(&a.workspace_id)))
-        .map(|a| views::workspace_access(a, &state))
+        .map(|a| views::workspace_access(&i, a, &state))
         .collect();
     Ok(json!({
         "object": "list", "total": items.len(), "workspaces": items, "data": [],

@@ -5,6 +5,7 @@
 pub mod api_keys;
 pub mod configs;
 pub mod integrations;
+pub mod policies;
 pub mod providers;
 pub mod views;
 pub mod workspaces;
@@ -13,6 +14,7 @@ use rand::Rng;
 use serde_json::{Map, Value};
 
 use crate::app::{AppError, Core, DEFAULT_WORKSPACE_SLUG};
+use crate::domain::limits::{parse_usage_limit, UsageLimit};
 use crate::domain::{ApiKey, Millis, State};
 
 /// Why an admin command was refused.
@@ -182,6 +184,48 @@ impl<'a> Body<'a> {
     }
 }
 
+/// A new budget from a request's `usage_limits`; it counts usage from `now` on.
+pub fn new_budget(v: Option<&Value>, now: Millis) -> Result<Option<UsageLimit>> {
+    let mut l = parse_usage_limit(v.unwrap_or(&Value::Null)).map_err(invalid)?;
+    if let Some(l) = &mut l {
+        l.set_at = now;
+    }
+    Ok(l)
+}
+
+/// Applies an update's `usage_limits` and `reset_usage` to a budget. Budgets are immutable once
+/// set: an absent or identical value changes nothing, `null` (or `[]`) removes the budget, a
+/// different one is refused; `reset_usage: true` restarts the count from `now`.
+pub fn update_budget(
+    current: &mut Option<UsageLimit>,
+    given: Option<&Value>,
+    reset: bool,
+    now: Millis,
+) -> Result<()> {
+    if let Some(v) = given {
+        match (new_budget(Some(v), now)?, current.as_ref()) {
+            (None, _) => *current = None,
+            (Some(new), None) => *current = Some(new),
+            (Some(mut new), Some(old)) => {
+                new.set_at = old.set_at;
+                new.reset_at = old.reset_at;
+                if &new != old {
+                    return Err(invalid(
+                        "a budget cannot be edited once set; remove it (usage_limits: null) and set a new one, or use reset_usage",
+                    ));
+                }
+            }
+        }
+    }
+    if reset {
+        match current {
+            Some(l) => l.reset_at = Some(now),
+            None => return Err(invalid("reset_usage: there is no budget to reset")),
+        }
+    }
+    Ok(())
+}
+
 /// `true`/`false` in any case, as Python sends them in query strings.
 pub fn parse_bool(s: &str) -> Option<bool> {
     match s.to_ascii_lowercase().as_str() {
@@ -286,6 +330,27 @@ mod tests {
         assert!(check_slug("bad slug").is_err());
         assert!(check_slug("").is_err());
         assert!(make_slug("pc-", "").starts_with("pc-"));
+    }
+
+    #[test]
+    fn budgets_are_immutable_but_resettable_and_removable() {
+        let now = Millis(1_000);
+        let v = serde_json::json!({"type": "cost", "credit_limit": 10});
+        let mut b = new_budget(Some(&v), now).unwrap();
+        assert_eq!(b.as_ref().unwrap().set_at, now);
+        update_budget(&mut b, Some(&v), false, Millis(2_000)).unwrap();
+        assert_eq!(
+            b.as_ref().unwrap().set_at,
+            now,
+            "an identical value changes nothing"
+        );
+        let other = serde_json::json!({"type": "cost", "credit_limit": 11});
+        assert!(update_budget(&mut b, Some(&other), false, Millis(2_000)).is_err());
+        update_budget(&mut b, None, true, Millis(3_000)).unwrap();
+        assert_eq!(b.as_ref().unwrap().reset_at, Some(Millis(3_000)));
+        update_budget(&mut b, Some(&Value::Null), false, Millis(4_000)).unwrap();
+        assert!(b.is_none());
+        assert!(update_budget(&mut b, None, true, Millis(5_000)).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::integrations::seal_scope;
 use super::*;
-use crate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
+use crate::domain::limits::{parse_rate_limits, LimitOwner};
 use crate::domain::*;
 
 /// Which API a provider is being managed through (it decides scopes and the response shape).
@@ -62,7 +62,7 @@ struct Limits {
 
 fn limits_of(b: &Body) -> Result<Limits> {
     Ok(Limits {
-        usage: parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?,
+        usage: new_budget(b.get("usage_limits"), Millis::now())?,
         rate: parse_rate_limits(
             b.get("rate_limits").unwrap_or(&Value::Null),
             LimitOwner::Other,
@@ -246,15 +246,13 @@ pub async fn update(
         if let Some(r) = b.get("rate_limits") {
             p.rate_limits = parse_rate_limits(r, LimitOwner::Other).map_err(invalid)?;
         }
-        if let Some(u) = b.get("usage_limits") {
-            let new = parse_usage_limit(u).map_err(invalid)?;
-            if p.usage_limits.is_some() && new != p.usage_limits {
-                return Err(invalid(
-                    "a budget cannot be edited once set; use reset_usage or remove it",
-                ));
-            }
-            p.usage_limits = new;
-        }
+        let reset = b.bool("reset_usage")?.unwrap_or(false);
+        update_budget(
+            &mut p.usage_limits,
+            b.0.get("usage_limits"),
+            reset,
+            Millis::now(),
+        )?;
         if let Some(e) = b.timestamp("expires_at")? {
             p.expires_at = e;
         }

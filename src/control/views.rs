@@ -3,23 +3,61 @@
 
 use serde_json::{json, Value};
 
+use crate::domain::budget::{BudgetRef, Windowed};
 use crate::domain::limits::{RateLimit, UsageLimit};
 use crate::domain::pricing::decimal_json;
 use crate::domain::*;
 
-/// A budget as the API shows it (exact decimals as JSON numbers).
-pub fn usage_limit(l: &Option<UsageLimit>) -> Value {
-    match l {
-        None => Value::Null,
-        Some(l) => serde_json::to_value(l).unwrap_or(Value::Null),
+/// A budget as the API shows it (exact decimals as JSON numbers), with what it has counted in
+/// its current window and when that window ends.
+pub fn usage_limit(state: &State, r: BudgetRef, l: &Option<UsageLimit>, now: Millis) -> Value {
+    let Some(l) = l else { return Value::Null };
+    let mut v = serde_json::to_value(l).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("set_at");
+        o.remove("reset_at");
+        let used = state.budget_used(&r, l, now);
+        o.insert(
+            "next_usage_reset_at".into(),
+            l.next_reset(now).map_or(Value::Null, |t| json!(t.to_iso())),
+        );
+        o.insert("current_usage".into(), decimal_json(used));
+        o.insert(
+            "status".into(),
+            json!(if used >= l.credit_limit {
+                "exhausted"
+            } else {
+                "active"
+            }),
+        );
     }
+    v
 }
 
 /// Budgets as the one-element array used by workspaces and provisioning writes.
-pub fn usage_limit_array(l: &Option<UsageLimit>) -> Value {
+pub fn usage_limit_array(
+    state: &State,
+    r: BudgetRef,
+    l: &Option<UsageLimit>,
+    now: Millis,
+) -> Value {
     match l {
         None => json!([]),
-        Some(_) => json!([usage_limit(l)]),
+        Some(_) => json!([usage_limit(state, r, l, now)]),
+    }
+}
+
+/// `exhausted` while a budget is used up, `expired` after `expires_at`, else `active`.
+fn entity_status(
+    state: &State,
+    r: BudgetRef,
+    l: &Option<UsageLimit>,
+    expires_at: Option<Millis>,
+    now: Millis,
+) -> &'static str {
+    match l {
+        Some(l) if state.budget_used(&r, l, now) >= l.credit_limit => "exhausted",
+        _ => status(expires_at, now),
     }
 }
 
@@ -56,13 +94,15 @@ fn status(expires_at: Option<Millis>, now: Millis) -> &'static str {
 }
 
 pub fn workspace(w: &Workspace, state: &State, with_users: bool) -> Value {
+    let now = Millis::now();
+    let r = || BudgetRef::Workspace(w.id.clone());
     let mut v = json!({
         "id": w.id, "slug": w.slug, "name": w.name, "description": w.description,
         "created_at": iso(w.created_at), "last_updated_at": iso(w.updated_at),
-        "defaults": w.defaults, "usage_limits": usage_limit_array(&w.usage_limits),
+        "defaults": w.defaults, "usage_limits": usage_limit_array(state, r(), &w.usage_limits, now),
         "rate_limits": rate_limits(&w.rate_limits),
         "is_default": i32::from(w.slug == crate::app::DEFAULT_WORKSPACE_SLUG),
-        "status": "active",
+        "status": entity_status(state, r(), &w.usage_limits, None, now),
         "current_usage": usage(state.usage_of(EntityKind::Workspace, &w.id)),
         "object": "workspace",
     });
@@ -105,12 +145,16 @@ pub fn integration(i: &Integration, state: &State, full: bool) -> Value {
 }
 
 /// One workspace's provisioning; limits as single objects (SDK-strict, §2.7).
-pub fn workspace_access(a: &WorkspaceAccess, state: &State) -> Value {
+pub fn workspace_access(i: &Integration, a: &WorkspaceAccess, state: &State) -> Value {
+    let r = BudgetRef::Access {
+        integration: i.id.clone(),
+        workspace: a.workspace_id.clone(),
+    };
     json!({
         "id": a.workspace_id,
         "slug": state.workspaces.get(&a.workspace_id).map(|w| w.slug.clone()),
         "enabled": a.enabled,
-        "usage_limits": usage_limit(&a.usage_limits),
+        "usage_limits": usage_limit(state, r, &a.usage_limits, Millis::now()),
         "rate_limits": rate_limit_object(&a.rate_limits),
         "created_at": iso(a.created_at), "last_updated_at": iso(a.updated_at),
     })
@@ -134,8 +178,8 @@ pub fn provider(p: &Provider, state: &State, now: Millis, list_item: bool) -> Va
         "integration_id": integration.map(|i| i.slug.clone()),
         "workspace_id": p.workspace_id,
         "provider": integration.map(|i| i.ai_provider_id.clone()),
-        "status": status(p.expires_at, now),
-        "usage_limits": usage_limit(&p.usage_limits),
+        "status": entity_status(state, BudgetRef::Provider(p.id.clone()), &p.usage_limits, p.expires_at, now),
+        "usage_limits": usage_limit(state, BudgetRef::Provider(p.id.clone()), &p.usage_limits, now),
         "rate_limits": if list_item { rate_limit_object(&p.rate_limits) } else { rate_limits(&p.rate_limits) },
         "reset_usage": Value::Null,
         "expires_at": opt_iso(p.expires_at),
@@ -177,11 +221,11 @@ pub fn api_key(k: &ApiKey, state: &State, now: Millis) -> Value {
         "type": k.kind.as_str(),
         "organisation_id": state.organisation.as_ref().map(|o| o.id.clone()),
         "workspace_id": k.workspace_id, "user_id": k.user_id,
-        "status": status(k.expires_at, now),
+        "status": entity_status(state, BudgetRef::ApiKey(k.id.clone()), &k.usage_limits, k.expires_at, now),
         "created_at": iso(k.created_at), "last_updated_at": iso(k.updated_at),
         "creation_mode": k.creation_mode,
         "rate_limits": rate_limits(&k.rate_limits),
-        "usage_limits": usage_limit(&k.usage_limits),
+        "usage_limits": usage_limit(state, BudgetRef::ApiKey(k.id.clone()), &k.usage_limits, now),
         "reset_usage": Value::Null,
         "scopes": k.scopes, "defaults": k.defaults, "alert_emails": k.alert_emails,
         "rotation_policy": k.rotation_policy,

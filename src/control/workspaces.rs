@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
+use crate::domain::limits::{parse_rate_limits, LimitOwner};
 use crate::domain::{Change, Entity, EntityKind, Workspace};
 
 fn defaults_of(b: &Body) -> Result<Option<Map<String, Value>>> {
@@ -32,8 +32,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
     }
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
-    let usage_limits =
-        parse_usage_limit(b.get("usage_limits").unwrap_or(&Value::Null)).map_err(invalid)?;
+    let usage_limits = new_budget(b.get("usage_limits"), Millis::now())?;
     let rate_limits = parse_rate_limits(
         b.get("rate_limits").unwrap_or(&Value::Null),
         LimitOwner::Other,
@@ -132,15 +131,13 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
     if let Some(r) = b.get("rate_limits") {
         w.rate_limits = parse_rate_limits(r, LimitOwner::Other).map_err(invalid)?;
     }
-    if let Some(u) = b.get("usage_limits") {
-        let new = parse_usage_limit(u).map_err(invalid)?;
-        if w.usage_limits.is_some() && new != w.usage_limits {
-            return Err(ControlError::Invalid(
-                "a budget cannot be edited once set; use reset_usage or remove it".into(),
-            ));
-        }
-        w.usage_limits = new;
-    }
+    let reset = b.bool("reset_usage")?.unwrap_or(false);
+    update_budget(
+        &mut w.usage_limits,
+        b.0.get("usage_limits"),
+        reset,
+        Millis::now(),
+    )?;
     w.updated_at = Millis::now();
     core.commit(vec![Change::Upsert(Entity::Workspace(w))])
         .await?;

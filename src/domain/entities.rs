@@ -254,3 +254,26 @@ impl ApiKey {
         string_map(self.defaults.get("metadata"))
     }
 }
+
+/// One condition of a policy: `key` is `workspace_id`, `api_key`, `provider`, `model` or
+/// `metadata.<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    pub key: String,
+    pub value: String,
+}
+
+/// A budget (and rate limits) over every request that matches its conditions, e.g.
+/// `metadata.department = engineering`; with `group_by`, one budget per value of that key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsagePolicy {
+    pub id: String,
+    pub name: String,
+    pub workspace_id: Option<String>,
+    pub conditions: Vec<Condition>,
+    pub group_by: Option<String>,
+    pub usage_limits: Option<UsageLimit>,
+    pub rate_limits: Vec<RateLimit>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}

@@ -16,16 +16,18 @@ pub enum EntityKind {
     Provider,
     Config,
     ApiKey,
+    Policy,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 6] = [
+    pub const ALL: [EntityKind; 7] = [
         EntityKind::Organisation,
         EntityKind::Workspace,
         EntityKind::Integration,
         EntityKind::Provider,
         EntityKind::Config,
         EntityKind::ApiKey,
+        EntityKind::Policy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +38,7 @@ impl EntityKind {
             EntityKind::Provider => "provider",
             EntityKind::Config => "config",
             EntityKind::ApiKey => "api_key",
+            EntityKind::Policy => "policy",
         }
     }
 
@@ -53,6 +56,7 @@ pub enum Entity {
     Provider(Provider),
     Config(RouteConfig),
     ApiKey(ApiKey),
+    Policy(UsagePolicy),
 }
 
 impl Entity {
@@ -64,6 +68,7 @@ impl Entity {
             Entity::Provider(_) => EntityKind::Provider,
             Entity::Config(_) => EntityKind::Config,
             Entity::ApiKey(_) => EntityKind::ApiKey,
+            Entity::Policy(_) => EntityKind::Policy,
         }
     }
 
@@ -75,6 +80,7 @@ impl Entity {
             Entity::Provider(e) => &e.id,
             Entity::Config(e) => &e.id,
             Entity::ApiKey(e) => &e.id,
+            Entity::Policy(e) => &e.id,
         }
     }
 }

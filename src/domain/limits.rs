@@ -6,6 +6,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::time::Millis;
+
 /// What a budget counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,6 +45,15 @@ pub struct UsageLimit {
     pub periodic_reset: Option<PeriodicReset>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub periodic_reset_days: Option<u16>,
+    /// Strict mode: refuse a request whose maximum cost does not fit (spend never exceeds the limit).
+    #[serde(default)]
+    pub strict: bool,
+    /// When the budget was set (server-side); only usage from then on counts.
+    #[serde(default)]
+    pub set_at: Millis,
+    /// The last `reset_usage` (server-side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_at: Option<Millis>,
 }
 
 /// What a rate limit counts.
@@ -54,7 +65,7 @@ pub enum RateKind {
 }
 
 /// The window of a rate limit. `rps` and `rpw` are accepted on API keys only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RateUnit {
     Rps,
@@ -65,6 +76,11 @@ pub enum RateUnit {
 }
 
 impl RateUnit {
+    /// The window as a duration.
+    pub fn window(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.window_ms())
+    }
+
     /// The window length in milliseconds.
     pub fn window_ms(self) -> u64 {
         match self {
@@ -109,7 +125,15 @@ pub fn parse_usage_limit(v: &Value) -> Result<Option<UsageLimit>, String> {
     if let Some(map) = obj.as_object_mut() {
         map.entry("type").or_insert_with(|| Value::from("cost"));
         map.retain(|k, v| !v.is_null() || k == "periodic_reset");
-        map.remove("next_usage_reset_at");
+        for server_side in [
+            "next_usage_reset_at",
+            "set_at",
+            "reset_at",
+            "status",
+            "current_usage",
+        ] {
+            map.remove(server_side);
+        }
     }
     let limit: UsageLimit =
         serde_json::from_value(obj).map_err(|e| format!("usage_limits: {e}"))?;

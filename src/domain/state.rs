@@ -6,8 +6,11 @@ use std::collections::{HashMap, HashSet};
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
+use super::budget::{self, BudgetRef, Counter, RequestPath};
 use super::entities::*;
 use super::events::*;
+use super::limits::{RateLimit, UsageLimit};
+use super::time::Millis;
 
 /// Running usage of one entity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,7 +37,9 @@ pub struct State {
     pub providers: HashMap<String, Provider>,
     pub configs: HashMap<String, RouteConfig>,
     pub api_keys: HashMap<String, ApiKey>,
+    pub policies: HashMap<String, UsagePolicy>,
     key_by_hash: HashMap<String, String>,
+    budgets: HashMap<BudgetRef, Counter>,
     usage: HashMap<(EntityKind, String), Totals>,
     seen_usage: HashSet<u128>,
 }
@@ -83,6 +88,9 @@ impl State {
             Entity::Config(c) => {
                 self.configs.insert(c.id.clone(), c);
             }
+            Entity::Policy(p) => {
+                self.policies.insert(p.id.clone(), p);
+            }
             Entity::ApiKey(k) => {
                 if let Some(old) = self.api_keys.get(&k.id) {
                     self.key_by_hash.remove(&old.key_hash);
@@ -108,6 +116,9 @@ impl State {
             EntityKind::Config => {
                 self.configs.remove(id);
             }
+            EntityKind::Policy => {
+                self.policies.remove(id);
+            }
             EntityKind::ApiKey => {
                 if let Some(k) = self.api_keys.remove(id) {
                     self.key_by_hash.remove(&k.key_hash);
@@ -131,6 +142,164 @@ impl State {
                 self.usage.entry((kind, id.clone())).or_default().add(e);
             }
         }
+        let path = RequestPath {
+            api_key_id: &e.api_key_id,
+            workspace_id: &e.workspace_id,
+            provider_id: &e.provider_id,
+            provider_slug: &e.provider_slug,
+            integration_id: &e.integration_id,
+            model: &e.model,
+            metadata: Some(&e.metadata),
+        };
+        let budgets: Vec<(BudgetRef, UsageLimit)> = self
+            .budgets_on(&path)
+            .into_iter()
+            .map(|(r, l)| (r, l.clone()))
+            .collect();
+        for (r, l) in budgets {
+            budget::count(
+                &mut self.budgets,
+                &r,
+                &l,
+                e.at,
+                e.cost_usd,
+                e.total_tokens(),
+            );
+        }
+    }
+
+    /// Every budget a request on `path` must fit, with its definition.
+    pub fn budgets_on(&self, path: &RequestPath<'_>) -> Vec<(BudgetRef, &UsageLimit)> {
+        let key = self
+            .api_keys
+            .get(path.api_key_id)
+            .and_then(|k| k.usage_limits.as_ref());
+        let provider = self
+            .providers
+            .get(path.provider_id)
+            .and_then(|p| p.usage_limits.as_ref());
+        let access = self
+            .integrations
+            .get(path.integration_id)
+            .and_then(|i| i.workspaces.get(path.workspace_id))
+            .and_then(|a| a.usage_limits.as_ref());
+        let workspace = self
+            .workspaces
+            .get(path.workspace_id)
+            .and_then(|w| w.usage_limits.as_ref());
+        let access_ref = BudgetRef::Access {
+            integration: path.integration_id.to_owned(),
+            workspace: path.workspace_id.to_owned(),
+        };
+        let mut out: Vec<(BudgetRef, &UsageLimit)> = [
+            (BudgetRef::ApiKey(path.api_key_id.to_owned()), key),
+            (BudgetRef::Provider(path.provider_id.to_owned()), provider),
+            (access_ref, access),
+            (
+                BudgetRef::Workspace(path.workspace_id.to_owned()),
+                workspace,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(r, l)| l.map(|l| (r, l)))
+        .collect();
+        for (r, l) in self.policies_on(path) {
+            if let Some(l) = &l.usage_limits {
+                out.push((r, l));
+            }
+        }
+        out
+    }
+
+    /// Every rate limit a request on `path` must fit.
+    pub fn rate_limits_on(&self, path: &RequestPath<'_>) -> Vec<(BudgetRef, &[RateLimit])> {
+        let mut out: Vec<(BudgetRef, &[RateLimit])> = Vec::new();
+        if let Some(k) = self.api_keys.get(path.api_key_id) {
+            out.push((BudgetRef::ApiKey(k.id.clone()), &k.rate_limits));
+        }
+        if let Some(p) = self.providers.get(path.provider_id) {
+            out.push((BudgetRef::Provider(p.id.clone()), &p.rate_limits));
+        }
+        if let Some(a) = self
+            .integrations
+            .get(path.integration_id)
+            .and_then(|i| i.workspaces.get(path.workspace_id))
+        {
+            let r = BudgetRef::Access {
+                integration: path.integration_id.to_owned(),
+                workspace: path.workspace_id.to_owned(),
+            };
+            out.push((r, &a.rate_limits));
+        }
+        if let Some(w) = self.workspaces.get(path.workspace_id) {
+            out.push((BudgetRef::Workspace(w.id.clone()), &w.rate_limits));
+        }
+        for (r, p) in self.policies_on(path) {
+            out.push((r, &p.rate_limits));
+        }
+        out.retain(|(_, l)| !l.is_empty());
+        out
+    }
+
+    /// The policies whose conditions a request on `path` meets, each with its (grouped) budget ref.
+    fn policies_on<'a>(&'a self, path: &RequestPath<'_>) -> Vec<(BudgetRef, &'a UsagePolicy)> {
+        let value_of = |key: &str| -> Option<String> {
+            match key {
+                "workspace_id" | "workspace" => Some(path.workspace_id.to_owned()),
+                "api_key" => Some(path.api_key_id.to_owned()),
+                "provider" => Some(path.provider_slug.to_owned()),
+                "model" => Some(path.model.to_owned()),
+                k => k
+                    .strip_prefix("metadata.")
+                    .and_then(|m| path.metadata?.get(m).cloned()),
+            }
+        };
+        let mut out = Vec::new();
+        for p in self.policies.values() {
+            if p.workspace_id
+                .as_deref()
+                .is_some_and(|w| w != path.workspace_id)
+            {
+                continue;
+            }
+            if !p
+                .conditions
+                .iter()
+                .all(|c| value_of(&c.key).is_some_and(|v| v == c.value))
+            {
+                continue;
+            }
+            let group = match &p.group_by {
+                None => None,
+                Some(k) => match value_of(k) {
+                    Some(v) => Some(v),
+                    None => continue,
+                },
+            };
+            out.push((
+                BudgetRef::Policy {
+                    id: p.id.clone(),
+                    group,
+                },
+                p,
+            ));
+        }
+        out
+    }
+
+    /// What a budget has counted in the window holding `now`.
+    pub fn budget_used(
+        &self,
+        r: &BudgetRef,
+        limit: &UsageLimit,
+        now: Millis,
+    ) -> rust_decimal::Decimal {
+        budget::used(&self.budgets, r, limit, now)
+    }
+
+    /// Every budget counter (for the periodic-reset sweep).
+    pub fn budget_counters(&self) -> impl Iterator<Item = (&BudgetRef, &Counter)> {
+        self.budgets.iter()
     }
 
     /// Usage folded so far for an entity.

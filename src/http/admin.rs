@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::extract::{Admin, JsonBody, QueryMap};
 use crate::app::Core;
 use crate::control::providers::Api;
-use crate::control::{api_keys, configs, integrations, providers, workspaces};
+use crate::control::{api_keys, configs, integrations, policies, providers, workspaces};
 
 type Answer = Result<Json<Value>, ApiError>;
 type Core_ = State<Arc<Core>>;
@@ -63,6 +63,11 @@ pub fn routes() -> Router<Arc<Core>> {
         .route(
             "/api-keys/{id}",
             get(key_get).put(key_update).delete(key_delete),
+        )
+        .route("/policies/usage-limits", get(pol_list).post(pol_create))
+        .route(
+            "/policies/usage-limits/{id}",
+            get(pol_get).put(pol_update).delete(pol_delete),
         )
 }
 
@@ -261,4 +266,25 @@ async fn key_update(
 }
 async fn key_delete(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
     ok(api_keys::delete(&c, &a, &id).await)
+}
+
+async fn pol_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(policies::create(&c, &a, &b).await)
+}
+async fn pol_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(policies::list(&c, &a, &q))
+}
+async fn pol_get(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(policies::retrieve(&c, &a, &id))
+}
+async fn pol_update(
+    State(c): Core_,
+    Admin(a): Admin,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> Answer {
+    ok(policies::update(&c, &a, &id, &b).await)
+}
+async fn pol_delete(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(policies::delete(&c, &a, &id).await)
 }

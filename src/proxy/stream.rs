@@ -31,6 +31,8 @@ pub struct Job {
     pub ctx: RequestCtx,
     pub target_model: String,
     pub prompt_estimate: u64,
+    /// Released when the attempt is settled (or if the task dies).
+    pub reservation: super::govern::Reservation,
     pub client_wants_usage: bool,
     pub index: u32,
     pub event_id: String,
@@ -249,7 +251,7 @@ async fn settle(job: Job, target: &Target, tx: &mpsc::Sender<Bytes>, p: Progress
         event_id: job.event_id.clone(),
     };
     let event = meter::usage_event(&job.core.prices, &job.ctx, attempt);
-    let recorded = job.core.record_usage(event).await;
+    let recorded = job.core.record_usage(event, Some(job.reservation)).await;
     if p.client_gone_at.is_some() {
         return;
     }

@@ -12,11 +12,13 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use super::govern::{Estimate, Refusal, Reservation};
 use super::meter::{self, Attempt};
 use super::route::{self, Plan, Target};
 use super::stream;
 use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
 use crate::app::Core;
+use crate::domain::budget::RequestPath;
 use crate::domain::pricing::TokenUsage;
 use crate::domain::routing::{Mode, Node};
 use crate::domain::{Endpoint, Millis, UsageSource};
@@ -41,6 +43,8 @@ struct Exec {
     body: RequestBody,
     path: &'static str,
     attempts: u32,
+    /// Estimated prompt tokens, for reservations and for usage the provider does not report.
+    prompt_estimate: u64,
     upstream_time: Duration,
     last_option: String,
     last_provider: String,
@@ -58,12 +62,14 @@ pub async fn run(
         Endpoint::Completions => "/completions",
         Endpoint::Embeddings => "/embeddings",
     };
+    let prompt_estimate = meter::estimate_prompt(&body.json);
     let mut exec = Exec {
         core,
         ctx,
         body,
         path,
         attempts: 0,
+        prompt_estimate,
         upstream_time: Duration::ZERO,
         last_option: String::new(),
         last_provider: String::new(),
@@ -187,8 +193,23 @@ impl Exec {
             .map_or((0, &[][..]), |r| (r.attempts, &r.on_status_codes[..]));
         let mut n = 0;
         loop {
+            let reservation = match self.admit(&target, &model) {
+                Ok(r) => r,
+                Err(Refusal {
+                    error,
+                    target_specific: true,
+                }) => {
+                    let status = error.status.as_u16();
+                    return Outcome::Answer(Answer {
+                        status,
+                        reply: error_reply(&error),
+                    });
+                }
+                Err(Refusal { error, .. }) => return Outcome::Stop(error),
+            };
+            let timeout = node.request_timeout_ms;
             let answer = self
-                .attempt(&target, &model, bytes.clone(), node.request_timeout_ms)
+                .attempt(&target, &model, bytes.clone(), timeout, reservation)
                 .await;
             match answer {
                 Ok(a) if n < retries && retry_on.contains(&a.status) => {
@@ -201,6 +222,41 @@ impl Exec {
         }
     }
 
+    /// Admission for one attempt: every budget and rate limit on the path, with this request's
+    /// maximum (prompt estimate plus `max_tokens`, or a default output allowance) reserved.
+    fn admit(&self, target: &Target, model: &str) -> Result<Reservation, Refusal> {
+        let max_out = match self.ctx.endpoint {
+            Endpoint::Embeddings => 0,
+            _ => ["max_completion_tokens", "max_tokens"]
+                .iter()
+                .find_map(|k| self.body.json.get(*k).and_then(Value::as_u64))
+                .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+        };
+        let usage = TokenUsage {
+            prompt: self.prompt_estimate,
+            completion: max_out,
+            cached: 0,
+        };
+        let max_cost = meter::price_of(&self.core.prices, target, model)
+            .map_or(rust_decimal::Decimal::ZERO, |p| p.cost_usd(usage));
+        let path = RequestPath {
+            api_key_id: &self.ctx.key.id,
+            workspace_id: &self.ctx.workspace_id,
+            provider_id: &target.provider.id,
+            provider_slug: &target.provider.slug,
+            integration_id: &target.integration.id,
+            model,
+            metadata: Some(&self.ctx.metadata),
+        };
+        let estimate = Estimate {
+            max_cost,
+            max_tokens: usage.prompt + usage.completion,
+        };
+        self.core
+            .governor
+            .admit(&self.core.state, &path, estimate, Millis::now())
+    }
+
     /// One upstream attempt, metered.
     async fn attempt(
         &mut self,
@@ -208,6 +264,7 @@ impl Exec {
         model: &str,
         body: Bytes,
         timeout_ms: Option<u64>,
+        reservation: Reservation,
     ) -> Result<Answer, DataError> {
         let index = self.attempts;
         self.attempts += 1;
@@ -258,6 +315,7 @@ impl Exec {
                     started,
                     index,
                     event_id,
+                    reservation,
                 )
                 .await?;
                 let err = DataError::new(status, "api_error", Some("upstream_unavailable"), msg);
@@ -290,7 +348,8 @@ impl Exec {
                 core: self.core.clone(),
                 ctx: self.ctx.clone(),
                 target_model: model.to_owned(),
-                prompt_estimate: meter::estimate_prompt(&self.body.json),
+                prompt_estimate: self.prompt_estimate,
+                reservation,
                 client_wants_usage: self.body.client_wants_usage,
                 index,
                 event_id,
@@ -327,6 +386,7 @@ impl Exec {
                         started,
                         index,
                         event_id,
+                        reservation,
                     )
                     .await?;
                     let err = DataError::new(
@@ -345,7 +405,7 @@ impl Exec {
             Some(u) => (u, UsageSource::Provider),
             None if status.is_success() => (
                 TokenUsage {
-                    prompt: meter::estimate_prompt(&self.body.json),
+                    prompt: self.prompt_estimate,
                     completion: meter::tokens_for_chars(meter::completion_chars(&body)),
                     cached: 0,
                 },
@@ -362,6 +422,7 @@ impl Exec {
             started,
             index,
             event_id,
+            reservation,
         )
         .await?;
         if !headers.contains_key(CONTENT_TYPE) {
@@ -389,6 +450,7 @@ impl Exec {
         started: Instant,
         index: u32,
         event_id: String,
+        reservation: Reservation,
     ) -> Result<(), DataError> {
         let elapsed = started.elapsed();
         self.upstream_time += elapsed;
@@ -405,7 +467,7 @@ impl Exec {
             event_id,
         };
         let event = meter::usage_event(&self.core.prices, &self.ctx, attempt);
-        self.core.record_usage(event).await.map_err(|e| {
+        self.core.record_usage(event, Some(reservation)).await.map_err(|e| {
             tracing::error!(trace_id = %self.ctx.trace_id, error = %e, "usage event could not be recorded");
             DataError::internal("the request's usage could not be recorded; it was not acknowledged")
         })
@@ -428,6 +490,9 @@ impl Exec {
         reply
     }
 }
+
+/// The output allowance reserved for a request that sets no `max_tokens`.
+const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 
 /// A gateway-made error answer in the OpenAI envelope (used where fallback may still move on).
 pub fn error_reply(e: &DataError) -> Reply {

@@ -1,0 +1,208 @@
+//! Usage-limit policies (`/policies/usage-limits`): a budget over every request matching some
+//! conditions (e.g. `metadata.department = engineering`), optionally one budget per value of a
+//! `group_by` key. The budget fields may be at the top level (Portkey's shape) or under
+//! `usage_limits`.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::domain::budget::BudgetRef;
+use crate::domain::limits::{parse_rate_limits, LimitOwner};
+use crate::domain::*;
+
+const KEYS: &[&str] = &["workspace_id", "api_key", "provider", "model"];
+
+fn check_key(k: &str, at: &str) -> Result<()> {
+    let ok = KEYS.contains(&k) || k.strip_prefix("metadata.").is_some_and(|m| !m.is_empty());
+    ok.then_some(()).ok_or_else(|| {
+        invalid(format!(
+            "{at}: {k:?} is not one of workspace_id, api_key, provider, model, metadata.<key>"
+        ))
+    })
+}
+
+fn conditions_of(b: &Body) -> Result<Vec<Condition>> {
+    let Some(items) = b.get("conditions") else {
+        return Ok(Vec::new());
+    };
+    let items = items
+        .as_array()
+        .ok_or_else(|| invalid("conditions must be an array"))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            let c =
+                Body::of(c).map_err(|_| invalid(format!("conditions[{n}] must be an object")))?;
+            let key = c.required_str("key")?.to_owned();
+            check_key(&key, &format!("conditions[{n}].key"))?;
+            let value = c.required_str("value")?.to_owned();
+            Ok(Condition { key, value })
+        })
+        .collect()
+}
+
+fn group_by_of(b: &Body) -> Result<Option<String>> {
+    let key = match b.get("group_by") {
+        None => return Ok(None),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) if a.is_empty() => return Ok(None),
+        Some(Value::Array(a)) if a.len() == 1 => a[0]
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("group_by[0].key is required"))?
+            .to_owned(),
+        Some(_) => return Err(invalid("group_by must be one key")),
+    };
+    check_key(&key, "group_by")?;
+    Ok(Some(key))
+}
+
+fn budget_value<'a>(b: &Body<'a>) -> Option<&'a Value> {
+    b.get("usage_limits")
+        .or_else(|| b.get("credit_limit").map(|_| &Value::Null))
+}
+
+fn budget_of(
+    body: &Value,
+    b: &Body,
+    now: Millis,
+) -> Result<Option<crate::domain::limits::UsageLimit>> {
+    match budget_value(b) {
+        Some(Value::Null) => new_budget(Some(body), now),
+        other => new_budget(other, now),
+    }
+}
+
+fn find(state: &State, caller: &Caller, id: &str) -> Result<UsagePolicy> {
+    state
+        .policies
+        .get(id)
+        .filter(|p| caller.key.workspace_id.is_none() || p.workspace_id == caller.key.workspace_id)
+        .cloned()
+        .ok_or_else(|| ControlError::NotFound(format!("policy {id} not found")))
+}
+
+fn view(p: &UsagePolicy, state: &State) -> Value {
+    let now = Millis::now();
+    let budget = views::usage_limit(
+        state,
+        BudgetRef::Policy {
+            id: p.id.clone(),
+            group: None,
+        },
+        &p.usage_limits,
+        now,
+    );
+    json!({
+        "id": p.id, "name": p.name, "workspace_id": p.workspace_id,
+        "conditions": p.conditions, "group_by": p.group_by.as_ref().map(|k| json!([{"key": k}])),
+        "usage_limits": budget, "rate_limits": views::rate_limits(&p.rate_limits),
+        "created_at": p.created_at.to_iso(), "last_updated_at": p.updated_at.to_iso(),
+        "object": "usage-limits-policy",
+    })
+}
+
+pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+    caller.require("workspaces.update")?;
+    let b = Body::of(body)?;
+    let now = Millis::now();
+    let usage_limits = budget_of(body, &b, now)?;
+    let rate_limits = parse_rate_limits(
+        b.get("rate_limits").unwrap_or(&Value::Null),
+        LimitOwner::Other,
+    )
+    .map_err(invalid)?;
+    if usage_limits.is_none() && rate_limits.is_empty() {
+        return Err(invalid(
+            "a policy needs a budget (credit_limit) or rate_limits",
+        ));
+    }
+    let _guard = core.admin_lock.lock().await;
+    let p = {
+        let state = core.state.read();
+        let workspace_id = match b.str("workspace_id")? {
+            Some(w) => Some(caller.workspace_for(&state, Some(w))?),
+            None => caller.key.workspace_id.clone(),
+        };
+        UsagePolicy {
+            id: new_id(),
+            name: b.str("name")?.unwrap_or("policy").to_owned(),
+            workspace_id,
+            conditions: conditions_of(&b)?,
+            group_by: group_by_of(&b)?,
+            usage_limits,
+            rate_limits,
+            created_at: now,
+            updated_at: now,
+        }
+    };
+    let out = json!({"id": p.id, "object": "usage-limits-policy"});
+    core.commit(vec![Change::Upsert(Entity::Policy(p))]).await?;
+    Ok(out)
+}
+
+pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+    caller.require("workspaces.read")?;
+    let page = Page::from_query(q, 100)?;
+    let state = core.state.read();
+    let mut items: Vec<&UsagePolicy> = state
+        .policies
+        .values()
+        .filter(|p| caller.key.workspace_id.is_none() || p.workspace_id == caller.key.workspace_id)
+        .collect();
+    items.sort_by_key(|p| (p.created_at, p.id.clone()));
+    Ok(page.list(items.into_iter().map(|p| view(p, &state)).collect()))
+}
+
+pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+    caller.require("workspaces.read")?;
+    let state = core.state.read();
+    Ok(view(&find(&state, caller, id)?, &state))
+}
+
+pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
+    caller.require("workspaces.update")?;
+    let b = Body::of(body)?;
+    let _guard = core.admin_lock.lock().await;
+    let mut p = find(&core.state.read(), caller, id)?;
+    let now = Millis::now();
+    if let Some(n) = b.str("name")? {
+        p.name = n.to_owned();
+    }
+    if b.get("conditions").is_some() || b.get("group_by").is_some() {
+        return Err(invalid(
+            "a policy's conditions and group_by cannot change; create a new policy",
+        ));
+    }
+    let given = match budget_value(&b) {
+        Some(Value::Null) if b.get("credit_limit").is_some() => Some(body),
+        _ => b.0.get("usage_limits"),
+    };
+    update_budget(
+        &mut p.usage_limits,
+        given,
+        b.bool("reset_usage")?.unwrap_or(false),
+        now,
+    )?;
+    if let Some(r) = b.get("rate_limits") {
+        p.rate_limits = parse_rate_limits(r, LimitOwner::Other).map_err(invalid)?;
+    }
+    p.updated_at = now;
+    core.commit(vec![Change::Upsert(Entity::Policy(p))]).await?;
+    Ok(json!({}))
+}
+
+pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+    caller.require("workspaces.update")?;
+    let _guard = core.admin_lock.lock().await;
+    let p = find(&core.state.read(), caller, id)?;
+    core.commit(vec![Change::Delete {
+        kind: EntityKind::Policy,
+        id: p.id,
+    }])
+    .await?;
+    Ok(json!({}))
+}
