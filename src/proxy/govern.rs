@@ -140,16 +140,16 @@ fn exhausted(e: &Exhausted) -> DataError {
             format!("it resets at {}", t.to_iso())
         });
     let what = if e.would_exceed {
-        "this request's maximum would exceed the"
+        "budget would be exceeded: this request's maximum cost does not fit in"
     } else {
-        "exhausted"
+        "budget exhausted:"
     };
     DataError::new(
         StatusCode::PRECONDITION_FAILED,
         "budget_exceeded",
         Some("budget_exhausted"),
         format!(
-            "budget {what} budget of {} ({}): used {} of {}; {reset}",
+            "{what} the {} budget ({}), used {} of {}; {reset}",
             e.budget.owner_kind(),
             e.budget.key(),
             amount(e.used),

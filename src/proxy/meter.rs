@@ -86,6 +86,21 @@ pub fn estimate_prompt(body: &Map<String, Value>) -> u64 {
     tokens_for_chars(text) + 4 * messages
 }
 
+/// An upper bound on the prompt's tokens, for reservations: byte-level tokenizers never make more
+/// tokens than bytes, plus a generous per-message and per-request overhead.
+pub fn max_prompt_tokens(body: &Map<String, Value>) -> u64 {
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len) as u64;
+    let bytes: usize = ["messages", "prompt", "input", "tools", "functions"]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(|v| v.to_string().len())
+        .sum();
+    bytes as u64 + 8 * messages + 8
+}
+
 /// The generated text of a JSON response (for estimates when usage is missing).
 pub fn completion_chars(body: &[u8]) -> usize {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
@@ -196,6 +211,14 @@ mod tests {
         assert_eq!(zero, TokenUsage::default());
         assert_eq!(usage_of_body(br#"{"usage":null}"#), None);
         assert_eq!(usage_of_body(b"not json"), None);
+    }
+
+    #[test]
+    fn prompt_upper_bound_covers_the_estimate() {
+        let body = json!({"messages":[{"role":"user","content":"hi"}]});
+        let b = body.as_object().unwrap();
+        assert!(max_prompt_tokens(b) >= estimate_prompt(b));
+        assert!(max_prompt_tokens(b) >= 12);
     }
 
     #[test]

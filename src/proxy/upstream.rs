@@ -223,7 +223,8 @@ impl Exec {
     }
 
     /// Admission for one attempt: every budget and rate limit on the path, with this request's
-    /// maximum (prompt estimate plus `max_tokens`, or a default output allowance) reserved.
+    /// maximum (an upper bound of its prompt plus `max_tokens`, or a default output allowance)
+    /// reserved.
     fn admit(&self, target: &Target, model: &str) -> Result<Reservation, Refusal> {
         let max_out = match self.ctx.endpoint {
             Endpoint::Embeddings => 0,
@@ -233,7 +234,7 @@ impl Exec {
                 .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
         };
         let usage = TokenUsage {
-            prompt: self.prompt_estimate,
+            prompt: meter::max_prompt_tokens(&self.body.json),
             completion: max_out,
             cached: 0,
         };

@@ -1,0 +1,292 @@
+//! Budgets and rate limits end to end: 412 and 429 through the real SDKs, budgets at every level
+//! and a department policy, and spend under 200 concurrent requests.
+
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+use crate::harness::{self, call, Server};
+use crate::mock;
+
+/// A model priced at 1 cent per token either way: the mock's 12 + 7 tokens cost $0.19.
+const PRICEY: &str = "pricey";
+
+async fn priced_tenant(server: &Server, upstream: &str, slug: &str) -> (String, String) {
+    let (ws, key) = server.tenant(upstream, slug).await;
+    server
+        .admin("PUT", &format!("/integrations/{slug}/models"), Some(json!({"models": [{"slug": PRICEY, "enabled": true,
+            "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 1}, "response_token": {"price": 1}}}}]})))
+        .await;
+    (ws, key)
+}
+
+async fn chat(
+    server: &Server,
+    key: &str,
+    slug: &str,
+    extra: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(format!("{}/v1/chat/completions", server.url))
+        .header("x-portkey-api-key", key)
+        .json(&json!({"model": format!("@{slug}/{PRICEY}"), "max_tokens": 7, "messages": [{"role": "user", "content": "hi"}]}));
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.json().await.unwrap_or(Value::Null))
+}
+
+fn key_spend(server: &Server, key: &str) -> Decimal {
+    let s = server.core.state.read();
+    let id = s
+        .api_keys
+        .values()
+        .find(|k| k.masked == tollgate::crypto::mask(key))
+        .unwrap()
+        .id
+        .clone();
+    s.usage_of(tollgate::domain::EntityKind::ApiKey, &id)
+        .cost_usd
+}
+
+async fn new_key(server: &Server, ws: &str, body: Value) -> String {
+    let mut b = json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]});
+    b.as_object_mut()
+        .unwrap()
+        .extend(body.as_object().unwrap().clone());
+    server
+        .admin("POST", "/api-keys/workspace/service", Some(b))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn burst(server: &Server, key: &str, slug: &str, n: usize) -> Vec<u16> {
+    let futs = (0..n).map(|_| async { chat(server, key, slug, &[]).await.0 });
+    futures_util::future::join_all(futs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_budget_never_overspends_under_200_concurrent_requests() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = priced_tenant(&server, &mock.url, "g1").await;
+    let key = new_key(
+        &server,
+        &ws,
+        json!({"usage_limits": {"type": "cost", "credit_limit": 1, "strict": true}}),
+    )
+    .await;
+    let statuses = burst(&server, &key, "g1", 200).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        ok >= 1 && statuses.iter().all(|s| *s == 200 || *s == 412),
+        "{statuses:?}"
+    );
+    let spend = key_spend(&server, &key);
+    // Check-then-spend would admit all 200 ($38); reservations hold spend under the limit.
+    assert!(spend <= Decimal::ONE, "strict budget overspent: {spend}");
+    assert_eq!(spend, Decimal::new(19, 2) * Decimal::from(ok as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_budget_overshoots_by_at_most_what_was_in_flight_then_refuses() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = priced_tenant(&server, &mock.url, "g2").await;
+    let key = new_key(
+        &server,
+        &ws,
+        json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
+    )
+    .await;
+    let statuses = burst(&server, &key, "g2", 200).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count() as u64;
+    let spend = key_spend(&server, &key);
+    assert!(spend >= Decimal::ONE, "the budget was used up: {spend}");
+    // Every request past the limit was admitted before the budget was used up, while in flight.
+    assert!(
+        spend - Decimal::ONE < Decimal::new(19, 2) * Decimal::from(ok),
+        "{spend} over {ok}"
+    );
+    let (s, _, body) = chat(&server, &key, "g2", &[]).await;
+    assert_eq!(s, 412, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("api_key") && msg.contains("of $1") && msg.contains("reset"),
+        "{msg}"
+    );
+    assert_eq!(
+        key_spend(&server, &key),
+        spend,
+        "a refused request costs nothing"
+    );
+    // The key shows as exhausted; reset_usage reactivates it.
+    let id = server
+        .core
+        .state
+        .read()
+        .api_keys
+        .values()
+        .find(|k| k.masked == tollgate::crypto::mask(&key))
+        .unwrap()
+        .id
+        .clone();
+    let got = server.admin("GET", &format!("/api-keys/{id}"), None).await;
+    assert_eq!(got["status"], "exhausted");
+    assert_eq!(got["usage_limits"]["status"], "exhausted");
+    let (s, _, b) = call(
+        "PUT",
+        &format!("{}/v1/api-keys/{id}", server.url),
+        Some(&server.admin_key),
+        Some(json!({"usage_limits": {"type": "cost", "credit_limit": 2}})),
+    )
+    .await;
+    assert_eq!(s, 400, "a budget cannot be edited: {b}");
+    server
+        .admin(
+            "PUT",
+            &format!("/api-keys/{id}"),
+            Some(json!({"reset_usage": true})),
+        )
+        .await;
+    assert_eq!(chat(&server, &key, "g2", &[]).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_at_every_level_and_a_department_policy() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = priced_tenant(&server, &mock.url, "g3").await;
+    let budget = json!({"type": "cost", "credit_limit": 1});
+    // Provider (the provisioned @g3), integration access, workspace, and a department policy.
+    type SetBudget<'a> = Box<dyn Fn() -> (String, Option<Value>) + 'a>;
+    let cases: Vec<(&str, SetBudget)> = vec![
+        (
+            "provider",
+            Box::new(|| {
+                (
+                    "/providers/g3".into(),
+                    Some(json!({"usage_limits": budget})),
+                )
+            }),
+        ),
+        (
+            "integration_workspace",
+            Box::new(|| {
+                (
+                    "/integrations/g3/workspaces".into(),
+                    Some(
+                        json!({"workspaces": [{"id": ws, "enabled": true, "usage_limits": [budget]}]}),
+                    ),
+                )
+            }),
+        ),
+        (
+            "workspace",
+            Box::new(|| {
+                (
+                    format!("/admin/workspaces/{ws}"),
+                    Some(json!({"usage_limits": [budget]})),
+                )
+            }),
+        ),
+    ];
+    for (kind, set) in cases {
+        let key = new_key(&server, &ws, json!({})).await;
+        let (path, body) = set();
+        server.admin("PUT", &path, body).await;
+        let mut refused = None;
+        for _ in 0..10 {
+            let (s, _, b) = chat(&server, &key, "g3", &[]).await;
+            if s == 412 {
+                refused = Some(b);
+                break;
+            }
+        }
+        let b = refused.unwrap_or_else(|| panic!("{kind} budget never refused"));
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(kind),
+            "{kind}: {b}"
+        );
+        // Lift it again (remove the budget) for the next level.
+        let lift = match kind {
+            "integration_workspace" => {
+                json!({"workspaces": [{"id": ws, "enabled": true, "usage_limits": null}]})
+            }
+            _ => json!({"usage_limits": null}),
+        };
+        server.admin("PUT", &path, Some(lift)).await;
+        assert_eq!(chat(&server, &key, "g3", &[]).await.0, 200, "{kind} lifted");
+    }
+    // A department policy: engineering is capped, sales is not.
+    server.admin("POST", "/policies/usage-limits", Some(json!({"name": "eng", "conditions": [{"key": "metadata.department", "value": "engineering"}],
+        "group_by": [{"key": "metadata.department"}], "type": "cost", "credit_limit": 1}))).await;
+    let key = new_key(&server, &ws, json!({})).await;
+    let eng = [("x-portkey-metadata", r#"{"department":"engineering"}"#)];
+    let sales = [("x-portkey-metadata", r#"{"department":"sales"}"#)];
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(chat(&server, &key, "g3", &eng).await.0);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        6,
+        "$1 buys six $0.19 requests: {statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&412));
+    assert_eq!(chat(&server, &key, "g3", &sales).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_see_412_and_429() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = priced_tenant(&server, &mock.url, "g4").await;
+    let spent = new_key(
+        &server,
+        &ws,
+        json!({"usage_limits": {"type": "tokens", "credit_limit": 100}}),
+    )
+    .await;
+    for _ in 0..6 {
+        chat(&server, &spent, "g4", &[]).await;
+    }
+    let limited = new_key(
+        &server,
+        &ws,
+        json!({"rate_limits": [{"type": "requests", "unit": "rpm", "value": 2}]}),
+    )
+    .await;
+    let (s, h, _) = chat(&server, &limited, "g4", &[]).await;
+    assert_eq!(s, 200);
+    assert!(h.contains_key("x-portkey-trace-id"));
+    harness::run_sdk(
+        "governance.py",
+        &[
+            ("TOLLGATE_URL", &server.url),
+            ("SPENT_KEY", &spent),
+            ("LIMITED_KEY", &limited),
+            ("PROVIDER", "g4"),
+            ("MODEL", PRICEY),
+        ],
+    )
+    .await;
+    // Token rate limits debit actual usage: 40 tokens per minute admits two 19-token requests.
+    let tokens = new_key(
+        &server,
+        &ws,
+        json!({"rate_limits": [{"type": "tokens", "unit": "rpm", "value": 40}]}),
+    )
+    .await;
+    let s: Vec<u16> = [0; 4].iter().map(|_| 0).collect();
+    let mut got = s;
+    for g in got.iter_mut() {
+        *g = chat(&server, &tokens, "g4", &[]).await.0;
+    }
+    assert_eq!(got[0], 200);
+    assert!(got.contains(&429), "{got:?}");
+}
