@@ -113,7 +113,7 @@ impl Core {
     /// Folds the whole log into state: config first, then usage.
     async fn replay(&self) -> Result<(), AppError> {
         let mut state = State::default();
-        for topic in [Topic::Config, Topic::Usage] {
+        for topic in Topic::ALL {
             let mut at = 0;
             loop {
                 let batch = self.log.read(topic, at, 4 << 20).await?;
@@ -123,6 +123,7 @@ impl Core {
                     let event = match topic {
                         Topic::Config => Event::Config(codec::decode_config(&r.payload)?),
                         Topic::Usage => Event::Usage(codec::decode_usage(&r.payload)?),
+                        Topic::Limits => Event::Limit(codec::decode_limit(&r.payload)?),
                     };
                     state.apply(&event);
                 }
@@ -259,8 +260,35 @@ impl Core {
         self.metrics
             .usage_events_appended
             .fetch_add(1, Ordering::Relaxed);
-        self.governor.settle(&self.state, event, reservation);
+        for limit_event in self.governor.settle(&self.state, event, reservation) {
+            self.emit_limit_event(limit_event);
+        }
         Ok(())
+    }
+
+    /// Appends a limit event in the background, retrying until it is in the log: the state
+    /// already counts it as emitted, so it is never emitted twice, and a request never waits on it.
+    pub fn emit_limit_event(&self, event: LimitEvent) {
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            let bytes = match codec::encode_limit(&event) {
+                Ok(b) => b,
+                Err(e) => return tracing::error!(error = %e, "limit event could not be encoded"),
+            };
+            let mut wait = std::time::Duration::from_millis(100);
+            while let Err(e) = log
+                .append(
+                    Topic::Limits,
+                    event.budget.clone().into_bytes(),
+                    bytes.clone(),
+                )
+                .await
+            {
+                tracing::error!(error = %e, budget = %event.budget, "limit event append failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        });
     }
 
     /// How many bytes of the usage log the store has not ingested yet.
@@ -302,6 +330,27 @@ fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {
 /// How long the store sink lets events accumulate after a wake-up, so it commits one transaction
 /// per many events rather than one per request (the commit, not the rows, is what costs).
 const SINK_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Emits reset events for budgets whose period rolled over, checking every 30 seconds.
+pub async fn run_reset_sweep(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let due = {
+            let mut state = core.state.write();
+            let due = crate::domain::alerts::resets(&state, Millis::now());
+            for e in &due {
+                state.apply(&Event::Limit(e.clone()));
+            }
+            due
+        };
+        for e in due {
+            core.emit_limit_event(e);
+        }
+    }
+}
 
 /// The embedded aggregator: tails the usage log into the usage store.
 ///

@@ -12,6 +12,7 @@
 //! - [`proxy`]: the data plane: auth, route resolution, upstream calls, streaming and metering.
 //! - [`http`]: the axum server: thin handlers, the error body, analytics and operations routes.
 //! - [`app`]: wiring: opens the log and store, replays state, runs the consumers, serves.
+//! - [`notify`]: the notifier: limit events to email (SMTP) and signed webhooks, recorded.
 //! - [`telemetry`]: typed metrics (Prometheus text) and logging setup.
 
 pub mod app;
@@ -21,6 +22,7 @@ pub mod crypto;
 pub mod domain;
 pub mod http;
 pub mod log;
+pub mod notify;
 pub mod proxy;
 pub mod settings;
 pub mod store;

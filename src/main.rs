@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use tollgate::app::{run_store_sink, Core};
+use tollgate::app::{run_reset_sweep, run_store_sink, Core};
 use tollgate::settings::{Settings, KNOWN};
 
 /// mimalloc: the request path allocates many small short-lived buffers, where glibc malloc
@@ -106,6 +106,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "serving");
     let (stop, stopped) = watch::channel(false);
     let sink = tokio::spawn(run_store_sink(core.clone(), stopped.clone()));
+    tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
+    tokio::spawn(tollgate::notify::run_notifier(
+        core.clone(),
+        stopped.clone(),
+    ));
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");

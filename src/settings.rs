@@ -51,6 +51,14 @@ pub struct Settings {
     /// How long to keep reading a stream after its client went away, to meter the real usage.
     pub stream_drain_timeout: Duration,
     pub log_format: LogFormat,
+    /// Where alert emails go out, e.g. `smtp://127.0.0.1:25` or `smtps://user:pass@host`.
+    pub smtp_url: Option<String>,
+    pub alert_from: String,
+    /// The organisation's owners and admins: they get every alert.
+    pub alert_emails: Vec<String>,
+    pub alert_webhook_url: Option<String>,
+    /// Signs webhook bodies (HMAC-SHA256, `x-tollgate-signature: sha256=<hex>`).
+    pub alert_webhook_secret: Option<String>,
 }
 
 impl std::fmt::Display for Settings {
@@ -81,6 +89,11 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("upstream_timeout_ms", "upstream request timeout in ms (default 600000)"),
     ("stream_drain_timeout_ms", "how long to keep reading a stream whose client left (default 30000)"),
     ("log_format", "text or json (default text)"),
+    ("smtp_url", "SMTP server for alert emails, e.g. smtp://127.0.0.1:25 (default: no email)"),
+    ("alert_from", "sender of alert emails (default tollgate@localhost)"),
+    ("alert_emails", "comma-separated organisation owners/admins who get every alert"),
+    ("alert_webhook_url", "organisation webhook for alerts (default: none)"),
+    ("alert_webhook_secret", "HMAC-SHA256 key signing webhook bodies"),
 ];
 
 impl Default for Settings {
@@ -95,6 +108,11 @@ impl Default for Settings {
             upstream_timeout: Duration::from_secs(600),
             stream_drain_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
+            smtp_url: None,
+            alert_from: "tollgate@localhost".into(),
+            alert_emails: Vec::new(),
+            alert_webhook_url: None,
+            alert_webhook_secret: None,
         }
     }
 }
@@ -145,6 +163,22 @@ impl Settings {
                     "json" => LogFormat::Json,
                     _ => return Err(invalid("expected text or json")),
                 }
+            }
+            "smtp_url" => self.smtp_url = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "alert_from" => self.alert_from = value.to_owned(),
+            "alert_emails" => {
+                self.alert_emails = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
+            "alert_webhook_url" => {
+                self.alert_webhook_url = Some(value.to_owned()).filter(|v| !v.is_empty())
+            }
+            "alert_webhook_secret" => {
+                self.alert_webhook_secret = Some(value.to_owned()).filter(|v| !v.is_empty())
             }
             other => return Err(SettingsError::Unknown(other.to_owned())),
         }

@@ -53,3 +53,17 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
   consumer TEXT PRIMARY KEY,
   next_offset INTEGER NOT NULL
 );
+
+-- Every notification attempt made for a limit event, one row per event and channel.
+CREATE TABLE IF NOT EXISTS notifications (
+  limit_event_id TEXT NOT NULL,
+  channel TEXT NOT NULL,               -- email | webhook
+  kind TEXT NOT NULL,                  -- threshold_crossed | exhausted | reset
+  budget TEXT NOT NULL,
+  recipients TEXT NOT NULL,            -- comma-separated addresses, or the webhook URL
+  status TEXT NOT NULL,                -- delivered | failed
+  attempts INTEGER NOT NULL,
+  error TEXT,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (limit_event_id, channel)
+);

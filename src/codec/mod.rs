@@ -18,6 +18,7 @@ use crate::domain::*;
 /// The current writer schemas.
 pub const USAGE_SCHEMA: &str = include_str!("../../schemas/usage_event.v1.avsc");
 pub const CONFIG_SCHEMA: &str = include_str!("../../schemas/config_event.v1.avsc");
+pub const LIMIT_SCHEMA: &str = include_str!("../../schemas/limit_event.v1.avsc");
 
 /// Scale of `cost_usd` on the wire (Avro `decimal(38, 12)`); prices have at most 12 places in dollars.
 const COST_SCALE: u32 = 12;
@@ -104,6 +105,11 @@ fn usage_family() -> &'static Family {
 fn config_family() -> &'static Family {
     static F: OnceLock<Family> = OnceLock::new();
     F.get_or_init(|| Family::new(CONFIG_SCHEMA))
+}
+
+fn limit_family() -> &'static Family {
+    static F: OnceLock<Family> = OnceLock::new();
+    F.get_or_init(|| Family::new(LIMIT_SCHEMA))
 }
 
 fn opt(v: &Option<String>) -> Value {
@@ -386,6 +392,87 @@ pub fn decode_config(bytes: &[u8]) -> Result<ConfigEvent, CodecError> {
     })
 }
 
+/// Encodes a limit event (rare, so through apache-avro's generic writer).
+pub fn encode_limit(e: &LimitEvent) -> Result<Vec<u8>, CodecError> {
+    let kind = LimitKind::ALL
+        .iter()
+        .position(|k| *k == e.kind)
+        .unwrap_or(0) as u32;
+    let (type_index, type_name) = match e.budget_type {
+        crate::domain::limits::BudgetKind::Cost => (0, "cost"),
+        crate::domain::limits::BudgetKind::Tokens => (1, "tokens"),
+    };
+    let next_reset = match e.next_reset {
+        Some(t) => Value::Union(1, Box::new(Value::TimestampMillis(t.0))),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    let fields = vec![
+        ("event_id".into(), s(&e.event_id)),
+        ("at".into(), Value::TimestampMillis(e.at.0)),
+        ("kind".into(), Value::Enum(kind, e.kind.as_str().into())),
+        ("budget".into(), s(&e.budget)),
+        ("owner_kind".into(), s(&e.owner_kind)),
+        ("workspace_id".into(), opt(&e.workspace_id)),
+        ("api_key_id".into(), opt(&e.api_key_id)),
+        (
+            "window_start".into(),
+            Value::TimestampMillis(e.window_start.0),
+        ),
+        (
+            "budget_type".into(),
+            Value::Enum(type_index, type_name.into()),
+        ),
+        ("credit_limit".into(), s(&e.credit_limit.to_string())),
+        (
+            "alert_threshold".into(),
+            opt(&e.alert_threshold.map(|d| d.to_string())),
+        ),
+        ("used".into(), s(&e.used.to_string())),
+        ("next_reset".into(), next_reset),
+    ];
+    limit_family().encode(Value::Record(fields))
+}
+
+/// Decodes a limit event.
+pub fn decode_limit(bytes: &[u8]) -> Result<LimitEvent, CodecError> {
+    let mut f = record(limit_family().decode(bytes)?);
+    let decimal = |name: &'static str, v: String| {
+        v.parse::<Decimal>()
+            .map_err(|e| CodecError::Field(name, e.to_string()))
+    };
+    let kind = f.string("kind")?;
+    let kind = LimitKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .ok_or(CodecError::Field("kind", kind))?;
+    let budget_type = match f.string("budget_type")?.as_str() {
+        "tokens" => crate::domain::limits::BudgetKind::Tokens,
+        _ => crate::domain::limits::BudgetKind::Cost,
+    };
+    let next_reset = match f.take("next_reset")? {
+        Value::TimestampMillis(t) | Value::Long(t) => Some(Millis(t)),
+        _ => None,
+    };
+    Ok(LimitEvent {
+        event_id: f.string("event_id")?,
+        at: Millis(f.long("at")?),
+        kind,
+        budget: f.string("budget")?,
+        owner_kind: f.string("owner_kind")?,
+        workspace_id: f.opt_string("workspace_id")?,
+        api_key_id: f.opt_string("api_key_id")?,
+        window_start: Millis(f.long("window_start")?),
+        budget_type,
+        credit_limit: decimal("credit_limit", f.string("credit_limit")?)?,
+        alert_threshold: f
+            .opt_string("alert_threshold")?
+            .map(|v| decimal("alert_threshold", v))
+            .transpose()?,
+        used: decimal("used", f.string("used")?)?,
+        next_reset,
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -529,6 +616,26 @@ pub(crate) mod tests {
             encode_usage(&e),
             Err(CodecError::Field("cost_usd", _))
         ));
+    }
+
+    #[test]
+    fn limit_round_trip() {
+        let e = LimitEvent {
+            event_id: "e".into(),
+            at: Millis(10),
+            kind: LimitKind::Exhausted,
+            budget: "api_key:k".into(),
+            owner_kind: "api_key".into(),
+            workspace_id: Some("w".into()),
+            api_key_id: None,
+            window_start: Millis(5),
+            budget_type: crate::domain::limits::BudgetKind::Tokens,
+            credit_limit: "100".parse().unwrap(),
+            alert_threshold: Some("80.5".parse().unwrap()),
+            used: "101".parse().unwrap(),
+            next_reset: Some(Millis(99)),
+        };
+        assert_eq!(decode_limit(&encode_limit(&e).unwrap()).unwrap(), e);
     }
 
     #[test]

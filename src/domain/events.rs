@@ -199,6 +199,19 @@ pub struct UsageEvent {
 }
 
 impl UsageEvent {
+    /// The request path the event was metered on (for budgets and policies).
+    pub fn path(&self) -> super::budget::RequestPath<'_> {
+        super::budget::RequestPath {
+            api_key_id: &self.api_key_id,
+            workspace_id: &self.workspace_id,
+            provider_id: &self.provider_id,
+            provider_slug: &self.provider_slug,
+            integration_id: &self.integration_id,
+            model: &self.model,
+            metadata: Some(&self.metadata),
+        }
+    }
+
     pub fn total_tokens(&self) -> u64 {
         self.prompt_tokens + self.completion_tokens
     }
@@ -208,9 +221,55 @@ impl UsageEvent {
     }
 }
 
+/// What happened to a budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    ThresholdCrossed,
+    Exhausted,
+    Reset,
+}
+
+impl LimitKind {
+    pub const ALL: [LimitKind; 3] = [
+        LimitKind::ThresholdCrossed,
+        LimitKind::Exhausted,
+        LimitKind::Reset,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::ThresholdCrossed => "threshold_crossed",
+            LimitKind::Exhausted => "exhausted",
+            LimitKind::Reset => "reset",
+        }
+    }
+}
+
+/// A budget crossed its alert threshold, was exhausted, or started a new period: emitted once
+/// per budget, window and kind (the state remembers which were emitted by folding these).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitEvent {
+    pub event_id: String,
+    pub at: Millis,
+    pub kind: LimitKind,
+    /// The budget's key (`BudgetRef::key`).
+    pub budget: String,
+    pub owner_kind: String,
+    pub workspace_id: Option<String>,
+    pub api_key_id: Option<String>,
+    pub window_start: Millis,
+    pub budget_type: super::limits::BudgetKind,
+    pub credit_limit: Decimal,
+    pub alert_threshold: Option<Decimal>,
+    pub used: Decimal,
+    pub next_reset: Option<Millis>,
+}
+
 /// Any event on the log.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     Config(ConfigEvent),
     Usage(UsageEvent),
+    Limit(LimitEvent),
 }

@@ -3,6 +3,7 @@
 //! Nothing here touches the network, the disk or a clock; time is always an argument.
 //! Every role (gateway, aggregator, notifier) folds the same events with [`State::apply`].
 
+pub mod alerts;
 pub mod budget;
 pub mod entities;
 pub mod events;

@@ -40,6 +40,7 @@ pub struct State {
     pub policies: HashMap<String, UsagePolicy>,
     key_by_hash: HashMap<String, String>,
     budgets: HashMap<BudgetRef, Counter>,
+    limit_events: HashSet<(String, Millis, LimitKind)>,
     usage: HashMap<(EntityKind, String), Totals>,
     seen_usage: HashSet<u128>,
 }
@@ -63,6 +64,10 @@ impl State {
         match event {
             Event::Config(c) => self.apply_config(c),
             Event::Usage(u) => self.apply_usage(u),
+            Event::Limit(l) => {
+                self.limit_events
+                    .insert((l.budget.clone(), l.window_start, l.kind));
+            }
         }
     }
 
@@ -127,7 +132,8 @@ impl State {
         }
     }
 
-    fn apply_usage(&mut self, e: &UsageEvent) {
+    /// Folds one usage event (what `apply` does for `Event::Usage`, without wrapping it).
+    pub fn apply_usage(&mut self, e: &UsageEvent) {
         if !self.seen_usage.insert(id_bits(&e.event_id)) {
             return;
         }
@@ -295,6 +301,32 @@ impl State {
         now: Millis,
     ) -> rust_decimal::Decimal {
         budget::used(&self.budgets, r, limit, now)
+    }
+
+    /// Whether a limit event of this kind was emitted for the budget's window.
+    pub fn limit_event_emitted(&self, budget: &str, window_start: Millis, kind: LimitKind) -> bool {
+        self.limit_events
+            .contains(&(budget.to_owned(), window_start, kind))
+    }
+
+    /// The definition of a budget, if it still exists.
+    pub fn budget_limit(&self, r: &BudgetRef) -> Option<&UsageLimit> {
+        match r {
+            BudgetRef::ApiKey(id) => self.api_keys.get(id)?.usage_limits.as_ref(),
+            BudgetRef::Provider(id) => self.providers.get(id)?.usage_limits.as_ref(),
+            BudgetRef::Access {
+                integration,
+                workspace,
+            } => self
+                .integrations
+                .get(integration)?
+                .workspaces
+                .get(workspace)?
+                .usage_limits
+                .as_ref(),
+            BudgetRef::Workspace(id) => self.workspaces.get(id)?.usage_limits.as_ref(),
+            BudgetRef::Policy { id, .. } => self.policies.get(id)?.usage_limits.as_ref(),
+        }
     }
 
     /// Every budget counter (for the periodic-reset sweep).

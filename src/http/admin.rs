@@ -64,6 +64,7 @@ pub fn routes() -> Router<Arc<Core>> {
             "/api-keys/{id}",
             get(key_get).put(key_update).delete(key_delete),
         )
+        .route("/admin/notifications", get(notifications))
         .route("/policies/usage-limits", get(pol_list).post(pol_create))
         .route(
             "/policies/usage-limits/{id}",
@@ -287,4 +288,36 @@ async fn pol_update(
 }
 async fn pol_delete(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
     ok(policies::delete(&c, &a, &id).await)
+}
+
+/// Every notification sent (or that failed) for limit events, newest first.
+async fn notifications(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    if a.key.workspace_id.is_some() {
+        return Err(ApiError::from(crate::control::ControlError::Forbidden(
+            "notifications are listed with an organisation key".into(),
+        )));
+    }
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100usize)
+        .min(1000);
+    let rows = c.store.notifications(limit).await.map_err(|e| {
+        tracing::error!(error = %e, "listing notifications failed");
+        ApiError::control(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "listing notifications failed",
+        )
+    })?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|n| {
+            let mut v = serde_json::to_value(n).unwrap_or(Value::Null);
+            v["created_at"] = Value::String(n.created_at.to_iso());
+            v
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({"object": "list", "total": data.len(), "data": data}),
+    ))
 }

@@ -62,6 +62,7 @@ struct TopicHandle {
 pub struct FileLog {
     config: TopicHandle,
     usage: TopicHandle,
+    limits: TopicHandle,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LogError + '_ {
@@ -73,13 +74,14 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LogError + '_ {
 
 impl FileLog {
     /// Opens (creating if needed) the log under `dir`, recovering each topic file, and starts
-    /// the writer threads. `usage_fsync` applies to the usage topic; config changes are always
-    /// synced before they are acknowledged.
+    /// the writer threads. `usage_fsync` applies to the usage topic; config changes and limit
+    /// events are always synced before they are acknowledged.
     pub fn open(dir: &Path, usage_fsync: Fsync) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         Ok(FileLog {
             config: open_topic(dir, Topic::Config, Fsync::Always)?,
             usage: open_topic(dir, Topic::Usage, usage_fsync)?,
+            limits: open_topic(dir, Topic::Limits, Fsync::Always)?,
         })
     }
 
@@ -87,6 +89,7 @@ impl FileLog {
         match t {
             Topic::Config => &self.config,
             Topic::Usage => &self.usage,
+            Topic::Limits => &self.limits,
         }
     }
 }

@@ -13,15 +13,18 @@ pub enum Topic {
     Config,
     /// One event per upstream attempt, keyed by API key.
     Usage,
+    /// Budget thresholds crossed, budgets exhausted and reset, keyed by budget.
+    Limits,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 2] = [Topic::Config, Topic::Usage];
+    pub const ALL: [Topic; 3] = [Topic::Config, Topic::Usage, Topic::Limits];
 
     pub fn name(self) -> &'static str {
         match self {
             Topic::Config => "config",
             Topic::Usage => "usage",
+            Topic::Limits => "limits",
         }
     }
 }

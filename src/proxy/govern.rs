@@ -22,7 +22,7 @@ use rust_decimal::Decimal;
 use super::DataError;
 use crate::domain::budget::{self, BudgetRef, Exhausted, RequestPath};
 use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit};
-use crate::domain::{Event, Millis, State, UsageEvent};
+use crate::domain::{alerts, Event, LimitEvent, Millis, State, UsageEvent};
 
 /// A token-rate bucket: refills continuously to `capacity`; admission needs a positive level and
 /// takes the estimate; settlement takes the difference to the actual tokens (it may go negative,
@@ -288,16 +288,25 @@ impl Governor {
     }
 
     /// Folds a settled attempt's usage into the state and releases its reservation, atomically
-    /// with respect to admissions.
+    /// with respect to admissions. Returns the limit events the usage made due, already marked
+    /// as emitted in the state (so concurrent settlements never emit one twice).
     pub fn settle(
         &self,
         state: &RwLock<State>,
         event: UsageEvent,
         reservation: Option<Reservation>,
-    ) {
+    ) -> Vec<LimitEvent> {
         let mut ledger = self.ledger.lock();
         let actual = event.total_tokens();
-        state.write().apply(&Event::Usage(event));
+        let due = {
+            let mut state = state.write();
+            state.apply_usage(&event);
+            let due = alerts::crossings(&state, &event.path(), Millis::now());
+            for e in &due {
+                state.apply(&Event::Limit(e.clone()));
+            }
+            due
+        };
         if let Some(mut r) = reservation {
             release(&mut ledger, &r);
             for key in &r.token_limits {
@@ -307,5 +316,6 @@ impl Governor {
             }
             r.settled = true;
         }
+        due
     }
 }

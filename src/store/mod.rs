@@ -153,8 +153,37 @@ pub struct RollupRow {
     pub cost_usd: Decimal,
 }
 
+/// One notification of a limit event over one channel.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Notification {
+    pub limit_event_id: String,
+    pub channel: String,
+    pub kind: String,
+    pub budget: String,
+    pub recipients: String,
+    pub status: String,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub created_at: Millis,
+}
+
 /// The usage store.
 pub trait UsageStore: Send + Sync + 'static {
+    /// Records notifications and that `consumer` has read the limit log up to `next_offset`,
+    /// atomically; rows already recorded for an event and channel are kept.
+    fn record_notifications(
+        &self,
+        rows: Vec<Notification>,
+        consumer: &str,
+        next_offset: u64,
+    ) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// The latest notifications, newest first.
+    fn notifications(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>>;
+
     /// Stores events not seen before and folds them into the rollups, and records that `consumer`
     /// has read the log up to `next_offset`, all atomically. Returns how many events were new.
     fn ingest(

@@ -414,7 +414,77 @@ fn rollups(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+fn record_notifications(
+    conn: &mut Connection,
+    rows: &[Notification],
+    consumer: &str,
+    next: u64,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert =
+            tx.prepare_cached("INSERT OR IGNORE INTO notifications VALUES (?,?,?,?,?,?,?,?,?)")?;
+        for n in rows {
+            insert.execute(params![
+                n.limit_event_id,
+                n.channel,
+                n.kind,
+                n.budget,
+                n.recipients,
+                n.status,
+                n.attempts,
+                n.error,
+                n.created_at.0
+            ])?;
+        }
+        tx.execute(
+            "INSERT INTO consumer_offsets VALUES (?1, ?2) ON CONFLICT (consumer) DO UPDATE SET next_offset = excluded.next_offset",
+            params![consumer, next as i64],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn notifications(conn: &mut Connection, limit: usize) -> Result<Vec<Notification>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT limit_event_id, channel, kind, budget, recipients, status, attempts, error, created_at
+         FROM notifications ORDER BY created_at DESC, limit_event_id, channel LIMIT ?",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(Notification {
+            limit_event_id: r.get(0)?,
+            channel: r.get(1)?,
+            kind: r.get(2)?,
+            budget: r.get(3)?,
+            recipients: r.get(4)?,
+            status: r.get(5)?,
+            attempts: r.get(6)?,
+            error: r.get(7)?,
+            created_at: Millis(r.get(8)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 impl UsageStore for SqliteStore {
+    fn record_notifications(
+        &self,
+        rows: Vec<Notification>,
+        consumer: &str,
+        next_offset: u64,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        let consumer = consumer.to_owned();
+        self.write(move |c| record_notifications(c, &rows, &consumer, next_offset))
+    }
+
+    fn notifications(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        Self::blocking(&self.reader, move |c| notifications(c, limit))
+    }
+
     fn ingest(
         &self,
         events: Vec<UsageEvent>,

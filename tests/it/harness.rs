@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use tollgate::app::{run_store_sink, Core};
+use tollgate::app::{run_reset_sweep, run_store_sink, Core};
 use tollgate::settings::Settings;
 
 pub struct Server {
@@ -46,6 +46,11 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(run_store_sink(core.clone(), stopped.clone()));
+    tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
+    tokio::spawn(tollgate::notify::run_notifier(
+        core.clone(),
+        stopped.clone(),
+    ));
     tokio::spawn(tollgate::http::serve(listener, core.clone(), stopped));
     Server {
         url,

@@ -1,6 +1,7 @@
 //! Integration tests: the real server (in-process or as a process), the real Python SDKs as
 //! clients, a real usage store and log on disk; only the LLM provider is a mock.
 
+mod alerts;
 mod governance;
 mod harness;
 mod http;
