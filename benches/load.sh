@@ -59,6 +59,7 @@ rm -rf "$W/run/tollgate-data"
 TOLLGATE_LISTEN=127.0.0.1:$PORT TOLLGATE_DATA_DIR=$W/run/tollgate-data TOLLGATE_ADMIN_KEY=$ADMIN RUST_LOG=warn \
   "$CARGO_TARGET_DIR/release/tollgate" serve >"$W/run/tollgate.log" 2>&1 < /dev/null &
 echo $! > "$W/run/tollgate.pid"
+cp "$W/run/tollgate.pid" "$W/run/tollgate-limits.pid"  # the same process serves both targets
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done
 
 api() { curl -sf -X "$1" "http://127.0.0.1:$PORT/v1$2" -H "x-portkey-api-key: $ADMIN" -H 'content-type: application/json' ${3:+-d "$3"}; }
@@ -71,10 +72,27 @@ done
 api POST /api-keys/workspace/service "{\"name\":\"bench\",\"workspace_id\":\"$WS\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}}}" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' > "$W/run/tollgate-key"
 
+# tollgate-limits: the same traffic from a workspace with limits at every level: key budget and
+# request + token rate limits, provider budget and rate limit, integration-access budget and rate
+# limit, workspace budget and rate limit, and a department policy (all too large to trip).
+BIG='{"type":"cost","credit_limit":1000000,"alert_threshold":999999}'
+RPM='{"type":"requests","unit":"rpm","value":100000000}'
+TPM='{"type":"tokens","unit":"rpm","value":1000000000000}'
+WS2=$(api POST /admin/workspaces "{\"name\":\"bench-limits\",\"usage_limits\":[$BIG],\"rate_limits\":[$RPM]}" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+for slug in bench bench-sse; do
+  api PUT "/integrations/$slug/workspaces" "{\"workspaces\":[{\"id\":\"$WS\",\"enabled\":true},{\"id\":\"$WS2\",\"enabled\":true,\"usage_limits\":[$BIG],\"rate_limits\":[$RPM]}]}" >/dev/null
+  api PUT "/providers/$slug?workspace_id=$WS2" "{\"usage_limits\":$BIG,\"rate_limits\":[$RPM]}" >/dev/null
+done
+api POST /policies/usage-limits "{\"workspace_id\":\"$WS2\",\"conditions\":[{\"key\":\"metadata.department\",\"value\":\"bench\"}],\"group_by\":[{\"key\":\"metadata.department\"}],\"type\":\"cost\",\"credit_limit\":1000000}" >/dev/null
+api POST /api-keys/workspace/service "{\"name\":\"bench-limits\",\"workspace_id\":\"$WS2\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}},\"usage_limits\":$BIG,\"rate_limits\":[$RPM,$TPM]}" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' > "$W/run/tollgate-limits-key"
+
 PEER_TARGETS=; [ "${PEERS:-0}" != 1 ] || PEER_TARGETS="portkey litellm"
-export TARGETS=${TARGETS:-"direct tollgate $PEER_TARGETS"}
+export TARGETS=${TARGETS:-"direct tollgate tollgate-limits $PEER_TARGETS"}
 echo "# machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tollgate $(git -C "$ROOT" rev-parse --short HEAD)"
 "$W/bench.sh"
 echo "# tollgate metered: $(curl -s "http://127.0.0.1:$PORT/metrics" | grep '^tollgate_events_appended_total{topic="usage"}')"
 kill "$(cat "$W/run/tollgate.pid")" 2>/dev/null || true
+rm -f "$W/run/tollgate-limits.pid"
 [ "${PEERS:-0}" = 1 ] || { kill "$(cat "$W/run/mock.pid")" 2>/dev/null || true; }
