@@ -12,6 +12,9 @@ use super::events::*;
 use super::limits::{RateLimit, UsageLimit};
 use super::time::Millis;
 
+/// Builds a budget's ref from a request path.
+type MakeRef = fn(&RequestPath<'_>) -> BudgetRef;
+
 /// Running usage of one entity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -193,22 +196,26 @@ impl State {
             .workspaces
             .get(path.workspace_id)
             .and_then(|w| w.usage_limits.as_ref());
-        let access_ref = BudgetRef::Access {
-            integration: path.integration_id.to_owned(),
-            workspace: path.workspace_id.to_owned(),
-        };
-        let mut out: Vec<(BudgetRef, &UsageLimit)> = [
-            (BudgetRef::ApiKey(path.api_key_id.to_owned()), key),
-            (BudgetRef::Provider(path.provider_id.to_owned()), provider),
-            (access_ref, access),
+        // Refs are built only for budgets that exist: most requests cross few or none.
+        let refs: [(MakeRef, Option<&UsageLimit>); 4] = [
+            (|p| BudgetRef::ApiKey(p.api_key_id.to_owned()), key),
+            (|p| BudgetRef::Provider(p.provider_id.to_owned()), provider),
             (
-                BudgetRef::Workspace(path.workspace_id.to_owned()),
+                |p| BudgetRef::Access {
+                    integration: p.integration_id.to_owned(),
+                    workspace: p.workspace_id.to_owned(),
+                },
+                access,
+            ),
+            (
+                |p| BudgetRef::Workspace(p.workspace_id.to_owned()),
                 workspace,
             ),
-        ]
-        .into_iter()
-        .filter_map(|(r, l)| l.map(|l| (r, l)))
-        .collect();
+        ];
+        let mut out: Vec<(BudgetRef, &UsageLimit)> = refs
+            .into_iter()
+            .filter_map(|(make, l)| l.map(|l| (make(path), l)))
+            .collect();
         for (r, l) in self.policies_on(path) {
             if let Some(l) = &l.usage_limits {
                 out.push((r, l));
