@@ -83,3 +83,94 @@ pub fn resets(state: &State, now: Millis) -> Vec<LimitEvent> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::limits::{BudgetKind, PeriodicReset};
+    use crate::domain::*;
+
+    fn key_with_budget(limit: UsageLimit) -> ApiKey {
+        ApiKey {
+            id: "k".into(),
+            key_hash: "h".into(),
+            masked: "m".into(),
+            name: "n".into(),
+            description: None,
+            kind: ApiKeyType::WorkspaceService,
+            workspace_id: Some("ws".into()),
+            user_id: None,
+            scopes: vec![],
+            defaults: Default::default(),
+            usage_limits: Some(limit),
+            rate_limits: vec![],
+            alert_emails: vec![],
+            rotation_policy: None,
+            expires_at: None,
+            creation_mode: "api".into(),
+            created_by: None,
+            created_at: Millis(0),
+            updated_at: Millis(0),
+        }
+    }
+
+    fn at(s: &str) -> Millis {
+        Millis::parse_iso(s).unwrap()
+    }
+
+    /// Threshold, exhaustion and the weekly reset, each once, on an injected clock.
+    #[test]
+    fn crossings_and_resets_are_due_once() {
+        let limit = UsageLimit {
+            kind: BudgetKind::Tokens,
+            credit_limit: Decimal::from(100),
+            alert_threshold: Some(Decimal::from(50)),
+            periodic_reset: Some(PeriodicReset::Weekly),
+            periodic_reset_days: None,
+            strict: false,
+            set_at: at("2025-01-01T00:00:00Z"),
+            reset_at: None,
+        };
+        let mut s = State::default();
+        s.apply(&Event::Config(ConfigEvent {
+            event_id: "c".into(),
+            at: Millis(0),
+            change: Change::Upsert(Entity::ApiKey(key_with_budget(limit))),
+        }));
+        let mut usage = crate::domain::state::tests::usage(1, "k", 60, 0);
+        usage.at = at("2025-01-04T10:00:00Z"); // a Saturday
+        s.apply_usage(&usage);
+        let now = at("2025-01-04T10:00:01Z");
+        let due = crossings(&s, &usage.path(), now);
+        assert_eq!(
+            due.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![LimitKind::ThresholdCrossed]
+        );
+        for e in &due {
+            s.apply(&Event::Limit(e.clone()));
+        }
+        assert!(crossings(&s, &usage.path(), now).is_empty(), "emitted once");
+        let mut more = crate::domain::state::tests::usage(2, "k", 50, 0);
+        more.at = at("2025-01-04T11:00:00Z");
+        s.apply_usage(&more);
+        let due = crossings(&s, &more.path(), at("2025-01-04T11:00:01Z"));
+        assert_eq!(
+            due.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![LimitKind::Exhausted]
+        );
+        assert_eq!(due[0].used, Decimal::from(110));
+        assert_eq!(due[0].next_reset, Some(at("2025-01-05T00:00:00Z")));
+        assert!(
+            resets(&s, at("2025-01-04T23:59:59Z")).is_empty(),
+            "same week"
+        );
+        let reset = resets(&s, at("2025-01-05T00:00:30Z"));
+        assert_eq!(reset.len(), 1);
+        assert_eq!(reset[0].window_start, at("2025-01-05T00:00:00Z"));
+        s.apply(&Event::Limit(reset[0].clone()));
+        assert!(
+            resets(&s, at("2025-01-05T00:01:00Z")).is_empty(),
+            "reset emitted once"
+        );
+    }
+}

@@ -396,7 +396,7 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::time::Millis;
     use proptest::prelude::*;

@@ -142,8 +142,35 @@ async fn restart_restores_everything_exactly() {
     for i in 0..25 {
         assert_eq!(chat(&p.url, &key, &format!("r{i}")).await, 200);
     }
+    // A key whose token budget is used up stays refused after the restart.
+    let capped = admin(
+        &p.url,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(json!({"name": "capped", "workspace_id": ws,
+        "scopes": ["completions.write"], "usage_limits": {"type": "tokens", "credit_limit": 100}})),
+    )
+    .await;
+    let capped = capped["key"].as_str().unwrap().to_owned();
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(chat(&p.url, &capped, &format!("c{i}")).await);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        6,
+        "six 19-token requests use 100 tokens: {statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&412));
     let before = snapshot(&p.url, &ws).await;
-    assert_eq!(before["keys"]["data"][0]["current_usage"]["requests"], 25);
+    let svc = before["keys"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "k")
+        .unwrap()
+        .clone();
+    assert_eq!(svc["current_usage"]["requests"], 25);
     signal(&p, "TERM");
     assert!(p.child.wait().unwrap().success(), "SIGTERM exits cleanly");
 
