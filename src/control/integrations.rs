@@ -49,6 +49,16 @@ fn find(state: &State, caller: &Caller, slug: &str) -> Result<Integration> {
         .ok_or_else(|| ControlError::NotFound(format!("integration {slug} not found")))
 }
 
+/// The scope managing an integration: workspace integrations and organisation ones differ.
+fn scope(i: &Integration, action: &str) -> String {
+    let family = if i.workspace_id.is_some() {
+        "workspace_integrations"
+    } else {
+        "organisation_integrations"
+    };
+    format!("{family}.{action}")
+}
+
 /// The scope a credential is sealed to (its associated data): the owning workspace, or the organisation.
 pub fn seal_scope(i: &Integration) -> &str {
     i.workspace_id.as_deref().unwrap_or("organisation")
@@ -192,11 +202,7 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
-    caller.require(if i.workspace_id.is_some() {
-        "workspace_integrations.update"
-    } else {
-        "organisation_integrations.update"
-    })?;
+    caller.require(&scope(&i, "update"))?;
     if let Some(n) = b.str("name")? {
         i.name = n.to_owned();
     }
@@ -220,11 +226,7 @@ pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let changes = {
         let state = core.state.read();
         let i = find(&state, caller, slug)?;
-        caller.require(if i.workspace_id.is_some() {
-            "workspace_integrations.delete"
-        } else {
-            "organisation_integrations.delete"
-        })?;
+        caller.require(&scope(&i, "delete"))?;
         let mut changes: Vec<Change> = state
             .providers
             .values()
@@ -352,11 +354,7 @@ pub async fn update_models(
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
-    caller.require(if i.workspace_id.is_some() {
-        "workspace_integrations.update"
-    } else {
-        "organisation_integrations.update"
-    })?;
+    caller.require(&scope(&i, "update"))?;
     let now = Millis::now();
     if let Some(all) = b.bool("allow_all_models")? {
         i.allow_all_models = all;
@@ -413,11 +411,7 @@ pub fn list_models(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
 pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str) -> Result<Value> {
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
-    caller.require(if i.workspace_id.is_some() {
-        "workspace_integrations.update"
-    } else {
-        "organisation_integrations.update"
-    })?;
+    caller.require(&scope(&i, "update"))?;
     for s in slugs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         i.models.remove(s);
     }

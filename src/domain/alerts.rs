@@ -90,30 +90,6 @@ mod tests {
     use crate::domain::limits::{BudgetKind, PeriodicReset};
     use crate::domain::*;
 
-    fn key_with_budget(limit: UsageLimit) -> ApiKey {
-        ApiKey {
-            id: "k".into(),
-            key_hash: "h".into(),
-            masked: "m".into(),
-            name: "n".into(),
-            description: None,
-            kind: ApiKeyType::WorkspaceService,
-            workspace_id: Some("ws".into()),
-            user_id: None,
-            scopes: vec![],
-            defaults: Default::default(),
-            usage_limits: Some(limit),
-            rate_limits: vec![],
-            alert_emails: vec![],
-            rotation_policy: None,
-            expires_at: None,
-            creation_mode: "api".into(),
-            created_by: None,
-            created_at: Millis(0),
-            updated_at: Millis(0),
-        }
-    }
-
     fn at(s: &str) -> Millis {
         Millis::parse_iso(s).unwrap()
     }
@@ -135,7 +111,9 @@ mod tests {
         s.apply(&Event::Config(ConfigEvent {
             event_id: "c".into(),
             at: Millis(0),
-            change: Change::Upsert(Entity::ApiKey(key_with_budget(limit))),
+            change: Change::Upsert(Entity::ApiKey(
+                crate::domain::state::tests::api_key_fixture(Some(limit)),
+            )),
         }));
         let mut usage = crate::domain::state::tests::usage(1, "k", 60, 0);
         usage.at = at("2025-01-04T10:00:00Z"); // a Saturday

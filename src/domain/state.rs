@@ -401,6 +401,33 @@ pub(crate) mod tests {
     use crate::domain::time::Millis;
     use proptest::prelude::*;
 
+    /// A workspace service key `k` in workspace `ws` with the given budget.
+    pub(crate) fn api_key_fixture(
+        usage_limits: Option<crate::domain::limits::UsageLimit>,
+    ) -> ApiKey {
+        ApiKey {
+            id: "k".into(),
+            key_hash: "h".into(),
+            masked: "m".into(),
+            name: "n".into(),
+            description: None,
+            kind: ApiKeyType::WorkspaceService,
+            workspace_id: Some("ws".into()),
+            user_id: None,
+            scopes: vec![],
+            defaults: Default::default(),
+            usage_limits,
+            rate_limits: vec![],
+            alert_emails: vec![],
+            rotation_policy: None,
+            expires_at: None,
+            creation_mode: "api".into(),
+            created_by: None,
+            created_at: Millis(0),
+            updated_at: Millis(0),
+        }
+    }
+
     pub(crate) fn usage(id: u128, key: &str, tokens: u64, cost_millicents: i64) -> UsageEvent {
         UsageEvent {
             event_id: uuid::Uuid::from_u128(id).to_string(),
@@ -497,27 +524,8 @@ pub(crate) mod tests {
     #[test]
     fn api_key_rehash_moves_the_index() {
         let mut s = State::default();
-        let mut k = ApiKey {
-            id: "k".into(),
-            key_hash: "h1".into(),
-            masked: "m".into(),
-            name: "n".into(),
-            description: None,
-            kind: ApiKeyType::WorkspaceService,
-            workspace_id: Some("ws".into()),
-            user_id: None,
-            scopes: vec![],
-            defaults: Default::default(),
-            usage_limits: None,
-            rate_limits: vec![],
-            alert_emails: vec![],
-            rotation_policy: None,
-            expires_at: None,
-            creation_mode: "api".into(),
-            created_by: None,
-            created_at: Millis(0),
-            updated_at: Millis(0),
-        };
+        let mut k = api_key_fixture(None);
+        k.key_hash = "h1".into();
         let up = |k: &ApiKey| {
             Event::Config(ConfigEvent {
                 event_id: "e".into(),
