@@ -59,6 +59,71 @@ fn scope(i: &Integration, action: &str) -> String {
     format!("{family}.{action}")
 }
 
+/// Checks `global_workspace_access` (`{enabled, usage_limits[≤1], rate_limits[≤1]}`) and returns
+/// it normalised, budgets stamped with `now`.
+fn global_access_of(v: Option<&Value>, now: Millis) -> Result<Option<Value>> {
+    let Some(v) = v else { return Ok(None) };
+    let g = Body::of(v).map_err(|_| invalid("global_workspace_access must be an object"))?;
+    let enabled = g
+        .bool("enabled")?
+        .ok_or_else(|| invalid("global_workspace_access.enabled is required"))?;
+    let usage = new_budget(g.get("usage_limits"), now)
+        .map_err(|e| invalid(format!("global_workspace_access.{e}")))?;
+    let rate = parse_rate_limits(
+        g.get("rate_limits").unwrap_or(&Value::Null),
+        LimitOwner::Other,
+    )
+    .map_err(|e| invalid(format!("global_workspace_access.{e}")))?;
+    Ok(Some(
+        json!({"enabled": enabled, "usage_limits": usage.map(|u| vec![u]).unwrap_or_default(), "rate_limits": rate}),
+    ))
+}
+
+/// Provisioning for a workspace created just now: every organisation integration whose
+/// `global_workspace_access` is enabled grants it access with those limits and a default provider.
+pub fn provision_new_workspace(
+    state: &State,
+    workspace_id: &str,
+    now: Millis,
+) -> Result<Vec<Change>> {
+    let mut changes = Vec::new();
+    for i in state
+        .integrations
+        .values()
+        .filter(|i| i.workspace_id.is_none() && !i.implicit)
+    {
+        let Some(g) = i
+            .global_workspace_access
+            .as_ref()
+            .filter(|g| g["enabled"] == true)
+        else {
+            continue;
+        };
+        let usage_limits = g["usage_limits"]
+            .get(0)
+            .map(|u| serde_json::from_value(u.clone()))
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
+        let rate_limits = serde_json::from_value(g["rate_limits"].clone()).unwrap_or_default();
+        let mut i = i.clone();
+        let access = WorkspaceAccess {
+            workspace_id: workspace_id.to_owned(),
+            enabled: true,
+            usage_limits,
+            rate_limits,
+            created_at: now,
+            updated_at: now,
+        };
+        i.workspaces.insert(workspace_id.to_owned(), access);
+        changes.extend(
+            default_provider(state, &i, workspace_id, None, now)?
+                .map(|p| Change::Upsert(Entity::Provider(p))),
+        );
+        changes.push(Change::Upsert(Entity::Integration(i)));
+    }
+    Ok(changes)
+}
+
 /// The scope a credential is sealed to (its associated data): the owning workspace, or the organisation.
 pub fn seal_scope(i: &Integration) -> &str {
     i.workspace_id.as_deref().unwrap_or("organisation")
@@ -141,7 +206,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             allow_all_models: true,
             models: Default::default(),
             workspaces: Default::default(),
-            global_workspace_access: b.get("global_workspace_access").cloned(),
+            global_workspace_access: global_access_of(b.get("global_workspace_access"), now)?,
             implicit: false,
             created_at: now,
             updated_at: now,
@@ -313,8 +378,8 @@ pub async fn update_workspaces(
                 providers.extend(default_provider(&state, &i, &ws.id, slug, now)?);
             }
         }
-        if let Some(g) = b.get("global_workspace_access") {
-            i.global_workspace_access = Some(g.clone());
+        if let Some(g) = global_access_of(b.get("global_workspace_access"), now)? {
+            i.global_workspace_access = Some(g);
         }
         i.updated_at = now;
         let mut changes = vec![Change::Upsert(Entity::Integration(i))];

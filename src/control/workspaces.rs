@@ -63,8 +63,13 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         created_at: now,
         updated_at: now,
     };
-    core.commit(vec![Change::Upsert(Entity::Workspace(ws.clone()))])
-        .await?;
+    let mut changes = vec![Change::Upsert(Entity::Workspace(ws.clone()))];
+    changes.extend(super::integrations::provision_new_workspace(
+        &core.state.read(),
+        &ws.id,
+        now,
+    )?);
+    core.commit(changes).await?;
     Ok(views::workspace(&ws, &core.state.read(), false))
 }
 

@@ -290,3 +290,37 @@ async fn sdk_clients_see_412_and_429() {
     assert_eq!(got[0], 200);
     assert!(got.contains(&429), "{got:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_workspace_access_provisions_new_workspaces_with_its_limits() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    server
+        .admin("POST", "/integrations", Some(json!({"name": "glob", "slug": "glob", "ai_provider_id": "openai", "key": "sk-glob-000000000",
+            "configurations": {"custom_host": mock.url},
+            "global_workspace_access": {"enabled": true, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 1}]}})))
+        .await;
+    let ws = server
+        .admin("POST", "/admin/workspaces", Some(json!({"name": "late"})))
+        .await;
+    let ws = ws["id"].as_str().unwrap();
+    let access = server
+        .admin("GET", "/integrations/glob/workspaces", None)
+        .await;
+    assert_eq!(access["workspaces"][0]["id"], ws, "{access}");
+    assert_eq!(access["workspaces"][0]["rate_limits"]["value"], 1);
+    let key = new_key(&server, ws, json!({})).await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let r = client
+            .post(format!("{}/v1/chat/completions", server.url))
+            .header("x-portkey-api-key", key.as_str())
+            .json(&json!({"model": "@glob/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 429]);
+}
