@@ -331,7 +331,8 @@ fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {
 /// per many events rather than one per request (the commit, not the rows, is what costs).
 const SINK_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Emits reset events for budgets whose period rolled over, checking every 30 seconds.
+/// Every 30 seconds: emits reset events for budgets whose period rolled over, and drops the rate
+/// limiters of limits that no longer exist.
 pub async fn run_reset_sweep(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -349,6 +350,7 @@ pub async fn run_reset_sweep(core: Arc<Core>, mut shutdown: watch::Receiver<bool
         for e in due {
             core.emit_limit_event(e);
         }
+        core.governor.prune(&core.state.read());
     }
 }
 

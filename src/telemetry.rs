@@ -99,7 +99,8 @@ impl Metrics {
     }
 
     /// Prometheus text exposition. `store_lag_bytes` is how far the store trails the usage log.
-    pub fn render(&self, store_lag_bytes: u64) -> String {
+    /// `rate_limiters` is how many rate limiters the governor holds (bounded by configuration).
+    pub fn render(&self, store_lag_bytes: u64, rate_limiters: usize) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP tollgate_http_requests_total HTTP requests by route and status\n");
         out.push_str("# TYPE tollgate_http_requests_total counter\n");
@@ -157,6 +158,10 @@ impl Metrics {
             out,
             "# HELP tollgate_store_lag_bytes how far the usage store trails the usage log\n# TYPE tollgate_store_lag_bytes gauge\ntollgate_store_lag_bytes {store_lag_bytes}"
         );
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_rate_limiters rate limiters held in memory\n# TYPE tollgate_rate_limiters gauge\ntollgate_rate_limiters {rate_limiters}"
+        );
         out
     }
 }
@@ -185,7 +190,7 @@ mod tests {
         m.request("/v1/chat/completions", 200);
         m.upstream_failure(UpstreamFailure::Timeout);
         m.gateway_overhead.observe(Duration::from_micros(150));
-        let text = m.render(7);
+        let text = m.render(7, 3);
         assert!(text.contains(
             "tollgate_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"
         ));
@@ -193,5 +198,6 @@ mod tests {
         assert!(text.contains("tollgate_gateway_overhead_seconds_bucket{le=\"0.00025\"} 1"));
         assert!(text.contains("tollgate_gateway_overhead_seconds_count 1"));
         assert!(text.contains("tollgate_store_lag_bytes 7"));
+        assert!(text.contains("tollgate_rate_limiters 3"));
     }
 }

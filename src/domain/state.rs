@@ -336,6 +336,25 @@ impl State {
         }
     }
 
+    /// The rate limits of a budget's owner (empty when it is gone).
+    pub fn rate_limits_of(&self, r: &BudgetRef) -> &[RateLimit] {
+        let found = match r {
+            BudgetRef::ApiKey(id) => self.api_keys.get(id).map(|k| &k.rate_limits),
+            BudgetRef::Provider(id) => self.providers.get(id).map(|p| &p.rate_limits),
+            BudgetRef::Access {
+                integration,
+                workspace,
+            } => self
+                .integrations
+                .get(integration)
+                .and_then(|i| i.workspaces.get(workspace))
+                .map(|a| &a.rate_limits),
+            BudgetRef::Workspace(id) => self.workspaces.get(id).map(|w| &w.rate_limits),
+            BudgetRef::Policy { id, .. } => self.policies.get(id).map(|p| &p.rate_limits),
+        };
+        found.map_or(&[], Vec::as_slice)
+    }
+
     /// Every budget counter (for the periodic-reset sweep).
     pub fn budget_counters(&self) -> impl Iterator<Item = (&BudgetRef, &Counter)> {
         self.budgets.iter()

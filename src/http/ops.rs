@@ -41,6 +41,6 @@ async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
     let lag = core.store_lag().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        core.metrics.render(lag),
+        core.metrics.render(lag, core.governor.limiters()),
     )
 }

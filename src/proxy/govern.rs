@@ -287,6 +287,26 @@ impl Governor {
         })
     }
 
+    /// Drops the limiters of limits that no longer exist (deleted keys, changed limits), so the
+    /// ledger's size follows the configuration, not the history.
+    pub fn prune(&self, state: &State) {
+        let mut ledger = self.ledger.lock();
+        let exists = |(r, unit): &(BudgetRef, RateUnit), kind: RateKind| {
+            state
+                .rate_limits_of(r)
+                .iter()
+                .any(|l| l.unit == *unit && l.kind == kind)
+        };
+        ledger.requests.retain(|k, _| exists(k, RateKind::Requests));
+        ledger.tokens.retain(|k, _| exists(k, RateKind::Tokens));
+    }
+
+    /// How many limiters are held (a metric).
+    pub fn limiters(&self) -> usize {
+        let ledger = self.ledger.lock();
+        ledger.requests.len() + ledger.tokens.len()
+    }
+
     /// Folds a settled attempt's usage into the state and releases its reservation, atomically
     /// with respect to admissions. Returns the limit events the usage made due, already marked
     /// as emitted in the state (so concurrent settlements never emit one twice).
@@ -317,5 +337,62 @@ impl Governor {
             r.settled = true;
         }
         due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::*;
+
+    #[test]
+    fn limiters_of_deleted_keys_are_pruned() {
+        let state = RwLock::new(State::default());
+        let mut key = crate::domain::state::tests::api_key_fixture(None);
+        key.rate_limits = vec![RateLimit {
+            kind: RateKind::Requests,
+            unit: RateUnit::Rpm,
+            value: 10,
+        }];
+        let upsert = |k: &ApiKey| {
+            Event::Config(ConfigEvent {
+                event_id: "c".into(),
+                at: Millis(0),
+                change: Change::Upsert(Entity::ApiKey(k.clone())),
+            })
+        };
+        state.write().apply(&upsert(&key));
+        let gov = Arc::new(Governor::default());
+        let path = RequestPath {
+            api_key_id: "k",
+            workspace_id: "ws",
+            ..Default::default()
+        };
+        for _ in 0..10 {
+            drop(
+                gov.admit(&state, &path, Estimate::default(), Millis(1))
+                    .map_err(|r| r.error)
+                    .unwrap(),
+            );
+        }
+        let refused = gov
+            .admit(&state, &path, Estimate::default(), Millis(1))
+            .err()
+            .unwrap();
+        assert_eq!(refused.error.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(!refused.target_specific);
+        assert_eq!(gov.limiters(), 1);
+        gov.prune(&state.read());
+        assert_eq!(gov.limiters(), 1, "still configured");
+        state.write().apply(&Event::Config(ConfigEvent {
+            event_id: "d".into(),
+            at: Millis(0),
+            change: Change::Delete {
+                kind: EntityKind::ApiKey,
+                id: "k".into(),
+            },
+        }));
+        gov.prune(&state.read());
+        assert_eq!(gov.limiters(), 0);
     }
 }
