@@ -329,7 +329,7 @@ fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {
 
 /// How long the store sink lets events accumulate after a wake-up, so it commits one transaction
 /// per many events rather than one per request (the commit, not the rows, is what costs).
-const SINK_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+const SINK_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Every 30 seconds: emits reset events for budgets whose period rolled over, and drops the rate
 /// limiters of limits that no longer exist.

@@ -31,7 +31,6 @@ CREATE TABLE IF NOT EXISTS usage_events (
   config_id TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_events_ts ON usage_events (ts);
-CREATE INDEX IF NOT EXISTS usage_events_ws_ts ON usage_events (workspace_id, ts);
 
 CREATE TABLE IF NOT EXISTS usage_rollup (
   grain TEXT NOT NULL,                 -- 'minute' | 'day'

@@ -269,7 +269,8 @@ impl Exec {
     ) -> Result<Answer, DataError> {
         let index = self.attempts;
         self.attempts += 1;
-        let event_id = uuid::Uuid::new_v4().to_string();
+        // Time-ordered (v7): the store's primary-key index then grows at its end instead of at random.
+        let event_id = uuid::Uuid::now_v7().to_string();
         let mut url = format!("{}{}", target.base_url, self.path);
         if let Some(q) = &target.query {
             url = format!("{url}?{q}");
