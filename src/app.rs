@@ -132,7 +132,7 @@ impl Core {
         tracing::info!(
             workspaces = state.workspaces.len(),
             api_keys = state.api_keys.len(),
-            usage_events = state.usage_events_seen(),
+            usage_ids_remembered = state.usage_ids_remembered(),
             "state rebuilt from the log"
         );
         *self.state.write() = state;

@@ -45,7 +45,41 @@ pub struct State {
     budgets: HashMap<BudgetRef, Counter>,
     limit_events: HashSet<(String, Millis, LimitKind)>,
     usage: HashMap<(EntityKind, String), Totals>,
-    seen_usage: HashSet<u128>,
+    seen_usage: RecentIds,
+}
+
+/// How far back (in event time) usage event ids are remembered to drop redeliveries. Delivery
+/// retries arrive within seconds to minutes; the usage store dedupes exactly by `event_id`
+/// whatever the delay, so analytics stay exact even past this window.
+pub const DEDUPE_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+/// The ids of recent usage events, forgotten in arrival order once older than the window, so
+/// memory follows the event rate, not the history.
+#[derive(Clone, Debug, Default)]
+struct RecentIds {
+    ids: HashSet<u128>,
+    order: std::collections::VecDeque<(Millis, u128)>,
+    newest: Millis,
+}
+
+impl RecentIds {
+    /// False when the id was seen within the window.
+    fn insert(&mut self, id: u128, at: Millis) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back((at, id));
+        self.newest = self.newest.max(at);
+        let horizon = self.newest.0 - DEDUPE_WINDOW_MS;
+        while let Some(&(t, old)) = self.order.front() {
+            if t.0 >= horizon {
+                break;
+            }
+            self.order.pop_front();
+            self.ids.remove(&old);
+        }
+        true
+    }
 }
 
 /// A compact dedupe key for an event id: the UUID's bits, or a hash of any other string.
@@ -137,7 +171,7 @@ impl State {
 
     /// Folds one usage event (what `apply` does for `Event::Usage`, without wrapping it).
     pub fn apply_usage(&mut self, e: &UsageEvent) {
-        if !self.seen_usage.insert(id_bits(&e.event_id)) {
+        if !self.seen_usage.insert(id_bits(&e.event_id), e.at) {
             return;
         }
         let targets = [
@@ -408,9 +442,9 @@ impl State {
             .or_else(|| self.configs.get(slug_or_id))
     }
 
-    /// How many distinct usage events have been folded.
-    pub fn usage_events_seen(&self) -> usize {
-        self.seen_usage.len()
+    /// How many usage event ids are remembered for deduplication (those of the last window).
+    pub fn usage_ids_remembered(&self) -> usize {
+        self.seen_usage.ids.len()
     }
 }
 
@@ -538,6 +572,27 @@ pub(crate) mod tests {
             for e in &noisy[n / 2..] { s.apply(&Event::Usage(e.clone())); }
             prop_assert_eq!(snapshot(&s), snapshot(&expected));
         }
+    }
+
+    #[test]
+    fn dedupe_memory_follows_the_window_not_the_history() {
+        let mut s = State::default();
+        let minute = 60_000;
+        for i in 0..10_000u128 {
+            let mut e = usage(i, "k1", 10, 1);
+            e.at = Millis(i as i64 * minute / 50); // 50 events a minute for 200 minutes
+            s.apply(&Event::Usage(e));
+        }
+        assert!(
+            s.usage_ids_remembered() <= 16 * 50,
+            "{}",
+            s.usage_ids_remembered()
+        );
+        // A redelivery within the window is still dropped.
+        let mut dup = usage(9_999, "k1", 10, 1);
+        dup.at = Millis(9_999 * minute / 50);
+        s.apply(&Event::Usage(dup));
+        assert_eq!(s.usage_of(EntityKind::ApiKey, "k1").requests, 10_000);
     }
 
     #[test]
