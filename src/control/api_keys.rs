@@ -224,7 +224,7 @@ fn find(state: &State, caller: &Caller, id: &str, action: &str) -> Result<ApiKey
         .api_keys
         .get(id)
         .filter(|k| caller.sees(k.workspace_id.as_deref()))
-        .cloned()
+        .map(|x| (**x).clone())
         .ok_or_else(|| ControlError::NotFound(format!("api key {id} not found")))?;
     caller.require(&format!("{}.{action}", family(k.kind)))?;
     Ok(k)
@@ -235,7 +235,7 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
     let state = core.state.read();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
     let now = Millis::now();
-    let mut items: Vec<&ApiKey> = state
+    let mut items: Vec<&std::sync::Arc<ApiKey>> = state
         .api_keys
         .values()
         .filter(|k| caller.key.has_scope(&format!("{}.list", family(k.kind))))

@@ -45,7 +45,7 @@ fn find(state: &State, caller: &Caller, slug: &str) -> Result<Integration> {
                     (Some(own), None) => i.serves_workspace(own),
                 }
         })
-        .cloned()
+        .map(|x| (**x).clone())
         .ok_or_else(|| ControlError::NotFound(format!("integration {slug} not found")))
 }
 
@@ -105,7 +105,7 @@ pub fn provision_new_workspace(
             .transpose()
             .map_err(|e| invalid(e.to_string()))?;
         let rate_limits = serde_json::from_value(g["rate_limits"].clone()).unwrap_or_default();
-        let mut i = i.clone();
+        let mut i = Integration::clone(i);
         let access = WorkspaceAccess {
             workspace_id: workspace_id.to_owned(),
             enabled: true,
@@ -234,7 +234,7 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
     let state = core.state.read();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
     let kind = q.get("type").map(String::as_str).unwrap_or("all");
-    let mut items: Vec<&Integration> = state
+    let mut items: Vec<&std::sync::Arc<Integration>> = state
         .integrations
         .values()
         .filter(|i| !i.implicit)

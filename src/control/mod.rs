@@ -47,7 +47,7 @@ fn invalid(m: impl Into<String>) -> ControlError {
 /// The authenticated caller of an admin endpoint.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub key: ApiKey,
+    pub key: std::sync::Arc<ApiKey>,
 }
 
 impl Caller {

@@ -35,7 +35,7 @@ fn find(state: &State, caller: &Caller, slug: &str, workspace: Option<&str>) -> 
     state
         .provider(slug, ws.as_deref())
         .filter(|p| caller.sees(Some(&p.workspace_id)))
-        .cloned()
+        .map(|x| (**x).clone())
         .ok_or_else(|| ControlError::NotFound(format!("provider {slug} not found")))
 }
 
@@ -193,7 +193,7 @@ pub fn list(core: &Core, caller: &Caller, api: Api, q: &HashMap<String, String>)
     let state = core.state.read();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
     let now = Millis::now();
-    let mut items: Vec<&Provider> = state
+    let mut items: Vec<&std::sync::Arc<Provider>> = state
         .providers
         .values()
         .filter(|p| ws.as_ref().is_none_or(|w| &p.workspace_id == w))
@@ -203,7 +203,7 @@ pub fn list(core: &Core, caller: &Caller, api: Api, q: &HashMap<String, String>)
         Api::Providers => views::provider(p, &state, now, true),
         Api::VirtualKeys => views::virtual_key(p, &state, now),
     };
-    Ok(page.list(items.into_iter().map(render).collect()))
+    Ok(page.list(items.into_iter().map(|p| render(p)).collect()))
 }
 
 pub fn retrieve(
@@ -263,7 +263,7 @@ pub async fn update(
             state.integrations.get(&p.integration_id),
         ) {
             (Some(k), Some(i)) if i.implicit => {
-                let mut i = i.clone();
+                let mut i = Integration::clone(i);
                 i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
                 i.updated_at = now;
                 Some(i)

@@ -82,7 +82,7 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
         .unwrap_or(false);
     let name = q.get("name").map(|n| n.to_lowercase());
     let state = core.state.read();
-    let mut items: Vec<&Workspace> = state
+    let mut items: Vec<&std::sync::Arc<Workspace>> = state
         .workspaces
         .values()
         .filter(|w| caller.sees(Some(&w.id)))
@@ -105,7 +105,7 @@ fn find(state: &State, caller: &Caller, id: &str) -> Result<Workspace> {
     state
         .workspace(id)
         .filter(|w| caller.sees(Some(&w.id)))
-        .cloned()
+        .map(|x| (**x).clone())
         .ok_or_else(|| ControlError::NotFound(format!("workspace {id} not found")))
 }
 
@@ -210,7 +210,7 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
             .values()
             .filter(|i| i.workspaces.contains_key(&w.id))
         {
-            let mut i = i.clone();
+            let mut i = crate::domain::Integration::clone(i);
             i.workspaces.remove(&w.id);
             changes.push(Change::Upsert(Entity::Integration(i)));
         }

@@ -2,6 +2,7 @@
 //! changes state (no decisions, no I/O), so replaying the log from the start rebuilds it exactly.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
@@ -35,11 +36,12 @@ impl Totals {
 #[derive(Clone, Debug, Default)]
 pub struct State {
     pub organisation: Option<Organisation>,
-    pub workspaces: HashMap<String, Workspace>,
-    pub integrations: HashMap<String, Integration>,
-    pub providers: HashMap<String, Provider>,
+    // Entities are shared (`Arc`) so a request holds what it needs by reference count, not by copy.
+    pub workspaces: HashMap<String, Arc<Workspace>>,
+    pub integrations: HashMap<String, Arc<Integration>>,
+    pub providers: HashMap<String, Arc<Provider>>,
     pub configs: HashMap<String, RouteConfig>,
-    pub api_keys: HashMap<String, ApiKey>,
+    pub api_keys: HashMap<String, Arc<ApiKey>>,
     pub policies: HashMap<String, UsagePolicy>,
     key_by_hash: HashMap<String, String>,
     budgets: HashMap<BudgetRef, Counter>,
@@ -119,13 +121,13 @@ impl State {
         match entity {
             Entity::Organisation(o) => self.organisation = Some(o),
             Entity::Workspace(w) => {
-                self.workspaces.insert(w.id.clone(), w);
+                self.workspaces.insert(w.id.clone(), Arc::new(w));
             }
             Entity::Integration(i) => {
-                self.integrations.insert(i.id.clone(), i);
+                self.integrations.insert(i.id.clone(), Arc::new(i));
             }
             Entity::Provider(p) => {
-                self.providers.insert(p.id.clone(), p);
+                self.providers.insert(p.id.clone(), Arc::new(p));
             }
             Entity::Config(c) => {
                 self.configs.insert(c.id.clone(), c);
@@ -138,7 +140,7 @@ impl State {
                     self.key_by_hash.remove(&old.key_hash);
                 }
                 self.key_by_hash.insert(k.key_hash.clone(), k.id.clone());
-                self.api_keys.insert(k.id.clone(), k);
+                self.api_keys.insert(k.id.clone(), Arc::new(k));
             }
         }
     }
@@ -403,21 +405,21 @@ impl State {
     }
 
     /// The API key whose secret hashes to `hash`.
-    pub fn api_key_by_hash(&self, hash: &str) -> Option<&ApiKey> {
+    pub fn api_key_by_hash(&self, hash: &str) -> Option<&Arc<ApiKey>> {
         self.key_by_hash
             .get(hash)
             .and_then(|id| self.api_keys.get(id))
     }
 
     /// A workspace by id or slug.
-    pub fn workspace(&self, id_or_slug: &str) -> Option<&Workspace> {
+    pub fn workspace(&self, id_or_slug: &str) -> Option<&Arc<Workspace>> {
         self.workspaces
             .get(id_or_slug)
             .or_else(|| self.workspaces.values().find(|w| w.slug == id_or_slug))
     }
 
     /// An integration by slug or id.
-    pub fn integration(&self, slug_or_id: &str) -> Option<&Integration> {
+    pub fn integration(&self, slug_or_id: &str) -> Option<&Arc<Integration>> {
         self.integrations
             .values()
             .find(|i| i.slug == slug_or_id)
@@ -425,8 +427,8 @@ impl State {
     }
 
     /// A provider (or virtual key) by slug or id, within a workspace when one is given.
-    pub fn provider(&self, slug_or_id: &str, workspace_id: Option<&str>) -> Option<&Provider> {
-        let in_scope = |p: &&Provider| workspace_id.is_none_or(|w| p.workspace_id == w);
+    pub fn provider(&self, slug_or_id: &str, workspace_id: Option<&str>) -> Option<&Arc<Provider>> {
+        let in_scope = |p: &&Arc<Provider>| workspace_id.is_none_or(|w| p.workspace_id == w);
         self.providers
             .values()
             .filter(in_scope)

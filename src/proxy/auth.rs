@@ -48,7 +48,11 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Looks the key up by hash; the stored hash is compared in constant time.
-pub fn authenticate(state: &State, headers: &HeaderMap, now: Millis) -> Result<ApiKey, AuthError> {
+pub fn authenticate(
+    state: &State,
+    headers: &HeaderMap,
+    now: Millis,
+) -> Result<std::sync::Arc<ApiKey>, AuthError> {
     let presented = presented_key(headers).ok_or(AuthError::Missing)?;
     let hash = crypto::hash_api_key(presented);
     let key = state.api_key_by_hash(&hash).ok_or(AuthError::Unknown)?;

@@ -103,7 +103,7 @@ pub enum Reply {
 pub struct RequestCtx {
     pub trace_id: String,
     pub started: Instant,
-    pub key: ApiKey,
+    pub key: std::sync::Arc<ApiKey>,
     pub workspace_id: String,
     pub organisation_id: String,
     pub metadata: Metadata,
@@ -200,7 +200,14 @@ pub fn trace_id(headers: &HeaderMap) -> String {
 fn caller(
     state: &crate::domain::State,
     headers: &HeaderMap,
-) -> Result<(ApiKey, crate::domain::Workspace, String), DataError> {
+) -> Result<
+    (
+        std::sync::Arc<ApiKey>,
+        std::sync::Arc<crate::domain::Workspace>,
+        String,
+    ),
+    DataError,
+> {
     let key = auth::authenticate(state, headers, crate::domain::Millis::now())
         .map_err(|e| DataError::unauthorized(e.message()))?;
     auth::authorize_data_plane(&key)?;
@@ -236,7 +243,7 @@ pub async fn handle(
         let ctx = RequestCtx {
             trace_id,
             started,
-            workspace_id: ws.id,
+            workspace_id: ws.id.clone(),
             organisation_id,
             metadata,
             endpoint,

@@ -111,8 +111,8 @@ pub fn plan(
 /// A resolved upstream for one attempt.
 #[derive(Clone)]
 pub struct Target {
-    pub provider: Provider,
-    pub integration: Integration,
+    pub provider: std::sync::Arc<Provider>,
+    pub integration: std::sync::Arc<Integration>,
     /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     /// Headers carrying the credential and provider settings.
