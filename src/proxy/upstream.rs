@@ -116,17 +116,17 @@ impl Exec {
         .boxed()
     }
 
-    /// The body for a target: the request with the node's `override_params` over it.
-    fn body_for(&self, node: &Node) -> Result<serde_json::Map<String, Value>, DataError> {
-        let mut json = self.body.json.clone();
-        for (k, v) in &node.override_params {
-            json.insert(k.clone(), v.clone());
-        }
-        match json.get("model").and_then(Value::as_str) {
+    /// The model a target is asked for: the node's `override_params.model`, else the request's.
+    fn model_for(&self, node: &Node) -> Result<String, DataError> {
+        let model = node
+            .override_params
+            .get("model")
+            .or_else(|| self.body.json.get("model"));
+        match model.and_then(Value::as_str) {
             Some("portkey-default") | None => Err(DataError::bad_request(
                 "model is required (the config's override_params.model is not set either)",
             )),
-            Some(_) => Ok(json),
+            Some(m) => Ok(m.to_owned()),
         }
     }
 
@@ -149,15 +149,10 @@ impl Exec {
             Ok(t) => t,
             Err(e) => return Outcome::Stop(e),
         };
-        let mut json = match self.body_for(node) {
-            Ok(j) => j,
+        let model = match self.model_for(node) {
+            Ok(m) => m,
             Err(e) => return Outcome::Stop(e),
         };
-        let model = json
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
         if !target.integration.allows_model(&model) {
             return Outcome::Stop(DataError::forbidden(
                 "model_not_allowed",
@@ -167,16 +162,26 @@ impl Exec {
                 ),
             ));
         }
-        if self.body.stream && self.ctx.endpoint != Endpoint::Embeddings {
-            // Always ask for usage so the stream can be metered; the extra chunk is hidden from
-            // clients that did not ask for it.
-            let opts = json
-                .entry("stream_options")
-                .or_insert_with(|| Value::Object(Default::default()));
-            if let Some(o) = opts.as_object_mut() {
+        // Always ask for usage so a stream can be metered; the extra chunk is hidden from clients
+        // that did not ask for it.
+        let stream_options =
+            (self.body.stream && self.ctx.endpoint != Endpoint::Embeddings).then(|| {
+                let given = node
+                    .override_params
+                    .get("stream_options")
+                    .or_else(|| self.body.json.get("stream_options"));
+                let mut o = given
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
                 o.insert("include_usage".into(), Value::Bool(true));
-            }
-        }
+                Value::Object(o)
+            });
+        let json = Overlay {
+            base: &self.body.json,
+            overrides: &node.override_params,
+            stream_options,
+        };
         let bytes = match serde_json::to_vec(&json) {
             Ok(b) => Bytes::from(b),
             Err(e) => {
@@ -493,6 +498,37 @@ impl Exec {
     }
 }
 
+/// The upstream body: the request with a node's `override_params` laid over it (override wins)
+/// and, for streams, `stream_options` with `include_usage` forced on. It is serialized straight
+/// from the request, which is never copied (prompts can be large).
+struct Overlay<'a> {
+    base: &'a serde_json::Map<String, Value>,
+    overrides: &'a serde_json::Map<String, Value>,
+    stream_options: Option<Value>,
+}
+
+impl serde::Serialize for Overlay<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let replaced = |k: &str| k == "stream_options" && self.stream_options.is_some();
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in self.base {
+            if !self.overrides.contains_key(k) && !replaced(k) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        for (k, v) in self.overrides {
+            if !replaced(k) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if let Some(o) = &self.stream_options {
+            m.serialize_entry("stream_options", o)?;
+        }
+        m.end()
+    }
+}
+
 /// The output allowance reserved for a request that sets no `max_tokens`.
 const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 
@@ -509,5 +545,36 @@ pub fn error_reply(e: &DataError) -> Reply {
         status: e.status,
         headers,
         body: Bytes::from(body.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn overlay_lets_overrides_win_and_forces_stream_usage() {
+        let base = json!({"model": "a", "messages": [{"role": "user", "content": "hi"}], "temperature": 1,
+                          "stream_options": {"include_usage": false, "x": 1}});
+        let overrides = json!({"model": "b", "max_tokens": 5});
+        let o = Overlay {
+            base: base.as_object().unwrap(),
+            overrides: overrides.as_object().unwrap(),
+            stream_options: Some(json!({"include_usage": true, "x": 1})),
+        };
+        let out: Value = serde_json::from_slice(&serde_json::to_vec(&o).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            json!({"model": "b", "messages": [{"role": "user", "content": "hi"}], "temperature": 1,
+                               "max_tokens": 5, "stream_options": {"include_usage": true, "x": 1}})
+        );
+        let plain = Overlay {
+            base: base.as_object().unwrap(),
+            overrides: &Default::default(),
+            stream_options: None,
+        };
+        let out: Value = serde_json::from_slice(&serde_json::to_vec(&plain).unwrap()).unwrap();
+        assert_eq!(out, base);
     }
 }
