@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 
 use rust_decimal::Decimal;
-use time::{Date, Duration, Month, OffsetDateTime};
 
 use super::entities::Metadata;
 use super::limits::{BudgetKind, PeriodicReset, UsageLimit};
@@ -60,41 +59,59 @@ impl BudgetRef {
     }
 }
 
-fn datetime(m: Millis) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.0) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+const DAY_MS: i64 = 86_400_000;
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian; Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
-fn millis(d: Date) -> Millis {
-    Millis(d.midnight().assume_utc().unix_timestamp() * 1000)
+/// The civil (year, month) of a day number.
+fn civil_from_days(z: i64) -> (i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m)
 }
 
 /// The start of the reset period holding `at`, and the next reset after it (`None`: never resets).
 /// Weekly periods start Sunday 00:00 UTC, monthly ones on the 1st at 00:00 UTC; `every_days`
-/// periods count whole days from `anchor` (when the budget was set).
+/// periods count whole days from `anchor` (when the budget was set). Integer arithmetic only: it
+/// runs several times per governed request.
 pub fn period(
     reset: Option<PeriodicReset>,
     every_days: Option<u16>,
     anchor: Millis,
     at: Millis,
 ) -> (Millis, Option<Millis>) {
-    let day = datetime(at).date();
+    let day = at.0.div_euclid(DAY_MS);
     match (reset, every_days) {
         (Some(PeriodicReset::Weekly), _) => {
-            let start = day - Duration::days(i64::from(day.weekday().number_days_from_sunday()));
-            (millis(start), Some(millis(start + Duration::days(7))))
+            // 1970-01-01 was a Thursday: day 0 is 4 days after a Sunday.
+            let start = day - (day + 4).rem_euclid(7);
+            (Millis(start * DAY_MS), Some(Millis((start + 7) * DAY_MS)))
         }
         (Some(PeriodicReset::Monthly), _) => {
-            let start = Date::from_calendar_date(day.year(), day.month(), 1).unwrap_or(day);
-            let (y, m) = match day.month() {
-                Month::December => (day.year() + 1, Month::January),
-                m => (day.year(), m.next()),
+            let (y, m) = civil_from_days(day);
+            let start = days_from_civil(y, m, 1);
+            let next = if m == 12 {
+                days_from_civil(y + 1, 1, 1)
+            } else {
+                days_from_civil(y, m + 1, 1)
             };
-            let next = Date::from_calendar_date(y, m, 1).unwrap_or(start);
-            (millis(start), Some(millis(next)))
+            (Millis(start * DAY_MS), Some(Millis(next * DAY_MS)))
         }
         (None, Some(n)) if n > 0 => {
-            let len = i64::from(n) * 86_400_000;
+            let len = i64::from(n) * DAY_MS;
             let k = (at.0 - anchor.0).div_euclid(len);
             let start = Millis(anchor.0 + k * len);
             (start, Some(Millis(start.0 + len)))
@@ -247,7 +264,11 @@ pub fn admit(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use time::Weekday;
+    use time::{OffsetDateTime, Weekday};
+
+    fn datetime(m: Millis) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.0) * 1_000_000).unwrap()
+    }
 
     fn at(s: &str) -> Millis {
         Millis::parse_iso(s).unwrap()

@@ -2,11 +2,12 @@
 //! actual cost) and rate limits (requests through `governor`; tokens through a debit bucket that
 //! takes the estimate up front and is corrected by the actual usage).
 //!
-//! Exactness: a request is admitted (check and reserve) and an attempt is settled (fold the
-//! usage into the state and release the reservation) each inside one critical section of the
-//! ledger lock, taken before the state lock. So no admission ever sees a state where a settled
-//! request's cost is missing from both the counters and the reservations: in strict mode spend
-//! never passes a limit, and in default mode it passes it by at most what was in flight.
+//! Exactness: admission checks and reserves inside one critical section of the ledger lock (taken
+//! before the state lock). Settlement first folds the usage into the state, then releases the
+//! reservation: in between, an admission sees the cost twice (counted and reserved), never zero
+//! times, so it can only be more cautious. Hence in strict mode spend never passes a limit, and in
+//! default mode it passes it by at most what was in flight. Settlement holds the ledger lock only
+//! for the release, which keeps admissions from queueing behind the state update.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -21,7 +22,7 @@ use rust_decimal::Decimal;
 
 use super::DataError;
 use crate::domain::budget::{self, BudgetRef, Exhausted, RequestPath};
-use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit};
+use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit, UsageLimit};
 use crate::domain::{alerts, Event, LimitEvent, Millis, State, UsageEvent};
 
 /// A token-rate bucket: refills continuously to `capacity`; admission needs a positive level and
@@ -205,9 +206,24 @@ impl Governor {
         est: Estimate,
         now: Millis,
     ) -> Result<Reservation, Refusal> {
+        // What applies depends only on configuration: gather it before taking the ledger lock,
+        // which then covers just the checks and the reservation.
+        let (budgets, rate_limits) = {
+            let state = state.read();
+            let budgets: Vec<(BudgetRef, UsageLimit)> = state
+                .budgets_on(path)
+                .into_iter()
+                .map(|(r, l)| (r, l.clone()))
+                .collect();
+            let rates: Vec<(BudgetRef, Vec<RateLimit>)> = state
+                .rate_limits_on(path)
+                .into_iter()
+                .map(|(r, l)| (r, l.to_vec()))
+                .collect();
+            (budgets, rates)
+        };
         let mut ledger = self.ledger.lock();
         let state = state.read();
-        let budgets = state.budgets_on(path);
         for (r, l) in &budgets {
             let used = state.budget_used(r, l, now);
             let reserved = ledger
@@ -225,7 +241,8 @@ impl Governor {
                 .map_err(|e| Refusal::new(r, exhausted(&e)))?;
         }
         let mut token_limits = Vec::new();
-        for (r, limits) in state.rate_limits_on(path) {
+        drop(state);
+        for (r, limits) in &rate_limits {
             for l in limits {
                 let key = (r.clone(), l.unit);
                 match l.kind {
@@ -243,11 +260,11 @@ impl Governor {
                             *entry = fresh();
                         }
                         if l.value == 0 {
-                            return Err(Refusal::new(&r, rate_limited(&r, l, l.unit.window())));
+                            return Err(Refusal::new(r, rate_limited(r, l, l.unit.window())));
                         }
                         if let Err(not_until) = entry.1.check() {
                             let wait = not_until.wait_time_from(DefaultClock::default().now());
-                            return Err(Refusal::new(&r, rate_limited(&r, l, wait)));
+                            return Err(Refusal::new(r, rate_limited(r, l, wait)));
                         }
                     }
                     RateKind::Tokens => {
@@ -259,11 +276,11 @@ impl Governor {
                             *entry = (l.value, TokenBucket::new(l));
                         }
                         if l.value == 0 {
-                            return Err(Refusal::new(&r, rate_limited(&r, l, l.unit.window())));
+                            return Err(Refusal::new(r, rate_limited(r, l, l.unit.window())));
                         }
                         entry.1.refill();
                         if entry.1.level < 1.0 {
-                            return Err(Refusal::new(&r, rate_limited(&r, l, entry.1.wait())));
+                            return Err(Refusal::new(r, rate_limited(r, l, entry.1.wait())));
                         }
                         entry.1.level -= est.max_tokens as f64;
                         token_limits.push(key);
@@ -307,27 +324,29 @@ impl Governor {
         ledger.requests.len() + ledger.tokens.len()
     }
 
-    /// Folds a settled attempt's usage into the state and releases its reservation, atomically
-    /// with respect to admissions. Returns the limit events the usage made due, already marked
-    /// as emitted in the state (so concurrent settlements never emit one twice).
+    /// Folds a settled attempt's usage into the state, then releases its reservation. Returns the
+    /// limit events the usage made due, already marked as emitted in the state under its write
+    /// lock (so concurrent settlements never emit one twice).
     pub fn settle(
         &self,
         state: &RwLock<State>,
         event: UsageEvent,
         reservation: Option<Reservation>,
     ) -> Vec<LimitEvent> {
-        let mut ledger = self.ledger.lock();
         let actual = event.total_tokens();
-        let due = {
+        state.write().apply_usage(&event);
+        // Crossings are rare: look for them under the read lock, and mark them under the write
+        // lock only when there are some, checking again so a concurrent settlement can't also.
+        let mut due = alerts::crossings(&state.read(), &event.path(), Millis::now());
+        if !due.is_empty() {
             let mut state = state.write();
-            state.apply_usage(&event);
-            let due = alerts::crossings(&state, &event.path(), Millis::now());
+            due.retain(|e| !state.limit_event_emitted(&e.budget, e.window_start, e.kind));
             for e in &due {
                 state.apply(&Event::Limit(e.clone()));
             }
-            due
-        };
+        }
         if let Some(mut r) = reservation {
+            let mut ledger = self.ledger.lock();
             release(&mut ledger, &r);
             for key in &r.token_limits {
                 if let Some((_, bucket)) = ledger.tokens.get_mut(key) {
