@@ -167,7 +167,7 @@ impl Counter {
 /// Folds usage at `at` into a budget's counter; usage from an earlier window is not counted.
 /// Returns whether it counted.
 pub fn count(
-    counters: &mut HashMap<BudgetRef, Counter>,
+    counters: &mut HashMap<BudgetRef, Counter, super::state::FastHash>,
     r: &BudgetRef,
     limit: &UsageLimit,
     at: Millis,
@@ -197,7 +197,7 @@ pub fn count(
 
 /// The usage a budget has counted in the window holding `now`.
 pub fn used(
-    counters: &HashMap<BudgetRef, Counter>,
+    counters: &HashMap<BudgetRef, Counter, super::state::FastHash>,
     r: &BudgetRef,
     limit: &UsageLimit,
     now: Millis,
@@ -381,7 +381,7 @@ mod tests {
     fn counting_respects_set_at_reset_and_periods() {
         let l = limit(10, false);
         let r = BudgetRef::ApiKey("k".into());
-        let mut c = HashMap::new();
+        let mut c = HashMap::default();
         assert!(
             !count(&mut c, &r, &l, at("2025-01-09T00:00:00Z"), Decimal::ONE, 1),
             "before the budget was set"

@@ -13,6 +13,9 @@ use super::events::*;
 use super::limits::{RateLimit, UsageLimit};
 use super::time::Millis;
 
+/// The hasher of the maps touched on every request.
+pub type FastHash = foldhash::fast::RandomState;
+
 /// Builds a budget's ref from a request path.
 type MakeRef = fn(&RequestPath<'_>) -> BudgetRef;
 
@@ -44,9 +47,11 @@ pub struct State {
     pub api_keys: HashMap<String, Arc<ApiKey>>,
     pub policies: HashMap<String, UsagePolicy>,
     key_by_hash: HashMap<String, String>,
-    budgets: HashMap<BudgetRef, Counter>,
-    limit_events: HashSet<(String, Millis, LimitKind)>,
-    usage: HashMap<(EntityKind, String), Totals>,
+    // The per-event maps use foldhash (seeded per process): SipHash showed up in profiles, and
+    // their keys are server-made ids, not attacker-chosen strings.
+    budgets: HashMap<BudgetRef, Counter, FastHash>,
+    limit_events: HashSet<(String, Millis, LimitKind), FastHash>,
+    usage: HashMap<(EntityKind, String), Totals, FastHash>,
     seen_usage: RecentIds,
 }
 
@@ -59,7 +64,7 @@ pub const DEDUPE_WINDOW_MS: i64 = 15 * 60 * 1000;
 /// memory follows the event rate, not the history.
 #[derive(Clone, Debug, Default)]
 struct RecentIds {
-    ids: HashSet<u128>,
+    ids: HashSet<u128, FastHash>,
     order: std::collections::VecDeque<(Millis, u128)>,
     newest: Millis,
 }

@@ -23,6 +23,7 @@ use rust_decimal::Decimal;
 use super::DataError;
 use crate::domain::budget::{self, BudgetRef, Exhausted, RequestPath};
 use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit, UsageLimit};
+use crate::domain::state::FastHash;
 use crate::domain::{alerts, Event, LimitEvent, Millis, State, UsageEvent};
 
 /// A token-rate bucket: refills continuously to `capacity`; admission needs a positive level and
@@ -61,10 +62,10 @@ impl TokenBucket {
 #[derive(Default)]
 struct Ledger {
     /// Cost and tokens reserved per budget by admitted requests not yet settled.
-    reserved: HashMap<BudgetRef, (Decimal, u64)>,
+    reserved: HashMap<BudgetRef, (Decimal, u64), FastHash>,
     /// One limiter per (owner, unit); replaced when the limit's value changes.
-    requests: HashMap<(BudgetRef, RateUnit), (u64, Arc<DefaultDirectRateLimiter>)>,
-    tokens: HashMap<(BudgetRef, RateUnit), (u64, TokenBucket)>,
+    requests: HashMap<(BudgetRef, RateUnit), (u64, Arc<DefaultDirectRateLimiter>), FastHash>,
+    tokens: HashMap<(BudgetRef, RateUnit), (u64, TokenBucket), FastHash>,
 }
 
 /// The gateway's governance state (in memory; rebuilt from configuration and the log).
