@@ -7,7 +7,6 @@ use rust_decimal::Decimal;
 use parking_lot::RwLock;
 use std::sync::Arc;
 use tollgate::codec;
-use tollgate::domain::budget::RequestPath;
 use tollgate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
 use tollgate::domain::pricing::{PriceTable, TokenUsage};
 use tollgate::domain::*;
@@ -228,15 +227,7 @@ fn governance(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let e = event(i);
-            let path = RequestPath {
-                api_key_id: &e.api_key_id,
-                workspace_id: &e.workspace_id,
-                provider_id: &e.provider_id,
-                provider_slug: &e.provider_slug,
-                integration_id: &e.integration_id,
-                model: &e.model,
-                metadata: Some(&e.metadata),
-            };
+            let path = e.path();
             let est = Estimate {
                 max_cost: Decimal::new(1, 2),
                 max_tokens: 100,
