@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS usage_events (
   attempt_index INTEGER NOT NULL,
   trace_id TEXT NOT NULL,
   config_id TEXT
-);
+) WITHOUT ROWID;                        -- event ids are time-ordered (UUIDv7): rows append at the end
 CREATE INDEX IF NOT EXISTS usage_events_ts ON usage_events (ts);
 
 CREATE TABLE IF NOT EXISTS usage_rollup (
