@@ -178,6 +178,23 @@ impl State {
 
     /// Folds one usage event (what `apply` does for `Event::Usage`, without wrapping it).
     pub fn apply_usage(&mut self, e: &UsageEvent) {
+        let budgets = self.budgets_of_event(e);
+        self.fold_usage(e, budgets);
+    }
+
+    /// The budgets a usage event counts against, with their definitions. It reads only
+    /// configuration, so a writer can compute it under a read lock and hold the write lock just
+    /// for [`State::fold_usage`].
+    pub fn budgets_of_event(&self, e: &UsageEvent) -> Vec<(BudgetRef, UsageLimit)> {
+        self.budgets_on(&e.path())
+            .into_iter()
+            .map(|(r, l)| (r, l.clone()))
+            .collect()
+    }
+
+    /// Folds a usage event into the totals and the given budgets (see [`State::budgets_of_event`]).
+    /// A duplicate `event_id` changes nothing.
+    pub fn fold_usage(&mut self, e: &UsageEvent, budgets: Vec<(BudgetRef, UsageLimit)>) {
         if !self.seen_usage.insert(id_bits(&e.event_id), e.at) {
             return;
         }
@@ -192,20 +209,6 @@ impl State {
                 self.usage.entry((kind, id.clone())).or_default().add(e);
             }
         }
-        let path = RequestPath {
-            api_key_id: &e.api_key_id,
-            workspace_id: &e.workspace_id,
-            provider_id: &e.provider_id,
-            provider_slug: &e.provider_slug,
-            integration_id: &e.integration_id,
-            model: &e.model,
-            metadata: Some(&e.metadata),
-        };
-        let budgets: Vec<(BudgetRef, UsageLimit)> = self
-            .budgets_on(&path)
-            .into_iter()
-            .map(|(r, l)| (r, l.clone()))
-            .collect();
         for (r, l) in budgets {
             budget::count(
                 &mut self.budgets,

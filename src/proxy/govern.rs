@@ -335,7 +335,8 @@ impl Governor {
         reservation: Option<Reservation>,
     ) -> Vec<LimitEvent> {
         let actual = event.total_tokens();
-        state.write().apply_usage(&event);
+        let budgets = state.read().budgets_of_event(&event);
+        state.write().fold_usage(&event, budgets);
         // Crossings are rare: look for them under the read lock, and mark them under the write
         // lock only when there are some, checking again so a concurrent settlement can't also.
         let mut due = alerts::crossings(&state.read(), &event.path(), Millis::now());
