@@ -96,3 +96,4 @@ echo "# tollgate metered: $(curl -s "http://127.0.0.1:$PORT/metrics" | grep '^to
 kill "$(cat "$W/run/tollgate.pid")" 2>/dev/null || true
 rm -f "$W/run/tollgate-limits.pid"
 [ "${PEERS:-0}" = 1 ] || { kill "$(cat "$W/run/mock.pid")" 2>/dev/null || true; }
+wait 2>/dev/null || true  # let them release their ports before a next run binds them
