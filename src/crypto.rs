@@ -135,10 +135,16 @@ pub fn looks_like_api_key(key: &str) -> bool {
 
 /// The stored form of an API key: hex SHA-256.
 pub fn hash_api_key(key: &str) -> String {
-    let d = Sha256::digest(key.as_bytes());
-    let mut s = String::with_capacity(64);
-    for b in d {
-        s.push_str(&format!("{b:02x}"));
+    hex(&Sha256::digest(key.as_bytes()))
+}
+
+/// Lower-case hex of bytes (runs on every request: no allocation per byte).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xF)]));
     }
     s
 }

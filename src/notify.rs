@@ -196,12 +196,7 @@ async fn send_webhook(core: &Core, url: &str, body: &str) -> Result<(), String> 
         let mut mac =
             Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
         mac.update(body.as_bytes());
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::crypto::hex(&mac.finalize().into_bytes());
         req = req.header("x-tollgate-signature", format!("sha256={hex}"));
     }
     let resp = req

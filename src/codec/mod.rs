@@ -175,16 +175,22 @@ fn record(fields: Vec<(String, Value)>) -> Fields {
     Fields(fields.into_iter().collect())
 }
 
-/// Encodes a usage event (schema `usage_event.v1`), field by field.
-pub fn encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
-    let mut cost = e.cost_usd;
+/// The cost at the wire's scale; a cost with more places is refused, never rounded.
+fn wire_cost(d: Decimal) -> Result<Decimal, CodecError> {
+    let mut cost = d;
     cost.rescale(COST_SCALE);
-    if cost != e.cost_usd {
+    if cost != d {
         return Err(CodecError::Field(
             "cost_usd",
-            format!("{} has more than 12 decimal places", e.cost_usd),
+            format!("{d} has more than 12 decimal places"),
         ));
     }
+    Ok(cost)
+}
+
+/// Encodes a usage event (schema `usage_event.v1`), field by field.
+pub fn encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
+    let cost = wire_cost(e.cost_usd)?;
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&usage_family().header);
     binary::string(&mut out, &e.event_id);
@@ -513,14 +519,7 @@ pub(crate) mod tests {
 
     /// The reference: the same event through apache-avro's generic writer.
     fn apache_encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
-        let mut cost = e.cost_usd;
-        cost.rescale(COST_SCALE);
-        if cost != e.cost_usd {
-            return Err(CodecError::Field(
-                "cost_usd",
-                format!("{} has more than 12 decimal places", e.cost_usd),
-            ));
-        }
+        let cost = wire_cost(e.cost_usd)?;
         let metadata = e.metadata.iter().map(|(k, v)| (k.clone(), s(v))).collect();
         let fields = vec![
             ("event_id".into(), s(&e.event_id)),

@@ -103,9 +103,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let e = &self.error;
         let body = match self.plane {
-            Plane::Data => {
-                json!({"error": {"message": e.message, "type": e.kind, "param": null, "code": e.code}})
-            }
+            Plane::Data => e.envelope(),
             Plane::Control => {
                 let code = error_code(e.status);
                 json!({"success": false, "data": {"message": e.message, "errorCode": code},
@@ -127,10 +125,7 @@ impl IntoResponse for ApiError {
         {
             headers.insert("x-portkey-trace-id", t);
         }
-        if let Some(s) = e.retry_after_secs {
-            headers.insert("retry-after", HeaderValue::from(s));
-            headers.insert("x-should-retry", HeaderValue::from_static("false"));
-        }
+        e.add_retry_headers(&mut headers);
         (e.status, headers, body.to_string()).into_response()
     }
 }

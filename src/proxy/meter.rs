@@ -93,12 +93,29 @@ pub fn max_prompt_tokens(body: &Map<String, Value>) -> u64 {
         .get("messages")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
-    let bytes: usize = ["messages", "prompt", "input", "tools", "functions"]
+    let mut bytes = ByteCount(0);
+    for v in ["messages", "prompt", "input", "tools", "functions"]
         .iter()
         .filter_map(|k| body.get(*k))
-        .map(|v| v.to_string().len())
-        .sum();
-    bytes as u64 + 8 * messages + 8
+    {
+        // Writing into a counter cannot fail; the prompt is measured, never copied.
+        let _ = serde_json::to_writer(&mut bytes, v);
+    }
+    bytes.0 + 8 * messages + 8
+}
+
+/// An `io::Write` that only counts.
+struct ByteCount(u64);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The generated text of a JSON response (for estimates when usage is missing).

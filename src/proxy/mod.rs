@@ -83,6 +83,22 @@ impl DataError {
             message,
         )
     }
+
+    /// The OpenAI error envelope, the one body every data-plane error is written with.
+    pub fn envelope(&self) -> Value {
+        serde_json::json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
+    }
+
+    /// `Retry-After` and `x-should-retry: false` for refusals that say when to come back.
+    pub fn add_retry_headers(&self, h: &mut HeaderMap) {
+        if let Some(s) = self.retry_after_secs {
+            h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from(s));
+            h.insert(
+                HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            );
+        }
+    }
 }
 
 /// What the gateway answers: a whole body, or a stream fed by a metering task.

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::meter::{self, Attempt, WireUsage};
 use super::route::Target;
-use super::RequestCtx;
+use super::{DataError, RequestCtx};
 use crate::app::Core;
 use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
@@ -271,9 +271,9 @@ async fn settle(job: Job, target: &Target, tx: &mpsc::Sender<Bytes>, p: Progress
     }
 }
 
-fn error_frame(message: &str, kind: &str) -> Bytes {
-    let body = serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
-    Bytes::from(format!("data: {body}\n\n"))
+fn error_frame(message: &str, kind: &'static str) -> Bytes {
+    let error = DataError::new(reqwest::StatusCode::OK, kind, None, message);
+    Bytes::from(format!("data: {}\n\n", error.envelope()))
 }
 
 #[cfg(test)]

@@ -43,8 +43,10 @@ struct Exec {
     body: RequestBody,
     path: &'static str,
     attempts: u32,
-    /// Estimated prompt tokens, for reservations and for usage the provider does not report.
+    /// Estimated prompt tokens, for usage the provider does not report.
     prompt_estimate: u64,
+    /// An upper bound of the prompt's tokens, for reservations (measured once per request).
+    prompt_max: u64,
     upstream_time: Duration,
     last_option: String,
     last_provider: String,
@@ -63,6 +65,7 @@ pub async fn run(
         Endpoint::Embeddings => "/embeddings",
     };
     let prompt_estimate = meter::estimate_prompt(&body.json);
+    let prompt_max = meter::max_prompt_tokens(&body.json);
     let mut exec = Exec {
         core,
         ctx,
@@ -70,6 +73,7 @@ pub async fn run(
         path,
         attempts: 0,
         prompt_estimate,
+        prompt_max,
         upstream_time: Duration::ZERO,
         last_option: String::new(),
         last_provider: String::new(),
@@ -239,7 +243,7 @@ impl Exec {
                 .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
         };
         let usage = TokenUsage {
-            prompt: meter::max_prompt_tokens(&self.body.json),
+            prompt: self.prompt_max,
             completion: max_out,
             cached: 0,
         };
@@ -534,7 +538,7 @@ const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 
 /// A gateway-made error answer in the OpenAI envelope (used where fallback may still move on).
 pub fn error_reply(e: &DataError) -> Reply {
-    let body = serde_json::json!({"error": {"message": e.message, "type": e.kind, "param": null, "code": e.code}});
+    let body = e.envelope();
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(

@@ -178,12 +178,7 @@ async fn threshold_and_exhaustion_each_notify_exactly_once() {
     for (headers, body) in &calls {
         let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec-test").unwrap();
         mac.update(body.as_bytes());
-        let want: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let want = tollgate::crypto::hex(&mac.finalize().into_bytes());
         assert_eq!(
             headers["x-tollgate-signature"].to_str().unwrap(),
             format!("sha256={want}")

@@ -282,10 +282,9 @@ async fn sdk_clients_see_412_and_429() {
         json!({"rate_limits": [{"type": "tokens", "unit": "rpm", "value": 40}]}),
     )
     .await;
-    let s: Vec<u16> = [0; 4].iter().map(|_| 0).collect();
-    let mut got = s;
-    for g in got.iter_mut() {
-        *g = chat(&server, &tokens, "g4", &[]).await.0;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(chat(&server, &tokens, "g4", &[]).await.0);
     }
     assert_eq!(got[0], 200);
     assert!(got.contains(&429), "{got:?}");

@@ -138,6 +138,17 @@ impl Server {
         (ws_id, key["key"].as_str().unwrap().to_owned())
     }
 
+    /// The API key record named `name`.
+    pub fn key_named(&self, name: &str) -> std::sync::Arc<tollgate::domain::ApiKey> {
+        let state = self.core.state.read();
+        state
+            .api_keys
+            .values()
+            .find(|k| k.name == name)
+            .cloned()
+            .expect("a key with that name")
+    }
+
     /// Waits until the usage store has every event of the log.
     pub async fn store_caught_up(&self) {
         for _ in 0..200 {

@@ -171,17 +171,7 @@ async fn unreachable_and_slow_upstreams() {
     assert!(h.contains_key("x-portkey-trace-id"));
     // A request timeout from the config gives 408.
     server.admin("POST", "/integrations", Some(json!({"name": "m", "slug": "m", "ai_provider_id": "openai", "key": "sk-x", "configurations": {"custom_host": mock.url}}))).await;
-    let ws = server
-        .core
-        .state
-        .read()
-        .api_keys
-        .values()
-        .find(|k| k.name == "svc")
-        .unwrap()
-        .workspace_id
-        .clone()
-        .unwrap();
+    let ws = server.key_named("svc").workspace_id.clone().unwrap();
     server
         .admin(
             "PUT",

@@ -83,16 +83,7 @@ async fn stream_without_provider_usage_is_estimated_and_final_frame_follows_the_
     let text = resp.text().await.unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     // By the time the client has [DONE], the event is in the log (and so in the state).
-    let key_id = server
-        .core
-        .state
-        .read()
-        .api_keys
-        .values()
-        .find(|k| k.name == "svc")
-        .unwrap()
-        .id
-        .clone();
+    let key_id = server.key_named("svc").id.clone();
     assert_eq!(
         server
             .core
