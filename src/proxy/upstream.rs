@@ -545,6 +545,7 @@ pub fn error_reply(e: &DataError) -> Reply {
         "x-portkey-gateway-exception",
         HeaderValue::from_static("true"),
     );
+    e.add_retry_headers(&mut headers);
     Reply::Full {
         status: e.status,
         headers,

@@ -323,3 +323,27 @@ async fn global_workspace_access_provisions_new_workspaces_with_its_limits() {
     }
     assert_eq!(statuses, vec![200, 429]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_rate_limit_answers_429_with_retry_after() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, key) = priced_tenant(&server, &mock.url, "g6").await;
+    server
+        .admin(
+            "PUT",
+            &format!("/providers/g6?workspace_id={ws}"),
+            Some(json!({"rate_limits": [{"type": "requests", "unit": "rpm", "value": 1}]})),
+        )
+        .await;
+    assert_eq!(chat(&server, &key, "g6", &[]).await.0, 200);
+    let (s, h, b) = chat(&server, &key, "g6", &[]).await;
+    assert_eq!(s, 429, "{b}");
+    assert!(
+        h.get("retry-after")
+            .is_some_and(|v| v.to_str().unwrap().parse::<u64>().unwrap() >= 1),
+        "{h:?}"
+    );
+    assert_eq!(h["x-should-retry"], "false");
+    assert!(h.contains_key("x-portkey-trace-id"));
+}
