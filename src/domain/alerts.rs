@@ -36,11 +36,17 @@ fn event(
     }
 }
 
-/// Threshold and exhaustion events due for the budgets on `path` after its usage was folded.
-pub fn crossings(state: &State, path: &RequestPath<'_>, now: Millis) -> Vec<LimitEvent> {
+/// Threshold and exhaustion events due for `budgets` (those of a request on `path`) after the
+/// request's usage was folded.
+pub fn crossings(
+    state: &State,
+    budgets: &[(BudgetRef, UsageLimit)],
+    path: &RequestPath<'_>,
+    now: Millis,
+) -> Vec<LimitEvent> {
     let mut out = Vec::new();
-    for (r, l) in state.budgets_on(path) {
-        let used = state.budget_used(&r, l, now);
+    for (r, l) in budgets {
+        let used = state.budget_used(r, l, now);
         let window = l.window_start(now);
         let checks = [
             (LimitKind::ThresholdCrossed, l.alert_threshold),
@@ -50,7 +56,7 @@ pub fn crossings(state: &State, path: &RequestPath<'_>, now: Millis) -> Vec<Limi
             if level.is_some_and(|level| used >= level)
                 && !state.limit_event_emitted(&r.key(), window, kind)
             {
-                out.push(event(&r, l, kind, window, used, Some(path), now));
+                out.push(event(r, l, kind, window, used, Some(path), now));
             }
         }
     }
@@ -119,7 +125,7 @@ mod tests {
         usage.at = at("2025-01-04T10:00:00Z"); // a Saturday
         s.apply_usage(&usage);
         let now = at("2025-01-04T10:00:01Z");
-        let due = crossings(&s, &usage.path(), now);
+        let due = crossings(&s, &s.budgets_of_event(&usage), &usage.path(), now);
         assert_eq!(
             due.iter().map(|e| e.kind).collect::<Vec<_>>(),
             vec![LimitKind::ThresholdCrossed]
@@ -127,11 +133,19 @@ mod tests {
         for e in &due {
             s.apply(&Event::Limit(e.clone()));
         }
-        assert!(crossings(&s, &usage.path(), now).is_empty(), "emitted once");
+        assert!(
+            crossings(&s, &s.budgets_of_event(&usage), &usage.path(), now).is_empty(),
+            "emitted once"
+        );
         let mut more = crate::domain::state::tests::usage(2, "k", 50, 0);
         more.at = at("2025-01-04T11:00:00Z");
         s.apply_usage(&more);
-        let due = crossings(&s, &more.path(), at("2025-01-04T11:00:01Z"));
+        let due = crossings(
+            &s,
+            &s.budgets_of_event(&more),
+            &more.path(),
+            at("2025-01-04T11:00:01Z"),
+        );
         assert_eq!(
             due.iter().map(|e| e.kind).collect::<Vec<_>>(),
             vec![LimitKind::Exhausted]

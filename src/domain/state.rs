@@ -179,7 +179,7 @@ impl State {
     /// Folds one usage event (what `apply` does for `Event::Usage`, without wrapping it).
     pub fn apply_usage(&mut self, e: &UsageEvent) {
         let budgets = self.budgets_of_event(e);
-        self.fold_usage(e, budgets);
+        self.fold_usage(e, &budgets);
     }
 
     /// The budgets a usage event counts against, with their definitions. It reads only
@@ -194,7 +194,7 @@ impl State {
 
     /// Folds a usage event into the totals and the given budgets (see [`State::budgets_of_event`]).
     /// A duplicate `event_id` changes nothing.
-    pub fn fold_usage(&mut self, e: &UsageEvent, budgets: Vec<(BudgetRef, UsageLimit)>) {
+    pub fn fold_usage(&mut self, e: &UsageEvent, budgets: &[(BudgetRef, UsageLimit)]) {
         if !self.seen_usage.insert(id_bits(&e.event_id), e.at) {
             return;
         }
@@ -210,14 +210,7 @@ impl State {
             }
         }
         for (r, l) in budgets {
-            budget::count(
-                &mut self.budgets,
-                &r,
-                &l,
-                e.at,
-                e.cost_usd,
-                e.total_tokens(),
-            );
+            budget::count(&mut self.budgets, r, l, e.at, e.cost_usd, e.total_tokens());
         }
     }
 

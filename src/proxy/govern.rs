@@ -78,7 +78,8 @@ pub struct Governor {
 /// of the task, a cancelled request) releases the reservation.
 pub struct Reservation {
     governor: Arc<Governor>,
-    budgets: Vec<BudgetRef>,
+    /// The budgets admission checked, reused at settlement (computed once per attempt).
+    budgets: Vec<(BudgetRef, UsageLimit)>,
     cost: Decimal,
     tokens: u64,
     token_limits: Vec<(BudgetRef, RateUnit)>,
@@ -95,7 +96,7 @@ impl Drop for Reservation {
 }
 
 fn release(ledger: &mut Ledger, r: &Reservation) {
-    for b in &r.budgets {
+    for (b, _) in &r.budgets {
         if let Some(e) = ledger.reserved.get_mut(b) {
             e.0 -= r.cost;
             e.1 = e.1.saturating_sub(r.tokens);
@@ -289,8 +290,7 @@ impl Governor {
                 }
             }
         }
-        let budgets: Vec<BudgetRef> = budgets.into_iter().map(|(r, _)| r).collect();
-        for b in &budgets {
+        for (b, _) in &budgets {
             let e = ledger.reserved.entry(b.clone()).or_default();
             e.0 += est.max_cost;
             e.1 += est.max_tokens;
@@ -335,11 +335,20 @@ impl Governor {
         reservation: Option<Reservation>,
     ) -> Vec<LimitEvent> {
         let actual = event.total_tokens();
-        let budgets = state.read().budgets_of_event(&event);
+        // The budgets admission checked for this attempt; only an unreserved settlement looks
+        // them up again.
+        let looked_up;
+        let budgets: &[(BudgetRef, UsageLimit)] = match &reservation {
+            Some(r) => &r.budgets,
+            None => {
+                looked_up = state.read().budgets_of_event(&event);
+                &looked_up
+            }
+        };
         state.write().fold_usage(&event, budgets);
         // Crossings are rare: look for them under the read lock, and mark them under the write
         // lock only when there are some, checking again so a concurrent settlement can't also.
-        let mut due = alerts::crossings(&state.read(), &event.path(), Millis::now());
+        let mut due = alerts::crossings(&state.read(), budgets, &event.path(), Millis::now());
         if !due.is_empty() {
             let mut state = state.write();
             due.retain(|e| !state.limit_event_emitted(&e.budget, e.window_start, e.kind));
