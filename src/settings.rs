@@ -59,6 +59,36 @@ pub struct Settings {
     pub alert_webhook_url: Option<String>,
     /// Signs webhook bodies (HMAC-SHA256, `x-tollgate-signature: sha256=<hex>`).
     pub alert_webhook_secret: Option<String>,
+    /// Distributed mode: the Kafka bootstrap servers (`host:port,...`).
+    pub kafka_brokers: Option<String>,
+    /// Prefix of the Kafka topic names (`<prefix>config`, `<prefix>usage`, `<prefix>limits`).
+    pub topic_prefix: String,
+    /// Partitions of the usage topic when Tollgate creates it.
+    pub usage_partitions: i32,
+    pub clickhouse: ClickhouseSettings,
+    /// Largest size of the local spool that holds usage while Kafka is unreachable.
+    pub spool_max_bytes: u64,
+    /// What a gateway does while Kafka is unreachable: spool and keep serving, or refuse.
+    pub when_kafka_down: WhenKafkaDown,
+}
+
+/// Where ClickHouse is (distributed mode).
+#[derive(Clone, Debug, Default)]
+pub struct ClickhouseSettings {
+    pub url: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+/// A gateway's behaviour while Kafka is unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenKafkaDown {
+    /// Keep serving; usage goes to the local spool (bounded by `spool_max_bytes`; when it is full,
+    /// requests are refused with 503 rather than served unmetered) and drains in order later.
+    Spool,
+    /// Refuse requests with 503 until Kafka answers again.
+    FailClosed,
 }
 
 impl std::fmt::Display for Settings {
@@ -94,6 +124,15 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("alert_emails", "comma-separated organisation owners/admins who get every alert"),
     ("alert_webhook_url", "organisation webhook for alerts (default: none)"),
     ("alert_webhook_secret", "HMAC-SHA256 key signing webhook bodies"),
+    ("kafka_brokers", "distributed mode: Kafka bootstrap servers, host:port[,host:port]"),
+    ("topic_prefix", "distributed mode: prefix of the topic names (default tollgate.)"),
+    ("usage_partitions", "distributed mode: partitions of the usage topic when created (default 6)"),
+    ("clickhouse_url", "distributed mode: ClickHouse HTTP URL, e.g. http://127.0.0.1:8123"),
+    ("clickhouse_user", "distributed mode: ClickHouse user (default: the server's default)"),
+    ("clickhouse_password", "distributed mode: ClickHouse password"),
+    ("clickhouse_database", "distributed mode: ClickHouse database (default tollgate)"),
+    ("spool_max_bytes", "distributed mode: largest local usage spool while Kafka is down (default 1073741824)"),
+    ("when_kafka_down", "distributed mode: spool (keep serving; default) or fail_closed (answer 503)"),
 ];
 
 impl Default for Settings {
@@ -113,6 +152,15 @@ impl Default for Settings {
             alert_emails: Vec::new(),
             alert_webhook_url: None,
             alert_webhook_secret: None,
+            kafka_brokers: None,
+            topic_prefix: "tollgate.".into(),
+            usage_partitions: 6,
+            clickhouse: ClickhouseSettings {
+                database: "tollgate".into(),
+                ..Default::default()
+            },
+            spool_max_bytes: 1 << 30,
+            when_kafka_down: WhenKafkaDown::Spool,
         }
     }
 }
@@ -179,6 +227,33 @@ impl Settings {
             }
             "alert_webhook_secret" => {
                 self.alert_webhook_secret = Some(value.to_owned()).filter(|v| !v.is_empty())
+            }
+            "kafka_brokers" => self.kafka_brokers = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "topic_prefix" => self.topic_prefix = value.to_owned(),
+            "usage_partitions" => {
+                self.usage_partitions = i32::try_from(number()?)
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| invalid("at least 1"))?
+            }
+            "clickhouse_url" => self.clickhouse.url = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "clickhouse_user" => self.clickhouse.user = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "clickhouse_password" => {
+                self.clickhouse.password = Some(value.to_owned()).filter(|v| !v.is_empty())
+            }
+            "clickhouse_database" => {
+                if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(invalid("letters, digits and _ only"));
+                }
+                self.clickhouse.database = value.to_owned()
+            }
+            "spool_max_bytes" => self.spool_max_bytes = number()?,
+            "when_kafka_down" => {
+                self.when_kafka_down = match value {
+                    "spool" => WhenKafkaDown::Spool,
+                    "fail_closed" => WhenKafkaDown::FailClosed,
+                    _ => return Err(invalid("expected spool or fail_closed")),
+                }
             }
             other => return Err(SettingsError::Unknown(other.to_owned())),
         }

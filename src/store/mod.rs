@@ -2,6 +2,7 @@
 //! analytics queries over them. The embedded adapter is [`sqlite::SqliteStore`]; the distributed
 //! one is ClickHouse. Both answer the same [`Filter`]s with the same figures.
 
+pub mod clickhouse;
 pub mod sqlite;
 
 use futures_util::future::BoxFuture;
@@ -16,6 +17,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("usage store i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("usage store (clickhouse): {0}")]
+    Clickhouse(#[from] ::clickhouse::error::Error),
     #[error("usage store task failed: {0}")]
     Task(String),
 }
@@ -112,6 +115,30 @@ impl Latency {
 
 /// The whole range's latency, then each bucket's.
 pub type LatencyReport = (Latency, Vec<(Millis, Latency)>);
+
+/// The latency report of `(ts, latency_ms)` rows in time order: every store computes it here, so
+/// both answer with the same percentiles.
+pub fn latency_report(rows: Vec<(i64, u32)>, b: Bucket) -> LatencyReport {
+    let mut all = Vec::with_capacity(rows.len());
+    let mut buckets: Vec<(Millis, Vec<u32>)> = Vec::new();
+    for (ts, ms) in rows {
+        let bucket = Millis(ts.div_euclid(b.ms()) * b.ms());
+        match buckets.last_mut() {
+            Some((at, v)) if *at == bucket => v.push(ms),
+            _ => buckets.push((bucket, vec![ms])),
+        }
+        all.push(ms);
+    }
+    all.sort_unstable();
+    let per = buckets
+        .into_iter()
+        .map(|(at, mut v)| {
+            v.sort_unstable();
+            (at, Latency::of_sorted(&v))
+        })
+        .collect();
+    (Latency::of_sorted(&all), per)
+}
 
 /// What analytics groups by.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -323,26 +323,7 @@ fn latency(conn: &mut Connection, f: &Filter, b: Bucket) -> Result<LatencyReport
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?))
     })?;
-    let mut all = Vec::new();
-    let mut buckets: Vec<(Millis, Vec<u32>)> = Vec::new();
-    for row in rows {
-        let (ts, ms) = row?;
-        let bucket = Millis(ts.div_euclid(b.ms()) * b.ms());
-        match buckets.last_mut() {
-            Some((at, v)) if *at == bucket => v.push(ms),
-            _ => buckets.push((bucket, vec![ms])),
-        }
-        all.push(ms);
-    }
-    all.sort_unstable();
-    let per = buckets
-        .into_iter()
-        .map(|(at, mut v)| {
-            v.sort_unstable();
-            (at, Latency::of_sorted(&v))
-        })
-        .collect();
-    Ok((Latency::of_sorted(&all), per))
+    Ok(latency_report(rows.collect::<Result<Vec<_>, _>>()?, b))
 }
 
 fn group_column(by: &GroupBy) -> (String, Option<Sql>) {
