@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -65,7 +65,24 @@ pub struct Core {
     pub governor: Arc<crate::proxy::govern::Governor>,
     /// Serialises admin commands so read-modify-write of an entity never races.
     pub admin_lock: tokio::sync::Mutex<()>,
+    /// Whether this process emits budget threshold/exhaustion events when it settles usage
+    /// (embedded mode). In distributed mode the aggregators emit them from global totals.
+    pub emits_limit_events: bool,
+    /// How far each topic has been folded into `state` (by replay, then the follower).
+    followed: [AtomicU64; 3],
 }
+
+fn index_of(t: Topic) -> usize {
+    match t {
+        Topic::Config => 0,
+        Topic::Usage => 1,
+        Topic::Limits => 2,
+    }
+}
+
+/// The topics a process folds into its state: all of them in embedded mode; config and limit
+/// state in distributed mode (usage reaches gateways as limit state from the aggregators).
+const DISTRIBUTED_TOPICS: [Topic; 2] = [Topic::Config, Topic::Limits];
 
 /// What starting produced besides the core: an admin key generated on first start (shown once).
 pub struct Started {
@@ -85,12 +102,59 @@ impl Core {
         let log: Arc<dyn EventLog> =
             Arc::new(FileLog::open(&dir.join("log"), settings.usage_fsync)?);
         let store: Arc<dyn UsageStore> = Arc::new(SqliteStore::open(&dir.join("usage.sqlite"))?);
+        let core = Self::assemble(settings, sealer, log, store, true)?;
+        core.replay(&Topic::ALL).await?;
+        let generated_admin_key = core.bootstrap().await?;
+        Ok(Started {
+            core,
+            generated_admin_key,
+        })
+    }
+
+    /// Connects to Kafka and ClickHouse and rebuilds state from the config and limit topics.
+    /// `bootstrap`: make sure the organisation and admin key exist (gateways do).
+    pub async fn open_distributed(
+        settings: Settings,
+        kafka: crate::log::kafka::KafkaLog,
+        clickhouse: crate::store::clickhouse::ClickhouseStore,
+        bootstrap: bool,
+    ) -> Result<Started, AppError> {
+        let key = settings.master_key.as_deref().ok_or_else(|| {
+            AppError::MasterKey(
+                "TOLLGATE_MASTER_KEY must be set in distributed mode (every role shares it)".into(),
+            )
+        })?;
+        let sealer = Sealer::from_base64(key).map_err(|e| AppError::MasterKey(e.to_string()))?;
+        std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
+            path: settings.data_dir.display().to_string(),
+            source,
+        })?;
+        let core = Self::assemble(settings, sealer, Arc::new(kafka), Arc::new(clickhouse), false)?;
+        core.replay(&DISTRIBUTED_TOPICS).await?;
+        let generated_admin_key = if bootstrap {
+            core.bootstrap().await?
+        } else {
+            None
+        };
+        Ok(Started {
+            core,
+            generated_admin_key,
+        })
+    }
+
+    fn assemble(
+        settings: Settings,
+        sealer: Sealer,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn UsageStore>,
+        emits_limit_events: bool,
+    ) -> Result<Arc<Core>, AppError> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()?;
-        let core = Arc::new(Core {
+        Ok(Arc::new(Core {
             state: RwLock::new(State::default()),
             log,
             store,
@@ -101,33 +165,42 @@ impl Core {
             http,
             governor: Arc::default(),
             admin_lock: tokio::sync::Mutex::new(()),
-        });
-        core.replay().await?;
-        let generated_admin_key = core.bootstrap().await?;
-        Ok(Started {
-            core,
-            generated_admin_key,
-        })
+            emits_limit_events,
+            followed: Default::default(),
+        }))
     }
 
-    /// Folds the whole log into state: config first, then usage.
-    async fn replay(&self) -> Result<(), AppError> {
+    /// Reads the events of a topic from `at`; returns them and the offset after them.
+    async fn read_events(&self, topic: Topic, at: u64) -> Result<(Vec<Event>, u64), AppError> {
+        let batch = self.log.read(topic, at, 4 << 20).await?;
+        let next = batch.last().map_or(at, |r| r.next);
+        let mut events = Vec::with_capacity(batch.len());
+        for r in &batch {
+            events.push(match topic {
+                Topic::Config => Event::Config(codec::decode_config(&r.payload)?),
+                Topic::Usage => Event::Usage(codec::decode_usage(&r.payload)?),
+                Topic::Limits => Event::Limit(codec::decode_limit(&r.payload)?),
+            });
+        }
+        Ok((events, next))
+    }
+
+    /// Folds the topics' whole logs into state, in the order given (config first).
+    async fn replay(&self, topics: &[Topic]) -> Result<(), AppError> {
         let mut state = State::default();
-        for topic in Topic::ALL {
+        for &topic in topics {
             let mut at = 0;
             loop {
-                let batch = self.log.read(topic, at, 4 << 20).await?;
-                let Some(last) = batch.last() else { break };
-                at = last.next;
-                for r in &batch {
-                    let event = match topic {
-                        Topic::Config => Event::Config(codec::decode_config(&r.payload)?),
-                        Topic::Usage => Event::Usage(codec::decode_usage(&r.payload)?),
-                        Topic::Limits => Event::Limit(codec::decode_limit(&r.payload)?),
-                    };
-                    state.apply(&event);
+                let (events, next) = self.read_events(topic, at).await?;
+                if events.is_empty() {
+                    break;
+                }
+                at = next;
+                for e in &events {
+                    state.apply(e);
                 }
             }
+            self.followed[index_of(topic)].store(at, Ordering::Release);
         }
         tracing::info!(
             workspaces = state.workspaces.len(),
@@ -152,15 +225,18 @@ impl Core {
             )
         };
         if !has_org {
+            // Ids of bootstrap entities are fixed, so replicas starting at once create one each.
             changes.push(Change::Upsert(Entity::Organisation(Organisation {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"tollgate:organisation")
+                    .to_string(),
                 name: "default".into(),
                 created_at: now,
             })));
         }
         if !has_default_ws {
             changes.push(Change::Upsert(Entity::Workspace(Workspace {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"tollgate:ws-default")
+                    .to_string(),
                 slug: DEFAULT_WORKSPACE_SLUG.into(),
                 name: "Default".into(),
                 description: Some("The organisation's default workspace".into()),
@@ -260,8 +336,11 @@ impl Core {
         self.metrics
             .usage_events_appended
             .fetch_add(1, Ordering::Relaxed);
-        for limit_event in self.governor.settle(&self.state, event, reservation) {
-            self.emit_limit_event(limit_event);
+        let due = self.governor.settle(&self.state, event, reservation);
+        if self.emits_limit_events {
+            for limit_event in due {
+                self.emit_limit_event(limit_event);
+            }
         }
         Ok(())
     }
@@ -296,6 +375,43 @@ impl Core {
         let end = *self.log.watch_end(Topic::Usage).borrow();
         let done = self.store.offset(STORE_CONSUMER).await.unwrap_or(0);
         end.saturating_sub(done)
+    }
+}
+
+/// Distributed mode: keeps folding the config and limit events other processes append, so an
+/// admin change made on any replica, and the aggregators' limit state, reach this one.
+pub async fn run_follower(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    let mut ends = DISTRIBUTED_TOPICS.map(|t| core.log.watch_end(t));
+    loop {
+        let mut progressed = false;
+        for (topic, end) in DISTRIBUTED_TOPICS.iter().zip(ends.iter_mut()) {
+            let at = core.followed[index_of(*topic)].load(Ordering::Acquire);
+            if at >= *end.borrow_and_update() {
+                continue;
+            }
+            match core.read_events(*topic, at).await {
+                Ok((events, next)) => {
+                    let mut state = core.state.write();
+                    for e in &events {
+                        state.apply(e);
+                    }
+                    core.followed[index_of(*topic)].store(next, Ordering::Release);
+                    progressed |= !events.is_empty();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, topic = topic.name(), "follower: read failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+        if !progressed {
+            let [config, limits] = &mut ends;
+            tokio::select! {
+                _ = config.changed() => {}
+                _ = limits.changed() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

@@ -4,17 +4,20 @@
 //! - [`domain`]: the pure core. Entities, events, the reducer ([`domain::State::apply`]), limits,
 //!   pricing and routing configs. No I/O, no clock.
 //! - [`codec`]: Avro single-object encoding of events (schemas in `schemas/`).
-//! - [`log`]: the event-log port and its embedded adapter (durable, group-committed files).
-//! - [`store`]: the usage-store port (raw events, rollups, analytics) and its SQLite adapter.
+//! - [`log`]: the event-log port, its embedded adapter (durable, group-committed files) and the
+//!   Kafka adapter (rdkafka, with a local spool while Kafka is unreachable).
+//! - [`store`]: the usage-store port (raw events, rollups, analytics): SQLite and ClickHouse.
 //! - [`crypto`]: provider-credential sealing (AES-256-GCM) and API-key secrets.
 //! - [`settings`]: defaults < `tollgate.toml` < environment < flags, checked into [`settings::Settings`].
 //! - [`control`]: the control plane: admin commands that validate input and emit config events.
 //! - [`proxy`]: the data plane: auth, route resolution, upstream calls, streaming and metering.
 //! - [`http`]: the axum server: thin handlers, the error body, analytics and operations routes.
 //! - [`app`]: wiring: opens the log and store, replays state, runs the consumers, serves.
+//! - [`aggregate`]: the distributed aggregator: usage topic -> ClickHouse, limit state back.
 //! - [`notify`]: the notifier: limit events to email (SMTP) and signed webhooks, recorded.
 //! - [`telemetry`]: typed metrics (Prometheus text) and logging setup.
 
+pub mod aggregate;
 pub mod app;
 pub mod codec;
 pub mod control;

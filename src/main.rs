@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use tollgate::app::{run_reset_sweep, run_store_sink, Core};
+use tollgate::aggregate::run_aggregator;
+use tollgate::app::{run_follower, run_reset_sweep, run_store_sink, Core, Started};
+use tollgate::log::kafka::KafkaLog;
+use tollgate::store::clickhouse::ClickhouseStore;
 use tollgate::settings::{Settings, KNOWN};
 
 /// mimalloc: the request path allocates many small short-lived buffers, where glibc malloc
@@ -30,6 +33,14 @@ struct Cli {
 enum Command {
     /// Run every role in one process on embedded backends (the data dir).
     Serve(ServeArgs),
+    /// Distributed: serve the gateway (data and control planes) on Kafka and ClickHouse.
+    Gateway(ServeArgs),
+    /// Distributed: consume usage from Kafka into ClickHouse and publish limit state.
+    Aggregator(ServeArgs),
+    /// Distributed: send alert emails and webhooks for limit events.
+    Notifier(ServeArgs),
+    /// Distributed: create or upgrade the ClickHouse schema (idempotent, versioned).
+    Migrate(ServeArgs),
     /// List every setting with its environment variable.
     Settings,
 }
@@ -71,23 +82,102 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve(args) => {
-            let flags = [
-                ("listen", args.listen),
-                ("data_dir", args.data_dir),
-                ("admin_key", args.admin_key),
-                ("master_key", args.master_key),
-                ("max_body_bytes", args.max_body_bytes),
-                ("usage_fsync_ms", args.usage_fsync_ms),
-                ("log_format", args.log_format),
-            ];
-            let settings = Settings::load(args.config.as_deref(), std::env::vars(), &flags)?;
-            tollgate::telemetry::init_logging(settings.log_format);
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(serve(settings))
-        }
+        Command::Serve(args) => run(args, serve),
+        Command::Gateway(args) => run(args, gateway),
+        Command::Aggregator(args) => run(args, aggregator),
+        Command::Notifier(args) => run(args, notifier),
+        Command::Migrate(args) => run(args, migrate),
+    }
+}
+
+/// Loads the settings and runs a role on a multi-threaded runtime.
+fn run<F: std::future::Future<Output = anyhow::Result<()>>>(
+    args: ServeArgs,
+    role: impl FnOnce(Settings) -> F,
+) -> anyhow::Result<()> {
+    let flags = [
+        ("listen", args.listen),
+        ("data_dir", args.data_dir),
+        ("admin_key", args.admin_key),
+        ("master_key", args.master_key),
+        ("max_body_bytes", args.max_body_bytes),
+        ("usage_fsync_ms", args.usage_fsync_ms),
+        ("log_format", args.log_format),
+    ];
+    let settings = Settings::load(args.config.as_deref(), std::env::vars(), &flags)?;
+    tollgate::telemetry::init_logging(settings.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(role(settings))
+}
+
+/// Kafka and ClickHouse clients of a distributed role, and its state rebuilt from the topics.
+async fn open_distributed(settings: Settings, bootstrap: bool) -> anyhow::Result<Started> {
+    let kafka = KafkaLog::open(&settings).await.context("connecting to kafka")?;
+    let clickhouse = ClickhouseStore::new(&settings.clickhouse)?;
+    Ok(Core::open_distributed(settings, kafka, clickhouse, bootstrap).await?)
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let applied = ClickhouseStore::migrate(&settings.clickhouse)
+        .await
+        .context("migrating clickhouse")?;
+    tracing::info!(database = %settings.clickhouse.database, ?applied, "clickhouse schema is current");
+    Ok(())
+}
+
+async fn gateway(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(%settings, "starting tollgate gateway");
+    let listen = settings.listen;
+    let started = open_distributed(settings, true).await?;
+    announce(&started);
+    let core = started.core;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, "serving");
+    let stopped = stop_on_signal();
+    tokio::spawn(run_follower(core.clone(), stopped.clone()));
+    tollgate::http::serve(listener, core, stopped).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn aggregator(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(%settings, "starting tollgate aggregator");
+    let store = ClickhouseStore::new(&settings.clickhouse)?;
+    let core = open_distributed(settings, false).await?.core;
+    let stopped = stop_on_signal();
+    tokio::spawn(run_follower(core.clone(), stopped.clone()));
+    tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
+    run_aggregator(core, store, stopped).await
+}
+
+async fn notifier(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(%settings, "starting tollgate notifier");
+    let core = open_distributed(settings, false).await?.core;
+    let stopped = stop_on_signal();
+    tokio::spawn(run_follower(core.clone(), stopped.clone()));
+    tollgate::notify::run_notifier(core, stopped).await;
+    Ok(())
+}
+
+/// A shutdown flag raised on SIGINT/SIGTERM.
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing work in flight");
+        let _ = stop.send(true);
+    });
+    stopped
+}
+
+/// Prints a generated admin key once, to the terminal only (never to the log): only its hash is kept.
+fn announce(started: &Started) {
+    if let Some(key) = &started.generated_admin_key {
+        eprintln!("\nTollgate admin API key (shown once; store it now):\n\n    {key}\n");
     }
 }
 
@@ -95,27 +185,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%settings, "starting tollgate serve");
     let listen = settings.listen;
     let started = Core::open(settings).await.context("opening the data dir")?;
-    if let Some(key) = &started.generated_admin_key {
-        // Printed once, to the terminal only (never to the log): only its hash is kept.
-        eprintln!("\nTollgate admin API key (shown once; store it now):\n\n    {key}\n");
-    }
+    announce(&started);
     let core = started.core;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "serving");
-    let (stop, stopped) = watch::channel(false);
+    let stopped = stop_on_signal();
     let sink = tokio::spawn(run_store_sink(core.clone(), stopped.clone()));
     tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
     tokio::spawn(tollgate::notify::run_notifier(
         core.clone(),
         stopped.clone(),
     ));
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight");
-        let _ = stop.send(true);
-    });
     tollgate::http::serve(listener, core.clone(), stopped).await?;
     // Every acknowledged event is already in the log; let the store catch up before exiting.
     let _ = sink.await;

@@ -30,6 +30,9 @@ const ATTEMPTS: u32 = 4;
 pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     let mut end = core.log.watch_end(Topic::Limits);
     let mut at = core.store.offset(CONSUMER).await.unwrap_or(0);
+    // Two aggregators can see the same crossing at once and both emit it, under one
+    // deterministic event id: deliver it once.
+    let mut recent = RecentIds::default();
     loop {
         if at >= *end.borrow_and_update() {
             tokio::select! {
@@ -46,6 +49,11 @@ pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
                 let mut rows = Vec::new();
                 for r in &batch {
                     match codec::decode_limit(&r.payload) {
+                        // Limit state is for gateways, not people.
+                        Ok(e) if e.kind == LimitKind::Usage => {}
+                        Ok(e) if !recent.insert(&e.event_id) => {
+                            tracing::debug!(event_id = %e.event_id, "notifier: duplicate limit event skipped")
+                        }
                         Ok(e) => rows.extend(deliver(&core, &e).await),
                         Err(e) => {
                             tracing::error!(offset = r.offset, error = %e, "notifier: skipping undecodable limit event")
@@ -64,6 +72,31 @@ pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// The last few thousand limit event ids delivered, oldest dropped first.
+#[derive(Default)]
+struct RecentIds {
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+impl RecentIds {
+    const CAPACITY: usize = 4096;
+
+    /// Whether `id` is new (and remembers it).
+    fn insert(&mut self, id: &str) -> bool {
+        if !self.set.insert(id.to_owned()) {
+            return false;
+        }
+        self.order.push_back(id.to_owned());
+        if self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
     }
 }
 
@@ -117,6 +150,7 @@ pub fn message(e: &LimitEvent) -> (String, String) {
         LimitKind::ThresholdCrossed => "crossed its alert threshold",
         LimitKind::Exhausted => "is exhausted: its requests now get HTTP 412",
         LimitKind::Reset => "started a new period",
+        LimitKind::Usage => "reports its usage so far",
     };
     let subject = format!("[Tollgate] The {} budget {} {what}", e.owner_kind, e.budget);
     let mut body = format!(

@@ -18,7 +18,9 @@ use crate::domain::*;
 /// The current writer schemas.
 pub const USAGE_SCHEMA: &str = include_str!("../../schemas/usage_event.v1.avsc");
 pub const CONFIG_SCHEMA: &str = include_str!("../../schemas/config_event.v1.avsc");
-pub const LIMIT_SCHEMA: &str = include_str!("../../schemas/limit_event.v1.avsc");
+pub const LIMIT_SCHEMA: &str = include_str!("../../schemas/limit_event.v2.avsc");
+/// Earlier writer schemas of limit events, still readable.
+const LIMIT_SCHEMA_V1: &str = include_str!("../../schemas/limit_event.v1.avsc");
 
 /// Scale of `cost_usd` on the wire (Avro `decimal(38, 12)`); prices have at most 12 places in dollars.
 const COST_SCALE: u32 = 12;
@@ -51,10 +53,12 @@ struct Family {
 }
 
 impl Family {
-    fn new(text: &str) -> Self {
+    /// The current schema, and the earlier writer schemas it still reads.
+    fn new(text: &str, older: &[&str]) -> Self {
         // The schemas are compiled in and checked by tests; a parse failure is a build defect.
         #[allow(clippy::expect_used)]
-        let current = Schema::parse_str(text).expect("embedded schema parses");
+        let parse = |t: &str| Schema::parse_str(t).expect("embedded schema parses");
+        let current = parse(text);
         let fp = current.fingerprint::<Rabin>().bytes;
         let mut header = [0u8; 10];
         header[0] = 0xC3;
@@ -62,6 +66,10 @@ impl Family {
         header[2..].copy_from_slice(&fp[..8]);
         let mut writers = HashMap::new();
         writers.insert(fingerprint_u64(&header[2..]), current.clone());
+        for t in older {
+            let s = parse(t);
+            writers.insert(fingerprint_u64(&s.fingerprint::<Rabin>().bytes), s);
+        }
         Family {
             current,
             header,
@@ -99,17 +107,17 @@ fn fingerprint_u64(b: &[u8]) -> u64 {
 
 fn usage_family() -> &'static Family {
     static F: OnceLock<Family> = OnceLock::new();
-    F.get_or_init(|| Family::new(USAGE_SCHEMA))
+    F.get_or_init(|| Family::new(USAGE_SCHEMA, &[]))
 }
 
 fn config_family() -> &'static Family {
     static F: OnceLock<Family> = OnceLock::new();
-    F.get_or_init(|| Family::new(CONFIG_SCHEMA))
+    F.get_or_init(|| Family::new(CONFIG_SCHEMA, &[]))
 }
 
 fn limit_family() -> &'static Family {
     static F: OnceLock<Family> = OnceLock::new();
-    F.get_or_init(|| Family::new(LIMIT_SCHEMA))
+    F.get_or_init(|| Family::new(LIMIT_SCHEMA, &[LIMIT_SCHEMA_V1]))
 }
 
 fn opt(v: &Option<String>) -> Value {

@@ -20,7 +20,7 @@ fn event(
     now: Millis,
 ) -> LimitEvent {
     LimitEvent {
-        event_id: uuid::Uuid::new_v4().to_string(),
+        event_id: limit_event_id(&r.key(), window_start, kind),
         at: now,
         kind,
         budget: r.key(),
@@ -34,6 +34,13 @@ fn event(
         used,
         next_reset: l.next_reset(now),
     }
+}
+
+/// The id of the limit event of a budget, window and kind: the same wherever it is computed, so
+/// one emitted twice (by two aggregators at once) is recognisably one event.
+pub fn limit_event_id(budget: &str, window_start: Millis, kind: LimitKind) -> String {
+    let name = format!("{budget}@{}#{}", window_start.0, kind.as_str());
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
 
 /// Threshold and exhaustion events due for `budgets` (those of a request on `path`) after the

@@ -47,6 +47,34 @@ impl BudgetRef {
         }
     }
 
+    /// The inverse of [`BudgetRef::key`] (ids never contain `:`; a policy group may).
+    pub fn parse(key: &str) -> Option<BudgetRef> {
+        let (kind, rest) = key.split_once(':')?;
+        Some(match kind {
+            "api_key" => BudgetRef::ApiKey(rest.to_owned()),
+            "provider" => BudgetRef::Provider(rest.to_owned()),
+            "workspace" => BudgetRef::Workspace(rest.to_owned()),
+            "integration" => {
+                let (integration, workspace) = rest.split_once(":workspace:")?;
+                BudgetRef::Access {
+                    integration: integration.to_owned(),
+                    workspace: workspace.to_owned(),
+                }
+            }
+            "policy" => match rest.split_once(':') {
+                Some((id, g)) => BudgetRef::Policy {
+                    id: id.to_owned(),
+                    group: Some(g.to_owned()),
+                },
+                None => BudgetRef::Policy {
+                    id: rest.to_owned(),
+                    group: None,
+                },
+            },
+            _ => return None,
+        })
+    }
+
     /// The kind of owner, for messages and events.
     pub fn owner_kind(&self) -> &'static str {
         match self {
@@ -193,6 +221,37 @@ pub fn count(
     c.cost += cost;
     c.tokens += tokens;
     true
+}
+
+/// Raises a budget's counter for `window_start` to at least `used` (of the budget's type): the
+/// fold of a limit-state event, which reports usage counted elsewhere (all gateways, in
+/// distributed mode). Never lowers a counter, so local usage folded since is not lost.
+pub fn raise(
+    counters: &mut HashMap<BudgetRef, Counter, super::state::FastHash>,
+    r: BudgetRef,
+    window_start: Millis,
+    kind: BudgetKind,
+    used: Decimal,
+) {
+    let c = counters.entry(r).or_insert(Counter {
+        window_start,
+        ..Default::default()
+    });
+    if window_start > c.window_start {
+        *c = Counter {
+            window_start,
+            ..Default::default()
+        };
+    } else if window_start < c.window_start {
+        return;
+    }
+    match kind {
+        BudgetKind::Cost => c.cost = c.cost.max(used),
+        BudgetKind::Tokens => {
+            let t = u64::try_from(used.trunc().mantissa()).unwrap_or(u64::MAX);
+            c.tokens = c.tokens.max(t);
+        }
+    }
 }
 
 /// The usage a budget has counted in the window holding `now`.

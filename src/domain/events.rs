@@ -228,13 +228,17 @@ pub enum LimitKind {
     ThresholdCrossed,
     Exhausted,
     Reset,
+    /// The usage counted so far in the window (limit state, published by the aggregators in
+    /// distributed mode after each batch; gateways fold it to enforce globally). Never notified.
+    Usage,
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 3] = [
+    pub const ALL: [LimitKind; 4] = [
         LimitKind::ThresholdCrossed,
         LimitKind::Exhausted,
         LimitKind::Reset,
+        LimitKind::Usage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -242,6 +246,7 @@ impl LimitKind {
             LimitKind::ThresholdCrossed => "threshold_crossed",
             LimitKind::Exhausted => "exhausted",
             LimitKind::Reset => "reset",
+            LimitKind::Usage => "usage",
         }
     }
 }

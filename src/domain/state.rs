@@ -109,8 +109,15 @@ impl State {
             Event::Config(c) => self.apply_config(c),
             Event::Usage(u) => self.apply_usage(u),
             Event::Limit(l) => {
-                self.limit_events
-                    .insert((l.budget.clone(), l.window_start, l.kind));
+                if l.kind != LimitKind::Usage {
+                    self.limit_events
+                        .insert((l.budget.clone(), l.window_start, l.kind));
+                }
+                if l.kind != LimitKind::Reset {
+                    if let Some(r) = BudgetRef::parse(&l.budget) {
+                        budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
+                    }
+                }
             }
         }
     }

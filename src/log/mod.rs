@@ -2,6 +2,7 @@
 //! ([`file::FileLog`]) is a local durable log in the data dir; the distributed one is Kafka.
 
 pub mod file;
+pub mod kafka;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
@@ -52,6 +53,8 @@ pub enum LogError {
     },
     #[error("log writer for topic {0} has stopped")]
     WriterGone(&'static str),
+    #[error("kafka: {0}")]
+    Kafka(String),
     #[error("record too large: {0} bytes")]
     TooLarge(usize),
 }
@@ -77,4 +80,10 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The committed end of a topic, updated on every append.
     fn watch_end(&self, topic: Topic) -> watch::Receiver<Offset>;
+
+    /// Whether a usage append would be taken now. Gateways refuse requests (503) when it would
+    /// not, before any upstream call: they never serve what they cannot meter.
+    fn accepts_usage(&self) -> bool {
+        true
+    }
 }

@@ -197,6 +197,26 @@ fn limiter(l: &RateLimit) -> Option<DefaultDirectRateLimiter> {
     ))
 }
 
+/// The threshold and exhaustion events due for `budgets` after usage on `path` was folded,
+/// marked emitted in the state so nothing else claims them. Crossings are rare: they are looked
+/// for under the read lock and marked under the write lock only when there are some, checking
+/// again so a concurrent settlement can't also.
+pub fn claim_crossings(
+    state: &RwLock<State>,
+    budgets: &[(BudgetRef, UsageLimit)],
+    path: &crate::domain::budget::RequestPath<'_>,
+) -> Vec<LimitEvent> {
+    let mut due = alerts::crossings(&state.read(), budgets, path, Millis::now());
+    if !due.is_empty() {
+        let mut state = state.write();
+        due.retain(|e| !state.limit_event_emitted(&e.budget, e.window_start, e.kind));
+        for e in &due {
+            state.apply(&Event::Limit(e.clone()));
+        }
+    }
+    due
+}
+
 impl Governor {
     /// Checks every budget and rate limit on `path` and reserves the request's maximum.
     /// A refusal says whether it came from the target's own limits (provider, integration access,
@@ -346,16 +366,7 @@ impl Governor {
             }
         };
         state.write().fold_usage(&event, budgets);
-        // Crossings are rare: look for them under the read lock, and mark them under the write
-        // lock only when there are some, checking again so a concurrent settlement can't also.
-        let mut due = alerts::crossings(&state.read(), budgets, &event.path(), Millis::now());
-        if !due.is_empty() {
-            let mut state = state.write();
-            due.retain(|e| !state.limit_event_emitted(&e.budget, e.window_start, e.kind));
-            for e in &due {
-                state.apply(&Event::Limit(e.clone()));
-            }
-        }
+        let due = claim_crossings(state, budgets, &event.path());
         if let Some(mut r) = reservation {
             let mut ledger = self.ledger.lock();
             release(&mut ledger, &r);

@@ -251,6 +251,14 @@ pub async fn handle(
 ) -> Result<Reply, DataError> {
     let started = Instant::now();
     let mut body = RequestBody::parse(body)?;
+    if !core.log.accepts_usage() {
+        return Err(DataError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("metering_unavailable"),
+            "usage cannot be recorded right now (the event log is unreachable); retry shortly",
+        ));
+    }
     let (ctx, plan) = {
         let state = core.state.read();
         let (key, ws, organisation_id) = caller(&state, headers)?;

@@ -1,0 +1,249 @@
+//! The distributed aggregator (`tollgate aggregator`, any number of them): a Kafka consumer
+//! group on the usage topic that writes every event once to ClickHouse and publishes limit state.
+//!
+//! Per batch (up to [`BATCH_MAX`] records or [`BATCH_WINDOW`]):
+//! 1. decode; attach to each event the budget windows it counts toward (from the config state,
+//!    followed from the config topic);
+//! 2. insert the events ClickHouse does not have yet, as one atomic `INSERT`, retrying until
+//!    ClickHouse takes it (a replay after a crash or rebalance finds its events there and adds
+//!    nothing; rollups and budget usage are materialized from that insert);
+//! 3. only then commit the batch's offsets to the group;
+//! 4. read the global usage of every budget window the batch touched and publish it on the
+//!    limits topic (kind `usage`), plus threshold/exhaustion events when a budget crossed one.
+//!    Gateways fold these to enforce budgets globally; the notifier mails the crossings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::app::Core;
+use crate::codec;
+use crate::domain::budget::{BudgetRef, Windowed};
+use crate::domain::limits::{BudgetKind, UsageLimit};
+use crate::domain::{Event, LimitEvent, LimitKind, Millis, UsageEvent};
+use crate::log::kafka::{client_config, topic_name};
+use crate::log::Topic;
+use crate::settings::Settings;
+use crate::store::clickhouse::{ClickhouseStore, EventRow};
+
+/// Most records per batch.
+const BATCH_MAX: usize = 5_000;
+/// How long a batch gathers records after its first.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// One consumed record.
+struct Consumed {
+    partition: i32,
+    offset: i64,
+    event: UsageEvent,
+}
+
+/// A budget window a batch touched, with the last event that counted toward it.
+struct Touched {
+    budget: BudgetRef,
+    limit: UsageLimit,
+    window_start: Millis,
+    last: usize,
+}
+
+/// The consumer group's name.
+pub fn group_id(settings: &Settings) -> String {
+    format!("{}aggregators", settings.topic_prefix)
+}
+
+/// Runs until shutdown, finishing the batch in hand.
+pub async fn run_aggregator(
+    core: Arc<Core>,
+    store: ClickhouseStore,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let settings = &core.settings;
+    let brokers = settings.kafka_brokers.clone().unwrap_or_default();
+    let topic = topic_name(&settings.topic_prefix, Topic::Usage);
+    let consumer: StreamConsumer = client_config(&brokers)
+        .set("group.id", group_id(settings))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    tracing::info!(%topic, group = %group_id(settings), "aggregator consuming");
+    loop {
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.changed() => break,
+        };
+        let mut batch = Vec::new();
+        match first {
+            Ok(m) => take(&m, &mut batch),
+            Err(e) => {
+                tracing::warn!(error = %e, "aggregator: consume failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while batch.len() < BATCH_MAX {
+            tokio::select! {
+                m = consumer.recv() => match m {
+                    Ok(m) => take(&m, &mut batch),
+                    Err(e) => { tracing::warn!(error = %e, "aggregator: consume failed"); break }
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if !store_batch(&core, &store, &batch, &mut shutdown).await {
+            break; // shutting down with the batch not stored: it is not committed either
+        }
+        let mut offsets = TopicPartitionList::new();
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for c in &batch {
+            let n = next.entry(c.partition).or_default();
+            *n = (*n).max(c.offset + 1);
+        }
+        for (p, o) in next {
+            offsets.add_partition_offset(&topic, p, Offset::Offset(o))?;
+        }
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+            // Not fatal: the batch is replayed after a rebalance and found already stored.
+            tracing::warn!(error = %e, "aggregator: offset commit failed");
+        }
+        publish_limit_state(&core, &store, &batch).await;
+    }
+    tracing::info!("aggregator stopped");
+    Ok(())
+}
+
+fn take(m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
+    match codec::decode_usage(m.payload().unwrap_or_default()) {
+        Ok(event) => batch.push(Consumed {
+            partition: m.partition(),
+            offset: m.offset(),
+            event,
+        }),
+        // An undecodable record never becomes decodable: skipped loudly, left in the topic.
+        Err(e) => tracing::error!(partition = m.partition(), offset = m.offset(), error = %e,
+            "aggregator: skipping undecodable usage record"),
+    }
+}
+
+/// The budget windows an event counts toward: `'<budget key>@<window start>'`.
+fn windows_of(core: &Core, e: &UsageEvent) -> Vec<(BudgetRef, UsageLimit, Millis)> {
+    core.state
+        .read()
+        .budgets_of_event(e)
+        .into_iter()
+        .filter_map(|(r, l)| {
+            let w = l.window_start(e.at);
+            (e.at >= w).then_some((r, l, w))
+        })
+        .collect()
+}
+
+fn window_key(r: &BudgetRef, w: Millis) -> String {
+    format!("{}@{}", r.key(), w.0)
+}
+
+/// Inserts the batch's new events, retrying until ClickHouse takes them. False when shutdown
+/// came first.
+async fn store_batch(
+    core: &Core,
+    store: &ClickhouseStore,
+    batch: &[Consumed],
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let rows: Vec<EventRow> = batch
+        .iter()
+        .map(|c| {
+            let windows = windows_of(core, &c.event)
+                .iter()
+                .map(|(r, _, w)| window_key(r, *w))
+                .collect();
+            EventRow::new(&c.event, windows, c.partition, c.offset)
+        })
+        .collect();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match store.insert_new(rows.clone()).await {
+            Ok(new) => {
+                core.metrics
+                    .usage_events_stored
+                    .fetch_add(new as u64, std::sync::atomic::Ordering::Relaxed);
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, events = rows.len(), "aggregator: clickhouse insert failed; retrying")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return false,
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Publishes the global usage of each budget window the batch touched, and the crossings.
+async fn publish_limit_state(core: &Core, store: &ClickhouseStore, batch: &[Consumed]) {
+    let mut touched: HashMap<String, Touched> = HashMap::new();
+    for (i, c) in batch.iter().enumerate() {
+        for (budget, limit, window_start) in windows_of(core, &c.event) {
+            touched
+                .entry(window_key(&budget, window_start))
+                .and_modify(|t| t.last = i)
+                .or_insert(Touched {
+                    budget,
+                    limit,
+                    window_start,
+                    last: i,
+                });
+        }
+    }
+    if touched.is_empty() {
+        return;
+    }
+    let totals = match store.budget_usage(touched.keys().cloned().collect()).await {
+        Ok(t) => t,
+        Err(e) => {
+            return tracing::warn!(error = %e, "aggregator: budget usage not read; the next batch publishes it")
+        }
+    };
+    let now = Millis::now();
+    for total in totals {
+        let Some(t) = touched.get(&total.budget) else {
+            continue;
+        };
+        let used = match t.limit.kind {
+            BudgetKind::Cost => total.cost(),
+            BudgetKind::Tokens => rust_decimal::Decimal::from(total.tokens),
+        };
+        let cause = &batch[t.last].event;
+        let state_event = LimitEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            at: now,
+            kind: LimitKind::Usage,
+            budget: t.budget.key(),
+            owner_kind: t.budget.owner_kind().to_owned(),
+            workspace_id: Some(cause.workspace_id.clone()),
+            api_key_id: Some(cause.api_key_id.clone()),
+            window_start: t.window_start,
+            budget_type: t.limit.kind,
+            credit_limit: t.limit.credit_limit,
+            alert_threshold: t.limit.alert_threshold,
+            used,
+            next_reset: t.limit.next_reset(now),
+        };
+        core.state.write().apply(&Event::Limit(state_event.clone()));
+        core.emit_limit_event(state_event);
+        let budgets = [(t.budget.clone(), t.limit.clone())];
+        for crossing in crate::proxy::govern::claim_crossings(&core.state, &budgets, &cause.path())
+        {
+            core.emit_limit_event(crossing);
+        }
+    }
+}

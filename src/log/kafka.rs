@@ -1,0 +1,414 @@
+//! The distributed event log: Kafka through rdkafka (librdkafka, vendored).
+//!
+//! Topics: `<prefix>config` (one partition, compacted, keyed by entity), `<prefix>usage`
+//! (`usage_partitions` partitions, keyed by API key), `<prefix>limits` (one partition, keyed by
+//! budget). Values are Avro single-object encoded (see `crate::codec`). The producer is idempotent
+//! with `acks=all`: an append resolves once every in-sync replica has the record.
+//!
+//! Usage while Kafka is unreachable: with `when_kafka_down = spool` (the default) a usage record
+//! that cannot be produced goes to a local spool (a [`FileLog`] in `<data dir>/spool`, synced like
+//! the embedded log) and the append still resolves, so the request is acknowledged; later usage
+//! goes to the spool too until a drainer has produced every spooled record, in order. The spool
+//! holds at most `spool_max_bytes` not yet drained; when full, [`EventLog::accepts_usage`] says no
+//! and gateways answer 503 rather than serve unmetered. With `fail_closed` gateways answer 503
+//! while Kafka is down. Config and limit events are never spooled: an admin change fails (503)
+//! while Kafka is down, and limit events are retried by their emitter.
+//!
+//! Reading (config and limits, one partition each) goes through an unmanaged consumer assigned to
+//! partition 0 at the asked offset; Kafka offsets are the log's offsets.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use parking_lot::Mutex;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset as KOffset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::file::FileLog;
+use super::{EventLog, LogError, Offset, Record, Topic};
+use crate::settings::{Settings, WhenKafkaDown};
+
+/// How long a produce may take before the record is spooled instead.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the ends of the config and limits topics are looked up.
+const END_POLL: Duration = Duration::from_millis(50);
+
+/// Maps an rdkafka error into the log's.
+fn kafka_err(e: rdkafka::error::KafkaError) -> LogError {
+    LogError::Kafka(e.to_string())
+}
+
+/// The base client settings every Kafka client of a role shares.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", "tollgate")
+        .set("log_level", "4");
+    c
+}
+
+/// The topic names of a settings' prefix.
+pub fn topic_name(prefix: &str, t: Topic) -> String {
+    format!("{prefix}{}", t.name())
+}
+
+/// Creates the topics when missing (config compacted; usage with `usage_partitions`).
+pub async fn ensure_topics(settings: &Settings, brokers: &str) -> Result<(), LogError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers).create().map_err(kafka_err)?;
+    let names: Vec<(String, i32, bool)> = Topic::ALL
+        .iter()
+        .map(|t| {
+            let partitions = if *t == Topic::Usage {
+                settings.usage_partitions
+            } else {
+                1
+            };
+            (
+                topic_name(&settings.topic_prefix, *t),
+                partitions,
+                *t == Topic::Config,
+            )
+        })
+        .collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|(n, p, compact)| {
+            let t = NewTopic::new(n, *p, TopicReplication::Fixed(1));
+            if *compact {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics(&topics, &opts).await.map_err(kafka_err)? {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(LogError::Kafka(format!("creating topic {name}: {code}")))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the spool's drainer has got to, kept in `<spool>/drained`.
+struct Spool {
+    log: FileLog,
+    drained_path: std::path::PathBuf,
+    drained: AtomicU64,
+}
+
+/// The Kafka event log (cheap to clone; the futures it returns own a handle).
+#[derive(Clone)]
+pub struct KafkaLog(Arc<Inner>);
+
+struct Inner {
+    producer: FutureProducer,
+    names: [String; 3],
+    readers: [Mutex<Option<(BaseConsumer, Offset)>>; 2],
+    ends: [watch::Sender<Offset>; 3],
+    brokers: String,
+    spool: Spool,
+    spooling: AtomicBool,
+    spool_max: u64,
+    when_down: WhenKafkaDown,
+}
+
+fn index(t: Topic) -> usize {
+    match t {
+        Topic::Config => 0,
+        Topic::Usage => 1,
+        Topic::Limits => 2,
+    }
+}
+
+impl KafkaLog {
+    /// Connects (lazily: librdkafka reconnects by itself), creating the topics when the broker
+    /// answers, and opens the spool in `<data_dir>/spool`.
+    pub async fn open(settings: &Settings) -> Result<KafkaLog, LogError> {
+        let brokers = settings
+            .kafka_brokers
+            .clone()
+            .ok_or_else(|| LogError::Kafka("kafka_brokers is not set".into()))?;
+        ensure_topics(settings, &brokers).await?;
+        let producer: FutureProducer = client_config(&brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", &PRODUCE_TIMEOUT.as_millis().to_string())
+            .create()
+            .map_err(kafka_err)?;
+        let dir = settings.data_dir.join("spool");
+        let spool_log = FileLog::open(&dir, settings.usage_fsync)?;
+        let drained_path = dir.join("drained");
+        let drained = std::fs::read_to_string(&drained_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let pending = *spool_log.watch_end(Topic::Usage).borrow() > drained;
+        let log = KafkaLog(Arc::new(Inner {
+            producer,
+            names: Topic::ALL.map(|t| topic_name(&settings.topic_prefix, t)),
+            readers: [Mutex::new(None), Mutex::new(None)],
+            ends: Topic::ALL.map(|_| watch::channel(0).0),
+            brokers,
+            spool: Spool {
+                log: spool_log,
+                drained_path,
+                drained: AtomicU64::new(drained),
+            },
+            spooling: AtomicBool::new(pending),
+            spool_max: settings.spool_max_bytes,
+            when_down: settings.when_kafka_down,
+        }));
+        let ends: BaseConsumer = client_config(&log.0.brokers)
+            .set("group.id", "tollgate-ends")
+            .create()
+            .map_err(kafka_err)?;
+        // The first look is made before returning: replay reads up to these ends.
+        let (first, ends) = {
+            let inner = log.0.clone();
+            tokio::task::spawn_blocking(move || (inner.refresh_ends(&ends), ends))
+                .await
+                .map_err(|e| LogError::Kafka(e.to_string()))?
+        };
+        first?;
+        let weak = Arc::downgrade(&log.0);
+        std::thread::Builder::new()
+            .name("kafka-ends".into())
+            .spawn(move || {
+                while let Some(log) = weak.upgrade() {
+                    if let Err(e) = log.refresh_ends(&ends) {
+                        tracing::debug!(error = %e, "kafka: topic ends not refreshed");
+                    }
+                    drop(log);
+                    std::thread::sleep(END_POLL);
+                }
+            })
+            .map_err(|e| LogError::Kafka(e.to_string()))?;
+        tokio::spawn(drain_spool(Arc::downgrade(&log.0)));
+        Ok(log)
+    }
+
+    /// Bytes of usage in the spool not yet produced to Kafka.
+    pub fn spooled_bytes(&self) -> u64 {
+        self.0.spooled_bytes()
+    }
+}
+
+impl Inner {
+    /// The partition-0 high watermarks of config and limits, published to `watch_end`.
+    fn refresh_ends(&self, consumer: &BaseConsumer) -> Result<(), LogError> {
+        for t in [Topic::Config, Topic::Limits] {
+            let (_, high) = consumer
+                .fetch_watermarks(&self.names[index(t)], 0, Duration::from_secs(5))
+                .map_err(kafka_err)?;
+            let high = u64::try_from(high).unwrap_or(0);
+            self.ends[index(t)].send_if_modified(|end| {
+                let moved = high > *end;
+                *end = high.max(*end);
+                moved
+            });
+        }
+        Ok(())
+    }
+
+    fn spooled_bytes(&self) -> u64 {
+        let end = *self.spool.log.watch_end(Topic::Usage).borrow();
+        end.saturating_sub(self.spool.drained.load(Ordering::Acquire))
+    }
+
+    async fn produce(&self, topic: Topic, key: &[u8], payload: &[u8]) -> Result<Offset, LogError> {
+        let record = FutureRecord::to(&self.names[index(topic)])
+            .key(key)
+            .payload(payload);
+        match self.producer.send(record, PRODUCE_TIMEOUT).await {
+            Ok((_partition, offset)) => Ok(u64::try_from(offset).unwrap_or(0)),
+            Err((e, _)) => Err(kafka_err(e)),
+        }
+    }
+
+    fn read_blocking(&self, topic: Topic, from: Offset, max_bytes: usize) -> Result<Vec<Record>, LogError> {
+        let slot = match topic {
+            Topic::Config => 0,
+            Topic::Limits => 1,
+            Topic::Usage => {
+                return Err(LogError::Kafka(
+                    "the usage topic is read by the aggregators' consumer group".into(),
+                ))
+            }
+        };
+        let name = &self.names[index(topic)];
+        let mut guard = self.readers[slot].lock();
+        if guard.as_ref().is_none_or(|(_, at)| *at != from) {
+            let consumer: BaseConsumer = client_config(&self.brokers)
+                .set("group.id", "tollgate-reader")
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                .create()
+                .map_err(kafka_err)?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(name, 0, KOffset::Offset(from as i64))
+                .map_err(kafka_err)?;
+            consumer.assign(&tpl).map_err(kafka_err)?;
+            *guard = Some((consumer, from));
+        }
+        let Some((consumer, at)) = guard.as_mut() else {
+            return Ok(vec![]);
+        };
+        let end = *self.ends[index(topic)].borrow();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while *at < end && bytes < max_bytes {
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    let offset = u64::try_from(m.offset()).unwrap_or(0);
+                    let payload = m.payload().unwrap_or_default().to_vec();
+                    bytes += payload.len();
+                    out.push(Record {
+                        offset,
+                        next: offset + 1,
+                        key: m.key().unwrap_or_default().to_vec(),
+                        payload,
+                    });
+                    *at = offset + 1;
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    *guard = None;
+                    return Err(kafka_err(e));
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl EventLog for KafkaLog {
+    fn append(
+        &self,
+        topic: Topic,
+        key: Vec<u8>,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Offset, LogError>> {
+        let log = self.0.clone();
+        async move {
+            let spoolable = topic == Topic::Usage && log.when_down == WhenKafkaDown::Spool;
+            if !(spoolable && log.spooling.load(Ordering::Acquire)) {
+                match log.produce(topic, &key, &payload).await {
+                    Ok(offset) => return Ok(offset),
+                    Err(e) if !spoolable => return Err(e),
+                    Err(e) => {
+                        if !log.spooling.swap(true, Ordering::AcqRel) {
+                            tracing::warn!(error = %e, "kafka unreachable: spooling usage locally until it answers");
+                        }
+                    }
+                }
+            }
+            if log.spooled_bytes() >= log.spool_max {
+                return Err(LogError::Kafka(
+                    "kafka is unreachable and the usage spool is full".into(),
+                ));
+            }
+            log.spool.log.append(Topic::Usage, key, payload).await
+        }
+        .boxed()
+    }
+
+    fn read(
+        &self,
+        topic: Topic,
+        from: Offset,
+        max_bytes: usize,
+    ) -> BoxFuture<'static, Result<Vec<Record>, LogError>> {
+        let log = self.0.clone();
+        async move {
+            tokio::task::spawn_blocking(move || log.read_blocking(topic, from, max_bytes))
+                .await
+                .map_err(|e| LogError::Kafka(e.to_string()))?
+        }
+        .boxed()
+    }
+
+    fn watch_end(&self, topic: Topic) -> watch::Receiver<Offset> {
+        self.0.ends[index(topic)].subscribe()
+    }
+
+    fn accepts_usage(&self) -> bool {
+        let log = &self.0;
+        match log.when_down {
+            WhenKafkaDown::FailClosed => !log.spooling.load(Ordering::Acquire),
+            WhenKafkaDown::Spool => log.spooled_bytes() < log.spool_max,
+        }
+    }
+}
+
+/// Produces spooled usage to Kafka in order, then ends spooling. A record produced but not yet
+/// marked drained when the process dies is produced again after restart; the aggregators drop
+/// the duplicate by `event_id`.
+async fn drain_spool(log: std::sync::Weak<Inner>) {
+    let mut end = match log.upgrade() {
+        Some(l) => l.spool.log.watch_end(Topic::Usage),
+        None => return,
+    };
+    loop {
+        let Some(l) = log.upgrade() else { return };
+        let at = l.spool.drained.load(Ordering::Acquire);
+        if at >= *end.borrow_and_update() {
+            l.spooling.store(false, Ordering::Release);
+            // A record spooled just before the flag dropped is still drained: its append moves
+            // the end, which wakes this loop.
+            drop(l);
+            if end.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let batch = match l.spool.log.read(Topic::Usage, at, 1 << 20).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "spool: read failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(next) = batch.last().map(|r| r.next) else {
+            continue;
+        };
+        let sends = batch
+            .iter()
+            .map(|r| l.produce(Topic::Usage, &r.key, &r.payload));
+        let results = futures_util::future::join_all(sends).await;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            tracing::debug!(error = %e, "spool: kafka still unreachable");
+            drop(l);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        l.spool.drained.store(next, Ordering::Release);
+        if let Err(e) = write_atomically(&l.spool.drained_path, next.to_string().as_bytes()) {
+            tracing::error!(error = %e, "spool: could not record the drained position");
+        }
+        tracing::info!(bytes = next - at, "spool: drained usage to kafka");
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
