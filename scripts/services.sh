@@ -4,19 +4,20 @@
 # ports) and the Kafka-protocol broker tansu 0.6.0 (built once from crates.io into $TG_CACHE).
 #
 #   scripts/services.sh start   # install when missing, start, wait until both answer; prints env
-#   scripts/services.sh stop    # stop both
+#   scripts/services.sh stop [clickhouse|tansu]   # stop both, or one
 #   scripts/services.sh env     # the settings the tests read (TG_CLICKHOUSE_URL, TG_KAFKA_BROKERS)
 #
 # Ports: ClickHouse HTTP $TG_CH_HTTP_PORT (18123), native $TG_CH_TCP_PORT (19000);
-# tansu $TG_KAFKA_PORT (19092). State lives under $TG_CACHE/services and is wiped on start.
+# tansu $TG_KAFKA_PORT (19092). State lives under $TG_SERVICES_DIR (default $TG_CACHE/services)
+# and is wiped on start unless TG_SERVICES_KEEP=1 (the tests restart a stopped server that way).
 set -euo pipefail
 CACHE=${TG_CACHE:-$HOME/.cache/tollgate}
-RUN=$CACHE/services
+RUN=${TG_SERVICES_DIR:-$CACHE/services}
 CH_HTTP=${TG_CH_HTTP_PORT:-18123}
 CH_TCP=${TG_CH_TCP_PORT:-19000}
 KAFKA=${TG_KAFKA_PORT:-19092}
 TANSU_VERSION=0.6.0
-TANSU=$CACHE/tansu/bin/tansu
+TANSU=${TG_TANSU:-$CACHE/tansu/bin/tansu}
 
 say() { echo "services.sh: $*" >&2; }
 
@@ -48,7 +49,8 @@ wait_for() { # name, seconds, command...
 start_clickhouse() {
   if curl -sf "http://127.0.0.1:$CH_HTTP/ping" >/dev/null 2>&1; then return; fi
   local dir=$RUN/clickhouse
-  rm -rf "$dir"; mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas" "$dir/log"
+  [ "${TG_SERVICES_KEEP:-0}" = 1 ] || rm -rf "$dir"
+  mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas" "$dir/log"
   sed -e "s#<http_port>8123</http_port>#<http_port>$CH_HTTP</http_port>#" \
       -e "s#<tcp_port>9000</tcp_port>#<tcp_port>$CH_TCP</tcp_port>#" \
       -e "s#<interserver_http_port>9009</interserver_http_port>##" \
@@ -83,7 +85,8 @@ EOF
 start_tansu() {
   if broker_answers 2>/dev/null; then return; fi
   local dir=$RUN/tansu
-  rm -rf "$dir"; mkdir -p "$dir"
+  [ "${TG_SERVICES_KEEP:-0}" = 1 ] || rm -rf "$dir"
+  mkdir -p "$dir"
   (cd "$dir" && RUST_LOG=warn setsid nohup "$TANSU" broker --silent \
       --listener-url "tcp://127.0.0.1:$KAFKA" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA" \
@@ -118,7 +121,7 @@ case ${1:-start} in
     start_tansu
     print_env
     ;;
-  stop) stop_one tansu; stop_one clickhouse ;;
+  stop) if [ $# -gt 1 ]; then stop_one "$2"; else stop_one tansu; stop_one clickhouse; fi ;;
   env) print_env ;;
   *) say "usage: $0 start|stop|env"; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test. Installs what the tests need first (idempotent, fast when present):
-# the Python SDKs in a venv under $TG_CACHE (default ~/.cache/tollgate), then
-# cargo test with the build cached there too. Extra arguments go to cargo test.
+# Runs every test. Installs and starts what the tests need first (idempotent, fast when present):
+# the Python SDKs in a venv under $TG_CACHE (default ~/.cache/tollgate), ClickHouse and the
+# Kafka-protocol broker (scripts/services.sh; stopped again at the end), then cargo test with the
+# build cached there too. Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${TG_CACHE:-$HOME/.cache/tollgate}
@@ -15,5 +16,7 @@ if ! cmp -s "$REQ" "$VENV/.requirements" 2>/dev/null || ! "$VENV/bin/python" -c 
   cp "$REQ" "$VENV/.requirements"
 fi
 export TG_PYTHON=$VENV/bin/python
+eval "$(scripts/services.sh start)"
+trap 'scripts/services.sh stop' EXIT
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 cargo test --all-targets "$@"

@@ -176,7 +176,8 @@ struct OffsetRow {
     updated_at: u64,
 }
 
-/// A bound query argument (the `?`s of a built WHERE clause, in order).
+/// A bound query argument (the `?`s of a built WHERE clause, in order). Lists are bound as
+/// arrays and tested with `has(list, column)`: ClickHouse 18.16 takes no array after `IN`.
 enum Arg {
     Int(i64),
     Str(String),
@@ -201,7 +202,7 @@ fn where_clause(f: &Filter) -> (String, Vec<Arg>) {
     let mut args = vec![Arg::Int(f.from.0), Arg::Int(f.to.0)];
     let mut any_of = |col: &str, vals: &[String]| {
         if !vals.is_empty() {
-            sql.push_str(&format!(" AND {col} IN ?"));
+            sql.push_str(&format!(" AND has(?, {col})"));
             args.push(Arg::Strs(vals.to_vec()));
         }
     };
@@ -211,7 +212,7 @@ fn where_clause(f: &Filter) -> (String, Vec<Arg>) {
     any_of("ifNull(config_id, '')", &f.config_ids);
     any_of("trace_id", f.trace_id.as_slice());
     if !f.status_codes.is_empty() {
-        sql.push_str(" AND status_code IN ?");
+        sql.push_str(" AND has(?, toUInt16(status_code))");
         args.push(Arg::Codes(f.status_codes.clone()));
     }
     if !f.models.is_empty() {
@@ -312,7 +313,7 @@ impl ClickhouseStore {
     ) -> Result<Vec<String>, StoreError> {
         Ok(self
             .client
-            .query("SELECT event_id FROM usage_events WHERE ts >= ? AND ts <= ? AND event_id IN ?")
+            .query("SELECT event_id FROM usage_events WHERE ts >= ? AND ts <= ? AND has(?, event_id)")
             .bind(from)
             .bind(to)
             .bind(ids)
@@ -356,7 +357,7 @@ impl ClickhouseStore {
             .client
             .query(
                 "SELECT budget, sum(cost_usd) AS cost_usd, toUInt64(sum(tokens)) AS tokens
-                 FROM budget_usage WHERE budget IN ? GROUP BY budget",
+                 FROM budget_usage WHERE has(?, budget) GROUP BY budget",
             )
             .bind(windows)
             .fetch_all()
@@ -403,7 +404,7 @@ impl UsageStore for ClickhouseStore {
                 let ids: Vec<String> = rows.iter().map(|r| r.limit_event_id.clone()).collect();
                 let have: Vec<(String, String)> = this
                     .client
-                    .query("SELECT limit_event_id, channel FROM notifications WHERE limit_event_id IN ?")
+                    .query("SELECT limit_event_id, channel FROM notifications WHERE has(?, limit_event_id)")
                     .bind(ids)
                     .fetch_all()
                     .await?;

@@ -3,6 +3,7 @@
 //! clients, a real usage store and log on disk; only the LLM provider is a mock.
 
 mod alerts;
+mod distributed;
 mod governance;
 mod harness;
 mod http;
