@@ -37,6 +37,13 @@ install_tansu() {
     --features libsql,dynostore --root "$CACHE/tansu" --quiet
 }
 
+# Starts a command in its own session, detached from this shell's terminal and pipes (so CI's
+# log pipe closes when the script ends), recording the command's own pid.
+detach() { # pidfile, logfile, command...
+  local pidfile=$1 logfile=$2; shift 2
+  setsid sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >"$logfile" 2>&1 &
+}
+
 wait_for() { # name, seconds, command...
   local name=$1 secs=$2; shift 2
   for _ in $(seq 1 $((secs * 10))); do
@@ -64,8 +71,7 @@ start_clickhouse() {
   # Loopback IPv4 only (the package's default also tries ::1, absent on some machines).
   sed -i "s#<!-- <listen_host>0.0.0.0</listen_host> -->#<listen_host>127.0.0.1</listen_host>#" "$dir/config.xml"
   cp /etc/clickhouse-server/users.xml "$dir/users.xml"
-  (cd "$dir" && setsid nohup clickhouse-server --config-file="$dir/config.xml" </dev/null >"$dir/log/stdout" 2>&1 &
-   echo $! >"$dir/pid")
+  (cd "$dir" && detach "$dir/pid" "$dir/log/stdout" clickhouse-server --config-file="$dir/config.xml")
   wait_for clickhouse 60 curl -sf "http://127.0.0.1:$CH_HTTP/ping"
   say "clickhouse on 127.0.0.1:$CH_HTTP"
 }
@@ -87,11 +93,10 @@ start_tansu() {
   local dir=$RUN/tansu
   [ "${TG_SERVICES_KEEP:-0}" = 1 ] || rm -rf "$dir"
   mkdir -p "$dir"
-  (cd "$dir" && RUST_LOG=warn setsid nohup "$TANSU" broker --silent \
+  (cd "$dir" && RUST_LOG=warn detach "$dir/pid" "$dir/log" "$TANSU" broker --silent \
       --listener-url "tcp://127.0.0.1:$KAFKA" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA" \
-      --storage-engine "sqlite://tansu.db" </dev/null >"$dir/log" 2>&1 &
-   echo $! >"$dir/pid")
+      --storage-engine "sqlite://tansu.db")
   wait_for tansu 60 broker_answers
   say "tansu on 127.0.0.1:$KAFKA"
 }

@@ -70,6 +70,8 @@ pub struct Settings {
     pub spool_max_bytes: u64,
     /// What a gateway does while Kafka is unreachable: spool and keep serving, or refuse.
     pub when_kafka_down: WhenKafkaDown,
+    /// Whether the Kafka producer is idempotent (default; see `crate::log::kafka`).
+    pub kafka_idempotence: bool,
 }
 
 /// Where ClickHouse is (distributed mode).
@@ -133,6 +135,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("clickhouse_database", "distributed mode: ClickHouse database (default tollgate)"),
     ("spool_max_bytes", "distributed mode: largest local usage spool while Kafka is down (default 1073741824)"),
     ("when_kafka_down", "distributed mode: spool (keep serving; default) or fail_closed (answer 503)"),
+    ("kafka_idempotence", "distributed mode: idempotent producer, true (default) or false"),
 ];
 
 impl Default for Settings {
@@ -161,6 +164,7 @@ impl Default for Settings {
             },
             spool_max_bytes: 1 << 30,
             when_kafka_down: WhenKafkaDown::Spool,
+            kafka_idempotence: true,
         }
     }
 }
@@ -248,6 +252,13 @@ impl Settings {
                 self.clickhouse.database = value.to_owned()
             }
             "spool_max_bytes" => self.spool_max_bytes = number()?,
+            "kafka_idempotence" => {
+                self.kafka_idempotence = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid("expected true or false")),
+                }
+            }
             "when_kafka_down" => {
                 self.when_kafka_down = match value {
                     "spool" => WhenKafkaDown::Spool,

@@ -98,9 +98,13 @@ impl Metrics {
         *self.upstream_errors.lock().entry(why).or_default() += 1;
     }
 
-    /// Prometheus text exposition. `store_lag_bytes` is how far the store trails the usage log.
-    /// `rate_limiters` is how many rate limiters the governor holds (bounded by configuration).
-    pub fn render(&self, store_lag_bytes: u64, rate_limiters: usize) -> String {
+    /// Prometheus text exposition, with the gauges read at the time of the scrape.
+    pub fn render(&self, g: Gauges) -> String {
+        let Gauges {
+            store_lag_bytes,
+            rate_limiters,
+            spooled_bytes,
+        } = g;
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP tollgate_http_requests_total HTTP requests by route and status\n");
         out.push_str("# TYPE tollgate_http_requests_total counter\n");
@@ -162,8 +166,23 @@ impl Metrics {
             out,
             "# HELP tollgate_rate_limiters rate limiters held in memory\n# TYPE tollgate_rate_limiters gauge\ntollgate_rate_limiters {rate_limiters}"
         );
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_spool_bytes usage held in the local spool while Kafka is unreachable\n# TYPE tollgate_spool_bytes gauge\ntollgate_spool_bytes {spooled_bytes}"
+        );
         out
     }
+}
+
+/// Gauges read when metrics are scraped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    /// How far the usage store trails the usage log (embedded mode).
+    pub store_lag_bytes: u64,
+    /// Rate limiters the governor holds (bounded by configuration).
+    pub rate_limiters: usize,
+    /// Usage spooled locally, not yet in Kafka (distributed gateways).
+    pub spooled_bytes: u64,
 }
 
 /// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`).
@@ -190,7 +209,7 @@ mod tests {
         m.request("/v1/chat/completions", 200);
         m.upstream_failure(UpstreamFailure::Timeout);
         m.gateway_overhead.observe(Duration::from_micros(150));
-        let text = m.render(7, 3);
+        let text = m.render(Gauges { store_lag_bytes: 7, rate_limiters: 3, spooled_bytes: 0 });
         assert!(text.contains(
             "tollgate_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"
         ));

@@ -41,6 +41,10 @@ async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
     let lag = core.store_lag().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        core.metrics.render(lag, core.governor.limiters()),
+        core.metrics.render(crate::telemetry::Gauges {
+            store_lag_bytes: lag,
+            rate_limiters: core.governor.limiters(),
+            spooled_bytes: core.log.spooled_bytes(),
+        }),
     )
 }

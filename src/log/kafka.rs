@@ -3,7 +3,10 @@
 //! Topics: `<prefix>config` (one partition, compacted, keyed by entity), `<prefix>usage`
 //! (`usage_partitions` partitions, keyed by API key), `<prefix>limits` (one partition, keyed by
 //! budget). Values are Avro single-object encoded (see `crate::codec`). The producer is idempotent
-//! with `acks=all`: an append resolves once every in-sync replica has the record.
+//! with `acks=all`: an append resolves once every in-sync replica has the record. (Idempotence can
+//! be turned off, `kafka_idempotence = false`, for brokers that mishandle it: tansu 0.6 answers
+//! every idempotent produce with UNKNOWN_SERVER_ERROR after it restarts. Duplicates that retries
+//! may then write are dropped by the aggregators, which store each `event_id` once.)
 //!
 //! Usage while Kafka is unreachable: with `when_kafka_down = spool` (the default) a usage record
 //! that cannot be produced goes to a local spool (a [`FileLog`] in `<data dir>/spool`, synced like
@@ -29,7 +32,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset as KOffset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -103,6 +106,19 @@ pub async fn ensure_topics(settings: &Settings, brokers: &str) -> Result<(), Log
     Ok(())
 }
 
+/// A producer with `acks=all`; idempotent (retries without duplicates or reordering) unless
+/// `kafka_idempotence` is off.
+fn new_producer(brokers: &str, idempotent: bool) -> Result<FutureProducer, LogError> {
+    client_config(brokers)
+        .set("enable.idempotence", idempotent.to_string())
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string())
+        .create()
+        .map_err(kafka_err)
+}
+
 /// Where the spool's drainer has got to, kept in `<spool>/drained`.
 struct Spool {
     log: FileLog,
@@ -115,7 +131,9 @@ struct Spool {
 pub struct KafkaLog(Arc<Inner>);
 
 struct Inner {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (an idempotent producer whose broker lost
+    /// its producer state, e.g. after a restart, can never produce again).
+    producer: parking_lot::RwLock<FutureProducer>,
     names: [String; 3],
     readers: [Mutex<Option<(BaseConsumer, Offset)>>; 2],
     ends: [watch::Sender<Offset>; 3],
@@ -124,6 +142,7 @@ struct Inner {
     spooling: AtomicBool,
     spool_max: u64,
     when_down: WhenKafkaDown,
+    idempotent: bool,
 }
 
 fn index(t: Topic) -> usize {
@@ -143,13 +162,7 @@ impl KafkaLog {
             .clone()
             .ok_or_else(|| LogError::Kafka("kafka_brokers is not set".into()))?;
         ensure_topics(settings, &brokers).await?;
-        let producer: FutureProducer = client_config(&brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", &PRODUCE_TIMEOUT.as_millis().to_string())
-            .create()
-            .map_err(kafka_err)?;
+        let producer = new_producer(&brokers, settings.kafka_idempotence)?;
         let dir = settings.data_dir.join("spool");
         let spool_log = FileLog::open(&dir, settings.usage_fsync)?;
         let drained_path = dir.join("drained");
@@ -159,7 +172,7 @@ impl KafkaLog {
             .unwrap_or(0);
         let pending = *spool_log.watch_end(Topic::Usage).borrow() > drained;
         let log = KafkaLog(Arc::new(Inner {
-            producer,
+            producer: parking_lot::RwLock::new(producer),
             names: Topic::ALL.map(|t| topic_name(&settings.topic_prefix, t)),
             readers: [Mutex::new(None), Mutex::new(None)],
             ends: Topic::ALL.map(|_| watch::channel(0).0),
@@ -172,6 +185,7 @@ impl KafkaLog {
             spooling: AtomicBool::new(pending),
             spool_max: settings.spool_max_bytes,
             when_down: settings.when_kafka_down,
+            idempotent: settings.kafka_idempotence,
         }));
         let ends: BaseConsumer = client_config(&log.0.brokers)
             .set("group.id", "tollgate-ends")
@@ -202,10 +216,6 @@ impl KafkaLog {
         Ok(log)
     }
 
-    /// Bytes of usage in the spool not yet produced to Kafka.
-    pub fn spooled_bytes(&self) -> u64 {
-        self.0.spooled_bytes()
-    }
 }
 
 impl Inner {
@@ -234,9 +244,19 @@ impl Inner {
         let record = FutureRecord::to(&self.names[index(topic)])
             .key(key)
             .payload(payload);
-        match self.producer.send(record, PRODUCE_TIMEOUT).await {
+        let producer = self.producer.read().clone();
+        match producer.send(record, PRODUCE_TIMEOUT).await {
             Ok((_partition, offset)) => Ok(u64::try_from(offset).unwrap_or(0)),
-            Err((e, _)) => Err(kafka_err(e)),
+            Err((e, _)) => {
+                if let Some(fatal) = producer.client().fatal_error() {
+                    tracing::warn!(error = ?fatal, "kafka producer failed fatally; starting a new one");
+                    match new_producer(&self.brokers, self.idempotent) {
+                        Ok(p) => *self.producer.write() = p,
+                        Err(e) => tracing::error!(error = %e, "kafka producer not recreated"),
+                    }
+                }
+                Err(kafka_err(e))
+            }
         }
     }
 
@@ -256,7 +276,6 @@ impl Inner {
             let consumer: BaseConsumer = client_config(&self.brokers)
                 .set("group.id", "tollgate-reader")
                 .set("enable.auto.commit", "false")
-                .set("enable.partition.eof", "true")
                 .create()
                 .map_err(kafka_err)?;
             let mut tpl = TopicPartitionList::new();
@@ -285,7 +304,6 @@ impl Inner {
                     });
                     *at = offset + 1;
                 }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) => {
                     *guard = None;
                     return Err(kafka_err(e));
@@ -345,6 +363,10 @@ impl EventLog for KafkaLog {
 
     fn watch_end(&self, topic: Topic) -> watch::Receiver<Offset> {
         self.0.ends[index(topic)].subscribe()
+    }
+
+    fn spooled_bytes(&self) -> u64 {
+        self.0.spooled_bytes()
     }
 
     fn accepts_usage(&self) -> bool {

@@ -86,4 +86,9 @@ pub trait EventLog: Send + Sync + 'static {
     fn accepts_usage(&self) -> bool {
         true
     }
+
+    /// Usage held locally because the log's backend was unreachable (0 when it never is).
+    fn spooled_bytes(&self) -> u64 {
+        0
+    }
 }
