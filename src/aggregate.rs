@@ -28,7 +28,7 @@ use crate::domain::{Event, LimitEvent, LimitKind, Millis, UsageEvent};
 use crate::log::kafka::{client_config, topic_name};
 use crate::log::Topic;
 use crate::settings::Settings;
-use crate::store::clickhouse::{ClickhouseStore, EventRow};
+use crate::store::clickhouse::{ClickhouseStore, EventRow, LimitRow};
 
 /// Most records per batch.
 const BATCH_MAX: usize = 5_000;
@@ -214,6 +214,7 @@ async fn publish_limit_state(core: &Core, store: &ClickhouseStore, batch: &[Cons
         }
     };
     let now = Millis::now();
+    let mut published = Vec::new();
     for total in totals {
         let Some(t) = touched.get(&total.budget) else {
             continue;
@@ -239,11 +240,14 @@ async fn publish_limit_state(core: &Core, store: &ClickhouseStore, batch: &[Cons
             next_reset: t.limit.next_reset(now),
         };
         core.state.write().apply(&Event::Limit(state_event.clone()));
-        core.emit_limit_event(state_event);
         let budgets = [(t.budget.clone(), t.limit.clone())];
-        for crossing in crate::proxy::govern::claim_crossings(&core.state, &budgets, &cause.path())
-        {
-            core.emit_limit_event(crossing);
+        let crossings = crate::proxy::govern::claim_crossings(&core.state, &budgets, &cause.path());
+        for e in std::iter::once(state_event).chain(crossings) {
+            published.push(LimitRow::new(&e));
+            core.emit_limit_event(e);
         }
+    }
+    if let Err(e) = store.insert_limit_events(&published).await {
+        tracing::warn!(error = %e, "aggregator: limit events not recorded in clickhouse");
     }
 }

@@ -70,6 +70,9 @@ pub struct Core {
     pub emits_limit_events: bool,
     /// How far each topic has been folded into `state` (by replay, then the follower).
     followed: [AtomicU64; 3],
+    /// Distributed mode: the follower's progress on the config topic (commits wait on it).
+    follower: Option<watch::Receiver<u64>>,
+    config_folded: watch::Sender<u64>,
 }
 
 fn index_of(t: Topic) -> usize {
@@ -129,8 +132,15 @@ impl Core {
             path: settings.data_dir.display().to_string(),
             source,
         })?;
-        let core = Self::assemble(settings, sealer, Arc::new(kafka), Arc::new(clickhouse), false)?;
+        let core = Self::assemble(
+            settings,
+            sealer,
+            Arc::new(kafka),
+            Arc::new(clickhouse),
+            false,
+        )?;
         core.replay(&DISTRIBUTED_TOPICS).await?;
+        tokio::spawn(run_follower(core.clone()));
         let generated_admin_key = if bootstrap {
             core.bootstrap().await?
         } else {
@@ -149,6 +159,7 @@ impl Core {
         store: Arc<dyn UsageStore>,
         emits_limit_events: bool,
     ) -> Result<Arc<Core>, AppError> {
+        let (config_folded, _) = watch::channel(0);
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
@@ -167,6 +178,8 @@ impl Core {
             admin_lock: tokio::sync::Mutex::new(()),
             emits_limit_events,
             followed: Default::default(),
+            follower: (!emits_limit_events).then(|| config_folded.subscribe()),
+            config_folded,
         }))
     }
 
@@ -201,6 +214,9 @@ impl Core {
                 }
             }
             self.followed[index_of(topic)].store(at, Ordering::Release);
+            if topic == Topic::Config {
+                self.config_folded.send_replace(at);
+            }
         }
         tracing::info!(
             workspaces = state.workspaces.len(),
@@ -310,15 +326,34 @@ impl Core {
                 change,
             };
             let bytes = codec::encode_config(&event)?;
-            self.log
+            let offset = self
+                .log
                 .append(Topic::Config, event.key().into_bytes(), bytes)
                 .await?;
             self.metrics
                 .config_events_appended
                 .fetch_add(1, Ordering::Relaxed);
-            self.state.write().apply(&Event::Config(event));
+            match &self.follower {
+                None => self.state.write().apply(&Event::Config(event)),
+                Some(progress) => Self::await_followed(progress.clone(), offset).await?,
+            }
         }
         Ok(())
+    }
+
+    /// Distributed mode: waits until the follower has folded the config topic past `offset`, so
+    /// the caller reads its own write, in the log's order with every other replica's writes.
+    async fn await_followed(
+        mut progress: watch::Receiver<u64>,
+        offset: u64,
+    ) -> Result<(), AppError> {
+        let wait = progress.wait_for(|folded| *folded > offset);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(AppError::Log(LogError::Kafka(
+                "the change was written but not read back from the config topic within 10 s".into(),
+            ))),
+        }
     }
 
     /// Appends a usage event durably, then settles it: folds it into the totals and budgets and
@@ -378,9 +413,10 @@ impl Core {
     }
 }
 
-/// Distributed mode: keeps folding the config and limit events other processes append, so an
-/// admin change made on any replica, and the aggregators' limit state, reach this one.
-pub async fn run_follower(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+/// Distributed mode: keeps folding the config and limit events every process appends (this one
+/// included), in the log's order, so an admin change made on any replica, and the aggregators'
+/// limit state, reach this one. Runs for the life of the process.
+async fn run_follower(core: Arc<Core>) {
     let mut ends = DISTRIBUTED_TOPICS.map(|t| core.log.watch_end(t));
     loop {
         let mut progressed = false;
@@ -395,7 +431,11 @@ pub async fn run_follower(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
                     for e in &events {
                         state.apply(e);
                     }
+                    drop(state);
                     core.followed[index_of(*topic)].store(next, Ordering::Release);
+                    if *topic == Topic::Config {
+                        core.config_folded.send_replace(next);
+                    }
                     progressed |= !events.is_empty();
                 }
                 Err(e) => {
@@ -406,10 +446,12 @@ pub async fn run_follower(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
         }
         if !progressed {
             let [config, limits] = &mut ends;
-            tokio::select! {
-                _ = config.changed() => {}
-                _ = limits.changed() => {}
-                _ = shutdown.changed() => return,
+            let changed = tokio::select! {
+                r = config.changed() => r,
+                r = limits.changed() => r,
+            };
+            if changed.is_err() {
+                return; // the log is gone: the process is ending
             }
         }
     }

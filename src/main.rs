@@ -8,10 +8,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use tollgate::aggregate::run_aggregator;
-use tollgate::app::{run_follower, run_reset_sweep, run_store_sink, Core, Started};
+use tollgate::app::{run_reset_sweep, run_store_sink, Core, Started};
 use tollgate::log::kafka::KafkaLog;
-use tollgate::store::clickhouse::ClickhouseStore;
 use tollgate::settings::{Settings, KNOWN};
+use tollgate::store::clickhouse::ClickhouseStore;
 
 /// mimalloc: the request path allocates many small short-lived buffers, where glibc malloc
 /// showed up as ~12% of CPU under load.
@@ -114,7 +114,9 @@ fn run<F: std::future::Future<Output = anyhow::Result<()>>>(
 
 /// Kafka and ClickHouse clients of a distributed role, and its state rebuilt from the topics.
 async fn open_distributed(settings: Settings, bootstrap: bool) -> anyhow::Result<Started> {
-    let kafka = KafkaLog::open(&settings).await.context("connecting to kafka")?;
+    let kafka = KafkaLog::open(&settings)
+        .await
+        .context("connecting to kafka")?;
     let clickhouse = ClickhouseStore::new(&settings.clickhouse)?;
     Ok(Core::open_distributed(settings, kafka, clickhouse, bootstrap).await?)
 }
@@ -138,7 +140,6 @@ async fn gateway(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "serving");
     let stopped = stop_on_signal();
-    tokio::spawn(run_follower(core.clone(), stopped.clone()));
     tollgate::http::serve(listener, core, stopped).await?;
     tracing::info!("stopped");
     Ok(())
@@ -149,7 +150,6 @@ async fn aggregator(settings: Settings) -> anyhow::Result<()> {
     let store = ClickhouseStore::new(&settings.clickhouse)?;
     let core = open_distributed(settings, false).await?.core;
     let stopped = stop_on_signal();
-    tokio::spawn(run_follower(core.clone(), stopped.clone()));
     tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
     run_aggregator(core, store, stopped).await
 }
@@ -157,9 +157,7 @@ async fn aggregator(settings: Settings) -> anyhow::Result<()> {
 async fn notifier(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%settings, "starting tollgate notifier");
     let core = open_distributed(settings, false).await?.core;
-    let stopped = stop_on_signal();
-    tokio::spawn(run_follower(core.clone(), stopped.clone()));
-    tollgate::notify::run_notifier(core, stopped).await;
+    tollgate::notify::run_notifier(core, stop_on_signal()).await;
     Ok(())
 }
 

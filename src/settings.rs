@@ -232,7 +232,9 @@ impl Settings {
             "alert_webhook_secret" => {
                 self.alert_webhook_secret = Some(value.to_owned()).filter(|v| !v.is_empty())
             }
-            "kafka_brokers" => self.kafka_brokers = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "kafka_brokers" => {
+                self.kafka_brokers = Some(value.to_owned()).filter(|v| !v.is_empty())
+            }
             "topic_prefix" => self.topic_prefix = value.to_owned(),
             "usage_partitions" => {
                 self.usage_partitions = i32::try_from(number()?)
@@ -240,13 +242,18 @@ impl Settings {
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| invalid("at least 1"))?
             }
-            "clickhouse_url" => self.clickhouse.url = Some(value.to_owned()).filter(|v| !v.is_empty()),
-            "clickhouse_user" => self.clickhouse.user = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "clickhouse_url" => {
+                self.clickhouse.url = Some(value.to_owned()).filter(|v| !v.is_empty())
+            }
+            "clickhouse_user" => {
+                self.clickhouse.user = Some(value.to_owned()).filter(|v| !v.is_empty())
+            }
             "clickhouse_password" => {
                 self.clickhouse.password = Some(value.to_owned()).filter(|v| !v.is_empty())
             }
             "clickhouse_database" => {
-                if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
                     return Err(invalid("letters, digits and _ only"));
                 }
                 self.clickhouse.database = value.to_owned()

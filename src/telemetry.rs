@@ -209,7 +209,11 @@ mod tests {
         m.request("/v1/chat/completions", 200);
         m.upstream_failure(UpstreamFailure::Timeout);
         m.gateway_overhead.observe(Duration::from_micros(150));
-        let text = m.render(Gauges { store_lag_bytes: 7, rate_limiters: 3, spooled_bytes: 0 });
+        let text = m.render(Gauges {
+            store_lag_bytes: 7,
+            rate_limiters: 3,
+            spooled_bytes: 0,
+        });
         assert!(text.contains(
             "tollgate_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"
         ));

@@ -115,6 +115,23 @@ SELECT b AS budget, cost_usd, prompt_tokens + completion_tokens AS tokens, toUIn
 FROM usage_events
 ARRAY JOIN budgets AS b;
 
+-- Limit state as the aggregators publish it: the usage of each budget window after every batch
+-- that touched it (kind 'usage'), and threshold crossings and exhaustions (for dashboards).
+CREATE TABLE IF NOT EXISTS limit_events (
+  event_id String,
+  ts Int64,
+  time DateTime MATERIALIZED toDateTime(intDiv(ts, 1000)),
+  kind String,
+  budget String,
+  owner_kind String,
+  workspace_id String,
+  window_start Int64,
+  budget_type String,
+  credit_limit Decimal(38, 12),
+  used Decimal(38, 12)
+) ENGINE = ReplacingMergeTree()
+ORDER BY (budget, window_start, ts, event_id);
+
 -- Every notification attempt made for a limit event, one row per event and channel.
 CREATE TABLE IF NOT EXISTS notifications (
   limit_event_id String,

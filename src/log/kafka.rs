@@ -95,7 +95,11 @@ pub async fn ensure_topics(settings: &Settings, brokers: &str) -> Result<(), Log
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin.create_topics(&topics, &opts).await.map_err(kafka_err)? {
+    for r in admin
+        .create_topics(&topics, &opts)
+        .await
+        .map_err(kafka_err)?
+    {
         match r {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
@@ -114,7 +118,10 @@ fn new_producer(brokers: &str, idempotent: bool) -> Result<FutureProducer, LogEr
         .set("max.in.flight.requests.per.connection", "1")
         .set("acks", "all")
         .set("linger.ms", "2")
-        .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            PRODUCE_TIMEOUT.as_millis().to_string(),
+        )
         .create()
         .map_err(kafka_err)
 }
@@ -215,7 +222,6 @@ impl KafkaLog {
         tokio::spawn(drain_spool(Arc::downgrade(&log.0)));
         Ok(log)
     }
-
 }
 
 impl Inner {
@@ -260,7 +266,12 @@ impl Inner {
         }
     }
 
-    fn read_blocking(&self, topic: Topic, from: Offset, max_bytes: usize) -> Result<Vec<Record>, LogError> {
+    fn read_blocking(
+        &self,
+        topic: Topic,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, LogError> {
         let slot = match topic {
             Topic::Config => 0,
             Topic::Limits => 1,

@@ -130,6 +130,41 @@ impl BudgetUsage {
     }
 }
 
+/// One published limit event, for dashboards (`limit_events`).
+#[derive(Row, Serialize, Debug, Clone)]
+pub struct LimitRow {
+    pub event_id: String,
+    pub ts: i64,
+    pub kind: String,
+    pub budget: String,
+    pub owner_kind: String,
+    pub workspace_id: String,
+    pub window_start: i64,
+    pub budget_type: String,
+    pub credit_limit: i128,
+    pub used: i128,
+}
+
+impl LimitRow {
+    pub fn new(e: &crate::domain::LimitEvent) -> LimitRow {
+        LimitRow {
+            event_id: e.event_id.clone(),
+            ts: e.at.0,
+            kind: e.kind.as_str().to_owned(),
+            budget: e.budget.clone(),
+            owner_kind: e.owner_kind.clone(),
+            workspace_id: e.workspace_id.clone().unwrap_or_default(),
+            window_start: e.window_start.0,
+            budget_type: match e.budget_type {
+                crate::domain::limits::BudgetKind::Cost => "cost".into(),
+                crate::domain::limits::BudgetKind::Tokens => "tokens".into(),
+            },
+            credit_limit: to_d12(e.credit_limit),
+            used: to_d12(e.used),
+        }
+    }
+}
+
 #[derive(Row, Deserialize)]
 struct StatsRow {
     g: String,
@@ -224,7 +259,9 @@ fn where_clause(f: &Filter) -> (String, Vec<Arg>) {
         }
     }
     for (k, v) in &f.metadata {
-        sql.push_str(" AND has(metadata_keys, ?) AND metadata_values[indexOf(metadata_keys, ?)] = ?");
+        sql.push_str(
+            " AND has(metadata_keys, ?) AND metadata_values[indexOf(metadata_keys, ?)] = ?",
+        );
         args.push(Arg::Str(k.clone()));
         args.push(Arg::Str(k.clone()));
         args.push(Arg::Str(v.clone()));
@@ -313,7 +350,9 @@ impl ClickhouseStore {
     ) -> Result<Vec<String>, StoreError> {
         Ok(self
             .client
-            .query("SELECT event_id FROM usage_events WHERE ts >= ? AND ts <= ? AND has(?, event_id)")
+            .query(
+                "SELECT event_id FROM usage_events WHERE ts >= ? AND ts <= ? AND has(?, event_id)",
+            )
             .bind(from)
             .bind(to)
             .bind(ids)
@@ -349,6 +388,19 @@ impl ClickhouseStore {
         rows.retain(|r| !have.contains(&r.event_id) && seen.insert(r.event_id.clone()));
         self.insert_rows(&rows).await?;
         Ok(rows.len())
+    }
+
+    /// Records published limit events (for dashboards; the topic stays the source of truth).
+    pub async fn insert_limit_events(&self, rows: &[LimitRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<LimitRow>("limit_events").await?;
+        for r in rows {
+            insert.write(r).await?;
+        }
+        insert.end().await?;
+        Ok(())
     }
 
     /// Usage counted so far in each of the given budget windows.
@@ -485,7 +537,10 @@ impl UsageStore for ClickhouseStore {
         // Positions live in Kafka's consumer group (committed after this returns), not here.
         let this = self.clone();
         async move {
-            let rows = events.iter().map(|e| EventRow::new(e, vec![], -1, -1)).collect();
+            let rows = events
+                .iter()
+                .map(|e| EventRow::new(e, vec![], -1, -1))
+                .collect();
             this.insert_new(rows).await
         }
         .boxed()
@@ -641,7 +696,10 @@ mod tests {
     #[test]
     fn ddl_statements_split_without_comments() {
         let s = statements("-- a\nCREATE TABLE a (x Int8); -- b\n\nCREATE TABLE b (y Int8);\n");
-        assert_eq!(s, vec!["CREATE TABLE a (x Int8)", "CREATE TABLE b (y Int8)"]);
+        assert_eq!(
+            s,
+            vec!["CREATE TABLE a (x Int8)", "CREATE TABLE b (y Int8)"]
+        );
         assert!(statements(MIGRATIONS[0].1).len() >= 7);
     }
 }

@@ -247,7 +247,13 @@ async fn admin(url: &str, method: &str, path: &str, body: Option<Value>) -> Valu
 
 /// A workspace with the mock provisioned (`@up`); returns the workspace id.
 async fn tenant(url: &str, upstream: &str) -> String {
-    let ws = admin(url, "POST", "/admin/workspaces", Some(json!({"name": "dist"}))).await;
+    let ws = admin(
+        url,
+        "POST",
+        "/admin/workspaces",
+        Some(json!({"name": "dist"})),
+    )
+    .await;
     let ws_id = ws["id"].as_str().unwrap().to_owned();
     admin(url, "POST", "/integrations", Some(json!({"name": "up", "slug": "up", "ai_provider_id": "openai", "key": "sk-distributed-secret-0042", "configurations": {"custom_host": upstream}}))).await;
     admin(
@@ -316,7 +322,8 @@ fn load(
         let acked = Arc::new(Mutex::new((0usize, 0u64, 0usize)));
         let mut workers = Vec::new();
         for w in 0..6 {
-            let (urls, keys, stop, acked) = (urls.clone(), keys.clone(), stop.clone(), acked.clone());
+            let (urls, keys, stop, acked) =
+                (urls.clone(), keys.clone(), stop.clone(), acked.clone());
             workers.push(tokio::spawn(async move {
                 let client = reqwest::Client::new();
                 let mut i = w;
@@ -328,6 +335,7 @@ fn load(
                         a.0 += 1;
                         a.1 += tokens;
                     } else {
+                        eprintln!("load: status {status}");
                         a.2 += 1;
                     }
                     i += 1;
@@ -380,12 +388,17 @@ async fn two_gateways_two_aggregators_meter_exactly() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let (acked, billed, failed) = loader.await.unwrap();
-    assert!(acked > 50, "load ran: {acked} acknowledged, {failed} failed");
+    assert!(
+        acked > 50,
+        "load ran: {acked} acknowledged, {failed} failed"
+    );
     assert_eq!(failed, 0);
     assert_eq!(c.wait_for_events(acked, 30).await, acked);
     assert_eq!(
-        c.sql("SELECT uniqExact(event_id), sum(prompt_tokens + completion_tokens) FROM usage_events")
-            .await,
+        c.sql(
+            "SELECT uniqExact(event_id), sum(prompt_tokens + completion_tokens) FROM usage_events"
+        )
+        .await,
         format!("{acked}\t{billed}")
     );
     // Rollups equal the raw events, per dimension, exactly (cost included).
@@ -432,7 +445,13 @@ async fn budget_exhausted_on_one_gateway_is_enforced_by_the_other() {
     let mut lags = Vec::new();
     for i in 0..12 {
         // 100 tokens; each request bills 19: the 6th exhausts it.
-        let key = new_key(&a, &ws, &format!("capped{i}"), json!({"usage_limits": {"type": "tokens", "credit_limit": 100}})).await;
+        let key = new_key(
+            &a,
+            &ws,
+            &format!("capped{i}"),
+            json!({"usage_limits": {"type": "tokens", "credit_limit": 100}}),
+        )
+        .await;
         known_on(&b, &key).await;
         let mut statuses = Vec::new();
         loop {
@@ -451,14 +470,20 @@ async fn budget_exhausted_on_one_gateway_is_enforced_by_the_other() {
                 break;
             }
             assert_eq!(s, 200);
-            assert!(exhausted_at.elapsed() < Duration::from_secs(5), "gateway b never enforced the budget");
+            assert!(
+                exhausted_at.elapsed() < Duration::from_secs(5),
+                "gateway b never enforced the budget"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         lags.push(exhausted_at.elapsed());
     }
     lags.sort();
     let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
-    println!("enforcement lag across gateways: p50 {p50:?} p99 {p99:?} over {} budgets", lags.len());
+    println!(
+        "enforcement lag across gateways: p50 {p50:?} p99 {p99:?} over {} budgets",
+        lags.len()
+    );
     assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
 }
 
@@ -528,7 +553,10 @@ async fn broker_restart_mid_load_loses_no_acknowledged_event() {
     stop.store(true, Ordering::Relaxed);
     watcher.await.unwrap();
     let (acked, billed, failed) = loader.await.unwrap();
-    assert_eq!(failed, 0, "the gateway kept serving while the broker was down");
+    assert_eq!(
+        failed, 0,
+        "the gateway kept serving while the broker was down"
+    );
     assert!(spool_peak.load(Ordering::Relaxed) > 0, "usage was spooled");
     assert_eq!(c.wait_for_events(acked, 90).await, acked);
     assert_eq!(spooled(&a).await, 0, "the spool drained");
@@ -540,7 +568,8 @@ async fn broker_restart_mid_load_loses_no_acknowledged_event() {
         .collect();
     assert_eq!(ids.len(), acked);
     assert_eq!(
-        c.sql("SELECT count(), sum(prompt_tokens + completion_tokens) FROM usage_events").await,
+        c.sql("SELECT count(), sum(prompt_tokens + completion_tokens) FROM usage_events")
+            .await,
         format!("{acked}\t{billed}"),
         "each event once"
     );
@@ -568,7 +597,8 @@ async fn clickhouse_outage_of_30s_loses_nothing() {
     assert_eq!(failed, 0, "gateways keep serving while ClickHouse is down");
     assert_eq!(c.wait_for_events(acked, 90).await, acked);
     assert_eq!(
-        c.sql("SELECT count(), sum(prompt_tokens + completion_tokens) FROM usage_events").await,
+        c.sql("SELECT count(), sum(prompt_tokens + completion_tokens) FROM usage_events")
+            .await,
         format!("{acked}\t{billed}")
     );
 }
