@@ -15,13 +15,13 @@ use sha2::Sha256;
 use crate::harness;
 use crate::mock;
 
-struct SmtpSink {
+pub struct SmtpSink {
     child: tokio::process::Child,
-    maildir: tempfile::TempDir,
-    url: String,
+    pub maildir: tempfile::TempDir,
+    pub url: String,
 }
 
-async fn smtp_sink() -> SmtpSink {
+pub async fn smtp_sink() -> SmtpSink {
     let maildir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -60,7 +60,7 @@ async fn smtp_sink() -> SmtpSink {
     panic!("the SMTP sink did not start");
 }
 
-fn mails(dir: &Path) -> Vec<String> {
+pub fn mails(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for sub in ["new", "cur"] {
         if let Ok(entries) = std::fs::read_dir(dir.join("mail").join(sub)) {

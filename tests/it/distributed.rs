@@ -161,7 +161,7 @@ impl Cluster {
     async fn add_gateway(&mut self) -> String {
         let port = free_port();
         let name = format!("gateway{}", self.gateways.len());
-        let child = self
+        let mut child = self
             .command("gateway", &name)
             .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
             .spawn()
@@ -176,6 +176,8 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("gateway did not become ready");
     }
 
@@ -183,6 +185,11 @@ impl Cluster {
         let name = format!("aggregator{}", self.aggregators.len());
         self.aggregators
             .push(self.command("aggregator", &name).spawn().unwrap());
+    }
+
+    fn add_notifier(&mut self) {
+        let child = self.command("notifier", "notifier").spawn().unwrap();
+        self.aggregators.push(child); // stopped with the aggregators
     }
 
     fn kill_aggregator(&mut self, i: usize) {
@@ -601,4 +608,50 @@ async fn clickhouse_outage_of_30s_loses_nothing() {
             .await,
         format!("{acked}\t{billed}")
     );
+}
+
+/// Crossing a threshold and exhausting a budget each mail once through the distributed notifier,
+/// although two aggregators watch the budget; deliveries are listed from ClickHouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifier_mails_each_crossing_once() {
+    let mock = mock::start().await;
+    let smtp = crate::alerts::smtp_sink().await;
+    let mut c = Cluster::new(&need("TG_KAFKA_BROKERS"), &need("TG_CLICKHOUSE_URL")).await;
+    c.env.push(("TOLLGATE_SMTP_URL".into(), smtp.url.clone()));
+    c.env
+        .push(("TOLLGATE_ALERT_EMAILS".into(), "finops@example.com".into()));
+    c.add_aggregator();
+    c.add_aggregator();
+    c.add_notifier();
+    let a = c.add_gateway().await;
+    let ws = tenant(&a, &mock.url).await;
+    let key = new_key(
+        &a,
+        &ws,
+        "alerted",
+        json!({"usage_limits": {"type": "tokens", "credit_limit": 100, "alert_threshold": 50}}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    while chat(&client, &a, &key).await.0 == 200 {}
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while crate::alerts::mails(smtp.maildir.path()).len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // a duplicate would arrive meanwhile
+    let mails = crate::alerts::mails(smtp.maildir.path());
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert!(mails
+        .iter()
+        .any(|m| m.contains("crossed its alert threshold")));
+    assert!(mails.iter().any(|m| m.contains("is exhausted")));
+    assert!(mails.iter().all(|m| m.contains("finops@example.com")));
+    let listed = admin(&a, "GET", "/admin/notifications", None).await;
+    let kinds: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 2, "{listed}");
 }
