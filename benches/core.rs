@@ -12,39 +12,8 @@ use tollgate::domain::pricing::{PriceTable, TokenUsage};
 use tollgate::domain::*;
 use tollgate::proxy::govern::{Estimate, Governor};
 
-fn event(i: u128) -> UsageEvent {
-    let mut metadata = Metadata::new();
-    metadata.insert("department".into(), "engineering".into());
-    UsageEvent {
-        event_id: uuid::Uuid::from_u128(i).to_string(),
-        at: Millis(1_735_689_600_000),
-        organisation_id: "org".into(),
-        workspace_id: format!("ws-{}", i % 10),
-        api_key_id: format!("key-{}", i % 100),
-        provider_id: "prov".into(),
-        provider_slug: "openai-prod".into(),
-        integration_id: "int".into(),
-        ai_provider: "openai".into(),
-        department: Some("engineering".into()),
-        user: Some("u1".into()),
-        metadata,
-        model: "gpt-4o-mini".into(),
-        endpoint: Endpoint::ChatCompletions,
-        status_code: 200,
-        prompt_tokens: 25,
-        completion_tokens: 24,
-        cached_tokens: 0,
-        cost_usd: Decimal::new(1815, 8),
-        priced: true,
-        usage_source: UsageSource::Provider,
-        latency_ms: 12,
-        upstream_latency_ms: 10,
-        streamed: false,
-        attempt_index: 0,
-        trace_id: "trace".into(),
-        config_id: None,
-    }
-}
+mod common;
+use common::event;
 
 fn reducer(c: &mut Criterion) {
     let events: Vec<Event> = (0..10_000).map(|i| Event::Usage(event(i))).collect();

@@ -13,14 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(cd .. && pwd)
-SRC=${PEERS_SRC:-$ROOT/../shared/bench-peers}
-W=$PWD/run/peers
 PORT=18790
 ADMIN=tg_bench_admin_key_0123456789
-mkdir -p "$W/run"
-for f in bench.sh post.lua start.sh stop.sh setup.sh README.md; do cp "$SRC/$f" "$W/$f"; done
-for d in mock portkey litellm; do mkdir -p "$W/$d" && cp -r "$SRC/$d/." "$W/$d/"; done
-chmod -R u+w "$W" && chmod +x "$W"/*.sh
+. ./common.sh
 
 # The tollgate target: the same request through @bench (JSON mock) or @bench-sse (SSE mock).
 python3 - "$W/bench.sh" "$PORT" <<'PY'
@@ -36,20 +31,10 @@ if "tollgate)" not in s:
 open(path, "w").write(s)
 PY
 
-need=(); for p in nginx-light wrk curl; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
-if ((${#need[@]})); then
-  [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; }
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
-fi
-
-alive() { [ -f "$W/run/$1.pid" ] && kill -0 "$(cat "$W/run/$1.pid")" 2>/dev/null; }
 if [ "${PEERS:-0}" = 1 ]; then
   "$W/setup.sh" && "$W/start.sh"
-elif ! alive mock; then
-  mkdir -p "$W/run/nginx"
-  nginx -p "$W/run/nginx/" -c "$W/mock/nginx.conf" >"$W/run/mock.log" 2>&1 < /dev/null &
-  echo $! > "$W/run/mock.pid"
-  for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:18700/v1/models && break; sleep 0.1; done
+else
+  start_mock
 fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tollgate/target}
@@ -62,7 +47,6 @@ echo $! > "$W/run/tollgate.pid"
 cp "$W/run/tollgate.pid" "$W/run/tollgate-limits.pid"  # the same process serves both targets
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done
 
-api() { curl -sf -X "$1" "http://127.0.0.1:$PORT/v1$2" -H "x-portkey-api-key: $ADMIN" -H 'content-type: application/json' ${3:+-d "$3"}; }
 WS=$(api POST /admin/workspaces '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 for p in bench:18700 bench-sse:18701; do
   slug=${p%%:*}; port=${p##*:}

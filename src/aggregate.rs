@@ -7,7 +7,8 @@
 //! 2. insert the events ClickHouse does not have yet, as one atomic `INSERT`, retrying until
 //!    ClickHouse takes it (a replay after a crash or rebalance finds its events there and adds
 //!    nothing; rollups and budget usage are materialized from that insert);
-//! 3. only then commit the batch's offsets to the group;
+//! 3. only then commit the batch's offsets to the group (asynchronously: a commit that is lost
+//!    only means a replay, which step 2 absorbs);
 //! 4. read the global usage of every budget window the batch touched and publish it on the
 //!    limits topic (kind `usage`), plus threshold/exhaustion events when a budget crossed one.
 //!    Gateways fold these to enforce budgets globally; the notifier mails the crossings.
@@ -109,7 +110,7 @@ pub async fn run_aggregator(
         for (p, o) in next {
             offsets.add_partition_offset(&topic, p, Offset::Offset(o))?;
         }
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
             // Not fatal: the batch is replayed after a rebalance and found already stored.
             tracing::warn!(error = %e, "aggregator: offset commit failed");
         }

@@ -115,7 +115,6 @@ pub async fn ensure_topics(settings: &Settings, brokers: &str) -> Result<(), Log
 fn new_producer(brokers: &str, idempotent: bool) -> Result<FutureProducer, LogError> {
     client_config(brokers)
         .set("enable.idempotence", idempotent.to_string())
-        .set("max.in.flight.requests.per.connection", "1")
         .set("acks", "all")
         .set("linger.ms", "2")
         .set(
