@@ -86,4 +86,3 @@ async fn run(brokers: &str, events: usize, idempotent: bool) -> anyhow::Result<(
     );
     Ok(())
 }
-
