@@ -1,7 +1,8 @@
 //! The broker's own ceiling, for the pipeline benchmark (`benches/pipeline.sh` runs it in the same
 //! run): how many real usage events per second the broker takes from one producer configured as
 //! the gateway's (acks=all, idempotent unless TOLLGATE_KAFKA_IDEMPOTENCE=false) and hands back to
-//! one consumer. Needs TG_KAFKA_BROKERS; EVENTS (default 100000) sets the count.
+//! one consumer. Needs TG_KAFKA_BROKERS; EVENTS (default 100000) sets the count. Under
+//! `cargo test` (no `--bench` argument) it is a quick smoke run of 1000 events.
 
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,12 @@ mod common;
 fn main() -> anyhow::Result<()> {
     let brokers = std::env::var("TG_KAFKA_BROKERS")
         .map_err(|_| anyhow::anyhow!("TG_KAFKA_BROKERS is not set (scripts/services.sh env)"))?;
+    let benching = std::env::args().any(|a| a == "--bench");
     let events: usize = std::env::var("EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+        .filter(|_| benching)
+        .unwrap_or(if benching { 100_000 } else { 1_000 });
     let idempotent = std::env::var("TOLLGATE_KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -145,7 +145,10 @@ struct Inner {
     ends: [watch::Sender<Offset>; 3],
     brokers: String,
     spool: Spool,
+    /// Usage waits in the spool: new usage goes there too, in order, until it is drained.
     spooling: AtomicBool,
+    /// The last produce failed; cleared by the next that succeeds (or a reachability probe).
+    down: AtomicBool,
     spool_max: u64,
     when_down: WhenKafkaDown,
     idempotent: bool,
@@ -189,6 +192,7 @@ impl KafkaLog {
                 drained: AtomicU64::new(drained),
             },
             spooling: AtomicBool::new(pending),
+            down: AtomicBool::new(false),
             spool_max: settings.spool_max_bytes,
             when_down: settings.when_kafka_down,
             idempotent: settings.kafka_idempotence,
@@ -240,6 +244,18 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether the broker answers a metadata request for the usage topic.
+    fn reachable(&self) -> bool {
+        let producer = self.producer.read().clone();
+        producer
+            .client()
+            .fetch_metadata(
+                Some(&self.names[index(Topic::Usage)]),
+                Duration::from_secs(2),
+            )
+            .is_ok()
+    }
+
     fn spooled_bytes(&self) -> u64 {
         let end = *self.spool.log.watch_end(Topic::Usage).borrow();
         end.saturating_sub(self.spool.drained.load(Ordering::Acquire))
@@ -251,8 +267,12 @@ impl Inner {
             .payload(payload);
         let producer = self.producer.read().clone();
         match producer.send(record, PRODUCE_TIMEOUT).await {
-            Ok((_partition, offset)) => Ok(u64::try_from(offset).unwrap_or(0)),
+            Ok((_partition, offset)) => {
+                self.down.store(false, Ordering::Release);
+                Ok(u64::try_from(offset).unwrap_or(0))
+            }
             Err((e, _)) => {
+                self.down.store(true, Ordering::Release);
                 if let Some(fatal) = producer.client().fatal_error() {
                     tracing::warn!(error = ?fatal, "kafka producer failed fatally; starting a new one");
                     match new_producer(&self.brokers, self.idempotent) {
@@ -335,7 +355,9 @@ impl EventLog for KafkaLog {
         let log = self.0.clone();
         async move {
             let spoolable = topic == Topic::Usage && log.when_down == WhenKafkaDown::Spool;
-            if !(spoolable && log.spooling.load(Ordering::Acquire)) {
+            let straight_to_spool =
+                log.spooling.load(Ordering::Acquire) || log.down.load(Ordering::Acquire);
+            if !(spoolable && straight_to_spool) {
                 match log.produce(topic, &key, &payload).await {
                     Ok(offset) => return Ok(offset),
                     Err(e) if !spoolable => return Err(e),
@@ -346,6 +368,7 @@ impl EventLog for KafkaLog {
                     }
                 }
             }
+            log.spooling.store(true, Ordering::Release);
             if log.spooled_bytes() >= log.spool_max {
                 return Err(LogError::Kafka(
                     "kafka is unreachable and the usage spool is full".into(),
@@ -382,7 +405,7 @@ impl EventLog for KafkaLog {
     fn accepts_usage(&self) -> bool {
         let log = &self.0;
         match log.when_down {
-            WhenKafkaDown::FailClosed => !log.spooling.load(Ordering::Acquire),
+            WhenKafkaDown::FailClosed => !log.down.load(Ordering::Acquire),
             WhenKafkaDown::Spool => log.spooled_bytes() < log.spool_max,
         }
     }
@@ -402,12 +425,23 @@ async fn drain_spool(log: std::sync::Weak<Inner>) {
         if at >= *end.borrow_and_update() {
             l.spooling.store(false, Ordering::Release);
             // A record spooled just before the flag dropped is still drained: its append moves
-            // the end, which wakes this loop.
-            drop(l);
-            if end.changed().await.is_err() {
-                return;
+            // the end, which wakes this loop. While Kafka is down and nothing is spooled (fail
+            // closed), probe it every second so gateways serve again as soon as it answers.
+            if l.down.load(Ordering::Acquire) {
+                let probe = l.clone();
+                let reachable = tokio::task::spawn_blocking(move || probe.reachable())
+                    .await
+                    .unwrap_or(false);
+                if reachable {
+                    l.down.store(false, Ordering::Release);
+                    tracing::info!("kafka answers again");
+                }
             }
-            continue;
+            drop(l);
+            match tokio::time::timeout(Duration::from_secs(1), end.changed()).await {
+                Ok(Err(_)) => return,
+                Ok(Ok(())) | Err(_) => continue,
+            }
         }
         let batch = match l.spool.log.read(Topic::Usage, at, 1 << 20).await {
             Ok(b) => b,

@@ -655,3 +655,78 @@ async fn notifier_mails_each_crossing_once() {
         .collect();
     assert_eq!(kinds.len(), 2, "{listed}");
 }
+
+/// While the broker is down, a `fail_closed` gateway and a gateway whose spool is full answer 503
+/// before calling the provider (nothing is served unmetered); both serve again once the broker is
+/// back, and every acknowledged request is in ClickHouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_and_full_spool_refuse_before_the_provider() {
+    let mock = mock::start().await;
+    let private = Private::start();
+    let mut c = Cluster::new(&private.brokers(), &private.clickhouse_url()).await;
+    c.env
+        .push(("TOLLGATE_KAFKA_IDEMPOTENCE".into(), "false".into()));
+    c.add_aggregator();
+    c.env
+        .push(("TOLLGATE_WHEN_KAFKA_DOWN".into(), "fail_closed".into()));
+    let closed = c.add_gateway().await;
+    c.env.pop();
+    c.env
+        .push(("TOLLGATE_SPOOL_MAX_BYTES".into(), "1000".into()));
+    let spooling = c.add_gateway().await;
+    let ws = tenant(&closed, &mock.url).await;
+    let key = new_key(&closed, &ws, "k", json!({})).await;
+    known_on(&spooling, &key).await;
+    let client = reqwest::Client::new();
+    let mut acked = 0;
+    for url in [&closed, &spooling] {
+        assert_eq!(chat(&client, url, &key).await.0, 200);
+        acked += 1;
+    }
+    private.run(&["stop", "tansu"], true);
+    for (url, name) in [(&closed, "fail_closed"), (&spooling, "full spool")] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, _) = chat(&client, url, &key).await;
+            match status {
+                200 => acked += 1,
+                503 => break,
+                _ => {} // the first request may fail after its produce times out (500)
+            }
+            assert!(Instant::now() < deadline, "{name}: no 503");
+        }
+        let before = mock.seen.requests.load(Ordering::SeqCst);
+        let (s, _, body) = call(
+            "POST",
+            &format!("{url}/v1/chat/completions"),
+            Some(&key),
+            Some(json!({"model": "@up/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})),
+        )
+        .await;
+        assert_eq!(s, 503, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "metering_unavailable", "{body}");
+        assert_eq!(
+            mock.seen.requests.load(Ordering::SeqCst),
+            before,
+            "{name}: refused before the provider"
+        );
+    }
+    private.run(&["start"], true);
+    for url in [&closed, &spooling] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if chat(&client, url, &key).await.0 == 200 {
+                acked += 1;
+                break;
+            }
+            assert!(Instant::now() < deadline, "{url} never served again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(c.wait_for_events(acked, 90).await, acked);
+    assert_eq!(
+        c.sql("SELECT count(), uniqExact(event_id) FROM usage_events")
+            .await,
+        format!("{acked}\t{acked}")
+    );
+}

@@ -10,4 +10,5 @@ mod http;
 mod mock;
 mod process;
 mod sdk;
+mod stores;
 mod stream;

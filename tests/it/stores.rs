@@ -1,0 +1,169 @@
+//! Both usage stores give the same answers on the same events: the embedded SQLite store and
+//! ClickHouse (the shared server from `scripts/services.sh`, a fresh migrated database), for
+//! every series bucket, latency report, group and rollup the analytics API and dashboards use.
+
+use rust_decimal::Decimal;
+use tollgate::domain::*;
+use tollgate::settings::ClickhouseSettings;
+use tollgate::store::clickhouse::ClickhouseStore;
+use tollgate::store::sqlite::SqliteStore;
+use tollgate::store::{Bucket, Filter, GroupBy, UsageStore, ROLLUP_DIMENSIONS};
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+/// A varied, deterministic day of events: several workspaces, keys, models, departments and
+/// users, errors, costs with twelve decimals, metadata, some events repeated (replays).
+fn events() -> Vec<UsageEvent> {
+    let mut out = Vec::new();
+    for i in 0..600u64 {
+        let mut metadata = Metadata::new();
+        let department = ["engineering", "research", "sales"][(i % 3) as usize];
+        if i % 5 != 0 {
+            metadata.insert("department".into(), department.into());
+        }
+        metadata.insert("team".into(), format!("t{}", i % 4));
+        out.push(UsageEvent {
+            event_id: uuid::Uuid::from_u128(0x1000 + u128::from(i)).to_string(),
+            at: Millis(T0 + (i as i64) * 137_003 % 86_400_000),
+            organisation_id: "org".into(),
+            workspace_id: format!("ws{}", i % 3),
+            api_key_id: format!("key{}", i % 7),
+            provider_id: format!("prov{}", i % 2),
+            provider_slug: format!("p{}", i % 2),
+            integration_id: "int".into(),
+            ai_provider: if i % 4 == 0 { "anthropic" } else { "openai" }.into(),
+            department: (i % 5 != 0).then(|| department.to_owned()),
+            user: (i % 6 != 0).then(|| format!("user{}", i % 11)),
+            metadata,
+            model: ["gpt-4o-mini", "gpt-4o", "claude-3-5-haiku"][(i % 3) as usize].into(),
+            endpoint: Endpoint::ChatCompletions,
+            status_code: [200, 200, 200, 429, 500, 200][(i % 6) as usize],
+            prompt_tokens: 10 + i % 97,
+            completion_tokens: i % 53,
+            cached_tokens: i % 5,
+            cost_usd: Decimal::new((i as i64) * 1_234_567 + 1, 12),
+            priced: i % 9 != 0,
+            usage_source: UsageSource::Provider,
+            latency_ms: (i * 37 % 900) as u32,
+            upstream_latency_ms: (i * 31 % 800) as u32,
+            streamed: i % 2 == 0,
+            attempt_index: (i % 2) as u32,
+            trace_id: format!("trace{}", i % 50),
+            config_id: (i % 3 == 0).then(|| "cfg1".to_owned()),
+        });
+    }
+    let replays: Vec<UsageEvent> = out.iter().step_by(10).cloned().collect();
+    out.extend(replays);
+    out
+}
+
+async fn clickhouse() -> ClickhouseStore {
+    let settings = ClickhouseSettings {
+        url: Some(std::env::var("TG_CLICKHOUSE_URL").expect(
+            "TG_CLICKHOUSE_URL is not set: run the tests with ./scripts/test.sh, which starts ClickHouse",
+        )),
+        database: format!("tg_stores_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        ..Default::default()
+    };
+    ClickhouseStore::migrate(&settings).await.unwrap();
+    ClickhouseStore::new(&settings).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_clickhouse_answer_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("usage.sqlite")).unwrap();
+    let ch = clickhouse().await;
+    let all = events();
+    // In two batches, the second overlapping the first: both stores keep each event once.
+    let (a, b) = all.split_at(400);
+    for store in [&sqlite as &dyn UsageStore, &ch as &dyn UsageStore] {
+        store.ingest(a.to_vec(), "test", 1).await.unwrap();
+        let mut second = b.to_vec();
+        second.extend(a[..50].iter().cloned());
+        store.ingest(second, "test", 2).await.unwrap();
+    }
+    let day = Filter {
+        from: Millis(T0),
+        to: Millis(T0 + 86_400_000),
+        ..Default::default()
+    };
+    let filters = vec![
+        day.clone(),
+        Filter {
+            workspace_id: Some("ws1".into()),
+            ..day.clone()
+        },
+        Filter {
+            api_key_ids: vec!["key2".into(), "key5".into()],
+            status_codes: vec![200, 500],
+            ..day.clone()
+        },
+        Filter {
+            models: vec![("openai".into(), "gpt-4o".into())],
+            provider_slugs: vec!["p1".into()],
+            ..day.clone()
+        },
+        Filter {
+            metadata: [("team".to_owned(), "t2".to_owned())].into_iter().collect(),
+            config_ids: vec!["cfg1".into()],
+            ..day.clone()
+        },
+        Filter {
+            from: Millis(T0 + 3_600_000),
+            to: Millis(T0 + 7_200_000),
+            trace_id: Some("trace7".into()),
+            ..day.clone()
+        },
+    ];
+    let groupings = [
+        GroupBy::User,
+        GroupBy::Model,
+        GroupBy::AiProvider,
+        GroupBy::Provider,
+        GroupBy::ApiKey,
+        GroupBy::Workspace,
+        GroupBy::StatusCode,
+        GroupBy::Config,
+        GroupBy::Department,
+        GroupBy::Metadata("team".into()),
+        GroupBy::Metadata("department".into()),
+    ];
+    for f in &filters {
+        for bucket in [Bucket::Minute, Bucket::Hour, Bucket::Day] {
+            let s = sqlite.series(f.clone(), bucket).await.unwrap();
+            assert_eq!(
+                s,
+                ch.series(f.clone(), bucket).await.unwrap(),
+                "series {bucket:?} {f:?}"
+            );
+            let l = sqlite.latency(f.clone(), bucket).await.unwrap();
+            assert_eq!(
+                l,
+                ch.latency(f.clone(), bucket).await.unwrap(),
+                "latency {bucket:?} {f:?}"
+            );
+        }
+        for by in &groupings {
+            let g = sqlite.groups(f.clone(), by.clone()).await.unwrap();
+            assert_eq!(
+                g,
+                ch.groups(f.clone(), by.clone()).await.unwrap(),
+                "groups {by:?} {f:?}"
+            );
+        }
+    }
+    let totals = sqlite.series(day.clone(), Bucket::Day).await.unwrap();
+    assert_eq!(totals[0].1.requests, 600, "each event once");
+    for grain in ["minute", "day"] {
+        for dim in ROLLUP_DIMENSIONS {
+            let r = sqlite.rollups(grain, dim).await.unwrap();
+            assert!(!r.is_empty(), "{grain} {dim}");
+            assert_eq!(
+                r,
+                ch.rollups(grain, dim).await.unwrap(),
+                "rollups {grain} {dim}"
+            );
+        }
+    }
+}
