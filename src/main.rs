@@ -135,10 +135,7 @@ async fn gateway(settings: Settings) -> anyhow::Result<()> {
     let started = open_distributed(settings, true).await?;
     announce(&started);
     let core = started.core;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(address = %listener.local_addr()?, "serving");
+    let listener = bind(listen).await?;
     let stopped = stop_on_signal();
     tollgate::http::serve(listener, core, stopped).await?;
     tracing::info!("stopped");
@@ -159,6 +156,14 @@ async fn notifier(settings: Settings) -> anyhow::Result<()> {
     let core = open_distributed(settings, false).await?.core;
     tollgate::notify::run_notifier(core, stop_on_signal()).await;
     Ok(())
+}
+
+async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, "serving");
+    Ok(listener)
 }
 
 /// A shutdown flag raised on SIGINT/SIGTERM.
@@ -185,10 +190,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = Core::open(settings).await.context("opening the data dir")?;
     announce(&started);
     let core = started.core;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(address = %listener.local_addr()?, "serving");
+    let listener = bind(listen).await?;
     let stopped = stop_on_signal();
     let sink = tokio::spawn(run_store_sink(core.clone(), stopped.clone()));
     tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));

@@ -15,18 +15,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::harness::{call, ADMIN_KEY};
+use crate::harness::{admin_call as admin, call, free_port, ADMIN_KEY};
 use crate::mock;
 
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn need(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
@@ -129,6 +121,16 @@ impl Cluster {
         );
         // Idempotent: a second run applies nothing and succeeds.
         assert!(c.command("migrate", "migrate").status().unwrap().success());
+        c
+    }
+
+    /// A cluster on a private broker that the test stops and starts. tansu 0.6 refuses idempotent
+    /// produces after it restarts (UNKNOWN_SERVER_ERROR, forever), so these clusters run the
+    /// producer without idempotence; duplicates are then dropped by `event_id`.
+    async fn with_restartable_broker(private: &Private) -> Cluster {
+        let mut c = Cluster::new(&private.brokers(), &private.clickhouse_url()).await;
+        c.env
+            .push(("TOLLGATE_KAFKA_IDEMPOTENCE".into(), "false".into()));
         c
     }
 
@@ -246,31 +248,9 @@ impl Drop for Cluster {
     }
 }
 
-async fn admin(url: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let (s, _, v) = call(method, &format!("{url}/v1{path}"), Some(ADMIN_KEY), body).await;
-    assert!(s < 300, "{method} {path}: {s} {v}");
-    v
-}
-
 /// A workspace with the mock provisioned (`@up`); returns the workspace id.
 async fn tenant(url: &str, upstream: &str) -> String {
-    let ws = admin(
-        url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "dist"})),
-    )
-    .await;
-    let ws_id = ws["id"].as_str().unwrap().to_owned();
-    admin(url, "POST", "/integrations", Some(json!({"name": "up", "slug": "up", "ai_provider_id": "openai", "key": "sk-distributed-secret-0042", "configurations": {"custom_host": upstream}}))).await;
-    admin(
-        url,
-        "PUT",
-        "/integrations/up/workspaces",
-        Some(json!({"workspaces": [{"id": ws_id, "enabled": true}]})),
-    )
-    .await;
-    ws_id
+    crate::harness::provision_up(url, upstream, "dist", "sk-distributed-secret-0042").await
 }
 
 async fn new_key(url: &str, ws: &str, name: &str, extra: Value) -> String {
@@ -373,17 +353,31 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// The mock provider and a cluster on the shared servers with `aggregators` aggregators and
+/// `gateways` gateways, a tenant provisioned through the first gateway.
+async fn shared_cluster(
+    aggregators: usize,
+    gateways: usize,
+) -> (mock::Mock, Cluster, Vec<String>, String) {
+    let mock = mock::start().await;
+    let mut c = Cluster::new(&need("TG_KAFKA_BROKERS"), &need("TG_CLICKHOUSE_URL")).await;
+    for _ in 0..aggregators {
+        c.add_aggregator();
+    }
+    let mut urls = Vec::new();
+    for _ in 0..gateways {
+        urls.push(c.add_gateway().await);
+    }
+    let ws = tenant(&urls[0], &mock.url).await;
+    (mock, c, urls, ws)
+}
+
 /// Totals in ClickHouse equal the provider's billed usage exactly; rollups equal raw events;
 /// analytics answer from ClickHouse; an admin change on one gateway reaches the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_two_aggregators_meter_exactly() {
-    let mock = mock::start().await;
-    let mut c = Cluster::new(&need("TG_KAFKA_BROKERS"), &need("TG_CLICKHOUSE_URL")).await;
-    c.add_aggregator();
-    c.add_aggregator();
-    let a = c.add_gateway().await;
-    let b = c.add_gateway().await;
-    let ws = tenant(&a, &mock.url).await;
+    let (_mock, c, urls, ws) = shared_cluster(2, 2).await;
+    let (a, b) = (urls[0].clone(), urls[1].clone());
     let mut keys = Vec::new();
     for i in 0..4 {
         let key = new_key(&a, &ws, &format!("k{i}"), json!({})).await;
@@ -441,13 +435,8 @@ async fn two_gateways_two_aggregators_meter_exactly() {
 /// A budget exhausted through one gateway is enforced by the other within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_exhausted_on_one_gateway_is_enforced_by_the_other() {
-    let mock = mock::start().await;
-    let mut c = Cluster::new(&need("TG_KAFKA_BROKERS"), &need("TG_CLICKHOUSE_URL")).await;
-    c.add_aggregator();
-    c.add_aggregator();
-    let a = c.add_gateway().await;
-    let b = c.add_gateway().await;
-    let ws = tenant(&a, &mock.url).await;
+    let (_mock, mut c, urls, ws) = shared_cluster(2, 2).await;
+    let (a, b) = (urls[0].clone(), urls[1].clone());
     let client = reqwest::Client::new();
     let mut lags = Vec::new();
     for i in 0..12 {
@@ -587,12 +576,8 @@ fn expand_grafana_macros(sql: &str, from: u64, to: u64, interval_s: u64) -> Stri
 /// kill -9 an aggregator repeatedly mid-stream: nothing lost, nothing counted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregator_killed_repeatedly_loses_and_doubles_nothing() {
-    let mock = mock::start().await;
-    let mut c = Cluster::new(&need("TG_KAFKA_BROKERS"), &need("TG_CLICKHOUSE_URL")).await;
-    c.add_aggregator();
-    c.add_aggregator();
-    let a = c.add_gateway().await;
-    let ws = tenant(&a, &mock.url).await;
+    let (_mock, mut c, urls, ws) = shared_cluster(2, 1).await;
+    let a = urls[0].clone();
     let key = new_key(&a, &ws, "k", json!({})).await;
     let stop = Arc::new(AtomicBool::new(false));
     let loader = load(vec![a.clone()], vec![key], stop.clone());
@@ -620,11 +605,7 @@ async fn aggregator_killed_repeatedly_loses_and_doubles_nothing() {
 async fn broker_restart_mid_load_loses_no_acknowledged_event() {
     let mock = mock::start().await;
     let private = Private::start();
-    let mut c = Cluster::new(&private.brokers(), &private.clickhouse_url()).await;
-    // tansu 0.6 refuses idempotent produces after it restarts (UNKNOWN_SERVER_ERROR, forever):
-    // this test runs the producer without idempotence; duplicates are then dropped by event_id.
-    c.env
-        .push(("TOLLGATE_KAFKA_IDEMPOTENCE".into(), "false".into()));
+    let mut c = Cluster::with_restartable_broker(&private).await;
     c.add_aggregator();
     let a = c.add_gateway().await;
     let ws = tenant(&a, &mock.url).await;
@@ -753,9 +734,7 @@ async fn notifier_mails_each_crossing_once() {
 async fn fail_closed_and_full_spool_refuse_before_the_provider() {
     let mock = mock::start().await;
     let private = Private::start();
-    let mut c = Cluster::new(&private.brokers(), &private.clickhouse_url()).await;
-    c.env
-        .push(("TOLLGATE_KAFKA_IDEMPOTENCE".into(), "false".into()));
+    let mut c = Cluster::with_restartable_broker(&private).await;
     c.add_aggregator();
     c.env
         .push(("TOLLGATE_WHEN_KAFKA_DOWN".into(), "fail_closed".into()));

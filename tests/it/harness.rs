@@ -93,6 +93,44 @@ pub async fn call(
     )
 }
 
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An admin call with the bootstrap admin key to the server at `url`, which must succeed.
+pub async fn admin_call(url: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (s, _, v) = call(method, &format!("{url}/v1{path}"), Some(ADMIN_KEY), body).await;
+    assert!(s < 300, "{method} {path}: {s} {v}");
+    v
+}
+
+/// A workspace named `name` with an integration `@up` (provider key `secret`) pointing at
+/// `upstream` provisioned to it, through the admin API at `url`; returns the workspace id.
+pub async fn provision_up(url: &str, upstream: &str, name: &str, secret: &str) -> String {
+    let ws = admin_call(
+        url,
+        "POST",
+        "/admin/workspaces",
+        Some(json!({"name": name})),
+    )
+    .await;
+    let ws_id = ws["id"].as_str().unwrap().to_owned();
+    admin_call(url, "POST", "/integrations", Some(json!({"name": "up", "slug": "up", "ai_provider_id": "openai", "key": secret, "configurations": {"custom_host": upstream}}))).await;
+    admin_call(
+        url,
+        "PUT",
+        "/integrations/up/workspaces",
+        Some(json!({"workspaces": [{"id": ws_id, "enabled": true}]})),
+    )
+    .await;
+    ws_id
+}
+
 impl Server {
     /// An admin call that must succeed.
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {

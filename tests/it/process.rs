@@ -10,20 +10,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::harness::{call, ADMIN_KEY};
+use crate::harness::{admin_call as admin, free_port, ADMIN_KEY};
 use crate::mock;
 
 struct Proc {
     child: Child,
     url: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn spawn(dir: &Path) -> Proc {
@@ -62,30 +54,10 @@ fn signal(p: &Proc, sig: &str) {
     assert!(ok, "kill -{sig}");
 }
 
-async fn admin(url: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let (s, _, v) = call(method, &format!("{url}/v1{path}"), Some(ADMIN_KEY), body).await;
-    assert!(s < 300, "{method} {path}: {s} {v}");
-    v
-}
-
 /// Creates a tenant through the admin API; returns the workspace id and a data-plane key.
 async fn tenant(url: &str, upstream: &str) -> (String, String) {
-    let ws = admin(
-        url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "persist"})),
-    )
-    .await;
-    let ws_id = ws["id"].as_str().unwrap().to_owned();
-    admin(url, "POST", "/integrations", Some(json!({"name": "up", "slug": "up", "ai_provider_id": "openai", "key": "sk-persisted-key-000111", "configurations": {"custom_host": upstream}}))).await;
-    admin(
-        url,
-        "PUT",
-        "/integrations/up/workspaces",
-        Some(json!({"workspaces": [{"id": ws_id, "enabled": true}]})),
-    )
-    .await;
+    let ws_id =
+        crate::harness::provision_up(url, upstream, "persist", "sk-persisted-key-000111").await;
     admin(url, "PUT", "/integrations/up/models", Some(json!({"allow_all_models": false, "models": [{"slug": "gpt-4o-mini", "enabled": true}]}))).await;
     admin(
         url,
