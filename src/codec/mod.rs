@@ -643,6 +643,17 @@ pub(crate) mod tests {
             next_reset: Some(Millis(99)),
         };
         assert_eq!(decode_limit(&encode_limit(&e).unwrap()).unwrap(), e);
+        // A record written with the v1 schema (before the `usage` kind) is still read: the body
+        // is the same and the reader resolves the v1 writer schema by its fingerprint.
+        let v1 = Family::new(LIMIT_SCHEMA_V1, &[]);
+        let mut bytes = encode_limit(&e).unwrap();
+        bytes[..10].copy_from_slice(&v1.header);
+        assert_eq!(decode_limit(&bytes).unwrap(), e);
+        let state = LimitEvent {
+            kind: LimitKind::Usage,
+            ..e
+        };
+        assert_eq!(decode_limit(&encode_limit(&state).unwrap()).unwrap(), state);
     }
 
     #[test]

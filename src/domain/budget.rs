@@ -334,6 +334,72 @@ mod tests {
     }
 
     #[test]
+    fn budget_keys_parse_back() {
+        let refs = [
+            BudgetRef::ApiKey("k1".into()),
+            BudgetRef::Provider("p1".into()),
+            BudgetRef::Access {
+                integration: "i1".into(),
+                workspace: "w1".into(),
+            },
+            BudgetRef::Workspace("w1".into()),
+            BudgetRef::Policy {
+                id: "pol".into(),
+                group: None,
+            },
+            BudgetRef::Policy {
+                id: "pol".into(),
+                group: Some("dept:eng".into()),
+            },
+        ];
+        for r in refs {
+            assert_eq!(BudgetRef::parse(&r.key()), Some(r));
+        }
+        assert_eq!(BudgetRef::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn limit_state_raises_counters_and_never_lowers_them() {
+        let mut c = HashMap::default();
+        let r = BudgetRef::ApiKey("k".into());
+        raise(
+            &mut c,
+            r.clone(),
+            Millis(100),
+            BudgetKind::Tokens,
+            Decimal::from(50),
+        );
+        assert_eq!(c[&r].tokens, 50);
+        raise(
+            &mut c,
+            r.clone(),
+            Millis(100),
+            BudgetKind::Tokens,
+            Decimal::from(30),
+        );
+        assert_eq!(c[&r].tokens, 50, "an older report does not lower it");
+        raise(
+            &mut c,
+            r.clone(),
+            Millis(50),
+            BudgetKind::Tokens,
+            Decimal::from(99),
+        );
+        assert_eq!(c[&r].tokens, 50, "a past window's report is ignored");
+        raise(
+            &mut c,
+            r.clone(),
+            Millis(200),
+            BudgetKind::Cost,
+            Decimal::new(15, 1),
+        );
+        assert_eq!(
+            (c[&r].window_start, c[&r].cost, c[&r].tokens),
+            (Millis(200), Decimal::new(15, 1), 0)
+        );
+    }
+
+    #[test]
     fn weekly_and_monthly_boundaries() {
         // 2025-01-01 is a Wednesday.
         let (s, n) = period(
