@@ -457,6 +457,28 @@ async fn run_follower(core: Arc<Core>) {
     }
 }
 
+/// How often a distributed gateway refreshes entity usage totals from ClickHouse.
+const TOTALS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Distributed gateways: keeps each entity's `current_usage` totals global by reading them from
+/// ClickHouse every [`TOTALS_REFRESH`] (a gateway only settles its own requests).
+pub async fn run_totals_refresh(
+    core: Arc<Core>,
+    store: crate::store::clickhouse::ClickhouseStore,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match store.entity_totals().await {
+            Ok(totals) => core.state.write().replace_usage_totals(totals),
+            Err(e) => tracing::debug!(error = %e, "usage totals not refreshed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TOTALS_REFRESH) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Reads the master key from the settings, or from `<data dir>/master.key`, generating that
 /// file (mode 0600) on first start.
 fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {

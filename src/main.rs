@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use tollgate::aggregate::run_aggregator;
-use tollgate::app::{run_reset_sweep, run_store_sink, Core, Started};
+use tollgate::app::{run_reset_sweep, run_store_sink, run_totals_refresh, Core, Started};
 use tollgate::log::kafka::KafkaLog;
 use tollgate::settings::{Settings, KNOWN};
 use tollgate::store::clickhouse::ClickhouseStore;
@@ -132,11 +132,13 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 async fn gateway(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%settings, "starting tollgate gateway");
     let listen = settings.listen;
+    let store = ClickhouseStore::new(&settings.clickhouse)?;
     let started = open_distributed(settings, true).await?;
     announce(&started);
     let core = started.core;
     let listener = bind(listen).await?;
     let stopped = stop_on_signal();
+    tokio::spawn(run_totals_refresh(core.clone(), store, stopped.clone()));
     tollgate::http::serve(listener, core, stopped).await?;
     tracing::info!("stopped");
     Ok(())

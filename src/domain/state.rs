@@ -405,6 +405,15 @@ impl State {
     }
 
     /// Usage folded so far for an entity.
+    /// Replaces every entity's usage totals (distributed gateways: with the global totals read
+    /// from the usage store; usage they settle afterwards adds on top until the next refresh).
+    pub fn replace_usage_totals(
+        &mut self,
+        totals: impl IntoIterator<Item = (EntityKind, String, Totals)>,
+    ) {
+        self.usage = totals.into_iter().map(|(k, id, t)| ((k, id), t)).collect();
+    }
+
     pub fn usage_of(&self, kind: EntityKind, id: &str) -> Totals {
         self.usage
             .get(&(kind, id.to_owned()))

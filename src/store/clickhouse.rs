@@ -417,6 +417,53 @@ impl ClickhouseStore {
             .await?)
     }
 
+    /// Every entity's all-time usage totals (API key, workspace, integration, provider), in one
+    /// scan of the raw events.
+    pub async fn entity_totals(
+        &self,
+    ) -> Result<Vec<(crate::domain::EntityKind, String, crate::domain::Totals)>, StoreError> {
+        use crate::domain::EntityKind;
+        #[derive(Row, Deserialize)]
+        struct T {
+            kind: String,
+            id: String,
+            requests: u64,
+            tokens: u64,
+            cost_usd: i128,
+        }
+        let rows: Vec<T> = self
+            .client
+            .query(
+                "SELECT k.1 AS kind, k.2 AS id, toUInt64(count()) AS requests,
+                   toUInt64(sum(prompt_tokens + completion_tokens)) AS tokens, sum(cost_usd) AS cost_usd
+                 FROM usage_events
+                 ARRAY JOIN [('api_key', api_key_id), ('workspace', workspace_id),
+                   ('integration', integration_id), ('provider', provider_id)] AS k
+                 WHERE k.2 != ''
+                 GROUP BY kind, id",
+            )
+            .fetch_all()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|t| {
+                let kind = match t.kind.as_str() {
+                    "api_key" => EntityKind::ApiKey,
+                    "workspace" => EntityKind::Workspace,
+                    "integration" => EntityKind::Integration,
+                    "provider" => EntityKind::Provider,
+                    _ => return None,
+                };
+                let totals = crate::domain::Totals {
+                    requests: t.requests,
+                    tokens: t.tokens,
+                    cost_usd: from_d12(t.cost_usd),
+                };
+                Some((kind, t.id, totals))
+            })
+            .collect())
+    }
+
     /// Runs a read-only query and returns its rows as TSV (the dashboards' test).
     pub async fn query_tsv(&self, sql: &str) -> Result<String, StoreError> {
         let mut cursor = self.client.query(sql).fetch_bytes("TSV")?;

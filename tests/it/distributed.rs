@@ -424,6 +424,30 @@ async fn two_gateways_two_aggregators_meter_exactly() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["data"][0]["requests"], acked.to_string(), "{v}");
     }
+    // Each key's current_usage on either gateway is global (read from ClickHouse).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = admin(&b, "GET", &format!("/api-keys?workspace_id={ws}"), None).await;
+        let (requests, tokens) =
+            listed["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .fold((0, 0), |(r, t), k| {
+                    (
+                        r + k["current_usage"]["requests"].as_u64().unwrap_or(0),
+                        t + k["current_usage"]["tokens"].as_u64().unwrap_or(0),
+                    )
+                });
+        if (requests, tokens) == (acked as u64, billed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "current_usage on gateway b: {requests} requests, {tokens} tokens; billed {acked}, {billed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The provider key never reaches ClickHouse.
     assert_eq!(
         c.sql("SELECT count() FROM usage_events WHERE position(concat(trace_id, api_key_id, provider_id), 'sk-distributed') > 0")
