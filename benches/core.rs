@@ -205,7 +205,7 @@ fn governance(c: &mut Criterion) {
                 .admit(&state, &path, est, Millis(1_735_689_600_000))
                 .ok();
             let e2 = e.clone();
-            gov.settle(&state, e2, r)
+            gov.settle(&state, e2, r, true)
         })
     });
     g.finish();

@@ -36,11 +36,12 @@ const BATCH_MAX: usize = 5_000;
 /// How long a batch gathers records after its first.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
-/// One consumed record.
+/// One consumed record, with the budget windows its event counts toward.
 struct Consumed {
     partition: i32,
     offset: i64,
     event: UsageEvent,
+    windows: Vec<(BudgetRef, UsageLimit, Millis)>,
 }
 
 /// A budget window a batch touched, with the last event that counted toward it.
@@ -81,7 +82,7 @@ pub async fn run_aggregator(
         };
         let mut batch = Vec::new();
         match first {
-            Ok(m) => take(&m, &mut batch),
+            Ok(m) => take(&core, &m, &mut batch),
             Err(e) => {
                 tracing::warn!(error = %e, "aggregator: consume failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -92,7 +93,7 @@ pub async fn run_aggregator(
         while batch.len() < BATCH_MAX {
             tokio::select! {
                 m = consumer.recv() => match m {
-                    Ok(m) => take(&m, &mut batch),
+                    Ok(m) => take(&core, &m, &mut batch),
                     Err(e) => { tracing::warn!(error = %e, "aggregator: consume failed"); break }
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -120,11 +121,12 @@ pub async fn run_aggregator(
     Ok(())
 }
 
-fn take(m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
+fn take(core: &Core, m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
     match codec::decode_usage(m.payload().unwrap_or_default()) {
         Ok(event) => batch.push(Consumed {
             partition: m.partition(),
             offset: m.offset(),
+            windows: windows_of(core, &event),
             event,
         }),
         // An undecodable record never becomes decodable: skipped loudly, left in the topic.
@@ -161,7 +163,8 @@ async fn store_batch(
     let rows: Vec<EventRow> = batch
         .iter()
         .map(|c| {
-            let windows = windows_of(core, &c.event)
+            let windows = c
+                .windows
                 .iter()
                 .map(|(r, _, w)| window_key(r, *w))
                 .collect();
@@ -170,7 +173,7 @@ async fn store_batch(
         .collect();
     let mut wait = Duration::from_millis(200);
     loop {
-        match store.insert_new(rows.clone()).await {
+        match store.insert_new(&rows).await {
             Ok(new) => {
                 core.metrics
                     .usage_events_stored
@@ -193,14 +196,14 @@ async fn store_batch(
 async fn publish_limit_state(core: &Core, store: &ClickhouseStore, batch: &[Consumed]) {
     let mut touched: HashMap<String, Touched> = HashMap::new();
     for (i, c) in batch.iter().enumerate() {
-        for (budget, limit, window_start) in windows_of(core, &c.event) {
+        for (budget, limit, window_start) in &c.windows {
             touched
-                .entry(window_key(&budget, window_start))
+                .entry(window_key(budget, *window_start))
                 .and_modify(|t| t.last = i)
-                .or_insert(Touched {
-                    budget,
-                    limit,
-                    window_start,
+                .or_insert_with(|| Touched {
+                    budget: budget.clone(),
+                    limit: limit.clone(),
+                    window_start: *window_start,
                     last: i,
                 });
         }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -65,22 +65,21 @@ pub struct Core {
     pub governor: Arc<crate::proxy::govern::Governor>,
     /// Serialises admin commands so read-modify-write of an entity never races.
     pub admin_lock: tokio::sync::Mutex<()>,
-    /// Whether this process emits budget threshold/exhaustion events when it settles usage
-    /// (embedded mode). In distributed mode the aggregators emit them from global totals.
-    pub emits_limit_events: bool,
-    /// How far each topic has been folded into `state` (by replay, then the follower).
-    followed: [AtomicU64; 3],
-    /// Distributed mode: the follower's progress on the config topic (commits wait on it).
-    follower: Option<watch::Receiver<u64>>,
-    config_folded: watch::Sender<u64>,
+    pub mode: Mode,
+    /// How far each topic has been folded into `state` (by replay, then in distributed mode the
+    /// follower; commits there wait on the config topic's).
+    folded: [watch::Sender<u64>; 3],
 }
 
-fn index_of(t: Topic) -> usize {
-    match t {
-        Topic::Config => 0,
-        Topic::Usage => 1,
-        Topic::Limits => 2,
-    }
+/// How a process runs its roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `tollgate serve`: one process, local log and store. Admin changes apply as they are
+    /// appended; settling usage emits threshold and exhaustion events.
+    Embedded,
+    /// Kafka and ClickHouse: state follows the log (commits are read back from it) and the
+    /// aggregators emit limit events from global totals.
+    Distributed,
 }
 
 /// The topics a process folds into its state: all of them in embedded mode; config and limit
@@ -105,7 +104,7 @@ impl Core {
         let log: Arc<dyn EventLog> =
             Arc::new(FileLog::open(&dir.join("log"), settings.usage_fsync)?);
         let store: Arc<dyn UsageStore> = Arc::new(SqliteStore::open(&dir.join("usage.sqlite"))?);
-        let core = Self::assemble(settings, sealer, log, store, true)?;
+        let core = Self::assemble(settings, sealer, log, store, Mode::Embedded)?;
         core.replay(&Topic::ALL).await?;
         let generated_admin_key = core.bootstrap().await?;
         Ok(Started {
@@ -137,7 +136,7 @@ impl Core {
             sealer,
             Arc::new(kafka),
             Arc::new(clickhouse),
-            false,
+            Mode::Distributed,
         )?;
         core.replay(&DISTRIBUTED_TOPICS).await?;
         tokio::spawn(run_follower(core.clone()));
@@ -157,9 +156,8 @@ impl Core {
         sealer: Sealer,
         log: Arc<dyn EventLog>,
         store: Arc<dyn UsageStore>,
-        emits_limit_events: bool,
+        mode: Mode,
     ) -> Result<Arc<Core>, AppError> {
-        let (config_folded, _) = watch::channel(0);
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
@@ -176,10 +174,8 @@ impl Core {
             http,
             governor: Arc::default(),
             admin_lock: tokio::sync::Mutex::new(()),
-            emits_limit_events,
-            followed: Default::default(),
-            follower: (!emits_limit_events).then(|| config_folded.subscribe()),
-            config_folded,
+            mode,
+            folded: Topic::ALL.map(|_| watch::channel(0).0),
         }))
     }
 
@@ -213,10 +209,7 @@ impl Core {
                     state.apply(e);
                 }
             }
-            self.followed[index_of(topic)].store(at, Ordering::Release);
-            if topic == Topic::Config {
-                self.config_folded.send_replace(at);
-            }
+            self.folded[topic.index()].send_replace(at);
         }
         tracing::info!(
             workspaces = state.workspaces.len(),
@@ -333,9 +326,12 @@ impl Core {
             self.metrics
                 .config_events_appended
                 .fetch_add(1, Ordering::Relaxed);
-            match &self.follower {
-                None => self.state.write().apply(&Event::Config(event)),
-                Some(progress) => Self::await_followed(progress.clone(), offset).await?,
+            match self.mode {
+                Mode::Embedded => self.state.write().apply(&Event::Config(event)),
+                Mode::Distributed => {
+                    Self::await_folded(self.folded[Topic::Config.index()].subscribe(), offset)
+                        .await?
+                }
             }
         }
         Ok(())
@@ -343,10 +339,7 @@ impl Core {
 
     /// Distributed mode: waits until the follower has folded the config topic past `offset`, so
     /// the caller reads its own write, in the log's order with every other replica's writes.
-    async fn await_followed(
-        mut progress: watch::Receiver<u64>,
-        offset: u64,
-    ) -> Result<(), AppError> {
+    async fn await_folded(mut progress: watch::Receiver<u64>, offset: u64) -> Result<(), AppError> {
         let wait = progress.wait_for(|folded| *folded > offset);
         match tokio::time::timeout(std::time::Duration::from_secs(10), wait).await {
             Ok(Ok(_)) => Ok(()),
@@ -371,11 +364,12 @@ impl Core {
         self.metrics
             .usage_events_appended
             .fetch_add(1, Ordering::Relaxed);
-        let due = self.governor.settle(&self.state, event, reservation);
-        if self.emits_limit_events {
-            for limit_event in due {
-                self.emit_limit_event(limit_event);
-            }
+        let crossings = self.mode == Mode::Embedded;
+        for limit_event in self
+            .governor
+            .settle(&self.state, event, reservation, crossings)
+        {
+            self.emit_limit_event(limit_event);
         }
         Ok(())
     }
@@ -406,7 +400,11 @@ impl Core {
     }
 
     /// How many bytes of the usage log the store has not ingested yet.
+    /// (Embedded mode; in distributed mode the aggregators' consumer group has the lag.)
     pub async fn store_lag(&self) -> u64 {
+        if self.mode == Mode::Distributed {
+            return 0;
+        }
         let end = *self.log.watch_end(Topic::Usage).borrow();
         let done = self.store.offset(STORE_CONSUMER).await.unwrap_or(0);
         end.saturating_sub(done)
@@ -421,7 +419,7 @@ async fn run_follower(core: Arc<Core>) {
     loop {
         let mut progressed = false;
         for (topic, end) in DISTRIBUTED_TOPICS.iter().zip(ends.iter_mut()) {
-            let at = core.followed[index_of(*topic)].load(Ordering::Acquire);
+            let at = *core.folded[topic.index()].borrow();
             if at >= *end.borrow_and_update() {
                 continue;
             }
@@ -432,10 +430,7 @@ async fn run_follower(core: Arc<Core>) {
                         state.apply(e);
                     }
                     drop(state);
-                    core.followed[index_of(*topic)].store(next, Ordering::Release);
-                    if *topic == Topic::Config {
-                        core.config_folded.send_replace(next);
-                    }
+                    core.folded[topic.index()].send_replace(next);
                     progressed |= !events.is_empty();
                 }
                 Err(e) => {

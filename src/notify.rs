@@ -32,7 +32,7 @@ pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
     let mut at = core.store.offset(CONSUMER).await.unwrap_or(0);
     // Two aggregators can see the same crossing at once and both emit it, under one
     // deterministic event id: deliver it once.
-    let mut recent = RecentIds::default();
+    let mut recent = crate::domain::state::RecentIds::default();
     loop {
         if at >= *end.borrow_and_update() {
             tokio::select! {
@@ -51,7 +51,7 @@ pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
                     match codec::decode_limit(&r.payload) {
                         // Limit state is for gateways, not people.
                         Ok(e) if e.kind == LimitKind::Usage => {}
-                        Ok(e) if !recent.insert(&e.event_id) => {
+                        Ok(e) if !recent.insert_event_id(&e.event_id, e.at) => {
                             tracing::debug!(event_id = %e.event_id, "notifier: duplicate limit event skipped")
                         }
                         Ok(e) => rows.extend(deliver(&core, &e).await),
@@ -72,31 +72,6 @@ pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-    }
-}
-
-/// The last few thousand limit event ids delivered, oldest dropped first.
-#[derive(Default)]
-struct RecentIds {
-    order: std::collections::VecDeque<String>,
-    set: std::collections::HashSet<String>,
-}
-
-impl RecentIds {
-    const CAPACITY: usize = 4096;
-
-    /// Whether `id` is new (and remembers it).
-    fn insert(&mut self, id: &str) -> bool {
-        if !self.set.insert(id.to_owned()) {
-            return false;
-        }
-        self.order.push_back(id.to_owned());
-        if self.order.len() > Self::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
     }
 }
 

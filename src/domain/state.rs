@@ -63,14 +63,18 @@ pub const DEDUPE_WINDOW_MS: i64 = 15 * 60 * 1000;
 /// The ids of recent usage events, forgotten in arrival order once older than the window, so
 /// memory follows the event rate, not the history.
 #[derive(Clone, Debug, Default)]
-struct RecentIds {
+pub struct RecentIds {
     ids: HashSet<u128, FastHash>,
     order: std::collections::VecDeque<(Millis, u128)>,
     newest: Millis,
 }
 
 impl RecentIds {
-    /// False when the id was seen within the window.
+    /// False when the event id was seen within the window (of event time, `at`).
+    pub fn insert_event_id(&mut self, event_id: &str, at: Millis) -> bool {
+        self.insert(id_bits(event_id), at)
+    }
+
     fn insert(&mut self, id: u128, at: Millis) -> bool {
         if !self.ids.insert(id) {
             return false;
@@ -202,7 +206,7 @@ impl State {
     /// Folds a usage event into the totals and the given budgets (see [`State::budgets_of_event`]).
     /// A duplicate `event_id` changes nothing.
     pub fn fold_usage(&mut self, e: &UsageEvent, budgets: &[(BudgetRef, UsageLimit)]) {
-        if !self.seen_usage.insert(id_bits(&e.event_id), e.at) {
+        if !self.seen_usage.insert_event_id(&e.event_id, e.at) {
             return;
         }
         let targets = [

@@ -154,14 +154,6 @@ struct Inner {
     idempotent: bool,
 }
 
-fn index(t: Topic) -> usize {
-    match t {
-        Topic::Config => 0,
-        Topic::Usage => 1,
-        Topic::Limits => 2,
-    }
-}
-
 impl KafkaLog {
     /// Connects (lazily: librdkafka reconnects by itself), creating the topics when the broker
     /// answers, and opens the spool in `<data_dir>/spool`.
@@ -232,10 +224,10 @@ impl Inner {
     fn refresh_ends(&self, consumer: &BaseConsumer) -> Result<(), LogError> {
         for t in [Topic::Config, Topic::Limits] {
             let (_, high) = consumer
-                .fetch_watermarks(&self.names[index(t)], 0, Duration::from_secs(5))
+                .fetch_watermarks(&self.names[t.index()], 0, Duration::from_secs(5))
                 .map_err(kafka_err)?;
             let high = u64::try_from(high).unwrap_or(0);
-            self.ends[index(t)].send_if_modified(|end| {
+            self.ends[t.index()].send_if_modified(|end| {
                 let moved = high > *end;
                 *end = high.max(*end);
                 moved
@@ -250,7 +242,7 @@ impl Inner {
         producer
             .client()
             .fetch_metadata(
-                Some(&self.names[index(Topic::Usage)]),
+                Some(&self.names[Topic::Usage.index()]),
                 Duration::from_secs(2),
             )
             .is_ok()
@@ -262,7 +254,7 @@ impl Inner {
     }
 
     async fn produce(&self, topic: Topic, key: &[u8], payload: &[u8]) -> Result<Offset, LogError> {
-        let record = FutureRecord::to(&self.names[index(topic)])
+        let record = FutureRecord::to(&self.names[topic.index()])
             .key(key)
             .payload(payload);
         let producer = self.producer.read().clone();
@@ -300,7 +292,7 @@ impl Inner {
                 ))
             }
         };
-        let name = &self.names[index(topic)];
+        let name = &self.names[topic.index()];
         let mut guard = self.readers[slot].lock();
         if guard.as_ref().is_none_or(|(_, at)| *at != from) {
             let consumer: BaseConsumer = client_config(&self.brokers)
@@ -317,7 +309,7 @@ impl Inner {
         let Some((consumer, at)) = guard.as_mut() else {
             return Ok(vec![]);
         };
-        let end = *self.ends[index(topic)].borrow();
+        let end = *self.ends[topic.index()].borrow();
         let mut out = Vec::new();
         let mut bytes = 0;
         while *at < end && bytes < max_bytes {
@@ -395,7 +387,7 @@ impl EventLog for KafkaLog {
     }
 
     fn watch_end(&self, topic: Topic) -> watch::Receiver<Offset> {
-        self.0.ends[index(topic)].subscribe()
+        self.0.ends[topic.index()].subscribe()
     }
 
     fn spooled_bytes(&self) -> u64 {

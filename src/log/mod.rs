@@ -21,6 +21,15 @@ pub enum Topic {
 impl Topic {
     pub const ALL: [Topic; 3] = [Topic::Config, Topic::Usage, Topic::Limits];
 
+    /// The topic's position in [`Topic::ALL`], for per-topic arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Topic::Config => 0,
+            Topic::Usage => 1,
+            Topic::Limits => 2,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Topic::Config => "config",

@@ -353,6 +353,7 @@ impl Governor {
         state: &RwLock<State>,
         event: UsageEvent,
         reservation: Option<Reservation>,
+        claim_crossings_here: bool,
     ) -> Vec<LimitEvent> {
         let actual = event.total_tokens();
         // The budgets admission checked for this attempt; only an unreserved settlement looks
@@ -366,7 +367,12 @@ impl Governor {
             }
         };
         state.write().fold_usage(&event, budgets);
-        let due = claim_crossings(state, budgets, &event.path());
+        // In distributed mode the aggregators claim crossings from global totals.
+        let due = if claim_crossings_here {
+            claim_crossings(state, budgets, &event.path())
+        } else {
+            Vec::new()
+        };
         if let Some(mut r) = reservation {
             let mut ledger = self.ledger.lock();
             release(&mut ledger, &r);

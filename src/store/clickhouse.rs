@@ -343,7 +343,7 @@ impl ClickhouseStore {
     }
 
     /// Of `ids` (events between `from` and `to` ms inclusive), those the table already has.
-    pub async fn existing(
+    async fn existing(
         &self,
         ids: Vec<String>,
         from: i64,
@@ -361,21 +361,9 @@ impl ClickhouseStore {
             .await?)
     }
 
-    /// Inserts rows in one `INSERT` (one atomic block for ClickHouse).
-    pub async fn insert_rows(&self, rows: &[EventRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut insert = self.client.insert::<EventRow>("usage_events").await?;
-        for r in rows {
-            insert.write(r).await?;
-        }
-        insert.end().await?;
-        Ok(())
-    }
-
-    /// Inserts the rows whose event ids the table does not have yet; returns how many.
-    pub async fn insert_new(&self, mut rows: Vec<EventRow>) -> Result<usize, StoreError> {
+    /// Inserts the rows whose event ids the table does not have yet, in one `INSERT` (one atomic
+    /// block for ClickHouse); returns how many.
+    pub async fn insert_new(&self, rows: &[EventRow]) -> Result<usize, StoreError> {
         let (Some(from), Some(to)) = (
             rows.iter().map(|r| r.ts).min(),
             rows.iter().map(|r| r.ts).max(),
@@ -386,9 +374,19 @@ impl ClickhouseStore {
         let have: std::collections::HashSet<String> =
             self.existing(ids, from, to).await?.into_iter().collect();
         let mut seen = std::collections::HashSet::new();
-        rows.retain(|r| !have.contains(&r.event_id) && seen.insert(r.event_id.clone()));
-        self.insert_rows(&rows).await?;
-        Ok(rows.len())
+        let fresh: Vec<&EventRow> = rows
+            .iter()
+            .filter(|r| !have.contains(&r.event_id) && seen.insert(r.event_id.as_str()))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let mut insert = self.client.insert::<EventRow>("usage_events").await?;
+        for r in &fresh {
+            insert.write(r).await?;
+        }
+        insert.end().await?;
+        Ok(fresh.len())
     }
 
     /// Records published limit events (for dashboards; the topic stays the source of truth).
@@ -462,13 +460,6 @@ impl ClickhouseStore {
                 Some((kind, t.id, totals))
             })
             .collect())
-    }
-
-    /// Runs a read-only query and returns its rows as TSV (the dashboards' test).
-    pub async fn query_tsv(&self, sql: &str) -> Result<String, StoreError> {
-        let mut cursor = self.client.query(sql).fetch_bytes("TSV")?;
-        let bytes = cursor.collect().await?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     async fn stats_rows(&self, sql: String, args: Vec<Arg>) -> Result<Vec<StatsRow>, StoreError> {
@@ -585,11 +576,11 @@ impl UsageStore for ClickhouseStore {
         // Positions live in Kafka's consumer group (committed after this returns), not here.
         let this = self.clone();
         async move {
-            let rows = events
+            let rows: Vec<EventRow> = events
                 .iter()
                 .map(|e| EventRow::new(e, vec![], -1, -1))
                 .collect();
-            this.insert_new(rows).await
+            this.insert_new(&rows).await
         }
         .boxed()
     }
