@@ -529,13 +529,37 @@ pub async fn run_reset_sweep(core: Arc<Core>, mut shutdown: watch::Receiver<bool
     }
 }
 
+/// Starts [`run_store_sink`] on a thread of its own at background priority, with its own
+/// single-threaded runtime, so reading and decoding batches never holds up a request-path worker.
+/// The returned future resolves when the sink has stopped (after `shutdown`, once caught up).
+pub fn spawn_store_sink(
+    core: Arc<Core>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let (done, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .on_thread_start(crate::store::background_priority)
+        .build()?;
+    std::thread::Builder::new()
+        .name("store-sink".into())
+        .spawn(move || {
+            crate::store::background_priority();
+            runtime.block_on(run_store_sink(core, shutdown));
+            drop(done);
+        })?;
+    Ok(async move {
+        let _ = stopped.await;
+    })
+}
+
 /// The embedded aggregator: tails the usage log into the usage store.
 ///
 /// Delivery order: read a batch from the log, write its rows *and* the new offset in one store
 /// transaction, then continue. A crash before the commit replays the batch, and the store drops
 /// the events it already has (idempotent on `event_id`), so the store ends up with each event
 /// exactly once.
-pub async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     let mut end = core.log.watch_end(Topic::Usage);
     let mut at = match core.store.offset(STORE_CONSUMER).await {
         Ok(o) => o,
@@ -551,7 +575,7 @@ pub async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>
             }
             tokio::select! {
                 r = end.changed() => if r.is_err() { return },
-                _ = shutdown.changed() => {}
+                r = shutdown.changed() => if r.is_err() { return },
             }
             tokio::time::sleep(SINK_BATCH_WINDOW).await;
             continue;

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use tollgate::aggregate::run_aggregator;
-use tollgate::app::{run_reset_sweep, run_store_sink, run_totals_refresh, Core, Started};
+use tollgate::app::{run_reset_sweep, run_totals_refresh, spawn_store_sink, Core, Started};
 use tollgate::log::kafka::KafkaLog;
 use tollgate::settings::{Settings, KNOWN};
 use tollgate::store::clickhouse::ClickhouseStore;
@@ -107,6 +107,10 @@ fn run<F: std::future::Future<Output = anyhow::Result<()>>>(
     let settings = Settings::load(args.config.as_deref(), std::env::vars(), &flags)?;
     tollgate::telemetry::init_logging(settings.log_format);
     tokio::runtime::Builder::new_multi_thread()
+        // Poll the I/O driver every 256 scheduled tasks rather than every 61: under load fewer
+        // epoll calls, each returning more ready sockets (measured: +5% requests/s at 64
+        // connections, no change at 1; an idle worker still polls at once).
+        .event_interval(256)
         .enable_all()
         .build()?
         .block_on(role(settings))
@@ -194,7 +198,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let core = started.core;
     let listener = bind(listen).await?;
     let stopped = stop_on_signal();
-    let sink = tokio::spawn(run_store_sink(core.clone(), stopped.clone()));
+    let sink = spawn_store_sink(core.clone(), stopped.clone())?;
     tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
     tokio::spawn(tollgate::notify::run_notifier(
         core.clone(),

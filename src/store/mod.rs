@@ -10,6 +10,23 @@ use rust_decimal::Decimal;
 
 use crate::domain::{Metadata, Millis, UsageEvent};
 
+/// Lowers the calling thread to background scheduling (Linux `SCHED_IDLE`): the store's work then
+/// runs on CPU time the gateway does not want, and any request-path thread that wakes up preempts
+/// it at once. On a busy machine the store falls behind (the log holds every event and
+/// `tollgate_store_lag_bytes` shows the gap) rather than taking CPU from live requests.
+pub fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid, initialised
+        // sched_param that outlives the call.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "could not lower a store thread's priority");
+        }
+    }
+}
+
 /// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -250,4 +267,22 @@ pub trait UsageStore: Send + Sync + 'static {
         grain: &str,
         dimension: &str,
     ) -> BoxFuture<'static, Result<Vec<RollupRow>, StoreError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_priority_makes_the_thread_sched_idle() {
+        let policy = std::thread::spawn(|| {
+            super::background_priority();
+            // SAFETY: queries the calling thread's policy; no memory involved.
+            unsafe { libc::sched_getscheduler(0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
+        // SAFETY: as above, for this (unchanged) test thread.
+        assert_ne!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
+    }
 }

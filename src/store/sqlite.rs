@@ -39,13 +39,9 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
 }
 
-/// Runs write jobs on their own thread at a lower scheduling priority.
+/// Runs write jobs on their own thread at background priority.
 fn writer_thread(mut conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
-    // SAFETY: setpriority on the calling thread (who = 0) with a plain integer; no memory involved.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-    }
+    super::background_priority();
     for job in jobs {
         job(&mut conn);
     }

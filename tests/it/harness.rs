@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use tollgate::app::{run_reset_sweep, run_store_sink, Core};
+use tollgate::app::{run_reset_sweep, spawn_store_sink, Core};
 use tollgate::settings::Settings;
 
 pub struct Server {
@@ -45,7 +45,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(run_store_sink(core.clone(), stopped.clone()));
+    tokio::spawn(spawn_store_sink(core.clone(), stopped.clone()).unwrap());
     tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
     tokio::spawn(tollgate::notify::run_notifier(
         core.clone(),
