@@ -77,6 +77,12 @@ export TARGETS=${TARGETS:-"direct tollgate tollgate-limits $PEER_TARGETS"}
 echo "# machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tollgate $(git -C "$ROOT" rev-parse --short HEAD)"
 "$W/bench.sh"
 echo "# tollgate metered: $(curl -s "http://127.0.0.1:$PORT/metrics" | grep '^tollgate_events_appended_total{topic="usage"}')"
+# The usage store ingests at background priority, so under load it may trail the log; report how far
+# it was behind when the load stopped and how long it took to catch up.
+lag() { curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^tollgate_store_lag_bytes/ {print $2}'; }
+behind=$(lag); t0=$(date +%s.%N)
+while [ "$(lag)" != 0 ]; do sleep 0.2; done
+echo "# usage store: $behind bytes behind the log when the load stopped; caught up in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
 kill "$(cat "$W/run/tollgate.pid")" 2>/dev/null || true
 rm -f "$W/run/tollgate-limits.pid"
 [ "${PEERS:-0}" = 1 ] || { kill "$(cat "$W/run/mock.pid")" 2>/dev/null || true; }

@@ -60,8 +60,13 @@ pub struct State {
 /// whatever the delay, so analytics stay exact even past this window.
 pub const DEDUPE_WINDOW_MS: i64 = 15 * 60 * 1000;
 
-/// The ids of recent usage events, forgotten in arrival order once older than the window, so
-/// memory follows the event rate, not the history.
+/// At most this many ids are remembered (about 64 MiB), whatever the rate: at 16,000 events/s a
+/// 15-minute window alone would hold 14 million ids, over a gigabyte. The newest million still
+/// cover a minute of events at that rate, and redeliveries come within seconds.
+pub const DEDUPE_MAX_IDS: usize = 1 << 20;
+
+/// The ids of recent usage events, forgotten in arrival order once older than the window or
+/// beyond [`DEDUPE_MAX_IDS`], so memory follows the event rate, not the history, and is bounded.
 #[derive(Clone, Debug, Default)]
 pub struct RecentIds {
     ids: HashSet<u128, FastHash>,
@@ -79,16 +84,16 @@ impl RecentIds {
         if !self.ids.insert(id) {
             return false;
         }
-        self.order.push_back((at, id));
         self.newest = self.newest.max(at);
         let horizon = self.newest.0 - DEDUPE_WINDOW_MS;
         while let Some(&(t, old)) = self.order.front() {
-            if t.0 >= horizon {
+            if t.0 >= horizon && self.order.len() < DEDUPE_MAX_IDS {
                 break;
             }
             self.order.pop_front();
             self.ids.remove(&old);
         }
+        self.order.push_back((at, id));
         true
     }
 }
@@ -616,6 +621,21 @@ pub(crate) mod tests {
         dup.at = Millis(9_999 * minute / 50);
         s.apply(&Event::Usage(dup));
         assert_eq!(s.usage_of(EntityKind::ApiKey, "k1").requests, 10_000);
+    }
+
+    #[test]
+    fn dedupe_memory_is_bounded_at_any_rate() {
+        let mut recent = RecentIds::default();
+        // Far more ids than the cap, all within one second of event time.
+        let n = DEDUPE_MAX_IDS as u128 + 1_000;
+        for i in 0..n {
+            assert!(recent.insert(i, Millis(1_000 + (i / 1_000_000) as i64)));
+        }
+        assert_eq!(recent.ids.len(), DEDUPE_MAX_IDS);
+        assert_eq!(recent.order.len(), DEDUPE_MAX_IDS);
+        // The newest are still recognised; the oldest were forgotten first.
+        assert!(!recent.insert(n - 1, Millis(1_001)));
+        assert!(recent.insert(0, Millis(1_001)));
     }
 
     #[test]
