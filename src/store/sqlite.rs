@@ -1,7 +1,8 @@
 //! The embedded usage store: one SQLite file in the data dir (`usage.sqlite`, WAL mode), with
-//! the tables of `schemas/sqlite/`. One connection writes, owned by a dedicated low-priority
-//! thread (aggregation must never take CPU from requests in flight: on a small machine a burst
-//! of inserts on a normal-priority thread showed up directly in the gateway's p99); another
+//! the tables of `schemas/sqlite/`. One connection writes, owned by a dedicated thread at
+//! background priority ([`super::background_priority`]: aggregation must never take CPU from
+//! requests in flight; on a small machine a burst of inserts on a normal-priority thread showed
+//! up directly in the gateway's p99); another
 //! connection serves analytics reads under a mutex, so a long query never blocks ingestion.
 
 use std::collections::HashMap;
