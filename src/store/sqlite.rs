@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use rust_decimal::Decimal;
 
 use super::*;
+use crate::domain::state::FastHash;
 
 const DDL: &str = include_str!("../../schemas/sqlite/001_init.sql");
 
@@ -137,7 +138,9 @@ fn ingest(
 ) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
     let mut new = 0;
-    let mut rollups: HashMap<(&'static str, i64, &'static str, String), Agg> = HashMap::new();
+    // Keyed by borrowed values (the batch outlives the map): no allocation per event and rollup.
+    let mut rollups: HashMap<(&'static str, i64, &'static str, &str), Agg, FastHash> =
+        HashMap::default();
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO usage_events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -182,9 +185,7 @@ fn ingest(
                 ("day", e.at.floor_day().0),
             ] {
                 for (dim, value) in rollup_keys(e) {
-                    let a = rollups
-                        .entry((grain, bucket, dim, value.to_owned()))
-                        .or_default();
+                    let a = rollups.entry((grain, bucket, dim, value)).or_default();
                     a.requests += 1;
                     a.errors += i64::from(e.is_error());
                     a.prompt += e.prompt_tokens as i64;
