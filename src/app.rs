@@ -455,17 +455,49 @@ async fn run_follower(core: Arc<Core>) {
 /// How often a distributed gateway refreshes entity usage totals from ClickHouse.
 const TOTALS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often it re-reads all of history rather than only the days since the cutoff, to take in
+/// events that reached ClickHouse late for older days (a gateway's spool drained after an outage).
+const TOTALS_FULL_REFRESH: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Distributed gateways: keeps each entity's `current_usage` totals global by reading them from
-/// ClickHouse every [`TOTALS_REFRESH`] (a gateway only settles its own requests).
+/// ClickHouse every [`TOTALS_REFRESH`] (a gateway only settles its own requests). Each read covers
+/// only events since the start of yesterday (UTC), added to the totals before that, which are
+/// re-read every [`TOTALS_FULL_REFRESH`]: the cost of a refresh follows the recent event rate,
+/// not the size of the history.
 pub async fn run_totals_refresh(
     core: Arc<Core>,
     store: crate::store::clickhouse::ClickhouseStore,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    type Map = std::collections::HashMap<(EntityKind, String), Totals>;
+    let mut older: Option<(i64, Map, std::time::Instant)> = None;
     loop {
-        match store.entity_totals().await {
-            Ok(totals) => core.state.write().replace_usage_totals(totals),
-            Err(e) => tracing::debug!(error = %e, "usage totals not refreshed"),
+        if older
+            .as_ref()
+            .is_none_or(|(_, _, at)| at.elapsed() >= TOTALS_FULL_REFRESH)
+        {
+            let cutoff = Millis::now().floor_day().0 - 86_400_000;
+            match store.entity_totals(i64::MIN, cutoff).await {
+                Ok(t) => {
+                    let map = t.into_iter().map(|(k, id, t)| ((k, id), t)).collect();
+                    older = Some((cutoff, map, std::time::Instant::now()));
+                }
+                Err(e) => tracing::debug!(error = %e, "usage totals not refreshed"),
+            }
+        }
+        if let Some((cutoff, base, _)) = &older {
+            match store.entity_totals(*cutoff, i64::MAX).await {
+                Ok(recent) => {
+                    let mut all = base.clone();
+                    for (k, id, t) in recent {
+                        all.entry((k, id)).or_default().merge(t);
+                    }
+                    core.state
+                        .write()
+                        .replace_usage_totals(all.into_iter().map(|((k, id), t)| (k, id, t)));
+                }
+                Err(e) => tracing::debug!(error = %e, "usage totals not refreshed"),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(TOTALS_REFRESH) => {}

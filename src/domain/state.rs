@@ -28,6 +28,13 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds totals counted elsewhere (another time range of the same entity).
+    pub fn merge(&mut self, other: Totals) {
+        self.requests += other.requests;
+        self.tokens += other.tokens;
+        self.cost_usd += other.cost_usd;
+    }
+
     fn add(&mut self, e: &UsageEvent) {
         self.requests += 1;
         self.tokens += e.total_tokens();

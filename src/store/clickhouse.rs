@@ -417,8 +417,13 @@ impl ClickhouseStore {
 
     /// Every entity's all-time usage totals (API key, workspace, integration, provider), in one
     /// scan of the raw events.
+    /// Requests, tokens and cost per API key, workspace, integration and provider, over the events
+    /// with `from_ms <= ts < to_ms`. The range lets a caller re-read only recent days: `ts` leads
+    /// the table's sort key, so a recent range reads only recent parts.
     pub async fn entity_totals(
         &self,
+        from_ms: i64,
+        to_ms: i64,
     ) -> Result<Vec<(crate::domain::EntityKind, String, crate::domain::Totals)>, StoreError> {
         use crate::domain::EntityKind;
         #[derive(Row, Deserialize)]
@@ -437,9 +442,11 @@ impl ClickhouseStore {
                  FROM usage_events
                  ARRAY JOIN [('api_key', api_key_id), ('workspace', workspace_id),
                    ('integration', integration_id), ('provider', provider_id)] AS k
-                 WHERE k.2 != ''
+                 WHERE ts >= ? AND ts < ? AND k.2 != ''
                  GROUP BY kind, id",
             )
+            .bind(from_ms)
+            .bind(to_ms)
             .fetch_all()
             .await?;
         Ok(rows

@@ -167,3 +167,49 @@ async fn sqlite_and_clickhouse_answer_the_same() {
         }
     }
 }
+
+/// Distributed gateways read entity totals as "before the cutoff" plus "since the cutoff"; the two
+/// ranges must partition the events exactly (each counted once, replays included only once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_entity_totals_split_by_time_add_up() {
+    let ch = clickhouse().await;
+    let all = events();
+    ch.ingest(all.clone(), "test", 1).await.unwrap();
+    let cutoff = T0 + 43_200_000;
+    let mut expected = std::collections::BTreeMap::<(String, String), (u64, u64, Decimal)>::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in all.iter().filter(|e| seen.insert(e.event_id.clone())) {
+        for (kind, id) in [
+            ("ApiKey", &e.api_key_id),
+            ("Workspace", &e.workspace_id),
+            ("Integration", &e.integration_id),
+            ("Provider", &e.provider_id),
+        ] {
+            let half = if e.at.0 < cutoff { "before" } else { "since" };
+            for part in [half, "all"] {
+                let t = expected
+                    .entry((format!("{part}/{kind}"), id.clone()))
+                    .or_default();
+                t.0 += 1;
+                t.1 += e.prompt_tokens + e.completion_tokens;
+                t.2 += e.cost_usd;
+            }
+        }
+    }
+    let mut got = std::collections::BTreeMap::new();
+    for (part, from, to) in [
+        ("before", i64::MIN, cutoff),
+        ("since", cutoff, i64::MAX),
+        ("all", i64::MIN, i64::MAX),
+    ] {
+        for (kind, id, t) in ch.entity_totals(from, to).await.unwrap() {
+            got.insert(
+                (format!("{part}/{kind:?}"), id),
+                (t.requests, t.tokens, t.cost_usd),
+            );
+        }
+    }
+    assert_eq!(got, expected);
+    assert!(got.keys().any(|(p, _)| p.starts_with("before/")));
+    assert!(got.keys().any(|(p, _)| p.starts_with("since/")));
+}
