@@ -362,41 +362,37 @@ mod tests {
     fn limit_state_raises_counters_and_never_lowers_them() {
         let mut c = HashMap::default();
         let r = BudgetRef::ApiKey("k".into());
-        raise(
-            &mut c,
-            r.clone(),
-            Millis(100),
-            BudgetKind::Tokens,
-            Decimal::from(50),
-        );
-        assert_eq!(c[&r].tokens, 50);
-        raise(
-            &mut c,
-            r.clone(),
-            Millis(100),
-            BudgetKind::Tokens,
-            Decimal::from(30),
-        );
-        assert_eq!(c[&r].tokens, 50, "an older report does not lower it");
-        raise(
-            &mut c,
-            r.clone(),
-            Millis(50),
-            BudgetKind::Tokens,
-            Decimal::from(99),
-        );
-        assert_eq!(c[&r].tokens, 50, "a past window's report is ignored");
-        raise(
-            &mut c,
-            r.clone(),
-            Millis(200),
-            BudgetKind::Cost,
-            Decimal::new(15, 1),
-        );
-        assert_eq!(
-            (c[&r].window_start, c[&r].cost, c[&r].tokens),
-            (Millis(200), Decimal::new(15, 1), 0)
-        );
+        // (report: window start, kind, value) -> (window start, cost, tokens) afterwards.
+        let steps = [
+            (
+                (100, BudgetKind::Tokens, Decimal::from(50)),
+                (100, Decimal::ZERO, 50),
+                "raised",
+            ),
+            (
+                (100, BudgetKind::Tokens, Decimal::from(30)),
+                (100, Decimal::ZERO, 50),
+                "an older report does not lower it",
+            ),
+            (
+                (50, BudgetKind::Tokens, Decimal::from(99)),
+                (100, Decimal::ZERO, 50),
+                "a past window's report is ignored",
+            ),
+            (
+                (200, BudgetKind::Cost, Decimal::new(15, 1)),
+                (200, Decimal::new(15, 1), 0),
+                "a new window starts afresh",
+            ),
+        ];
+        for ((at, kind, value), (start, cost, tokens), why) in steps {
+            raise(&mut c, r.clone(), Millis(at), kind, value);
+            assert_eq!(
+                (c[&r].window_start, c[&r].cost, c[&r].tokens),
+                (Millis(start), cost, tokens),
+                "{why}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! Each test gets its own topic prefix and ClickHouse database on the shared servers; the fault
 //! tests (broker restart, ClickHouse outage) start private servers they can stop.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::harness::{admin_call as admin, call, free_port, ADMIN_KEY};
+use crate::harness::{admin_call as admin, await_ready, call, free_port, ADMIN_KEY};
 use crate::mock;
 
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -65,6 +64,13 @@ impl Private {
         };
         p.run(&["start"], false);
         p
+    }
+
+    /// Stops `service` for `down` while the test's load keeps running, then starts it again.
+    async fn outage(&self, service: &str, down: Duration) {
+        self.run(&["stop", service], true);
+        tokio::time::sleep(down).await;
+        self.run(&["start"], true);
     }
 
     fn clickhouse_url(&self) -> String {
@@ -169,18 +175,9 @@ impl Cluster {
             .spawn()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..400 {
-            if let Ok(r) = reqwest::get(format!("{url}/readyz")).await {
-                if r.status() == 200 {
-                    self.gateways.push((child, url.clone()));
-                    return url;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("gateway did not become ready");
+        await_ready(&mut child, &url, "gateway").await;
+        self.gateways.push((child, url.clone()));
+        url
     }
 
     fn add_aggregator(&mut self) {
@@ -219,6 +216,16 @@ impl Cluster {
     }
 
     /// Waits until ClickHouse holds `n` events (up to `secs`), then returns what it holds.
+    /// Every acknowledged event is in ClickHouse exactly once, and the billed tokens add up.
+    async fn assert_each_event_once(&self, acked: usize, billed: u64) {
+        assert_eq!(
+            self.sql("SELECT count(), uniqExact(event_id), sum(prompt_tokens + completion_tokens) FROM usage_events")
+                .await,
+            format!("{acked}\t{acked}\t{billed}"),
+            "each acknowledged event once"
+        );
+    }
+
     async fn wait_for_events(&self, n: usize, secs: u64) -> usize {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
@@ -395,13 +402,7 @@ async fn two_gateways_two_aggregators_meter_exactly() {
     );
     assert_eq!(failed, 0);
     assert_eq!(c.wait_for_events(acked, 30).await, acked);
-    assert_eq!(
-        c.sql(
-            "SELECT uniqExact(event_id), sum(prompt_tokens + completion_tokens) FROM usage_events"
-        )
-        .await,
-        format!("{acked}\t{billed}")
-    );
+    c.assert_each_event_once(acked, billed).await;
     // Rollups equal the raw events, per dimension, exactly (cost included).
     for dim in ["api_key", "workspace", "department", "model"] {
         let raw = c
@@ -623,10 +624,7 @@ async fn aggregator_killed_repeatedly_loses_and_doubles_nothing() {
     assert_eq!(failed, 0);
     assert_eq!(c.wait_for_events(acked, 60).await, acked);
     tokio::time::sleep(Duration::from_secs(2)).await; // anything late would show as extra
-    assert_eq!(
-        c.sql("SELECT count(), uniqExact(event_id), sum(prompt_tokens + completion_tokens) FROM usage_events").await,
-        format!("{acked}\t{acked}\t{billed}")
-    );
+    c.assert_each_event_once(acked, billed).await;
     assert_eq!(
         c.sql("SELECT sum(requests) FROM usage_rollup WHERE grain = 'minute' AND dimension = 'api_key'").await,
         acked.to_string()
@@ -657,9 +655,7 @@ async fn broker_restart_mid_load_loses_no_acknowledged_event() {
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Down for longer than a produce may wait (5 s): usage goes to the spool meanwhile.
-    private.run(&["stop", "tansu"], true);
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    private.run(&["start"], true);
+    private.outage("tansu", Duration::from_secs(8)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     watcher.await.unwrap();
@@ -671,19 +667,7 @@ async fn broker_restart_mid_load_loses_no_acknowledged_event() {
     assert!(spool_peak.load(Ordering::Relaxed) > 0, "usage was spooled");
     assert_eq!(c.wait_for_events(acked, 90).await, acked);
     assert_eq!(spooled(&a).await, 0, "the spool drained");
-    let ids: HashSet<String> = c
-        .sql("SELECT event_id FROM usage_events")
-        .await
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(ids.len(), acked);
-    assert_eq!(
-        c.sql("SELECT count(), sum(prompt_tokens + completion_tokens) FROM usage_events")
-            .await,
-        format!("{acked}\t{billed}"),
-        "each event once"
-    );
+    c.assert_each_event_once(acked, billed).await;
 }
 
 /// ClickHouse stops for 30 s: aggregation resumes afterwards and nothing is lost.
@@ -699,19 +683,13 @@ async fn clickhouse_outage_of_30s_loses_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let loader = load(vec![a.clone()], vec![key], stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    private.run(&["stop", "clickhouse"], true);
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    private.run(&["start"], true);
+    private.outage("clickhouse", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let (acked, billed, failed) = loader.await.unwrap();
     assert_eq!(failed, 0, "gateways keep serving while ClickHouse is down");
     assert_eq!(c.wait_for_events(acked, 90).await, acked);
-    assert_eq!(
-        c.sql("SELECT count(), sum(prompt_tokens + completion_tokens) FROM usage_events")
-            .await,
-        format!("{acked}\t{billed}")
-    );
+    c.assert_each_event_once(acked, billed).await;
 }
 
 /// Crossing a threshold and exhausting a budget each mail once through the distributed notifier,

@@ -102,6 +102,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (up to 10 s) until the process `child` answers `/readyz` at `url` with 200; otherwise
+/// kills it and fails the test, naming `what`.
+pub async fn await_ready(child: &mut std::process::Child, url: &str, what: &str) {
+    for _ in 0..400 {
+        if let Ok(r) = reqwest::get(format!("{url}/readyz")).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what} did not become ready");
+}
+
 /// An admin call with the bootstrap admin key to the server at `url`, which must succeed.
 pub async fn admin_call(url: &str, method: &str, path: &str, body: Option<Value>) -> Value {
     let (s, _, v) = call(method, &format!("{url}/v1{path}"), Some(ADMIN_KEY), body).await;

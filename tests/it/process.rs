@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::harness::{admin_call as admin, free_port, ADMIN_KEY};
+use crate::harness::{admin_call as admin, await_ready, free_port, ADMIN_KEY};
 use crate::mock;
 
 struct Proc {
@@ -31,17 +31,8 @@ async fn spawn(dir: &Path) -> Proc {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if let Ok(r) = reqwest::get(format!("{url}/readyz")).await {
-            if r.status() == 200 {
-                return Proc { child, url };
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("tollgate serve did not become ready");
+    await_ready(&mut child, &url, "tollgate serve").await;
+    Proc { child, url }
 }
 
 fn signal(p: &Proc, sig: &str) {
