@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::codec::{self, CodecError};
 use crate::crypto::{self, Sealer};
@@ -66,6 +67,9 @@ pub struct Core {
     /// Serialises admin commands so read-modify-write of an entity never races.
     pub admin_lock: tokio::sync::Mutex<()>,
     pub mode: Mode,
+    /// Work a request leaves running after its response (draining a stream whose client left,
+    /// appending a limit event): serving threads wait for it before they stop.
+    pub tasks: TaskTracker,
     /// How far each topic has been folded into `state` (by replay, then in distributed mode the
     /// follower; commits there wait on the config topic's).
     folded: [watch::Sender<u64>; 3],
@@ -175,6 +179,7 @@ impl Core {
             governor: Arc::default(),
             admin_lock: tokio::sync::Mutex::new(()),
             mode,
+            tasks: TaskTracker::new(),
             folded: Topic::ALL.map(|_| watch::channel(0).0),
         }))
     }
@@ -378,7 +383,7 @@ impl Core {
     /// already counts it as emitted, so it is never emitted twice, and a request never waits on it.
     pub fn emit_limit_event(&self, event: LimitEvent) {
         let log = self.log.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let bytes = match codec::encode_limit(&event) {
                 Ok(b) => b,
                 Err(e) => return tracing::error!(error = %e, "limit event could not be encoded"),

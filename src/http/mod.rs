@@ -10,6 +10,7 @@ pub mod ops;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch, Barrier};
 
 use crate::app::Core;
 use error::{ApiError, Plane};
@@ -80,20 +81,81 @@ async fn count_requests(State(core): State<Arc<Core>>, req: Request, next: Next)
     resp
 }
 
-/// Serves until `shutdown` turns true, then stops accepting and lets requests in flight finish.
+/// Serves on `settings.serve_threads` threads until `shutdown` turns true, then stops accepting,
+/// lets requests in flight finish and waits for the work they left running ([`Core::tasks`]).
+///
+/// Each thread runs its own single-threaded runtime and accepts from its own handle on the one
+/// listening socket (a free thread takes the next connection), so a request is parsed, routed,
+/// sent upstream and answered on one thread with no work stealing or cross-thread wake-ups.
+/// Runtimes are dropped only after every thread is done: a pooled upstream connection opened by
+/// one thread may be carrying another thread's request.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
+    core: Arc<Core>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let threads = core.settings.serve_threads.max(1);
+    let all_done = Arc::new(Barrier::new(threads));
+    let mut finished = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let (tx, rx) = oneshot::channel();
+        let (listener, core) = (listener.try_clone()?, core.clone());
+        let (shutdown, all_done) = (shutdown.clone(), all_done.clone());
+        std::thread::Builder::new()
+            .name(format!("serve-{i}"))
+            .spawn(move || {
+                let _ = tx.send(serve_thread(listener, core, shutdown, all_done));
+            })?;
+        finished.push(rx);
+    }
+    for rx in finished {
+        rx.await
+            .map_err(|_| std::io::Error::other("a serving thread panicked"))??;
+    }
+    Ok(())
+}
+
+fn serve_thread(
+    listener: std::net::TcpListener,
     core: Arc<Core>,
     mut shutdown: watch::Receiver<bool>,
+    all_done: Arc<Barrier>,
 ) -> std::io::Result<()> {
-    let app = router(core);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        // Poll the I/O driver every 256 scheduled tasks rather than every 61: under load fewer
+        // epoll calls, each returning more ready sockets (measured: +3–7% requests/s at 64
+        // connections, no change at 1; an idle runtime still polls at once).
+        .event_interval(256)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let served = match TcpListener::from_std(listener) {
+            Ok(listener) => {
+                axum::serve(listener, router(core.clone()))
+                    .with_graceful_shutdown(async move {
+                        while !*shutdown.borrow() {
+                            if shutdown.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .await
             }
-        })
-        .await
+            Err(e) => Err(e),
+        };
+        core.tasks.close();
+        let bound = core.settings.stream_drain_timeout + Duration::from_secs(5);
+        if tokio::time::timeout(bound, core.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = core.tasks.len(),
+                "stopping with background work unfinished"
+            );
+        }
+        all_done.wait().await;
+        served
+    })
 }

@@ -137,7 +137,7 @@ pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> mpsc::Receiv
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
     let mut target = target.clone();
     target.headers.clear(); // the credential is not needed past the request
-    tokio::spawn(pump(job, target, resp, tx));
+    job.core.tasks.clone().spawn(pump(job, target, resp, tx));
     rx
 }
 

@@ -30,6 +30,9 @@ pub fn settings(dir: &Path) -> Settings {
     s.set("admin_key", ADMIN_KEY).unwrap();
     s.set("upstream_timeout_ms", "5000").unwrap();
     s.set("stream_drain_timeout_ms", "5000").unwrap();
+    // More than one serving thread, whatever the machine, so every in-process test also covers
+    // requests, pooled upstream connections and shutdown shared between them.
+    s.set("serve_threads", "2").unwrap();
     s
 }
 
@@ -42,7 +45,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
     let mut s = settings(dir.path());
     tweak(&mut s);
     let core = Core::open(s).await.unwrap().core;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(spawn_store_sink(core.clone(), stopped.clone()).unwrap());

@@ -1,12 +1,15 @@
 //! The `tollgate serve` binary as users run it: state survives a restart exactly, SIGTERM stops
-//! cleanly, and `kill -9` under load loses no acknowledged usage event.
+//! cleanly (metering a stream whose client left before it exits), and `kill -9` under load loses
+//! no acknowledged usage event.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -146,6 +149,49 @@ async fn restart_restores_everything_exactly() {
     );
     signal(&p, "TERM");
     assert!(p.child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_meters_a_stream_whose_client_left_before_exiting() {
+    let mock = mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(dir.path()).await;
+    let (_, key) = tenant(&p.url, &mock.url).await;
+    admin(
+        &p.url,
+        "PUT",
+        "/integrations/up/models",
+        Some(json!({"allow_all_models": true})),
+    )
+    .await;
+    // The mock takes about a second for this stream; the client leaves after the first chunk and
+    // the gateway is told to stop at once, while it is still draining the provider's stream.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", p.url))
+        .header("x-portkey-api-key", key.as_str())
+        .header("x-portkey-trace-id", "left-at-shutdown")
+        .json(&json!({"model": "@up/slow-stream", "messages": [{"role": "user", "content": "hi"}], "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    assert!(body.next().await.unwrap().unwrap().starts_with(b"data: "));
+    drop(body);
+    signal(&p, "TERM");
+    assert!(p.child.wait().unwrap().success(), "SIGTERM exits cleanly");
+    assert_eq!(mock.seen.streams_finished.load(Ordering::SeqCst), 1);
+    let db = rusqlite::Connection::open(dir.path().join("usage.sqlite")).unwrap();
+    let (source, completion): (String, i64) = db
+        .query_row(
+            "SELECT usage_source, completion_tokens FROM usage_events WHERE trace_id = 'left-at-shutdown'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the event is in the store when the process has exited");
+    assert_eq!(
+        (source.as_str(), completion),
+        ("provider", mock::COMPLETION_TOKENS as i64)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
