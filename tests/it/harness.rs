@@ -122,6 +122,24 @@ pub async fn await_ready(child: &mut std::process::Child, url: &str, what: &str)
 }
 
 /// An admin call with the bootstrap admin key to the server at `url`, which must succeed.
+/// Starts a streamed chat for `model` (`@provider/slow-stream`: about a second at the mock) and
+/// goes away after the first chunk, as a client that leaves mid-stream.
+pub async fn leave_stream_after_first_chunk(url: &str, key: &str, model: &str, trace: &str) {
+    use futures_util::StreamExt;
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("x-portkey-api-key", key)
+        .header("x-portkey-trace-id", trace)
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+}
+
 pub async fn admin_call(url: &str, method: &str, path: &str, body: Option<Value>) -> Value {
     let (s, _, v) = call(method, &format!("{url}/v1{path}"), Some(ADMIN_KEY), body).await;
     assert!(s < 300, "{method} {path}: {s} {v}");

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -166,17 +165,13 @@ async fn sigterm_meters_a_stream_whose_client_left_before_exiting() {
     .await;
     // The mock takes about a second for this stream; the client leaves after the first chunk and
     // the gateway is told to stop at once, while it is still draining the provider's stream.
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", p.url))
-        .header("x-portkey-api-key", key.as_str())
-        .header("x-portkey-trace-id", "left-at-shutdown")
-        .json(&json!({"model": "@up/slow-stream", "messages": [{"role": "user", "content": "hi"}], "stream": true}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = resp.bytes_stream();
-    assert!(body.next().await.unwrap().unwrap().starts_with(b"data: "));
-    drop(body);
+    crate::harness::leave_stream_after_first_chunk(
+        &p.url,
+        &key,
+        "@up/slow-stream",
+        "left-at-shutdown",
+    )
+    .await;
     signal(&p, "TERM");
     assert!(p.child.wait().unwrap().success(), "SIGTERM exits cleanly");
     assert_eq!(mock.seen.streams_finished.load(Ordering::SeqCst), 1);

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::harness;
@@ -41,19 +40,7 @@ async fn client_disconnect_mid_stream_still_bills_real_usage() {
     let mock = mock::start().await;
     let server = harness::start().await;
     let (_, key) = server.tenant(&mock.url, "s1").await;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", server.url))
-        .header("x-portkey-api-key", key.as_str())
-        .header("x-portkey-trace-id", "leaver")
-        .json(&json!({"model": "@s1/slow-stream", "messages": [{"role": "user", "content": "hi"}], "stream": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.bytes_stream();
-    let first = body.next().await.unwrap().unwrap();
-    assert!(first.starts_with(b"data: "));
-    drop(body); // the client goes away after the first chunk
+    harness::leave_stream_after_first_chunk(&server.url, &key, "@s1/slow-stream", "leaver").await;
     let events = wait_for_event(&server, "leaver").await;
     assert_eq!(
         events,
