@@ -1,6 +1,8 @@
 -- Embedded usage store (SQLite), version 1. The same tables as the ClickHouse schema:
 -- raw events, idempotent on event_id, and rollups per minute and per day by dimension.
 -- Money is exact: cost_pico is US dollars x 10^12 (the event's decimal(38,12)) as an integer.
+-- An integer is an i64, $9.2 M: a rollup cell stops there; sums over events add
+-- cost_pico / 1000000 and cost_pico % 1000000 apart (SQLite's sum fails past an i64).
 CREATE TABLE IF NOT EXISTS usage_events (
   event_id TEXT PRIMARY KEY,
   ts INTEGER NOT NULL,                 -- ms since epoch, UTC

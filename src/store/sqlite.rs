@@ -32,6 +32,20 @@ fn from_pico(p: i64) -> Decimal {
     Decimal::new(p, 12).normalize()
 }
 
+/// A sum of picodollars read as its whole microdollars and the rest (see [`STATS_COLUMNS`]).
+fn from_pico_parts(micro: i64, rest: i64) -> Decimal {
+    Decimal::from_i128_with_scale(i128::from(micro) * 1_000_000 + i128::from(rest), 12).normalize()
+}
+
+/// A rollup cell's cost. A cell holds at most an i64 of picodollars, $9.2 M (one key, model,
+/// workspace… in one minute or day); past that it stays at the maximum rather than wrap.
+fn rollup_pico(sum: i128) -> i64 {
+    i64::try_from(sum).unwrap_or_else(|_| {
+        tracing::warn!(picodollars = %sum, "a usage rollup cell passed $9.2 M; it is capped there");
+        i64::MAX
+    })
+}
+
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// The embedded usage store.
@@ -112,7 +126,7 @@ struct Agg {
     prompt: i64,
     completion: i64,
     cached: i64,
-    cost: i64,
+    cost: i128,
     latency: i64,
 }
 
@@ -191,7 +205,7 @@ fn ingest(
                     a.prompt += e.prompt_tokens as i64;
                     a.completion += e.completion_tokens as i64;
                     a.cached += e.cached_tokens as i64;
-                    a.cost += to_pico(e.cost_usd);
+                    a.cost += i128::from(to_pico(e.cost_usd));
                     a.latency += i64::from(e.latency_ms);
                 }
             }
@@ -203,7 +217,8 @@ fn ingest(
                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                completion_tokens = completion_tokens + excluded.completion_tokens,
                cached_tokens = cached_tokens + excluded.cached_tokens,
-               cost_pico = cost_pico + excluded.cost_pico,
+               cost_pico = CASE WHEN cost_pico > 9223372036854775807 - excluded.cost_pico
+                 THEN 9223372036854775807 ELSE cost_pico + excluded.cost_pico END,
                latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum",
         )?;
         for ((grain, bucket, dim, value), a) in &rollups {
@@ -217,7 +232,7 @@ fn ingest(
                 a.prompt,
                 a.completion,
                 a.cached,
-                a.cost,
+                rollup_pico(a.cost),
                 a.latency
             ])?;
         }
@@ -281,8 +296,12 @@ fn json_path(key: &str) -> String {
     format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// Cost is summed as whole microdollars and the rest apart: SQLite's `sum` of integers fails past
+/// an i64, which picodollars reach at $9.2 M (an organisation's year); the parts reach it only
+/// at $9.2 M × 10^6 and after 9.2 × 10^12 events.
 const STATS_COLUMNS: &str = "count(*), coalesce(sum(status_code >= 400), 0), coalesce(sum(prompt_tokens), 0),
-    coalesce(sum(completion_tokens), 0), coalesce(sum(cost_pico), 0), count(DISTINCT user), coalesce(max(ts), 0)";
+    coalesce(sum(completion_tokens), 0), coalesce(sum(cost_pico / 1000000), 0), coalesce(sum(cost_pico % 1000000), 0),
+    count(DISTINCT user), coalesce(max(ts), 0)";
 
 fn stats_of(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Stats> {
     Ok(Stats {
@@ -290,9 +309,9 @@ fn stats_of(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Stats> {
         errors: row.get::<_, i64>(at + 1)? as u64,
         prompt_tokens: row.get::<_, i64>(at + 2)? as u64,
         completion_tokens: row.get::<_, i64>(at + 3)? as u64,
-        cost_usd: from_pico(row.get(at + 4)?),
-        users: row.get::<_, i64>(at + 5)? as u64,
-        last_seen: Millis(row.get(at + 6)?),
+        cost_usd: from_pico_parts(row.get(at + 4)?, row.get(at + 5)?),
+        users: row.get::<_, i64>(at + 6)? as u64,
+        last_seen: Millis(row.get(at + 7)?),
     })
 }
 
@@ -590,6 +609,35 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// Sums of cost over many events go past an i64 of picodollars ($9.2 M) and stay exact.
+    #[tokio::test]
+    async fn cost_sums_past_nine_million_dollars_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("u.sqlite")).unwrap();
+        let big = |m| vec![event(m, "k1", "4000000.000000000001", 200)];
+        // Two events in one batch, one in the next: both ways of adding to a rollup cell.
+        store
+            .ingest([big(0), big(1)].concat(), "agg", 10)
+            .await
+            .unwrap();
+        store.ingest(big(2), "agg", 20).await.unwrap();
+        let f = Filter {
+            from: Millis(0),
+            to: Millis(i64::MAX),
+            ..Default::default()
+        };
+        let total = "12000000.000000000003";
+        let g = store.groups(f.clone(), GroupBy::ApiKey).await.unwrap();
+        assert_eq!(g[0].1.cost_usd.to_string(), total);
+        let s = store.series(f, Bucket::Day).await.unwrap();
+        assert_eq!(s[0].1.cost_usd.to_string(), total);
+        // The rollup cells of that day hold their maximum, $9.2 M, rather than wrap.
+        let day = store.rollups("day", "api_key").await.unwrap();
+        assert_eq!(day[0].cost_usd, from_pico(i64::MAX));
+        let minute = store.rollups("minute", "api_key").await.unwrap();
+        assert_eq!(minute[2].cost_usd.to_string(), "4000000.000000000001");
     }
 
     #[test]
