@@ -25,14 +25,27 @@ use crate::store::Notification;
 
 const CONSUMER: &str = "notifier";
 const ATTEMPTS: u32 = 4;
+/// How many of the latest deliveries a starting notifier remembers, to skip duplicates of them.
+const RECENT_DELIVERIES: usize = 10_000;
 
 /// Runs until shutdown.
 pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     let mut end = core.log.watch_end(Topic::Limits);
     let mut at = core.store.offset(CONSUMER).await.unwrap_or(0);
     // Two aggregators can see the same crossing at once and both emit it, under one
-    // deterministic event id: deliver it once.
+    // deterministic event id: deliver it once, also when the second copy comes after a restart
+    // (the ids delivered lately are read back from the store).
     let mut recent = crate::domain::state::RecentIds::default();
+    match core.store.notifications(RECENT_DELIVERIES).await {
+        Ok(done) => {
+            for n in done.iter().rev() {
+                recent.insert_event_id(&n.limit_event_id, n.created_at);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "notifier: cannot read past deliveries; a duplicate limit event may be delivered again")
+        }
+    }
     loop {
         if at >= *end.borrow_and_update() {
             tokio::select! {

@@ -192,3 +192,59 @@ async fn threshold_and_exhaustion_each_notify_exactly_once() {
     }
     let _ = sink.child.kill().await;
 }
+
+/// Two aggregators can emit one crossing under one event id, and the second copy can reach the
+/// log after the notifier has delivered the first and restarted: it is still delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_after_a_notifier_restart_is_not_delivered_again() {
+    use tollgate::domain::limits::BudgetKind;
+    use tollgate::domain::{LimitEvent, LimitKind, Millis};
+    use tollgate::log::Topic;
+    let (hook, calls) = webhook_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = harness::settings(dir.path());
+    s.set("alert_webhook_url", &hook).unwrap();
+    let core = tollgate::app::Core::open(s).await.unwrap().core;
+    let event = LimitEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        at: Millis::now(),
+        kind: LimitKind::ThresholdCrossed,
+        budget: "api_key:k1:cost".into(),
+        owner_kind: "api_key".into(),
+        workspace_id: None,
+        api_key_id: None,
+        window_start: Millis(0),
+        budget_type: BudgetKind::Cost,
+        credit_limit: 1.into(),
+        alert_threshold: Some("0.5".parse().unwrap()),
+        used: "0.6".parse().unwrap(),
+        next_reset: None,
+    };
+    let payload = tollgate::codec::encode_limit(&event).unwrap();
+    let append = || {
+        core.log.append(
+            Topic::Limits,
+            event.budget.clone().into_bytes(),
+            payload.clone(),
+        )
+    };
+    append().await.unwrap();
+    for round in 0..2 {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let notifier = tokio::spawn(tollgate::notify::run_notifier(core.clone(), stopped));
+        let end = *core.log.watch_end(Topic::Limits).borrow();
+        for _ in 0..200 {
+            if core.store.offset("notifier").await.unwrap() >= end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(core.store.offset("notifier").await.unwrap(), end);
+        stop.send(true).unwrap();
+        notifier.await.unwrap();
+        if round == 0 {
+            append().await.unwrap(); // the second aggregator's copy, while the notifier is down
+        }
+    }
+    assert_eq!(calls.lock().len(), 1, "delivered once");
+}
