@@ -1,5 +1,6 @@
 //! Alerts: crossing a budget's alert threshold and exhausting it each produce exactly one email
-//! (to a real SMTP sink, aiosmtpd) with the right recipients and figures, and one signed webhook.
+//! (to a real SMTP sink, aiosmtpd) with the right recipients and figures, and one signed webhook;
+//! a duplicate of a delivered limit event is not delivered again, even after a notifier restart.
 
 use std::path::Path;
 use std::process::Stdio;
