@@ -98,14 +98,23 @@ pub async fn serve(
     let threads = core.settings.serve_threads.max(1);
     let all_done = Arc::new(Barrier::new(threads));
     let mut finished = Vec::with_capacity(threads);
-    for i in 0..threads {
+    // Every runtime is built before any thread starts, so none can fail to reach the barrier.
+    let runtimes = (0..threads)
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for (i, runtime) in runtimes.into_iter().enumerate() {
         let (tx, rx) = oneshot::channel();
         let (listener, core) = (listener.try_clone()?, core.clone());
         let (shutdown, all_done) = (shutdown.clone(), all_done.clone());
         std::thread::Builder::new()
             .name(format!("serve-{i}"))
             .spawn(move || {
-                let _ = tx.send(serve_thread(listener, core, shutdown, all_done));
+                let served = runtime.block_on(serve_thread(listener, core, shutdown, all_done));
+                let _ = tx.send(served);
             })?;
         finished.push(rx);
     }
@@ -116,46 +125,38 @@ pub async fn serve(
     Ok(())
 }
 
-fn serve_thread(
+/// One serving thread's loop, on its own runtime.
+async fn serve_thread(
     listener: std::net::TcpListener,
     core: Arc<Core>,
     mut shutdown: watch::Receiver<bool>,
     all_done: Arc<Barrier>,
 ) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        // Poll the I/O driver every 256 scheduled tasks rather than every 61: under load fewer
-        // epoll calls, each returning more ready sockets (measured: +3–7% requests/s at 64
-        // connections, no change at 1; an idle runtime still polls at once).
-        .event_interval(256)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let served = match TcpListener::from_std(listener) {
-            Ok(listener) => {
-                axum::serve(listener, router(core.clone()))
-                    .with_graceful_shutdown(async move {
-                        while !*shutdown.borrow() {
-                            if shutdown.changed().await.is_err() {
-                                break;
-                            }
+    let served = match TcpListener::from_std(listener) {
+        Ok(listener) => {
+            axum::serve(listener, router(core.clone()))
+                .with_graceful_shutdown(async move {
+                    while !*shutdown.borrow() {
+                        if shutdown.changed().await.is_err() {
+                            break;
                         }
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        core.tasks.close();
-        let bound = core.settings.stream_drain_timeout + Duration::from_secs(5);
-        if tokio::time::timeout(bound, core.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                left = core.tasks.len(),
-                "stopping with background work unfinished"
-            );
+                    }
+                })
+                .await
         }
-        all_done.wait().await;
-        served
-    })
+        Err(e) => Err(e),
+    };
+    core.tasks.close();
+    let bound = core.settings.stream_drain_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(bound, core.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = core.tasks.len(),
+            "stopping with background work unfinished"
+        );
+    }
+    all_done.wait().await;
+    served
 }
