@@ -102,6 +102,10 @@ pub async fn serve(
     let runtimes = (0..threads)
         .map(|_| {
             tokio::runtime::Builder::new_current_thread()
+                // Poll the I/O driver every 256 scheduled tasks rather than tokio's 61. Within one
+                // build it made no measurable difference here, but see `.cargo/config.toml`: this
+                // build measured 8–10% faster than the one without it (benches/README.md).
+                .event_interval(256)
                 .enable_all()
                 .build()
         })
