@@ -53,6 +53,9 @@ struct ServeArgs {
     /// Address to serve on [TOLLGATE_LISTEN].
     #[arg(long)]
     listen: Option<String>,
+    /// Threads serving HTTP [TOLLGATE_SERVE_THREADS].
+    #[arg(long)]
+    serve_threads: Option<String>,
     /// Data directory [TOLLGATE_DATA_DIR].
     #[arg(long)]
     data_dir: Option<String>,
@@ -97,6 +100,7 @@ fn run<F: std::future::Future<Output = anyhow::Result<()>>>(
 ) -> anyhow::Result<()> {
     let flags = [
         ("listen", args.listen),
+        ("serve_threads", args.serve_threads),
         ("data_dir", args.data_dir),
         ("admin_key", args.admin_key),
         ("master_key", args.master_key),
