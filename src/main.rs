@@ -1,10 +1,10 @@
 //! The `tollgate` command.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::net::TcpListener;
 use tokio::sync::watch;
 
 use tollgate::aggregate::run_aggregator;
