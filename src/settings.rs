@@ -144,8 +144,9 @@ pub const KNOWN: &[(&str, &str)] = &[
 
 /// One serving thread per CPU core, but one: that core is left to the log writer, the usage store's
 /// ingestion and the background roles, so a serving thread is not preempted by them. On two cores
-/// with the load generator on the same machine, one serving thread measured 17–21 k requests/s
-/// with p99 5.3–6.5 ms at 64 connections, two 16–19 k with p99 11–13 ms (benches/README.md).
+/// with the load generator on the same machine, one serving thread measured 21.1–21.4 k requests/s
+/// with p99 4.95–5.19 ms at 64 connections, two 19.9–21.4 k with p99 8.3–9.1 ms (same runs;
+/// benches/README.md, session 4).
 fn default_serve_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }

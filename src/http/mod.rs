@@ -136,20 +136,15 @@ async fn serve_thread(
     mut shutdown: watch::Receiver<bool>,
     all_done: Arc<Barrier>,
 ) -> std::io::Result<()> {
-    let served = match TcpListener::from_std(listener) {
-        Ok(listener) => {
-            axum::serve(listener, router(core.clone()))
-                .with_graceful_shutdown(async move {
-                    while !*shutdown.borrow() {
-                        if shutdown.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                })
-                .await
-        }
-        Err(e) => Err(e),
-    };
+    let served = async {
+        axum::serve(TcpListener::from_std(listener)?, router(core.clone()))
+            .with_graceful_shutdown(async move {
+                // A dropped sender (Err) stops serving too.
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    }
+    .await;
     core.tasks.close();
     let bound = core.settings.stream_drain_timeout + Duration::from_secs(5);
     if tokio::time::timeout(bound, core.tasks.wait())

@@ -415,8 +415,6 @@ impl ClickhouseStore {
             .await?)
     }
 
-    /// Every entity's all-time usage totals (API key, workspace, integration, provider), in one
-    /// scan of the raw events.
     /// Requests, tokens and cost per API key, workspace, integration and provider, over the events
     /// with `from_ms <= ts < to_ms`. The range lets a caller re-read only recent days: `ts` leads
     /// the table's sort key, so a recent range reads only recent parts.
