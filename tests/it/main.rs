@@ -9,6 +9,7 @@ mod harness;
 mod http;
 mod mock;
 mod process;
+mod security;
 mod sdk;
 mod stores;
 mod stream;

@@ -1,0 +1,1 @@
+//! See [`super`]: the durability area of the security suite.

@@ -1,0 +1,1 @@
+//! See [`super`]: the limits area of the security suite.

@@ -1,0 +1,12 @@
+//! Security and robustness: each test reproduces one way a governed key could leak, lift or dodge
+//! a control, or a fault could serve traffic unmetered or exhaust the server, and asserts the
+//! fixed behaviour. One file per area:
+//! - [`privilege`]: credentials, scopes, who may change a limit, provisioning.
+//! - [`limits`]: budgets and rate limits that bind (in flight, reservations, windows, metadata).
+//! - [`durability`]: nothing served unmetered (full disk, atomic admin changes, log recovery).
+//! - [`resources`]: bounded inputs, connections, bodies and upstream responses.
+
+mod durability;
+mod limits;
+mod privilege;
+mod resources;

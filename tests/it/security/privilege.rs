@@ -1,0 +1,1 @@
+//! See [`super`]: the privilege area of the security suite.

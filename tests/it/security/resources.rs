@@ -1,0 +1,1 @@
+//! See [`super`]: the resources area of the security suite.
