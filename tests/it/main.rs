@@ -9,7 +9,7 @@ mod harness;
 mod http;
 mod mock;
 mod process;
-mod security;
 mod sdk;
+mod security;
 mod stores;
 mod stream;
