@@ -4,9 +4,11 @@
 //! - [`privilege`]: credentials, scopes, who may change a limit, provisioning.
 //! - [`limits`]: budgets and rate limits that bind (in flight, reservations, windows, metadata).
 //! - [`durability`]: nothing served unmetered (full disk, atomic admin changes, log recovery).
-//! - [`resources`]: bounded inputs, connections, bodies and upstream responses.
+//! - [`resources`]: connections, request bodies, streams whose client stops reading.
+//! - [`routing`]: where a credential may go, configs and upstream responses of any size.
 
 mod durability;
 mod limits;
 mod privilege;
 mod resources;
+mod routing;

@@ -1,0 +1,1 @@
+//! See [`super`]: the routing area of the security suite.
