@@ -402,3 +402,78 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
     .await?;
     Ok(json!({}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::state::tests::api_key_fixture;
+
+    fn caller(workspace: Option<&str>, scopes: &[&str]) -> Caller {
+        let mut k = api_key_fixture(None);
+        k.workspace_id = workspace.map(str::to_owned);
+        k.scopes = scopes.iter().map(|s| s.to_string()).collect();
+        Caller {
+            key: std::sync::Arc::new(k),
+        }
+    }
+
+    fn list(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn scopes_per_key_type() {
+        use ApiKeyType::*;
+        assert!(!scope_valid_for(
+            WorkspaceService,
+            "organisation_integrations.update"
+        ));
+        assert!(!scope_valid_for(WorkspaceUser, "workspaces.create"));
+        assert!(scope_valid_for(WorkspaceService, "completions.write"));
+        assert!(!scope_valid_for(OrganisationService, "completions.write"));
+        assert!(scope_valid_for(OrganisationService, "workspaces.delete"));
+        assert!(scope_valid_for(WorkspaceService, "configs.update"));
+    }
+
+    #[test]
+    fn a_key_grants_only_what_it_holds() {
+        let ws = caller(
+            Some("ws"),
+            &["workspace_service_api_keys.create", "completions.write"],
+        );
+        let kind = ApiKeyType::WorkspaceService;
+        assert!(check_grant(&ws, kind, &list(&["completions.write"]), &[]).is_ok());
+        for s in [
+            "organisation_integrations.update",
+            "configs.read",
+            "workspace_users.read",
+        ] {
+            let e = check_grant(&ws, kind, &list(&[s]), &[]).unwrap_err();
+            assert!(matches!(e, ControlError::Forbidden(_)), "{s}: {e}");
+        }
+        // Keeping a scope the key already has is no grant.
+        assert!(check_grant(
+            &ws,
+            kind,
+            &list(&["configs.read"]),
+            &list(&["configs.read"])
+        )
+        .is_ok());
+        let org = caller(None, ADMIN_SCOPES);
+        assert!(check_grant(
+            &org,
+            kind,
+            &list(&["completions.write", "workspace_users.read"]),
+            &[]
+        )
+        .is_ok());
+        let e = check_grant(
+            &org,
+            kind,
+            &list(&["organisation_integrations.update"]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(e, ControlError::Invalid(_)), "{e}");
+    }
+}

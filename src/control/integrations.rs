@@ -335,7 +335,11 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
     };
     let (id, slug) = (integration.id.clone(), integration.slug.clone());
     let mut changes = vec![Change::Upsert(Entity::Integration(integration))];
-    changes.extend(providers.into_iter().map(|p| Change::Upsert(Entity::Provider(p))));
+    changes.extend(
+        providers
+            .into_iter()
+            .map(|p| Change::Upsert(Entity::Provider(p))),
+    );
     core.commit(changes).await?;
     Ok(json!({"id": id, "slug": slug, "object": "integration"}))
 }
@@ -345,7 +349,10 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
     let state = core.state.read();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
     let kind = q.get("type").map(String::as_str).unwrap_or("all");
-    let families = ["organisation_integrations.list", "workspace_integrations.list"];
+    let families = [
+        "organisation_integrations.list",
+        "workspace_integrations.list",
+    ];
     if !families.iter().any(|f| caller.key.has_scope(f)) {
         return Err(ControlError::Forbidden(
             "this API key lacks the organisation_integrations.list or workspace_integrations.list scope".into(),
@@ -513,7 +520,13 @@ pub async fn update_workspaces(
             i.global_workspace_access = Some(g);
         }
         if all_on {
-            providers.extend(grant_all_existing(&state, &mut i, &explicit, create_default, now)?);
+            providers.extend(grant_all_existing(
+                &state,
+                &mut i,
+                &explicit,
+                create_default,
+                now,
+            )?);
         }
         let override_flag = match b.bool("override_existing_workspaces_access")? {
             Some(f) => Some(f),

@@ -14,7 +14,9 @@ use rand::Rng;
 use serde_json::{Map, Value};
 
 use crate::app::{AppError, Core, DEFAULT_WORKSPACE_SLUG};
-use crate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner, RateLimit, UsageLimit};
+use crate::domain::limits::{
+    parse_rate_limits, parse_usage_limit, LimitOwner, RateLimit, UsageLimit,
+};
 use crate::domain::{ApiKey, Authority, Millis, State};
 
 /// Why an admin command was refused.
@@ -447,7 +449,11 @@ mod tests {
         let both = serde_json::json!([{"type": "requests", "unit": "rpm", "value": 5},
             {"type": "tokens", "unit": "rph", "value": 1000}]);
         update_rate_limits(&mut r, Some(&both), LimitOwner::Other).unwrap();
-        assert_eq!(r.len(), 2, "adding a limit of another type or unit is not an edit");
+        assert_eq!(
+            r.len(),
+            2,
+            "adding a limit of another type or unit is not an edit"
+        );
         update_rate_limits(&mut r, Some(&serde_json::json!([])), LimitOwner::Other).unwrap();
         update_rate_limits(&mut r, Some(&rpm(6)), LimitOwner::Other).unwrap();
         assert_eq!(r[0].value, 6, "removed, then set anew");

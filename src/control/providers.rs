@@ -268,8 +268,13 @@ pub async fn update(
         if let Some(e) = b.timestamp("expires_at")? {
             p.expires_at = e;
         }
-        p.limits_set_by =
-            caller.govern(false, p.limits_set_by, has_limits(&before), &before, &governed(&p))?;
+        p.limits_set_by = caller.govern(
+            false,
+            p.limits_set_by,
+            has_limits(&before),
+            &before,
+            &governed(&p),
+        )?;
         p.updated_at = now;
         // A virtual key's credential lives on its implicit integration.
         let integration = match (

@@ -90,33 +90,90 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
         json!(["workspaces.delete"]),
     ] {
         let body = json!({"name": "evil", "workspace_id": ws, "scopes": scopes});
-        let got = as_key(&server, &minter, "POST", "/api-keys/workspace/service", Some(body)).await;
+        let got = as_key(
+            &server,
+            &minter,
+            "POST",
+            "/api-keys/workspace/service",
+            Some(body),
+        )
+        .await;
         assert_forbidden(got, &format!("mint {scopes}"));
     }
     // Widening its own scopes: refused; narrowing is allowed.
     let widen = json!({"scopes": ["workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write", "organisation_integrations.update"]});
-    let got = as_key(&server, &minter, "PUT", &format!("/api-keys/{minter_id}"), Some(widen)).await;
+    let got = as_key(
+        &server,
+        &minter,
+        "PUT",
+        &format!("/api-keys/{minter_id}"),
+        Some(widen),
+    )
+    .await;
     assert_forbidden(got, "widen own scopes");
     // A scope it holds is grantable, and only valid ones for the new key's type.
     let body = json!({"name": "ok", "workspace_id": ws, "scopes": ["completions.write"]});
-    let (s, v) = as_key(&server, &minter, "POST", "/api-keys/workspace/service", Some(body)).await;
+    let (s, v) = as_key(
+        &server,
+        &minter,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(body),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
-    let body = json!({"name": "bad", "workspace_id": ws, "scopes": ["organisation_integrations.update"]});
-    let (s, v) = call("POST", &format!("{}/v1/api-keys/workspace/service", server.url), Some(&server.admin_key), Some(body)).await.into_parts();
+    let body =
+        json!({"name": "bad", "workspace_id": ws, "scopes": ["organisation_integrations.update"]});
+    let (s, v) = call(
+        "POST",
+        &format!("{}/v1/api-keys/workspace/service", server.url),
+        Some(&server.admin_key),
+        Some(body),
+    )
+    .await
+    .into_parts();
     assert_eq!(s, 400, "an organisation-only scope on a workspace key: {v}");
     let body = json!({"name": "bad", "scopes": ["organisation_service_api_keys.create", "completions.write"]});
-    let (s, v) = call("POST", &format!("{}/v1/api-keys/organisation/service", server.url), Some(&server.admin_key), Some(body)).await.into_parts();
+    let (s, v) = call(
+        "POST",
+        &format!("{}/v1/api-keys/organisation/service", server.url),
+        Some(&server.admin_key),
+        Some(body),
+    )
+    .await
+    .into_parts();
     assert_eq!(s, 400, "a data-plane scope on an organisation key: {v}");
     // Scopes Tollgate does not enforce are stored verbatim (§2.2), but only an organisation key
     // grants one it does not hold.
     let body = json!({"name": "verbatim", "workspace_id": ws, "scopes": ["workspace_users.read"]});
-    let (s, v) = call("POST", &format!("{}/v1/api-keys/workspace/service", server.url), Some(&server.admin_key), Some(body.clone())).await.into_parts();
+    let (s, v) = call(
+        "POST",
+        &format!("{}/v1/api-keys/workspace/service", server.url),
+        Some(&server.admin_key),
+        Some(body.clone()),
+    )
+    .await
+    .into_parts();
     assert_eq!(s, 200, "{v}");
-    let got = as_key(&server, &minter, "POST", "/api-keys/workspace/service", Some(body)).await;
+    let got = as_key(
+        &server,
+        &minter,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(body),
+    )
+    .await;
     assert_forbidden(got, "an unenforced scope the minter lacks");
     // Repointing the shared integration with the minter: refused.
     let repoint = json!({"configurations": {"custom_host": "http://127.0.0.1:1/v1"}});
-    let got = as_key(&server, &minter, "PUT", "/integrations/shared", Some(repoint.clone())).await;
+    let got = as_key(
+        &server,
+        &minter,
+        "PUT",
+        "/integrations/shared",
+        Some(repoint.clone()),
+    )
+    .await;
     assert_forbidden(got, "repoint");
     // Even holding organisation scopes (a key minted before this fix), a workspace key never
     // changes organisation objects or provisioning.
@@ -128,23 +185,65 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
     ] {
         grant_legacy_scope(&server, "minter", scope).await;
     }
-    let got = as_key(&server, &minter, "PUT", "/integrations/shared", Some(repoint)).await;
+    let got = as_key(
+        &server,
+        &minter,
+        "PUT",
+        "/integrations/shared",
+        Some(repoint),
+    )
+    .await;
     assert_forbidden(got, "repoint with a legacy scope");
-    let got = as_key(&server, &minter, "PUT", "/integrations/shared/models", Some(json!({"allow_all_models": false}))).await;
+    let got = as_key(
+        &server,
+        &minter,
+        "PUT",
+        "/integrations/shared/models",
+        Some(json!({"allow_all_models": false})),
+    )
+    .await;
     assert_forbidden(got, "models of an organisation integration");
     let cut = json!({"workspaces": [{"id": ws, "enabled": false}]});
-    let got = as_key(&server, &minter, "PUT", "/integrations/shared/workspaces", Some(cut)).await;
+    let got = as_key(
+        &server,
+        &minter,
+        "PUT",
+        "/integrations/shared/workspaces",
+        Some(cut),
+    )
+    .await;
     assert_forbidden(got, "provisioning");
     let got = as_key(&server, &minter, "DELETE", "/integrations/shared", None).await;
     assert_forbidden(got, "delete an organisation integration");
-    let got = as_key(&server, &minter, "DELETE", &format!("/admin/workspaces/{ws}"), Some(json!({"force_delete": true}))).await;
+    let got = as_key(
+        &server,
+        &minter,
+        "DELETE",
+        &format!("/admin/workspaces/{ws}"),
+        Some(json!({"force_delete": true})),
+    )
+    .await;
     assert_forbidden(got, "delete its workspace");
     let after = server.admin("GET", "/integrations/shared", None).await;
     assert_eq!(after["configurations"], before["configurations"]);
     assert_eq!(after["allow_all_models"], before["allow_all_models"]);
-    let access = server.admin("GET", "/integrations/shared/workspaces", None).await;
-    assert!(access["workspaces"].as_array().unwrap().iter().any(|a| a["id"] == ws.as_str() && a["enabled"] == true), "{access}");
-    assert!(server.admin("GET", &format!("/admin/workspaces/{ws}"), None).await["id"] == ws.as_str());
+    let access = server
+        .admin("GET", "/integrations/shared/workspaces", None)
+        .await;
+    assert!(
+        access["workspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == ws.as_str() && a["enabled"] == true),
+        "{access}"
+    );
+    assert!(
+        server
+            .admin("GET", &format!("/admin/workspaces/{ws}"), None)
+            .await["id"]
+            == ws.as_str()
+    );
 }
 
 trait IntoParts {
@@ -162,11 +261,35 @@ async fn every_get_route_checks_its_read_scope() {
     let mock = mock::start().await;
     let server = harness::start().await;
     let (ws, data_key) = server.tenant(&mock.url, "reads").await;
-    let (_, unrelated) = ws_key(&server, &ws, "unrelated", json!({"scopes": ["configs.create"]})).await;
-    let (key_id, _) = ws_key(&server, &ws, "target", json!({"scopes": ["completions.write"]})).await;
-    let cfg = server.admin("POST", "/configs", Some(json!({"name": "c", "workspace_id": ws, "config": {"provider": "@reads"}}))).await;
+    let (_, unrelated) = ws_key(
+        &server,
+        &ws,
+        "unrelated",
+        json!({"scopes": ["configs.create"]}),
+    )
+    .await;
+    let (key_id, _) = ws_key(
+        &server,
+        &ws,
+        "target",
+        json!({"scopes": ["completions.write"]}),
+    )
+    .await;
+    let cfg = server
+        .admin(
+            "POST",
+            "/configs",
+            Some(json!({"name": "c", "workspace_id": ws, "config": {"provider": "@reads"}})),
+        )
+        .await;
     let vk = server.admin("POST", "/virtual-keys", Some(json!({"name": "vk", "provider": "openai", "key": "sk-vk-000000000", "workspace_id": ws}))).await;
-    let pol = server.admin("POST", "/policies/usage-limits", Some(json!({"name": "p", "workspace_id": ws, "type": "cost", "credit_limit": 10}))).await;
+    let pol = server
+        .admin(
+            "POST",
+            "/policies/usage-limits",
+            Some(json!({"name": "p", "workspace_id": ws, "type": "cost", "credit_limit": 10})),
+        )
+        .await;
     let routes = [
         "/admin/workspaces".to_owned(),
         format!("/admin/workspaces/{ws}"),
@@ -177,7 +300,10 @@ async fn every_get_route_checks_its_read_scope() {
         "/providers".to_owned(),
         format!("/providers/reads?workspace_id={ws}"),
         "/virtual-keys".to_owned(),
-        format!("/virtual-keys/{}?workspace_id={ws}", vk["slug"].as_str().unwrap()),
+        format!(
+            "/virtual-keys/{}?workspace_id={ws}",
+            vk["slug"].as_str().unwrap()
+        ),
         "/configs".to_owned(),
         format!("/configs/{}", cfg["slug"].as_str().unwrap()),
         "/api-keys".to_owned(),
@@ -191,7 +317,10 @@ async fn every_get_route_checks_its_read_scope() {
     ];
     let mut wrong = Vec::new();
     for path in &routes {
-        for (who, key) in [("completions.write", &data_key), ("configs.create", &unrelated)] {
+        for (who, key) in [
+            ("completions.write", &data_key),
+            ("configs.create", &unrelated),
+        ] {
             let (s, v) = as_key(&server, key, "GET", path, None).await;
             if s != 403 || v["data"]["errorCode"] != "AB03" {
                 wrong.push(format!("{who} GET {path}: {s} {v}"));
@@ -208,14 +337,34 @@ async fn every_get_route_checks_its_read_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn organisation_key_with_a_workspace_id_is_refused() {
     let server = harness::start().await;
-    let ws = server.admin("POST", "/admin/workspaces", Some(json!({"name": "w"}))).await;
-    let body = json!({"name": "org-with-ws", "workspace_id": ws["id"], "scopes": ["workspaces.list"]});
-    let (s, v) = as_key(&server, &server.admin_key, "POST", "/api-keys/organisation/service", Some(body)).await;
+    let ws = server
+        .admin("POST", "/admin/workspaces", Some(json!({"name": "w"})))
+        .await;
+    let body =
+        json!({"name": "org-with-ws", "workspace_id": ws["id"], "scopes": ["workspaces.list"]});
+    let (s, v) = as_key(
+        &server,
+        &server.admin_key,
+        "POST",
+        "/api-keys/organisation/service",
+        Some(body),
+    )
+    .await;
     assert_eq!(s, 400, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("workspace_id") && msg.contains("/api-keys/workspace/service"), "{msg}");
+    assert!(
+        msg.contains("workspace_id") && msg.contains("/api-keys/workspace/service"),
+        "{msg}"
+    );
     let keys = server.admin("GET", "/api-keys", None).await;
-    assert!(!keys["data"].as_array().unwrap().iter().any(|k| k["name"] == "org-with-ws"), "nothing was created");
+    assert!(
+        !keys["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == "org-with-ws"),
+        "nothing was created"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,15 +381,35 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
         json!({"rate_limits": []}),
         json!({"defaults": {"metadata": {"department": "other"}}}),
     ] {
-        let got = as_key(&server, &key, "PUT", &format!("/api-keys/{id}"), Some(body.clone())).await;
+        let got = as_key(
+            &server,
+            &key,
+            "PUT",
+            &format!("/api-keys/{id}"),
+            Some(body.clone()),
+        )
+        .await;
         assert_forbidden(got, &format!("self {body}"));
     }
     assert_eq!(chat(&server, &key, "own").await, 412, "still refused");
     // Its name is its own to change.
-    let (s, v) = as_key(&server, &key, "PUT", &format!("/api-keys/{id}"), Some(json!({"name": "renamed"}))).await;
+    let (s, v) = as_key(
+        &server,
+        &key,
+        "PUT",
+        &format!("/api-keys/{id}"),
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     // The organisation admin can reset it.
-    server.admin("PUT", &format!("/api-keys/{id}"), Some(json!({"reset_usage": true}))).await;
+    server
+        .admin(
+            "PUT",
+            &format!("/api-keys/{id}"),
+            Some(json!({"reset_usage": true})),
+        )
+        .await;
     assert_eq!(chat(&server, &key, "own").await, 200);
 }
 
@@ -250,43 +419,128 @@ async fn a_workspace_key_cannot_lift_limits_set_by_the_organisation() {
     let server = harness::start().await;
     let (ws, _) = server.tenant(&mock.url, "gov").await;
     let budget = json!({"type": "cost", "credit_limit": 5});
-    server.admin("PUT", &format!("/admin/workspaces/{ws}"), Some(json!({"usage_limits": budget}))).await;
-    server.admin("PUT", &format!("/providers/gov?workspace_id={ws}"), Some(json!({"usage_limits": budget}))).await;
-    let pol = server.admin("POST", "/policies/usage-limits", Some(json!({"name": "p", "workspace_id": ws, "type": "cost", "credit_limit": 10}))).await;
+    server
+        .admin(
+            "PUT",
+            &format!("/admin/workspaces/{ws}"),
+            Some(json!({"usage_limits": budget})),
+        )
+        .await;
+    server
+        .admin(
+            "PUT",
+            &format!("/providers/gov?workspace_id={ws}"),
+            Some(json!({"usage_limits": budget})),
+        )
+        .await;
+    let pol = server
+        .admin(
+            "POST",
+            "/policies/usage-limits",
+            Some(json!({"name": "p", "workspace_id": ws, "type": "cost", "credit_limit": 10})),
+        )
+        .await;
     let pol = pol["id"].as_str().unwrap();
-    let (org_set_id, _) = ws_key(&server, &ws, "org-set", json!({"scopes": ["completions.write"], "usage_limits": budget})).await;
+    let (org_set_id, _) = ws_key(
+        &server,
+        &ws,
+        "org-set",
+        json!({"scopes": ["completions.write"], "usage_limits": budget}),
+    )
+    .await;
     let (_, team) = ws_key(&server, &ws, "team-admin", json!({"scopes": ["workspaces.update", "providers.update", "providers.delete",
         "workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write"]})).await;
     let attempts = [
-        ("PUT", format!("/admin/workspaces/{ws}"), json!({"usage_limits": null})),
-        ("PUT", format!("/admin/workspaces/{ws}"), json!({"reset_usage": true})),
-        ("PUT", format!("/admin/workspaces/{ws}"), json!({"rate_limits": [{"type": "requests", "unit": "rpm", "value": 5}]})),
-        ("PUT", format!("/providers/gov?workspace_id={ws}"), json!({"usage_limits": null})),
-        ("PUT", format!("/providers/gov?workspace_id={ws}"), json!({"reset_usage": true})),
-        ("DELETE", format!("/providers/gov?workspace_id={ws}"), json!({})),
-        ("PUT", format!("/api-keys/{org_set_id}"), json!({"usage_limits": null})),
-        ("PUT", format!("/api-keys/{org_set_id}"), json!({"reset_usage": true})),
-        ("PUT", format!("/policies/usage-limits/{pol}"), json!({"usage_limits": null})),
-        ("PUT", format!("/policies/usage-limits/{pol}"), json!({"reset_usage": true})),
+        (
+            "PUT",
+            format!("/admin/workspaces/{ws}"),
+            json!({"usage_limits": null}),
+        ),
+        (
+            "PUT",
+            format!("/admin/workspaces/{ws}"),
+            json!({"reset_usage": true}),
+        ),
+        (
+            "PUT",
+            format!("/admin/workspaces/{ws}"),
+            json!({"rate_limits": [{"type": "requests", "unit": "rpm", "value": 5}]}),
+        ),
+        (
+            "PUT",
+            format!("/providers/gov?workspace_id={ws}"),
+            json!({"usage_limits": null}),
+        ),
+        (
+            "PUT",
+            format!("/providers/gov?workspace_id={ws}"),
+            json!({"reset_usage": true}),
+        ),
+        (
+            "DELETE",
+            format!("/providers/gov?workspace_id={ws}"),
+            json!({}),
+        ),
+        (
+            "PUT",
+            format!("/api-keys/{org_set_id}"),
+            json!({"usage_limits": null}),
+        ),
+        (
+            "PUT",
+            format!("/api-keys/{org_set_id}"),
+            json!({"reset_usage": true}),
+        ),
+        (
+            "PUT",
+            format!("/policies/usage-limits/{pol}"),
+            json!({"usage_limits": null}),
+        ),
+        (
+            "PUT",
+            format!("/policies/usage-limits/{pol}"),
+            json!({"reset_usage": true}),
+        ),
         ("DELETE", format!("/policies/usage-limits/{pol}"), json!({})),
     ];
     for (method, path, body) in &attempts {
         let got = as_key(&server, &team, method, path, Some(body.clone())).await;
         assert_forbidden(got, &format!("{method} {path} {body}"));
     }
-    let w = server.admin("GET", &format!("/admin/workspaces/{ws}"), None).await;
+    let w = server
+        .admin("GET", &format!("/admin/workspaces/{ws}"), None)
+        .await;
     assert_eq!(w["usage_limits"][0]["credit_limit"], 5, "{w}");
-    let p = server.admin("GET", &format!("/providers/gov?workspace_id={ws}"), None).await;
+    let p = server
+        .admin("GET", &format!("/providers/gov?workspace_id={ws}"), None)
+        .await;
     assert_eq!(p["usage_limits"]["credit_limit"], 5, "{p}");
     // Limits the workspace set itself stay its own to manage.
     let body = json!({"name": "child", "workspace_id": ws, "scopes": ["completions.write"], "usage_limits": {"type": "cost", "credit_limit": 2}});
-    let (s, v) = as_key(&server, &team, "POST", "/api-keys/workspace/service", Some(body)).await;
+    let (s, v) = as_key(
+        &server,
+        &team,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(body),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let child = v["id"].as_str().unwrap();
-    let (s, v) = as_key(&server, &team, "PUT", &format!("/api-keys/{child}"), Some(json!({"reset_usage": true}))).await;
+    let (s, v) = as_key(
+        &server,
+        &team,
+        "PUT",
+        &format!("/api-keys/{child}"),
+        Some(json!({"reset_usage": true})),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     // The organisation admin can do every one of these.
-    for (method, path, body) in attempts.iter().filter(|a| a.2 != json!({"reset_usage": true})) {
+    for (method, path, body) in attempts
+        .iter()
+        .filter(|a| a.2 != json!({"reset_usage": true}))
+    {
         let (s, v) = as_key(&server, &server.admin_key, method, path, Some(body.clone())).await;
         assert_eq!(s, 200, "admin {method} {path}: {v}");
     }
@@ -300,7 +554,13 @@ async fn rate_limits_cannot_be_edited_once_set() {
     let (key_id, _) = ws_key(&server, &ws, "k", json!({"scopes": ["completions.write"]})).await;
     let vk = server.admin("POST", "/virtual-keys", Some(json!({"name": "vk", "provider": "openai", "key": "sk-vk-000000000", "workspace_id": ws}))).await;
     let vk = vk["slug"].as_str().unwrap();
-    let pol = server.admin("POST", "/policies/usage-limits", Some(json!({"name": "p", "workspace_id": ws, "type": "cost", "credit_limit": 10}))).await;
+    let pol = server
+        .admin(
+            "POST",
+            "/policies/usage-limits",
+            Some(json!({"name": "p", "workspace_id": ws, "type": "cost", "credit_limit": 10})),
+        )
+        .await;
     let pol = pol["id"].as_str().unwrap();
     let limit = |v: u64| json!([{"type": "requests", "unit": "rpm", "value": v}]);
     // Each: the path and how a body carries `rate_limits`.
@@ -317,27 +577,48 @@ async fn rate_limits_cannot_be_edited_once_set() {
     ];
     let srv = &server;
     for (path, wrap) in &targets {
-        let put = |body: Value| async move {
-            as_key(srv, &srv.admin_key, "PUT", path, Some(body)).await
-        };
+        let put =
+            |body: Value| async move { as_key(srv, &srv.admin_key, "PUT", path, Some(body)).await };
         assert_eq!(put(wrap(limit(5))).await.0, 200, "{path}: set");
         let (s, v) = put(wrap(limit(6))).await;
         assert_eq!(s, 400, "{path}: an edit is refused: {v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains("cannot be edited"), "{path}: {v}");
-        assert_eq!(put(wrap(limit(5))).await.0, 200, "{path}: the same value changes nothing");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be edited"),
+            "{path}: {v}"
+        );
+        assert_eq!(
+            put(wrap(limit(5))).await.0,
+            200,
+            "{path}: the same value changes nothing"
+        );
         assert_eq!(put(wrap(json!([]))).await.0, 200, "{path}: removal");
         assert_eq!(put(wrap(limit(6))).await.0, 200, "{path}: re-adding");
     }
-    let k = server.admin("GET", &format!("/api-keys/{key_id}"), None).await;
+    let k = server
+        .admin("GET", &format!("/api-keys/{key_id}"), None)
+        .await;
     assert_eq!(k["rate_limits"][0]["value"], 6, "{k}");
-    let a = server.admin("GET", "/integrations/rl/workspaces", None).await;
-    let a = a["workspaces"].as_array().unwrap().iter().find(|a| a["id"] == ws.as_str()).unwrap().clone();
+    let a = server
+        .admin("GET", "/integrations/rl/workspaces", None)
+        .await;
+    let a = a["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == ws.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(a["rate_limits"]["value"], 6, "{a}");
 }
 
 /// The provisioning of `ws` in `GET /integrations/{slug}/workspaces`.
 async fn access_of(server: &Server, slug: &str, ws: &str) -> Value {
-    let all = server.admin("GET", &format!("/integrations/{slug}/workspaces"), None).await;
+    let all = server
+        .admin("GET", &format!("/integrations/{slug}/workspaces"), None)
+        .await;
     all["workspaces"]
         .as_array()
         .unwrap()
@@ -353,24 +634,59 @@ async fn all_workspaces_grants_existing_ones_and_override_sets_their_limits() {
     let server = harness::start().await;
     let mut wss = Vec::new();
     for name in ["a", "b"] {
-        let w = server.admin("POST", "/admin/workspaces", Some(json!({"name": name}))).await;
+        let w = server
+            .admin("POST", "/admin/workspaces", Some(json!({"name": name})))
+            .await;
         wss.push(w["id"].as_str().unwrap().to_owned());
     }
-    server.admin("POST", "/integrations", Some(json!({"name": "all", "slug": "all", "ai_provider_id": "openai",
-        "key": "sk-all-000000000", "configurations": {"custom_host": mock.url}}))).await;
+    server
+        .admin(
+            "POST",
+            "/integrations",
+            Some(
+                json!({"name": "all", "slug": "all", "ai_provider_id": "openai",
+        "key": "sk-all-000000000", "configurations": {"custom_host": mock.url}}),
+            ),
+        )
+        .await;
     // One workspace already has its own limits.
-    server.admin("PUT", "/integrations/all/workspaces", Some(json!({"workspaces": [{"id": wss[0], "enabled": true,
-        "usage_limits": [{"type": "cost", "credit_limit": 10}]}]}))).await;
+    server
+        .admin(
+            "PUT",
+            "/integrations/all/workspaces",
+            Some(json!({"workspaces": [{"id": wss[0], "enabled": true,
+        "usage_limits": [{"type": "cost", "credit_limit": 10}]}]})),
+        )
+        .await;
     // "All Workspaces": existing workspaces get access (and a provider) too.
-    server.admin("PUT", "/integrations/all/workspaces", Some(json!({"global_workspace_access": {"enabled": true,
-        "rate_limits": [{"type": "requests", "unit": "rpm", "value": 50}]}}))).await;
+    server
+        .admin(
+            "PUT",
+            "/integrations/all/workspaces",
+            Some(json!({"global_workspace_access": {"enabled": true,
+        "rate_limits": [{"type": "requests", "unit": "rpm", "value": 50}]}})),
+        )
+        .await;
     let b = access_of(&server, "all", &wss[1]).await;
     assert_eq!(b["enabled"], true, "{b}");
     assert_eq!(b["rate_limits"]["value"], 50, "{b}");
     let a = access_of(&server, "all", &wss[0]).await;
-    assert_eq!(a["usage_limits"]["credit_limit"], 10, "without the override, existing limits stay: {a}");
-    let (_, key) = ws_key(&server, &wss[1], "user", json!({"scopes": ["completions.write"]})).await;
-    assert_eq!(chat(&server, &key, "all").await, 200, "the granted workspace is served");
+    assert_eq!(
+        a["usage_limits"]["credit_limit"], 10,
+        "without the override, existing limits stay: {a}"
+    );
+    let (_, key) = ws_key(
+        &server,
+        &wss[1],
+        "user",
+        json!({"scopes": ["completions.write"]}),
+    )
+    .await;
+    assert_eq!(
+        chat(&server, &key, "all").await,
+        200,
+        "the granted workspace is served"
+    );
     // "Apply to every workspace where this integration is enabled", through the Portkey SDK.
     let script = r#"
 import os
@@ -397,7 +713,10 @@ admin.integrations.workspaces.update(slug="all", override_existing_workspaces_ac
         }
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("No module named"), "the SDK call failed: {err}");
+        assert!(
+            err.contains("No module named"),
+            "the SDK call failed: {err}"
+        );
         eprintln!("portkey SDK not installed (set TG_PYTHON); checking over HTTP only");
     }
     // The same over HTTP, with the spec's spelling of the flag.
@@ -409,7 +728,9 @@ admin.integrations.workspaces.update(slug="all", override_existing_workspaces_ac
         assert!(a["rate_limits"].is_null(), "{a}");
     }
     // A workspace created later gets the same.
-    let c = server.admin("POST", "/admin/workspaces", Some(json!({"name": "c"}))).await;
+    let c = server
+        .admin("POST", "/admin/workspaces", Some(json!({"name": "c"})))
+        .await;
     let a = access_of(&server, "all", c["id"].as_str().unwrap()).await;
     assert_eq!(a["usage_limits"]["credit_limit"], 3, "{a}");
 }
