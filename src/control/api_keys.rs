@@ -346,6 +346,16 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         let mut k = find(&state, caller, id, "update")?;
         let before = governed(&k);
         let had_limits = k.usage_limits.is_some() || !k.rate_limits.is_empty();
+        if let Some(w) = b.str("workspace_id")? {
+            let same = state
+                .workspace(w)
+                .is_some_and(|w| k.workspace_id.as_deref() == Some(w.id.as_str()));
+            if !same {
+                return Err(invalid(
+                    "a key's workspace_id cannot change; create a new key in the other workspace",
+                ));
+            }
+        }
         if let Some(n) = b.str("name")? {
             if n.trim().is_empty() {
                 return Err(invalid("name must not be empty"));

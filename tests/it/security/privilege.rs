@@ -224,6 +224,31 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
     )
     .await;
     assert_forbidden(got, "delete its workspace");
+    // Its own workspace's integration it may manage, but not send the stored key elsewhere.
+    server.admin("POST", "/integrations", Some(json!({"name": "own", "slug": "own-int", "ai_provider_id": "openai",
+        "workspace_id": ws, "key": "sk-org-set-000000000", "configurations": {"custom_host": mock.url}}))).await;
+    grant_legacy_scope(&server, "minter", "workspace_integrations.update").await;
+    let elsewhere = json!({"configurations": {"custom_host": "http://127.0.0.1:1/v1"}});
+    let got = as_key(
+        &server,
+        &minter,
+        "PUT",
+        "/integrations/own-int",
+        Some(elsewhere.clone()),
+    )
+    .await;
+    assert_forbidden(got, "repoint a workspace integration without its key");
+    let mut with_key = elsewhere;
+    with_key["key"] = json!("sk-its-own-000000000");
+    let (s, v) = as_key(
+        &server,
+        &minter,
+        "PUT",
+        "/integrations/own-int",
+        Some(with_key),
+    )
+    .await;
+    assert_eq!(s, 200, "with a key of its own: {v}");
     let after = server.admin("GET", "/integrations/shared", None).await;
     assert_eq!(after["configurations"], before["configurations"]);
     assert_eq!(after["allow_all_models"], before["allow_all_models"]);
@@ -365,6 +390,25 @@ async fn organisation_key_with_a_workspace_id_is_refused() {
             .any(|k| k["name"] == "org-with-ws"),
         "nothing was created"
     );
+    // Nor is a workspace_id dropped on update.
+    let org = server
+        .admin(
+            "POST",
+            "/api-keys/organisation/service",
+            Some(json!({"name": "org", "scopes": ["workspaces.list"]})),
+        )
+        .await;
+    let path = format!("/api-keys/{}", org["id"].as_str().unwrap());
+    let (s, v) = as_key(
+        &server,
+        &server.admin_key,
+        "PUT",
+        &path,
+        Some(json!({"workspace_id": ws["id"]})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(server.admin("GET", &path, None).await["workspace_id"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
