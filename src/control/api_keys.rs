@@ -338,6 +338,21 @@ fn governed(k: &ApiKey) -> impl PartialEq {
     )
 }
 
+/// Whether `key` is the key `target` or was minted by it (directly or down a chain): such a
+/// key acts for `target`, so it may not lift `target`'s limits either.
+fn acts_for(state: &State, key: &ApiKey, target: &str) -> bool {
+    let mut at = Some(key.id.as_str());
+    // The chain is finite in practice; the bound only guards against a cycle in stored data.
+    for _ in 0..64 {
+        match at {
+            Some(id) if id == target => return true,
+            Some(id) => at = state.api_keys.get(id).and_then(|k| k.created_by.as_deref()),
+            None => return false,
+        }
+    }
+    false
+}
+
 pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
@@ -389,7 +404,7 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         if let Some(e) = b.timestamp("expires_at")? {
             k.expires_at = e;
         }
-        let own = k.id == caller.key.id;
+        let own = acts_for(&state, &caller.key, &k.id);
         k.limits_set_by =
             caller.govern(own, k.limits_set_by, had_limits, &before, &governed(&k))?;
         k.updated_at = Millis::now();

@@ -435,6 +435,56 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
         .await;
         assert_forbidden(got, &format!("self {body}"));
     }
+    // Nor through a key it mints: that key acts for it.
+    let (ws2, _) = server.tenant(&mock.url, "own2").await;
+    let scopes = json!([
+        "completions.write",
+        "workspace_service_api_keys.create",
+        "workspace_service_api_keys.update"
+    ]);
+    let (_, lead) = ws_key(&server, &ws2, "lead", json!({"scopes": scopes})).await;
+    // The parent's budget is set by a workspace key (the lead), which may lift it; a key the
+    // parent minted may not.
+    let body = json!({"name": "parent", "workspace_id": ws2, "scopes": scopes, "usage_limits": {"type": "tokens", "credit_limit": 100}});
+    let (s, v) = as_key(
+        &server,
+        &lead,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (pid, parent) = (v["id"].as_str().unwrap(), v["key"].as_str().unwrap());
+    let body = json!({"name": "proxy", "workspace_id": ws2, "scopes": ["workspace_service_api_keys.update"]});
+    let (s, v) = as_key(
+        &server,
+        parent,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let proxy = v["key"].as_str().unwrap();
+    let got = as_key(
+        &server,
+        proxy,
+        "PUT",
+        &format!("/api-keys/{pid}"),
+        Some(json!({"usage_limits": null})),
+    )
+    .await;
+    assert_forbidden(got, "a minted key lifting its minter's budget");
+    let (s, v) = as_key(
+        &server,
+        &lead,
+        "PUT",
+        &format!("/api-keys/{pid}"),
+        Some(json!({"reset_usage": true})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
     assert_eq!(chat(&server, &key, "own").await, 412, "still refused");
     // Its name is its own to change.
     let (s, v) = as_key(
