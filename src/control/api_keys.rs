@@ -360,7 +360,10 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         let state = core.state.read();
         let mut k = find(&state, caller, id, "update")?;
         let before = governed(&k);
-        let had_limits = k.usage_limits.is_some() || !k.rate_limits.is_empty();
+        let had_limits = k.usage_limits.is_some()
+            || !k.rate_limits.is_empty()
+            || !k.defaults.is_empty()
+            || k.expires_at.is_some();
         if let Some(w) = b.str("workspace_id")? {
             let same = state
                 .workspace(w)

@@ -436,6 +436,35 @@ mod tests {
         assert!(update_budget(&mut b, None, true, Millis(5_000)).is_err());
     }
 
+    fn caller(workspace: Option<&str>) -> Caller {
+        let mut k = crate::domain::state::tests::api_key_fixture(None);
+        k.workspace_id = workspace.map(str::to_owned);
+        Caller {
+            key: std::sync::Arc::new(k),
+        }
+    }
+
+    #[test]
+    fn limits_answer_to_the_level_that_set_them() {
+        let (org, ws) = (caller(None), caller(Some("ws")));
+        let (o, w) = (Authority::Organisation, Authority::Workspace);
+        assert!(ws.may_govern(false, Some(o)).is_err());
+        assert!(ws.may_govern(false, Some(w)).is_ok());
+        assert!(ws.may_govern(false, None).is_ok(), "no limits yet");
+        assert!(org.may_govern(false, Some(o)).is_ok());
+        assert!(org.may_govern(true, None).is_err(), "never its own");
+        assert_eq!(ws.govern(false, o, true, &1, &1).unwrap(), o, "no change");
+        assert!(ws.govern(false, o, true, &1, &2).is_err());
+        assert_eq!(
+            ws.govern(false, o, false, &0, &2).unwrap(),
+            w,
+            "now set by it"
+        );
+        assert_eq!(org.govern(false, w, true, &1, &2).unwrap(), o);
+        assert!(ws.require_organisation("x").is_err());
+        assert!(org.require_organisation("x").is_ok());
+    }
+
     #[test]
     fn rate_limits_are_immutable_but_removable() {
         let rpm = |v: u64| serde_json::json!([{"type": "requests", "unit": "rpm", "value": v}]);

@@ -821,6 +821,25 @@ admin.integrations.workspaces.update(slug="all", override_existing_workspaces_ac
         assert_eq!(a["usage_limits"]["credit_limit"], 3, "{a}");
         assert!(a["rate_limits"].is_null(), "{a}");
     }
+    // "All Workspaces" at creation grants the existing workspaces too.
+    server
+        .admin(
+            "POST",
+            "/integrations",
+            Some(
+                json!({"name": "born", "slug": "born", "ai_provider_id": "openai",
+        "key": "sk-born-000000000", "configurations": {"custom_host": mock.url},
+        "global_workspace_access": {"enabled": true}}),
+            ),
+        )
+        .await;
+    for ws in &wss {
+        assert_eq!(
+            access_of(&server, "born", ws).await["enabled"],
+            true,
+            "{ws}"
+        );
+    }
     // A workspace created later gets the same.
     let c = server
         .admin("POST", "/admin/workspaces", Some(json!({"name": "c"})))
