@@ -327,14 +327,15 @@ pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
     Ok(views::api_key(&k, &state, Millis::now()))
 }
 
-/// What governance reads on a key besides its scopes: who may change it is decided by
-/// [`Caller::govern`].
+/// What governs a key besides its scopes (its limits, the defaults governance reads, its
+/// expiry, who is alerted): who may change it is decided by [`Caller::govern`].
 fn governed(k: &ApiKey) -> impl PartialEq {
     (
         k.usage_limits.clone(),
         k.rate_limits.clone(),
         k.defaults.clone(),
         k.expires_at,
+        k.alert_emails.clone(),
     )
 }
 

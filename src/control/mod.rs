@@ -89,7 +89,7 @@ impl Caller {
     pub fn may_govern(&self, own: bool, set_by: Option<Authority>) -> Result<()> {
         if own {
             return Err(ControlError::Forbidden(
-                "a key cannot change, remove or reset its own limits, defaults or expiry; ask a key with authority over it".into(),
+                "a key cannot change, remove or reset its own limits, defaults, expiry or alerts; ask a key with authority over it".into(),
             ));
         }
         if set_by.is_some_and(|s| s > self.authority()) {

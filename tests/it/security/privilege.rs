@@ -424,6 +424,8 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
         json!({"usage_limits": null}),
         json!({"rate_limits": []}),
         json!({"defaults": {"metadata": {"department": "other"}}}),
+        json!({"alert_emails": ["me@example.com"]}),
+        json!({"expires_at": "2099-01-01T00:00:00Z"}),
     ] {
         let got = as_key(
             &server,
