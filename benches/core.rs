@@ -95,6 +95,7 @@ fn governed_state() -> State {
         defaults: Default::default(),
         usage_limits: budget(),
         rate_limits: rates(),
+        limits_set_by: Default::default(),
         alert_emails: vec![],
         rotation_policy: None,
         expires_at: None,
@@ -124,6 +125,7 @@ fn governed_state() -> State {
         origin: ProviderOrigin::Catalog,
         usage_limits: budget(),
         rate_limits: rates(),
+        limits_set_by: Default::default(),
         expires_at: None,
         created_at: Millis(0),
         updated_at: Millis(0),
@@ -167,6 +169,7 @@ fn governed_state() -> State {
         group_by: Some("metadata.department".into()),
         usage_limits: budget(),
         rate_limits: rates(),
+        limits_set_by: Default::default(),
         created_at: Millis(0),
         updated_at: Millis(0),
     };

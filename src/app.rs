@@ -298,6 +298,7 @@ impl Core {
                 defaults: Default::default(),
                 usage_limits: None,
                 rate_limits: vec![],
+                limits_set_by: crate::domain::Authority::Organisation,
                 alert_emails: vec![],
                 rotation_policy: None,
                 expires_at: None,

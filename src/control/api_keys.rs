@@ -65,7 +65,8 @@ pub const ADMIN_SCOPES: &[&str] = &[
     "logs.export",
 ];
 
-/// Scopes that only make sense on workspace keys.
+/// Scopes that only make sense on workspace keys (an organisation key never calls the data
+/// plane), so an organisation key, which cannot hold them, may still grant them.
 const DATA_PLANE_SCOPES: &[&str] = &[
     "completions.write",
     "logs.write",
@@ -74,6 +75,57 @@ const DATA_PLANE_SCOPES: &[&str] = &[
     "agents.invoke",
     "guardrails.invoke",
 ];
+
+/// Management scopes valid on organisation keys only: they act on the organisation itself or on
+/// more than one workspace.
+fn organisation_only(scope: &str) -> bool {
+    scope.starts_with("organisation_") || matches!(scope, "workspaces.create" | "workspaces.delete")
+}
+
+/// Whether a scope Tollgate knows (and enforces).
+fn known(scope: &str) -> bool {
+    ADMIN_SCOPES.contains(&scope) || DATA_PLANE_SCOPES.contains(&scope)
+}
+
+/// The one place that says which scopes a key type may hold: organisation-only scopes on
+/// organisation keys, data-plane scopes on workspace keys, everything else on either.
+pub fn scope_valid_for(kind: ApiKeyType, scope: &str) -> bool {
+    if kind.is_workspace() {
+        !organisation_only(scope)
+    } else {
+        !DATA_PLANE_SCOPES.contains(&scope)
+    }
+}
+
+/// Checks that `caller` may give a key of `kind` exactly `scopes`, the key holding `current`
+/// now. A key grants only scopes it holds (keeping ones the key already has is no grant); an
+/// organisation key also grants data-plane scopes and scopes Tollgate does not enforce (stored
+/// verbatim). Then every scope must be valid for the key's type.
+fn check_grant(
+    caller: &Caller,
+    kind: ApiKeyType,
+    scopes: &[String],
+    current: &[String],
+) -> Result<()> {
+    let org = caller.authority() == Authority::Organisation;
+    let grantable = |s: &str| {
+        current.iter().any(|c| c == s)
+            || caller.key.has_scope(s)
+            || (org && (DATA_PLANE_SCOPES.contains(&s) || !known(s)))
+    };
+    if let Some(s) = scopes.iter().find(|s| !grantable(s)) {
+        return Err(ControlError::Forbidden(format!(
+            "this API key cannot grant the {s} scope: a key grants only scopes it holds itself"
+        )));
+    }
+    match scopes.iter().find(|s| !scope_valid_for(kind, s)) {
+        Some(s) => Err(invalid(format!(
+            "scope {s} is not valid on {} keys",
+            kind.as_str()
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// The scope family that manages keys of this type.
 fn family(kind: ApiKeyType) -> &'static str {
@@ -144,25 +196,19 @@ pub async fn create(
         .ok_or_else(|| invalid(format!("{kind}/{sub} is not a key type (organisation/service, workspace/service, workspace/user)")))?;
     caller.require(&format!("{}.create", family(kind)))?;
     let b = Body::of(body)?;
+    if !kind.is_workspace() {
+        caller.require_organisation("creating an organisation key")?;
+        if b.get("workspace_id").is_some() {
+            return Err(invalid(
+                "workspace_id is not accepted on an organisation key, which acts on every workspace; to bind a key to a workspace, create a workspace key with POST /v1/api-keys/workspace/service",
+            ));
+        }
+    }
     let name = b.required_str("name")?.trim().to_owned();
     let scopes = b
         .string_list("scopes")?
         .ok_or_else(|| invalid("scopes is required"))?;
-    if !kind.is_workspace() {
-        if let Some(s) = scopes
-            .iter()
-            .find(|s| DATA_PLANE_SCOPES.contains(&s.as_str()))
-        {
-            return Err(invalid(format!(
-                "scope {s} is only valid on workspace keys"
-            )));
-        }
-        if caller.key.workspace_id.is_some() {
-            return Err(ControlError::Forbidden(
-                "a workspace key cannot create organisation keys".into(),
-            ));
-        }
-    }
+    check_grant(caller, kind, &scopes, &[])?;
     let user_id = b.str("user_id")?.map(str::to_owned);
     if kind == ApiKeyType::WorkspaceUser && user_id.is_none() {
         return Err(invalid("user_id is required for workspace user keys"));
@@ -204,6 +250,7 @@ pub async fn create(
             scopes,
             usage_limits,
             rate_limits,
+            limits_set_by: caller.authority(),
             alert_emails,
             rotation_policy: b.get("rotation_policy").cloned(),
             expires_at,
@@ -230,7 +277,27 @@ fn find(state: &State, caller: &Caller, id: &str, action: &str) -> Result<ApiKey
     Ok(k)
 }
 
+/// Refuses unless the caller holds `action` for some key type (list and get check the type's
+/// own scope besides).
+fn require_any(caller: &Caller, action: &str) -> Result<()> {
+    let kinds = [
+        ApiKeyType::OrganisationService,
+        ApiKeyType::WorkspaceService,
+        ApiKeyType::WorkspaceUser,
+    ];
+    match kinds
+        .iter()
+        .any(|k| caller.key.has_scope(&format!("{}.{action}", family(*k))))
+    {
+        true => Ok(()),
+        false => Err(ControlError::Forbidden(format!(
+            "this API key lacks a *_api_keys.{action} scope"
+        ))),
+    }
+}
+
 pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+    require_any(caller, "list")?;
     let page = Page::from_query(q, 100)?;
     let state = core.state.read();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
@@ -254,9 +321,37 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
 }
 
 pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+    require_any(caller, "read")?;
     let state = core.state.read();
     let k = find(&state, caller, id, "read")?;
     Ok(views::api_key(&k, &state, Millis::now()))
+}
+
+/// What governs a key besides its scopes (its limits, the defaults governance reads, its
+/// expiry, who is alerted): who may change it is decided by [`Caller::govern`].
+fn governed(k: &ApiKey) -> impl PartialEq {
+    (
+        k.usage_limits.clone(),
+        k.rate_limits.clone(),
+        k.defaults.clone(),
+        k.expires_at,
+        k.alert_emails.clone(),
+    )
+}
+
+/// Whether `key` is the key `target` or was minted by it (directly or down a chain): such a
+/// key acts for `target`, so it may not lift `target`'s limits either.
+fn acts_for(state: &State, key: &ApiKey, target: &str) -> bool {
+    let mut at = Some(key.id.as_str());
+    // The chain is finite in practice; the bound only guards against a cycle in stored data.
+    for _ in 0..64 {
+        match at {
+            Some(id) if id == target => return true,
+            Some(id) => at = state.api_keys.get(id).and_then(|k| k.created_by.as_deref()),
+            None => return false,
+        }
+    }
+    false
 }
 
 pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
@@ -265,6 +360,21 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
     let k = {
         let state = core.state.read();
         let mut k = find(&state, caller, id, "update")?;
+        let before = governed(&k);
+        let had_limits = k.usage_limits.is_some()
+            || !k.rate_limits.is_empty()
+            || !k.defaults.is_empty()
+            || k.expires_at.is_some();
+        if let Some(w) = b.str("workspace_id")? {
+            let same = state
+                .workspace(w)
+                .is_some_and(|w| k.workspace_id.as_deref() == Some(w.id.as_str()));
+            if !same {
+                return Err(invalid(
+                    "a key's workspace_id cannot change; create a new key in the other workspace",
+                ));
+            }
+        }
         if let Some(n) = b.str("name")? {
             if n.trim().is_empty() {
                 return Err(invalid("name must not be empty"));
@@ -275,14 +385,13 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
             k.description = Some(d.to_owned());
         }
         if let Some(s) = b.string_list("scopes")? {
+            check_grant(caller, k.kind, &s, &k.scopes)?;
             k.scopes = s;
         }
         if let Some(d) = defaults_of(&state, k.workspace_id.as_deref(), &b)? {
             k.defaults = d;
         }
-        if let Some(r) = b.get("rate_limits") {
-            k.rate_limits = parse_rate_limits(r, LimitOwner::ApiKey).map_err(invalid)?;
-        }
+        update_rate_limits(&mut k.rate_limits, b.get("rate_limits"), LimitOwner::ApiKey)?;
         let reset = b.bool("reset_usage")?.unwrap_or(false);
         update_budget(
             &mut k.usage_limits,
@@ -299,6 +408,9 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         if let Some(e) = b.timestamp("expires_at")? {
             k.expires_at = e;
         }
+        let own = acts_for(&state, &caller.key, &k.id);
+        k.limits_set_by =
+            caller.govern(own, k.limits_set_by, had_limits, &before, &governed(&k))?;
         k.updated_at = Millis::now();
         k
     };
@@ -318,4 +430,79 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
     }])
     .await?;
     Ok(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::state::tests::api_key_fixture;
+
+    fn caller(workspace: Option<&str>, scopes: &[&str]) -> Caller {
+        let mut k = api_key_fixture(None);
+        k.workspace_id = workspace.map(str::to_owned);
+        k.scopes = scopes.iter().map(|s| s.to_string()).collect();
+        Caller {
+            key: std::sync::Arc::new(k),
+        }
+    }
+
+    fn list(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn scopes_per_key_type() {
+        use ApiKeyType::*;
+        assert!(!scope_valid_for(
+            WorkspaceService,
+            "organisation_integrations.update"
+        ));
+        assert!(!scope_valid_for(WorkspaceUser, "workspaces.create"));
+        assert!(scope_valid_for(WorkspaceService, "completions.write"));
+        assert!(!scope_valid_for(OrganisationService, "completions.write"));
+        assert!(scope_valid_for(OrganisationService, "workspaces.delete"));
+        assert!(scope_valid_for(WorkspaceService, "configs.update"));
+    }
+
+    #[test]
+    fn a_key_grants_only_what_it_holds() {
+        let ws = caller(
+            Some("ws"),
+            &["workspace_service_api_keys.create", "completions.write"],
+        );
+        let kind = ApiKeyType::WorkspaceService;
+        assert!(check_grant(&ws, kind, &list(&["completions.write"]), &[]).is_ok());
+        for s in [
+            "organisation_integrations.update",
+            "configs.read",
+            "workspace_users.read",
+        ] {
+            let e = check_grant(&ws, kind, &list(&[s]), &[]).unwrap_err();
+            assert!(matches!(e, ControlError::Forbidden(_)), "{s}: {e}");
+        }
+        // Keeping a scope the key already has is no grant.
+        assert!(check_grant(
+            &ws,
+            kind,
+            &list(&["configs.read"]),
+            &list(&["configs.read"])
+        )
+        .is_ok());
+        let org = caller(None, ADMIN_SCOPES);
+        assert!(check_grant(
+            &org,
+            kind,
+            &list(&["completions.write", "workspace_users.read"]),
+            &[]
+        )
+        .is_ok());
+        let e = check_grant(
+            &org,
+            kind,
+            &list(&["organisation_integrations.update"]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(e, ControlError::Invalid(_)), "{e}");
+    }
 }

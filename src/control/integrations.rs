@@ -1,11 +1,11 @@
 //! Integrations (shared provider credentials), their workspace provisioning and model provisioning.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Value};
 
 use super::*;
-use crate::domain::limits::{parse_rate_limits, LimitOwner};
+use crate::domain::limits::{parse_rate_limits, LimitOwner, RateLimit, UsageLimit};
 use crate::domain::pricing::Price;
 use crate::domain::routing::parse_url;
 use crate::domain::*;
@@ -59,6 +59,26 @@ fn scope(i: &Integration, action: &str) -> String {
     format!("{family}.{action}")
 }
 
+/// The scope to read `i` with: a workspace key reads (its workspace's view of) any integration
+/// with `workspace_integrations.*`, as it can never hold an organisation scope; an organisation
+/// key reads with the integration's own family.
+fn read_scope(caller: &Caller, i: &Integration, action: &str) -> String {
+    match caller.authority() {
+        Authority::Workspace => format!("workspace_integrations.{action}"),
+        Authority::Organisation => scope(i, action),
+    }
+}
+
+/// Refuses a change of `i` without its scope, and of an organisation integration (shared with
+/// other workspaces) by a workspace key whatever its scopes.
+fn require_write(caller: &Caller, i: &Integration, action: &str) -> Result<()> {
+    caller.require(&scope(i, action))?;
+    if i.workspace_id.is_none() {
+        caller.require_organisation("changing an organisation integration")?;
+    }
+    Ok(())
+}
+
 /// Checks `global_workspace_access` (`{enabled, usage_limits[≤1], rate_limits[≤1]}`) and returns
 /// it normalised, budgets stamped with `now`.
 fn global_access_of(v: Option<&Value>, now: Millis) -> Result<Option<Value>> {
@@ -79,6 +99,113 @@ fn global_access_of(v: Option<&Value>, now: Millis) -> Result<Option<Value>> {
     ))
 }
 
+/// `global_workspace_access` when "All Workspaces" is on.
+fn global_enabled(i: &Integration) -> Option<&Value> {
+    i.global_workspace_access
+        .as_ref()
+        .filter(|g| g["enabled"] == true)
+}
+
+/// The limits `global_workspace_access` gives a workspace at `now` (a budget counts from then).
+fn global_limits(g: &Value, now: Millis) -> Result<(Option<UsageLimit>, Vec<RateLimit>)> {
+    let usage = g["usage_limits"]
+        .get(0)
+        .map(|u| serde_json::from_value::<UsageLimit>(u.clone()))
+        .transpose()
+        .map_err(|e| invalid(format!("global_workspace_access.usage_limits: {e}")))?
+        .map(|mut u| {
+            u.set_at = now;
+            u.reset_at = None;
+            u
+        });
+    let rate = serde_json::from_value(g["rate_limits"].clone())
+        .map_err(|e| invalid(format!("global_workspace_access.rate_limits: {e}")))?;
+    Ok((usage, rate))
+}
+
+/// Grants `workspace_id` access with the global limits; returns its default provider, unless
+/// `with_provider` is off or the slug is taken there (access is granted all the same: the
+/// workspace can add a provider of its own).
+fn grant_global(
+    state: &State,
+    i: &mut Integration,
+    workspace_id: &str,
+    g: &Value,
+    with_provider: bool,
+    now: Millis,
+) -> Result<Option<Provider>> {
+    let (usage_limits, rate_limits) = global_limits(g, now)?;
+    let created_at = i.workspaces.get(workspace_id).map_or(now, |a| a.created_at);
+    let access = WorkspaceAccess {
+        workspace_id: workspace_id.to_owned(),
+        enabled: true,
+        usage_limits,
+        rate_limits,
+        created_at,
+        updated_at: now,
+    };
+    i.workspaces.insert(workspace_id.to_owned(), access);
+    if !with_provider {
+        return Ok(None);
+    }
+    match default_provider(state, i, workspace_id, None, now) {
+        Err(ControlError::Conflict(_)) => Ok(None),
+        other => other,
+    }
+}
+
+/// "All Workspaces": grants every existing workspace not yet enabled (except those in `skip`,
+/// which the same call sets itself) access with the global limits.
+fn grant_all_existing(
+    state: &State,
+    i: &mut Integration,
+    skip: &BTreeSet<String>,
+    with_provider: bool,
+    now: Millis,
+) -> Result<Vec<Provider>> {
+    let Some(g) = global_enabled(i).cloned() else {
+        return Ok(Vec::new());
+    };
+    let mut providers = Vec::new();
+    for ws in state.workspaces.keys() {
+        if skip.contains(ws) || i.serves_workspace(ws) {
+            continue;
+        }
+        providers.extend(grant_global(state, i, ws, &g, with_provider, now)?);
+    }
+    Ok(providers)
+}
+
+/// "Apply to every workspace where this integration is enabled": sets the global limits on
+/// each (except those in `skip`). An identical budget is kept, so its count does not restart.
+fn override_existing(i: &mut Integration, skip: &BTreeSet<String>, now: Millis) -> Result<()> {
+    let g = i.global_workspace_access.clone().ok_or_else(|| {
+        invalid("override_existing_workspaces_access needs global_workspace_access with the limits to apply")
+    })?;
+    let (usage, rate) = global_limits(&g, now)?;
+    for a in i.workspaces.values_mut() {
+        if !a.enabled || skip.contains(&a.workspace_id) {
+            continue;
+        }
+        let same = match (&usage, &a.usage_limits) {
+            (Some(new), Some(old)) => {
+                let mut new = new.clone();
+                new.set_at = old.set_at;
+                new.reset_at = old.reset_at;
+                &new == old
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            a.usage_limits = usage.clone();
+        }
+        a.rate_limits = rate.clone();
+        a.updated_at = now;
+    }
+    Ok(())
+}
+
 /// Provisioning for a workspace created just now: every organisation integration whose
 /// `global_workspace_access` is enabled grants it access with those limits and a default provider.
 pub fn provision_new_workspace(
@@ -92,33 +219,12 @@ pub fn provision_new_workspace(
         .values()
         .filter(|i| i.workspace_id.is_none() && !i.implicit)
     {
-        let Some(g) = i
-            .global_workspace_access
-            .as_ref()
-            .filter(|g| g["enabled"] == true)
-        else {
+        let Some(g) = global_enabled(i).cloned() else {
             continue;
         };
-        let usage_limits = g["usage_limits"]
-            .get(0)
-            .map(|u| serde_json::from_value(u.clone()))
-            .transpose()
-            .map_err(|e| invalid(e.to_string()))?;
-        let rate_limits = serde_json::from_value(g["rate_limits"].clone()).unwrap_or_default();
         let mut i = Integration::clone(i);
-        let access = WorkspaceAccess {
-            workspace_id: workspace_id.to_owned(),
-            enabled: true,
-            usage_limits,
-            rate_limits,
-            created_at: now,
-            updated_at: now,
-        };
-        i.workspaces.insert(workspace_id.to_owned(), access);
-        changes.extend(
-            default_provider(state, &i, workspace_id, None, now)?
-                .map(|p| Change::Upsert(Entity::Provider(p))),
-        );
+        let provider = grant_global(state, &mut i, workspace_id, &g, true, now)?;
+        changes.extend(provider.map(|p| Change::Upsert(Entity::Provider(p))));
         changes.push(Change::Upsert(Entity::Integration(i)));
     }
     Ok(changes)
@@ -157,6 +263,7 @@ fn default_provider(
         origin: ProviderOrigin::Provisioned,
         usage_limits: None,
         rate_limits: vec![],
+        limits_set_by: Authority::Organisation,
         expires_at: None,
         created_at: now,
         updated_at: now,
@@ -170,7 +277,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
     let configurations = configurations_of(&b)?.unwrap_or_default();
     let _guard = core.admin_lock.lock().await;
     let now = Millis::now();
-    let (integration, provider) = {
+    let (integration, providers) = {
         let state = core.state.read();
         let workspace_id = match b.str("workspace_id")? {
             Some(w) => Some(caller.workspace_for(&state, Some(w))?),
@@ -214,17 +321,25 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         if let Some(k) = b.str("key")?.filter(|k| !k.is_empty()) {
             i.key = Some(core.sealer.seal(k, seal_scope(&i), &id));
         }
-        let provider = match &workspace_id {
-            Some(ws) if b.bool("create_default_provider")?.unwrap_or(true) => {
+        let with_provider = b.bool("create_default_provider")?.unwrap_or(true);
+        let providers = match &workspace_id {
+            Some(ws) if with_provider => {
                 default_provider(&state, &i, ws, b.str("default_provider_slug")?, now)?
+                    .into_iter()
+                    .collect()
             }
-            _ => None,
+            Some(_) => Vec::new(),
+            None => grant_all_existing(&state, &mut i, &BTreeSet::new(), with_provider, now)?,
         };
-        (i, provider)
+        (i, providers)
     };
     let (id, slug) = (integration.id.clone(), integration.slug.clone());
     let mut changes = vec![Change::Upsert(Entity::Integration(integration))];
-    changes.extend(provider.map(|p| Change::Upsert(Entity::Provider(p))));
+    changes.extend(
+        providers
+            .into_iter()
+            .map(|p| Change::Upsert(Entity::Provider(p))),
+    );
     core.commit(changes).await?;
     Ok(json!({"id": id, "slug": slug, "object": "integration"}))
 }
@@ -234,6 +349,15 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
     let state = core.state.read();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
     let kind = q.get("type").map(String::as_str).unwrap_or("all");
+    let families = [
+        "organisation_integrations.list",
+        "workspace_integrations.list",
+    ];
+    if !families.iter().any(|f| caller.key.has_scope(f)) {
+        return Err(ControlError::Forbidden(
+            "this API key lacks the organisation_integrations.list or workspace_integrations.list scope".into(),
+        ));
+    }
     let mut items: Vec<&std::sync::Arc<Integration>> = state
         .integrations
         .values()
@@ -247,6 +371,7 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
             None => true,
             Some(ws) => i.serves_workspace(ws),
         })
+        .filter(|i| caller.key.has_scope(&read_scope(caller, i, "list")))
         .collect();
     items.sort_by_key(|i| (i.created_at, i.id.clone()));
     Ok(page.list(
@@ -260,6 +385,7 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
 pub fn retrieve(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let state = core.state.read();
     let i = find(&state, caller, slug)?;
+    caller.require(&read_scope(caller, &i, "read"))?;
     Ok(views::integration(&i, &state, true))
 }
 
@@ -267,17 +393,26 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
-    caller.require(&scope(&i, "update"))?;
+    require_write(caller, &i, "update")?;
     if let Some(n) = b.str("name")? {
         i.name = n.to_owned();
     }
     if let Some(d) = b.str("description")? {
         i.description = Some(d.to_owned());
     }
+    let new_key = b.str("key")?.filter(|k| !k.is_empty());
     if let Some(c) = configurations_of(&b)? {
+        let moved = c
+            .get("custom_host")
+            .is_some_and(|h| i.configurations.get("custom_host") != Some(h));
+        if moved && new_key.is_none() && caller.authority() == Authority::Workspace {
+            return Err(ControlError::Forbidden(
+                "a workspace key that changes custom_host must give the integration's key in the same update: a stored credential never goes to a host it was not set for".into(),
+            ));
+        }
         i.configurations.extend(c);
     }
-    if let Some(k) = b.str("key")?.filter(|k| !k.is_empty()) {
+    if let Some(k) = new_key {
         i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
     }
     i.updated_at = Millis::now();
@@ -291,7 +426,7 @@ pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let changes = {
         let state = core.state.read();
         let i = find(&state, caller, slug)?;
-        caller.require(&scope(&i, "delete"))?;
+        require_write(caller, &i, "delete")?;
         let mut changes: Vec<Change> = state
             .providers
             .values()
@@ -319,6 +454,7 @@ pub async fn update_workspaces(
     body: &Value,
 ) -> Result<Value> {
     caller.require("organisation_integrations.update")?;
+    caller.require_organisation("changing an integration's workspace provisioning")?;
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
     let now = Millis::now();
@@ -332,6 +468,7 @@ pub async fn update_workspaces(
         }
         let create_default = b.bool("create_default_provider")?.unwrap_or(true);
         let mut providers = Vec::new();
+        let mut explicit = BTreeSet::new();
         let items = match b.get("workspaces") {
             None => &Vec::new(),
             Some(Value::Array(a)) => a,
@@ -347,19 +484,18 @@ pub async fn update_workspaces(
                 .workspace(ws_ref)
                 .ok_or_else(|| ControlError::NotFound(format!("workspace {ws_ref} not found")))?;
             let enabled = w.bool("enabled")?.unwrap_or(true);
+            explicit.insert(ws.id.clone());
             let prev = i.workspaces.get(&ws.id).cloned();
             let mut usage_limits = prev.as_ref().and_then(|p| p.usage_limits.clone());
             let reset = w.bool("reset_usage")?.unwrap_or(false);
             update_budget(&mut usage_limits, w.0.get("usage_limits"), reset, now)
                 .map_err(|e| invalid(format!("workspaces[{n}]: {e}")))?;
-            let rate_limits = match w.get("rate_limits") {
-                Some(r) => parse_rate_limits(r, LimitOwner::Other)
-                    .map_err(|e| invalid(format!("workspaces[{n}].{e}")))?,
-                None => prev
-                    .as_ref()
-                    .map(|p| p.rate_limits.clone())
-                    .unwrap_or_default(),
-            };
+            let mut rate_limits = prev
+                .as_ref()
+                .map(|p| p.rate_limits.clone())
+                .unwrap_or_default();
+            update_rate_limits(&mut rate_limits, w.get("rate_limits"), LimitOwner::Other)
+                .map_err(|e| invalid(format!("workspaces[{n}]: {e}")))?;
             i.workspaces.insert(
                 ws.id.clone(),
                 WorkspaceAccess {
@@ -378,8 +514,26 @@ pub async fn update_workspaces(
                 providers.extend(default_provider(&state, &i, &ws.id, slug, now)?);
             }
         }
-        if let Some(g) = global_access_of(b.get("global_workspace_access"), now)? {
+        let global = global_access_of(b.get("global_workspace_access"), now)?;
+        let all_on = global.as_ref().is_some_and(|g| g["enabled"] == true);
+        if let Some(g) = global {
             i.global_workspace_access = Some(g);
+        }
+        if all_on {
+            providers.extend(grant_all_existing(
+                &state,
+                &mut i,
+                &explicit,
+                create_default,
+                now,
+            )?);
+        }
+        let override_flag = match b.bool("override_existing_workspaces_access")? {
+            Some(f) => Some(f),
+            None => b.bool("override_existing_workspace_access")?,
+        };
+        if override_flag == Some(true) {
+            override_existing(&mut i, &explicit, now)?;
         }
         i.updated_at = now;
         let mut changes = vec![Change::Upsert(Entity::Integration(i))];
@@ -397,6 +551,7 @@ pub async fn update_workspaces(
 pub fn list_workspaces(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let state = core.state.read();
     let i = find(&state, caller, slug)?;
+    caller.require(&read_scope(caller, &i, "read"))?;
     let items: Vec<Value> = i
         .workspaces
         .values()
@@ -419,7 +574,7 @@ pub async fn update_models(
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
-    caller.require(&scope(&i, "update"))?;
+    require_write(caller, &i, "update")?;
     let now = Millis::now();
     if let Some(all) = b.bool("allow_all_models")? {
         i.allow_all_models = all;
@@ -467,6 +622,7 @@ pub async fn update_models(
 pub fn list_models(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let state = core.state.read();
     let i = find(&state, caller, slug)?;
+    caller.require(&read_scope(caller, &i, "read"))?;
     let models: Vec<Value> = i.models.values().map(views::model_entry).collect();
     Ok(
         json!({"object": "list", "total": models.len(), "allow_all_models": i.allow_all_models, "models": models, "data": []}),
@@ -476,7 +632,7 @@ pub fn list_models(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
 pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str) -> Result<Value> {
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
-    caller.require(&scope(&i, "update"))?;
+    require_write(caller, &i, "update")?;
     for s in slugs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         i.models.remove(s);
     }

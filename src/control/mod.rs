@@ -14,8 +14,10 @@ use rand::Rng;
 use serde_json::{Map, Value};
 
 use crate::app::{AppError, Core, DEFAULT_WORKSPACE_SLUG};
-use crate::domain::limits::{parse_usage_limit, UsageLimit};
-use crate::domain::{ApiKey, Millis, State};
+use crate::domain::limits::{
+    parse_rate_limits, parse_usage_limit, LimitOwner, RateLimit, UsageLimit,
+};
+use crate::domain::{ApiKey, Authority, Millis, State};
 
 /// Why an admin command was refused.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,60 @@ impl Caller {
                 "this API key lacks the {scope} scope"
             )))
         }
+    }
+
+    /// The caller's level: an organisation key, or a key pinned to one workspace.
+    pub fn authority(&self) -> Authority {
+        match self.key.workspace_id {
+            Some(_) => Authority::Workspace,
+            None => Authority::Organisation,
+        }
+    }
+
+    /// Refuses a workspace key whatever its scopes: `what` (an organisation object, a
+    /// workspace's own limits, provisioning) is changed with an organisation key only.
+    pub fn require_organisation(&self, what: &str) -> Result<()> {
+        match self.authority() {
+            Authority::Organisation => Ok(()),
+            Authority::Workspace => Err(ControlError::Forbidden(format!(
+                "{what} needs an organisation key; a workspace key cannot, whatever its scopes"
+            ))),
+        }
+    }
+
+    /// Refuses unless the caller may change, remove or reset the limits of an object: never
+    /// its own (`own`: the object is the caller's key), and limits set by a higher level
+    /// (`set_by`; `None` while the object has none) only from that level.
+    pub fn may_govern(&self, own: bool, set_by: Option<Authority>) -> Result<()> {
+        if own {
+            return Err(ControlError::Forbidden(
+                "a key cannot change, remove or reset its own limits, defaults, expiry or alerts; ask a key with authority over it".into(),
+            ));
+        }
+        if set_by.is_some_and(|s| s > self.authority()) {
+            return Err(ControlError::Forbidden(
+                "these limits were set with an organisation key; only an organisation key can change, remove or reset them".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks an update of an object's governed fields (`before` → `after`: its limits, and
+    /// whatever else governance reads) and returns who has set them now. An unchanged value
+    /// needs no authority; `had_limits` says whether `set_by` meant anything before.
+    pub fn govern<T: PartialEq>(
+        &self,
+        own: bool,
+        set_by: Authority,
+        had_limits: bool,
+        before: &T,
+        after: &T,
+    ) -> Result<Authority> {
+        if before == after {
+            return Ok(set_by);
+        }
+        self.may_govern(own, had_limits.then_some(set_by))?;
+        Ok(self.authority())
     }
 
     /// The workspace an operation applies to: a workspace key is pinned to its own; an organisation
@@ -226,6 +282,33 @@ pub fn update_budget(
     Ok(())
 }
 
+/// Applies an update's `rate_limits`. Like budgets, a rate limit cannot be edited once set:
+/// absent (or null) changes nothing; `[]` removes them all; a list may keep, drop or add limits,
+/// but one for a type and unit already limited must keep its value.
+pub fn update_rate_limits(
+    current: &mut Vec<RateLimit>,
+    given: Option<&Value>,
+    owner: LimitOwner,
+) -> Result<()> {
+    let Some(v) = given.filter(|v| !v.is_null()) else {
+        return Ok(());
+    };
+    let new = parse_rate_limits(v, owner).map_err(invalid)?;
+    let edited = new.iter().find_map(|n| {
+        current
+            .iter()
+            .find(|c| c.kind == n.kind && c.unit == n.unit && *c != n)
+    });
+    if let Some(old) = edited {
+        let shown = serde_json::to_value(old).unwrap_or(Value::Null);
+        return Err(invalid(format!(
+            "a rate limit cannot be edited once set ({shown} is in place); remove it (rate_limits: [] or a list without it) and set a new one"
+        )));
+    }
+    *current = new;
+    Ok(())
+}
+
 /// `true`/`false` in any case, as Python sends them in query strings.
 pub fn parse_bool(s: &str) -> Option<bool> {
     match s.to_ascii_lowercase().as_str() {
@@ -351,6 +434,58 @@ mod tests {
         update_budget(&mut b, Some(&Value::Null), false, Millis(4_000)).unwrap();
         assert!(b.is_none());
         assert!(update_budget(&mut b, None, true, Millis(5_000)).is_err());
+    }
+
+    fn caller(workspace: Option<&str>) -> Caller {
+        let mut k = crate::domain::state::tests::api_key_fixture(None);
+        k.workspace_id = workspace.map(str::to_owned);
+        Caller {
+            key: std::sync::Arc::new(k),
+        }
+    }
+
+    #[test]
+    fn limits_answer_to_the_level_that_set_them() {
+        let (org, ws) = (caller(None), caller(Some("ws")));
+        let (o, w) = (Authority::Organisation, Authority::Workspace);
+        assert!(ws.may_govern(false, Some(o)).is_err());
+        assert!(ws.may_govern(false, Some(w)).is_ok());
+        assert!(ws.may_govern(false, None).is_ok(), "no limits yet");
+        assert!(org.may_govern(false, Some(o)).is_ok());
+        assert!(org.may_govern(true, None).is_err(), "never its own");
+        assert_eq!(ws.govern(false, o, true, &1, &1).unwrap(), o, "no change");
+        assert!(ws.govern(false, o, true, &1, &2).is_err());
+        assert_eq!(
+            ws.govern(false, o, false, &0, &2).unwrap(),
+            w,
+            "now set by it"
+        );
+        assert_eq!(org.govern(false, w, true, &1, &2).unwrap(), o);
+        assert!(ws.require_organisation("x").is_err());
+        assert!(org.require_organisation("x").is_ok());
+    }
+
+    #[test]
+    fn rate_limits_are_immutable_but_removable() {
+        let rpm = |v: u64| serde_json::json!([{"type": "requests", "unit": "rpm", "value": v}]);
+        let mut r = Vec::new();
+        update_rate_limits(&mut r, Some(&rpm(5)), LimitOwner::Other).unwrap();
+        update_rate_limits(&mut r, Some(&rpm(5)), LimitOwner::Other).unwrap();
+        update_rate_limits(&mut r, None, LimitOwner::Other).unwrap();
+        let err = update_rate_limits(&mut r, Some(&rpm(6)), LimitOwner::Other).unwrap_err();
+        assert!(err.to_string().contains("cannot be edited"), "{err}");
+        assert_eq!(r[0].value, 5);
+        let both = serde_json::json!([{"type": "requests", "unit": "rpm", "value": 5},
+            {"type": "tokens", "unit": "rph", "value": 1000}]);
+        update_rate_limits(&mut r, Some(&both), LimitOwner::Other).unwrap();
+        assert_eq!(
+            r.len(),
+            2,
+            "adding a limit of another type or unit is not an edit"
+        );
+        update_rate_limits(&mut r, Some(&serde_json::json!([])), LimitOwner::Other).unwrap();
+        update_rate_limits(&mut r, Some(&rpm(6)), LimitOwner::Other).unwrap();
+        assert_eq!(r[0].value, 6, "removed, then set anew");
     }
 
     #[test]

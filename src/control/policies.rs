@@ -135,6 +135,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             group_by: group_by_of(&b)?,
             usage_limits,
             rate_limits,
+            limits_set_by: caller.authority(),
             created_at: now,
             updated_at: now,
         }
@@ -168,6 +169,7 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
     let mut p = find(&core.state.read(), caller, id)?;
+    let before = (p.usage_limits.clone(), p.rate_limits.clone());
     let now = Millis::now();
     if let Some(n) = b.str("name")? {
         p.name = n.to_owned();
@@ -187,9 +189,10 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         b.bool("reset_usage")?.unwrap_or(false),
         now,
     )?;
-    if let Some(r) = b.get("rate_limits") {
-        p.rate_limits = parse_rate_limits(r, LimitOwner::Other).map_err(invalid)?;
-    }
+    update_rate_limits(&mut p.rate_limits, b.get("rate_limits"), LimitOwner::Other)?;
+    let after = (p.usage_limits.clone(), p.rate_limits.clone());
+    // A policy always has limits (it is made of them).
+    p.limits_set_by = caller.govern(false, p.limits_set_by, true, &before, &after)?;
     p.updated_at = now;
     core.commit(vec![Change::Upsert(Entity::Policy(p))]).await?;
     Ok(json!({}))
@@ -199,6 +202,7 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.update")?;
     let _guard = core.admin_lock.lock().await;
     let p = find(&core.state.read(), caller, id)?;
+    caller.may_govern(false, Some(p.limits_set_by))?;
     core.commit(vec![Change::Delete {
         kind: EntityKind::Policy,
         id: p.id,

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::integrations::seal_scope;
 use super::*;
-use crate::domain::limits::{parse_rate_limits, LimitOwner};
+use crate::domain::limits::{parse_rate_limits, LimitOwner, RateLimit, UsageLimit};
 use crate::domain::*;
 
 /// Which API a provider is being managed through (it decides scopes and the response shape).
@@ -55,8 +55,8 @@ fn unique_slug(state: &State, b: &Body, workspace_id: &str, name: &str) -> Resul
 }
 
 struct Limits {
-    usage: Option<crate::domain::limits::UsageLimit>,
-    rate: Vec<crate::domain::limits::RateLimit>,
+    usage: Option<UsageLimit>,
+    rate: Vec<RateLimit>,
     expires_at: Option<Millis>,
 }
 
@@ -70,6 +70,17 @@ fn limits_of(b: &Body) -> Result<Limits> {
         .map_err(invalid)?,
         expires_at: b.timestamp("expires_at")?.flatten(),
     })
+}
+
+/// A provider's limits and expiry: changing them needs authority ([`Caller::govern`]).
+type Governed = (Option<UsageLimit>, Vec<RateLimit>, Option<Millis>);
+
+fn governed(p: &Provider) -> Governed {
+    (p.usage_limits.clone(), p.rate_limits.clone(), p.expires_at)
+}
+
+fn has_limits(g: &Governed) -> bool {
+    g.0.is_some() || !g.1.is_empty() || g.2.is_some()
 }
 
 /// `POST /providers`: a workspace's handle on an integration it has been given.
@@ -104,6 +115,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             origin: ProviderOrigin::Catalog,
             usage_limits: limits.usage,
             rate_limits: limits.rate,
+            limits_set_by: caller.authority(),
             expires_at: limits.expires_at,
             created_at: now,
             updated_at: now,
@@ -172,6 +184,7 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
             origin: ProviderOrigin::VirtualKey,
             usage_limits: limits.usage,
             rate_limits: limits.rate,
+            limits_set_by: caller.authority(),
             expires_at: limits.expires_at,
             created_at: now,
             updated_at: now,
@@ -237,15 +250,14 @@ pub async fn update(
     let (p, integration) = {
         let state = core.state.read();
         let mut p = find(&state, caller, slug, workspace)?;
+        let before = governed(&p);
         if let Some(n) = b.str("name")? {
             p.name = n.to_owned();
         }
         if let Some(n) = b.str("note")? {
             p.note = Some(n.to_owned());
         }
-        if let Some(r) = b.get("rate_limits") {
-            p.rate_limits = parse_rate_limits(r, LimitOwner::Other).map_err(invalid)?;
-        }
+        update_rate_limits(&mut p.rate_limits, b.get("rate_limits"), LimitOwner::Other)?;
         let reset = b.bool("reset_usage")?.unwrap_or(false);
         update_budget(
             &mut p.usage_limits,
@@ -256,6 +268,13 @@ pub async fn update(
         if let Some(e) = b.timestamp("expires_at")? {
             p.expires_at = e;
         }
+        p.limits_set_by = caller.govern(
+            false,
+            p.limits_set_by,
+            has_limits(&before),
+            &before,
+            &governed(&p),
+        )?;
         p.updated_at = now;
         // A virtual key's credential lives on its implicit integration.
         let integration = match (
@@ -299,6 +318,9 @@ pub async fn delete(
     let changes = {
         let state = core.state.read();
         let p = find(&state, caller, slug, workspace)?;
+        // Deleting a provider lifts its limits with it.
+        let set_by = has_limits(&governed(&p)).then_some(p.limits_set_by);
+        caller.may_govern(false, set_by)?;
         let mut changes = vec![Change::Delete {
             kind: EntityKind::Provider,
             id: p.id.clone(),

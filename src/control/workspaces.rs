@@ -116,11 +116,22 @@ pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
     Ok(views::workspace(&w, &state, true))
 }
 
+/// What governs a workspace's traffic: its limits and defaults (the metadata policies match on)
+/// are set by organisation keys only, never by the workspace's own keys.
+fn governed(w: &Workspace) -> impl PartialEq {
+    (
+        w.usage_limits.clone(),
+        w.rate_limits.clone(),
+        w.defaults.clone(),
+    )
+}
+
 pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
     let mut w = find(&core.state.read(), caller, id)?;
+    let before = governed(&w);
     if let Some(name) = b.str("name")? {
         if name.trim().is_empty() {
             return Err(invalid("name must not be empty"));
@@ -133,9 +144,7 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
     if let Some(d) = defaults_of(&b)? {
         w.defaults = d;
     }
-    if let Some(r) = b.get("rate_limits") {
-        w.rate_limits = parse_rate_limits(r, LimitOwner::Other).map_err(invalid)?;
-    }
+    update_rate_limits(&mut w.rate_limits, b.get("rate_limits"), LimitOwner::Other)?;
     let reset = b.bool("reset_usage")?.unwrap_or(false);
     update_budget(
         &mut w.usage_limits,
@@ -143,6 +152,9 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         reset,
         Millis::now(),
     )?;
+    if governed(&w) != before {
+        caller.require_organisation("changing a workspace's limits or defaults")?;
+    }
     w.updated_at = Millis::now();
     core.commit(vec![Change::Upsert(Entity::Workspace(w))])
         .await?;
@@ -151,6 +163,7 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
 
 pub async fn delete(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.delete")?;
+    caller.require_organisation("deleting a workspace")?;
     let force = body
         .get("force_delete")
         .and_then(Value::as_bool)

@@ -20,6 +20,17 @@ pub struct Organisation {
     pub created_at: Millis,
 }
 
+/// The level of the key that set an entity's limits. Only a key of that level or above may
+/// change, remove or reset them (see `control::Caller::may_govern`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Authority {
+    Workspace,
+    /// Also what an entity stored before the level was recorded reads as: the safe side.
+    #[default]
+    Organisation,
+}
+
 /// A workspace: the unit that owns keys, providers and configs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workspace {
@@ -146,6 +157,9 @@ pub struct Provider {
     pub origin: ProviderOrigin,
     pub usage_limits: Option<UsageLimit>,
     pub rate_limits: Vec<RateLimit>,
+    /// Who set `usage_limits` / `rate_limits` (meaningful while there are any).
+    #[serde(default)]
+    pub limits_set_by: Authority,
     pub expires_at: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -220,6 +234,9 @@ pub struct ApiKey {
     pub defaults: Map<String, Value>,
     pub usage_limits: Option<UsageLimit>,
     pub rate_limits: Vec<RateLimit>,
+    /// Who set `usage_limits`, `rate_limits` and `defaults` (meaningful while there are any).
+    #[serde(default)]
+    pub limits_set_by: Authority,
     pub alert_emails: Vec<String>,
     pub rotation_policy: Option<Value>,
     pub expires_at: Option<Millis>,
@@ -274,6 +291,9 @@ pub struct UsagePolicy {
     pub group_by: Option<String>,
     pub usage_limits: Option<UsageLimit>,
     pub rate_limits: Vec<RateLimit>,
+    /// Who set `usage_limits` / `rate_limits` (meaningful while there are any).
+    #[serde(default)]
+    pub limits_set_by: Authority,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

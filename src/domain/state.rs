@@ -506,6 +506,7 @@ pub(crate) mod tests {
             defaults: Default::default(),
             usage_limits,
             rate_limits: vec![],
+            limits_set_by: Default::default(),
             alert_emails: vec![],
             rotation_policy: None,
             expires_at: None,

@@ -290,8 +290,10 @@ async fn pol_delete(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) ->
     ok(policies::delete(&c, &a, &id).await)
 }
 
-/// Every notification sent (or that failed) for limit events, newest first.
+/// Every notification sent (or that failed) for limit events, newest first. They report usage
+/// against limits, so they are read with `analytics.view`, by an organisation key.
 async fn notifications(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    a.require("analytics.view")?;
     if a.key.workspace_id.is_some() {
         return Err(ApiError::from(crate::control::ControlError::Forbidden(
             "notifications are listed with an organisation key".into(),

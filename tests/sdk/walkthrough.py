@@ -109,7 +109,7 @@ assert "targets" in str(bad)
 
 step("9-13 api_keys create / retrieve / update / list")
 created = admin.api_keys.create(type="workspace", sub_type="service", name="alpha-svc", workspace_id=ws.id,
-                                scopes=["completions.write"], usage_limits={"type": "cost", "credit_limit": 50},
+                                scopes=["completions.write", "analytics.view"], usage_limits={"type": "cost", "credit_limit": 50},
                                 rate_limits=[{"type": "requests", "unit": "rpm", "value": 600}],
                                 defaults={"metadata": {"department": "engineering", "env": "test"}},
                                 alert_emails=["finance@example.com"])
@@ -119,7 +119,10 @@ got = admin.api_keys.retrieve(id=created.id)
 assert got.key != KEY and "****" in got.key, got.key
 assert got.type == "workspace-service" and isinstance(got.created_at, str)
 assert got.rate_limits[0]["value"] == 600 and got.usage_limits["credit_limit"] == 50
-admin.api_keys.update(id=created.id, name="alpha-svc-2", rate_limits=[{"type": "requests", "unit": "rpm", "value": 700}])
+# A rate limit cannot be edited once set: remove it, then set the new one.
+expect_status(lambda: admin.api_keys.update(id=created.id, rate_limits=[{"type": "requests", "unit": "rpm", "value": 700}]), 400)
+admin.api_keys.update(id=created.id, name="alpha-svc-2", rate_limits=[])
+admin.api_keys.update(id=created.id, rate_limits=[{"type": "requests", "unit": "rpm", "value": 700}])
 got = admin.api_keys.retrieve(id=created.id)
 assert got.name == "alpha-svc-2" and got.rate_limits[0]["value"] == 700, got
 keys = admin.api_keys.list(workspace_id=ws.id)
