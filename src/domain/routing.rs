@@ -300,7 +300,15 @@ fn parse_targets(
     targets
         .iter()
         .enumerate()
-        .map(|(i, t)| parse_node(t, format!("{at}.targets[{i}]"), inherited, depth + 1, budget))
+        .map(|(i, t)| {
+            parse_node(
+                t,
+                format!("{at}.targets[{i}]"),
+                inherited,
+                depth + 1,
+                budget,
+            )
+        })
         .collect()
 }
 
@@ -518,8 +526,14 @@ mod tests {
     fn stored_credentials_never_take_a_request_host() {
         let host = "http://127.0.0.1:9/v1";
         for (bad, needle) in [
-            (json!({"provider":"@team","custom_host":host}), "config: custom_host is not accepted"),
-            (json!({"virtual_key":"vk","custom_host":host}), "config: custom_host is not accepted"),
+            (
+                json!({"provider":"@team","custom_host":host}),
+                "config: custom_host is not accepted",
+            ),
+            (
+                json!({"virtual_key":"vk","custom_host":host}),
+                "config: custom_host is not accepted",
+            ),
             (
                 json!({"strategy":{"mode":"fallback"},"targets":[{"provider":"@team"},{"provider":"@team","custom_host":host}]}),
                 "config.targets[1]: custom_host is not accepted",
@@ -528,9 +542,18 @@ mod tests {
                 json!({"strategy":{"mode":"single"},"custom_host":host,"targets":[{"strategy":{"mode":"single"},"targets":[{"provider":"@team"}]}]}),
                 "config.targets[0].targets[0]: custom_host (inherited from config) is not accepted",
             ),
-            (json!({"provider":"@team","custom_headers":{"x":"y"}}), "custom_headers is not accepted"),
-            (json!({"virtual_key":"vk","resource_name":"evil"}), "resource_name is not accepted"),
-            (json!({"provider":"@team","openai_project":"proj_other"}), "openai_project is not accepted"),
+            (
+                json!({"provider":"@team","custom_headers":{"x":"y"}}),
+                "custom_headers is not accepted",
+            ),
+            (
+                json!({"virtual_key":"vk","resource_name":"evil"}),
+                "resource_name is not accepted",
+            ),
+            (
+                json!({"provider":"@team","openai_project":"proj_other"}),
+                "openai_project is not accepted",
+            ),
         ] {
             let e = Node::parse(&bad).unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");
@@ -542,7 +565,8 @@ mod tests {
     #[test]
     fn inherited_params_are_shared_not_copied() {
         let leaf = json!({"provider":"@team"});
-        let mut node = json!({"strategy":{"mode":"fallback"},"targets":[leaf.clone(), leaf.clone()]});
+        let mut node =
+            json!({"strategy":{"mode":"fallback"},"targets":[leaf.clone(), leaf.clone()]});
         for _ in 0..MAX_DEPTH - 1 {
             node = json!({"strategy":{"mode":"fallback"},"targets":[node, leaf.clone()]});
         }
@@ -551,20 +575,29 @@ mod tests {
         let mut n = &root;
         while let Some(first) = n.targets.first() {
             assert!(first.override_params.shares_with(&root.override_params));
-            assert!(n.targets[1].override_params.shares_with(&root.override_params));
+            assert!(n.targets[1]
+                .override_params
+                .shares_with(&root.override_params));
             n = first;
         }
     }
 
     #[test]
     fn configs_are_bounded() {
-        let big = json!({"provider":"@team","override_params":{"pad":"x".repeat(MAX_CONFIG_BYTES)}});
+        let big =
+            json!({"provider":"@team","override_params":{"pad":"x".repeat(MAX_CONFIG_BYTES)}});
         let e = Node::parse(&big).unwrap_err();
-        assert!(e.contains("bytes") && e.contains(&MAX_CONFIG_BYTES.to_string()), "{e}");
+        assert!(
+            e.contains("bytes") && e.contains(&MAX_CONFIG_BYTES.to_string()),
+            "{e}"
+        );
         let e = Node::parse_text(&big.to_string()).unwrap_err();
         assert!(e.contains(&MAX_CONFIG_BYTES.to_string()), "{e}");
-        let wide: Vec<Value> = (0..=MAX_TARGETS).map(|_| json!({"provider":"@team"})).collect();
-        let e = Node::parse(&json!({"strategy":{"mode":"loadbalance"},"targets":wide})).unwrap_err();
+        let wide: Vec<Value> = (0..=MAX_TARGETS)
+            .map(|_| json!({"provider":"@team"}))
+            .collect();
+        let e =
+            Node::parse(&json!({"strategy":{"mode":"loadbalance"},"targets":wide})).unwrap_err();
         assert!(e.contains(&format!("at most {MAX_TARGETS} targets")), "{e}");
         let mut deep = json!({"provider":"@team"});
         for _ in 0..=MAX_DEPTH {
@@ -572,7 +605,8 @@ mod tests {
         }
         let e = Node::parse(&deep).unwrap_err();
         assert!(e.contains(&format!("at most {MAX_DEPTH} levels")), "{e}");
-        let ok = Node::parse_text(r#"{"strategy":{"mode":"single"},"targets":[{"provider":"@team"}]}"#);
+        let ok =
+            Node::parse_text(r#"{"strategy":{"mode":"single"},"targets":[{"provider":"@team"}]}"#);
         assert!(ok.is_ok());
     }
 

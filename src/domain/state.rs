@@ -646,7 +646,10 @@ pub(crate) mod tests {
     #[test]
     fn saved_configs_are_parsed_once_when_applied() {
         let mut s = State::default();
-        s.apply(&config_event("c1", serde_json::json!({"provider": "@team"})));
+        s.apply(&config_event(
+            "c1",
+            serde_json::json!({"provider": "@team"}),
+        ));
         let first = s.config_plan("c1").unwrap().clone().unwrap();
         let again = s.config_plan("c1").unwrap().clone().unwrap();
         assert!(Arc::ptr_eq(&first, &again));

@@ -55,7 +55,12 @@ fn config_plan(state: &State, workspace_id: &str, reference: &str) -> Result<Pla
     let root = match state.config_plan(&c.id) {
         Some(Ok(root)) => root.clone(),
         Some(Err(e)) => return Err(DataError::bad_request(format!("config {}: {e}", c.slug))),
-        None => return Err(DataError::internal(format!("config {} has no plan", c.slug))),
+        None => {
+            return Err(DataError::internal(format!(
+                "config {} has no plan",
+                c.slug
+            )))
+        }
     };
     Ok(Plan {
         root,

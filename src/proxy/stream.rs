@@ -343,7 +343,10 @@ mod tests {
     fn splits_events_across_chunks() {
         let mut s = SseSplitter::new(1024);
         s.push(b"data: {\"a\":1}\n\nda");
-        assert_eq!(s.next_event().unwrap().unwrap(), &b"data: {\"a\":1}\n\n"[..]);
+        assert_eq!(
+            s.next_event().unwrap().unwrap(),
+            &b"data: {\"a\":1}\n\n"[..]
+        );
         assert!(s.next_event().unwrap().is_none());
         s.push(b"ta: [DONE]\r\n\r");
         assert!(s.next_event().unwrap().is_none());

@@ -349,7 +349,16 @@ impl Exec {
             );
             let none = TokenUsage::default();
             return self
-                .failed(target, model, started, index, event_id, reservation, none, err)
+                .failed(
+                    target,
+                    model,
+                    started,
+                    index,
+                    event_id,
+                    reservation,
+                    none,
+                    err,
+                )
                 .await;
         }
         if status.is_server_error() {
@@ -419,7 +428,16 @@ impl Exec {
                     format!("the provider's response is larger than this gateway accepts (max_upstream_body_bytes = {cap} bytes); it was not delivered"),
                 );
                 return self
-                    .failed(target, model, started, index, event_id, reservation, usage, err)
+                    .failed(
+                        target,
+                        model,
+                        started,
+                        index,
+                        event_id,
+                        reservation,
+                        usage,
+                        err,
+                    )
                     .await;
             }
             Ok(Err(BodyError::Broken)) | Err(_) => {
@@ -431,7 +449,16 @@ impl Exec {
                 );
                 let none = TokenUsage::default();
                 return self
-                    .failed(target, model, started, index, event_id, reservation, none, err)
+                    .failed(
+                        target,
+                        model,
+                        started,
+                        index,
+                        event_id,
+                        reservation,
+                        none,
+                        err,
+                    )
                     .await;
             }
         };

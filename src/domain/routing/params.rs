@@ -93,7 +93,11 @@ mod tests {
         assert_eq!(child.get("model"), Some(&json!("b")));
         assert_eq!(child.get("temperature"), Some(&json!(0)));
         assert_eq!(root.get("max_tokens"), None);
-        let mut keys: Vec<_> = child.entries().into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut keys: Vec<_> = child
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             keys,

@@ -135,7 +135,13 @@ async fn a_request_custom_host_never_receives_a_stored_credential() {
     ];
     for config in &configs {
         let text = config.to_string();
-        let (s, b) = chat(&server, &key, &[("x-portkey-config", &text)], hello("gpt-4o-mini")).await;
+        let (s, b) = chat(
+            &server,
+            &key,
+            &[("x-portkey-config", &text)],
+            hello("gpt-4o-mini"),
+        )
+        .await;
         assert_eq!(s, 400, "{config}: {b}");
         assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
         assert!(message(&b).contains("custom_host"), "{b}");
@@ -144,7 +150,13 @@ async fn a_request_custom_host_never_receives_a_stored_credential() {
     evil.assert_untouched("a request-chosen custom_host");
     legit.assert_untouched("a refused config");
     // The same routes without a custom_host go to the integration's host, with its key.
-    let (s, b) = chat(&server, &key, &[("x-portkey-config", r#"{"provider":"@team"}"#)], hello("gpt-4o-mini")).await;
+    let (s, b) = chat(
+        &server,
+        &key,
+        &[("x-portkey-config", r#"{"provider":"@team"}"#)],
+        hello("gpt-4o-mini"),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let seen = legit.seen();
     assert_eq!(seen.len(), 1);
@@ -170,10 +182,20 @@ async fn saved_and_default_configs_refuse_custom_host_on_stored_credentials() {
         assert!(message(&b).contains("custom_host"), "{b}");
     }
     let ok = server
-        .admin("POST", "/configs", Some(json!({"name": "ok", "workspace_id": ws, "config": {"provider": "@team"}})))
+        .admin(
+            "POST",
+            "/configs",
+            Some(json!({"name": "ok", "workspace_id": ws, "config": {"provider": "@team"}})),
+        )
         .await;
     let slug = ok["slug"].as_str().unwrap();
-    let (s, _, b) = call("PUT", &format!("{configs}/{slug}"), admin, Some(json!({"config": bad}))).await;
+    let (s, _, b) = call(
+        "PUT",
+        &format!("{configs}/{slug}"),
+        admin,
+        Some(json!({"config": bad})),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     let kept = server.admin("GET", &format!("/configs/{slug}"), None).await;
     assert_eq!(kept["config"], json!({"provider": "@team"}), "{kept}");
@@ -196,13 +218,22 @@ async fn saved_and_default_configs_refuse_custom_host_on_stored_credentials() {
         let change = tollgate::domain::Change::Upsert(tollgate::domain::Entity::Config(old));
         server.core.commit(vec![change]).await.unwrap();
     }
-    let key = server.admin("POST", "/api-keys/workspace/service", Some(json!({"name": "dflt", "workspace_id": ws,
-        "scopes": ["completions.write"], "defaults": {"config_id": "pc-legacy"}}))).await;
+    let key = server
+        .admin(
+            "POST",
+            "/api-keys/workspace/service",
+            Some(json!({"name": "dflt", "workspace_id": ws,
+        "scopes": ["completions.write"], "defaults": {"config_id": "pc-legacy"}})),
+        )
+        .await;
     let key = key["key"].as_str().unwrap();
     for headers in [&[][..], &[("x-portkey-config", "pc-legacy")][..]] {
         let (s, b) = chat(&server, key, headers, hello("gpt-4o-mini")).await;
         assert_eq!(s, 400, "{headers:?}: {b}");
-        assert!(message(&b).contains("config pc-legacy") && message(&b).contains("custom_host"), "{b}");
+        assert!(
+            message(&b).contains("config pc-legacy") && message(&b).contains("custom_host"),
+            "{b}"
+        );
     }
     evil.assert_untouched("a saved or default config's custom_host");
 }
@@ -217,7 +248,10 @@ async fn the_custom_host_header_is_refused() {
     for (headers, model) in [
         (vec![("x-portkey-provider", "@team")], "gpt-4o-mini"),
         (vec![("x-portkey-virtual-key", "team")], "gpt-4o-mini"),
-        (vec![("x-portkey-config", r#"{"provider":"@team"}"#)], "gpt-4o-mini"),
+        (
+            vec![("x-portkey-config", r#"{"provider":"@team"}"#)],
+            "gpt-4o-mini",
+        ),
         (vec![], "@team/gpt-4o-mini"),
     ] {
         let mut headers = headers;
@@ -247,15 +281,29 @@ async fn nothing_else_in_a_request_steers_or_adds_to_the_upstream_call() {
         json!({"provider": "@team", "openai_project": "proj_evil"}),
         json!({"strategy": {"mode": "single"}, "base_url": evil_host, "targets": [{"provider": "@team"}]}),
     ] {
-        let (s, b) = chat(&server, &key, &[("x-portkey-config", &config.to_string())], hello("gpt-4o-mini")).await;
+        let (s, b) = chat(
+            &server,
+            &key,
+            &[("x-portkey-config", &config.to_string())],
+            hello("gpt-4o-mini"),
+        )
+        .await;
         assert_eq!(s, 400, "{config}: {b}");
-        assert!(message(&b).contains("is not accepted on a target that uses a stored credential"), "{b}");
+        assert!(
+            message(&b).contains("is not accepted on a target that uses a stored credential"),
+            "{b}"
+        );
     }
     legit.assert_untouched("refused config fields");
-    let config = json!({"provider": "@team", "forward_headers": ["x-evil", "authorization", "host"]}).to_string();
+    let config =
+        json!({"provider": "@team", "forward_headers": ["x-evil", "authorization", "host"]})
+            .to_string();
     let headers = [
         ("x-portkey-config", config.as_str()),
-        ("x-portkey-forward-headers", "x-evil,authorization,host,x-portkey-custom-host"),
+        (
+            "x-portkey-forward-headers",
+            "x-evil,authorization,host,x-portkey-custom-host",
+        ),
         ("x-evil", "attacker"),
         ("authorization", "Bearer sk-attacker"),
         ("x-portkey-azure-resource-name", "evil"),
@@ -275,8 +323,14 @@ async fn nothing_else_in_a_request_steers_or_adds_to_the_upstream_call() {
     assert_eq!(seen[0].headers["authorization"], format!("Bearer {SECRET}"));
     for (name, value) in &seen[0].headers {
         let v = value.to_str().unwrap_or("");
-        assert!(!v.contains("attacker") && !v.contains("evil"), "{name}: {v}");
-        assert!(!name.as_str().starts_with("x-portkey") && name != "x-evil", "{name}");
+        assert!(
+            !v.contains("attacker") && !v.contains("evil"),
+            "{name}: {v}"
+        );
+        assert!(
+            !name.as_str().starts_with("x-portkey") && name != "x-evil",
+            "{name}"
+        );
     }
     let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert!(body.get("forward_headers").is_none(), "{body}");
@@ -292,18 +346,48 @@ async fn a_model_name_cannot_change_the_upstream_url() {
     let azure = Capture::start(None).await;
     server.admin("POST", "/integrations", Some(json!({"name": "az", "slug": "az", "ai_provider_id": "azure-openai",
         "key": "az-secret-key-1234567890", "configurations": {"custom_host": format!("{}/openai/deployments/dep", azure.url)}}))).await;
-    server.admin("PUT", "/integrations/az/workspaces", Some(json!({"workspaces": [{"id": ws, "enabled": true}]}))).await;
-    for model in ["../../evil", "dep?x=1", "dep#frag", "a/./b", "a\\b", "gpt 4o", "..", "%2e%2e/../x"] {
-        let (s, b) = chat(&server, &key, &[("x-portkey-provider", "@az")], hello(model)).await;
+    server
+        .admin(
+            "PUT",
+            "/integrations/az/workspaces",
+            Some(json!({"workspaces": [{"id": ws, "enabled": true}]})),
+        )
+        .await;
+    for model in [
+        "../../evil",
+        "dep?x=1",
+        "dep#frag",
+        "a/./b",
+        "a\\b",
+        "gpt 4o",
+        "..",
+        "%2e%2e/../x",
+    ] {
+        let (s, b) = chat(
+            &server,
+            &key,
+            &[("x-portkey-provider", "@az")],
+            hello(model),
+        )
+        .await;
         assert_eq!(s, 400, "{model}: {b}");
         assert!(message(&b).contains("is not a model id"), "{b}");
     }
     azure.assert_untouched("a model with URL syntax");
-    let (s, b) = chat(&server, &key, &[("x-portkey-provider", "@az")], hello("gpt-4o@2024-08-06")).await;
+    let (s, b) = chat(
+        &server,
+        &key,
+        &[("x-portkey-provider", "@az")],
+        hello("gpt-4o@2024-08-06"),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let seen = azure.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].uri, "/openai/deployments/dep/chat/completions?api-version=2024-10-21");
+    assert_eq!(
+        seen[0].uri,
+        "/openai/deployments/dep/chat/completions?api-version=2024-10-21"
+    );
     assert_eq!(seen[0].headers["api-key"], "az-secret-key-1234567890");
 }
 
@@ -316,8 +400,20 @@ async fn a_redirect_does_not_carry_the_credential_elsewhere() {
     let redirector = Capture::start(Some(evil.url.clone())).await;
     server.admin("POST", "/integrations", Some(json!({"name": "azr", "slug": "azr", "ai_provider_id": "azure-openai",
         "key": "az-secret-key-0987654321", "configurations": {"custom_host": format!("{}/v1", redirector.url)}}))).await;
-    server.admin("PUT", "/integrations/azr/workspaces", Some(json!({"workspaces": [{"id": ws, "enabled": true}]}))).await;
-    let (s, b) = chat(&server, &key, &[("x-portkey-provider", "@azr")], hello("gpt-4o-mini")).await;
+    server
+        .admin(
+            "PUT",
+            "/integrations/azr/workspaces",
+            Some(json!({"workspaces": [{"id": ws, "enabled": true}]})),
+        )
+        .await;
+    let (s, b) = chat(
+        &server,
+        &key,
+        &[("x-portkey-provider", "@azr")],
+        hello("gpt-4o-mini"),
+    )
+    .await;
     assert_eq!(s, 502, "{b}");
     assert_eq!(b["error"]["code"], "upstream_redirect", "{b}");
     assert_eq!(redirector.seen().len(), 1);
@@ -326,7 +422,11 @@ async fn a_redirect_does_not_carry_the_credential_elsewhere() {
 
 /// `depth` levels of fallback nodes, each with `width` leaf targets and one nested node.
 fn tree(depth: usize, width: usize) -> Value {
-    let leaves = || (0..width).map(|_| json!({"provider": "@up"})).collect::<Vec<_>>();
+    let leaves = || {
+        (0..width)
+            .map(|_| json!({"provider": "@up"}))
+            .collect::<Vec<_>>()
+    };
     let mut node = json!({"strategy": {"mode": "fallback"}, "targets": leaves()});
     for _ in 1..depth {
         let mut targets = leaves();
@@ -359,14 +459,30 @@ async fn config_bounds_are_clear_400s() {
         let body = json!({"name": "big", "workspace_id": ws, "config": config});
         let (s, _, b) = call("POST", &configs, admin, Some(body)).await;
         assert_eq!(s, 400, "{needle}: {b}");
-        assert!(message(&b).contains(needle), "{needle}: {}", &message(&b)[..message(&b).len().min(300)]);
+        assert!(
+            message(&b).contains(needle),
+            "{needle}: {}",
+            &message(&b)[..message(&b).len().min(300)]
+        );
     }
     let header = with_root_params(tree(8, 12), 300_000).to_string();
-    let (s, b) = chat(&server, &key, &[("x-portkey-config", &header)], hello("gpt-4o-mini")).await;
+    let (s, b) = chat(
+        &server,
+        &key,
+        &[("x-portkey-config", &header)],
+        hello("gpt-4o-mini"),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert!(message(&b).contains("262144 bytes"), "{b}");
     for (config, needle) in &cases[1..] {
-        let (s, b) = chat(&server, &key, &[("x-portkey-config", &config.to_string())], hello("gpt-4o-mini")).await;
+        let (s, b) = chat(
+            &server,
+            &key,
+            &[("x-portkey-config", &config.to_string())],
+            hello("gpt-4o-mini"),
+        )
+        .await;
         assert_eq!(s, 400, "{b}");
         assert!(message(&b).contains(needle), "{b}");
     }
@@ -404,12 +520,23 @@ async fn config_attacks_stay_within_bounded_memory() {
         .unwrap();
     harness::await_ready(&mut child, &url, "tollgate serve").await;
     let ws = harness::provision_up(&url, &mock.url, "mem", SECRET).await;
-    let key = harness::admin_call(&url, "POST", "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]}))).await;
+    let key = harness::admin_call(
+        &url,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
+    )
+    .await;
     let key = key["key"].as_str().unwrap().to_owned();
 
     let saved = json!({"name": "big", "workspace_id": ws, "config": with_root_params(tree(8, 250), 1_400_000)});
-    let (s, _, b) = call("POST", &format!("{url}/v1/configs"), Some(harness::ADMIN_KEY), Some(saved)).await;
+    let (s, _, b) = call(
+        "POST",
+        &format!("{url}/v1/configs"),
+        Some(harness::ADMIN_KEY),
+        Some(saved),
+    )
+    .await;
     assert_eq!(s, 400, "{}", &b.to_string()[..200.min(b.to_string().len())]);
     let client = reqwest::Client::new();
     let send = |config: String| {
@@ -449,10 +576,12 @@ fn events_of(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
     let mut stmt = db
         .prepare("SELECT status_code, usage_source, completion_tokens, streamed FROM usage_events WHERE trace_id = ?")
         .unwrap();
-    stmt.query_map([trace], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    stmt.query_map([trace], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
 }
 
 async fn wait_for_event(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
@@ -480,7 +609,10 @@ async fn poured_when_stopped(mock: &mock::Mock) -> usize {
 
 /// Five ordinary requests, all served.
 async fn others_are_served(server: &Server, key: &str) {
-    let ok = futures_util::future::join_all((0..5).map(|_| chat(server, key, &[], hello("@big/gpt-4o-mini")))).await;
+    let ok = futures_util::future::join_all(
+        (0..5).map(|_| chat(server, key, &[], hello("@big/gpt-4o-mini"))),
+    )
+    .await;
     assert!(ok.iter().all(|(s, _)| *s == 200), "{ok:?}");
 }
 
@@ -495,14 +627,25 @@ async fn an_upstream_body_over_the_cap_is_a_metered_502() {
     let mock = mock::start().await;
     let server = harness::start_with(|s| s.set("max_upstream_body_bytes", CAP).unwrap()).await;
     let (_, key) = server.tenant(&mock.url, "big").await;
-    let huge = chat(&server, &key, &[("x-portkey-trace-id", "huge")], hello("@big/huge-body"));
+    let huge = chat(
+        &server,
+        &key,
+        &[("x-portkey-trace-id", "huge")],
+        hello("@big/huge-body"),
+    );
     let ((s, b), ()) = tokio::join!(huge, others_are_served(&server, &key));
     assert_eq!(s, 502, "{b}");
     assert_eq!(b["error"]["code"], "upstream_body_too_large", "{b}");
     assert_eq!(b["error"]["type"], "api_error", "{b}");
-    assert!(message(&b).contains("max_upstream_body_bytes = 65536"), "{b}");
+    assert!(
+        message(&b).contains("max_upstream_body_bytes = 65536"),
+        "{b}"
+    );
     let poured = poured_when_stopped(&mock).await;
-    assert!(poured < mock::HUGE_BODY_BYTES, "the gateway read the whole body: {poured}");
+    assert!(
+        poured < mock::HUGE_BODY_BYTES,
+        "the gateway read the whole body: {poured}"
+    );
     let events = wait_for_event(&server, "huge").await;
     assert_eq!(events.len(), 1, "{events:?}");
     let (status, source, completion, streamed) = events[0].clone();
@@ -533,15 +676,25 @@ async fn an_endless_sse_event_ends_the_stream_metered() {
         r.text().await.unwrap()
     };
     let (text, ()) = tokio::join!(stream, others_are_served(&server, &key));
-    assert!(text.len() < 4096, "part of the oversized event was forwarded: {} bytes", text.len());
+    assert!(
+        text.len() < 4096,
+        "part of the oversized event was forwarded: {} bytes",
+        text.len()
+    );
     assert!(!text.contains("[DONE]"), "{text}");
     assert!(text.starts_with("data: {\"error\""), "{text}");
     assert!(text.contains("max_upstream_body_bytes"), "{text}");
     let poured = poured_when_stopped(&mock).await;
-    assert!(poured < mock::ENDLESS_EVENT_BYTES, "the gateway read the whole event: {poured}");
+    assert!(
+        poured < mock::ENDLESS_EVENT_BYTES,
+        "the gateway read the whole event: {poured}"
+    );
     let events = wait_for_event(&server, "endless").await;
     assert_eq!(events.len(), 1, "{events:?}");
     let (status, source, completion, streamed) = events[0].clone();
     assert_eq!((status, source.as_str(), streamed), (200, "estimated", 1));
-    assert!(completion > 0, "the provider billed the event it sent: {events:?}");
+    assert!(
+        completion > 0,
+        "the provider billed the event it sent: {events:?}"
+    );
 }
