@@ -122,11 +122,24 @@ async fn setup() -> (Server, Capture, Capture, String, String) {
 /// decrypted key there. Now: a 400 that says why, and nothing reaches either host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_custom_host_never_receives_a_stored_credential() {
-    let (server, legit, evil, _, key) = setup().await;
+    let (server, legit, evil, ws, key) = setup().await;
     let evil_host = format!("{}/v1", evil.url);
+    // A workspace credential too: a virtual key (its own workspace-scoped integration).
+    let vk = server
+        .admin(
+            "POST",
+            "/virtual-keys",
+            Some(
+                json!({"name": "wsvk", "provider": "openai", "key": "sk-workspace-secret-0000",
+                "workspace_id": ws, "custom_host": format!("{}/v1", legit.url)}),
+            ),
+        )
+        .await;
+    let vk = vk["slug"].as_str().unwrap();
     let configs = [
         json!({"provider": "@team", "custom_host": evil_host}),
         json!({"virtual_key": "team", "custom_host": evil_host}),
+        json!({"virtual_key": vk, "custom_host": evil_host}),
         json!({"strategy": {"mode": "fallback"}, "targets": [
             {"provider": "@team", "override_params": {"model": "fail-500"}},
             {"provider": "@team", "custom_host": evil_host}]}),
