@@ -163,6 +163,9 @@ impl Core {
         mode: Mode,
     ) -> Result<Arc<Core>, AppError> {
         let http = reqwest::Client::builder()
+            // A provider credential goes only to its integration's host: a redirect would carry
+            // it (Azure's `api-key`, custom headers) and the body elsewhere, so none is followed.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(10))

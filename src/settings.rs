@@ -50,6 +50,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub usage_fsync: Fsync,
     pub upstream_timeout: Duration,
+    /// The largest upstream response body read (non-stream), and the largest single event of a
+    /// stream; past it the attempt ends with an error (still metered).
+    pub max_upstream_body_bytes: usize,
     /// How long to keep reading a stream after its client went away, to meter the real usage.
     pub stream_drain_timeout: Duration,
     pub log_format: LogFormat,
@@ -123,6 +126,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("max_body_bytes", "largest accepted request body (default 10485760)"),
     ("usage_fsync_ms", "usage-log fdatasync window in ms; 0 syncs before every acknowledgement (default 10)"),
     ("upstream_timeout_ms", "upstream request timeout in ms (default 600000)"),
+    ("max_upstream_body_bytes", "largest upstream response body, and largest single event of a stream (default 33554432)"),
     ("stream_drain_timeout_ms", "how long to keep reading a stream whose client left (default 30000)"),
     ("log_format", "text or json (default text)"),
     ("smtp_url", "SMTP server for alert emails, e.g. smtp://127.0.0.1:25 (default: no email)"),
@@ -162,6 +166,7 @@ impl Default for Settings {
             max_body_bytes: 10 << 20,
             usage_fsync: Fsync::Every(Duration::from_millis(10)),
             upstream_timeout: Duration::from_secs(600),
+            max_upstream_body_bytes: 32 << 20,
             stream_drain_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             smtp_url: None,
@@ -213,6 +218,12 @@ impl Settings {
             "master_key" => self.master_key = Some(value.to_owned()).filter(|v| !v.is_empty()),
             "max_body_bytes" => {
                 self.max_body_bytes = usize::try_from(number()?)
+                    .ok()
+                    .filter(|n| *n >= 1024)
+                    .ok_or_else(|| invalid("at least 1024"))?
+            }
+            "max_upstream_body_bytes" => {
+                self.max_upstream_body_bytes = usize::try_from(number()?)
                     .ok()
                     .filter(|n| *n >= 1024)
                     .ok_or_else(|| invalid("at least 1024"))?

@@ -8,15 +8,21 @@ use super::*;
 use crate::domain::routing::Node;
 use crate::domain::*;
 
-/// A config body may be an object or its JSON text; it must pass §4 validation.
+/// A config body may be an object or its JSON text; it must pass §4 validation (bounds included,
+/// checked before the text is parsed). It is parsed again, once, when its event is applied to the
+/// state, and requests share that plan.
 fn config_of(v: &Value) -> Result<Value> {
-    let v = match v {
-        Value::String(s) => serde_json::from_str(s)
-            .map_err(|e| invalid(format!("config is not valid JSON: {e}")))?,
-        other => other.clone(),
-    };
-    Node::parse(&v).map_err(|e| invalid(format!("invalid config: {e}")))?;
-    Ok(v)
+    let bad = |e: String| invalid(format!("invalid config: {e}"));
+    match v {
+        Value::String(s) => {
+            Node::parse_text(s).map_err(bad)?;
+            serde_json::from_str(s).map_err(|e| invalid(format!("config is not valid JSON: {e}")))
+        }
+        other => {
+            Node::parse(other).map_err(bad)?;
+            Ok(other.clone())
+        }
+    }
 }
 
 fn find(state: &State, caller: &Caller, slug: &str) -> Result<RouteConfig> {

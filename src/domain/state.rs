@@ -11,6 +11,7 @@ use super::budget::{self, BudgetRef, Counter, RequestPath};
 use super::entities::*;
 use super::events::*;
 use super::limits::{RateLimit, UsageLimit};
+use super::routing::Node;
 use super::time::Millis;
 
 /// The hasher of the maps touched on every request.
@@ -51,6 +52,10 @@ pub struct State {
     pub integrations: HashMap<String, Arc<Integration>>,
     pub providers: HashMap<String, Arc<Provider>>,
     pub configs: HashMap<String, RouteConfig>,
+    /// Each saved config parsed once, when its event is applied (by config id): requests share
+    /// the plan instead of parsing it again. An invalid config (saved by an older version) keeps
+    /// its error, which its requests get.
+    config_plans: HashMap<String, Result<Arc<Node>, String>>,
     pub api_keys: HashMap<String, Arc<ApiKey>>,
     pub policies: HashMap<String, UsagePolicy>,
     key_by_hash: HashMap<String, String>,
@@ -158,6 +163,8 @@ impl State {
                 self.providers.insert(p.id.clone(), Arc::new(p));
             }
             Entity::Config(c) => {
+                let plan = Node::parse(&c.config).map(Arc::new);
+                self.config_plans.insert(c.id.clone(), plan);
                 self.configs.insert(c.id.clone(), c);
             }
             Entity::Policy(p) => {
@@ -187,6 +194,7 @@ impl State {
             }
             EntityKind::Config => {
                 self.configs.remove(id);
+                self.config_plans.remove(id);
             }
             EntityKind::Policy => {
                 self.policies.remove(id);
@@ -477,6 +485,11 @@ impl State {
             .or_else(|| self.configs.get(slug_or_id))
     }
 
+    /// The parsed plan of a saved config (by id), made when the config was applied.
+    pub fn config_plan(&self, id: &str) -> Option<&Result<Arc<Node>, String>> {
+        self.config_plans.get(id)
+    }
+
     /// How many usage event ids are remembered for deduplication (those of the last window).
     pub fn usage_ids_remembered(&self) -> usize {
         self.seen_usage.ids.len()
@@ -608,6 +621,55 @@ pub(crate) mod tests {
             for e in &noisy[n / 2..] { s.apply(&Event::Usage(e.clone())); }
             prop_assert_eq!(snapshot(&s), snapshot(&expected));
         }
+    }
+
+    fn config_event(id: &str, config: serde_json::Value) -> Event {
+        Event::Config(ConfigEvent {
+            event_id: format!("e-{id}"),
+            at: Millis(0),
+            change: Change::Upsert(Entity::Config(RouteConfig {
+                id: id.into(),
+                slug: format!("pc-{id}"),
+                name: id.into(),
+                workspace_id: "ws".into(),
+                config,
+                is_default: false,
+                status: "active".into(),
+                version_id: "v".into(),
+                owner_id: None,
+                created_at: Millis(0),
+                updated_at: Millis(0),
+            })),
+        })
+    }
+
+    /// A saved config is parsed when its event is applied; lookups share that one plan.
+    #[test]
+    fn saved_configs_are_parsed_once_when_applied() {
+        let mut s = State::default();
+        s.apply(&config_event(
+            "c1",
+            serde_json::json!({"provider": "@team"}),
+        ));
+        let first = s.config_plan("c1").unwrap().clone().unwrap();
+        let again = s.config_plan("c1").unwrap().clone().unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // An invalid config (saved before a rule existed) keeps its error for its requests.
+        s.apply(&config_event(
+            "c2",
+            serde_json::json!({"provider": "@team", "custom_host": "http://127.0.0.1:9/v1"}),
+        ));
+        let e = s.config_plan("c2").unwrap().clone().unwrap_err();
+        assert!(e.contains("custom_host"), "{e}");
+        s.apply(&Event::Config(ConfigEvent {
+            event_id: "d".into(),
+            at: Millis(0),
+            change: Change::Delete {
+                kind: EntityKind::Config,
+                id: "c1".into(),
+            },
+        }));
+        assert!(s.config_plan("c1").is_none());
     }
 
     #[test]

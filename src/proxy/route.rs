@@ -5,17 +5,28 @@
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
 use serde_json::Value;
+use std::sync::Arc;
 
 use super::{DataError, RequestBody};
 use crate::crypto::Sealer;
 use crate::domain::routing::{Leaf, Node};
 use crate::domain::{ApiKey, Integration, Millis, Provider, State};
 
-/// A parsed routing plan and the saved config it came from.
+/// A parsed routing plan and the saved config it came from. A saved config's plan is shared with
+/// the state that parsed it once; an inline one is parsed per request (bounded in size).
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub root: Node,
+    pub root: Arc<Node>,
     pub config_id: Option<String>,
+}
+
+impl Plan {
+    fn leaf(leaf: Leaf) -> Plan {
+        Plan {
+            root: Arc::new(Node::leaf(leaf)),
+            config_id: None,
+        }
+    }
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -28,13 +39,10 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// A config reference: inline JSON, or a saved config's slug or id in the key's workspace.
 fn config_plan(state: &State, workspace_id: &str, reference: &str) -> Result<Plan, DataError> {
     if reference.starts_with('{') {
-        let v: Value = serde_json::from_str(reference).map_err(|e| {
-            DataError::bad_request(format!("x-portkey-config is not valid JSON: {e}"))
-        })?;
-        let root =
-            Node::parse(&v).map_err(|e| DataError::bad_request(format!("invalid config: {e}")))?;
+        let root = Node::parse_text(reference)
+            .map_err(|e| DataError::bad_request(format!("invalid x-portkey-config: {e}")))?;
         return Ok(Plan {
-            root,
+            root: Arc::new(root),
             config_id: None,
         });
     }
@@ -44,12 +52,32 @@ fn config_plan(state: &State, workspace_id: &str, reference: &str) -> Result<Pla
         .ok_or_else(|| {
             DataError::bad_request(format!("config {reference} not found in this workspace"))
         })?;
-    let root = Node::parse(&c.config)
-        .map_err(|e| DataError::bad_request(format!("config {}: {e}", c.slug)))?;
+    let root = match state.config_plan(&c.id) {
+        Some(Ok(root)) => root.clone(),
+        Some(Err(e)) => return Err(DataError::bad_request(format!("config {}: {e}", c.slug))),
+        None => {
+            return Err(DataError::internal(format!(
+                "config {} has no plan",
+                c.slug
+            )))
+        }
+    };
     Ok(Plan {
         root,
         config_id: Some(c.slug.clone()),
     })
+}
+
+/// The SDK sends its `custom_host` argument as this header. Every route here uses a stored
+/// credential, which only goes to the host its integration names, so a request-chosen host is
+/// refused rather than silently ignored.
+fn refuse_request_host(headers: &HeaderMap) -> Result<(), DataError> {
+    match header(headers, "x-portkey-custom-host") {
+        None => Ok(()),
+        Some(_) => Err(DataError::bad_request(
+            "x-portkey-custom-host is not accepted: requests here use stored provider credentials, which are only sent to the host their integration names (set by an admin)",
+        )),
+    }
 }
 
 /// Builds the routing plan (§1.3 precedence) and strips an `@slug/` prefix from `model`.
@@ -69,6 +97,7 @@ pub fn plan(
         body.json
             .insert("model".into(), Value::String(model.clone()));
     }
+    refuse_request_host(headers)?;
     let header_config = header(headers, "x-portkey-config");
     let config = match (key.default_config(), header_config) {
         (Some(default), _) if !key.allows_config_override() => Some(default),
@@ -79,17 +108,11 @@ pub fn plan(
         return config_plan(state, workspace_id, reference);
     }
     if let Some(vk) = header(headers, "x-portkey-virtual-key") {
-        return Ok(Plan {
-            root: Node::leaf(Leaf::VirtualKey(vk.to_owned())),
-            config_id: None,
-        });
+        return Ok(Plan::leaf(Leaf::VirtualKey(vk.to_owned())));
     }
     if let Some(p) = header(headers, "x-portkey-provider") {
         if let Some(slug) = p.strip_prefix('@') {
-            return Ok(Plan {
-                root: Node::leaf(Leaf::Provider(slug.to_owned())),
-                config_id: None,
-            });
+            return Ok(Plan::leaf(Leaf::Provider(slug.to_owned())));
         }
         if prefixed.is_none() {
             return Err(DataError::bad_request(format!(
@@ -98,10 +121,7 @@ pub fn plan(
         }
     }
     if let Some((slug, _)) = prefixed {
-        return Ok(Plan {
-            root: Node::leaf(Leaf::Provider(slug)),
-            config_id: None,
-        });
+        return Ok(Plan::leaf(Leaf::Provider(slug)));
     }
     Err(DataError::bad_request(
         "no route: send x-portkey-config, x-portkey-virtual-key or x-portkey-provider: @slug, or use model \"@provider-slug/model\"",
@@ -147,7 +167,6 @@ pub fn resolve(
     sealer: &Sealer,
     workspace_id: &str,
     leaf: &Leaf,
-    custom_host: Option<&str>,
     now: Millis,
 ) -> Result<Target, DataError> {
     let slug = match leaf {
@@ -194,7 +213,9 @@ pub fn resolve(
         None => None,
     };
     let azure = integration.ai_provider_id == "azure-openai";
-    let host = custom_host.or_else(|| config_str(integration, "custom_host"));
+    // The host is the integration's, never the request's: nothing a request carries redirects a
+    // stored credential (configs refuse custom_host on such targets; see `domain::routing`).
+    let host = config_str(integration, "custom_host");
     let base_url = match (host, azure) {
         (Some(h), _) => h.trim_end_matches('/').to_owned(),
         (None, true) => match (config_str(integration, "resource_name"), config_str(integration, "deployment_name")) {

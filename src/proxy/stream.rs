@@ -39,36 +39,77 @@ pub struct Job {
     pub started: Instant,
 }
 
-/// Splits a byte stream into SSE events (blocks ending in a blank line).
-#[derive(Default)]
+/// Splits a byte stream into SSE events (blocks ending in a blank line), incrementally: each byte
+/// is examined once however the stream is chunked (the search resumes where the last one ended),
+/// and one event may hold at most `max_event` bytes.
 pub struct SseSplitter {
     buf: BytesMut,
+    /// How much of `buf` is known to hold no event end.
+    scanned: usize,
+    max_event: usize,
 }
 
+/// An event grew past the cap; it held this many bytes when it was dropped.
+#[derive(Debug, PartialEq)]
+pub struct EventTooLarge(pub usize);
+
 impl SseSplitter {
+    pub fn new(max_event: usize) -> Self {
+        SseSplitter {
+            buf: BytesMut::new(),
+            scanned: 0,
+            max_event,
+        }
+    }
+
     pub fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
 
-    /// The next whole event, terminator included.
-    pub fn next_event(&mut self) -> Option<Bytes> {
-        let end = find_blank_line(&self.buf)?;
-        Some(self.buf.split_to(end).freeze())
+    /// The next whole event, terminator included; an error once an unfinished event passes the
+    /// cap (the buffer is dropped then: nothing of it is forwarded).
+    pub fn next_event(&mut self) -> Result<Option<Bytes>, EventTooLarge> {
+        match find_blank_line(&self.buf, self.scanned) {
+            Some(end) if end <= self.max_event => {
+                self.scanned = 0;
+                Ok(Some(self.buf.split_to(end).freeze()))
+            }
+            Some(_) => Err(self.drop_oversized()),
+            None if self.buf.len() > self.max_event => Err(self.drop_oversized()),
+            None => {
+                self.scanned = self.buf.len();
+                Ok(None)
+            }
+        }
+    }
+
+    fn drop_oversized(&mut self) -> EventTooLarge {
+        let dropped = std::mem::take(&mut self.buf);
+        self.scanned = 0;
+        EventTooLarge(dropped.len())
     }
 
     /// Whatever is left when the stream ends without a final blank line.
     pub fn rest(&mut self) -> Option<Bytes> {
+        self.scanned = 0;
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
 }
 
-fn find_blank_line(b: &[u8]) -> Option<usize> {
-    let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(c)) => Some(a.min(c)),
-        (a, c) => a.or(c),
+/// The end of the first `\n\n` or `\r\n\r\n` whose final `\n` is at or after `from`. Both end in
+/// `\n`, so the first `\n` completing either is the earliest end.
+fn find_blank_line(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'\n') {
+        let n = i + off;
+        let lf = n >= 1 && b[n - 1] == b'\n';
+        let crlf = n >= 3 && &b[n - 3..n] == b"\r\n\r";
+        if lf || crlf {
+            return Some(n + 1);
+        }
+        i = n + 1;
     }
+    None
 }
 
 #[derive(Deserialize)]
@@ -147,12 +188,13 @@ struct Progress {
     done: Option<Bytes>,
     client_gone_at: Option<Instant>,
     drained: usize,
-    failed: bool,
+    /// Why the provider's stream ended early, for the client's error frame.
+    failed: Option<&'static str>,
 }
 
 async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sender<Bytes>) {
     let mut upstream = resp.bytes_stream();
-    let mut split = SseSplitter::default();
+    let mut split = SseSplitter::new(job.core.settings.max_upstream_body_bytes);
     let drain = job.core.settings.stream_drain_timeout;
     let mut p = Progress {
         usage: None,
@@ -160,7 +202,7 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sende
         done: None,
         client_gone_at: None,
         drained: 0,
-        failed: false,
+        failed: None,
     };
     loop {
         let next = match p.client_gone_at {
@@ -178,7 +220,7 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sende
             Some(Ok(c)) => c,
             Some(Err(e)) => {
                 tracing::warn!(trace_id = %job.ctx.trace_id, error = %e.without_url(), "provider stream broke off");
-                p.failed = true;
+                p.failed = Some("the provider's stream broke off");
                 break;
             }
         };
@@ -186,8 +228,12 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sende
             p.drained += chunk.len();
         }
         split.push(&chunk);
-        while let Some(event) = split.next_event() {
-            forward_event(&job, &tx, &mut p, event).await;
+        if let Err(EventTooLarge(bytes)) = forward_events(&job, &tx, &mut p, &mut split).await {
+            // The provider generated what it sent: estimated like text (about a char a byte).
+            p.chars += bytes;
+            tracing::warn!(trace_id = %job.ctx.trace_id, "provider stream event over max_upstream_body_bytes; stream ended");
+            p.failed = Some("an event of the provider's stream is larger than this gateway accepts (max_upstream_body_bytes)");
+            break;
         }
         if p.client_gone_at.is_some() && (p.usage.is_some() || p.drained > DRAIN_MAX_BYTES) {
             break;
@@ -197,6 +243,19 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sende
         forward_event(&job, &tx, &mut p, rest).await;
     }
     settle(job, &target, &tx, p).await;
+}
+
+/// Forwards every whole event buffered so far.
+async fn forward_events(
+    job: &Job,
+    tx: &mpsc::Sender<Bytes>,
+    p: &mut Progress,
+    split: &mut SseSplitter,
+) -> Result<(), EventTooLarge> {
+    while let Some(event) = split.next_event()? {
+        forward_event(job, tx, p, event).await;
+    }
+    Ok(())
 }
 
 async fn forward_event(job: &Job, tx: &mpsc::Sender<Bytes>, p: &mut Progress, event: Bytes) {
@@ -263,8 +322,8 @@ async fn settle(job: Job, target: &Target, tx: &mpsc::Sender<Bytes>, p: Progress
                 "server_error",
             ))
         }
-        (Ok(()), true) => Some(error_frame("the provider's stream broke off", "api_error")),
-        (Ok(()), false) => p.done,
+        (Ok(()), Some(why)) => Some(error_frame(why, "api_error")),
+        (Ok(()), None) => p.done,
     };
     if let Some(frame) = last {
         let _ = tx.send(frame).await;
@@ -282,13 +341,70 @@ mod tests {
 
     #[test]
     fn splits_events_across_chunks() {
-        let mut s = SseSplitter::default();
+        let mut s = SseSplitter::new(1024);
         s.push(b"data: {\"a\":1}\n\nda");
-        assert_eq!(s.next_event().unwrap(), &b"data: {\"a\":1}\n\n"[..]);
-        assert!(s.next_event().is_none());
-        s.push(b"ta: [DONE]\r\n\r\n");
-        assert_eq!(classify(&s.next_event().unwrap()), Frame::Done);
+        assert_eq!(
+            s.next_event().unwrap().unwrap(),
+            &b"data: {\"a\":1}\n\n"[..]
+        );
+        assert!(s.next_event().unwrap().is_none());
+        s.push(b"ta: [DONE]\r\n\r");
+        assert!(s.next_event().unwrap().is_none());
+        s.push(b"\n: x\n");
+        assert_eq!(classify(&s.next_event().unwrap().unwrap()), Frame::Done);
+        s.push(b"\n");
+        assert_eq!(s.next_event().unwrap().unwrap(), &b": x\n\n"[..]);
         assert!(s.rest().is_none());
+    }
+
+    /// A blank line split between chunks in every way is found, and the earliest one wins.
+    #[test]
+    fn finds_terminators_across_any_split() {
+        let text = b"data: a\r\n\r\ndata: b\n\ndata: c\r\n\n";
+        for cut in 0..text.len() {
+            let mut s = SseSplitter::new(1024);
+            let mut got = Vec::new();
+            for part in [&text[..cut], &text[cut..]] {
+                s.push(part);
+                while let Some(e) = s.next_event().unwrap() {
+                    got.push(e);
+                }
+            }
+            assert_eq!(
+                got,
+                vec![
+                    Bytes::from_static(b"data: a\r\n\r\n"),
+                    Bytes::from_static(b"data: b\n\n"),
+                    Bytes::from_static(b"data: c\r\n\n"),
+                ],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    /// An event that never ends is an error once past the cap, however it is chunked; before
+    /// that, waiting for more examines only the new bytes (the old scanner rescanned from the
+    /// event's start on every chunk: quadratic in the event's size).
+    #[test]
+    fn an_endless_event_is_capped_and_scanned_once() {
+        let mut s = SseSplitter::new(64 * 1024);
+        s.push(b"data: {\"x\":\"");
+        let mut pushed = 0;
+        let err = loop {
+            s.push(&[b'a'; 100]);
+            pushed += 100;
+            assert!(s.scanned <= s.buf.len());
+            match s.next_event() {
+                Ok(None) => assert_eq!(s.scanned, s.buf.len()),
+                other => break other,
+            }
+        };
+        assert_eq!(err, Err(EventTooLarge(12 + pushed)));
+        assert!(pushed <= 64 * 1024 + 100, "{pushed}");
+        assert!(s.rest().is_none(), "nothing of the oversized event is kept");
+        let mut whole = SseSplitter::new(16);
+        whole.push(b"data: 0123456789abcdef\n\n");
+        assert_eq!(whole.next_event(), Err(EventTooLarge(24)));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
 use crate::app::Core;
 use crate::domain::budget::RequestPath;
 use crate::domain::pricing::TokenUsage;
-use crate::domain::routing::{Mode, Node};
+use crate::domain::routing::{Mode, Node, Params};
 use crate::domain::{Endpoint, Millis, UsageSource};
 use crate::telemetry::UpstreamFailure;
 
@@ -130,6 +130,9 @@ impl Exec {
             Some("portkey-default") | None => Err(DataError::bad_request(
                 "model is required (the config's override_params.model is not set either)",
             )),
+            Some(m) if !is_model_id(m) => Err(DataError::bad_request(format!(
+                "model {m:?} is not a model id: ?, #, \\, whitespace, control characters and . or .. path segments are not accepted"
+            ))),
             Some(m) => Ok(m.to_owned()),
         }
     }
@@ -145,7 +148,6 @@ impl Exec {
                 &self.core.sealer,
                 &self.ctx.workspace_id,
                 leaf,
-                node.custom_host.as_deref(),
                 Millis::now(),
             )
         };
@@ -337,6 +339,28 @@ impl Exec {
             }
         };
         let status = resp.status();
+        if status.is_redirection() {
+            // Not followed (see `Core`'s client): the credential stays with its integration's host.
+            let err = DataError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                Some("upstream_redirect"),
+                "the provider answered with a redirect, which is not followed: a provider credential is only sent to the host its integration names",
+            );
+            let none = TokenUsage::default();
+            return self
+                .failed(
+                    target,
+                    model,
+                    started,
+                    index,
+                    event_id,
+                    reservation,
+                    none,
+                    err,
+                )
+                .await;
+        }
         if status.is_server_error() {
             self.core
                 .metrics
@@ -381,37 +405,63 @@ impl Exec {
                 headers.insert(h, v.clone());
             }
         }
-        let body =
-            match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), resp.bytes())
-                .await
-            {
-                Ok(Ok(b)) => b,
-                Ok(Err(_)) | Err(_) => {
-                    self.core.metrics.upstream_failure(UpstreamFailure::Body);
-                    self.finish(
+        let cap = self.core.settings.max_upstream_body_bytes;
+        let read = tokio::time::timeout(
+            timeout.saturating_sub(started.elapsed()),
+            read_capped(resp, cap),
+        )
+        .await;
+        let body = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(BodyError::TooLarge { received })) => {
+                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %target.provider.slug, cap, "upstream body over max_upstream_body_bytes; not delivered");
+                // The provider did the work and bills it: meter an estimate of what arrived.
+                let usage = TokenUsage {
+                    prompt: self.prompt_estimate,
+                    completion: meter::tokens_for_chars(received),
+                    cached: 0,
+                };
+                let err = DataError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    Some("upstream_body_too_large"),
+                    format!("the provider's response is larger than this gateway accepts (max_upstream_body_bytes = {cap} bytes); it was not delivered"),
+                );
+                return self
+                    .failed(
                         target,
                         model,
-                        502,
-                        TokenUsage::default(),
-                        UsageSource::Estimated,
                         started,
                         index,
                         event_id,
                         reservation,
+                        usage,
+                        err,
                     )
-                    .await?;
-                    let err = DataError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "api_error",
-                        Some("upstream_body"),
-                        "the provider's response was cut off",
-                    );
-                    return Ok(Answer {
-                        status: 502,
-                        reply: error_reply(&err),
-                    });
-                }
-            };
+                    .await;
+            }
+            Ok(Err(BodyError::Broken)) | Err(_) => {
+                let err = DataError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    Some("upstream_body"),
+                    "the provider's response was cut off",
+                );
+                let none = TokenUsage::default();
+                return self
+                    .failed(
+                        target,
+                        model,
+                        started,
+                        index,
+                        event_id,
+                        reservation,
+                        none,
+                        err,
+                    )
+                    .await;
+            }
+        };
         let (usage, source) = match meter::usage_of_body(&body) {
             Some(u) => (u, UsageSource::Provider),
             None if status.is_success() => (
@@ -446,6 +496,41 @@ impl Exec {
                 headers,
                 body,
             },
+        })
+    }
+
+    /// An attempt whose answer cannot be delivered (`err`, a 502): metered as such, with `usage`
+    /// (an estimate when the provider did work), then answered in the OpenAI envelope.
+    #[allow(clippy::too_many_arguments)]
+    async fn failed(
+        &mut self,
+        target: &Target,
+        model: &str,
+        started: Instant,
+        index: u32,
+        event_id: String,
+        reservation: Reservation,
+        usage: TokenUsage,
+        err: DataError,
+    ) -> Result<Answer, DataError> {
+        self.core.metrics.upstream_failure(UpstreamFailure::Body);
+        let status = err.status.as_u16();
+        let source = UsageSource::Estimated;
+        self.finish(
+            target,
+            model,
+            status,
+            usage,
+            source,
+            started,
+            index,
+            event_id,
+            reservation,
+        )
+        .await?;
+        Ok(Answer {
+            status,
+            reply: error_reply(&err),
         })
     }
 
@@ -502,12 +587,39 @@ impl Exec {
     }
 }
 
+/// Why a non-stream upstream body could not be read whole.
+enum BodyError {
+    /// The connection broke off.
+    Broken,
+    /// It is larger than the cap: reading stopped there (`received` bytes had arrived).
+    TooLarge { received: usize },
+}
+
+/// Reads a body of at most `cap` bytes, chunk by chunk: a larger one is never buffered past the
+/// cap (a declared `Content-Length` over it is refused before reading).
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Bytes, BodyError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        // Metered as if the cap had arrived: the estimate stays bounded by the cap.
+        return Err(BodyError::TooLarge { received: cap });
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|_| BodyError::Broken)? {
+        if buf.len() + chunk.len() > cap {
+            return Err(BodyError::TooLarge {
+                received: buf.len() + chunk.len(),
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
 /// The upstream body: the request with a node's `override_params` laid over it (override wins)
 /// and, for streams, `stream_options` with `include_usage` forced on. It is serialized straight
 /// from the request, which is never copied (prompts can be large).
 struct Overlay<'a> {
     base: &'a serde_json::Map<String, Value>,
-    overrides: &'a serde_json::Map<String, Value>,
+    overrides: &'a Params,
     stream_options: Option<Value>,
 }
 
@@ -521,7 +633,7 @@ impl serde::Serialize for Overlay<'_> {
                 m.serialize_entry(k, v)?;
             }
         }
-        for (k, v) in self.overrides {
+        for (k, v) in self.overrides.entries() {
             if !replaced(k) {
                 m.serialize_entry(k, v)?;
             }
@@ -531,6 +643,15 @@ impl serde::Serialize for Overlay<'_> {
         }
         m.end()
     }
+}
+
+/// Whether `m` could be a model id. Azure, Bedrock and Vertex style APIs put the model into the
+/// URL path (the adapters here take the path from the integration today): characters that would
+/// end or climb out of a path segment are refused for every provider, so no adapter can be made
+/// to send a credential to another path.
+fn is_model_id(m: &str) -> bool {
+    let bad_char = |c: char| matches!(c, '?' | '#' | '\\') || c.is_whitespace() || c.is_control();
+    !m.chars().any(bad_char) && !m.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// The output allowance reserved for a request that sets no `max_tokens`.
@@ -563,9 +684,10 @@ mod tests {
         let base = json!({"model": "a", "messages": [{"role": "user", "content": "hi"}], "temperature": 1,
                           "stream_options": {"include_usage": false, "x": 1}});
         let overrides = json!({"model": "b", "max_tokens": 5});
+        let overrides = Params::from(overrides.as_object().unwrap().clone());
         let o = Overlay {
             base: base.as_object().unwrap(),
-            overrides: overrides.as_object().unwrap(),
+            overrides: &overrides,
             stream_options: Some(json!({"include_usage": true, "x": 1})),
         };
         let out: Value = serde_json::from_slice(&serde_json::to_vec(&o).unwrap()).unwrap();

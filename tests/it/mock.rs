@@ -2,7 +2,10 @@
 //! model name so a test can ask for failures, missing usage or slow streams:
 //! - `fail-500` answers 500; `fail-429` answers 429;
 //! - `no-usage` omits `usage`; `zero-usage` reports zeros;
-//! - `slow-stream` streams 40 chunks 25 ms apart; `slow` waits 2 s before answering.
+//! - `slow-stream` streams 40 chunks 25 ms apart; `slow` waits 2 s before answering;
+//! - `huge-body` answers a 64 MiB body (chunked, no length) that never ends its JSON;
+//!   `endless-event` streams one SSE event of 16 MiB with no blank line. Both count the bytes
+//!   the connection took (`poured`) and note when they stopped (`pours_ended`).
 //!
 //! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
 
@@ -27,7 +30,16 @@ pub struct Seen {
     pub auth: Mutex<Vec<String>>,
     /// Streams whose last chunk the mock managed to write.
     pub streams_finished: AtomicUsize,
+    /// Bytes of `huge-body` / `endless-event` answers accepted by the connection.
+    pub poured: AtomicUsize,
+    /// `huge-body` / `endless-event` answers that stopped (sent all, or the gateway hung up).
+    pub pours_ended: AtomicUsize,
 }
+
+/// What `huge-body` sends at most (well past what loopback socket buffers can hold).
+pub const HUGE_BODY_BYTES: usize = 64 << 20;
+/// What `endless-event` sends at most.
+pub const ENDLESS_EVENT_BYTES: usize = 16 << 20;
 
 pub struct Mock {
     pub url: String,
@@ -96,6 +108,14 @@ async fn chat(
     if let Some(r) = failure(&model) {
         return r;
     }
+    if model.contains("huge-body") {
+        let prefix = r#"{"id":"chatcmpl-mock","object":"chat.completion","pad":""#;
+        return pour(seen, "application/json", prefix, HUGE_BODY_BYTES);
+    }
+    if model.contains("endless-event") {
+        let prefix = r#"data: {"choices":[{"index":0,"delta":{"content":""#;
+        return pour(seen, "text/event-stream", prefix, ENDLESS_EVENT_BYTES);
+    }
     if model.contains("slow") && !model.contains("slow-stream") {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -148,6 +168,31 @@ fn stream(seen: Arc<Seen>, body: Value, model: String) -> Response {
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
     Response::builder()
         .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// `prefix`, then filler in 64 KiB chunks up to `total` bytes, as a chunked body: a body or an
+/// SSE event that never ends within any sane cap.
+fn pour(seen: Arc<Seen>, content_type: &str, prefix: &'static str, total: usize) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::convert::Infallible>>(1);
+    tokio::spawn(async move {
+        let filler = bytes::Bytes::from(vec![b'a'; 64 << 10]);
+        let mut chunk = bytes::Bytes::from_static(prefix.as_bytes());
+        while seen.poured.load(Ordering::SeqCst) < total {
+            let n = chunk.len();
+            if tx.send(Ok(chunk)).await.is_err() {
+                break;
+            }
+            seen.poured.fetch_add(n, Ordering::SeqCst);
+            chunk = filler.clone();
+        }
+        seen.pours_ended.fetch_add(1, Ordering::SeqCst);
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    Response::builder()
+        .header("content-type", content_type)
         .body(Body::from_stream(stream))
         .unwrap()
 }
