@@ -29,16 +29,19 @@ pub struct Totals {
 
 impl Totals {
     /// Adds totals counted elsewhere (another time range of the same entity).
+    /// Sums saturate: a total never wraps, whatever an upstream reported.
     pub fn merge(&mut self, other: Totals) {
-        self.requests += other.requests;
-        self.tokens += other.tokens;
-        self.cost_usd += other.cost_usd;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        self.cost_usd = self.cost_usd.saturating_add(other.cost_usd);
     }
 
     fn add(&mut self, e: &UsageEvent) {
-        self.requests += 1;
-        self.tokens += e.total_tokens();
-        self.cost_usd += e.cost_usd;
+        self.merge(Totals {
+            requests: 1,
+            tokens: e.total_tokens(),
+            cost_usd: e.cost_usd,
+        });
     }
 }
 

@@ -202,7 +202,7 @@ impl Exec {
             .map_or((0, &[][..]), |r| (r.attempts, &r.on_status_codes[..]));
         let mut n = 0;
         loop {
-            let reservation = match self.admit(&target, &model) {
+            let reservation = match self.admit(&target, &model, &node.override_params) {
                 Ok(r) => r,
                 Err(Refusal {
                     error,
@@ -231,24 +231,26 @@ impl Exec {
         }
     }
 
-    /// Admission for one attempt: every budget and rate limit on the path, with this request's
-    /// maximum (an upper bound of its prompt plus `max_tokens`, or a default output allowance)
-    /// reserved.
-    fn admit(&self, target: &Target, model: &str) -> Result<Reservation, Refusal> {
+    /// Admission for one attempt: every budget and rate limit on the path, with this attempt's
+    /// maximum reserved: an upper bound of its prompt plus the most output the body sent upstream
+    /// (with the target's `override_params`) may bill.
+    fn admit(
+        &self,
+        target: &Target,
+        model: &str,
+        overrides: &serde_json::Map<String, Value>,
+    ) -> Result<Reservation, Refusal> {
         let max_out = match self.ctx.endpoint {
             Endpoint::Embeddings => 0,
-            _ => ["max_completion_tokens", "max_tokens"]
-                .iter()
-                .find_map(|k| self.body.json.get(*k).and_then(Value::as_u64))
-                .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+            _ => meter::max_output_tokens(&self.body.json, overrides, DEFAULT_MAX_OUTPUT_TOKENS),
         };
         let usage = TokenUsage {
             prompt: self.prompt_max,
             completion: max_out,
             cached: 0,
         };
-        let max_cost = meter::price_of(&self.core.prices, target, model)
-            .map_or(rust_decimal::Decimal::ZERO, |p| p.cost_usd(usage));
+        let (price, pricing) = meter::pricing_of(&self.core.prices, target, model);
+        let max_cost = price.map_or(rust_decimal::Decimal::ZERO, |p| p.cost_usd(usage));
         let path = RequestPath {
             api_key_id: &self.ctx.key.id,
             workspace_id: &self.ctx.workspace_id,
@@ -260,7 +262,8 @@ impl Exec {
         };
         let estimate = Estimate {
             max_cost,
-            max_tokens: usage.prompt + usage.completion,
+            max_tokens: usage.prompt.saturating_add(usage.completion),
+            pricing,
         };
         self.core
             .governor
