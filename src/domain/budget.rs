@@ -323,15 +323,18 @@ pub fn admit(
     reserved: Decimal,
     request_max: Decimal,
     now: Millis,
-) -> Result<(), Exhausted> {
-    let refuse = |would_exceed| Exhausted {
-        budget: r.clone(),
-        kind: limit.kind,
-        used,
-        reserved,
-        limit: limit.credit_limit,
-        next_reset: limit.next_reset(now),
-        would_exceed,
+) -> Result<(), Box<Exhausted>> {
+    // Boxed: a refusal is rare and the decision's happy path stays a small value.
+    let refuse = |would_exceed| {
+        Box::new(Exhausted {
+            budget: r.clone(),
+            kind: limit.kind,
+            used,
+            reserved,
+            limit: limit.credit_limit,
+            next_reset: limit.next_reset(now),
+            would_exceed,
+        })
     };
     if used >= limit.credit_limit {
         return Err(refuse(false));

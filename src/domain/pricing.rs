@@ -59,16 +59,16 @@ impl Price {
         let fresh = u.prompt - cached;
         let cents = Decimal::from(fresh)
             .saturating_mul(self.input)
-            .saturating_add(Decimal::from(cached).saturating_mul(self.cache_read.unwrap_or(self.input)))
+            .saturating_add(
+                Decimal::from(cached).saturating_mul(self.cache_read.unwrap_or(self.input)),
+            )
             .saturating_add(Decimal::from(u.completion).saturating_mul(self.output));
         (cents / Decimal::ONE_HUNDRED).normalize()
     }
 
     /// True when every rate is zero.
     pub fn is_free(&self) -> bool {
-        self.input.is_zero()
-            && self.output.is_zero()
-            && self.cache_read.is_none_or(|c| c.is_zero())
+        self.input.is_zero() && self.output.is_zero() && self.cache_read.is_none_or(|c| c.is_zero())
     }
 
     /// Reads an integration model's `pricing_config` (`pay_as_you_go.{request,response}_token.price`).
@@ -319,7 +319,11 @@ mod tests {
         assert!(clamped);
         assert_eq!(
             (u.prompt, u.completion, u.cached),
-            (MAX_PLAUSIBLE_TOKENS, MAX_PLAUSIBLE_TOKENS, MAX_PLAUSIBLE_TOKENS)
+            (
+                MAX_PLAUSIBLE_TOKENS,
+                MAX_PLAUSIBLE_TOKENS,
+                MAX_PLAUSIBLE_TOKENS
+            )
         );
         let fine = TokenUsage {
             prompt: 10,
@@ -332,7 +336,10 @@ mod tests {
             output: Decimal::from(u64::MAX),
             cache_read: None,
         };
-        assert!(dear.cost_usd(huge) > Decimal::ZERO, "saturates, never panics");
+        assert!(
+            dear.cost_usd(huge) > Decimal::ZERO,
+            "saturates, never panics"
+        );
     }
 
     #[test]

@@ -111,29 +111,50 @@ mod tests {
         };
         assert_eq!(
             show(RateUnit::Rps),
-            ("2025-01-01T12:34:56.000Z".into(), "2025-01-01T12:34:57.000Z".into())
+            (
+                "2025-01-01T12:34:56.000Z".into(),
+                "2025-01-01T12:34:57.000Z".into()
+            )
         );
         assert_eq!(
             show(RateUnit::Rpm),
-            ("2025-01-01T12:34:00.000Z".into(), "2025-01-01T12:35:00.000Z".into())
+            (
+                "2025-01-01T12:34:00.000Z".into(),
+                "2025-01-01T12:35:00.000Z".into()
+            )
         );
         assert_eq!(
             show(RateUnit::Rph),
-            ("2025-01-01T12:00:00.000Z".into(), "2025-01-01T13:00:00.000Z".into())
+            (
+                "2025-01-01T12:00:00.000Z".into(),
+                "2025-01-01T13:00:00.000Z".into()
+            )
         );
         assert_eq!(
             show(RateUnit::Rpd),
-            ("2025-01-01T00:00:00.000Z".into(), "2025-01-02T00:00:00.000Z".into())
+            (
+                "2025-01-01T00:00:00.000Z".into(),
+                "2025-01-02T00:00:00.000Z".into()
+            )
         );
         assert_eq!(
             show(RateUnit::Rpw),
-            ("2024-12-29T00:00:00.000Z".into(), "2025-01-05T00:00:00.000Z".into()),
+            (
+                "2024-12-29T00:00:00.000Z".into(),
+                "2025-01-05T00:00:00.000Z".into()
+            ),
             "weeks start on Sunday, as budgets' weeks do"
         );
     }
 
     /// Admits like the gateway does: check, then take `amount`; settles to `actual` at once.
-    fn request(w: &mut Window, l: &RateLimit, now: Millis, amount: u64, actual: u64) -> Result<(), u64> {
+    fn request(
+        w: &mut Window,
+        l: &RateLimit,
+        now: Millis,
+        amount: u64,
+        actual: u64,
+    ) -> Result<(), u64> {
         check(l, Some(w), now).map_err(|e| e.retry_after_secs(now))?;
         let start = take(w, l.unit, now, amount);
         settle(w, start, amount, actual);
@@ -146,11 +167,18 @@ mod tests {
         let mut w = Window::default();
         let t = at("2025-01-01T10:00:05Z");
         for i in 0..5 {
-            assert_eq!(request(&mut w, &l, Millis(t.0 + i * 1000), 200, 200), Ok(()));
+            assert_eq!(
+                request(&mut w, &l, Millis(t.0 + i * 1000), 200, 200),
+                Ok(())
+            );
         }
         let later = at("2025-01-01T10:59:59.200Z");
         assert_eq!(request(&mut w, &l, Millis(t.0 + 6000), 200, 200), Err(3589));
-        assert_eq!(request(&mut w, &l, later, 200, 200), Err(1), "still this hour");
+        assert_eq!(
+            request(&mut w, &l, later, 200, 200),
+            Err(1),
+            "still this hour"
+        );
         assert_eq!(
             request(&mut w, &l, at("2025-01-01T11:00:00Z"), 200, 200),
             Ok(()),
@@ -168,8 +196,14 @@ mod tests {
             .filter(|ms| request(&mut w, &l, Millis(t.0 + ms), 1, 1).is_ok())
             .count();
         assert_eq!(admitted, 5);
-        assert_eq!(request(&mut w, &l, at("2025-01-01T10:00:59.999Z"), 1, 1), Err(1));
-        assert_eq!(request(&mut w, &l, at("2025-01-01T10:00:30Z"), 1, 1), Err(30));
+        assert_eq!(
+            request(&mut w, &l, at("2025-01-01T10:00:59.999Z"), 1, 1),
+            Err(1)
+        );
+        assert_eq!(
+            request(&mut w, &l, at("2025-01-01T10:00:30Z"), 1, 1),
+            Err(30)
+        );
         assert!(request(&mut w, &l, at("2025-01-01T10:01:00Z"), 1, 1).is_ok());
     }
 
@@ -179,7 +213,10 @@ mod tests {
         let mut w = Window::default();
         let t = at("2025-01-01T10:00:00Z");
         let start = take(&mut w, l.unit, t, 4000);
-        assert!(check(&l, Some(&w), t).is_err(), "a reservation in flight counts");
+        assert!(
+            check(&l, Some(&w), t).is_err(),
+            "a reservation in flight counts"
+        );
         settle(&mut w, start, 4000, 30);
         assert_eq!(w.used, 30);
         let next = at("2025-01-01T10:01:00Z");

@@ -17,11 +17,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use reqwest::StatusCode;
 use rust_decimal::Decimal;
 
-use super::DataError;
-use crate::domain::budget::{self, BudgetRef, Exhausted, RequestPath};
+mod refusals;
+
+pub use refusals::Refusal;
+use refusals::{exhausted, rate_limited, too_many_groups, unpriced};
+
+use crate::domain::budget::{self, BudgetRef, RequestPath};
 use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit, UsageLimit};
 use crate::domain::pricing::Pricing;
 use crate::domain::rate::{self, Window};
@@ -94,132 +97,12 @@ fn release(ledger: &mut Ledger, r: &Reservation) {
     }
 }
 
-/// A refused admission.
-pub struct Refusal {
-    pub error: DataError,
-    /// The limit belongs to the target (provider, integration access, policy), not the key or
-    /// workspace: a fallback may move on to the next target.
-    pub target_specific: bool,
-}
-
-impl Refusal {
-    fn new(r: &BudgetRef, error: DataError) -> Self {
-        let target_specific = !matches!(r, BudgetRef::ApiKey(_) | BudgetRef::Workspace(_));
-        Refusal {
-            error,
-            target_specific,
-        }
-    }
-}
-
 /// The most a request may cost and use, for reservation, and how its model is priced.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Estimate {
     pub max_cost: Decimal,
     pub max_tokens: u64,
     pub pricing: Pricing,
-}
-
-fn exhausted(e: &Exhausted) -> DataError {
-    let amount = |d: Decimal| match e.kind {
-        BudgetKind::Cost => format!("${}", d.round_dp(6).normalize()),
-        BudgetKind::Tokens => format!("{} tokens", d.normalize()),
-    };
-    let reset = e
-        .next_reset
-        .map_or("it does not reset by itself".to_owned(), |t| {
-            format!("it resets at {}", t.to_iso())
-        });
-    let what = if e.would_exceed {
-        "budget would be exceeded: this request's maximum does not fit in"
-    } else {
-        "budget exhausted:"
-    };
-    let in_flight = if e.reserved.is_zero() {
-        String::new()
-    } else {
-        format!(" ({} more reserved by requests in flight)", amount(e.reserved))
-    };
-    DataError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "budget_exceeded",
-        Some("budget_exhausted"),
-        format!(
-            "{what} the {} budget ({}), used {}{in_flight} of {}; {reset}",
-            e.budget.owner_kind(),
-            e.budget.key(),
-            amount(e.used),
-            amount(e.limit),
-        ),
-    )
-}
-
-fn rate_limited(r: &BudgetRef, l: &RateLimit, retry_after_secs: u64) -> DataError {
-    let kind = match l.kind {
-        RateKind::Requests => "requests",
-        RateKind::Tokens => "tokens",
-    };
-    let mut e = DataError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limit_error",
-        Some("rate_limit_exceeded"),
-        if l.value == 0 {
-            format!("{} {} is disabled (rate limit 0)", r.owner_kind(), r.key())
-        } else {
-            format!(
-                "rate limit exceeded: {} {} allows {} {kind} per {}; the interval ends in {retry_after_secs} s",
-                r.owner_kind(),
-                r.key(),
-                l.value,
-                interval_name(l.unit),
-            )
-        },
-    );
-    e.retry_after_secs = Some(retry_after_secs);
-    e
-}
-
-fn interval_name(unit: RateUnit) -> &'static str {
-    match unit {
-        RateUnit::Rps => "second",
-        RateUnit::Rpm => "minute (UTC)",
-        RateUnit::Rph => "hour (UTC)",
-        RateUnit::Rpd => "day (UTC)",
-        RateUnit::Rpw => "week (from Sunday 00:00 UTC)",
-    }
-}
-
-fn unpriced(r: &BudgetRef, path: &RequestPath<'_>) -> DataError {
-    DataError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        Some("model_unpriced"),
-        format!(
-            "model {} has no price, and the {} budget ({}) counts cost, so it could never count \
-             this request; an admin must set the model's pricing (pricing_config or \
-             base_model_slug in PUT /v1/integrations/{{slug}}/models), or opt the integration in \
-             to metering unpriced models at zero (configurations.meter_unpriced_at_zero: true)",
-            path.model,
-            r.owner_kind(),
-            r.key()
-        ),
-    )
-}
-
-fn too_many_groups(r: &BudgetRef, cap: usize) -> DataError {
-    let id = match r {
-        BudgetRef::Policy { id, .. } => id.as_str(),
-        _ => "",
-    };
-    DataError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limit_error",
-        Some("policy_groups_exhausted"),
-        format!(
-            "usage policy {id} already counts {cap} groups (its group_by values), the most it \
-             may; this request would start another. Groups are forgotten once idle"
-        ),
-    )
 }
 
 /// The threshold and exhaustion events due for `budgets` after usage on `path` was folded,
@@ -243,7 +126,10 @@ pub fn claim_crossings(
 }
 
 /// The budgets and rate limits on a path, with their definitions (read from configuration).
-type Applicable = (Vec<(BudgetRef, UsageLimit)>, Vec<(BudgetRef, Vec<RateLimit>)>);
+type Applicable = (
+    Vec<(BudgetRef, UsageLimit)>,
+    Vec<(BudgetRef, Vec<RateLimit>)>,
+);
 
 fn applicable(state: &State, path: &RequestPath<'_>) -> Applicable {
     let budgets = state
@@ -288,13 +174,16 @@ impl Ledger {
     }
 
     /// Checks every rate limit on the path in its current interval.
-    fn check_rates(&self, rates: &[(BudgetRef, Vec<RateLimit>)], now: Millis) -> Result<(), Refusal> {
+    fn check_rates(
+        &self,
+        rates: &[(BudgetRef, Vec<RateLimit>)],
+        now: Millis,
+    ) -> Result<(), Refusal> {
         for (r, limits) in rates {
             for l in limits {
                 let window = self.rates.get(&(r.clone(), l.kind, l.unit));
-                rate::check(l, window, now).map_err(|e| {
-                    Refusal::new(r, rate_limited(r, l, e.retry_after_secs(now)))
-                })?;
+                rate::check(l, window, now)
+                    .map_err(|e| Refusal::new(r, rate_limited(r, l, e.retry_after_secs(now))))?;
             }
         }
         Ok(())
@@ -312,7 +201,8 @@ impl Ledger {
                 continue;
             };
             let known = self.groups.get(id);
-            if known.is_some_and(|k| k.contains(g)) || fresh.iter().any(|(i, f)| i == id && f == g) {
+            if known.is_some_and(|k| k.contains(g)) || fresh.iter().any(|(i, f)| i == id && f == g)
+            {
                 continue;
             }
             if known.map_or(0, HashSet::len) >= cap {
@@ -338,7 +228,12 @@ impl Ledger {
                     RateKind::Requests => 1,
                     RateKind::Tokens => tokens,
                 };
-                let start = rate::take(self.rates.entry(key.clone()).or_default(), l.unit, now, amount);
+                let start = rate::take(
+                    self.rates.entry(key.clone()).or_default(),
+                    l.unit,
+                    now,
+                    amount,
+                );
                 if l.kind == RateKind::Tokens {
                     held.push((key, start));
                 }
@@ -346,12 +241,17 @@ impl Ledger {
         }
         held
     }
-
 }
 
 /// Whether a grouped policy's group still holds anything: a rate counter or a reservation
 /// (`held`), or budget usage in the current window.
-fn group_active(state: &State, held: &HashSet<&BudgetRef>, id: &str, group: &str, now: Millis) -> bool {
+fn group_active(
+    state: &State,
+    held: &HashSet<&BudgetRef>,
+    id: &str,
+    group: &str,
+    now: Millis,
+) -> bool {
     let r = BudgetRef::Policy {
         id: id.to_owned(),
         group: Some(group.to_owned()),
@@ -387,7 +287,10 @@ impl Governor {
         let mut ledger = self.ledger.lock();
         ledger.check_budgets(&state.read(), &budgets, path, est, now)?;
         ledger.check_rates(&rates, now)?;
-        let refs = budgets.iter().map(|(r, _)| r).chain(rates.iter().map(|(r, _)| r));
+        let refs = budgets
+            .iter()
+            .map(|(r, _)| r)
+            .chain(rates.iter().map(|(r, _)| r));
         for (id, g) in ledger.new_groups(refs, self.group_cap)? {
             ledger.groups.entry(id).or_default().insert(g);
         }
@@ -487,6 +390,7 @@ impl Governor {
 mod tests {
     use super::*;
     use crate::domain::*;
+    use reqwest::StatusCode;
 
     #[test]
     fn limiters_of_deleted_keys_are_pruned() {

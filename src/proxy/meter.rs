@@ -113,7 +113,12 @@ pub fn max_output_tokens(
     overrides: &Map<String, Value>,
     default: u64,
 ) -> u64 {
-    let sent = |k: &str| overrides.get(k).or_else(|| body.get(k)).and_then(Value::as_u64);
+    let sent = |k: &str| {
+        overrides
+            .get(k)
+            .or_else(|| body.get(k))
+            .and_then(Value::as_u64)
+    };
     let per_choice = ["max_completion_tokens", "max_tokens"]
         .into_iter()
         .filter_map(sent)
@@ -176,12 +181,12 @@ pub fn price_of(prices: &PriceTable, target: &Target, model: &str) -> Option<Pri
             .and_then(Price::from_pricing_config)
     };
     let table = |m: &str| prices.lookup(&target.integration.ai_provider_id, m);
-    custom(model).or_else(|| {
-        match models.get(model).and_then(|e| e.base_model_slug.as_deref()) {
+    custom(model).or_else(
+        || match models.get(model).and_then(|e| e.base_model_slug.as_deref()) {
             Some(base) => custom(base).or_else(|| table(base)),
             None => table(model),
-        }
-    })
+        },
+    )
 }
 
 /// The integration setting that meters models without a price at $0 instead of refusing them

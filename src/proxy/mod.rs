@@ -198,9 +198,8 @@ fn metadata_of(
     let Some(raw) = headers.get("x-portkey-metadata") else {
         return Ok(m);
     };
-    let too_big = |what: String| {
-        DataError::bad_request(format!("x-portkey-metadata is too large: {what}"))
-    };
+    let too_big =
+        |what: String| DataError::bad_request(format!("x-portkey-metadata is too large: {what}"));
     if raw.len() > METADATA_MAX_BYTES {
         return Err(too_big(format!("at most {METADATA_MAX_BYTES} bytes")));
     }
@@ -227,7 +226,9 @@ fn metadata_of(
             )));
         }
         if k.len() > METADATA_MAX_KEY_BYTES {
-            return Err(too_big(format!("keys of at most {METADATA_MAX_KEY_BYTES} bytes")));
+            return Err(too_big(format!(
+                "keys of at most {METADATA_MAX_KEY_BYTES} bytes"
+            )));
         }
         if v.len() > METADATA_MAX_VALUE_BYTES {
             return Err(too_big(format!(

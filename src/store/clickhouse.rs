@@ -97,9 +97,11 @@ impl EventRow {
             model: e.model.clone(),
             endpoint: e.endpoint.as_str().to_owned(),
             status_code: e.status_code,
-            prompt_tokens: e.prompt_tokens,
-            completion_tokens: e.completion_tokens,
-            cached_tokens: e.cached_tokens,
+            // Stored counts are bounded (as the gateway meters them) so ClickHouse's UInt64 sums,
+            // which wrap silently, cannot overflow even for older events in a log.
+            prompt_tokens: plausible(e.prompt_tokens),
+            completion_tokens: plausible(e.completion_tokens),
+            cached_tokens: plausible(e.cached_tokens),
             cost_usd: to_d12(e.cost_usd),
             priced: u8::from(e.priced),
             usage_source: e.usage_source.as_str().to_owned(),
@@ -270,11 +272,13 @@ fn where_clause(f: &Filter) -> (String, Vec<Arg>) {
     (sql, args)
 }
 
-/// Token sums are taken in UInt128 and capped at a UInt64: ClickHouse's UInt64 `sum` wraps
-/// silently, and counts are bounded when metered but older events may not be.
 const STATS_COLUMNS: &str = "toUInt64(count()) AS requests, toUInt64(sum(status_code >= 400)) AS errors,
-    toUInt64(least(sum(toUInt128(prompt_tokens)), 18446744073709551615)) AS prompt_tokens, toUInt64(least(sum(toUInt128(completion_tokens)), 18446744073709551615)) AS completion_tokens,
+    toUInt64(sum(prompt_tokens)) AS prompt_tokens, toUInt64(sum(completion_tokens)) AS completion_tokens,
     sum(cost_usd) AS cost_usd, toUInt64(ifNull(uniqExact(user), 0)) AS users, toInt64(max(ts)) AS last_seen";
+
+fn plausible(tokens: u64) -> u64 {
+    tokens.min(crate::domain::pricing::MAX_PLAUSIBLE_TOKENS)
+}
 
 /// The ClickHouse usage store.
 #[derive(Clone)]
@@ -409,7 +413,7 @@ impl ClickhouseStore {
         Ok(self
             .client
             .query(
-                "SELECT budget, sum(cost_usd) AS cost_usd, toUInt64(least(sum(toUInt128(tokens)), 18446744073709551615)) AS tokens
+                "SELECT budget, sum(cost_usd) AS cost_usd, toUInt64(sum(tokens)) AS tokens
                  FROM budget_usage WHERE has(?, budget) GROUP BY budget",
             )
             .bind(windows)
@@ -438,7 +442,7 @@ impl ClickhouseStore {
             .client
             .query(
                 "SELECT k.1 AS kind, k.2 AS id, toUInt64(count()) AS requests,
-                   toUInt64(least(sum(toUInt128(prompt_tokens) + completion_tokens), 18446744073709551615)) AS tokens, sum(cost_usd) AS cost_usd
+                   toUInt64(sum(prompt_tokens + completion_tokens)) AS tokens, sum(cost_usd) AS cost_usd
                  FROM usage_events
                  ARRAY JOIN [('api_key', api_key_id), ('workspace', workspace_id),
                    ('integration', integration_id), ('provider', provider_id)] AS k
@@ -699,7 +703,7 @@ impl UsageStore for ClickhouseStore {
                 .client
                 .query(
                     "SELECT bucket, value, toUInt64(sum(requests)) AS requests, toUInt64(sum(errors)) AS errors,
-                       toUInt64(least(sum(toUInt128(prompt_tokens)), 18446744073709551615)) AS prompt_tokens, toUInt64(least(sum(toUInt128(completion_tokens)), 18446744073709551615)) AS completion_tokens,
+                       toUInt64(sum(prompt_tokens)) AS prompt_tokens, toUInt64(sum(completion_tokens)) AS completion_tokens,
                        sum(cost_usd) AS cost_usd
                      FROM usage_rollup WHERE grain = ? AND dimension = ?
                      GROUP BY bucket, value ORDER BY bucket, value",

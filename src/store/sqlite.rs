@@ -28,10 +28,11 @@ fn to_pico(d: Decimal) -> i64 {
     i64::try_from(d.mantissa()).unwrap_or(i64::MAX)
 }
 
-/// A token count as SQLite's integer, saturating: counts are bounded when metered, but a log may
-/// hold older events with absurd ones, which must not wrap negative.
+/// A token count as SQLite's integer, bounded as the gateway meters it: a log may hold older
+/// events with absurd counts, which must neither wrap negative nor overflow sums (the ClickHouse
+/// store bounds them the same way, so both answer alike).
 fn count_sql(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+    i64::try_from(n.min(crate::domain::pricing::MAX_PLAUSIBLE_TOKENS)).unwrap_or(i64::MAX)
 }
 
 /// A sum of token counts read as its millions and the rest (see [`STATS_COLUMNS`]).

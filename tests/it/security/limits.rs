@@ -87,28 +87,41 @@ async fn default_budget_counts_requests_in_flight() {
     let mock = mock::start().await;
     let server = harness::start().await;
     let (ws, _) = server.tenant(&mock.url, "inflight").await;
-    // The mock bills 12 prompt + 7 completion tokens: 12 × 1.5 + 7 × 1 = 25 cents exactly.
-    price(&server, "inflight", &[("quarter", payg("1.5", "1"))]).await;
+    // The mock bills 12 prompt + 7 completion tokens: 12 × 1.5 + 7 × 1 = 25 cents exactly; it
+    // answers `slow` models after 2 s, so the whole burst is in flight at once.
+    price(&server, "inflight", &[("slow-quarter", payg("1.5", "1"))]).await;
     let (id, key) = new_key(
         &server,
         &ws,
         json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
     )
     .await;
-    let burst = (0..50).map(|_| chat(&server, &key, "@inflight/quarter", json!({"max_tokens": 7}), &[]));
+    let burst = (0..50).map(|_| {
+        chat(
+            &server,
+            &key,
+            "@inflight/slow-quarter",
+            json!({"max_tokens": 7}),
+            &[],
+        )
+    });
     let statuses: Vec<u16> = futures_util::future::join_all(burst)
         .await
         .into_iter()
         .map(|(s, _, _)| s)
         .collect();
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 412), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 412),
+        "{statuses:?}"
+    );
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let spent = usage_of_key(&server, &id).cost_usd;
     assert_eq!(spent, Decimal::new(25, 2) * Decimal::from(ok));
     // One request's maximum: the prompt's upper bound at 1.5 cents plus 7 output tokens at 1.
     let body = json!({"messages": [{"role": "user", "content": "hi"}]});
     let prompt_max = tollgate::proxy::meter::max_prompt_tokens(body.as_object().unwrap());
-    let one_max = (Decimal::from(prompt_max) * Decimal::new(15, 1) + Decimal::from(7)) / Decimal::from(100);
+    let one_max =
+        (Decimal::from(prompt_max) * Decimal::new(15, 1) + Decimal::from(7)) / Decimal::from(100);
     assert!(
         spent <= Decimal::ONE + one_max,
         "spent ${spent} with {ok} of 50 admitted; at most $1 + ${one_max}"
@@ -116,14 +129,25 @@ async fn default_budget_counts_requests_in_flight() {
     // Sequentially the budget is still used up, then refused.
     let mut last = 200;
     for _ in 0..10 {
-        last = chat(&server, &key, "@inflight/quarter", json!({"max_tokens": 7}), &[]).await.0;
+        last = chat(
+            &server,
+            &key,
+            "@inflight/slow-quarter",
+            json!({"max_tokens": 7}),
+            &[],
+        )
+        .await
+        .0;
         if last == 412 {
             break;
         }
     }
     assert_eq!(last, 412);
     let spent = usage_of_key(&server, &id).cost_usd;
-    assert!(spent >= Decimal::ONE && spent <= Decimal::ONE + one_max, "{spent}");
+    assert!(
+        spent >= Decimal::ONE && spent <= Decimal::ONE + one_max,
+        "{spent}"
+    );
 }
 
 /// Item 6: strict budgets reserve what is sent upstream: a config's `override_params.max_tokens`
@@ -140,7 +164,8 @@ async fn strict_budget_reserves_the_override_and_every_choice() {
         json!({"usage_limits": {"type": "tokens", "credit_limit": 1000, "strict": true}}),
     )
     .await;
-    let config = json!({"provider": "@strict6", "override_params": {"max_tokens": 200}}).to_string();
+    let config =
+        json!({"provider": "@strict6", "override_params": {"max_tokens": 200}}).to_string();
     let mut statuses = Vec::new();
     for _ in 0..4 {
         let (s, _, b) = chat(
@@ -157,10 +182,15 @@ async fn strict_budget_reserves_the_override_and_every_choice() {
     let used = usage_of_key(&server, &id).tokens;
     assert_eq!(statuses[0], 200, "{statuses:?}");
     // Each answer bills 12 + 200 × 3 tokens.
-    assert_eq!(used, 612 * statuses.iter().filter(|s| **s == 200).count() as u64);
+    assert_eq!(
+        used,
+        612 * statuses.iter().filter(|s| **s == 200).count() as u64
+    );
     assert!(used <= 1000, "a strict 1000-token budget used {used}");
     let upstream = mock.seen.bodies.lock();
-    assert!(upstream.iter().all(|b| b["max_tokens"] == 200 && b["n"] == 3));
+    assert!(upstream
+        .iter()
+        .all(|b| b["max_tokens"] == 200 && b["n"] == 3));
 }
 
 /// Item 8: metadata defaults win for governance. The key's default `department: engineering` is
@@ -173,12 +203,26 @@ async fn metadata_header_cannot_relabel_a_default_department() {
     // The tenant's key has defaults.metadata.department = engineering.
     let (_, key) = server.tenant(&mock.url, "dept8").await;
     price(&server, "dept8", &[("pricey", payg("1", "1"))]).await;
-    server.admin("POST", "/policies/usage-limits", Some(json!({"name": "eng",
+    server
+        .admin(
+            "POST",
+            "/policies/usage-limits",
+            Some(json!({"name": "eng",
         "conditions": [{"key": "metadata.department", "value": "engineering"}],
-        "group_by": [{"key": "metadata.department"}], "type": "cost", "credit_limit": 1}))).await;
+        "group_by": [{"key": "metadata.department"}], "type": "cost", "credit_limit": 1})),
+        )
+        .await;
     let mut last = 0;
     for _ in 0..12 {
-        last = chat(&server, &key, "@dept8/pricey", json!({"max_tokens": 7}), &[]).await.0;
+        last = chat(
+            &server,
+            &key,
+            "@dept8/pricey",
+            json!({"max_tokens": 7}),
+            &[],
+        )
+        .await
+        .0;
         if last == 412 {
             break;
         }
@@ -189,11 +233,17 @@ async fn metadata_header_cannot_relabel_a_default_department() {
         &key,
         "@dept8/pricey",
         json!({"max_tokens": 7}),
-        &[("x-portkey-metadata", r#"{"department":"other","_user":"u1"}"#)],
+        &[(
+            "x-portkey-metadata",
+            r#"{"department":"other","_user":"u1"}"#,
+        )],
     )
     .await;
     assert_eq!(s, 412, "relabelled department: {b}");
-    assert!(b["error"]["message"].as_str().unwrap().contains("policy"), "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("policy"),
+        "{b}"
+    );
 }
 
 /// Item 9 (integration): a 5-per-minute key's 6th request in the same UTC minute gets 429 with
@@ -250,12 +300,22 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         &[
             ("pricey", payg("10", "10")),
             ("free-model", payg("0", "0")),
-            ("my-ft", json!({"is_custom": true, "base_model_slug": "gpt-4o"})),
+            (
+                "my-ft",
+                json!({"is_custom": true, "base_model_slug": "gpt-4o"}),
+            ),
         ],
     )
     .await;
     let (id, key) = new_key(&server, &ws, json!({})).await;
-    let (s, _, _) = chat(&server, &key, "@price11/my-ft", json!({"max_tokens": 7}), &[]).await;
+    let (s, _, _) = chat(
+        &server,
+        &key,
+        "@price11/my-ft",
+        json!({"max_tokens": 7}),
+        &[],
+    )
+    .await;
     assert_eq!(s, 200);
     let gpt4o = tollgate::domain::pricing::PriceTable::shipped()
         .unwrap()
@@ -266,7 +326,11 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         completion: 7,
         cached: 0,
     });
-    assert_eq!(usage_of_key(&server, &id).cost_usd, expected, "priced as gpt-4o");
+    assert_eq!(
+        usage_of_key(&server, &id).cost_usd,
+        expected,
+        "priced as gpt-4o"
+    );
 
     let (_, budgeted) = new_key(
         &server,
@@ -275,15 +339,54 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
     )
     .await;
     // $1.90 a request: one exhausts the budget.
-    assert_eq!(chat(&server, &budgeted, "@price11/pricey", json!({"max_tokens": 7}), &[]).await.0, 200);
-    assert_eq!(chat(&server, &budgeted, "@price11/pricey", json!({"max_tokens": 7}), &[]).await.0, 412);
-    let (s, _, b) = chat(&server, &budgeted, "@price11/free-model", json!({"max_tokens": 7}), &[]).await;
+    assert_eq!(
+        chat(
+            &server,
+            &budgeted,
+            "@price11/pricey",
+            json!({"max_tokens": 7}),
+            &[]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        chat(
+            &server,
+            &budgeted,
+            "@price11/pricey",
+            json!({"max_tokens": 7}),
+            &[]
+        )
+        .await
+        .0,
+        412
+    );
+    let (s, _, b) = chat(
+        &server,
+        &budgeted,
+        "@price11/free-model",
+        json!({"max_tokens": 7}),
+        &[],
+    )
+    .await;
     assert_eq!(s, 200, "explicitly free: {b}");
-    let (s, _, b) = chat(&server, &budgeted, "@price11/unknown-model", json!({"max_tokens": 7}), &[]).await;
+    let (s, _, b) = chat(
+        &server,
+        &budgeted,
+        "@price11/unknown-model",
+        json!({"max_tokens": 7}),
+        &[],
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["error"]["code"], "model_unpriced");
     let msg = b["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("pricing") && msg.contains("meter_unpriced_at_zero"), "{msg}");
+    assert!(
+        msg.contains("pricing") && msg.contains("meter_unpriced_at_zero"),
+        "{msg}"
+    );
     // A token budget still binds the free model.
     let (_, tokens) = new_key(
         &server,
@@ -293,7 +396,15 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
     .await;
     let mut last = 0;
     for _ in 0..10 {
-        last = chat(&server, &tokens, "@price11/free-model", json!({"max_tokens": 7}), &[]).await.0;
+        last = chat(
+            &server,
+            &tokens,
+            "@price11/free-model",
+            json!({"max_tokens": 7}),
+            &[],
+        )
+        .await
+        .0;
         if last == 412 {
             break;
         }
@@ -322,7 +433,14 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
     )
     .await;
-    let (s, _, b) = chat(&server, &fresh, "@price11/unknown-model", json!({"max_tokens": 7}), &[]).await;
+    let (s, _, b) = chat(
+        &server,
+        &fresh,
+        "@price11/unknown-model",
+        json!({"max_tokens": 7}),
+        &[],
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
 }
 
@@ -338,13 +456,26 @@ async fn absurd_usage_is_clamped_and_analytics_still_answer() {
         let (s, _, b) = chat(&server, &key, "@huge20/huge-usage", json!({}), &[]).await;
         assert_eq!(s, 200, "{b}");
     }
-    assert_eq!(chat(&server, &key, "@huge20/m", json!({}), &[]).await.0, 200);
+    assert_eq!(
+        chat(&server, &key, "@huge20/m", json!({}), &[]).await.0,
+        200
+    );
     let bound = tollgate::domain::pricing::MAX_PLAUSIBLE_TOKENS;
-    let totals = server.core.state.read().usage_of(EntityKind::Workspace, &ws);
+    let totals = server
+        .core
+        .state
+        .read()
+        .usage_of(EntityKind::Workspace, &ws);
     assert_eq!(totals.tokens, 3 * 2 * bound + 19);
     server.store_caught_up().await;
-    let range = "time_of_generation_min=2020-01-01T00:00:00Z&time_of_generation_max=2100-01-01T00:00:00Z";
-    for path in ["graphs/tokens", "graphs/requests", "groups/workspaces", "groups/ai-models"] {
+    let range =
+        "time_of_generation_min=2020-01-01T00:00:00Z&time_of_generation_max=2100-01-01T00:00:00Z";
+    for path in [
+        "graphs/tokens",
+        "graphs/requests",
+        "groups/workspaces",
+        "groups/ai-models",
+    ] {
         let (s, _, b) = harness::call(
             "GET",
             &format!("{}/v1/analytics/{path}?{range}", server.url),
@@ -365,7 +496,10 @@ async fn absurd_usage_is_clamped_and_analytics_still_answer() {
     // The clamped events say so, with what the upstream reported.
     let (s, _, b) = harness::call(
         "GET",
-        &format!("{}/v1/analytics/groups/metadata/_usage_clamped?{range}", server.url),
+        &format!(
+            "{}/v1/analytics/groups/metadata/_usage_clamped?{range}",
+            server.url
+        ),
         Some(&server.admin_key),
         None,
     )
@@ -401,13 +535,30 @@ async fn metadata_header_is_bounded() {
         (json!({"note": "v".repeat(513)}).to_string(), "512 bytes"),
     ];
     for (header, bound) in cases {
-        let (s, _, b) = chat(&server, &key, "@meta21/m", json!({}), &[("x-portkey-metadata", &header)]).await;
+        let (s, _, b) = chat(
+            &server,
+            &key,
+            "@meta21/m",
+            json!({}),
+            &[("x-portkey-metadata", &header)],
+        )
+        .await;
         assert_eq!(s, 400, "{bound}: {b}");
         let msg = b["error"]["message"].as_str().unwrap();
         assert!(msg.contains(bound), "{bound}: {msg}");
     }
-    assert_eq!(mock.seen.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        mock.seen.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     let fits = json!({"note": "v".repeat(512), "_user": "u1"}).to_string();
-    let (s, _, _) = chat(&server, &key, "@meta21/m", json!({}), &[("x-portkey-metadata", &fits)]).await;
+    let (s, _, _) = chat(
+        &server,
+        &key,
+        "@meta21/m",
+        json!({}),
+        &[("x-portkey-metadata", &fits)],
+    )
+    .await;
     assert_eq!(s, 200, "within the bounds");
 }
