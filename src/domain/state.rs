@@ -132,10 +132,21 @@ impl State {
                     self.limit_events
                         .insert((l.budget.clone(), l.window_start, l.kind));
                 }
-                if l.kind != LimitKind::Reset {
-                    if let Some(r) = BudgetRef::parse(&l.budget) {
-                        budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
+                let Some(r) = BudgetRef::parse(&l.budget) else {
+                    return;
+                };
+                if l.kind == LimitKind::Reset {
+                    // A counter of a window that has ended counts nothing: forgetting it keeps
+                    // the counters to current windows (one per group of a grouped policy).
+                    if self
+                        .budgets
+                        .get(&r)
+                        .is_some_and(|c| c.window_start < l.window_start)
+                    {
+                        self.budgets.remove(&r);
                     }
+                } else {
+                    budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
                 }
             }
         }
