@@ -89,19 +89,33 @@ pub fn estimate_prompt(body: &Map<String, Value>) -> u64 {
 /// An upper bound on the prompt's tokens, for reservations: byte-level tokenizers never make more
 /// tokens than bytes, plus a generous per-message and per-request overhead.
 pub fn max_prompt_tokens(body: &Map<String, Value>) -> u64 {
-    let messages = body
-        .get("messages")
+    max_prompt_tokens_of(|k| body.get(k))
+}
+
+/// [`max_prompt_tokens`] of the body actually sent: a config's `override_params` laid over the
+/// client's body (override winning).
+pub fn max_prompt_tokens_sent(body: &Map<String, Value>, overrides: &Map<String, Value>) -> u64 {
+    max_prompt_tokens_of(|k| overrides.get(k).or_else(|| body.get(k)))
+}
+
+/// Whether `override_params` replace part of the prompt (so the client's bound does not hold).
+pub fn overrides_prompt(overrides: &Map<String, Value>) -> bool {
+    PROMPT_FIELDS.iter().any(|k| overrides.contains_key(*k))
+}
+
+/// The body fields that make up the prompt.
+const PROMPT_FIELDS: [&str; 5] = ["messages", "prompt", "input", "tools", "functions"];
+
+fn max_prompt_tokens_of<'a>(field: impl Fn(&str) -> Option<&'a Value>) -> u64 {
+    let messages = field("messages")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
     let mut bytes = ByteCount(0);
-    for v in ["messages", "prompt", "input", "tools", "functions"]
-        .iter()
-        .filter_map(|k| body.get(*k))
-    {
+    for v in PROMPT_FIELDS.iter().filter_map(|k| field(k)) {
         // Writing into a counter cannot fail; the prompt is measured, never copied.
         let _ = serde_json::to_writer(&mut bytes, v);
     }
-    bytes.0 + 8 * messages + 8
+    bytes.0.saturating_add(8 * messages + 8)
 }
 
 /// The most output tokens one upstream call may bill, from the body actually sent (a config's
@@ -306,6 +320,13 @@ mod tests {
         let b = body.as_object().unwrap();
         assert!(max_prompt_tokens(b) >= estimate_prompt(b));
         assert!(max_prompt_tokens(b) >= 12);
+        let over = json!({"messages":[{"role":"system","content":"x".repeat(1000)}]});
+        let o = over.as_object().unwrap();
+        assert!(overrides_prompt(o) && !overrides_prompt(&Map::new()));
+        assert!(
+            max_prompt_tokens_sent(b, o) > 1000,
+            "the override's prompt is what is sent"
+        );
     }
 
     #[test]
