@@ -186,8 +186,7 @@ pub const METADATA_MAX_VALUE_BYTES: usize = 512;
 
 /// The metadata of a request: key defaults over workspace defaults, then `x-portkey-metadata`,
 /// which may add keys but never overwrite a default: budgets and policies match on metadata
-/// (e.g. `department`), and a caller must not choose which budget is charged. The header is
-/// bounded (bytes, keys, key and value length); past a bound it is a 400 naming it.
+/// (e.g. `department`), and a caller must not choose which budget is charged.
 fn metadata_of(
     ws: &crate::domain::Workspace,
     key: &ApiKey,
@@ -195,9 +194,17 @@ fn metadata_of(
 ) -> Result<Metadata, DataError> {
     let mut m = ws.default_metadata();
     m.extend(key.default_metadata());
-    let Some(raw) = headers.get("x-portkey-metadata") else {
-        return Ok(m);
-    };
+    if let Some(raw) = headers.get("x-portkey-metadata") {
+        for (k, v) in header_metadata(raw)? {
+            m.entry(k).or_insert(v);
+        }
+    }
+    Ok(m)
+}
+
+/// The entries of `x-portkey-metadata` (non-string values written as JSON, nulls dropped),
+/// within the bounds; past a bound it is a 400 naming it.
+fn header_metadata(raw: &HeaderValue) -> Result<Vec<(String, String)>, DataError> {
     let too_big =
         |what: String| DataError::bad_request(format!("x-portkey-metadata is too large: {what}"));
     if raw.len() > METADATA_MAX_BYTES {
@@ -207,13 +214,14 @@ fn metadata_of(
         .to_str()
         .map_err(|_| DataError::bad_request("x-portkey-metadata must be text"))?;
     if text.trim().is_empty() {
-        return Ok(m);
+        return Ok(Vec::new());
     }
     let v: serde_json::Map<String, Value> = serde_json::from_str(text)
         .map_err(|_| DataError::bad_request("x-portkey-metadata must be a JSON object"))?;
     if v.len() > METADATA_MAX_KEYS {
         return Err(too_big(format!("at most {METADATA_MAX_KEYS} keys")));
     }
+    let mut out = Vec::with_capacity(v.len());
     for (k, v) in v {
         let v = match v {
             Value::String(s) => s,
@@ -235,9 +243,9 @@ fn metadata_of(
                 "values of at most {METADATA_MAX_VALUE_BYTES} bytes ({k})"
             )));
         }
-        m.entry(k).or_insert(v);
+        out.push((k, v));
     }
-    Ok(m)
+    Ok(out)
 }
 
 /// The trace id of a request: the client's `x-portkey-trace-id`, or a new one.
