@@ -460,6 +460,16 @@ async fn absurd_usage_is_clamped_and_analytics_still_answer() {
         let (s, _, b) = chat(&server, &key, "@huge20/huge-usage", json!({}), &[]).await;
         assert_eq!(s, 200, "{b}");
     }
+    // And once streamed: the usage chunk is clamped the same way.
+    let streamed = chat(
+        &server,
+        &key,
+        "@huge20/huge-usage",
+        json!({"stream": true}),
+        &[],
+    )
+    .await;
+    assert_eq!(streamed.0, 200);
     assert_eq!(
         chat(&server, &key, "@huge20/m", json!({}), &[]).await.0,
         200
@@ -470,7 +480,7 @@ async fn absurd_usage_is_clamped_and_analytics_still_answer() {
         .state
         .read()
         .usage_of(EntityKind::Workspace, &ws);
-    assert_eq!(totals.tokens, 3 * 2 * bound + 19);
+    assert_eq!(totals.tokens, 4 * 2 * bound + 19);
     server.store_caught_up().await;
     let range =
         "time_of_generation_min=2020-01-01T00:00:00Z&time_of_generation_max=2100-01-01T00:00:00Z";
@@ -496,7 +506,7 @@ async fn absurd_usage_is_clamped_and_analytics_still_answer() {
         None,
     )
     .await;
-    assert_eq!(b["summary"]["total"], json!(3 * 2 * bound + 19), "{b}");
+    assert_eq!(b["summary"]["total"], json!(4 * 2 * bound + 19), "{b}");
     // The clamped events say so, with what the upstream reported.
     let (s, _, b) = harness::call(
         "GET",
