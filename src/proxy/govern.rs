@@ -156,8 +156,7 @@ impl Ledger {
         now: Millis,
     ) -> Result<(), Refusal> {
         for (r, l) in budgets {
-            let counts = budget::counts(l.kind, est.pricing)
-                .map_err(|_| Refusal::new(r, unpriced(r, path)))?;
+            let counts = budget::counts(l.kind, est.pricing).map_err(|_| unpriced(r, path))?;
             if !counts {
                 continue;
             }

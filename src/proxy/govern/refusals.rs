@@ -98,8 +98,10 @@ fn interval_name(unit: RateUnit) -> &'static str {
     }
 }
 
-pub(super) fn unpriced(r: &BudgetRef, path: &RequestPath<'_>) -> DataError {
-    DataError::new(
+/// An unpriced model on a path with a cost budget. The price belongs to the target's model, so
+/// a fallback may move on to a target whose model is priced.
+pub(super) fn unpriced(r: &BudgetRef, path: &RequestPath<'_>) -> Refusal {
+    let error = DataError::new(
         StatusCode::BAD_REQUEST,
         "invalid_request_error",
         Some("model_unpriced"),
@@ -112,7 +114,11 @@ pub(super) fn unpriced(r: &BudgetRef, path: &RequestPath<'_>) -> DataError {
             r.owner_kind(),
             r.key()
         ),
-    )
+    );
+    Refusal {
+        error,
+        target_specific: true,
+    }
 }
 
 pub(super) fn too_many_groups(r: &BudgetRef, cap: usize) -> DataError {
