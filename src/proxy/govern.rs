@@ -445,6 +445,55 @@ mod tests {
         assert_eq!(gov.limiters(), 0);
     }
 
+    /// A 1000-tokens-per-hour key on an injected clock: five 200-token requests, then refused
+    /// (Retry-After: the rest of the hour) until the hour ends.
+    #[test]
+    fn a_token_rate_limit_binds_for_the_hour() {
+        let state = RwLock::new(State::default());
+        let mut key = crate::domain::state::tests::api_key_fixture(None);
+        key.rate_limits = vec![RateLimit {
+            kind: RateKind::Tokens,
+            unit: RateUnit::Rph,
+            value: 1000,
+        }];
+        state.write().apply(&Event::Config(ConfigEvent {
+            event_id: "c".into(),
+            at: Millis(0),
+            change: Change::Upsert(Entity::ApiKey(key)),
+        }));
+        let gov = Arc::new(Governor::default());
+        let path = RequestPath {
+            api_key_id: "k",
+            workspace_id: "ws",
+            ..Default::default()
+        };
+        let est = Estimate {
+            max_tokens: 200,
+            ..Default::default()
+        };
+        let hour = 3_600_000;
+        let request = |id: u128, now: i64| {
+            let r = gov
+                .admit(&state, &path, est, Millis(now))
+                .map_err(|r| r.error)?;
+            let mut e = crate::domain::state::tests::usage(id, "k", 200, 0);
+            e.at = Millis(now);
+            gov.settle(&state, e, Some(r), false);
+            Ok::<(), crate::proxy::DataError>(())
+        };
+        for i in 0..5 {
+            assert!(request(i, 10 * hour + 1000 * i as i64).is_ok(), "{i}");
+        }
+        let refused = request(5, 10 * hour + 60_000).unwrap_err();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.retry_after_secs, Some(3540));
+        assert!(
+            request(6, 11 * hour - 1).is_err(),
+            "the last millisecond of the hour"
+        );
+        assert!(request(7, 11 * hour).is_ok(), "a new hour");
+    }
+
     fn grouped_policy(cap_test_id: &str) -> Event {
         let policy: UsagePolicy = serde_json::from_value(serde_json::json!({
             "id": cap_test_id, "name": "per team", "workspace_id": null, "conditions": [],
