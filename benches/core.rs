@@ -203,6 +203,7 @@ fn governance(c: &mut Criterion) {
             let est = Estimate {
                 max_cost: Decimal::new(1, 2),
                 max_tokens: 100,
+                ..Default::default()
             };
             let r = gov
                 .admit(&state, &path, est, Millis(1_735_689_600_000))

@@ -10,7 +10,9 @@ use crate::domain::pricing::Price;
 use crate::domain::routing::parse_url;
 use crate::domain::*;
 
-/// Checks `configurations`: `custom_host` must be a URL and `custom_headers` an object of strings.
+/// Checks `configurations`: `custom_host` must be a URL, `custom_headers` an object of strings and
+/// `meter_unpriced_at_zero` (meter models without a price at $0 instead of refusing them on paths
+/// with a cost budget) a boolean.
 fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
     let Some(c) = b.object("configurations")? else {
         return Ok(None);
@@ -30,6 +32,10 @@ fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
                 "configurations.custom_headers must be an object of strings",
             ));
         }
+    }
+    let flag = crate::proxy::meter::METER_UNPRICED_AT_ZERO;
+    if c.get(flag).is_some_and(|v| !v.is_boolean()) {
+        return Err(invalid(format!("configurations.{flag} must be a boolean")));
     }
     Ok(Some(c))
 }

@@ -171,5 +171,10 @@ mod tests {
             resets(&s, at("2025-01-05T00:01:00Z")).is_empty(),
             "reset emitted once"
         );
+        assert_eq!(
+            s.budget_counters().count(),
+            0,
+            "the ended window's counter is forgotten"
+        );
     }
 }

@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 
 use super::entities::Metadata;
 use super::limits::{BudgetKind, PeriodicReset, UsageLimit};
+use super::pricing::Pricing;
 use super::time::Millis;
 
 /// Which budget: the entity it sits on (and, for a grouped policy, the group's value).
@@ -218,8 +219,9 @@ pub fn count(
     } else if start < c.window_start {
         return false; // a late event of a window that has ended
     }
-    c.cost += cost;
-    c.tokens += tokens;
+    // Saturating: a counter never wraps back under its limit.
+    c.cost = c.cost.saturating_add(cost);
+    c.tokens = c.tokens.saturating_add(tokens);
     true
 }
 
@@ -285,15 +287,35 @@ pub struct Exhausted {
     pub budget: BudgetRef,
     pub kind: BudgetKind,
     pub used: Decimal,
+    /// Held by admitted requests still in flight.
+    pub reserved: Decimal,
     pub limit: Decimal,
     pub next_reset: Option<Millis>,
-    /// True when the request was refused because its maximum cost would not fit (strict mode).
+    /// True when settled usage alone is below the limit: what is in flight (and, in strict
+    /// mode, this request's maximum) would not fit.
     pub would_exceed: bool,
 }
 
+/// The request is for a model with no price, which a cost budget could never count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unpriced;
+
+/// Whether a budget of `kind` counts a request priced as `pricing`: token budgets always do;
+/// cost budgets skip a model explicitly priced at zero (it is free) and refuse an unpriced one,
+/// unless its integration meters unpriced models at zero.
+pub fn counts(kind: BudgetKind, pricing: Pricing) -> Result<bool, Unpriced> {
+    match (kind, pricing) {
+        (BudgetKind::Tokens, _) => Ok(true),
+        (BudgetKind::Cost, Pricing::Free) => Ok(false),
+        (BudgetKind::Cost, Pricing::Unpriced) => Err(Unpriced),
+        (BudgetKind::Cost, Pricing::Priced | Pricing::UnpricedAtZero) => Ok(true),
+    }
+}
+
 /// The admission decision for one budget: `used` so far, `reserved` by requests in flight,
-/// `request_max` this request's maximum. Default mode refuses once the budget is used up;
-/// strict mode refuses a request whose maximum does not fit beside what is in flight.
+/// `request_max` this request's maximum. Default mode admits while settled plus in-flight usage
+/// is below the limit, so spend passes it by at most one request's maximum; strict mode refuses
+/// a request whose maximum does not fit beside what is in flight, so spend never passes it.
 pub fn admit(
     r: &BudgetRef,
     limit: &UsageLimit,
@@ -301,19 +323,27 @@ pub fn admit(
     reserved: Decimal,
     request_max: Decimal,
     now: Millis,
-) -> Result<(), Exhausted> {
-    let refuse = |would_exceed| Exhausted {
-        budget: r.clone(),
-        kind: limit.kind,
-        used,
-        limit: limit.credit_limit,
-        next_reset: limit.next_reset(now),
-        would_exceed,
+) -> Result<(), Box<Exhausted>> {
+    // Boxed: a refusal is rare and the decision's happy path stays a small value.
+    let refuse = |would_exceed| {
+        Box::new(Exhausted {
+            budget: r.clone(),
+            kind: limit.kind,
+            used,
+            reserved,
+            limit: limit.credit_limit,
+            next_reset: limit.next_reset(now),
+            would_exceed,
+        })
     };
     if used >= limit.credit_limit {
         return Err(refuse(false));
     }
-    if limit.strict && used + reserved + request_max > limit.credit_limit {
+    let in_flight = used.saturating_add(reserved);
+    if !limit.strict && in_flight >= limit.credit_limit {
+        return Err(refuse(true));
+    }
+    if limit.strict && in_flight.saturating_add(request_max) > limit.credit_limit {
         return Err(refuse(true));
     }
     Ok(())
@@ -550,9 +580,15 @@ mod tests {
         let now = at("2025-01-20T00:00:00Z");
         let d = Decimal::from;
         assert!(
-            admit(&r, &limit(10, false), d(9), d(50), d(50), now).is_ok(),
-            "default mode only checks used"
+            admit(&r, &limit(10, false), d(9), d(0), d(50), now).is_ok(),
+            "default mode admits one request past the limit"
         );
+        assert!(
+            admit(&r, &limit(10, false), d(4), d(5), d(50), now).is_ok(),
+            "in flight counts in default mode too"
+        );
+        let e = admit(&r, &limit(10, false), d(4), d(6), d(1), now).unwrap_err();
+        assert!(e.would_exceed, "settled plus in flight reached the limit");
         assert!(admit(&r, &limit(10, false), d(10), d(0), d(0), now).is_err());
         assert!(admit(&r, &limit(10, true), d(5), d(3), d(2), now).is_ok());
         let e = admit(&r, &limit(10, true), d(5), d(3), d(3), now).unwrap_err();

@@ -212,8 +212,9 @@ impl UsageEvent {
         }
     }
 
+    /// Saturating: recorded counts are bounded, but older events in a log may not be.
     pub fn total_tokens(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 
     pub fn is_error(&self) -> bool {

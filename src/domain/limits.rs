@@ -57,7 +57,7 @@ pub struct UsageLimit {
 }
 
 /// What a rate limit counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RateKind {
     Requests,

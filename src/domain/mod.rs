@@ -9,6 +9,7 @@ pub mod entities;
 pub mod events;
 pub mod limits;
 pub mod pricing;
+pub mod rate;
 pub mod routing;
 pub mod state;
 pub mod time;

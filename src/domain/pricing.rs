@@ -25,17 +25,50 @@ pub struct TokenUsage {
     pub cached: u64,
 }
 
+/// The most tokens one attempt may report per count (prompt, completion): a hundred times the
+/// largest context windows offered today, far above any real request and far below where sums
+/// overflow. Usage above it is implausible (a broken or hostile upstream): it is clamped to the
+/// bound and the event flagged (see [`TokenUsage::plausible`]).
+pub const MAX_PLAUSIBLE_TOKENS: u64 = 100_000_000;
+
+impl TokenUsage {
+    /// The usage with every count clamped to [`MAX_PLAUSIBLE_TOKENS`] (and cached tokens to the
+    /// prompt), and whether anything had to be clamped.
+    pub fn plausible(self) -> (TokenUsage, bool) {
+        let clamp = |t: u64| t.min(MAX_PLAUSIBLE_TOKENS);
+        let prompt = clamp(self.prompt);
+        let out = TokenUsage {
+            prompt,
+            completion: clamp(self.completion),
+            cached: self.cached.min(prompt),
+        };
+        let clamped = out.prompt != self.prompt
+            || out.completion != self.completion
+            || self.cached > MAX_PLAUSIBLE_TOKENS;
+        (out, clamped)
+    }
+}
+
 impl Price {
     /// Cost in US dollars. Cached tokens are part of the prompt and billed at the cached rate.
     /// Prices carry at most [`MAX_PRICE_SCALE`] decimal places in cents, so the cost has at most 12
-    /// in dollars (the scale of the event schema) and no rounding happens.
+    /// in dollars (the scale of the event schema) and no rounding happens. A cost past what a
+    /// decimal holds (only from absurd token counts) saturates instead of overflowing.
     pub fn cost_usd(&self, u: TokenUsage) -> Decimal {
         let cached = u.cached.min(u.prompt);
         let fresh = u.prompt - cached;
-        let cents = Decimal::from(fresh) * self.input
-            + Decimal::from(cached) * self.cache_read.unwrap_or(self.input)
-            + Decimal::from(u.completion) * self.output;
+        let cents = Decimal::from(fresh)
+            .saturating_mul(self.input)
+            .saturating_add(
+                Decimal::from(cached).saturating_mul(self.cache_read.unwrap_or(self.input)),
+            )
+            .saturating_add(Decimal::from(u.completion).saturating_mul(self.output));
         (cents / Decimal::ONE_HUNDRED).normalize()
+    }
+
+    /// True when every rate is zero.
+    pub fn is_free(&self) -> bool {
+        self.input.is_zero() && self.output.is_zero() && self.cache_read.is_none_or(|c| c.is_zero())
     }
 
     /// Reads an integration model's `pricing_config` (`pay_as_you_go.{request,response}_token.price`).
@@ -57,6 +90,34 @@ impl Price {
             output: output.unwrap_or_default(),
             cache_read: get("cache_read_input_token"),
         })
+    }
+}
+
+/// How a request's model is priced, as cost budgets see it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pricing {
+    /// A price with some non-zero rate.
+    #[default]
+    Priced,
+    /// Explicitly priced at zero: free, so cost budgets do not apply.
+    Free,
+    /// No price anywhere: a cost budget could never count it.
+    Unpriced,
+    /// No price, and the integration opted in to metering it at $0
+    /// (`configurations.meter_unpriced_at_zero`).
+    UnpricedAtZero,
+}
+
+impl Pricing {
+    /// The pricing of a model with `price` (if any) on an integration that does or does not meter
+    /// unpriced models at zero.
+    pub fn of(price: Option<&Price>, meter_unpriced_at_zero: bool) -> Pricing {
+        match price {
+            Some(p) if p.is_free() => Pricing::Free,
+            Some(_) => Pricing::Priced,
+            None if meter_unpriced_at_zero => Pricing::UnpricedAtZero,
+            None => Pricing::Unpriced,
+        }
     }
 }
 
@@ -245,6 +306,40 @@ mod tests {
         assert_eq!(Price::from_pricing_config(&json!({"type":"static"})), None);
         let too_fine = json!({"pay_as_you_go":{"request_token":{"price":"0.00000000001"}}});
         assert_eq!(Price::from_pricing_config(&too_fine), None);
+    }
+
+    #[test]
+    fn implausible_usage_is_clamped_and_costs_never_overflow() {
+        let huge = TokenUsage {
+            prompt: u64::MAX,
+            completion: 9_223_372_036_854_775_000,
+            cached: u64::MAX,
+        };
+        let (u, clamped) = huge.plausible();
+        assert!(clamped);
+        assert_eq!(
+            (u.prompt, u.completion, u.cached),
+            (
+                MAX_PLAUSIBLE_TOKENS,
+                MAX_PLAUSIBLE_TOKENS,
+                MAX_PLAUSIBLE_TOKENS
+            )
+        );
+        let fine = TokenUsage {
+            prompt: 10,
+            completion: 5,
+            cached: 3,
+        };
+        assert_eq!(fine.plausible(), (fine, false));
+        let dear = Price {
+            input: Decimal::from(u64::MAX),
+            output: Decimal::from(u64::MAX),
+            cache_read: None,
+        };
+        assert!(
+            dear.cost_usd(huge) > Decimal::ZERO,
+            "saturates, never panics"
+        );
     }
 
     #[test]

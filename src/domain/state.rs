@@ -30,16 +30,19 @@ pub struct Totals {
 
 impl Totals {
     /// Adds totals counted elsewhere (another time range of the same entity).
+    /// Sums saturate: a total never wraps, whatever an upstream reported.
     pub fn merge(&mut self, other: Totals) {
-        self.requests += other.requests;
-        self.tokens += other.tokens;
-        self.cost_usd += other.cost_usd;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        self.cost_usd = self.cost_usd.saturating_add(other.cost_usd);
     }
 
     fn add(&mut self, e: &UsageEvent) {
-        self.requests += 1;
-        self.tokens += e.total_tokens();
-        self.cost_usd += e.cost_usd;
+        self.merge(Totals {
+            requests: 1,
+            tokens: e.total_tokens(),
+            cost_usd: e.cost_usd,
+        });
     }
 }
 
@@ -134,10 +137,21 @@ impl State {
                     self.limit_events
                         .insert((l.budget.clone(), l.window_start, l.kind));
                 }
-                if l.kind != LimitKind::Reset {
-                    if let Some(r) = BudgetRef::parse(&l.budget) {
-                        budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
+                let Some(r) = BudgetRef::parse(&l.budget) else {
+                    return;
+                };
+                if l.kind == LimitKind::Reset {
+                    // A counter of a window that has ended counts nothing: forgetting it keeps
+                    // the counters to current windows (one per group of a grouped policy).
+                    if self
+                        .budgets
+                        .get(&r)
+                        .is_some_and(|c| c.window_start < l.window_start)
+                    {
+                        self.budgets.remove(&r);
                     }
+                } else {
+                    budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
                 }
             }
         }

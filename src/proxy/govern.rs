@@ -1,88 +1,78 @@
 //! Governance at admission and settlement: budgets (reserve the request's maximum, settle to the
-//! actual cost) and rate limits (requests through `governor`; tokens through a debit bucket that
-//! takes the estimate up front and is corrected by the actual usage).
+//! actual cost) and rate limits (one counter per limit and calendar interval, see
+//! [`crate::domain::rate`]: requests count 1, token limits take the estimate up front and are
+//! corrected to the actual usage).
 //!
 //! Exactness: admission checks and reserves inside one critical section of the ledger lock (taken
 //! before the state lock). Settlement first folds the usage into the state, then releases the
 //! reservation: in between, an admission sees the cost twice (counted and reserved), never zero
 //! times, so it can only be more cautious. Hence in strict mode spend never passes a limit, and in
-//! default mode it passes it by at most what was in flight. Settlement holds the ledger lock only
-//! for the release, which keeps admissions from queueing behind the state update.
+//! default mode it passes it by at most one request's maximum. Settlement holds the ledger lock
+//! only for the release, which keeps admissions from queueing behind the state update.
+//!
+//! Memory: rate counters of ended intervals and of limits that no longer exist are dropped by
+//! [`Governor::prune`]; a grouped policy counts at most [`MAX_POLICY_GROUPS`] groups at once.
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::{Mutex, RwLock};
-use reqwest::StatusCode;
 use rust_decimal::Decimal;
 
-use super::DataError;
-use crate::domain::budget::{self, BudgetRef, Exhausted, RequestPath};
+mod refusals;
+
+pub use refusals::Refusal;
+use refusals::{exhausted, rate_limited, too_many_groups, unpriced};
+
+use crate::domain::budget::{self, BudgetRef, RequestPath};
 use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit, UsageLimit};
+use crate::domain::pricing::Pricing;
+use crate::domain::rate::{self, Window};
 use crate::domain::state::FastHash;
 use crate::domain::{alerts, Event, LimitEvent, Millis, State, UsageEvent};
 
-/// A token-rate bucket: refills continuously to `capacity`; admission needs a positive level and
-/// takes the estimate; settlement takes the difference to the actual tokens (it may go negative,
-/// which delays the next admission).
-struct TokenBucket {
-    capacity: f64,
-    per_ms: f64,
-    level: f64,
-    at: Instant,
-}
+/// The most distinct groups (`group_by` values) one grouped policy counts at once. A request that
+/// would start one more is refused (429) until groups go idle: a group is idle once its rate
+/// intervals have ended, nothing of it is in flight and its budget has counted nothing in the
+/// current window; idle groups are forgotten by [`Governor::prune`] (every 30 s).
+pub const MAX_POLICY_GROUPS: usize = 10_000;
 
-impl TokenBucket {
-    fn new(l: &RateLimit) -> Self {
-        let capacity = l.value as f64;
-        TokenBucket {
-            capacity,
-            per_ms: capacity / l.unit.window_ms() as f64,
-            level: capacity,
-            at: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self) {
-        let now = Instant::now();
-        let ms = now.duration_since(self.at).as_secs_f64() * 1000.0;
-        self.level = (self.level + ms * self.per_ms).min(self.capacity);
-        self.at = now;
-    }
-
-    fn wait(&self) -> Duration {
-        Duration::from_secs_f64(((1.0 - self.level) / self.per_ms).max(0.0) / 1000.0)
-    }
-}
+/// A rate limit's counter key: its owner, what it counts and its interval.
+type RateKey = (BudgetRef, RateKind, RateUnit);
 
 #[derive(Default)]
 struct Ledger {
     /// Cost and tokens reserved per budget by admitted requests not yet settled.
     reserved: HashMap<BudgetRef, (Decimal, u64), FastHash>,
-    /// One limiter per (owner, unit); replaced when the limit's value changes.
-    requests: HashMap<(BudgetRef, RateUnit), (u64, Arc<DefaultDirectRateLimiter>), FastHash>,
-    tokens: HashMap<(BudgetRef, RateUnit), (u64, TokenBucket), FastHash>,
+    /// One counter per rate limit, for its current interval.
+    rates: HashMap<RateKey, Window, FastHash>,
+    /// The groups each grouped policy counts (bounded by the group cap).
+    groups: HashMap<String, HashSet<String>, FastHash>,
 }
 
 /// The gateway's governance state (in memory; rebuilt from configuration and the log).
-#[derive(Default)]
 pub struct Governor {
     ledger: Mutex<Ledger>,
+    group_cap: usize,
+}
+
+impl Default for Governor {
+    fn default() -> Self {
+        Governor::with_group_cap(MAX_POLICY_GROUPS)
+    }
 }
 
 /// What an admitted request holds until its attempt is settled. Dropping it unsettled (a crash
-/// of the task, a cancelled request) releases the reservation.
+/// of the task, a cancelled request) releases the budget reservation; token rate counters keep
+/// the estimate (the request may have been billed).
 pub struct Reservation {
     governor: Arc<Governor>,
     /// The budgets admission checked, reused at settlement (computed once per attempt).
     budgets: Vec<(BudgetRef, UsageLimit)>,
     cost: Decimal,
     tokens: u64,
-    token_limits: Vec<(BudgetRef, RateUnit)>,
+    /// The token rate counters that took the estimate, with the interval they took it in.
+    token_windows: Vec<(RateKey, Millis)>,
     settled: bool,
 }
 
@@ -98,7 +88,7 @@ impl Drop for Reservation {
 fn release(ledger: &mut Ledger, r: &Reservation) {
     for (b, _) in &r.budgets {
         if let Some(e) = ledger.reserved.get_mut(b) {
-            e.0 -= r.cost;
+            e.0 = (e.0 - r.cost).max(Decimal::ZERO);
             e.1 = e.1.saturating_sub(r.tokens);
             if e.0.is_zero() && e.1 == 0 {
                 ledger.reserved.remove(b);
@@ -107,94 +97,12 @@ fn release(ledger: &mut Ledger, r: &Reservation) {
     }
 }
 
-/// A refused admission.
-pub struct Refusal {
-    pub error: DataError,
-    /// The limit belongs to the target (provider, integration access, policy), not the key or
-    /// workspace: a fallback may move on to the next target.
-    pub target_specific: bool,
-}
-
-impl Refusal {
-    fn new(r: &BudgetRef, error: DataError) -> Self {
-        let target_specific = !matches!(r, BudgetRef::ApiKey(_) | BudgetRef::Workspace(_));
-        Refusal {
-            error,
-            target_specific,
-        }
-    }
-}
-
-/// The most a request may cost and use, for reservation.
+/// The most a request may cost and use, for reservation, and how its model is priced.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Estimate {
     pub max_cost: Decimal,
     pub max_tokens: u64,
-}
-
-fn exhausted(e: &Exhausted) -> DataError {
-    let amount = |d: Decimal| match e.kind {
-        BudgetKind::Cost => format!("${}", d.round_dp(6).normalize()),
-        BudgetKind::Tokens => format!("{} tokens", d.normalize()),
-    };
-    let reset = e
-        .next_reset
-        .map_or("it does not reset by itself".to_owned(), |t| {
-            format!("it resets at {}", t.to_iso())
-        });
-    let what = if e.would_exceed {
-        "budget would be exceeded: this request's maximum cost does not fit in"
-    } else {
-        "budget exhausted:"
-    };
-    DataError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "budget_exceeded",
-        Some("budget_exhausted"),
-        format!(
-            "{what} the {} budget ({}), used {} of {}; {reset}",
-            e.budget.owner_kind(),
-            e.budget.key(),
-            amount(e.used),
-            amount(e.limit),
-        ),
-    )
-}
-
-fn rate_limited(r: &BudgetRef, l: &RateLimit, wait: Duration) -> DataError {
-    let kind = match l.kind {
-        RateKind::Requests => "requests",
-        RateKind::Tokens => "tokens",
-    };
-    let mut e = DataError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limit_error",
-        Some("rate_limit_exceeded"),
-        if l.value == 0 {
-            format!("{} {} is disabled (rate limit 0)", r.owner_kind(), r.key())
-        } else {
-            format!(
-                "rate limit exceeded: {} {} allows {} {kind} per {:?}",
-                r.owner_kind(),
-                r.key(),
-                l.value,
-                l.unit
-            )
-            .to_lowercase()
-        },
-    );
-    e.retry_after_secs = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-    e
-}
-
-fn limiter(l: &RateLimit) -> Option<DefaultDirectRateLimiter> {
-    let value = NonZeroU32::new(u32::try_from(l.value).unwrap_or(u32::MAX))?;
-    let per = Duration::from_nanos(
-        (l.unit.window_ms() as u128 * 1_000_000 / u128::from(value.get())) as u64,
-    );
-    Some(RateLimiter::direct(
-        Quota::with_period(per)?.allow_burst(value),
-    ))
+    pub pricing: Pricing,
 }
 
 /// The threshold and exhaustion events due for `budgets` after usage on `path` was folded,
@@ -217,7 +125,151 @@ pub fn claim_crossings(
     due
 }
 
+/// The budgets and rate limits on a path, with their definitions (read from configuration).
+type Applicable = (
+    Vec<(BudgetRef, UsageLimit)>,
+    Vec<(BudgetRef, Vec<RateLimit>)>,
+);
+
+fn applicable(state: &State, path: &RequestPath<'_>) -> Applicable {
+    let budgets = state
+        .budgets_on(path)
+        .into_iter()
+        .map(|(r, l)| (r, l.clone()))
+        .collect();
+    let rates = state
+        .rate_limits_on(path)
+        .into_iter()
+        .map(|(r, l)| (r, l.to_vec()))
+        .collect();
+    (budgets, rates)
+}
+
+impl Ledger {
+    /// Checks every budget on the path against settled usage plus what is in flight.
+    fn check_budgets(
+        &self,
+        state: &State,
+        budgets: &[(BudgetRef, UsageLimit)],
+        path: &RequestPath<'_>,
+        est: Estimate,
+        now: Millis,
+    ) -> Result<(), Refusal> {
+        for (r, l) in budgets {
+            let counts = budget::counts(l.kind, est.pricing).map_err(|_| unpriced(r, path))?;
+            if !counts {
+                continue;
+            }
+            let (cost, tokens) = self.reserved.get(r).copied().unwrap_or_default();
+            let (reserved, max) = match l.kind {
+                BudgetKind::Cost => (cost, est.max_cost),
+                BudgetKind::Tokens => (Decimal::from(tokens), Decimal::from(est.max_tokens)),
+            };
+            let used = state.budget_used(r, l, now);
+            budget::admit(r, l, used, reserved, max, now)
+                .map_err(|e| Refusal::new(r, exhausted(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// Checks every rate limit on the path in its current interval.
+    fn check_rates(
+        &self,
+        rates: &[(BudgetRef, Vec<RateLimit>)],
+        now: Millis,
+    ) -> Result<(), Refusal> {
+        for (r, limits) in rates {
+            for l in limits {
+                let window = self.rates.get(&(r.clone(), l.kind, l.unit));
+                rate::check(l, window, now)
+                    .map_err(|e| Refusal::new(r, rate_limited(r, l, e.retry_after_secs(now))))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The grouped-policy groups on the path this request would add, refusing past the cap.
+    fn new_groups<'a>(
+        &self,
+        refs: impl Iterator<Item = &'a BudgetRef>,
+        cap: usize,
+    ) -> Result<Vec<(String, String)>, Refusal> {
+        let mut fresh: Vec<(String, String)> = Vec::new();
+        for r in refs {
+            let BudgetRef::Policy { id, group: Some(g) } = r else {
+                continue;
+            };
+            let known = self.groups.get(id);
+            if known.is_some_and(|k| k.contains(g)) || fresh.iter().any(|(i, f)| i == id && f == g)
+            {
+                continue;
+            }
+            if known.map_or(0, HashSet::len) >= cap {
+                return Err(Refusal::new(r, too_many_groups(r, cap)));
+            }
+            fresh.push((id.clone(), g.clone()));
+        }
+        Ok(fresh)
+    }
+
+    /// Counts the request in every rate limit; returns the token counters that took `tokens`.
+    fn take_rates(
+        &mut self,
+        rates: &[(BudgetRef, Vec<RateLimit>)],
+        tokens: u64,
+        now: Millis,
+    ) -> Vec<(RateKey, Millis)> {
+        let mut held = Vec::new();
+        for (r, limits) in rates {
+            for l in limits {
+                let key = (r.clone(), l.kind, l.unit);
+                let amount = match l.kind {
+                    RateKind::Requests => 1,
+                    RateKind::Tokens => tokens,
+                };
+                let start = rate::take(
+                    self.rates.entry(key.clone()).or_default(),
+                    l.unit,
+                    now,
+                    amount,
+                );
+                if l.kind == RateKind::Tokens {
+                    held.push((key, start));
+                }
+            }
+        }
+        held
+    }
+}
+
+/// Whether a grouped policy's group still holds anything: a rate counter or a reservation
+/// (`held`), or budget usage in the current window.
+fn group_active(
+    state: &State,
+    held: &HashSet<&BudgetRef>,
+    id: &str,
+    group: &str,
+    now: Millis,
+) -> bool {
+    let r = BudgetRef::Policy {
+        id: id.to_owned(),
+        group: Some(group.to_owned()),
+    };
+    held.contains(&r)
+        || state
+            .budget_limit(&r)
+            .is_some_and(|l| !state.budget_used(&r, l, now).is_zero())
+}
+
 impl Governor {
+    /// A governor whose grouped policies count at most `group_cap` groups each.
+    pub fn with_group_cap(group_cap: usize) -> Self {
+        Governor {
+            ledger: Mutex::new(Ledger::default()),
+            group_cap,
+        }
+    }
+
     /// Checks every budget and rate limit on `path` and reserves the request's maximum.
     /// A refusal says whether it came from the target's own limits (provider, integration access,
     /// policy), where a fallback may try the next target, or from the key or workspace.
@@ -230,119 +282,65 @@ impl Governor {
     ) -> Result<Reservation, Refusal> {
         // What applies depends only on configuration: gather it before taking the ledger lock,
         // which then covers just the checks and the reservation.
-        let (budgets, rate_limits) = {
-            let state = state.read();
-            let budgets: Vec<(BudgetRef, UsageLimit)> = state
-                .budgets_on(path)
-                .into_iter()
-                .map(|(r, l)| (r, l.clone()))
-                .collect();
-            let rates: Vec<(BudgetRef, Vec<RateLimit>)> = state
-                .rate_limits_on(path)
-                .into_iter()
-                .map(|(r, l)| (r, l.to_vec()))
-                .collect();
-            (budgets, rates)
-        };
+        let (budgets, rates) = applicable(&state.read(), path);
         let mut ledger = self.ledger.lock();
-        let state = state.read();
-        for (r, l) in &budgets {
-            let used = state.budget_used(r, l, now);
-            let reserved = ledger
-                .reserved
-                .get(r)
-                .map_or(Decimal::ZERO, |(c, t)| match l.kind {
-                    BudgetKind::Cost => *c,
-                    BudgetKind::Tokens => Decimal::from(*t),
-                });
-            let max = match l.kind {
-                BudgetKind::Cost => est.max_cost,
-                BudgetKind::Tokens => Decimal::from(est.max_tokens),
-            };
-            budget::admit(r, l, used, reserved, max, now)
-                .map_err(|e| Refusal::new(r, exhausted(&e)))?;
+        ledger.check_budgets(&state.read(), &budgets, path, est, now)?;
+        ledger.check_rates(&rates, now)?;
+        let refs = budgets
+            .iter()
+            .map(|(r, _)| r)
+            .chain(rates.iter().map(|(r, _)| r));
+        for (id, g) in ledger.new_groups(refs, self.group_cap)? {
+            ledger.groups.entry(id).or_default().insert(g);
         }
-        let mut token_limits = Vec::new();
-        drop(state);
-        for (r, limits) in &rate_limits {
-            for l in limits {
-                let key = (r.clone(), l.unit);
-                match l.kind {
-                    RateKind::Requests => {
-                        let fresh = || {
-                            (
-                                l.value,
-                                Arc::new(limiter(l).unwrap_or_else(|| {
-                                    RateLimiter::direct(Quota::per_hour(NonZeroU32::MIN))
-                                })),
-                            )
-                        };
-                        let entry = ledger.requests.entry(key).or_insert_with(fresh);
-                        if entry.0 != l.value {
-                            *entry = fresh();
-                        }
-                        if l.value == 0 {
-                            return Err(Refusal::new(r, rate_limited(r, l, l.unit.window())));
-                        }
-                        if let Err(not_until) = entry.1.check() {
-                            let wait = not_until.wait_time_from(DefaultClock::default().now());
-                            return Err(Refusal::new(r, rate_limited(r, l, wait)));
-                        }
-                    }
-                    RateKind::Tokens => {
-                        let entry = ledger
-                            .tokens
-                            .entry(key.clone())
-                            .or_insert_with(|| (l.value, TokenBucket::new(l)));
-                        if entry.0 != l.value {
-                            *entry = (l.value, TokenBucket::new(l));
-                        }
-                        if l.value == 0 {
-                            return Err(Refusal::new(r, rate_limited(r, l, l.unit.window())));
-                        }
-                        entry.1.refill();
-                        if entry.1.level < 1.0 {
-                            return Err(Refusal::new(r, rate_limited(r, l, entry.1.wait())));
-                        }
-                        entry.1.level -= est.max_tokens as f64;
-                        token_limits.push(key);
-                    }
-                }
-            }
-        }
+        // Every check passed: only now is anything counted, so a refusal takes nothing.
+        let token_windows = ledger.take_rates(&rates, est.max_tokens, now);
         for (b, _) in &budgets {
             let e = ledger.reserved.entry(b.clone()).or_default();
-            e.0 += est.max_cost;
-            e.1 += est.max_tokens;
+            e.0 = e.0.saturating_add(est.max_cost);
+            e.1 = e.1.saturating_add(est.max_tokens);
         }
         Ok(Reservation {
             governor: self.clone(),
             budgets,
             cost: est.max_cost,
             tokens: est.max_tokens,
-            token_limits,
+            token_windows,
             settled: false,
         })
     }
 
-    /// Drops the limiters of limits that no longer exist (deleted keys, changed limits), so the
-    /// ledger's size follows the configuration, not the history.
+    /// Drops rate counters of ended intervals and of limits that no longer exist (deleted keys,
+    /// changed limits), and forgets idle policy groups, so the ledger's size follows the
+    /// configuration and the current intervals, not the history.
     pub fn prune(&self, state: &State) {
-        let mut ledger = self.ledger.lock();
-        let exists = |(r, unit): &(BudgetRef, RateUnit), kind: RateKind| {
-            state
-                .rate_limits_of(r)
-                .iter()
-                .any(|l| l.unit == *unit && l.kind == kind)
-        };
-        ledger.requests.retain(|k, _| exists(k, RateKind::Requests));
-        ledger.tokens.retain(|k, _| exists(k, RateKind::Tokens));
+        self.prune_at(state, Millis::now());
     }
 
-    /// How many limiters are held (a metric).
+    fn prune_at(&self, state: &State, now: Millis) {
+        let mut guard = self.ledger.lock();
+        let ledger = &mut *guard;
+        ledger.rates.retain(|(r, kind, unit), w| {
+            !rate::ended(w, *unit, now)
+                && state
+                    .rate_limits_of(r)
+                    .iter()
+                    .any(|l| l.unit == *unit && l.kind == *kind)
+        });
+        let held: HashSet<&BudgetRef> = (ledger.rates.keys().map(|(r, _, _)| r))
+            .chain(ledger.reserved.keys())
+            .collect();
+        for (id, set) in &mut ledger.groups {
+            set.retain(|g| group_active(state, &held, id, g, now));
+        }
+        ledger
+            .groups
+            .retain(|id, set| !set.is_empty() && state.policies.contains_key(id));
+    }
+
+    /// How many rate counters are held (a metric).
     pub fn limiters(&self) -> usize {
-        let ledger = self.ledger.lock();
-        ledger.requests.len() + ledger.tokens.len()
+        self.ledger.lock().rates.len()
     }
 
     /// Folds a settled attempt's usage into the state, then releases its reservation. Returns the
@@ -376,9 +374,9 @@ impl Governor {
         if let Some(mut r) = reservation {
             let mut ledger = self.ledger.lock();
             release(&mut ledger, &r);
-            for key in &r.token_limits {
-                if let Some((_, bucket)) = ledger.tokens.get_mut(key) {
-                    bucket.level -= actual as f64 - r.tokens as f64;
+            for (key, start) in &r.token_windows {
+                if let Some(w) = ledger.rates.get_mut(key) {
+                    rate::settle(w, *start, r.tokens, actual);
                 }
             }
             r.settled = true;
@@ -391,6 +389,7 @@ impl Governor {
 mod tests {
     use super::*;
     use crate::domain::*;
+    use reqwest::StatusCode;
 
     #[test]
     fn limiters_of_deleted_keys_are_pruned() {
@@ -429,8 +428,11 @@ mod tests {
         assert_eq!(refused.error.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(!refused.target_specific);
         assert_eq!(gov.limiters(), 1);
-        gov.prune(&state.read());
-        assert_eq!(gov.limiters(), 1, "still configured");
+        gov.prune_at(&state.read(), Millis(59_999));
+        assert_eq!(gov.limiters(), 1, "still configured, in its minute");
+        gov.prune_at(&state.read(), Millis(60_000));
+        assert_eq!(gov.limiters(), 0, "the minute ended");
+        drop(gov.admit(&state, &path, Estimate::default(), Millis(60_000)));
         state.write().apply(&Event::Config(ConfigEvent {
             event_id: "d".into(),
             at: Millis(0),
@@ -439,7 +441,101 @@ mod tests {
                 id: "k".into(),
             },
         }));
-        gov.prune(&state.read());
+        gov.prune_at(&state.read(), Millis(60_001));
         assert_eq!(gov.limiters(), 0);
+    }
+
+    /// A 1000-tokens-per-hour key on an injected clock: five 200-token requests, then refused
+    /// (Retry-After: the rest of the hour) until the hour ends.
+    #[test]
+    fn a_token_rate_limit_binds_for_the_hour() {
+        let state = RwLock::new(State::default());
+        let mut key = crate::domain::state::tests::api_key_fixture(None);
+        key.rate_limits = vec![RateLimit {
+            kind: RateKind::Tokens,
+            unit: RateUnit::Rph,
+            value: 1000,
+        }];
+        state.write().apply(&Event::Config(ConfigEvent {
+            event_id: "c".into(),
+            at: Millis(0),
+            change: Change::Upsert(Entity::ApiKey(key)),
+        }));
+        let gov = Arc::new(Governor::default());
+        let path = RequestPath {
+            api_key_id: "k",
+            workspace_id: "ws",
+            ..Default::default()
+        };
+        let est = Estimate {
+            max_tokens: 200,
+            ..Default::default()
+        };
+        let hour = 3_600_000;
+        let request = |id: u128, now: i64| {
+            let r = gov
+                .admit(&state, &path, est, Millis(now))
+                .map_err(|r| r.error)?;
+            let mut e = crate::domain::state::tests::usage(id, "k", 200, 0);
+            e.at = Millis(now);
+            gov.settle(&state, e, Some(r), false);
+            Ok::<(), crate::proxy::DataError>(())
+        };
+        for i in 0..5 {
+            assert!(request(i, 10 * hour + 1000 * i as i64).is_ok(), "{i}");
+        }
+        let refused = request(5, 10 * hour + 60_000).unwrap_err();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.retry_after_secs, Some(3540));
+        assert!(
+            request(6, 11 * hour - 1).is_err(),
+            "the last millisecond of the hour"
+        );
+        assert!(request(7, 11 * hour).is_ok(), "a new hour");
+    }
+
+    fn grouped_policy(cap_test_id: &str) -> Event {
+        let policy: UsagePolicy = serde_json::from_value(serde_json::json!({
+            "id": cap_test_id, "name": "per team", "workspace_id": null, "conditions": [],
+            "group_by": "metadata.team", "usage_limits": null,
+            "rate_limits": [{"type": "requests", "unit": "rpd", "value": 100}],
+            "created_at": 0, "updated_at": 0
+        }))
+        .unwrap();
+        Event::Config(ConfigEvent {
+            event_id: "p".into(),
+            at: Millis(0),
+            change: Change::Upsert(Entity::Policy(policy)),
+        })
+    }
+
+    #[test]
+    fn a_grouped_policy_counts_a_bounded_number_of_groups() {
+        let state = RwLock::new(State::default());
+        state.write().apply(&grouped_policy("pol"));
+        let gov = Arc::new(Governor::with_group_cap(3));
+        let call = |team: &str, now: i64| {
+            let metadata: Metadata = [("team".to_owned(), team.to_owned())].into();
+            let path = RequestPath {
+                api_key_id: "k",
+                workspace_id: "ws",
+                metadata: Some(&metadata),
+                ..Default::default()
+            };
+            gov.admit(&state, &path, Estimate::default(), Millis(now))
+                .map(drop)
+                .map_err(|r| r.error)
+        };
+        for team in ["a", "b", "c", "a"] {
+            assert!(call(team, 1).is_ok(), "{team}");
+        }
+        let refused = call("d", 1).unwrap_err();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.message.contains("3 groups"), "{}", refused.message);
+        assert!(call("b", 1).is_ok(), "known groups are still served");
+        gov.prune_at(&state.read(), Millis(1));
+        assert!(call("d", 1).is_err(), "the groups are active today");
+        gov.prune_at(&state.read(), Millis(86_400_000));
+        assert!(call("d", 86_400_000).is_ok(), "idle groups were forgotten");
     }
 }

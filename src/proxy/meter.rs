@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::route::Target;
 use super::RequestCtx;
-use crate::domain::pricing::{Price, PriceTable, TokenUsage};
+use crate::domain::pricing::{Price, PriceTable, Pricing, TokenUsage};
 use crate::domain::{Millis, UsageEvent, UsageSource};
 
 #[derive(Deserialize)]
@@ -89,19 +89,62 @@ pub fn estimate_prompt(body: &Map<String, Value>) -> u64 {
 /// An upper bound on the prompt's tokens, for reservations: byte-level tokenizers never make more
 /// tokens than bytes, plus a generous per-message and per-request overhead.
 pub fn max_prompt_tokens(body: &Map<String, Value>) -> u64 {
-    let messages = body
-        .get("messages")
+    max_prompt_tokens_of(|k| body.get(k))
+}
+
+/// [`max_prompt_tokens`] of the body actually sent: a config's `override_params` laid over the
+/// client's body (override winning).
+pub fn max_prompt_tokens_sent(body: &Map<String, Value>, overrides: &Map<String, Value>) -> u64 {
+    max_prompt_tokens_of(|k| overrides.get(k).or_else(|| body.get(k)))
+}
+
+/// Whether `override_params` replace part of the prompt (so the client's bound does not hold).
+pub fn overrides_prompt(overrides: &Map<String, Value>) -> bool {
+    PROMPT_FIELDS.iter().any(|k| overrides.contains_key(*k))
+}
+
+/// The body fields that make up the prompt.
+const PROMPT_FIELDS: [&str; 5] = ["messages", "prompt", "input", "tools", "functions"];
+
+fn max_prompt_tokens_of<'a>(field: impl Fn(&str) -> Option<&'a Value>) -> u64 {
+    let messages = field("messages")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
     let mut bytes = ByteCount(0);
-    for v in ["messages", "prompt", "input", "tools", "functions"]
-        .iter()
-        .filter_map(|k| body.get(*k))
-    {
+    for v in PROMPT_FIELDS.iter().filter_map(|k| field(k)) {
         // Writing into a counter cannot fail; the prompt is measured, never copied.
         let _ = serde_json::to_writer(&mut bytes, v);
     }
-    bytes.0 + 8 * messages + 8
+    bytes.0.saturating_add(8 * messages + 8)
+}
+
+/// The most output tokens one upstream call may bill, from the body actually sent (a config's
+/// `override_params` laid over the client's, override winning): the larger of
+/// `max_completion_tokens` and `max_tokens`, or `default` when neither is set, times the
+/// choices generated (`n`, and `best_of`, which completions generate and bill server-side).
+pub fn max_output_tokens(
+    body: &Map<String, Value>,
+    overrides: &Map<String, Value>,
+    default: u64,
+) -> u64 {
+    let sent = |k: &str| {
+        overrides
+            .get(k)
+            .or_else(|| body.get(k))
+            .and_then(Value::as_u64)
+    };
+    let per_choice = ["max_completion_tokens", "max_tokens"]
+        .into_iter()
+        .filter_map(sent)
+        .max()
+        .unwrap_or(default);
+    let choices = ["n", "best_of"]
+        .into_iter()
+        .filter_map(sent)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    per_choice.saturating_mul(choices)
 }
 
 /// An `io::Write` that only counts.
@@ -140,15 +183,40 @@ pub fn completion_chars(body: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// The price of `model` through `target`: the integration's custom pricing first, then the table.
+/// The price of `model` through `target`: the integration's custom pricing first, then the
+/// table; a model with a `base_model_slug` and no pricing of its own is priced as its base model
+/// (the base's custom pricing on the same integration, then the table).
 pub fn price_of(prices: &PriceTable, target: &Target, model: &str) -> Option<Price> {
-    target
+    let models = &target.integration.models;
+    let custom = |m: &str| {
+        models
+            .get(m)
+            .and_then(|e| e.pricing_config.as_ref())
+            .and_then(Price::from_pricing_config)
+    };
+    let table = |m: &str| prices.lookup(&target.integration.ai_provider_id, m);
+    custom(model).or_else(
+        || match models.get(model).and_then(|e| e.base_model_slug.as_deref()) {
+            Some(base) => custom(base).or_else(|| table(base)),
+            None => table(model),
+        },
+    )
+}
+
+/// The integration setting that meters models without a price at $0 instead of refusing them
+/// on paths with a cost budget.
+pub const METER_UNPRICED_AT_ZERO: &str = "meter_unpriced_at_zero";
+
+/// The price of `model` through `target` and how cost budgets see it.
+pub fn pricing_of(prices: &PriceTable, target: &Target, model: &str) -> (Option<Price>, Pricing) {
+    let price = price_of(prices, target, model);
+    let at_zero = target
         .integration
-        .models
-        .get(model)
-        .and_then(|m| m.pricing_config.as_ref())
-        .and_then(Price::from_pricing_config)
-        .or_else(|| prices.lookup(&target.integration.ai_provider_id, model))
+        .configurations
+        .get(METER_UNPRICED_AT_ZERO)
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    (price, Pricing::of(price.as_ref(), at_zero))
 }
 
 /// What one attempt measured.
@@ -164,9 +232,25 @@ pub struct Attempt<'a> {
     pub event_id: String,
 }
 
-/// The usage event of an attempt.
-pub fn usage_event(prices: &PriceTable, ctx: &RequestCtx, a: Attempt<'_>) -> UsageEvent {
+/// The metadata key that flags an event whose reported usage was implausible and clamped; its
+/// value is what the upstream reported. Clients cannot set it.
+pub const USAGE_CLAMPED_KEY: &str = "_usage_clamped";
+
+/// The usage event of an attempt. Implausible usage is clamped and the event flagged.
+pub fn usage_event(prices: &PriceTable, ctx: &RequestCtx, mut a: Attempt<'_>) -> UsageEvent {
     let price = price_of(prices, a.target, a.model);
+    let (usage, clamped) = a.usage.plausible();
+    let mut metadata = ctx.metadata.clone();
+    if clamped {
+        let reported = format!(
+            "prompt_tokens={} completion_tokens={} cached_tokens={}",
+            a.usage.prompt, a.usage.completion, a.usage.cached
+        );
+        tracing::warn!(trace_id = %ctx.trace_id, provider = %a.target.provider.slug, %reported,
+            "implausible usage reported upstream; clamped to the plausibility bound");
+        metadata.insert(USAGE_CLAMPED_KEY.to_owned(), reported);
+    }
+    a.usage = usage;
     UsageEvent {
         event_id: a.event_id,
         at: Millis::now(),
@@ -179,7 +263,7 @@ pub fn usage_event(prices: &PriceTable, ctx: &RequestCtx, a: Attempt<'_>) -> Usa
         ai_provider: a.target.integration.ai_provider_id.clone(),
         department: ctx.metadata.get("department").cloned(),
         user: ctx.metadata.get("_user").cloned(),
-        metadata: ctx.metadata.clone(),
+        metadata,
         model: a.model.to_owned(),
         endpoint: ctx.endpoint,
         status_code: a.status,
@@ -236,6 +320,35 @@ mod tests {
         let b = body.as_object().unwrap();
         assert!(max_prompt_tokens(b) >= estimate_prompt(b));
         assert!(max_prompt_tokens(b) >= 12);
+        let over = json!({"messages":[{"role":"system","content":"x".repeat(1000)}]});
+        let o = over.as_object().unwrap();
+        assert!(overrides_prompt(o) && !overrides_prompt(&Map::new()));
+        assert!(
+            max_prompt_tokens_sent(b, o) > 1000,
+            "the override's prompt is what is sent"
+        );
+    }
+
+    #[test]
+    fn output_maximum_is_what_is_sent_upstream() {
+        let body = json!({"max_tokens": 10, "n": 3});
+        let b = body.as_object().unwrap();
+        let none = Map::new();
+        assert_eq!(max_output_tokens(b, &none, 4096), 30);
+        let over = json!({"max_tokens": 200});
+        assert_eq!(
+            max_output_tokens(b, over.as_object().unwrap(), 4096),
+            600,
+            "the config's override wins, per choice"
+        );
+        let both = json!({"max_completion_tokens": 50, "best_of": 5});
+        assert_eq!(max_output_tokens(b, both.as_object().unwrap(), 4096), 250);
+        assert_eq!(max_output_tokens(&none, &none, 4096), 4096);
+        let absurd = json!({"max_tokens": u64::MAX, "n": 2});
+        assert_eq!(
+            max_output_tokens(absurd.as_object().unwrap(), &none, 1),
+            u64::MAX
+        );
     }
 
     #[test]

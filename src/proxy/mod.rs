@@ -175,7 +175,18 @@ pub fn set_header(h: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
-/// The metadata of a request: workspace defaults < key defaults < `x-portkey-metadata`.
+/// Bounds of `x-portkey-metadata` (the header is written into every usage event).
+pub const METADATA_MAX_BYTES: usize = 8 * 1024;
+/// The most keys `x-portkey-metadata` may carry.
+pub const METADATA_MAX_KEYS: usize = 64;
+/// The longest metadata key, in bytes.
+pub const METADATA_MAX_KEY_BYTES: usize = 128;
+/// The longest metadata value, in bytes (after non-string values are written as JSON).
+pub const METADATA_MAX_VALUE_BYTES: usize = 512;
+
+/// The metadata of a request: key defaults over workspace defaults, then `x-portkey-metadata`,
+/// which may add keys but never overwrite a default: budgets and policies match on metadata
+/// (e.g. `department`), and a caller must not choose which budget is charged.
 fn metadata_of(
     ws: &crate::domain::Workspace,
     key: &ApiKey,
@@ -184,22 +195,57 @@ fn metadata_of(
     let mut m = ws.default_metadata();
     m.extend(key.default_metadata());
     if let Some(raw) = headers.get("x-portkey-metadata") {
-        let text = raw
-            .to_str()
-            .map_err(|_| DataError::bad_request("x-portkey-metadata must be text"))?;
-        if !text.trim().is_empty() {
-            let v: serde_json::Map<String, Value> = serde_json::from_str(text)
-                .map_err(|_| DataError::bad_request("x-portkey-metadata must be a JSON object"))?;
-            for (k, v) in v {
-                match v {
-                    Value::String(s) => m.insert(k, s),
-                    Value::Null => continue,
-                    other => m.insert(k, other.to_string()),
-                };
-            }
+        for (k, v) in header_metadata(raw)? {
+            m.entry(k).or_insert(v);
         }
     }
     Ok(m)
+}
+
+/// The entries of `x-portkey-metadata` (non-string values written as JSON, nulls dropped),
+/// within the bounds; past a bound it is a 400 naming it.
+fn header_metadata(raw: &HeaderValue) -> Result<Vec<(String, String)>, DataError> {
+    let too_big =
+        |what: String| DataError::bad_request(format!("x-portkey-metadata is too large: {what}"));
+    if raw.len() > METADATA_MAX_BYTES {
+        return Err(too_big(format!("at most {METADATA_MAX_BYTES} bytes")));
+    }
+    let text = raw
+        .to_str()
+        .map_err(|_| DataError::bad_request("x-portkey-metadata must be text"))?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Map<String, Value> = serde_json::from_str(text)
+        .map_err(|_| DataError::bad_request("x-portkey-metadata must be a JSON object"))?;
+    if v.len() > METADATA_MAX_KEYS {
+        return Err(too_big(format!("at most {METADATA_MAX_KEYS} keys")));
+    }
+    let mut out = Vec::with_capacity(v.len());
+    for (k, v) in v {
+        let v = match v {
+            Value::String(s) => s,
+            Value::Null => continue,
+            other => other.to_string(),
+        };
+        if k == meter::USAGE_CLAMPED_KEY {
+            return Err(DataError::bad_request(format!(
+                "x-portkey-metadata: {k} is reserved for the gateway"
+            )));
+        }
+        if k.len() > METADATA_MAX_KEY_BYTES {
+            return Err(too_big(format!(
+                "keys of at most {METADATA_MAX_KEY_BYTES} bytes"
+            )));
+        }
+        if v.len() > METADATA_MAX_VALUE_BYTES {
+            return Err(too_big(format!(
+                "values of at most {METADATA_MAX_VALUE_BYTES} bytes ({k})"
+            )));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
 }
 
 /// The trace id of a request: the client's `x-portkey-trace-id`, or a new one.

@@ -204,7 +204,7 @@ impl Exec {
             .map_or((0, &[][..]), |r| (r.attempts, &r.on_status_codes[..]));
         let mut n = 0;
         loop {
-            let reservation = match self.admit(&target, &model) {
+            let reservation = match self.admit(&target, &model, &node.override_params) {
                 Ok(r) => r,
                 Err(Refusal {
                     error,
@@ -233,24 +233,14 @@ impl Exec {
         }
     }
 
-    /// Admission for one attempt: every budget and rate limit on the path, with this request's
-    /// maximum (an upper bound of its prompt plus `max_tokens`, or a default output allowance)
-    /// reserved.
-    fn admit(&self, target: &Target, model: &str) -> Result<Reservation, Refusal> {
-        let max_out = match self.ctx.endpoint {
-            Endpoint::Embeddings => 0,
-            _ => ["max_completion_tokens", "max_tokens"]
-                .iter()
-                .find_map(|k| self.body.json.get(*k).and_then(Value::as_u64))
-                .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
-        };
-        let usage = TokenUsage {
-            prompt: self.prompt_max,
-            completion: max_out,
-            cached: 0,
-        };
-        let max_cost = meter::price_of(&self.core.prices, target, model)
-            .map_or(rust_decimal::Decimal::ZERO, |p| p.cost_usd(usage));
+    /// Admission for one attempt: every budget and rate limit on the path, with this attempt's
+    /// [`Exec::estimate`] reserved.
+    fn admit(
+        &self,
+        target: &Target,
+        model: &str,
+        overrides: &serde_json::Map<String, Value>,
+    ) -> Result<Reservation, Refusal> {
         let path = RequestPath {
             api_key_id: &self.ctx.key.id,
             workspace_id: &self.ctx.workspace_id,
@@ -260,13 +250,41 @@ impl Exec {
             model,
             metadata: Some(&self.ctx.metadata),
         };
-        let estimate = Estimate {
-            max_cost,
-            max_tokens: usage.prompt + usage.completion,
-        };
+        let estimate = self.estimate(target, model, overrides);
         self.core
             .governor
             .admit(&self.core.state, &path, estimate, Millis::now())
+    }
+
+    /// The most an attempt may use and cost, from the body actually sent upstream (the target's
+    /// `override_params` laid over the request): an upper bound of its prompt plus the most output
+    /// it may bill (every choice), priced as the target prices the model.
+    fn estimate(
+        &self,
+        target: &Target,
+        model: &str,
+        overrides: &serde_json::Map<String, Value>,
+    ) -> Estimate {
+        let completion = match self.ctx.endpoint {
+            Endpoint::Embeddings => 0,
+            _ => meter::max_output_tokens(&self.body.json, overrides, DEFAULT_MAX_OUTPUT_TOKENS),
+        };
+        let prompt = if meter::overrides_prompt(overrides) {
+            meter::max_prompt_tokens_sent(&self.body.json, overrides)
+        } else {
+            self.prompt_max
+        };
+        let usage = TokenUsage {
+            prompt,
+            completion,
+            cached: 0,
+        };
+        let (price, pricing) = meter::pricing_of(&self.core.prices, target, model);
+        Estimate {
+            max_cost: price.map_or(rust_decimal::Decimal::ZERO, |p| p.cost_usd(usage)),
+            max_tokens: prompt.saturating_add(completion),
+            pricing,
+        }
     }
 
     /// One upstream attempt, metered.

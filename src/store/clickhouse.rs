@@ -97,9 +97,11 @@ impl EventRow {
             model: e.model.clone(),
             endpoint: e.endpoint.as_str().to_owned(),
             status_code: e.status_code,
-            prompt_tokens: e.prompt_tokens,
-            completion_tokens: e.completion_tokens,
-            cached_tokens: e.cached_tokens,
+            // Stored counts are bounded (as the gateway meters them) so ClickHouse's UInt64 sums,
+            // which wrap silently, cannot overflow even for older events in a log.
+            prompt_tokens: plausible(e.prompt_tokens),
+            completion_tokens: plausible(e.completion_tokens),
+            cached_tokens: plausible(e.cached_tokens),
             cost_usd: to_d12(e.cost_usd),
             priced: u8::from(e.priced),
             usage_source: e.usage_source.as_str().to_owned(),
@@ -273,6 +275,10 @@ fn where_clause(f: &Filter) -> (String, Vec<Arg>) {
 const STATS_COLUMNS: &str = "toUInt64(count()) AS requests, toUInt64(sum(status_code >= 400)) AS errors,
     toUInt64(sum(prompt_tokens)) AS prompt_tokens, toUInt64(sum(completion_tokens)) AS completion_tokens,
     sum(cost_usd) AS cost_usd, toUInt64(ifNull(uniqExact(user), 0)) AS users, toInt64(max(ts)) AS last_seen";
+
+fn plausible(tokens: u64) -> u64 {
+    tokens.min(crate::domain::pricing::MAX_PLAUSIBLE_TOKENS)
+}
 
 /// The ClickHouse usage store.
 #[derive(Clone)]

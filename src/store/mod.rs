@@ -100,7 +100,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn tokens(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 

@@ -28,6 +28,19 @@ fn to_pico(d: Decimal) -> i64 {
     i64::try_from(d.mantissa()).unwrap_or(i64::MAX)
 }
 
+/// A token count as SQLite's integer, bounded as the gateway meters it: a log may hold older
+/// events with absurd counts, which must neither wrap negative nor overflow sums (the ClickHouse
+/// store bounds them the same way, so both answer alike).
+fn count_sql(n: u64) -> i64 {
+    i64::try_from(n.min(crate::domain::pricing::MAX_PLAUSIBLE_TOKENS)).unwrap_or(i64::MAX)
+}
+
+/// A sum of token counts read as its millions and the rest (see [`STATS_COLUMNS`]).
+fn from_count_parts(millions: i64, rest: i64) -> u64 {
+    let n = i128::from(millions) * 1_000_000 + i128::from(rest);
+    u64::try_from(n.max(0)).unwrap_or(u64::MAX)
+}
+
 fn from_pico(p: i64) -> Decimal {
     Decimal::new(p, 12).normalize()
 }
@@ -177,9 +190,9 @@ fn ingest(
                 e.model,
                 e.endpoint.as_str(),
                 e.status_code,
-                e.prompt_tokens as i64,
-                e.completion_tokens as i64,
-                e.cached_tokens as i64,
+                count_sql(e.prompt_tokens),
+                count_sql(e.completion_tokens),
+                count_sql(e.cached_tokens),
                 to_pico(e.cost_usd),
                 e.priced,
                 e.usage_source.as_str(),
@@ -202,9 +215,9 @@ fn ingest(
                     let a = rollups.entry((grain, bucket, dim, value)).or_default();
                     a.requests += 1;
                     a.errors += i64::from(e.is_error());
-                    a.prompt += e.prompt_tokens as i64;
-                    a.completion += e.completion_tokens as i64;
-                    a.cached += e.cached_tokens as i64;
+                    a.prompt = a.prompt.saturating_add(count_sql(e.prompt_tokens));
+                    a.completion = a.completion.saturating_add(count_sql(e.completion_tokens));
+                    a.cached = a.cached.saturating_add(count_sql(e.cached_tokens));
                     a.cost += i128::from(to_pico(e.cost_usd));
                     a.latency += i64::from(e.latency_ms);
                 }
@@ -214,9 +227,12 @@ fn ingest(
             "INSERT INTO usage_rollup VALUES (?,?,?,?,?,?,?,?,?,?,?)
              ON CONFLICT (grain, bucket, dimension, value) DO UPDATE SET
                requests = requests + excluded.requests, errors = errors + excluded.errors,
-               prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-               completion_tokens = completion_tokens + excluded.completion_tokens,
-               cached_tokens = cached_tokens + excluded.cached_tokens,
+               prompt_tokens = CASE WHEN prompt_tokens > 9223372036854775807 - excluded.prompt_tokens
+                 THEN 9223372036854775807 ELSE prompt_tokens + excluded.prompt_tokens END,
+               completion_tokens = CASE WHEN completion_tokens > 9223372036854775807 - excluded.completion_tokens
+                 THEN 9223372036854775807 ELSE completion_tokens + excluded.completion_tokens END,
+               cached_tokens = CASE WHEN cached_tokens > 9223372036854775807 - excluded.cached_tokens
+                 THEN 9223372036854775807 ELSE cached_tokens + excluded.cached_tokens END,
                cost_pico = CASE WHEN cost_pico > 9223372036854775807 - excluded.cost_pico
                  THEN 9223372036854775807 ELSE cost_pico + excluded.cost_pico END,
                latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum",
@@ -297,21 +313,25 @@ fn json_path(key: &str) -> String {
 }
 
 /// Cost is summed as whole microdollars and the rest apart: SQLite's `sum` of integers fails past
-/// an i64, which picodollars reach at $9.2 M (an organisation's year); the parts reach it only
-/// at $9.2 M × 10^6 and after 9.2 × 10^12 events.
-const STATS_COLUMNS: &str = "count(*), coalesce(sum(status_code >= 400), 0), coalesce(sum(prompt_tokens), 0),
-    coalesce(sum(completion_tokens), 0), coalesce(sum(cost_pico / 1000000), 0), coalesce(sum(cost_pico % 1000000), 0),
+/// an i64 (an error, which would fail the whole query), which picodollars reach at $9.2 M (an
+/// organisation's year); the parts reach it only at $9.2 M × 10^6 and after 9.2 × 10^12 events.
+/// Token counts are summed the same way, as millions and the rest: a count is at most an i64, so
+/// the parts cannot overflow before 10^6 events of the largest count, or 9.2 × 10^12 events.
+const STATS_COLUMNS: &str = "count(*), coalesce(sum(status_code >= 400), 0),
+    coalesce(sum(prompt_tokens / 1000000), 0), coalesce(sum(prompt_tokens % 1000000), 0),
+    coalesce(sum(completion_tokens / 1000000), 0), coalesce(sum(completion_tokens % 1000000), 0),
+    coalesce(sum(cost_pico / 1000000), 0), coalesce(sum(cost_pico % 1000000), 0),
     count(DISTINCT user), coalesce(max(ts), 0)";
 
 fn stats_of(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Stats> {
     Ok(Stats {
         requests: row.get::<_, i64>(at)? as u64,
         errors: row.get::<_, i64>(at + 1)? as u64,
-        prompt_tokens: row.get::<_, i64>(at + 2)? as u64,
-        completion_tokens: row.get::<_, i64>(at + 3)? as u64,
-        cost_usd: from_pico_parts(row.get(at + 4)?, row.get(at + 5)?),
-        users: row.get::<_, i64>(at + 6)? as u64,
-        last_seen: Millis(row.get(at + 7)?),
+        prompt_tokens: from_count_parts(row.get(at + 2)?, row.get(at + 3)?),
+        completion_tokens: from_count_parts(row.get(at + 4)?, row.get(at + 5)?),
+        cost_usd: from_pico_parts(row.get(at + 6)?, row.get(at + 7)?),
+        users: row.get::<_, i64>(at + 8)? as u64,
+        last_seen: Millis(row.get(at + 9)?),
     })
 }
 

@@ -258,7 +258,7 @@ async fn sdk_clients_see_412_and_429() {
     let limited = new_key(
         &server,
         &ws,
-        json!({"rate_limits": [{"type": "requests", "unit": "rpm", "value": 2}]}),
+        json!({"rate_limits": [{"type": "requests", "unit": "rpd", "value": 2}]}),
     )
     .await;
     let (s, h, _) = chat(&server, &limited, "g4", &[]).await;
@@ -275,11 +275,12 @@ async fn sdk_clients_see_412_and_429() {
         ],
     )
     .await;
-    // Token rate limits debit actual usage: 40 tokens per minute admits two 19-token requests.
+    // Token rate limits count actual usage: 40 tokens per hour admits requests while under 40
+    // (hours, not minutes: a calendar interval that rolled over mid-test would start afresh).
     let tokens = new_key(
         &server,
         &ws,
-        json!({"rate_limits": [{"type": "tokens", "unit": "rpm", "value": 40}]}),
+        json!({"rate_limits": [{"type": "tokens", "unit": "rph", "value": 40}]}),
     )
     .await;
     let mut got = Vec::new();
@@ -297,7 +298,7 @@ async fn global_workspace_access_provisions_new_workspaces_with_its_limits() {
     server
         .admin("POST", "/integrations", Some(json!({"name": "glob", "slug": "glob", "ai_provider_id": "openai", "key": "sk-glob-000000000",
             "configurations": {"custom_host": mock.url},
-            "global_workspace_access": {"enabled": true, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 1}]}})))
+            "global_workspace_access": {"enabled": true, "rate_limits": [{"type": "requests", "unit": "rph", "value": 1}]}})))
         .await;
     let ws = server
         .admin("POST", "/admin/workspaces", Some(json!({"name": "late"})))
@@ -338,7 +339,7 @@ async fn provider_rate_limit_answers_429_with_retry_after() {
         .admin(
             "PUT",
             &format!("/providers/g6?workspace_id={ws}"),
-            Some(json!({"rate_limits": [{"type": "requests", "unit": "rpm", "value": 1}]})),
+            Some(json!({"rate_limits": [{"type": "requests", "unit": "rph", "value": 1}]})),
         )
         .await;
     assert_eq!(chat(&server, &key, "g6", &[]).await.0, 200);

@@ -6,6 +6,9 @@
 //! - `huge-body` answers a 64 MiB body (chunked, no length) that never ends its JSON;
 //!   `endless-event` streams one SSE event of 16 MiB with no blank line. Both count the bytes
 //!   the connection took (`poured`) and note when they stopped (`pours_ended`).
+//! - `full-output` bills the whole output allowance: completion = `max_tokens` (or
+//!   `max_completion_tokens`, else 16) × `n`;
+//! - `huge-usage` reports absurd usage (prompt and completion tokens near 2^63).
 //!
 //! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
 
@@ -48,6 +51,18 @@ pub struct Mock {
 
 pub const COMPLETION_TOKENS: u64 = 7;
 
+/// What `huge-usage` reports for prompt and completion tokens each.
+pub const HUGE_TOKENS: u64 = 9_223_372_036_854_775_000;
+
+/// The completion tokens `full-output` bills: the whole allowance of every choice.
+pub fn full_output(body: &Value) -> u64 {
+    let per_choice = body["max_tokens"]
+        .as_u64()
+        .or_else(|| body["max_completion_tokens"].as_u64())
+        .unwrap_or(16);
+    per_choice * body["n"].as_u64().unwrap_or(1).max(1)
+}
+
 pub fn prompt_tokens(body: &Value) -> u64 {
     11 + body["messages"].as_array().map_or(0, Vec::len) as u64
 }
@@ -81,8 +96,17 @@ fn usage(body: &Value) -> Value {
     if model.contains("zero-usage") {
         return json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
     }
+    if model.contains("huge-usage") {
+        let huge = HUGE_TOKENS;
+        return json!({"prompt_tokens": huge, "completion_tokens": huge, "total_tokens": u64::MAX});
+    }
     let p = prompt_tokens(body);
-    json!({"prompt_tokens": p, "completion_tokens": COMPLETION_TOKENS, "total_tokens": p + COMPLETION_TOKENS,
+    let completion = if model.contains("full-output") {
+        full_output(body)
+    } else {
+        COMPLETION_TOKENS
+    };
+    json!({"prompt_tokens": p, "completion_tokens": completion, "total_tokens": p + completion,
            "prompt_tokens_details": {"cached_tokens": 0}})
 }
 

@@ -1,6 +1,6 @@
 """412 (budget exhausted) and 429 (rate limited) as the real SDKs surface them.
 
-Env: TOLLGATE_URL, SPENT_KEY (its token budget is used up), LIMITED_KEY (2 requests per minute,
+Env: TOLLGATE_URL, SPENT_KEY (its token budget is used up), LIMITED_KEY (2 requests per day,
 one already made), PROVIDER, MODEL.
 """
 import os

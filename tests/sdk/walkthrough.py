@@ -72,7 +72,7 @@ admin.integrations.models.update(slug="mock-openai", allow_all_models=False, mod
     {"slug": "gpt-3.5-turbo-instruct", "enabled": True},
     {"slug": "my-custom", "enabled": True, "is_custom": True,
      "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 0.001}, "response_token": {"price": 0.002}}}},
-    {"slug": "fail-500", "enabled": True},
+    {"slug": "fail-500", "enabled": True, "base_model_slug": "gpt-4o-mini"},  # priced as its base
     {"slug": "gpt-4", "enabled": False}])
 models = admin.integrations.models.list(slug="mock-openai")
 assert models.allow_all_models is False and len(models.models) == 7, models
