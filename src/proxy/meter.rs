@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use super::route::Target;
 use super::RequestCtx;
 use crate::domain::pricing::{Price, PriceTable, Pricing, TokenUsage};
+use crate::domain::routing::Params;
 use crate::domain::{Millis, UsageEvent, UsageSource};
 
 #[derive(Deserialize)]
@@ -94,12 +95,12 @@ pub fn max_prompt_tokens(body: &Map<String, Value>) -> u64 {
 
 /// [`max_prompt_tokens`] of the body actually sent: a config's `override_params` laid over the
 /// client's body (override winning).
-pub fn max_prompt_tokens_sent(body: &Map<String, Value>, overrides: &Map<String, Value>) -> u64 {
+pub fn max_prompt_tokens_sent(body: &Map<String, Value>, overrides: &Params) -> u64 {
     max_prompt_tokens_of(|k| overrides.get(k).or_else(|| body.get(k)))
 }
 
 /// Whether `override_params` replace part of the prompt (so the client's bound does not hold).
-pub fn overrides_prompt(overrides: &Map<String, Value>) -> bool {
+pub fn overrides_prompt(overrides: &Params) -> bool {
     PROMPT_FIELDS.iter().any(|k| overrides.contains_key(*k))
 }
 
@@ -122,11 +123,7 @@ fn max_prompt_tokens_of<'a>(field: impl Fn(&str) -> Option<&'a Value>) -> u64 {
 /// `override_params` laid over the client's, override winning): the larger of
 /// `max_completion_tokens` and `max_tokens`, or `default` when neither is set, times the
 /// choices generated (`n`, and `best_of`, which completions generate and bill server-side).
-pub fn max_output_tokens(
-    body: &Map<String, Value>,
-    overrides: &Map<String, Value>,
-    default: u64,
-) -> u64 {
+pub fn max_output_tokens(body: &Map<String, Value>, overrides: &Params, default: u64) -> u64 {
     let sent = |k: &str| {
         overrides
             .get(k)
@@ -321,8 +318,8 @@ mod tests {
         assert!(max_prompt_tokens(b) >= estimate_prompt(b));
         assert!(max_prompt_tokens(b) >= 12);
         let over = json!({"messages":[{"role":"system","content":"x".repeat(1000)}]});
-        let o = over.as_object().unwrap();
-        assert!(overrides_prompt(o) && !overrides_prompt(&Map::new()));
+        let o = &Params::from(over.as_object().unwrap().clone());
+        assert!(overrides_prompt(o) && !overrides_prompt(&Params::default()));
         assert!(
             max_prompt_tokens_sent(b, o) > 1000,
             "the override's prompt is what is sent"
@@ -333,17 +330,18 @@ mod tests {
     fn output_maximum_is_what_is_sent_upstream() {
         let body = json!({"max_tokens": 10, "n": 3});
         let b = body.as_object().unwrap();
-        let none = Map::new();
+        let none = Params::default();
+        let params = |v: Value| Params::from(v.as_object().unwrap().clone());
         assert_eq!(max_output_tokens(b, &none, 4096), 30);
         let over = json!({"max_tokens": 200});
         assert_eq!(
-            max_output_tokens(b, over.as_object().unwrap(), 4096),
+            max_output_tokens(b, &params(over), 4096),
             600,
             "the config's override wins, per choice"
         );
         let both = json!({"max_completion_tokens": 50, "best_of": 5});
-        assert_eq!(max_output_tokens(b, both.as_object().unwrap(), 4096), 250);
-        assert_eq!(max_output_tokens(&none, &none, 4096), 4096);
+        assert_eq!(max_output_tokens(b, &params(both), 4096), 250);
+        assert_eq!(max_output_tokens(&Map::new(), &none, 4096), 4096);
         let absurd = json!({"max_tokens": u64::MAX, "n": 2});
         assert_eq!(
             max_output_tokens(absurd.as_object().unwrap(), &none, 1),

@@ -239,7 +239,7 @@ impl Exec {
         &self,
         target: &Target,
         model: &str,
-        overrides: &serde_json::Map<String, Value>,
+        overrides: &crate::domain::routing::Params,
     ) -> Result<Reservation, Refusal> {
         let path = RequestPath {
             api_key_id: &self.ctx.key.id,
@@ -263,7 +263,7 @@ impl Exec {
         &self,
         target: &Target,
         model: &str,
-        overrides: &serde_json::Map<String, Value>,
+        overrides: &crate::domain::routing::Params,
     ) -> Estimate {
         let completion = match self.ctx.endpoint {
             Endpoint::Embeddings => 0,
