@@ -3,15 +3,20 @@
 //! from clients that did not ask for it), and holds back only the final `data: [DONE]` until
 //! the attempt's usage event is durable. If the client goes away, the task keeps reading the
 //! provider (bounded in time and bytes) to learn the real usage; if none arrives, the event
-//! carries an estimate and says so.
+//! carries an estimate and says so. A client that stops reading counts as gone once it has let
+//! a frame wait `client_stall_timeout`: metering never waits on a client for longer.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 
 use super::meter::{self, Attempt, WireUsage};
 use super::route::Target;
@@ -132,25 +137,95 @@ pub fn classify(event: &[u8]) -> Frame {
     }
 }
 
-/// Starts the stream task; the returned receiver yields the frames for the client.
-pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> mpsc::Receiver<Bytes> {
+/// Starts the stream task; the returned stream yields the frames for the client.
+pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> Frames {
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let client = Client {
+        tx: Some(tx),
+        abandoned: abandoned.clone(),
+        stall: job.core.settings.client_stall_timeout,
+    };
     let mut target = target.clone();
     target.headers.clear(); // the credential is not needed past the request
-    job.core.tasks.clone().spawn(pump(job, target, resp, tx));
-    rx
+    job.core.tasks.clone().spawn(pump(job, target, resp, client));
+    Frames { rx, abandoned }
+}
+
+/// The client's frames. If the task gave up on a stalled client, the stream ends in an error,
+/// so the connection is broken off rather than the stream looking complete.
+pub struct Frames {
+    rx: mpsc::Receiver<Bytes>,
+    abandoned: Arc<AtomicBool>,
+}
+
+/// Why a client's stream was broken off.
+#[derive(Debug, thiserror::Error)]
+#[error("the client stopped reading the stream (client_stall_timeout_ms)")]
+pub struct ClientStalled;
+
+impl futures_util::Stream for Frames {
+    type Item = Result<Bytes, ClientStalled>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.abandoned.load(Ordering::Acquire) {
+            return Poll::Ready(Some(Err(ClientStalled)));
+        }
+        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+/// The task's end of the channel to the client; `None` once the client is gone.
+struct Client {
+    tx: Option<mpsc::Sender<Bytes>>,
+    abandoned: Arc<AtomicBool>,
+    stall: Duration,
+}
+
+impl Client {
+    /// Sends a frame, waiting at most `stall` for room. Returns false when the client is gone:
+    /// it went away, or it let the frame wait too long and is given up on (its stream then
+    /// ends in an error and the sender is dropped at once, so its connection closes).
+    async fn send(&mut self, frame: Bytes, trace_id: &str) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        let sent = match tx.try_send(frame) {
+            Ok(()) => return true,
+            Err(TrySendError::Closed(_)) => Err(SendTimeoutError::Closed(())),
+            Err(TrySendError::Full(frame)) => tx
+                .send_timeout(frame, self.stall)
+                .await
+                .map_err(|e| match e {
+                    SendTimeoutError::Closed(_) => SendTimeoutError::Closed(()),
+                    SendTimeoutError::Timeout(_) => SendTimeoutError::Timeout(()),
+                }),
+        };
+        match sent {
+            Ok(()) => return true,
+            Err(SendTimeoutError::Closed(())) => {
+                tracing::info!(trace_id, "client left mid-stream; reading on to meter the real usage")
+            }
+            Err(SendTimeoutError::Timeout(())) => {
+                tracing::warn!(trace_id, stall_ms = self.stall.as_millis() as u64,
+                    "client stopped reading mid-stream; dropping it and reading on to meter the real usage");
+                self.abandoned.store(true, Ordering::Release);
+            }
+        }
+        self.tx = None;
+        false
+    }
 }
 
 struct Progress {
     usage: Option<TokenUsage>,
     chars: usize,
     done: Option<Bytes>,
+    client: Client,
     client_gone_at: Option<Instant>,
     drained: usize,
     failed: bool,
 }
 
-async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sender<Bytes>) {
+async fn pump(job: Job, target: Target, resp: reqwest::Response, client: Client) {
     let mut upstream = resp.bytes_stream();
     let mut split = SseSplitter::default();
     let drain = job.core.settings.stream_drain_timeout;
@@ -158,6 +233,7 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sende
         usage: None,
         chars: 0,
         done: None,
+        client,
         client_gone_at: None,
         drained: 0,
         failed: false,
@@ -187,19 +263,19 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sende
         }
         split.push(&chunk);
         while let Some(event) = split.next_event() {
-            forward_event(&job, &tx, &mut p, event).await;
+            forward_event(&job, &mut p, event).await;
         }
         if p.client_gone_at.is_some() && (p.usage.is_some() || p.drained > DRAIN_MAX_BYTES) {
             break;
         }
     }
     if let Some(rest) = split.rest() {
-        forward_event(&job, &tx, &mut p, rest).await;
+        forward_event(&job, &mut p, rest).await;
     }
-    settle(job, &target, &tx, p).await;
+    settle(job, &target, p).await;
 }
 
-async fn forward_event(job: &Job, tx: &mpsc::Sender<Bytes>, p: &mut Progress, event: Bytes) {
+async fn forward_event(job: &Job, p: &mut Progress, event: Bytes) {
     let forward = match classify(&event) {
         Frame::Done => {
             p.done = Some(event);
@@ -218,14 +294,13 @@ async fn forward_event(job: &Job, tx: &mpsc::Sender<Bytes>, p: &mut Progress, ev
         }
         Frame::Other => true,
     };
-    if forward && p.client_gone_at.is_none() && tx.send(event).await.is_err() {
-        tracing::info!(trace_id = %job.ctx.trace_id, "client left mid-stream; reading on to meter the real usage");
+    if forward && p.client_gone_at.is_none() && !p.client.send(event, &job.ctx.trace_id).await {
         p.client_gone_at = Some(Instant::now());
     }
 }
 
 /// Records the usage event, then lets the client have its last bytes.
-async fn settle(job: Job, target: &Target, tx: &mpsc::Sender<Bytes>, p: Progress) {
+async fn settle(job: Job, target: &Target, mut p: Progress) {
     let (usage, source) = match p.usage {
         Some(u) => (u, UsageSource::Provider),
         None => (
@@ -267,7 +342,7 @@ async fn settle(job: Job, target: &Target, tx: &mpsc::Sender<Bytes>, p: Progress
         (Ok(()), false) => p.done,
     };
     if let Some(frame) = last {
-        let _ = tx.send(frame).await;
+        p.client.send(frame, &job.ctx.trace_id).await;
     }
 }
 

@@ -2,7 +2,8 @@
 //! model name so a test can ask for failures, missing usage or slow streams:
 //! - `fail-500` answers 500; `fail-429` answers 429;
 //! - `no-usage` omits `usage`; `zero-usage` reports zeros;
-//! - `slow-stream` streams 40 chunks 25 ms apart; `slow` waits 2 s before answering.
+//! - `slow-stream` streams 40 chunks 25 ms apart; `slow` waits 2 s before answering;
+//! - `long-stream` streams 2,000 chunks of about 4 KiB as fast as they are read (8 MiB).
 //!
 //! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
 
@@ -121,12 +122,24 @@ fn stream(seen: Arc<Seen>, body: Value, model: String) -> Response {
             json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
-        let n = if model.contains("slow-stream") { 40 } else { 3 };
+        let n = if model.contains("slow-stream") {
+            40
+        } else if model.contains("long-stream") {
+            2000
+        } else {
+            3
+        };
+        let pad = if model.contains("long-stream") { 4000 } else { 0 };
         let mut frames = vec![chunk(
             json!({"role": "assistant", "content": ""}),
             Value::Null,
         )];
-        frames.extend((0..n).map(|i| chunk(json!({"content": format!("w{i} ")}), Value::Null)));
+        frames.extend((0..n).map(|i| {
+            chunk(
+                json!({"content": format!("w{i} {}", " ".repeat(pad))}),
+                Value::Null,
+            )
+        }));
         frames.push(chunk(json!({}), json!("stop")));
         if include_usage {
             frames.push(json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
