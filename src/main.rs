@@ -143,7 +143,11 @@ fn raise_open_file_limit() -> Option<u64> {
         };
         // SAFETY: setrlimit only reads the struct it is given.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            tracing::info!(from = lim.rlim_cur, to = wanted, "raised the open-file limit");
+            tracing::info!(
+                from = lim.rlim_cur,
+                to = wanted,
+                "raised the open-file limit"
+            );
             lim.rlim_cur = wanted;
         } else {
             tracing::warn!(soft = lim.rlim_cur, hard = lim.rlim_max, error = %std::io::Error::last_os_error(),

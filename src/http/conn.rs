@@ -87,12 +87,16 @@ impl Drop for Slot {
     }
 }
 
-/// What a refused connection is told (best effort: it is closed right after).
-const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 136\r\n\r\n{\"error\":{\"message\":\"the server has too many open connections; retry shortly\",\"type\":\"server_error\",\"param\":null,\"code\":\"too_many_connections\"}}";
+/// What a refused connection is told, in the data plane's envelope (the plane is not known yet).
+const REFUSAL_BODY: &str = r#"{"error":{"message":"the server has too many open connections; retry shortly","type":"server_error","param":null,"code":"too_many_connections"}}"#;
 
 /// Refuses a connection over the cap: a 503 if the socket takes it at once, then close.
 pub fn refuse(stream: TcpStream) {
-    let _ = stream.try_write(REFUSAL);
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{REFUSAL_BODY}",
+        REFUSAL_BODY.len()
+    );
+    let _ = stream.try_write(reply.as_bytes());
 }
 
 /// Logs refused connections and failed accepts at most once per [`Self::INTERVAL`], with how
@@ -158,7 +162,11 @@ pub async fn serve(
 ) {
     let core = slot.0.clone();
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Guarded::new(stream, activity.clone(), timeouts.client_stall));
+    let io = TokioIo::new(Guarded::new(
+        stream,
+        activity.clone(),
+        timeouts.client_stall,
+    ));
     let service = Tracked {
         router,
         activity: activity.clone(),
@@ -253,7 +261,10 @@ impl Activity {
     }
 
     fn micros(&self) -> u64 {
-        self.epoch.elapsed().as_micros().min(u128::from(u64::MAX - 1)) as u64
+        self.epoch
+            .elapsed()
+            .as_micros()
+            .min(u128::from(u64::MAX - 1)) as u64
     }
 
     fn at(&self, micros: u64) -> Instant {
@@ -272,8 +283,7 @@ impl Activity {
 
     /// Bytes arrived: outside a request they begin the next request's headers.
     fn read_some(&self) {
-        if self.busy.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == 0
-        {
+        if self.busy.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == 0 {
             self.head_since.store(self.micros() + 1, Ordering::Release);
         }
     }

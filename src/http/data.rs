@@ -45,7 +45,9 @@ async fn serve(core: Arc<Core>, endpoint: Endpoint, req: Request) -> Response {
             headers,
             body,
         }) => (status, headers, body).into_response(),
-        Ok(Reply::Stream { headers, frames }) => (headers, Body::from_stream(frames)).into_response(),
+        Ok(Reply::Stream { headers, frames }) => {
+            (headers, Body::from_stream(frames)).into_response()
+        }
         Err(e) => ApiError::data(e, Some(trace_id)).into_response(),
     }
 }

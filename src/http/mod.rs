@@ -182,7 +182,8 @@ async fn accept_until_shutdown(
         match accepted {
             Ok((stream, _)) => match conn::Slot::take(core) {
                 Some(slot) => {
-                    let serving = conn::serve(stream, app.clone(), slot, timeouts, shutdown.clone());
+                    let serving =
+                        conn::serve(stream, app.clone(), slot, timeouts, shutdown.clone());
                     connections.spawn(serving);
                 }
                 None => {

@@ -148,7 +148,10 @@ pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> Frames {
     };
     let mut target = target.clone();
     target.headers.clear(); // the credential is not needed past the request
-    job.core.tasks.clone().spawn(pump(job, target, resp, client));
+    job.core
+        .tasks
+        .clone()
+        .spawn(pump(job, target, resp, client));
     Frames { rx, abandoned }
 }
 
@@ -191,18 +194,22 @@ impl Client {
         let sent = match tx.try_send(frame) {
             Ok(()) => return true,
             Err(TrySendError::Closed(_)) => Err(SendTimeoutError::Closed(())),
-            Err(TrySendError::Full(frame)) => tx
-                .send_timeout(frame, self.stall)
-                .await
-                .map_err(|e| match e {
-                    SendTimeoutError::Closed(_) => SendTimeoutError::Closed(()),
-                    SendTimeoutError::Timeout(_) => SendTimeoutError::Timeout(()),
-                }),
+            Err(TrySendError::Full(frame)) => {
+                tx.send_timeout(frame, self.stall)
+                    .await
+                    .map_err(|e| match e {
+                        SendTimeoutError::Closed(_) => SendTimeoutError::Closed(()),
+                        SendTimeoutError::Timeout(_) => SendTimeoutError::Timeout(()),
+                    })
+            }
         };
         match sent {
             Ok(()) => return true,
             Err(SendTimeoutError::Closed(())) => {
-                tracing::info!(trace_id, "client left mid-stream; reading on to meter the real usage")
+                tracing::info!(
+                    trace_id,
+                    "client left mid-stream; reading on to meter the real usage"
+                )
             }
             Err(SendTimeoutError::Timeout(())) => {
                 tracing::warn!(trace_id, stall_ms = self.stall.as_millis() as u64,
@@ -354,6 +361,37 @@ fn error_frame(message: &str, kind: &'static str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_given_up_on_and_its_stream_errs() {
+        let (tx, rx) = mpsc::channel(1);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let mut client = Client {
+            tx: Some(tx),
+            abandoned: abandoned.clone(),
+            stall: Duration::from_millis(20),
+        };
+        let mut frames = Frames { rx, abandoned };
+        assert!(client.send(Bytes::from_static(b"a"), "t").await);
+        // Nobody reads: the second frame waits `stall`, then the client is gone.
+        assert!(!client.send(Bytes::from_static(b"b"), "t").await);
+        assert!(client.tx.is_none());
+        assert!(!client.send(Bytes::from_static(b"c"), "t").await);
+        assert!(matches!(frames.next().await, Some(Err(ClientStalled))));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_left_is_gone_without_waiting() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let mut client = Client {
+            tx: Some(tx),
+            abandoned: Arc::new(AtomicBool::new(false)),
+            stall: Duration::from_secs(3600),
+        };
+        assert!(!client.send(Bytes::from_static(b"a"), "t").await);
+        assert!(!client.abandoned.load(Ordering::Acquire));
+    }
 
     #[test]
     fn splits_events_across_chunks() {

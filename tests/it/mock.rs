@@ -129,7 +129,11 @@ fn stream(seen: Arc<Seen>, body: Value, model: String) -> Response {
         } else {
             3
         };
-        let pad = if model.contains("long-stream") { 4000 } else { 0 };
+        let pad = if model.contains("long-stream") {
+            4000
+        } else {
+            0
+        };
         let mut frames = vec![chunk(
             json!({"role": "assistant", "content": ""}),
             Value::Null,
