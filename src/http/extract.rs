@@ -54,12 +54,15 @@ pub async fn body_bytes(req: Request, core: &Arc<Core>, plane: Plane) -> Result<
 /// A control-plane JSON body; an empty body is `{}`.
 pub struct JsonBody(pub Value);
 
-/// Handlers take it after [`Admin`] (axum runs extractors in order), so the caller is
-/// authenticated before the body is read.
+/// Handlers take it after [`Admin`] (axum runs extractors in order); it checks the caller from
+/// the headers again itself, so no route can read an unauthenticated body.
 impl FromRequest<Arc<Core>> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, core: &Arc<Core>) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        Admin::from_request_parts(&mut parts, core).await?;
+        let req = Request::from_parts(parts, body);
         let bytes = body_bytes(req, core, Plane::Control).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(Value::Object(Default::default())));
