@@ -191,31 +191,28 @@ impl Client {
     /// ends in an error and the sender is dropped at once, so its connection closes).
     async fn send(&mut self, frame: Bytes, trace_id: &str) -> bool {
         let Some(tx) = &self.tx else { return false };
-        let sent = match tx.try_send(frame) {
+        // Room at once is the common case, and needs no timer.
+        let frame = match tx.try_send(frame) {
             Ok(()) => return true,
-            Err(TrySendError::Closed(_)) => Err(SendTimeoutError::Closed(())),
-            Err(TrySendError::Full(frame)) => {
-                tx.send_timeout(frame, self.stall)
-                    .await
-                    .map_err(|e| match e {
-                        SendTimeoutError::Closed(_) => SendTimeoutError::Closed(()),
-                        SendTimeoutError::Timeout(_) => SendTimeoutError::Timeout(()),
-                    })
-            }
+            Err(TrySendError::Full(frame)) => frame,
+            Err(TrySendError::Closed(_)) => return self.gone(trace_id, false),
         };
-        match sent {
-            Ok(()) => return true,
-            Err(SendTimeoutError::Closed(())) => {
-                tracing::info!(
-                    trace_id,
-                    "client left mid-stream; reading on to meter the real usage"
-                )
-            }
-            Err(SendTimeoutError::Timeout(())) => {
-                tracing::warn!(trace_id, stall_ms = self.stall.as_millis() as u64,
-                    "client stopped reading mid-stream; dropping it and reading on to meter the real usage");
-                self.abandoned.store(true, Ordering::Release);
-            }
+        match tx.send_timeout(frame, self.stall).await {
+            Ok(()) => true,
+            Err(e) => self.gone(trace_id, matches!(e, SendTimeoutError::Timeout(_))),
+        }
+    }
+
+    fn gone(&mut self, trace_id: &str, stalled: bool) -> bool {
+        if stalled {
+            tracing::warn!(trace_id, stall_ms = self.stall.as_millis() as u64,
+                "client stopped reading mid-stream; dropping it and reading on to meter the real usage");
+            self.abandoned.store(true, Ordering::Release);
+        } else {
+            tracing::info!(
+                trace_id,
+                "client left mid-stream; reading on to meter the real usage"
+            );
         }
         self.tx = None;
         false

@@ -376,6 +376,17 @@ async fn a_stream_client_that_stops_reading_is_metered_and_shutdown_completes() 
         "metered as the provider billed it"
     );
 
+    // The server closed the connection of the client that stopped reading.
+    let url = bin.url.clone();
+    until("the stalled connection is closed", || async {
+        let text = metrics(&url).await;
+        metric(
+            &text,
+            "tollgate_connections_timed_out_total{reason=\"client_stall\"}",
+        ) == 1
+    })
+    .await;
+
     // SIGTERM completes although the client still holds its end open.
     let ok = Command::new("kill")
         .arg("-TERM")
