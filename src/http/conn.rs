@@ -1,6 +1,6 @@
 //! One client connection, served with hyper's HTTP/1 server, plus what hyper does not bound on
-//! its own: the open-connection cap, and the header-read, idle keep-alive and client-stall
-//! timeouts. (The body-read timeout is where bodies are read: [`super::extract::body_bytes`].)
+//! its own: the header-read, idle keep-alive and client-stall timeouts (the open-connection cap
+//! is [`super::cap`]). (The body-read timeout is where bodies are read: [`super::extract::body_bytes`].)
 //!
 //! A connection is in one of three phases, tracked by [`Activity`]:
 //! - *head*: bytes of a request's headers may be arriving (from connecting, or from the first
@@ -30,14 +30,13 @@ use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use crate::app::Core;
+use super::cap::Slot;
 use crate::settings::Settings;
 use crate::telemetry::ConnTimeout;
 
@@ -59,98 +58,6 @@ impl Timeouts {
     }
 }
 
-/// A place under the `max_connections` cap, held while the connection is open.
-pub struct Slot(Arc<Core>);
-
-impl Slot {
-    /// A slot if fewer than `max_connections` are open (the gauge is the count, for every thread).
-    pub fn take(core: &Arc<Core>) -> Option<Slot> {
-        let open = &core.metrics.connections_open;
-        let cap = core.settings.max_connections as u64;
-        if open.fetch_add(1, Ordering::AcqRel) >= cap {
-            open.fetch_sub(1, Ordering::AcqRel);
-            core.metrics
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(Slot(core.clone()))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0
-            .metrics
-            .connections_open
-            .fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// What a refused connection is told, in the data plane's envelope (the plane is not known yet).
-const REFUSAL_BODY: &str = r#"{"error":{"message":"the server has too many open connections; retry shortly","type":"server_error","param":null,"code":"too_many_connections"}}"#;
-
-/// Refuses a connection over the cap: a 503 if the socket takes it at once, then close.
-pub fn refuse(stream: TcpStream) {
-    let reply = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{REFUSAL_BODY}",
-        REFUSAL_BODY.len()
-    );
-    let _ = stream.try_write(reply.as_bytes());
-}
-
-/// Logs refused connections and failed accepts at most once per [`Self::INTERVAL`], with how
-/// many there were since the last line, so a flood of refusals cannot flood the log.
-#[derive(Default)]
-pub struct Refusals {
-    last: Mutex<Option<Instant>>,
-    refused: AtomicU64,
-}
-
-impl Refusals {
-    const INTERVAL: Duration = Duration::from_secs(10);
-
-    /// A connection was refused at the cap.
-    pub fn refused(&self, cap: usize) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        if self.due() {
-            let n = self.refused.swap(0, Ordering::Relaxed);
-            tracing::warn!(
-                refused = n,
-                max_connections = cap,
-                "refusing client connections: max_connections are open"
-            );
-        }
-    }
-
-    /// Accepting failed (e.g. the open-file limit is reached).
-    pub fn accept_failed(&self, e: &io::Error) {
-        if self.due() {
-            tracing::error!(error = %e, "accepting a connection failed");
-        }
-    }
-
-    fn due(&self) -> bool {
-        let now = Instant::now();
-        let mut last = self.last.lock();
-        let due = last.is_none_or(|t| now.duration_since(t) >= Self::INTERVAL);
-        if due {
-            *last = Some(now);
-        }
-        due
-    }
-}
-
-/// Accept errors that concern one connection only: the next accept may succeed at once.
-pub fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
-}
-
 /// Serves one connection until it closes, a timeout closes it, or shutdown has let it finish
 /// (graceful: the request in flight completes, an idle connection closes at once).
 pub async fn serve(
@@ -160,7 +67,7 @@ pub async fn serve(
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let core = slot.0.clone();
+    let core = slot.core().clone();
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Guarded::new(
         stream,
@@ -469,5 +376,38 @@ impl AsyncWrite for Guarded {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.stream).poll_shutdown(cx);
         self.written(r, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase_name(a: &Activity) -> &'static str {
+        match a.phase() {
+            Phase::Busy => "busy",
+            Phase::Head(_) => "head",
+            Phase::Idle(_) => "idle",
+        }
+    }
+
+    #[test]
+    fn a_connection_owes_headers_then_is_busy_then_idle_until_bytes_arrive() {
+        let a = Arc::new(Activity::new());
+        assert!(
+            matches!(a.phase(), Phase::Head(t) if t == a.epoch),
+            "from connecting"
+        );
+        let in_flight = InFlight::start(a.clone());
+        a.read_some(); // the body: still busy, not a new head
+        assert_eq!(phase_name(&a), "busy");
+        drop(in_flight);
+        assert_eq!(phase_name(&a), "idle");
+        a.read_some();
+        assert_eq!(phase_name(&a), "head");
+        let second = InFlight::start(a.clone());
+        assert_eq!(phase_name(&a), "busy");
+        drop(second);
+        assert_eq!(phase_name(&a), "idle");
     }
 }

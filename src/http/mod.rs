@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod analytics;
+pub mod cap;
 pub mod conn;
 pub mod data;
 pub mod error;
@@ -101,7 +102,7 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     let threads = core.settings.serve_threads.max(1);
     let all_done = Arc::new(Barrier::new(threads));
-    let refusals = Arc::new(conn::Refusals::default());
+    let refusals = Arc::new(cap::Refusals::default());
     let mut finished = Vec::with_capacity(threads);
     // Every runtime is built before any thread starts, so none can fail to reach the barrier.
     let runtimes = (0..threads)
@@ -142,7 +143,7 @@ async fn serve_thread(
     core: Arc<Core>,
     shutdown: watch::Receiver<bool>,
     all_done: Arc<Barrier>,
-    refusals: Arc<conn::Refusals>,
+    refusals: Arc<cap::Refusals>,
 ) -> std::io::Result<()> {
     let served = accept_until_shutdown(listener, &core, shutdown, &refusals).await;
     core.tasks.close();
@@ -166,7 +167,7 @@ async fn accept_until_shutdown(
     listener: std::net::TcpListener,
     core: &Arc<Core>,
     shutdown: watch::Receiver<bool>,
-    refusals: &conn::Refusals,
+    refusals: &cap::Refusals,
 ) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     let app = router(core.clone());
@@ -180,7 +181,7 @@ async fn accept_until_shutdown(
             _ = stop.wait_for(|stop| *stop) => break,
         };
         match accepted {
-            Ok((stream, _)) => match conn::Slot::take(core) {
+            Ok((stream, _)) => match cap::Slot::take(core) {
                 Some(slot) => {
                     let serving =
                         conn::serve(stream, app.clone(), slot, timeouts, shutdown.clone());
@@ -188,10 +189,10 @@ async fn accept_until_shutdown(
                 }
                 None => {
                     refusals.refused(core.settings.max_connections);
-                    conn::refuse(stream);
+                    cap::refuse(stream);
                 }
             },
-            Err(e) if conn::is_connection_error(&e) => {}
+            Err(e) if cap::is_connection_error(&e) => {}
             Err(e) => {
                 // Most likely the open-file limit: accepting again at once would spin.
                 refusals.accept_failed(&e);
