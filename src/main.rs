@@ -308,3 +308,19 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_connections_is_lowered_to_what_the_open_file_limit_allows() {
+        let mut s = Settings::default();
+        fit_connections_to(&mut s, 1 << 20);
+        assert_eq!(s.max_connections, 4096, "room enough: unchanged");
+        fit_connections_to(&mut s, 1024);
+        assert_eq!(s.max_connections, 480);
+        fit_connections_to(&mut s, 10);
+        assert_eq!(s.max_connections, 1);
+    }
+}
