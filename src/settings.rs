@@ -59,8 +59,9 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     /// How long a kept-alive connection may sit idle between requests before it is closed.
     pub idle_timeout: Duration,
-    /// How long a client may leave a response unread (nothing can be written to it) before it
-    /// is treated as gone: its connection is closed and a stream is metered without it.
+    /// How long a client may leave a response unread (nothing can be written to it), or hold a
+    /// stream back in all, before it is treated as gone: its connection is closed and a stream
+    /// is metered without it.
     pub client_stall_timeout: Duration,
     /// The most client connections open at once; more are refused with 503.
     pub max_connections: usize,
@@ -140,7 +141,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("header_read_timeout_ms", "longest time a client may take to send a request's headers (default 10000)"),
     ("body_read_timeout_ms", "longest time a client may take to send a request's body; 408 after it (default 60000)"),
     ("idle_timeout_ms", "how long an idle kept-alive connection stays open (default 75000)"),
-    ("client_stall_timeout_ms", "how long a client may leave a response unread before it is treated as gone (default 30000)"),
+    ("client_stall_timeout_ms", "how long a client may leave a response unread, or hold a stream back in all, before it is treated as gone (default 30000)"),
     ("max_connections", "most client connections open at once; more are refused with 503 (default 4096)"),
     ("log_format", "text or json (default text)"),
     ("smtp_url", "SMTP server for alert emails, e.g. smtp://127.0.0.1:25 (default: no email)"),

@@ -3,8 +3,9 @@
 //! from clients that did not ask for it), and holds back only the final `data: [DONE]` until
 //! the attempt's usage event is durable. If the client goes away, the task keeps reading the
 //! provider (bounded in time and bytes) to learn the real usage; if none arrives, the event
-//! carries an estimate and says so. A client that stops reading counts as gone once it has let
-//! a frame wait `client_stall_timeout`: metering never waits on a client for longer.
+//! carries an estimate and says so. A client that stops reading counts as gone once it has held
+//! the stream back for `client_stall_timeout` in all (at once, or a trickle at a time): metering
+//! never waits on a client for longer.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +146,7 @@ pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> Frames {
         tx: Some(tx),
         abandoned: abandoned.clone(),
         stall: job.core.settings.client_stall_timeout,
+        waited: Duration::ZERO,
     };
     let mut target = target.clone();
     target.headers.clear(); // the credential is not needed past the request
@@ -182,13 +184,17 @@ impl futures_util::Stream for Frames {
 struct Client {
     tx: Option<mpsc::Sender<Bytes>>,
     abandoned: Arc<AtomicBool>,
+    /// How long the client may hold the stream back in all.
     stall: Duration,
+    /// How long frames have waited for room so far.
+    waited: Duration,
 }
 
 impl Client {
-    /// Sends a frame, waiting at most `stall` for room. Returns false when the client is gone:
-    /// it went away, or it let the frame wait too long and is given up on (its stream then
-    /// ends in an error and the sender is dropped at once, so its connection closes).
+    /// Sends a frame, waiting for room at most what is left of `stall`. Returns false when the
+    /// client is gone: it went away, or it held the stream back too long and is given up on
+    /// (its stream then ends in an error and the sender is dropped at once, so its connection
+    /// closes). A client reading a trickle cannot hold metering up longer than one that stopped.
     async fn send(&mut self, frame: Bytes, trace_id: &str) -> bool {
         let Some(tx) = &self.tx else { return false };
         // Room at once is the common case, and needs no timer.
@@ -197,7 +203,12 @@ impl Client {
             Err(TrySendError::Full(frame)) => frame,
             Err(TrySendError::Closed(_)) => return self.gone(trace_id, false),
         };
-        match tx.send_timeout(frame, self.stall).await {
+        let started = Instant::now();
+        let sent = tx
+            .send_timeout(frame, self.stall.saturating_sub(self.waited))
+            .await;
+        self.waited += started.elapsed();
+        match sent {
             Ok(()) => true,
             Err(e) => self.gone(trace_id, matches!(e, SendTimeoutError::Timeout(_))),
         }
@@ -367,6 +378,7 @@ mod tests {
             tx: Some(tx),
             abandoned: abandoned.clone(),
             stall: Duration::from_millis(20),
+            waited: Duration::ZERO,
         };
         let mut frames = Frames { rx, abandoned };
         assert!(client.send(Bytes::from_static(b"a"), "t").await);
@@ -378,6 +390,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_reading_a_trickle_is_given_up_on_too() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let mut client = Client {
+            tx: Some(tx),
+            abandoned: abandoned.clone(),
+            stall: Duration::from_millis(100),
+            waited: Duration::ZERO,
+        };
+        // One frame taken every 10 ms: no single wait is long, but they add up.
+        let reader = tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let mut sent = 0;
+        while client.send(Bytes::from_static(b"x"), "t").await {
+            sent += 1;
+            assert!(sent < 10_000, "the trickle was never given up on");
+        }
+        assert!(abandoned.load(Ordering::Acquire));
+        assert!(client.waited >= Duration::from_millis(100));
+        reader.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_client_that_left_is_gone_without_waiting() {
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
@@ -385,6 +423,7 @@ mod tests {
             tx: Some(tx),
             abandoned: Arc::new(AtomicBool::new(false)),
             stall: Duration::from_secs(3600),
+            waited: Duration::ZERO,
         };
         assert!(!client.send(Bytes::from_static(b"a"), "t").await);
         assert!(!client.abandoned.load(Ordering::Acquire));
