@@ -108,13 +108,77 @@ fn run<F: std::future::Future<Output = anyhow::Result<()>>>(
         ("usage_fsync_ms", args.usage_fsync_ms),
         ("log_format", args.log_format),
     ];
-    let settings = Settings::load(args.config.as_deref(), std::env::vars(), &flags)?;
+    let mut settings = Settings::load(args.config.as_deref(), std::env::vars(), &flags)?;
     tollgate::telemetry::init_logging(settings.log_format);
+    if let Some(open_files) = raise_open_file_limit() {
+        fit_connections_to(&mut settings, open_files);
+    }
     // Background roles; HTTP is served on threads of its own (`tollgate::http::serve`).
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(role(settings))
+}
+
+/// Raises the open-file soft limit to the hard limit and returns it: every client connection
+/// holds a descriptor, and at the usual soft limit of 1024 about a thousand idle sockets would
+/// stop all service.
+#[cfg(unix)]
+fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not read the open-file limit");
+        return None;
+    }
+    // An unlimited hard limit is not a valid soft limit for files (the kernel caps it at nr_open).
+    let wanted = lim.rlim_max.min(1 << 20);
+    if lim.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = lim.rlim_cur,
+                to = wanted,
+                "raised the open-file limit"
+            );
+            lim.rlim_cur = wanted;
+        } else {
+            tracing::warn!(soft = lim.rlim_cur, hard = lim.rlim_max, error = %std::io::Error::last_os_error(),
+                "could not raise the open-file limit");
+        }
+    } else {
+        tracing::info!(soft = lim.rlim_cur, "open-file limit");
+    }
+    Some(lim.rlim_cur)
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> Option<u64> {
+    None
+}
+
+/// Lowers `max_connections` (with a warning) to what the open-file limit leaves room for: half of
+/// it past a reserve for the logs and the store, the other half for upstream connections.
+fn fit_connections_to(settings: &mut Settings, open_files: u64) {
+    let room = usize::try_from(open_files.saturating_sub(64) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if settings.max_connections > room {
+        tracing::warn!(
+            max_connections = settings.max_connections,
+            open_file_limit = open_files,
+            lowered_to = room,
+            "max_connections is more than the open-file limit allows; lowered"
+        );
+        settings.max_connections = room;
+    }
 }
 
 /// Kafka and ClickHouse clients of a distributed role, and its state rebuilt from the topics.
@@ -243,4 +307,20 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_connections_is_lowered_to_what_the_open_file_limit_allows() {
+        let mut s = Settings::default();
+        fit_connections_to(&mut s, 1 << 20);
+        assert_eq!(s.max_connections, 4096, "room enough: unchanged");
+        fit_connections_to(&mut s, 1024);
+        assert_eq!(s.max_connections, 480);
+        fit_connections_to(&mut s, 10);
+        assert_eq!(s.max_connections, 1);
+    }
 }

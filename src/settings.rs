@@ -55,6 +55,19 @@ pub struct Settings {
     pub max_upstream_body_bytes: usize,
     /// How long to keep reading a stream after its client went away, to meter the real usage.
     pub stream_drain_timeout: Duration,
+    /// How long a client may take to send a request's headers (from connecting, or from its
+    /// first byte on a kept-alive connection) before the connection is closed.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's whole body (408 after that).
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests before it is closed.
+    pub idle_timeout: Duration,
+    /// How long a client may leave a response unread (nothing can be written to it), or hold a
+    /// stream back in all, before it is treated as gone: its connection is closed and a stream
+    /// is metered without it.
+    pub client_stall_timeout: Duration,
+    /// The most client connections open at once; more are refused with 503.
+    pub max_connections: usize,
     pub log_format: LogFormat,
     /// Where alert emails go out, e.g. `smtp://127.0.0.1:25` or `smtps://user:pass@host`.
     pub smtp_url: Option<String>,
@@ -103,11 +116,12 @@ impl std::fmt::Display for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "listen={} serve_threads={} data_dir={} max_body_bytes={} usage_fsync={:?} upstream_timeout={:?} admin_key={} master_key={}",
+            "listen={} serve_threads={} data_dir={} max_body_bytes={} max_connections={} usage_fsync={:?} upstream_timeout={:?} admin_key={} master_key={}",
             self.listen,
             self.serve_threads,
             self.data_dir.display(),
             self.max_body_bytes,
+            self.max_connections,
             self.usage_fsync,
             self.upstream_timeout,
             if self.admin_key.is_some() { "set" } else { "unset" },
@@ -128,6 +142,11 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("upstream_timeout_ms", "upstream request timeout in ms (default 600000)"),
     ("max_upstream_body_bytes", "largest upstream response body, and largest single event of a stream (default 33554432)"),
     ("stream_drain_timeout_ms", "how long to keep reading a stream whose client left (default 30000)"),
+    ("header_read_timeout_ms", "longest time a client may take to send a request's headers (default 10000)"),
+    ("body_read_timeout_ms", "longest time a client may take to send a request's body; 408 after it (default 60000)"),
+    ("idle_timeout_ms", "how long an idle kept-alive connection stays open (default 75000)"),
+    ("client_stall_timeout_ms", "how long a client may leave a response unread, or hold a stream back in all, before it is treated as gone (default 30000)"),
+    ("max_connections", "most client connections open at once; more are refused with 503 (default 4096)"),
     ("log_format", "text or json (default text)"),
     ("smtp_url", "SMTP server for alert emails, e.g. smtp://127.0.0.1:25 (default: no email)"),
     ("alert_from", "sender of alert emails (default tollgate@localhost)"),
@@ -168,6 +187,11 @@ impl Default for Settings {
             upstream_timeout: Duration::from_secs(600),
             max_upstream_body_bytes: 32 << 20,
             stream_drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
+            client_stall_timeout: Duration::from_secs(30),
+            max_connections: 4096,
             log_format: LogFormat::Text,
             smtp_url: None,
             alert_from: "tollgate@localhost".into(),
@@ -200,6 +224,12 @@ impl Settings {
                 .trim()
                 .parse::<u64>()
                 .map_err(|_| invalid("expected a whole number"))
+        };
+        // A zero timeout would close every connection at once; it is refused, not "no timeout".
+        let positive_ms = |ms: u64| {
+            (ms > 0)
+                .then(|| Duration::from_millis(ms))
+                .ok_or_else(|| invalid("at least 1 ms"))
         };
         match name {
             "listen" => {
@@ -239,6 +269,16 @@ impl Settings {
             }
             "stream_drain_timeout_ms" => {
                 self.stream_drain_timeout = Duration::from_millis(number()?)
+            }
+            "header_read_timeout_ms" => self.header_read_timeout = positive_ms(number()?)?,
+            "body_read_timeout_ms" => self.body_read_timeout = positive_ms(number()?)?,
+            "idle_timeout_ms" => self.idle_timeout = positive_ms(number()?)?,
+            "client_stall_timeout_ms" => self.client_stall_timeout = positive_ms(number()?)?,
+            "max_connections" => {
+                self.max_connections = usize::try_from(number()?)
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| invalid("at least 1"))?
             }
             "log_format" => {
                 self.log_format = match value {
@@ -430,6 +470,30 @@ mod tests {
                 e.to_string().starts_with("setting TOLLGATE_SERVE_THREADS"),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn connection_settings_are_checked() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("TOLLGATE_HEADER_READ_TIMEOUT_MS", "250"),
+                ("TOLLGATE_MAX_CONNECTIONS", "3"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(s.max_connections, 3);
+        assert_eq!(s.idle_timeout, Duration::from_secs(75));
+        for (name, bad) in [
+            ("TOLLGATE_IDLE_TIMEOUT_MS", "0"),
+            ("TOLLGATE_MAX_CONNECTIONS", "0"),
+            ("TOLLGATE_CLIENT_STALL_TIMEOUT_MS", "soon"),
+        ] {
+            let e = Settings::load(None, env(&[(name, bad)]), &[]).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("setting {name}")), "{e}");
         }
     }
 

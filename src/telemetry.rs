@@ -75,6 +75,33 @@ impl UpstreamFailure {
     }
 }
 
+/// Why the server closed a client connection on a timeout, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnTimeout {
+    /// The request's headers did not arrive in time (idle new connections, slowloris).
+    HeaderRead,
+    /// A kept-alive connection sat idle too long.
+    Idle,
+    /// The client left a response unread too long.
+    ClientStall,
+}
+
+impl ConnTimeout {
+    const ALL: [ConnTimeout; 3] = [
+        ConnTimeout::HeaderRead,
+        ConnTimeout::Idle,
+        ConnTimeout::ClientStall,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ConnTimeout::HeaderRead => "header_read",
+            ConnTimeout::Idle => "idle",
+            ConnTimeout::ClientStall => "client_stall",
+        }
+    }
+}
+
 /// All of Tollgate's metrics.
 #[derive(Default)]
 pub struct Metrics {
@@ -86,6 +113,11 @@ pub struct Metrics {
     pub usage_events_appended: AtomicU64,
     pub config_events_appended: AtomicU64,
     pub usage_events_stored: AtomicU64,
+    /// Client connections open now, across every serving thread; also what the cap is checked on.
+    pub connections_open: AtomicU64,
+    /// Client connections refused because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    connections_timed_out: [AtomicU64; ConnTimeout::ALL.len()],
 }
 
 impl Metrics {
@@ -96,6 +128,30 @@ impl Metrics {
 
     pub fn upstream_failure(&self, why: UpstreamFailure) {
         *self.upstream_errors.lock().entry(why).or_default() += 1;
+    }
+
+    /// The server closed a client connection on a timeout.
+    pub fn connection_timed_out(&self, why: ConnTimeout) {
+        self.connections_timed_out[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render_connections(&self, out: &mut String) {
+        let open = self.connections_open.load(Ordering::Relaxed);
+        let refused = self.connections_refused.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_connections_open client connections open\n# TYPE tollgate_connections_open gauge\ntollgate_connections_open {open}\n# HELP tollgate_connections_refused_total client connections refused at the max_connections cap\n# TYPE tollgate_connections_refused_total counter\ntollgate_connections_refused_total {refused}"
+        );
+        out.push_str("# HELP tollgate_connections_timed_out_total client connections the server closed on a timeout\n");
+        out.push_str("# TYPE tollgate_connections_timed_out_total counter\n");
+        for why in ConnTimeout::ALL {
+            let n = self.connections_timed_out[why as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "tollgate_connections_timed_out_total{{reason=\"{}\"}} {n}",
+                why.label()
+            );
+        }
     }
 
     /// Prometheus text exposition, with the gauges read at the time of the scrape.
@@ -153,6 +209,7 @@ impl Metrics {
         for (name, c) in counters {
             let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
         }
+        self.render_connections(&mut out);
         let stored = self.usage_events_stored.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
@@ -222,5 +279,7 @@ mod tests {
         assert!(text.contains("tollgate_gateway_overhead_seconds_count 1"));
         assert!(text.contains("tollgate_store_lag_bytes 7"));
         assert!(text.contains("tollgate_rate_limiters 3"));
+        assert!(text.contains("tollgate_connections_open 0"));
+        assert!(text.contains("tollgate_connections_timed_out_total{reason=\"idle\"} 0"));
     }
 }

@@ -8,8 +8,6 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt;
-use tokio_stream_shim::ReceiverStream;
 
 use super::error::{ApiError, Plane};
 use super::extract::{body_bytes, QueryMap};
@@ -30,7 +28,11 @@ pub fn routes() -> Router<Arc<Core>> {
 async fn serve(core: Arc<Core>, endpoint: Endpoint, req: Request) -> Response {
     let headers = req.headers().clone();
     let trace_id = proxy::trace_id(&headers);
-    let body = match body_bytes(req, &(), Plane::Data).await {
+    // Who is calling is known from the headers: an unauthenticated body is never read.
+    if let Err(e) = proxy::authenticate(&core, &headers) {
+        return ApiError::data(e, Some(trace_id)).into_response();
+    }
+    let body = match body_bytes(req, &core, Plane::Data).await {
         Ok(b) => b,
         Err(mut e) => {
             e.trace_id = Some(trace_id);
@@ -44,8 +46,7 @@ async fn serve(core: Arc<Core>, endpoint: Endpoint, req: Request) -> Response {
             body,
         }) => (status, headers, body).into_response(),
         Ok(Reply::Stream { headers, frames }) => {
-            let stream = ReceiverStream(frames).map(Ok::<_, std::convert::Infallible>);
-            (headers, Body::from_stream(stream)).into_response()
+            (headers, Body::from_stream(frames)).into_response()
         }
         Err(e) => ApiError::data(e, Some(trace_id)).into_response(),
     }
@@ -91,23 +92,4 @@ async fn model(
     proxy::list_models(&core, &headers, None, Some(&id))
         .map(Json)
         .map_err(|e| ApiError::data(e, None))
-}
-
-/// A `Stream` over an mpsc receiver (what `tokio-stream` provides, without the dependency).
-mod tokio_stream_shim {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use bytes::Bytes;
-    use tokio::sync::mpsc;
-
-    pub struct ReceiverStream(pub mpsc::Receiver<Bytes>);
-
-    impl futures_util::Stream for ReceiverStream {
-        type Item = Bytes;
-
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-            self.0.poll_recv(cx)
-        }
-    }
 }

@@ -15,13 +15,24 @@ use crate::app::Core;
 use crate::control::Caller;
 use crate::proxy::auth;
 
-/// Reads the body, mapping an oversized one to 413 in the contract's format.
-pub async fn body_bytes<S: Send + Sync>(
-    req: Request,
-    state: &S,
-    plane: Plane,
-) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|r| {
+/// Reads the body, mapping an oversized one to 413 and one that does not arrive within
+/// `body_read_timeout` to 408, in the contract's format. Callers authenticate first: an
+/// unauthenticated client's body is never read.
+pub async fn body_bytes(req: Request, core: &Arc<Core>, plane: Plane) -> Result<Bytes, ApiError> {
+    let limit = core.settings.body_read_timeout;
+    let read = tokio::time::timeout(limit, Bytes::from_request(req, &()));
+    let Ok(read) = read.await else {
+        let mut e = ApiError::control(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms (body_read_timeout_ms)",
+                limit.as_millis()
+            ),
+        );
+        e.plane = plane;
+        return Err(e);
+    };
+    read.map_err(|r| {
         let too_large = r.status() == StatusCode::PAYLOAD_TOO_LARGE;
         let (status, msg) = if too_large {
             (
@@ -43,11 +54,16 @@ pub async fn body_bytes<S: Send + Sync>(
 /// A control-plane JSON body; an empty body is `{}`.
 pub struct JsonBody(pub Value);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+/// Handlers take it after [`Admin`] (axum runs extractors in order); it checks the caller from
+/// the headers again itself, so no route can read an unauthenticated body.
+impl FromRequest<Arc<Core>> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = body_bytes(req, state, Plane::Control).await?;
+    async fn from_request(req: Request, core: &Arc<Core>) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        Admin::from_request_parts(&mut parts, core).await?;
+        let req = Request::from_parts(parts, body);
+        let bytes = body_bytes(req, core, Plane::Control).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(Value::Object(Default::default())));
         }

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod analytics;
+pub mod cap;
+pub mod conn;
 pub mod data;
 pub mod error;
 pub mod extract;
@@ -19,6 +21,7 @@ use axum::Router;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Barrier};
+use tokio_util::task::TaskTracker;
 
 use crate::app::Core;
 use error::{ApiError, Plane};
@@ -83,6 +86,8 @@ async fn count_requests(State(core): State<Arc<Core>>, req: Request, next: Next)
 
 /// Serves on `settings.serve_threads` threads until `shutdown` turns true, then stops accepting,
 /// lets requests in flight finish and waits for the work they left running ([`Core::tasks`]).
+/// At most `settings.max_connections` client connections are open at once, over all threads;
+/// each is bounded by the connection timeouts ([`conn`]).
 ///
 /// Each thread runs its own single-threaded runtime and accepts from its own handle on the one
 /// listening socket (a free thread takes the next connection), so a request is parsed, routed,
@@ -97,6 +102,7 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     let threads = core.settings.serve_threads.max(1);
     let all_done = Arc::new(Barrier::new(threads));
+    let refusals = Arc::new(cap::Refusals::default());
     let mut finished = Vec::with_capacity(threads);
     // Every runtime is built before any thread starts, so none can fail to reach the barrier.
     let runtimes = (0..threads)
@@ -114,10 +120,12 @@ pub async fn serve(
         let (tx, rx) = oneshot::channel();
         let (listener, core) = (listener.try_clone()?, core.clone());
         let (shutdown, all_done) = (shutdown.clone(), all_done.clone());
+        let refusals = refusals.clone();
         std::thread::Builder::new()
             .name(format!("serve-{i}"))
             .spawn(move || {
-                let served = runtime.block_on(serve_thread(listener, core, shutdown, all_done));
+                let served =
+                    runtime.block_on(serve_thread(listener, core, shutdown, all_done, refusals));
                 let _ = tx.send(served);
             })?;
         finished.push(rx);
@@ -133,18 +141,11 @@ pub async fn serve(
 async fn serve_thread(
     listener: std::net::TcpListener,
     core: Arc<Core>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     all_done: Arc<Barrier>,
+    refusals: Arc<cap::Refusals>,
 ) -> std::io::Result<()> {
-    let served = async {
-        axum::serve(TcpListener::from_std(listener)?, router(core.clone()))
-            .with_graceful_shutdown(async move {
-                // A dropped sender (Err) stops serving too.
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-    }
-    .await;
+    let served = accept_until_shutdown(listener, &core, shutdown, &refusals).await;
     core.tasks.close();
     let bound = core.settings.stream_drain_timeout + Duration::from_secs(5);
     if tokio::time::timeout(bound, core.tasks.wait())
@@ -158,4 +159,52 @@ async fn serve_thread(
     }
     all_done.wait().await;
     served
+}
+
+/// Accepts connections until shutdown, then waits for the open ones to finish (each is told to
+/// shut down gracefully: the request in flight completes, idle ones close at once).
+async fn accept_until_shutdown(
+    listener: std::net::TcpListener,
+    core: &Arc<Core>,
+    shutdown: watch::Receiver<bool>,
+    refusals: &cap::Refusals,
+) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let app = router(core.clone());
+    let timeouts = conn::Timeouts::of(&core.settings);
+    let connections = TaskTracker::new();
+    let mut stop = shutdown.clone();
+    loop {
+        // A dropped sender (Err) stops serving too.
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        match accepted {
+            Ok((stream, _)) => match cap::Slot::take(core) {
+                Some(slot) => {
+                    let serving =
+                        conn::serve(stream, app.clone(), slot, timeouts, shutdown.clone());
+                    connections.spawn(serving);
+                }
+                None => {
+                    refusals.refused(core.settings.max_connections);
+                    cap::refuse(stream);
+                }
+            },
+            Err(e) if cap::is_connection_error(&e) => {}
+            Err(e) => {
+                // Most likely the open-file limit: accepting again at once would spin.
+                refusals.accept_failed(&e);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.wait_for(|stop| *stop) => break,
+                }
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }

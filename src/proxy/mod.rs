@@ -17,7 +17,6 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use crate::domain::{ApiKey, Endpoint, Metadata};
 
@@ -110,7 +109,7 @@ pub enum Reply {
     },
     Stream {
         headers: HeaderMap,
-        frames: mpsc::Receiver<Bytes>,
+        frames: stream::Frames,
     },
 }
 
@@ -285,6 +284,12 @@ fn caller(
         .map(|o| o.id.clone())
         .unwrap_or_default();
     Ok((key, ws, org))
+}
+
+/// Checks the data-plane caller from the headers alone, so a request can be refused before its
+/// body is read ([`handle`] checks again against the state it routes with).
+pub fn authenticate(core: &crate::app::Core, headers: &HeaderMap) -> Result<(), DataError> {
+    caller(&core.state.read(), headers).map(drop)
 }
 
 /// Serves a completion or embedding request end to end.

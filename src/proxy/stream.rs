@@ -3,15 +3,21 @@
 //! from clients that did not ask for it), and holds back only the final `data: [DONE]` until
 //! the attempt's usage event is durable. If the client goes away, the task keeps reading the
 //! provider (bounded in time and bytes) to learn the real usage; if none arrives, the event
-//! carries an estimate and says so.
+//! carries an estimate and says so. A client that stops reading counts as gone once it has held
+//! the stream back for `client_stall_timeout` in all (at once, or a trickle at a time): metering
+//! never waits on a client for longer.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 
 use super::meter::{self, Attempt, WireUsage};
 use super::route::Target;
@@ -173,26 +179,110 @@ pub fn classify(event: &[u8]) -> Frame {
     }
 }
 
-/// Starts the stream task; the returned receiver yields the frames for the client.
-pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> mpsc::Receiver<Bytes> {
+/// Starts the stream task; the returned stream yields the frames for the client.
+pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> Frames {
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let client = Client {
+        tx: Some(tx),
+        abandoned: abandoned.clone(),
+        stall: job.core.settings.client_stall_timeout,
+        waited: Duration::ZERO,
+    };
     let mut target = target.clone();
     target.headers.clear(); // the credential is not needed past the request
-    job.core.tasks.clone().spawn(pump(job, target, resp, tx));
-    rx
+    job.core
+        .tasks
+        .clone()
+        .spawn(pump(job, target, resp, client));
+    Frames { rx, abandoned }
+}
+
+/// The client's frames. If the task gave up on a stalled client, the stream ends in an error,
+/// so the connection is broken off rather than the stream looking complete.
+pub struct Frames {
+    rx: mpsc::Receiver<Bytes>,
+    abandoned: Arc<AtomicBool>,
+}
+
+/// Why a client's stream was broken off.
+#[derive(Debug, thiserror::Error)]
+#[error("the client stopped reading the stream (client_stall_timeout_ms)")]
+pub struct ClientStalled;
+
+impl futures_util::Stream for Frames {
+    type Item = Result<Bytes, ClientStalled>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.abandoned.load(Ordering::Acquire) {
+            return Poll::Ready(Some(Err(ClientStalled)));
+        }
+        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+/// The task's end of the channel to the client; `None` once the client is gone.
+struct Client {
+    tx: Option<mpsc::Sender<Bytes>>,
+    abandoned: Arc<AtomicBool>,
+    /// How long the client may hold the stream back in all.
+    stall: Duration,
+    /// How long frames have waited for room so far.
+    waited: Duration,
+}
+
+impl Client {
+    /// Sends a frame, waiting for room at most what is left of `stall`. Returns false when the
+    /// client is gone: it went away, or it held the stream back too long and is given up on
+    /// (its stream then ends in an error and the sender is dropped at once, so its connection
+    /// closes). A client reading a trickle cannot hold metering up longer than one that stopped.
+    async fn send(&mut self, frame: Bytes, trace_id: &str) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        // Room at once is the common case, and needs no timer.
+        let frame = match tx.try_send(frame) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(frame)) => frame,
+            Err(TrySendError::Closed(_)) => return self.gone(trace_id, false),
+        };
+        let started = Instant::now();
+        let sent = tx
+            .send_timeout(frame, self.stall.saturating_sub(self.waited))
+            .await;
+        self.waited += started.elapsed();
+        match sent {
+            Ok(()) => true,
+            Err(e) => self.gone(trace_id, matches!(e, SendTimeoutError::Timeout(_))),
+        }
+    }
+
+    fn gone(&mut self, trace_id: &str, stalled: bool) -> bool {
+        if stalled {
+            tracing::warn!(trace_id, stall_ms = self.stall.as_millis() as u64,
+                "client stopped reading mid-stream; dropping it and reading on to meter the real usage");
+            self.abandoned.store(true, Ordering::Release);
+        } else {
+            tracing::info!(
+                trace_id,
+                "client left mid-stream; reading on to meter the real usage"
+            );
+        }
+        self.tx = None;
+        false
+    }
 }
 
 struct Progress {
     usage: Option<TokenUsage>,
     chars: usize,
     done: Option<Bytes>,
+    client: Client,
     client_gone_at: Option<Instant>,
     drained: usize,
     /// Why the provider's stream ended early, for the client's error frame.
     failed: Option<&'static str>,
 }
 
-async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sender<Bytes>) {
+async fn pump(job: Job, target: Target, resp: reqwest::Response, client: Client) {
     let mut upstream = resp.bytes_stream();
     let mut split = SseSplitter::new(job.core.settings.max_upstream_body_bytes);
     let drain = job.core.settings.stream_drain_timeout;
@@ -200,6 +290,7 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sende
         usage: None,
         chars: 0,
         done: None,
+        client,
         client_gone_at: None,
         drained: 0,
         failed: None,
@@ -228,7 +319,7 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sende
             p.drained += chunk.len();
         }
         split.push(&chunk);
-        if let Err(EventTooLarge(bytes)) = forward_events(&job, &tx, &mut p, &mut split).await {
+        if let Err(EventTooLarge(bytes)) = forward_events(&job, &mut p, &mut split).await {
             // The provider generated what it sent: estimated like text (about a char a byte).
             p.chars += bytes;
             tracing::warn!(trace_id = %job.ctx.trace_id, "provider stream event over max_upstream_body_bytes; stream ended");
@@ -240,25 +331,24 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, tx: mpsc::Sende
         }
     }
     if let Some(rest) = split.rest() {
-        forward_event(&job, &tx, &mut p, rest).await;
+        forward_event(&job, &mut p, rest).await;
     }
-    settle(job, &target, &tx, p).await;
+    settle(job, &target, p).await;
 }
 
 /// Forwards every whole event buffered so far.
 async fn forward_events(
     job: &Job,
-    tx: &mpsc::Sender<Bytes>,
     p: &mut Progress,
     split: &mut SseSplitter,
 ) -> Result<(), EventTooLarge> {
     while let Some(event) = split.next_event()? {
-        forward_event(job, tx, p, event).await;
+        forward_event(job, p, event).await;
     }
     Ok(())
 }
 
-async fn forward_event(job: &Job, tx: &mpsc::Sender<Bytes>, p: &mut Progress, event: Bytes) {
+async fn forward_event(job: &Job, p: &mut Progress, event: Bytes) {
     let forward = match classify(&event) {
         Frame::Done => {
             p.done = Some(event);
@@ -277,14 +367,13 @@ async fn forward_event(job: &Job, tx: &mpsc::Sender<Bytes>, p: &mut Progress, ev
         }
         Frame::Other => true,
     };
-    if forward && p.client_gone_at.is_none() && tx.send(event).await.is_err() {
-        tracing::info!(trace_id = %job.ctx.trace_id, "client left mid-stream; reading on to meter the real usage");
+    if forward && p.client_gone_at.is_none() && !p.client.send(event, &job.ctx.trace_id).await {
         p.client_gone_at = Some(Instant::now());
     }
 }
 
 /// Records the usage event, then lets the client have its last bytes.
-async fn settle(job: Job, target: &Target, tx: &mpsc::Sender<Bytes>, p: Progress) {
+async fn settle(job: Job, target: &Target, mut p: Progress) {
     let (usage, source) = match p.usage {
         Some(u) => (u, UsageSource::Provider),
         None => (
@@ -326,7 +415,7 @@ async fn settle(job: Job, target: &Target, tx: &mpsc::Sender<Bytes>, p: Progress
         (Ok(()), None) => p.done,
     };
     if let Some(frame) = last {
-        let _ = tx.send(frame).await;
+        p.client.send(frame, &job.ctx.trace_id).await;
     }
 }
 
@@ -338,6 +427,65 @@ fn error_frame(message: &str, kind: &'static str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_given_up_on_and_its_stream_errs() {
+        let (tx, rx) = mpsc::channel(1);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let mut client = Client {
+            tx: Some(tx),
+            abandoned: abandoned.clone(),
+            stall: Duration::from_millis(20),
+            waited: Duration::ZERO,
+        };
+        let mut frames = Frames { rx, abandoned };
+        assert!(client.send(Bytes::from_static(b"a"), "t").await);
+        // Nobody reads: the second frame waits `stall`, then the client is gone.
+        assert!(!client.send(Bytes::from_static(b"b"), "t").await);
+        assert!(client.tx.is_none());
+        assert!(!client.send(Bytes::from_static(b"c"), "t").await);
+        assert!(matches!(frames.next().await, Some(Err(ClientStalled))));
+    }
+
+    #[tokio::test]
+    async fn a_client_reading_a_trickle_is_given_up_on_too() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let mut client = Client {
+            tx: Some(tx),
+            abandoned: abandoned.clone(),
+            stall: Duration::from_millis(100),
+            waited: Duration::ZERO,
+        };
+        // One frame taken every 10 ms: no single wait is long, but they add up.
+        let reader = tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let mut sent = 0;
+        while client.send(Bytes::from_static(b"x"), "t").await {
+            sent += 1;
+            assert!(sent < 10_000, "the trickle was never given up on");
+        }
+        assert!(abandoned.load(Ordering::Acquire));
+        assert!(client.waited >= Duration::from_millis(100));
+        reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_left_is_gone_without_waiting() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let mut client = Client {
+            tx: Some(tx),
+            abandoned: Arc::new(AtomicBool::new(false)),
+            stall: Duration::from_secs(3600),
+            waited: Duration::ZERO,
+        };
+        assert!(!client.send(Bytes::from_static(b"a"), "t").await);
+        assert!(!client.abandoned.load(Ordering::Acquire));
+    }
 
     #[test]
     fn splits_events_across_chunks() {

@@ -9,6 +9,7 @@
 //! - `full-output` bills the whole output allowance: completion = `max_tokens` (or
 //!   `max_completion_tokens`, else 16) × `n`;
 //! - `huge-usage` reports absurd usage (prompt and completion tokens near 2^63).
+//! - `long-stream` streams 2,000 chunks of about 4 KiB as fast as they are read (8 MiB).
 //!
 //! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
 
@@ -165,12 +166,28 @@ fn stream(seen: Arc<Seen>, body: Value, model: String) -> Response {
             json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
-        let n = if model.contains("slow-stream") { 40 } else { 3 };
+        let n = if model.contains("slow-stream") {
+            40
+        } else if model.contains("long-stream") {
+            2000
+        } else {
+            3
+        };
+        let pad = if model.contains("long-stream") {
+            4000
+        } else {
+            0
+        };
         let mut frames = vec![chunk(
             json!({"role": "assistant", "content": ""}),
             Value::Null,
         )];
-        frames.extend((0..n).map(|i| chunk(json!({"content": format!("w{i} ")}), Value::Null)));
+        frames.extend((0..n).map(|i| {
+            chunk(
+                json!({"content": format!("w{i} {}", " ".repeat(pad))}),
+                Value::Null,
+            )
+        }));
         frames.push(chunk(json!({}), json!("stop")));
         if include_usage {
             frames.push(json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
