@@ -86,6 +86,8 @@ pub struct Metrics {
     pub usage_events_appended: AtomicU64,
     pub config_events_appended: AtomicU64,
     pub usage_events_stored: AtomicU64,
+    /// Store-sink batches that failed (and were retried).
+    pub store_sink_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -153,6 +155,11 @@ impl Metrics {
         for (name, c) in counters {
             let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
         }
+        let sink_errors = self.store_sink_errors.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_store_sink_errors_total usage-store batches that failed and were retried\n# TYPE tollgate_store_sink_errors_total counter\ntollgate_store_sink_errors_total {sink_errors}"
+        );
         let stored = self.usage_events_stored.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
