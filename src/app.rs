@@ -263,7 +263,10 @@ impl Core {
             ahead
         });
         let caught_up = stored.wait_for(|at| *at >= target);
-        if tokio::time::timeout(READ_YOUR_WRITES, caught_up).await.is_err() {
+        if tokio::time::timeout(READ_YOUR_WRITES, caught_up)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 target,
                 stored = *self.stored.borrow(),
@@ -736,6 +739,13 @@ async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             }
             continue;
         }
+        // Work a reader waits for runs at normal priority, the rest in the background.
+        let waited_for = *wanted.borrow() > at;
+        crate::store::Priority::apply(if waited_for {
+            crate::store::Priority::Normal
+        } else {
+            crate::store::Priority::Background
+        });
         match sink_batch(&core, at).await {
             Ok(next) => {
                 at = next;
@@ -746,7 +756,9 @@ async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
                 // Nothing is skipped: the batch is retried until it goes in (a full disk frees
                 // up), and meanwhile readiness says why.
                 tracing::error!(error = %e, "store sink: batch failed; retrying");
-                core.metrics.store_sink_errors.fetch_add(1, Ordering::Relaxed);
+                core.metrics
+                    .store_sink_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 *core.sink_error.lock() = Some(format!("usage store: {e}"));
                 tokio::select! {
                     _ = tokio::time::sleep(SINK_RETRY) => {}
@@ -772,10 +784,12 @@ async fn sink_batch(core: &Core, at: u64) -> Result<u64, AppError> {
     for r in &batch {
         // An undecodable record is never skipped: the sink stops before it, readiness reports
         // it, and `tollgate log salvage` (server stopped) is the way past it.
-        events.push(codec::decode_usage(&r.payload).map_err(|e| AppError::Undecodable {
-            offset: r.offset,
-            source: e,
-        })?);
+        events.push(
+            codec::decode_usage(&r.payload).map_err(|e| AppError::Undecodable {
+                offset: r.offset,
+                source: e,
+            })?,
+        );
     }
     let new = core.store.ingest(events, STORE_CONSUMER, next).await?;
     core.metrics

@@ -32,7 +32,11 @@ async fn readyz(State(core): State<Arc<Core>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let word = if reasons.is_empty() { "ready" } else { "not_ready" };
+    let word = if reasons.is_empty() {
+        "ready"
+    } else {
+        "not_ready"
+    };
     (
         status,
         Json(json!({"status": word, "reasons": reasons, "store_lag_bytes": lag})),

@@ -508,10 +508,15 @@ impl EventLog for FileLog {
     ) -> BoxFuture<'static, Result<Vec<Record>, LogError>> {
         let t = self.topic(topic);
         let (path, end) = (t.path.clone(), *t.end.borrow());
+        // The reading thread works at its caller's priority (see `crate::store::Priority`).
+        let priority = crate::store::Priority::current();
         async move {
-            tokio::task::spawn_blocking(move || read_range(&path, from, end, max_bytes))
-                .await
-                .map_err(|_| LogError::WriterGone(topic.name()))?
+            tokio::task::spawn_blocking(move || {
+                priority.apply();
+                read_range(&path, from, end, max_bytes)
+            })
+            .await
+            .map_err(|_| LogError::WriterGone(topic.name()))?
         }
         .boxed()
     }
@@ -617,7 +622,10 @@ mod tests {
             panic!("a damaged log must not open");
         };
         let text = e.to_string();
-        assert!(text.contains("usage.log") && text.contains(&format!("byte {frame}")), "{text}");
+        assert!(
+            text.contains("usage.log") && text.contains(&format!("byte {frame}")),
+            "{text}"
+        );
         assert!(text.contains("tollgate log salvage"), "{text}");
         assert_eq!(std::fs::read(&path).unwrap(), data, "nothing was cut");
     }
@@ -642,7 +650,11 @@ mod tests {
         drop(f);
         let log = FileLog::open(dir.path(), Fsync::Always).unwrap();
         let recs = read_all(&log, Topic::Config).await;
-        assert_eq!(recs.len(), 1, "the whole batch is gone, the record before it stays");
+        assert_eq!(
+            recs.len(),
+            1,
+            "the whole batch is gone, the record before it stays"
+        );
     }
 
     #[tokio::test]

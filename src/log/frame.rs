@@ -39,7 +39,10 @@ const MARKER_BODY: usize = 2 + MARKER_MAGIC.len() + 4;
 /// A frame's body, parsed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Record { key: &'a [u8], payload: &'a [u8] },
+    Record {
+        key: &'a [u8],
+        payload: &'a [u8],
+    },
     /// The next `n` records form one batch.
     Batch(u32),
 }
@@ -84,7 +87,9 @@ fn parse_body(body: &[u8]) -> Option<Frame<'_>> {
     if key_len == MARKER_KEY {
         let n = (body.len() == MARKER_BODY && &body[2..10] == MARKER_MAGIC)
             .then(|| u32::from_le_bytes([body[10], body[11], body[12], body[13]]))?;
-        return (2..=MAX_BATCH as u32).contains(&n).then_some(Frame::Batch(n));
+        return (2..=MAX_BATCH as u32)
+            .contains(&n)
+            .then_some(Frame::Batch(n));
     }
     let (key, payload) = body[2..].split_at_checked(usize::from(key_len))?;
     Some(Frame::Record { key, payload })
@@ -475,9 +480,6 @@ mod tests {
         let end = data.len() as u64;
         data.extend([0u8; 300]);
         let (_d, f) = file_of(&data);
-        assert_eq!(
-            scan(&f).unwrap().damage,
-            Some(Damage::TornTail { at: end })
-        );
+        assert_eq!(scan(&f).unwrap().damage, Some(Damage::TornTail { at: end }));
     }
 }

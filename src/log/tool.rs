@@ -13,7 +13,10 @@ use super::Topic;
 
 /// The store's consumers and the topic each reads: their positions must be frame boundaries of
 /// that topic's file, at or before its end.
-pub const CONSUMERS: [(&str, Topic); 2] = [("embedded-store", Topic::Usage), ("notifier", Topic::Limits)];
+pub const CONSUMERS: [(&str, Topic); 2] = [
+    ("embedded-store", Topic::Usage),
+    ("notifier", Topic::Limits),
+];
 
 /// Why a check or a salvage could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +143,12 @@ pub fn salvage(data: &Path, keep: &dyn Fn(Topic, &[u8]) -> bool) -> Result<Strin
         let s = frame::salvage(&file, &|p| keep(topic, p)).map_err(io(&path))?;
         let changed = s.bytes != old;
         if !changed {
-            let _ = writeln!(report, "{}: intact, {} records; unchanged", path.display(), s.kept);
+            let _ = writeln!(
+                report,
+                "{}: intact, {} records; unchanged",
+                path.display(),
+                s.kept
+            );
             safe[topic.index()] = Some(old.len() as u64);
             continue;
         }
@@ -156,7 +164,11 @@ pub fn salvage(data: &Path, keep: &dyn Fn(Topic, &[u8]) -> bool) -> Result<Strin
             aside.display()
         );
         for (from, to) in &s.lost_ranges {
-            let _ = writeln!(report, "  lost bytes {from}..{to} ({} bytes): no intact frame", to - from);
+            let _ = writeln!(
+                report,
+                "  lost bytes {from}..{to} ({} bytes): no intact frame",
+                to - from
+            );
         }
         if s.dropped_in_batches > 0 {
             let _ = writeln!(
@@ -180,7 +192,11 @@ pub fn salvage(data: &Path, keep: &dyn Fn(Topic, &[u8]) -> bool) -> Result<Strin
 }
 
 /// Moves the store's positions back to at most `safe` (per topic: the end of what is unchanged).
-fn rewind_store(data: &Path, safe: &[Option<u64>; 3], report: &mut String) -> Result<(), ToolError> {
+fn rewind_store(
+    data: &Path,
+    safe: &[Option<u64>; 3],
+    report: &mut String,
+) -> Result<(), ToolError> {
     let store = store_path(data);
     if !store.exists() {
         return Ok(());
@@ -224,7 +240,9 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<PathBuf, ToolError> {
     std::fs::rename(path, &aside).map_err(io(path))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
     if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
     }
     Ok(aside)
 }

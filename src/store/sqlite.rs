@@ -91,7 +91,9 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let (done, result) = tokio::sync::oneshot::channel();
+        let priority = super::Priority::current();
         let sent = self.writer.send(Box::new(move |c: &mut Connection| {
+            priority.apply();
             let _ = done.send(f(c));
         }));
         async move {
