@@ -67,17 +67,33 @@ fn stop(mut p: Proc) {
     assert!(p.child.wait().unwrap().success(), "SIGTERM exits cleanly");
 }
 
-/// Starts `tollgate serve` on `data` expecting it to refuse; returns its stderr.
+/// Starts `tollgate serve` on `data` expecting it to refuse (exit within 20 s); returns its output.
 fn start_fails(data: &Path) -> String {
-    let out = command(data)
+    let out = std::fs::File::create(stderr_path(data)).unwrap();
+    let mut child = command(data)
         .arg("serve")
         .env("TOLLGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
         .stdin(Stdio::null())
-        .output()
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "the server started: {stderr}");
-    stderr
+    let mut status = None;
+    for _ in 0..800 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let text = std::fs::read_to_string(stderr_path(data)).unwrap();
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the server started: {text}");
+    };
+    assert!(!status.success(), "{text}");
+    text
 }
 
 /// Runs `tollgate log <action>` on `data`: (success, stdout).
