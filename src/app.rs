@@ -161,7 +161,7 @@ impl Core {
             )
         })?;
         let sealer = Sealer::from_base64(key).map_err(|e| AppError::MasterKey(e.to_string()))?;
-        std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
+        crate::files::private_dir(&settings.data_dir).map_err(|source| AppError::DataDir {
             path: settings.data_dir.display().to_string(),
             source,
         })?;
@@ -649,6 +649,7 @@ fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {
             "generated a master key for provider credentials; back it up, or set TOLLGATE_MASTER_KEY"
         );
     }
+    crate::files::narrow(&path, 0o600).map_err(io)?;
     let text = std::fs::read_to_string(&path).map_err(io)?;
     Sealer::from_base64(&text).map_err(|e| AppError::MasterKey(format!("{}: {e}", path.display())))
 }

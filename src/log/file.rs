@@ -68,6 +68,8 @@ struct Append {
 struct Health {
     /// The usage headroom could not be kept (the disk is full).
     no_headroom: AtomicBool,
+    /// A failed write could not be cut back: every append is refused until a restart.
+    poisoned: AtomicBool,
     /// Why the topic cannot take writes, for readiness.
     reason: Mutex<Option<String>>,
 }
@@ -285,7 +287,7 @@ impl Writer {
                             "{}: a failed append could not be cut back ({cut}); restart to recover the file",
                             self.path.display()
                         ));
-                        self.health.no_headroom.store(true, Ordering::Release);
+                        self.health.poisoned.store(true, Ordering::Release);
                         poisoned = Some(cut);
                     }
                 }
@@ -320,7 +322,10 @@ impl Writer {
 
     /// Tops the allocation up to `end + headroom`; records whether it could.
     fn keep_headroom(&mut self) {
-        if self.headroom == 0 || self.reserved >= self.end + self.headroom {
+        if self.headroom == 0
+            || self.reserved >= self.end + self.headroom
+            || self.health.poisoned.load(Ordering::Acquire)
+        {
             return;
         }
         match allocate(&self.file, self.end, self.headroom) {
@@ -526,7 +531,8 @@ impl EventLog for FileLog {
     }
 
     fn accepts_usage(&self) -> bool {
-        !self.usage.health.no_headroom.load(Ordering::Acquire)
+        let h = &self.usage.health;
+        !h.no_headroom.load(Ordering::Acquire) && !h.poisoned.load(Ordering::Acquire)
     }
 
     fn unavailable(&self) -> Vec<String> {

@@ -627,22 +627,40 @@ async fn a_store_ahead_of_its_log_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_dir_and_its_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
-    let (_dir, data) = served(3).await;
-    let p = spawn(&data).await;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&data), 0o700, "{}", data.display());
-    assert_eq!(mode(&data.join("log")), 0o700);
+    let (_dir, data) = served(3).await;
+    let dirs = [data.clone(), data.join("log")];
     let mut files = vec![data.join("master.key"), data.join("usage.sqlite")];
     for t in ["config", "usage", "limits"] {
         files.push(data.join(format!("log/{t}.log")));
     }
+    let check = |files: &[PathBuf]| {
+        for d in &dirs {
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+        }
+        for f in files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+    };
+    let p = spawn(&data).await;
+    let mut serving = files.clone();
     for ext in ["sqlite-wal", "sqlite-shm"] {
         let f = data.join("usage").with_extension(ext);
         assert!(f.exists(), "{} exists while serving", f.display());
-        files.push(f);
+        serving.push(f);
+    }
+    check(&serving);
+    stop(p);
+    // A data dir an older version left world-readable is narrowed at start.
+    let set =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    for d in &dirs {
+        set(d, 0o755);
     }
     for f in &files {
-        assert_eq!(mode(f), 0o600, "{}", f.display());
+        set(f, 0o644);
     }
+    let p = spawn(&data).await;
+    check(&files);
     stop(p);
 }
