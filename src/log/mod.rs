@@ -5,6 +5,7 @@ pub mod file;
 pub mod frame;
 pub mod kafka;
 pub mod tool;
+mod writer;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
