@@ -278,6 +278,12 @@ impl Core {
     /// Why this process should not get traffic now (empty when ready).
     pub fn unready_reasons(&self) -> Vec<String> {
         let mut out = self.log.unavailable();
+        if out.is_empty() && !self.log.accepts_usage() {
+            out.push(
+                "usage cannot be recorded: the event log is unreachable or its spool is full"
+                    .into(),
+            );
+        }
         out.extend(self.sink_error.lock().clone());
         if self.state.read().organisation.is_none() {
             out.push("state is not rebuilt yet".into());
