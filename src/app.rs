@@ -30,6 +30,12 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Codec(#[from] CodecError),
+    #[error("the usage record at byte {offset} of usage.log does not decode ({source}); stop the server and run `tollgate log salvage`")]
+    Undecodable {
+        offset: u64,
+        #[source]
+        source: CodecError,
+    },
     #[error("master key: {0}")]
     MasterKey(String),
     #[error("data dir {path}: {source}")]
@@ -42,10 +48,25 @@ pub enum AppError {
     Prices(String),
     #[error("upstream client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error(
+        "the usage store {store} says {consumer} has read {topic}.log up to byte {at}, but {reason}: \
+         the log lost data or was replaced. Nothing was changed. `tollgate log verify` shows where \
+         things stand; `tollgate log salvage` moves the store's position back to what the log has \
+         (or move the store file aside: it is rebuilt from the log)"
+    )]
+    StoreAhead {
+        store: String,
+        consumer: &'static str,
+        topic: &'static str,
+        at: u64,
+        reason: String,
+    },
 }
 
 /// The store consumer's name in `consumer_offsets`.
-const STORE_CONSUMER: &str = "embedded-store";
+const STORE_CONSUMER: &str = crate::log::tool::CONSUMERS[0].0;
+/// How long an analytics query waits for the store to take in the usage logged before it.
+pub const READ_YOUR_WRITES: std::time::Duration = std::time::Duration::from_secs(2);
 /// The slug of the workspace every organisation starts with.
 pub const DEFAULT_WORKSPACE_SLUG: &str = "ws-default";
 /// The id of the bootstrap admin key record.
@@ -73,6 +94,13 @@ pub struct Core {
     /// How far each topic has been folded into `state` (by replay, then in distributed mode the
     /// follower; commits there wait on the config topic's).
     folded: [watch::Sender<u64>; 3],
+    /// Embedded mode: how far the store has ingested the usage log (published by the sink).
+    stored: watch::Sender<u64>,
+    /// The furthest usage-log position a reader waits for the store to reach: the sink skips its
+    /// batching window while it is ahead of the sink.
+    wanted: watch::Sender<u64>,
+    /// Why the store sink is not keeping up (a failing store, an undecodable record), for readiness.
+    sink_error: parking_lot::Mutex<Option<String>>,
 }
 
 /// How a process runs its roles.
@@ -100,15 +128,17 @@ impl Core {
     /// Opens the embedded backends in the data dir and rebuilds state.
     pub async fn open(settings: Settings) -> Result<Started, AppError> {
         let dir = settings.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| AppError::DataDir {
+        crate::files::private_dir(&dir).map_err(|source| AppError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;
         let sealer = master_key(&settings, &dir)?;
         let log: Arc<dyn EventLog> =
             Arc::new(FileLog::open(&dir.join("log"), settings.usage_fsync)?);
-        let store: Arc<dyn UsageStore> = Arc::new(SqliteStore::open(&dir.join("usage.sqlite"))?);
+        let store_path = dir.join("usage.sqlite");
+        let store: Arc<dyn UsageStore> = Arc::new(SqliteStore::open(&store_path)?);
         let core = Self::assemble(settings, sealer, log, store, Mode::Embedded)?;
+        core.check_store_positions(&store_path).await?;
         core.replay(&Topic::ALL).await?;
         let generated_admin_key = core.bootstrap().await?;
         Ok(Started {
@@ -131,7 +161,7 @@ impl Core {
             )
         })?;
         let sealer = Sealer::from_base64(key).map_err(|e| AppError::MasterKey(e.to_string()))?;
-        std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
+        crate::files::private_dir(&settings.data_dir).map_err(|source| AppError::DataDir {
             path: settings.data_dir.display().to_string(),
             source,
         })?;
@@ -184,7 +214,84 @@ impl Core {
             mode,
             tasks: TaskTracker::new(),
             folded: Topic::ALL.map(|_| watch::channel(0).0),
+            stored: watch::channel(0).0,
+            wanted: watch::channel(0).0,
+            sink_error: parking_lot::Mutex::new(None),
         }))
+    }
+
+    /// Embedded mode, at start: each store consumer's position must be a position of its topic's
+    /// log (at or before the end, on a frame). A store ahead of the log would otherwise wait
+    /// forever for events that will never come, or read from the middle of a frame.
+    async fn check_store_positions(&self, store_path: &Path) -> Result<(), AppError> {
+        for (consumer, topic) in crate::log::tool::CONSUMERS {
+            let at = self.store.offset(consumer).await?;
+            let end = *self.log.watch_end(topic).borrow();
+            let reason = if at > end {
+                format!("the log ends at byte {end}")
+            } else if at < end && self.log.read(topic, at, 1).await.is_err() {
+                format!("no frame of the log starts there (the log ends at byte {end})")
+            } else {
+                if topic == Topic::Usage {
+                    self.stored.send_replace(at);
+                }
+                continue;
+            };
+            return Err(AppError::StoreAhead {
+                store: store_path.display().to_string(),
+                consumer,
+                topic: topic.name(),
+                at,
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// Embedded mode: waits (up to [`READ_YOUR_WRITES`]) until the store has ingested the usage
+    /// log up to its end as it is now, so a query sees every request answered before it. The
+    /// sink is told, so it does not sit in its batching window meanwhile.
+    pub async fn await_store(&self) {
+        if self.mode != Mode::Embedded {
+            return;
+        }
+        let target = *self.log.watch_end(Topic::Usage).borrow();
+        let mut stored = self.stored.subscribe();
+        if *stored.borrow_and_update() >= target {
+            return;
+        }
+        self.wanted.send_if_modified(|w| {
+            let ahead = target > *w;
+            *w = (*w).max(target);
+            ahead
+        });
+        let caught_up = stored.wait_for(|at| *at >= target);
+        if tokio::time::timeout(READ_YOUR_WRITES, caught_up)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target,
+                stored = *self.stored.borrow(),
+                "analytics: the usage store did not catch up within {READ_YOUR_WRITES:?}; answering with what it has"
+            );
+        }
+    }
+
+    /// Why this process should not get traffic now (empty when ready).
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let mut out = self.log.unavailable();
+        if out.is_empty() && !self.log.accepts_usage() {
+            out.push(
+                "usage cannot be recorded: the event log is unreachable or its spool is full"
+                    .into(),
+            );
+        }
+        out.extend(self.sink_error.lock().clone());
+        if self.state.read().organisation.is_none() {
+            out.push("state is not rebuilt yet".into());
+        }
+        out
     }
 
     /// Reads the events of a topic from `at`; returns them and the offset after them.
@@ -319,28 +426,41 @@ impl Core {
 
     /// Appends config changes durably, then applies them (read-your-writes for the caller).
     /// Callers hold `admin_lock` so the changes were computed from the state they replace.
+    ///
+    /// The changes are one unit: they are appended as one batch ([`EventLog::append_batch`]) and
+    /// applied only after the whole batch is durable, so a failure (a full disk) leaves none of
+    /// them applied, now or after a restart. (On Kafka the batch is not atomic yet; see
+    /// `KafkaLog::append_batch`.)
     pub async fn commit(&self, changes: Vec<Change>) -> Result<(), AppError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let at = Millis::now();
-        for change in changes {
-            let event = ConfigEvent {
+        let events: Vec<ConfigEvent> = changes
+            .into_iter()
+            .map(|change| ConfigEvent {
                 event_id: uuid::Uuid::new_v4().to_string(),
                 at,
                 change,
-            };
-            let bytes = codec::encode_config(&event)?;
-            let offset = self
-                .log
-                .append(Topic::Config, event.key().into_bytes(), bytes)
-                .await?;
-            self.metrics
-                .config_events_appended
-                .fetch_add(1, Ordering::Relaxed);
-            match self.mode {
-                Mode::Embedded => self.state.write().apply(&Event::Config(event)),
-                Mode::Distributed => {
-                    Self::await_folded(self.folded[Topic::Config.index()].subscribe(), offset)
-                        .await?
+            })
+            .collect();
+        let records = events
+            .iter()
+            .map(|e| Ok((e.key().into_bytes(), codec::encode_config(e)?)))
+            .collect::<Result<Vec<_>, AppError>>()?;
+        let offset = self.log.append_batch(Topic::Config, records).await?;
+        self.metrics
+            .config_events_appended
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        match self.mode {
+            Mode::Embedded => {
+                let mut state = self.state.write();
+                for event in events {
+                    state.apply(&Event::Config(event));
                 }
+            }
+            Mode::Distributed => {
+                Self::await_folded(self.folded[Topic::Config.index()].subscribe(), offset).await?
             }
         }
         Ok(())
@@ -539,6 +659,7 @@ fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, AppError> {
             "generated a master key for provider credentials; back it up, or set TOLLGATE_MASTER_KEY"
         );
     }
+    crate::files::narrow(&path, 0o600).map_err(io)?;
     let text = std::fs::read_to_string(&path).map_err(io)?;
     Sealer::from_base64(&text).map_err(|e| AppError::MasterKey(format!("{}: {e}", path.display())))
 }
@@ -609,6 +730,8 @@ async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             return;
         }
     };
+    core.stored.send_replace(at);
+    let mut wanted = core.wanted.subscribe();
     loop {
         if at >= *end.borrow_and_update() {
             if *shutdown.borrow() {
@@ -618,18 +741,50 @@ async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
                 r = end.changed() => if r.is_err() { return },
                 r = shutdown.changed() => if r.is_err() { return },
             }
-            tokio::time::sleep(SINK_BATCH_WINDOW).await;
+            // The batching window, unless (or until) a reader waits for events past `at`.
+            if *wanted.borrow_and_update() <= at {
+                tokio::select! {
+                    _ = tokio::time::sleep(SINK_BATCH_WINDOW) => {}
+                    _ = wanted.wait_for(|w| *w > at) => {}
+                }
+            }
             continue;
         }
+        // Work a reader waits for runs at normal priority, the rest in the background.
+        let waited_for = *wanted.borrow() > at;
+        crate::store::Priority::apply(if waited_for {
+            crate::store::Priority::Normal
+        } else {
+            crate::store::Priority::Background
+        });
         match sink_batch(&core, at).await {
-            Ok(next) => at = next,
+            Ok(next) => {
+                at = next;
+                core.stored.send_replace(at);
+                core.sink_error.lock().take();
+            }
             Err(e) => {
+                // Nothing is skipped: the batch is retried until it goes in (a full disk frees
+                // up), and meanwhile readiness says why.
                 tracing::error!(error = %e, "store sink: batch failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                core.metrics
+                    .store_sink_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                *core.sink_error.lock() = Some(format!("usage store: {e}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(SINK_RETRY) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() && sink_batch(&core, at).await.is_err() {
+                    return; // stopping: the log keeps the events for the next start
+                }
             }
         }
     }
 }
+
+/// How long the sink waits before retrying a batch that failed.
+const SINK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn sink_batch(core: &Core, at: u64) -> Result<u64, AppError> {
     let batch = core.log.read(Topic::Usage, at, 4 << 20).await?;
@@ -638,14 +793,14 @@ async fn sink_batch(core: &Core, at: u64) -> Result<u64, AppError> {
     };
     let mut events = Vec::with_capacity(batch.len());
     for r in &batch {
-        match codec::decode_usage(&r.payload) {
-            Ok(e) => events.push(e),
-            // An undecodable record can never become decodable; skipping it (loudly) keeps the
-            // store live. It stays in the log for inspection.
-            Err(e) => {
-                tracing::error!(offset = r.offset, error = %e, "store sink: skipping undecodable usage record")
-            }
-        }
+        // An undecodable record is never skipped: the sink stops before it, readiness reports
+        // it, and `tollgate log salvage` (server stopped) is the way past it.
+        events.push(
+            codec::decode_usage(&r.payload).map_err(|e| AppError::Undecodable {
+                offset: r.offset,
+                source: e,
+            })?,
+        );
     }
     let new = core.store.ingest(events, STORE_CONSUMER, next).await?;
     core.metrics

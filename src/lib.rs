@@ -4,9 +4,11 @@
 //! - [`domain`]: the pure core. Entities, events, the reducer ([`domain::State::apply`]), limits,
 //!   pricing and routing configs. No I/O, no clock.
 //! - [`codec`]: Avro single-object encoding of events (schemas in `schemas/`).
-//! - [`log`]: the event-log port, its embedded adapter (durable, group-committed files) and the
-//!   Kafka adapter (rdkafka, with a local spool while Kafka is unreachable).
+//! - [`log`]: the event-log port, its embedded adapter (durable, group-committed files; their
+//!   format, recovery and `tollgate log verify|salvage`) and the Kafka adapter (rdkafka, with a
+//!   local spool while Kafka is unreachable).
 //! - [`store`]: the usage-store port (raw events, rollups, analytics): SQLite and ClickHouse.
+//! - [`files`]: private files and directories (0700 / 0600) in the data dir.
 //! - [`crypto`]: provider-credential sealing (AES-256-GCM) and API-key secrets.
 //! - [`settings`]: defaults < `tollgate.toml` < environment < flags, checked into [`settings::Settings`].
 //! - [`control`]: the control plane: admin commands that validate input and emit config events.
@@ -23,6 +25,7 @@ pub mod codec;
 pub mod control;
 pub mod crypto;
 pub mod domain;
+pub mod files;
 pub mod http;
 pub mod log;
 pub mod notify;

@@ -9,7 +9,9 @@ use tokio::sync::watch;
 
 use tollgate::aggregate::run_aggregator;
 use tollgate::app::{run_reset_sweep, run_totals_refresh, spawn_store_sink, Core, Started};
+use tollgate::codec;
 use tollgate::log::kafka::KafkaLog;
+use tollgate::log::Topic;
 use tollgate::settings::{Settings, KNOWN};
 use tollgate::store::clickhouse::ClickhouseStore;
 
@@ -43,6 +45,31 @@ enum Command {
     Migrate(ServeArgs),
     /// List every setting with its environment variable.
     Settings,
+    /// Check or salvage the embedded event log (run with the server stopped).
+    Log {
+        #[command(subcommand)]
+        action: LogAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogAction {
+    /// Report each log file's records and first damaged byte, and the usage store's positions.
+    /// Exits 1 when something needs `salvage`.
+    Verify(LogArgs),
+    /// Keep every intact record of a damaged log file (whole batches only), move the damaged
+    /// file aside, list what was lost, and move the store's positions back to match.
+    Salvage(LogArgs),
+}
+
+#[derive(clap::Args)]
+struct LogArgs {
+    /// A settings file (default: ./tollgate.toml when present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory [TOLLGATE_DATA_DIR].
+    #[arg(long)]
+    data_dir: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -90,7 +117,34 @@ fn main() -> anyhow::Result<()> {
         Command::Aggregator(args) => run(args, aggregator),
         Command::Notifier(args) => run(args, notifier),
         Command::Migrate(args) => run(args, migrate),
+        Command::Log { action } => log_tool(action),
     }
+}
+
+/// `tollgate log verify|salvage`.
+fn log_tool(action: LogAction) -> anyhow::Result<()> {
+    let (LogAction::Verify(args) | LogAction::Salvage(args)) = &action;
+    let flags = [("data_dir", args.data_dir.clone())];
+    let settings = Settings::load(args.config.as_deref(), std::env::vars(), &flags)?;
+    let dir = settings.data_dir;
+    match action {
+        LogAction::Verify(_) => {
+            let v = tollgate::log::tool::verify(&dir)?;
+            print!("{}", v.report);
+            if !v.healthy {
+                std::process::exit(1);
+            }
+        }
+        LogAction::Salvage(_) => {
+            let keep = |topic: Topic, payload: &[u8]| match topic {
+                Topic::Config => codec::decode_config(payload).is_ok(),
+                Topic::Usage => codec::decode_usage(payload).is_ok(),
+                Topic::Limits => codec::decode_limit(payload).is_ok(),
+            };
+            print!("{}", tollgate::log::tool::salvage(&dir, &keep)?);
+        }
+    }
+    Ok(())
 }
 
 /// Loads the settings and runs a role on a multi-threaded runtime.

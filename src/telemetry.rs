@@ -118,6 +118,8 @@ pub struct Metrics {
     /// Client connections refused because `max_connections` were open.
     pub connections_refused: AtomicU64,
     connections_timed_out: [AtomicU64; ConnTimeout::ALL.len()],
+    /// Store-sink batches that failed (and were retried).
+    pub store_sink_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -210,6 +212,11 @@ impl Metrics {
             let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
         }
         self.render_connections(&mut out);
+        let sink_errors = self.store_sink_errors.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_store_sink_errors_total usage-store batches that failed and were retried\n# TYPE tollgate_store_sink_errors_total counter\ntollgate_store_sink_errors_total {sink_errors}"
+        );
         let stored = self.usage_events_stored.load(Ordering::Relaxed);
         let _ = writeln!(
             out,

@@ -1,6 +1,8 @@
 //! `/analytics/graphs/*`, `/analytics/groups/*` and `/analytics/summary/cache` over the usage store.
 //! Buckets: minutes for ranges up to 2 hours, hours up to 2 days, days beyond. Cost is in US cents,
 //! as Portkey reports it; group figures are strings, as in Portkey's spec.
+//! In embedded mode every query first waits (bounded) for the store to take in the usage logged
+//! before it ([`Core::await_store`]), so a client reads its own writes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,6 +147,7 @@ async fn graph(
     QueryMap(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
     let f = filter_of(&core, &caller, &q)?;
+    core.await_store().await;
     let bucket = Bucket::for_range(f.from, f.to);
     let graph = |summary: Value, points: Vec<Value>| {
         Ok(Json(
@@ -290,6 +293,7 @@ async fn group(
     QueryMap(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
     let f = filter_of(&core, &caller, &q)?;
+    core.await_store().await;
     let page = crate::control::Page::from_query(&q, 20)?;
     let (by, label) = match dimension.strip_prefix("metadata/") {
         Some(key) if !key.is_empty() => (GroupBy::Metadata(key.to_owned()), "metadata_value"),
@@ -338,6 +342,7 @@ async fn summary_cache(
     QueryMap(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
     let f = filter_of(&core, &caller, &q)?;
+    core.await_store().await;
     let series = core.store.series(f, Bucket::Day).await.map_err(store_err)?;
     let total: u64 = series.iter().map(|(_, s)| s.requests).sum();
     Ok(Json(

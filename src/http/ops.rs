@@ -22,18 +22,24 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the state has been rebuilt (it is before the server binds) and the store answers.
+/// Ready when the state has been rebuilt (it is before the server binds), the usage log can take
+/// events (disk space) and the store sink is not failing; otherwise 503 with the reasons.
 async fn readyz(State(core): State<Arc<Core>>) -> impl IntoResponse {
     let lag = core.store_lag().await;
-    let ready = core.state.read().organisation.is_some();
-    let status = if ready {
+    let reasons = core.unready_reasons();
+    let status = if reasons.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let word = if reasons.is_empty() {
+        "ready"
+    } else {
+        "not_ready"
+    };
     (
         status,
-        Json(json!({"status": if ready { "ready" } else { "starting" }, "store_lag_bytes": lag})),
+        Json(json!({"status": word, "reasons": reasons, "store_lag_bytes": lag})),
     )
 }
 

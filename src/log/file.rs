@@ -1,34 +1,43 @@
-//! The embedded event log: one append-only file per topic in `<data dir>/log/`.
-//!
-//! # On-disk format
-//! A topic file is a sequence of frames, each
-//! `[u32 LE body length][u32 LE CRC-32 of body][body]`, where body is
-//! `[u16 LE key length][key][payload]` and payload is an Avro single-object-encoded event.
-//! A record's offset is the byte position of its frame.
+//! The embedded event log: one append-only file per topic in `<data dir>/log/`, in the format of
+//! [`super::frame`] (frames with CRCs; a batch of records written as one unit behind a marker).
 //!
 //! # Invariants
-//! - Frames are only appended, by one writer thread per topic, in one `write` per batch.
-//! - On open, the file is scanned and cut at the first frame that is short or fails its CRC
-//!   (a torn write from a crash); everything before it is intact.
-//! - Readers see only the committed end published after a batch is written, never a partial frame.
+//! - Frames are only appended, by one writer thread per topic, in one `write` per group of
+//!   appends. A failed write is cut back to the last whole group; if even that fails, the topic
+//!   refuses every later append (its file is then recovered at the next start).
+//! - On open, the file is scanned ([`super::frame::scan`]): a torn tail (an unfinished write) is
+//!   cut; corruption with intact frames after it stops the open with [`LogError::Corrupt`].
+//! - Readers see only the committed end published after a group is written, never a partial
+//!   frame or batch.
+//!
+//! # Headroom (usage topic)
+//! The writer keeps [`USAGE_HEADROOM`] bytes allocated past the usage file's end
+//! (`fallocate(FALLOC_FL_KEEP_SIZE)`: the file's size, so its format, is unchanged), so appends of
+//! requests already admitted land in allocated space and cannot fail with a full disk. When the
+//! headroom cannot be kept, [`EventLog::accepts_usage`] says no (gateways answer 503 before calling
+//! a provider) and the writer retries every [`HEADROOM_RETRY`] until space returns.
 //!
 //! # Durability (group commit)
-//! With [`Fsync::Every`], an append resolves after its batch is written to the file with `write(2)`:
+//! With [`Fsync::Every`], an append resolves after its group is written to the file with `write(2)`:
 //! the bytes are then in the kernel and survive the process being killed (`kill -9`), and a sync
 //! thread runs `fdatasync` at most `window` after a write, which bounds what a power loss (not a
 //! process crash) can take to that window. With [`Fsync::Always`], an append resolves only after
-//! an `fdatasync` that covers it (one sync covers every batch written while the previous ran).
+//! an `fdatasync` that covers it (one sync covers every group written while the previous ran).
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::{oneshot, watch};
 
+use super::frame::{self, Damage, Frame, HEADER, MAX_BATCH, MAX_BODY, MAX_KEY, MAX_RECORD};
+use super::writer::{Append, Health, Writer};
 use super::{EventLog, LogError, Offset, Record, Topic};
 
 /// When the writer calls `fdatasync`.
@@ -40,22 +49,17 @@ pub enum Fsync {
     Every(Duration),
 }
 
-const MAX_RECORD: usize = 8 << 20;
-const MAX_BATCH: usize = 4096;
-const HEADER: usize = 8;
-
-type Ack = oneshot::Sender<Result<Offset, LogError>>;
-
-struct Append {
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    ack: Ack,
-}
+/// Bytes kept allocated past the end of the usage file: room for the events of every request
+/// admitted before a full disk is noticed (an event is about a kilobyte).
+pub const USAGE_HEADROOM: u64 = 4 << 20;
+/// How often a writer that could not keep its headroom tries again.
+pub const HEADROOM_RETRY: Duration = Duration::from_millis(500);
 
 struct TopicHandle {
     path: PathBuf,
     tx: mpsc::Sender<Append>,
     end: watch::Receiver<Offset>,
+    health: Arc<Health>,
 }
 
 /// The embedded log. Cheap to share behind an `Arc`.
@@ -77,11 +81,11 @@ impl FileLog {
     /// the writer threads. `usage_fsync` applies to the usage topic; config changes and limit
     /// events are always synced before they are acknowledged.
     pub fn open(dir: &Path, usage_fsync: Fsync) -> Result<Self, LogError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::files::private_dir(dir).map_err(io_err(dir))?;
         Ok(FileLog {
-            config: open_topic(dir, Topic::Config, Fsync::Always)?,
-            usage: open_topic(dir, Topic::Usage, usage_fsync)?,
-            limits: open_topic(dir, Topic::Limits, Fsync::Always)?,
+            config: open_topic(dir, Topic::Config, Fsync::Always, 0)?,
+            usage: open_topic(dir, Topic::Usage, usage_fsync, USAGE_HEADROOM)?,
+            limits: open_topic(dir, Topic::Limits, Fsync::Always, 0)?,
         })
     }
 
@@ -92,206 +96,73 @@ impl FileLog {
             Topic::Limits => &self.limits,
         }
     }
+
+    /// The file of a topic under a log dir.
+    pub fn path_of(dir: &Path, topic: Topic) -> PathBuf {
+        dir.join(format!("{}.log", topic.name()))
+    }
 }
 
-fn open_topic(dir: &Path, topic: Topic, fsync: Fsync) -> Result<TopicHandle, LogError> {
-    let path = dir.join(format!("{}.log", topic.name()));
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    let end = recover(&mut file).map_err(io_err(&path))?;
+fn open_topic(
+    dir: &Path,
+    topic: Topic,
+    fsync: Fsync,
+    headroom: u64,
+) -> Result<TopicHandle, LogError> {
+    let path = FileLog::path_of(dir, topic);
+    let mut file = crate::files::private_file(&path).map_err(io_err(&path))?;
+    let end = recover(&mut file, &path)?;
     let (end_tx, end_rx) = watch::channel(end);
     let (tx, rx) = mpsc::channel();
-    let name = topic.name();
-    let writer_path = path.clone();
+    let health = Arc::new(Health::default());
+    let w = Writer {
+        file,
+        path: path.clone(),
+        end,
+        fsync,
+        headroom,
+        reserved: end,
+        health: health.clone(),
+    };
     std::thread::Builder::new()
-        .name(format!("log-{name}"))
-        .spawn(move || writer(file, writer_path, end, fsync, rx, end_tx))
+        .name(format!("log-{}", topic.name()))
+        .spawn(move || w.run(rx, end_tx))
         .map_err(io_err(&path))?;
     Ok(TopicHandle {
         path,
         tx,
         end: end_rx,
+        health,
     })
 }
 
-/// Scans the file frame by frame, truncates a torn tail, and returns the end offset.
-fn recover(file: &mut File) -> std::io::Result<Offset> {
-    let total = file.metadata()?.len();
-    file.seek(SeekFrom::Start(0))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, &*file);
-    let (mut pos, mut head, mut body) = (0u64, [0u8; HEADER], Vec::new());
-    while reader.read_exact(&mut head).is_ok() {
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if !(2..=MAX_RECORD + 2 + usize::from(u16::MAX)).contains(&len) {
-            break;
+/// Scans the file, cuts a torn tail, refuses corruption, and returns the end offset.
+fn recover(file: &mut File, path: &Path) -> Result<Offset, LogError> {
+    let io = io_err(path);
+    let scan = frame::scan(file).map_err(&io)?;
+    let end = match scan.damage {
+        None => scan.clean_end,
+        Some(Damage::TornTail { at }) => {
+            tracing::warn!(
+                path = %path.display(),
+                offset = at,
+                dropped_bytes = scan.total - at,
+                "log: cutting a torn tail (an unfinished write, never acknowledged)"
+            );
+            file.set_len(at).map_err(&io)?;
+            file.sync_data().map_err(&io)?;
+            at
         }
-        body.resize(len, 0);
-        if reader.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
-            break;
-        }
-        pos += (HEADER + len) as u64;
-    }
-    drop(reader);
-    if pos < total {
-        tracing::warn!(
-            kept = pos,
-            dropped = total - pos,
-            "log: truncating a torn tail"
-        );
-        file.set_len(pos)?;
-        file.sync_data()?;
-    }
-    file.seek(SeekFrom::Start(pos))?;
-    Ok(pos)
-}
-
-/// The body of the frame at `pos` and the position after it, if the frame is whole and intact.
-fn frame_at(data: &[u8], pos: usize) -> Option<(&[u8], usize)> {
-    let head = data.get(pos..pos + HEADER)?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    let body = data.get(pos + HEADER..pos + HEADER + len)?;
-    (crc32fast::hash(body) == crc && len >= 2).then_some((body, pos + HEADER + len))
-}
-
-fn encode_frame(out: &mut Vec<u8>, key: &[u8], payload: &[u8]) {
-    let len = 2 + key.len() + payload.len();
-    let start = out.len();
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    out.extend_from_slice(key);
-    out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[start + HEADER..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// What the writer hands the sync thread: with [`Fsync::Always`], acks to send after the sync.
-type SyncJob = Vec<(Ack, Offset)>;
-
-/// The writer thread: batches whatever is queued into one `write`, then acks (or, with
-/// [`Fsync::Always`], hands the acks to the sync thread). It never waits for a sync itself, so a
-/// slow `fdatasync` (a busy disk) does not hold up appends behind it.
-fn writer(
-    mut file: File,
-    path: PathBuf,
-    mut end: Offset,
-    fsync: Fsync,
-    rx: mpsc::Receiver<Append>,
-    end_tx: watch::Sender<Offset>,
-) {
-    let (sync_tx, sync_rx) = mpsc::channel::<SyncJob>();
-    let sync_file = match file.try_clone() {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "log: cannot start the sync thread");
-            return;
+        Some(Damage::Corrupt { at, resumes, .. }) => {
+            return Err(LogError::Corrupt {
+                path: path.display().to_string(),
+                offset: at,
+                resumes,
+            })
         }
     };
-    let sync_path = path.clone();
-    let syncer = std::thread::Builder::new()
-        .name("log-sync".into())
-        .spawn(move || sync_loop(sync_file, sync_path, fsync, sync_rx));
-    if syncer.is_err() {
-        tracing::error!(path = %path.display(), "log: cannot start the sync thread");
-        return;
-    }
-    let mut buf = Vec::with_capacity(64 << 10);
-    let mut acks: Vec<(Ack, Offset)> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        buf.clear();
-        let mut pos = end;
-        for a in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH - 1)) {
-            let before = buf.len();
-            encode_frame(&mut buf, &a.key, &a.payload);
-            acks.push((a.ack, pos));
-            pos += (buf.len() - before) as u64;
-        }
-        match file.write_all(&buf) {
-            Ok(()) => {
-                end = pos;
-                end_tx.send_replace(end);
-                let batch: SyncJob = std::mem::take(&mut acks);
-                let batch = match fsync {
-                    Fsync::Always => batch,
-                    Fsync::Every(_) => {
-                        for (ack, offset) in batch {
-                            let _ = ack.send(Ok(offset));
-                        }
-                        Vec::new()
-                    }
-                };
-                // The sync thread is gone only if it panicked; then acks are dropped (the
-                // appenders see an error) rather than sent without a sync.
-                let _ = sync_tx.send(batch);
-            }
-            Err(e) => {
-                // Nothing of this batch is acknowledged; cut any partial write so the file stays
-                // a clean sequence of frames.
-                tracing::error!(path = %path.display(), error = %e, "log: append failed");
-                let _ = file
-                    .set_len(end)
-                    .and_then(|_| file.seek(SeekFrom::Start(end)).map(drop));
-                for (ack, _) in acks.drain(..) {
-                    let _ = ack.send(Err(LogError::Io {
-                        path: path.display().to_string(),
-                        source: std::io::Error::new(e.kind(), e.to_string()),
-                    }));
-                }
-            }
-        }
-    }
-}
-
-/// Syncs written data: at once for [`Fsync::Always`] (one sync covers every batch queued so far,
-/// then their acks go out), or once per window after the first unsynced write.
-fn sync_loop(file: File, path: PathBuf, fsync: Fsync, rx: mpsc::Receiver<SyncJob>) {
-    let window = match fsync {
-        Fsync::Always => Duration::ZERO,
-        Fsync::Every(w) => w,
-    };
-    let mut dirty_since: Option<Instant> = None;
-    let mut pending: Vec<(Ack, Offset)> = Vec::new();
-    loop {
-        let job = match dirty_since {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => rx.recv_timeout(window.saturating_sub(t.elapsed())),
-        };
-        match job {
-            Ok(acks) => {
-                pending.extend(acks);
-                pending.extend(rx.try_iter().flatten());
-                dirty_since.get_or_insert_with(Instant::now);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = file.sync_data();
-                return;
-            }
-        }
-        if dirty_since.is_some_and(|t| t.elapsed() >= window) {
-            dirty_since = None;
-            let result = file.sync_data();
-            if let Err(e) = &result {
-                tracing::error!(path = %path.display(), error = %e, "log: fdatasync failed");
-            }
-            for (ack, offset) in pending.drain(..) {
-                let _ = ack.send(match &result {
-                    Ok(()) => Ok(offset),
-                    Err(e) => Err(LogError::Io {
-                        path: path.display().to_string(),
-                        source: std::io::Error::new(e.kind(), e.to_string()),
-                    }),
-                });
-            }
-        }
-    }
+    file.seek(SeekFrom::Start(end)).map_err(&io)?;
+    Ok(end)
 }
 
 fn read_range(
@@ -303,26 +174,27 @@ fn read_range(
     if from >= end {
         return Ok(Vec::new());
     }
-    let len = (end - from).min(max_bytes.max(MAX_RECORD + HEADER) as u64) as usize;
+    // At least one whole frame after a batch marker.
+    let len = (end - from).min(max_bytes.max(2 * HEADER + 16 + MAX_BODY) as u64) as usize;
     let mut file = File::open(path).map_err(io_err(path))?;
     file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
     let mut data = vec![0u8; len];
     file.read_exact(&mut data).map_err(io_err(path))?;
     let mut out = Vec::new();
     let mut pos = 0usize;
-    while let Some((body, next)) = frame_at(&data, pos) {
-        let key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
-        let (key, payload) = body[2..].split_at(key_len.min(body.len() - 2));
-        out.push(Record {
-            offset: from + pos as u64,
-            next: from + next as u64,
-            key: key.to_vec(),
-            payload: payload.to_vec(),
-        });
-        pos = next;
-        if pos >= max_bytes {
-            break;
+    while let Some((f, next)) = frame::frame_at(&data, pos) {
+        if let Frame::Record { key, payload } = f {
+            out.push(Record {
+                offset: from + pos as u64,
+                next: from + next as u64,
+                key: key.to_vec(),
+                payload: payload.to_vec(),
+            });
+            if next >= max_bytes {
+                break;
+            }
         }
+        pos = next;
     }
     if out.is_empty() {
         return Err(LogError::Io {
@@ -343,12 +215,34 @@ impl EventLog for FileLog {
         key: Vec<u8>,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Offset, LogError>> {
-        let size = key.len() + payload.len();
-        if size > MAX_RECORD || key.len() > usize::from(u16::MAX) {
+        self.append_batch(topic, vec![(key, payload)])
+    }
+
+    /// Writes the records as one unit: after a crash or a failed write, either all of them are
+    /// in the file or none is (see [`super::frame`]).
+    fn append_batch(
+        &self,
+        topic: Topic,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> BoxFuture<'static, Result<Offset, LogError>> {
+        if let Some(size) = records
+            .iter()
+            .find(|(k, p)| p.len() > MAX_RECORD || k.len() > MAX_KEY)
+            .map(|(k, p)| k.len() + p.len())
+        {
             return async move { Err(LogError::TooLarge(size)) }.boxed();
         }
+        if records.is_empty() || records.len() > MAX_BATCH {
+            let n = records.len();
+            return async move {
+                Err(LogError::Batch(format!(
+                    "{n} records (a batch holds 1 to {MAX_BATCH})"
+                )))
+            }
+            .boxed();
+        }
         let (ack, done) = oneshot::channel();
-        let sent = self.topic(topic).tx.send(Append { key, payload, ack });
+        let sent = self.topic(topic).tx.send(Append { records, ack });
         async move {
             sent.map_err(|_| LogError::WriterGone(topic.name()))?;
             done.await.map_err(|_| LogError::WriterGone(topic.name()))?
@@ -364,10 +258,15 @@ impl EventLog for FileLog {
     ) -> BoxFuture<'static, Result<Vec<Record>, LogError>> {
         let t = self.topic(topic);
         let (path, end) = (t.path.clone(), *t.end.borrow());
+        // The reading thread works at its caller's priority (see `crate::store::Priority`).
+        let priority = crate::store::Priority::current();
         async move {
-            tokio::task::spawn_blocking(move || read_range(&path, from, end, max_bytes))
-                .await
-                .map_err(|_| LogError::WriterGone(topic.name()))?
+            tokio::task::spawn_blocking(move || {
+                priority.apply();
+                read_range(&path, from, end, max_bytes)
+            })
+            .await
+            .map_err(|_| LogError::WriterGone(topic.name()))?
         }
         .boxed()
     }
@@ -375,11 +274,25 @@ impl EventLog for FileLog {
     fn watch_end(&self, topic: Topic) -> watch::Receiver<Offset> {
         self.topic(topic).end.clone()
     }
+
+    fn accepts_usage(&self) -> bool {
+        let h = &self.usage.health;
+        !h.no_headroom.load(Ordering::Acquire) && !h.poisoned.load(Ordering::Acquire)
+    }
+
+    fn unavailable(&self) -> Vec<String> {
+        Topic::ALL
+            .iter()
+            .filter_map(|t| self.topic(*t).health.reason.lock().clone())
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     async fn read_all(log: &FileLog, topic: Topic) -> Vec<Record> {
         let mut out = Vec::new();
@@ -444,7 +357,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn corrupt_middle_frame_stops_recovery_there() {
+    async fn corrupt_middle_frame_stops_the_open_naming_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("usage.log");
         {
@@ -457,8 +370,63 @@ mod tests {
         let frame = data.len() / 3;
         data[frame + HEADER + 4] ^= 0xFF;
         std::fs::write(&path, &data).unwrap();
+        let Err(e) = FileLog::open(dir.path(), Fsync::Always) else {
+            panic!("a damaged log must not open");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("usage.log") && text.contains(&format!("byte {frame}")),
+            "{text}"
+        );
+        assert!(text.contains("tollgate log salvage"), "{text}");
+        assert_eq!(std::fs::read(&path).unwrap(), data, "nothing was cut");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_read_whole_and_a_cut_batch_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.log");
+        {
+            let log = FileLog::open(dir.path(), Fsync::Always).unwrap();
+            log.append(Topic::Config, b"a".to_vec(), vec![1; 10])
+                .await
+                .unwrap();
+            let batch = (0..5u8).map(|i| (b"b".to_vec(), vec![i; 10])).collect();
+            log.append_batch(Topic::Config, batch).await.unwrap();
+            let recs = read_all(&log, Topic::Config).await;
+            assert_eq!(recs.len(), 6);
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 5).unwrap();
+        drop(f);
         let log = FileLog::open(dir.path(), Fsync::Always).unwrap();
-        assert_eq!(read_all(&log, Topic::Usage).await.len(), 1);
+        let recs = read_all(&log, Topic::Config).await;
+        assert_eq!(
+            recs.len(),
+            1,
+            "the whole batch is gone, the record before it stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn usage_file_keeps_headroom_without_changing_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileLog::open(dir.path(), Fsync::Always).unwrap();
+        log.append(Topic::Usage, b"k".to_vec(), vec![1; 100])
+            .await
+            .unwrap();
+        let meta = std::fs::metadata(dir.path().join("usage.log")).unwrap();
+        assert_eq!(meta.len(), (HEADER + 2 + 1 + 100) as u64);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::MetadataExt;
+            // Filesystems that cannot preallocate skip the headroom.
+            if meta.blocks() > 8 {
+                assert!(meta.blocks() * 512 >= USAGE_HEADROOM);
+            }
+        }
+        assert!(log.accepts_usage());
     }
 
     #[tokio::test]

@@ -371,6 +371,27 @@ impl EventLog for KafkaLog {
         .boxed()
     }
 
+    /// NOT atomic on Kafka (yet): the records are produced one by one, in order, and a failure
+    /// midway leaves the ones before it in the topic (the caller's answer is an error all the same).
+    /// Making it atomic needs a transactional producer (one `transactional.id` per gateway, and
+    /// `isolation.level=read_committed` for the readers and the follower), or a batch marker the
+    /// follower waits for before applying; see README "Durability".
+    fn append_batch(
+        &self,
+        topic: Topic,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> BoxFuture<'static, Result<Offset, LogError>> {
+        let log = self.clone();
+        async move {
+            let mut last = Err(LogError::Batch("an empty batch".into()));
+            for (key, payload) in records {
+                last = Ok(log.append(topic, key, payload).await?);
+            }
+            last
+        }
+        .boxed()
+    }
+
     fn read(
         &self,
         topic: Topic,
@@ -398,8 +419,15 @@ impl EventLog for KafkaLog {
         let log = &self.0;
         match log.when_down {
             WhenKafkaDown::FailClosed => !log.down.load(Ordering::Acquire),
-            WhenKafkaDown::Spool => log.spooled_bytes() < log.spool_max,
+            WhenKafkaDown::Spool => {
+                log.spooled_bytes() < log.spool_max
+                    && (!log.spooling.load(Ordering::Acquire) || log.spool.log.accepts_usage())
+            }
         }
+    }
+
+    fn unavailable(&self) -> Vec<String> {
+        self.0.spool.log.unavailable()
     }
 }
 
@@ -465,8 +493,11 @@ async fn drain_spool(log: std::sync::Weak<Inner>) {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
+    let mut f = crate::files::private_file(&tmp)?;
+    f.set_len(0)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }

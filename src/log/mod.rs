@@ -2,7 +2,10 @@
 //! ([`file::FileLog`]) is a local durable log in the data dir; the distributed one is Kafka.
 
 pub mod file;
+pub mod frame;
 pub mod kafka;
+pub mod tool;
+mod writer;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
@@ -66,6 +69,19 @@ pub enum LogError {
     Kafka(String),
     #[error("record too large: {0} bytes")]
     TooLarge(usize),
+    #[error("batch refused: {0}")]
+    Batch(String),
+    #[error(
+        "log file {path} is damaged at byte {offset} (intact frames resume at byte {resumes}); \
+         nothing was changed. Stop here and run `tollgate log verify` to see the damage, then \
+         `tollgate log salvage` to keep every intact frame (the damaged file is moved aside and \
+         what was lost is listed)"
+    )]
+    Corrupt {
+        path: String,
+        offset: u64,
+        resumes: u64,
+    },
 }
 
 /// The event log.
@@ -77,6 +93,14 @@ pub trait EventLog: Send + Sync + 'static {
         topic: Topic,
         key: Vec<u8>,
         payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Offset, LogError>>;
+
+    /// Appends records that must commit together: once it resolves all are durable; if it fails,
+    /// none is visible, now or after a restart. Resolves to the last record's offset.
+    fn append_batch(
+        &self,
+        topic: Topic,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> BoxFuture<'static, Result<Offset, LogError>>;
 
     /// Reads committed records from `from`, up to about `max_bytes`.
@@ -94,6 +118,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// not, before any upstream call: they never serve what they cannot meter.
     fn accepts_usage(&self) -> bool {
         true
+    }
+
+    /// Why the log cannot take writes now (empty when it can), for readiness.
+    fn unavailable(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// Usage held locally because the log's backend was unreachable (0 when it never is).

@@ -292,6 +292,10 @@ pub fn authenticate(core: &crate::app::Core, headers: &HeaderMap) -> Result<(), 
     caller(&core.state.read(), headers).map(drop)
 }
 
+/// The `Retry-After` of a `metering_unavailable` refusal: the log retries every half second, so
+/// a few seconds is when space freed (or Kafka back) is usually noticed.
+const METERING_RETRY_AFTER_SECS: u64 = 5;
+
 /// Serves a completion or embedding request end to end.
 pub async fn handle(
     core: std::sync::Arc<crate::app::Core>,
@@ -302,13 +306,18 @@ pub async fn handle(
 ) -> Result<Reply, DataError> {
     let started = Instant::now();
     let mut body = RequestBody::parse(body)?;
+    // Never serve what cannot be metered: refuse before any upstream call. `x-should-retry:
+    // false` (with `Retry-After`) so SDKs do not resend on their own.
     if !core.log.accepts_usage() {
-        return Err(DataError::new(
+        let mut e = DataError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
             Some("metering_unavailable"),
-            "usage cannot be recorded right now (the event log is unreachable); retry shortly",
-        ));
+            "usage cannot be recorded right now (the usage log cannot take events: its disk is \
+             full, or the event log is unreachable); the provider was not called",
+        );
+        e.retry_after_secs = Some(METERING_RETRY_AFTER_SECS);
+        return Err(e);
     }
     let (ctx, plan) = {
         let state = core.state.read();

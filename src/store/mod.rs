@@ -27,6 +27,50 @@ pub fn background_priority() {
     }
 }
 
+/// A thread's scheduling: the store's threads run in the background, except while working for a
+/// reader that waits on them (read-your-writes analytics), when they run at normal priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    Background,
+    Normal,
+}
+
+impl Priority {
+    /// The calling thread's.
+    pub fn current() -> Priority {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: queries the calling thread's policy; no memory involved.
+            if unsafe { libc::sched_getscheduler(0) } == libc::SCHED_IDLE {
+                return Priority::Background;
+            }
+        }
+        Priority::Normal
+    }
+
+    /// Gives the calling thread this priority (a job handed to another thread carries its
+    /// caller's priority with it this way).
+    pub fn apply(self) {
+        if Priority::current() == self {
+            return;
+        }
+        match self {
+            Priority::Background => background_priority(),
+            Priority::Normal => {
+                #[cfg(target_os = "linux")]
+                {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    // SAFETY: as in `background_priority`.
+                    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+                    if rc != 0 {
+                        tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise a store thread's priority");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

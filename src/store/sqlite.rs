@@ -79,9 +79,7 @@ fn writer_thread(mut conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>
 impl SqliteStore {
     /// Opens (creating) the store file and applies the schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+        private_files(path)?;
         let writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         // The log, not this file, is the durable record: a store lost to a power cut is rebuilt
@@ -106,7 +104,9 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let (done, result) = tokio::sync::oneshot::channel();
+        let priority = super::Priority::current();
         let sent = self.writer.send(Box::new(move |c: &mut Connection| {
+            priority.apply();
             let _ = done.send(f(c));
         }));
         async move {
@@ -130,6 +130,46 @@ impl SqliteStore {
         }
         .boxed()
     }
+}
+
+/// Creates the store file 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm` files the
+/// database file's mode), and narrows the mode of files an older version left wider.
+fn private_files(path: &Path) -> Result<(), StoreError> {
+    if let Some(dir) = path.parent() {
+        crate::files::private_dir(dir)?;
+    }
+    drop(crate::files::private_file(path)?);
+    for ext in ["sqlite-wal", "sqlite-shm"] {
+        let side = path.with_extension(ext);
+        if side.exists() {
+            crate::files::narrow(&side, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// The consumers' positions in a store file, read without starting a store (for `tollgate log`).
+pub fn read_offsets(path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare("SELECT consumer, next_offset FROM consumer_offsets")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(c, o)| (c, u64::try_from(o).unwrap_or(0)))
+        .collect())
+}
+
+/// Moves a consumer's position back to `to` (events after it are ingested again; the store
+/// drops the ones it has by `event_id`).
+pub fn rewind_offset(path: &Path, consumer: &str, to: u64) -> Result<(), StoreError> {
+    let conn = Connection::open(path)?;
+    conn.execute(
+        "UPDATE consumer_offsets SET next_offset = ?2 WHERE consumer = ?1 AND next_offset > ?2",
+        params![consumer, to as i64],
+    )?;
+    Ok(())
 }
 
 #[derive(Default)]
