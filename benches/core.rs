@@ -181,6 +181,7 @@ fn governed_state() -> State {
         Entity::Policy(policy),
     ] {
         s.apply(&Event::Config(ConfigEvent {
+            audit: Default::default(),
             event_id: "c".into(),
             at: Millis(0),
             change: Change::Upsert(entity),

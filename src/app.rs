@@ -14,6 +14,7 @@ use crate::codec::{self, CodecError};
 use crate::crypto::{self, Sealer};
 use crate::domain::pricing::PriceTable;
 use crate::domain::*;
+use crate::domain::audit;
 use crate::log::file::FileLog;
 use crate::log::{EventLog, LogError, Topic};
 use crate::settings::Settings;
@@ -65,6 +66,8 @@ pub enum AppError {
 
 /// The store consumer's name in `consumer_offsets`.
 const STORE_CONSUMER: &str = crate::log::tool::CONSUMERS[0].0;
+/// The audit consumer's name (it follows the config log into the store's `audit_log`).
+const AUDIT_CONSUMER: &str = crate::log::tool::CONSUMERS[2].0;
 /// How long an analytics query waits for the store to take in the usage logged before it.
 pub const READ_YOUR_WRITES: std::time::Duration = std::time::Duration::from_secs(2);
 /// The slug of the workspace every organisation starts with.
@@ -101,6 +104,10 @@ pub struct Core {
     wanted: watch::Sender<u64>,
     /// Why the store sink is not keeping up (a failing store, an undecodable record), for readiness.
     sink_error: parking_lot::Mutex<Option<String>>,
+    /// Embedded mode: how far the store has taken the config log into its audit trail.
+    audited: watch::Sender<u64>,
+    /// Why the audit sink is not keeping up, for readiness.
+    audit_error: parking_lot::Mutex<Option<String>>,
 }
 
 /// How a process runs its roles.
@@ -217,6 +224,8 @@ impl Core {
             stored: watch::channel(0).0,
             wanted: watch::channel(0).0,
             sink_error: parking_lot::Mutex::new(None),
+            audited: watch::channel(0).0,
+            audit_error: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -232,9 +241,11 @@ impl Core {
             } else if at < end && self.log.read(topic, at, 1).await.is_err() {
                 format!("no frame of the log starts there (the log ends at byte {end})")
             } else {
-                if topic == Topic::Usage {
-                    self.stored.send_replace(at);
-                }
+                match topic {
+                    Topic::Usage => self.stored.send_replace(at),
+                    Topic::Config => self.audited.send_replace(at),
+                    Topic::Limits => at,
+                };
                 continue;
             };
             return Err(AppError::StoreAhead {
@@ -278,6 +289,27 @@ impl Core {
         }
     }
 
+    /// Embedded mode: waits (up to [`READ_YOUR_WRITES`]) until the store's audit trail has taken
+    /// in the config log up to its end as it is now, so an admin reads the changes just made.
+    pub async fn await_audit(&self) {
+        if self.mode != Mode::Embedded {
+            return;
+        }
+        let target = *self.log.watch_end(Topic::Config).borrow();
+        let mut audited = self.audited.subscribe();
+        let caught_up = audited.wait_for(|at| *at >= target);
+        if tokio::time::timeout(READ_YOUR_WRITES, caught_up)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target,
+                audited = *self.audited.borrow(),
+                "audit logs: the store did not catch up within {READ_YOUR_WRITES:?}; answering with what it has"
+            );
+        }
+    }
+
     /// Why this process should not get traffic now (empty when ready).
     pub fn unready_reasons(&self) -> Vec<String> {
         let mut out = self.log.unavailable();
@@ -288,6 +320,7 @@ impl Core {
             );
         }
         out.extend(self.sink_error.lock().clone());
+        out.extend(self.audit_error.lock().clone());
         if self.state.read().organisation.is_none() {
             out.push("state is not rebuilt yet".into());
         }
@@ -419,7 +452,7 @@ impl Core {
             })));
         }
         if !changes.is_empty() {
-            self.commit(changes).await?;
+            self.commit(None, changes).await?;
         }
         Ok(generated)
     }
@@ -431,19 +464,30 @@ impl Core {
     /// applied only after the whole batch is durable, so a failure (a full disk) leaves none of
     /// them applied, now or after a restart. (On Kafka the batch is not atomic yet; see
     /// `KafkaLog::append_batch`.)
-    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), AppError> {
+    ///
+    /// Each event records `actor` (None: the system) and what it did to its entity, decided
+    /// here from the state before (the audit trail).
+    pub async fn commit(&self, actor: Option<Actor>, changes: Vec<Change>) -> Result<(), AppError> {
         if changes.is_empty() {
             return Ok(());
         }
         let at = Millis::now();
-        let events: Vec<ConfigEvent> = changes
-            .into_iter()
-            .map(|change| ConfigEvent {
-                event_id: uuid::Uuid::new_v4().to_string(),
-                at,
-                change,
-            })
-            .collect();
+        let events: Vec<ConfigEvent> = {
+            let state = self.state.read();
+            changes
+                .into_iter()
+                .map(|change| {
+                    let (kind, id) = change.target();
+                    let before = state.entity(kind, id);
+                    ConfigEvent {
+                        event_id: uuid::Uuid::new_v4().to_string(),
+                        at,
+                        audit: audit::audit_of(before.as_ref(), &change, actor.as_ref()),
+                        change,
+                    }
+                })
+                .collect()
+        };
         let records = events
             .iter()
             .map(|e| Ok((e.key().into_bytes(), codec::encode_config(e)?)))
@@ -707,7 +751,12 @@ pub fn spawn_store_sink(
         .name("store-sink".into())
         .spawn(move || {
             crate::store::background_priority();
-            runtime.block_on(run_store_sink(core, shutdown));
+            runtime.block_on(async {
+                tokio::join!(
+                    run_store_sink(core.clone(), shutdown.clone()),
+                    run_audit_sink(core, shutdown)
+                )
+            });
             drop(done);
         })?;
     Ok(async move {
@@ -781,6 +830,68 @@ async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// The embedded audit trail: follows the config log into the store's `audit_log`, each batch's
+/// rows and the new position in one store transaction (a replay finds its rows by event id), so
+/// the trail holds every admin change once, whatever becomes of the log. Config events are rare:
+/// no batching window, a change is in the trail as soon as the store takes it.
+async fn run_audit_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    let mut end = core.log.watch_end(Topic::Config);
+    let mut at = match core.store.offset(AUDIT_CONSUMER).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "audit sink: cannot read its offset; not running");
+            return;
+        }
+    };
+    core.audited.send_replace(at);
+    loop {
+        if at >= *end.borrow_and_update() {
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                r = end.changed() => if r.is_err() { return },
+                r = shutdown.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        match audit_batch(&core, at).await {
+            Ok(next) => {
+                at = next;
+                core.audited.send_replace(at);
+                core.audit_error.lock().take();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit sink: batch failed; retrying");
+                core.metrics
+                    .store_sink_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                *core.audit_error.lock() = Some(format!("audit trail: {e}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(SINK_RETRY) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() && audit_batch(&core, at).await.is_err() {
+                    return; // stopping: the log keeps the events for the next start
+                }
+            }
+        }
+    }
+}
+
+async fn audit_batch(core: &Core, at: u64) -> Result<u64, AppError> {
+    let (events, next) = core.read_events(Topic::Config, at).await?;
+    let rows = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Config(c) => Some(AuditEntry::of(c)),
+            _ => None,
+        })
+        .collect();
+    core.store.record_audit(rows, AUDIT_CONSUMER, next).await?;
+    Ok(next)
 }
 
 /// How long the sink waits before retrying a batch that failed.

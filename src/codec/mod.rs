@@ -17,8 +17,10 @@ use crate::domain::*;
 
 /// The current writer schemas.
 pub const USAGE_SCHEMA: &str = include_str!("../../schemas/usage_event.v1.avsc");
-pub const CONFIG_SCHEMA: &str = include_str!("../../schemas/config_event.v1.avsc");
+pub const CONFIG_SCHEMA: &str = include_str!("../../schemas/config_event.v2.avsc");
 pub const LIMIT_SCHEMA: &str = include_str!("../../schemas/limit_event.v2.avsc");
+/// Earlier writer schemas of config events (before the audit fields), still readable.
+const CONFIG_SCHEMA_V1: &str = include_str!("../../schemas/config_event.v1.avsc");
 /// Earlier writer schemas of limit events, still readable.
 const LIMIT_SCHEMA_V1: &str = include_str!("../../schemas/limit_event.v1.avsc");
 
@@ -112,7 +114,7 @@ fn usage_family() -> &'static Family {
 
 fn config_family() -> &'static Family {
     static F: OnceLock<Family> = OnceLock::new();
-    F.get_or_init(|| Family::new(CONFIG_SCHEMA, &[]))
+    F.get_or_init(|| Family::new(CONFIG_SCHEMA, &[CONFIG_SCHEMA_V1]))
 }
 
 fn limit_family() -> &'static Family {
@@ -386,7 +388,81 @@ pub fn encode_config(e: &ConfigEvent) -> Result<Vec<u8>, CodecError> {
         ("entity_id".into(), Value::String(id)),
         ("entity".into(), opt(&body)),
     ];
+    let mut fields = fields;
+    fields.extend(audit_fields(&e.audit));
     config_family().encode(Value::Record(fields))
+}
+
+/// The audit fields of a config event (schema v2).
+fn audit_fields(a: &Audit) -> Vec<(String, Value)> {
+    let actor = match &a.actor {
+        Some(x) => Value::Union(
+            1,
+            Box::new(Value::Record(vec![
+                ("key_id".into(), s(&x.key_id)),
+                ("key_name".into(), s(&x.key_name)),
+                ("created_by".into(), opt(&x.created_by)),
+                ("workspace_id".into(), opt(&x.workspace_id)),
+            ])),
+        ),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    let action = match a.action {
+        Some(x) => {
+            let index = Action::ALL.iter().position(|y| *y == x).unwrap_or(0) as u32;
+            Value::Union(1, Box::new(Value::Enum(index, x.as_str().into())))
+        }
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    vec![
+        ("actor".into(), actor),
+        ("action".into(), action),
+        ("resource_name".into(), opt(&a.resource_name)),
+        ("workspace_id".into(), opt(&a.workspace_id)),
+        (
+            "changed_fields".into(),
+            Value::Array(a.changed_fields.iter().map(|f| s(f)).collect()),
+        ),
+    ]
+}
+
+/// Reads the audit fields of a decoded config event (defaults for a v1 record).
+fn audit_from(f: &mut Fields) -> Result<Audit, CodecError> {
+    let actor = match f.take("actor")? {
+        Value::Record(fields) => {
+            let mut r = record(fields);
+            Some(Actor {
+                key_id: r.string("key_id")?,
+                key_name: r.string("key_name")?,
+                created_by: r.opt_string("created_by")?,
+                workspace_id: r.opt_string("workspace_id")?,
+            })
+        }
+        _ => None,
+    };
+    let action = match f.take("action")? {
+        Value::Enum(_, name) => {
+            Some(Action::parse(&name).ok_or(CodecError::Field("action", name))?)
+        }
+        _ => None,
+    };
+    let changed_fields = match f.take("changed_fields")? {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Audit {
+        actor,
+        action,
+        resource_name: f.opt_string("resource_name")?,
+        workspace_id: f.opt_string("workspace_id")?,
+        changed_fields,
+    })
 }
 
 /// Decodes a config event.
@@ -400,6 +476,7 @@ pub fn decode_config(bytes: &[u8]) -> Result<ConfigEvent, CodecError> {
         None => Change::Delete { kind, id },
     };
     Ok(ConfigEvent {
+        audit: audit_from(&mut f)?,
         event_id: f.string("event_id")?,
         at: Millis(f.long("at")?),
         change,
@@ -669,20 +746,62 @@ pub(crate) mod tests {
             created_at: Millis(1),
             updated_at: Millis(2),
         };
-        for change in [
-            Change::Upsert(Entity::Workspace(ws)),
+        let actor = Actor {
+            key_id: "k".into(),
+            key_name: "Team key".into(),
+            created_by: Some("admin".into()),
+            workspace_id: Some("w1".into()),
+        };
+        let audits = [
+            Audit::default(),
+            Audit {
+                actor: Some(actor),
+                action: Some(Action::Updated),
+                resource_name: Some("A".into()),
+                workspace_id: Some("w1".into()),
+                changed_fields: vec!["name".into(), "usage_limits".into()],
+            },
+        ];
+        for audit in audits {
+            for change in [
+                Change::Upsert(Entity::Workspace(ws.clone())),
+                Change::Delete {
+                    kind: EntityKind::Workspace,
+                    id: "w1".into(),
+                },
+            ] {
+                let e = ConfigEvent {
+                    audit: audit.clone(),
+                    event_id: "e".into(),
+                    at: Millis(5),
+                    change,
+                };
+                assert_eq!(decode_config(&encode_config(&e).unwrap()).unwrap(), e);
+            }
+        }
+    }
+
+    #[test]
+    fn config_events_written_with_v1_still_decode() {
+        let v1 = Family::new(CONFIG_SCHEMA_V1, &[]);
+        let fields = vec![
+            ("event_id".into(), s("e")),
+            ("at".into(), Value::TimestampMillis(5)),
+            ("kind".into(), Value::Enum(1, "workspace".into())),
+            ("entity_id".into(), s("w1")),
+            ("entity".into(), opt(&None)),
+        ];
+        let bytes = v1.encode(Value::Record(fields)).unwrap();
+        assert_ne!(bytes[..10], config_family().header);
+        let e = decode_config(&bytes).unwrap();
+        assert_eq!(e.audit, Audit::default());
+        assert_eq!(
+            e.change,
             Change::Delete {
                 kind: EntityKind::Workspace,
-                id: "w1".into(),
-            },
-        ] {
-            let e = ConfigEvent {
-                event_id: "e".into(),
-                at: Millis(5),
-                change,
-            };
-            assert_eq!(decode_config(&encode_config(&e).unwrap()).unwrap(), e);
-        }
+                id: "w1".into()
+            }
+        );
     }
 
     #[test]

@@ -346,7 +346,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             .into_iter()
             .map(|p| Change::Upsert(Entity::Provider(p))),
     );
-    core.commit(changes).await?;
+    core.commit(Some(caller.actor()), changes).await?;
     Ok(json!({"id": id, "slug": slug, "object": "integration"}))
 }
 
@@ -422,7 +422,7 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
         i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
     }
     i.updated_at = Millis::now();
-    core.commit(vec![Change::Upsert(Entity::Integration(i))])
+    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Integration(i))])
         .await?;
     Ok(json!({}))
 }
@@ -448,7 +448,7 @@ pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
         });
         changes
     };
-    core.commit(changes).await?;
+    core.commit(Some(caller.actor()), changes).await?;
     Ok(json!({}))
 }
 
@@ -550,7 +550,7 @@ pub async fn update_workspaces(
         );
         changes
     };
-    core.commit(changes).await?;
+    core.commit(Some(caller.actor()), changes).await?;
     Ok(json!({}))
 }
 
@@ -620,7 +620,7 @@ pub async fn update_models(
         i.models.insert(slug.to_owned(), entry);
     }
     i.updated_at = now;
-    core.commit(vec![Change::Upsert(Entity::Integration(i))])
+    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Integration(i))])
         .await?;
     Ok(json!({}))
 }
@@ -643,7 +643,7 @@ pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str
         i.models.remove(s);
     }
     i.updated_at = Millis::now();
-    core.commit(vec![Change::Upsert(Entity::Integration(i))])
+    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Integration(i))])
         .await?;
     Ok(json!({}))
 }

@@ -53,6 +53,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller as the actor of the changes it commits (the audit trail).
+    pub fn actor(&self) -> crate::domain::Actor {
+        crate::domain::Actor::of(&self.key)
+    }
+
     /// Refuses unless the caller's key carries `scope`.
     pub fn require(&self, scope: &str) -> Result<()> {
         if self.key.has_scope(scope) {

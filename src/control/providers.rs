@@ -122,7 +122,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         }
     };
     let out = json!({"id": p.id, "slug": p.slug, "object": "provider"});
-    core.commit(vec![Change::Upsert(Entity::Provider(p))])
+    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Provider(p))])
         .await?;
     Ok(out)
 }
@@ -192,7 +192,7 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
         (i, p)
     };
     let out = json!({"id": provider.id, "slug": provider.slug, "object": "virtual-key", "success": true, "data": {"slug": provider.slug}});
-    core.commit(vec![
+    core.commit(Some(caller.actor()), vec![
         Change::Upsert(Entity::Integration(integration)),
         Change::Upsert(Entity::Provider(provider)),
     ])
@@ -302,7 +302,7 @@ pub async fn update(
     };
     let mut changes = vec![Change::Upsert(Entity::Provider(p))];
     changes.extend(integration.map(|i| Change::Upsert(Entity::Integration(i))));
-    core.commit(changes).await?;
+    core.commit(Some(caller.actor()), changes).await?;
     Ok(out)
 }
 
@@ -337,6 +337,6 @@ pub async fn delete(
         }
         changes
     };
-    core.commit(changes).await?;
+    core.commit(Some(caller.actor()), changes).await?;
     Ok(json!({}))
 }

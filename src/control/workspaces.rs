@@ -69,7 +69,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         &ws.id,
         now,
     )?);
-    core.commit(changes).await?;
+    core.commit(Some(caller.actor()), changes).await?;
     Ok(views::workspace(&ws, &core.state.read(), false))
 }
 
@@ -156,7 +156,7 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         caller.require_organisation("changing a workspace's limits or defaults")?;
     }
     w.updated_at = Millis::now();
-    core.commit(vec![Change::Upsert(Entity::Workspace(w))])
+    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Workspace(w))])
         .await?;
     Ok(json!({}))
 }
@@ -233,6 +233,6 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         });
         changes
     };
-    core.commit(changes).await?;
+    core.commit(Some(caller.actor()), changes).await?;
     Ok(json!({}))
 }

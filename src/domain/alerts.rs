@@ -122,6 +122,7 @@ mod tests {
         };
         let mut s = State::default();
         s.apply(&Event::Config(ConfigEvent {
+            audit: Default::default(),
             event_id: "c".into(),
             at: Millis(0),
             change: Change::Upsert(Entity::ApiKey(

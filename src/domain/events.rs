@@ -83,6 +83,46 @@ impl Entity {
             Entity::Policy(e) => &e.id,
         }
     }
+
+    /// The entity's display name.
+    pub fn name(&self) -> &str {
+        match self {
+            Entity::Organisation(e) => &e.name,
+            Entity::Workspace(e) => &e.name,
+            Entity::Integration(e) => &e.name,
+            Entity::Provider(e) => &e.name,
+            Entity::Config(e) => &e.name,
+            Entity::ApiKey(e) => &e.name,
+            Entity::Policy(e) => &e.name,
+        }
+    }
+
+    /// The workspace the entity belongs to (a workspace belongs to itself; organisation-wide
+    /// objects to none).
+    pub fn workspace_id(&self) -> Option<String> {
+        match self {
+            Entity::Organisation(_) => None,
+            Entity::Workspace(e) => Some(e.id.clone()),
+            Entity::Integration(e) => e.workspace_id.clone(),
+            Entity::Provider(e) => Some(e.workspace_id.clone()),
+            Entity::Config(e) => Some(e.workspace_id.clone()),
+            Entity::ApiKey(e) => e.workspace_id.clone(),
+            Entity::Policy(e) => e.workspace_id.clone(),
+        }
+    }
+
+    /// The entity as JSON (its shape on the config topic).
+    pub fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            Entity::Organisation(x) => serde_json::to_value(x),
+            Entity::Workspace(x) => serde_json::to_value(x),
+            Entity::Integration(x) => serde_json::to_value(x),
+            Entity::Provider(x) => serde_json::to_value(x),
+            Entity::Config(x) => serde_json::to_value(x),
+            Entity::ApiKey(x) => serde_json::to_value(x),
+            Entity::Policy(x) => serde_json::to_value(x),
+        }
+    }
 }
 
 /// What a config event does.
@@ -97,21 +137,31 @@ pub enum Change {
     Delete { kind: EntityKind, id: String },
 }
 
-/// An admin change: one entity's new state (or its removal).
+/// An admin change: one entity's new state (or its removal), and who made it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConfigEvent {
     pub event_id: String,
     pub at: Millis,
     pub change: Change,
+    /// Who made the change and what it did (the audit trail).
+    #[serde(default)]
+    pub audit: super::audit::Audit,
+}
+
+impl Change {
+    /// The kind and id of the entity changed.
+    pub fn target(&self) -> (EntityKind, &str) {
+        match self {
+            Change::Upsert(e) => (e.kind(), e.id()),
+            Change::Delete { kind, id } => (*kind, id.as_str()),
+        }
+    }
 }
 
 impl ConfigEvent {
     /// The entity key: compaction keeps the latest event per key.
     pub fn key(&self) -> String {
-        let (kind, id) = match &self.change {
-            Change::Upsert(e) => (e.kind(), e.id()),
-            Change::Delete { kind, id } => (*kind, id.as_str()),
-        };
+        let (kind, id) = self.change.target();
         format!("{}:{}", kind.as_str(), id)
     }
 }

@@ -4,6 +4,7 @@
 //! Every role (gateway, aggregator, notifier) folds the same events with [`State::apply`].
 
 pub mod alerts;
+pub mod audit;
 pub mod budget;
 pub mod entities;
 pub mod events;
@@ -14,6 +15,7 @@ pub mod routing;
 pub mod state;
 pub mod time;
 
+pub use audit::{Action, Actor, Audit, AuditEntry, AuditQuery};
 pub use entities::*;
 pub use events::*;
 pub use state::{State, Totals};

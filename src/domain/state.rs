@@ -157,6 +157,35 @@ impl State {
         }
     }
 
+    /// The entity of `kind` with `id`, if there is one (a copy).
+    pub fn entity(&self, kind: EntityKind, id: &str) -> Option<Entity> {
+        match kind {
+            EntityKind::Organisation => self
+                .organisation
+                .clone()
+                .filter(|o| o.id == id)
+                .map(Entity::Organisation),
+            EntityKind::Workspace => self
+                .workspaces
+                .get(id)
+                .map(|x| Entity::Workspace((**x).clone())),
+            EntityKind::Integration => self
+                .integrations
+                .get(id)
+                .map(|x| Entity::Integration((**x).clone())),
+            EntityKind::Provider => self
+                .providers
+                .get(id)
+                .map(|x| Entity::Provider((**x).clone())),
+            EntityKind::Config => self.configs.get(id).cloned().map(Entity::Config),
+            EntityKind::ApiKey => self
+                .api_keys
+                .get(id)
+                .map(|x| Entity::ApiKey((**x).clone())),
+            EntityKind::Policy => self.policies.get(id).cloned().map(Entity::Policy),
+        }
+    }
+
     fn apply_config(&mut self, event: &ConfigEvent) {
         match &event.change {
             Change::Upsert(entity) => self.upsert(entity.clone()),
@@ -639,6 +668,7 @@ pub(crate) mod tests {
 
     fn config_event(id: &str, config: serde_json::Value) -> Event {
         Event::Config(ConfigEvent {
+            audit: Default::default(),
             event_id: format!("e-{id}"),
             at: Millis(0),
             change: Change::Upsert(Entity::Config(RouteConfig {
@@ -676,6 +706,7 @@ pub(crate) mod tests {
         let e = s.config_plan("c2").unwrap().clone().unwrap_err();
         assert!(e.contains("custom_host"), "{e}");
         s.apply(&Event::Config(ConfigEvent {
+            audit: Default::default(),
             event_id: "d".into(),
             at: Millis(0),
             change: Change::Delete {
@@ -729,6 +760,7 @@ pub(crate) mod tests {
         k.key_hash = "h1".into();
         let up = |k: &ApiKey| {
             Event::Config(ConfigEvent {
+                audit: Default::default(),
                 event_id: "e".into(),
                 at: Millis(0),
                 change: Change::Upsert(Entity::ApiKey(k.clone())),
@@ -740,6 +772,7 @@ pub(crate) mod tests {
         assert!(s.api_key_by_hash("h1").is_none());
         assert_eq!(s.api_key_by_hash("h2").map(|k| k.id.as_str()), Some("k"));
         s.apply(&Event::Config(ConfigEvent {
+            audit: Default::default(),
             event_id: "e2".into(),
             at: Millis(0),
             change: Change::Delete {

@@ -13,9 +13,10 @@ use super::Topic;
 
 /// The store's consumers and the topic each reads: their positions must be frame boundaries of
 /// that topic's file, at or before its end.
-pub const CONSUMERS: [(&str, Topic); 2] = [
+pub const CONSUMERS: [(&str, Topic); 3] = [
     ("embedded-store", Topic::Usage),
     ("notifier", Topic::Limits),
+    ("audit", Topic::Config),
 ];
 
 /// Why a check or a salvage could not be done.

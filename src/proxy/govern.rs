@@ -402,6 +402,7 @@ mod tests {
         }];
         let upsert = |k: &ApiKey| {
             Event::Config(ConfigEvent {
+                audit: Default::default(),
                 event_id: "c".into(),
                 at: Millis(0),
                 change: Change::Upsert(Entity::ApiKey(k.clone())),
@@ -434,6 +435,7 @@ mod tests {
         assert_eq!(gov.limiters(), 0, "the minute ended");
         drop(gov.admit(&state, &path, Estimate::default(), Millis(60_000)));
         state.write().apply(&Event::Config(ConfigEvent {
+            audit: Default::default(),
             event_id: "d".into(),
             at: Millis(0),
             change: Change::Delete {
@@ -457,6 +459,7 @@ mod tests {
             value: 1000,
         }];
         state.write().apply(&Event::Config(ConfigEvent {
+            audit: Default::default(),
             event_id: "c".into(),
             at: Millis(0),
             change: Change::Upsert(Entity::ApiKey(key)),
@@ -503,6 +506,7 @@ mod tests {
         }))
         .unwrap();
         Event::Config(ConfigEvent {
+            audit: Default::default(),
             event_id: "p".into(),
             at: Millis(0),
             change: Change::Upsert(Entity::Policy(policy)),

@@ -14,14 +14,17 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    latency_report, Bucket, Filter, GroupBy, LatencyReport, Notification, RollupRow, Stats,
-    StoreError, UsageStore,
+    audit_where, latency_report, AuditArg, Bucket, Filter, GroupBy, LatencyReport, Notification,
+    RollupRow, Stats, StoreError, UsageStore, AUDIT_ORDER,
 };
-use crate::domain::{Millis, UsageEvent};
+use crate::domain::{Action, Actor, AuditEntry, AuditQuery, EntityKind, Millis, UsageEvent};
 use crate::settings::ClickhouseSettings;
 
 /// The versioned DDL files, applied in order by `migrate`.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../schemas/clickhouse/001_init.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../schemas/clickhouse/001_init.sql")),
+    (2, include_str!("../../schemas/clickhouse/002_audit.sql")),
+];
 
 /// Money as ClickHouse's Decimal(38, 12) (an i128 of 10^-12 dollars); exact for any event cost.
 fn to_d12(d: Decimal) -> i128 {
@@ -204,6 +207,72 @@ struct NotificationRow {
     attempts: u32,
     error: Option<String>,
     created_at: i64,
+}
+
+/// A row of `audit_log` (empty strings mean none).
+#[derive(Row, Serialize, Deserialize)]
+struct AuditRow {
+    event_id: String,
+    ts: i64,
+    actor_key_id: String,
+    actor_name: String,
+    actor_created_by: String,
+    actor_workspace_id: String,
+    action: String,
+    resource_type: String,
+    resource_id: String,
+    resource_name: String,
+    workspace_id: String,
+    changed_fields: Vec<String>,
+}
+
+/// The columns of [`AuditRow`], in order.
+const AUDIT_COLUMNS: &str = "event_id, ts, actor_key_id, actor_name, actor_created_by, actor_workspace_id,
+    action, resource_type, resource_id, resource_name, workspace_id, changed_fields";
+
+fn none_if_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl AuditRow {
+    fn new(e: AuditEntry) -> AuditRow {
+        let actor = e.actor.unwrap_or_default();
+        AuditRow {
+            event_id: e.id,
+            ts: e.at.0,
+            actor_key_id: actor.key_id,
+            actor_name: actor.key_name,
+            actor_created_by: actor.created_by.unwrap_or_default(),
+            actor_workspace_id: actor.workspace_id.unwrap_or_default(),
+            action: e.action.as_str().to_owned(),
+            resource_type: e.resource_type.as_str().to_owned(),
+            resource_id: e.resource_id,
+            resource_name: e.resource_name.unwrap_or_default(),
+            workspace_id: e.workspace_id.unwrap_or_default(),
+            changed_fields: e.changed_fields,
+        }
+    }
+
+    /// None when the row names an action or kind this version does not know.
+    fn entry(self) -> Option<AuditEntry> {
+        let actor = (!self.actor_key_id.is_empty()).then(|| Actor {
+            key_id: self.actor_key_id,
+            key_name: self.actor_name,
+            created_by: none_if_empty(self.actor_created_by),
+            workspace_id: none_if_empty(self.actor_workspace_id),
+        });
+        Some(AuditEntry {
+            id: self.event_id,
+            at: Millis(self.ts),
+            actor,
+            action: Action::parse(&self.action)?,
+            resource_type: EntityKind::parse(&self.resource_type)?,
+            resource_id: self.resource_id,
+            resource_name: none_if_empty(self.resource_name),
+            workspace_id: none_if_empty(self.workspace_id),
+            changed_fields: self.changed_fields,
+        })
+    }
 }
 
 #[derive(Row, Serialize)]
@@ -395,6 +464,68 @@ impl ClickhouseStore {
         Ok(fresh.len())
     }
 
+    /// Inserts the audit rows whose event ids the table does not have yet, in one `INSERT`;
+    /// returns how many.
+    pub async fn insert_audit(&self, rows: Vec<AuditEntry>) -> Result<usize, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let have: std::collections::HashSet<String> = self
+            .client
+            .query("SELECT event_id FROM audit_log WHERE event_id IN (SELECT arrayJoin(?))")
+            .bind(ids)
+            .fetch_all::<String>()
+            .await?
+            .into_iter()
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let fresh: Vec<AuditEntry> = rows
+            .into_iter()
+            .filter(|r| !have.contains(&r.id) && seen.insert(r.id.clone()))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let n = fresh.len();
+        let mut insert = self.client.insert::<AuditRow>("audit_log").await?;
+        for r in fresh {
+            insert.write(&AuditRow::new(r)).await?;
+        }
+        insert.end().await?;
+        Ok(n)
+    }
+
+    /// The audit rows matching `q`: how many in all, and the page asked for.
+    pub async fn audit_page(&self, q: &AuditQuery) -> Result<(u64, Vec<AuditEntry>), StoreError> {
+        let (cond, args) = audit_where(q);
+        let bind = |mut query: clickhouse::query::Query| {
+            for a in &args {
+                query = match a {
+                    AuditArg::Int(v) => query.bind(*v),
+                    AuditArg::Str(v) => query.bind(v.as_str()),
+                };
+            }
+            query
+        };
+        let total: Vec<u64> = bind(self.client.query(&format!(
+            "SELECT toUInt64(count()) FROM audit_log FINAL WHERE {cond}"
+        )))
+        .fetch_all()
+        .await?;
+        let rows: Vec<AuditRow> = bind(self.client.query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log FINAL WHERE {cond} {AUDIT_ORDER} LIMIT ?, ?"
+        )))
+        .bind(q.offset)
+        .bind(q.limit)
+        .fetch_all()
+        .await?;
+        Ok((
+            total.first().copied().unwrap_or(0),
+            rows.into_iter().filter_map(AuditRow::entry).collect(),
+        ))
+    }
+
     /// Records published limit events (for dashboards; the topic stays the source of truth).
     pub async fn insert_limit_events(&self, rows: &[LimitRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
@@ -493,6 +624,25 @@ fn statements(ddl: &str) -> Vec<String> {
 }
 
 impl UsageStore for ClickhouseStore {
+    fn record_audit(
+        &self,
+        rows: Vec<AuditEntry>,
+        _consumer: &str,
+        _next_offset: u64,
+    ) -> BoxFuture<'static, Result<usize, StoreError>> {
+        // Positions live in Kafka's consumer group (committed after this returns), not here.
+        let this = self.clone();
+        async move { this.insert_audit(rows).await }.boxed()
+    }
+
+    fn audit(
+        &self,
+        query: AuditQuery,
+    ) -> BoxFuture<'static, Result<(u64, Vec<AuditEntry>), StoreError>> {
+        let this = self.clone();
+        async move { this.audit_page(&query).await }.boxed()
+    }
+
     fn record_notifications(
         &self,
         rows: Vec<Notification>,

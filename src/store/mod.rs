@@ -8,7 +8,7 @@ pub mod sqlite;
 use futures_util::future::BoxFuture;
 use rust_decimal::Decimal;
 
-use crate::domain::{Metadata, Millis, UsageEvent};
+use crate::domain::{AuditEntry, AuditQuery, Metadata, Millis, UsageEvent};
 
 /// Lowers the calling thread to background scheduling (Linux `SCHED_IDLE`): the store's work then
 /// runs on CPU time the gateway does not want, and any request-path thread that wakes up preempts
@@ -255,6 +255,45 @@ pub struct Notification {
     pub created_at: Millis,
 }
 
+/// A bound value of an audit query's WHERE clause.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AuditArg {
+    Int(i64),
+    Str(String),
+}
+
+/// The WHERE clause of an audit query over the `audit_log` table (the same columns in both
+/// stores), and its arguments in order. Always a valid clause (`1 = 1` when unfiltered).
+pub fn audit_where(q: &AuditQuery) -> (String, Vec<AuditArg>) {
+    let mut sql = String::from("1 = 1");
+    let mut args = Vec::new();
+    if let Some(t) = q.from {
+        sql.push_str(" AND ts >= ?");
+        args.push(AuditArg::Int(t.0));
+    }
+    if let Some(t) = q.to {
+        sql.push_str(" AND ts <= ?");
+        args.push(AuditArg::Int(t.0));
+    }
+    let texts = [
+        ("actor_key_id", q.actor.clone()),
+        ("resource_type", q.resource_type.map(|k| k.as_str().to_owned())),
+        ("resource_id", q.resource_id.clone()),
+        ("action", q.action.map(|a| a.as_str().to_owned())),
+        ("workspace_id", q.workspace_id.clone()),
+    ];
+    for (col, v) in texts {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND {col} = ?"));
+            args.push(AuditArg::Str(v));
+        }
+    }
+    (sql, args)
+}
+
+/// How audit rows are ordered: newest first, ties by id (stable pages).
+pub const AUDIT_ORDER: &str = "ORDER BY ts DESC, event_id DESC";
+
 /// The usage store.
 pub trait UsageStore: Send + Sync + 'static {
     /// Records notifications and that `consumer` has read the limit log up to `next_offset`,
@@ -304,6 +343,21 @@ pub trait UsageStore: Send + Sync + 'static {
         filter: Filter,
         by: GroupBy,
     ) -> BoxFuture<'static, Result<Vec<(String, Stats)>, StoreError>>;
+
+    /// Records audit rows not recorded before (idempotent on the event id) and that `consumer`
+    /// has read the config log up to `next_offset`, atomically. Returns how many were new.
+    fn record_audit(
+        &self,
+        rows: Vec<AuditEntry>,
+        consumer: &str,
+        next_offset: u64,
+    ) -> BoxFuture<'static, Result<usize, StoreError>>;
+
+    /// The audit rows matching the query (how many in all, and the page asked for), newest first.
+    fn audit(
+        &self,
+        query: AuditQuery,
+    ) -> BoxFuture<'static, Result<(u64, Vec<AuditEntry>), StoreError>>;
 
     /// Every rollup row of a grain and dimension.
     fn rollups(

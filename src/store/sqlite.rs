@@ -20,6 +20,8 @@ use super::*;
 use crate::domain::state::FastHash;
 
 const DDL: &str = include_str!("../../schemas/sqlite/001_init.sql");
+/// The audit trail's table (version 2; `IF NOT EXISTS`, so it applies to older store files too).
+const DDL_AUDIT: &str = include_str!("../../schemas/sqlite/002_audit.sql");
 
 /// Dollars ↔ integer picodollars (the store's exact money column).
 fn to_pico(d: Decimal) -> i64 {
@@ -88,6 +90,7 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.pragma_update(None, "wal_autocheckpoint", 4_000)?;
         writer.execute_batch(DDL)?;
+        writer.execute_batch(DDL_AUDIT)?;
         let reader = Connection::open(path)?;
         let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
@@ -525,7 +528,123 @@ fn notifications(conn: &mut Connection, limit: usize) -> Result<Vec<Notification
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+fn record_audit(
+    conn: &mut Connection,
+    rows: &[AuditEntry],
+    consumer: &str,
+    next: u64,
+) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let mut new = 0;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        )?;
+        for r in rows {
+            let actor = r.actor.as_ref();
+            new += insert.execute(params![
+                r.id,
+                r.at.0,
+                actor.map(|a| &a.key_id),
+                actor.map(|a| &a.key_name),
+                actor.and_then(|a| a.created_by.as_ref()),
+                actor.and_then(|a| a.workspace_id.as_ref()),
+                r.action.as_str(),
+                r.resource_type.as_str(),
+                r.resource_id,
+                r.resource_name,
+                r.workspace_id,
+                serde_json::to_string(&r.changed_fields).unwrap_or_else(|_| "[]".into()),
+            ])?;
+        }
+        tx.execute(
+            "INSERT INTO consumer_offsets VALUES (?1, ?2) ON CONFLICT (consumer) DO UPDATE SET next_offset = excluded.next_offset",
+            params![consumer, next as i64],
+        )?;
+    }
+    tx.commit()?;
+    Ok(new)
+}
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    let text = |i: usize, v: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown value {v}").into(),
+        )
+    };
+    let key_id: Option<String> = r.get(2)?;
+    let actor = match key_id {
+        Some(key_id) => Some(crate::domain::Actor {
+            key_id,
+            key_name: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            created_by: r.get(4)?,
+            workspace_id: r.get(5)?,
+        }),
+        None => None,
+    };
+    let action: String = r.get(6)?;
+    let kind: String = r.get(7)?;
+    let changed: String = r.get(11)?;
+    Ok(AuditEntry {
+        id: r.get(0)?,
+        at: Millis(r.get(1)?),
+        actor,
+        action: crate::domain::Action::parse(&action).ok_or_else(|| text(6, action.clone()))?,
+        resource_type: crate::domain::EntityKind::parse(&kind)
+            .ok_or_else(|| text(7, kind.clone()))?,
+        resource_id: r.get(8)?,
+        resource_name: r.get(9)?,
+        workspace_id: r.get(10)?,
+        changed_fields: serde_json::from_str(&changed).unwrap_or_default(),
+    })
+}
+
+fn audit(conn: &mut Connection, q: &AuditQuery) -> Result<(u64, Vec<AuditEntry>), StoreError> {
+    let (cond, args) = audit_where(q);
+    let args: Vec<Sql> = args
+        .into_iter()
+        .map(|a| match a {
+            AuditArg::Int(v) => Sql::Integer(v),
+            AuditArg::Str(v) => Sql::Text(v),
+        })
+        .collect();
+    let total: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM audit_log WHERE {cond}"),
+        rusqlite::params_from_iter(args.iter()),
+        |r| r.get(0),
+    )?;
+    let mut page = args;
+    page.push(Sql::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+    page.push(Sql::Integer(i64::try_from(q.offset).unwrap_or(i64::MAX)));
+    let mut stmt = conn.prepare(&format!(
+        "SELECT * FROM audit_log WHERE {cond} {AUDIT_ORDER} LIMIT ? OFFSET ?"
+    ))?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(page.iter()), audit_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((u64::try_from(total).unwrap_or(0), rows))
+}
+
 impl UsageStore for SqliteStore {
+    fn record_audit(
+        &self,
+        rows: Vec<AuditEntry>,
+        consumer: &str,
+        next_offset: u64,
+    ) -> BoxFuture<'static, Result<usize, StoreError>> {
+        let consumer = consumer.to_owned();
+        self.write(move |c| record_audit(c, &rows, &consumer, next_offset))
+    }
+
+    fn audit(
+        &self,
+        query: AuditQuery,
+    ) -> BoxFuture<'static, Result<(u64, Vec<AuditEntry>), StoreError>> {
+        Self::blocking(&self.reader, move |c| audit(c, &query))
+    }
+
     fn record_notifications(
         &self,
         rows: Vec<Notification>,
