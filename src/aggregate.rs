@@ -12,6 +12,10 @@
 //! 4. read the global usage of every budget window the batch touched and publish it on the
 //!    limits topic (kind `usage`), plus threshold/exhaustion events when a budget crossed one.
 //!    Gateways fold these to enforce budgets globally; the notifier mails the crossings.
+//!
+//! Alongside, a consumer of the config topic (a group of its own) writes every admin change's
+//! audit row to ClickHouse's `audit_log` ([`run_audit_consumer`]): the trail outlives the topic's
+//! compaction, which keeps only each entity's latest event.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use crate::app::Core;
 use crate::codec;
 use crate::domain::budget::{BudgetRef, Windowed};
 use crate::domain::limits::{BudgetKind, UsageLimit};
-use crate::domain::{Event, LimitEvent, LimitKind, Millis, UsageEvent};
+use crate::domain::{AuditEntry, Event, LimitEvent, LimitKind, Millis, UsageEvent};
 use crate::log::kafka::{client_config, topic_name};
 use crate::log::Topic;
 use crate::settings::Settings;
@@ -75,6 +79,11 @@ pub async fn run_aggregator(
         .create()?;
     consumer.subscribe(&[&topic])?;
     tracing::info!(%topic, group = %group_id(settings), "aggregator consuming");
+    let audit = tokio::spawn(run_audit_consumer(
+        core.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
     loop {
         let first = tokio::select! {
             m = consumer.recv() => m,
@@ -117,8 +126,97 @@ pub async fn run_aggregator(
         }
         publish_limit_state(&core, &store, &batch).await;
     }
+    if let Ok(Err(e)) = audit.await {
+        tracing::error!(error = %e, "aggregator: audit consumer failed");
+    }
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+/// The audit consumers' group.
+fn audit_group_id(settings: &Settings) -> String {
+    format!("{}audit", settings.topic_prefix)
+}
+
+/// Consumes the config topic into ClickHouse's `audit_log` until shutdown: per batch, insert the
+/// rows ClickHouse does not have (retrying until it takes them), then commit the offsets. A
+/// replay after a crash finds its rows there and adds nothing.
+pub async fn run_audit_consumer(
+    core: Arc<Core>,
+    store: ClickhouseStore,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let settings = &core.settings;
+    let brokers = settings.kafka_brokers.clone().unwrap_or_default();
+    let topic = topic_name(&settings.topic_prefix, Topic::Config);
+    let consumer: StreamConsumer = client_config(&brokers)
+        .set("group.id", audit_group_id(settings))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    loop {
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let mut batch: Vec<(i32, i64, Option<AuditEntry>)> = Vec::new();
+        match first {
+            Ok(m) => batch.push(audit_entry(&m)),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit consumer: consume failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while batch.len() < BATCH_MAX {
+            tokio::select! {
+                m = consumer.recv() => match m {
+                    Ok(m) => batch.push(audit_entry(&m)),
+                    Err(e) => { tracing::warn!(error = %e, "audit consumer: consume failed"); break }
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let rows: Vec<AuditEntry> = batch.iter().filter_map(|(_, _, r)| r.clone()).collect();
+        let mut wait = Duration::from_millis(200);
+        while let Err(e) = store.insert_audit(rows.clone()).await {
+            tracing::warn!(error = %e, rows = rows.len(), "audit consumer: clickhouse insert failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return Ok(()), // not stored, so not committed either
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        let mut offsets = TopicPartitionList::new();
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for (p, o, _) in &batch {
+            let n = next.entry(*p).or_default();
+            *n = (*n).max(o + 1);
+        }
+        for (p, o) in next {
+            offsets.add_partition_offset(&topic, p, Offset::Offset(o))?;
+        }
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+            tracing::warn!(error = %e, "audit consumer: offset commit failed");
+        }
+    }
+}
+
+/// A config record's position and audit row (none when it does not decode: skipped loudly).
+fn audit_entry(m: &rdkafka::message::BorrowedMessage<'_>) -> (i32, i64, Option<AuditEntry>) {
+    let row = match codec::decode_config(m.payload().unwrap_or_default()) {
+        Ok(e) => Some(AuditEntry::of(&e)),
+        Err(e) => {
+            tracing::error!(partition = m.partition(), offset = m.offset(), error = %e,
+                "audit consumer: skipping undecodable config record");
+            None
+        }
+    };
+    (m.partition(), m.offset(), row)
 }
 
 fn take(core: &Core, m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {

@@ -424,6 +424,18 @@ impl Core {
                 Some(out)
             }
         };
+        // A bootstrap key from an older version gets the admin scopes added since.
+        let lacks_scopes = |k: &ApiKey| {
+            crate::control::api_keys::ADMIN_SCOPES
+                .iter()
+                .any(|s| !k.scopes.iter().any(|h| h == s))
+        };
+        let key = key.or_else(|| {
+            bootstrap_key
+                .as_ref()
+                .filter(|k| lacks_scopes(k))
+                .map(|k| (k.key_hash.clone(), k.masked.clone()))
+        });
         if let Some((key_hash, masked)) = key {
             changes.push(Change::Upsert(Entity::ApiKey(ApiKey {
                 id: BOOTSTRAP_KEY_ID.into(),

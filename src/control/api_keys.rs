@@ -63,6 +63,7 @@ pub const ADMIN_SCOPES: &[&str] = &[
     "logs.view",
     "logs.list",
     "logs.export",
+    "audit_logs.list",
 ];
 
 /// Scopes that only make sense on workspace keys (an organisation key never calls the data

@@ -3,6 +3,7 @@
 //! reads) are in [`views`]. HTTP is not known here; errors are [`ControlError`] values.
 
 pub mod api_keys;
+pub mod audit_logs;
 pub mod configs;
 pub mod integrations;
 pub mod policies;

@@ -11,7 +11,9 @@ use super::error::ApiError;
 use super::extract::{Admin, JsonBody, QueryMap};
 use crate::app::Core;
 use crate::control::providers::Api;
-use crate::control::{api_keys, configs, integrations, policies, providers, workspaces};
+use crate::control::{
+    api_keys, audit_logs, configs, integrations, policies, providers, workspaces,
+};
 
 type Answer = Result<Json<Value>, ApiError>;
 type Core_ = State<Arc<Core>>;
@@ -65,6 +67,7 @@ pub fn routes() -> Router<Arc<Core>> {
             get(key_get).put(key_update).delete(key_delete),
         )
         .route("/admin/notifications", get(notifications))
+        .route("/audit-logs", get(audit_list))
         .route("/policies/usage-limits", get(pol_list).post(pol_create))
         .route(
             "/policies/usage-limits/{id}",
@@ -288,6 +291,10 @@ async fn pol_update(
 }
 async fn pol_delete(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
     ok(policies::delete(&c, &a, &id).await)
+}
+
+async fn audit_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(audit_logs::list(&c, &a, &q).await)
 }
 
 /// Every notification sent (or that failed) for limit events, newest first. They report usage
