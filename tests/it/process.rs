@@ -15,12 +15,12 @@ use serde_json::{json, Value};
 use crate::harness::{admin_call as admin, await_ready, free_port, ADMIN_KEY};
 use crate::mock;
 
-struct Proc {
-    child: Child,
-    url: String,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
-async fn spawn(dir: &Path) -> Proc {
+pub(crate) async fn spawn(dir: &Path) -> Proc {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .arg("serve")
@@ -37,7 +37,7 @@ async fn spawn(dir: &Path) -> Proc {
     Proc { child, url }
 }
 
-fn signal(p: &Proc, sig: &str) {
+pub(crate) fn signal(p: &Proc, sig: &str) {
     let ok = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(p.child.id().to_string())

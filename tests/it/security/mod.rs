@@ -6,7 +6,9 @@
 //! - [`durability`]: nothing served unmetered (full disk, atomic admin changes, log recovery).
 //! - [`resources`]: connections, request bodies, streams whose client stops reading.
 //! - [`routing`]: where a credential may go, configs and upstream responses of any size.
+//! - [`audit`]: every admin change recorded with its actor, served by `GET /v1/audit-logs`.
 
+mod audit;
 mod durability;
 mod limits;
 mod privilege;

@@ -46,7 +46,7 @@ async fn grant_legacy_scope(server: &Server, name: &str, scope: &str) {
     k.scopes.push(scope.to_owned());
     server
         .core
-        .commit(vec![Change::Upsert(Entity::ApiKey(k))])
+        .commit(None, vec![Change::Upsert(Entity::ApiKey(k))])
         .await
         .unwrap();
 }

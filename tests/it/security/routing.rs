@@ -229,7 +229,7 @@ async fn saved_and_default_configs_refuse_custom_host_on_stored_credentials() {
     {
         let _guard = server.core.admin_lock.lock().await;
         let change = tollgate::domain::Change::Upsert(tollgate::domain::Entity::Config(old));
-        server.core.commit(vec![change]).await.unwrap();
+        server.core.commit(None, vec![change]).await.unwrap();
     }
     let key = server
         .admin(
