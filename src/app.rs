@@ -234,8 +234,19 @@ impl Core {
     /// forever for events that will never come, or read from the middle of a frame.
     async fn check_store_positions(&self, store_path: &Path) -> Result<(), AppError> {
         for (consumer, topic) in crate::log::tool::CONSUMERS {
-            let at = self.store.offset(consumer).await?;
+            let mut at = self.store.offset(consumer).await?;
             let end = *self.log.watch_end(topic).borrow();
+            if at > end && topic == Topic::Config {
+                // The audit trail keeps its rows of changes the log no longer has (a cut tail):
+                // they were made. It reads on from the log's end, so no later change is skipped.
+                tracing::warn!(
+                    at,
+                    end,
+                    "audit trail: ahead of the config log (the log lost its tail); it keeps what it has and reads on from the log's end"
+                );
+                self.store.record_audit(Vec::new(), consumer, end).await?;
+                at = end;
+            }
             let reason = if at > end {
                 format!("the log ends at byte {end}")
             } else if at < end && self.log.read(topic, at, 1).await.is_err() {

@@ -226,3 +226,34 @@ async fn audit_trail_is_the_same_after_a_restart() {
     signal(&p, "TERM");
     assert!(p.child.wait().unwrap().success());
 }
+
+/// The config log loses its tail (a cut after the audit trail took it in): the server starts,
+/// the trail keeps the change it recorded, and later changes are recorded too (the trail reads
+/// on from the log's end rather than waiting past it or refusing to start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_reads_on_after_the_config_log_lost_its_tail() {
+    use crate::process::{signal, spawn};
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(dir.path()).await;
+    let ws = harness::admin_call(&p.url, "POST", "/admin/workspaces", Some(json!({"name": "lost"}))).await;
+    let ws = ws["id"].as_str().unwrap().to_owned();
+    assert_eq!(audit(&p.url, ADMIN_KEY, &format!("resource_id={ws}")).await["total"], 1);
+    let mut p = p;
+    signal(&p, "TERM");
+    assert!(p.child.wait().unwrap().success());
+    let log = dir.path().join("log/config.log");
+    let len = std::fs::metadata(&log).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(len - 5).unwrap();
+
+    let mut p = spawn(dir.path()).await;
+    let (s, _, _) = call("GET", &format!("{}/v1/admin/workspaces/{ws}", p.url), Some(ADMIN_KEY), None).await;
+    assert_eq!(s, 404, "the log lost the workspace's creation");
+    assert_eq!(audit(&p.url, ADMIN_KEY, &format!("resource_id={ws}")).await["total"], 1,
+        "the trail keeps the change it recorded");
+    let again = harness::admin_call(&p.url, "POST", "/admin/workspaces", Some(json!({"name": "again"}))).await;
+    let again = again["id"].as_str().unwrap().to_owned();
+    let got = audit(&p.url, ADMIN_KEY, &format!("resource_id={again}")).await;
+    assert_eq!(got["total"], 1, "a later change is recorded: {got}");
+    signal(&p, "TERM");
+    assert!(p.child.wait().unwrap().success());
+}
