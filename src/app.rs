@@ -12,9 +12,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::{self, CodecError};
 use crate::crypto::{self, Sealer};
+use crate::domain::audit;
 use crate::domain::pricing::PriceTable;
 use crate::domain::*;
-use crate::domain::audit;
 use crate::log::file::FileLog;
 use crate::log::{EventLog, LogError, Topic};
 use crate::settings::Settings;
@@ -505,7 +505,7 @@ impl Core {
                     ConfigEvent {
                         event_id: uuid::Uuid::new_v4().to_string(),
                         at,
-                        audit: audit::audit_of(before.as_ref(), &change, actor.as_ref()),
+                        audit: Box::new(audit::audit_of(before.as_ref(), &change, actor.as_ref())),
                         change,
                     }
                 })

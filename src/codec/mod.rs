@@ -476,7 +476,7 @@ pub fn decode_config(bytes: &[u8]) -> Result<ConfigEvent, CodecError> {
         None => Change::Delete { kind, id },
     };
     Ok(ConfigEvent {
-        audit: audit_from(&mut f)?,
+        audit: Box::new(audit_from(&mut f)?),
         event_id: f.string("event_id")?,
         at: Millis(f.long("at")?),
         change,
@@ -771,7 +771,7 @@ pub(crate) mod tests {
                 },
             ] {
                 let e = ConfigEvent {
-                    audit: audit.clone(),
+                    audit: Box::new(audit.clone()),
                     event_id: "e".into(),
                     at: Millis(5),
                     change,
@@ -794,7 +794,7 @@ pub(crate) mod tests {
         let bytes = v1.encode(Value::Record(fields)).unwrap();
         assert_ne!(bytes[..10], config_family().header);
         let e = decode_config(&bytes).unwrap();
-        assert_eq!(e.audit, Audit::default());
+        assert_eq!(*e.audit, Audit::default());
         assert_eq!(
             e.change,
             Change::Delete {

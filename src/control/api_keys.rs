@@ -262,8 +262,11 @@ pub async fn create(
         }
     };
     let out = json!({"id": key.id, "key": secret, "object": "api-key"});
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::ApiKey(key))])
-        .await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::ApiKey(key))],
+    )
+    .await?;
     Ok(out)
 }
 
@@ -415,7 +418,11 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         k.updated_at = Millis::now();
         k
     };
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::ApiKey(k))]).await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::ApiKey(k))],
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -425,10 +432,13 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
     if k.id == caller.key.id {
         return Err(ControlError::Forbidden("a key cannot delete itself".into()));
     }
-    core.commit(Some(caller.actor()), vec![Change::Delete {
-        kind: EntityKind::ApiKey,
-        id: k.id,
-    }])
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Delete {
+            kind: EntityKind::ApiKey,
+            id: k.id,
+        }],
+    )
     .await?;
     Ok(json!({}))
 }

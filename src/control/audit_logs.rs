@@ -92,7 +92,11 @@ fn workspace_of(core: &Core, caller: &Caller, requested: Option<&str>) -> Result
     if caller.key.workspace_id.is_some() {
         return caller.workspace_for(&state, requested).map(Some);
     }
-    Ok(requested.map(|r| state.workspace(r).map_or_else(|| r.to_owned(), |w| w.id.clone())))
+    Ok(requested.map(|r| {
+        state
+            .workspace(r)
+            .map_or_else(|| r.to_owned(), |w| w.id.clone())
+    }))
 }
 
 fn view(e: &AuditEntry) -> Value {

@@ -70,7 +70,11 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
     };
     let out = json!({"id": c.id, "slug": c.slug, "version_id": c.version_id, "object": "config",
         "success": true, "data": {"id": c.id, "version_id": c.version_id}});
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Config(c))]).await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::Config(c))],
+    )
+    .await?;
     Ok(out)
 }
 
@@ -119,7 +123,11 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     c.updated_at = Millis::now();
     let out =
         json!({"version_id": c.version_id, "success": true, "data": {"version_id": c.version_id}});
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Config(c))]).await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::Config(c))],
+    )
+    .await?;
     Ok(out)
 }
 
@@ -127,10 +135,13 @@ pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     caller.require("configs.delete")?;
     let _guard = core.admin_lock.lock().await;
     let c = find(&core.state.read(), caller, slug)?;
-    core.commit(Some(caller.actor()), vec![Change::Delete {
-        kind: EntityKind::Config,
-        id: c.id,
-    }])
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Delete {
+            kind: EntityKind::Config,
+            id: c.id,
+        }],
+    )
     .await?;
     Ok(json!({}))
 }

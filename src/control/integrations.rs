@@ -422,8 +422,11 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
         i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
     }
     i.updated_at = Millis::now();
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Integration(i))])
-        .await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::Integration(i))],
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -620,8 +623,11 @@ pub async fn update_models(
         i.models.insert(slug.to_owned(), entry);
     }
     i.updated_at = now;
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Integration(i))])
-        .await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::Integration(i))],
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -643,7 +649,10 @@ pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str
         i.models.remove(s);
     }
     i.updated_at = Millis::now();
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Integration(i))])
-        .await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::Integration(i))],
+    )
+    .await?;
     Ok(json!({}))
 }

@@ -141,7 +141,11 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         }
     };
     let out = json!({"id": p.id, "object": "usage-limits-policy"});
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Policy(p))]).await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::Policy(p))],
+    )
+    .await?;
     Ok(out)
 }
 
@@ -194,7 +198,11 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
     // A policy always has limits (it is made of them).
     p.limits_set_by = caller.govern(false, p.limits_set_by, true, &before, &after)?;
     p.updated_at = now;
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Policy(p))]).await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::Policy(p))],
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -203,10 +211,13 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
     let _guard = core.admin_lock.lock().await;
     let p = find(&core.state.read(), caller, id)?;
     caller.may_govern(false, Some(p.limits_set_by))?;
-    core.commit(Some(caller.actor()), vec![Change::Delete {
-        kind: EntityKind::Policy,
-        id: p.id,
-    }])
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Delete {
+            kind: EntityKind::Policy,
+            id: p.id,
+        }],
+    )
     .await?;
     Ok(json!({}))
 }

@@ -122,8 +122,11 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         }
     };
     let out = json!({"id": p.id, "slug": p.slug, "object": "provider"});
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Provider(p))])
-        .await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::Provider(p))],
+    )
+    .await?;
     Ok(out)
 }
 
@@ -192,10 +195,13 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
         (i, p)
     };
     let out = json!({"id": provider.id, "slug": provider.slug, "object": "virtual-key", "success": true, "data": {"slug": provider.slug}});
-    core.commit(Some(caller.actor()), vec![
-        Change::Upsert(Entity::Integration(integration)),
-        Change::Upsert(Entity::Provider(provider)),
-    ])
+    core.commit(
+        Some(caller.actor()),
+        vec![
+            Change::Upsert(Entity::Integration(integration)),
+            Change::Upsert(Entity::Provider(provider)),
+        ],
+    )
     .await?;
     Ok(out)
 }

@@ -156,8 +156,11 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         caller.require_organisation("changing a workspace's limits or defaults")?;
     }
     w.updated_at = Millis::now();
-    core.commit(Some(caller.actor()), vec![Change::Upsert(Entity::Workspace(w))])
-        .await?;
+    core.commit(
+        Some(caller.actor()),
+        vec![Change::Upsert(Entity::Workspace(w))],
+    )
+    .await?;
     Ok(json!({}))
 }
 

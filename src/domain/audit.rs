@@ -238,7 +238,7 @@ mod tests {
             event_id: "e".into(),
             at: Millis(5),
             change: Change::Upsert(ws("A")),
-            audit: Audit::default(),
+            audit: Default::default(),
         };
         let row = AuditEntry::of(&e);
         assert_eq!(row.action, Action::Updated);

@@ -145,7 +145,7 @@ pub struct ConfigEvent {
     pub change: Change,
     /// Who made the change and what it did (the audit trail).
     #[serde(default)]
-    pub audit: super::audit::Audit,
+    pub audit: Box<super::audit::Audit>,
 }
 
 impl Change {

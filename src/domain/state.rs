@@ -178,10 +178,7 @@ impl State {
                 .get(id)
                 .map(|x| Entity::Provider((**x).clone())),
             EntityKind::Config => self.configs.get(id).cloned().map(Entity::Config),
-            EntityKind::ApiKey => self
-                .api_keys
-                .get(id)
-                .map(|x| Entity::ApiKey((**x).clone())),
+            EntityKind::ApiKey => self.api_keys.get(id).map(|x| Entity::ApiKey((**x).clone())),
             EntityKind::Policy => self.policies.get(id).cloned().map(Entity::Policy),
         }
     }

@@ -227,7 +227,8 @@ struct AuditRow {
 }
 
 /// The columns of [`AuditRow`], in order.
-const AUDIT_COLUMNS: &str = "event_id, ts, actor_key_id, actor_name, actor_created_by, actor_workspace_id,
+const AUDIT_COLUMNS: &str =
+    "event_id, ts, actor_key_id, actor_name, actor_created_by, actor_workspace_id,
     action, resource_type, resource_id, resource_name, workspace_id, changed_fields";
 
 fn none_if_empty(s: String) -> Option<String> {

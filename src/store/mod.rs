@@ -277,7 +277,10 @@ pub fn audit_where(q: &AuditQuery) -> (String, Vec<AuditArg>) {
     }
     let texts = [
         ("actor_key_id", q.actor.clone()),
-        ("resource_type", q.resource_type.map(|k| k.as_str().to_owned())),
+        (
+            "resource_type",
+            q.resource_type.map(|k| k.as_str().to_owned()),
+        ),
         ("resource_id", q.resource_id.clone()),
         ("action", q.action.map(|a| a.as_str().to_owned())),
         ("workspace_id", q.workspace_id.clone()),

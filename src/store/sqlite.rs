@@ -537,9 +537,8 @@ fn record_audit(
     let tx = conn.transaction()?;
     let mut new = 0;
     {
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        )?;
+        let mut insert =
+            tx.prepare_cached("INSERT OR IGNORE INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")?;
         for r in rows {
             let actor = r.actor.as_ref();
             new += insert.execute(params![

@@ -818,16 +818,36 @@ async fn fail_closed_and_full_spool_refuse_before_the_provider() {
 async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
     let (_mock, c, urls, ws) = shared_cluster(1, 2).await;
     let (a, b) = (urls[0].clone(), urls[1].clone());
-    let cfg = admin(&a, "POST", "/configs", Some(json!({"name": "short lived", "workspace_id": ws,
-        "config": {"provider": "@up"}}))).await;
+    let cfg = admin(
+        &a,
+        "POST",
+        "/configs",
+        Some(json!({"name": "short lived", "workspace_id": ws,
+        "config": {"provider": "@up"}})),
+    )
+    .await;
     let cfg = cfg["id"].as_str().unwrap().to_owned();
     // The change is made on the other gateway once it has the config.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while call("GET", &format!("{b}/v1/configs/{cfg}"), Some(ADMIN_KEY), None).await.0 != 200 {
+    while call(
+        "GET",
+        &format!("{b}/v1/configs/{cfg}"),
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await
+    .0 != 200
+    {
         assert!(Instant::now() < deadline, "gateway b never saw the config");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    admin(&b, "PUT", &format!("/configs/{cfg}"), Some(json!({"name": "renamed"}))).await;
+    admin(
+        &b,
+        "PUT",
+        &format!("/configs/{cfg}"),
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
     // A command reads the state of the gateway it runs on: wait until a has the rename.
     let deadline = Instant::now() + Duration::from_secs(10);
     while admin(&a, "GET", &format!("/configs/{cfg}"), None).await["name"] != "renamed" {
@@ -837,12 +857,21 @@ async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
     admin(&a, "DELETE", &format!("/configs/{cfg}"), None).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let history = loop {
-        let (s, _, v) = call("GET", &format!("{b}/v1/audit-logs?resource_id={cfg}"), Some(ADMIN_KEY), None).await;
+        let (s, _, v) = call(
+            "GET",
+            &format!("{b}/v1/audit-logs?resource_id={cfg}"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
         assert_eq!(s, 200, "{v}");
         if v["total"] == 3 {
             break v;
         }
-        assert!(Instant::now() < deadline, "the audit trail never reached ClickHouse: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "the audit trail never reached ClickHouse: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let data = history["data"].as_array().unwrap();
@@ -856,8 +885,14 @@ async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
     assert_eq!(data[0]["resource_name"], "renamed");
     // The rows are ClickHouse's, once each, whatever the topic keeps.
     assert_eq!(
-        c.sql(&format!("SELECT count(), uniqExact(event_id) FROM audit_log WHERE resource_id = '{cfg}'")).await,
+        c.sql(&format!(
+            "SELECT count(), uniqExact(event_id) FROM audit_log WHERE resource_id = '{cfg}'"
+        ))
+        .await,
         "3\t3"
     );
-    assert!(!c.sql("SELECT * FROM audit_log").await.contains("sk-distributed-secret-0042"));
+    assert!(!c
+        .sql("SELECT * FROM audit_log")
+        .await
+        .contains("sk-distributed-secret-0042"));
 }

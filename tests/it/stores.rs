@@ -254,7 +254,10 @@ async fn both_stores_keep_the_same_audit_trail() {
     let all = audit_rows();
     let (a, b) = all.split_at(70);
     for store in [&sqlite as &dyn UsageStore, &ch as &dyn UsageStore] {
-        assert_eq!(store.record_audit(a.to_vec(), "audit", 1).await.unwrap(), 70);
+        assert_eq!(
+            store.record_audit(a.to_vec(), "audit", 1).await.unwrap(),
+            70
+        );
         let mut second = b.to_vec();
         second.extend(a[..20].iter().cloned());
         assert_eq!(store.record_audit(second, "audit", 2).await.unwrap(), 50);
@@ -297,16 +300,24 @@ async fn both_stores_keep_the_same_audit_trail() {
         let matching: Vec<&AuditEntry> = all
             .iter()
             .filter(|r| q.from.is_none_or(|t| r.at >= t) && q.to.is_none_or(|t| r.at <= t))
-            .filter(|r| q.actor.is_none() || r.actor.as_ref().map(|a| &a.key_id) == q.actor.as_ref())
+            .filter(|r| {
+                q.actor.is_none() || r.actor.as_ref().map(|a| &a.key_id) == q.actor.as_ref()
+            })
             .filter(|r| q.action.is_none_or(|a| r.action == a))
             .filter(|r| q.resource_type.is_none_or(|k| r.resource_type == k))
             .filter(|r| q.resource_id.is_none() || Some(&r.resource_id) == q.resource_id.as_ref())
             .filter(|r| q.workspace_id.is_none() || r.workspace_id == q.workspace_id)
             .collect();
         assert_eq!(s.0, matching.len() as u64, "total {q:?}");
-        assert_eq!(s.1.len(), (matching.len() as u64).saturating_sub(q.offset).min(q.limit) as usize);
+        assert_eq!(
+            s.1.len(),
+            (matching.len() as u64)
+                .saturating_sub(q.offset)
+                .min(q.limit) as usize
+        );
         assert!(
-            s.1.windows(2).all(|w| (w[0].at, &w[0].id) >= (w[1].at, &w[1].id)),
+            s.1.windows(2)
+                .all(|w| (w[0].at, &w[0].id) >= (w[1].at, &w[1].id)),
             "newest first {q:?}"
         );
     }

@@ -10,7 +10,13 @@ use crate::harness::{self, call, Server, ADMIN_KEY};
 /// The provider key of the test integration: it must never reach the audit trail.
 const PROVIDER_SECRET: &str = "sk-audit-provider-secret-7f3a9c21";
 
-async fn as_key(url: &str, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn as_key(
+    url: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let (s, _, v) = call(method, &format!("{url}/v1{path}"), Some(key), body).await;
     (s, v)
 }
@@ -51,7 +57,10 @@ fn secrets(server: &Server) -> Vec<String> {
     for k in state.api_keys.values() {
         walk(&serde_json::to_value(&**k).unwrap(), &mut out);
     }
-    assert!(out.len() > 4, "the state holds sealed credentials and key hashes");
+    assert!(
+        out.len() > 4,
+        "the state holds sealed credentials and key hashes"
+    );
     out
 }
 
@@ -64,36 +73,88 @@ async fn ws_key(server: &Server, ws: &str, name: &str, scopes: Value) -> (String
             Some(json!({"name": name, "workspace_id": ws, "scopes": scopes})),
         )
         .await;
-    (k["id"].as_str().unwrap().to_owned(), k["key"].as_str().unwrap().to_owned())
+    (
+        k["id"].as_str().unwrap().to_owned(),
+        k["key"].as_str().unwrap().to_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
     let server = harness::start().await;
     let url = server.url.clone();
-    let ws_a = server.admin("POST", "/admin/workspaces", Some(json!({"name": "audit a"}))).await;
+    let ws_a = server
+        .admin(
+            "POST",
+            "/admin/workspaces",
+            Some(json!({"name": "audit a"})),
+        )
+        .await;
     let ws_a = ws_a["id"].as_str().unwrap().to_owned();
-    let ws_b = server.admin("POST", "/admin/workspaces", Some(json!({"name": "audit b"}))).await;
+    let ws_b = server
+        .admin(
+            "POST",
+            "/admin/workspaces",
+            Some(json!({"name": "audit b"})),
+        )
+        .await;
     let ws_b = ws_b["id"].as_str().unwrap().to_owned();
-    server.admin("POST", "/integrations", Some(json!({"name": "audited", "slug": "audited",
+    server
+        .admin(
+            "POST",
+            "/integrations",
+            Some(json!({"name": "audited", "slug": "audited",
         "ai_provider_id": "openai", "key": PROVIDER_SECRET,
-        "configurations": {"custom_host": "http://127.0.0.1:9/v1"}}))).await;
-    let (team_id, team) = ws_key(&server, &ws_a, "team a admin", json!(["configs.create",
-        "configs.update", "configs.delete", "configs.list", "audit_logs.list"])).await;
+        "configurations": {"custom_host": "http://127.0.0.1:9/v1"}})),
+        )
+        .await;
+    let (team_id, team) = ws_key(
+        &server,
+        &ws_a,
+        "team a admin",
+        json!([
+            "configs.create",
+            "configs.update",
+            "configs.delete",
+            "configs.list",
+            "audit_logs.list"
+        ]),
+    )
+    .await;
     let (_, blind) = ws_key(&server, &ws_a, "no audit scope", json!(["configs.list"])).await;
 
     // The workspace key creates, renames and deletes a config in its workspace; the admin makes
     // one in the other workspace.
-    let (s, c) = as_key(&url, &team, "POST", "/configs", Some(json!({"name": "team cfg",
-        "config": {"provider": "@audited"}}))).await;
+    let (s, c) = as_key(
+        &url,
+        &team,
+        "POST",
+        "/configs",
+        Some(json!({"name": "team cfg",
+        "config": {"provider": "@audited"}})),
+    )
+    .await;
     assert_eq!(s, 200, "{c}");
     let cfg = c["id"].as_str().unwrap().to_owned();
-    let (s, v) = as_key(&url, &team, "PUT", &format!("/configs/{cfg}"), Some(json!({"name": "renamed"}))).await;
+    let (s, v) = as_key(
+        &url,
+        &team,
+        "PUT",
+        &format!("/configs/{cfg}"),
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = as_key(&url, &team, "DELETE", &format!("/configs/{cfg}"), None).await;
     assert_eq!(s, 200, "{v}");
-    let other = server.admin("POST", "/configs", Some(json!({"name": "b cfg", "workspace_id": ws_b,
-        "config": {"provider": "@audited"}}))).await;
+    let other = server
+        .admin(
+            "POST",
+            "/configs",
+            Some(json!({"name": "b cfg", "workspace_id": ws_b,
+        "config": {"provider": "@audited"}})),
+        )
+        .await;
     let other = other["id"].as_str().unwrap().to_owned();
 
     // Read right after the changes (read-your-writes): newest first, actor, creator, action.
@@ -104,23 +165,42 @@ async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
         .map(|r| {
             assert_eq!(r["object"], "audit-log");
             assert!(r["timestamp"].as_str().unwrap().ends_with('Z'), "{r}");
-            (r["action"].as_str().unwrap().to_owned(), r["resource_id"].as_str().unwrap().to_owned(),
-                r["actor"]["key_id"].clone())
+            (
+                r["action"].as_str().unwrap().to_owned(),
+                r["resource_id"].as_str().unwrap().to_owned(),
+                r["actor"]["key_id"].clone(),
+            )
         })
         .collect();
-    assert_eq!(got, vec![
-        ("created".to_owned(), other.clone(), json!("admin-bootstrap")),
-        ("deleted".to_owned(), cfg.clone(), json!(team_id)),
-        ("updated".to_owned(), cfg.clone(), json!(team_id)),
-        ("created".to_owned(), cfg.clone(), json!(team_id)),
-    ]);
+    assert_eq!(
+        got,
+        vec![
+            (
+                "created".to_owned(),
+                other.clone(),
+                json!("admin-bootstrap")
+            ),
+            ("deleted".to_owned(), cfg.clone(), json!(team_id)),
+            ("updated".to_owned(), cfg.clone(), json!(team_id)),
+            ("created".to_owned(), cfg.clone(), json!(team_id)),
+        ]
+    );
     let by_team = &rows(&configs)[1];
     assert_eq!(by_team["actor"]["name"], "team a admin");
-    assert_eq!(by_team["actor"]["created_by"], "admin-bootstrap", "the actor's creator");
+    assert_eq!(
+        by_team["actor"]["created_by"], "admin-bootstrap",
+        "the actor's creator"
+    );
     assert_eq!(by_team["actor"]["workspace_id"], json!(ws_a));
     assert_eq!(by_team["workspace_id"], json!(ws_a));
-    assert_eq!(by_team["resource_name"], "renamed", "a deletion names what was deleted");
-    assert_eq!(rows(&configs)[2]["changed_fields"], json!(["name", "version_id"]));
+    assert_eq!(
+        by_team["resource_name"], "renamed",
+        "a deletion names what was deleted"
+    );
+    assert_eq!(
+        rows(&configs)[2]["changed_fields"],
+        json!(["name", "version_id"])
+    );
     assert_eq!(rows(&configs)[0]["workspace_id"], json!(ws_b));
     assert_eq!(rows(&configs)[0]["actor"]["created_by"], Value::Null);
 
@@ -132,12 +212,26 @@ async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
 
     // A workspace key sees its own workspace's entries only, and cannot widen.
     let mine = audit(&url, &team, "page_size=1000").await;
-    assert!(rows(&mine).iter().all(|r| r["workspace_id"] == json!(ws_a)), "{mine}");
-    assert!(rows(&mine).iter().any(|r| r["resource_id"] == json!(team_id) && r["action"] == "created"),
-        "its own key's creation, by the admin, in its workspace: {mine}");
+    assert!(
+        rows(&mine).iter().all(|r| r["workspace_id"] == json!(ws_a)),
+        "{mine}"
+    );
+    assert!(
+        rows(&mine)
+            .iter()
+            .any(|r| r["resource_id"] == json!(team_id) && r["action"] == "created"),
+        "its own key's creation, by the admin, in its workspace: {mine}"
+    );
     assert_eq!(mine["total"].as_u64().unwrap() as usize, rows(&mine).len());
     assert!(!rows(&mine).iter().any(|r| r["resource_id"] == json!(other)));
-    let (s, v) = as_key(&url, &team, "GET", &format!("/audit-logs?workspace_id={ws_b}"), None).await;
+    let (s, v) = as_key(
+        &url,
+        &team,
+        "GET",
+        &format!("/audit-logs?workspace_id={ws_b}"),
+        None,
+    )
+    .await;
     assert_eq!(s, 403, "{v}");
     let (s, v) = as_key(&url, &blind, "GET", "/audit-logs", None).await;
     assert_eq!(s, 403, "without audit_logs.list: {v}");
@@ -156,10 +250,20 @@ async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
     assert_eq!(future["total"], 0);
     let past = audit(&url, ADMIN_KEY, "end_time=2000-01-01T00:00:00Z").await;
     assert_eq!(past["total"], 0);
-    let all = audit(&url, ADMIN_KEY, "start_time=2000-01-01T00:00:00Z&end_time=2100-01-01T00:00:00Z&page_size=1000").await;
+    let all = audit(
+        &url,
+        ADMIN_KEY,
+        "start_time=2000-01-01T00:00:00Z&end_time=2100-01-01T00:00:00Z&page_size=1000",
+    )
+    .await;
     assert!(all["total"].as_u64().unwrap() >= 12, "{all}");
-    for bad in ["resource_type=nope", "action=exploded", "start_time=yesterday", "page_size=0",
-        "start_time=2030-01-01T00:00:00Z&end_time=2020-01-01T00:00:00Z"] {
+    for bad in [
+        "resource_type=nope",
+        "action=exploded",
+        "start_time=yesterday",
+        "page_size=0",
+        "start_time=2030-01-01T00:00:00Z&end_time=2020-01-01T00:00:00Z",
+    ] {
         let (s, v) = as_key(&url, ADMIN_KEY, "GET", &format!("/audit-logs?{bad}"), None).await;
         assert_eq!(s, 400, "{bad}: {v}");
     }
@@ -178,16 +282,23 @@ async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
     let raw = raw_audit_table(&server);
     assert!(raw.contains(&cfg), "the raw table was read");
     for s in secrets.iter().chain([&team, &blind]) {
-        assert!(!served.contains(s.as_str()), "a secret is served in the audit logs");
-        assert!(!raw.contains(s.as_str()), "a secret is stored in the audit_log table");
+        assert!(
+            !served.contains(s.as_str()),
+            "a secret is served in the audit logs"
+        );
+        assert!(
+            !raw.contains(s.as_str()),
+            "a secret is stored in the audit_log table"
+        );
     }
 }
 
 /// Every cell of the SQLite `audit_log` table, as text.
 fn raw_audit_table(server: &Server) -> String {
     let path = server.dir.path().join("usage.sqlite");
-    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let mut stmt = conn.prepare("SELECT * FROM audit_log").unwrap();
     let n = stmt.column_count();
     let mut out = String::new();
@@ -207,17 +318,39 @@ async fn audit_trail_is_the_same_after_a_restart() {
     use crate::process::{signal, spawn};
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(dir.path()).await;
-    let ws = harness::admin_call(&p.url, "POST", "/admin/workspaces", Some(json!({"name": "kept"}))).await;
+    let ws = harness::admin_call(
+        &p.url,
+        "POST",
+        "/admin/workspaces",
+        Some(json!({"name": "kept"})),
+    )
+    .await;
     let ws = ws["id"].as_str().unwrap().to_owned();
-    harness::admin_call(&p.url, "PUT", &format!("/admin/workspaces/{ws}"), Some(json!({"name": "kept 2"}))).await;
-    let k = harness::admin_call(&p.url, "POST", "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]}))).await;
+    harness::admin_call(
+        &p.url,
+        "PUT",
+        &format!("/admin/workspaces/{ws}"),
+        Some(json!({"name": "kept 2"})),
+    )
+    .await;
+    let k = harness::admin_call(
+        &p.url,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
+    )
+    .await;
     let k = k["id"].as_str().unwrap().to_owned();
     harness::admin_call(&p.url, "DELETE", &format!("/api-keys/{k}"), None).await;
     let before = audit(&p.url, ADMIN_KEY, "page_size=1000").await;
     let of_key = audit(&p.url, ADMIN_KEY, &format!("resource_id={k}")).await;
-    assert_eq!(rows(&of_key).iter().map(|r| r["action"].clone()).collect::<Vec<_>>(),
-        vec![json!("deleted"), json!("created")]);
+    assert_eq!(
+        rows(&of_key)
+            .iter()
+            .map(|r| r["action"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!("deleted"), json!("created")]
+    );
     signal(&p, "TERM");
     assert!(p.child.wait().unwrap().success(), "SIGTERM exits cleanly");
 
@@ -235,22 +368,51 @@ async fn audit_trail_reads_on_after_the_config_log_lost_its_tail() {
     use crate::process::{signal, spawn};
     let dir = tempfile::tempdir().unwrap();
     let p = spawn(dir.path()).await;
-    let ws = harness::admin_call(&p.url, "POST", "/admin/workspaces", Some(json!({"name": "lost"}))).await;
+    let ws = harness::admin_call(
+        &p.url,
+        "POST",
+        "/admin/workspaces",
+        Some(json!({"name": "lost"})),
+    )
+    .await;
     let ws = ws["id"].as_str().unwrap().to_owned();
-    assert_eq!(audit(&p.url, ADMIN_KEY, &format!("resource_id={ws}")).await["total"], 1);
+    assert_eq!(
+        audit(&p.url, ADMIN_KEY, &format!("resource_id={ws}")).await["total"],
+        1
+    );
     let mut p = p;
     signal(&p, "TERM");
     assert!(p.child.wait().unwrap().success());
     let log = dir.path().join("log/config.log");
     let len = std::fs::metadata(&log).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(len - 5).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
 
     let mut p = spawn(dir.path()).await;
-    let (s, _, _) = call("GET", &format!("{}/v1/admin/workspaces/{ws}", p.url), Some(ADMIN_KEY), None).await;
+    let (s, _, _) = call(
+        "GET",
+        &format!("{}/v1/admin/workspaces/{ws}", p.url),
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
     assert_eq!(s, 404, "the log lost the workspace's creation");
-    assert_eq!(audit(&p.url, ADMIN_KEY, &format!("resource_id={ws}")).await["total"], 1,
-        "the trail keeps the change it recorded");
-    let again = harness::admin_call(&p.url, "POST", "/admin/workspaces", Some(json!({"name": "again"}))).await;
+    assert_eq!(
+        audit(&p.url, ADMIN_KEY, &format!("resource_id={ws}")).await["total"],
+        1,
+        "the trail keeps the change it recorded"
+    );
+    let again = harness::admin_call(
+        &p.url,
+        "POST",
+        "/admin/workspaces",
+        Some(json!({"name": "again"})),
+    )
+    .await;
     let again = again["id"].as_str().unwrap().to_owned();
     let got = audit(&p.url, ADMIN_KEY, &format!("resource_id={again}")).await;
     assert_eq!(got["total"], 1, "a later change is recorded: {got}");
