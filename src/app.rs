@@ -435,18 +435,13 @@ impl Core {
                 Some(out)
             }
         };
-        // A bootstrap key from an older version gets the admin scopes added since.
-        let lacks_scopes = |k: &ApiKey| {
-            crate::control::api_keys::ADMIN_SCOPES
-                .iter()
-                .any(|s| !k.scopes.iter().any(|h| h == s))
-        };
-        let key = key.or_else(|| {
-            bootstrap_key
-                .as_ref()
-                .filter(|k| lacks_scopes(k))
-                .map(|k| (k.key_hash.clone(), k.masked.clone()))
-        });
+        if key.is_none() {
+            changes.extend(
+                bootstrap_key
+                    .as_ref()
+                    .and_then(|k| with_audit_scope(k, now)),
+            );
+        }
         if let Some((key_hash, masked)) = key {
             changes.push(Change::Upsert(Entity::ApiKey(ApiKey {
                 id: BOOTSTRAP_KEY_ID.into(),
@@ -605,6 +600,23 @@ impl Core {
         let done = self.store.offset(STORE_CONSUMER).await.unwrap_or(0);
         end.saturating_sub(done)
     }
+}
+
+/// A bootstrap key from before the audit trail still holding every other admin scope gets
+/// `audit_logs.list` too; a key narrowed on purpose is left as it is.
+fn with_audit_scope(k: &ApiKey, now: Millis) -> Option<Change> {
+    let scope = crate::control::audit_logs::SCOPE;
+    let holds = |s: &str| k.scopes.iter().any(|h| h == s);
+    let others = crate::control::api_keys::ADMIN_SCOPES
+        .iter()
+        .filter(|s| **s != scope);
+    if holds(scope) || !others.into_iter().all(|s| holds(s)) {
+        return None;
+    }
+    let mut k = k.clone();
+    k.scopes.push(scope.to_owned());
+    k.updated_at = now;
+    Some(Change::Upsert(Entity::ApiKey(k)))
 }
 
 /// Distributed mode: keeps folding the config and limit events every process appends (this one
@@ -941,4 +953,56 @@ async fn sink_batch(core: &Core, at: u64) -> Result<u64, AppError> {
         .usage_events_stored
         .fetch_add(new as u64, Ordering::Relaxed);
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api_keys::ADMIN_SCOPES;
+
+    fn key(scopes: &[&str]) -> ApiKey {
+        ApiKey {
+            id: BOOTSTRAP_KEY_ID.into(),
+            key_hash: "h".into(),
+            masked: "m".into(),
+            name: "renamed by the admin".into(),
+            description: None,
+            kind: ApiKeyType::OrganisationService,
+            workspace_id: None,
+            user_id: None,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            defaults: Default::default(),
+            usage_limits: None,
+            rate_limits: vec![],
+            limits_set_by: Authority::Organisation,
+            alert_emails: vec![],
+            rotation_policy: None,
+            expires_at: None,
+            creation_mode: "auto".into(),
+            created_by: None,
+            created_at: Millis(1),
+            updated_at: Millis(1),
+        }
+    }
+
+    #[test]
+    fn an_older_full_bootstrap_key_gets_the_audit_scope_and_keeps_the_rest() {
+        let older: Vec<&str> = ADMIN_SCOPES
+            .iter()
+            .copied()
+            .filter(|s| *s != crate::control::audit_logs::SCOPE)
+            .collect();
+        let Some(Change::Upsert(Entity::ApiKey(k))) = with_audit_scope(&key(&older), Millis(9))
+        else {
+            panic!("the scope is added");
+        };
+        assert!(k.has_scope(crate::control::audit_logs::SCOPE));
+        assert_eq!(k.name, "renamed by the admin");
+        assert_eq!(k.scopes.len(), ADMIN_SCOPES.len());
+        assert!(with_audit_scope(&key(ADMIN_SCOPES), Millis(9)).is_none());
+        assert!(
+            with_audit_scope(&key(&older[1..]), Millis(9)).is_none(),
+            "a narrowed key is left as it is"
+        );
+    }
 }
