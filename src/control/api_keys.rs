@@ -237,6 +237,11 @@ pub async fn create(
         } else {
             None
         };
+        if caller.key.ancestors.len() >= MAX_KEY_DEPTH {
+            return Err(ControlError::Forbidden(format!(
+                "this key is {MAX_KEY_DEPTH} mints below the organisation's: it cannot mint further keys"
+            )));
+        }
         ApiKey {
             id: new_id(),
             key_hash: crypto::hash_api_key(&secret),
@@ -256,6 +261,7 @@ pub async fn create(
             expires_at,
             creation_mode: "api".into(),
             created_by: Some(caller.key.id.clone()),
+            ancestors: state.chain_from(Some(&caller.key.id)),
             created_at: now,
             updated_at: now,
         }

@@ -849,3 +849,142 @@ admin.integrations.workspaces.update(slug="all", override_existing_workspaces_ac
     let a = access_of(&server, "all", c["id"].as_str().unwrap()).await;
     assert_eq!(a["usage_limits"]["credit_limit"], 3, "{a}");
 }
+
+/// Mints a workspace key with `minter`; returns (id, secret).
+async fn mint(
+    server: &Server,
+    minter: &str,
+    ws: &str,
+    name: &str,
+    scopes: Value,
+) -> (String, String) {
+    let body = json!({"name": name, "workspace_id": ws, "scopes": scopes});
+    let (s, v) = as_key(
+        server,
+        minter,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 200, "mint {name}: {v}");
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Review finding 1: a key minted by a workspace key is bound by its minter's budget, policies,
+/// expiry and scopes, and stops when the minter is deleted (before: the minted key had none of
+/// them: served with 200 past the minter's exhausted budget, kept scopes the organisation took
+/// from its minter, and outlived it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_key_is_bound_by_its_minter() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "chain").await;
+    let scopes = json!([
+        "completions.write",
+        "workspace_service_api_keys.create",
+        "workspace_service_api_keys.update"
+    ]);
+    let (_, w) = ws_key(
+        &server,
+        &ws,
+        "minter",
+        json!({"scopes": scopes,
+        "usage_limits": {"type": "tokens", "credit_limit": 100}}),
+    )
+    .await;
+    exhaust(&server, &w, "chain").await;
+    // The exact attack: the exhausted minter mints a key without limits.
+    let (_, m) = mint(&server, &w, &ws, "escape", scopes.clone()).await;
+    assert_eq!(
+        chat(&server, &m, "chain").await,
+        412,
+        "the minter's budget binds"
+    );
+    // A grandchild too, and a policy on the minter covers what it minted.
+    let (w2_id, w2) = ws_key(&server, &ws, "minter2", json!({"scopes": scopes})).await;
+    let (_, m2) = mint(&server, &w2, &ws, "child", scopes.clone()).await;
+    let (m3_id, m3) = mint(&server, &m2, &ws, "grandchild", scopes.clone()).await;
+    assert_eq!(chat(&server, &m3, "chain").await, 200);
+    server
+        .admin("POST", "/policies/usage-limits", Some(json!({"name": "w2",
+            "conditions": [{"key": "api_key", "value": w2_id}], "type": "tokens", "credit_limit": 100})))
+        .await;
+    exhaust(&server, &m3, "chain").await;
+    assert_eq!(
+        chat(&server, &m2, "chain").await,
+        412,
+        "the policy on the minter binds"
+    );
+    // Narrowing the minter narrows what it minted: it can neither mint nor grant back.
+    server
+        .admin(
+            "PUT",
+            &format!("/api-keys/{w2_id}"),
+            Some(json!({"scopes": ["completions.write"]})),
+        )
+        .await;
+    let body = json!({"name": "more", "workspace_id": ws, "scopes": ["completions.write"]});
+    let got = as_key(
+        &server,
+        &m2,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(body),
+    )
+    .await;
+    assert_forbidden(got, "mint after the minter lost the scope");
+    let got = as_key(
+        &server,
+        &m2,
+        "PUT",
+        &format!("/api-keys/{w2_id}"),
+        Some(json!({"scopes": scopes})),
+    )
+    .await;
+    assert_forbidden(got, "grant the scopes back");
+    let got = as_key(
+        &server,
+        &m2,
+        "PUT",
+        &format!("/api-keys/{m3_id}"),
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_forbidden(got, "use a scope the minter lost");
+    // The minter's expiry binds, and deleting the minter stops what it minted.
+    let (x_id, x) = ws_key(&server, &ws, "minter3", json!({"scopes": scopes})).await;
+    let (_, mx) = mint(&server, &x, &ws, "child3", scopes.clone()).await;
+    let (_, mx2) = mint(&server, &mx, &ws, "grandchild3", scopes.clone()).await;
+    assert_eq!(chat(&server, &mx2, "chain").await, 200);
+    server
+        .admin(
+            "PUT",
+            &format!("/api-keys/{x_id}"),
+            Some(json!({"expires_at": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(chat(&server, &mx, "chain").await, 401, "the minter expired");
+    server
+        .admin(
+            "PUT",
+            &format!("/api-keys/{x_id}"),
+            Some(json!({"expires_at": null})),
+        )
+        .await;
+    assert_eq!(chat(&server, &mx2, "chain").await, 200);
+    server
+        .admin("DELETE", &format!("/api-keys/{x_id}"), None)
+        .await;
+    assert_eq!(
+        chat(&server, &mx, "chain").await,
+        401,
+        "the minter was deleted"
+    );
+    assert_eq!(chat(&server, &mx2, "chain").await, 401, "two levels down");
+    let (s, _) = as_key(&server, &mx, "GET", "/api-keys", None).await;
+    assert_eq!(s, 401, "on the control plane too");
+}
