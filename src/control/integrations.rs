@@ -37,7 +37,42 @@ fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
     if c.get(flag).is_some_and(|v| !v.is_boolean()) {
         return Err(invalid(format!("configurations.{flag} must be a boolean")));
     }
+    check_azure_names(&c)?;
     Ok(Some(c))
+}
+
+/// Whether `value` is a valid Azure `resource_name` (`[A-Za-z0-9-]+`) or `deployment_name`
+/// (`[A-Za-z0-9._-]+`): both are written into the host and path of the upstream URL, so
+/// anything else (a `.`-less host part, `/`, `@`, `?`) could send the credential elsewhere.
+pub fn azure_name_ok(field: &str, value: &str) -> bool {
+    let extra: &[char] = match field {
+        "resource_name" => &['-'],
+        _ => &['.', '_', '-'],
+    };
+    !value.is_empty()
+        && value.len() <= 256
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+}
+
+/// Refuses a `resource_name` or `deployment_name` that is not a plain name (see [`azure_name_ok`]).
+pub fn check_azure_names(c: &Map<String, Value>) -> Result<()> {
+    for field in ["resource_name", "deployment_name"] {
+        let ok = match c.get(field) {
+            None => true,
+            Some(v) => v.as_str().is_some_and(|s| azure_name_ok(field, s)),
+        };
+        if !ok {
+            let shape = if field == "resource_name" {
+                "[A-Za-z0-9-]+"
+            } else {
+                "[A-Za-z0-9._-]+"
+            };
+            return Err(invalid(format!("{field} must match ^{shape}$")));
+        }
+    }
+    Ok(())
 }
 
 fn find(state: &State, caller: &Caller, slug: &str) -> Result<Integration> {
@@ -321,6 +356,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             workspaces: Default::default(),
             global_workspace_access: global_access_of(b.get("global_workspace_access"), now)?,
             implicit: false,
+            credential_set_by: caller.authority(),
             created_at: now,
             updated_at: now,
         };
@@ -408,23 +444,49 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     }
     let new_key = b.str("key")?.filter(|k| !k.is_empty());
     if let Some(c) = configurations_of(&b)? {
-        let moved = c
-            .get("custom_host")
-            .is_some_and(|h| i.configurations.get("custom_host") != Some(h));
-        if moved && new_key.is_none() && caller.authority() == Authority::Workspace {
-            return Err(ControlError::Forbidden(
-                "a workspace key that changes custom_host must give the integration's key in the same update: a stored credential never goes to a host it was not set for".into(),
-            ));
-        }
+        check_reconfigure(caller, &i, &c, new_key.is_some())?;
+        let before = i.configurations.clone();
         i.configurations.extend(c);
+        if i.configurations != before {
+            i.credential_set_by = caller.authority();
+        }
     }
     if let Some(k) = new_key {
         i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
+        i.credential_set_by = caller.authority();
     }
     i.updated_at = Millis::now();
     core.commit(vec![Change::Upsert(Entity::Integration(i))])
         .await?;
     Ok(json!({}))
+}
+
+/// Refuses a workspace key's change of `configurations` (to `c`) that could send a stored
+/// credential elsewhere unless it gives the key in the same update (`with_key`): any change of
+/// custom_host, and any change at all to a credential the organisation entered (the Azure URL
+/// is built from resource_name and deployment_name, for instance).
+fn check_reconfigure(
+    caller: &Caller,
+    i: &Integration,
+    c: &Map<String, Value>,
+    with_key: bool,
+) -> Result<()> {
+    if with_key || caller.authority() == Authority::Organisation {
+        return Ok(());
+    }
+    let changed = |k: &str| c.get(k).is_some_and(|v| i.configurations.get(k) != Some(v));
+    if changed("custom_host") {
+        return Err(ControlError::Forbidden(
+            "a workspace key that changes custom_host must give the integration's key in the same update: a stored credential never goes to a host it was not set for".into(),
+        ));
+    }
+    let org_credential = i.key.is_some() && i.credential_set_by == Authority::Organisation;
+    if org_credential && c.keys().any(|k| changed(k)) {
+        return Err(ControlError::Forbidden(
+            "this integration's key was entered with an organisation key: a workspace key that changes its configurations must give the key in the same update".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {

@@ -150,6 +150,7 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
         let url = crate::domain::routing::parse_url(h, "custom_host").map_err(invalid)?;
         configurations.insert("custom_host".into(), Value::String(url));
     }
+    super::integrations::check_azure_names(&configurations)?;
     let _guard = core.admin_lock.lock().await;
     let now = Millis::now();
     let (integration, provider) = {
@@ -170,6 +171,7 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
             workspaces: Default::default(),
             global_workspace_access: None,
             implicit: true,
+            credential_set_by: caller.authority(),
             created_at: now,
             updated_at: now,
         };

@@ -116,6 +116,10 @@ pub struct Integration {
     pub global_workspace_access: Option<Value>,
     /// True for the integration created implicitly by a virtual key.
     pub implicit: bool,
+    /// Who last entered `key` or changed `configurations`: a workspace key changes the
+    /// configurations of a credential the organisation entered only by giving a key itself.
+    #[serde(default)]
+    pub credential_set_by: Authority,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

@@ -988,3 +988,93 @@ async fn a_minted_key_is_bound_by_its_minter() {
     let (s, _) = as_key(&server, &mx, "GET", "/api-keys", None).await;
     assert_eq!(s, 401, "on the control plane too");
 }
+
+/// Review finding 2: a workspace key cannot send an organisation-entered credential elsewhere by
+/// changing the Azure resource_name (or any configuration) without giving the key itself, and
+/// resource_name / deployment_name must be plain names everywhere (before: the PUT was 200 and
+/// the credential went to `https://attacker.example/x.openai.azure.com/...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_configurations() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "azure-base").await;
+    server
+        .admin(
+            "POST",
+            "/integrations",
+            Some(
+                json!({"name": "az", "slug": "az", "ai_provider_id": "azure-openai",
+            "workspace_id": ws, "key": "sk-org-entered-1234567890",
+            "configurations": {"resource_name": "company", "deployment_name": "gpt-4o.v1"}}),
+            ),
+        )
+        .await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["workspace_integrations.create",
+        "workspace_integrations.update", "workspace_integrations.read", "virtual_keys.create"]}),
+    )
+    .await;
+    for c in [
+        json!({"resource_name": "attacker"}),
+        json!({"deployment_name": "other"}),
+        json!({"api_version": "2024-01-01"}),
+    ] {
+        let got = as_key(
+            &server,
+            &team,
+            "PUT",
+            "/integrations/az",
+            Some(json!({"configurations": c})),
+        )
+        .await;
+        assert_forbidden(got, &format!("reconfigure {c}"));
+    }
+    let i = server.admin("GET", "/integrations/az", None).await;
+    assert_eq!(i["configurations"]["resource_name"], "company", "{i}");
+    // Not plain names: refused for anyone, on integrations and virtual keys.
+    for (field, bad) in [
+        ("resource_name", "attacker.example/x"),
+        ("resource_name", "a.b"),
+        ("deployment_name", "x/../../y"),
+        ("deployment_name", "d?x=1"),
+    ] {
+        let body = json!({"key": "sk-mine-1234567890", "configurations": {field: bad}});
+        let (s, v) = as_key(
+            &server,
+            &team,
+            "PUT",
+            "/integrations/az",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, 400, "{field}={bad}: {v}");
+        let (s, v) = as_key(
+            &server,
+            &server.admin_key,
+            "PUT",
+            "/integrations/az",
+            Some(body),
+        )
+        .await;
+        assert_eq!(s, 400, "admin {field}={bad}: {v}");
+        let camel = if field == "resource_name" {
+            "resourceName"
+        } else {
+            "deploymentName"
+        };
+        let vk =
+            json!({"name": "vk", "provider": "azure-openai", "key": "sk-1234567890", camel: bad});
+        let (s, v) = as_key(&server, &team, "POST", "/virtual-keys", Some(vk)).await;
+        assert_eq!(s, 400, "virtual key {camel}={bad}: {v}");
+    }
+    // With its own key the workspace may reconfigure, and then it is its credential.
+    let body = json!({"key": "sk-mine-1234567890", "configurations": {"resource_name": "mine"}});
+    let (s, v) = as_key(&server, &team, "PUT", "/integrations/az", Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    let body = json!({"configurations": {"deployment_name": "gpt-4o"}});
+    let (s, v) = as_key(&server, &team, "PUT", "/integrations/az", Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+}
