@@ -285,7 +285,7 @@ fn default_provider(
     now: Millis,
 ) -> Result<Option<Provider>> {
     let slug = slug.unwrap_or(&i.slug);
-    check_slug(slug)?;
+    check_new_slug(slug, state.providers.contains_key(slug))?;
     if let Some(existing) = state.provider(slug, Some(workspace_id)) {
         if existing.integration_id == i.id {
             return Ok(None);
@@ -331,7 +331,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         })?;
         let slug = match b.str("slug")? {
             Some(s) => {
-                check_slug(s)?;
+                check_new_slug(s, state.integrations.contains_key(s))?;
                 if state.integrations.values().any(|i| i.slug == s) {
                     return Err(ControlError::Conflict(format!(
                         "integration slug {s} is taken"

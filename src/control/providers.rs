@@ -42,7 +42,7 @@ fn find(state: &State, caller: &Caller, slug: &str, workspace: Option<&str>) -> 
 fn unique_slug(state: &State, b: &Body, workspace_id: &str, name: &str) -> Result<String> {
     match b.str("slug")? {
         Some(s) => {
-            check_slug(s)?;
+            check_new_slug(s, state.providers.contains_key(s))?;
             if state.provider(s, Some(workspace_id)).is_some() {
                 return Err(ControlError::Conflict(format!(
                     "provider slug {s} is taken in that workspace"

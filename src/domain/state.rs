@@ -524,22 +524,24 @@ impl State {
             .or_else(|| self.workspaces.values().find(|w| w.slug == id_or_slug))
     }
 
-    /// An integration by slug or id.
-    pub fn integration(&self, slug_or_id: &str) -> Option<&Arc<Integration>> {
+    /// An integration by id or slug. The id is looked up first: a slug (chosen by whoever made
+    /// the integration, a workspace included) must never shadow another integration's id.
+    pub fn integration(&self, id_or_slug: &str) -> Option<&Arc<Integration>> {
         self.integrations
-            .values()
-            .find(|i| i.slug == slug_or_id)
-            .or_else(|| self.integrations.get(slug_or_id))
+            .get(id_or_slug)
+            .or_else(|| self.integrations.values().find(|i| i.slug == id_or_slug))
     }
 
-    /// A provider (or virtual key) by slug or id, within a workspace when one is given.
-    pub fn provider(&self, slug_or_id: &str, workspace_id: Option<&str>) -> Option<&Arc<Provider>> {
+    /// A provider (or virtual key) by id or slug (the id first, as for integrations), within a
+    /// workspace when one is given.
+    pub fn provider(&self, id_or_slug: &str, workspace_id: Option<&str>) -> Option<&Arc<Provider>> {
         let in_scope = |p: &&Arc<Provider>| workspace_id.is_none_or(|w| p.workspace_id == w);
-        self.providers
-            .values()
-            .filter(in_scope)
-            .find(|p| p.slug == slug_or_id)
-            .or_else(|| self.providers.get(slug_or_id).filter(in_scope))
+        self.providers.get(id_or_slug).filter(in_scope).or_else(|| {
+            self.providers
+                .values()
+                .filter(in_scope)
+                .find(|p| p.slug == id_or_slug)
+        })
     }
 
     /// A config by slug or id.

@@ -1078,3 +1078,69 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
     let (s, v) = as_key(&server, &team, "PUT", "/integrations/az", Some(body)).await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// Review finding 3: a slug cannot shadow another integration's (or provider's) id. Lookups take
+/// the id first, and a new slug equal to an id or shaped like one is refused (before: a workspace
+/// key made an integration whose slug was the organisation integration's id, and the admin's
+/// `PUT /integrations/<id>` changed the workspace's integration instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slug_cannot_shadow_an_id() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "shadowed").await;
+    let org = server.admin("GET", "/integrations/shadowed", None).await;
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    let prov = server
+        .admin(
+            "GET",
+            &format!("/providers/shadowed?workspace_id={ws}"),
+            None,
+        )
+        .await;
+    let prov_id = prov["id"].as_str().unwrap().to_owned();
+    let (_, team) = ws_key(&server, &ws, "team", json!({"scopes": ["workspace_integrations.create", "providers.create", "virtual_keys.create"]})).await;
+    let uuid = "6f1f0c2e-8d4b-4c1a-9a55-0123456789ab";
+    for slug in [org_id.as_str(), uuid] {
+        let body = json!({"name": "evil", "slug": slug, "ai_provider_id": "openai", "key": "sk-1234567890",
+            "configurations": {"custom_host": mock.url}});
+        let (s, v) = as_key(&server, &team, "POST", "/integrations", Some(body)).await;
+        assert_eq!(s, 400, "integration slug {slug}: {v}");
+    }
+    for slug in [prov_id.as_str(), uuid] {
+        let body = json!({"name": "evil", "slug": slug, "integration_id": "shadowed"});
+        let (s, v) = as_key(&server, &team, "POST", "/providers", Some(body)).await;
+        assert_eq!(s, 400, "provider slug {slug}: {v}");
+        let body =
+            json!({"name": "evil", "slug": slug, "provider": "openai", "key": "sk-1234567890"});
+        let (s, v) = as_key(&server, &team, "POST", "/virtual-keys", Some(body)).await;
+        assert_eq!(s, 400, "virtual key slug {slug}: {v}");
+    }
+    // A shadowing slug stored before the rule: the id still finds the organisation's.
+    let (s, v) = as_key(&server, &team, "POST", "/integrations", Some(json!({"name": "ws own", "slug": "ws-own",
+        "ai_provider_id": "openai", "key": "sk-1234567890", "configurations": {"custom_host": mock.url}}))).await;
+    assert_eq!(s, 200, "{v}");
+    let mut own = (**server
+        .core
+        .state
+        .read()
+        .integrations
+        .values()
+        .find(|i| i.slug == "ws-own")
+        .unwrap())
+    .clone();
+    own.slug = org_id.clone();
+    server
+        .core
+        .commit(vec![Change::Upsert(Entity::Integration(own))])
+        .await
+        .unwrap();
+    server
+        .admin(
+            "PUT",
+            &format!("/integrations/{org_id}"),
+            Some(json!({"name": "renamed by admin"})),
+        )
+        .await;
+    let org = server.core.state.read().integrations[&org_id].clone();
+    assert_eq!(org.name, "renamed by admin");
+}
