@@ -495,10 +495,17 @@ pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
         let state = core.state.read();
         let i = find(&state, caller, slug)?;
         require_write(caller, &i, "delete")?;
-        let mut changes: Vec<Change> = state
+        let providers: Vec<&std::sync::Arc<Provider>> = state
             .providers
             .values()
             .filter(|p| p.integration_id == i.id)
+            .collect();
+        // Its providers go with it, and their limits: the same authority as deleting each.
+        for p in &providers {
+            super::providers::check_removable(caller, p)?;
+        }
+        let mut changes: Vec<Change> = providers
+            .iter()
             .map(|p| Change::Delete {
                 kind: EntityKind::Provider,
                 id: p.id.clone(),

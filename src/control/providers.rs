@@ -83,6 +83,42 @@ fn has_limits(g: &Governed) -> bool {
     g.0.is_some() || !g.1.is_empty() || g.2.is_some()
 }
 
+/// Whether the organisation set limits on `p` (which only an organisation key may lift).
+fn org_limited(p: &Provider) -> bool {
+    has_limits(&governed(p)) && p.limits_set_by == Authority::Organisation
+}
+
+/// Refuses a workspace key a new provider on an integration where one of its workspace's
+/// providers carries limits the organisation set: the new one would reach the same credential
+/// without them. (An organisation key may; it sets limits on the new one as it sees fit.)
+fn check_no_org_limited_sibling(
+    state: &State,
+    caller: &Caller,
+    integration_id: &str,
+    workspace_id: &str,
+) -> Result<()> {
+    if caller.authority() == Authority::Organisation {
+        return Ok(());
+    }
+    let limited = state.providers.values().find(|p| {
+        p.integration_id == integration_id && p.workspace_id == workspace_id && org_limited(p)
+    });
+    match limited {
+        Some(p) => Err(ControlError::Forbidden(format!(
+            "provider {} on this integration has limits set by the organisation: another provider on it needs an organisation key",
+            p.slug
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses unless the caller may remove `p` with the limits on it (deleting a provider lifts
+/// its limits with it): [`Caller::may_govern`].
+pub(super) fn check_removable(caller: &Caller, p: &Provider) -> Result<()> {
+    let set_by = has_limits(&governed(p)).then_some(p.limits_set_by);
+    caller.may_govern(false, set_by)
+}
+
 /// `POST /providers`: a workspace's handle on an integration it has been given.
 pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("providers.create")?;
@@ -105,6 +141,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
                 i.slug
             )));
         }
+        check_no_org_limited_sibling(&state, caller, &i.id, &workspace_id)?;
         Provider {
             id: new_id(),
             slug: unique_slug(&state, &b, &workspace_id, &name)?,
@@ -320,9 +357,7 @@ pub async fn delete(
     let changes = {
         let state = core.state.read();
         let p = find(&state, caller, slug, workspace)?;
-        // Deleting a provider lifts its limits with it.
-        let set_by = has_limits(&governed(&p)).then_some(p.limits_set_by);
-        caller.may_govern(false, set_by)?;
+        check_removable(caller, &p)?;
         let mut changes = vec![Change::Delete {
             kind: EntityKind::Provider,
             id: p.id.clone(),

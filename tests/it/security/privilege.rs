@@ -1144,3 +1144,84 @@ async fn a_slug_cannot_shadow_an_id() {
     let org = server.core.state.read().integrations[&org_id].clone();
     assert_eq!(org.name, "renamed by admin");
 }
+
+/// Review finding 4: a workspace key cannot add a second provider on an integration whose
+/// provider in its workspace carries limits the organisation set (before: 200, and the new
+/// provider reached the same credential without them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_provider_cannot_escape_organisation_limits() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "capped").await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["providers.create", "completions.write"]}),
+    )
+    .await;
+    // Without limits on the provisioned provider, the workspace may add its own.
+    let body = json!({"name": "mine", "slug": "mine", "integration_id": "capped"});
+    let (s, v) = as_key(&server, &team, "POST", "/providers", Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    server
+        .admin(
+            "PUT",
+            &format!("/providers/capped?workspace_id={ws}"),
+            Some(json!({"usage_limits": {"type": "tokens", "credit_limit": 100}})),
+        )
+        .await;
+    let body = json!({"name": "escape", "slug": "escape", "integration_id": "capped"});
+    let got = as_key(&server, &team, "POST", "/providers", Some(body.clone())).await;
+    assert_forbidden(got, "a provider beside an organisation-limited one");
+    let mut body = body;
+    body["workspace_id"] = json!(ws);
+    let (s, v) = as_key(&server, &server.admin_key, "POST", "/providers", Some(body)).await;
+    assert_eq!(s, 200, "the organisation may: {v}");
+}
+
+/// Review finding 5: deleting a workspace integration deletes its providers, so it needs the
+/// authority to delete each, organisation-set limits included (before: 200, the limited
+/// provider went with it, and recreating the integration gave a provider without a budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_integration_cannot_drop_organisation_limits() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "base5").await;
+    server
+        .admin("POST", "/integrations", Some(json!({"name": "own", "slug": "own5", "ai_provider_id": "openai",
+            "workspace_id": ws, "key": "sk-1234567890", "configurations": {"custom_host": mock.url}})))
+        .await;
+    server
+        .admin(
+            "PUT",
+            &format!("/providers/own5?workspace_id={ws}"),
+            Some(json!({"usage_limits": {"type": "tokens", "credit_limit": 100}})),
+        )
+        .await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["workspace_integrations.delete", "providers.delete"]}),
+    )
+    .await;
+    let got = as_key(&server, &team, "DELETE", "/integrations/own5", None).await;
+    assert_forbidden(
+        got,
+        "delete an integration with an organisation-limited provider",
+    );
+    let p = server
+        .admin("GET", &format!("/providers/own5?workspace_id={ws}"), None)
+        .await;
+    assert_eq!(p["usage_limits"]["credit_limit"], 100, "{p}");
+    let (s, v) = as_key(
+        &server,
+        &server.admin_key,
+        "DELETE",
+        "/integrations/own5",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "the organisation may: {v}");
+}
