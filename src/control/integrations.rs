@@ -329,6 +329,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         } else {
             "organisation_integrations.create"
         })?;
+        check_metering(caller, &Map::new(), &configurations)?;
         let slug = match b.str("slug")? {
             Some(s) => {
                 check_new_slug(s, state.integrations.contains_key(s))?;
@@ -445,6 +446,7 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     let new_key = b.str("key")?.filter(|k| !k.is_empty());
     if let Some(c) = configurations_of(&b)? {
         check_reconfigure(caller, &i, &c, new_key.is_some())?;
+        check_metering(caller, &i.configurations, &c)?;
         let before = i.configurations.clone();
         i.configurations.extend(c);
         if i.configurations != before {
@@ -459,6 +461,59 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     core.commit(vec![Change::Upsert(Entity::Integration(i))])
         .await?;
     Ok(json!({}))
+}
+
+/// Refuses a workspace key's change of `meter_unpriced_at_zero` (from `current` by `c`): it
+/// decides whether unpriced models count against cost budgets, which the organisation may have
+/// set on the workspace, so it is the organisation's to set.
+fn check_metering(
+    caller: &Caller,
+    current: &Map<String, Value>,
+    c: &Map<String, Value>,
+) -> Result<()> {
+    let flag = crate::proxy::meter::METER_UNPRICED_AT_ZERO;
+    let was = current.get(flag).and_then(Value::as_bool).unwrap_or(false);
+    match c.get(flag).and_then(Value::as_bool) {
+        Some(now) if now != was => caller.require_organisation(&format!(
+            "setting configurations.{flag} (what cost budgets count)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What of an integration's model provisioning decides what is metered and at what price (the
+/// allow-list and every entry without its timestamps): changed with an organisation key only
+/// ([`require_pricing_authority`]).
+fn metered_models(i: &Integration) -> impl PartialEq {
+    let entries: Vec<_> = i
+        .models
+        .values()
+        .map(|m| {
+            (
+                m.slug.clone(),
+                m.enabled,
+                m.is_custom,
+                m.is_finetune,
+                m.base_model_slug.clone(),
+                m.pricing_config.clone(),
+            )
+        })
+        .collect();
+    (i.allow_all_models, entries)
+}
+
+/// Refuses a workspace key's change of the allow-list or pricing (`before` → `after`): zero
+/// prices, a cheaper base model or a lifted allow-list would stop organisation-set cost budgets
+/// counting. Simplest and safe: these are the organisation's, on every integration.
+fn require_pricing_authority(
+    caller: &Caller,
+    before: &Integration,
+    after: &Integration,
+) -> Result<()> {
+    if metered_models(before) == metered_models(after) {
+        return Ok(());
+    }
+    caller.require_organisation("changing an integration's allowed models or pricing")
 }
 
 /// Refuses a workspace key's change of `configurations` (to `c`) that could send a stored
@@ -650,6 +705,7 @@ pub async fn update_models(
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
     require_write(caller, &i, "update")?;
+    let before = i.clone();
     let now = Millis::now();
     if let Some(all) = b.bool("allow_all_models")? {
         i.allow_all_models = all;
@@ -688,6 +744,7 @@ pub async fn update_models(
         };
         i.models.insert(slug.to_owned(), entry);
     }
+    require_pricing_authority(caller, &before, &i)?;
     i.updated_at = now;
     core.commit(vec![Change::Upsert(Entity::Integration(i))])
         .await?;
@@ -708,9 +765,11 @@ pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
     require_write(caller, &i, "update")?;
+    let before = i.clone();
     for s in slugs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         i.models.remove(s);
     }
+    require_pricing_authority(caller, &before, &i)?;
     i.updated_at = Millis::now();
     core.commit(vec![Change::Upsert(Entity::Integration(i))])
         .await?;

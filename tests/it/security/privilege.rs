@@ -1225,3 +1225,78 @@ async fn deleting_an_integration_cannot_drop_organisation_limits() {
     .await;
     assert_eq!(s, 200, "the organisation may: {v}");
 }
+
+/// Review finding 6: pricing (pricing_config, base_model_slug, meter_unpriced_at_zero) and the
+/// allow-list are the organisation's, even on a workspace's own integration (before: a workspace
+/// key zero-priced its models and cost budgets the organisation set stopped counting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "base6").await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["workspace_integrations.create",
+        "workspace_integrations.update", "workspace_integrations.read"]}),
+    )
+    .await;
+    let body = json!({"name": "own", "slug": "own6", "ai_provider_id": "openai", "key": "sk-1234567890",
+        "configurations": {"custom_host": mock.url}});
+    let (s, v) = as_key(&server, &team, "POST", "/integrations", Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    let zero = json!({"type": "static", "pay_as_you_go": {"request_token": {"price": 0}, "response_token": {"price": 0}}});
+    let attempts = [
+        json!({"models": [{"slug": "gpt-4o", "enabled": true, "pricing_config": zero}]}),
+        json!({"models": [{"slug": "gpt-4o", "enabled": true, "base_model_slug": "gpt-4o-mini"}]}),
+        json!({"allow_all_models": false}),
+    ];
+    for body in &attempts {
+        let got = as_key(
+            &server,
+            &team,
+            "PUT",
+            "/integrations/own6/models",
+            Some(body.clone()),
+        )
+        .await;
+        assert_forbidden(got, &format!("models {body}"));
+    }
+    let flag = json!({"configurations": {"meter_unpriced_at_zero": true}});
+    let got = as_key(&server, &team, "PUT", "/integrations/own6", Some(flag)).await;
+    assert_forbidden(got, "meter_unpriced_at_zero");
+    let body = json!({"name": "free", "slug": "free6", "ai_provider_id": "openai", "key": "sk-1234567890",
+        "configurations": {"custom_host": mock.url, "meter_unpriced_at_zero": true}});
+    let got = as_key(&server, &team, "POST", "/integrations", Some(body)).await;
+    assert_forbidden(got, "meter_unpriced_at_zero on create");
+    // The organisation may; then the workspace cannot remove the entry either.
+    let (s, v) = as_key(
+        &server,
+        &server.admin_key,
+        "PUT",
+        "/integrations/own6/models",
+        Some(attempts[0].clone()),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let got = as_key(
+        &server,
+        &team,
+        "DELETE",
+        "/integrations/own6/models?slugs=gpt-4o",
+        None,
+    )
+    .await;
+    assert_forbidden(got, "delete a priced entry");
+    // Unchanged values are no change: renaming stays the workspace's.
+    let (s, v) = as_key(
+        &server,
+        &team,
+        "PUT",
+        "/integrations/own6",
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
