@@ -1300,3 +1300,85 @@ async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
     .await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// Review finding 8: a config the organisation forced on a key (its defaults `{config_id,
+/// allow_config_override: false}`) is changed or deleted by an organisation key only (before: the
+/// bound key itself, or any workspace key with configs.update, rewrote or deleted it with 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_config_is_changed_by_the_organisation_only() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "forced").await;
+    let cfg = server
+        .admin(
+            "POST",
+            "/configs",
+            Some(json!({"name": "forced", "workspace_id": ws,
+            "config": {"provider": "@forced"}})),
+        )
+        .await;
+    let slug = cfg["slug"].as_str().unwrap().to_owned();
+    let scopes = json!([
+        "completions.write",
+        "configs.create",
+        "configs.update",
+        "configs.delete",
+        "configs.read"
+    ]);
+    let (_, bound) = ws_key(
+        &server,
+        &ws,
+        "bound",
+        json!({"scopes": scopes,
+        "defaults": {"config_id": slug, "allow_config_override": false}}),
+    )
+    .await;
+    let (_, other) = ws_key(&server, &ws, "other", json!({"scopes": scopes})).await;
+    for key in [&bound, &other] {
+        for body in [
+            json!({"status": "archived"}),
+            json!({"config": {"provider": "@elsewhere"}}),
+        ] {
+            let got = as_key(
+                &server,
+                key,
+                "PUT",
+                &format!("/configs/{slug}"),
+                Some(body.clone()),
+            )
+            .await;
+            assert_forbidden(got, &format!("update {body}"));
+        }
+        let got = as_key(&server, key, "DELETE", &format!("/configs/{slug}"), None).await;
+        assert_forbidden(got, "delete");
+    }
+    // A config of the workspace's own stays its own.
+    let (s, v) = as_key(
+        &server,
+        &other,
+        "POST",
+        "/configs",
+        Some(json!({"name": "own", "config": {"provider": "@forced"}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let own = v["slug"].as_str().unwrap();
+    let (s, v) = as_key(
+        &server,
+        &other,
+        "PUT",
+        &format!("/configs/{own}"),
+        Some(json!({"status": "archived"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = as_key(
+        &server,
+        &server.admin_key,
+        "PUT",
+        &format!("/configs/{slug}"),
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "the organisation may: {v}");
+}
