@@ -429,7 +429,10 @@ pub fn retrieve(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let state = core.state.read();
     let i = find(&state, caller, slug)?;
     caller.require(&read_scope(caller, &i, "read"))?;
-    Ok(views::integration(&i, &state, true))
+    Ok(match &caller.key.workspace_id {
+        Some(ws) => views::integration_for_workspace(&i, &state, ws),
+        None => views::integration(&i, &state, true),
+    })
 }
 
 pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {

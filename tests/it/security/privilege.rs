@@ -1382,3 +1382,64 @@ async fn a_forced_config_is_changed_by_the_organisation_only() {
     .await;
     assert_eq!(s, 200, "the organisation may: {v}");
 }
+
+/// Review finding 9: a workspace key reading an organisation integration sees its own
+/// workspace's usage only (before: the integration-wide current_usage and workspace_count,
+/// other workspaces' traffic included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integration_shows_a_workspace_only_its_own_usage() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (_, key_a) = server.tenant(&mock.url, "shared9").await;
+    let ws_b = server
+        .admin(
+            "POST",
+            "/admin/workspaces",
+            Some(json!({"name": "team b9"})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server
+        .admin(
+            "PUT",
+            "/integrations/shared9/workspaces",
+            Some(json!({"workspaces": [{"id": ws_b, "enabled": true}]})),
+        )
+        .await;
+    let (_, key_b) = ws_key(
+        &server,
+        &ws_b,
+        "b",
+        json!({"scopes": ["completions.write", "workspace_integrations.read"]}),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(chat(&server, &key_a, "shared9").await, 200);
+    }
+    assert_eq!(chat(&server, &key_b, "shared9").await, 200);
+    // Usage is folded when each attempt settles: wait for all four.
+    let id = server.admin("GET", "/integrations/shared9", None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..400 {
+        let t = server
+            .core
+            .state
+            .read()
+            .usage_of(tollgate::domain::EntityKind::Integration, &id);
+        if t.requests == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let (s, v) = as_key(&server, &key_b, "GET", "/integrations/shared9", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["current_usage"]["requests"], 1, "{v}");
+    assert_eq!(v["workspace_count"], 1, "{v}");
+    let all = server.admin("GET", "/integrations/shared9", None).await;
+    assert_eq!(all["current_usage"]["requests"], 4, "{all}");
+    assert_eq!(all["workspace_count"], 2, "{all}");
+}
