@@ -367,10 +367,12 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         let state = core.state.read();
         let mut k = find(&state, caller, id, "update")?;
         let before = governed(&k);
+        // Everything `governed` holds: alert emails the organisation set are its too.
         let had_limits = k.usage_limits.is_some()
             || !k.rate_limits.is_empty()
             || !k.defaults.is_empty()
-            || k.expires_at.is_some();
+            || k.expires_at.is_some()
+            || !k.alert_emails.is_empty();
         if let Some(w) = b.str("workspace_id")? {
             let same = state
                 .workspace(w)

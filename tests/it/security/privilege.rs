@@ -1443,3 +1443,41 @@ async fn an_integration_shows_a_workspace_only_its_own_usage() {
     assert_eq!(all["current_usage"]["requests"], 4, "{all}");
     assert_eq!(all["workspace_count"], 2, "{all}");
 }
+
+/// Review finding 10: alert emails the organisation set on a key without limits are governed
+/// like its limits (before: a workspace key with workspace_service_api_keys.update replaced them
+/// with 200, and the organisation's recipients stopped hearing of the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_key_cannot_change_organisation_alert_emails() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "alerts10").await;
+    let (id, _) = ws_key(
+        &server,
+        &ws,
+        "watched",
+        json!({"scopes": ["completions.write"],
+        "alert_emails": ["security@example.com"]}),
+    )
+    .await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["workspace_service_api_keys.update"]}),
+    )
+    .await;
+    for emails in [json!([]), json!(["me@example.com"])] {
+        let got = as_key(
+            &server,
+            &team,
+            "PUT",
+            &format!("/api-keys/{id}"),
+            Some(json!({"alert_emails": emails})),
+        )
+        .await;
+        assert_forbidden(got, &format!("alert_emails {emails}"));
+    }
+    let k = server.admin("GET", &format!("/api-keys/{id}"), None).await;
+    assert_eq!(k["alert_emails"], json!(["security@example.com"]), "{k}");
+}
