@@ -25,6 +25,15 @@ impl Api {
             Api::VirtualKeys => format!("virtual_keys.{action}"),
         }
     }
+
+    /// The API an object belongs to by its origin: a virtual key is managed with
+    /// `virtual_keys.*` whichever route reaches it, a catalog provider with `providers.*`.
+    fn of(p: &Provider) -> Api {
+        match p.origin {
+            ProviderOrigin::VirtualKey => Api::VirtualKeys,
+            ProviderOrigin::Catalog | ProviderOrigin::Provisioned => Api::Providers,
+        }
+    }
 }
 
 fn find(state: &State, caller: &Caller, slug: &str, workspace: Option<&str>) -> Result<Provider> {
@@ -289,6 +298,7 @@ pub async fn update(
     let (p, integration) = {
         let state = core.state.read();
         let mut p = find(&state, caller, slug, workspace)?;
+        caller.require(&Api::of(&p).scope("update"))?;
         let before = governed(&p);
         if let Some(n) = b.str("name")? {
             p.name = n.to_owned();
@@ -357,6 +367,7 @@ pub async fn delete(
     let changes = {
         let state = core.state.read();
         let p = find(&state, caller, slug, workspace)?;
+        caller.require(&Api::of(&p).scope("delete"))?;
         check_removable(caller, &p)?;
         let mut changes = vec![Change::Delete {
             kind: EntityKind::Provider,

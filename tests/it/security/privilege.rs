@@ -1481,3 +1481,67 @@ async fn a_workspace_key_cannot_change_organisation_alert_emails() {
     let k = server.admin("GET", &format!("/api-keys/{id}"), None).await;
     assert_eq!(k["alert_emails"], json!(["security@example.com"]), "{k}");
 }
+
+/// Review finding 11: a virtual key is changed or deleted with `virtual_keys.*` whichever route
+/// reaches it (before: `providers.update` / `providers.delete` alone changed and deleted one
+/// through `/providers/<slug>`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_key_needs_virtual_key_scopes_on_the_providers_route() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "vk11").await;
+    server
+        .admin(
+            "POST",
+            "/virtual-keys",
+            Some(
+                json!({"name": "vk", "slug": "vk11-key", "provider": "openai",
+            "key": "sk-1234567890", "workspace_id": ws}),
+            ),
+        )
+        .await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["providers.update", "providers.delete", "providers.read"]}),
+    )
+    .await;
+    let got = as_key(
+        &server,
+        &team,
+        "PUT",
+        "/providers/vk11-key",
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_forbidden(got, "update a virtual key with providers.update");
+    let got = as_key(&server, &team, "DELETE", "/providers/vk11-key", None).await;
+    assert_forbidden(got, "delete a virtual key with providers.delete");
+    // Its own kind stays reachable with providers.*.
+    let (s, v) = as_key(
+        &server,
+        &team,
+        "PUT",
+        "/providers/vk11",
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, vk_admin) = ws_key(
+        &server,
+        &ws,
+        "vk admin",
+        json!({"scopes": ["providers.update", "virtual_keys.update"]}),
+    )
+    .await;
+    let (s, v) = as_key(
+        &server,
+        &vk_admin,
+        "PUT",
+        "/providers/vk11-key",
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
