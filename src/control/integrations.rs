@@ -42,14 +42,15 @@ fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
 }
 
 /// Whether `value` is a valid Azure `resource_name` (`[A-Za-z0-9-]+`) or `deployment_name`
-/// (`[A-Za-z0-9._-]+`): both are written into the host and path of the upstream URL, so
-/// anything else (a `.`-less host part, `/`, `@`, `?`) could send the credential elsewhere.
+/// (`[A-Za-z0-9._-]+`, and not `.` or `..`): both are written into the host and path of the
+/// upstream URL, where anything else (a `.` or `/` in the host, `@`, `?`, a dot segment) could
+/// send the credential to another host or path.
 pub fn azure_name_ok(field: &str, value: &str) -> bool {
     let extra: &[char] = match field {
         "resource_name" => &['-'],
         _ => &['.', '_', '-'],
     };
-    !value.is_empty()
+    !matches!(value, "" | "." | "..")
         && value.len() <= 256
         && value
             .chars()

@@ -1040,6 +1040,7 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
         ("resource_name", "a.b"),
         ("deployment_name", "x/../../y"),
         ("deployment_name", "d?x=1"),
+        ("deployment_name", ".."),
     ] {
         let body = json!({"key": "sk-mine-1234567890", "configurations": {field: bad}});
         let (s, v) = as_key(
