@@ -904,6 +904,23 @@ async fn a_minted_key_is_bound_by_its_minter() {
         412,
         "the minter's budget binds"
     );
+    // The minter's rate limits count the minted key's requests.
+    let (_, r) = ws_key(
+        &server,
+        &ws,
+        "rated",
+        json!({"scopes": scopes,
+        "rate_limits": [{"type": "requests", "unit": "rpd", "value": 2}]}),
+    )
+    .await;
+    let (_, rm) = mint(&server, &r, &ws, "rated child", scopes.clone()).await;
+    assert_eq!(chat(&server, &r, "chain").await, 200);
+    assert_eq!(chat(&server, &rm, "chain").await, 200);
+    assert_eq!(
+        chat(&server, &rm, "chain").await,
+        429,
+        "the minter's rate limit binds"
+    );
     // A grandchild too, and a policy on the minter covers what it minted.
     let (w2_id, w2) = ws_key(&server, &ws, "minter2", json!({"scopes": scopes})).await;
     let (_, m2) = mint(&server, &w2, &ws, "child", scopes.clone()).await;
