@@ -414,6 +414,7 @@ impl Core {
                 expires_at: None,
                 creation_mode: "auto".into(),
                 created_by: None,
+                ancestors: Vec::new(),
                 created_at: bootstrap_key.as_ref().map_or(now, |k| k.created_at),
                 updated_at: now,
             })));
