@@ -101,6 +101,7 @@ fn governed_state() -> State {
         expires_at: None,
         creation_mode: "api".into(),
         created_by: None,
+        ancestors: vec![],
         created_at: Millis(0),
         updated_at: Millis(0),
     };
@@ -144,6 +145,7 @@ fn governed_state() -> State {
         workspaces: Default::default(),
         global_workspace_access: None,
         implicit: false,
+        credential_set_by: Authority::Organisation,
         created_at: Millis(0),
         updated_at: Millis(0),
     };

@@ -25,6 +25,10 @@ use crate::telemetry::Metrics;
 /// Why the application could not start or commit.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// Distributed mode: the change is in the config topic (it will apply everywhere) but this
+    /// gateway has not read it back in time, so it cannot answer with the new state yet.
+    #[error("the change was written to the config topic but not read back within {0:?}")]
+    NotReadBack(std::time::Duration),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -70,6 +74,10 @@ const STORE_CONSUMER: &str = crate::log::tool::CONSUMERS[0].0;
 const AUDIT_CONSUMER: &str = crate::log::tool::CONSUMERS[2].0;
 /// How long an analytics query waits for the store to take in the usage logged before it.
 pub const READ_YOUR_WRITES: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a distributed admin command waits to read its change back from the config topic.
+/// Generous: it only runs out when Kafka or this process is badly starved, and the change is
+/// already durable then.
+const READ_BACK: std::time::Duration = std::time::Duration::from_secs(30);
 /// The slug of the workspace every organisation starts with.
 pub const DEFAULT_WORKSPACE_SLUG: &str = "ws-default";
 /// The id of the bootstrap admin key record.
@@ -465,6 +473,7 @@ impl Core {
                 expires_at: None,
                 creation_mode: "auto".into(),
                 created_by: None,
+                ancestors: Vec::new(),
                 created_at: bootstrap_key.as_ref().map_or(now, |k| k.created_at),
                 updated_at: now,
             })));
@@ -532,11 +541,9 @@ impl Core {
     /// the caller reads its own write, in the log's order with every other replica's writes.
     async fn await_folded(mut progress: watch::Receiver<u64>, offset: u64) -> Result<(), AppError> {
         let wait = progress.wait_for(|folded| *folded > offset);
-        match tokio::time::timeout(std::time::Duration::from_secs(10), wait).await {
+        match tokio::time::timeout(READ_BACK, wait).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(AppError::Log(LogError::Kafka(
-                "the change was written but not read back from the config topic within 10 s".into(),
-            ))),
+            _ => Err(AppError::NotReadBack(READ_BACK)),
         }
     }
 
@@ -980,6 +987,7 @@ mod tests {
             expires_at: None,
             creation_mode: "auto".into(),
             created_by: None,
+            ancestors: Vec::new(),
             created_at: Millis(1),
             updated_at: Millis(1),
         }

@@ -238,6 +238,11 @@ pub async fn create(
         } else {
             None
         };
+        if caller.key.ancestors.len() >= MAX_KEY_DEPTH {
+            return Err(ControlError::Forbidden(format!(
+                "this key is {MAX_KEY_DEPTH} mints below the organisation's: it cannot mint further keys"
+            )));
+        }
         ApiKey {
             id: new_id(),
             key_hash: crypto::hash_api_key(&secret),
@@ -257,6 +262,7 @@ pub async fn create(
             expires_at,
             creation_mode: "api".into(),
             created_by: Some(caller.key.id.clone()),
+            ancestors: state.chain_from(Some(&caller.key.id)),
             created_at: now,
             updated_at: now,
         }
@@ -365,10 +371,12 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         let state = core.state.read();
         let mut k = find(&state, caller, id, "update")?;
         let before = governed(&k);
+        // Everything `governed` holds: alert emails the organisation set are its too.
         let had_limits = k.usage_limits.is_some()
             || !k.rate_limits.is_empty()
             || !k.defaults.is_empty()
-            || k.expires_at.is_some();
+            || k.expires_at.is_some()
+            || !k.alert_emails.is_empty();
         if let Some(w) = b.str("workspace_id")? {
             let same = state
                 .workspace(w)

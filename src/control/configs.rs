@@ -33,6 +33,26 @@ fn find(state: &State, caller: &Caller, slug: &str) -> Result<RouteConfig> {
         .ok_or_else(|| ControlError::NotFound(format!("config {slug} not found")))
 }
 
+/// Refuses a workspace key a change to (or the deletion of) a config that key defaults set by
+/// the organisation point at (`limits_set_by` records who set a key's defaults): such a config
+/// is forced on those keys' requests, and neither they nor their workspace may rewrite it.
+fn check_not_forced(state: &State, caller: &Caller, c: &RouteConfig) -> Result<()> {
+    if caller.authority() == Authority::Organisation {
+        return Ok(());
+    }
+    let forced = state.api_keys.values().any(|k| {
+        k.limits_set_by == Authority::Organisation
+            && k.default_config().is_some_and(|r| r == c.id || r == c.slug)
+    });
+    if forced {
+        return Err(ControlError::Forbidden(format!(
+            "config {} is a default the organisation set on a key: only an organisation key can change or delete it",
+            c.slug
+        )));
+    }
+    Ok(())
+}
+
 pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("configs.create")?;
     let b = Body::of(body)?;
@@ -109,7 +129,12 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     caller.require("configs.update")?;
     let b = Body::of(body)?;
     let _guard = core.admin_lock.lock().await;
-    let mut c = find(&core.state.read(), caller, slug)?;
+    let mut c = {
+        let state = core.state.read();
+        let c = find(&state, caller, slug)?;
+        check_not_forced(&state, caller, &c)?;
+        c
+    };
     if let Some(n) = b.str("name")? {
         c.name = n.to_owned();
     }
@@ -134,7 +159,12 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
 pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     caller.require("configs.delete")?;
     let _guard = core.admin_lock.lock().await;
-    let c = find(&core.state.read(), caller, slug)?;
+    let c = {
+        let state = core.state.read();
+        let c = find(&state, caller, slug)?;
+        check_not_forced(&state, caller, &c)?;
+        c
+    };
     core.commit(
         Some(caller.actor()),
         vec![Change::Delete {

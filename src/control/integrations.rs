@@ -37,7 +37,43 @@ fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
     if c.get(flag).is_some_and(|v| !v.is_boolean()) {
         return Err(invalid(format!("configurations.{flag} must be a boolean")));
     }
+    check_azure_names(&c)?;
     Ok(Some(c))
+}
+
+/// Whether `value` is a valid Azure `resource_name` (`[A-Za-z0-9-]+`) or `deployment_name`
+/// (`[A-Za-z0-9._-]+`, and not `.` or `..`): both are written into the host and path of the
+/// upstream URL, where anything else (a `.` or `/` in the host, `@`, `?`, a dot segment) could
+/// send the credential to another host or path.
+pub fn azure_name_ok(field: &str, value: &str) -> bool {
+    let extra: &[char] = match field {
+        "resource_name" => &['-'],
+        _ => &['.', '_', '-'],
+    };
+    !matches!(value, "" | "." | "..")
+        && value.len() <= 256
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+}
+
+/// Refuses a `resource_name` or `deployment_name` that is not a plain name (see [`azure_name_ok`]).
+pub fn check_azure_names(c: &Map<String, Value>) -> Result<()> {
+    for field in ["resource_name", "deployment_name"] {
+        let ok = match c.get(field) {
+            None => true,
+            Some(v) => v.as_str().is_some_and(|s| azure_name_ok(field, s)),
+        };
+        if !ok {
+            let shape = if field == "resource_name" {
+                "[A-Za-z0-9-]+"
+            } else {
+                "[A-Za-z0-9._-]+"
+            };
+            return Err(invalid(format!("{field} must match ^{shape}$")));
+        }
+    }
+    Ok(())
 }
 
 fn find(state: &State, caller: &Caller, slug: &str) -> Result<Integration> {
@@ -250,7 +286,7 @@ fn default_provider(
     now: Millis,
 ) -> Result<Option<Provider>> {
     let slug = slug.unwrap_or(&i.slug);
-    check_slug(slug)?;
+    check_new_slug(slug, state.providers.contains_key(slug))?;
     if let Some(existing) = state.provider(slug, Some(workspace_id)) {
         if existing.integration_id == i.id {
             return Ok(None);
@@ -294,9 +330,10 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         } else {
             "organisation_integrations.create"
         })?;
+        check_metering(caller, &Map::new(), &configurations)?;
         let slug = match b.str("slug")? {
             Some(s) => {
-                check_slug(s)?;
+                check_new_slug(s, state.integrations.contains_key(s))?;
                 if state.integrations.values().any(|i| i.slug == s) {
                     return Err(ControlError::Conflict(format!(
                         "integration slug {s} is taken"
@@ -321,6 +358,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             workspaces: Default::default(),
             global_workspace_access: global_access_of(b.get("global_workspace_access"), now)?,
             implicit: false,
+            credential_set_by: caller.authority(),
             created_at: now,
             updated_at: now,
         };
@@ -392,7 +430,10 @@ pub fn retrieve(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let state = core.state.read();
     let i = find(&state, caller, slug)?;
     caller.require(&read_scope(caller, &i, "read"))?;
-    Ok(views::integration(&i, &state, true))
+    Ok(match &caller.key.workspace_id {
+        Some(ws) => views::integration_for_workspace(&i, &state, ws),
+        None => views::integration(&i, &state, true),
+    })
 }
 
 pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
@@ -408,18 +449,17 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     }
     let new_key = b.str("key")?.filter(|k| !k.is_empty());
     if let Some(c) = configurations_of(&b)? {
-        let moved = c
-            .get("custom_host")
-            .is_some_and(|h| i.configurations.get("custom_host") != Some(h));
-        if moved && new_key.is_none() && caller.authority() == Authority::Workspace {
-            return Err(ControlError::Forbidden(
-                "a workspace key that changes custom_host must give the integration's key in the same update: a stored credential never goes to a host it was not set for".into(),
-            ));
-        }
+        check_reconfigure(caller, &i, &c, new_key.is_some())?;
+        check_metering(caller, &i.configurations, &c)?;
+        let before = i.configurations.clone();
         i.configurations.extend(c);
+        if i.configurations != before {
+            i.credential_set_by = caller.authority();
+        }
     }
     if let Some(k) = new_key {
         i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
+        i.credential_set_by = caller.authority();
     }
     i.updated_at = Millis::now();
     core.commit(
@@ -430,16 +470,104 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     Ok(json!({}))
 }
 
+/// Refuses a workspace key's change of `meter_unpriced_at_zero` (from `current` by `c`): it
+/// decides whether unpriced models count against cost budgets, which the organisation may have
+/// set on the workspace, so it is the organisation's to set.
+fn check_metering(
+    caller: &Caller,
+    current: &Map<String, Value>,
+    c: &Map<String, Value>,
+) -> Result<()> {
+    let flag = crate::proxy::meter::METER_UNPRICED_AT_ZERO;
+    let was = current.get(flag).and_then(Value::as_bool).unwrap_or(false);
+    match c.get(flag).and_then(Value::as_bool) {
+        Some(now) if now != was => caller.require_organisation(&format!(
+            "setting configurations.{flag} (what cost budgets count)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What of an integration's model provisioning decides what is metered and at what price (the
+/// allow-list and every entry without its timestamps): changed with an organisation key only
+/// ([`require_pricing_authority`]).
+fn metered_models(i: &Integration) -> impl PartialEq {
+    let entries: Vec<_> = i
+        .models
+        .values()
+        .map(|m| {
+            (
+                m.slug.clone(),
+                m.enabled,
+                m.is_custom,
+                m.is_finetune,
+                m.base_model_slug.clone(),
+                m.pricing_config.clone(),
+            )
+        })
+        .collect();
+    (i.allow_all_models, entries)
+}
+
+/// Refuses a workspace key's change of the allow-list or pricing (`before` → `after`): zero
+/// prices, a cheaper base model or a lifted allow-list would stop organisation-set cost budgets
+/// counting. Simplest and safe: these are the organisation's, on every integration.
+fn require_pricing_authority(
+    caller: &Caller,
+    before: &Integration,
+    after: &Integration,
+) -> Result<()> {
+    if metered_models(before) == metered_models(after) {
+        return Ok(());
+    }
+    caller.require_organisation("changing an integration's allowed models or pricing")
+}
+
+/// Refuses a workspace key's change of `configurations` (to `c`) that could send a stored
+/// credential elsewhere unless it gives the key in the same update (`with_key`): any change of
+/// custom_host, and any change at all to a credential the organisation entered (the Azure URL
+/// is built from resource_name and deployment_name, for instance).
+fn check_reconfigure(
+    caller: &Caller,
+    i: &Integration,
+    c: &Map<String, Value>,
+    with_key: bool,
+) -> Result<()> {
+    if with_key || caller.authority() == Authority::Organisation {
+        return Ok(());
+    }
+    let changed = |k: &str| c.get(k).is_some_and(|v| i.configurations.get(k) != Some(v));
+    if changed("custom_host") {
+        return Err(ControlError::Forbidden(
+            "a workspace key that changes custom_host must give the integration's key in the same update: a stored credential never goes to a host it was not set for".into(),
+        ));
+    }
+    let org_credential = i.key.is_some() && i.credential_set_by == Authority::Organisation;
+    if org_credential && c.keys().any(|k| changed(k)) {
+        return Err(ControlError::Forbidden(
+            "this integration's key was entered with an organisation key: a workspace key that changes its configurations must give the key in the same update".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     let _guard = core.admin_lock.lock().await;
     let changes = {
         let state = core.state.read();
         let i = find(&state, caller, slug)?;
         require_write(caller, &i, "delete")?;
-        let mut changes: Vec<Change> = state
+        let providers: Vec<&std::sync::Arc<Provider>> = state
             .providers
             .values()
             .filter(|p| p.integration_id == i.id)
+            .collect();
+        // Its providers go with it, and their limits: the same authority as deleting each.
+        for p in &providers {
+            super::providers::check_removable(caller, p)?;
+        }
+        let mut changes: Vec<Change> = providers
+            .iter()
             .map(|p| Change::Delete {
                 kind: EntityKind::Provider,
                 id: p.id.clone(),
@@ -584,6 +712,7 @@ pub async fn update_models(
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
     require_write(caller, &i, "update")?;
+    let before = i.clone();
     let now = Millis::now();
     if let Some(all) = b.bool("allow_all_models")? {
         i.allow_all_models = all;
@@ -622,6 +751,7 @@ pub async fn update_models(
         };
         i.models.insert(slug.to_owned(), entry);
     }
+    require_pricing_authority(caller, &before, &i)?;
     i.updated_at = now;
     core.commit(
         Some(caller.actor()),
@@ -645,9 +775,11 @@ pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str
     let _guard = core.admin_lock.lock().await;
     let mut i = find(&core.state.read(), caller, slug)?;
     require_write(caller, &i, "update")?;
+    let before = i.clone();
     for s in slugs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         i.models.remove(s);
     }
+    require_pricing_authority(caller, &before, &i)?;
     i.updated_at = Millis::now();
     core.commit(
         Some(caller.actor()),

@@ -335,6 +335,19 @@ pub fn check_slug(slug: &str) -> Result<()> {
         .ok_or_else(|| invalid(format!("slug {slug:?} must match ^[a-zA-Z0-9_-]+$")))
 }
 
+/// Checks a slug chosen for a new integration or provider: the shape of [`check_slug`], and
+/// never an id (`taken_as_id`: an existing object has it as its id) nor shaped like one (a
+/// UUID): lookups take ids first, and a slug must not stand for another object.
+pub fn check_new_slug(slug: &str, taken_as_id: bool) -> Result<()> {
+    check_slug(slug)?;
+    if taken_as_id || uuid::Uuid::try_parse(slug).is_ok() {
+        return Err(invalid(format!(
+            "slug {slug:?} is shaped like an id, or is one: choose a name"
+        )));
+    }
+    Ok(())
+}
+
 /// A readable unique slug: `prefix` + the name's letters and digits + a random suffix.
 pub fn make_slug(prefix: &str, name: &str) -> String {
     let base: String = name

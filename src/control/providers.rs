@@ -25,6 +25,15 @@ impl Api {
             Api::VirtualKeys => format!("virtual_keys.{action}"),
         }
     }
+
+    /// The API an object belongs to by its origin: a virtual key is managed with
+    /// `virtual_keys.*` whichever route reaches it, a catalog provider with `providers.*`.
+    fn of(p: &Provider) -> Api {
+        match p.origin {
+            ProviderOrigin::VirtualKey => Api::VirtualKeys,
+            ProviderOrigin::Catalog | ProviderOrigin::Provisioned => Api::Providers,
+        }
+    }
 }
 
 fn find(state: &State, caller: &Caller, slug: &str, workspace: Option<&str>) -> Result<Provider> {
@@ -42,7 +51,7 @@ fn find(state: &State, caller: &Caller, slug: &str, workspace: Option<&str>) -> 
 fn unique_slug(state: &State, b: &Body, workspace_id: &str, name: &str) -> Result<String> {
     match b.str("slug")? {
         Some(s) => {
-            check_slug(s)?;
+            check_new_slug(s, state.providers.contains_key(s))?;
             if state.provider(s, Some(workspace_id)).is_some() {
                 return Err(ControlError::Conflict(format!(
                     "provider slug {s} is taken in that workspace"
@@ -83,6 +92,42 @@ fn has_limits(g: &Governed) -> bool {
     g.0.is_some() || !g.1.is_empty() || g.2.is_some()
 }
 
+/// Whether the organisation set limits on `p` (which only an organisation key may lift).
+fn org_limited(p: &Provider) -> bool {
+    has_limits(&governed(p)) && p.limits_set_by == Authority::Organisation
+}
+
+/// Refuses a workspace key a new provider on an integration where one of its workspace's
+/// providers carries limits the organisation set: the new one would reach the same credential
+/// without them. (An organisation key may; it sets limits on the new one as it sees fit.)
+fn check_no_org_limited_sibling(
+    state: &State,
+    caller: &Caller,
+    integration_id: &str,
+    workspace_id: &str,
+) -> Result<()> {
+    if caller.authority() == Authority::Organisation {
+        return Ok(());
+    }
+    let limited = state.providers.values().find(|p| {
+        p.integration_id == integration_id && p.workspace_id == workspace_id && org_limited(p)
+    });
+    match limited {
+        Some(p) => Err(ControlError::Forbidden(format!(
+            "provider {} on this integration has limits set by the organisation: another provider on it needs an organisation key",
+            p.slug
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses unless the caller may remove `p` with the limits on it (deleting a provider lifts
+/// its limits with it): [`Caller::may_govern`].
+pub(super) fn check_removable(caller: &Caller, p: &Provider) -> Result<()> {
+    let set_by = has_limits(&governed(p)).then_some(p.limits_set_by);
+    caller.may_govern(false, set_by)
+}
+
 /// `POST /providers`: a workspace's handle on an integration it has been given.
 pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("providers.create")?;
@@ -105,6 +150,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
                 i.slug
             )));
         }
+        check_no_org_limited_sibling(&state, caller, &i.id, &workspace_id)?;
         Provider {
             id: new_id(),
             slug: unique_slug(&state, &b, &workspace_id, &name)?,
@@ -153,6 +199,7 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
         let url = crate::domain::routing::parse_url(h, "custom_host").map_err(invalid)?;
         configurations.insert("custom_host".into(), Value::String(url));
     }
+    super::integrations::check_azure_names(&configurations)?;
     let _guard = core.admin_lock.lock().await;
     let now = Millis::now();
     let (integration, provider) = {
@@ -173,6 +220,7 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
             workspaces: Default::default(),
             global_workspace_access: None,
             implicit: true,
+            credential_set_by: caller.authority(),
             created_at: now,
             updated_at: now,
         };
@@ -256,6 +304,7 @@ pub async fn update(
     let (p, integration) = {
         let state = core.state.read();
         let mut p = find(&state, caller, slug, workspace)?;
+        caller.require(&Api::of(&p).scope("update"))?;
         let before = governed(&p);
         if let Some(n) = b.str("name")? {
             p.name = n.to_owned();
@@ -324,9 +373,8 @@ pub async fn delete(
     let changes = {
         let state = core.state.read();
         let p = find(&state, caller, slug, workspace)?;
-        // Deleting a provider lifts its limits with it.
-        let set_by = has_limits(&governed(&p)).then_some(p.limits_set_by);
-        caller.may_govern(false, set_by)?;
+        caller.require(&Api::of(&p).scope("delete"))?;
+        check_removable(caller, &p)?;
         let mut changes = vec![Change::Delete {
             kind: EntityKind::Provider,
             id: p.id.clone(),

@@ -144,6 +144,24 @@ pub fn integration(i: &Integration, state: &State, full: bool) -> Value {
     v
 }
 
+/// An integration as a workspace key sees it: usage and provisioning of its own workspace only
+/// (what its providers on the integration used), never the integration-wide figures that
+/// include other workspaces.
+pub fn integration_for_workspace(i: &Integration, state: &State, workspace_id: &str) -> Value {
+    let mut v = integration(i, state, true);
+    let mut t = Totals::default();
+    for p in state
+        .providers
+        .values()
+        .filter(|p| p.integration_id == i.id && p.workspace_id == workspace_id)
+    {
+        t.merge(state.usage_of(EntityKind::Provider, &p.id));
+    }
+    v["current_usage"] = usage(t);
+    v["workspace_count"] = json!(u8::from(i.serves_workspace(workspace_id)));
+    v
+}
+
 /// One workspace's provisioning; limits as single objects (SDK-strict, §2.7).
 pub fn workspace_access(i: &Integration, a: &WorkspaceAccess, state: &State) -> Value {
     let r = BudgetRef::Access {

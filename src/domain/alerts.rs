@@ -26,7 +26,12 @@ fn event(
         budget: r.key(),
         owner_kind: r.owner_kind().to_owned(),
         workspace_id: path.map(|p| p.workspace_id.to_owned()),
-        api_key_id: path.map(|p| p.api_key_id.to_owned()),
+        // A key's budget alerts its owner: a minter's budget crossed by a key it minted
+        // alerts the minter (and its creator), not the minted key.
+        api_key_id: path.map(|p| match r {
+            BudgetRef::ApiKey(id) => id.clone(),
+            _ => p.api_key_id.to_owned(),
+        }),
         window_start,
         budget_type: l.kind,
         credit_limit: l.credit_limit,

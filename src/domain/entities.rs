@@ -116,6 +116,10 @@ pub struct Integration {
     pub global_workspace_access: Option<Value>,
     /// True for the integration created implicitly by a virtual key.
     pub implicit: bool,
+    /// Who last entered `key` or changed `configurations`: a workspace key changes the
+    /// configurations of a credential the organisation entered only by giving a key itself.
+    #[serde(default)]
+    pub credential_set_by: Authority,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -243,9 +247,20 @@ pub struct ApiKey {
     pub creation_mode: String,
     /// The id of the key that created this one (the creator gets its alerts).
     pub created_by: Option<String>,
+    /// The workspace keys above this one, nearest first: the workspace key that minted it, that
+    /// key's minter, and so on up to the first organisation key (whose keys are the
+    /// organisation's own grant), at most [`MAX_KEY_DEPTH`]. A key is bound by each of them:
+    /// their budgets, rate limits, expiry, policies and scopes; one deleted stops it. Recorded
+    /// at creation, so it outlives the keys it names (a deleted one leaves no record to ask).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
+
+/// How many workspace keys may stand above a key (a minting chain longer than this is refused):
+/// every request walks the chain, so it stays short.
+pub const MAX_KEY_DEPTH: usize = 8;
 
 impl ApiKey {
     pub fn has_scope(&self, scope: &str) -> bool {

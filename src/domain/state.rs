@@ -210,7 +210,11 @@ impl State {
             Entity::Policy(p) => {
                 self.policies.insert(p.id.clone(), p);
             }
-            Entity::ApiKey(k) => {
+            Entity::ApiKey(mut k) => {
+                // A key recorded before its chain was: derive the chain from the keys known.
+                if k.ancestors.is_empty() {
+                    k.ancestors = self.chain_from(k.created_by.as_deref());
+                }
                 if let Some(old) = self.api_keys.get(&k.id) {
                     self.key_by_hash.remove(&old.key_hash);
                 }
@@ -285,7 +289,41 @@ impl State {
         }
     }
 
-    /// Every budget a request on `path` must fit, with its definition.
+    /// The chain of a key minted by `minter` (see [`ApiKey::ancestors`]): the minter and its own
+    /// chain when it is a workspace key, at most [`MAX_KEY_DEPTH`] long; nothing when it is an
+    /// organisation key (the organisation's own grant) or unknown.
+    pub fn chain_from(&self, minter: Option<&str>) -> Vec<String> {
+        match minter.and_then(|id| self.api_keys.get(id)) {
+            Some(m) if m.kind.is_workspace() => std::iter::once(m.id.clone())
+                .chain(m.ancestors.iter().cloned())
+                .take(MAX_KEY_DEPTH)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The keys above `key` (see [`ApiKey::ancestors`]), nearest first; `None` when one of them
+    /// was deleted: a key minted by a deleted key stops with it.
+    pub fn key_ancestors(&self, key: &ApiKey) -> Option<Vec<&Arc<ApiKey>>> {
+        key.ancestors
+            .iter()
+            .map(|id| self.api_keys.get(id))
+            .collect()
+    }
+
+    /// The known keys above the key `id`, nearest first (authentication refuses a key whose
+    /// chain lost one, so on a served request these are all of them).
+    fn ancestors_of(&self, id: &str) -> impl Iterator<Item = &Arc<ApiKey>> {
+        self.api_keys
+            .get(id)
+            .into_iter()
+            .flat_map(|k| k.ancestors.iter())
+            .filter_map(|a| self.api_keys.get(a))
+    }
+
+    /// Every budget a request on `path` must fit, with its definition: the key's and each of its
+    /// ancestors' (a minted key spends its minter's budget too), the provider's, the
+    /// integration's for the workspace, the workspace's and the matching policies'.
     pub fn budgets_on(&self, path: &RequestPath<'_>) -> Vec<(BudgetRef, &UsageLimit)> {
         let key = self
             .api_keys
@@ -324,6 +362,11 @@ impl State {
             .into_iter()
             .filter_map(|(make, l)| l.map(|l| (make(path), l)))
             .collect();
+        for a in self.ancestors_of(path.api_key_id) {
+            if let Some(l) = &a.usage_limits {
+                out.push((BudgetRef::ApiKey(a.id.clone()), l));
+            }
+        }
         for (r, l) in self.policies_on(path) {
             if let Some(l) = &l.usage_limits {
                 out.push((r, l));
@@ -332,11 +375,14 @@ impl State {
         out
     }
 
-    /// Every rate limit a request on `path` must fit.
+    /// Every rate limit a request on `path` must fit (the key's ancestors' included).
     pub fn rate_limits_on(&self, path: &RequestPath<'_>) -> Vec<(BudgetRef, &[RateLimit])> {
         let mut out: Vec<(BudgetRef, &[RateLimit])> = Vec::new();
         if let Some(k) = self.api_keys.get(path.api_key_id) {
             out.push((BudgetRef::ApiKey(k.id.clone()), &k.rate_limits));
+        }
+        for a in self.ancestors_of(path.api_key_id) {
+            out.push((BudgetRef::ApiKey(a.id.clone()), &a.rate_limits));
         }
         if let Some(p) = self.providers.get(path.provider_id) {
             out.push((BudgetRef::Provider(p.id.clone()), &p.rate_limits));
@@ -363,7 +409,12 @@ impl State {
     }
 
     /// The policies whose conditions a request on `path` meets, each with its (grouped) budget ref.
+    /// An `api_key` condition also matches the keys that key minted (down their chains).
     fn policies_on<'a>(&'a self, path: &RequestPath<'_>) -> Vec<(BudgetRef, &'a UsagePolicy)> {
+        let chain: &[String] = self
+            .api_keys
+            .get(path.api_key_id)
+            .map_or(&[], |k| k.ancestors.as_slice());
         let value_of = |key: &str| -> Option<String> {
             match key {
                 "workspace_id" | "workspace" => Some(path.workspace_id.to_owned()),
@@ -383,11 +434,11 @@ impl State {
             {
                 continue;
             }
-            if !p
-                .conditions
-                .iter()
-                .all(|c| value_of(&c.key).is_some_and(|v| v == c.value))
-            {
+            let meets = |c: &Condition| match c.key.as_str() {
+                "api_key" => c.value == path.api_key_id || chain.contains(&c.value),
+                k => value_of(k).is_some_and(|v| v == c.value),
+            };
+            if !p.conditions.iter().all(meets) {
                 continue;
             }
             let group = match &p.group_by {
@@ -499,22 +550,24 @@ impl State {
             .or_else(|| self.workspaces.values().find(|w| w.slug == id_or_slug))
     }
 
-    /// An integration by slug or id.
-    pub fn integration(&self, slug_or_id: &str) -> Option<&Arc<Integration>> {
+    /// An integration by id or slug. The id is looked up first: a slug (chosen by whoever made
+    /// the integration, a workspace included) must never shadow another integration's id.
+    pub fn integration(&self, id_or_slug: &str) -> Option<&Arc<Integration>> {
         self.integrations
-            .values()
-            .find(|i| i.slug == slug_or_id)
-            .or_else(|| self.integrations.get(slug_or_id))
+            .get(id_or_slug)
+            .or_else(|| self.integrations.values().find(|i| i.slug == id_or_slug))
     }
 
-    /// A provider (or virtual key) by slug or id, within a workspace when one is given.
-    pub fn provider(&self, slug_or_id: &str, workspace_id: Option<&str>) -> Option<&Arc<Provider>> {
+    /// A provider (or virtual key) by id or slug (the id first, as for integrations), within a
+    /// workspace when one is given.
+    pub fn provider(&self, id_or_slug: &str, workspace_id: Option<&str>) -> Option<&Arc<Provider>> {
         let in_scope = |p: &&Arc<Provider>| workspace_id.is_none_or(|w| p.workspace_id == w);
-        self.providers
-            .values()
-            .filter(in_scope)
-            .find(|p| p.slug == slug_or_id)
-            .or_else(|| self.providers.get(slug_or_id).filter(in_scope))
+        self.providers.get(id_or_slug).filter(in_scope).or_else(|| {
+            self.providers
+                .values()
+                .filter(in_scope)
+                .find(|p| p.slug == id_or_slug)
+        })
     }
 
     /// A config by slug or id.
@@ -565,6 +618,7 @@ pub(crate) mod tests {
             expires_at: None,
             creation_mode: "api".into(),
             created_by: None,
+            ancestors: vec![],
             created_at: Millis(0),
             updated_at: Millis(0),
         }
@@ -748,6 +802,68 @@ pub(crate) mod tests {
         // The newest are still recognised; the oldest were forgotten first.
         assert!(!recent.insert(n - 1, Millis(1_001)));
         assert!(recent.insert(0, Millis(1_001)));
+    }
+
+    fn upsert_key(s: &mut State, k: &ApiKey) {
+        s.apply(&Event::Config(ConfigEvent {
+            audit: Default::default(),
+            event_id: "e".into(),
+            at: Millis(0),
+            change: Change::Upsert(Entity::ApiKey(k.clone())),
+        }));
+    }
+
+    /// A minted key's requests cross its minter's budget and rate limits; a key recorded
+    /// without its chain gets it from its creator; a deleted minter leaves the chain broken.
+    #[test]
+    fn a_minted_key_carries_its_minters_limits() {
+        let mut s = State::default();
+        let limit = crate::domain::limits::parse_usage_limit(
+            &serde_json::json!({"type": "tokens", "credit_limit": 100}),
+        )
+        .unwrap();
+        let mut w = api_key_fixture(limit);
+        w.id = "w".into();
+        w.key_hash = "hw".into();
+        w.rate_limits = vec![RateLimit {
+            kind: crate::domain::limits::RateKind::Requests,
+            unit: crate::domain::limits::RateUnit::Rpm,
+            value: 1,
+        }];
+        upsert_key(&mut s, &w);
+        let mut m = api_key_fixture(None);
+        m.id = "m".into();
+        m.created_by = Some("w".into());
+        upsert_key(&mut s, &m);
+        assert_eq!(s.api_keys["m"].ancestors, vec!["w".to_owned()]);
+        let path = RequestPath {
+            api_key_id: "m",
+            workspace_id: "ws",
+            ..Default::default()
+        };
+        let budgets: Vec<_> = s.budgets_on(&path).into_iter().map(|(r, _)| r).collect();
+        assert_eq!(budgets, vec![BudgetRef::ApiKey("w".into())]);
+        let rates: Vec<_> = s
+            .rate_limits_on(&path)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(rates, vec![BudgetRef::ApiKey("w".into())]);
+        assert_eq!(
+            s.chain_from(Some("m")),
+            vec!["m".to_owned(), "w".to_owned()]
+        );
+        s.apply(&Event::Config(ConfigEvent {
+            audit: Default::default(),
+            event_id: "d".into(),
+            at: Millis(0),
+            change: Change::Delete {
+                kind: EntityKind::ApiKey,
+                id: "w".into(),
+            },
+        }));
+        let m = s.api_keys["m"].clone();
+        assert!(s.key_ancestors(&m).is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::app::AppError;
 use crate::control::ControlError;
 use crate::proxy::DataError;
 
@@ -87,6 +88,13 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Internal(inner) if matches!(**inner, AppError::NotReadBack(_)) => {
+                tracing::warn!(error = %inner, "admin change not read back in time");
+                return ApiError::control(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the change was made, but this gateway has not caught up with it yet; read it again shortly instead of repeating it",
+                );
+            }
             ControlError::Internal(inner) => {
                 tracing::error!(error = %inner, "admin command failed");
                 return ApiError::control(
@@ -127,5 +135,26 @@ impl IntoResponse for ApiError {
         }
         e.add_retry_headers(&mut headers);
         (e.status, headers, body.to_string()).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_not_read_back_is_not_called_unmade() {
+        let late = ApiError::from(ControlError::from(AppError::NotReadBack(
+            std::time::Duration::from_secs(30),
+        )));
+        assert_eq!(late.error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            late.error.message.contains("was made"),
+            "{}",
+            late.error.message
+        );
+        let failed = ApiError::from(ControlError::from(AppError::Prices("x".into())));
+        assert_eq!(failed.error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(failed.error.message.contains("not made"));
     }
 }

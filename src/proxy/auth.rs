@@ -14,6 +14,8 @@ pub enum AuthError {
     Missing,
     Unknown,
     Expired,
+    /// A key above it (the one that minted it, or that one's minter) was deleted or expired.
+    Revoked,
 }
 
 impl AuthError {
@@ -24,6 +26,9 @@ impl AuthError {
             }
             AuthError::Unknown => "invalid API key",
             AuthError::Expired => "this API key has expired",
+            AuthError::Revoked => {
+                "the key that created this API key (or one above it) was deleted or has expired"
+            }
         }
     }
 }
@@ -47,7 +52,10 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     token.starts_with(crypto::KEY_PREFIX).then_some(token)
 }
 
-/// Looks the key up by hash; the stored hash is compared in constant time.
+/// Looks the key up by hash; the stored hash is compared in constant time. A key is bound by
+/// the keys above it (see [`ApiKey::ancestors`]): one deleted or expired stops it, and it holds
+/// only the scopes every one of them still holds (an organisation that narrows a key narrows
+/// what it minted).
 pub fn authenticate(
     state: &State,
     headers: &HeaderMap,
@@ -62,7 +70,17 @@ pub fn authenticate(
     if key.is_expired(now) {
         return Err(AuthError::Expired);
     }
-    Ok(key.clone())
+    let ancestors = state.key_ancestors(key).ok_or(AuthError::Revoked)?;
+    if ancestors.iter().any(|a| a.is_expired(now)) {
+        return Err(AuthError::Revoked);
+    }
+    let held = |s: &String| ancestors.iter().all(|a| a.has_scope(s));
+    if key.scopes.iter().all(held) {
+        return Ok(key.clone());
+    }
+    let mut narrowed = ApiKey::clone(key);
+    narrowed.scopes.retain(held);
+    Ok(std::sync::Arc::new(narrowed))
 }
 
 /// Data-plane access: a workspace key with `completions.write`.

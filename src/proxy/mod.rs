@@ -183,16 +183,30 @@ pub const METADATA_MAX_KEY_BYTES: usize = 128;
 /// The longest metadata value, in bytes (after non-string values are written as JSON).
 pub const METADATA_MAX_VALUE_BYTES: usize = 512;
 
-/// The metadata of a request: key defaults over workspace defaults, then `x-portkey-metadata`,
-/// which may add keys but never overwrite a default: budgets and policies match on metadata
-/// (e.g. `department`), and a caller must not choose which budget is charged.
+/// The metadata of a request: the workspace's defaults (set by the organisation), then the key's
+/// and its ancestors' (farthest first), then `x-portkey-metadata`. Budgets and policies match on
+/// metadata (e.g. `department`), and no one below the organisation may choose which budget is
+/// charged: key defaults the organisation set (`limits_set_by`) overwrite what came before;
+/// ones a workspace key set, and the header, may only add keys.
 fn metadata_of(
+    state: &crate::domain::State,
     ws: &crate::domain::Workspace,
     key: &ApiKey,
     headers: &HeaderMap,
 ) -> Result<Metadata, DataError> {
     let mut m = ws.default_metadata();
-    m.extend(key.default_metadata());
+    let ancestors = state.key_ancestors(key).unwrap_or_default();
+    let chain = ancestors.iter().rev().map(|a| a.as_ref()).chain([key]);
+    for k in chain {
+        let org_set = k.limits_set_by == crate::domain::Authority::Organisation;
+        for (name, v) in k.default_metadata() {
+            if org_set {
+                m.insert(name, v);
+            } else {
+                m.entry(name).or_insert(v);
+            }
+        }
+    }
     if let Some(raw) = headers.get("x-portkey-metadata") {
         for (k, v) in header_metadata(raw)? {
             m.entry(k).or_insert(v);
@@ -322,7 +336,7 @@ pub async fn handle(
     let (ctx, plan) = {
         let state = core.state.read();
         let (key, ws, organisation_id) = caller(&state, headers)?;
-        let metadata = metadata_of(&ws, &key, headers)?;
+        let metadata = metadata_of(&state, &ws, &key, headers)?;
         let plan = route::plan(&state, &key, &ws.id, headers, &mut body)?;
         let ctx = RequestCtx {
             trace_id,

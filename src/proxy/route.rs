@@ -8,6 +8,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use super::{DataError, RequestBody};
+use crate::control::integrations::azure_name_ok;
 use crate::crypto::Sealer;
 use crate::domain::routing::{Leaf, Node};
 use crate::domain::{ApiKey, Integration, Millis, Provider, State};
@@ -219,8 +220,11 @@ pub fn resolve(
     let base_url = match (host, azure) {
         (Some(h), _) => h.trim_end_matches('/').to_owned(),
         (None, true) => match (config_str(integration, "resource_name"), config_str(integration, "deployment_name")) {
-            (Some(r), Some(d)) => format!("https://{r}.openai.azure.com/openai/deployments/{d}"),
-            _ => return Err(DataError::bad_request(format!("provider {slug}: azure-openai needs custom_host, or resource_name and deployment_name"))),
+            // Names stored before they were validated are checked again: they form the URL.
+            (Some(r), Some(d)) if azure_name_ok("resource_name", r) && azure_name_ok("deployment_name", d) => {
+                format!("https://{r}.openai.azure.com/openai/deployments/{d}")
+            }
+            _ => return Err(DataError::bad_request(format!("provider {slug}: azure-openai needs custom_host, or a valid resource_name and deployment_name"))),
         },
         (None, false) => default_base(&integration.ai_provider_id)
             .ok_or_else(|| DataError::bad_request(format!(

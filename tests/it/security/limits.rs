@@ -576,3 +576,89 @@ async fn metadata_header_is_bounded() {
     .await;
     assert_eq!(s, 200, "within the bounds");
 }
+
+/// Review finding 7: a workspace's own keys cannot relabel themselves. A key minted by a
+/// workspace key with `defaults.metadata.department = "free"` still carries the department the
+/// organisation set on the workspace (before: its default won, the department's policy did not
+/// match it, and it was served with 200 past the department's budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_key_cannot_relabel_the_workspace_department() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "dept7").await;
+    server
+        .admin(
+            "PUT",
+            &format!("/admin/workspaces/{ws}"),
+            Some(json!({"defaults": {"metadata": {"department": "engineering"}}})),
+        )
+        .await;
+    server
+        .admin(
+            "POST",
+            "/policies/usage-limits",
+            Some(json!({"name": "eng",
+        "conditions": [{"key": "metadata.department", "value": "engineering"}],
+        "type": "tokens", "credit_limit": 100})),
+        )
+        .await;
+    let (_, lead) = new_key(
+        &server,
+        &ws,
+        json!({"scopes": ["completions.write", "workspace_service_api_keys.create"]}),
+    )
+    .await;
+    let (s, _, v) = harness::call(
+        "POST",
+        &format!("{}/v1/api-keys/workspace/service", server.url),
+        Some(&lead),
+        Some(
+            json!({"name": "free", "workspace_id": ws, "scopes": ["completions.write"],
+            "defaults": {"metadata": {"department": "free", "team": "a"}}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let free = v["key"].as_str().unwrap().to_owned();
+    let mut last = 0;
+    for _ in 0..40 {
+        last = chat(
+            &server,
+            &lead,
+            "@dept7/gpt-4o-mini",
+            json!({"max_tokens": 7}),
+            &[],
+        )
+        .await
+        .0;
+        if last == 412 {
+            break;
+        }
+    }
+    assert_eq!(last, 412, "the department's budget runs out");
+    let (s, _, b) = chat(
+        &server,
+        &free,
+        "@dept7/gpt-4o-mini",
+        json!({"max_tokens": 7}),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 412, "the relabelled key is still in the department: {b}");
+    // A key the organisation labelled keeps its own department.
+    let (_, labelled) = new_key(
+        &server,
+        &ws,
+        json!({"defaults": {"metadata": {"department": "research"}}}),
+    )
+    .await;
+    let (s, _, b) = chat(
+        &server,
+        &labelled,
+        "@dept7/gpt-4o-mini",
+        json!({"max_tokens": 7}),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}

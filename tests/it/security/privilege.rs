@@ -849,3 +849,717 @@ admin.integrations.workspaces.update(slug="all", override_existing_workspaces_ac
     let a = access_of(&server, "all", c["id"].as_str().unwrap()).await;
     assert_eq!(a["usage_limits"]["credit_limit"], 3, "{a}");
 }
+
+/// Mints a workspace key with `minter`; returns (id, secret).
+async fn mint(
+    server: &Server,
+    minter: &str,
+    ws: &str,
+    name: &str,
+    scopes: Value,
+) -> (String, String) {
+    let body = json!({"name": name, "workspace_id": ws, "scopes": scopes});
+    let (s, v) = as_key(
+        server,
+        minter,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 200, "mint {name}: {v}");
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Review finding 1: a key minted by a workspace key is bound by its minter's budget, policies,
+/// expiry and scopes, and stops when the minter is deleted (before: the minted key had none of
+/// them: served with 200 past the minter's exhausted budget, kept scopes the organisation took
+/// from its minter, and outlived it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_key_is_bound_by_its_minter() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "chain").await;
+    let scopes = json!([
+        "completions.write",
+        "workspace_service_api_keys.create",
+        "workspace_service_api_keys.update"
+    ]);
+    let (_, w) = ws_key(
+        &server,
+        &ws,
+        "minter",
+        json!({"scopes": scopes,
+        "usage_limits": {"type": "tokens", "credit_limit": 100}}),
+    )
+    .await;
+    exhaust(&server, &w, "chain").await;
+    // The exact attack: the exhausted minter mints a key without limits.
+    let (_, m) = mint(&server, &w, &ws, "escape", scopes.clone()).await;
+    assert_eq!(
+        chat(&server, &m, "chain").await,
+        412,
+        "the minter's budget binds"
+    );
+    // The minter's rate limits count the minted key's requests.
+    let (_, r) = ws_key(
+        &server,
+        &ws,
+        "rated",
+        json!({"scopes": scopes,
+        "rate_limits": [{"type": "requests", "unit": "rpd", "value": 2}]}),
+    )
+    .await;
+    let (_, rm) = mint(&server, &r, &ws, "rated child", scopes.clone()).await;
+    assert_eq!(chat(&server, &r, "chain").await, 200);
+    assert_eq!(chat(&server, &rm, "chain").await, 200);
+    assert_eq!(
+        chat(&server, &rm, "chain").await,
+        429,
+        "the minter's rate limit binds"
+    );
+    // A grandchild too, and a policy on the minter covers what it minted.
+    let (w2_id, w2) = ws_key(&server, &ws, "minter2", json!({"scopes": scopes})).await;
+    let (_, m2) = mint(&server, &w2, &ws, "child", scopes.clone()).await;
+    let (m3_id, m3) = mint(&server, &m2, &ws, "grandchild", scopes.clone()).await;
+    assert_eq!(chat(&server, &m3, "chain").await, 200);
+    server
+        .admin("POST", "/policies/usage-limits", Some(json!({"name": "w2",
+            "conditions": [{"key": "api_key", "value": w2_id}], "type": "tokens", "credit_limit": 100})))
+        .await;
+    exhaust(&server, &m3, "chain").await;
+    assert_eq!(
+        chat(&server, &m2, "chain").await,
+        412,
+        "the policy on the minter binds"
+    );
+    // Narrowing the minter narrows what it minted: it can neither mint nor grant back.
+    server
+        .admin(
+            "PUT",
+            &format!("/api-keys/{w2_id}"),
+            Some(json!({"scopes": ["completions.write"]})),
+        )
+        .await;
+    let body = json!({"name": "more", "workspace_id": ws, "scopes": ["completions.write"]});
+    let got = as_key(
+        &server,
+        &m2,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(body),
+    )
+    .await;
+    assert_forbidden(got, "mint after the minter lost the scope");
+    let got = as_key(
+        &server,
+        &m2,
+        "PUT",
+        &format!("/api-keys/{w2_id}"),
+        Some(json!({"scopes": scopes})),
+    )
+    .await;
+    assert_forbidden(got, "grant the scopes back");
+    let got = as_key(
+        &server,
+        &m2,
+        "PUT",
+        &format!("/api-keys/{m3_id}"),
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_forbidden(got, "use a scope the minter lost");
+    // The minter's expiry binds, and deleting the minter stops what it minted.
+    let (x_id, x) = ws_key(&server, &ws, "minter3", json!({"scopes": scopes})).await;
+    let (_, mx) = mint(&server, &x, &ws, "child3", scopes.clone()).await;
+    let (_, mx2) = mint(&server, &mx, &ws, "grandchild3", scopes.clone()).await;
+    assert_eq!(chat(&server, &mx2, "chain").await, 200);
+    server
+        .admin(
+            "PUT",
+            &format!("/api-keys/{x_id}"),
+            Some(json!({"expires_at": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(chat(&server, &mx, "chain").await, 401, "the minter expired");
+    server
+        .admin(
+            "PUT",
+            &format!("/api-keys/{x_id}"),
+            Some(json!({"expires_at": null})),
+        )
+        .await;
+    assert_eq!(chat(&server, &mx2, "chain").await, 200);
+    server
+        .admin("DELETE", &format!("/api-keys/{x_id}"), None)
+        .await;
+    assert_eq!(
+        chat(&server, &mx, "chain").await,
+        401,
+        "the minter was deleted"
+    );
+    assert_eq!(chat(&server, &mx2, "chain").await, 401, "two levels down");
+    let (s, _) = as_key(&server, &mx, "GET", "/api-keys", None).await;
+    assert_eq!(s, 401, "on the control plane too");
+}
+
+/// Review finding 2: a workspace key cannot send an organisation-entered credential elsewhere by
+/// changing the Azure resource_name (or any configuration) without giving the key itself, and
+/// resource_name / deployment_name must be plain names everywhere (before: the PUT was 200 and
+/// the credential went to `https://attacker.example/x.openai.azure.com/...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_configurations() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "azure-base").await;
+    server
+        .admin(
+            "POST",
+            "/integrations",
+            Some(
+                json!({"name": "az", "slug": "az", "ai_provider_id": "azure-openai",
+            "workspace_id": ws, "key": "sk-org-entered-1234567890",
+            "configurations": {"resource_name": "company", "deployment_name": "gpt-4o.v1"}}),
+            ),
+        )
+        .await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["workspace_integrations.create",
+        "workspace_integrations.update", "workspace_integrations.read", "virtual_keys.create"]}),
+    )
+    .await;
+    for c in [
+        json!({"resource_name": "attacker"}),
+        json!({"deployment_name": "other"}),
+        json!({"api_version": "2024-01-01"}),
+    ] {
+        let got = as_key(
+            &server,
+            &team,
+            "PUT",
+            "/integrations/az",
+            Some(json!({"configurations": c})),
+        )
+        .await;
+        assert_forbidden(got, &format!("reconfigure {c}"));
+    }
+    let i = server.admin("GET", "/integrations/az", None).await;
+    assert_eq!(i["configurations"]["resource_name"], "company", "{i}");
+    // Not plain names: refused for anyone, on integrations and virtual keys.
+    for (field, bad) in [
+        ("resource_name", "attacker.example/x"),
+        ("resource_name", "a.b"),
+        ("deployment_name", "x/../../y"),
+        ("deployment_name", "d?x=1"),
+        ("deployment_name", ".."),
+    ] {
+        let body = json!({"key": "sk-mine-1234567890", "configurations": {field: bad}});
+        let (s, v) = as_key(
+            &server,
+            &team,
+            "PUT",
+            "/integrations/az",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, 400, "{field}={bad}: {v}");
+        let (s, v) = as_key(
+            &server,
+            &server.admin_key,
+            "PUT",
+            "/integrations/az",
+            Some(body),
+        )
+        .await;
+        assert_eq!(s, 400, "admin {field}={bad}: {v}");
+        let camel = if field == "resource_name" {
+            "resourceName"
+        } else {
+            "deploymentName"
+        };
+        let vk =
+            json!({"name": "vk", "provider": "azure-openai", "key": "sk-1234567890", camel: bad});
+        let (s, v) = as_key(&server, &team, "POST", "/virtual-keys", Some(vk)).await;
+        assert_eq!(s, 400, "virtual key {camel}={bad}: {v}");
+    }
+    // With its own key the workspace may reconfigure, and then it is its credential.
+    let body = json!({"key": "sk-mine-1234567890", "configurations": {"resource_name": "mine"}});
+    let (s, v) = as_key(&server, &team, "PUT", "/integrations/az", Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    let body = json!({"configurations": {"deployment_name": "gpt-4o"}});
+    let (s, v) = as_key(&server, &team, "PUT", "/integrations/az", Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Review finding 3: a slug cannot shadow another integration's (or provider's) id. Lookups take
+/// the id first, and a new slug equal to an id or shaped like one is refused (before: a workspace
+/// key made an integration whose slug was the organisation integration's id, and the admin's
+/// `PUT /integrations/<id>` changed the workspace's integration instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slug_cannot_shadow_an_id() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "shadowed").await;
+    let org = server.admin("GET", "/integrations/shadowed", None).await;
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    let prov = server
+        .admin(
+            "GET",
+            &format!("/providers/shadowed?workspace_id={ws}"),
+            None,
+        )
+        .await;
+    let prov_id = prov["id"].as_str().unwrap().to_owned();
+    let (_, team) = ws_key(&server, &ws, "team", json!({"scopes": ["workspace_integrations.create", "providers.create", "virtual_keys.create"]})).await;
+    let uuid = "6f1f0c2e-8d4b-4c1a-9a55-0123456789ab";
+    for slug in [org_id.as_str(), uuid] {
+        let body = json!({"name": "evil", "slug": slug, "ai_provider_id": "openai", "key": "sk-1234567890",
+            "configurations": {"custom_host": mock.url}});
+        let (s, v) = as_key(&server, &team, "POST", "/integrations", Some(body)).await;
+        assert_eq!(s, 400, "integration slug {slug}: {v}");
+    }
+    for slug in [prov_id.as_str(), uuid] {
+        let body = json!({"name": "evil", "slug": slug, "integration_id": "shadowed"});
+        let (s, v) = as_key(&server, &team, "POST", "/providers", Some(body)).await;
+        assert_eq!(s, 400, "provider slug {slug}: {v}");
+        let body =
+            json!({"name": "evil", "slug": slug, "provider": "openai", "key": "sk-1234567890"});
+        let (s, v) = as_key(&server, &team, "POST", "/virtual-keys", Some(body)).await;
+        assert_eq!(s, 400, "virtual key slug {slug}: {v}");
+    }
+    // A shadowing slug stored before the rule: the id still finds the organisation's.
+    let (s, v) = as_key(&server, &team, "POST", "/integrations", Some(json!({"name": "ws own", "slug": "ws-own",
+        "ai_provider_id": "openai", "key": "sk-1234567890", "configurations": {"custom_host": mock.url}}))).await;
+    assert_eq!(s, 200, "{v}");
+    let mut own = (**server
+        .core
+        .state
+        .read()
+        .integrations
+        .values()
+        .find(|i| i.slug == "ws-own")
+        .unwrap())
+    .clone();
+    own.slug = org_id.clone();
+    server
+        .core
+        .commit(None, vec![Change::Upsert(Entity::Integration(own))])
+        .await
+        .unwrap();
+    server
+        .admin(
+            "PUT",
+            &format!("/integrations/{org_id}"),
+            Some(json!({"name": "renamed by admin"})),
+        )
+        .await;
+    let org = server.core.state.read().integrations[&org_id].clone();
+    assert_eq!(org.name, "renamed by admin");
+}
+
+/// Review finding 4: a workspace key cannot add a second provider on an integration whose
+/// provider in its workspace carries limits the organisation set (before: 200, and the new
+/// provider reached the same credential without them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_provider_cannot_escape_organisation_limits() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "capped").await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["providers.create", "completions.write"]}),
+    )
+    .await;
+    // Without limits on the provisioned provider, the workspace may add its own.
+    let body = json!({"name": "mine", "slug": "mine", "integration_id": "capped"});
+    let (s, v) = as_key(&server, &team, "POST", "/providers", Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    server
+        .admin(
+            "PUT",
+            &format!("/providers/capped?workspace_id={ws}"),
+            Some(json!({"usage_limits": {"type": "tokens", "credit_limit": 100}})),
+        )
+        .await;
+    let body = json!({"name": "escape", "slug": "escape", "integration_id": "capped"});
+    let got = as_key(&server, &team, "POST", "/providers", Some(body.clone())).await;
+    assert_forbidden(got, "a provider beside an organisation-limited one");
+    let mut body = body;
+    body["workspace_id"] = json!(ws);
+    let (s, v) = as_key(&server, &server.admin_key, "POST", "/providers", Some(body)).await;
+    assert_eq!(s, 200, "the organisation may: {v}");
+}
+
+/// Review finding 5: deleting a workspace integration deletes its providers, so it needs the
+/// authority to delete each, organisation-set limits included (before: 200, the limited
+/// provider went with it, and recreating the integration gave a provider without a budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_integration_cannot_drop_organisation_limits() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "base5").await;
+    server
+        .admin("POST", "/integrations", Some(json!({"name": "own", "slug": "own5", "ai_provider_id": "openai",
+            "workspace_id": ws, "key": "sk-1234567890", "configurations": {"custom_host": mock.url}})))
+        .await;
+    server
+        .admin(
+            "PUT",
+            &format!("/providers/own5?workspace_id={ws}"),
+            Some(json!({"usage_limits": {"type": "tokens", "credit_limit": 100}})),
+        )
+        .await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["workspace_integrations.delete", "providers.delete"]}),
+    )
+    .await;
+    let got = as_key(&server, &team, "DELETE", "/integrations/own5", None).await;
+    assert_forbidden(
+        got,
+        "delete an integration with an organisation-limited provider",
+    );
+    let p = server
+        .admin("GET", &format!("/providers/own5?workspace_id={ws}"), None)
+        .await;
+    assert_eq!(p["usage_limits"]["credit_limit"], 100, "{p}");
+    let (s, v) = as_key(
+        &server,
+        &server.admin_key,
+        "DELETE",
+        "/integrations/own5",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "the organisation may: {v}");
+}
+
+/// Review finding 6: pricing (pricing_config, base_model_slug, meter_unpriced_at_zero) and the
+/// allow-list are the organisation's, even on a workspace's own integration (before: a workspace
+/// key zero-priced its models and cost budgets the organisation set stopped counting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "base6").await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["workspace_integrations.create",
+        "workspace_integrations.update", "workspace_integrations.read"]}),
+    )
+    .await;
+    let body = json!({"name": "own", "slug": "own6", "ai_provider_id": "openai", "key": "sk-1234567890",
+        "configurations": {"custom_host": mock.url}});
+    let (s, v) = as_key(&server, &team, "POST", "/integrations", Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    let zero = json!({"type": "static", "pay_as_you_go": {"request_token": {"price": 0}, "response_token": {"price": 0}}});
+    let attempts = [
+        json!({"models": [{"slug": "gpt-4o", "enabled": true, "pricing_config": zero}]}),
+        json!({"models": [{"slug": "gpt-4o", "enabled": true, "base_model_slug": "gpt-4o-mini"}]}),
+        json!({"allow_all_models": false}),
+    ];
+    for body in &attempts {
+        let got = as_key(
+            &server,
+            &team,
+            "PUT",
+            "/integrations/own6/models",
+            Some(body.clone()),
+        )
+        .await;
+        assert_forbidden(got, &format!("models {body}"));
+    }
+    let flag = json!({"configurations": {"meter_unpriced_at_zero": true}});
+    let got = as_key(&server, &team, "PUT", "/integrations/own6", Some(flag)).await;
+    assert_forbidden(got, "meter_unpriced_at_zero");
+    let body = json!({"name": "free", "slug": "free6", "ai_provider_id": "openai", "key": "sk-1234567890",
+        "configurations": {"custom_host": mock.url, "meter_unpriced_at_zero": true}});
+    let got = as_key(&server, &team, "POST", "/integrations", Some(body)).await;
+    assert_forbidden(got, "meter_unpriced_at_zero on create");
+    // The organisation may; then the workspace cannot remove the entry either.
+    let (s, v) = as_key(
+        &server,
+        &server.admin_key,
+        "PUT",
+        "/integrations/own6/models",
+        Some(attempts[0].clone()),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let got = as_key(
+        &server,
+        &team,
+        "DELETE",
+        "/integrations/own6/models?slugs=gpt-4o",
+        None,
+    )
+    .await;
+    assert_forbidden(got, "delete a priced entry");
+    // Unchanged values are no change: renaming stays the workspace's.
+    let (s, v) = as_key(
+        &server,
+        &team,
+        "PUT",
+        "/integrations/own6",
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Review finding 8: a config the organisation forced on a key (its defaults `{config_id,
+/// allow_config_override: false}`) is changed or deleted by an organisation key only (before: the
+/// bound key itself, or any workspace key with configs.update, rewrote or deleted it with 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_config_is_changed_by_the_organisation_only() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "forced").await;
+    let cfg = server
+        .admin(
+            "POST",
+            "/configs",
+            Some(json!({"name": "forced", "workspace_id": ws,
+            "config": {"provider": "@forced"}})),
+        )
+        .await;
+    let slug = cfg["slug"].as_str().unwrap().to_owned();
+    let scopes = json!([
+        "completions.write",
+        "configs.create",
+        "configs.update",
+        "configs.delete",
+        "configs.read"
+    ]);
+    let (_, bound) = ws_key(
+        &server,
+        &ws,
+        "bound",
+        json!({"scopes": scopes,
+        "defaults": {"config_id": slug, "allow_config_override": false}}),
+    )
+    .await;
+    let (_, other) = ws_key(&server, &ws, "other", json!({"scopes": scopes})).await;
+    for key in [&bound, &other] {
+        for body in [
+            json!({"status": "archived"}),
+            json!({"config": {"provider": "@elsewhere"}}),
+        ] {
+            let got = as_key(
+                &server,
+                key,
+                "PUT",
+                &format!("/configs/{slug}"),
+                Some(body.clone()),
+            )
+            .await;
+            assert_forbidden(got, &format!("update {body}"));
+        }
+        let got = as_key(&server, key, "DELETE", &format!("/configs/{slug}"), None).await;
+        assert_forbidden(got, "delete");
+    }
+    // A config of the workspace's own stays its own.
+    let (s, v) = as_key(
+        &server,
+        &other,
+        "POST",
+        "/configs",
+        Some(json!({"name": "own", "config": {"provider": "@forced"}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let own = v["slug"].as_str().unwrap();
+    let (s, v) = as_key(
+        &server,
+        &other,
+        "PUT",
+        &format!("/configs/{own}"),
+        Some(json!({"status": "archived"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = as_key(
+        &server,
+        &server.admin_key,
+        "PUT",
+        &format!("/configs/{slug}"),
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "the organisation may: {v}");
+}
+
+/// Review finding 9: a workspace key reading an organisation integration sees its own
+/// workspace's usage only (before: the integration-wide current_usage and workspace_count,
+/// other workspaces' traffic included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integration_shows_a_workspace_only_its_own_usage() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (_, key_a) = server.tenant(&mock.url, "shared9").await;
+    let ws_b = server
+        .admin(
+            "POST",
+            "/admin/workspaces",
+            Some(json!({"name": "team b9"})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server
+        .admin(
+            "PUT",
+            "/integrations/shared9/workspaces",
+            Some(json!({"workspaces": [{"id": ws_b, "enabled": true}]})),
+        )
+        .await;
+    let (_, key_b) = ws_key(
+        &server,
+        &ws_b,
+        "b",
+        json!({"scopes": ["completions.write", "workspace_integrations.read"]}),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(chat(&server, &key_a, "shared9").await, 200);
+    }
+    assert_eq!(chat(&server, &key_b, "shared9").await, 200);
+    // Usage is folded when each attempt settles: wait for all four.
+    let id = server.admin("GET", "/integrations/shared9", None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..400 {
+        let t = server
+            .core
+            .state
+            .read()
+            .usage_of(tollgate::domain::EntityKind::Integration, &id);
+        if t.requests == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let (s, v) = as_key(&server, &key_b, "GET", "/integrations/shared9", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["current_usage"]["requests"], 1, "{v}");
+    assert_eq!(v["workspace_count"], 1, "{v}");
+    let all = server.admin("GET", "/integrations/shared9", None).await;
+    assert_eq!(all["current_usage"]["requests"], 4, "{all}");
+    assert_eq!(all["workspace_count"], 2, "{all}");
+}
+
+/// Review finding 10: alert emails the organisation set on a key without limits are governed
+/// like its limits (before: a workspace key with workspace_service_api_keys.update replaced them
+/// with 200, and the organisation's recipients stopped hearing of the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_key_cannot_change_organisation_alert_emails() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "alerts10").await;
+    let (id, _) = ws_key(
+        &server,
+        &ws,
+        "watched",
+        json!({"scopes": ["completions.write"],
+        "alert_emails": ["security@example.com"]}),
+    )
+    .await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["workspace_service_api_keys.update"]}),
+    )
+    .await;
+    for emails in [json!([]), json!(["me@example.com"])] {
+        let got = as_key(
+            &server,
+            &team,
+            "PUT",
+            &format!("/api-keys/{id}"),
+            Some(json!({"alert_emails": emails})),
+        )
+        .await;
+        assert_forbidden(got, &format!("alert_emails {emails}"));
+    }
+    let k = server.admin("GET", &format!("/api-keys/{id}"), None).await;
+    assert_eq!(k["alert_emails"], json!(["security@example.com"]), "{k}");
+}
+
+/// Review finding 11: a virtual key is changed or deleted with `virtual_keys.*` whichever route
+/// reaches it (before: `providers.update` / `providers.delete` alone changed and deleted one
+/// through `/providers/<slug>`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_key_needs_virtual_key_scopes_on_the_providers_route() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, _) = server.tenant(&mock.url, "vk11").await;
+    server
+        .admin(
+            "POST",
+            "/virtual-keys",
+            Some(
+                json!({"name": "vk", "slug": "vk11-key", "provider": "openai",
+            "key": "sk-1234567890", "workspace_id": ws}),
+            ),
+        )
+        .await;
+    let (_, team) = ws_key(
+        &server,
+        &ws,
+        "team",
+        json!({"scopes": ["providers.update", "providers.delete", "providers.read"]}),
+    )
+    .await;
+    let got = as_key(
+        &server,
+        &team,
+        "PUT",
+        "/providers/vk11-key",
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_forbidden(got, "update a virtual key with providers.update");
+    let got = as_key(&server, &team, "DELETE", "/providers/vk11-key", None).await;
+    assert_forbidden(got, "delete a virtual key with providers.delete");
+    // Its own kind stays reachable with providers.*.
+    let (s, v) = as_key(
+        &server,
+        &team,
+        "PUT",
+        "/providers/vk11",
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, vk_admin) = ws_key(
+        &server,
+        &ws,
+        "vk admin",
+        json!({"scopes": ["providers.update", "virtual_keys.update"]}),
+    )
+    .await;
+    let (s, v) = as_key(
+        &server,
+        &vk_admin,
+        "PUT",
+        "/providers/vk11-key",
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
