@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     audit_where, latency_report, AuditArg, Bucket, Filter, GroupBy, LatencyReport, Notification,
-    RollupRow, Stats, StoreError, UsageStore, AUDIT_ORDER,
+    RollupRow, Stats, StoreError, UsageStore, AUDIT_COLUMNS, AUDIT_ORDER,
 };
 use crate::domain::{Action, Actor, AuditEntry, AuditQuery, EntityKind, Millis, UsageEvent};
 use crate::settings::ClickhouseSettings;
@@ -225,11 +225,6 @@ struct AuditRow {
     workspace_id: String,
     changed_fields: Vec<String>,
 }
-
-/// The columns of [`AuditRow`], in order.
-const AUDIT_COLUMNS: &str =
-    "event_id, ts, actor_key_id, actor_name, actor_created_by, actor_workspace_id,
-    action, resource_type, resource_id, resource_name, workspace_id, changed_fields";
 
 fn none_if_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)

@@ -294,6 +294,11 @@ pub fn audit_where(q: &AuditQuery) -> (String, Vec<AuditArg>) {
     (sql, args)
 }
 
+/// The columns of `audit_log` in both stores, in the order rows are read.
+pub const AUDIT_COLUMNS: &str =
+    "event_id, ts, actor_key_id, actor_name, actor_created_by, actor_workspace_id,
+    action, resource_type, resource_id, resource_name, workspace_id, changed_fields";
+
 /// How audit rows are ordered: newest first, ties by id (stable pages).
 pub const AUDIT_ORDER: &str = "ORDER BY ts DESC, event_id DESC";
 

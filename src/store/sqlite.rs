@@ -618,7 +618,7 @@ fn audit(conn: &mut Connection, q: &AuditQuery) -> Result<(u64, Vec<AuditEntry>)
     page.push(Sql::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
     page.push(Sql::Integer(i64::try_from(q.offset).unwrap_or(i64::MAX)));
     let mut stmt = conn.prepare(&format!(
-        "SELECT * FROM audit_log WHERE {cond} {AUDIT_ORDER} LIMIT ? OFFSET ?"
+        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE {cond} {AUDIT_ORDER} LIMIT ? OFFSET ?"
     ))?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(page.iter()), audit_row)?
