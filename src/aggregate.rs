@@ -79,11 +79,14 @@ pub async fn run_aggregator(
         .create()?;
     consumer.subscribe(&[&topic])?;
     tracing::info!(%topic, group = %group_id(settings), "aggregator consuming");
-    let audit = tokio::spawn(run_audit_consumer(
-        core.clone(),
-        store.clone(),
-        shutdown.clone(),
-    ));
+    let audit = {
+        let (core, store, shutdown) = (core.clone(), store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = run_audit_consumer(core, store, shutdown).await {
+                tracing::error!(error = %e, "aggregator: the audit consumer stopped; admin changes are not recorded in clickhouse");
+            }
+        })
+    };
     loop {
         let first = tokio::select! {
             m = consumer.recv() => m,
@@ -126,9 +129,7 @@ pub async fn run_aggregator(
         }
         publish_limit_state(&core, &store, &batch).await;
     }
-    if let Ok(Err(e)) = audit.await {
-        tracing::error!(error = %e, "aggregator: audit consumer failed");
-    }
+    let _ = audit.await;
     tracing::info!("aggregator stopped");
     Ok(())
 }
