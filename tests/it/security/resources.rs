@@ -18,7 +18,7 @@ use crate::mock;
 
 /// The bound on waiting for anything here: far above what it takes, only there so a broken
 /// server fails the test instead of hanging it.
-const BOUND: Duration = Duration::from_secs(30);
+const BOUND: Duration = harness::PATIENCE;
 
 async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(BOUND, f)

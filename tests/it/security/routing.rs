@@ -598,26 +598,22 @@ fn events_of(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
 }
 
 async fn wait_for_event(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
-    for _ in 0..400 {
+    let found = harness::eventually_some(Duration::from_millis(25), || async move {
         server.store_caught_up().await;
-        let e = events_of(server, trace);
-        if !e.is_empty() {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no usage event for {trace}");
+        Some(events_of(server, trace)).filter(|e| !e.is_empty())
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("no usage event for {trace}"))
 }
 
 /// Waits (bounded) until the mock's oversized answer stopped, and returns the bytes it got out.
 async fn poured_when_stopped(mock: &mock::Mock) -> usize {
-    for _ in 0..400 {
-        if mock.seen.pours_ended.load(Ordering::SeqCst) == 1 {
-            return mock.seen.poured.load(Ordering::SeqCst);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the mock's oversized answer never stopped");
+    let stopped = harness::eventually(Duration::from_millis(25), || async {
+        mock.seen.pours_ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(stopped, "the mock's oversized answer never stopped");
+    mock.seen.poured.load(Ordering::SeqCst)
 }
 
 /// Five ordinary requests, all served.
