@@ -600,10 +600,8 @@ pub async fn update_models(
             .ok_or_else(|| invalid(format!("models[{n}].enabled is required")))?;
         let pricing_config = m.get("pricing_config").cloned();
         if let Some(p) = &pricing_config {
-            if Price::from_pricing_config(p).is_none() {
-                return Err(invalid(format!(
-                    "models[{n}].pricing_config needs pay_as_you_go.request_token.price or response_token.price (US cents per token)"
-                )));
+            if let Err(why) = Price::parse_pricing_config(p) {
+                return Err(invalid(format!("models[{n}].pricing_config: {why}")));
             }
         }
         let prev = i.models.get(slug);

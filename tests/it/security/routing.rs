@@ -707,3 +707,38 @@ async fn an_endless_sse_event_ends_the_stream_metered() {
         "the provider billed the event it sent: {events:?}"
     );
 }
+
+/// Review item 1: a custom price is bounded where it is set. Before: a `pricing_config` price of
+/// 1.9e25 cents per token was accepted (and a request through it saturated every cost total).
+/// Now: 400 naming the field and the bound (US cents per token), nothing stored; a price at the
+/// bound is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_price_above_the_bound_is_a_clear_400() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    server.tenant(&mock.url, "priced").await;
+    let models = format!("{}/v1/integrations/priced/models", server.url);
+    let admin = Some(server.admin_key.as_str());
+    let priced = |price: Value| {
+        json!({"models": [{"slug": "gpt-4o-mini", "enabled": true, "pricing_config": {"type": "static",
+            "pay_as_you_go": {"request_token": {"price": 0.00015}, "response_token": {"price": price}}}}]})
+    };
+    for price in [json!("19000000000000000000000000"), json!(100_000.5)] {
+        let (s, _, b) = call("PUT", &models, admin, Some(priced(price.clone()))).await;
+        assert_eq!(s, 400, "{price}: {b}");
+        let text = b.to_string();
+        assert!(
+            text.contains("models[0].pricing_config: pay_as_you_go.response_token.price must be at most 100000"),
+            "{price}: {b}"
+        );
+    }
+    let listed = server
+        .admin("GET", "/integrations/priced/models", None)
+        .await;
+    assert!(
+        !listed.to_string().contains("19000000"),
+        "nothing stored: {listed}"
+    );
+    let (s, _, b) = call("PUT", &models, admin, Some(priced(json!(100_000)))).await;
+    assert_eq!(s, 200, "the bound itself is a price: {b}");
+}
