@@ -250,7 +250,7 @@ impl Exec {
             model,
             metadata: Some(&self.ctx.metadata),
         };
-        let estimate = self.estimate(target, model, overrides);
+        let estimate = self.estimate(target, model, overrides)?;
         self.core
             .governor
             .admit(&self.core.state, &path, estimate, Millis::now())
@@ -258,13 +258,18 @@ impl Exec {
 
     /// The most an attempt may use and cost, from the body actually sent upstream (the target's
     /// `override_params` laid over the request): an upper bound of its prompt plus the most output
-    /// it may bill (every choice), priced as the target prices the model.
+    /// it may bill (every choice), priced as the target prices the model. A 400 when the body's
+    /// output fields pass their bounds ([`meter::check_output_bounds`]).
     fn estimate(
         &self,
         target: &Target,
         model: &str,
         overrides: &crate::domain::routing::Params,
-    ) -> Estimate {
+    ) -> Result<Estimate, Refusal> {
+        meter::check_output_bounds(&self.body.json, overrides).map_err(|why| Refusal {
+            error: DataError::bad_request(why),
+            target_specific: false,
+        })?;
         let completion = match self.ctx.endpoint {
             Endpoint::Embeddings => 0,
             _ => meter::max_output_tokens(&self.body.json, overrides, DEFAULT_MAX_OUTPUT_TOKENS),
@@ -280,11 +285,11 @@ impl Exec {
             cached: 0,
         };
         let (price, pricing) = meter::pricing_of(&self.core.prices, target, model);
-        Estimate {
+        Ok(Estimate {
             max_cost: price.map_or(rust_decimal::Decimal::ZERO, |p| p.cost_usd(usage)),
             max_tokens: prompt.saturating_add(completion),
             pricing,
-        }
+        })
     }
 
     /// One upstream attempt, metered.

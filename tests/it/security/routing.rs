@@ -742,3 +742,61 @@ async fn a_custom_price_above_the_bound_is_a_clear_400() {
     let (s, _, b) = call("PUT", &models, admin, Some(priced(json!(100_000)))).await;
     assert_eq!(s, 200, "the bound itself is a price: {b}");
 }
+
+/// Review item 4: output fields are bounded before anything is reserved or sent. Before:
+/// `max_tokens` of 2^64 − 6, `n` of a million, or a `max_tokens` the gateway could not read (a
+/// string, which a lenient upstream may still honour) were sent to the provider (200). Now: a
+/// 400 naming the field and its bound, and the provider sees nothing; the bounds themselves pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_output_fields_are_a_clear_400_before_the_provider() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (_, key) = server.tenant(&mock.url, "up").await;
+    let with = |extra: Value| {
+        let mut b = hello("@up/gpt-4o-mini");
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    for (extra, needle) in [
+        (
+            json!({"max_tokens": u64::MAX - 5}),
+            "max_tokens must be a whole number from 0 to 100000000",
+        ),
+        (
+            json!({"max_completion_tokens": 100_000_001}),
+            "max_completion_tokens must be a whole number from 0 to 100000000",
+        ),
+        (
+            json!({"max_tokens": "4000000000"}),
+            "max_tokens must be a whole number",
+        ),
+        (
+            json!({"n": 1_000_000}),
+            "n must be a whole number from 0 to 128",
+        ),
+        (
+            json!({"max_tokens": 1000, "n": 129}),
+            "n must be a whole number from 0 to 128",
+        ),
+    ] {
+        let (s, b) = chat(&server, &key, &[], with(extra.clone())).await;
+        assert_eq!(s, 400, "{extra}: {b}");
+        assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+        assert!(message(&b).contains(needle), "{extra}: {b}");
+    }
+    assert_eq!(
+        mock.seen.requests.load(Ordering::SeqCst),
+        0,
+        "refused before the provider"
+    );
+    let (s, b) = chat(
+        &server,
+        &key,
+        &[],
+        with(json!({"max_tokens": 100_000_000, "n": 128})),
+    )
+    .await;
+    assert_eq!(s, 200, "the bounds themselves are served: {b}");
+}
