@@ -15,12 +15,12 @@ use serde_json::Value;
 use super::govern::{Estimate, Refusal, Reservation};
 use super::meter::{self, Attempt};
 use super::route::{self, Plan, Target};
-use super::stream;
+use super::{client, stream};
 use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
 use crate::app::Core;
 use crate::domain::budget::RequestPath;
 use crate::domain::pricing::TokenUsage;
-use crate::domain::routing::{Mode, Node, Params};
+use crate::domain::routing::{check_private_host, Mode, Node, Params};
 use crate::domain::{Endpoint, Millis, UsageSource};
 use crate::telemetry::UpstreamFailure;
 
@@ -155,6 +155,10 @@ impl Exec {
             Ok(t) => t,
             Err(e) => return Outcome::Stop(e),
         };
+        let policy = self.core.settings.upstream_private_hosts;
+        if let Err(why) = check_private_host(&target.base_url, policy, "the provider's host") {
+            return Outcome::Stop(private_host_error(why));
+        }
         let model = match self.model_for(node) {
             Ok(m) => m,
             Err(e) => return Outcome::Stop(e),
@@ -323,6 +327,30 @@ impl Exec {
             .await;
         let resp = match sent {
             Ok(r) => r,
+            Err(e) if client::refused_host(&e).is_some() => {
+                let why = client::refused_host(&e).map(ToString::to_string);
+                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %target.provider.slug, "upstream host refused: upstream_private_hosts = deny");
+                self.core.metrics.upstream_failure(UpstreamFailure::Connect);
+                let none = TokenUsage::default();
+                let err = private_host_error(why.unwrap_or_default());
+                let status = err.status.as_u16();
+                self.finish(
+                    target,
+                    model,
+                    status,
+                    none,
+                    UsageSource::Provider,
+                    started,
+                    index,
+                    event_id,
+                    reservation,
+                )
+                .await?;
+                return Ok(Answer {
+                    status,
+                    reply: error_reply(&err),
+                });
+            }
             Err(e) => {
                 let (status, why, msg) = if e.is_timeout() {
                     (
@@ -675,6 +703,12 @@ impl serde::Serialize for Overlay<'_> {
 fn is_model_id(m: &str) -> bool {
     let bad_char = |c: char| matches!(c, '?' | '#' | '\\') || c.is_whitespace() || c.is_control();
     !m.chars().any(bad_char) && !m.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// A provider host `upstream_private_hosts = deny` refuses (a literal address, or a name that
+/// resolved to one): nothing was sent.
+fn private_host_error(why: String) -> DataError {
+    DataError::forbidden("upstream_host_not_allowed", why)
 }
 
 /// The output allowance reserved for a request that sets no `max_tokens`.

@@ -800,3 +800,125 @@ async fn absurd_output_fields_are_a_clear_400_before_the_provider() {
     .await;
     assert_eq!(s, 200, "the bounds themselves are served: {b}");
 }
+
+/// Review item 3, the URL's shape: a `custom_host` with a query, a fragment or userinfo is a 400
+/// wherever it is set (integration, virtual key, a config target with its own key). Before: all
+/// accepted (a query or `user@` host went out on every call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_host_is_only_scheme_host_port_path() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, key) = server.tenant(&mock.url, "up").await;
+    let admin = Some(server.admin_key.as_str());
+    for (bad, needle) in [
+        (format!("{}/v1?api-version=x", mock.url), "a query (?)"),
+        (format!("{}/v1#frag", mock.url), "a fragment (#)"),
+        ("http://user:pw@evil.example/v1".to_owned(), "userinfo"),
+        (
+            format!("http://api.openai.com@{}", &mock.url[7..]),
+            "userinfo",
+        ),
+    ] {
+        let integration = json!({"name": "bad", "slug": "bad", "ai_provider_id": "openai",
+            "key": "sk-x", "configurations": {"custom_host": bad}});
+        let vk = json!({"name": "vk", "provider": "openai", "key": "sk-vk-000000000",
+            "workspace_id": ws, "custom_host": bad});
+        let config = json!({"provider": "openai", "api_key": "sk-own", "custom_host": bad});
+        let saved = json!({"name": "c", "workspace_id": ws, "config": config});
+        for (path, body) in [
+            ("/integrations", integration),
+            ("/virtual-keys", vk),
+            ("/configs", saved),
+        ] {
+            let (s, _, b) = call(
+                "POST",
+                &format!("{}/v1{path}", server.url),
+                admin,
+                Some(body),
+            )
+            .await;
+            assert_eq!(s, 400, "{path} {bad}: {b}");
+            assert!(b.to_string().contains(needle), "{path} {bad}: {b}");
+            assert!(
+                b.to_string().contains("http(s)://host[:port][/path]"),
+                "{b}"
+            );
+        }
+        let (s, b) = chat(
+            &server,
+            &key,
+            &[("x-portkey-config", &config.to_string())],
+            hello("gpt-4o-mini"),
+        )
+        .await;
+        assert_eq!(s, 400, "inline {bad}: {b}");
+        assert!(message(&b).contains(needle), "{b}");
+    }
+    assert_eq!(mock.seen.requests.load(Ordering::SeqCst), 0);
+}
+
+/// Review item 3, `upstream_private_hosts = deny`: a literal private address is a 400 where it is
+/// set (integration, virtual key; and a 403 per request, see `check_private_host`), a name resolving to one
+/// (`localhost`) is refused when the call would connect, with a 403 naming the setting; the mock
+/// sees no request. With the default (`allow`) the same name is served. Before: the setting did
+/// not exist and every such host was called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_private_hosts_deny_refuses_private_addresses() {
+    let mock = mock::start().await;
+    let by_name = mock.url.replace("127.0.0.1", "localhost");
+    let server = harness::start_with(|s| s.set("upstream_private_hosts", "deny").unwrap()).await;
+    let admin = Some(server.admin_key.as_str());
+    for literal in [
+        mock.url.clone(),
+        "http://[::1]:9/v1".into(),
+        "http://169.254.169.254".into(),
+        "http://10.0.0.8:8000/v1".into(),
+    ] {
+        let body = json!({"name": "lit", "slug": "lit", "ai_provider_id": "openai", "key": "sk-x",
+            "configurations": {"custom_host": literal}});
+        let (s, _, b) = call(
+            "POST",
+            &format!("{}/v1/integrations", server.url),
+            admin,
+            Some(body),
+        )
+        .await;
+        assert_eq!(s, 400, "{literal}: {b}");
+        assert!(
+            b.to_string().contains("upstream_private_hosts = deny"),
+            "{literal}: {b}"
+        );
+    }
+    let (_, key) = server.tenant(&by_name, "named").await;
+    let (s, b) = chat(&server, &key, &[], hello("@named/gpt-4o-mini")).await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(b["error"]["code"], "upstream_host_not_allowed", "{b}");
+    assert!(message(&b).contains("localhost resolves to"), "{b}");
+    assert!(message(&b).contains("upstream_private_hosts = deny"), "{b}");
+    let (ws, _) = server.tenant(&by_name, "other").await;
+    let vk = json!({"name": "vk", "provider": "openai", "key": "sk-vk-000000000",
+        "workspace_id": ws, "custom_host": mock.url});
+    let (s, _, b) = call(
+        "POST",
+        &format!("{}/v1/virtual-keys", server.url),
+        admin,
+        Some(vk),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b.to_string()
+            .contains("custom_host: 127.0.0.1 is a loopback"),
+        "{b}"
+    );
+    assert_eq!(
+        mock.seen.requests.load(Ordering::SeqCst),
+        0,
+        "nothing reached the private host"
+    );
+
+    let open = harness::start().await;
+    let (_, key) = open.tenant(&by_name, "named").await;
+    let (s, b) = chat(&open, &key, &[], hello("@named/gpt-4o-mini")).await;
+    assert_eq!(s, 200, "allow (the default) serves private hosts: {b}");
+}
