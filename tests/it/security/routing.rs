@@ -669,7 +669,8 @@ async fn an_upstream_body_over_the_cap_is_a_metered_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_sse_event_ends_the_stream_metered() {
     let mock = mock::start().await;
-    let server = harness::start_with(|s| s.set("max_upstream_body_bytes", CAP).unwrap()).await;
+    // The cap on one event of a stream is its own setting, far below a whole body's.
+    let server = harness::start_with(|s| s.set("max_stream_event_bytes", CAP).unwrap()).await;
     let (_, key) = server.tenant(&mock.url, "big").await;
     let stream = async {
         let r = reqwest::Client::new()
@@ -692,7 +693,7 @@ async fn an_endless_sse_event_ends_the_stream_metered() {
     );
     assert!(!text.contains("[DONE]"), "{text}");
     assert!(text.starts_with("data: {\"error\""), "{text}");
-    assert!(text.contains("max_upstream_body_bytes"), "{text}");
+    assert!(text.contains("max_stream_event_bytes"), "{text}");
     let poured = poured_when_stopped(&mock).await;
     assert!(
         poured < mock::ENDLESS_EVENT_BYTES,
