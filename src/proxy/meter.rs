@@ -101,7 +101,7 @@ pub fn max_prompt_tokens_sent(body: &Map<String, Value>, overrides: &Params) -> 
 
 /// Whether `override_params` replace part of the prompt (so the client's bound does not hold).
 pub fn overrides_prompt(overrides: &Params) -> bool {
-    PROMPT_FIELDS.iter().any(|k| overrides.contains_key(*k))
+    PROMPT_FIELDS.iter().any(|k| overrides.contains_key(k))
 }
 
 /// The body fields that make up the prompt.

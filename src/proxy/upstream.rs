@@ -327,53 +327,38 @@ impl Exec {
             .await;
         let resp = match sent {
             Ok(r) => r,
-            Err(e) if client::refused_host(&e).is_some() => {
-                let why = client::refused_host(&e).map(ToString::to_string);
-                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %target.provider.slug, "upstream host refused: upstream_private_hosts = deny");
-                self.core.metrics.upstream_failure(UpstreamFailure::Connect);
-                let none = TokenUsage::default();
-                let err = private_host_error(why.unwrap_or_default());
+            Err(e) => {
+                let why = if e.is_timeout() {
+                    UpstreamFailure::Timeout
+                } else {
+                    UpstreamFailure::Connect
+                };
+                let err = match client::refused_host(&e) {
+                    // Refused by `upstream_private_hosts = deny` before connecting.
+                    Some(refused) => private_host_error(refused.to_string()),
+                    None if e.is_timeout() => DataError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "api_error",
+                        Some("upstream_unavailable"),
+                        format!(
+                            "the provider did not answer within {} ms",
+                            timeout.as_millis()
+                        ),
+                    ),
+                    None => DataError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "api_error",
+                        Some("upstream_unavailable"),
+                        "the provider could not be reached",
+                    ),
+                };
+                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %target.provider.slug, error = %e.without_url(), "upstream attempt failed");
+                self.core.metrics.upstream_failure(why);
                 let status = err.status.as_u16();
                 self.finish(
                     target,
                     model,
                     status,
-                    none,
-                    UsageSource::Provider,
-                    started,
-                    index,
-                    event_id,
-                    reservation,
-                )
-                .await?;
-                return Ok(Answer {
-                    status,
-                    reply: error_reply(&err),
-                });
-            }
-            Err(e) => {
-                let (status, why, msg) = if e.is_timeout() {
-                    (
-                        StatusCode::REQUEST_TIMEOUT,
-                        UpstreamFailure::Timeout,
-                        format!(
-                            "the provider did not answer within {} ms",
-                            timeout.as_millis()
-                        ),
-                    )
-                } else {
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        UpstreamFailure::Connect,
-                        "the provider could not be reached".to_owned(),
-                    )
-                };
-                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %target.provider.slug, error = %e.without_url(), "upstream attempt failed");
-                self.core.metrics.upstream_failure(why);
-                self.finish(
-                    target,
-                    model,
-                    status.as_u16(),
                     TokenUsage::default(),
                     UsageSource::Provider,
                     started,
@@ -382,9 +367,8 @@ impl Exec {
                     reservation,
                 )
                 .await?;
-                let err = DataError::new(status, "api_error", Some("upstream_unavailable"), msg);
                 return Ok(Answer {
-                    status: status.as_u16(),
+                    status,
                     reply: error_reply(&err),
                 });
             }

@@ -112,9 +112,12 @@ fn private_v4(a: Ipv4Addr) -> bool {
 /// Refuses a URL whose host is a literal private address when `policy` denies them (a name is
 /// checked when it resolves). The error names the field and the setting.
 pub fn check_private_host(url: &str, policy: PrivateHosts, at: &str) -> Result<(), String> {
+    if policy == PrivateHosts::Allow {
+        return Ok(());
+    }
     let literal = host_of_url(url).and_then(|h| h.parse::<IpAddr>().ok());
     match literal {
-        Some(ip) if policy == PrivateHosts::Deny && is_private(ip) => Err(private_refusal(at, ip)),
+        Some(ip) if is_private(ip) => Err(private_refusal(at, ip)),
         _ => Ok(()),
     }
 }

@@ -477,7 +477,7 @@ async fn slow_readers_of_big_events_hold_bounded_memory_and_are_metered() {
     }
     let grown_mib = (peak_rss_kib(pid) - baseline) / 1024;
     eprintln!("peak memory grew by {grown_mib} MiB over {SLOW_STREAMS} slow streams");
-    let streamed_mib = SLOW_STREAMS * mock::BIG_EVENTS * mock::BIG_EVENT_BYTES >> 20;
+    let streamed_mib = (SLOW_STREAMS * mock::BIG_EVENTS * mock::BIG_EVENT_BYTES) >> 20;
     assert!(
         grown_mib < 100,
         "the server's peak memory grew by {grown_mib} MiB ({streamed_mib} MiB streamed)"
