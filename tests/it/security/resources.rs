@@ -1,7 +1,8 @@
 //! See [`super`]: the resources area of the security suite. Connections are bounded (timeouts
 //! for headers, bodies, idle keep-alive and stalled readers; a cap on how many are open), a body
 //! is never read before its sender is authenticated, and a stream client that stops reading
-//! neither blocks metering nor shutdown.
+//! neither blocks metering nor shutdown; a stream read slowly holds a few MiB, whatever its
+//! events' size (review item 2).
 
 use std::future::Future;
 use std::path::Path;

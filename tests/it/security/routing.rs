@@ -1,7 +1,9 @@
 //! See [`super`]: the routing area of the security suite. A stored credential goes only to the
 //! host its integration names, whatever the request carries (item 1); a config costs memory in
 //! proportion to its size, within documented bounds (item 16); an upstream answer of any size is
-//! bounded and still metered (item 19).
+//! bounded and still metered (item 19). From the security review: prices are bounded (review
+//! item 1), a `custom_host` is only scheme, host, port and path, and private hosts can be denied
+//! (review item 3), and output fields are bounded before anything is reserved (review item 4).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::sync::atomic::Ordering;
