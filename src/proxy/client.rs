@@ -3,7 +3,8 @@
 //! resolved by [`GuardedResolver`], which refuses the name when any address it resolves to is
 //! loopback, link-local, private or unspecified: the connection is never made. Literal addresses
 //! are not resolved; they are checked where they are set and per request
-//! ([`crate::domain::routing::check_private_host`]).
+//! ([`crate::domain::routing::check_private_host`]). Under `deny` no proxy from the environment
+//! is used, since a proxy would resolve names where they cannot be checked.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,7 +26,11 @@ pub fn upstream(settings: &Settings) -> reqwest::Result<reqwest::Client> {
         .connect_timeout(Duration::from_secs(10));
     match settings.upstream_private_hosts {
         PrivateHosts::Allow => builder.build(),
-        PrivateHosts::Deny => builder.dns_resolver(Arc::new(GuardedResolver)).build(),
+        // A proxy (`HTTPS_PROXY`, ...) would resolve names where they cannot be checked.
+        PrivateHosts::Deny => builder
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver))
+            .build(),
     }
 }
 
