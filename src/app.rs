@@ -93,7 +93,10 @@ pub struct Core {
     pub prices: PriceTable,
     pub metrics: Metrics,
     pub settings: Settings,
+    /// Provider calls (see [`crate::proxy::client`]).
     pub http: reqwest::Client,
+    /// Alert webhook calls.
+    pub webhook_http: reqwest::Client,
     /// Budgets' reservations and rate limiters.
     pub governor: Arc<crate::proxy::govern::Governor>,
     /// Serialises admin commands so read-modify-write of an entity never races.
@@ -207,12 +210,10 @@ impl Core {
         store: Arc<dyn UsageStore>,
         mode: Mode,
     ) -> Result<Arc<Core>, AppError> {
-        let http = reqwest::Client::builder()
-            // A provider credential goes only to its integration's host: a redirect would carry
-            // it (Azure's `api-key`, custom headers) and the body elsewhere, so none is followed.
+        let http = crate::proxy::client::upstream(&settings)?;
+        // Alert webhooks are the operator's own URLs: `upstream_private_hosts` is not for them.
+        let webhook_http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()?;
         Ok(Arc::new(Core {
@@ -224,6 +225,7 @@ impl Core {
             metrics: Metrics::default(),
             settings,
             http,
+            webhook_http,
             governor: Arc::default(),
             admin_lock: tokio::sync::Mutex::new(()),
             mode,

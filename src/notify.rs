@@ -210,7 +210,7 @@ async fn send_email(
 
 async fn send_webhook(core: &Core, url: &str, body: &str) -> Result<(), String> {
     let mut req = core
-        .http
+        .webhook_http
         .post(url)
         .header("content-type", "application/json")
         .timeout(Duration::from_secs(10));

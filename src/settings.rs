@@ -50,8 +50,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub usage_fsync: Fsync,
     pub upstream_timeout: Duration,
-    /// The largest upstream response body read (non-stream), and the largest single event of a
-    /// stream; past it the attempt ends with an error (still metered).
+    /// The largest upstream response body read (non-stream); past it the attempt ends with an
+    /// error (still metered).
     pub max_upstream_body_bytes: usize,
     /// How long to keep reading a stream after its client went away, to meter the real usage.
     pub stream_drain_timeout: Duration,
@@ -68,6 +68,11 @@ pub struct Settings {
     pub client_stall_timeout: Duration,
     /// The most client connections open at once; more are refused with 503.
     pub max_connections: usize,
+    /// The largest single event of a provider's stream; past it the stream ends with an error
+    /// frame (still metered). Much smaller than a whole body: a stream holds a few events at once.
+    pub max_stream_event_bytes: usize,
+    /// Whether a provider's host may be a loopback, link-local, private or unspecified address.
+    pub upstream_private_hosts: crate::domain::routing::PrivateHosts,
     pub log_format: LogFormat,
     /// Where alert emails go out, e.g. `smtp://127.0.0.1:25` or `smtps://user:pass@host`.
     pub smtp_url: Option<String>,
@@ -140,13 +145,15 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("max_body_bytes", "largest accepted request body (default 10485760)"),
     ("usage_fsync_ms", "usage-log fdatasync window in ms; 0 syncs before every acknowledgement (default 10)"),
     ("upstream_timeout_ms", "upstream request timeout in ms (default 600000)"),
-    ("max_upstream_body_bytes", "largest upstream response body, and largest single event of a stream (default 33554432)"),
+    ("max_upstream_body_bytes", "largest upstream (non-stream) response body (default 33554432)"),
     ("stream_drain_timeout_ms", "how long to keep reading a stream whose client left (default 30000)"),
     ("header_read_timeout_ms", "longest time a client may take to send a request's headers (default 10000)"),
     ("body_read_timeout_ms", "longest time a client may take to send a request's body; 408 after it (default 60000)"),
     ("idle_timeout_ms", "how long an idle kept-alive connection stays open (default 75000)"),
     ("client_stall_timeout_ms", "how long a client may leave a response unread, or hold a stream back in all, before it is treated as gone (default 30000)"),
     ("max_connections", "most client connections open at once; more are refused with 503 (default 4096)"),
+    ("max_stream_event_bytes", "largest single event of a provider's stream; past it the stream ends with an error (default 1048576)"),
+    ("upstream_private_hosts", "allow (default) or deny provider hosts that are loopback, link-local, private or unspecified addresses"),
     ("log_format", "text or json (default text)"),
     ("smtp_url", "SMTP server for alert emails, e.g. smtp://127.0.0.1:25 (default: no email)"),
     ("alert_from", "sender of alert emails (default tollgate@localhost)"),
@@ -192,6 +199,8 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(75),
             client_stall_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            max_stream_event_bytes: 1 << 20,
+            upstream_private_hosts: crate::domain::routing::PrivateHosts::Allow,
             log_format: LogFormat::Text,
             smtp_url: None,
             alert_from: "tollgate@localhost".into(),
@@ -279,6 +288,20 @@ impl Settings {
                     .ok()
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| invalid("at least 1"))?
+            }
+            "max_stream_event_bytes" => {
+                self.max_stream_event_bytes = usize::try_from(number()?)
+                    .ok()
+                    .filter(|n| *n >= 1024)
+                    .ok_or_else(|| invalid("at least 1024"))?
+            }
+            "upstream_private_hosts" => {
+                use crate::domain::routing::PrivateHosts;
+                self.upstream_private_hosts = match value {
+                    "allow" => PrivateHosts::Allow,
+                    "deny" => PrivateHosts::Deny,
+                    _ => return Err(invalid("expected allow or deny")),
+                }
             }
             "log_format" => {
                 self.log_format = match value {

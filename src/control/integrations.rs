@@ -7,13 +7,13 @@ use serde_json::{json, Value};
 use super::*;
 use crate::domain::limits::{parse_rate_limits, LimitOwner, RateLimit, UsageLimit};
 use crate::domain::pricing::Price;
-use crate::domain::routing::parse_url;
+use crate::domain::routing::{check_private_host, parse_url, PrivateHosts};
 use crate::domain::*;
 
 /// Checks `configurations`: `custom_host` must be a URL, `custom_headers` an object of strings and
 /// `meter_unpriced_at_zero` (meter models without a price at $0 instead of refusing them on paths
 /// with a cost budget) a boolean.
-fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
+fn configurations_of(b: &Body, hosts: PrivateHosts) -> Result<Option<Map<String, Value>>> {
     let Some(c) = b.object("configurations")? else {
         return Ok(None);
     };
@@ -21,6 +21,7 @@ fn configurations_of(b: &Body) -> Result<Option<Map<String, Value>>> {
     c.retain(|_, v| !v.is_null());
     if let Some(h) = c.get("custom_host") {
         let url = parse_url(h, "configurations.custom_host").map_err(invalid)?;
+        check_private_host(&url, hosts, "configurations.custom_host").map_err(invalid)?;
         c.insert("custom_host".into(), Value::String(url));
     }
     if let Some(h) = c.get("custom_headers") {
@@ -316,7 +317,8 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
     let ai_provider_id = b.required_str("ai_provider_id")?.to_owned();
-    let configurations = configurations_of(&b)?.unwrap_or_default();
+    let configurations =
+        configurations_of(&b, core.settings.upstream_private_hosts)?.unwrap_or_default();
     let _guard = core.admin_lock.lock().await;
     let now = Millis::now();
     let (integration, providers) = {
@@ -448,7 +450,7 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
         i.description = Some(d.to_owned());
     }
     let new_key = b.str("key")?.filter(|k| !k.is_empty());
-    if let Some(c) = configurations_of(&b)? {
+    if let Some(c) = configurations_of(&b, core.settings.upstream_private_hosts)? {
         check_reconfigure(caller, &i, &c, new_key.is_some())?;
         check_metering(caller, &i.configurations, &c)?;
         let before = i.configurations.clone();
@@ -732,10 +734,8 @@ pub async fn update_models(
             .ok_or_else(|| invalid(format!("models[{n}].enabled is required")))?;
         let pricing_config = m.get("pricing_config").cloned();
         if let Some(p) = &pricing_config {
-            if Price::from_pricing_config(p).is_none() {
-                return Err(invalid(format!(
-                    "models[{n}].pricing_config needs pay_as_you_go.request_token.price or response_token.price (US cents per token)"
-                )));
+            if let Err(why) = Price::parse_pricing_config(p) {
+                return Err(invalid(format!("models[{n}].pricing_config: {why}")));
             }
         }
         let prev = i.models.get(slug);

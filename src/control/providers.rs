@@ -197,6 +197,8 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
     }
     if let Some(h) = configurations.get("custom_host") {
         let url = crate::domain::routing::parse_url(h, "custom_host").map_err(invalid)?;
+        let hosts = core.settings.upstream_private_hosts;
+        crate::domain::routing::check_private_host(&url, hosts, "custom_host").map_err(invalid)?;
         configurations.insert("custom_host".into(), Value::String(url));
     }
     super::integrations::check_azure_names(&configurations)?;

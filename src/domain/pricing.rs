@@ -71,26 +71,70 @@ impl Price {
         self.input.is_zero() && self.output.is_zero() && self.cache_read.is_none_or(|c| c.is_zero())
     }
 
-    /// Reads an integration model's `pricing_config` (`pay_as_you_go.{request,response}_token.price`).
+    /// Reads an integration model's `pricing_config` (`pay_as_you_go.{request,response}_token.price`);
+    /// `None` when it holds no valid price (see [`Price::parse_pricing_config`]).
     pub fn from_pricing_config(v: &Value) -> Option<Price> {
-        let payg = v.get("pay_as_you_go")?;
-        let get = |k: &str| {
-            payg.get(k)?
-                .get("price")
-                .and_then(decimal_of)
-                .filter(|d| d.normalize().scale() <= MAX_PRICE_SCALE && !d.is_sign_negative())
+        Self::parse_pricing_config(v).ok()
+    }
+
+    /// Checks an integration model's `pricing_config` as it is set: at least one of
+    /// `pay_as_you_go.request_token.price` and `response_token.price`, and every price given a
+    /// decimal number of US cents per token from 0 to [`MAX_PRICE_CENTS`] with at most
+    /// [`MAX_PRICE_SCALE`] decimal places. The error names the offending field.
+    pub fn parse_pricing_config(v: &Value) -> Result<Price, String> {
+        let payg = v.get("pay_as_you_go");
+        let get = |k: &str| -> Result<Option<Decimal>, String> {
+            let Some(price) = payg.and_then(|p| p.get(k)).and_then(|t| t.get("price")) else {
+                return Ok(None);
+            };
+            let field = format!("pay_as_you_go.{k}.price");
+            decimal_of(price)
+                .ok_or_else(|| {
+                    format!("{field} must be a number of US cents per token, from 0 to {MAX_PRICE_CENTS}")
+                })
+                .and_then(|d| check_price(&field, d))
+                .map(Some)
         };
-        let input = get("request_token");
-        let output = get("response_token");
+        let input = get("request_token")?;
+        let output = get("response_token")?;
+        let cache_read = get("cache_read_input_token")?;
         if input.is_none() && output.is_none() {
-            return None;
+            return Err(
+                "needs pay_as_you_go.request_token.price or response_token.price (US cents per token)"
+                    .into(),
+            );
         }
-        Some(Price {
+        Ok(Price {
             input: input.unwrap_or_default(),
             output: output.unwrap_or_default(),
-            cache_read: get("cache_read_input_token"),
+            cache_read,
         })
     }
+}
+
+/// The highest price accepted, in US cents per token: $1,000 a token, about ten million times
+/// the dearest model priced today (a few cents a token). A price above it can only be a mistake
+/// (or an attempt to make totals meaningless and budgets saturate), so it is refused where it is
+/// set, and the shipped table is held to it when it loads.
+pub const MAX_PRICE_CENTS: Decimal = Decimal::from_parts(100_000, 0, 0, false, 0);
+
+/// `d` when it is a valid price for `field`: from 0 to [`MAX_PRICE_CENTS`], at most
+/// [`MAX_PRICE_SCALE`] decimal places.
+fn check_price(field: &str, d: Decimal) -> Result<Decimal, String> {
+    if d.is_sign_negative() && !d.is_zero() {
+        return Err(format!("{field} must not be negative"));
+    }
+    if d > MAX_PRICE_CENTS {
+        return Err(format!(
+            "{field} must be at most {MAX_PRICE_CENTS} (US cents per token, i.e. $1,000)"
+        ));
+    }
+    if d.normalize().scale() > MAX_PRICE_SCALE {
+        return Err(format!(
+            "{field} must have at most {MAX_PRICE_SCALE} decimal places (US cents per token)"
+        ));
+    }
+    Ok(d.abs())
 }
 
 /// How a request's model is priced, as cost budgets see it.
@@ -171,9 +215,11 @@ impl PriceTable {
                 if s.is_empty() {
                     return Ok(None);
                 }
-                Decimal::from_str(s)
+                let d =
+                    Decimal::from_str(s).map_err(|e| format!("prices line {}: {s}: {e}", n + 1))?;
+                check_price(s, d)
                     .map(Some)
-                    .map_err(|e| format!("prices line {}: {s}: {e}", n + 1))
+                    .map_err(|e| format!("prices line {}: {e}", n + 1))
             };
             let price = Price {
                 input: num(f[2])?.unwrap_or_default(),
@@ -306,6 +352,64 @@ mod tests {
         assert_eq!(Price::from_pricing_config(&json!({"type":"static"})), None);
         let too_fine = json!({"pay_as_you_go":{"request_token":{"price":"0.00000000001"}}});
         assert_eq!(Price::from_pricing_config(&too_fine), None);
+    }
+
+    /// A price above the bound, negative, or not a number is refused naming its field (one bad
+    /// field is not silently read as zero beside a good one); the bound itself is accepted.
+    #[test]
+    fn pricing_config_prices_are_bounded_and_errors_name_the_field() {
+        let cfg = |k: &str, price: Value| json!({"pay_as_you_go": {"request_token": {"price": 1}, k: {"price": price}}});
+        for (field, price) in [
+            ("response_token", json!("19000000000000000000000000")),
+            ("response_token", json!(19000000000000000000000000u128)),
+            ("response_token", json!(1e40)),
+            ("response_token", json!("100000.0000000001")),
+            ("cache_read_input_token", json!(-1)),
+            ("response_token", json!("lots")),
+        ] {
+            let err = Price::parse_pricing_config(&cfg(field, price.clone())).unwrap_err();
+            assert!(
+                err.contains(&format!("pay_as_you_go.{field}.price")),
+                "{price}: {err}"
+            );
+        }
+        let over = Price::parse_pricing_config(&cfg("response_token", json!(100_001))).unwrap_err();
+        assert!(over.contains("at most 100000"), "{over}");
+        let at_bound = Price::parse_pricing_config(&cfg("response_token", json!(100_000))).unwrap();
+        assert_eq!(at_bound.output, MAX_PRICE_CENTS);
+        assert_eq!(MAX_PRICE_CENTS, Decimal::from(100_000));
+        // A bounded price times the most tokens an attempt may count stays far inside a decimal.
+        let (u, _) = TokenUsage {
+            prompt: u64::MAX,
+            completion: u64::MAX,
+            cached: 0,
+        }
+        .plausible();
+        let dearest = Price {
+            input: MAX_PRICE_CENTS,
+            output: MAX_PRICE_CENTS,
+            cache_read: None,
+        };
+        assert_eq!(dearest.cost_usd(u), Decimal::from(200_000_000_000u64));
+    }
+
+    /// The shipped table is held to the same bound when it loads; a row above it is refused.
+    #[test]
+    fn price_table_rows_are_bounded() {
+        let t = PriceTable::shipped().unwrap();
+        let dearest = t
+            .prices
+            .values()
+            .flat_map(|m| m.values())
+            .flat_map(|p| [Some(p.input), Some(p.output), p.cache_read])
+            .flatten()
+            .max()
+            .unwrap();
+        assert!(dearest <= MAX_PRICE_CENTS, "{dearest}");
+        let err = PriceTable::parse("openai\tm\t0.1\t19000000000000000000000000\t\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("at most"), "{err}");
+        assert!(PriceTable::parse("openai\tm\t-0.1\t1\t\n").is_err());
+        assert!(PriceTable::parse("openai\tm\t100000\t1\t\n").is_ok());
     }
 
     #[test]

@@ -11,12 +11,16 @@
 //! `custom_host`.
 
 mod params;
+mod url;
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 pub use params::Params;
+pub use url::{
+    check_private_host, host_of_url, is_private, parse_url, private_refusal, PrivateHosts,
+};
 
 /// The largest config, in bytes of JSON text (an `x-portkey-config` header or a saved config).
 pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
@@ -425,21 +429,6 @@ fn status_list(v: &Value, at: &str) -> Result<Vec<u16>, String> {
     codes.sort_unstable();
     codes.dedup();
     Ok(codes)
-}
-
-/// Checks an upstream base URL (http or https, with a host).
-pub fn parse_url(v: &Value, at: &str) -> Result<String, String> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| format!("{at}: must be a URL string"))?;
-    let rest = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-        .ok_or_else(|| format!("{at}: must start with http:// or https://"))?;
-    if rest.is_empty() || rest.starts_with('/') || s.chars().any(char::is_whitespace) {
-        return Err(format!("{at}: not a valid URL"));
-    }
-    Ok(s.trim_end_matches('/').to_owned())
 }
 
 #[cfg(test)]

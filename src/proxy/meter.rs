@@ -84,7 +84,7 @@ pub fn estimate_prompt(body: &Map<String, Value>) -> u64 {
         .filter_map(|k| body.get(*k))
         .map(text_len)
         .sum();
-    tokens_for_chars(text) + 4 * messages
+    tokens_for_chars(text).saturating_add(4 * messages)
 }
 
 /// An upper bound on the prompt's tokens, for reservations: byte-level tokenizers never make more
@@ -116,7 +116,39 @@ fn max_prompt_tokens_of<'a>(field: impl Fn(&str) -> Option<&'a Value>) -> u64 {
         // Writing into a counter cannot fail; the prompt is measured, never copied.
         let _ = serde_json::to_writer(&mut bytes, v);
     }
-    bytes.0.saturating_add(8 * messages + 8)
+    bytes.0.saturating_add(8 * messages).saturating_add(8)
+}
+
+/// The most output tokens a request may ask for per choice (`max_tokens`,
+/// `max_completion_tokens`): the bound on plausible usage, a hundred times the largest output
+/// any model offers today.
+pub const MAX_OUTPUT_TOKENS: u64 = crate::domain::pricing::MAX_PLAUSIBLE_TOKENS;
+
+/// The most choices a request may ask for (`n`, `best_of`); providers allow far fewer.
+pub const MAX_CHOICES: u64 = 128;
+
+/// Checks the output fields of the body actually sent (a config's `override_params` laid over
+/// the client's): each of `max_tokens` and `max_completion_tokens` given must be a whole number
+/// of at most [`MAX_OUTPUT_TOKENS`], each of `n` and `best_of` one of at most [`MAX_CHOICES`].
+/// Otherwise the reservation would be absurd, or (for a value that is not a whole number, which
+/// a lenient upstream may still read) not bound what the provider generates. The error names
+/// the field and its bound.
+pub fn check_output_bounds(body: &Map<String, Value>, overrides: &Params) -> Result<(), String> {
+    let bounds = [
+        ("max_tokens", MAX_OUTPUT_TOKENS),
+        ("max_completion_tokens", MAX_OUTPUT_TOKENS),
+        ("n", MAX_CHOICES),
+        ("best_of", MAX_CHOICES),
+    ];
+    for (field, max) in bounds {
+        let sent = overrides.get(field).or_else(|| body.get(field));
+        match sent {
+            None | Some(Value::Null) => {}
+            Some(v) if v.as_u64().is_some_and(|n| n <= max) => {}
+            Some(_) => return Err(format!("{field} must be a whole number from 0 to {max}")),
+        }
+    }
+    Ok(())
 }
 
 /// The most output tokens one upstream call may bill, from the body actually sent (a config's
@@ -149,7 +181,7 @@ struct ByteCount(u64);
 
 impl std::io::Write for ByteCount {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len() as u64;
+        self.0 = self.0.saturating_add(buf.len() as u64);
         Ok(buf.len())
     }
 
@@ -346,6 +378,61 @@ mod tests {
         assert_eq!(
             max_output_tokens(absurd.as_object().unwrap(), &none, 1),
             u64::MAX
+        );
+    }
+
+    /// A reservation never wraps to about nothing: 2^64 − P output tokens, times any `n`, plus any
+    /// prompt, saturates. And the bounds refuse such bodies before anything is reserved.
+    #[test]
+    fn output_reservations_saturate_and_are_bounded() {
+        let none = Params::default();
+        for (max_tokens, n) in [
+            (u64::MAX - 5, 1),
+            (u64::MAX - 5, 3),
+            (1 << 33, 1 << 31),
+            (2, u64::MAX),
+        ] {
+            let body = json!({"max_tokens": max_tokens, "n": n});
+            let b = body.as_object().unwrap();
+            let out = max_output_tokens(b, &none, 4096);
+            assert!(out >= max_tokens && out >= n, "{max_tokens} × {n}: {out}");
+            assert_eq!(out.saturating_add(max_prompt_tokens(b)), u64::MAX);
+            let err = check_output_bounds(b, &none).unwrap_err();
+            assert!(
+                err.starts_with("max_tokens") || err.starts_with("n "),
+                "{err}"
+            );
+        }
+        let at_bounds = json!({"max_tokens": MAX_OUTPUT_TOKENS, "max_completion_tokens": 1,
+                               "n": MAX_CHOICES, "best_of": 1});
+        let b = at_bounds.as_object().unwrap();
+        assert_eq!(check_output_bounds(b, &none), Ok(()));
+        assert_eq!(
+            max_output_tokens(b, &none, 4096),
+            MAX_OUTPUT_TOKENS * MAX_CHOICES
+        );
+        let params = |v: Value| Params::from(v.as_object().unwrap().clone());
+        for (field, bad) in [
+            ("max_tokens", json!(MAX_OUTPUT_TOKENS + 1)),
+            ("max_completion_tokens", json!("1000")),
+            ("max_completion_tokens", json!(-1)),
+            ("n", json!(MAX_CHOICES + 1)),
+            ("best_of", json!(2.5)),
+        ] {
+            let err = check_output_bounds(&Map::new(), &params(json!({ field: bad }))).unwrap_err();
+            assert!(
+                err.starts_with(&format!("{field} must be a whole number")),
+                "{err}"
+            );
+        }
+        let ok = json!({"max_tokens": null, "n": 0});
+        assert_eq!(check_output_bounds(ok.as_object().unwrap(), &none), Ok(()));
+        let overridden = params(json!({"max_tokens": 10}));
+        let client = json!({"max_tokens": u64::MAX});
+        assert_eq!(
+            check_output_bounds(client.as_object().unwrap(), &overridden),
+            Ok(()),
+            "the override is what is sent"
         );
     }
 

@@ -4,6 +4,7 @@
 //! client gets its final byte.
 
 pub mod auth;
+pub mod client;
 pub mod govern;
 pub mod meter;
 pub mod models;

@@ -6,6 +6,11 @@
 //! carries an estimate and says so. A client that stops reading counts as gone once it has held
 //! the stream back for `client_stall_timeout` in all (at once, or a trickle at a time): metering
 //! never waits on a client for longer.
+//!
+//! A stream's memory is bounded by bytes, not by events: one event holds at most
+//! `max_stream_event_bytes` (much less than a whole non-stream body), and the events waiting for a
+//! slow client hold at most [`CLIENT_BUFFER_BYTES`] in all; past that, reading from the provider
+//! waits (and the provider's sending with it, through TCP).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +22,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::meter::{self, Attempt, WireUsage};
 use super::route::Target;
@@ -30,6 +36,12 @@ use crate::domain::UsageSource;
 const DRAIN_MAX_BYTES: usize = 16 << 20;
 /// Frames buffered towards a slow client before reading from the provider pauses.
 const CLIENT_BUFFER: usize = 64;
+/// Bytes of frames buffered towards a slow client before reading from the provider pauses: a few
+/// MiB per stream, whatever the events' size (a frame larger than this waits for an empty buffer).
+pub const CLIENT_BUFFER_BYTES: usize = 4 << 20;
+
+/// A frame on its way to the client, holding its bytes' share of the buffer until it is taken.
+type Queued = (Bytes, OwnedSemaphorePermit);
 
 /// Everything the stream task needs to meter the attempt.
 pub struct Job {
@@ -181,27 +193,20 @@ pub fn classify(event: &[u8]) -> Frame {
 
 /// Starts the stream task; the returned stream yields the frames for the client.
 pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> Frames {
-    let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
-    let abandoned = Arc::new(AtomicBool::new(false));
-    let client = Client {
-        tx: Some(tx),
-        abandoned: abandoned.clone(),
-        stall: job.core.settings.client_stall_timeout,
-        waited: Duration::ZERO,
-    };
+    let (client, frames) = Client::new(job.core.settings.client_stall_timeout);
     let mut target = target.clone();
     target.headers.clear(); // the credential is not needed past the request
     job.core
         .tasks
         .clone()
         .spawn(pump(job, target, resp, client));
-    Frames { rx, abandoned }
+    frames
 }
 
 /// The client's frames. If the task gave up on a stalled client, the stream ends in an error,
 /// so the connection is broken off rather than the stream looking complete.
 pub struct Frames {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Queued>,
     abandoned: Arc<AtomicBool>,
 }
 
@@ -217,13 +222,19 @@ impl futures_util::Stream for Frames {
         if self.abandoned.load(Ordering::Acquire) {
             return Poll::Ready(Some(Err(ClientStalled)));
         }
-        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+        // The frame's share of the buffer is freed as it is handed on (hyper bounds its own).
+        self.rx
+            .poll_recv(cx)
+            .map(|f| f.map(|(frame, _room)| Ok(frame)))
     }
 }
 
 /// The task's end of the channel to the client; `None` once the client is gone.
 struct Client {
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<Queued>>,
+    /// The bytes the buffer towards the client has room for (`room_bytes` in all).
+    room: Arc<Semaphore>,
+    room_bytes: usize,
     abandoned: Arc<AtomicBool>,
     /// How long the client may hold the stream back in all.
     stall: Duration,
@@ -232,26 +243,56 @@ struct Client {
 }
 
 impl Client {
-    /// Sends a frame, waiting for room at most what is left of `stall`. Returns false when the
-    /// client is gone: it went away, or it held the stream back too long and is given up on
-    /// (its stream then ends in an error and the sender is dropped at once, so its connection
-    /// closes). A client reading a trickle cannot hold metering up longer than one that stopped.
+    /// The task's end and the client's end of a new stream, with `stall` as the allowance.
+    fn new(stall: Duration) -> (Client, Frames) {
+        Self::with_buffer(stall, CLIENT_BUFFER, CLIENT_BUFFER_BYTES)
+    }
+
+    fn with_buffer(stall: Duration, frames: usize, bytes: usize) -> (Client, Frames) {
+        let (tx, rx) = mpsc::channel(frames);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let client = Client {
+            tx: Some(tx),
+            room: Arc::new(Semaphore::new(bytes)),
+            room_bytes: bytes,
+            abandoned: abandoned.clone(),
+            stall,
+            waited: Duration::ZERO,
+        };
+        (client, Frames { rx, abandoned })
+    }
+
+    /// Sends a frame, waiting for room (in frames and in bytes) at most what is left of `stall`.
+    /// Returns false when the client is gone: it went away, or it held the stream back too long
+    /// and is given up on (its stream then ends in an error and the sender is dropped at once, so
+    /// its connection closes). A client reading a trickle cannot hold metering up longer than one
+    /// that stopped.
     async fn send(&mut self, frame: Bytes, trace_id: &str) -> bool {
         let Some(tx) = &self.tx else { return false };
+        // A frame larger than the whole buffer takes all of it: it waits for an empty buffer.
+        let cost = u32::try_from(frame.len().min(self.room_bytes)).unwrap_or(u32::MAX);
         // Room at once is the common case, and needs no timer.
-        let frame = match tx.try_send(frame) {
-            Ok(()) => return true,
-            Err(TrySendError::Full(frame)) => frame,
-            Err(TrySendError::Closed(_)) => return self.gone(trace_id, false),
+        let frame = match self.room.clone().try_acquire_many_owned(cost) {
+            Ok(permit) => match tx.try_send((frame, permit)) {
+                Ok(()) => return true,
+                Err(TrySendError::Full((frame, _))) => frame,
+                Err(TrySendError::Closed(_)) => return self.gone(trace_id, false),
+            },
+            Err(_) => frame,
         };
         let started = Instant::now();
-        let sent = tx
-            .send_timeout(frame, self.stall.saturating_sub(self.waited))
-            .await;
+        let room = self.room.clone();
+        let wait = async move {
+            // The semaphore is never closed; a client that left frees its frames' room.
+            let permit = room.acquire_many_owned(cost).await.ok()?;
+            tx.send((frame, permit)).await.ok()
+        };
+        let sent = tokio::time::timeout(self.stall.saturating_sub(self.waited), wait).await;
         self.waited += started.elapsed();
         match sent {
-            Ok(()) => true,
-            Err(e) => self.gone(trace_id, matches!(e, SendTimeoutError::Timeout(_))),
+            Ok(Some(())) => true,
+            Ok(None) => self.gone(trace_id, false),
+            Err(_) => self.gone(trace_id, true),
         }
     }
 
@@ -284,7 +325,7 @@ struct Progress {
 
 async fn pump(job: Job, target: Target, resp: reqwest::Response, client: Client) {
     let mut upstream = resp.bytes_stream();
-    let mut split = SseSplitter::new(job.core.settings.max_upstream_body_bytes);
+    let mut split = SseSplitter::new(job.core.settings.max_stream_event_bytes);
     let drain = job.core.settings.stream_drain_timeout;
     let mut p = Progress {
         usage: None,
@@ -322,8 +363,8 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, client: Client)
         if let Err(EventTooLarge(bytes)) = forward_events(&job, &mut p, &mut split).await {
             // The provider generated what it sent: estimated like text (about a char a byte).
             p.chars += bytes;
-            tracing::warn!(trace_id = %job.ctx.trace_id, "provider stream event over max_upstream_body_bytes; stream ended");
-            p.failed = Some("an event of the provider's stream is larger than this gateway accepts (max_upstream_body_bytes)");
+            tracing::warn!(trace_id = %job.ctx.trace_id, "provider stream event over max_stream_event_bytes; stream ended");
+            p.failed = Some("an event of the provider's stream is larger than this gateway accepts (max_stream_event_bytes)");
             break;
         }
         if p.client_gone_at.is_some() && (p.usage.is_some() || p.drained > DRAIN_MAX_BYTES) {
@@ -430,15 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_stops_reading_is_given_up_on_and_its_stream_errs() {
-        let (tx, rx) = mpsc::channel(1);
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let mut client = Client {
-            tx: Some(tx),
-            abandoned: abandoned.clone(),
-            stall: Duration::from_millis(20),
-            waited: Duration::ZERO,
-        };
-        let mut frames = Frames { rx, abandoned };
+        let (mut client, mut frames) = Client::with_buffer(Duration::from_millis(20), 1, 1 << 20);
         assert!(client.send(Bytes::from_static(b"a"), "t").await);
         // Nobody reads: the second frame waits `stall`, then the client is gone.
         assert!(!client.send(Bytes::from_static(b"b"), "t").await);
@@ -449,17 +482,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_reading_a_trickle_is_given_up_on_too() {
-        let (tx, mut rx) = mpsc::channel(1);
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let mut client = Client {
-            tx: Some(tx),
-            abandoned: abandoned.clone(),
-            stall: Duration::from_millis(100),
-            waited: Duration::ZERO,
-        };
+        let (mut client, mut frames) = Client::with_buffer(Duration::from_millis(100), 1, 1 << 20);
+        let abandoned = client.abandoned.clone();
         // One frame taken every 10 ms: no single wait is long, but they add up.
         let reader = tokio::spawn(async move {
-            while rx.recv().await.is_some() {
+            while frames.rx.recv().await.is_some() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
@@ -475,16 +502,40 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_left_is_gone_without_waiting() {
-        let (tx, rx) = mpsc::channel(1);
-        drop(rx);
-        let mut client = Client {
-            tx: Some(tx),
-            abandoned: Arc::new(AtomicBool::new(false)),
-            stall: Duration::from_secs(3600),
-            waited: Duration::ZERO,
-        };
+        let (mut client, frames) = Client::with_buffer(Duration::from_secs(3600), 1, 1 << 20);
+        drop(frames);
         assert!(!client.send(Bytes::from_static(b"a"), "t").await);
         assert!(!client.abandoned.load(Ordering::Acquire));
+    }
+
+    /// The buffer towards the client is bounded in bytes: frames wait for room once the queued
+    /// ones hold the buffer's bytes, however few frames that is, and go on as they are taken.
+    #[tokio::test]
+    async fn the_client_buffer_is_bounded_in_bytes() {
+        let (mut client, mut frames) = Client::with_buffer(Duration::from_secs(3600), 64, 1000);
+        let frame = Bytes::from(vec![b'x'; 400]);
+        assert!(client.send(frame.clone(), "t").await);
+        assert!(client.send(frame.clone(), "t").await);
+        assert_eq!(client.room.available_permits(), 200);
+        let third = tokio::spawn(async move {
+            let sent = client.send(frame, "t").await;
+            (sent, client)
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !third.is_finished(),
+            "a third frame does not fit in 1000 bytes"
+        );
+        assert_eq!(frames.next().await.unwrap().unwrap().len(), 400);
+        let (sent, client) = third.await.unwrap();
+        assert!(sent);
+        assert_eq!(client.room.available_permits(), 200);
+        // A frame larger than the whole buffer waits for an empty one, then goes.
+        let (mut client, mut frames) = Client::with_buffer(Duration::from_secs(3600), 64, 1000);
+        assert!(client.send(Bytes::from(vec![b'y'; 5000]), "t").await);
+        assert_eq!(client.room.available_permits(), 0);
+        assert_eq!(frames.next().await.unwrap().unwrap().len(), 5000);
+        assert_eq!(client.room.available_permits(), 1000);
     }
 
     #[test]

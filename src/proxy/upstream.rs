@@ -15,12 +15,12 @@ use serde_json::Value;
 use super::govern::{Estimate, Refusal, Reservation};
 use super::meter::{self, Attempt};
 use super::route::{self, Plan, Target};
-use super::stream;
+use super::{client, stream};
 use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
 use crate::app::Core;
 use crate::domain::budget::RequestPath;
 use crate::domain::pricing::TokenUsage;
-use crate::domain::routing::{Mode, Node, Params};
+use crate::domain::routing::{check_private_host, Mode, Node, Params};
 use crate::domain::{Endpoint, Millis, UsageSource};
 use crate::telemetry::UpstreamFailure;
 
@@ -155,6 +155,10 @@ impl Exec {
             Ok(t) => t,
             Err(e) => return Outcome::Stop(e),
         };
+        let policy = self.core.settings.upstream_private_hosts;
+        if let Err(why) = check_private_host(&target.base_url, policy, "the provider's host") {
+            return Outcome::Stop(private_host_error(why));
+        }
         let model = match self.model_for(node) {
             Ok(m) => m,
             Err(e) => return Outcome::Stop(e),
@@ -250,7 +254,7 @@ impl Exec {
             model,
             metadata: Some(&self.ctx.metadata),
         };
-        let estimate = self.estimate(target, model, overrides);
+        let estimate = self.estimate(target, model, overrides)?;
         self.core
             .governor
             .admit(&self.core.state, &path, estimate, Millis::now())
@@ -258,13 +262,18 @@ impl Exec {
 
     /// The most an attempt may use and cost, from the body actually sent upstream (the target's
     /// `override_params` laid over the request): an upper bound of its prompt plus the most output
-    /// it may bill (every choice), priced as the target prices the model.
+    /// it may bill (every choice), priced as the target prices the model. A 400 when the body's
+    /// output fields pass their bounds ([`meter::check_output_bounds`]).
     fn estimate(
         &self,
         target: &Target,
         model: &str,
         overrides: &crate::domain::routing::Params,
-    ) -> Estimate {
+    ) -> Result<Estimate, Refusal> {
+        meter::check_output_bounds(&self.body.json, overrides).map_err(|why| Refusal {
+            error: DataError::bad_request(why),
+            target_specific: false,
+        })?;
         let completion = match self.ctx.endpoint {
             Endpoint::Embeddings => 0,
             _ => meter::max_output_tokens(&self.body.json, overrides, DEFAULT_MAX_OUTPUT_TOKENS),
@@ -280,11 +289,11 @@ impl Exec {
             cached: 0,
         };
         let (price, pricing) = meter::pricing_of(&self.core.prices, target, model);
-        Estimate {
+        Ok(Estimate {
             max_cost: price.map_or(rust_decimal::Decimal::ZERO, |p| p.cost_usd(usage)),
             max_tokens: prompt.saturating_add(completion),
             pricing,
-        }
+        })
     }
 
     /// One upstream attempt, metered.
@@ -319,28 +328,37 @@ impl Exec {
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                let (status, why, msg) = if e.is_timeout() {
-                    (
+                let why = if e.is_timeout() {
+                    UpstreamFailure::Timeout
+                } else {
+                    UpstreamFailure::Connect
+                };
+                let err = match client::refused_host(&e) {
+                    // Refused by `upstream_private_hosts = deny` before connecting.
+                    Some(refused) => private_host_error(refused.to_string()),
+                    None if e.is_timeout() => DataError::new(
                         StatusCode::REQUEST_TIMEOUT,
-                        UpstreamFailure::Timeout,
+                        "api_error",
+                        Some("upstream_unavailable"),
                         format!(
                             "the provider did not answer within {} ms",
                             timeout.as_millis()
                         ),
-                    )
-                } else {
-                    (
+                    ),
+                    None => DataError::new(
                         StatusCode::BAD_GATEWAY,
-                        UpstreamFailure::Connect,
-                        "the provider could not be reached".to_owned(),
-                    )
+                        "api_error",
+                        Some("upstream_unavailable"),
+                        "the provider could not be reached",
+                    ),
                 };
                 tracing::warn!(trace_id = %self.ctx.trace_id, provider = %target.provider.slug, error = %e.without_url(), "upstream attempt failed");
                 self.core.metrics.upstream_failure(why);
+                let status = err.status.as_u16();
                 self.finish(
                     target,
                     model,
-                    status.as_u16(),
+                    status,
                     TokenUsage::default(),
                     UsageSource::Provider,
                     started,
@@ -349,9 +367,8 @@ impl Exec {
                     reservation,
                 )
                 .await?;
-                let err = DataError::new(status, "api_error", Some("upstream_unavailable"), msg);
                 return Ok(Answer {
-                    status: status.as_u16(),
+                    status,
                     reply: error_reply(&err),
                 });
             }
@@ -670,6 +687,12 @@ impl serde::Serialize for Overlay<'_> {
 fn is_model_id(m: &str) -> bool {
     let bad_char = |c: char| matches!(c, '?' | '#' | '\\') || c.is_whitespace() || c.is_control();
     !m.chars().any(bad_char) && !m.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// A provider host `upstream_private_hosts = deny` refuses (a literal address, or a name that
+/// resolved to one): nothing was sent.
+fn private_host_error(why: String) -> DataError {
+    DataError::forbidden("upstream_host_not_allowed", why)
 }
 
 /// The output allowance reserved for a request that sets no `max_tokens`.

@@ -45,20 +45,18 @@ pub async fn smtp_sink() -> SmtpSink {
         .kill_on_drop(true)
         .spawn()
         .expect("aiosmtpd (installed by scripts/test.sh)");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let up = harness::eventually(Duration::from_millis(50), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
-        {
-            return SmtpSink {
-                child,
-                maildir,
-                url: format!("smtp://127.0.0.1:{port}"),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    })
+    .await;
+    assert!(up, "the SMTP sink did not start");
+    SmtpSink {
+        child,
+        maildir,
+        url: format!("smtp://127.0.0.1:{port}"),
     }
-    panic!("the SMTP sink did not start");
 }
 
 pub fn mails(dir: &Path) -> Vec<String> {
@@ -137,14 +135,12 @@ async fn threshold_and_exhaustion_each_notify_exactly_once() {
     }
     assert_eq!(statuses, vec![200, 200, 200, 200, 200, 200, 412, 412, 412]);
 
-    let mut rows = Value::Null;
-    for _ in 0..200 {
-        rows = server.admin("GET", "/admin/notifications", None).await;
-        if rows["total"] == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let notifications = || server.admin("GET", "/admin/notifications", None);
+    harness::eventually(Duration::from_millis(50), || async {
+        notifications().await["total"] == 4
+    })
+    .await;
+    let rows = notifications().await;
     assert_eq!(rows["total"], 4, "two events × (email, webhook): {rows}");
     assert!(
         rows["data"]
@@ -234,12 +230,10 @@ async fn a_duplicate_after_a_notifier_restart_is_not_delivered_again() {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let notifier = tokio::spawn(tollgate::notify::run_notifier(core.clone(), stopped));
         let end = *core.log.watch_end(Topic::Limits).borrow();
-        for _ in 0..200 {
-            if core.store.offset("notifier").await.unwrap() >= end {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        harness::eventually(Duration::from_millis(25), || async {
+            core.store.offset("notifier").await.unwrap() >= end
+        })
+        .await;
         assert_eq!(core.store.offset("notifier").await.unwrap(), end);
         stop.send(true).unwrap();
         notifier.await.unwrap();

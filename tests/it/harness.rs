@@ -1,10 +1,11 @@
 //! Starting the real server: in-process on `127.0.0.1:0`, or as the `tollgate` binary; plus
 //! helpers for the admin API and for running the Python SDK scripts in `tests/sdk/`.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -105,16 +106,52 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits (up to 10 s) until the process `child` answers `/readyz` at `url` with 200; otherwise
-/// kills it and fails the test, naming `what`.
-pub async fn await_ready(child: &mut std::process::Child, url: &str, what: &str) {
-    for _ in 0..400 {
-        if let Ok(r) = reqwest::get(format!("{url}/readyz")).await {
-            if r.status() == 200 {
-                return;
-            }
+/// The bound on waiting for a condition in these tests. It only turns a broken server into a
+/// failure instead of a hang: a condition that holds ends the wait at once, so the bound costs
+/// nothing when things are fast, and it is far above what anything takes with both cores busy.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `cond` every `every` until it holds (true), or until [`PATIENCE`] has passed (false).
+pub async fn eventually<F: Future<Output = bool>>(
+    every: Duration,
+    mut cond: impl FnMut() -> F,
+) -> bool {
+    eventually_some(every, || {
+        let f = cond();
+        async { f.await.then_some(()) }
+    })
+    .await
+    .is_some()
+}
+
+/// Polls `probe` every `every` until it finds something, or until [`PATIENCE`] has passed (None).
+pub async fn eventually_some<T, F: Future<Output = Option<T>>>(
+    every: Duration,
+    mut probe: impl FnMut() -> F,
+) -> Option<T> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = probe().await {
+            return Some(found);
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Waits (up to [`PATIENCE`]) until the process `child` answers `/readyz` at `url` with 200;
+/// otherwise kills it and fails the test, naming `what`.
+pub async fn await_ready(child: &mut std::process::Child, url: &str, what: &str) {
+    let ready = eventually(Duration::from_millis(25), || async {
+        reqwest::get(format!("{url}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    if ready {
+        return;
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -224,15 +261,13 @@ impl Server {
             .expect("a key with that name")
     }
 
-    /// Waits until the usage store has every event of the log.
+    /// Waits (up to [`PATIENCE`]) until the usage store has every event of the log.
     pub async fn store_caught_up(&self) {
-        for _ in 0..200 {
-            if self.core.store_lag().await == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the usage store did not catch up");
+        let caught_up = eventually(Duration::from_millis(25), || async {
+            self.core.store_lag().await == 0
+        })
+        .await;
+        assert!(caught_up, "the usage store did not catch up");
     }
 }
 

@@ -10,6 +10,8 @@
 //!   `max_completion_tokens`, else 16) × `n`;
 //! - `huge-usage` reports absurd usage (prompt and completion tokens near 2^63).
 //! - `long-stream` streams 2,000 chunks of about 4 KiB as fast as they are read (8 MiB).
+//! - `big-events` streams [`BIG_EVENTS`] events of about [`BIG_EVENT_BYTES`] each as fast as they
+//!   are read (then the usage chunk, when asked for, and `[DONE]`).
 //!
 //! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
 
@@ -44,6 +46,10 @@ pub struct Seen {
 pub const HUGE_BODY_BYTES: usize = 64 << 20;
 /// What `endless-event` sends at most.
 pub const ENDLESS_EVENT_BYTES: usize = 16 << 20;
+/// The content of each `big-events` event: under the default `max_stream_event_bytes` (1 MiB).
+pub const BIG_EVENT_BYTES: usize = 900_000;
+/// How many content events `big-events` sends.
+pub const BIG_EVENTS: usize = 32;
 
 pub struct Mock {
     pub url: String,
@@ -161,6 +167,9 @@ fn stream(seen: Arc<Seen>, body: Value, model: String) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(4);
     let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true)
         && !model.contains("no-usage");
+    if model.contains("big-events") {
+        return big_events(seen, usage(&body), include_usage);
+    }
     tokio::spawn(async move {
         let chunk = |delta: Value, finish: Value| {
             json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
@@ -204,6 +213,37 @@ fn stream(seen: Arc<Seen>, body: Value, model: String) -> Response {
         if tx.send(Ok("data: [DONE]\n\n".into())).await.is_ok() {
             seen.streams_finished.fetch_add(1, Ordering::SeqCst);
         }
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// The `big-events` stream: one event text, built once and sent [`BIG_EVENTS`] times (the mock
+/// itself stays small however slowly the gateway reads).
+fn big_events(seen: Arc<Seen>, usage: Value, include_usage: bool) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::convert::Infallible>>(1);
+    tokio::spawn(async move {
+        let content = "a".repeat(BIG_EVENT_BYTES);
+        let event = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+        let event = bytes::Bytes::from(format!("data: {event}\n\n"));
+        let mut tail = Vec::new();
+        if include_usage {
+            let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "choices": [], "usage": usage});
+            tail.push(bytes::Bytes::from(format!("data: {u}\n\n")));
+        }
+        tail.push(bytes::Bytes::from_static(b"data: [DONE]\n\n"));
+        let frames = std::iter::repeat_n(event, BIG_EVENTS).chain(tail);
+        for f in frames {
+            if tx.send(Ok(f)).await.is_err() {
+                return;
+            }
+        }
+        seen.streams_finished.fetch_add(1, Ordering::SeqCst);
     });
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });

@@ -222,20 +222,22 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     assert!(acked.len() > 50, "load ran: {}", acked.len());
 
     let mut p = spawn(dir.path()).await;
-    let mut stored = HashSet::new();
-    for _ in 0..200 {
+    let stored_now = || {
         let db = rusqlite::Connection::open(dir.path().join("usage.sqlite")).unwrap();
         let mut stmt = db.prepare("SELECT trace_id FROM usage_events").unwrap();
-        stored = stmt
+        let stored: HashSet<String> = stmt
             .query_map([], |r| r.get::<_, String>(0))
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        if acked.is_subset(&stored) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        stored
+    };
+    crate::harness::eventually(Duration::from_millis(50), || {
+        let all = acked.is_subset(&stored_now());
+        async move { all }
+    })
+    .await;
+    let stored = stored_now();
     let missing: Vec<_> = acked.difference(&stored).collect();
     assert!(
         missing.is_empty(),

@@ -24,15 +24,12 @@ fn events_of(server: &harness::Server, trace: &str) -> Vec<(String, i64, i64, i6
 }
 
 async fn wait_for_event(server: &harness::Server, trace: &str) -> Vec<(String, i64, i64, i64)> {
-    for _ in 0..400 {
+    let found = harness::eventually_some(Duration::from_millis(25), || async move {
         server.store_caught_up().await;
-        let e = events_of(server, trace);
-        if !e.is_empty() {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no usage event for {trace}");
+        Some(events_of(server, trace)).filter(|e| !e.is_empty())
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("no usage event for {trace}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! See [`super`]: the routing area of the security suite. A stored credential goes only to the
 //! host its integration names, whatever the request carries (item 1); a config costs memory in
 //! proportion to its size, within documented bounds (item 16); an upstream answer of any size is
-//! bounded and still metered (item 19).
+//! bounded and still metered (item 19). From the security review: prices are bounded (review
+//! item 1), a `custom_host` is only scheme, host, port and path, and private hosts can be denied
+//! (review item 3), and output fields are bounded before anything is reserved (review item 4).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::sync::atomic::Ordering;
@@ -598,26 +600,22 @@ fn events_of(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
 }
 
 async fn wait_for_event(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
-    for _ in 0..400 {
+    let found = harness::eventually_some(Duration::from_millis(25), || async move {
         server.store_caught_up().await;
-        let e = events_of(server, trace);
-        if !e.is_empty() {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no usage event for {trace}");
+        Some(events_of(server, trace)).filter(|e| !e.is_empty())
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("no usage event for {trace}"))
 }
 
 /// Waits (bounded) until the mock's oversized answer stopped, and returns the bytes it got out.
 async fn poured_when_stopped(mock: &mock::Mock) -> usize {
-    for _ in 0..400 {
-        if mock.seen.pours_ended.load(Ordering::SeqCst) == 1 {
-            return mock.seen.poured.load(Ordering::SeqCst);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the mock's oversized answer never stopped");
+    let stopped = harness::eventually(Duration::from_millis(25), || async {
+        mock.seen.pours_ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(stopped, "the mock's oversized answer never stopped");
+    mock.seen.poured.load(Ordering::SeqCst)
 }
 
 /// Five ordinary requests, all served.
@@ -673,7 +671,8 @@ async fn an_upstream_body_over_the_cap_is_a_metered_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_sse_event_ends_the_stream_metered() {
     let mock = mock::start().await;
-    let server = harness::start_with(|s| s.set("max_upstream_body_bytes", CAP).unwrap()).await;
+    // The cap on one event of a stream is its own setting, far below a whole body's.
+    let server = harness::start_with(|s| s.set("max_stream_event_bytes", CAP).unwrap()).await;
     let (_, key) = server.tenant(&mock.url, "big").await;
     let stream = async {
         let r = reqwest::Client::new()
@@ -696,7 +695,7 @@ async fn an_endless_sse_event_ends_the_stream_metered() {
     );
     assert!(!text.contains("[DONE]"), "{text}");
     assert!(text.starts_with("data: {\"error\""), "{text}");
-    assert!(text.contains("max_upstream_body_bytes"), "{text}");
+    assert!(text.contains("max_stream_event_bytes"), "{text}");
     let poured = poured_when_stopped(&mock).await;
     assert!(
         poured < mock::ENDLESS_EVENT_BYTES,
@@ -710,4 +709,219 @@ async fn an_endless_sse_event_ends_the_stream_metered() {
         completion > 0,
         "the provider billed the event it sent: {events:?}"
     );
+}
+
+/// Review item 1: a custom price is bounded where it is set. Before: a `pricing_config` price of
+/// 1.9e25 cents per token was accepted (and a request through it saturated every cost total).
+/// Now: 400 naming the field and the bound (US cents per token), nothing stored; a price at the
+/// bound is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_price_above_the_bound_is_a_clear_400() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    server.tenant(&mock.url, "priced").await;
+    let models = format!("{}/v1/integrations/priced/models", server.url);
+    let admin = Some(server.admin_key.as_str());
+    let priced = |price: Value| {
+        json!({"models": [{"slug": "gpt-4o-mini", "enabled": true, "pricing_config": {"type": "static",
+            "pay_as_you_go": {"request_token": {"price": 0.00015}, "response_token": {"price": price}}}}]})
+    };
+    for price in [json!("19000000000000000000000000"), json!(100_000.5)] {
+        let (s, _, b) = call("PUT", &models, admin, Some(priced(price.clone()))).await;
+        assert_eq!(s, 400, "{price}: {b}");
+        let text = b.to_string();
+        assert!(
+            text.contains("models[0].pricing_config: pay_as_you_go.response_token.price must be at most 100000"),
+            "{price}: {b}"
+        );
+    }
+    let listed = server
+        .admin("GET", "/integrations/priced/models", None)
+        .await;
+    assert!(
+        !listed.to_string().contains("19000000"),
+        "nothing stored: {listed}"
+    );
+    let (s, _, b) = call("PUT", &models, admin, Some(priced(json!(100_000)))).await;
+    assert_eq!(s, 200, "the bound itself is a price: {b}");
+}
+
+/// Review item 4: output fields are bounded before anything is reserved or sent. Before:
+/// `max_tokens` of 2^64 − 6, `n` of a million, or a `max_tokens` the gateway could not read (a
+/// string, which a lenient upstream may still honour) were sent to the provider (200). Now: a
+/// 400 naming the field and its bound, and the provider sees nothing; the bounds themselves pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_output_fields_are_a_clear_400_before_the_provider() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (_, key) = server.tenant(&mock.url, "up").await;
+    let with = |extra: Value| {
+        let mut b = hello("@up/gpt-4o-mini");
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    for (extra, needle) in [
+        (
+            json!({"max_tokens": u64::MAX - 5}),
+            "max_tokens must be a whole number from 0 to 100000000",
+        ),
+        (
+            json!({"max_completion_tokens": 100_000_001}),
+            "max_completion_tokens must be a whole number from 0 to 100000000",
+        ),
+        (
+            json!({"max_tokens": "4000000000"}),
+            "max_tokens must be a whole number",
+        ),
+        (
+            json!({"n": 1_000_000}),
+            "n must be a whole number from 0 to 128",
+        ),
+        (
+            json!({"max_tokens": 1000, "n": 129}),
+            "n must be a whole number from 0 to 128",
+        ),
+    ] {
+        let (s, b) = chat(&server, &key, &[], with(extra.clone())).await;
+        assert_eq!(s, 400, "{extra}: {b}");
+        assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+        assert!(message(&b).contains(needle), "{extra}: {b}");
+    }
+    assert_eq!(
+        mock.seen.requests.load(Ordering::SeqCst),
+        0,
+        "refused before the provider"
+    );
+    let (s, b) = chat(
+        &server,
+        &key,
+        &[],
+        with(json!({"max_tokens": 100_000_000, "n": 128})),
+    )
+    .await;
+    assert_eq!(s, 200, "the bounds themselves are served: {b}");
+}
+
+/// Review item 3, the URL's shape: a `custom_host` with a query, a fragment or userinfo is a 400
+/// wherever it is set (integration, virtual key, a config target with its own key). Before: all
+/// accepted (a query or `user@` host went out on every call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_host_is_only_scheme_host_port_path() {
+    let mock = mock::start().await;
+    let server = harness::start().await;
+    let (ws, key) = server.tenant(&mock.url, "up").await;
+    let admin = Some(server.admin_key.as_str());
+    for (bad, needle) in [
+        (format!("{}/v1?api-version=x", mock.url), "a query (?)"),
+        (format!("{}/v1#frag", mock.url), "a fragment (#)"),
+        ("http://user:pw@evil.example/v1".to_owned(), "userinfo"),
+        (
+            format!("http://api.openai.com@{}", &mock.url[7..]),
+            "userinfo",
+        ),
+    ] {
+        let integration = json!({"name": "bad", "slug": "bad", "ai_provider_id": "openai",
+            "key": "sk-x", "configurations": {"custom_host": bad}});
+        let vk = json!({"name": "vk", "provider": "openai", "key": "sk-vk-000000000",
+            "workspace_id": ws, "custom_host": bad});
+        let config = json!({"provider": "openai", "api_key": "sk-own", "custom_host": bad});
+        let saved = json!({"name": "c", "workspace_id": ws, "config": config});
+        for (path, body) in [
+            ("/integrations", integration),
+            ("/virtual-keys", vk),
+            ("/configs", saved),
+        ] {
+            let (s, _, b) = call(
+                "POST",
+                &format!("{}/v1{path}", server.url),
+                admin,
+                Some(body),
+            )
+            .await;
+            assert_eq!(s, 400, "{path} {bad}: {b}");
+            assert!(b.to_string().contains(needle), "{path} {bad}: {b}");
+            assert!(
+                b.to_string().contains("http(s)://host[:port][/path]"),
+                "{b}"
+            );
+        }
+        let (s, b) = chat(
+            &server,
+            &key,
+            &[("x-portkey-config", &config.to_string())],
+            hello("gpt-4o-mini"),
+        )
+        .await;
+        assert_eq!(s, 400, "inline {bad}: {b}");
+        assert!(message(&b).contains(needle), "{b}");
+    }
+    assert_eq!(mock.seen.requests.load(Ordering::SeqCst), 0);
+}
+
+/// Review item 3, `upstream_private_hosts = deny`: a literal private address is a 400 where it is
+/// set (integration, virtual key; and a 403 per request, see `check_private_host`), a name resolving to one
+/// (`localhost`) is refused when the call would connect, with a 403 naming the setting; the mock
+/// sees no request. With the default (`allow`) the same name is served. Before: the setting did
+/// not exist and every such host was called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_private_hosts_deny_refuses_private_addresses() {
+    let mock = mock::start().await;
+    let by_name = mock.url.replace("127.0.0.1", "localhost");
+    let server = harness::start_with(|s| s.set("upstream_private_hosts", "deny").unwrap()).await;
+    let admin = Some(server.admin_key.as_str());
+    for literal in [
+        mock.url.clone(),
+        "http://[::1]:9/v1".into(),
+        "http://169.254.169.254".into(),
+        "http://10.0.0.8:8000/v1".into(),
+    ] {
+        let body = json!({"name": "lit", "slug": "lit", "ai_provider_id": "openai", "key": "sk-x",
+            "configurations": {"custom_host": literal}});
+        let (s, _, b) = call(
+            "POST",
+            &format!("{}/v1/integrations", server.url),
+            admin,
+            Some(body),
+        )
+        .await;
+        assert_eq!(s, 400, "{literal}: {b}");
+        assert!(
+            b.to_string().contains("upstream_private_hosts = deny"),
+            "{literal}: {b}"
+        );
+    }
+    let (_, key) = server.tenant(&by_name, "named").await;
+    let (s, b) = chat(&server, &key, &[], hello("@named/gpt-4o-mini")).await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(b["error"]["code"], "upstream_host_not_allowed", "{b}");
+    assert!(message(&b).contains("localhost resolves to"), "{b}");
+    assert!(message(&b).contains("upstream_private_hosts = deny"), "{b}");
+    let (ws, _) = server.tenant(&by_name, "other").await;
+    let vk = json!({"name": "vk", "provider": "openai", "key": "sk-vk-000000000",
+        "workspace_id": ws, "custom_host": mock.url});
+    let (s, _, b) = call(
+        "POST",
+        &format!("{}/v1/virtual-keys", server.url),
+        admin,
+        Some(vk),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b.to_string()
+            .contains("custom_host: 127.0.0.1 is a loopback"),
+        "{b}"
+    );
+    assert_eq!(
+        mock.seen.requests.load(Ordering::SeqCst),
+        0,
+        "nothing reached the private host"
+    );
+
+    let open = harness::start().await;
+    let (_, key) = open.tenant(&by_name, "named").await;
+    let (s, b) = chat(&open, &key, &[], hello("@named/gpt-4o-mini")).await;
+    assert_eq!(s, 200, "allow (the default) serves private hosts: {b}");
 }
