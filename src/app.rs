@@ -648,7 +648,10 @@ async fn run_follower(core: Arc<Core>) {
                     }
                     drop(state);
                     core.folded[topic.index()].send_replace(next);
-                    progressed |= !events.is_empty();
+                    // A read may come back short, even empty, before the end (a Kafka poll that
+                    // timed out): still behind means read again, not wait for the end to move,
+                    // which it may not do until the next change anywhere.
+                    progressed |= !events.is_empty() || next < *end.borrow();
                 }
                 Err(e) => {
                     tracing::error!(error = %e, topic = topic.name(), "follower: read failed; retrying");
@@ -1014,5 +1017,77 @@ mod tests {
             with_audit_scope(&key(&older[1..]), Millis(9)).is_none(),
             "a narrowed key is left as it is"
         );
+    }
+
+    /// A log whose every other read comes back empty, as a Kafka poll that timed out does.
+    struct ShortReads {
+        inner: FileLog,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl EventLog for ShortReads {
+        fn append(
+            &self,
+            topic: Topic,
+            key: Vec<u8>,
+            payload: Vec<u8>,
+        ) -> futures_util::future::BoxFuture<'static, Result<u64, LogError>> {
+            self.inner.append(topic, key, payload)
+        }
+        fn append_batch(
+            &self,
+            topic: Topic,
+            records: Vec<(Vec<u8>, Vec<u8>)>,
+        ) -> futures_util::future::BoxFuture<'static, Result<u64, LogError>> {
+            self.inner.append_batch(topic, records)
+        }
+        fn read(
+            &self,
+            topic: Topic,
+            from: u64,
+            max_bytes: usize,
+        ) -> futures_util::future::BoxFuture<'static, Result<Vec<crate::log::Record>, LogError>>
+        {
+            if self.reads.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+                return Box::pin(async { Ok(Vec::new()) });
+            }
+            self.inner.read(topic, from, max_bytes)
+        }
+        fn watch_end(&self, topic: Topic) -> watch::Receiver<u64> {
+            self.inner.watch_end(topic)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_read_does_not_stall_the_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings
+            .set("data_dir", dir.path().to_str().unwrap())
+            .unwrap();
+        let log = ShortReads {
+            inner: FileLog::open(&dir.path().join("log"), settings.usage_fsync).unwrap(),
+            reads: Default::default(),
+        };
+        let store = SqliteStore::open(&dir.path().join("usage.sqlite")).unwrap();
+        let core = Core::assemble(
+            settings,
+            Sealer::from_base64(&Sealer::generate_key()).unwrap(),
+            Arc::new(log),
+            Arc::new(store),
+            Mode::Distributed,
+        )
+        .unwrap();
+        tokio::spawn(run_follower(core.clone()));
+        for i in 0..3 {
+            let mut k = key(ADMIN_SCOPES);
+            k.id = format!("k{i}");
+            let commit = core.commit(None, vec![Change::Upsert(Entity::ApiKey(k))]);
+            tokio::time::timeout(std::time::Duration::from_secs(10), commit)
+                .await
+                .expect("the change is read back although a read came back empty")
+                .unwrap();
+        }
+        assert_eq!(core.state.read().api_keys.len(), 3);
     }
 }

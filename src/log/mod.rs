@@ -103,7 +103,8 @@ pub trait EventLog: Send + Sync + 'static {
         records: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> BoxFuture<'static, Result<Offset, LogError>>;
 
-    /// Reads committed records from `from`, up to about `max_bytes`.
+    /// Reads committed records from `from`, up to about `max_bytes`. It may return fewer, even
+    /// none, before the end (Kafka's poll can time out): a reader still behind reads again.
     fn read(
         &self,
         topic: Topic,
