@@ -14,8 +14,10 @@
 //! - [`control`]: the control plane: admin commands that validate input and emit config events.
 //! - [`proxy`]: the data plane: auth, route resolution, upstream calls, streaming and metering.
 //! - [`http`]: the axum server: thin handlers, the error body, analytics and operations routes.
-//! - [`app`]: wiring: opens the log and store, replays state, runs the consumers, serves.
-//! - [`aggregate`]: the distributed aggregator: usage topic -> ClickHouse, limit state back.
+//! - [`app`]: wiring: opens the log and store, replays state, runs the consumers (the embedded
+//!   store and audit sinks), serves.
+//! - [`aggregate`]: the distributed aggregator: usage topic -> ClickHouse, limit state back;
+//!   config topic -> the audit log in ClickHouse.
 //! - [`notify`]: the notifier: limit events to email (SMTP) and signed webhooks, recorded.
 //! - [`telemetry`]: typed metrics (Prometheus text) and logging setup.
 
