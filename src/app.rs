@@ -783,32 +783,52 @@ pub async fn run_reset_sweep(core: Arc<Core>, mut shutdown: watch::Receiver<bool
 }
 
 /// Starts [`run_store_sink`] on a thread of its own at background priority, with its own
-/// single-threaded runtime, so reading and decoding batches never holds up a request-path worker.
-/// The returned future resolves when the sink has stopped (after `shutdown`, once caught up).
+/// single-threaded runtime, so reading and decoding batches never holds up a request-path worker;
+/// and [`run_audit_sink`] on another at normal priority: admin changes are rare, and a trail that
+/// starved behind busy cores would answer an audit query without the change just made.
+/// The returned future resolves when both have stopped (after `shutdown`, once caught up).
 pub fn spawn_store_sink(
     core: Arc<Core>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let usage = sink_thread("store-sink", true, {
+        let (core, shutdown) = (core.clone(), shutdown.clone());
+        move || run_store_sink(core, shutdown)
+    })?;
+    let audit = sink_thread("audit-sink", false, move || run_audit_sink(core, shutdown))?;
+    Ok(async move {
+        let _ = tokio::join!(usage, audit);
+    })
+}
+
+/// Runs `sink` on a thread of its own with a single-threaded runtime (at background priority when
+/// `background`); the receiver completes when it has returned.
+fn sink_thread<F, Fut>(
+    name: &str,
+    background: bool,
+    sink: F,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let (done, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .on_thread_start(crate::store::background_priority)
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time();
+    if background {
+        builder.on_thread_start(crate::store::background_priority);
+    }
+    let runtime = builder.build()?;
     std::thread::Builder::new()
-        .name("store-sink".into())
+        .name(name.into())
         .spawn(move || {
-            crate::store::background_priority();
-            runtime.block_on(async {
-                tokio::join!(
-                    run_store_sink(core.clone(), shutdown.clone()),
-                    run_audit_sink(core, shutdown)
-                )
-            });
+            if background {
+                crate::store::background_priority();
+            }
+            runtime.block_on(sink());
             drop(done);
         })?;
-    Ok(async move {
-        let _ = stopped.await;
-    })
+    Ok(stopped)
 }
 
 /// The embedded aggregator: tails the usage log into the usage store.
