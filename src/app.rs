@@ -110,6 +110,8 @@ pub struct Core {
     folded: [watch::Sender<u64>; 3],
     /// Embedded mode: how far the store has ingested the usage log (published by the sink).
     stored: watch::Sender<u64>,
+    /// The store sink's thread, which a waiting reader raises from the background at once.
+    sink_thread: crate::store::Hurry,
     /// The furthest usage-log position a reader waits for the store to reach: the sink skips its
     /// batching window while it is ahead of the sink.
     wanted: watch::Sender<u64>,
@@ -233,6 +235,7 @@ impl Core {
             folded: Topic::ALL.map(|_| watch::channel(0).0),
             stored: watch::channel(0).0,
             wanted: watch::channel(0).0,
+            sink_thread: crate::store::Hurry::default(),
             sink_error: parking_lot::Mutex::new(None),
             audited: watch::channel(0).0,
             audit_error: parking_lot::Mutex::new(None),
@@ -297,6 +300,8 @@ impl Core {
             *w = (*w).max(target);
             ahead
         });
+        self.sink_thread.now();
+        self.store.hurry();
         let caught_up = stored.wait_for(|at| *at >= target);
         if tokio::time::timeout(READ_YOUR_WRITES, caught_up)
             .await
@@ -318,6 +323,9 @@ impl Core {
         }
         let target = *self.log.watch_end(Topic::Config).borrow();
         let mut audited = self.audited.subscribe();
+        if *audited.borrow_and_update() < target {
+            self.store.hurry();
+        }
         let caught_up = audited.wait_for(|at| *at >= target);
         if tokio::time::timeout(READ_YOUR_WRITES, caught_up)
             .await
@@ -793,7 +801,12 @@ pub fn spawn_store_sink(
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let usage = sink_thread("store-sink", true, {
         let (core, shutdown) = (core.clone(), shutdown.clone());
-        move || run_store_sink(core, shutdown)
+        move || async move {
+            let hurry = core.sink_thread.clone();
+            hurry.enter();
+            run_store_sink(core, shutdown).await;
+            hurry.leave();
+        }
     })?;
     let audit = sink_thread("audit-sink", false, move || run_audit_sink(core, shutdown))?;
     Ok(async move {

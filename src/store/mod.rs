@@ -27,6 +27,45 @@ pub fn background_priority() {
     }
 }
 
+/// A background thread that a waiting reader can hurry. A thread at `SCHED_IDLE` on busy cores
+/// may not run for seconds, not even to notice that someone waits for it; so the thread records
+/// its kernel id while it runs ([`Hurry::enter`]) and a reader raises it to normal priority from
+/// outside ([`Hurry::now`]). The thread goes back to the background by itself, with the next
+/// work it does at background priority ([`Priority::apply`]).
+#[derive(Clone, Debug, Default)]
+pub struct Hurry(std::sync::Arc<std::sync::atomic::AtomicI32>);
+
+impl Hurry {
+    /// Called on the thread itself when it starts.
+    pub fn enter(&self) {
+        #[cfg(target_os = "linux")]
+        // SAFETY: gettid has no preconditions.
+        self.0.store(
+            unsafe { libc::gettid() },
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Called on the thread itself before it ends (its id may be reused afterwards).
+    pub fn leave(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Raises the thread to normal priority now (nothing when it is not running).
+    pub fn now(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let tid = self.0.load(std::sync::atomic::Ordering::Relaxed);
+            if tid != 0 {
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: sched_setscheduler on one of this process's threads, with a valid,
+                // initialised sched_param that outlives the call; a failure only leaves it idle.
+                unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) };
+            }
+        }
+    }
+}
+
 /// A thread's scheduling: the store's threads run in the background, except while working for a
 /// reader that waits on them (read-your-writes analytics), when they run at normal priority.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,6 +343,10 @@ pub const AUDIT_ORDER: &str = "ORDER BY ts DESC, event_id DESC";
 
 /// The usage store.
 pub trait UsageStore: Send + Sync + 'static {
+    /// Raises the store's background writer to normal priority now, for a reader that waits on
+    /// it (see [`Hurry`]); nothing for stores without one.
+    fn hurry(&self) {}
+
     /// Records notifications and that `consumer` has read the limit log up to `next_offset`,
     /// atomically; rows already recorded for an event and channel are kept.
     fn record_notifications(

@@ -67,15 +67,23 @@ type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: std::sync::mpsc::Sender<WriteJob>,
+    /// The writer thread, for readers that wait on it.
+    writer_thread: super::Hurry,
     reader: Arc<Mutex<Connection>>,
 }
 
 /// Runs write jobs on their own thread at background priority.
-fn writer_thread(mut conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
+fn writer_thread(
+    mut conn: Connection,
+    jobs: std::sync::mpsc::Receiver<WriteJob>,
+    hurry: super::Hurry,
+) {
+    hurry.enter();
     super::background_priority();
     for job in jobs {
         job(&mut conn);
     }
+    hurry.leave();
 }
 
 impl SqliteStore {
@@ -93,11 +101,14 @@ impl SqliteStore {
         writer.execute_batch(DDL_AUDIT)?;
         let reader = Connection::open(path)?;
         let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
+        let writer_hurry = super::Hurry::default();
+        let hurry = writer_hurry.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_thread(writer, rx))?;
+            .spawn(move || writer_thread(writer, rx, hurry))?;
         Ok(SqliteStore {
             writer: tx,
+            writer_thread: writer_hurry,
             reader: Arc::new(Mutex::new(reader)),
         })
     }
@@ -627,6 +638,10 @@ fn audit(conn: &mut Connection, q: &AuditQuery) -> Result<(u64, Vec<AuditEntry>)
 }
 
 impl UsageStore for SqliteStore {
+    fn hurry(&self) {
+        self.writer_thread.now();
+    }
+
     fn record_audit(
         &self,
         rows: Vec<AuditEntry>,
