@@ -893,17 +893,7 @@ async fn run_store_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
                 core.sink_error.lock().take();
             }
             Err(e) => {
-                // Nothing is skipped: the batch is retried until it goes in (a full disk frees
-                // up), and meanwhile readiness says why.
-                tracing::error!(error = %e, "store sink: batch failed; retrying");
-                core.metrics
-                    .store_sink_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                *core.sink_error.lock() = Some(format!("usage store: {e}"));
-                tokio::select! {
-                    _ = tokio::time::sleep(SINK_RETRY) => {}
-                    _ = shutdown.changed() => {}
-                }
+                failed_batch(&core, "usage store", &core.sink_error, &e, &mut shutdown).await;
                 if *shutdown.borrow() && sink_batch(&core, at).await.is_err() {
                     return; // stopping: the log keeps the events for the next start
                 }
@@ -944,20 +934,33 @@ async fn run_audit_sink(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
                 core.audit_error.lock().take();
             }
             Err(e) => {
-                tracing::error!(error = %e, "audit sink: batch failed; retrying");
-                core.metrics
-                    .store_sink_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                *core.audit_error.lock() = Some(format!("audit trail: {e}"));
-                tokio::select! {
-                    _ = tokio::time::sleep(SINK_RETRY) => {}
-                    _ = shutdown.changed() => {}
-                }
+                failed_batch(&core, "audit trail", &core.audit_error, &e, &mut shutdown).await;
                 if *shutdown.borrow() && audit_batch(&core, at).await.is_err() {
                     return; // stopping: the log keeps the events for the next start
                 }
             }
         }
+    }
+}
+
+/// A sink's batch failed. Nothing is skipped: the batch is retried until it goes in (a full disk
+/// frees up), and meanwhile readiness says why (`reason`), the metric counts it and the log
+/// says it. Waits [`SINK_RETRY`], or less when the process is stopping.
+async fn failed_batch(
+    core: &Core,
+    what: &str,
+    reason: &parking_lot::Mutex<Option<String>>,
+    e: &AppError,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    tracing::error!(error = %e, sink = what, "store sink: batch failed; retrying");
+    core.metrics
+        .store_sink_errors
+        .fetch_add(1, Ordering::Relaxed);
+    *reason.lock() = Some(format!("{what}: {e}"));
+    tokio::select! {
+        _ = tokio::time::sleep(SINK_RETRY) => {}
+        _ = shutdown.changed() => {}
     }
 }
 
