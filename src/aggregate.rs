@@ -68,16 +68,8 @@ pub async fn run_aggregator(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let settings = &core.settings;
-    let brokers = settings.kafka_brokers.clone().unwrap_or_default();
     let topic = topic_name(&settings.topic_prefix, Topic::Usage);
-    let consumer: StreamConsumer = client_config(&brokers)
-        .set("group.id", group_id(settings))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .create()?;
-    consumer.subscribe(&[&topic])?;
+    let consumer = group_consumer(settings, &group_id(settings), &topic)?;
     tracing::info!(%topic, group = %group_id(settings), "aggregator consuming");
     let audit = {
         let (core, store, shutdown) = (core.clone(), store.clone(), shutdown.clone());
@@ -134,6 +126,21 @@ pub async fn run_aggregator(
     Ok(())
 }
 
+/// A member of consumer group `group` on `topic`, committing offsets itself (after the store has
+/// the batch) and starting from the beginning when the group has none.
+fn group_consumer(settings: &Settings, group: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
+    let brokers = settings.kafka_brokers.clone().unwrap_or_default();
+    let consumer: StreamConsumer = client_config(&brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
 /// The audit consumers' group.
 fn audit_group_id(settings: &Settings) -> String {
     format!("{}audit", settings.topic_prefix)
@@ -148,16 +155,8 @@ pub async fn run_audit_consumer(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let settings = &core.settings;
-    let brokers = settings.kafka_brokers.clone().unwrap_or_default();
     let topic = topic_name(&settings.topic_prefix, Topic::Config);
-    let consumer: StreamConsumer = client_config(&brokers)
-        .set("group.id", audit_group_id(settings))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .create()?;
-    consumer.subscribe(&[&topic])?;
+    let consumer = group_consumer(settings, &audit_group_id(settings), &topic)?;
     loop {
         let first = tokio::select! {
             m = consumer.recv() => m,

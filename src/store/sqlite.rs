@@ -61,6 +61,20 @@ fn rollup_pico(sum: i128) -> i64 {
     })
 }
 
+/// Records, inside the transaction that stored a batch, that `consumer` has read its log up to
+/// `next` (so the rows and the position commit together).
+fn set_offset(
+    tx: &rusqlite::Transaction<'_>,
+    consumer: &str,
+    next: u64,
+) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO consumer_offsets VALUES (?1, ?2)
+         ON CONFLICT (consumer) DO UPDATE SET next_offset = excluded.next_offset",
+        params![consumer, next as i64],
+    )
+}
+
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// The embedded usage store.
@@ -306,11 +320,7 @@ fn ingest(
                 a.latency
             ])?;
         }
-        tx.execute(
-            "INSERT INTO consumer_offsets VALUES (?1, ?2)
-             ON CONFLICT (consumer) DO UPDATE SET next_offset = excluded.next_offset",
-            params![consumer, next as i64],
-        )?;
+        set_offset(&tx, consumer, next)?;
     }
     tx.commit()?;
     Ok(new)
@@ -509,10 +519,7 @@ fn record_notifications(
                 n.created_at.0
             ])?;
         }
-        tx.execute(
-            "INSERT INTO consumer_offsets VALUES (?1, ?2) ON CONFLICT (consumer) DO UPDATE SET next_offset = excluded.next_offset",
-            params![consumer, next as i64],
-        )?;
+        set_offset(&tx, consumer, next)?;
     }
     tx.commit()?;
     Ok(())
@@ -567,10 +574,7 @@ fn record_audit(
                 serde_json::to_string(&r.changed_fields).unwrap_or_else(|_| "[]".into()),
             ])?;
         }
-        tx.execute(
-            "INSERT INTO consumer_offsets VALUES (?1, ?2) ON CONFLICT (consumer) DO UPDATE SET next_offset = excluded.next_offset",
-            params![consumer, next as i64],
-        )?;
+        set_offset(&tx, consumer, next)?;
     }
     tx.commit()?;
     Ok(new)
