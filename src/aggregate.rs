@@ -30,7 +30,7 @@ use crate::codec;
 use crate::domain::budget::{BudgetRef, Windowed};
 use crate::domain::limits::{BudgetKind, UsageLimit};
 use crate::domain::{AuditEntry, Event, LimitEvent, LimitKind, Millis, UsageEvent};
-use crate::log::kafka::{client_config, topic_name};
+use crate::log::kafka::{client_config, topic_name, unpack};
 use crate::log::Topic;
 use crate::settings::Settings;
 use crate::store::clickhouse::{ClickhouseStore, EventRow, LimitRow};
@@ -164,7 +164,7 @@ pub async fn run_audit_consumer(
         };
         let mut batch: Vec<(i32, i64, Option<AuditEntry>)> = Vec::new();
         match first {
-            Ok(m) => batch.push(audit_entry(&m)),
+            Ok(m) => batch.extend(audit_entries(&m)),
             Err(e) => {
                 tracing::warn!(error = %e, "audit consumer: consume failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -175,7 +175,7 @@ pub async fn run_audit_consumer(
         while batch.len() < BATCH_MAX {
             tokio::select! {
                 m = consumer.recv() => match m {
-                    Ok(m) => batch.push(audit_entry(&m)),
+                    Ok(m) => batch.extend(audit_entries(&m)),
                     Err(e) => { tracing::warn!(error = %e, "audit consumer: consume failed"); break }
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -206,17 +206,30 @@ pub async fn run_audit_consumer(
     }
 }
 
-/// A config record's position and audit row (none when it does not decode: skipped loudly).
-fn audit_entry(m: &rdkafka::message::BorrowedMessage<'_>) -> (i32, i64, Option<AuditEntry>) {
-    let row = match codec::decode_config(m.payload().unwrap_or_default()) {
-        Ok(e) => Some(AuditEntry::of(&e)),
-        Err(e) => {
-            tracing::error!(partition = m.partition(), offset = m.offset(), error = %e,
-                "audit consumer: skipping undecodable config record");
-            None
-        }
+/// A config record's position and audit rows: one, or a batch's (None for what does not decode:
+/// skipped loudly).
+fn audit_entries(m: &rdkafka::message::BorrowedMessage<'_>) -> Vec<(i32, i64, Option<AuditEntry>)> {
+    let (partition, offset) = (m.partition(), m.offset());
+    let skip = |error: &dyn std::fmt::Display| {
+        tracing::error!(partition, offset, error = %error,
+            "audit consumer: skipping undecodable config record");
+        (partition, offset, None)
     };
-    (m.partition(), m.offset(), row)
+    let key = m.key().unwrap_or_default();
+    match unpack(
+        offset.max(0).unsigned_abs(),
+        key,
+        m.payload().unwrap_or_default(),
+    ) {
+        Ok(records) => records
+            .iter()
+            .map(|r| match codec::decode_config(&r.payload) {
+                Ok(e) => (partition, offset, Some(AuditEntry::of(&e))),
+                Err(e) => skip(&e),
+            })
+            .collect(),
+        Err(e) => vec![skip(&e)],
+    }
 }
 
 fn take(core: &Core, m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {

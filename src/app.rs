@@ -499,8 +499,7 @@ impl Core {
     ///
     /// The changes are one unit: they are appended as one batch ([`EventLog::append_batch`]) and
     /// applied only after the whole batch is durable, so a failure (a full disk) leaves none of
-    /// them applied, now or after a restart. (On Kafka the batch is not atomic yet; see
-    /// `KafkaLog::append_batch`.)
+    /// them applied, now or after a restart (on Kafka the batch is one record).
     ///
     /// Each event records `actor` (None: the system) and what it did to its entity, decided
     /// here from the state before (the audit trail).

@@ -37,11 +37,16 @@ use rdkafka::{Message, Offset as KOffset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::file::FileLog;
+use super::frame::MAX_RECORD;
 use super::{EventLog, LogError, Offset, Record, Topic};
+use crate::codec;
 use crate::settings::{Settings, WhenKafkaDown};
 
 /// How long a produce may take before the record is spooled instead.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest Kafka message produced: a batch of config changes ([`MAX_RECORD`]) and room for
+/// its key and the record overhead.
+const MAX_MESSAGE: usize = MAX_RECORD + (64 << 10);
 /// How often the ends of the config and limits topics are looked up.
 const END_POLL: Duration = Duration::from_millis(50);
 
@@ -83,12 +88,14 @@ pub async fn ensure_topics(settings: &Settings, brokers: &str) -> Result<(), Log
             )
         })
         .collect();
+    let max_message = MAX_MESSAGE.to_string();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|(n, p, compact)| {
             let t = NewTopic::new(n, *p, TopicReplication::Fixed(1));
             if *compact {
                 t.set("cleanup.policy", "compact")
+                    .set("max.message.bytes", &max_message)
             } else {
                 t
             }
@@ -117,6 +124,7 @@ fn new_producer(brokers: &str, idempotent: bool) -> Result<FutureProducer, LogEr
         .set("enable.idempotence", idempotent.to_string())
         .set("acks", "all")
         .set("linger.ms", "2")
+        .set("message.max.bytes", MAX_MESSAGE.to_string())
         .set(
             "message.timeout.ms",
             PRODUCE_TIMEOUT.as_millis().to_string(),
@@ -316,14 +324,9 @@ impl Inner {
             match consumer.poll(Duration::from_millis(500)) {
                 Some(Ok(m)) => {
                     let offset = u64::try_from(m.offset()).unwrap_or(0);
-                    let payload = m.payload().unwrap_or_default().to_vec();
+                    let payload = m.payload().unwrap_or_default();
                     bytes += payload.len();
-                    out.push(Record {
-                        offset,
-                        next: offset + 1,
-                        key: m.key().unwrap_or_default().to_vec(),
-                        payload,
-                    });
+                    out.extend(unpack(offset, m.key().unwrap_or_default(), payload)?);
                     *at = offset + 1;
                 }
                 Some(Err(e)) => {
@@ -371,23 +374,30 @@ impl EventLog for KafkaLog {
         .boxed()
     }
 
-    /// NOT atomic on Kafka (yet): the records are produced one by one, in order, and a failure
-    /// midway leaves the ones before it in the topic (the caller's answer is an error all the same).
-    /// Making it atomic needs a transactional producer (one `transactional.id` per gateway, and
-    /// `isolation.level=read_committed` for the readers and the follower), or a batch marker the
-    /// follower waits for before applying; see README "Durability".
+    /// Atomic: more than one record goes to the broker as one Kafka record, a
+    /// [`codec::encode_log_batch`] value keyed `batch/<uuid>` (so compaction keeps it), which the
+    /// broker takes whole or not at all; readers unpack it (see [`unpack`]). Never spooled.
     fn append_batch(
         &self,
         topic: Topic,
-        records: Vec<(Vec<u8>, Vec<u8>)>,
+        mut records: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> BoxFuture<'static, Result<Offset, LogError>> {
-        let log = self.clone();
+        let log = self.0.clone();
         async move {
-            let mut last = Err(LogError::Batch("an empty batch".into()));
-            for (key, payload) in records {
-                last = Ok(log.append(topic, key, payload).await?);
+            if records.len() == 1 {
+                let (key, payload) = records.remove(0);
+                return log.produce(topic, &key, &payload).await;
             }
-            last
+            if records.is_empty() {
+                return Err(LogError::Batch("an empty batch".into()));
+            }
+            let payload =
+                codec::encode_log_batch(&records).map_err(|e| LogError::Batch(e.to_string()))?;
+            if payload.len() > MAX_RECORD {
+                return Err(LogError::TooLarge(payload.len()));
+            }
+            let key = format!("batch/{}", uuid::Uuid::new_v4());
+            log.produce(topic, key.as_bytes(), &payload).await
         }
         .boxed()
     }
@@ -490,6 +500,33 @@ async fn drain_spool(log: std::sync::Weak<Inner>) {
         }
         tracing::info!(bytes = next - at, "spool: drained usage to kafka");
     }
+}
+
+/// The records of the Kafka record at `offset`: a batch's, in order, or the record itself. Every
+/// record of a batch but the last says to resume at the batch (`next` = its offset), so a reader
+/// that stops inside it reads the whole batch again.
+pub fn unpack(offset: Offset, key: &[u8], payload: &[u8]) -> Result<Vec<Record>, LogError> {
+    let Some(batch) = codec::decode_log_batch(payload) else {
+        return Ok(vec![Record {
+            offset,
+            next: offset + 1,
+            key: key.to_vec(),
+            payload: payload.to_vec(),
+        }]);
+    };
+    let records =
+        batch.map_err(|e| LogError::Batch(format!("undecodable batch at offset {offset}: {e}")))?;
+    let last = records.len().saturating_sub(1);
+    Ok(records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, payload))| Record {
+            offset,
+            next: if i == last { offset + 1 } else { offset },
+            key,
+            payload,
+        })
+        .collect())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

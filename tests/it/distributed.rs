@@ -894,3 +894,89 @@ async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
         .await
         .contains("sk-distributed-secret-0042"));
 }
+
+/// Issue 10 item 14 on Kafka: a command's changes commit together. A force-delete of a workspace
+/// with 30 keys on one gateway is one record on the config topic (a batch), which every reader
+/// unpacks: the other gateway goes from all 30 keys to none, and the aggregator writes an audit
+/// row for every deletion. (That a failed batch leaves nothing is `logs::a_batch_with_one_record_
+/// too_large_makes_none_of_them_visible`, run against Kafka too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_delete_reaches_the_other_gateway_whole() {
+    let (_mock, c, urls, _) = shared_cluster(1, 2).await;
+    let (a, b) = (urls[0].clone(), urls[1].clone());
+    let ws = admin(
+        &a,
+        "POST",
+        "/admin/workspaces",
+        Some(json!({"name": "doomed"})),
+    )
+    .await;
+    let ws = ws["id"].as_str().unwrap().to_owned();
+    let mut keys = Vec::new();
+    for i in 0..30 {
+        keys.push(new_key(&a, &ws, &format!("k{i}"), json!({})).await);
+    }
+    for key in &keys {
+        known_on(&b, key).await;
+    }
+    let (s, _, body) = call(
+        "DELETE",
+        &format!("{a}/v1/admin/workspaces/{ws}"),
+        Some(ADMIN_KEY),
+        Some(json!({"force_delete": true})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let client = reqwest::Client::new();
+    let status = |key: String| {
+        let (client, b) = (client.clone(), b.clone());
+        async move {
+            client
+                .get(format!("{b}/v1/models"))
+                .header("authorization", format!("Bearer {key}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Watch gateway b from the moment any key is refused: all of them are, at once.
+    let refused = crate::harness::eventually(Duration::from_millis(2), || async {
+        status(keys[keys.len() / 2].clone()).await == 401
+    })
+    .await;
+    assert!(refused, "gateway b never saw the deletion");
+    for key in &keys {
+        assert_eq!(
+            status(key.clone()).await,
+            401,
+            "a key outlived its deleted workspace"
+        );
+    }
+    let (s, _, _) = call(
+        "GET",
+        &format!("{b}/v1/admin/workspaces/{ws}"),
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    // The aggregator unpacks the batch into one audit row per deletion.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let rows = c
+            .sql(&format!(
+                "SELECT count() FROM audit_log WHERE action = 'deleted' AND workspace_id = '{ws}'"
+            ))
+            .await;
+        if rows.trim() == "31" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit rows for the force-delete: {rows}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

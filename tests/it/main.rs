@@ -7,6 +7,7 @@ mod distributed;
 mod governance;
 mod harness;
 mod http;
+mod logs;
 mod mock;
 mod process;
 mod sdk;
