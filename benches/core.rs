@@ -10,7 +10,7 @@ use tollgate::codec;
 use tollgate::domain::limits::{parse_rate_limits, parse_usage_limit, LimitOwner};
 use tollgate::domain::pricing::{PriceTable, TokenUsage};
 use tollgate::domain::*;
-use tollgate::proxy::govern::{Estimate, Governor};
+use tollgate::ledger::governor::{Estimate, Governor};
 
 mod common;
 use common::event;
@@ -212,7 +212,7 @@ fn governance(c: &mut Criterion) {
                 .admit(&state, &path, est, Millis(1_735_689_600_000))
                 .ok();
             let e2 = e.clone();
-            gov.settle(&state, e2, r, true)
+            gov.settle(&state, e2, r, true, Millis(1_735_689_600_000))
         })
     });
     g.finish();

@@ -21,17 +21,16 @@
 //! - [`notify`]: the notifier: limit events to email (SMTP) and signed webhooks, recorded.
 //! - [`telemetry`]: typed metrics (Prometheus text) and logging setup.
 
-pub mod aggregate;
-pub mod app;
 pub mod codec;
 pub mod control;
 pub mod crypto;
 pub mod domain;
 pub mod files;
 pub mod http;
+pub mod ledger;
 pub mod log;
-pub mod notify;
 pub mod proxy;
+pub mod roles;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

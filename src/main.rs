@@ -7,11 +7,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
-use tollgate::aggregate::run_aggregator;
-use tollgate::app::{run_reset_sweep, run_totals_refresh, spawn_store_sink, Core, Started};
+use std::sync::Arc;
+
 use tollgate::codec;
 use tollgate::log::kafka::KafkaLog;
 use tollgate::log::Topic;
+use tollgate::roles::{self, Node};
 use tollgate::settings::{Settings, KNOWN};
 use tollgate::store::clickhouse::ClickhouseStore;
 
@@ -236,12 +237,12 @@ fn fit_connections_to(settings: &mut Settings, open_files: u64) {
 }
 
 /// Kafka and ClickHouse clients of a distributed role, and its state rebuilt from the topics.
-async fn open_distributed(settings: Settings, bootstrap: bool) -> anyhow::Result<Started> {
+async fn open_distributed(settings: Settings, bootstrap: bool) -> anyhow::Result<Node> {
     let kafka = KafkaLog::open(&settings)
         .await
         .context("connecting to kafka")?;
     let clickhouse = ClickhouseStore::new(&settings.clickhouse)?;
-    Ok(Core::open_distributed(settings, kafka, clickhouse, bootstrap).await?)
+    Ok(roles::gateway::open(settings, kafka, clickhouse, bootstrap).await?)
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
@@ -256,30 +257,29 @@ async fn gateway(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%settings, "starting tollgate gateway");
     let listen = settings.listen;
     let store = ClickhouseStore::new(&settings.clickhouse)?;
-    let started = open_distributed(settings, true).await?;
-    announce(&started);
-    let core = started.core;
+    let node = open_distributed(settings, true).await?;
+    node.announce();
     let listener = bind(listen)?;
-    let stopped = stop_on_signal();
-    tokio::spawn(run_totals_refresh(core.clone(), store, stopped.clone()));
-    tollgate::http::serve(listener, core, stopped).await?;
-    tracing::info!("stopped");
+    Arc::new(node)
+        .gateway(store, listener, stop_on_signal())
+        .await?;
     Ok(())
 }
 
 async fn aggregator(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%settings, "starting tollgate aggregator");
     let store = ClickhouseStore::new(&settings.clickhouse)?;
-    let core = open_distributed(settings, false).await?.core;
+    let node = open_distributed(settings, false).await?;
     let stopped = stop_on_signal();
-    tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
-    run_aggregator(core, store, stopped).await
+    tokio::spawn(roles::sweep::run(node.ledger().clone(), stopped.clone()));
+    roles::aggregator::run(Arc::new(node), store, stopped).await?;
+    Ok(())
 }
 
 async fn notifier(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%settings, "starting tollgate notifier");
-    let core = open_distributed(settings, false).await?.core;
-    tollgate::notify::run_notifier(core, stop_on_signal()).await;
+    let node = open_distributed(settings, false).await?;
+    roles::notifier::run(Arc::new(node), stop_on_signal()).await;
     Ok(())
 }
 
@@ -312,36 +312,15 @@ fn stop_on_signal() -> watch::Receiver<bool> {
     stopped
 }
 
-/// Prints a generated admin key once, to the terminal only (never to the log): only its hash is kept.
-fn announce(started: &Started) {
-    if let Some(key) = &started.generated_admin_key {
-        eprintln!("\nTollgate admin API key (shown once; store it now):\n\n    {key}\n");
-    }
-}
-
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%settings, "starting tollgate serve");
     let listen = settings.listen;
-    let started = Core::open(settings).await.context("opening the data dir")?;
-    announce(&started);
-    let core = started.core;
+    let node = roles::serve::open(settings)
+        .await
+        .context("opening the data dir")?;
+    node.announce();
     let listener = bind(listen)?;
-    let stopped = stop_on_signal();
-    // The sink stops after serving has: a stream whose client left is metered while serving
-    // winds down, and its event belongs in the store before the process exits.
-    let (served, sink_stop) = watch::channel(false);
-    let sink = spawn_store_sink(core.clone(), sink_stop)?;
-    tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
-    tokio::spawn(tollgate::notify::run_notifier(
-        core.clone(),
-        stopped.clone(),
-    ));
-    let result = tollgate::http::serve(listener, core.clone(), stopped).await;
-    let _ = served.send(true);
-    result?;
-    // Every acknowledged event is already in the log; let the store catch up before exiting.
-    let _ = sink.await;
-    tracing::info!("stopped");
+    Arc::new(node).serve(listener, stop_on_signal()).await?;
     Ok(())
 }
 

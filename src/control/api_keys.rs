@@ -187,7 +187,7 @@ fn defaults_of(
 }
 
 pub async fn create(
-    core: &Core,
+    ctl: &Control,
     caller: &Caller,
     kind: &str,
     sub: &str,
@@ -222,11 +222,11 @@ pub async fn create(
     .map_err(invalid)?;
     let alert_emails = emails_of(&b)?.unwrap_or_default();
     let expires_at = b.timestamp("expires_at")?.flatten();
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let now = Millis::now();
     let secret = crypto::new_api_key();
     let key = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let workspace_id = if kind.is_workspace() {
             let requested = b.str("workspace_id")?;
             if requested.is_none() && caller.key.workspace_id.is_none() {
@@ -268,11 +268,12 @@ pub async fn create(
         }
     };
     let out = json!({"id": key.id, "key": secret, "object": "api-key"});
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::ApiKey(key))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::ApiKey(key))],
+        )
+        .await?;
     Ok(out)
 }
 
@@ -306,10 +307,10 @@ fn require_any(caller: &Caller, action: &str) -> Result<()> {
     }
 }
 
-pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     require_any(caller, "list")?;
     let page = Page::from_query(q, 100)?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
     let now = Millis::now();
     let mut items: Vec<&std::sync::Arc<ApiKey>> = state
@@ -330,9 +331,9 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
     ))
 }
 
-pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     require_any(caller, "read")?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     let k = find(&state, caller, id, "read")?;
     Ok(views::api_key(&k, &state, Millis::now()))
 }
@@ -364,11 +365,11 @@ fn acts_for(state: &State, key: &ApiKey, target: &str) -> bool {
     false
 }
 
-pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
+pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     let b = Body::of(body)?;
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let k = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let mut k = find(&state, caller, id, "update")?;
         let before = governed(&k);
         // Everything `governed` holds: alert emails the organisation set are its too.
@@ -426,28 +427,30 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         k.updated_at = Millis::now();
         k
     };
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::ApiKey(k))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::ApiKey(k))],
+        )
+        .await?;
     Ok(json!({}))
 }
 
-pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
-    let _guard = core.admin_lock.lock().await;
-    let k = find(&core.state.read(), caller, id, "delete")?;
+pub async fn delete(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
+    let command = ctl.ledger.command().await;
+    let k = find(&ctl.ledger.state(), caller, id, "delete")?;
     if k.id == caller.key.id {
         return Err(ControlError::Forbidden("a key cannot delete itself".into()));
     }
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Delete {
-            kind: EntityKind::ApiKey,
-            id: k.id,
-        }],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Delete {
+                kind: EntityKind::ApiKey,
+                id: k.id,
+            }],
+        )
+        .await?;
     Ok(json!({}))
 }
 

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::{invalid, Caller, ControlError, Page, Result};
-use crate::app::{AppError, Core};
+use super::Control;
+use super::{invalid, Caller, Page, Result};
 use crate::domain::{Action, AuditEntry, AuditQuery, EntityKind, Millis};
 
 /// The scope that lists the audit trail.
@@ -15,15 +15,11 @@ pub const SCOPE: &str = "audit_logs.list";
 
 /// Lists audit entries by time (`start_time`, `end_time`: ISO-8601, inclusive), actor (key id),
 /// resource (`resource_type`, `resource_id`), `action` and `workspace_id`, a page at a time.
-pub async fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+pub async fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require(SCOPE)?;
-    let query = query_of(core, caller, q)?;
-    core.await_audit().await;
-    let (total, rows) = core
-        .store
-        .audit(query)
-        .await
-        .map_err(|e| ControlError::Internal(Box::new(AppError::Store(e))))?;
+    let query = query_of(ctl, caller, q)?;
+    ctl.ledger.await_audit().await;
+    let (total, rows) = ctl.store.audit(query).await?;
     let data: Vec<Value> = rows.iter().map(view).collect();
     Ok(json!({"object": "list", "total": total, "data": data}))
 }
@@ -48,7 +44,7 @@ fn time(q: &HashMap<String, String>, snake: &str, camel: &str) -> Result<Option<
         .transpose()
 }
 
-fn query_of(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<AuditQuery> {
+fn query_of(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<AuditQuery> {
     let page = Page::from_query(q, 50)?;
     let resource_type = param(q, "resource_type", "resourceType")
         .map(|v| {
@@ -79,7 +75,7 @@ fn query_of(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
         resource_type,
         resource_id: param(q, "resource_id", "resourceId").map(str::to_owned),
         action,
-        workspace_id: workspace_of(core, caller, param(q, "workspace_id", "workspaceId"))?,
+        workspace_id: workspace_of(ctl, caller, param(q, "workspace_id", "workspaceId"))?,
         offset: (page.current as u64).saturating_mul(page.size as u64),
         limit: page.size as u64,
     })
@@ -87,8 +83,8 @@ fn query_of(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
 
 /// A workspace key is pinned to its own workspace (asking for another is refused); an
 /// organisation key names any workspace by id or slug, including one since deleted (by id).
-fn workspace_of(core: &Core, caller: &Caller, requested: Option<&str>) -> Result<Option<String>> {
-    let state = core.state.read();
+fn workspace_of(ctl: &Control, caller: &Caller, requested: Option<&str>) -> Result<Option<String>> {
+    let state = ctl.ledger.state();
     if caller.key.workspace_id.is_some() {
         return caller.workspace_for(&state, requested).map(Some);
     }

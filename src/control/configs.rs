@@ -53,7 +53,7 @@ fn check_not_forced(state: &State, caller: &Caller, c: &RouteConfig) -> Result<(
     Ok(())
 }
 
-pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("configs.create")?;
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
@@ -70,10 +70,10 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
                 .ok_or_else(|| invalid("is_default must be 0 or 1"))?,
         },
     };
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let now = Millis::now();
     let c = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         RouteConfig {
             id: new_id(),
             slug: make_slug("pc-", &name),
@@ -90,18 +90,19 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
     };
     let out = json!({"id": c.id, "slug": c.slug, "version_id": c.version_id, "object": "config",
         "success": true, "data": {"id": c.id, "version_id": c.version_id}});
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::Config(c))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::Config(c))],
+        )
+        .await?;
     Ok(out)
 }
 
-pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("configs.list")?;
     let page = Page::from_query(q, 1000)?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
     let mut items: Vec<&RouteConfig> = state
         .configs
@@ -119,18 +120,18 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
     Ok(out)
 }
 
-pub fn retrieve(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
+pub fn retrieve(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     caller.require("configs.read")?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     Ok(views::config(&find(&state, caller, slug)?, &state, true))
 }
 
-pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
+pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
     caller.require("configs.update")?;
     let b = Body::of(body)?;
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let mut c = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let c = find(&state, caller, slug)?;
         check_not_forced(&state, caller, &c)?;
         c
@@ -148,30 +149,32 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
     c.updated_at = Millis::now();
     let out =
         json!({"version_id": c.version_id, "success": true, "data": {"version_id": c.version_id}});
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::Config(c))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::Config(c))],
+        )
+        .await?;
     Ok(out)
 }
 
-pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
+pub async fn delete(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     caller.require("configs.delete")?;
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let c = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let c = find(&state, caller, slug)?;
         check_not_forced(&state, caller, &c)?;
         c
     };
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Delete {
-            kind: EntityKind::Config,
-            id: c.id,
-        }],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Delete {
+                kind: EntityKind::Config,
+                id: c.id,
+            }],
+        )
+        .await?;
     Ok(json!({}))
 }

@@ -313,16 +313,16 @@ fn default_provider(
     }))
 }
 
-pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
     let ai_provider_id = b.required_str("ai_provider_id")?.to_owned();
     let configurations =
-        configurations_of(&b, core.settings.upstream_private_hosts)?.unwrap_or_default();
-    let _guard = core.admin_lock.lock().await;
+        configurations_of(&b, ctl.settings.upstream_private_hosts)?.unwrap_or_default();
+    let command = ctl.ledger.command().await;
     let now = Millis::now();
     let (integration, providers) = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let workspace_id = match b.str("workspace_id")? {
             Some(w) => Some(caller.workspace_for(&state, Some(w))?),
             None => caller.key.workspace_id.clone(),
@@ -365,7 +365,7 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             updated_at: now,
         };
         if let Some(k) = b.str("key")?.filter(|k| !k.is_empty()) {
-            i.key = Some(core.sealer.seal(k, seal_scope(&i), &id));
+            i.key = Some(ctl.sealer.seal(k, seal_scope(&i), &id));
         }
         let with_provider = b.bool("create_default_provider")?.unwrap_or(true);
         let providers = match &workspace_id {
@@ -386,13 +386,13 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             .into_iter()
             .map(|p| Change::Upsert(Entity::Provider(p))),
     );
-    core.commit(Some(caller.actor()), changes).await?;
+    command.commit(Some(caller.actor()), changes).await?;
     Ok(json!({"id": id, "slug": slug, "object": "integration"}))
 }
 
-pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     let page = Page::from_query(q, 100)?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
     let kind = q.get("type").map(String::as_str).unwrap_or("all");
     let families = [
@@ -428,8 +428,8 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
     ))
 }
 
-pub fn retrieve(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
-    let state = core.state.read();
+pub fn retrieve(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
+    let state = ctl.ledger.state();
     let i = find(&state, caller, slug)?;
     caller.require(&read_scope(caller, &i, "read"))?;
     Ok(match &caller.key.workspace_id {
@@ -438,10 +438,10 @@ pub fn retrieve(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     })
 }
 
-pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
+pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
     let b = Body::of(body)?;
-    let _guard = core.admin_lock.lock().await;
-    let mut i = find(&core.state.read(), caller, slug)?;
+    let command = ctl.ledger.command().await;
+    let mut i = find(&ctl.ledger.state(), caller, slug)?;
     require_write(caller, &i, "update")?;
     if let Some(n) = b.str("name")? {
         i.name = n.to_owned();
@@ -450,7 +450,7 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
         i.description = Some(d.to_owned());
     }
     let new_key = b.str("key")?.filter(|k| !k.is_empty());
-    if let Some(c) = configurations_of(&b, core.settings.upstream_private_hosts)? {
+    if let Some(c) = configurations_of(&b, ctl.settings.upstream_private_hosts)? {
         check_reconfigure(caller, &i, &c, new_key.is_some())?;
         check_metering(caller, &i.configurations, &c)?;
         let before = i.configurations.clone();
@@ -460,15 +460,16 @@ pub async fn update(core: &Core, caller: &Caller, slug: &str, body: &Value) -> R
         }
     }
     if let Some(k) = new_key {
-        i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
+        i.key = Some(ctl.sealer.seal(k, seal_scope(&i), &i.id));
         i.credential_set_by = caller.authority();
     }
     i.updated_at = Millis::now();
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::Integration(i))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::Integration(i))],
+        )
+        .await?;
     Ok(json!({}))
 }
 
@@ -553,10 +554,10 @@ fn check_reconfigure(
     Ok(())
 }
 
-pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
-    let _guard = core.admin_lock.lock().await;
+pub async fn delete(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
+    let command = ctl.ledger.command().await;
     let changes = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let i = find(&state, caller, slug)?;
         require_write(caller, &i, "delete")?;
         let providers: Vec<&std::sync::Arc<Provider>> = state
@@ -581,13 +582,13 @@ pub async fn delete(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
         });
         changes
     };
-    core.commit(Some(caller.actor()), changes).await?;
+    command.commit(Some(caller.actor()), changes).await?;
     Ok(json!({}))
 }
 
 /// `PUT /integrations/{slug}/workspaces`: grant or revoke workspaces, with their limits.
 pub async fn update_workspaces(
-    core: &Core,
+    ctl: &Control,
     caller: &Caller,
     slug: &str,
     body: &Value,
@@ -595,10 +596,10 @@ pub async fn update_workspaces(
     caller.require("organisation_integrations.update")?;
     caller.require_organisation("changing an integration's workspace provisioning")?;
     let b = Body::of(body)?;
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let now = Millis::now();
     let changes = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let mut i = find(&state, caller, slug)?;
         if i.workspace_id.is_some() {
             return Err(invalid(
@@ -683,12 +684,12 @@ pub async fn update_workspaces(
         );
         changes
     };
-    core.commit(Some(caller.actor()), changes).await?;
+    command.commit(Some(caller.actor()), changes).await?;
     Ok(json!({}))
 }
 
-pub fn list_workspaces(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
-    let state = core.state.read();
+pub fn list_workspaces(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
+    let state = ctl.ledger.state();
     let i = find(&state, caller, slug)?;
     caller.require(&read_scope(caller, &i, "read"))?;
     let items: Vec<Value> = i
@@ -705,14 +706,14 @@ pub fn list_workspaces(core: &Core, caller: &Caller, slug: &str) -> Result<Value
 
 /// `PUT /integrations/{slug}/models`: the allow-list and custom pricing.
 pub async fn update_models(
-    core: &Core,
+    ctl: &Control,
     caller: &Caller,
     slug: &str,
     body: &Value,
 ) -> Result<Value> {
     let b = Body::of(body)?;
-    let _guard = core.admin_lock.lock().await;
-    let mut i = find(&core.state.read(), caller, slug)?;
+    let command = ctl.ledger.command().await;
+    let mut i = find(&ctl.ledger.state(), caller, slug)?;
     require_write(caller, &i, "update")?;
     let before = i.clone();
     let now = Millis::now();
@@ -753,16 +754,17 @@ pub async fn update_models(
     }
     require_pricing_authority(caller, &before, &i)?;
     i.updated_at = now;
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::Integration(i))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::Integration(i))],
+        )
+        .await?;
     Ok(json!({}))
 }
 
-pub fn list_models(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
-    let state = core.state.read();
+pub fn list_models(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
+    let state = ctl.ledger.state();
     let i = find(&state, caller, slug)?;
     caller.require(&read_scope(caller, &i, "read"))?;
     let models: Vec<Value> = i.models.values().map(views::model_entry).collect();
@@ -771,9 +773,14 @@ pub fn list_models(core: &Core, caller: &Caller, slug: &str) -> Result<Value> {
     )
 }
 
-pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str) -> Result<Value> {
-    let _guard = core.admin_lock.lock().await;
-    let mut i = find(&core.state.read(), caller, slug)?;
+pub async fn delete_models(
+    ctl: &Control,
+    caller: &Caller,
+    slug: &str,
+    slugs: &str,
+) -> Result<Value> {
+    let command = ctl.ledger.command().await;
+    let mut i = find(&ctl.ledger.state(), caller, slug)?;
     require_write(caller, &i, "update")?;
     let before = i.clone();
     for s in slugs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -781,10 +788,11 @@ pub async fn delete_models(core: &Core, caller: &Caller, slug: &str, slugs: &str
     }
     require_pricing_authority(caller, &before, &i)?;
     i.updated_at = Millis::now();
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::Integration(i))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::Integration(i))],
+        )
+        .await?;
     Ok(json!({}))
 }

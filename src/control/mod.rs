@@ -11,14 +11,20 @@ pub mod providers;
 pub mod views;
 pub mod workspaces;
 
+use std::sync::Arc;
+
 use rand::Rng;
 use serde_json::{Map, Value};
 
-use crate::app::{AppError, Core, DEFAULT_WORKSPACE_SLUG};
+use crate::crypto::Sealer;
 use crate::domain::limits::{
     parse_rate_limits, parse_usage_limit, LimitOwner, RateLimit, UsageLimit,
 };
 use crate::domain::{ApiKey, Authority, Millis, State};
+use crate::ledger::bootstrap::DEFAULT_WORKSPACE_SLUG;
+use crate::ledger::{Ledger, LedgerError};
+use crate::settings::Settings;
+use crate::store::UsageStore;
 
 /// Why an admin command was refused.
 #[derive(Debug, thiserror::Error)]
@@ -32,12 +38,43 @@ pub enum ControlError {
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
-    Internal(Box<AppError>),
+    Internal(Box<LedgerError>),
 }
 
-impl From<AppError> for ControlError {
-    fn from(e: AppError) -> Self {
+impl From<LedgerError> for ControlError {
+    fn from(e: LedgerError) -> Self {
         ControlError::Internal(Box::new(e))
+    }
+}
+
+impl From<crate::store::StoreError> for ControlError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ControlError::from(LedgerError::Store(e))
+    }
+}
+
+/// What admin commands use: the ledger (state and the one way to change it), the credential
+/// sealer, the settings they check against, and the usage store (the audit trail).
+pub struct Control {
+    ledger: Arc<Ledger>,
+    sealer: Sealer,
+    settings: Arc<Settings>,
+    store: Arc<dyn UsageStore>,
+}
+
+impl Control {
+    pub fn new(
+        ledger: Arc<Ledger>,
+        sealer: Sealer,
+        settings: Arc<Settings>,
+        store: Arc<dyn UsageStore>,
+    ) -> Self {
+        Control {
+            ledger,
+            sealer,
+            settings,
+            store,
+        }
     }
 }
 

@@ -105,7 +105,7 @@ fn view(p: &UsagePolicy, state: &State) -> Value {
     })
 }
 
-pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
     let now = Millis::now();
@@ -120,9 +120,9 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
             "a policy needs a budget (credit_limit) or rate_limits",
         ));
     }
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let p = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let workspace_id = match b.str("workspace_id")? {
             Some(w) => Some(caller.workspace_for(&state, Some(w))?),
             None => caller.key.workspace_id.clone(),
@@ -141,18 +141,19 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         }
     };
     let out = json!({"id": p.id, "object": "usage-limits-policy"});
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::Policy(p))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::Policy(p))],
+        )
+        .await?;
     Ok(out)
 }
 
-pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("workspaces.read")?;
     let page = Page::from_query(q, 100)?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     let mut items: Vec<&UsagePolicy> = state
         .policies
         .values()
@@ -162,17 +163,17 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
     Ok(page.list(items.into_iter().map(|p| view(p, &state)).collect()))
 }
 
-pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.read")?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     Ok(view(&find(&state, caller, id)?, &state))
 }
 
-pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
+pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
-    let _guard = core.admin_lock.lock().await;
-    let mut p = find(&core.state.read(), caller, id)?;
+    let command = ctl.ledger.command().await;
+    let mut p = find(&ctl.ledger.state(), caller, id)?;
     let before = (p.usage_limits.clone(), p.rate_limits.clone());
     let now = Millis::now();
     if let Some(n) = b.str("name")? {
@@ -198,26 +199,28 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
     // A policy always has limits (it is made of them).
     p.limits_set_by = caller.govern(false, p.limits_set_by, true, &before, &after)?;
     p.updated_at = now;
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::Policy(p))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::Policy(p))],
+        )
+        .await?;
     Ok(json!({}))
 }
 
-pub async fn delete(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+pub async fn delete(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.update")?;
-    let _guard = core.admin_lock.lock().await;
-    let p = find(&core.state.read(), caller, id)?;
+    let command = ctl.ledger.command().await;
+    let p = find(&ctl.ledger.state(), caller, id)?;
     caller.may_govern(false, Some(p.limits_set_by))?;
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Delete {
-            kind: EntityKind::Policy,
-            id: p.id,
-        }],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Delete {
+                kind: EntityKind::Policy,
+                id: p.id,
+            }],
+        )
+        .await?;
     Ok(json!({}))
 }

@@ -129,16 +129,16 @@ pub(super) fn check_removable(caller: &Caller, p: &Provider) -> Result<()> {
 }
 
 /// `POST /providers`: a workspace's handle on an integration it has been given.
-pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("providers.create")?;
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
     let integration_ref = b.required_str("integration_id")?;
     let limits = limits_of(&b)?;
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let now = Millis::now();
     let p = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let workspace_id = caller.workspace_for(&state, b.str("workspace_id")?)?;
         let i = state
             .integration(integration_ref)
@@ -168,16 +168,17 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         }
     };
     let out = json!({"id": p.id, "slug": p.slug, "object": "provider"});
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::Provider(p))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::Provider(p))],
+        )
+        .await?;
     Ok(out)
 }
 
 /// `POST /virtual-keys`: a credential and its provider in one step.
-pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+pub async fn create_virtual_key(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("virtual_keys.create")?;
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
@@ -197,15 +198,15 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
     }
     if let Some(h) = configurations.get("custom_host") {
         let url = crate::domain::routing::parse_url(h, "custom_host").map_err(invalid)?;
-        let hosts = core.settings.upstream_private_hosts;
+        let hosts = ctl.settings.upstream_private_hosts;
         crate::domain::routing::check_private_host(&url, hosts, "custom_host").map_err(invalid)?;
         configurations.insert("custom_host".into(), Value::String(url));
     }
     super::integrations::check_azure_names(&configurations)?;
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let now = Millis::now();
     let (integration, provider) = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let workspace_id = caller.workspace_for(&state, b.str("workspace_id")?)?;
         let slug = unique_slug(&state, &b, &workspace_id, &name)?;
         let mut i = Integration {
@@ -226,7 +227,7 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
             created_at: now,
             updated_at: now,
         };
-        i.key = Some(core.sealer.seal(key, seal_scope(&i), &i.id));
+        i.key = Some(ctl.sealer.seal(key, seal_scope(&i), &i.id));
         let p = Provider {
             id: new_id(),
             slug,
@@ -245,21 +246,27 @@ pub async fn create_virtual_key(core: &Core, caller: &Caller, body: &Value) -> R
         (i, p)
     };
     let out = json!({"id": provider.id, "slug": provider.slug, "object": "virtual-key", "success": true, "data": {"slug": provider.slug}});
-    core.commit(
-        Some(caller.actor()),
-        vec![
-            Change::Upsert(Entity::Integration(integration)),
-            Change::Upsert(Entity::Provider(provider)),
-        ],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![
+                Change::Upsert(Entity::Integration(integration)),
+                Change::Upsert(Entity::Provider(provider)),
+            ],
+        )
+        .await?;
     Ok(out)
 }
 
-pub fn list(core: &Core, caller: &Caller, api: Api, q: &HashMap<String, String>) -> Result<Value> {
+pub fn list(
+    ctl: &Control,
+    caller: &Caller,
+    api: Api,
+    q: &HashMap<String, String>,
+) -> Result<Value> {
     caller.require(&api.scope("list"))?;
     let page = Page::from_query(q, if api == Api::Providers { 50 } else { 1000 })?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
     let now = Millis::now();
     let mut items: Vec<&std::sync::Arc<Provider>> = state
@@ -276,14 +283,14 @@ pub fn list(core: &Core, caller: &Caller, api: Api, q: &HashMap<String, String>)
 }
 
 pub fn retrieve(
-    core: &Core,
+    ctl: &Control,
     caller: &Caller,
     api: Api,
     slug: &str,
     workspace: Option<&str>,
 ) -> Result<Value> {
     caller.require(&api.scope("read"))?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     let p = find(&state, caller, slug, workspace)?;
     Ok(match api {
         Api::Providers => views::provider(&p, &state, Millis::now(), false),
@@ -292,7 +299,7 @@ pub fn retrieve(
 }
 
 pub async fn update(
-    core: &Core,
+    ctl: &Control,
     caller: &Caller,
     api: Api,
     slug: &str,
@@ -301,10 +308,10 @@ pub async fn update(
 ) -> Result<Value> {
     caller.require(&api.scope("update"))?;
     let b = Body::of(body)?;
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let now = Millis::now();
     let (p, integration) = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let mut p = find(&state, caller, slug, workspace)?;
         caller.require(&Api::of(&p).scope("update"))?;
         let before = governed(&p);
@@ -340,7 +347,7 @@ pub async fn update(
         ) {
             (Some(k), Some(i)) if i.implicit => {
                 let mut i = Integration::clone(i);
-                i.key = Some(core.sealer.seal(k, seal_scope(&i), &i.id));
+                i.key = Some(ctl.sealer.seal(k, seal_scope(&i), &i.id));
                 i.updated_at = now;
                 Some(i)
             }
@@ -359,21 +366,21 @@ pub async fn update(
     };
     let mut changes = vec![Change::Upsert(Entity::Provider(p))];
     changes.extend(integration.map(|i| Change::Upsert(Entity::Integration(i))));
-    core.commit(Some(caller.actor()), changes).await?;
+    command.commit(Some(caller.actor()), changes).await?;
     Ok(out)
 }
 
 pub async fn delete(
-    core: &Core,
+    ctl: &Control,
     caller: &Caller,
     api: Api,
     slug: &str,
     workspace: Option<&str>,
 ) -> Result<Value> {
     caller.require(&api.scope("delete"))?;
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let changes = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let p = find(&state, caller, slug, workspace)?;
         caller.require(&Api::of(&p).scope("delete"))?;
         check_removable(caller, &p)?;
@@ -393,6 +400,6 @@ pub async fn delete(
         }
         changes
     };
-    core.commit(Some(caller.actor()), changes).await?;
+    command.commit(Some(caller.actor()), changes).await?;
     Ok(json!({}))
 }

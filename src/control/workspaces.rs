@@ -23,7 +23,7 @@ fn defaults_of(b: &Body) -> Result<Option<Map<String, Value>>> {
     Ok(Some(d.clone()))
 }
 
-pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value> {
+pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("workspaces.create")?;
     if caller.key.workspace_id.is_some() {
         return Err(ControlError::Forbidden(
@@ -38,11 +38,11 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
         LimitOwner::Other,
     )
     .map_err(invalid)?;
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let slug = match b.str("slug")? {
         Some(s) => {
             check_slug(s)?;
-            if core.state.read().workspace(s).is_some() {
+            if ctl.ledger.state().workspace(s).is_some() {
                 return Err(ControlError::Conflict(format!(
                     "workspace slug {s} is taken"
                 )));
@@ -65,15 +65,15 @@ pub async fn create(core: &Core, caller: &Caller, body: &Value) -> Result<Value>
     };
     let mut changes = vec![Change::Upsert(Entity::Workspace(ws.clone()))];
     changes.extend(super::integrations::provision_new_workspace(
-        &core.state.read(),
+        &ctl.ledger.state(),
         &ws.id,
         now,
     )?);
-    core.commit(Some(caller.actor()), changes).await?;
-    Ok(views::workspace(&ws, &core.state.read(), false))
+    command.commit(Some(caller.actor()), changes).await?;
+    Ok(views::workspace(&ws, &ctl.ledger.state(), false))
 }
 
-pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
+pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("workspaces.list")?;
     let page = Page::from_query(q, 100)?;
     let exact = q
@@ -81,7 +81,7 @@ pub fn list(core: &Core, caller: &Caller, q: &HashMap<String, String>) -> Result
         .and_then(|v| parse_bool(v))
         .unwrap_or(false);
     let name = q.get("name").map(|n| n.to_lowercase());
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     let mut items: Vec<&std::sync::Arc<Workspace>> = state
         .workspaces
         .values()
@@ -109,9 +109,9 @@ fn find(state: &State, caller: &Caller, id: &str) -> Result<Workspace> {
         .ok_or_else(|| ControlError::NotFound(format!("workspace {id} not found")))
 }
 
-pub fn retrieve(core: &Core, caller: &Caller, id: &str) -> Result<Value> {
+pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.read")?;
-    let state = core.state.read();
+    let state = ctl.ledger.state();
     let w = find(&state, caller, id)?;
     Ok(views::workspace(&w, &state, true))
 }
@@ -126,11 +126,11 @@ fn governed(w: &Workspace) -> impl PartialEq {
     )
 }
 
-pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
+pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
-    let _guard = core.admin_lock.lock().await;
-    let mut w = find(&core.state.read(), caller, id)?;
+    let command = ctl.ledger.command().await;
+    let mut w = find(&ctl.ledger.state(), caller, id)?;
     let before = governed(&w);
     if let Some(name) = b.str("name")? {
         if name.trim().is_empty() {
@@ -156,26 +156,27 @@ pub async fn update(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         caller.require_organisation("changing a workspace's limits or defaults")?;
     }
     w.updated_at = Millis::now();
-    core.commit(
-        Some(caller.actor()),
-        vec![Change::Upsert(Entity::Workspace(w))],
-    )
-    .await?;
+    command
+        .commit(
+            Some(caller.actor()),
+            vec![Change::Upsert(Entity::Workspace(w))],
+        )
+        .await?;
     Ok(json!({}))
 }
 
-pub async fn delete(core: &Core, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
+pub async fn delete(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.delete")?;
     caller.require_organisation("deleting a workspace")?;
     let force = body
         .get("force_delete")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let _guard = core.admin_lock.lock().await;
+    let command = ctl.ledger.command().await;
     let changes = {
-        let state = core.state.read();
+        let state = ctl.ledger.state();
         let w = find(&state, caller, id)?;
-        if w.slug == crate::app::DEFAULT_WORKSPACE_SLUG {
+        if w.slug == crate::ledger::bootstrap::DEFAULT_WORKSPACE_SLUG {
             return Err(ControlError::Forbidden(
                 "the default workspace cannot be deleted".into(),
             ));
@@ -236,6 +237,6 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
         });
         changes
     };
-    core.commit(Some(caller.actor()), changes).await?;
+    command.commit(Some(caller.actor()), changes).await?;
     Ok(json!({}))
 }

@@ -9,21 +9,21 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::extract::{Admin, JsonBody, QueryMap};
-use crate::app::Core;
+use super::AppState;
 use crate::control::providers::Api;
 use crate::control::{
     api_keys, audit_logs, configs, integrations, policies, providers, workspaces,
 };
 
 type Answer = Result<Json<Value>, ApiError>;
-type Core_ = State<Arc<Core>>;
+type App = State<Arc<AppState>>;
 
 fn ok(r: crate::control::Result<Value>) -> Answer {
     r.map(Json).map_err(ApiError::from)
 }
 
 /// The control-plane routes (under `/v1`).
-pub fn routes() -> Router<Arc<Core>> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/workspaces", get(ws_list).post(ws_create))
         .route(
@@ -75,84 +75,87 @@ pub fn routes() -> Router<Arc<Core>> {
         )
 }
 
-async fn ws_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
-    ok(workspaces::create(&c, &a, &b).await)
+async fn ws_create(State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(workspaces::create(&c.control, &a, &b).await)
 }
-async fn ws_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(workspaces::list(&c, &a, &q))
+async fn ws_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(workspaces::list(&c.control, &a, &q))
 }
-async fn ws_get(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
-    ok(workspaces::retrieve(&c, &a, &id))
+async fn ws_get(State(c): App, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(workspaces::retrieve(&c.control, &a, &id))
 }
 async fn ws_update(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(workspaces::update(&c, &a, &id, &b).await)
+    ok(workspaces::update(&c.control, &a, &id, &b).await)
 }
 async fn ws_delete(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(workspaces::delete(&c, &a, &id, &b).await)
+    ok(workspaces::delete(&c.control, &a, &id, &b).await)
 }
 
-async fn int_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
-    ok(integrations::create(&c, &a, &b).await)
+async fn int_create(State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(integrations::create(&c.control, &a, &b).await)
 }
-async fn int_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(integrations::list(&c, &a, &q))
+async fn int_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(integrations::list(&c.control, &a, &q))
 }
-async fn int_get(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
-    ok(integrations::retrieve(&c, &a, &s))
+async fn int_get(State(c): App, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(integrations::retrieve(&c.control, &a, &s))
 }
 async fn int_update(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(integrations::update(&c, &a, &s, &b).await)
+    ok(integrations::update(&c.control, &a, &s, &b).await)
 }
-async fn int_delete(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
-    ok(integrations::delete(&c, &a, &s).await)
+async fn int_delete(State(c): App, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(integrations::delete(&c.control, &a, &s).await)
 }
-async fn int_ws_list(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
-    ok(integrations::list_workspaces(&c, &a, &s))
+async fn int_ws_list(State(c): App, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(integrations::list_workspaces(&c.control, &a, &s))
 }
 async fn int_ws_update(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(integrations::update_workspaces(&c, &a, &s, &b).await)
+    ok(integrations::update_workspaces(&c.control, &a, &s, &b).await)
 }
-async fn int_models_list(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
-    ok(integrations::list_models(&c, &a, &s))
+async fn int_models_list(State(c): App, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(integrations::list_models(&c.control, &a, &s))
 }
 async fn int_models_update(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(integrations::update_models(&c, &a, &s, &b).await)
+    ok(integrations::update_models(&c.control, &a, &s, &b).await)
 }
 async fn int_models_delete(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     QueryMap(q): QueryMap,
 ) -> Answer {
-    ok(
-        integrations::delete_models(&c, &a, &s, q.get("slugs").map(String::as_str).unwrap_or(""))
-            .await,
+    ok(integrations::delete_models(
+        &c.control,
+        &a,
+        &s,
+        q.get("slugs").map(String::as_str).unwrap_or(""),
     )
+    .await)
 }
 
 fn ws(q: &std::collections::HashMap<String, String>) -> Option<&str> {
@@ -161,145 +164,157 @@ fn ws(q: &std::collections::HashMap<String, String>) -> Option<&str> {
         .filter(|w| !w.is_empty())
 }
 
-async fn prov_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
-    ok(providers::create(&c, &a, &b).await)
+async fn prov_create(State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(providers::create(&c.control, &a, &b).await)
 }
-async fn prov_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(providers::list(&c, &a, Api::Providers, &q))
+async fn prov_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(providers::list(&c.control, &a, Api::Providers, &q))
 }
 async fn prov_get(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     QueryMap(q): QueryMap,
 ) -> Answer {
-    ok(providers::retrieve(&c, &a, Api::Providers, &s, ws(&q)))
+    ok(providers::retrieve(
+        &c.control,
+        &a,
+        Api::Providers,
+        &s,
+        ws(&q),
+    ))
 }
 async fn prov_update(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     QueryMap(q): QueryMap,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(providers::update(&c, &a, Api::Providers, &s, ws(&q), &b).await)
+    ok(providers::update(&c.control, &a, Api::Providers, &s, ws(&q), &b).await)
 }
 async fn prov_delete(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     QueryMap(q): QueryMap,
 ) -> Answer {
-    ok(providers::delete(&c, &a, Api::Providers, &s, ws(&q)).await)
+    ok(providers::delete(&c.control, &a, Api::Providers, &s, ws(&q)).await)
 }
 
-async fn vk_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
-    ok(providers::create_virtual_key(&c, &a, &b).await)
+async fn vk_create(State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(providers::create_virtual_key(&c.control, &a, &b).await)
 }
-async fn vk_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(providers::list(&c, &a, Api::VirtualKeys, &q))
+async fn vk_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(providers::list(&c.control, &a, Api::VirtualKeys, &q))
 }
 async fn vk_get(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     QueryMap(q): QueryMap,
 ) -> Answer {
-    ok(providers::retrieve(&c, &a, Api::VirtualKeys, &s, ws(&q)))
+    ok(providers::retrieve(
+        &c.control,
+        &a,
+        Api::VirtualKeys,
+        &s,
+        ws(&q),
+    ))
 }
 async fn vk_update(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     QueryMap(q): QueryMap,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(providers::update(&c, &a, Api::VirtualKeys, &s, ws(&q), &b).await)
+    ok(providers::update(&c.control, &a, Api::VirtualKeys, &s, ws(&q), &b).await)
 }
 async fn vk_delete(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     QueryMap(q): QueryMap,
 ) -> Answer {
-    ok(providers::delete(&c, &a, Api::VirtualKeys, &s, ws(&q)).await)
+    ok(providers::delete(&c.control, &a, Api::VirtualKeys, &s, ws(&q)).await)
 }
 
-async fn cfg_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
-    ok(configs::create(&c, &a, &b).await)
+async fn cfg_create(State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(configs::create(&c.control, &a, &b).await)
 }
-async fn cfg_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(configs::list(&c, &a, &q))
+async fn cfg_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(configs::list(&c.control, &a, &q))
 }
-async fn cfg_get(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
-    ok(configs::retrieve(&c, &a, &s))
+async fn cfg_get(State(c): App, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(configs::retrieve(&c.control, &a, &s))
 }
 async fn cfg_update(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(s): Path<String>,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(configs::update(&c, &a, &s, &b).await)
+    ok(configs::update(&c.control, &a, &s, &b).await)
 }
-async fn cfg_delete(State(c): Core_, Admin(a): Admin, Path(s): Path<String>) -> Answer {
-    ok(configs::delete(&c, &a, &s).await)
+async fn cfg_delete(State(c): App, Admin(a): Admin, Path(s): Path<String>) -> Answer {
+    ok(configs::delete(&c.control, &a, &s).await)
 }
 
 async fn key_create(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path((kind, sub)): Path<(String, String)>,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(api_keys::create(&c, &a, &kind, &sub, &b).await)
+    ok(api_keys::create(&c.control, &a, &kind, &sub, &b).await)
 }
-async fn key_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(api_keys::list(&c, &a, &q))
+async fn key_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(api_keys::list(&c.control, &a, &q))
 }
-async fn key_get(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
-    ok(api_keys::retrieve(&c, &a, &id))
+async fn key_get(State(c): App, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(api_keys::retrieve(&c.control, &a, &id))
 }
 async fn key_update(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(api_keys::update(&c, &a, &id, &b).await)
+    ok(api_keys::update(&c.control, &a, &id, &b).await)
 }
-async fn key_delete(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
-    ok(api_keys::delete(&c, &a, &id).await)
+async fn key_delete(State(c): App, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(api_keys::delete(&c.control, &a, &id).await)
 }
 
-async fn pol_create(State(c): Core_, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
-    ok(policies::create(&c, &a, &b).await)
+async fn pol_create(State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(policies::create(&c.control, &a, &b).await)
 }
-async fn pol_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(policies::list(&c, &a, &q))
+async fn pol_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(policies::list(&c.control, &a, &q))
 }
-async fn pol_get(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
-    ok(policies::retrieve(&c, &a, &id))
+async fn pol_get(State(c): App, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(policies::retrieve(&c.control, &a, &id))
 }
 async fn pol_update(
-    State(c): Core_,
+    State(c): App,
     Admin(a): Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(policies::update(&c, &a, &id, &b).await)
+    ok(policies::update(&c.control, &a, &id, &b).await)
 }
-async fn pol_delete(State(c): Core_, Admin(a): Admin, Path(id): Path<String>) -> Answer {
-    ok(policies::delete(&c, &a, &id).await)
+async fn pol_delete(State(c): App, Admin(a): Admin, Path(id): Path<String>) -> Answer {
+    ok(policies::delete(&c.control, &a, &id).await)
 }
 
-async fn audit_list(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(audit_logs::list(&c, &a, &q).await)
+async fn audit_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(audit_logs::list(&c.control, &a, &q).await)
 }
 
 /// Every notification sent (or that failed) for limit events, newest first. They report usage
 /// against limits, so they are read with `analytics.view`, by an organisation key.
-async fn notifications(State(c): Core_, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+async fn notifications(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
     a.require("analytics.view")?;
     if a.key.workspace_id.is_some() {
         return Err(ApiError::from(crate::control::ControlError::Forbidden(

@@ -16,13 +16,13 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, Plane};
 use super::extract::{Admin, QueryMap};
-use crate::app::Core;
+use super::AppState;
 use crate::control::Caller;
 use crate::domain::pricing::decimal_json as num;
 use crate::domain::{Metadata, Millis};
 use crate::store::{Bucket, Filter, GroupBy, Stats};
 
-pub fn routes() -> Router<Arc<Core>> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/analytics/graphs/{*metric}", get(graph))
         .route("/analytics/groups/{*dimension}", get(group))
@@ -48,7 +48,7 @@ fn list(q: &HashMap<String, String>, k: &str) -> Vec<String> {
 /// The filter of an analytics query: every key needs `analytics.view` (a data-plane key reads
 /// nothing), and a workspace key only ever sees its own workspace.
 fn filter_of(
-    core: &Core,
+    app: &AppState,
     caller: &Caller,
     q: &HashMap<String, String>,
 ) -> Result<Filter, ApiError> {
@@ -69,7 +69,7 @@ fn filter_of(
         ));
     }
     let workspace_id = {
-        let state = core.state.read();
+        let state = app.ledger.state();
         caller.workspace_filter(
             &state,
             q.get("workspace_slug")
@@ -141,13 +141,13 @@ fn store_err(e: crate::store::StoreError) -> ApiError {
 }
 
 async fn graph(
-    State(core): State<Arc<Core>>,
+    State(app): State<Arc<AppState>>,
     Admin(caller): Admin,
     Path(metric): Path<String>,
     QueryMap(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
-    let f = filter_of(&core, &caller, &q)?;
-    core.await_store().await;
+    let f = filter_of(&app, &caller, &q)?;
+    app.ledger.await_store().await;
     let bucket = Bucket::for_range(f.from, f.to);
     let graph = |summary: Value, points: Vec<Value>| {
         Ok(Json(
@@ -155,7 +155,7 @@ async fn graph(
         ))
     };
     if metric == "latency" {
-        let (all, per) = core.store.latency(f, bucket).await.map_err(store_err)?;
+        let (all, per) = app.store.latency(f, bucket).await.map_err(store_err)?;
         let point = |t: Option<Millis>, l: &crate::store::Latency| {
             let mut v = json!({"avg": (l.avg * 1000.0).round() / 1000.0, "p50": l.p50, "p90": l.p90, "p99": l.p99});
             if let Some(t) = t {
@@ -169,7 +169,7 @@ async fn graph(
         );
     }
     if metric == "errors/status-codes" {
-        let groups = core
+        let groups = app
             .store
             .groups(f, GroupBy::StatusCode)
             .await
@@ -190,7 +190,7 @@ async fn graph(
             points,
         );
     }
-    let series = core
+    let series = app
         .store
         .series(f.clone(), bucket)
         .await
@@ -241,7 +241,7 @@ async fn graph(
             graph(json!({"rate": num(rate(errors, requests))}), points)
         }
         "users" | "users/requests" => {
-            let users = core
+            let users = app
                 .store
                 .groups(f, GroupBy::User)
                 .await
@@ -287,13 +287,13 @@ fn group_by(dimension: &str) -> Option<(GroupBy, &'static str)> {
 }
 
 async fn group(
-    State(core): State<Arc<Core>>,
+    State(app): State<Arc<AppState>>,
     Admin(caller): Admin,
     Path(dimension): Path<String>,
     QueryMap(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
-    let f = filter_of(&core, &caller, &q)?;
-    core.await_store().await;
+    let f = filter_of(&app, &caller, &q)?;
+    app.ledger.await_store().await;
     let page = crate::control::Page::from_query(&q, 20)?;
     let (by, label) = match dimension.strip_prefix("metadata/") {
         Some(key) if !key.is_empty() => (GroupBy::Metadata(key.to_owned()), "metadata_value"),
@@ -301,10 +301,10 @@ async fn group(
             ApiError::not_found(Plane::Control, &format!("analytics group {dimension}"))
         })?,
     };
-    let rows = core.store.groups(f, by.clone()).await.map_err(store_err)?;
-    let slugs: HashMap<String, String> = core
-        .state
-        .read()
+    let rows = app.store.groups(f, by.clone()).await.map_err(store_err)?;
+    let slugs: HashMap<String, String> = app
+        .ledger
+        .state()
         .workspaces
         .values()
         .map(|w| (w.id.clone(), w.slug.clone()))
@@ -337,13 +337,13 @@ async fn group(
 
 /// Tollgate has no response cache, so every request is a miss; the figures are real, not a stub.
 async fn summary_cache(
-    State(core): State<Arc<Core>>,
+    State(app): State<Arc<AppState>>,
     Admin(caller): Admin,
     QueryMap(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
-    let f = filter_of(&core, &caller, &q)?;
-    core.await_store().await;
-    let series = core.store.series(f, Bucket::Day).await.map_err(store_err)?;
+    let f = filter_of(&app, &caller, &q)?;
+    app.ledger.await_store().await;
+    let series = app.store.series(f, Bucket::Day).await.map_err(store_err)?;
     let total: u64 = series.iter().map(|(_, s)| s.requests).sum();
     Ok(Json(
         json!({"object": "analytics-summary", "summary": {"hits": 0, "avg_latency": 0, "total_requests": total, "cache_speedup": 0}}),

@@ -10,29 +10,29 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::app::Core;
+use super::AppState;
 
 /// A place under the `max_connections` cap, held while the connection is open.
-pub struct Slot(Arc<Core>);
+pub struct Slot(Arc<AppState>);
 
 impl Slot {
     /// The server the slot is held on.
-    pub fn core(&self) -> &Arc<Core> {
+    pub fn app(&self) -> &Arc<AppState> {
         &self.0
     }
 
     /// A slot if fewer than `max_connections` are open (the gauge is the count, for every thread).
-    pub fn take(core: &Arc<Core>) -> Option<Slot> {
-        let open = &core.metrics.connections_open;
-        let cap = core.settings.max_connections as u64;
+    pub fn take(app: &Arc<AppState>) -> Option<Slot> {
+        let open = &app.metrics.connections_open;
+        let cap = app.settings.max_connections as u64;
         if open.fetch_add(1, Ordering::AcqRel) >= cap {
             open.fetch_sub(1, Ordering::AcqRel);
-            core.metrics
+            app.metrics
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some(Slot(core.clone()))
+        Some(Slot(app.clone()))
     }
 }
 

@@ -67,7 +67,7 @@ pub async fn serve(
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let core = slot.core().clone();
+    let app = slot.app().clone();
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Guarded::new(
         stream,
@@ -90,14 +90,14 @@ pub async fn serve(
             served = conn.as_mut() => {
                 if let Err(e) = served {
                     if is_stall(&e) {
-                        core.metrics.connection_timed_out(ConnTimeout::ClientStall);
+                        app.metrics.connection_timed_out(ConnTimeout::ClientStall);
                     }
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 break;
             }
             why = watchdog(&activity, timeouts) => {
-                core.metrics.connection_timed_out(why);
+                app.metrics.connection_timed_out(why);
                 tracing::debug!(reason = ?why, "closing a connection on a timeout");
                 break;
             }

@@ -11,12 +11,12 @@ use axum::{Json, Router};
 
 use super::error::{ApiError, Plane};
 use super::extract::{body_bytes, QueryMap};
-use crate::app::Core;
+use super::AppState;
 use crate::domain::Endpoint;
 use crate::proxy::{self, Reply};
 
 /// The data-plane routes (under `/v1`).
-pub fn routes() -> Router<Arc<Core>> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/chat/completions", post(chat))
         .route("/completions", post(completions))
@@ -25,21 +25,29 @@ pub fn routes() -> Router<Arc<Core>> {
         .route("/models/{*id}", get(model))
 }
 
-async fn serve(core: Arc<Core>, endpoint: Endpoint, req: Request) -> Response {
+async fn serve(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
     let headers = req.headers().clone();
     let trace_id = proxy::trace_id(&headers);
     // Who is calling is known from the headers: an unauthenticated body is never read.
-    if let Err(e) = proxy::authenticate(&core, &headers) {
+    if let Err(e) = proxy::authenticate(&app.plane, &headers) {
         return ApiError::data(e, Some(trace_id)).into_response();
     }
-    let body = match body_bytes(req, &core, Plane::Data).await {
+    let body = match body_bytes(req, &app, Plane::Data).await {
         Ok(b) => b,
         Err(mut e) => {
             e.trace_id = Some(trace_id);
             return e.into_response();
         }
     };
-    match proxy::handle(core, endpoint, &headers, &body, trace_id.clone()).await {
+    match proxy::handle(
+        app.plane.clone(),
+        endpoint,
+        &headers,
+        &body,
+        trace_id.clone(),
+    )
+    .await
+    {
         Ok(Reply::Full {
             status,
             headers,
@@ -52,26 +60,26 @@ async fn serve(core: Arc<Core>, endpoint: Endpoint, req: Request) -> Response {
     }
 }
 
-async fn chat(State(core): State<Arc<Core>>, req: Request) -> Response {
-    serve(core, Endpoint::ChatCompletions, req).await
+async fn chat(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    serve(app, Endpoint::ChatCompletions, req).await
 }
 
-async fn completions(State(core): State<Arc<Core>>, req: Request) -> Response {
-    serve(core, Endpoint::Completions, req).await
+async fn completions(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    serve(app, Endpoint::Completions, req).await
 }
 
-async fn embeddings(State(core): State<Arc<Core>>, req: Request) -> Response {
-    serve(core, Endpoint::Embeddings, req).await
+async fn embeddings(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    serve(app, Endpoint::Embeddings, req).await
 }
 
 async fn models(
-    State(core): State<Arc<Core>>,
+    State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     QueryMap(q): QueryMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let provider = q.get("provider").map(String::as_str);
-    let mut list =
-        proxy::list_models(&core, &headers, provider, None).map_err(|e| ApiError::data(e, None))?;
+    let mut list = proxy::list_models(&app.plane, &headers, provider, None)
+        .map_err(|e| ApiError::data(e, None))?;
     let offset: usize = q.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
     let limit: usize = q
         .get("limit")
@@ -85,11 +93,11 @@ async fn models(
 }
 
 async fn model(
-    State(core): State<Arc<Core>>,
+    State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    proxy::list_models(&core, &headers, None, Some(&id))
+    proxy::list_models(&app.plane, &headers, None, Some(&id))
         .map(Json)
         .map_err(|e| ApiError::data(e, None))
 }

@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::app::AppError;
 use crate::control::ControlError;
+use crate::ledger::LedgerError;
 use crate::proxy::DataError;
 
 /// Which API a failed request belonged to.
@@ -88,7 +88,7 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
-            ControlError::Internal(inner) if matches!(**inner, AppError::NotReadBack(_)) => {
+            ControlError::Internal(inner) if matches!(**inner, LedgerError::NotReadBack(_)) => {
                 tracing::warn!(error = %inner, "admin change not read back in time");
                 return ApiError::control(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn a_change_not_read_back_is_not_called_unmade() {
-        let late = ApiError::from(ControlError::from(AppError::NotReadBack(
+        let late = ApiError::from(ControlError::from(LedgerError::NotReadBack(
             std::time::Duration::from_secs(30),
         )));
         assert_eq!(late.error.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -153,7 +153,9 @@ mod tests {
             "{}",
             late.error.message
         );
-        let failed = ApiError::from(ControlError::from(AppError::Prices("x".into())));
+        let failed = ApiError::from(ControlError::from(LedgerError::Log(
+            crate::log::LogError::WriterGone("config"),
+        )));
         assert_eq!(failed.error.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(failed.error.message.contains("not made"));
     }

@@ -11,15 +11,19 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::error::{ApiError, Plane};
-use crate::app::Core;
+use super::AppState;
 use crate::control::Caller;
 use crate::proxy::auth;
 
 /// Reads the body, mapping an oversized one to 413 and one that does not arrive within
 /// `body_read_timeout` to 408, in the contract's format. Callers authenticate first: an
 /// unauthenticated client's body is never read.
-pub async fn body_bytes(req: Request, core: &Arc<Core>, plane: Plane) -> Result<Bytes, ApiError> {
-    let limit = core.settings.body_read_timeout;
+pub async fn body_bytes(
+    req: Request,
+    app: &Arc<AppState>,
+    plane: Plane,
+) -> Result<Bytes, ApiError> {
+    let limit = app.settings.body_read_timeout;
     let read = tokio::time::timeout(limit, Bytes::from_request(req, &()));
     let Ok(read) = read.await else {
         let mut e = ApiError::control(
@@ -56,14 +60,14 @@ pub struct JsonBody(pub Value);
 
 /// Handlers take it after [`Admin`] (axum runs extractors in order); it checks the caller from
 /// the headers again itself, so no route can read an unauthenticated body.
-impl FromRequest<Arc<Core>> for JsonBody {
+impl FromRequest<Arc<AppState>> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, core: &Arc<Core>) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, app: &Arc<AppState>) -> Result<Self, ApiError> {
         let (mut parts, body) = req.into_parts();
-        Admin::from_request_parts(&mut parts, core).await?;
+        Admin::from_request_parts(&mut parts, app).await?;
         let req = Request::from_parts(parts, body);
-        let bytes = body_bytes(req, core, Plane::Control).await?;
+        let bytes = body_bytes(req, app, Plane::Control).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(Value::Object(Default::default())));
         }
@@ -104,11 +108,11 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
 /// The authenticated admin caller.
 pub struct Admin(pub Caller);
 
-impl FromRequestParts<Arc<Core>> for Admin {
+impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, ApiError> {
-        let state = core.state.read();
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<AppState>) -> Result<Self, ApiError> {
+        let state = app.ledger.state();
         let key = auth::authenticate(&state, &parts.headers, crate::domain::Millis::now())
             .map_err(|e| ApiError::control(StatusCode::UNAUTHORIZED, e.message()))?;
         Ok(Admin(Caller { key }))

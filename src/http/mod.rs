@@ -23,11 +23,47 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Barrier};
 use tokio_util::task::TaskTracker;
 
-use crate::app::Core;
+use crate::control::Control;
+use crate::ledger::Ledger;
+use crate::proxy::DataPlane;
+use crate::settings::Settings;
+use crate::store::UsageStore;
+use crate::telemetry::Metrics;
 use error::{ApiError, Plane};
 
+/// What the handlers use: the control plane, the data plane, and the read side (the ledger's
+/// state and readiness, the usage store for analytics).
+pub struct AppState {
+    control: Control,
+    plane: Arc<DataPlane>,
+    ledger: Arc<Ledger>,
+    store: Arc<dyn UsageStore>,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(
+        control: Control,
+        plane: DataPlane,
+        ledger: Arc<Ledger>,
+        store: Arc<dyn UsageStore>,
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AppState {
+            control,
+            plane: Arc::new(plane),
+            ledger,
+            store,
+            settings,
+            metrics,
+        }
+    }
+}
+
 /// The whole application router.
-pub fn router(core: Arc<Core>) -> Router {
+pub fn router(app: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .merge(admin::routes())
         .merge(data::routes())
@@ -36,9 +72,9 @@ pub fn router(core: Arc<Core>) -> Router {
         .nest("/v1", v1)
         .merge(ops::routes())
         .fallback(unknown_route)
-        .layer(middleware::from_fn_with_state(core.clone(), count_requests))
-        .layer(DefaultBodyLimit::max(core.settings.max_body_bytes))
-        .with_state(core)
+        .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(DefaultBodyLimit::max(app.settings.max_body_bytes))
+        .with_state(app)
 }
 
 async fn unknown_route(req: Request) -> ApiError {
@@ -77,10 +113,10 @@ fn route_label(m: Option<&MatchedPath>) -> &'static str {
     leaked
 }
 
-async fn count_requests(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
+async fn count_requests(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = route_label(req.extensions().get::<MatchedPath>());
     let resp = next.run(req).await.into_response();
-    core.metrics.request(route, resp.status().as_u16());
+    app.metrics.request(route, resp.status().as_u16());
     resp
 }
 
@@ -96,11 +132,11 @@ async fn count_requests(State(core): State<Arc<Core>>, req: Request, next: Next)
 /// one thread may be carrying another thread's request.
 pub async fn serve(
     listener: std::net::TcpListener,
-    core: Arc<Core>,
+    app: Arc<AppState>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let threads = core.settings.serve_threads.max(1);
+    let threads = app.settings.serve_threads.max(1);
     let all_done = Arc::new(Barrier::new(threads));
     let refusals = Arc::new(cap::Refusals::default());
     let mut finished = Vec::with_capacity(threads);
@@ -118,14 +154,14 @@ pub async fn serve(
         .collect::<std::io::Result<Vec<_>>>()?;
     for (i, runtime) in runtimes.into_iter().enumerate() {
         let (tx, rx) = oneshot::channel();
-        let (listener, core) = (listener.try_clone()?, core.clone());
+        let (listener, app) = (listener.try_clone()?, app.clone());
         let (shutdown, all_done) = (shutdown.clone(), all_done.clone());
         let refusals = refusals.clone();
         std::thread::Builder::new()
             .name(format!("serve-{i}"))
             .spawn(move || {
                 let served =
-                    runtime.block_on(serve_thread(listener, core, shutdown, all_done, refusals));
+                    runtime.block_on(serve_thread(listener, app, shutdown, all_done, refusals));
                 let _ = tx.send(served);
             })?;
         finished.push(rx);
@@ -140,20 +176,20 @@ pub async fn serve(
 /// One serving thread's loop, on its own runtime.
 async fn serve_thread(
     listener: std::net::TcpListener,
-    core: Arc<Core>,
+    app: Arc<AppState>,
     shutdown: watch::Receiver<bool>,
     all_done: Arc<Barrier>,
     refusals: Arc<cap::Refusals>,
 ) -> std::io::Result<()> {
-    let served = accept_until_shutdown(listener, &core, shutdown, &refusals).await;
-    core.tasks.close();
-    let bound = core.settings.stream_drain_timeout + Duration::from_secs(5);
-    if tokio::time::timeout(bound, core.tasks.wait())
+    let served = accept_until_shutdown(listener, &app, shutdown, &refusals).await;
+    app.ledger.tasks().close();
+    let bound = app.settings.stream_drain_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(bound, app.ledger.tasks().wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            left = core.tasks.len(),
+            left = app.ledger.tasks().len(),
             "stopping with background work unfinished"
         );
     }
@@ -165,13 +201,13 @@ async fn serve_thread(
 /// shut down gracefully: the request in flight completes, idle ones close at once).
 async fn accept_until_shutdown(
     listener: std::net::TcpListener,
-    core: &Arc<Core>,
+    app: &Arc<AppState>,
     shutdown: watch::Receiver<bool>,
     refusals: &cap::Refusals,
 ) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    let app = router(core.clone());
-    let timeouts = conn::Timeouts::of(&core.settings);
+    let routes = router(app.clone());
+    let timeouts = conn::Timeouts::of(&app.settings);
     let connections = TaskTracker::new();
     let mut stop = shutdown.clone();
     loop {
@@ -181,14 +217,14 @@ async fn accept_until_shutdown(
             _ = stop.wait_for(|stop| *stop) => break,
         };
         match accepted {
-            Ok((stream, _)) => match cap::Slot::take(core) {
+            Ok((stream, _)) => match cap::Slot::take(app) {
                 Some(slot) => {
                     let serving =
-                        conn::serve(stream, app.clone(), slot, timeouts, shutdown.clone());
+                        conn::serve(stream, routes.clone(), slot, timeouts, shutdown.clone());
                     connections.spawn(serving);
                 }
                 None => {
-                    refusals.refused(core.settings.max_connections);
+                    refusals.refused(app.settings.max_connections);
                     cap::refuse(stream);
                 }
             },

@@ -9,9 +9,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::app::Core;
+use super::AppState;
 
-pub fn routes() -> Router<Arc<Core>> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -24,9 +24,9 @@ async fn healthz() -> impl IntoResponse {
 
 /// Ready when the state has been rebuilt (it is before the server binds), the usage log can take
 /// events (disk space) and the store sink is not failing; otherwise 503 with the reasons.
-async fn readyz(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    let lag = core.store_lag().await;
-    let reasons = core.unready_reasons();
+async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let lag = app.ledger.store_lag().await;
+    let reasons = app.ledger.unready_reasons();
     let status = if reasons.is_empty() {
         StatusCode::OK
     } else {
@@ -43,14 +43,14 @@ async fn readyz(State(core): State<Arc<Core>>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    let lag = core.store_lag().await;
+async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let lag = app.ledger.store_lag().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        core.metrics.render(crate::telemetry::Gauges {
+        app.metrics.render(crate::telemetry::Gauges {
             store_lag_bytes: lag,
-            rate_limiters: core.governor.limiters(),
-            spooled_bytes: core.log.spooled_bytes(),
+            rate_limiters: app.ledger.rate_limiters(),
+            spooled_bytes: app.ledger.log().spooled_bytes(),
         }),
     )
 }

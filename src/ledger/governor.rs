@@ -19,12 +19,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::Decimal;
 
-mod refusals;
-
-pub use refusals::Refusal;
-use refusals::{exhausted, rate_limited, too_many_groups, unpriced};
-
-use crate::domain::budget::{self, BudgetRef, RequestPath};
+use crate::domain::budget::{self, BudgetRef, Exhausted, RequestPath};
 use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit, UsageLimit};
 use crate::domain::pricing::Pricing;
 use crate::domain::rate::{self, Window};
@@ -36,6 +31,47 @@ use crate::domain::{alerts, Event, LimitEvent, Millis, State, UsageEvent};
 /// intervals have ended, nothing of it is in flight and its budget has counted nothing in the
 /// current window; idle groups are forgotten by [`Governor::prune`] (every 30 s).
 pub const MAX_POLICY_GROUPS: usize = 10_000;
+
+/// Why admission refused a request: which budget or limit, and what it counted. The data plane
+/// turns it into its answer (`crate::proxy::refusals`).
+#[derive(Clone, Debug)]
+pub struct Denial {
+    pub budget: BudgetRef,
+    pub reason: Reason,
+}
+
+/// What refused.
+#[derive(Clone, Debug)]
+pub enum Reason {
+    /// A budget is used up, or this request's maximum does not fit in what is left.
+    Exhausted(Box<Exhausted>),
+    /// A rate limit's interval is full; it ends in `retry_after_secs`.
+    RateLimited {
+        limit: RateLimit,
+        retry_after_secs: u64,
+    },
+    /// A grouped policy already counts `cap` groups and this request would start another.
+    TooManyGroups { cap: usize },
+    /// The model has no price and the budget counts cost.
+    Unpriced { model: String },
+}
+
+impl Denial {
+    /// Whether the limit belongs to the target (provider, integration access, policy, or the
+    /// target model's missing price) rather than the key or workspace: a fallback may move on
+    /// to the next target.
+    pub fn target_specific(&self) -> bool {
+        matches!(self.reason, Reason::Unpriced { .. })
+            || !matches!(self.budget, BudgetRef::ApiKey(_) | BudgetRef::Workspace(_))
+    }
+
+    fn new(budget: &BudgetRef, reason: Reason) -> Self {
+        Denial {
+            budget: budget.clone(),
+            reason,
+        }
+    }
+}
 
 /// A rate limit's counter key: its owner, what it counts and its interval.
 type RateKey = (BudgetRef, RateKind, RateUnit);
@@ -113,8 +149,9 @@ pub fn claim_crossings(
     state: &RwLock<State>,
     budgets: &[(BudgetRef, UsageLimit)],
     path: &crate::domain::budget::RequestPath<'_>,
+    now: Millis,
 ) -> Vec<LimitEvent> {
-    let mut due = alerts::crossings(&state.read(), budgets, path, Millis::now());
+    let mut due = alerts::crossings(&state.read(), budgets, path, now);
     if !due.is_empty() {
         let mut state = state.write();
         due.retain(|e| !state.limit_event_emitted(&e.budget, e.window_start, e.kind));
@@ -154,9 +191,13 @@ impl Ledger {
         path: &RequestPath<'_>,
         est: Estimate,
         now: Millis,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Denial> {
         for (r, l) in budgets {
-            let counts = budget::counts(l.kind, est.pricing).map_err(|_| unpriced(r, path))?;
+            let unpriced = |_| {
+                let model = path.model.to_owned();
+                Denial::new(r, Reason::Unpriced { model })
+            };
+            let counts = budget::counts(l.kind, est.pricing).map_err(unpriced)?;
             if !counts {
                 continue;
             }
@@ -167,7 +208,7 @@ impl Ledger {
             };
             let used = state.budget_used(r, l, now);
             budget::admit(r, l, used, reserved, max, now)
-                .map_err(|e| Refusal::new(r, exhausted(&e)))?;
+                .map_err(|e| Denial::new(r, Reason::Exhausted(e)))?;
         }
         Ok(())
     }
@@ -177,12 +218,21 @@ impl Ledger {
         &self,
         rates: &[(BudgetRef, Vec<RateLimit>)],
         now: Millis,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Denial> {
         for (r, limits) in rates {
             for l in limits {
                 let window = self.rates.get(&(r.clone(), l.kind, l.unit));
-                rate::check(l, window, now)
-                    .map_err(|e| Refusal::new(r, rate_limited(r, l, e.retry_after_secs(now))))?;
+                rate::check(l, window, now).map_err(|e| {
+                    let retry_after_secs = e.retry_after_secs(now);
+                    let limit = *l;
+                    Denial::new(
+                        r,
+                        Reason::RateLimited {
+                            limit,
+                            retry_after_secs,
+                        },
+                    )
+                })?;
             }
         }
         Ok(())
@@ -193,7 +243,7 @@ impl Ledger {
         &self,
         refs: impl Iterator<Item = &'a BudgetRef>,
         cap: usize,
-    ) -> Result<Vec<(String, String)>, Refusal> {
+    ) -> Result<Vec<(String, String)>, Denial> {
         let mut fresh: Vec<(String, String)> = Vec::new();
         for r in refs {
             let BudgetRef::Policy { id, group: Some(g) } = r else {
@@ -205,7 +255,7 @@ impl Ledger {
                 continue;
             }
             if known.map_or(0, HashSet::len) >= cap {
-                return Err(Refusal::new(r, too_many_groups(r, cap)));
+                return Err(Denial::new(r, Reason::TooManyGroups { cap }));
             }
             fresh.push((id.clone(), g.clone()));
         }
@@ -279,7 +329,7 @@ impl Governor {
         path: &RequestPath<'_>,
         est: Estimate,
         now: Millis,
-    ) -> Result<Reservation, Refusal> {
+    ) -> Result<Reservation, Denial> {
         // What applies depends only on configuration: gather it before taking the ledger lock,
         // which then covers just the checks and the reservation.
         let (budgets, rates) = applicable(&state.read(), path);
@@ -313,11 +363,7 @@ impl Governor {
     /// Drops rate counters of ended intervals and of limits that no longer exist (deleted keys,
     /// changed limits), and forgets idle policy groups, so the ledger's size follows the
     /// configuration and the current intervals, not the history.
-    pub fn prune(&self, state: &State) {
-        self.prune_at(state, Millis::now());
-    }
-
-    fn prune_at(&self, state: &State, now: Millis) {
+    pub fn prune(&self, state: &State, now: Millis) {
         let mut guard = self.ledger.lock();
         let ledger = &mut *guard;
         ledger.rates.retain(|(r, kind, unit), w| {
@@ -352,6 +398,7 @@ impl Governor {
         event: UsageEvent,
         reservation: Option<Reservation>,
         claim_crossings_here: bool,
+        now: Millis,
     ) -> Vec<LimitEvent> {
         let actual = event.total_tokens();
         // The budgets admission checked for this attempt; only an unreserved settlement looks
@@ -367,7 +414,7 @@ impl Governor {
         state.write().fold_usage(&event, budgets);
         // In distributed mode the aggregators claim crossings from global totals.
         let due = if claim_crossings_here {
-            claim_crossings(state, budgets, &event.path())
+            claim_crossings(state, budgets, &event.path(), now)
         } else {
             Vec::new()
         };
@@ -389,7 +436,6 @@ impl Governor {
 mod tests {
     use super::*;
     use crate::domain::*;
-    use reqwest::StatusCode;
 
     #[test]
     fn limiters_of_deleted_keys_are_pruned() {
@@ -418,7 +464,6 @@ mod tests {
         for _ in 0..10 {
             drop(
                 gov.admit(&state, &path, Estimate::default(), Millis(1))
-                    .map_err(|r| r.error)
                     .unwrap(),
             );
         }
@@ -426,12 +471,12 @@ mod tests {
             .admit(&state, &path, Estimate::default(), Millis(1))
             .err()
             .unwrap();
-        assert_eq!(refused.error.status, StatusCode::TOO_MANY_REQUESTS);
-        assert!(!refused.target_specific);
+        assert!(matches!(refused.reason, Reason::RateLimited { .. }));
+        assert!(!refused.target_specific());
         assert_eq!(gov.limiters(), 1);
-        gov.prune_at(&state.read(), Millis(59_999));
+        gov.prune(&state.read(), Millis(59_999));
         assert_eq!(gov.limiters(), 1, "still configured, in its minute");
-        gov.prune_at(&state.read(), Millis(60_000));
+        gov.prune(&state.read(), Millis(60_000));
         assert_eq!(gov.limiters(), 0, "the minute ended");
         drop(gov.admit(&state, &path, Estimate::default(), Millis(60_000)));
         state.write().apply(&Event::Config(ConfigEvent {
@@ -443,7 +488,7 @@ mod tests {
                 id: "k".into(),
             },
         }));
-        gov.prune_at(&state.read(), Millis(60_001));
+        gov.prune(&state.read(), Millis(60_001));
         assert_eq!(gov.limiters(), 0);
     }
 
@@ -476,20 +521,26 @@ mod tests {
         };
         let hour = 3_600_000;
         let request = |id: u128, now: i64| {
-            let r = gov
-                .admit(&state, &path, est, Millis(now))
-                .map_err(|r| r.error)?;
+            let r = gov.admit(&state, &path, est, Millis(now))?;
             let mut e = crate::domain::state::tests::usage(id, "k", 200, 0);
             e.at = Millis(now);
-            gov.settle(&state, e, Some(r), false);
-            Ok::<(), crate::proxy::DataError>(())
+            gov.settle(&state, e, Some(r), false, Millis(now));
+            Ok::<(), Denial>(())
         };
         for i in 0..5 {
             assert!(request(i, 10 * hour + 1000 * i as i64).is_ok(), "{i}");
         }
         let refused = request(5, 10 * hour + 60_000).unwrap_err();
-        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(refused.retry_after_secs, Some(3540));
+        assert!(
+            matches!(
+                refused.reason,
+                Reason::RateLimited {
+                    retry_after_secs: 3540,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
         assert!(
             request(6, 11 * hour - 1).is_err(),
             "the last millisecond of the hour"
@@ -528,18 +579,19 @@ mod tests {
             };
             gov.admit(&state, &path, Estimate::default(), Millis(now))
                 .map(drop)
-                .map_err(|r| r.error)
         };
         for team in ["a", "b", "c", "a"] {
             assert!(call(team, 1).is_ok(), "{team}");
         }
         let refused = call("d", 1).unwrap_err();
-        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
-        assert!(refused.message.contains("3 groups"), "{}", refused.message);
+        assert!(
+            matches!(refused.reason, Reason::TooManyGroups { cap: 3 }),
+            "{refused:?}"
+        );
         assert!(call("b", 1).is_ok(), "known groups are still served");
-        gov.prune_at(&state.read(), Millis(1));
+        gov.prune(&state.read(), Millis(1));
         assert!(call("d", 1).is_err(), "the groups are active today");
-        gov.prune_at(&state.read(), Millis(86_400_000));
+        gov.prune(&state.read(), Millis(86_400_000));
         assert!(call("d", 86_400_000).is_ok(), "idle groups were forgotten");
     }
 }

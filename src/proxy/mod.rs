@@ -5,9 +5,9 @@
 
 pub mod auth;
 pub mod client;
-pub mod govern;
 pub mod meter;
 pub mod models;
+pub mod refusals;
 pub mod route;
 pub mod stream;
 pub mod upstream;
@@ -19,7 +19,44 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::crypto::Sealer;
+use crate::domain::pricing::PriceTable;
 use crate::domain::{ApiKey, Endpoint, Metadata};
+use crate::ledger::Ledger;
+use crate::settings::Settings;
+use crate::telemetry::Metrics;
+
+/// What the data plane uses: the ledger (state, admission, metering), the credential sealer, the
+/// price table, the upstream client and the settings it serves by.
+pub struct DataPlane {
+    ledger: std::sync::Arc<Ledger>,
+    sealer: Sealer,
+    prices: PriceTable,
+    /// Provider calls (see [`client`]).
+    http: reqwest::Client,
+    settings: std::sync::Arc<Settings>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl DataPlane {
+    pub fn new(
+        ledger: std::sync::Arc<Ledger>,
+        sealer: Sealer,
+        prices: PriceTable,
+        http: reqwest::Client,
+        settings: std::sync::Arc<Settings>,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
+        DataPlane {
+            ledger,
+            sealer,
+            prices,
+            http,
+            settings,
+            metrics,
+        }
+    }
+}
 
 /// A refusal or failure on the data plane, rendered in the OpenAI error envelope.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,8 +340,8 @@ fn caller(
 
 /// Checks the data-plane caller from the headers alone, so a request can be refused before its
 /// body is read ([`handle`] checks again against the state it routes with).
-pub fn authenticate(core: &crate::app::Core, headers: &HeaderMap) -> Result<(), DataError> {
-    caller(&core.state.read(), headers).map(drop)
+pub fn authenticate(core: &crate::proxy::DataPlane, headers: &HeaderMap) -> Result<(), DataError> {
+    caller(&core.ledger.state(), headers).map(drop)
 }
 
 /// The `Retry-After` of a `metering_unavailable` refusal: the log retries every half second, so
@@ -313,7 +350,7 @@ const METERING_RETRY_AFTER_SECS: u64 = 5;
 
 /// Serves a completion or embedding request end to end.
 pub async fn handle(
-    core: std::sync::Arc<crate::app::Core>,
+    core: std::sync::Arc<crate::proxy::DataPlane>,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: &[u8],
@@ -323,7 +360,7 @@ pub async fn handle(
     let mut body = RequestBody::parse(body)?;
     // Never serve what cannot be metered: refuse before any upstream call. `x-should-retry:
     // false` (with `Retry-After`) so SDKs do not resend on their own.
-    if !core.log.accepts_usage() {
+    if !core.ledger.log().accepts_usage() {
         let mut e = DataError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
@@ -335,7 +372,7 @@ pub async fn handle(
         return Err(e);
     }
     let (ctx, plan) = {
-        let state = core.state.read();
+        let state = core.ledger.state();
         let (key, ws, organisation_id) = caller(&state, headers)?;
         let metadata = metadata_of(&state, &ws, &key, headers)?;
         let plan = route::plan(&state, &key, &ws.id, headers, &mut body)?;
@@ -356,12 +393,12 @@ pub async fn handle(
 
 /// `GET /v1/models` and `GET /v1/models/{id}`.
 pub fn list_models(
-    core: &crate::app::Core,
+    core: &crate::proxy::DataPlane,
     headers: &HeaderMap,
     provider: Option<&str>,
     id: Option<&str>,
 ) -> Result<Value, DataError> {
-    let state = core.state.read();
+    let state = core.ledger.state();
     let (_, ws, _) = caller(&state, headers)?;
     let all = models::list(&state, &core.prices, &ws.id, provider);
     match id {

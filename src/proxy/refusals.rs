@@ -1,32 +1,41 @@
-//! The refusals of admission, as the data plane answers them: which budget or limit refused,
-//! what it counted and when the request can fit.
+//! The refusals of admission ([`Denial`]s of the governor), as the data plane answers them: which
+//! budget or limit refused, what it counted and when the request can fit.
 
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 
-use crate::domain::budget::{BudgetRef, Exhausted, RequestPath};
+use crate::domain::budget::{BudgetRef, Exhausted};
 use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit};
+use crate::ledger::governor::{Denial, Reason};
 use crate::proxy::DataError;
 
-/// A refused admission.
+/// A refused admission, as answered.
 pub struct Refusal {
     pub error: DataError,
-    /// The limit belongs to the target (provider, integration access, policy), not the key or
-    /// workspace: a fallback may move on to the next target.
+    /// A fallback may move on to the next target ([`Denial::target_specific`]).
     pub target_specific: bool,
 }
 
-impl Refusal {
-    pub(super) fn new(r: &BudgetRef, error: DataError) -> Self {
-        let target_specific = !matches!(r, BudgetRef::ApiKey(_) | BudgetRef::Workspace(_));
+impl From<Denial> for Refusal {
+    fn from(d: Denial) -> Self {
+        let r = &d.budget;
+        let error = match &d.reason {
+            Reason::Exhausted(e) => exhausted(e),
+            Reason::RateLimited {
+                limit,
+                retry_after_secs,
+            } => rate_limited(r, limit, *retry_after_secs),
+            Reason::TooManyGroups { cap } => too_many_groups(r, *cap),
+            Reason::Unpriced { model } => unpriced(r, model),
+        };
         Refusal {
             error,
-            target_specific,
+            target_specific: d.target_specific(),
         }
     }
 }
 
-pub(super) fn exhausted(e: &Exhausted) -> DataError {
+fn exhausted(e: &Exhausted) -> DataError {
     let amount = |d: Decimal| match e.kind {
         BudgetKind::Cost => format!("${}", d.round_dp(6).normalize()),
         BudgetKind::Tokens => format!("{} tokens", d.normalize()),
@@ -63,7 +72,7 @@ pub(super) fn exhausted(e: &Exhausted) -> DataError {
     )
 }
 
-pub(super) fn rate_limited(r: &BudgetRef, l: &RateLimit, retry_after_secs: u64) -> DataError {
+fn rate_limited(r: &BudgetRef, l: &RateLimit, retry_after_secs: u64) -> DataError {
     let kind = match l.kind {
         RateKind::Requests => "requests",
         RateKind::Tokens => "tokens",
@@ -100,8 +109,8 @@ fn interval_name(unit: RateUnit) -> &'static str {
 
 /// An unpriced model on a path with a cost budget. The price belongs to the target's model, so
 /// a fallback may move on to a target whose model is priced.
-pub(super) fn unpriced(r: &BudgetRef, path: &RequestPath<'_>) -> Refusal {
-    let error = DataError::new(
+fn unpriced(r: &BudgetRef, model: &str) -> DataError {
+    DataError::new(
         StatusCode::BAD_REQUEST,
         "invalid_request_error",
         Some("model_unpriced"),
@@ -110,18 +119,14 @@ pub(super) fn unpriced(r: &BudgetRef, path: &RequestPath<'_>) -> Refusal {
              this request; an admin must set the model's pricing (pricing_config or \
              base_model_slug in PUT /v1/integrations/{{slug}}/models), or opt the integration in \
              to metering unpriced models at zero (configurations.meter_unpriced_at_zero: true)",
-            path.model,
+            model,
             r.owner_kind(),
             r.key()
         ),
-    );
-    Refusal {
-        error,
-        target_specific: true,
-    }
+    )
 }
 
-pub(super) fn too_many_groups(r: &BudgetRef, cap: usize) -> DataError {
+fn too_many_groups(r: &BudgetRef, cap: usize) -> DataError {
     let id = match r {
         BudgetRef::Policy { id, .. } => id.as_str(),
         _ => "",

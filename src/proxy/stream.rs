@@ -28,9 +28,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::meter::{self, Attempt, WireUsage};
 use super::route::Target;
 use super::{DataError, RequestCtx};
-use crate::app::Core;
 use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
+use crate::proxy::DataPlane;
 
 /// The most the task reads from a provider after the client left.
 const DRAIN_MAX_BYTES: usize = 16 << 20;
@@ -45,12 +45,12 @@ type Queued = (Bytes, OwnedSemaphorePermit);
 
 /// Everything the stream task needs to meter the attempt.
 pub struct Job {
-    pub core: Arc<Core>,
+    pub core: Arc<DataPlane>,
     pub ctx: RequestCtx,
     pub target_model: String,
     pub prompt_estimate: u64,
     /// Released when the attempt is settled (or if the task dies).
-    pub reservation: super::govern::Reservation,
+    pub reservation: crate::ledger::governor::Reservation,
     pub client_wants_usage: bool,
     pub index: u32,
     pub event_id: String,
@@ -197,7 +197,8 @@ pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> Frames {
     let mut target = target.clone();
     target.headers.clear(); // the credential is not needed past the request
     job.core
-        .tasks
+        .ledger
+        .tasks()
         .clone()
         .spawn(pump(job, target, resp, client));
     frames
@@ -440,7 +441,11 @@ async fn settle(job: Job, target: &Target, mut p: Progress) {
         event_id: job.event_id.clone(),
     };
     let event = meter::usage_event(&job.core.prices, &job.ctx, attempt);
-    let recorded = job.core.record_usage(event, Some(job.reservation)).await;
+    let recorded = job
+        .core
+        .ledger
+        .record_usage(event, Some(job.reservation))
+        .await;
     if p.client_gone_at.is_some() {
         return;
     }

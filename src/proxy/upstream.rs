@@ -12,16 +12,17 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::govern::{Estimate, Refusal, Reservation};
 use super::meter::{self, Attempt};
+use super::refusals::Refusal;
 use super::route::{self, Plan, Target};
 use super::{client, stream};
 use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
-use crate::app::Core;
 use crate::domain::budget::RequestPath;
 use crate::domain::pricing::TokenUsage;
 use crate::domain::routing::{check_private_host, Mode, Node, Params};
 use crate::domain::{Endpoint, Millis, UsageSource};
+use crate::ledger::governor::{Estimate, Reservation};
+use crate::proxy::DataPlane;
 use crate::telemetry::UpstreamFailure;
 
 /// The answer of one target (possibly after retries): what fallback looks at.
@@ -38,7 +39,7 @@ enum Outcome {
 
 /// One request's execution.
 struct Exec {
-    core: Arc<Core>,
+    core: Arc<DataPlane>,
     ctx: RequestCtx,
     body: RequestBody,
     path: &'static str,
@@ -54,7 +55,7 @@ struct Exec {
 
 /// Runs the plan and answers the client.
 pub async fn run(
-    core: Arc<Core>,
+    core: Arc<DataPlane>,
     ctx: RequestCtx,
     plan: Plan,
     body: RequestBody,
@@ -142,7 +143,7 @@ impl Exec {
             return Outcome::Stop(DataError::internal("config leaf without a target"));
         };
         let target = {
-            let state = self.core.state.read();
+            let state = self.core.ledger.state();
             route::resolve(
                 &state,
                 &self.core.sealer,
@@ -256,8 +257,9 @@ impl Exec {
         };
         let estimate = self.estimate(target, model, overrides)?;
         self.core
-            .governor
-            .admit(&self.core.state, &path, estimate, Millis::now())
+            .ledger
+            .admit(&path, estimate, Millis::now())
+            .map_err(Refusal::from)
     }
 
     /// The most an attempt may use and cost, from the body actually sent upstream (the target's
@@ -375,7 +377,7 @@ impl Exec {
         };
         let status = resp.status();
         if status.is_redirection() {
-            // Not followed (see `Core`'s client): the credential stays with its integration's host.
+            // Not followed (see `crate::proxy::client`): the credential stays with its integration's host.
             let err = DataError::new(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
@@ -598,7 +600,7 @@ impl Exec {
             event_id,
         };
         let event = meter::usage_event(&self.core.prices, &self.ctx, attempt);
-        self.core.record_usage(event, Some(reservation)).await.map_err(|e| {
+        self.core.ledger.record_usage(event, Some(reservation)).await.map_err(|e| {
             tracing::error!(trace_id = %self.ctx.trace_id, error = %e, "usage event could not be recorded");
             DataError::internal("the request's usage could not be recorded; it was not acknowledged")
         })

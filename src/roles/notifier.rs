@@ -16,7 +16,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sha2::Sha256;
 use tokio::sync::watch;
 
-use crate::app::Core;
+use super::Node;
 use crate::codec;
 use crate::domain::limits::BudgetKind;
 use crate::domain::{LimitEvent, LimitKind, Millis};
@@ -29,14 +29,14 @@ const ATTEMPTS: u32 = 4;
 const RECENT_DELIVERIES: usize = 10_000;
 
 /// Runs until shutdown.
-pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
-    let mut end = core.log.watch_end(Topic::Limits);
-    let mut at = core.store.offset(CONSUMER).await.unwrap_or(0);
+pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut end = node.log.watch_end(Topic::Limits);
+    let mut at = node.store.offset(CONSUMER).await.unwrap_or(0);
     // Two aggregators can see the same crossing at once and both emit it, under one
     // deterministic event id: deliver it once, also when the second copy comes after a restart
     // (the ids delivered lately are read back from the store).
     let mut recent = crate::domain::state::RecentIds::default();
-    match core.store.notifications(RECENT_DELIVERIES).await {
+    match node.store.notifications(RECENT_DELIVERIES).await {
         Ok(done) => {
             for n in done.iter().rev() {
                 recent.insert_event_id(&n.limit_event_id, n.created_at);
@@ -54,7 +54,7 @@ pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
             }
             continue;
         }
-        match core.log.read(Topic::Limits, at, 1 << 20).await {
+        match node.log.read(Topic::Limits, at, 1 << 20).await {
             Ok(batch) => {
                 let Some(next) = batch.last().map(|r| r.next) else {
                     continue;
@@ -67,13 +67,13 @@ pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
                         Ok(e) if !recent.insert_event_id(&e.event_id, e.at) => {
                             tracing::debug!(event_id = %e.event_id, "notifier: duplicate limit event skipped")
                         }
-                        Ok(e) => rows.extend(deliver(&core, &e).await),
+                        Ok(e) => rows.extend(deliver(&node, &e).await),
                         Err(e) => {
                             tracing::error!(offset = r.offset, error = %e, "notifier: skipping undecodable limit event")
                         }
                     }
                 }
-                match core.store.record_notifications(rows, CONSUMER, next).await {
+                match node.store.record_notifications(rows, CONSUMER, next).await {
                     Ok(()) => at = next,
                     Err(e) => {
                         tracing::error!(error = %e, "notifier: recording failed; will retry the batch")
@@ -89,9 +89,9 @@ pub async fn run_notifier(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
 }
 
 /// The email recipients of an event: owners and admins, the key's alert emails and its creator's.
-fn recipients(core: &Core, e: &LimitEvent) -> Vec<String> {
-    let mut out = core.settings.alert_emails.clone();
-    let state = core.state.read();
+fn recipients(node: &Node, e: &LimitEvent) -> Vec<String> {
+    let mut out = node.settings.alert_emails.clone();
+    let state = node.ledger.state();
     if let Some(key) = e.api_key_id.as_deref().and_then(|k| state.api_keys.get(k)) {
         out.extend(key.alert_emails.iter().cloned());
         if let Some(creator) = key
@@ -107,9 +107,9 @@ fn recipients(core: &Core, e: &LimitEvent) -> Vec<String> {
     out
 }
 
-fn webhooks(core: &Core, e: &LimitEvent) -> Vec<String> {
-    let mut out: Vec<String> = core.settings.alert_webhook_url.iter().cloned().collect();
-    let state = core.state.read();
+fn webhooks(node: &Node, e: &LimitEvent) -> Vec<String> {
+    let mut out: Vec<String> = node.settings.alert_webhook_url.iter().cloned().collect();
+    let state = node.ledger.state();
     if let Some(ws) = e
         .workspace_id
         .as_deref()
@@ -179,14 +179,14 @@ where
 }
 
 async fn send_email(
-    core: &Core,
+    node: &Node,
     url: &str,
     to: &[String],
     subject: &str,
     body: &str,
 ) -> Result<(), String> {
     let mut m = Message::builder().from(
-        core.settings
+        node.settings
             .alert_from
             .parse::<Mailbox>()
             .map_err(|e| e.to_string())?,
@@ -208,13 +208,13 @@ async fn send_email(
         .map_err(|e| e.to_string())
 }
 
-async fn send_webhook(core: &Core, url: &str, body: &str) -> Result<(), String> {
-    let mut req = core
+async fn send_webhook(node: &Node, url: &str, body: &str) -> Result<(), String> {
+    let mut req = node
         .webhook_http
         .post(url)
         .header("content-type", "application/json")
         .timeout(Duration::from_secs(10));
-    if let Some(secret) = &core.settings.alert_webhook_secret {
+    if let Some(secret) = &node.settings.alert_webhook_secret {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
         mac.update(body.as_bytes());
@@ -253,7 +253,7 @@ pub fn webhook_body(e: &LimitEvent) -> String {
     .to_string()
 }
 
-async fn deliver(core: &Core, e: &LimitEvent) -> Vec<Notification> {
+async fn deliver(node: &Node, e: &LimitEvent) -> Vec<Notification> {
     let row = |channel: &str, recipients: String, (attempts, error): (u32, Option<String>)| {
         Notification {
             limit_event_id: e.event_id.clone(),
@@ -272,15 +272,15 @@ async fn deliver(core: &Core, e: &LimitEvent) -> Vec<Notification> {
         }
     };
     let mut rows = Vec::new();
-    let to = recipients(core, e);
-    if let (Some(url), false) = (&core.settings.smtp_url, to.is_empty()) {
+    let to = recipients(node, e);
+    if let (Some(url), false) = (&node.settings.smtp_url, to.is_empty()) {
         let (subject, body) = message(e);
-        let outcome = with_retries(|| send_email(core, url, &to, &subject, &body)).await;
+        let outcome = with_retries(|| send_email(node, url, &to, &subject, &body)).await;
         rows.push(row("email", to.join(","), outcome));
     }
     let body = webhook_body(e);
-    for url in webhooks(core, e) {
-        let outcome = with_retries(|| send_webhook(core, &url, &body)).await;
+    for url in webhooks(node, e) {
+        let outcome = with_retries(|| send_webhook(node, &url, &body)).await;
         rows.push(row("webhook", url, outcome));
     }
     rows

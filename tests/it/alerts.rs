@@ -201,7 +201,7 @@ async fn a_duplicate_after_a_notifier_restart_is_not_delivered_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = harness::settings(dir.path());
     s.set("alert_webhook_url", &hook).unwrap();
-    let core = tollgate::app::Core::open(s).await.unwrap().core;
+    let node = std::sync::Arc::new(tollgate::roles::serve::open(s).await.unwrap());
     let event = LimitEvent {
         event_id: uuid::Uuid::new_v4().to_string(),
         at: Millis::now(),
@@ -219,7 +219,7 @@ async fn a_duplicate_after_a_notifier_restart_is_not_delivered_again() {
     };
     let payload = tollgate::codec::encode_limit(&event).unwrap();
     let append = || {
-        core.log.append(
+        node.log().append(
             Topic::Limits,
             event.budget.clone().into_bytes(),
             payload.clone(),
@@ -228,13 +228,13 @@ async fn a_duplicate_after_a_notifier_restart_is_not_delivered_again() {
     append().await.unwrap();
     for round in 0..2 {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let notifier = tokio::spawn(tollgate::notify::run_notifier(core.clone(), stopped));
-        let end = *core.log.watch_end(Topic::Limits).borrow();
+        let notifier = tokio::spawn(tollgate::roles::notifier::run(node.clone(), stopped));
+        let end = *node.log().watch_end(Topic::Limits).borrow();
         harness::eventually(Duration::from_millis(25), || async {
-            core.store.offset("notifier").await.unwrap() >= end
+            node.store().offset("notifier").await.unwrap() >= end
         })
         .await;
-        assert_eq!(core.store.offset("notifier").await.unwrap(), end);
+        assert_eq!(node.store().offset("notifier").await.unwrap(), end);
         stop.send(true).unwrap();
         notifier.await.unwrap();
         if round == 0 {

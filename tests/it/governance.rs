@@ -39,7 +39,7 @@ async fn chat(
 }
 
 fn key_spend(server: &Server, key: &str) -> Decimal {
-    let s = server.core.state.read();
+    let s = server.state();
     let id = s
         .api_keys
         .values()
@@ -137,9 +137,7 @@ async fn default_budget_overshoots_by_at_most_what_was_in_flight_then_refuses() 
     );
     // The key shows as exhausted; reset_usage reactivates it.
     let id = server
-        .core
-        .state
-        .read()
+        .state()
         .api_keys
         .values()
         .find(|k| k.masked == tollgate::crypto::mask(&key))

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use tollgate::app::{run_reset_sweep, spawn_store_sink, Core};
+use tollgate::domain::{Actor, Change, State};
+use tollgate::ledger::LedgerError;
+use tollgate::roles::Node;
 use tollgate::settings::Settings;
 
 pub struct Server {
     pub url: String,
     pub admin_key: String,
-    pub core: Arc<Core>,
+    node: Arc<Node>,
     pub dir: tempfile::TempDir,
     stop: watch::Sender<bool>,
 }
@@ -45,21 +47,16 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(dir.path());
     tweak(&mut s);
-    let core = Core::open(s).await.unwrap().core;
+    // The binary's own wiring and shutdown order (`tollgate serve`).
+    let node = Arc::new(tollgate::roles::serve::open(s).await.unwrap());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(spawn_store_sink(core.clone(), stopped.clone()).unwrap());
-    tokio::spawn(run_reset_sweep(core.clone(), stopped.clone()));
-    tokio::spawn(tollgate::notify::run_notifier(
-        core.clone(),
-        stopped.clone(),
-    ));
-    tokio::spawn(tollgate::http::serve(listener, core.clone(), stopped));
+    tokio::spawn(node.clone().serve(listener, stopped));
     Server {
         url,
         admin_key: ADMIN_KEY.into(),
-        core,
+        node,
         dir,
         stop,
     }
@@ -250,9 +247,41 @@ impl Server {
         (ws_id, key["key"].as_str().unwrap().to_owned())
     }
 
+    /// The server's state, read-locked (briefly: never across an await).
+    pub fn state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
+        self.node.ledger().state()
+    }
+
+    /// Commits config changes as an admin command would (`actor` None: the system).
+    pub async fn commit(
+        &self,
+        actor: Option<Actor>,
+        changes: Vec<Change>,
+    ) -> Result<(), LedgerError> {
+        let command = self.node.ledger().command().await;
+        command.commit(actor, changes).await
+    }
+
+    pub fn store(&self) -> &Arc<dyn tollgate::store::UsageStore> {
+        self.node.store()
+    }
+
+    pub fn log(&self) -> &Arc<dyn tollgate::log::EventLog> {
+        self.node.log()
+    }
+
+    pub fn metrics(&self) -> &tollgate::telemetry::Metrics {
+        self.node.metrics()
+    }
+
+    /// How many bytes of the usage log the store has not ingested yet.
+    pub async fn store_lag(&self) -> u64 {
+        self.node.ledger().store_lag().await
+    }
+
     /// The API key record named `name`.
     pub fn key_named(&self, name: &str) -> std::sync::Arc<tollgate::domain::ApiKey> {
-        let state = self.core.state.read();
+        let state = self.state();
         state
             .api_keys
             .values()
@@ -264,7 +293,7 @@ impl Server {
     /// Waits (up to [`PATIENCE`]) until the usage store has every event of the log.
     pub async fn store_caught_up(&self) {
         let caught_up = eventually(Duration::from_millis(25), || async {
-            self.core.store_lag().await == 0
+            self.store_lag().await == 0
         })
         .await;
         assert!(caught_up, "the usage store did not catch up");

@@ -11,7 +11,7 @@ async fn bad_input_is_refused_in_the_api_format() {
     let server = harness::start_with(|s| s.set("max_body_bytes", "4096").unwrap()).await;
     let (_, key) = server.tenant(&mock.url, "p1").await;
     let v1 = format!("{}/v1", server.url);
-    let before = server.core.state.read().workspaces.len();
+    let before = server.state().workspaces.len();
     let client = reqwest::Client::new();
 
     // Malformed JSON on both planes.
@@ -145,7 +145,7 @@ async fn bad_input_is_refused_in_the_api_format() {
         .unwrap();
     assert_eq!(r.status(), 400);
     // Nothing changed, and the server still serves.
-    assert_eq!(server.core.state.read().workspaces.len(), before + 1);
+    assert_eq!(server.state().workspaces.len(), before + 1);
     let (s, _, _) = call("GET", &format!("{}/healthz", server.url), None, None).await;
     assert_eq!(s, 200);
     assert_eq!(
@@ -200,8 +200,7 @@ async fn unreachable_and_slow_upstreams() {
         ..Default::default()
     };
     let codes = server
-        .core
-        .store
+        .store()
         .groups(f, tollgate::store::GroupBy::StatusCode)
         .await
         .unwrap();

@@ -79,8 +79,7 @@ async fn portkey_and_openai_sdks_walkthrough() {
         ..Default::default()
     };
     let by_key = server
-        .core
-        .store
+        .store()
         .groups(f.clone(), tollgate::store::GroupBy::ApiKey)
         .await
         .unwrap();
@@ -94,23 +93,20 @@ async fn portkey_and_openai_sdks_walkthrough() {
     let cents: Decimal = result["cost_cents"].as_str().unwrap().parse().unwrap();
     assert_eq!(cost * Decimal::ONE_HUNDRED, cents);
     let totals = server
-        .core
-        .state
-        .read()
+        .state()
         .usage_of(tollgate::domain::EntityKind::Workspace, &ws);
     assert_eq!(totals.cost_usd, cost);
     assert_eq!(totals.requests, requests);
     // The custom-priced model: 12 prompt tokens at 0.001 cents + 7 at 0.002 cents = $0.00026.
     let custom = server
-        .core
-        .store
+        .store()
         .groups(f, tollgate::store::GroupBy::Model)
         .await
         .unwrap();
     let my = custom.iter().find(|(m, _)| m == "my-custom").unwrap();
     assert_eq!(my.1.cost_usd, "0.00026".parse::<Decimal>().unwrap());
     // Rollups per day by workspace equal the raw events exactly.
-    let day = server.core.store.rollups("day", "workspace").await.unwrap();
+    let day = server.store().rollups("day", "workspace").await.unwrap();
     let row: Vec<_> = day.iter().filter(|r| r.value == ws).collect();
     assert_eq!(row.iter().map(|r| r.requests).sum::<u64>(), requests);
     assert_eq!(row.iter().map(|r| r.cost_usd).sum::<Decimal>(), cost);

@@ -70,9 +70,7 @@ async fn stream_without_provider_usage_is_estimated_and_final_frame_follows_the_
     let key_id = server.key_named("svc").id.clone();
     assert_eq!(
         server
-            .core
-            .state
-            .read()
+            .state()
             .usage_of(tollgate::domain::EntityKind::ApiKey, &key_id)
             .requests,
         1

@@ -49,7 +49,7 @@ fn secrets(server: &Server) -> Vec<String> {
             _ => {}
         }
     }
-    let state = server.core.state.read();
+    let state = server.state();
     let mut out = vec![PROVIDER_SECRET.to_owned(), ADMIN_KEY.to_owned()];
     for i in state.integrations.values() {
         walk(&serde_json::to_value(&**i).unwrap(), &mut out);

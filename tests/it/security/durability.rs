@@ -216,8 +216,7 @@ async fn an_undecodable_usage_record_is_a_visible_error_not_a_skip() {
     let server = harness::start().await;
     assert_eq!(readyz(&server.url).await.0, 200);
     server
-        .core
-        .log
+        .log()
         .append(Topic::Usage, b"k".to_vec(), b"not an event".to_vec())
         .await
         .unwrap();
@@ -235,10 +234,7 @@ async fn an_undecodable_usage_record_is_a_visible_error_not_a_skip() {
         "{}",
         last.1
     );
-    assert!(
-        server.core.store_lag().await > 0,
-        "the record is not skipped"
-    );
+    assert!(server.store_lag().await > 0, "the record is not skipped");
     let metrics = reqwest::get(format!("{}/metrics", server.url))
         .await
         .unwrap()

@@ -76,7 +76,7 @@ fn payg(input: &str, output: &str) -> Value {
 }
 
 fn usage_of_key(server: &Server, id: &str) -> tollgate::domain::Totals {
-    server.core.state.read().usage_of(EntityKind::ApiKey, id)
+    server.state().usage_of(EntityKind::ApiKey, id)
 }
 
 /// Item 5: default-mode admission counts reservations. 50 concurrent requests of exactly $0.25
@@ -475,11 +475,7 @@ async fn absurd_usage_is_clamped_and_analytics_still_answer() {
         200
     );
     let bound = tollgate::domain::pricing::MAX_PLAUSIBLE_TOKENS;
-    let totals = server
-        .core
-        .state
-        .read()
-        .usage_of(EntityKind::Workspace, &ws);
+    let totals = server.state().usage_of(EntityKind::Workspace, &ws);
     assert_eq!(totals.tokens, 4 * 2 * bound + 19);
     server.store_caught_up().await;
     let range =

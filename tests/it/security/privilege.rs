@@ -45,7 +45,6 @@ async fn grant_legacy_scope(server: &Server, name: &str, scope: &str) {
     let mut k = (*server.key_named(name)).clone();
     k.scopes.push(scope.to_owned());
     server
-        .core
         .commit(None, vec![Change::Upsert(Entity::ApiKey(k))])
         .await
         .unwrap();
@@ -1138,9 +1137,7 @@ async fn a_slug_cannot_shadow_an_id() {
         "ai_provider_id": "openai", "key": "sk-1234567890", "configurations": {"custom_host": mock.url}}))).await;
     assert_eq!(s, 200, "{v}");
     let mut own = (**server
-        .core
-        .state
-        .read()
+        .state()
         .integrations
         .values()
         .find(|i| i.slug == "ws-own")
@@ -1148,7 +1145,6 @@ async fn a_slug_cannot_shadow_an_id() {
     .clone();
     own.slug = org_id.clone();
     server
-        .core
         .commit(None, vec![Change::Upsert(Entity::Integration(own))])
         .await
         .unwrap();
@@ -1159,7 +1155,7 @@ async fn a_slug_cannot_shadow_an_id() {
             Some(json!({"name": "renamed by admin"})),
         )
         .await;
-    let org = server.core.state.read().integrations[&org_id].clone();
+    let org = server.state().integrations[&org_id].clone();
     assert_eq!(org.name, "renamed by admin");
 }
 
@@ -1444,9 +1440,7 @@ async fn an_integration_shows_a_workspace_only_its_own_usage() {
         .to_owned();
     for _ in 0..400 {
         let t = server
-            .core
-            .state
-            .read()
+            .state()
             .usage_of(tollgate::domain::EntityKind::Integration, &id);
         if t.requests == 4 {
             break;

@@ -151,7 +151,7 @@ async fn connections_beyond_the_cap_are_refused_until_idle_ones_time_out() {
     })
     .await;
     let at = addr(&server.url);
-    let open = || server.core.metrics.connections_open.load(Ordering::SeqCst);
+    let open = || server.metrics().connections_open.load(Ordering::SeqCst);
     until("earlier connections are closed", || async { open() == 0 }).await;
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -172,11 +172,7 @@ async fn connections_beyond_the_cap_are_refused_until_idle_ones_time_out() {
         "{sent}"
     );
     assert_eq!(
-        server
-            .core
-            .metrics
-            .connections_refused
-            .load(Ordering::SeqCst),
+        server.metrics().connections_refused.load(Ordering::SeqCst),
         1
     );
 

@@ -229,9 +229,8 @@ async fn saved_and_default_configs_refuse_custom_host_on_stored_credentials() {
         updated_at: tollgate::domain::Millis(0),
     };
     {
-        let _guard = server.core.admin_lock.lock().await;
         let change = tollgate::domain::Change::Upsert(tollgate::domain::Entity::Config(old));
-        server.core.commit(None, vec![change]).await.unwrap();
+        server.commit(None, vec![change]).await.unwrap();
     }
     let key = server
         .admin(

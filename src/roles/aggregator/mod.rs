@@ -17,6 +17,10 @@
 //! audit row to ClickHouse's `audit_log` ([`run_audit_consumer`]): the trail outlives the topic's
 //! compaction, which keeps only each entity's latest event.
 
+mod sink;
+
+pub use sink::spawn_sinks;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,15 +29,22 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::app::Core;
+use super::Node;
 use crate::codec;
 use crate::domain::budget::{BudgetRef, Windowed};
 use crate::domain::limits::{BudgetKind, UsageLimit};
-use crate::domain::{AuditEntry, Event, LimitEvent, LimitKind, Millis, UsageEvent};
+use crate::domain::{AuditEntry, LimitEvent, LimitKind, Millis, UsageEvent};
 use crate::log::kafka::{client_config, topic_name, unpack};
 use crate::log::Topic;
 use crate::settings::Settings;
 use crate::store::clickhouse::{ClickhouseStore, EventRow, LimitRow};
+
+/// Why an aggregator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
 
 /// Most records per batch.
 const BATCH_MAX: usize = 5_000;
@@ -62,19 +73,19 @@ pub fn group_id(settings: &Settings) -> String {
 }
 
 /// Runs until shutdown, finishing the batch in hand.
-pub async fn run_aggregator(
-    core: Arc<Core>,
+pub async fn run(
+    node: Arc<Node>,
     store: ClickhouseStore,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let settings = &core.settings;
+) -> Result<(), AggregatorError> {
+    let settings = &node.settings;
     let topic = topic_name(&settings.topic_prefix, Topic::Usage);
     let consumer = group_consumer(settings, &group_id(settings), &topic)?;
     tracing::info!(%topic, group = %group_id(settings), "aggregator consuming");
     let audit = {
-        let (core, store, shutdown) = (core.clone(), store.clone(), shutdown.clone());
+        let (node, store, shutdown) = (node.clone(), store.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = run_audit_consumer(core, store, shutdown).await {
+            if let Err(e) = run_audit_consumer(node, store, shutdown).await {
                 tracing::error!(error = %e, "aggregator: the audit consumer stopped; admin changes are not recorded in clickhouse");
             }
         })
@@ -86,7 +97,7 @@ pub async fn run_aggregator(
         };
         let mut batch = Vec::new();
         match first {
-            Ok(m) => take(&core, &m, &mut batch),
+            Ok(m) => take(&node, &m, &mut batch),
             Err(e) => {
                 tracing::warn!(error = %e, "aggregator: consume failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -97,13 +108,13 @@ pub async fn run_aggregator(
         while batch.len() < BATCH_MAX {
             tokio::select! {
                 m = consumer.recv() => match m {
-                    Ok(m) => take(&core, &m, &mut batch),
+                    Ok(m) => take(&node, &m, &mut batch),
                     Err(e) => { tracing::warn!(error = %e, "aggregator: consume failed"); break }
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        if !store_batch(&core, &store, &batch, &mut shutdown).await {
+        if !store_batch(&node, &store, &batch, &mut shutdown).await {
             break; // shutting down with the batch not stored: it is not committed either
         }
         let mut offsets = TopicPartitionList::new();
@@ -119,7 +130,7 @@ pub async fn run_aggregator(
             // Not fatal: the batch is replayed after a rebalance and found already stored.
             tracing::warn!(error = %e, "aggregator: offset commit failed");
         }
-        publish_limit_state(&core, &store, &batch).await;
+        publish_limit_state(&node, &store, &batch).await;
     }
     let _ = audit.await;
     tracing::info!("aggregator stopped");
@@ -128,7 +139,11 @@ pub async fn run_aggregator(
 
 /// A member of consumer group `group` on `topic`, committing offsets itself (after the store has
 /// the batch) and starting from the beginning when the group has none.
-fn group_consumer(settings: &Settings, group: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
+fn group_consumer(
+    settings: &Settings,
+    group: &str,
+    topic: &str,
+) -> Result<StreamConsumer, AggregatorError> {
     let brokers = settings.kafka_brokers.clone().unwrap_or_default();
     let consumer: StreamConsumer = client_config(&brokers)
         .set("group.id", group)
@@ -150,11 +165,11 @@ fn audit_group_id(settings: &Settings) -> String {
 /// rows ClickHouse does not have (retrying until it takes them), then commit the offsets. A
 /// replay after a crash finds its rows there and adds nothing.
 pub async fn run_audit_consumer(
-    core: Arc<Core>,
+    node: Arc<Node>,
     store: ClickhouseStore,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let settings = &core.settings;
+) -> Result<(), AggregatorError> {
+    let settings = &node.settings;
     let topic = topic_name(&settings.topic_prefix, Topic::Config);
     let consumer = group_consumer(settings, &audit_group_id(settings), &topic)?;
     loop {
@@ -232,12 +247,12 @@ fn audit_entries(m: &rdkafka::message::BorrowedMessage<'_>) -> Vec<(i32, i64, Op
     }
 }
 
-fn take(core: &Core, m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
+fn take(node: &Node, m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
     match codec::decode_usage(m.payload().unwrap_or_default()) {
         Ok(event) => batch.push(Consumed {
             partition: m.partition(),
             offset: m.offset(),
-            windows: windows_of(core, &event),
+            windows: windows_of(node, &event),
             event,
         }),
         // An undecodable record never becomes decodable: skipped loudly, left in the topic.
@@ -247,9 +262,9 @@ fn take(core: &Core, m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<
 }
 
 /// The budget windows an event counts toward: `'<budget key>@<window start>'`.
-fn windows_of(core: &Core, e: &UsageEvent) -> Vec<(BudgetRef, UsageLimit, Millis)> {
-    core.state
-        .read()
+fn windows_of(node: &Node, e: &UsageEvent) -> Vec<(BudgetRef, UsageLimit, Millis)> {
+    node.ledger
+        .state()
         .budgets_of_event(e)
         .into_iter()
         .filter_map(|(r, l)| {
@@ -266,7 +281,7 @@ fn window_key(r: &BudgetRef, w: Millis) -> String {
 /// Inserts the batch's new events, retrying until ClickHouse takes them. False when shutdown
 /// came first.
 async fn store_batch(
-    core: &Core,
+    node: &Node,
     store: &ClickhouseStore,
     batch: &[Consumed],
     shutdown: &mut watch::Receiver<bool>,
@@ -286,7 +301,7 @@ async fn store_batch(
     loop {
         match store.insert_new(&rows).await {
             Ok(new) => {
-                core.metrics
+                node.metrics
                     .usage_events_stored
                     .fetch_add(new as u64, std::sync::atomic::Ordering::Relaxed);
                 return true;
@@ -304,7 +319,7 @@ async fn store_batch(
 }
 
 /// Publishes the global usage of each budget window the batch touched, and the crossings.
-async fn publish_limit_state(core: &Core, store: &ClickhouseStore, batch: &[Consumed]) {
+async fn publish_limit_state(node: &Node, store: &ClickhouseStore, batch: &[Consumed]) {
     let mut touched: HashMap<String, Touched> = HashMap::new();
     for (i, c) in batch.iter().enumerate() {
         for (budget, limit, window_start) in &c.windows {
@@ -354,13 +369,11 @@ async fn publish_limit_state(core: &Core, store: &ClickhouseStore, batch: &[Cons
             used,
             next_reset: t.limit.next_reset(now),
         };
-        core.state.write().apply(&Event::Limit(state_event.clone()));
         let budgets = [(t.budget.clone(), t.limit.clone())];
-        let crossings = crate::proxy::govern::claim_crossings(&core.state, &budgets, &cause.path());
-        for e in std::iter::once(state_event).chain(crossings) {
-            published.push(LimitRow::new(&e));
-            core.emit_limit_event(e);
-        }
+        let events = node
+            .ledger
+            .publish_usage(state_event, &budgets, &cause.path(), now);
+        published.extend(events.iter().map(LimitRow::new));
     }
     if let Err(e) = store.insert_limit_events(&published).await {
         tracing::warn!(error = %e, "aggregator: limit events not recorded in clickhouse");

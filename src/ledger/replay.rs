@@ -1,0 +1,185 @@
+//! Rebuilding state from the log, and following it: [`Ledger::replay`] folds each topic from its
+//! start at startup; [`Ledger::follow`] (distributed mode) keeps folding what every replica
+//! appends.
+
+use super::{Ledger, LedgerError};
+use crate::codec;
+use crate::domain::{Event, State};
+use crate::log::{EventLog, Topic};
+
+/// The topics a distributed process folds into its state: config and limit state (usage reaches
+/// gateways as limit state from the aggregators).
+pub const DISTRIBUTED_TOPICS: [Topic; 2] = [Topic::Config, Topic::Limits];
+
+/// Reads the events of a topic from `at`; returns them and the offset after them.
+pub async fn read_events(
+    log: &dyn EventLog,
+    topic: Topic,
+    at: u64,
+) -> Result<(Vec<Event>, u64), LedgerError> {
+    let batch = log.read(topic, at, 4 << 20).await?;
+    let next = batch.last().map_or(at, |r| r.next);
+    let mut events = Vec::with_capacity(batch.len());
+    for r in &batch {
+        events.push(match topic {
+            Topic::Config => Event::Config(codec::decode_config(&r.payload)?),
+            Topic::Usage => Event::Usage(codec::decode_usage(&r.payload)?),
+            Topic::Limits => Event::Limit(codec::decode_limit(&r.payload)?),
+        });
+    }
+    Ok((events, next))
+}
+
+impl Ledger {
+    /// Folds the topics' whole logs into state, in the order given (config first).
+    pub async fn replay(&self, topics: &[Topic]) -> Result<(), LedgerError> {
+        let mut state = State::default();
+        for &topic in topics {
+            let mut at = 0;
+            loop {
+                let (events, next) = read_events(self.log.as_ref(), topic, at).await?;
+                if events.is_empty() {
+                    break;
+                }
+                at = next;
+                for e in &events {
+                    state.apply(e);
+                }
+            }
+            self.folded[topic.index()].send_replace(at);
+        }
+        tracing::info!(
+            workspaces = state.workspaces.len(),
+            api_keys = state.api_keys.len(),
+            usage_ids_remembered = state.usage_ids_remembered(),
+            "state rebuilt from the log"
+        );
+        *self.state.write() = state;
+        Ok(())
+    }
+
+    /// Distributed mode: keeps folding the config and limit events every process appends (this
+    /// one included), in the log's order, so an admin change made on any replica, and the
+    /// aggregators' limit state, reach this one. Runs until the log is gone.
+    pub async fn follow(&self) {
+        let mut ends = DISTRIBUTED_TOPICS.map(|t| self.log.watch_end(t));
+        loop {
+            let mut progressed = false;
+            for (topic, end) in DISTRIBUTED_TOPICS.iter().zip(ends.iter_mut()) {
+                let at = *self.folded[topic.index()].borrow();
+                if at >= *end.borrow_and_update() {
+                    continue;
+                }
+                match read_events(self.log.as_ref(), *topic, at).await {
+                    Ok((events, next)) => {
+                        let mut state = self.state.write();
+                        for e in &events {
+                            state.apply(e);
+                        }
+                        drop(state);
+                        self.folded[topic.index()].send_replace(next);
+                        // A read may come back short, even empty, before the end (a Kafka poll
+                        // that timed out): still behind means read again, not wait for the end
+                        // to move, which it may not do until the next change anywhere.
+                        progressed |= !events.is_empty() || next < *end.borrow();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, topic = topic.name(), "follower: read failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            if !progressed {
+                let [config, limits] = &mut ends;
+                let changed = tokio::select! {
+                    r = config.changed() => r,
+                    r = limits.changed() => r,
+                };
+                if changed.is_err() {
+                    return; // the log is gone: the process is ending
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::domain::{Change, Entity};
+    use crate::log::file::FileLog;
+    use crate::log::LogError;
+
+    /// A log whose every other read comes back empty, as a Kafka poll that timed out does.
+    struct ShortReads {
+        inner: FileLog,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl EventLog for ShortReads {
+        fn append(
+            &self,
+            topic: Topic,
+            key: Vec<u8>,
+            payload: Vec<u8>,
+        ) -> futures_util::future::BoxFuture<'static, Result<u64, LogError>> {
+            self.inner.append(topic, key, payload)
+        }
+        fn append_batch(
+            &self,
+            topic: Topic,
+            records: Vec<(Vec<u8>, Vec<u8>)>,
+        ) -> futures_util::future::BoxFuture<'static, Result<u64, LogError>> {
+            self.inner.append_batch(topic, records)
+        }
+        fn read(
+            &self,
+            topic: Topic,
+            from: u64,
+            max_bytes: usize,
+        ) -> futures_util::future::BoxFuture<'static, Result<Vec<crate::log::Record>, LogError>>
+        {
+            if self.reads.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+                return Box::pin(async { Ok(Vec::new()) });
+            }
+            self.inner.read(topic, from, max_bytes)
+        }
+        fn watch_end(&self, topic: Topic) -> watch::Receiver<u64> {
+            self.inner.watch_end(topic)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_read_does_not_stall_the_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ShortReads {
+            inner: FileLog::open(dir.path(), crate::log::file::Fsync::Always).unwrap(),
+            reads: Default::default(),
+        };
+        let ledger = Arc::new(Ledger::distributed(Arc::new(log), Arc::default()));
+        tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.follow().await }
+        });
+        for i in 0..3 {
+            let mut k = crate::domain::state::tests::api_key_fixture(None);
+            k.id = format!("k{i}");
+            let commit = async {
+                let command = ledger.command().await;
+                command
+                    .commit(None, vec![Change::Upsert(Entity::ApiKey(k))])
+                    .await
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), commit)
+                .await
+                .expect("the change is read back although a read came back empty")
+                .unwrap();
+        }
+        assert_eq!(ledger.state().api_keys.len(), 3);
+    }
+}
