@@ -65,7 +65,9 @@ impl Hurry {
 /// reader that waits on them (read-your-writes analytics), when they run at normal priority.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
+    /// `SCHED_IDLE`: runs only on CPU time nothing else wants.
     Background,
+    /// The default scheduling (`SCHED_OTHER`).
     Normal,
 }
 

@@ -26,14 +26,27 @@ pub use query::{
 /// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// SQLite failed (the embedded store).
     #[error("usage store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The store's files or threads could not be set up.
     #[error("usage store i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// ClickHouse failed or could not be reached.
     #[error("usage store (clickhouse): {0}")]
     Clickhouse(#[from] ::clickhouse::error::Error),
+    /// A blocking read task panicked or was cancelled.
     #[error("usage store task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
+    /// The SQLite writer thread has ended, so it takes no more work.
+    #[error("usage store task failed: the store writer has stopped")]
+    WriterStopped,
+    /// The SQLite writer thread dropped a job without answering (it ended while running it).
+    #[error("usage store task failed: the store writer dropped a job")]
+    WriterDropped(#[source] tokio::sync::oneshot::error::RecvError),
+    /// The ClickHouse store was asked for without a server to talk to.
+    #[error("usage store task failed: clickhouse_url is not set")]
+    NoClickhouseUrl,
 }
 
 /// One notification of a limit event over one channel.

@@ -31,6 +31,7 @@ pub enum Bucket {
 }
 
 impl Bucket {
+    /// The width in milliseconds.
     pub fn ms(self) -> i64 {
         match self {
             Bucket::Minute => 60_000,
@@ -65,6 +66,7 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Prompt and completion tokens together.
     pub fn tokens(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
     }

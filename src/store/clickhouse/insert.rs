@@ -107,6 +107,7 @@ pub struct LimitRow {
 }
 
 impl LimitRow {
+    /// The row of a published limit event.
     pub fn new(e: &crate::domain::LimitEvent) -> LimitRow {
         LimitRow {
             event_id: e.event_id.clone(),

@@ -1,28 +1,30 @@
 //! The analytics SQL of the ClickHouse store: the WHERE clause of a [`Filter`] with its bound
-//! arguments, and the stats columns every series and group reads.
+//! arguments, the stats columns every series and group reads, and the queries of the port:
+//! series, latency, groups and rollups.
 
-use clickhouse::Row;
+use clickhouse::{Client, Row};
 use serde::Deserialize;
 
 use super::money::from_d12;
-use super::ClickhouseStore;
 use crate::domain::Millis;
-use crate::store::{Filter, Stats, StoreError};
+use crate::store::{
+    latency_report, Bucket, Filter, GroupBy, LatencyReport, RollupRow, Stats, StoreError,
+};
 
 #[derive(Row, Deserialize)]
-pub(super) struct StatsRow {
-    pub(super) g: String,
-    pub(super) requests: u64,
-    pub(super) errors: u64,
-    pub(super) prompt_tokens: u64,
-    pub(super) completion_tokens: u64,
-    pub(super) cost_usd: i128,
-    pub(super) users: u64,
-    pub(super) last_seen: i64,
+struct StatsRow {
+    g: String,
+    requests: u64,
+    errors: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_usd: i128,
+    users: u64,
+    last_seen: i64,
 }
 
 impl StatsRow {
-    pub(super) fn stats(&self) -> Stats {
+    fn stats(&self) -> Stats {
         Stats {
             requests: self.requests,
             errors: self.errors,
@@ -38,17 +40,14 @@ impl StatsRow {
 /// A bound query argument (the `?`s of a built WHERE clause, in order). Lists are bound as
 /// arrays and tested with `has(list, column)`: ClickHouse 18.16 takes no array after `IN`. (For a
 /// long list, `IN (SELECT arrayJoin(list))` builds a set instead of scanning the list per row.)
-pub(super) enum Arg {
+enum Arg {
     Int(i64),
     Str(String),
     Strs(Vec<String>),
     Codes(Vec<u16>),
 }
 
-pub(super) fn bind_all(
-    mut q: clickhouse::query::Query,
-    args: Vec<Arg>,
-) -> clickhouse::query::Query {
+fn bind_all(mut q: clickhouse::query::Query, args: Vec<Arg>) -> clickhouse::query::Query {
     for a in args {
         q = match a {
             Arg::Int(v) => q.bind(v),
@@ -60,7 +59,7 @@ pub(super) fn bind_all(
     q
 }
 
-pub(super) fn where_clause(f: &Filter) -> (String, Vec<Arg>) {
+fn where_clause(f: &Filter) -> (String, Vec<Arg>) {
     let mut sql = String::from("ts >= ? AND ts < ?");
     let mut args = vec![Arg::Int(f.from.0), Arg::Int(f.to.0)];
     let mut any_of = |col: &str, vals: &[String]| {
@@ -97,16 +96,120 @@ pub(super) fn where_clause(f: &Filter) -> (String, Vec<Arg>) {
     (sql, args)
 }
 
-pub(super) const STATS_COLUMNS: &str = "toUInt64(count()) AS requests, toUInt64(sum(status_code >= 400)) AS errors,
+const STATS_COLUMNS: &str = "toUInt64(count()) AS requests, toUInt64(sum(status_code >= 400)) AS errors,
     toUInt64(sum(prompt_tokens)) AS prompt_tokens, toUInt64(sum(completion_tokens)) AS completion_tokens,
     sum(cost_usd) AS cost_usd, toUInt64(ifNull(uniqExact(user), 0)) AS users, toInt64(max(ts)) AS last_seen";
 
-impl ClickhouseStore {
-    pub(super) async fn stats_rows(
-        &self,
-        sql: String,
-        args: Vec<Arg>,
-    ) -> Result<Vec<StatsRow>, StoreError> {
-        Ok(bind_all(self.client.query(&sql), args).fetch_all().await?)
+async fn stats_rows(c: &Client, sql: String, args: Vec<Arg>) -> Result<Vec<StatsRow>, StoreError> {
+    Ok(bind_all(c.query(&sql), args).fetch_all().await?)
+}
+
+/// Per-bucket stats over the filter, in time order.
+pub(super) async fn series(
+    c: &Client,
+    filter: &Filter,
+    bucket: Bucket,
+) -> Result<Vec<(Millis, Stats)>, StoreError> {
+    let (cond, args) = where_clause(filter);
+    let ms = bucket.ms();
+    let sql = format!(
+        "SELECT toString(intDiv(ts, {ms}) * {ms}) AS g, {STATS_COLUMNS} FROM usage_events
+         WHERE {cond} GROUP BY g ORDER BY toInt64(g)"
+    );
+    let rows = stats_rows(c, sql, args).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (Millis(r.g.parse().unwrap_or(0)), r.stats()))
+        .collect())
+}
+
+/// The latency report over the filter (computed by [`latency_report`], as in every store).
+pub(super) async fn latency(
+    c: &Client,
+    filter: &Filter,
+    bucket: Bucket,
+) -> Result<LatencyReport, StoreError> {
+    let (cond, args) = where_clause(filter);
+    let sql = format!("SELECT ts, latency_ms FROM usage_events WHERE {cond} ORDER BY ts");
+    let rows: Vec<(i64, u32)> = bind_all(c.query(&sql), args).fetch_all().await?;
+    Ok(latency_report(rows, bucket))
+}
+
+/// The column (an expression) a group reads; a metadata key is bound as the first argument.
+fn group_column(by: &GroupBy) -> &'static str {
+    match by {
+        GroupBy::User => "ifNull(user, '')",
+        GroupBy::Model => "model",
+        GroupBy::AiProvider => "ai_provider",
+        GroupBy::Provider => "provider_slug",
+        GroupBy::ApiKey => "api_key_id",
+        GroupBy::Workspace => "workspace_id",
+        GroupBy::StatusCode => "toString(status_code)",
+        GroupBy::Config => "ifNull(config_id, '')",
+        GroupBy::Department => "ifNull(department, '')",
+        GroupBy::Metadata(_) => "metadata_values[indexOf(metadata_keys, ?)]",
     }
+}
+
+/// Stats per group value over the filter, most requests first.
+pub(super) async fn groups(
+    c: &Client,
+    filter: &Filter,
+    by: &GroupBy,
+) -> Result<Vec<(String, Stats)>, StoreError> {
+    let (cond, mut args) = where_clause(filter);
+    let col = group_column(by);
+    if let GroupBy::Metadata(k) = by {
+        args.insert(0, Arg::Str(k.clone()));
+    }
+    let sql = format!(
+        "SELECT {col} AS g, {STATS_COLUMNS} FROM usage_events WHERE {cond}
+         GROUP BY g ORDER BY requests DESC, g"
+    );
+    let rows = stats_rows(c, sql, args).await?;
+    Ok(rows.iter().map(|r| (r.g.clone(), r.stats())).collect())
+}
+
+/// Every rollup row of a grain and dimension, its partial rows (not merged yet) summed.
+pub(super) async fn rollups(
+    c: &Client,
+    grain: &str,
+    dimension: &str,
+) -> Result<Vec<RollupRow>, StoreError> {
+    #[derive(Row, Deserialize)]
+    struct R {
+        bucket: i64,
+        value: String,
+        requests: u64,
+        errors: u64,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        cost_usd: i128,
+    }
+    let rows: Vec<R> = c
+        .query(
+            "SELECT bucket, value, toUInt64(sum(requests)) AS requests, toUInt64(sum(errors)) AS errors,
+               toUInt64(sum(prompt_tokens)) AS prompt_tokens, toUInt64(sum(completion_tokens)) AS completion_tokens,
+               sum(cost_usd) AS cost_usd
+             FROM usage_rollup WHERE grain = ? AND dimension = ?
+             GROUP BY bucket, value ORDER BY bucket, value",
+        )
+        .bind(grain)
+        .bind(dimension)
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| RollupRow {
+            grain: grain.to_owned(),
+            bucket: Millis(r.bucket),
+            dimension: dimension.to_owned(),
+            value: r.value,
+            requests: r.requests,
+            errors: r.errors,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            cost_usd: from_d12(r.cost_usd),
+        })
+        .collect())
 }

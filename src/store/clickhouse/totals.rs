@@ -17,6 +17,7 @@ pub struct BudgetUsage {
 }
 
 impl BudgetUsage {
+    /// The cost in dollars.
     pub fn cost(&self) -> Decimal {
         from_d12(self.cost_usd)
     }

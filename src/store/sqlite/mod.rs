@@ -1,15 +1,16 @@
 //! The embedded usage store: one SQLite file in the data dir (`usage.sqlite`, WAL mode), with
 //! the tables of `schemas/sqlite/`. One connection writes, owned by a dedicated thread at
-//! background priority ([`super::background_priority`]: aggregation must never take CPU from
-//! requests in flight; on a small machine a burst of inserts on a normal-priority thread showed
-//! up directly in the gateway's p99); another
-//! connection serves analytics reads under a mutex, so a long query never blocks ingestion.
+//! background priority ([`crate::priority::background_priority`]: aggregation must never take
+//! CPU from requests in flight; on a small machine a burst of inserts on a normal-priority thread
+//! showed up directly in the gateway's p99); another connection serves analytics reads under a
+//! mutex, so a long query never blocks ingestion.
 //!
 //! # Modules
-//! - [`ingest`]: usage events in, rollups folded, in one transaction.
-//! - [`query`]: the analytics SQL.
-//! - [`audit`], [`notifications`]: the audit trail and the notifier's record.
-//! - [`positions`]: consumers' positions in the logs.
+//! - `ingest`: usage events in, rollups folded, in one transaction.
+//! - `query`: the analytics SQL.
+//! - `audit`, `notifications`: the audit trail and the notifier's record.
+//! - `positions`: consumers' positions in the logs (each written in the transaction of the rows
+//!   it covers).
 
 mod audit;
 mod ingest;
@@ -25,7 +26,11 @@ use futures_util::FutureExt;
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
-use super::*;
+use crate::domain::{AuditEntry, AuditQuery, Millis, UsageEvent};
+use crate::priority::{background_priority, Hurry, Priority};
+use crate::store::{
+    Bucket, Filter, GroupBy, LatencyReport, Notification, RollupRow, Stats, StoreError, UsageStore,
+};
 pub use positions::{read_offsets, rewind_offset};
 
 const DDL: &str = include_str!("../../../schemas/sqlite/001_init.sql");
@@ -39,18 +44,14 @@ type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 pub struct SqliteStore {
     writer: std::sync::mpsc::Sender<WriteJob>,
     /// The writer thread, for readers that wait on it.
-    writer_thread: super::Hurry,
+    writer_thread: Hurry,
     reader: Arc<Mutex<Connection>>,
 }
 
 /// Runs write jobs on their own thread at background priority.
-fn writer_thread(
-    mut conn: Connection,
-    jobs: std::sync::mpsc::Receiver<WriteJob>,
-    hurry: super::Hurry,
-) {
+fn writer_thread(mut conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>, hurry: Hurry) {
     hurry.enter();
-    super::background_priority();
+    background_priority();
     for job in jobs {
         job(&mut conn);
     }
@@ -72,7 +73,7 @@ impl SqliteStore {
         writer.execute_batch(DDL_AUDIT)?;
         let reader = Connection::open(path)?;
         let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
-        let writer_hurry = super::Hurry::default();
+        let writer_hurry = Hurry::default();
         let hurry = writer_hurry.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -84,36 +85,31 @@ impl SqliteStore {
         })
     }
 
+    /// Runs `f` on the writer thread at the caller's priority (see [`Priority::apply`]).
     fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let (done, result) = tokio::sync::oneshot::channel();
-        let priority = super::Priority::current();
+        let priority = Priority::current();
         let sent = self.writer.send(Box::new(move |c: &mut Connection| {
             priority.apply();
             let _ = done.send(f(c));
         }));
         async move {
-            sent.map_err(|_| StoreError::Task("the store writer has stopped".into()))?;
-            result
-                .await
-                .map_err(|_| StoreError::Task("the store writer dropped a job".into()))?
+            sent.map_err(|_| StoreError::WriterStopped)?;
+            result.await.map_err(StoreError::WriterDropped)?
         }
         .boxed()
     }
 
+    /// Runs `f` with the read connection on tokio's blocking pool.
     fn blocking<T: Send + 'static>(
         conn: &Arc<Mutex<Connection>>,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let conn = conn.clone();
-        async move {
-            tokio::task::spawn_blocking(move || f(&mut conn.lock()))
-                .await
-                .map_err(|e| StoreError::Task(e.to_string()))?
-        }
-        .boxed()
+        async move { tokio::task::spawn_blocking(move || f(&mut conn.lock())).await? }.boxed()
     }
 }
 
