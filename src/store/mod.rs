@@ -1,7 +1,7 @@
 //! The usage store port: raw usage events (idempotent on `event_id`) plus rollups, and the
 //! analytics queries over them. The embedded adapter is [`sqlite::SqliteStore`]; the distributed
-//! one is ClickHouse. Both answer the same [`Filter`]s with the same figures.
-
+//! one is [`clickhouse::ClickhouseStore`]. Both answer the same [`Filter`]s with the same
+//! figures, and both pass the same contract suite (`tests/it/stores.rs`).
 //!
 //! # Modules
 //! - [`query`]: the analytics vocabulary (filters, buckets, groups, stats, latency).
@@ -41,7 +41,7 @@ pub enum StoreError {
     /// The SQLite writer thread has ended, so it takes no more work.
     #[error("usage store task failed: the store writer has stopped")]
     WriterStopped,
-    /// The SQLite writer thread dropped a job without answering (it ended while running it).
+    /// The SQLite writer thread dropped a job without answering (it ended before the answer).
     #[error("usage store task failed: the store writer dropped a job")]
     WriterDropped(#[source] tokio::sync::oneshot::error::RecvError),
     /// The ClickHouse store was asked for without a server to talk to.
