@@ -8,6 +8,7 @@
 //!   format, recovery and `tollgate log verify|salvage`) and the Kafka adapter (rdkafka, with a
 //!   local spool while Kafka is unreachable).
 //! - [`store`]: the usage-store port (raw events, rollups, analytics): SQLite and ClickHouse.
+//! - [`priority`]: thread scheduling (background `SCHED_IDLE` threads, hurried by waiting readers).
 //! - [`files`]: private files and directories (0700 / 0600) in the data dir.
 //! - [`crypto`]: provider-credential sealing (AES-256-GCM) and API-key secrets.
 //! - [`settings`]: defaults < `tollgate.toml` < environment < flags, checked into [`settings::Settings`].
@@ -29,6 +30,7 @@ pub mod files;
 pub mod http;
 pub mod ledger;
 pub mod log;
+pub mod priority;
 pub mod proxy;
 pub mod roles;
 pub mod settings;

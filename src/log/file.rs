@@ -258,8 +258,8 @@ impl EventLog for FileLog {
     ) -> BoxFuture<'static, Result<Vec<Record>, LogError>> {
         let t = self.topic(topic);
         let (path, end) = (t.path.clone(), *t.end.borrow());
-        // The reading thread works at its caller's priority (see `crate::store::Priority`).
-        let priority = crate::store::Priority::current();
+        // The reading thread works at its caller's priority (see `crate::priority::Priority`).
+        let priority = crate::priority::Priority::current();
         async move {
             tokio::task::spawn_blocking(move || {
                 priority.apply();
