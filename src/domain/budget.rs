@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use rust_decimal::Decimal;
 
 use super::entities::Metadata;
+use super::hash::FastHash;
 use super::limits::{BudgetKind, PeriodicReset, UsageLimit};
 use super::pricing::Pricing;
 use super::time::Millis;
@@ -196,7 +197,7 @@ impl Counter {
 /// Folds usage at `at` into a budget's counter; usage from an earlier window is not counted.
 /// Returns whether it counted.
 pub fn count(
-    counters: &mut HashMap<BudgetRef, Counter, super::state::FastHash>,
+    counters: &mut HashMap<BudgetRef, Counter, FastHash>,
     r: &BudgetRef,
     limit: &UsageLimit,
     at: Millis,
@@ -229,7 +230,7 @@ pub fn count(
 /// fold of a limit-state event, which reports usage counted elsewhere (all gateways, in
 /// distributed mode). Never lowers a counter, so local usage folded since is not lost.
 pub fn raise(
-    counters: &mut HashMap<BudgetRef, Counter, super::state::FastHash>,
+    counters: &mut HashMap<BudgetRef, Counter, FastHash>,
     r: BudgetRef,
     window_start: Millis,
     kind: BudgetKind,
@@ -258,7 +259,7 @@ pub fn raise(
 
 /// The usage a budget has counted in the window holding `now`.
 pub fn used(
-    counters: &HashMap<BudgetRef, Counter, super::state::FastHash>,
+    counters: &HashMap<BudgetRef, Counter, FastHash>,
     r: &BudgetRef,
     limit: &UsageLimit,
     now: Millis,

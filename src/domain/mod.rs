@@ -8,6 +8,7 @@ pub mod audit;
 pub mod budget;
 pub mod entities;
 pub mod events;
+pub mod hash;
 pub mod limits;
 pub mod pricing;
 pub mod rate;

@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use rust_decimal::Decimal;
 
 use super::*;
-use crate::domain::state::FastHash;
+use crate::domain::hash::FastHash;
 
 const DDL: &str = include_str!("../../schemas/sqlite/001_init.sql");
 /// The audit trail's table (version 2; `IF NOT EXISTS`, so it applies to older store files too).
