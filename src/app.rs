@@ -78,8 +78,8 @@ pub const READ_YOUR_WRITES: std::time::Duration = std::time::Duration::from_secs
 /// Generous: it only runs out when Kafka or this process is badly starved, and the change is
 /// already durable then.
 const READ_BACK: std::time::Duration = std::time::Duration::from_secs(30);
-/// The slug of the workspace every organisation starts with.
-pub const DEFAULT_WORKSPACE_SLUG: &str = "ws-default";
+/// Its home is the domain; the old path stays until every branch has moved.
+pub use crate::domain::DEFAULT_WORKSPACE_SLUG;
 /// The id of the bootstrap admin key record.
 const BOOTSTRAP_KEY_ID: &str = "admin-bootstrap";
 
@@ -470,7 +470,7 @@ impl Core {
                 kind: ApiKeyType::OrganisationService,
                 workspace_id: None,
                 user_id: None,
-                scopes: crate::control::api_keys::ADMIN_SCOPES
+                scopes: crate::domain::scopes::ADMIN_SCOPES
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),
@@ -623,7 +623,7 @@ impl Core {
 fn with_audit_scope(k: &ApiKey, now: Millis) -> Option<Change> {
     let scope = crate::control::audit_logs::SCOPE;
     let holds = |s: &str| k.scopes.iter().any(|h| h == s);
-    let others = crate::control::api_keys::ADMIN_SCOPES
+    let others = crate::domain::scopes::ADMIN_SCOPES
         .iter()
         .filter(|s| **s != scope);
     if holds(scope) || !others.into_iter().all(|s| holds(s)) {
@@ -1005,7 +1005,7 @@ async fn sink_batch(core: &Core, at: u64) -> Result<u64, AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api_keys::ADMIN_SCOPES;
+    use crate::domain::scopes::ADMIN_SCOPES;
 
     fn key(scopes: &[&str]) -> ApiKey {
         ApiKey {

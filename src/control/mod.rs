@@ -14,11 +14,11 @@ pub mod workspaces;
 use rand::Rng;
 use serde_json::{Map, Value};
 
-use crate::app::{AppError, Core, DEFAULT_WORKSPACE_SLUG};
+use crate::app::{AppError, Core};
 use crate::domain::limits::{
     parse_rate_limits, parse_usage_limit, LimitOwner, RateLimit, UsageLimit,
 };
-use crate::domain::{ApiKey, Authority, Millis, State};
+use crate::domain::{ApiKey, Authority, Millis, State, DEFAULT_WORKSPACE_SLUG};
 
 /// Why an admin command was refused.
 #[derive(Debug, thiserror::Error)]

@@ -175,7 +175,7 @@ pub async fn delete(core: &Core, caller: &Caller, id: &str, body: &Value) -> Res
     let changes = {
         let state = core.state.read();
         let w = find(&state, caller, id)?;
-        if w.slug == crate::app::DEFAULT_WORKSPACE_SLUG {
+        if w.slug == crate::domain::DEFAULT_WORKSPACE_SLUG {
             return Err(ControlError::Forbidden(
                 "the default workspace cannot be deleted".into(),
             ));

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod pricing;
 pub mod rate;
 pub mod routing;
+pub mod scopes;
 pub mod state;
 pub mod time;
 
