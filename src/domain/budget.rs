@@ -208,18 +208,9 @@ pub fn count(
     if at < start {
         return false; // before the budget was set or reset
     }
-    let c = counters.entry(r.clone()).or_insert(Counter {
-        window_start: start,
-        ..Default::default()
-    });
-    if start > c.window_start {
-        *c = Counter {
-            window_start: start,
-            ..Default::default()
-        };
-    } else if start < c.window_start {
+    let Some(c) = window_counter(counters, r.clone(), start) else {
         return false; // a late event of a window that has ended
-    }
+    };
     // Saturating: a counter never wraps back under its limit.
     c.cost = c.cost.saturating_add(cost);
     c.tokens = c.tokens.saturating_add(tokens);
@@ -236,18 +227,9 @@ pub fn raise(
     kind: BudgetKind,
     used: Decimal,
 ) {
-    let c = counters.entry(r).or_insert(Counter {
-        window_start,
-        ..Default::default()
-    });
-    if window_start > c.window_start {
-        *c = Counter {
-            window_start,
-            ..Default::default()
-        };
-    } else if window_start < c.window_start {
+    let Some(c) = window_counter(counters, r, window_start) else {
         return;
-    }
+    };
     match kind {
         BudgetKind::Cost => c.cost = c.cost.max(used),
         BudgetKind::Tokens => {
@@ -255,6 +237,28 @@ pub fn raise(
             c.tokens = c.tokens.max(t);
         }
     }
+}
+
+/// The counter of `r` for the window starting at `start`: a new one, or the current one started
+/// over when it counted an earlier window; `None` when it already counts a later window.
+fn window_counter(
+    counters: &mut HashMap<BudgetRef, Counter, FastHash>,
+    r: BudgetRef,
+    start: Millis,
+) -> Option<&mut Counter> {
+    let c = counters.entry(r).or_insert(Counter {
+        window_start: start,
+        ..Default::default()
+    });
+    if start > c.window_start {
+        *c = Counter {
+            window_start: start,
+            ..Default::default()
+        };
+    } else if start < c.window_start {
+        return None;
+    }
+    Some(c)
 }
 
 /// The usage a budget has counted in the window holding `now`.

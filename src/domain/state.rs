@@ -81,28 +81,30 @@ impl State {
         match event {
             Event::Config(c) => self.apply_config(c),
             Event::Usage(u) => self.apply_usage(u),
-            Event::Limit(l) => {
-                if l.kind != LimitKind::Usage {
-                    self.limit_events
-                        .insert((l.budget.clone(), l.window_start, l.kind));
-                }
-                let Some(r) = BudgetRef::parse(&l.budget) else {
-                    return;
-                };
-                if l.kind == LimitKind::Reset {
-                    // A counter of a window that has ended counts nothing: forgetting it keeps
-                    // the counters to current windows (one per group of a grouped policy).
-                    if self
-                        .budgets
-                        .get(&r)
-                        .is_some_and(|c| c.window_start < l.window_start)
-                    {
-                        self.budgets.remove(&r);
-                    }
-                } else {
-                    budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
-                }
+            Event::Limit(l) => self.apply_limit(l),
+        }
+    }
+
+    fn apply_limit(&mut self, l: &LimitEvent) {
+        if l.kind != LimitKind::Usage {
+            self.limit_events
+                .insert((l.budget.clone(), l.window_start, l.kind));
+        }
+        let Some(r) = BudgetRef::parse(&l.budget) else {
+            return;
+        };
+        if l.kind == LimitKind::Reset {
+            // A counter of a window that has ended counts nothing: forgetting it keeps
+            // the counters to current windows (one per group of a grouped policy).
+            if self
+                .budgets
+                .get(&r)
+                .is_some_and(|c| c.window_start < l.window_start)
+            {
+                self.budgets.remove(&r);
             }
+        } else {
+            budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
         }
     }
 
