@@ -1,9 +1,9 @@
 //! The reducer. `State` is the fold of every config and usage event; [`State::apply`] only
 //! changes state (no decisions, no I/O), so replaying the log from the start rebuilds it exactly.
 //!
-//! The reads of the state live beside it: [`queries`] (entities by id or slug, key chains,
-//! totals) and [`budgets`] (the budgets and rate limits on a request's path); [`dedupe`] holds
-//! the memory of recent usage event ids.
+//! The reads of the state live beside it: `state/queries.rs` (entities by id or slug, key
+//! chains, totals) and `state/budgets.rs` (the budgets and rate limits on a request's path);
+//! `state/dedupe.rs` holds the memory of recent usage event ids.
 
 mod budgets;
 mod dedupe;
