@@ -11,7 +11,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::domain::SealedSecret;
+use crate::domain::{Integration, SealedSecret};
 
 /// The prefix of every Tollgate API key.
 pub const KEY_PREFIX: &str = "tg_";
@@ -23,6 +23,12 @@ pub enum CryptoError {
     BadMasterKey,
     #[error("sealed secret is corrupt or belongs to another record")]
     Open,
+}
+
+/// The scope an integration's credential is sealed to (its associated data, with the record id):
+/// the owning workspace, or the organisation.
+pub fn seal_scope(i: &Integration) -> &str {
+    i.workspace_id.as_deref().unwrap_or("organisation")
 }
 
 /// Seals and opens provider credentials.

@@ -10,6 +10,8 @@ use crate::domain::pricing::Price;
 use crate::domain::routing::{check_private_host, parse_url, PrivateHosts};
 use crate::domain::*;
 
+use crate::crypto::seal_scope;
+
 /// Checks `configurations`: `custom_host` must be a URL, `custom_headers` an object of strings and
 /// `meter_unpriced_at_zero` (meter models without a price at $0 instead of refusing them on paths
 /// with a cost budget) a boolean.
@@ -271,11 +273,6 @@ pub fn provision_new_workspace(
         changes.push(Change::Upsert(Entity::Integration(i)));
     }
     Ok(changes)
-}
-
-/// The scope a credential is sealed to (its associated data): the owning workspace, or the organisation.
-pub fn seal_scope(i: &Integration) -> &str {
-    i.workspace_id.as_deref().unwrap_or("organisation")
 }
 
 /// A provider auto-created for a workspace that was given an integration.

@@ -20,8 +20,7 @@ use crate::crypto::Sealer;
 use crate::domain::limits::{
     parse_rate_limits, parse_usage_limit, LimitOwner, RateLimit, UsageLimit,
 };
-use crate::domain::{ApiKey, Authority, Millis, State};
-use crate::ledger::bootstrap::DEFAULT_WORKSPACE_SLUG;
+use crate::domain::{ApiKey, Authority, Millis, State, DEFAULT_WORKSPACE_SLUG};
 use crate::ledger::{Ledger, LedgerError};
 use crate::settings::Settings;
 use crate::store::UsageStore;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::integrations::seal_scope;
 use super::*;
+use crate::crypto::seal_scope;
 use crate::domain::limits::{parse_rate_limits, LimitOwner, RateLimit, UsageLimit};
 use crate::domain::*;
 

@@ -101,7 +101,7 @@ pub fn workspace(w: &Workspace, state: &State, with_users: bool) -> Value {
         "created_at": iso(w.created_at), "last_updated_at": iso(w.updated_at),
         "defaults": w.defaults, "usage_limits": usage_limit_array(state, r(), &w.usage_limits, now),
         "rate_limits": rate_limits(&w.rate_limits),
-        "is_default": i32::from(w.slug == crate::ledger::bootstrap::DEFAULT_WORKSPACE_SLUG),
+        "is_default": i32::from(w.slug == crate::domain::DEFAULT_WORKSPACE_SLUG),
         "status": entity_status(state, r(), &w.usage_limits, None, now),
         "current_usage": usage(state.usage_of(EntityKind::Workspace, &w.id)),
         "object": "workspace",

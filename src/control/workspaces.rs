@@ -176,7 +176,7 @@ pub async fn delete(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
     let changes = {
         let state = ctl.ledger.state();
         let w = find(&state, caller, id)?;
-        if w.slug == crate::ledger::bootstrap::DEFAULT_WORKSPACE_SLUG {
+        if w.slug == crate::domain::DEFAULT_WORKSPACE_SLUG {
             return Err(ControlError::Forbidden(
                 "the default workspace cannot be deleted".into(),
             ));

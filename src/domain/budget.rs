@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use rust_decimal::Decimal;
 
 use super::entities::Metadata;
+use super::hash::FastHash;
 use super::limits::{BudgetKind, PeriodicReset, UsageLimit};
 use super::pricing::Pricing;
 use super::time::Millis;
@@ -196,7 +197,7 @@ impl Counter {
 /// Folds usage at `at` into a budget's counter; usage from an earlier window is not counted.
 /// Returns whether it counted.
 pub fn count(
-    counters: &mut HashMap<BudgetRef, Counter, super::state::FastHash>,
+    counters: &mut HashMap<BudgetRef, Counter, FastHash>,
     r: &BudgetRef,
     limit: &UsageLimit,
     at: Millis,
@@ -207,18 +208,9 @@ pub fn count(
     if at < start {
         return false; // before the budget was set or reset
     }
-    let c = counters.entry(r.clone()).or_insert(Counter {
-        window_start: start,
-        ..Default::default()
-    });
-    if start > c.window_start {
-        *c = Counter {
-            window_start: start,
-            ..Default::default()
-        };
-    } else if start < c.window_start {
+    let Some(c) = window_counter(counters, r.clone(), start) else {
         return false; // a late event of a window that has ended
-    }
+    };
     // Saturating: a counter never wraps back under its limit.
     c.cost = c.cost.saturating_add(cost);
     c.tokens = c.tokens.saturating_add(tokens);
@@ -229,24 +221,15 @@ pub fn count(
 /// fold of a limit-state event, which reports usage counted elsewhere (all gateways, in
 /// distributed mode). Never lowers a counter, so local usage folded since is not lost.
 pub fn raise(
-    counters: &mut HashMap<BudgetRef, Counter, super::state::FastHash>,
+    counters: &mut HashMap<BudgetRef, Counter, FastHash>,
     r: BudgetRef,
     window_start: Millis,
     kind: BudgetKind,
     used: Decimal,
 ) {
-    let c = counters.entry(r).or_insert(Counter {
-        window_start,
-        ..Default::default()
-    });
-    if window_start > c.window_start {
-        *c = Counter {
-            window_start,
-            ..Default::default()
-        };
-    } else if window_start < c.window_start {
+    let Some(c) = window_counter(counters, r, window_start) else {
         return;
-    }
+    };
     match kind {
         BudgetKind::Cost => c.cost = c.cost.max(used),
         BudgetKind::Tokens => {
@@ -256,9 +239,31 @@ pub fn raise(
     }
 }
 
+/// The counter of `r` for the window starting at `start`: a new one, or the current one started
+/// over when it counted an earlier window; `None` when it already counts a later window.
+fn window_counter(
+    counters: &mut HashMap<BudgetRef, Counter, FastHash>,
+    r: BudgetRef,
+    start: Millis,
+) -> Option<&mut Counter> {
+    let c = counters.entry(r).or_insert(Counter {
+        window_start: start,
+        ..Default::default()
+    });
+    if start > c.window_start {
+        *c = Counter {
+            window_start: start,
+            ..Default::default()
+        };
+    } else if start < c.window_start {
+        return None;
+    }
+    Some(c)
+}
+
 /// The usage a budget has counted in the window holding `now`.
 pub fn used(
-    counters: &HashMap<BudgetRef, Counter, super::state::FastHash>,
+    counters: &HashMap<BudgetRef, Counter, FastHash>,
     r: &BudgetRef,
     limit: &UsageLimit,
     now: Millis,

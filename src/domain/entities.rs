@@ -31,6 +31,9 @@ pub enum Authority {
     Organisation,
 }
 
+/// The slug of the workspace every organisation starts with.
+pub const DEFAULT_WORKSPACE_SLUG: &str = "ws-default";
+
 /// A workspace: the unit that owns keys, providers and configs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workspace {

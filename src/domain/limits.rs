@@ -111,6 +111,18 @@ pub enum LimitOwner {
 
 /// Parses `usage_limits` given as an object, a one-element array, an empty array or null.
 pub fn parse_usage_limit(v: &Value) -> Result<Option<UsageLimit>, String> {
+    let Some(obj) = single_budget(v)? else {
+        return Ok(None);
+    };
+    let limit: UsageLimit =
+        serde_json::from_value(client_fields(obj)).map_err(|e| format!("usage_limits: {e}"))?;
+    check_usage_limit(&limit)?;
+    Ok(Some(limit))
+}
+
+/// The one budget given: the object itself or the element of a one-element array; `None` for
+/// null or an empty array (no budget).
+fn single_budget(v: &Value) -> Result<Option<&Value>, String> {
     let obj = match v {
         Value::Null => return Ok(None),
         Value::Array(a) if a.is_empty() => return Ok(None),
@@ -118,9 +130,12 @@ pub fn parse_usage_limit(v: &Value) -> Result<Option<UsageLimit>, String> {
         Value::Array(_) => return Err("usage_limits: at most one budget per entity".into()),
         other => other,
     };
-    if obj.is_null() {
-        return Ok(None);
-    }
+    Ok((!obj.is_null()).then_some(obj))
+}
+
+/// A budget object as the client may set it: `type` defaults to cost, null fields are dropped
+/// (but `periodic_reset`'s) and the fields only the server sets are ignored.
+fn client_fields(obj: &Value) -> Value {
     let mut obj = obj.clone();
     if let Some(map) = obj.as_object_mut() {
         map.entry("type").or_insert_with(|| Value::from("cost"));
@@ -135,8 +150,12 @@ pub fn parse_usage_limit(v: &Value) -> Result<Option<UsageLimit>, String> {
             map.remove(server_side);
         }
     }
-    let limit: UsageLimit =
-        serde_json::from_value(obj).map_err(|e| format!("usage_limits: {e}"))?;
+    obj
+}
+
+/// The bounds of a budget: a minimum limit per type, whole tokens, an alert threshold inside the
+/// limit, and one way of resetting periodically.
+fn check_usage_limit(limit: &UsageLimit) -> Result<(), String> {
     let minimum = match limit.kind {
         BudgetKind::Cost => Decimal::ONE,
         BudgetKind::Tokens => Decimal::from(100),
@@ -159,18 +178,14 @@ pub fn parse_usage_limit(v: &Value) -> Result<Option<UsageLimit>, String> {
         }
     }
     match limit.periodic_reset_days {
-        Some(_) if limit.periodic_reset.is_some() => {
-            return Err(
-                "usage_limits: periodic_reset and periodic_reset_days are mutually exclusive"
-                    .into(),
-            )
-        }
+        Some(_) if limit.periodic_reset.is_some() => Err(
+            "usage_limits: periodic_reset and periodic_reset_days are mutually exclusive".into(),
+        ),
         Some(d) if !(1..=365).contains(&d) => {
-            return Err("usage_limits.periodic_reset_days must be between 1 and 365".into())
+            Err("usage_limits.periodic_reset_days must be between 1 and 365".into())
         }
-        _ => {}
+        _ => Ok(()),
     }
-    Ok(Some(limit))
 }
 
 /// Parses `rate_limits` given as an object, an array or null, into a list.

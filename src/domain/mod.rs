@@ -8,10 +8,12 @@ pub mod audit;
 pub mod budget;
 pub mod entities;
 pub mod events;
+pub mod hash;
 pub mod limits;
 pub mod pricing;
 pub mod rate;
 pub mod routing;
+pub mod scopes;
 pub mod state;
 pub mod time;
 

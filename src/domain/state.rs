@@ -1,24 +1,28 @@
 //! The reducer. `State` is the fold of every config and usage event; [`State::apply`] only
 //! changes state (no decisions, no I/O), so replaying the log from the start rebuilds it exactly.
+//!
+//! The reads of the state live beside it: `state/queries.rs` (entities by id or slug, key
+//! chains, totals) and `state/budgets.rs` (the budgets and rate limits on a request's path);
+//! `state/dedupe.rs` holds the memory of recent usage event ids.
+
+mod budgets;
+mod dedupe;
+mod queries;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
-use sha2::{Digest, Sha256};
 
-use super::budget::{self, BudgetRef, Counter, RequestPath};
+use super::budget::{self, BudgetRef, Counter};
 use super::entities::*;
 use super::events::*;
-use super::limits::{RateLimit, UsageLimit};
+use super::limits::UsageLimit;
 use super::routing::Node;
 use super::time::Millis;
 
-/// The hasher of the maps touched on every request.
-pub type FastHash = foldhash::fast::RandomState;
-
-/// Builds a budget's ref from a request path.
-type MakeRef = fn(&RequestPath<'_>) -> BudgetRef;
+use super::hash::FastHash;
+pub use dedupe::{RecentIds, DEDUPE_MAX_IDS, DEDUPE_WINDOW_MS};
 
 /// Running usage of one entity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,116 +74,36 @@ pub struct State {
     seen_usage: RecentIds,
 }
 
-/// How far back (in event time) usage event ids are remembered to drop redeliveries. Delivery
-/// retries arrive within seconds to minutes; the usage store dedupes exactly by `event_id`
-/// whatever the delay, so analytics stay exact even past this window.
-pub const DEDUPE_WINDOW_MS: i64 = 15 * 60 * 1000;
-
-/// At most this many ids are remembered (about 64 MiB), whatever the rate: at 16,000 events/s a
-/// 15-minute window alone would hold 14 million ids, over a gigabyte. The newest million still
-/// cover a minute of events at that rate, and redeliveries come within seconds.
-pub const DEDUPE_MAX_IDS: usize = 1 << 20;
-
-/// The ids of recent usage events, forgotten in arrival order once older than the window or
-/// beyond [`DEDUPE_MAX_IDS`], so memory follows the event rate, not the history, and is bounded.
-#[derive(Clone, Debug, Default)]
-pub struct RecentIds {
-    ids: HashSet<u128, FastHash>,
-    order: std::collections::VecDeque<(Millis, u128)>,
-    newest: Millis,
-}
-
-impl RecentIds {
-    /// False when the event id was seen within the window (of event time, `at`).
-    pub fn insert_event_id(&mut self, event_id: &str, at: Millis) -> bool {
-        self.insert(id_bits(event_id), at)
-    }
-
-    fn insert(&mut self, id: u128, at: Millis) -> bool {
-        if !self.ids.insert(id) {
-            return false;
-        }
-        self.newest = self.newest.max(at);
-        let horizon = self.newest.0 - DEDUPE_WINDOW_MS;
-        while let Some(&(t, old)) = self.order.front() {
-            if t.0 >= horizon && self.order.len() < DEDUPE_MAX_IDS {
-                break;
-            }
-            self.order.pop_front();
-            self.ids.remove(&old);
-        }
-        self.order.push_back((at, id));
-        true
-    }
-}
-
-/// A compact dedupe key for an event id: the UUID's bits, or a hash of any other string.
-fn id_bits(event_id: &str) -> u128 {
-    match uuid::Uuid::try_parse(event_id) {
-        Ok(u) => u.as_u128(),
-        Err(_) => {
-            let d = Sha256::digest(event_id.as_bytes());
-            let mut b = [0u8; 16];
-            b.copy_from_slice(&d[..16]);
-            u128::from_be_bytes(b)
-        }
-    }
-}
-
 impl State {
     /// Folds one event in. Duplicate usage events (same `event_id`) change nothing.
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::Config(c) => self.apply_config(c),
             Event::Usage(u) => self.apply_usage(u),
-            Event::Limit(l) => {
-                if l.kind != LimitKind::Usage {
-                    self.limit_events
-                        .insert((l.budget.clone(), l.window_start, l.kind));
-                }
-                let Some(r) = BudgetRef::parse(&l.budget) else {
-                    return;
-                };
-                if l.kind == LimitKind::Reset {
-                    // A counter of a window that has ended counts nothing: forgetting it keeps
-                    // the counters to current windows (one per group of a grouped policy).
-                    if self
-                        .budgets
-                        .get(&r)
-                        .is_some_and(|c| c.window_start < l.window_start)
-                    {
-                        self.budgets.remove(&r);
-                    }
-                } else {
-                    budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
-                }
-            }
+            Event::Limit(l) => self.apply_limit(l),
         }
     }
 
-    /// The entity of `kind` with `id`, if there is one (a copy).
-    pub fn entity(&self, kind: EntityKind, id: &str) -> Option<Entity> {
-        match kind {
-            EntityKind::Organisation => self
-                .organisation
-                .clone()
-                .filter(|o| o.id == id)
-                .map(Entity::Organisation),
-            EntityKind::Workspace => self
-                .workspaces
-                .get(id)
-                .map(|x| Entity::Workspace((**x).clone())),
-            EntityKind::Integration => self
-                .integrations
-                .get(id)
-                .map(|x| Entity::Integration((**x).clone())),
-            EntityKind::Provider => self
-                .providers
-                .get(id)
-                .map(|x| Entity::Provider((**x).clone())),
-            EntityKind::Config => self.configs.get(id).cloned().map(Entity::Config),
-            EntityKind::ApiKey => self.api_keys.get(id).map(|x| Entity::ApiKey((**x).clone())),
-            EntityKind::Policy => self.policies.get(id).cloned().map(Entity::Policy),
+    fn apply_limit(&mut self, l: &LimitEvent) {
+        if l.kind != LimitKind::Usage {
+            self.limit_events
+                .insert((l.budget.clone(), l.window_start, l.kind));
+        }
+        let Some(r) = BudgetRef::parse(&l.budget) else {
+            return;
+        };
+        if l.kind == LimitKind::Reset {
+            // A counter of a window that has ended counts nothing: forgetting it keeps
+            // the counters to current windows (one per group of a grouped policy).
+            if self
+                .budgets
+                .get(&r)
+                .is_some_and(|c| c.window_start < l.window_start)
+            {
+                self.budgets.remove(&r);
+            }
+        } else {
+            budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
         }
     }
 
@@ -257,16 +181,6 @@ impl State {
         self.fold_usage(e, &budgets);
     }
 
-    /// The budgets a usage event counts against, with their definitions. It reads only
-    /// configuration, so a writer can compute it under a read lock and hold the write lock just
-    /// for [`State::fold_usage`].
-    pub fn budgets_of_event(&self, e: &UsageEvent) -> Vec<(BudgetRef, UsageLimit)> {
-        self.budgets_on(&e.path())
-            .into_iter()
-            .map(|(r, l)| (r, l.clone()))
-            .collect()
-    }
-
     /// Folds a usage event into the totals and the given budgets (see [`State::budgets_of_event`]).
     /// A duplicate `event_id` changes nothing.
     pub fn fold_usage(&mut self, e: &UsageEvent, budgets: &[(BudgetRef, UsageLimit)]) {
@@ -289,237 +203,6 @@ impl State {
         }
     }
 
-    /// The chain of a key minted by `minter` (see [`ApiKey::ancestors`]): the minter and its own
-    /// chain when it is a workspace key, at most [`MAX_KEY_DEPTH`] long; nothing when it is an
-    /// organisation key (the organisation's own grant) or unknown.
-    pub fn chain_from(&self, minter: Option<&str>) -> Vec<String> {
-        match minter.and_then(|id| self.api_keys.get(id)) {
-            Some(m) if m.kind.is_workspace() => std::iter::once(m.id.clone())
-                .chain(m.ancestors.iter().cloned())
-                .take(MAX_KEY_DEPTH)
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The keys above `key` (see [`ApiKey::ancestors`]), nearest first; `None` when one of them
-    /// was deleted: a key minted by a deleted key stops with it.
-    pub fn key_ancestors(&self, key: &ApiKey) -> Option<Vec<&Arc<ApiKey>>> {
-        key.ancestors
-            .iter()
-            .map(|id| self.api_keys.get(id))
-            .collect()
-    }
-
-    /// The known keys above the key `id`, nearest first (authentication refuses a key whose
-    /// chain lost one, so on a served request these are all of them).
-    fn ancestors_of(&self, id: &str) -> impl Iterator<Item = &Arc<ApiKey>> {
-        self.api_keys
-            .get(id)
-            .into_iter()
-            .flat_map(|k| k.ancestors.iter())
-            .filter_map(|a| self.api_keys.get(a))
-    }
-
-    /// Every budget a request on `path` must fit, with its definition: the key's and each of its
-    /// ancestors' (a minted key spends its minter's budget too), the provider's, the
-    /// integration's for the workspace, the workspace's and the matching policies'.
-    pub fn budgets_on(&self, path: &RequestPath<'_>) -> Vec<(BudgetRef, &UsageLimit)> {
-        let key = self
-            .api_keys
-            .get(path.api_key_id)
-            .and_then(|k| k.usage_limits.as_ref());
-        let provider = self
-            .providers
-            .get(path.provider_id)
-            .and_then(|p| p.usage_limits.as_ref());
-        let access = self
-            .integrations
-            .get(path.integration_id)
-            .and_then(|i| i.workspaces.get(path.workspace_id))
-            .and_then(|a| a.usage_limits.as_ref());
-        let workspace = self
-            .workspaces
-            .get(path.workspace_id)
-            .and_then(|w| w.usage_limits.as_ref());
-        // Refs are built only for budgets that exist: most requests cross few or none.
-        let refs: [(MakeRef, Option<&UsageLimit>); 4] = [
-            (|p| BudgetRef::ApiKey(p.api_key_id.to_owned()), key),
-            (|p| BudgetRef::Provider(p.provider_id.to_owned()), provider),
-            (
-                |p| BudgetRef::Access {
-                    integration: p.integration_id.to_owned(),
-                    workspace: p.workspace_id.to_owned(),
-                },
-                access,
-            ),
-            (
-                |p| BudgetRef::Workspace(p.workspace_id.to_owned()),
-                workspace,
-            ),
-        ];
-        let mut out: Vec<(BudgetRef, &UsageLimit)> = refs
-            .into_iter()
-            .filter_map(|(make, l)| l.map(|l| (make(path), l)))
-            .collect();
-        for a in self.ancestors_of(path.api_key_id) {
-            if let Some(l) = &a.usage_limits {
-                out.push((BudgetRef::ApiKey(a.id.clone()), l));
-            }
-        }
-        for (r, l) in self.policies_on(path) {
-            if let Some(l) = &l.usage_limits {
-                out.push((r, l));
-            }
-        }
-        out
-    }
-
-    /// Every rate limit a request on `path` must fit (the key's ancestors' included).
-    pub fn rate_limits_on(&self, path: &RequestPath<'_>) -> Vec<(BudgetRef, &[RateLimit])> {
-        let mut out: Vec<(BudgetRef, &[RateLimit])> = Vec::new();
-        if let Some(k) = self.api_keys.get(path.api_key_id) {
-            out.push((BudgetRef::ApiKey(k.id.clone()), &k.rate_limits));
-        }
-        for a in self.ancestors_of(path.api_key_id) {
-            out.push((BudgetRef::ApiKey(a.id.clone()), &a.rate_limits));
-        }
-        if let Some(p) = self.providers.get(path.provider_id) {
-            out.push((BudgetRef::Provider(p.id.clone()), &p.rate_limits));
-        }
-        if let Some(a) = self
-            .integrations
-            .get(path.integration_id)
-            .and_then(|i| i.workspaces.get(path.workspace_id))
-        {
-            let r = BudgetRef::Access {
-                integration: path.integration_id.to_owned(),
-                workspace: path.workspace_id.to_owned(),
-            };
-            out.push((r, &a.rate_limits));
-        }
-        if let Some(w) = self.workspaces.get(path.workspace_id) {
-            out.push((BudgetRef::Workspace(w.id.clone()), &w.rate_limits));
-        }
-        for (r, p) in self.policies_on(path) {
-            out.push((r, &p.rate_limits));
-        }
-        out.retain(|(_, l)| !l.is_empty());
-        out
-    }
-
-    /// The policies whose conditions a request on `path` meets, each with its (grouped) budget ref.
-    /// An `api_key` condition also matches the keys that key minted (down their chains).
-    fn policies_on<'a>(&'a self, path: &RequestPath<'_>) -> Vec<(BudgetRef, &'a UsagePolicy)> {
-        let chain: &[String] = self
-            .api_keys
-            .get(path.api_key_id)
-            .map_or(&[], |k| k.ancestors.as_slice());
-        let value_of = |key: &str| -> Option<String> {
-            match key {
-                "workspace_id" | "workspace" => Some(path.workspace_id.to_owned()),
-                "api_key" => Some(path.api_key_id.to_owned()),
-                "provider" => Some(path.provider_slug.to_owned()),
-                "model" => Some(path.model.to_owned()),
-                k => k
-                    .strip_prefix("metadata.")
-                    .and_then(|m| path.metadata?.get(m).cloned()),
-            }
-        };
-        let mut out = Vec::new();
-        for p in self.policies.values() {
-            if p.workspace_id
-                .as_deref()
-                .is_some_and(|w| w != path.workspace_id)
-            {
-                continue;
-            }
-            let meets = |c: &Condition| match c.key.as_str() {
-                "api_key" => c.value == path.api_key_id || chain.contains(&c.value),
-                k => value_of(k).is_some_and(|v| v == c.value),
-            };
-            if !p.conditions.iter().all(meets) {
-                continue;
-            }
-            let group = match &p.group_by {
-                None => None,
-                Some(k) => match value_of(k) {
-                    Some(v) => Some(v),
-                    None => continue,
-                },
-            };
-            out.push((
-                BudgetRef::Policy {
-                    id: p.id.clone(),
-                    group,
-                },
-                p,
-            ));
-        }
-        out
-    }
-
-    /// What a budget has counted in the window holding `now`.
-    pub fn budget_used(
-        &self,
-        r: &BudgetRef,
-        limit: &UsageLimit,
-        now: Millis,
-    ) -> rust_decimal::Decimal {
-        budget::used(&self.budgets, r, limit, now)
-    }
-
-    /// Whether a limit event of this kind was emitted for the budget's window.
-    pub fn limit_event_emitted(&self, budget: &str, window_start: Millis, kind: LimitKind) -> bool {
-        self.limit_events
-            .contains(&(budget.to_owned(), window_start, kind))
-    }
-
-    /// The definition of a budget, if it still exists.
-    pub fn budget_limit(&self, r: &BudgetRef) -> Option<&UsageLimit> {
-        match r {
-            BudgetRef::ApiKey(id) => self.api_keys.get(id)?.usage_limits.as_ref(),
-            BudgetRef::Provider(id) => self.providers.get(id)?.usage_limits.as_ref(),
-            BudgetRef::Access {
-                integration,
-                workspace,
-            } => self
-                .integrations
-                .get(integration)?
-                .workspaces
-                .get(workspace)?
-                .usage_limits
-                .as_ref(),
-            BudgetRef::Workspace(id) => self.workspaces.get(id)?.usage_limits.as_ref(),
-            BudgetRef::Policy { id, .. } => self.policies.get(id)?.usage_limits.as_ref(),
-        }
-    }
-
-    /// The rate limits of a budget's owner (empty when it is gone).
-    pub fn rate_limits_of(&self, r: &BudgetRef) -> &[RateLimit] {
-        let found = match r {
-            BudgetRef::ApiKey(id) => self.api_keys.get(id).map(|k| &k.rate_limits),
-            BudgetRef::Provider(id) => self.providers.get(id).map(|p| &p.rate_limits),
-            BudgetRef::Access {
-                integration,
-                workspace,
-            } => self
-                .integrations
-                .get(integration)
-                .and_then(|i| i.workspaces.get(workspace))
-                .map(|a| &a.rate_limits),
-            BudgetRef::Workspace(id) => self.workspaces.get(id).map(|w| &w.rate_limits),
-            BudgetRef::Policy { id, .. } => self.policies.get(id).map(|p| &p.rate_limits),
-        };
-        found.map_or(&[], Vec::as_slice)
-    }
-
-    /// Every budget counter (for the periodic-reset sweep).
-    pub fn budget_counters(&self) -> impl Iterator<Item = (&BudgetRef, &Counter)> {
-        self.budgets.iter()
-    }
-
-    /// Usage folded so far for an entity.
     /// Replaces every entity's usage totals (distributed gateways: with the global totals read
     /// from the usage store; usage they settle afterwards adds on top until the next refresh).
     pub fn replace_usage_totals(
@@ -528,70 +211,13 @@ impl State {
     ) {
         self.usage = totals.into_iter().map(|(k, id, t)| ((k, id), t)).collect();
     }
-
-    pub fn usage_of(&self, kind: EntityKind, id: &str) -> Totals {
-        self.usage
-            .get(&(kind, id.to_owned()))
-            .copied()
-            .unwrap_or_default()
-    }
-
-    /// The API key whose secret hashes to `hash`.
-    pub fn api_key_by_hash(&self, hash: &str) -> Option<&Arc<ApiKey>> {
-        self.key_by_hash
-            .get(hash)
-            .and_then(|id| self.api_keys.get(id))
-    }
-
-    /// A workspace by id or slug.
-    pub fn workspace(&self, id_or_slug: &str) -> Option<&Arc<Workspace>> {
-        self.workspaces
-            .get(id_or_slug)
-            .or_else(|| self.workspaces.values().find(|w| w.slug == id_or_slug))
-    }
-
-    /// An integration by id or slug. The id is looked up first: a slug (chosen by whoever made
-    /// the integration, a workspace included) must never shadow another integration's id.
-    pub fn integration(&self, id_or_slug: &str) -> Option<&Arc<Integration>> {
-        self.integrations
-            .get(id_or_slug)
-            .or_else(|| self.integrations.values().find(|i| i.slug == id_or_slug))
-    }
-
-    /// A provider (or virtual key) by id or slug (the id first, as for integrations), within a
-    /// workspace when one is given.
-    pub fn provider(&self, id_or_slug: &str, workspace_id: Option<&str>) -> Option<&Arc<Provider>> {
-        let in_scope = |p: &&Arc<Provider>| workspace_id.is_none_or(|w| p.workspace_id == w);
-        self.providers.get(id_or_slug).filter(in_scope).or_else(|| {
-            self.providers
-                .values()
-                .filter(in_scope)
-                .find(|p| p.slug == id_or_slug)
-        })
-    }
-
-    /// A config by slug or id.
-    pub fn config(&self, slug_or_id: &str) -> Option<&RouteConfig> {
-        self.configs
-            .values()
-            .find(|c| c.slug == slug_or_id)
-            .or_else(|| self.configs.get(slug_or_id))
-    }
-
-    /// The parsed plan of a saved config (by id), made when the config was applied.
-    pub fn config_plan(&self, id: &str) -> Option<&Result<Arc<Node>, String>> {
-        self.config_plans.get(id)
-    }
-
-    /// How many usage event ids are remembered for deduplication (those of the last window).
-    pub fn usage_ids_remembered(&self) -> usize {
-        self.seen_usage.ids.len()
-    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::domain::budget::RequestPath;
+    use crate::domain::limits::RateLimit;
     use crate::domain::time::Millis;
     use proptest::prelude::*;
 
@@ -787,21 +413,6 @@ pub(crate) mod tests {
         dup.at = Millis(9_999 * minute / 50);
         s.apply(&Event::Usage(dup));
         assert_eq!(s.usage_of(EntityKind::ApiKey, "k1").requests, 10_000);
-    }
-
-    #[test]
-    fn dedupe_memory_is_bounded_at_any_rate() {
-        let mut recent = RecentIds::default();
-        // Far more ids than the cap, all within one second of event time.
-        let n = DEDUPE_MAX_IDS as u128 + 1_000;
-        for i in 0..n {
-            assert!(recent.insert(i, Millis(1_000 + (i / 1_000_000) as i64)));
-        }
-        assert_eq!(recent.ids.len(), DEDUPE_MAX_IDS);
-        assert_eq!(recent.order.len(), DEDUPE_MAX_IDS);
-        // The newest are still recognised; the oldest were forgotten first.
-        assert!(!recent.insert(n - 1, Millis(1_001)));
-        assert!(recent.insert(0, Millis(1_001)));
     }
 
     fn upsert_key(s: &mut State, k: &ApiKey) {

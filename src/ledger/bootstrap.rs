@@ -5,8 +5,6 @@ use super::{Ledger, LedgerError};
 use crate::crypto;
 use crate::domain::*;
 
-/// The slug of the workspace every organisation starts with.
-pub const DEFAULT_WORKSPACE_SLUG: &str = "ws-default";
 /// The id of the bootstrap admin key record.
 const BOOTSTRAP_KEY_ID: &str = "admin-bootstrap";
 
@@ -77,7 +75,7 @@ impl Ledger {
                 kind: ApiKeyType::OrganisationService,
                 workspace_id: None,
                 user_id: None,
-                scopes: crate::control::api_keys::ADMIN_SCOPES
+                scopes: crate::domain::scopes::ADMIN_SCOPES
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),
@@ -105,7 +103,7 @@ impl Ledger {
 fn with_audit_scope(k: &ApiKey, now: Millis) -> Option<Change> {
     let scope = crate::control::audit_logs::SCOPE;
     let holds = |s: &str| k.scopes.iter().any(|h| h == s);
-    let others = crate::control::api_keys::ADMIN_SCOPES
+    let others = crate::domain::scopes::ADMIN_SCOPES
         .iter()
         .filter(|s| **s != scope);
     if holds(scope) || !others.into_iter().all(|s| holds(s)) {
@@ -120,7 +118,7 @@ fn with_audit_scope(k: &ApiKey, now: Millis) -> Option<Change> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api_keys::ADMIN_SCOPES;
+    use crate::domain::scopes::ADMIN_SCOPES;
 
     fn key(scopes: &[&str]) -> ApiKey {
         ApiKey {

@@ -20,10 +20,10 @@ use parking_lot::{Mutex, RwLock};
 use rust_decimal::Decimal;
 
 use crate::domain::budget::{self, BudgetRef, Exhausted, RequestPath};
+use crate::domain::hash::FastHash;
 use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit, UsageLimit};
 use crate::domain::pricing::Pricing;
 use crate::domain::rate::{self, Window};
-use crate::domain::state::FastHash;
 use crate::domain::{alerts, Event, LimitEvent, Millis, State, UsageEvent};
 
 /// The most distinct groups (`group_by` values) one grouped policy counts at once. A request that

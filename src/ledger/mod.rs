@@ -10,7 +10,7 @@
 //! State is behind a read-write lock: requests take short read locks; the only writers are event
 //! applications, which are brief and never await.
 
-pub mod bootstrap;
+mod bootstrap;
 mod consistency;
 mod error;
 pub mod governor;

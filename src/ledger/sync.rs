@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::log::{EventLog, Topic};
-use crate::store::Hurry;
+use crate::priority::Hurry;
 use crate::store::UsageStore;
 
 /// How long an analytics query waits for the store to take in the usage logged before it.

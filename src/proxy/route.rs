@@ -208,7 +208,7 @@ pub fn resolve(
     let secret = match &integration.key {
         Some(sealed) => Some(
             sealer
-                .open(sealed, crate::control::integrations::seal_scope(integration), &integration.id)
+                .open(sealed, crate::crypto::seal_scope(integration), &integration.id)
                 .map_err(|_| DataError::internal(format!("the credential of provider {slug} cannot be decrypted (was the master key changed?)")))?,
         ),
         None => None,

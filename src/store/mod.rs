@@ -16,7 +16,6 @@ pub mod sqlite;
 use futures_util::future::BoxFuture;
 
 use crate::domain::{AuditEntry, AuditQuery, Millis, UsageEvent};
-pub use crate::priority::{background_priority, Hurry, Priority};
 pub use audit::{audit_where, AuditArg, AUDIT_COLUMNS, AUDIT_ORDER};
 pub use query::{
     latency_report, Bucket, Filter, GroupBy, Latency, LatencyReport, RollupRow, Stats,

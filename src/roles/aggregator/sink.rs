@@ -14,7 +14,7 @@ use crate::ledger::replay::read_events;
 use crate::ledger::sync::{Sink, StoreSync, AUDIT_CONSUMER, STORE_CONSUMER};
 use crate::ledger::LedgerError;
 use crate::log::Topic;
-use crate::store::Priority;
+use crate::priority::Priority;
 
 /// How long the store sink lets events accumulate after a wake-up, so it commits one transaction
 /// per many events rather than one per request (the commit, not the rows, is what costs).
@@ -65,14 +65,14 @@ where
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_time();
     if background {
-        builder.on_thread_start(crate::store::background_priority);
+        builder.on_thread_start(crate::priority::background_priority);
     }
     let runtime = builder.build()?;
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             if background {
-                crate::store::background_priority();
+                crate::priority::background_priority();
             }
             runtime.block_on(sink());
             drop(done);

@@ -8,7 +8,7 @@ use rusqlite::{params, CachedStatement, Connection, Transaction};
 use rust_decimal::Decimal;
 
 use super::positions::set_offset;
-use crate::domain::state::FastHash;
+use crate::domain::hash::FastHash;
 use crate::domain::UsageEvent;
 use crate::store::StoreError;
 
