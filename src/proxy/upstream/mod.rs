@@ -1,0 +1,261 @@
+//! Executing a routing plan: targets tried per strategy (single, fallback, loadbalance), retries on
+//! the configured statuses, one metered usage event per upstream attempt.
+mod admit;
+mod attempt;
+mod body;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use serde_json::Value;
+
+use super::govern::Refusal;
+use super::meter;
+use super::route::{self, Plan};
+use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
+use crate::app::Core;
+use crate::domain::routing::{check_private_host, Mode, Node};
+use crate::domain::{Endpoint, Millis};
+use body::Overlay;
+
+/// The answer of one target (possibly after retries): what fallback looks at.
+struct Answer {
+    status: u16,
+    reply: Reply,
+}
+
+enum Outcome {
+    Answer(Answer),
+    /// A gateway-side refusal (unknown provider, model not allowed, ...): stops any fallback.
+    Stop(DataError),
+}
+
+/// One request's execution.
+struct Exec {
+    core: Arc<Core>,
+    ctx: RequestCtx,
+    body: RequestBody,
+    path: &'static str,
+    attempts: u32,
+    /// Estimated prompt tokens, for usage the provider does not report.
+    prompt_estimate: u64,
+    /// An upper bound of the prompt's tokens, for reservations (measured once per request).
+    prompt_max: u64,
+    upstream_time: Duration,
+    last_option: String,
+    last_provider: String,
+}
+
+/// Runs the plan and answers the client.
+pub async fn run(
+    core: Arc<Core>,
+    ctx: RequestCtx,
+    plan: Plan,
+    body: RequestBody,
+) -> Result<Reply, DataError> {
+    let path = match ctx.endpoint {
+        Endpoint::ChatCompletions => "/chat/completions",
+        Endpoint::Completions => "/completions",
+        Endpoint::Embeddings => "/embeddings",
+    };
+    let prompt_estimate = meter::estimate_prompt(&body.json);
+    let prompt_max = meter::max_prompt_tokens(&body.json);
+    let mut exec = Exec {
+        core,
+        ctx,
+        body,
+        path,
+        attempts: 0,
+        prompt_estimate,
+        prompt_max,
+        upstream_time: Duration::ZERO,
+        last_option: String::new(),
+        last_provider: String::new(),
+    };
+    let outcome = exec.try_node(&plan.root).await;
+    let overhead = exec
+        .ctx
+        .started
+        .elapsed()
+        .saturating_sub(exec.upstream_time);
+    exec.core.metrics.gateway_overhead.observe(overhead);
+    match outcome {
+        Outcome::Stop(e) => Err(e),
+        Outcome::Answer(a) => Ok(exec.decorate(a.reply)),
+    }
+}
+
+impl Exec {
+    fn try_node<'a>(&'a mut self, node: &'a Node) -> BoxFuture<'a, Outcome> {
+        async move {
+            match &node.mode {
+                None => self.try_leaf(node).await,
+                Some(Mode::Single) => self.try_node(&node.targets[0]).await,
+                Some(Mode::Loadbalance) => {
+                    let i = Node::pick_weighted(&node.targets, rand::thread_rng().gen::<f64>());
+                    self.try_node(&node.targets[i]).await
+                }
+                Some(Mode::Fallback { on_status_codes }) => {
+                    let last = node.targets.len() - 1;
+                    for (i, t) in node.targets.iter().enumerate() {
+                        match self.try_node(t).await {
+                            Outcome::Answer(a)
+                                if i < last && Node::falls_back_on(on_status_codes, a.status) =>
+                            {
+                                continue
+                            }
+                            other => return other,
+                        }
+                    }
+                    Outcome::Stop(DataError::internal("fallback had no targets"))
+                }
+            }
+        }
+        .boxed()
+    }
+
+    async fn try_leaf(&mut self, node: &Node) -> Outcome {
+        let Some(leaf) = &node.leaf else {
+            return Outcome::Stop(DataError::internal("config leaf without a target"));
+        };
+        let target = {
+            let state = self.core.state.read();
+            route::resolve(
+                &state,
+                &self.core.sealer,
+                &self.ctx.workspace_id,
+                leaf,
+                Millis::now(),
+            )
+        };
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => return Outcome::Stop(e),
+        };
+        let policy = self.core.settings.upstream_private_hosts;
+        if let Err(why) = check_private_host(&target.base_url, policy, "the provider's host") {
+            return Outcome::Stop(private_host_error(why));
+        }
+        let model = match self.model_for(node) {
+            Ok(m) => m,
+            Err(e) => return Outcome::Stop(e),
+        };
+        if !target.integration.allows_model(&model) {
+            return Outcome::Stop(DataError::forbidden(
+                "model_not_allowed",
+                format!(
+                    "model {model} is not enabled for provider {}",
+                    target.provider.slug
+                ),
+            ));
+        }
+        // Always ask for usage so a stream can be metered; the extra chunk is hidden from clients
+        // that did not ask for it.
+        let stream_options =
+            (self.body.stream && self.ctx.endpoint != Endpoint::Embeddings).then(|| {
+                let given = node
+                    .override_params
+                    .get("stream_options")
+                    .or_else(|| self.body.json.get("stream_options"));
+                let mut o = given
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                o.insert("include_usage".into(), Value::Bool(true));
+                Value::Object(o)
+            });
+        let json = Overlay {
+            base: &self.body.json,
+            overrides: &node.override_params,
+            stream_options,
+        };
+        let bytes = match serde_json::to_vec(&json) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                return Outcome::Stop(DataError::internal(format!(
+                    "encoding the upstream body: {e}"
+                )))
+            }
+        };
+        self.last_option = node.path.clone();
+        self.last_provider = target.integration.ai_provider_id.clone();
+        let (retries, retry_on) = node
+            .retry
+            .as_ref()
+            .map_or((0, &[][..]), |r| (r.attempts, &r.on_status_codes[..]));
+        let mut n = 0;
+        loop {
+            let reservation = match self.admit(&target, &model, &node.override_params) {
+                Ok(r) => r,
+                Err(Refusal {
+                    error,
+                    target_specific: true,
+                }) => {
+                    let status = error.status.as_u16();
+                    return Outcome::Answer(Answer {
+                        status,
+                        reply: error_reply(&error),
+                    });
+                }
+                Err(Refusal { error, .. }) => return Outcome::Stop(error),
+            };
+            let timeout = node.request_timeout_ms;
+            let answer = self
+                .attempt(&target, &model, bytes.clone(), timeout, reservation)
+                .await;
+            match answer {
+                Ok(a) if n < retries && retry_on.contains(&a.status) => {
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(50 << n.min(5))).await;
+                }
+                Ok(a) => return Outcome::Answer(a),
+                Err(e) => return Outcome::Stop(e),
+            }
+        }
+    }
+
+    /// Adds the trace and routing headers.
+    fn decorate(&self, mut reply: Reply) -> Reply {
+        let h = match &mut reply {
+            Reply::Full { headers, .. } | Reply::Stream { headers, .. } => headers,
+        };
+        set_header(h, "x-portkey-trace-id", &self.ctx.trace_id);
+        set_header(
+            h,
+            "x-portkey-retry-attempt-count",
+            &self.attempts.saturating_sub(1).to_string(),
+        );
+        set_header(h, "x-portkey-last-used-option-index", &self.last_option);
+        set_header(h, "x-portkey-cache-status", "DISABLED");
+        set_header(h, "x-portkey-provider", &self.last_provider);
+        reply
+    }
+}
+
+/// A provider host `upstream_private_hosts = deny` refuses (a literal address, or a name that
+/// resolved to one): nothing was sent.
+fn private_host_error(why: String) -> DataError {
+    DataError::forbidden("upstream_host_not_allowed", why)
+}
+
+/// A gateway-made error answer in the OpenAI envelope (used where fallback may still move on).
+pub fn error_reply(e: &DataError) -> Reply {
+    let body = e.envelope();
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        "x-portkey-gateway-exception",
+        HeaderValue::from_static("true"),
+    );
+    e.add_retry_headers(&mut headers);
+    Reply::Full {
+        status: e.status,
+        headers,
+        body: Bytes::from(body.to_string()),
+    }
+}
