@@ -21,7 +21,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::domain::{ApiKey, Endpoint, Metadata};
-pub use error::DataError;
+pub use error::{DataError, GatewayException};
 
 /// What the gateway answers: a whole body, or a stream fed by a metering task.
 pub enum Reply {

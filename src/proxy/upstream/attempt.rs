@@ -6,7 +6,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use super::{error_reply, private_host_error, Answer, Exec};
+use super::{private_host_error, Answer, Exec};
 use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
 use crate::proxy::govern::Reservation;
@@ -89,7 +89,7 @@ impl Exec {
                 .await?;
                 return Ok(Answer {
                     status,
-                    reply: error_reply(&err),
+                    reply: err.reply(),
                 });
             }
         };
@@ -285,7 +285,7 @@ impl Exec {
         .await?;
         Ok(Answer {
             status,
-            reply: error_reply(&err),
+            reply: err.reply(),
         })
     }
 

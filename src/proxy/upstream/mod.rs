@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde_json::Value;
 
 use super::govern::Refusal;
@@ -199,7 +198,7 @@ impl Exec {
                     let status = error.status.as_u16();
                     return Outcome::Answer(Answer {
                         status,
-                        reply: error_reply(&error),
+                        reply: error.reply(),
                     });
                 }
                 Err(Refusal { error, .. }) => return Outcome::Stop(error),
@@ -241,21 +240,4 @@ impl Exec {
 /// resolved to one): nothing was sent.
 fn private_host_error(why: String) -> DataError {
     DataError::forbidden("upstream_host_not_allowed", why)
-}
-
-/// A gateway-made error answer in the OpenAI envelope (used where fallback may still move on).
-pub fn error_reply(e: &DataError) -> Reply {
-    let body = e.envelope();
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(
-        "x-portkey-gateway-exception",
-        HeaderValue::from_static("true"),
-    );
-    e.add_retry_headers(&mut headers);
-    Reply::Full {
-        status: e.status,
-        headers,
-        body: Bytes::from(body.to_string()),
-    }
 }
