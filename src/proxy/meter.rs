@@ -1,11 +1,15 @@
 //! Metering: token usage from the provider's answer (or an estimate when it gave none), exact
 //! cost from the integration's custom pricing or the shipped price table, and the usage event.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::govern::Reservation;
 use super::route::Target;
 use super::RequestCtx;
+use crate::app::{AppError, Core};
 use crate::domain::pricing::{Price, PriceTable, Pricing, TokenUsage};
 use crate::domain::routing::Params;
 use crate::domain::{Millis, UsageEvent, UsageSource};
@@ -255,10 +259,24 @@ pub struct Attempt<'a> {
     pub status: u16,
     pub usage: TokenUsage,
     pub source: UsageSource,
-    pub upstream_ms: u32,
+    /// From the call to the end of the answer.
+    pub upstream: Duration,
     pub streamed: bool,
     pub index: u32,
     pub event_id: String,
+}
+
+/// Records an attempt: its upstream time observed, then its usage event appended (durable when
+/// this returns) and its reservation settled.
+pub async fn record(
+    core: &Core,
+    ctx: &RequestCtx,
+    attempt: Attempt<'_>,
+    reservation: Reservation,
+) -> Result<(), AppError> {
+    core.metrics.upstream_time.observe(attempt.upstream);
+    let event = usage_event(&core.prices, ctx, attempt);
+    core.record_usage(event, Some(reservation)).await
 }
 
 /// The metadata key that flags an event whose reported usage was implausible and clamped; its
@@ -303,7 +321,7 @@ pub fn usage_event(prices: &PriceTable, ctx: &RequestCtx, mut a: Attempt<'_>) ->
         priced: price.is_some(),
         usage_source: a.source,
         latency_ms: ctx.started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
-        upstream_latency_ms: a.upstream_ms,
+        upstream_latency_ms: a.upstream.as_millis().min(u128::from(u32::MAX)) as u32,
         streamed: a.streamed,
         attempt_index: a.index,
         trace_id: ctx.trace_id.clone(),

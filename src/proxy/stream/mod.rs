@@ -175,21 +175,18 @@ async fn settle(job: Job, target: &Target, mut p: Progress) {
             UsageSource::Estimated,
         ),
     };
-    let elapsed = job.started.elapsed();
-    job.core.metrics.upstream_time.observe(elapsed);
     let attempt = Attempt {
         target,
         model: &job.target_model,
         status: 200,
         usage,
         source,
-        upstream_ms: elapsed.as_millis().min(u128::from(u32::MAX)) as u32,
+        upstream: job.started.elapsed(),
         streamed: true,
         index: job.index,
         event_id: job.event_id.clone(),
     };
-    let event = meter::usage_event(&job.core.prices, &job.ctx, attempt);
-    let recorded = job.core.record_usage(event, Some(job.reservation)).await;
+    let recorded = meter::record(&job.core, &job.ctx, attempt, job.reservation).await;
     if p.client_gone_at.is_some() {
         return;
     }

@@ -1,10 +1,12 @@
 //! What is sent upstream: the model a target is asked for, and the request body with the
 //! target's `override_params` laid over it.
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::Exec;
 use crate::domain::routing::{Node, Params};
+use crate::domain::Endpoint;
 use crate::proxy::DataError;
 
 impl Exec {
@@ -24,15 +26,43 @@ impl Exec {
             Some(m) => Ok(m.to_owned()),
         }
     }
+
+    /// The body sent to `node`'s target: the request with the node's `override_params` laid
+    /// over it, asking a stream for its usage.
+    pub(super) fn upstream_body(&self, node: &Node) -> Result<Bytes, DataError> {
+        // Always ask for usage so a stream can be metered; the extra chunk is hidden from clients
+        // that did not ask for it.
+        let stream_options =
+            (self.body.stream && self.ctx.endpoint != Endpoint::Embeddings).then(|| {
+                let given = node
+                    .override_params
+                    .get("stream_options")
+                    .or_else(|| self.body.json.get("stream_options"));
+                let mut o = given
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                o.insert("include_usage".into(), Value::Bool(true));
+                Value::Object(o)
+            });
+        let json = Overlay {
+            base: &self.body.json,
+            overrides: &node.override_params,
+            stream_options,
+        };
+        serde_json::to_vec(&json)
+            .map(Bytes::from)
+            .map_err(|e| DataError::internal(format!("encoding the upstream body: {e}")))
+    }
 }
 
 /// The upstream body: the request with a node's `override_params` laid over it (override wins)
 /// and, for streams, `stream_options` with `include_usage` forced on. It is serialized straight
 /// from the request, which is never copied (prompts can be large).
-pub(super) struct Overlay<'a> {
-    pub(super) base: &'a serde_json::Map<String, Value>,
-    pub(super) overrides: &'a Params,
-    pub(super) stream_options: Option<Value>,
+struct Overlay<'a> {
+    base: &'a serde_json::Map<String, Value>,
+    overrides: &'a Params,
+    stream_options: Option<Value>,
 }
 
 impl serde::Serialize for Overlay<'_> {

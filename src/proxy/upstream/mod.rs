@@ -3,6 +3,7 @@
 mod admit;
 mod attempt;
 mod body;
+mod response;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +12,14 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rand::Rng;
-use serde_json::Value;
 
 use super::govern::Refusal;
 use super::meter;
-use super::route::{self, Plan};
+use super::route::{self, Plan, Target};
 use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
 use crate::app::Core;
 use crate::domain::routing::{check_private_host, Mode, Node};
 use crate::domain::{Endpoint, Millis};
-use body::Overlay;
 
 /// The answer of one target (possibly after retries): what fallback looks at.
 struct Answer {
@@ -118,9 +117,25 @@ impl Exec {
         .boxed()
     }
 
+    /// A leaf: its target checked, its body built, then attempts (with the node's retries).
     async fn try_leaf(&mut self, node: &Node) -> Outcome {
+        let checked = self
+            .target_for(node)
+            .and_then(|(target, model)| Ok((target, model, self.upstream_body(node)?)));
+        let (target, model, bytes) = match checked {
+            Ok(c) => c,
+            Err(e) => return Outcome::Stop(e),
+        };
+        self.last_option = node.path.clone();
+        self.last_provider = target.integration.ai_provider_id.clone();
+        self.attempts_at(node, &target, &model, bytes).await
+    }
+
+    /// The target of a leaf and the model it is asked for, checked before anything is sent: the
+    /// provider may be used now, its host is allowed, the model is given and enabled for it.
+    fn target_for(&self, node: &Node) -> Result<(Target, String), DataError> {
         let Some(leaf) = &node.leaf else {
-            return Outcome::Stop(DataError::internal("config leaf without a target"));
+            return Err(DataError::internal("config leaf without a target"));
         };
         let target = {
             let state = self.core.state.read();
@@ -131,21 +146,13 @@ impl Exec {
                 leaf,
                 Millis::now(),
             )
-        };
-        let target = match target {
-            Ok(t) => t,
-            Err(e) => return Outcome::Stop(e),
-        };
+        }?;
         let policy = self.core.settings.upstream_private_hosts;
-        if let Err(why) = check_private_host(&target.base_url, policy, "the provider's host") {
-            return Outcome::Stop(private_host_error(why));
-        }
-        let model = match self.model_for(node) {
-            Ok(m) => m,
-            Err(e) => return Outcome::Stop(e),
-        };
+        check_private_host(&target.base_url, policy, "the provider's host")
+            .map_err(private_host_error)?;
+        let model = self.model_for(node)?;
         if !target.integration.allows_model(&model) {
-            return Outcome::Stop(DataError::forbidden(
+            return Err(DataError::forbidden(
                 "model_not_allowed",
                 format!(
                     "model {model} is not enabled for provider {}",
@@ -153,43 +160,25 @@ impl Exec {
                 ),
             ));
         }
-        // Always ask for usage so a stream can be metered; the extra chunk is hidden from clients
-        // that did not ask for it.
-        let stream_options =
-            (self.body.stream && self.ctx.endpoint != Endpoint::Embeddings).then(|| {
-                let given = node
-                    .override_params
-                    .get("stream_options")
-                    .or_else(|| self.body.json.get("stream_options"));
-                let mut o = given
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                o.insert("include_usage".into(), Value::Bool(true));
-                Value::Object(o)
-            });
-        let json = Overlay {
-            base: &self.body.json,
-            overrides: &node.override_params,
-            stream_options,
-        };
-        let bytes = match serde_json::to_vec(&json) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                return Outcome::Stop(DataError::internal(format!(
-                    "encoding the upstream body: {e}"
-                )))
-            }
-        };
-        self.last_option = node.path.clone();
-        self.last_provider = target.integration.ai_provider_id.clone();
+        Ok((target, model))
+    }
+
+    /// Attempts at one target, each admitted first, retried on the node's `retry` statuses with
+    /// a growing pause. A refusal of this target alone is its answer (a fallback may move on).
+    async fn attempts_at(
+        &mut self,
+        node: &Node,
+        target: &Target,
+        model: &str,
+        bytes: Bytes,
+    ) -> Outcome {
         let (retries, retry_on) = node
             .retry
             .as_ref()
             .map_or((0, &[][..]), |r| (r.attempts, &r.on_status_codes[..]));
         let mut n = 0;
         loop {
-            let reservation = match self.admit(&target, &model, &node.override_params) {
+            let reservation = match self.admit(target, model, &node.override_params) {
                 Ok(r) => r,
                 Err(Refusal {
                     error,
@@ -205,7 +194,7 @@ impl Exec {
             };
             let timeout = node.request_timeout_ms;
             let answer = self
-                .attempt(&target, &model, bytes.clone(), timeout, reservation)
+                .attempt(target, model, bytes.clone(), timeout, reservation)
                 .await;
             match answer {
                 Ok(a) if n < retries && retry_on.contains(&a.status) => {
