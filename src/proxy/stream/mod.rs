@@ -11,6 +11,9 @@
 //! `max_stream_event_bytes` (much less than a whole non-stream body), and the events waiting for a
 //! slow client hold at most [`CLIENT_BUFFER_BYTES`] in all; past that, reading from the provider
 //! waits (and the provider's sending with it, through TCP).
+//!
+//! This module is the task that meters; `sse` splits and reads the events, `client` is the
+//! bounded channel to the client.
 
 mod client;
 mod sse;

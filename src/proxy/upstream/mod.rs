@@ -1,5 +1,14 @@
 //! Executing a routing plan: targets tried per strategy (single, fallback, loadbalance), retries on
 //! the configured statuses, one metered usage event per upstream attempt.
+//!
+//! This module walks the plan and retries; its parts:
+//! - `body`: what a target is sent (the model asked for, the request with `override_params`
+//!   laid over it);
+//! - `admit`: each attempt's admission, with the most it may use and cost reserved;
+//! - `attempt`: one call, and what becomes of its answer (an error in the envelope, or a stream
+//!   handed to [`super::stream`]);
+//! - `response`: a whole answer read within its bounds and metered.
+
 mod admit;
 mod attempt;
 mod body;
@@ -27,6 +36,7 @@ struct Answer {
     reply: Reply,
 }
 
+/// What trying a node came to.
 enum Outcome {
     Answer(Answer),
     /// A gateway-side refusal (unknown provider, model not allowed, ...): stops any fallback.
