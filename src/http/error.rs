@@ -16,7 +16,9 @@ use crate::proxy::{DataError, GatewayException};
 /// Which API a failed request belonged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plane {
+    /// The admin API (Portkey's and OpenAI's envelopes).
     Control,
+    /// The OpenAI-compatible API (OpenAI's envelope).
     Data,
 }
 
@@ -29,6 +31,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// A control-plane error; the OpenAI `type` follows from the status.
     pub fn control(status: StatusCode, message: impl Into<String>) -> Self {
         let kind = match status.as_u16() {
             401 => "authentication_error",
@@ -46,6 +49,7 @@ impl ApiError {
         }
     }
 
+    /// A data-plane error, with the request's trace id when known.
     pub fn data(error: DataError, trace_id: Option<String>) -> Self {
         ApiError {
             plane: Plane::Data,
@@ -54,6 +58,7 @@ impl ApiError {
         }
     }
 
+    /// A 404 naming `what`.
     pub fn not_found(plane: Plane, what: &str) -> Self {
         let e = DataError::new(
             StatusCode::NOT_FOUND,

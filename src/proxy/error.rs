@@ -12,14 +12,18 @@ use super::Reply;
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataError {
     pub status: StatusCode,
+    /// What the client is told.
     pub message: String,
     /// OpenAI `type`: `invalid_request_error`, `authentication_error`, `permission_error`, ...
     pub kind: &'static str,
+    /// OpenAI `code`, e.g. `invalid_api_key`, `model_not_allowed`.
     pub code: Option<&'static str>,
+    /// When a refusal says to come back (`Retry-After`).
     pub retry_after_secs: Option<u64>,
 }
 
 impl DataError {
+    /// An error of any status, OpenAI `type` and `code`.
     pub fn new(
         status: StatusCode,
         kind: &'static str,
@@ -35,6 +39,7 @@ impl DataError {
         }
     }
 
+    /// A 400 `invalid_request_error`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -44,6 +49,7 @@ impl DataError {
         )
     }
 
+    /// A 401 `authentication_error` (`invalid_api_key`).
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -53,6 +59,7 @@ impl DataError {
         )
     }
 
+    /// A 403 `permission_error` with its `code`.
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
@@ -62,6 +69,7 @@ impl DataError {
         )
     }
 
+    /// A 500 `server_error`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

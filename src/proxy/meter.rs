@@ -34,6 +34,7 @@ pub struct WireUsage {
 }
 
 impl WireUsage {
+    /// The tokens it reports; completion tokens from the total when only that is given.
     pub fn tokens(&self) -> TokenUsage {
         let prompt = self.prompt_tokens.unwrap_or(0);
         let completion = self
