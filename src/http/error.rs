@@ -1,20 +1,24 @@
 //! The one HTTP error type. Control-plane errors carry both envelopes (Portkey's
 //! `{success:false, data:{message, errorCode}}` and OpenAI's `{error:{...}}`); data-plane errors
-//! carry the OpenAI envelope. Every 5xx carries `x-portkey-gateway-exception` so SDKs don't retry
+//! carry the OpenAI envelope, rendered by [`DataError::answer`] (the same rendering a fallback
+//! target's refusal gets). Every 5xx carries `x-portkey-gateway-exception` so SDKs don't retry
 //! a request that was refused on purpose, and every error carries the trace id when there is one.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::json;
 
 use crate::control::ControlError;
 use crate::ledger::LedgerError;
-use crate::proxy::DataError;
+use crate::proxy::{DataError, GatewayException};
 
 /// Which API a failed request belonged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plane {
+    /// The admin API (Portkey's and OpenAI's envelopes).
     Control,
+    /// The OpenAI-compatible API (OpenAI's envelope).
     Data,
 }
 
@@ -27,6 +31,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// A control-plane error; the OpenAI `type` follows from the status.
     pub fn control(status: StatusCode, message: impl Into<String>) -> Self {
         let kind = match status.as_u16() {
             401 => "authentication_error",
@@ -44,6 +49,7 @@ impl ApiError {
         }
     }
 
+    /// A data-plane error, with the request's trace id when known.
     pub fn data(error: DataError, trace_id: Option<String>) -> Self {
         ApiError {
             plane: Plane::Data,
@@ -52,6 +58,7 @@ impl ApiError {
         }
     }
 
+    /// A 404 naming `what`.
     pub fn not_found(plane: Plane, what: &str) -> Self {
         let e = DataError::new(
             StatusCode::NOT_FOUND,
@@ -110,22 +117,16 @@ impl From<ControlError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let e = &self.error;
-        let body = match self.plane {
-            Plane::Data => e.envelope(),
+        let (status, mut headers, body) = match self.plane {
+            Plane::Data => e.answer(GatewayException::OnServerError),
             Plane::Control => {
                 let code = error_code(e.status);
-                json!({"success": false, "data": {"message": e.message, "errorCode": code},
-                       "error": {"message": e.message, "type": e.kind, "code": code}})
+                let body = json!({"success": false, "data": {"message": e.message, "errorCode": code},
+                                  "error": {"message": e.message, "type": e.kind, "code": code}});
+                let headers = e.headers(GatewayException::OnServerError);
+                (e.status, headers, Bytes::from(body.to_string()))
             }
         };
-        let mut headers = HeaderMap::new();
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        if e.status.is_server_error() {
-            headers.insert(
-                "x-portkey-gateway-exception",
-                HeaderValue::from_static("true"),
-            );
-        }
         if let Some(t) = self
             .trace_id
             .as_deref()
@@ -133,8 +134,7 @@ impl IntoResponse for ApiError {
         {
             headers.insert("x-portkey-trace-id", t);
         }
-        e.add_retry_headers(&mut headers);
-        (e.status, headers, body.to_string()).into_response()
+        (status, headers, body).into_response()
     }
 }
 

@@ -1,6 +1,8 @@
 //! Metering: token usage from the provider's answer (or an estimate when it gave none), exact
 //! cost from the integration's custom pricing or the shipped price table, and the usage event.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -9,6 +11,9 @@ use super::RequestCtx;
 use crate::domain::pricing::{Price, PriceTable, Pricing, TokenUsage};
 use crate::domain::routing::Params;
 use crate::domain::{Millis, UsageEvent, UsageSource};
+use crate::ledger::governor::Reservation;
+use crate::ledger::LedgerError;
+use crate::proxy::DataPlane;
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -30,6 +35,7 @@ pub struct WireUsage {
 }
 
 impl WireUsage {
+    /// The tokens it reports; completion tokens from the total when only that is given.
     pub fn tokens(&self) -> TokenUsage {
         let prompt = self.prompt_tokens.unwrap_or(0);
         let completion = self
@@ -255,10 +261,24 @@ pub struct Attempt<'a> {
     pub status: u16,
     pub usage: TokenUsage,
     pub source: UsageSource,
-    pub upstream_ms: u32,
+    /// From the call to the end of the answer.
+    pub upstream: Duration,
     pub streamed: bool,
     pub index: u32,
     pub event_id: String,
+}
+
+/// Records an attempt: its upstream time observed, then its usage event appended (durable when
+/// this returns) and its reservation settled.
+pub async fn record(
+    plane: &DataPlane,
+    ctx: &RequestCtx,
+    attempt: Attempt<'_>,
+    reservation: Reservation,
+) -> Result<(), LedgerError> {
+    plane.metrics.upstream_time.observe(attempt.upstream);
+    let event = usage_event(&plane.prices, ctx, attempt);
+    plane.ledger.record_usage(event, Some(reservation)).await
 }
 
 /// The metadata key that flags an event whose reported usage was implausible and clamped; its
@@ -303,7 +323,7 @@ pub fn usage_event(prices: &PriceTable, ctx: &RequestCtx, mut a: Attempt<'_>) ->
         priced: price.is_some(),
         usage_source: a.source,
         latency_ms: ctx.started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
-        upstream_latency_ms: a.upstream_ms,
+        upstream_latency_ms: a.upstream.as_millis().min(u128::from(u32::MAX)) as u32,
         streamed: a.streamed,
         attempt_index: a.index,
         trace_id: ctx.trace_id.clone(),

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+mod error;
 pub mod meter;
 pub mod models;
 pub mod refusals;
@@ -58,85 +59,7 @@ impl DataPlane {
     }
 }
 
-/// A refusal or failure on the data plane, rendered in the OpenAI error envelope.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DataError {
-    pub status: StatusCode,
-    pub message: String,
-    /// OpenAI `type`: `invalid_request_error`, `authentication_error`, `permission_error`, ...
-    pub kind: &'static str,
-    pub code: Option<&'static str>,
-    pub retry_after_secs: Option<u64>,
-}
-
-impl DataError {
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        code: Option<&'static str>,
-        message: impl Into<String>,
-    ) -> Self {
-        DataError {
-            status,
-            message: message.into(),
-            kind,
-            code,
-            retry_after_secs: None,
-        }
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            None,
-            message,
-        )
-    }
-
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            Some("invalid_api_key"),
-            message,
-        )
-    }
-
-    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            Some(code),
-            message,
-        )
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            None,
-            message,
-        )
-    }
-
-    /// The OpenAI error envelope, the one body every data-plane error is written with.
-    pub fn envelope(&self) -> Value {
-        serde_json::json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
-    }
-
-    /// `Retry-After` and `x-should-retry: false` for refusals that say when to come back.
-    pub fn add_retry_headers(&self, h: &mut HeaderMap) {
-        if let Some(s) = self.retry_after_secs {
-            h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from(s));
-            h.insert(
-                HeaderName::from_static("x-should-retry"),
-                HeaderValue::from_static("false"),
-            );
-        }
-    }
-}
+pub use error::{DataError, GatewayException};
 
 /// What the gateway answers: a whole body, or a stream fed by a metering task.
 pub enum Reply {
@@ -340,8 +263,8 @@ fn caller(
 
 /// Checks the data-plane caller from the headers alone, so a request can be refused before its
 /// body is read ([`handle`] checks again against the state it routes with).
-pub fn authenticate(core: &crate::proxy::DataPlane, headers: &HeaderMap) -> Result<(), DataError> {
-    caller(&core.ledger.state(), headers).map(drop)
+pub fn authenticate(plane: &crate::proxy::DataPlane, headers: &HeaderMap) -> Result<(), DataError> {
+    caller(&plane.ledger.state(), headers).map(drop)
 }
 
 /// The `Retry-After` of a `metering_unavailable` refusal: the log retries every half second, so
@@ -350,7 +273,7 @@ const METERING_RETRY_AFTER_SECS: u64 = 5;
 
 /// Serves a completion or embedding request end to end.
 pub async fn handle(
-    core: std::sync::Arc<crate::proxy::DataPlane>,
+    plane: std::sync::Arc<crate::proxy::DataPlane>,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: &[u8],
@@ -360,7 +283,7 @@ pub async fn handle(
     let mut body = RequestBody::parse(body)?;
     // Never serve what cannot be metered: refuse before any upstream call. `x-should-retry:
     // false` (with `Retry-After`) so SDKs do not resend on their own.
-    if !core.ledger.log().accepts_usage() {
+    if !plane.ledger.log().accepts_usage() {
         let mut e = DataError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
@@ -372,7 +295,7 @@ pub async fn handle(
         return Err(e);
     }
     let (ctx, plan) = {
-        let state = core.ledger.state();
+        let state = plane.ledger.state();
         let (key, ws, organisation_id) = caller(&state, headers)?;
         let metadata = metadata_of(&state, &ws, &key, headers)?;
         let plan = route::plan(&state, &key, &ws.id, headers, &mut body)?;
@@ -388,19 +311,19 @@ pub async fn handle(
         };
         (ctx, plan)
     };
-    upstream::run(core, ctx, plan, body).await
+    upstream::run(plane, ctx, plan, body).await
 }
 
 /// `GET /v1/models` and `GET /v1/models/{id}`.
 pub fn list_models(
-    core: &crate::proxy::DataPlane,
+    plane: &crate::proxy::DataPlane,
     headers: &HeaderMap,
     provider: Option<&str>,
     id: Option<&str>,
 ) -> Result<Value, DataError> {
-    let state = core.ledger.state();
+    let state = plane.ledger.state();
     let (_, ws, _) = caller(&state, headers)?;
-    let all = models::list(&state, &core.prices, &ws.id, provider);
+    let all = models::list(&state, &plane.prices, &ws.id, provider);
     match id {
         None => Ok(serde_json::json!({"object": "list", "total": all.len(), "data": all})),
         Some(id) => all

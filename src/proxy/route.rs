@@ -178,6 +178,40 @@ pub fn resolve(
             )))
         }
     };
+    let (provider, integration) = usable(state, workspace_id, slug, now)?;
+    let secret = match &integration.key {
+        Some(sealed) => Some(
+            sealer
+                .open(sealed, crate::crypto::seal_scope(integration), &integration.id)
+                .map_err(|_| DataError::internal(format!("the credential of provider {slug} cannot be decrypted (was the master key changed?)")))?,
+        ),
+        None => None,
+    };
+    let azure = integration.ai_provider_id == "azure-openai";
+    let base_url = base_url(integration, slug, azure)?;
+    let headers = headers(integration, slug, azure, secret)?;
+    let query = azure.then(|| {
+        format!(
+            "api-version={}",
+            config_str(integration, "api_version").unwrap_or("2024-10-21")
+        )
+    });
+    Ok(Target {
+        provider: provider.clone(),
+        integration: integration.clone(),
+        base_url,
+        headers,
+        query,
+    })
+}
+
+/// The provider `slug` names in the workspace and its integration, if they may be used now.
+fn usable<'s>(
+    state: &'s State,
+    workspace_id: &str,
+    slug: &str,
+    now: Millis,
+) -> Result<(&'s Arc<Provider>, &'s Arc<Integration>), DataError> {
     let provider = state.provider(slug, Some(workspace_id)).ok_or_else(|| {
         DataError::bad_request(format!(
             "provider or virtual key {slug} not found in this workspace"
@@ -204,20 +238,15 @@ pub fn resolve(
             ),
         ));
     }
-    let mut headers = HeaderMap::new();
-    let secret = match &integration.key {
-        Some(sealed) => Some(
-            sealer
-                .open(sealed, crate::crypto::seal_scope(integration), &integration.id)
-                .map_err(|_| DataError::internal(format!("the credential of provider {slug} cannot be decrypted (was the master key changed?)")))?,
-        ),
-        None => None,
-    };
-    let azure = integration.ai_provider_id == "azure-openai";
-    // The host is the integration's, never the request's: nothing a request carries redirects a
-    // stored credential (configs refuse custom_host on such targets; see `domain::routing`).
+    Ok((provider, integration))
+}
+
+/// The integration's base URL. The host is the integration's, never the request's: nothing a
+/// request carries redirects a stored credential (configs refuse custom_host on such targets;
+/// see `domain::routing`).
+fn base_url(integration: &Integration, slug: &str, azure: bool) -> Result<String, DataError> {
     let host = config_str(integration, "custom_host");
-    let base_url = match (host, azure) {
+    Ok(match (host, azure) {
         (Some(h), _) => h.trim_end_matches('/').to_owned(),
         (None, true) => match (config_str(integration, "resource_name"), config_str(integration, "deployment_name")) {
             // Names stored before they were validated are checked again: they form the URL.
@@ -232,7 +261,18 @@ pub fn resolve(
                 integration.ai_provider_id
             )))?
             .to_owned(),
-    };
+    })
+}
+
+/// The headers of a call: the credential (`secret`, marked sensitive), then the provider
+/// settings and the integration's custom headers.
+fn headers(
+    integration: &Integration,
+    slug: &str,
+    azure: bool,
+    secret: Option<String>,
+) -> Result<HeaderMap, DataError> {
+    let mut headers = HeaderMap::new();
     if let Some(secret) = secret {
         let (name, value) = if azure {
             (HeaderName::from_static("api-key"), secret)
@@ -269,17 +309,5 @@ pub fn resolve(
             }
         }
     }
-    let query = azure.then(|| {
-        format!(
-            "api-version={}",
-            config_str(integration, "api_version").unwrap_or("2024-10-21")
-        )
-    });
-    Ok(Target {
-        provider: provider.clone(),
-        integration: integration.clone(),
-        base_url,
-        headers,
-        query,
-    })
+    Ok(headers)
 }

@@ -1,0 +1,247 @@
+//! One upstream attempt: the call, what becomes of its answer (streamed on, read whole, or an
+//! error in the envelope) and its usage event, which every answer waits for.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use reqwest::StatusCode;
+
+use super::{private_host_error, Answer, Exec};
+use crate::domain::pricing::TokenUsage;
+use crate::domain::UsageSource;
+use crate::ledger::governor::Reservation;
+use crate::proxy::meter::{self, Attempt};
+use crate::proxy::route::Target;
+use crate::proxy::{client, stream, DataError, Reply};
+use crate::telemetry::UpstreamFailure;
+
+/// An attempt under way: what its usage event will say about it, and the reservation it settles.
+pub(super) struct Call<'a> {
+    pub(super) target: &'a Target,
+    pub(super) model: &'a str,
+    pub(super) index: u32,
+    pub(super) event_id: String,
+    pub(super) started: Instant,
+    pub(super) reservation: Reservation,
+}
+
+impl<'a> Call<'a> {
+    /// What the attempt measured, now that it is over: answered `status`, with `usage`.
+    pub(super) fn measured(
+        self,
+        status: u16,
+        usage: TokenUsage,
+        source: UsageSource,
+    ) -> (Attempt<'a>, Reservation) {
+        let attempt = Attempt {
+            target: self.target,
+            model: self.model,
+            status,
+            usage,
+            source,
+            upstream: self.started.elapsed(),
+            streamed: false,
+            index: self.index,
+            event_id: self.event_id,
+        };
+        (attempt, self.reservation)
+    }
+}
+
+impl Exec {
+    /// One upstream attempt, metered.
+    pub(super) async fn attempt(
+        &mut self,
+        target: &Target,
+        model: &str,
+        body: Bytes,
+        timeout_ms: Option<u64>,
+        reservation: Reservation,
+    ) -> Result<Answer, DataError> {
+        let index = self.attempts;
+        self.attempts += 1;
+        let timeout =
+            timeout_ms.map_or(self.plane.settings.upstream_timeout, Duration::from_millis);
+        let call = Call {
+            target,
+            model,
+            index,
+            // Time-ordered (v7): the store's primary-key index then grows at its end instead of at random.
+            event_id: uuid::Uuid::now_v7().to_string(),
+            started: Instant::now(),
+            reservation,
+        };
+        let resp = match self.send(target, body, timeout).await {
+            Ok(r) => r,
+            Err(e) => return self.unanswered(call, e, timeout).await,
+        };
+        let status = resp.status();
+        if status.is_redirection() {
+            // Not followed (see `crate::proxy::client`): the credential stays with its integration's host.
+            let err = DataError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                Some("upstream_redirect"),
+                "the provider answered with a redirect, which is not followed: a provider credential is only sent to the host its integration names",
+            );
+            return self.undelivered(call, TokenUsage::default(), err).await;
+        }
+        if status.is_server_error() {
+            self.plane
+                .metrics
+                .upstream_failure(UpstreamFailure::Status5xx);
+        } else if status.is_client_error() {
+            self.plane
+                .metrics
+                .upstream_failure(UpstreamFailure::Status4xx);
+        }
+        if self.body.stream && status.is_success() && is_event_stream(resp.headers()) {
+            return Ok(self.stream_on(call, resp));
+        }
+        self.whole(call, resp, timeout).await
+    }
+
+    /// Posts the body to the target's endpoint with its credential.
+    async fn send(
+        &self,
+        target: &Target,
+        body: Bytes,
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut url = format!("{}{}", target.base_url, self.path);
+        if let Some(q) = &target.query {
+            url = format!("{url}?{q}");
+        }
+        self.plane
+            .http
+            .post(url)
+            .headers(target.headers.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+    }
+
+    /// An attempt that got no answer (a refused host, a timeout, no connection): metered with no
+    /// usage, answered in the envelope.
+    async fn unanswered(
+        &mut self,
+        call: Call<'_>,
+        e: reqwest::Error,
+        timeout: Duration,
+    ) -> Result<Answer, DataError> {
+        let why = if e.is_timeout() {
+            UpstreamFailure::Timeout
+        } else {
+            UpstreamFailure::Connect
+        };
+        let err = unanswered_error(&e, timeout);
+        tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %e.without_url(), "upstream attempt failed");
+        self.plane.metrics.upstream_failure(why);
+        self.error_answer(call, TokenUsage::default(), UsageSource::Provider, err)
+            .await
+    }
+
+    /// An attempt whose answer cannot be delivered (`err`, a 502): metered as such, with `usage`
+    /// (an estimate when the provider did work), then answered in the OpenAI envelope.
+    pub(super) async fn undelivered(
+        &mut self,
+        call: Call<'_>,
+        usage: TokenUsage,
+        err: DataError,
+    ) -> Result<Answer, DataError> {
+        self.plane.metrics.upstream_failure(UpstreamFailure::Body);
+        self.error_answer(call, usage, UsageSource::Estimated, err)
+            .await
+    }
+
+    /// Records the attempt as answered with `err`, then answers with it.
+    async fn error_answer(
+        &mut self,
+        call: Call<'_>,
+        usage: TokenUsage,
+        source: UsageSource,
+        err: DataError,
+    ) -> Result<Answer, DataError> {
+        let status = err.status.as_u16();
+        let (attempt, reservation) = call.measured(status, usage, source);
+        self.finish(attempt, reservation).await?;
+        Ok(Answer {
+            status,
+            reply: err.reply(),
+        })
+    }
+
+    /// A stream: handed to a metering task, which records its usage event when it ends.
+    fn stream_on(&mut self, call: Call<'_>, resp: reqwest::Response) -> Answer {
+        self.upstream_time += call.started.elapsed();
+        let status = resp.status().as_u16();
+        let job = stream::Job {
+            plane: self.plane.clone(),
+            ctx: self.ctx.clone(),
+            target_model: call.model.to_owned(),
+            prompt_estimate: self.prompt_estimate,
+            reservation: call.reservation,
+            client_wants_usage: self.body.client_wants_usage,
+            index: call.index,
+            event_id: call.event_id,
+            started: call.started,
+        };
+        let frames = stream::spawn(job, call.target, resp);
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+        Answer {
+            status,
+            reply: Reply::Stream { headers, frames },
+        }
+    }
+
+    /// Records the attempt's usage event; the answer waits for it to be durable.
+    pub(super) async fn finish(
+        &mut self,
+        attempt: Attempt<'_>,
+        reservation: Reservation,
+    ) -> Result<(), DataError> {
+        self.upstream_time += attempt.upstream;
+        meter::record(&self.plane, &self.ctx, attempt, reservation)
+            .await
+            .map_err(|e| {
+                tracing::error!(trace_id = %self.ctx.trace_id, error = %e, "usage event could not be recorded");
+                DataError::internal("the request's usage could not be recorded; it was not acknowledged")
+            })
+    }
+}
+
+/// Whether the provider answered with a server-sent event stream.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"))
+}
+
+/// The answer to a call that got none.
+fn unanswered_error(e: &reqwest::Error, timeout: Duration) -> DataError {
+    match client::refused_host(e) {
+        // Refused by `upstream_private_hosts = deny` before connecting.
+        Some(refused) => private_host_error(refused.to_string()),
+        None if e.is_timeout() => DataError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "api_error",
+            Some("upstream_unavailable"),
+            format!(
+                "the provider did not answer within {} ms",
+                timeout.as_millis()
+            ),
+        ),
+        None => DataError::new(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            Some("upstream_unavailable"),
+            "the provider could not be reached",
+        ),
+    }
+}

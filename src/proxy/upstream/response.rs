@@ -1,0 +1,134 @@
+//! A whole (non-stream) answer: read within the attempt's time and `max_upstream_body_bytes`,
+//! metered from its `usage` (or an estimate when the provider gave none), and delivered once its
+//! usage event is durable.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use super::attempt::Call;
+use super::{Answer, Exec};
+use crate::domain::pricing::TokenUsage;
+use crate::domain::UsageSource;
+use crate::proxy::{meter, DataError, Reply};
+
+impl Exec {
+    /// Reads the answer whole and delivers it, metered.
+    pub(super) async fn whole(
+        &mut self,
+        call: Call<'_>,
+        resp: reqwest::Response,
+        timeout: Duration,
+    ) -> Result<Answer, DataError> {
+        let status = resp.status();
+        let mut headers = HeaderMap::new();
+        for h in [CONTENT_TYPE, RETRY_AFTER] {
+            if let Some(v) = resp.headers().get(&h) {
+                headers.insert(h, v.clone());
+            }
+        }
+        let cap = self.plane.settings.max_upstream_body_bytes;
+        let read = tokio::time::timeout(
+            timeout.saturating_sub(call.started.elapsed()),
+            read_capped(resp, cap),
+        )
+        .await;
+        let body = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(BodyError::TooLarge { received })) => {
+                return self.too_large(call, received, cap).await;
+            }
+            Ok(Err(BodyError::Broken)) | Err(_) => {
+                let err = DataError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    Some("upstream_body"),
+                    "the provider's response was cut off",
+                );
+                return self.undelivered(call, TokenUsage::default(), err).await;
+            }
+        };
+        let (usage, source) = self.usage_of(status, &body);
+        let (attempt, reservation) = call.measured(status.as_u16(), usage, source);
+        self.finish(attempt, reservation).await?;
+        if !headers.contains_key(CONTENT_TYPE) {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        Ok(Answer {
+            status: status.as_u16(),
+            reply: Reply::Full {
+                status,
+                headers,
+                body,
+            },
+        })
+    }
+
+    /// An answer over the cap (`received` bytes had arrived): not delivered, but the provider
+    /// did the work and bills it, so an estimate of what arrived is metered.
+    async fn too_large(
+        &mut self,
+        call: Call<'_>,
+        received: usize,
+        cap: usize,
+    ) -> Result<Answer, DataError> {
+        tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, cap, "upstream body over max_upstream_body_bytes; not delivered");
+        let usage = TokenUsage {
+            prompt: self.prompt_estimate,
+            completion: meter::tokens_for_chars(received),
+            cached: 0,
+        };
+        let err = DataError::new(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            Some("upstream_body_too_large"),
+            format!("the provider's response is larger than this gateway accepts (max_upstream_body_bytes = {cap} bytes); it was not delivered"),
+        );
+        self.undelivered(call, usage, err).await
+    }
+
+    /// The usage of a whole answer: the provider's, else (for a success) an estimate.
+    fn usage_of(&self, status: StatusCode, body: &[u8]) -> (TokenUsage, UsageSource) {
+        match meter::usage_of_body(body) {
+            Some(u) => (u, UsageSource::Provider),
+            None if status.is_success() => (
+                TokenUsage {
+                    prompt: self.prompt_estimate,
+                    completion: meter::tokens_for_chars(meter::completion_chars(body)),
+                    cached: 0,
+                },
+                UsageSource::Estimated,
+            ),
+            None => (TokenUsage::default(), UsageSource::Provider),
+        }
+    }
+}
+
+/// Why a non-stream upstream body could not be read whole.
+enum BodyError {
+    /// The connection broke off.
+    Broken,
+    /// It is larger than the cap: reading stopped there (`received` bytes had arrived).
+    TooLarge { received: usize },
+}
+
+/// Reads a body of at most `cap` bytes, chunk by chunk: a larger one is never buffered past the
+/// cap (a declared `Content-Length` over it is refused before reading).
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Bytes, BodyError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        // Metered as if the cap had arrived: the estimate stays bounded by the cap.
+        return Err(BodyError::TooLarge { received: cap });
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|_| BodyError::Broken)? {
+        if buf.len() + chunk.len() > cap {
+            return Err(BodyError::TooLarge {
+                received: buf.len() + chunk.len(),
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
