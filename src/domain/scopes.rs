@@ -3,6 +3,9 @@
 
 use super::entities::ApiKeyType;
 
+/// The scope that lists the audit trail.
+pub const AUDIT_LOGS_LIST: &str = "audit_logs.list";
+
 /// Every management scope; the bootstrap admin key holds them all.
 pub const ADMIN_SCOPES: &[&str] = &[
     "workspaces.create",
@@ -56,7 +59,7 @@ pub const ADMIN_SCOPES: &[&str] = &[
     "logs.view",
     "logs.list",
     "logs.export",
-    "audit_logs.list",
+    AUDIT_LOGS_LIST,
 ];
 
 /// Scopes that only make sense on workspace keys (an organisation key never calls the data

@@ -3,28 +3,30 @@
 //! [`crate::domain::rate`]: requests count 1, token limits take the estimate up front and are
 //! corrected to the actual usage).
 //!
-//! Exactness: admission checks and reserves inside one critical section of the ledger lock (taken
+//! Exactness: admission checks and reserves inside one critical section of the books lock (taken
 //! before the state lock). Settlement first folds the usage into the state, then releases the
 //! reservation: in between, an admission sees the cost twice (counted and reserved), never zero
 //! times, so it can only be more cautious. Hence in strict mode spend never passes a limit, and in
-//! default mode it passes it by at most one request's maximum. Settlement holds the ledger lock
+//! default mode it passes it by at most one request's maximum. Settlement holds the books lock
 //! only for the release, which keeps admissions from queueing behind the state update.
 //!
 //! Memory: rate counters of ended intervals and of limits that no longer exist are dropped by
 //! [`Governor::prune`]; a grouped policy counts at most [`MAX_POLICY_GROUPS`] groups at once.
 
-use std::collections::{HashMap, HashSet};
+mod books;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::Decimal;
 
-use crate::domain::budget::{self, BudgetRef, Exhausted, RequestPath};
-use crate::domain::hash::FastHash;
-use crate::domain::limits::{BudgetKind, RateKind, RateLimit, RateUnit, UsageLimit};
+use crate::domain::budget::{BudgetRef, Exhausted, RequestPath};
+use crate::domain::limits::{RateKind, RateLimit, RateUnit, UsageLimit};
 use crate::domain::pricing::Pricing;
-use crate::domain::rate::{self, Window};
+use crate::domain::rate;
 use crate::domain::{alerts, Event, LimitEvent, Millis, State, UsageEvent};
+use books::{applicable, group_active, release, Books};
 
 /// The most distinct groups (`group_by` values) one grouped policy counts at once. A request that
 /// would start one more is refused (429) until groups go idle: a group is idle once its rate
@@ -76,19 +78,9 @@ impl Denial {
 /// A rate limit's counter key: its owner, what it counts and its interval.
 type RateKey = (BudgetRef, RateKind, RateUnit);
 
-#[derive(Default)]
-struct Ledger {
-    /// Cost and tokens reserved per budget by admitted requests not yet settled.
-    reserved: HashMap<BudgetRef, (Decimal, u64), FastHash>,
-    /// One counter per rate limit, for its current interval.
-    rates: HashMap<RateKey, Window, FastHash>,
-    /// The groups each grouped policy counts (bounded by the group cap).
-    groups: HashMap<String, HashSet<String>, FastHash>,
-}
-
 /// The gateway's governance state (in memory; rebuilt from configuration and the log).
 pub struct Governor {
-    ledger: Mutex<Ledger>,
+    books: Mutex<Books>,
     group_cap: usize,
 }
 
@@ -115,20 +107,8 @@ pub struct Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {
-            let mut ledger = self.governor.ledger.lock();
-            release(&mut ledger, self);
-        }
-    }
-}
-
-fn release(ledger: &mut Ledger, r: &Reservation) {
-    for (b, _) in &r.budgets {
-        if let Some(e) = ledger.reserved.get_mut(b) {
-            e.0 = (e.0 - r.cost).max(Decimal::ZERO);
-            e.1 = e.1.saturating_sub(r.tokens);
-            if e.0.is_zero() && e.1 == 0 {
-                ledger.reserved.remove(b);
-            }
+            let mut books = self.governor.books.lock();
+            release(&mut books, self);
         }
     }
 }
@@ -162,160 +142,11 @@ pub fn claim_crossings(
     due
 }
 
-/// The budgets and rate limits on a path, with their definitions (read from configuration).
-type Applicable = (
-    Vec<(BudgetRef, UsageLimit)>,
-    Vec<(BudgetRef, Vec<RateLimit>)>,
-);
-
-fn applicable(state: &State, path: &RequestPath<'_>) -> Applicable {
-    let budgets = state
-        .budgets_on(path)
-        .into_iter()
-        .map(|(r, l)| (r, l.clone()))
-        .collect();
-    let rates = state
-        .rate_limits_on(path)
-        .into_iter()
-        .map(|(r, l)| (r, l.to_vec()))
-        .collect();
-    (budgets, rates)
-}
-
-impl Ledger {
-    /// Checks every budget on the path against settled usage plus what is in flight.
-    fn check_budgets(
-        &self,
-        state: &State,
-        budgets: &[(BudgetRef, UsageLimit)],
-        path: &RequestPath<'_>,
-        est: Estimate,
-        now: Millis,
-    ) -> Result<(), Denial> {
-        for (r, l) in budgets {
-            let unpriced = |_| {
-                let model = path.model.to_owned();
-                Denial::new(r, Reason::Unpriced { model })
-            };
-            let counts = budget::counts(l.kind, est.pricing).map_err(unpriced)?;
-            if !counts {
-                continue;
-            }
-            let (cost, tokens) = self.reserved.get(r).copied().unwrap_or_default();
-            let (reserved, max) = match l.kind {
-                BudgetKind::Cost => (cost, est.max_cost),
-                BudgetKind::Tokens => (Decimal::from(tokens), Decimal::from(est.max_tokens)),
-            };
-            let used = state.budget_used(r, l, now);
-            budget::admit(r, l, used, reserved, max, now)
-                .map_err(|e| Denial::new(r, Reason::Exhausted(e)))?;
-        }
-        Ok(())
-    }
-
-    /// Checks every rate limit on the path in its current interval.
-    fn check_rates(
-        &self,
-        rates: &[(BudgetRef, Vec<RateLimit>)],
-        now: Millis,
-    ) -> Result<(), Denial> {
-        for (r, limits) in rates {
-            for l in limits {
-                let window = self.rates.get(&(r.clone(), l.kind, l.unit));
-                rate::check(l, window, now).map_err(|e| {
-                    let retry_after_secs = e.retry_after_secs(now);
-                    let limit = *l;
-                    Denial::new(
-                        r,
-                        Reason::RateLimited {
-                            limit,
-                            retry_after_secs,
-                        },
-                    )
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The grouped-policy groups on the path this request would add, refusing past the cap.
-    fn new_groups<'a>(
-        &self,
-        refs: impl Iterator<Item = &'a BudgetRef>,
-        cap: usize,
-    ) -> Result<Vec<(String, String)>, Denial> {
-        let mut fresh: Vec<(String, String)> = Vec::new();
-        for r in refs {
-            let BudgetRef::Policy { id, group: Some(g) } = r else {
-                continue;
-            };
-            let known = self.groups.get(id);
-            if known.is_some_and(|k| k.contains(g)) || fresh.iter().any(|(i, f)| i == id && f == g)
-            {
-                continue;
-            }
-            if known.map_or(0, HashSet::len) >= cap {
-                return Err(Denial::new(r, Reason::TooManyGroups { cap }));
-            }
-            fresh.push((id.clone(), g.clone()));
-        }
-        Ok(fresh)
-    }
-
-    /// Counts the request in every rate limit; returns the token counters that took `tokens`.
-    fn take_rates(
-        &mut self,
-        rates: &[(BudgetRef, Vec<RateLimit>)],
-        tokens: u64,
-        now: Millis,
-    ) -> Vec<(RateKey, Millis)> {
-        let mut held = Vec::new();
-        for (r, limits) in rates {
-            for l in limits {
-                let key = (r.clone(), l.kind, l.unit);
-                let amount = match l.kind {
-                    RateKind::Requests => 1,
-                    RateKind::Tokens => tokens,
-                };
-                let start = rate::take(
-                    self.rates.entry(key.clone()).or_default(),
-                    l.unit,
-                    now,
-                    amount,
-                );
-                if l.kind == RateKind::Tokens {
-                    held.push((key, start));
-                }
-            }
-        }
-        held
-    }
-}
-
-/// Whether a grouped policy's group still holds anything: a rate counter or a reservation
-/// (`held`), or budget usage in the current window.
-fn group_active(
-    state: &State,
-    held: &HashSet<&BudgetRef>,
-    id: &str,
-    group: &str,
-    now: Millis,
-) -> bool {
-    let r = BudgetRef::Policy {
-        id: id.to_owned(),
-        group: Some(group.to_owned()),
-    };
-    held.contains(&r)
-        || state
-            .budget_limit(&r)
-            .is_some_and(|l| !state.budget_used(&r, l, now).is_zero())
-}
-
 impl Governor {
     /// A governor whose grouped policies count at most `group_cap` groups each.
     pub fn with_group_cap(group_cap: usize) -> Self {
         Governor {
-            ledger: Mutex::new(Ledger::default()),
+            books: Mutex::new(Books::default()),
             group_cap,
         }
     }
@@ -330,23 +161,23 @@ impl Governor {
         est: Estimate,
         now: Millis,
     ) -> Result<Reservation, Denial> {
-        // What applies depends only on configuration: gather it before taking the ledger lock,
+        // What applies depends only on configuration: gather it before taking the books lock,
         // which then covers just the checks and the reservation.
         let (budgets, rates) = applicable(&state.read(), path);
-        let mut ledger = self.ledger.lock();
-        ledger.check_budgets(&state.read(), &budgets, path, est, now)?;
-        ledger.check_rates(&rates, now)?;
+        let mut books = self.books.lock();
+        books.check_budgets(&state.read(), &budgets, path, est, now)?;
+        books.check_rates(&rates, now)?;
         let refs = budgets
             .iter()
             .map(|(r, _)| r)
             .chain(rates.iter().map(|(r, _)| r));
-        for (id, g) in ledger.new_groups(refs, self.group_cap)? {
-            ledger.groups.entry(id).or_default().insert(g);
+        for (id, g) in books.new_groups(refs, self.group_cap)? {
+            books.groups.entry(id).or_default().insert(g);
         }
         // Every check passed: only now is anything counted, so a refusal takes nothing.
-        let token_windows = ledger.take_rates(&rates, est.max_tokens, now);
+        let token_windows = books.take_rates(&rates, est.max_tokens, now);
         for (b, _) in &budgets {
-            let e = ledger.reserved.entry(b.clone()).or_default();
+            let e = books.reserved.entry(b.clone()).or_default();
             e.0 = e.0.saturating_add(est.max_cost);
             e.1 = e.1.saturating_add(est.max_tokens);
         }
@@ -361,32 +192,32 @@ impl Governor {
     }
 
     /// Drops rate counters of ended intervals and of limits that no longer exist (deleted keys,
-    /// changed limits), and forgets idle policy groups, so the ledger's size follows the
+    /// changed limits), and forgets idle policy groups, so the books's size follows the
     /// configuration and the current intervals, not the history.
     pub fn prune(&self, state: &State, now: Millis) {
-        let mut guard = self.ledger.lock();
-        let ledger = &mut *guard;
-        ledger.rates.retain(|(r, kind, unit), w| {
+        let mut guard = self.books.lock();
+        let books = &mut *guard;
+        books.rates.retain(|(r, kind, unit), w| {
             !rate::ended(w, *unit, now)
                 && state
                     .rate_limits_of(r)
                     .iter()
                     .any(|l| l.unit == *unit && l.kind == *kind)
         });
-        let held: HashSet<&BudgetRef> = (ledger.rates.keys().map(|(r, _, _)| r))
-            .chain(ledger.reserved.keys())
+        let held: HashSet<&BudgetRef> = (books.rates.keys().map(|(r, _, _)| r))
+            .chain(books.reserved.keys())
             .collect();
-        for (id, set) in &mut ledger.groups {
+        for (id, set) in &mut books.groups {
             set.retain(|g| group_active(state, &held, id, g, now));
         }
-        ledger
+        books
             .groups
             .retain(|id, set| !set.is_empty() && state.policies.contains_key(id));
     }
 
     /// How many rate counters are held (a metric).
     pub fn limiters(&self) -> usize {
-        self.ledger.lock().rates.len()
+        self.books.lock().rates.len()
     }
 
     /// Folds a settled attempt's usage into the state, then releases its reservation. Returns the
@@ -419,10 +250,10 @@ impl Governor {
             Vec::new()
         };
         if let Some(mut r) = reservation {
-            let mut ledger = self.ledger.lock();
-            release(&mut ledger, &r);
+            let mut books = self.books.lock();
+            release(&mut books, &r);
             for (key, start) in &r.token_windows {
-                if let Some(w) = ledger.rates.get_mut(key) {
+                if let Some(w) = books.rates.get_mut(key) {
                     rate::settle(w, *start, r.tokens, actual);
                 }
             }
