@@ -140,6 +140,9 @@ fn store_err(e: crate::store::StoreError) -> ApiError {
     )
 }
 
+/// A graph's answer: its summary and its data points.
+type Graph = (Value, Vec<Value>);
+
 async fn graph(
     State(app): State<Arc<AppState>>,
     Admin(caller): Admin,
@@ -149,97 +152,68 @@ async fn graph(
     let f = filter_of(&app, &caller, &q)?;
     app.ledger.await_store().await;
     let bucket = Bucket::for_range(f.from, f.to);
-    let graph = |summary: Value, points: Vec<Value>| {
-        Ok(Json(
-            json!({"object": "analytics-graph", "summary": summary, "data_points": points}),
-        ))
+    let (summary, points) = match metric.as_str() {
+        "latency" => latency_graph(&app, f, bucket).await?,
+        "errors/status-codes" => status_code_graph(&app, f).await?,
+        _ => series_graph(&app, &metric, f, bucket).await?,
     };
-    if metric == "latency" {
-        let (all, per) = app.store.latency(f, bucket).await.map_err(store_err)?;
-        let point = |t: Option<Millis>, l: &crate::store::Latency| {
-            let mut v = json!({"avg": (l.avg * 1000.0).round() / 1000.0, "p50": l.p50, "p90": l.p90, "p99": l.p99});
-            if let Some(t) = t {
-                v["timestamp"] = json!(t.to_iso());
-            }
-            v
-        };
-        return graph(
-            point(None, &all),
-            per.iter().map(|(t, l)| point(Some(*t), l)).collect(),
-        );
-    }
-    if metric == "errors/status-codes" {
-        let groups = app
-            .store
-            .groups(f, GroupBy::StatusCode)
-            .await
-            .map_err(store_err)?;
-        let errors: Vec<_> = groups
-            .into_iter()
-            .filter(|(c, _)| c.parse::<u16>().is_ok_and(|c| c >= 400))
-            .collect();
-        let total: u64 = errors.iter().map(|(_, s)| s.requests).sum();
-        let points = errors
-            .iter()
-            .map(
-                |(c, s)| json!({"status_code": c.parse::<u16>().unwrap_or(0), "count": s.requests}),
-            )
-            .collect();
-        return graph(
-            json!({"total_errors": total, "unique_error_codes": errors.len()}),
-            points,
-        );
-    }
+    Ok(Json(
+        json!({"object": "analytics-graph", "summary": summary, "data_points": points}),
+    ))
+}
+
+async fn latency_graph(app: &AppState, f: Filter, bucket: Bucket) -> Result<Graph, ApiError> {
+    let (all, per) = app.store.latency(f, bucket).await.map_err(store_err)?;
+    let point = |t: Option<Millis>, l: &crate::store::Latency| {
+        let mut v = json!({"avg": (l.avg * 1000.0).round() / 1000.0, "p50": l.p50, "p90": l.p90, "p99": l.p99});
+        if let Some(t) = t {
+            v["timestamp"] = json!(t.to_iso());
+        }
+        v
+    };
+    let points = per.iter().map(|(t, l)| point(Some(*t), l)).collect();
+    Ok((point(None, &all), points))
+}
+
+async fn status_code_graph(app: &AppState, f: Filter) -> Result<Graph, ApiError> {
+    let groups = app
+        .store
+        .groups(f, GroupBy::StatusCode)
+        .await
+        .map_err(store_err)?;
+    let errors: Vec<_> = groups
+        .into_iter()
+        .filter(|(c, _)| c.parse::<u16>().is_ok_and(|c| c >= 400))
+        .collect();
+    let total: u64 = errors.iter().map(|(_, s)| s.requests).sum();
+    let points = errors
+        .iter()
+        .map(|(c, s)| json!({"status_code": c.parse::<u16>().unwrap_or(0), "count": s.requests}))
+        .collect();
+    Ok((
+        json!({"total_errors": total, "unique_error_codes": errors.len()}),
+        points,
+    ))
+}
+
+/// The graphs drawn from the time series (and, for users, the distinct users).
+async fn series_graph(
+    app: &AppState,
+    metric: &str,
+    f: Filter,
+    bucket: Bucket,
+) -> Result<Graph, ApiError> {
     let series = app
         .store
         .series(f.clone(), bucket)
         .await
         .map_err(store_err)?;
-    let requests: u64 = series.iter().map(|(_, s)| s.requests).sum();
-    let ts = |t: &Millis| json!(t.to_iso());
-    match metric.as_str() {
-        "requests" => graph(
-            json!({"total": requests}),
-            series
-                .iter()
-                .map(|(t, s)| json!({"timestamp": ts(t), "total": s.requests}))
-                .collect(),
-        ),
-        "cost" => {
-            let total = cents(sum(&series, |s| s.cost_usd));
-            let points = series.iter().map(|(t, s)| json!({"timestamp": ts(t), "total": num(cents(s.cost_usd)), "avg": num(avg(cents(s.cost_usd), s.requests))})).collect();
-            graph(
-                json!({"total": num(total), "avg": num(avg(total, requests))}),
-                points,
-            )
-        }
-        "tokens" => {
-            let total = sum(&series, |s| Decimal::from(s.tokens()));
-            let points = series.iter().map(|(t, s)| json!({"timestamp": ts(t), "total": s.tokens(), "avg": num(avg(Decimal::from(s.tokens()), s.requests))})).collect();
-            graph(
-                json!({"total": num(total), "avg": num(avg(total, requests))}),
-                points,
-            )
-        }
-        "errors" => {
-            let total: u64 = series.iter().map(|(_, s)| s.errors).sum();
-            graph(
-                json!({"total": total}),
-                series
-                    .iter()
-                    .map(|(t, s)| json!({"timestamp": ts(t), "total": s.errors}))
-                    .collect(),
-            )
-        }
-        "errors/rate" => {
-            let errors: u64 = series.iter().map(|(_, s)| s.errors).sum();
-            let rate = |e: u64, n: u64| avg(Decimal::from(e) * Decimal::ONE_HUNDRED, n);
-            let points = series
-                .iter()
-                .map(|(t, s)| json!({"timestamp": ts(t), "rate": num(rate(s.errors, s.requests))}))
-                .collect();
-            graph(json!({"rate": num(rate(errors, requests))}), points)
-        }
+    let graph = match metric {
+        "requests" => count_graph(&series, |s| s.requests),
+        "errors" => count_graph(&series, |s| s.errors),
+        "cost" => total_and_avg_graph(&series, |s| cents(s.cost_usd)),
+        "tokens" => total_and_avg_graph(&series, |s| Decimal::from(s.tokens())),
+        "errors/rate" => error_rate_graph(&series),
         "users" | "users/requests" => {
             let users = app
                 .store
@@ -247,27 +221,74 @@ async fn graph(
                 .await
                 .map_err(store_err)?;
             let unique = users.iter().filter(|(u, _)| !u.is_empty()).count() as u64;
-            if metric == "users" {
-                graph(
-                    json!({"total": unique}),
-                    series
-                        .iter()
-                        .map(|(t, s)| json!({"timestamp": ts(t), "total": s.users}))
-                        .collect(),
-                )
-            } else {
-                let points = series.iter().map(|(t, s)| json!({"timestamp": ts(t), "avg": num(avg(Decimal::from(s.requests), s.users))})).collect();
-                graph(
-                    json!({"total": requests, "unique": unique, "avg": num(avg(Decimal::from(requests), unique))}),
-                    points,
-                )
-            }
+            users_graph(metric == "users", &series, unique)
         }
-        other => Err(ApiError::not_found(
-            Plane::Control,
-            &format!("analytics graph {other}"),
-        )),
+        other => {
+            return Err(ApiError::not_found(
+                Plane::Control,
+                &format!("analytics graph {other}"),
+            ))
+        }
+    };
+    Ok(graph)
+}
+
+fn ts(t: &Millis) -> Value {
+    json!(t.to_iso())
+}
+
+fn requests(series: &[(Millis, Stats)]) -> u64 {
+    series.iter().map(|(_, s)| s.requests).sum()
+}
+
+/// A count per bucket and its total.
+fn count_graph(series: &[(Millis, Stats)], count: impl Fn(&Stats) -> u64) -> Graph {
+    let total: u64 = series.iter().map(|(_, s)| count(s)).sum();
+    let points = series
+        .iter()
+        .map(|(t, s)| json!({"timestamp": ts(t), "total": count(s)}))
+        .collect();
+    (json!({"total": total}), points)
+}
+
+/// An amount per bucket with its average per request, and their totals.
+fn total_and_avg_graph(series: &[(Millis, Stats)], amount: impl Fn(&Stats) -> Decimal) -> Graph {
+    let total = sum(series, &amount);
+    let points = series
+        .iter()
+        .map(|(t, s)| json!({"timestamp": ts(t), "total": num(amount(s)), "avg": num(avg(amount(s), s.requests))}))
+        .collect();
+    (
+        json!({"total": num(total), "avg": num(avg(total, requests(series)))}),
+        points,
+    )
+}
+
+fn error_rate_graph(series: &[(Millis, Stats)]) -> Graph {
+    let errors: u64 = series.iter().map(|(_, s)| s.errors).sum();
+    let rate = |e: u64, n: u64| avg(Decimal::from(e) * Decimal::ONE_HUNDRED, n);
+    let points = series
+        .iter()
+        .map(|(t, s)| json!({"timestamp": ts(t), "rate": num(rate(s.errors, s.requests))}))
+        .collect();
+    (json!({"rate": num(rate(errors, requests(series)))}), points)
+}
+
+/// Distinct users per bucket (`per_bucket`), or requests per user.
+fn users_graph(per_bucket: bool, series: &[(Millis, Stats)], unique: u64) -> Graph {
+    if per_bucket {
+        let (_, points) = count_graph(series, |s| s.users);
+        return (json!({"total": unique}), points);
     }
+    let requests = requests(series);
+    let points = series
+        .iter()
+        .map(|(t, s)| json!({"timestamp": ts(t), "avg": num(avg(Decimal::from(s.requests), s.users))}))
+        .collect();
+    (
+        json!({"total": requests, "unique": unique, "avg": num(avg(Decimal::from(requests), unique))}),
+        points,
+    )
 }
 
 fn group_by(dimension: &str) -> Option<(GroupBy, &'static str)> {
