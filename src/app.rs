@@ -69,9 +69,9 @@ pub enum AppError {
 }
 
 /// The store consumer's name in `consumer_offsets`.
-const STORE_CONSUMER: &str = crate::log::tool::CONSUMERS[0].0;
+const STORE_CONSUMER: &str = crate::recovery::CONSUMERS[0].0;
 /// The audit consumer's name (it follows the config log into the store's `audit_log`).
-const AUDIT_CONSUMER: &str = crate::log::tool::CONSUMERS[2].0;
+const AUDIT_CONSUMER: &str = crate::recovery::CONSUMERS[2].0;
 /// How long an analytics query waits for the store to take in the usage logged before it.
 pub const READ_YOUR_WRITES: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a distributed admin command waits to read its change back from the config topic.
@@ -246,7 +246,7 @@ impl Core {
     /// log (at or before the end, on a frame). A store ahead of the log would otherwise wait
     /// forever for events that will never come, or read from the middle of a frame.
     async fn check_store_positions(&self, store_path: &Path) -> Result<(), AppError> {
-        for (consumer, topic) in crate::log::tool::CONSUMERS {
+        for (consumer, topic) in crate::recovery::CONSUMERS {
             let mut at = self.store.offset(consumer).await?;
             let end = *self.log.watch_end(topic).borrow();
             if at > end && topic == Topic::Config {

@@ -32,6 +32,7 @@ pub mod http;
 pub mod log;
 pub mod notify;
 pub mod proxy;
+pub mod recovery;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

@@ -4,7 +4,6 @@
 pub mod file;
 pub mod frame;
 pub mod kafka;
-pub mod tool;
 mod writer;
 
 use futures_util::future::BoxFuture;

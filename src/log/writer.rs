@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
-use super::file::{Fsync, HEADROOM_RETRY};
+use super::file::HEADROOM_RETRY;
 use super::frame::{self, MAX_BATCH};
 use super::{LogError, Offset};
+use crate::settings::Fsync;
 
 pub(super) type Ack = oneshot::Sender<Result<Offset, LogError>>;
 

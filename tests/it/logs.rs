@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use tollgate::log::file::{FileLog, Fsync};
+use tollgate::log::file::FileLog;
 use tollgate::log::kafka::KafkaLog;
 use tollgate::log::{EventLog, LogError, Offset, Record, Topic};
+use tollgate::settings::Fsync;
 
 use crate::harness::PATIENCE;
 

@@ -18,9 +18,14 @@
 //! while Kafka is down, and limit events are retried by their emitter.
 //!
 //! Reading (config and limits, one partition each) goes through an unmanaged consumer assigned to
-//! partition 0 at the asked offset; Kafka offsets are the log's offsets.
+//!
+//! Here: [`KafkaLog`] and its appends; [`topics`] (client settings, topic names and creation),
+//! [`spool`] (usage held locally, and its drainer) and [`read`] (reading and the topics' ends).
 
-use std::path::Path;
+mod read;
+mod spool;
+mod topics;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,93 +33,30 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use parking_lot::Mutex;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Message, Offset as KOffset, TopicPartitionList};
 use tokio::sync::watch;
 
+use self::read::END_POLL;
+use self::spool::{drain_spool, Spool};
 use super::file::FileLog;
 use super::frame::MAX_RECORD;
 use super::{EventLog, LogError, Offset, Record, Topic};
 use crate::codec;
 use crate::settings::{Settings, WhenKafkaDown};
 
+pub use read::unpack;
+pub use topics::{client_config, ensure_topics, topic_name};
+
 /// How long a produce may take before the record is spooled instead.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest Kafka message produced: a batch of config changes ([`MAX_RECORD`]) and room for
 /// its key and the record overhead.
 const MAX_MESSAGE: usize = MAX_RECORD + (64 << 10);
-/// How often the ends of the config and limits topics are looked up.
-const END_POLL: Duration = Duration::from_millis(50);
 
 /// Maps an rdkafka error into the log's.
 fn kafka_err(e: rdkafka::error::KafkaError) -> LogError {
     LogError::Kafka(e.to_string())
-}
-
-/// The base client settings every Kafka client of a role shares.
-pub fn client_config(brokers: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("client.id", "tollgate")
-        .set("log_level", "4");
-    c
-}
-
-/// The topic names of a settings' prefix.
-pub fn topic_name(prefix: &str, t: Topic) -> String {
-    format!("{prefix}{}", t.name())
-}
-
-/// Creates the topics when missing (config compacted; usage with `usage_partitions`).
-pub async fn ensure_topics(settings: &Settings, brokers: &str) -> Result<(), LogError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers).create().map_err(kafka_err)?;
-    let names: Vec<(String, i32, bool)> = Topic::ALL
-        .iter()
-        .map(|t| {
-            let partitions = if *t == Topic::Usage {
-                settings.usage_partitions
-            } else {
-                1
-            };
-            (
-                topic_name(&settings.topic_prefix, *t),
-                partitions,
-                *t == Topic::Config,
-            )
-        })
-        .collect();
-    let max_message = MAX_MESSAGE.to_string();
-    let topics: Vec<NewTopic<'_>> = names
-        .iter()
-        .map(|(n, p, compact)| {
-            let t = NewTopic::new(n, *p, TopicReplication::Fixed(1));
-            if *compact {
-                t.set("cleanup.policy", "compact")
-                    .set("max.message.bytes", &max_message)
-            } else {
-                t
-            }
-        })
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics(&topics, &opts)
-        .await
-        .map_err(kafka_err)?
-    {
-        match r {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(LogError::Kafka(format!("creating topic {name}: {code}")))
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A producer with `acks=all`; idempotent (retries without duplicates or reordering) unless
@@ -131,13 +73,6 @@ fn new_producer(brokers: &str, idempotent: bool) -> Result<FutureProducer, LogEr
         )
         .create()
         .map_err(kafka_err)
-}
-
-/// Where the spool's drainer has got to, kept in `<spool>/drained`.
-struct Spool {
-    log: FileLog,
-    drained_path: std::path::PathBuf,
-    drained: AtomicU64,
 }
 
 /// The Kafka event log (cheap to clone; the futures it returns own a handle).
@@ -228,39 +163,6 @@ impl KafkaLog {
 }
 
 impl Inner {
-    /// The partition-0 high watermarks of config and limits, published to `watch_end`.
-    fn refresh_ends(&self, consumer: &BaseConsumer) -> Result<(), LogError> {
-        for t in [Topic::Config, Topic::Limits] {
-            let (_, high) = consumer
-                .fetch_watermarks(&self.names[t.index()], 0, Duration::from_secs(5))
-                .map_err(kafka_err)?;
-            let high = u64::try_from(high).unwrap_or(0);
-            self.ends[t.index()].send_if_modified(|end| {
-                let moved = high > *end;
-                *end = high.max(*end);
-                moved
-            });
-        }
-        Ok(())
-    }
-
-    /// Whether the broker answers a metadata request for the usage topic.
-    fn reachable(&self) -> bool {
-        let producer = self.producer.read().clone();
-        producer
-            .client()
-            .fetch_metadata(
-                Some(&self.names[Topic::Usage.index()]),
-                Duration::from_secs(2),
-            )
-            .is_ok()
-    }
-
-    fn spooled_bytes(&self) -> u64 {
-        let end = *self.spool.log.watch_end(Topic::Usage).borrow();
-        end.saturating_sub(self.spool.drained.load(Ordering::Acquire))
-    }
-
     async fn produce(&self, topic: Topic, key: &[u8], payload: &[u8]) -> Result<Offset, LogError> {
         let record = FutureRecord::to(&self.names[topic.index()])
             .key(key)
@@ -283,60 +185,6 @@ impl Inner {
                 Err(kafka_err(e))
             }
         }
-    }
-
-    fn read_blocking(
-        &self,
-        topic: Topic,
-        from: Offset,
-        max_bytes: usize,
-    ) -> Result<Vec<Record>, LogError> {
-        let slot = match topic {
-            Topic::Config => 0,
-            Topic::Limits => 1,
-            Topic::Usage => {
-                return Err(LogError::Kafka(
-                    "the usage topic is read by the aggregators' consumer group".into(),
-                ))
-            }
-        };
-        let name = &self.names[topic.index()];
-        let mut guard = self.readers[slot].lock();
-        if guard.as_ref().is_none_or(|(_, at)| *at != from) {
-            let consumer: BaseConsumer = client_config(&self.brokers)
-                .set("group.id", "tollgate-reader")
-                .set("enable.auto.commit", "false")
-                .create()
-                .map_err(kafka_err)?;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(name, 0, KOffset::Offset(from as i64))
-                .map_err(kafka_err)?;
-            consumer.assign(&tpl).map_err(kafka_err)?;
-            *guard = Some((consumer, from));
-        }
-        let Some((consumer, at)) = guard.as_mut() else {
-            return Ok(vec![]);
-        };
-        let end = *self.ends[topic.index()].borrow();
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while *at < end && bytes < max_bytes {
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    let offset = u64::try_from(m.offset()).unwrap_or(0);
-                    let payload = m.payload().unwrap_or_default();
-                    bytes += payload.len();
-                    out.extend(unpack(offset, m.key().unwrap_or_default(), payload)?);
-                    *at = offset + 1;
-                }
-                Some(Err(e)) => {
-                    *guard = None;
-                    return Err(kafka_err(e));
-                }
-                None => break,
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -439,102 +287,4 @@ impl EventLog for KafkaLog {
     fn unavailable(&self) -> Vec<String> {
         self.0.spool.log.unavailable()
     }
-}
-
-/// Produces spooled usage to Kafka in order, then ends spooling. A record produced but not yet
-/// marked drained when the process dies is produced again after restart; the aggregators drop
-/// the duplicate by `event_id`.
-async fn drain_spool(log: std::sync::Weak<Inner>) {
-    let mut end = match log.upgrade() {
-        Some(l) => l.spool.log.watch_end(Topic::Usage),
-        None => return,
-    };
-    loop {
-        let Some(l) = log.upgrade() else { return };
-        let at = l.spool.drained.load(Ordering::Acquire);
-        if at >= *end.borrow_and_update() {
-            l.spooling.store(false, Ordering::Release);
-            // A record spooled just before the flag dropped is still drained: its append moves
-            // the end, which wakes this loop. While Kafka is down and nothing is spooled (fail
-            // closed), probe it every second so gateways serve again as soon as it answers.
-            if l.down.load(Ordering::Acquire) {
-                let probe = l.clone();
-                let reachable = tokio::task::spawn_blocking(move || probe.reachable())
-                    .await
-                    .unwrap_or(false);
-                if reachable {
-                    l.down.store(false, Ordering::Release);
-                    tracing::info!("kafka answers again");
-                }
-            }
-            drop(l);
-            match tokio::time::timeout(Duration::from_secs(1), end.changed()).await {
-                Ok(Err(_)) => return,
-                Ok(Ok(())) | Err(_) => continue,
-            }
-        }
-        let batch = match l.spool.log.read(Topic::Usage, at, 1 << 20).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "spool: read failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let Some(next) = batch.last().map(|r| r.next) else {
-            continue;
-        };
-        let sends = batch
-            .iter()
-            .map(|r| l.produce(Topic::Usage, &r.key, &r.payload));
-        let results = futures_util::future::join_all(sends).await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            tracing::debug!(error = %e, "spool: kafka still unreachable");
-            drop(l);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        l.spool.drained.store(next, Ordering::Release);
-        if let Err(e) = write_atomically(&l.spool.drained_path, next.to_string().as_bytes()) {
-            tracing::error!(error = %e, "spool: could not record the drained position");
-        }
-        tracing::info!(bytes = next - at, "spool: drained usage to kafka");
-    }
-}
-
-/// The records of the Kafka record at `offset`: a batch's, in order, or the record itself. Every
-/// record of a batch but the last says to resume at the batch (`next` = its offset), so a reader
-/// that stops inside it reads the whole batch again.
-pub fn unpack(offset: Offset, key: &[u8], payload: &[u8]) -> Result<Vec<Record>, LogError> {
-    let Some(batch) = codec::decode_log_batch(payload) else {
-        return Ok(vec![Record {
-            offset,
-            next: offset + 1,
-            key: key.to_vec(),
-            payload: payload.to_vec(),
-        }]);
-    };
-    let records =
-        batch.map_err(|e| LogError::Batch(format!("undecodable batch at offset {offset}: {e}")))?;
-    let last = records.len().saturating_sub(1);
-    Ok(records
-        .into_iter()
-        .enumerate()
-        .map(|(i, (key, payload))| Record {
-            offset,
-            next: if i == last { offset + 1 } else { offset },
-            key,
-            payload,
-        })
-        .collect())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = crate::files::private_file(&tmp)?;
-    f.set_len(0)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

@@ -1,15 +1,16 @@
 //! `tollgate log verify` and `tollgate log salvage`: check the embedded log's files (and the usage
 //! store's positions in them) and keep every intact frame of a damaged file. Both run on a
-//! stopped server's data dir.
+//! stopped server's data dir. Here, not in [`crate::log`], because it reads and rewinds the usage
+//! store's positions too: the log's adapters do not know the store.
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::file::FileLog;
-use super::frame::{self, Damage};
-use super::Topic;
+use crate::log::file::FileLog;
+use crate::log::frame::{self, Damage};
+use crate::log::Topic;
 
 /// The store's consumers and the topic each reads: their positions must be frame boundaries of
 /// that topic's file, at or before its end.
