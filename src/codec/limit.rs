@@ -61,8 +61,10 @@ pub fn encode_limit(e: &LimitEvent) -> Result<Vec<u8>, CodecError> {
 pub fn decode_limit(bytes: &[u8]) -> Result<LimitEvent, CodecError> {
     let mut f = record(limit_family().decode(bytes)?);
     let decimal = |name: &'static str, v: String| {
-        v.parse::<Decimal>()
-            .map_err(|e| CodecError::Field(name, e.to_string()))
+        v.parse::<Decimal>().map_err(|source| CodecError::Decimal {
+            field: name,
+            source,
+        })
     };
     let kind = f.string("kind")?;
     let kind = LimitKind::ALL

@@ -46,6 +46,12 @@ pub enum CodecError {
     UnknownSchema(u64),
     #[error("field {0}: {1}")]
     Field(&'static str, String),
+    #[error("field {field}: {source}")]
+    Decimal {
+        field: &'static str,
+        #[source]
+        source: rust_decimal::Error,
+    },
     #[error("entity json: {0}")]
     Json(#[from] serde_json::Error),
 }

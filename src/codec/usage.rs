@@ -92,31 +92,51 @@ pub fn decode_usage(bytes: &[u8]) -> Result<UsageEvent, CodecError> {
         return Err(CodecError::UnknownSchema(fingerprint_u64(&bytes[2..10])));
     }
     let mut r = binary::Reader::new(&bytes[10..]);
-    let event_id = r.string("event_id")?;
-    let at = Millis(r.long("at")?);
-    let mut ids = Vec::with_capacity(7);
-    for f in [
-        "organisation_id",
-        "workspace_id",
-        "api_key_id",
-        "provider_id",
-        "provider_slug",
-        "integration_id",
-        "ai_provider",
-    ] {
-        ids.push(r.string(f)?);
+    // In schema order: a struct expression evaluates its fields in the order they are written.
+    let e = UsageEvent {
+        event_id: r.string("event_id")?,
+        at: Millis(r.long("at")?),
+        organisation_id: r.string("organisation_id")?,
+        workspace_id: r.string("workspace_id")?,
+        api_key_id: r.string("api_key_id")?,
+        provider_id: r.string("provider_id")?,
+        provider_slug: r.string("provider_slug")?,
+        integration_id: r.string("integration_id")?,
+        ai_provider: r.string("ai_provider")?,
+        department: r.opt_string("department")?,
+        user: r.opt_string("user")?,
+        metadata: r.string_map("metadata")?.into_iter().collect(),
+        model: r.string("model")?,
+        endpoint: {
+            let name = r.string("endpoint")?;
+            Endpoint::parse(&name).ok_or(CodecError::Field("endpoint", name))?
+        },
+        status_code: r.int("status_code")?,
+        prompt_tokens: r.int("prompt_tokens")?,
+        completion_tokens: r.int("completion_tokens")?,
+        cached_tokens: r.int("cached_tokens")?,
+        cost_usd: cost_from_wire(r.bytes("cost_usd")?)?,
+        priced: r.boolean("priced")?,
+        usage_source: match r.long("usage_source")? {
+            0 => UsageSource::Provider,
+            1 => UsageSource::Estimated,
+            _ => return Err(CodecError::Field("usage_source", "unknown symbol".into())),
+        },
+        latency_ms: r.int("latency_ms")?,
+        upstream_latency_ms: r.int("upstream_latency_ms")?,
+        streamed: r.boolean("streamed")?,
+        attempt_index: r.int("attempt_index")?,
+        trace_id: r.string("trace_id")?,
+        config_id: r.opt_string("config_id")?,
+    };
+    if !r.is_empty() {
+        return Err(CodecError::Field("(record)", "trailing bytes".into()));
     }
-    let department = r.opt_string("department")?;
-    let user = r.opt_string("user")?;
-    let metadata = r.string_map("metadata")?.into_iter().collect();
-    let model = r.string("model")?;
-    let endpoint = r.string("endpoint")?;
-    let endpoint = Endpoint::parse(&endpoint).ok_or(CodecError::Field("endpoint", endpoint))?;
-    let status_code = r.int("status_code")?;
-    let prompt_tokens = r.int("prompt_tokens")?;
-    let completion_tokens = r.int("completion_tokens")?;
-    let cached_tokens = r.int("cached_tokens")?;
-    let cost = r.bytes("cost_usd")?;
+    Ok(e)
+}
+
+/// The cost from its wire form: a big-endian two's-complement mantissa at [`COST_SCALE`].
+fn cost_from_wire(cost: &[u8]) -> Result<Decimal, CodecError> {
     if cost.len() > 16 {
         return Err(CodecError::Field("cost_usd", "wider than 128 bits".into()));
     }
@@ -127,55 +147,12 @@ pub fn decode_usage(bytes: &[u8]) -> Result<UsageEvent, CodecError> {
     };
     let mut wide = [fill; 16];
     wide[16 - cost.len()..].copy_from_slice(cost);
-    let cost_usd = Decimal::try_from_i128_with_scale(i128::from_be_bytes(wide), COST_SCALE)
-        .map_err(|e| CodecError::Field("cost_usd", e.to_string()))?
-        .normalize();
-    let priced = r.boolean("priced")?;
-    let usage_source = match r.long("usage_source")? {
-        0 => UsageSource::Provider,
-        1 => UsageSource::Estimated,
-        _ => return Err(CodecError::Field("usage_source", "unknown symbol".into())),
-    };
-    let latency_ms = r.int("latency_ms")?;
-    let upstream_latency_ms = r.int("upstream_latency_ms")?;
-    let streamed = r.boolean("streamed")?;
-    let attempt_index = r.int("attempt_index")?;
-    let trace_id = r.string("trace_id")?;
-    let config_id = r.opt_string("config_id")?;
-    if !r.is_empty() {
-        return Err(CodecError::Field("(record)", "trailing bytes".into()));
-    }
-    let mut ids = ids.into_iter();
-    let mut next = || ids.next().unwrap_or_default();
-    Ok(UsageEvent {
-        event_id,
-        at,
-        organisation_id: next(),
-        workspace_id: next(),
-        api_key_id: next(),
-        provider_id: next(),
-        provider_slug: next(),
-        integration_id: next(),
-        ai_provider: next(),
-        department,
-        user,
-        metadata,
-        model,
-        endpoint,
-        status_code,
-        prompt_tokens,
-        completion_tokens,
-        cached_tokens,
-        cost_usd,
-        priced,
-        usage_source,
-        latency_ms,
-        upstream_latency_ms,
-        streamed,
-        attempt_index,
-        trace_id,
-        config_id,
-    })
+    Decimal::try_from_i128_with_scale(i128::from_be_bytes(wide), COST_SCALE)
+        .map(|d| d.normalize())
+        .map_err(|source| CodecError::Decimal {
+            field: "cost_usd",
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -258,7 +258,10 @@ impl EventLog for FileLog {
                 read_range(&path, from, end, max_bytes)
             })
             .await
-            .map_err(|_| LogError::WriterGone(topic.name()))?
+            .map_err(|source| LogError::Task {
+                task: "file log read",
+                source,
+            })?
         }
         .boxed()
     }

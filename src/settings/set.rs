@@ -42,155 +42,191 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("kafka_idempotence", "distributed mode: idempotent producer, true (default) or false"),
 ];
 
+/// One setting's name and text, and how to read it.
+struct Text<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+impl Text<'_> {
+    fn invalid(&self, reason: &str) -> SettingsError {
+        SettingsError::Invalid {
+            name: self.name.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn number(&self) -> Result<u64, SettingsError> {
+        self.value
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| self.invalid("expected a whole number"))
+    }
+
+    fn at_least(&self, min: usize) -> Result<usize, SettingsError> {
+        usize::try_from(self.number()?)
+            .ok()
+            .filter(|n| *n >= min)
+            .ok_or_else(|| self.invalid(&format!("at least {min}")))
+    }
+
+    fn ms(&self) -> Result<Duration, SettingsError> {
+        Ok(Duration::from_millis(self.number()?))
+    }
+
+    /// A zero timeout would close every connection at once; it is refused, not "no timeout".
+    fn positive_ms(&self) -> Result<Duration, SettingsError> {
+        Some(self.ms()?)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| self.invalid("at least 1 ms"))
+    }
+
+    /// The text, or None when it is empty.
+    fn optional(&self) -> Option<String> {
+        Some(self.value.to_owned()).filter(|v| !v.is_empty())
+    }
+
+    /// One of a few named values.
+    fn choice<T: Copy>(&self, options: &[(&str, T)]) -> Result<T, SettingsError> {
+        options
+            .iter()
+            .find(|(name, _)| *name == self.value)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+                self.invalid(&format!("expected {}", names.join(" or ")))
+            })
+    }
+}
+
 impl Settings {
     /// Sets one setting from its text.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), SettingsError> {
-        let invalid = |reason: &str| SettingsError::Invalid {
-            name: name.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let number = || {
-            value
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| invalid("expected a whole number"))
-        };
-        // A zero timeout would close every connection at once; it is refused, not "no timeout".
-        let positive_ms = |ms: u64| {
-            (ms > 0)
-                .then(|| Duration::from_millis(ms))
-                .ok_or_else(|| invalid("at least 1 ms"))
-        };
-        match name {
+        let text = Text { name, value };
+        if self.set_serving(&text)?
+            || self.set_timeout(&text)?
+            || self.set_alerting(&text)?
+            || self.set_distributed(&text)?
+        {
+            Ok(())
+        } else {
+            Err(SettingsError::Unknown(name.to_owned()))
+        }
+    }
+
+    /// The server's own settings; false when `v` is not one of them.
+    fn set_serving(&mut self, v: &Text) -> Result<bool, SettingsError> {
+        use crate::domain::routing::PrivateHosts;
+        match v.name {
             "listen" => {
-                self.listen = value
+                self.listen = v
+                    .value
                     .parse()
-                    .map_err(|_| invalid("expected host:port, e.g. 127.0.0.1:8787"))?
+                    .map_err(|_| v.invalid("expected host:port, e.g. 127.0.0.1:8787"))?
             }
             "serve_threads" => {
-                self.serve_threads = usize::try_from(number()?)
+                self.serve_threads = usize::try_from(v.number()?)
                     .ok()
                     .filter(|n| (1..=1024).contains(n))
-                    .ok_or_else(|| invalid("from 1 to 1024"))?
+                    .ok_or_else(|| v.invalid("from 1 to 1024"))?
             }
-            "data_dir" => self.data_dir = PathBuf::from(value),
-            "admin_key" => self.admin_key = Some(value.to_owned()).filter(|v| !v.is_empty()),
-            "master_key" => self.master_key = Some(value.to_owned()).filter(|v| !v.is_empty()),
-            "max_body_bytes" => {
-                self.max_body_bytes = usize::try_from(number()?)
-                    .ok()
-                    .filter(|n| *n >= 1024)
-                    .ok_or_else(|| invalid("at least 1024"))?
-            }
-            "max_upstream_body_bytes" => {
-                self.max_upstream_body_bytes = usize::try_from(number()?)
-                    .ok()
-                    .filter(|n| *n >= 1024)
-                    .ok_or_else(|| invalid("at least 1024"))?
-            }
+            "data_dir" => self.data_dir = PathBuf::from(v.value),
+            "admin_key" => self.admin_key = v.optional(),
+            "master_key" => self.master_key = v.optional(),
+            "max_body_bytes" => self.max_body_bytes = v.at_least(1024)?,
+            "max_upstream_body_bytes" => self.max_upstream_body_bytes = v.at_least(1024)?,
             "usage_fsync_ms" => {
-                self.usage_fsync = match number()? {
+                self.usage_fsync = match v.number()? {
                     0 => Fsync::Always,
                     ms => Fsync::Every(Duration::from_millis(ms)),
                 }
             }
-            "upstream_timeout_ms" => {
-                self.upstream_timeout = Duration::from_millis(number()?.max(1))
-            }
-            "stream_drain_timeout_ms" => {
-                self.stream_drain_timeout = Duration::from_millis(number()?)
-            }
-            "header_read_timeout_ms" => self.header_read_timeout = positive_ms(number()?)?,
-            "body_read_timeout_ms" => self.body_read_timeout = positive_ms(number()?)?,
-            "idle_timeout_ms" => self.idle_timeout = positive_ms(number()?)?,
-            "client_stall_timeout_ms" => self.client_stall_timeout = positive_ms(number()?)?,
-            "max_connections" => {
-                self.max_connections = usize::try_from(number()?)
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| invalid("at least 1"))?
-            }
-            "max_stream_event_bytes" => {
-                self.max_stream_event_bytes = usize::try_from(number()?)
-                    .ok()
-                    .filter(|n| *n >= 1024)
-                    .ok_or_else(|| invalid("at least 1024"))?
-            }
+            "max_connections" => self.max_connections = v.at_least(1)?,
+            "max_stream_event_bytes" => self.max_stream_event_bytes = v.at_least(1024)?,
             "upstream_private_hosts" => {
-                use crate::domain::routing::PrivateHosts;
-                self.upstream_private_hosts = match value {
-                    "allow" => PrivateHosts::Allow,
-                    "deny" => PrivateHosts::Deny,
-                    _ => return Err(invalid("expected allow or deny")),
-                }
+                self.upstream_private_hosts =
+                    v.choice(&[("allow", PrivateHosts::Allow), ("deny", PrivateHosts::Deny)])?
             }
             "log_format" => {
-                self.log_format = match value {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    _ => return Err(invalid("expected text or json")),
-                }
+                self.log_format =
+                    v.choice(&[("text", LogFormat::Text), ("json", LogFormat::Json)])?
             }
-            "smtp_url" => self.smtp_url = Some(value.to_owned()).filter(|v| !v.is_empty()),
-            "alert_from" => self.alert_from = value.to_owned(),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The timeouts; false when `v` is not one of them.
+    fn set_timeout(&mut self, v: &Text) -> Result<bool, SettingsError> {
+        match v.name {
+            "upstream_timeout_ms" => {
+                self.upstream_timeout = Duration::from_millis(v.number()?.max(1))
+            }
+            "stream_drain_timeout_ms" => self.stream_drain_timeout = v.ms()?,
+            "header_read_timeout_ms" => self.header_read_timeout = v.positive_ms()?,
+            "body_read_timeout_ms" => self.body_read_timeout = v.positive_ms()?,
+            "idle_timeout_ms" => self.idle_timeout = v.positive_ms()?,
+            "client_stall_timeout_ms" => self.client_stall_timeout = v.positive_ms()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Where alerts go; false when `v` is not one of these settings.
+    fn set_alerting(&mut self, v: &Text) -> Result<bool, SettingsError> {
+        match v.name {
+            "smtp_url" => self.smtp_url = v.optional(),
+            "alert_from" => self.alert_from = v.value.to_owned(),
             "alert_emails" => {
-                self.alert_emails = value
+                self.alert_emails = v
+                    .value
                     .split(',')
                     .map(str::trim)
                     .filter(|e| !e.is_empty())
                     .map(str::to_owned)
                     .collect()
             }
-            "alert_webhook_url" => {
-                self.alert_webhook_url = Some(value.to_owned()).filter(|v| !v.is_empty())
-            }
-            "alert_webhook_secret" => {
-                self.alert_webhook_secret = Some(value.to_owned()).filter(|v| !v.is_empty())
-            }
-            "kafka_brokers" => {
-                self.kafka_brokers = Some(value.to_owned()).filter(|v| !v.is_empty())
-            }
-            "topic_prefix" => self.topic_prefix = value.to_owned(),
+            "alert_webhook_url" => self.alert_webhook_url = v.optional(),
+            "alert_webhook_secret" => self.alert_webhook_secret = v.optional(),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Distributed mode (Kafka, ClickHouse); false when `v` is not one of its settings.
+    fn set_distributed(&mut self, v: &Text) -> Result<bool, SettingsError> {
+        match v.name {
+            "kafka_brokers" => self.kafka_brokers = v.optional(),
+            "topic_prefix" => self.topic_prefix = v.value.to_owned(),
             "usage_partitions" => {
-                self.usage_partitions = i32::try_from(number()?)
+                self.usage_partitions = i32::try_from(v.number()?)
                     .ok()
                     .filter(|n| *n >= 1)
-                    .ok_or_else(|| invalid("at least 1"))?
+                    .ok_or_else(|| v.invalid("at least 1"))?
             }
-            "clickhouse_url" => {
-                self.clickhouse.url = Some(value.to_owned()).filter(|v| !v.is_empty())
-            }
-            "clickhouse_user" => {
-                self.clickhouse.user = Some(value.to_owned()).filter(|v| !v.is_empty())
-            }
-            "clickhouse_password" => {
-                self.clickhouse.password = Some(value.to_owned()).filter(|v| !v.is_empty())
-            }
+            "clickhouse_url" => self.clickhouse.url = v.optional(),
+            "clickhouse_user" => self.clickhouse.user = v.optional(),
+            "clickhouse_password" => self.clickhouse.password = v.optional(),
             "clickhouse_database" => {
-                if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
-                    return Err(invalid("letters, digits and _ only"));
+                let name = v.value;
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(v.invalid("letters, digits and _ only"));
                 }
-                self.clickhouse.database = value.to_owned()
+                self.clickhouse.database = name.to_owned()
             }
-            "spool_max_bytes" => self.spool_max_bytes = number()?,
+            "spool_max_bytes" => self.spool_max_bytes = v.number()?,
             "kafka_idempotence" => {
-                self.kafka_idempotence = match value {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(invalid("expected true or false")),
-                }
+                self.kafka_idempotence = v.choice(&[("true", true), ("false", false)])?
             }
             "when_kafka_down" => {
-                self.when_kafka_down = match value {
-                    "spool" => WhenKafkaDown::Spool,
-                    "fail_closed" => WhenKafkaDown::FailClosed,
-                    _ => return Err(invalid("expected spool or fail_closed")),
-                }
+                self.when_kafka_down = v.choice(&[
+                    ("spool", WhenKafkaDown::Spool),
+                    ("fail_closed", WhenKafkaDown::FailClosed),
+                ])?
             }
-            other => return Err(SettingsError::Unknown(other.to_owned())),
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -198,6 +234,31 @@ impl Settings {
 mod tests {
     use super::*;
     use crate::settings::tests::env;
+
+    #[test]
+    fn every_known_setting_is_read_and_no_other() {
+        for (name, _) in KNOWN {
+            let r = Settings::default().set(name, "");
+            assert!(!matches!(r, Err(SettingsError::Unknown(_))), "{name}");
+        }
+        assert!(matches!(
+            Settings::default().set("usage_fsync", "1"),
+            Err(SettingsError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn choices_name_what_is_expected() {
+        let e = Settings::default()
+            .set("when_kafka_down", "maybe")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "setting when_kafka_down: expected spool or fail_closed"
+        );
+        let e = Settings::default().set("max_body_bytes", "10").unwrap_err();
+        assert_eq!(e.to_string(), "setting max_body_bytes: at least 1024");
+    }
 
     #[test]
     fn serve_threads_default_to_a_core_each_but_one() {

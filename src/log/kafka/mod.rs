@@ -18,6 +18,7 @@
 //! while Kafka is down, and limit events are retried by their emitter.
 //!
 //! Reading (config and limits, one partition each) goes through an unmanaged consumer assigned to
+//! partition 0 at the asked offset; Kafka offsets are the log's offsets.
 //!
 //! Here: [`KafkaLog`] and its appends; [`topics`] (client settings, topic names and creation),
 //! [`spool`] (usage held locally, and its drainer) and [`read`] (reading and the topics' ends).
@@ -26,7 +27,7 @@ mod read;
 mod spool;
 mod topics;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,9 +38,7 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
-use self::read::END_POLL;
 use self::spool::{drain_spool, Spool};
-use super::file::FileLog;
 use super::frame::MAX_RECORD;
 use super::{EventLog, LogError, Offset, Record, Topic};
 use crate::codec;
@@ -54,9 +53,9 @@ const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// its key and the record overhead.
 const MAX_MESSAGE: usize = MAX_RECORD + (64 << 10);
 
-/// Maps an rdkafka error into the log's.
-fn kafka_err(e: rdkafka::error::KafkaError) -> LogError {
-    LogError::Kafka(e.to_string())
+/// Maps an rdkafka error of the call `op` into the log's.
+fn kafka_err(op: &'static str) -> impl Fn(rdkafka::error::KafkaError) -> LogError {
+    move |source| LogError::Kafka { op, source }
 }
 
 /// A producer with `acks=all`; idempotent (retries without duplicates or reordering) unless
@@ -72,7 +71,7 @@ fn new_producer(brokers: &str, idempotent: bool) -> Result<FutureProducer, LogEr
             PRODUCE_TIMEOUT.as_millis().to_string(),
         )
         .create()
-        .map_err(kafka_err)
+        .map_err(kafka_err("creating the producer"))
 }
 
 /// The Kafka event log (cheap to clone; the futures it returns own a handle).
@@ -101,64 +100,26 @@ impl KafkaLog {
     /// Connects (lazily: librdkafka reconnects by itself), creating the topics when the broker
     /// answers, and opens the spool in `<data_dir>/spool`.
     pub async fn open(settings: &Settings) -> Result<KafkaLog, LogError> {
-        let brokers = settings
-            .kafka_brokers
-            .clone()
-            .ok_or_else(|| LogError::Kafka("kafka_brokers is not set".into()))?;
+        let brokers = settings.kafka_brokers.clone().ok_or(LogError::NoBrokers)?;
         ensure_topics(settings, &brokers).await?;
         let producer = new_producer(&brokers, settings.kafka_idempotence)?;
-        let dir = settings.data_dir.join("spool");
-        let spool_log = FileLog::open(&dir, settings.usage_fsync)?;
-        let drained_path = dir.join("drained");
-        let drained = std::fs::read_to_string(&drained_path)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        let pending = *spool_log.watch_end(Topic::Usage).borrow() > drained;
-        let log = KafkaLog(Arc::new(Inner {
+        let (spool, pending) = Spool::open(&settings.data_dir.join("spool"), settings.usage_fsync)?;
+        let inner = Arc::new(Inner {
             producer: parking_lot::RwLock::new(producer),
             names: Topic::ALL.map(|t| topic_name(&settings.topic_prefix, t)),
             readers: [Mutex::new(None), Mutex::new(None)],
             ends: Topic::ALL.map(|_| watch::channel(0).0),
             brokers,
-            spool: Spool {
-                log: spool_log,
-                drained_path,
-                drained: AtomicU64::new(drained),
-            },
+            spool,
             spooling: AtomicBool::new(pending),
             down: AtomicBool::new(false),
             spool_max: settings.spool_max_bytes,
             when_down: settings.when_kafka_down,
             idempotent: settings.kafka_idempotence,
-        }));
-        let ends: BaseConsumer = client_config(&log.0.brokers)
-            .set("group.id", "tollgate-ends")
-            .create()
-            .map_err(kafka_err)?;
-        // The first look is made before returning: replay reads up to these ends.
-        let (first, ends) = {
-            let inner = log.0.clone();
-            tokio::task::spawn_blocking(move || (inner.refresh_ends(&ends), ends))
-                .await
-                .map_err(|e| LogError::Kafka(e.to_string()))?
-        };
-        first?;
-        let weak = Arc::downgrade(&log.0);
-        std::thread::Builder::new()
-            .name("kafka-ends".into())
-            .spawn(move || {
-                while let Some(log) = weak.upgrade() {
-                    if let Err(e) = log.refresh_ends(&ends) {
-                        tracing::debug!(error = %e, "kafka: topic ends not refreshed");
-                    }
-                    drop(log);
-                    std::thread::sleep(END_POLL);
-                }
-            })
-            .map_err(|e| LogError::Kafka(e.to_string()))?;
-        tokio::spawn(drain_spool(Arc::downgrade(&log.0)));
-        Ok(log)
+        });
+        read::follow_ends(&inner).await?;
+        tokio::spawn(drain_spool(Arc::downgrade(&inner)));
+        Ok(KafkaLog(inner))
     }
 }
 
@@ -182,7 +143,7 @@ impl Inner {
                         Err(e) => tracing::error!(error = %e, "kafka producer not recreated"),
                     }
                 }
-                Err(kafka_err(e))
+                Err(kafka_err("producing")(e))
             }
         }
     }
@@ -211,13 +172,7 @@ impl EventLog for KafkaLog {
                     }
                 }
             }
-            log.spooling.store(true, Ordering::Release);
-            if log.spooled_bytes() >= log.spool_max {
-                return Err(LogError::Kafka(
-                    "kafka is unreachable and the usage spool is full".into(),
-                ));
-            }
-            log.spool.log.append(Topic::Usage, key, payload).await
+            log.spool_usage(key, payload).await
         }
         .boxed()
     }
@@ -239,8 +194,7 @@ impl EventLog for KafkaLog {
             if records.is_empty() {
                 return Err(LogError::Batch("an empty batch".into()));
             }
-            let payload =
-                codec::encode_log_batch(&records).map_err(|e| LogError::Batch(e.to_string()))?;
+            let payload = codec::encode_log_batch(&records).map_err(LogError::Pack)?;
             if payload.len() > MAX_RECORD {
                 return Err(LogError::TooLarge(payload.len()));
             }
@@ -260,7 +214,10 @@ impl EventLog for KafkaLog {
         async move {
             tokio::task::spawn_blocking(move || log.read_blocking(topic, from, max_bytes))
                 .await
-                .map_err(|e| LogError::Kafka(e.to_string()))?
+                .map_err(|source| LogError::Task {
+                    task: "kafka read",
+                    source,
+                })?
         }
         .boxed()
     }

@@ -1,7 +1,8 @@
 //! Reading the config and limits topics (one partition each) through an unmanaged consumer
 //! assigned at the asked offset, unpacking batches; and the topics' ends, polled into
-//! `watch_end`.
+//! `watch_end` by a thread of their own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -12,15 +13,51 @@ use crate::codec;
 use crate::log::{LogError, Offset, Record, Topic};
 
 /// How often the ends of the config and limits topics are looked up.
-pub(super) const END_POLL: Duration = Duration::from_millis(50);
+const END_POLL: Duration = Duration::from_millis(50);
+
+/// Looks up the ends of config and limits once (replay reads up to them, so before `open`
+/// returns), then starts the thread that keeps looking every [`END_POLL`] while the log lives.
+pub(super) async fn follow_ends(log: &Arc<Inner>) -> Result<(), LogError> {
+    let ends: BaseConsumer = client_config(&log.brokers)
+        .set("group.id", "tollgate-ends")
+        .create()
+        .map_err(kafka_err("creating the ends consumer"))?;
+    let (first, ends) = {
+        let inner = log.clone();
+        tokio::task::spawn_blocking(move || (inner.refresh_ends(&ends), ends))
+            .await
+            .map_err(|source| LogError::Task {
+                task: "kafka topic ends",
+                source,
+            })?
+    };
+    first?;
+    let weak = Arc::downgrade(log);
+    std::thread::Builder::new()
+        .name("kafka-ends".into())
+        .spawn(move || {
+            while let Some(log) = weak.upgrade() {
+                if let Err(e) = log.refresh_ends(&ends) {
+                    tracing::debug!(error = %e, "kafka: topic ends not refreshed");
+                }
+                drop(log);
+                std::thread::sleep(END_POLL);
+            }
+        })
+        .map(drop)
+        .map_err(|source| LogError::Thread {
+            name: "kafka-ends",
+            source,
+        })
+}
 
 impl Inner {
     /// The partition-0 high watermarks of config and limits, published to `watch_end`.
-    pub(super) fn refresh_ends(&self, consumer: &BaseConsumer) -> Result<(), LogError> {
+    fn refresh_ends(&self, consumer: &BaseConsumer) -> Result<(), LogError> {
         for t in [Topic::Config, Topic::Limits] {
             let (_, high) = consumer
                 .fetch_watermarks(&self.names[t.index()], 0, Duration::from_secs(5))
-                .map_err(kafka_err)?;
+                .map_err(kafka_err("fetching the topic ends"))?;
             let high = u64::try_from(high).unwrap_or(0);
             self.ends[t.index()].send_if_modified(|end| {
                 let moved = high > *end;
@@ -31,6 +68,8 @@ impl Inner {
         Ok(())
     }
 
+    /// Reads from `from` up to the known end (or about `max_bytes`) with the topic's reader, kept
+    /// between calls while each read resumes where the last ended, made anew otherwise.
     pub(super) fn read_blocking(
         &self,
         topic: Topic,
@@ -40,25 +79,11 @@ impl Inner {
         let slot = match topic {
             Topic::Config => 0,
             Topic::Limits => 1,
-            Topic::Usage => {
-                return Err(LogError::Kafka(
-                    "the usage topic is read by the aggregators' consumer group".into(),
-                ))
-            }
+            Topic::Usage => return Err(LogError::NotReadable(topic.name())),
         };
-        let name = &self.names[topic.index()];
         let mut guard = self.readers[slot].lock();
         if guard.as_ref().is_none_or(|(_, at)| *at != from) {
-            let consumer: BaseConsumer = client_config(&self.brokers)
-                .set("group.id", "tollgate-reader")
-                .set("enable.auto.commit", "false")
-                .create()
-                .map_err(kafka_err)?;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(name, 0, KOffset::Offset(from as i64))
-                .map_err(kafka_err)?;
-            consumer.assign(&tpl).map_err(kafka_err)?;
-            *guard = Some((consumer, from));
+            *guard = Some((self.reader_at(topic, from)?, from));
         }
         let Some((consumer, at)) = guard.as_mut() else {
             return Ok(vec![]);
@@ -76,13 +101,30 @@ impl Inner {
                     *at = offset + 1;
                 }
                 Some(Err(e)) => {
+                    // The next read makes a new reader.
                     *guard = None;
-                    return Err(kafka_err(e));
+                    return Err(kafka_err("reading")(e));
                 }
                 None => break,
             }
         }
         Ok(out)
+    }
+
+    /// A consumer of partition 0 of `topic`, assigned at `from`, committing nothing.
+    fn reader_at(&self, topic: Topic, from: Offset) -> Result<BaseConsumer, LogError> {
+        let consumer: BaseConsumer = client_config(&self.brokers)
+            .set("group.id", "tollgate-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(kafka_err("creating a reader"))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.names[topic.index()], 0, KOffset::Offset(from as i64))
+            .map_err(kafka_err("assigning a reader"))?;
+        consumer
+            .assign(&tpl)
+            .map_err(kafka_err("assigning a reader"))?;
+        Ok(consumer)
     }
 }
 
@@ -98,8 +140,7 @@ pub fn unpack(offset: Offset, key: &[u8], payload: &[u8]) -> Result<Vec<Record>,
             payload: payload.to_vec(),
         }]);
     };
-    let records =
-        batch.map_err(|e| LogError::Batch(format!("undecodable batch at offset {offset}: {e}")))?;
+    let records = batch.map_err(|source| LogError::Unpack { offset, source })?;
     let last = records.len().saturating_sub(1);
     Ok(records
         .into_iter()

@@ -26,8 +26,9 @@ pub fn topic_name(prefix: &str, t: Topic) -> String {
 
 /// Creates the topics when missing (config compacted; usage with `usage_partitions`).
 pub async fn ensure_topics(settings: &Settings, brokers: &str) -> Result<(), LogError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers).create().map_err(kafka_err)?;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(kafka_err("creating the admin client"))?;
     let names: Vec<(String, i32, bool)> = Topic::ALL
         .iter()
         .map(|t| {
@@ -60,13 +61,11 @@ pub async fn ensure_topics(settings: &Settings, brokers: &str) -> Result<(), Log
     for r in admin
         .create_topics(&topics, &opts)
         .await
-        .map_err(kafka_err)?
+        .map_err(kafka_err("creating the topics"))?
     {
         match r {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(LogError::Kafka(format!("creating topic {name}: {code}")))
-            }
+            Err((topic, source)) => return Err(LogError::CreateTopic { topic, source }),
         }
     }
     Ok(())
