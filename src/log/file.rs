@@ -253,15 +253,11 @@ impl EventLog for FileLog {
         // The reading thread works at its caller's priority (see `crate::store::Priority`).
         let priority = crate::store::Priority::current();
         async move {
-            tokio::task::spawn_blocking(move || {
+            super::blocking("file log read", move || {
                 priority.apply();
                 read_range(&path, from, end, max_bytes)
             })
-            .await
-            .map_err(|source| LogError::Task {
-                task: "file log read",
-                source,
-            })?
+            .await?
         }
         .boxed()
     }

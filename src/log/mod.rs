@@ -130,6 +130,17 @@ pub enum LogError {
     },
 }
 
+/// Runs `f` on tokio's blocking pool (file reads, librdkafka's blocking calls); a panic there is
+/// a [`LogError::Task`] named `task`.
+async fn blocking<T: Send + 'static>(
+    task: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| LogError::Task { task, source })
+}
+
 /// The event log.
 pub trait EventLog: Send + Sync + 'static {
     /// Appends a record. Resolves once the record is durable by the log's policy; only then may the

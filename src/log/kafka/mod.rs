@@ -212,12 +212,10 @@ impl EventLog for KafkaLog {
     ) -> BoxFuture<'static, Result<Vec<Record>, LogError>> {
         let log = self.0.clone();
         async move {
-            tokio::task::spawn_blocking(move || log.read_blocking(topic, from, max_bytes))
-                .await
-                .map_err(|source| LogError::Task {
-                    task: "kafka read",
-                    source,
-                })?
+            super::blocking("kafka read", move || {
+                log.read_blocking(topic, from, max_bytes)
+            })
+            .await?
         }
         .boxed()
     }

@@ -24,12 +24,10 @@ pub(super) async fn follow_ends(log: &Arc<Inner>) -> Result<(), LogError> {
         .map_err(kafka_err("creating the ends consumer"))?;
     let (first, ends) = {
         let inner = log.clone();
-        tokio::task::spawn_blocking(move || (inner.refresh_ends(&ends), ends))
-            .await
-            .map_err(|source| LogError::Task {
-                task: "kafka topic ends",
-                source,
-            })?
+        crate::log::blocking("kafka topic ends", move || {
+            (inner.refresh_ends(&ends), ends)
+        })
+        .await?
     };
     first?;
     let weak = Arc::downgrade(log);
