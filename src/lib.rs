@@ -5,8 +5,10 @@
 //!   pricing and routing configs. No I/O, no clock.
 //! - [`codec`]: Avro single-object encoding of events (schemas in `schemas/`).
 //! - [`log`]: the event-log port, its embedded adapter (durable, group-committed files; their
-//!   format, recovery and `tollgate log verify|salvage`) and the Kafka adapter (rdkafka, with a
-//!   local spool while Kafka is unreachable).
+//!   format and recovery at open) and the Kafka adapter (rdkafka, with a local spool while Kafka
+//!   is unreachable). It does not import the store.
+//! - [`recovery`]: `tollgate log verify|salvage`: the embedded log's files and the usage store's
+//!   positions in them (so it may import both).
 //! - [`store`]: the usage-store port (raw events, rollups, analytics): SQLite and ClickHouse.
 //! - [`files`]: private files and directories (0700 / 0600) in the data dir.
 //! - [`crypto`]: provider-credential sealing (AES-256-GCM) and API-key secrets.

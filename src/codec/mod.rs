@@ -71,8 +71,10 @@ struct Family {
 impl Family {
     /// The current schema, and the earlier writer schemas it still reads.
     fn new(text: &str, older: &[&str]) -> Self {
-        // The schemas are compiled in and checked by tests; a parse failure is a build defect.
-        #[allow(clippy::expect_used)]
+        #[expect(
+            clippy::expect_used,
+            reason = "the schemas are compiled in and checked by tests; a parse failure is a build defect"
+        )]
         let parse = |t: &str| Schema::parse_str(t).expect("embedded schema parses");
         let current = parse(text);
         let fp = current.fingerprint::<Rabin>().bytes;
