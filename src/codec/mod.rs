@@ -3,8 +3,8 @@
 //! the writer schema by fingerprint and resolves it to the current schema, so compatible schema
 //! evolution (new optional fields) reads old and new records alike.
 //!
-//! One module per event family: [`usage`] (written field by field, see [`binary`]), [`config`],
-//! [`limit`] and [`batch`] (records that commit together); [`value`] is the generic-value access
+//! One module per event family: `usage` (written field by field, see `binary`), `config`,
+//! `limit` and `batch` (records that commit together); `value` is the generic-value access
 //! the last three share. This module owns the schemas, the framing and [`CodecError`].
 
 mod batch;

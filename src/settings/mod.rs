@@ -2,8 +2,8 @@
 //! Every layer goes through one `set(name, value)`; an unknown name anywhere is a startup error
 //! that names it, never a silently ignored typo.
 //!
-//! Here: the checked [`Settings`] and their defaults; [`set`] parses one setting by name (and
-//! lists them, [`KNOWN`]); [`load`] merges the layers.
+//! Here: the checked [`Settings`] and their defaults; `set` parses one setting by name (and
+//! lists them, [`KNOWN`]); `load` merges the layers.
 
 mod load;
 mod set;

@@ -9,8 +9,8 @@
 //! may then write are dropped by the aggregators, which store each `event_id` once.)
 //!
 //! Usage while Kafka is unreachable: with `when_kafka_down = spool` (the default) a usage record
-//! that cannot be produced goes to a local spool (a [`FileLog`] in `<data dir>/spool`, synced like
-//! the embedded log) and the append still resolves, so the request is acknowledged; later usage
+//! that cannot be produced goes to a local spool (a [`FileLog`](crate::log::file::FileLog) in
+//! `<data dir>/spool`, synced like the embedded log) and the append still resolves, so the request is acknowledged; later usage
 //! goes to the spool too until a drainer has produced every spooled record, in order. The spool
 //! holds at most `spool_max_bytes` not yet drained; when full, [`EventLog::accepts_usage`] says no
 //! and gateways answer 503 rather than serve unmetered. With `fail_closed` gateways answer 503
@@ -20,8 +20,8 @@
 //! Reading (config and limits, one partition each) goes through an unmanaged consumer assigned to
 //! partition 0 at the asked offset; Kafka offsets are the log's offsets.
 //!
-//! Here: [`KafkaLog`] and its appends; [`topics`] (client settings, topic names and creation),
-//! [`spool`] (usage held locally, and its drainer) and [`read`] (reading and the topics' ends).
+//! Here: [`KafkaLog`] and its appends; `topics` (client settings, topic names and creation),
+//! `spool` (usage held locally, and its drainer) and `read` (reading and the topics' ends).
 
 mod read;
 mod spool;
