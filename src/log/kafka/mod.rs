@@ -10,11 +10,11 @@
 //!
 //! Usage while Kafka is unreachable: with `when_kafka_down = spool` (the default) a usage record
 //! that cannot be produced goes to a local spool (a [`FileLog`](crate::log::file::FileLog) in
-//! `<data dir>/spool`, synced like the embedded log) and the append still resolves, so the request is acknowledged; later usage
-//! goes to the spool too until a drainer has produced every spooled record, in order. The spool
-//! holds at most `spool_max_bytes` not yet drained; when full, [`EventLog::accepts_usage`] says no
-//! and gateways answer 503 rather than serve unmetered. With `fail_closed` gateways answer 503
-//! while Kafka is down. Config and limit events are never spooled: an admin change fails (503)
+//! `<data dir>/spool`, synced like the embedded log) and the append still resolves, so the request
+//! is acknowledged; later usage goes to the spool too until a drainer has produced every spooled
+//! record, in order. The spool holds at most `spool_max_bytes` not yet drained; when full,
+//! [`EventLog::accepts_usage`] says no and gateways answer 503 rather than serve unmetered. With
+//! `fail_closed` gateways answer 503 while Kafka is down. Config and limit events are never spooled: an admin change fails (503)
 //! while Kafka is down, and limit events are retried by their emitter.
 //!
 //! Reading (config and limits, one partition each) goes through an unmanaged consumer assigned to
