@@ -14,8 +14,9 @@
 //! is acknowledged; later usage goes to the spool too until a drainer has produced every spooled
 //! record, in order. The spool holds at most `spool_max_bytes` not yet drained; when full,
 //! [`EventLog::accepts_usage`] says no and gateways answer 503 rather than serve unmetered. With
-//! `fail_closed` gateways answer 503 while Kafka is down. Config and limit events are never spooled: an admin change fails (503)
-//! while Kafka is down, and limit events are retried by their emitter.
+//! `fail_closed` gateways answer 503 while Kafka is down. Config and limit events are never
+//! spooled: an admin change fails (503) while Kafka is down, and limit events are retried by their
+//! emitter.
 //!
 //! Reading (config and limits, one partition each) goes through an unmanaged consumer assigned to
 //! partition 0 at the asked offset; Kafka offsets are the log's offsets.
