@@ -130,7 +130,7 @@ fn log_tool(action: LogAction) -> anyhow::Result<()> {
     let dir = settings.data_dir;
     match action {
         LogAction::Verify(_) => {
-            let v = tollgate::log::tool::verify(&dir)?;
+            let v = tollgate::recovery::verify(&dir)?;
             print!("{}", v.report);
             if !v.healthy {
                 std::process::exit(1);
@@ -142,7 +142,7 @@ fn log_tool(action: LogAction) -> anyhow::Result<()> {
                 Topic::Usage => codec::decode_usage(payload).is_ok(),
                 Topic::Limits => codec::decode_limit(payload).is_ok(),
             };
-            print!("{}", tollgate::log::tool::salvage(&dir, &keep)?);
+            print!("{}", tollgate::recovery::salvage(&dir, &keep)?);
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! Buckets: minutes for ranges up to 2 hours, hours up to 2 days, days beyond. Cost is in US cents,
 //! as Portkey reports it; group figures are strings, as in Portkey's spec.
 //! In embedded mode every query first waits (bounded) for the store to take in the usage logged
-//! before it ([`Core::await_store`]), so a client reads its own writes.
+//! before it ([`crate::ledger::Ledger::await_store`]), so a client reads its own writes.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -121,7 +121,7 @@ async fn count_requests(State(app): State<Arc<AppState>>, req: Request, next: Ne
 }
 
 /// Serves on `settings.serve_threads` threads until `shutdown` turns true, then stops accepting,
-/// lets requests in flight finish and waits for the work they left running ([`Core::tasks`]).
+/// lets requests in flight finish and waits for the work they left running ([`Ledger::tasks`]).
 /// At most `settings.max_connections` client connections are open at once, over all threads;
 /// each is bounded by the connection timeouts ([`conn`]).
 ///

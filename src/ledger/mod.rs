@@ -67,7 +67,7 @@ impl Command<'_> {
     }
 
     /// Appends the changes as one unit, then makes them visible here (read-your-writes); see
-    /// [`Ledger::commit`]. Ends the command.
+    /// `Ledger::commit`. Ends the command.
     pub async fn commit(
         self,
         actor: Option<Actor>,

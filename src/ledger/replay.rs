@@ -158,7 +158,7 @@ mod tests {
     async fn a_short_read_does_not_stall_the_follower() {
         let dir = tempfile::tempdir().unwrap();
         let log = ShortReads {
-            inner: FileLog::open(dir.path(), crate::log::file::Fsync::Always).unwrap(),
+            inner: FileLog::open(dir.path(), crate::settings::Fsync::Always).unwrap(),
             reads: Default::default(),
         };
         let ledger = Arc::new(Ledger::distributed(Arc::new(log), Arc::default()));

@@ -15,10 +15,20 @@ use crate::store::UsageStore;
 /// How long an analytics query waits for the store to take in the usage logged before it.
 pub const READ_YOUR_WRITES: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The store consumer's name in `consumer_offsets`.
-pub const STORE_CONSUMER: &str = crate::log::tool::CONSUMERS[0].0;
-/// The audit consumer's name (it follows the config log into the store's `audit_log`).
-pub const AUDIT_CONSUMER: &str = crate::log::tool::CONSUMERS[2].0;
+/// The store sink's name in the store's `consumer_offsets`.
+pub const STORE_CONSUMER: &str = "embedded-store";
+/// The notifier's name there.
+pub const NOTIFIER_CONSUMER: &str = "notifier";
+/// The audit sink's name there (it follows the config log into the store's `audit_log`).
+pub const AUDIT_CONSUMER: &str = "audit";
+
+/// The store's consumers and the topic each reads: their positions must be frame boundaries of
+/// that topic's file, at or before its end (checked at start and by `tollgate log verify`).
+pub const CONSUMERS: [(&str, Topic); 3] = [
+    (STORE_CONSUMER, Topic::Usage),
+    (NOTIFIER_CONSUMER, Topic::Limits),
+    (AUDIT_CONSUMER, Topic::Config),
+];
 
 /// The sinks' progress and health, shared by the sinks (writers) and the ledger (readers).
 pub struct StoreSync {

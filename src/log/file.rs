@@ -39,15 +39,7 @@ use tokio::sync::{oneshot, watch};
 use super::frame::{self, Damage, Frame, HEADER, MAX_BATCH, MAX_BODY, MAX_KEY, MAX_RECORD};
 use super::writer::{Append, Health, Writer};
 use super::{EventLog, LogError, Offset, Record, Topic};
-
-/// When the writer calls `fdatasync`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fsync {
-    /// Before acknowledging each batch.
-    Always,
-    /// At most this long after a write.
-    Every(Duration),
-}
+use crate::settings::Fsync;
 
 /// Bytes kept allocated past the end of the usage file: room for the events of every request
 /// admitted before a full disk is noticed (an event is about a kilobyte).
@@ -261,12 +253,11 @@ impl EventLog for FileLog {
         // The reading thread works at its caller's priority (see `crate::priority::Priority`).
         let priority = crate::priority::Priority::current();
         async move {
-            tokio::task::spawn_blocking(move || {
+            super::blocking("file log read", move || {
                 priority.apply();
                 read_range(&path, from, end, max_bytes)
             })
-            .await
-            .map_err(|_| LogError::WriterGone(topic.name()))?
+            .await?
         }
         .boxed()
     }

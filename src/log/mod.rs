@@ -1,10 +1,11 @@
 //! The event log port. Roles talk only through it (and the usage store): the embedded adapter
-//! ([`file::FileLog`]) is a local durable log in the data dir; the distributed one is Kafka.
+//! ([`file::FileLog`], its format in [`frame`]) is a local durable log in the data dir; the
+//! distributed one is Kafka ([`kafka::KafkaLog`]). Both pass the same contract suite
+//! (`tests/it/logs.rs`). The adapters do not know the usage store (see `crate::recovery`).
 
 pub mod file;
 pub mod frame;
 pub mod kafka;
-pub mod tool;
 mod writer;
 
 use futures_util::future::BoxFuture;
@@ -65,10 +66,55 @@ pub enum LogError {
     },
     #[error("log writer for topic {0} has stopped")]
     WriterGone(&'static str),
-    #[error("kafka: {0}")]
-    Kafka(String),
+    /// A Kafka client call failed; `op` says which.
+    #[error("kafka: {op}: {source}")]
+    Kafka {
+        op: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The broker refused to create a topic.
+    #[error("kafka: creating topic {topic}: {source}")]
+    CreateTopic {
+        topic: String,
+        #[source]
+        source: rdkafka::types::RDKafkaErrorCode,
+    },
+    #[error("kafka: kafka_brokers is not set")]
+    NoBrokers,
+    #[error("kafka is unreachable and the usage spool is full")]
+    SpoolFull,
+    /// The topic is not read through the log (Kafka's usage topic: the aggregators' consumer
+    /// group reads it).
+    #[error("the {0} topic is read by the aggregators' consumer group")]
+    NotReadable(&'static str),
+    /// A batch's records could not be packed into one value.
+    #[error("packing a batch: {0}")]
+    Pack(#[source] crate::codec::CodecError),
+    /// A stored batch does not decode.
+    #[error("undecodable batch at offset {offset}: {source}")]
+    Unpack {
+        offset: Offset,
+        #[source]
+        source: crate::codec::CodecError,
+    },
+    /// A blocking task of the log (a read, a look at the topics' ends) panicked or was cancelled.
+    #[error("log task {task}: {source}")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A thread of the log could not be started.
+    #[error("starting thread {name}: {source}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("record too large: {0} bytes")]
     TooLarge(usize),
+    /// Refused: not a batch the log takes (empty, or more records than it holds).
     #[error("batch refused: {0}")]
     Batch(String),
     #[error(
@@ -82,6 +128,17 @@ pub enum LogError {
         offset: u64,
         resumes: u64,
     },
+}
+
+/// Runs `f` on tokio's blocking pool (file reads, librdkafka's blocking calls); a panic there is
+/// a [`LogError::Task`] named `task`.
+async fn blocking<T: Send + 'static>(
+    task: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| LogError::Task { task, source })
 }
 
 /// The event log.

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
-use super::file::{Fsync, HEADROOM_RETRY};
+use super::file::HEADROOM_RETRY;
 use super::frame::{self, MAX_BATCH};
 use super::{LogError, Offset};
+use crate::settings::Fsync;
 
 pub(super) type Ack = oneshot::Sender<Result<Offset, LogError>>;
 
@@ -51,14 +52,16 @@ pub(super) struct Writer {
     pub(super) health: Arc<Health>,
 }
 
-impl Writer {
-    fn io_error(&self, e: &std::io::Error) -> LogError {
-        LogError::Io {
-            path: self.path.display().to_string(),
-            source: std::io::Error::new(e.kind(), e.to_string()),
-        }
+/// The log's error for a failed write, for each append it fails: `io::Error` is not `Clone`,
+/// so each gets a copy (kind and message).
+fn io_copy(path: &Path, e: &std::io::Error) -> LogError {
+    LogError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::new(e.kind(), e.to_string()),
     }
+}
 
+impl Writer {
     /// Batches whatever is queued into one `write`, then acks (or, with [`Fsync::Always`], hands
     /// the acks to the sync thread). It never waits for a sync itself, so a slow `fdatasync` (a
     /// busy disk) does not hold up appends behind it.
@@ -70,80 +73,105 @@ impl Writer {
         let mut buf = Vec::with_capacity(64 << 10);
         let mut acks: Vec<(Ack, Offset)> = Vec::with_capacity(MAX_BATCH);
         let mut poisoned: Option<std::io::Error> = None;
-        loop {
-            let first = if self.health.no_headroom.load(Ordering::Acquire) {
-                match rx.recv_timeout(HEADROOM_RETRY) {
-                    Ok(a) => a,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.keep_headroom();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(a) => a,
-                    Err(_) => return,
-                }
-            };
+        while let Some(first) = self.next_append(&rx) {
             let group = std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH - 1));
             if let Some(e) = &poisoned {
                 for a in group {
-                    let _ = a.ack.send(Err(self.io_error(e)));
+                    let _ = a.ack.send(Err(io_copy(&self.path, e)));
                 }
                 continue;
             }
-            buf.clear();
-            for a in group {
-                if a.records.len() > 1 {
-                    frame::encode_marker(&mut buf, a.records.len() as u32);
-                }
-                let mut last = self.end;
-                for (key, payload) in &a.records {
-                    last = self.end + buf.len() as u64;
-                    frame::encode_record(&mut buf, key, payload);
-                }
-                acks.push((a.ack, last));
-            }
+            self.encode(group, &mut buf, &mut acks);
             match self.file.write_all(&buf) {
-                Ok(()) => {
-                    self.end += buf.len() as u64;
-                    end_tx.send_replace(self.end);
-                    let batch: SyncJob = std::mem::take(&mut acks);
-                    let batch = match self.fsync {
-                        Fsync::Always => batch,
-                        Fsync::Every(_) => {
-                            for (ack, offset) in batch {
-                                let _ = ack.send(Ok(offset));
-                            }
-                            Vec::new()
-                        }
-                    };
-                    // The sync thread is gone only if it panicked; then acks are dropped (the
-                    // appenders see an error) rather than sent without a sync.
-                    let _ = sync_tx.send(batch);
-                    self.keep_headroom();
-                }
-                Err(e) => {
-                    // Nothing of this group is acknowledged; cut any partial write so the file
-                    // stays a clean sequence of frames (and batches).
-                    tracing::error!(path = %self.path.display(), error = %e, "log: append failed");
-                    for (ack, _) in acks.drain(..) {
-                        let _ = ack.send(Err(self.io_error(&e)));
-                    }
-                    if let Err(cut) = self.cut_back() {
-                        tracing::error!(path = %self.path.display(), error = %cut,
-                            "log: a failed append could not be cut back; refusing appends until restart");
-                        *self.health.reason.lock() = Some(format!(
-                            "{}: a failed append could not be cut back ({cut}); restart to recover the file",
-                            self.path.display()
-                        ));
-                        self.health.poisoned.store(true, Ordering::Release);
-                        poisoned = Some(cut);
-                    }
-                }
+                Ok(()) => self.written(buf.len(), &end_tx, &sync_tx, std::mem::take(&mut acks)),
+                Err(e) => poisoned = self.failed(&e, &mut acks),
             }
         }
+    }
+
+    /// The next append; None once the log is gone. While the headroom cannot be kept, it is
+    /// tried again every [`HEADROOM_RETRY`] meanwhile.
+    fn next_append(&mut self, rx: &mpsc::Receiver<Append>) -> Option<Append> {
+        loop {
+            if !self.health.no_headroom.load(Ordering::Acquire) {
+                return rx.recv().ok();
+            }
+            match rx.recv_timeout(HEADROOM_RETRY) {
+                Ok(a) => return Some(a),
+                Err(RecvTimeoutError::Timeout) => self.keep_headroom(),
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Frames a group of appends into `buf` (a batch behind its marker), and each append's ack
+    /// with the offset of its last record into `acks`.
+    fn encode(
+        &self,
+        group: impl Iterator<Item = Append>,
+        buf: &mut Vec<u8>,
+        acks: &mut Vec<(Ack, Offset)>,
+    ) {
+        buf.clear();
+        for a in group {
+            if a.records.len() > 1 {
+                frame::encode_marker(buf, a.records.len() as u32);
+            }
+            let mut last = self.end;
+            for (key, payload) in &a.records {
+                last = self.end + buf.len() as u64;
+                frame::encode_record(buf, key, payload);
+            }
+            acks.push((a.ack, last));
+        }
+    }
+
+    /// A group of `len` bytes is in the file: publishes the end, acks now or after the sync.
+    fn written(
+        &mut self,
+        len: usize,
+        end_tx: &watch::Sender<Offset>,
+        sync_tx: &mpsc::Sender<SyncJob>,
+        batch: SyncJob,
+    ) {
+        self.end += len as u64;
+        end_tx.send_replace(self.end);
+        let batch = match self.fsync {
+            Fsync::Always => batch,
+            Fsync::Every(_) => {
+                for (ack, offset) in batch {
+                    let _ = ack.send(Ok(offset));
+                }
+                Vec::new()
+            }
+        };
+        // The sync thread is gone only if it panicked; then acks are dropped (the appenders see
+        // an error) rather than sent without a sync.
+        let _ = sync_tx.send(batch);
+        self.keep_headroom();
+    }
+
+    /// A group's write failed: nothing of it is acknowledged; any partial write is cut so the
+    /// file stays a clean sequence of frames (and batches). When even that fails, returns the
+    /// error that refuses every later append.
+    fn failed(
+        &mut self,
+        e: &std::io::Error,
+        acks: &mut Vec<(Ack, Offset)>,
+    ) -> Option<std::io::Error> {
+        tracing::error!(path = %self.path.display(), error = %e, "log: append failed");
+        for (ack, _) in acks.drain(..) {
+            let _ = ack.send(Err(io_copy(&self.path, e)));
+        }
+        let cut = self.cut_back().err()?;
+        tracing::error!(path = %self.path.display(), error = %cut,
+            "log: a failed append could not be cut back; refusing appends until restart");
+        *self.health.reason.lock() = Some(format!(
+            "{}: a failed append could not be cut back ({cut}); restart to recover the file",
+            self.path.display()
+        ));
+        self.health.poisoned.store(true, Ordering::Release);
+        Some(cut)
     }
 
     fn cut_back(&mut self) -> std::io::Result<()> {
@@ -261,10 +289,7 @@ fn sync_loop(file: File, path: PathBuf, fsync: Fsync, rx: mpsc::Receiver<SyncJob
             for (ack, offset) in pending.drain(..) {
                 let _ = ack.send(match &result {
                     Ok(()) => Ok(offset),
-                    Err(e) => Err(LogError::Io {
-                        path: path.display().to_string(),
-                        source: std::io::Error::new(e.kind(), e.to_string()),
-                    }),
+                    Err(e) => Err(io_copy(&path, e)),
                 });
             }
         }

@@ -23,7 +23,7 @@ use crate::domain::{LimitEvent, LimitKind, Millis};
 use crate::log::Topic;
 use crate::store::Notification;
 
-const CONSUMER: &str = "notifier";
+use crate::ledger::sync::NOTIFIER_CONSUMER as CONSUMER;
 const ATTEMPTS: u32 = 4;
 /// How many of the latest deliveries a starting notifier remembers, to skip duplicates of them.
 const RECENT_DELIVERIES: usize = 10_000;

@@ -70,7 +70,7 @@ async fn check_store_positions(
     store_path: &Path,
 ) -> Result<(), StartError> {
     use crate::ledger::sync::Sink;
-    for (consumer, topic) in crate::log::tool::CONSUMERS {
+    for (consumer, topic) in crate::ledger::sync::CONSUMERS {
         let mut at = sync.store().offset(consumer).await?;
         let end = *log.watch_end(topic).borrow();
         if at > end && topic == Topic::Config {

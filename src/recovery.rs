@@ -1,23 +1,18 @@
 //! `tollgate log verify` and `tollgate log salvage`: check the embedded log's files (and the usage
 //! store's positions in them) and keep every intact frame of a damaged file. Both run on a
-//! stopped server's data dir.
+//! stopped server's data dir. Here, not in [`crate::log`], because it reads and rewinds the usage
+//! store's positions too: the log's adapters do not know the store.
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::file::FileLog;
-use super::frame::{self, Damage};
-use super::Topic;
+use crate::log::file::FileLog;
+use crate::log::frame::{self, Damage};
+use crate::log::Topic;
 
-/// The store's consumers and the topic each reads: their positions must be frame boundaries of
-/// that topic's file, at or before its end.
-pub const CONSUMERS: [(&str, Topic); 3] = [
-    ("embedded-store", Topic::Usage),
-    ("notifier", Topic::Limits),
-    ("audit", Topic::Config),
-];
+use crate::ledger::sync::CONSUMERS;
 
 /// Why a check or a salvage could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -64,34 +59,9 @@ pub fn verify(data: &Path) -> Result<Verified, ToolError> {
             let _ = writeln!(report, "{}: absent", path.display());
             continue;
         }
-        let file = File::open(&path).map_err(io(&path))?;
-        let s = frame::scan(&file).map_err(io(&path))?;
-        ends[topic.index()] = s.clean_end;
-        let head = format!(
-            "{}: {} bytes, {} records ({} batches) intact up to byte {}",
-            path.display(),
-            s.total,
-            s.records,
-            s.batches,
-            s.clean_end
-        );
-        let _ = match s.damage {
-            None => writeln!(report, "{head}: ok"),
-            Some(Damage::TornTail { at }) => writeln!(
-                report,
-                "{head}: torn tail at byte {at} ({} bytes of an unfinished write, never acknowledged; cut at the next start)",
-                s.total - at
-            ),
-            Some(Damage::Corrupt { at, resumes, .. }) => {
-                healthy = false;
-                writeln!(
-                    report,
-                    "{head}: DAMAGED at byte {at}, intact frames resume at byte {resumes} \
-                     ({} bytes after the damage); the server will not start: run `tollgate log salvage`",
-                    s.total - resumes
-                )
-            }
-        };
+        let (end, ok) = verify_file(&path, &mut report)?;
+        ends[topic.index()] = end;
+        healthy &= ok;
     }
     let store = store_path(data);
     if store.exists() {
@@ -118,6 +88,40 @@ pub fn verify(data: &Path) -> Result<Verified, ToolError> {
     Ok(Verified { report, healthy })
 }
 
+/// Scans one topic file and reports it; returns where its intact frames end, and whether it
+/// needs no salvage.
+fn verify_file(path: &Path, report: &mut String) -> Result<(u64, bool), ToolError> {
+    let file = File::open(path).map_err(io(path))?;
+    let s = frame::scan(&file).map_err(io(path))?;
+    let head = format!(
+        "{}: {} bytes, {} records ({} batches) intact up to byte {}",
+        path.display(),
+        s.total,
+        s.records,
+        s.batches,
+        s.clean_end
+    );
+    let mut healthy = true;
+    let _ = match s.damage {
+        None => writeln!(report, "{head}: ok"),
+        Some(Damage::TornTail { at }) => writeln!(
+            report,
+            "{head}: torn tail at byte {at} ({} bytes of an unfinished write, never acknowledged; cut at the next start)",
+            s.total - at
+        ),
+        Some(Damage::Corrupt { at, resumes, .. }) => {
+            healthy = false;
+            writeln!(
+                report,
+                "{head}: DAMAGED at byte {at}, intact frames resume at byte {resumes} \
+                 ({} bytes after the damage); the server will not start: run `tollgate log salvage`",
+                s.total - resumes
+            )
+        }
+    };
+    Ok((s.clean_end, healthy))
+}
+
 /// Whether `at` is the end of the file or the start of an intact frame of it.
 pub fn is_boundary(path: &Path, at: u64) -> Result<bool, ToolError> {
     if at == 0 {
@@ -136,60 +140,73 @@ pub fn salvage(data: &Path, keep: &dyn Fn(Topic, &[u8]) -> bool) -> Result<Strin
     let mut safe: [Option<u64>; 3] = [None; 3];
     for topic in Topic::ALL {
         let path = FileLog::path_of(&log_dir(data), topic);
-        if !path.exists() {
-            continue;
-        }
-        let old = std::fs::read(&path).map_err(io(&path))?;
-        let file = File::open(&path).map_err(io(&path))?;
-        let s = frame::salvage(&file, &|p| keep(topic, p)).map_err(io(&path))?;
-        let changed = s.bytes != old;
-        if !changed {
-            let _ = writeln!(
-                report,
-                "{}: intact, {} records; unchanged",
-                path.display(),
-                s.kept
-            );
-            safe[topic.index()] = Some(old.len() as u64);
-            continue;
-        }
-        let aside = replace(&path, &s.bytes)?;
-        let common = old.iter().zip(&s.bytes).take_while(|(a, b)| a == b).count() as u64;
-        safe[topic.index()] = Some(frame::boundary_before(&s.bytes, common));
-        let _ = writeln!(
-            report,
-            "{}: kept {} records ({} bytes); the damaged file is now {}",
-            path.display(),
-            s.kept,
-            s.bytes.len(),
-            aside.display()
-        );
-        for (from, to) in &s.lost_ranges {
-            let _ = writeln!(
-                report,
-                "  lost bytes {from}..{to} ({} bytes): no intact frame",
-                to - from
-            );
-        }
-        if s.dropped_in_batches > 0 {
-            let _ = writeln!(
-                report,
-                "  dropped {} intact records of batches that lost a frame (a batch commits whole or not at all)",
-                s.dropped_in_batches
-            );
-        }
-        if !s.refused.is_empty() {
-            let _ = writeln!(
-                report,
-                "  dropped {} intact records that do not decode as {} events, at bytes {:?}",
-                s.refused.len(),
-                topic.name(),
-                s.refused
-            );
+        if path.exists() {
+            safe[topic.index()] = Some(salvage_file(topic, &path, keep, &mut report)?);
         }
     }
     rewind_store(data, &safe, &mut report)?;
     Ok(report)
+}
+
+/// Salvages one topic file (when damaged: the damaged one is moved aside) and reports it;
+/// returns the end of what is unchanged.
+fn salvage_file(
+    topic: Topic,
+    path: &Path,
+    keep: &dyn Fn(Topic, &[u8]) -> bool,
+    report: &mut String,
+) -> Result<u64, ToolError> {
+    let old = std::fs::read(path).map_err(io(path))?;
+    let file = File::open(path).map_err(io(path))?;
+    let s = frame::salvage(&file, &|p| keep(topic, p)).map_err(io(path))?;
+    if s.bytes == old {
+        let _ = writeln!(
+            report,
+            "{}: intact, {} records; unchanged",
+            path.display(),
+            s.kept
+        );
+        return Ok(old.len() as u64);
+    }
+    let aside = replace(path, &s.bytes)?;
+    let common = old.iter().zip(&s.bytes).take_while(|(a, b)| a == b).count() as u64;
+    let _ = writeln!(
+        report,
+        "{}: kept {} records ({} bytes); the damaged file is now {}",
+        path.display(),
+        s.kept,
+        s.bytes.len(),
+        aside.display()
+    );
+    report_losses(topic, &s, report);
+    Ok(frame::boundary_before(&s.bytes, common))
+}
+
+/// What a salvage of a topic's file dropped.
+fn report_losses(topic: Topic, s: &frame::Salvage, report: &mut String) {
+    for (from, to) in &s.lost_ranges {
+        let _ = writeln!(
+            report,
+            "  lost bytes {from}..{to} ({} bytes): no intact frame",
+            to - from
+        );
+    }
+    if s.dropped_in_batches > 0 {
+        let _ = writeln!(
+            report,
+            "  dropped {} intact records of batches that lost a frame (a batch commits whole or not at all)",
+            s.dropped_in_batches
+        );
+    }
+    if !s.refused.is_empty() {
+        let _ = writeln!(
+            report,
+            "  dropped {} intact records that do not decode as {} events, at bytes {:?}",
+            s.refused.len(),
+            topic.name(),
+            s.refused
+        );
+    }
 }
 
 /// Moves the store's positions back to at most `safe` (per topic: the end of what is unchanged).
