@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(&brokers, events, idempotent))
 }
 
+#[expect(clippy::print_stdout, reason = "a benchmark reports its figures")]
 async fn run(brokers: &str, events: usize, idempotent: bool) -> anyhow::Result<()> {
     let topic = format!("bench.broker.{}", uuid::Uuid::new_v4().simple());
     let settings = tollgate::settings::Settings {

@@ -104,6 +104,10 @@ struct ServeArgs {
     log_format: Option<String>,
 }
 
+#[expect(
+    clippy::print_stdout,
+    reason = "`tollgate settings` prints the list of settings"
+)]
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -123,6 +127,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `tollgate log verify|salvage`.
+#[expect(
+    clippy::print_stdout,
+    reason = "`tollgate log verify|salvage` print their report"
+)]
 fn log_tool(action: LogAction) -> anyhow::Result<()> {
     let (LogAction::Verify(args) | LogAction::Salvage(args)) = &action;
     let flags = [("data_dir", args.data_dir.clone())];
@@ -179,6 +187,7 @@ fn run<F: std::future::Future<Output = anyhow::Result<()>>>(
 /// holds a descriptor, and at the usual soft limit of 1024 about a thousand idle sockets would
 /// stop all service.
 #[cfg(unix)]
+#[expect(unsafe_code, reason = "getrlimit/setrlimit have no safe API in std")]
 fn raise_open_file_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

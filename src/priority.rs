@@ -4,6 +4,13 @@
 //!
 //! This module holds the crate's `unsafe` code: the libc scheduling calls, each with its safety
 //! argument beside it. Off Linux every function here does nothing.
+#![cfg_attr(
+    target_os = "linux",
+    expect(
+        unsafe_code,
+        reason = "Linux thread scheduling has no safe API: sched_setscheduler, sched_getscheduler and gettid through libc"
+    )
+)]
 
 /// Lowers the calling thread to background scheduling (Linux `SCHED_IDLE`): the store's work then
 /// runs on CPU time the gateway does not want, and any request-path thread that wakes up preempts

@@ -232,6 +232,13 @@ impl Writer {
 
 /// Allocates `len` bytes of `file` from `at` without changing its size. Filesystems that cannot
 /// preallocate are treated as always having room (the append itself still reports a failure).
+#[cfg_attr(
+    target_os = "linux",
+    expect(
+        unsafe_code,
+        reason = "fallocate (reserving the disk space a batch needs before writing it) has no safe API"
+    )
+)]
 fn allocate(file: &File, at: u64, len: u64) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {

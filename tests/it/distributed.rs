@@ -508,7 +508,7 @@ async fn budget_exhausted_on_one_gateway_is_enforced_by_the_other() {
     }
     lags.sort();
     let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
-    println!(
+    eprintln!(
         "enforcement lag across gateways: p50 {p50:?} p99 {p99:?} over {} budgets",
         lags.len()
     );

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: failing loudly is the point"
+)]
 //! Integration tests: the real server (in-process or as a process), the real Python SDKs as
 //! clients, a real usage store and log on disk; only the LLM provider is a mock.
 

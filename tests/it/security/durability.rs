@@ -260,14 +260,14 @@ impl Tmpfs {
         match out {
             Ok(o) if o.status.success() => Some(Tmpfs(dir)),
             Ok(o) => {
-                println!(
+                eprintln!(
                     "SKIPPED: cannot mount a tmpfs here ({}); the disk-full test needs it",
                     String::from_utf8_lossy(&o.stderr).trim()
                 );
                 None
             }
             Err(e) => {
-                println!("SKIPPED: cannot run mount ({e}); the disk-full test needs it");
+                eprintln!("SKIPPED: cannot run mount ({e}); the disk-full test needs it");
                 None
             }
         }

@@ -4,7 +4,6 @@
 //! bounded and still metered (item 19). From the security review: prices are bounded (review
 //! item 1), a `custom_host` is only scheme, host, port and path, and private hosts can be denied
 //! (review item 3), and output fields are bounded before anything is reserved (review item 4).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
