@@ -36,7 +36,7 @@ fn configurations_of(b: &Body, hosts: PrivateHosts) -> Result<Option<Map<String,
             ));
         }
     }
-    let flag = crate::proxy::meter::METER_UNPRICED_AT_ZERO;
+    let flag = crate::domain::pricing::METER_UNPRICED_AT_ZERO;
     if c.get(flag).is_some_and(|v| !v.is_boolean()) {
         return Err(invalid(format!("configurations.{flag} must be a boolean")));
     }
@@ -44,28 +44,14 @@ fn configurations_of(b: &Body, hosts: PrivateHosts) -> Result<Option<Map<String,
     Ok(Some(c))
 }
 
-/// Whether `value` is a valid Azure `resource_name` (`[A-Za-z0-9-]+`) or `deployment_name`
-/// (`[A-Za-z0-9._-]+`, and not `.` or `..`): both are written into the host and path of the
-/// upstream URL, where anything else (a `.` or `/` in the host, `@`, `?`, a dot segment) could
-/// send the credential to another host or path.
-pub fn azure_name_ok(field: &str, value: &str) -> bool {
-    let extra: &[char] = match field {
-        "resource_name" => &['-'],
-        _ => &['.', '_', '-'],
-    };
-    !matches!(value, "" | "." | "..")
-        && value.len() <= 256
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
-}
-
-/// Refuses a `resource_name` or `deployment_name` that is not a plain name (see [`azure_name_ok`]).
+/// Refuses a `resource_name` or `deployment_name` that is not a plain name (see [`crate::domain::routing::azure_name_ok`]).
 pub fn check_azure_names(c: &Map<String, Value>) -> Result<()> {
     for field in ["resource_name", "deployment_name"] {
         let ok = match c.get(field) {
             None => true,
-            Some(v) => v.as_str().is_some_and(|s| azure_name_ok(field, s)),
+            Some(v) => v
+                .as_str()
+                .is_some_and(|s| crate::domain::routing::azure_name_ok(field, s)),
         };
         if !ok {
             let shape = if field == "resource_name" {
@@ -478,7 +464,7 @@ fn check_metering(
     current: &Map<String, Value>,
     c: &Map<String, Value>,
 ) -> Result<()> {
-    let flag = crate::proxy::meter::METER_UNPRICED_AT_ZERO;
+    let flag = crate::domain::pricing::METER_UNPRICED_AT_ZERO;
     let was = current.get(flag).and_then(Value::as_bool).unwrap_or(false);
     match c.get(flag).and_then(Value::as_bool) {
         Some(now) if now != was => caller.require_organisation(&format!(

@@ -31,6 +31,10 @@ pub struct TokenUsage {
 /// bound and the event flagged (see [`TokenUsage::plausible`]).
 pub const MAX_PLAUSIBLE_TOKENS: u64 = 100_000_000;
 
+/// The integration setting that meters models without a price at $0 instead of refusing them
+/// on paths with a cost budget.
+pub const METER_UNPRICED_AT_ZERO: &str = "meter_unpriced_at_zero";
+
 impl TokenUsage {
     /// The usage with every count clamped to [`MAX_PLAUSIBLE_TOKENS`] (and cached tokens to the
     /// prompt), and whether anything had to be clamped.

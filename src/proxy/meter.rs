@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::route::Target;
 use super::RequestCtx;
-use crate::domain::pricing::{Price, PriceTable, Pricing, TokenUsage};
+use crate::domain::pricing::{Price, PriceTable, Pricing, TokenUsage, METER_UNPRICED_AT_ZERO};
 use crate::domain::routing::Params;
 use crate::domain::{Millis, UsageEvent, UsageSource};
 use crate::ledger::governor::Reservation;
@@ -237,10 +237,6 @@ pub fn price_of(prices: &PriceTable, target: &Target, model: &str) -> Option<Pri
         },
     )
 }
-
-/// The integration setting that meters models without a price at $0 instead of refusing them
-/// on paths with a cost budget.
-pub const METER_UNPRICED_AT_ZERO: &str = "meter_unpriced_at_zero";
 
 /// The price of `model` through `target` and how cost budgets see it.
 pub fn pricing_of(prices: &PriceTable, target: &Target, model: &str) -> (Option<Price>, Pricing) {

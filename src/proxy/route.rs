@@ -8,8 +8,8 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use super::{DataError, RequestBody};
-use crate::control::integrations::azure_name_ok;
 use crate::crypto::Sealer;
+use crate::domain::routing::azure_name_ok;
 use crate::domain::routing::{Leaf, Node};
 use crate::domain::{ApiKey, Integration, Millis, Provider, State};
 

@@ -129,6 +129,22 @@ pub fn private_refusal(at: &str, ip: IpAddr) -> String {
     )
 }
 
+/// Whether `value` is a valid Azure `resource_name` (`[A-Za-z0-9-]+`) or `deployment_name`
+/// (`[A-Za-z0-9._-]+`, and not `.` or `..`): both are written into the host and path of the
+/// upstream URL, where anything else (a `.` or `/` in the host, `@`, `?`, a dot segment) could
+/// send the credential to another host or path.
+pub fn azure_name_ok(field: &str, value: &str) -> bool {
+    let extra: &[char] = match field {
+        "resource_name" => &['-'],
+        _ => &['.', '_', '-'],
+    };
+    !matches!(value, "" | "." | "..")
+        && value.len() <= 256
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
