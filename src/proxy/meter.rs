@@ -237,7 +237,6 @@ pub fn price_of(prices: &PriceTable, target: &Target, model: &str) -> Option<Pri
         },
     )
 }
-
 /// The price of `model` through `target` and how cost budgets see it.
 pub fn pricing_of(prices: &PriceTable, target: &Target, model: &str) -> (Option<Price>, Pricing) {
     let price = price_of(prices, target, model);
