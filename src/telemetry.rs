@@ -164,28 +164,7 @@ impl Metrics {
             spooled_bytes,
         } = g;
         let mut out = String::with_capacity(4096);
-        out.push_str("# HELP tollgate_http_requests_total HTTP requests by route and status\n");
-        out.push_str("# TYPE tollgate_http_requests_total counter\n");
-        let mut rows: Vec<_> = self.requests.lock().iter().map(|(k, v)| (*k, *v)).collect();
-        rows.sort();
-        for ((route, status), n) in rows {
-            let _ = writeln!(
-                out,
-                "tollgate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP tollgate_upstream_errors_total failed upstream attempts by cause\n");
-        out.push_str("# TYPE tollgate_upstream_errors_total counter\n");
-        let mut rows: Vec<_> = self
-            .upstream_errors
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.label(), *v))
-            .collect();
-        rows.sort();
-        for (why, n) in rows {
-            let _ = writeln!(out, "tollgate_upstream_errors_total{{cause=\"{why}\"}} {n}");
-        }
+        self.render_requests(&mut out);
         self.gateway_overhead.render(
             "tollgate_gateway_overhead_seconds",
             "time spent in the gateway per data-plane request, excluding the provider",
@@ -212,6 +191,46 @@ impl Metrics {
             let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
         }
         self.render_connections(&mut out);
+        self.render_store(&mut out, store_lag_bytes);
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_rate_limiters rate limiters held in memory\n# TYPE tollgate_rate_limiters gauge\ntollgate_rate_limiters {rate_limiters}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_spool_bytes usage held in the local spool while Kafka is unreachable\n# TYPE tollgate_spool_bytes gauge\ntollgate_spool_bytes {spooled_bytes}"
+        );
+        out
+    }
+
+    /// HTTP requests by route and status, and failed upstream attempts by cause.
+    fn render_requests(&self, out: &mut String) {
+        out.push_str("# HELP tollgate_http_requests_total HTTP requests by route and status\n");
+        out.push_str("# TYPE tollgate_http_requests_total counter\n");
+        let mut rows: Vec<_> = self.requests.lock().iter().map(|(k, v)| (*k, *v)).collect();
+        rows.sort();
+        for ((route, status), n) in rows {
+            let _ = writeln!(
+                out,
+                "tollgate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP tollgate_upstream_errors_total failed upstream attempts by cause\n");
+        out.push_str("# TYPE tollgate_upstream_errors_total counter\n");
+        let mut rows: Vec<_> = self
+            .upstream_errors
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.label(), *v))
+            .collect();
+        rows.sort();
+        for (why, n) in rows {
+            let _ = writeln!(out, "tollgate_upstream_errors_total{{cause=\"{why}\"}} {n}");
+        }
+    }
+
+    /// The usage store's counters and lag.
+    fn render_store(&self, out: &mut String, store_lag_bytes: u64) {
         let sink_errors = self.store_sink_errors.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
@@ -226,15 +245,6 @@ impl Metrics {
             out,
             "# HELP tollgate_store_lag_bytes how far the usage store trails the usage log\n# TYPE tollgate_store_lag_bytes gauge\ntollgate_store_lag_bytes {store_lag_bytes}"
         );
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_rate_limiters rate limiters held in memory\n# TYPE tollgate_rate_limiters gauge\ntollgate_rate_limiters {rate_limiters}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_spool_bytes usage held in the local spool while Kafka is unreachable\n# TYPE tollgate_spool_bytes gauge\ntollgate_spool_bytes {spooled_bytes}"
-        );
-        out
     }
 }
 

@@ -53,21 +53,7 @@ fn filter_of(
     q: &HashMap<String, String>,
 ) -> Result<Filter, ApiError> {
     caller.require("analytics.view")?;
-    let time = |k: &str| {
-        let v = q
-            .get(k)
-            .ok_or_else(|| bad(format!("{k} is required (ISO-8601)")))?;
-        Millis::parse_iso(v).ok_or_else(|| bad(format!("{k}: {v:?} is not an ISO-8601 timestamp")))
-    };
-    let (from, to) = (
-        time("time_of_generation_min")?,
-        time("time_of_generation_max")?,
-    );
-    if to < from {
-        return Err(bad(
-            "time_of_generation_max is before time_of_generation_min",
-        ));
-    }
+    let (from, to) = time_range(q)?;
     let workspace_id = {
         let state = app.ledger.state();
         caller.workspace_filter(
@@ -77,40 +63,15 @@ fn filter_of(
                 .filter(|s| !s.is_empty()),
         )?
     };
-    let metadata: Metadata = match q.get("metadata").filter(|m| !m.is_empty()) {
-        None => Metadata::new(),
-        Some(m) => {
-            let v: serde_json::Map<String, Value> = serde_json::from_str(m)
-                .map_err(|_| bad("metadata must be a JSON object of strings"))?;
-            v.into_iter()
-                .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
-                .collect()
-        }
-    };
-    let models = list(q, "ai_org_model")
-        .into_iter()
-        .map(|pm| {
-            pm.split_once("__")
-                .map(|(p, m)| (p.to_owned(), m.to_owned()))
-                .ok_or_else(|| bad(format!("ai_org_model: {pm:?} is not provider__model")))
-        })
-        .collect::<Result<_, _>>()?;
-    let status_codes = list(q, "status_code")
-        .iter()
-        .map(|s| {
-            s.parse()
-                .map_err(|_| bad(format!("status_code: {s:?} is not a number")))
-        })
-        .collect::<Result<_, _>>()?;
     Ok(Filter {
         from,
         to: Millis(to.0 + 1),
         workspace_id,
         api_key_ids: list(q, "api_key_ids"),
         provider_slugs: list(q, "virtual_keys"),
-        models,
-        status_codes,
-        metadata,
+        models: models(q)?,
+        status_codes: status_codes(q)?,
+        metadata: metadata(q)?,
         trace_id: q.get("trace_id").filter(|t| !t.is_empty()).cloned(),
         config_ids: list(q, "configs"),
     })
@@ -138,6 +99,60 @@ fn store_err(e: crate::store::StoreError) -> ApiError {
         StatusCode::INTERNAL_SERVER_ERROR,
         "the analytics query failed",
     )
+}
+
+/// `time_of_generation_min` and `_max` (ISO-8601, both required, in order).
+fn time_range(q: &HashMap<String, String>) -> Result<(Millis, Millis), ApiError> {
+    let time = |k: &str| {
+        let v = q
+            .get(k)
+            .ok_or_else(|| bad(format!("{k} is required (ISO-8601)")))?;
+        Millis::parse_iso(v).ok_or_else(|| bad(format!("{k}: {v:?} is not an ISO-8601 timestamp")))
+    };
+    let (from, to) = (
+        time("time_of_generation_min")?,
+        time("time_of_generation_max")?,
+    );
+    if to < from {
+        return Err(bad(
+            "time_of_generation_max is before time_of_generation_min",
+        ));
+    }
+    Ok((from, to))
+}
+
+/// `metadata`: a JSON object of strings (other values are matched as their JSON text).
+fn metadata(q: &HashMap<String, String>) -> Result<Metadata, ApiError> {
+    let Some(m) = q.get("metadata").filter(|m| !m.is_empty()) else {
+        return Ok(Metadata::new());
+    };
+    let v: serde_json::Map<String, Value> =
+        serde_json::from_str(m).map_err(|_| bad("metadata must be a JSON object of strings"))?;
+    Ok(v.into_iter()
+        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .collect())
+}
+
+/// `ai_org_model`: `provider__model` pairs.
+fn models(q: &HashMap<String, String>) -> Result<Vec<(String, String)>, ApiError> {
+    list(q, "ai_org_model")
+        .into_iter()
+        .map(|pm| {
+            pm.split_once("__")
+                .map(|(p, m)| (p.to_owned(), m.to_owned()))
+                .ok_or_else(|| bad(format!("ai_org_model: {pm:?} is not provider__model")))
+        })
+        .collect()
+}
+
+fn status_codes(q: &HashMap<String, String>) -> Result<Vec<u16>, ApiError> {
+    list(q, "status_code")
+        .iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| bad(format!("status_code: {s:?} is not a number")))
+        })
+        .collect()
 }
 
 /// A graph's answer: its summary and its data points.

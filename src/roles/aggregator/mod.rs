@@ -117,16 +117,8 @@ pub async fn run(
         if !store_batch(&node, &store, &batch, &mut shutdown).await {
             break; // shutting down with the batch not stored: it is not committed either
         }
-        let mut offsets = TopicPartitionList::new();
-        let mut next: HashMap<i32, i64> = HashMap::new();
-        for c in &batch {
-            let n = next.entry(c.partition).or_default();
-            *n = (*n).max(c.offset + 1);
-        }
-        for (p, o) in next {
-            offsets.add_partition_offset(&topic, p, Offset::Offset(o))?;
-        }
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+        let positions = batch.iter().map(|c| (c.partition, c.offset));
+        if let Err(e) = commit_after(&consumer, &topic, positions) {
             // Not fatal: the batch is replayed after a rebalance and found already stored.
             tracing::warn!(error = %e, "aggregator: offset commit failed");
         }
@@ -135,6 +127,24 @@ pub async fn run(
     let _ = audit.await;
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+/// Commits, per partition, the offset after the last of `positions` (asynchronously).
+fn commit_after(
+    consumer: &StreamConsumer,
+    topic: &str,
+    positions: impl Iterator<Item = (i32, i64)>,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for (partition, offset) in positions {
+        let n = next.entry(partition).or_default();
+        *n = (*n).max(offset + 1);
+    }
+    let mut offsets = TopicPartitionList::new();
+    for (p, o) in next {
+        offsets.add_partition_offset(topic, p, Offset::Offset(o))?;
+    }
+    consumer.commit(&offsets, CommitMode::Async)
 }
 
 /// A member of consumer group `group` on `topic`, committing offsets itself (after the store has
@@ -206,16 +216,8 @@ pub async fn run_audit_consumer(
             }
             wait = (wait * 2).min(Duration::from_secs(5));
         }
-        let mut offsets = TopicPartitionList::new();
-        let mut next: HashMap<i32, i64> = HashMap::new();
-        for (p, o, _) in &batch {
-            let n = next.entry(*p).or_default();
-            *n = (*n).max(o + 1);
-        }
-        for (p, o) in next {
-            offsets.add_partition_offset(&topic, p, Offset::Offset(o))?;
-        }
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+        let positions = batch.iter().map(|(p, o, _)| (*p, *o));
+        if let Err(e) = commit_after(&consumer, &topic, positions) {
             tracing::warn!(error = %e, "audit consumer: offset commit failed");
         }
     }
