@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -91,29 +92,10 @@ pub async fn run(
         })
     };
     loop {
-        let first = tokio::select! {
-            m = consumer.recv() => m,
-            _ = shutdown.changed() => break,
+        let take = |m: &BorrowedMessage<'_>, batch: &mut Vec<Consumed>| take(&node, m, batch);
+        let Some(batch) = gather(&consumer, &mut shutdown, "aggregator", take).await else {
+            break;
         };
-        let mut batch = Vec::new();
-        match first {
-            Ok(m) => take(&node, &m, &mut batch),
-            Err(e) => {
-                tracing::warn!(error = %e, "aggregator: consume failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        }
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-        while batch.len() < BATCH_MAX {
-            tokio::select! {
-                m = consumer.recv() => match m {
-                    Ok(m) => take(&node, &m, &mut batch),
-                    Err(e) => { tracing::warn!(error = %e, "aggregator: consume failed"); break }
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
         if !store_batch(&node, &store, &batch, &mut shutdown).await {
             break; // shutting down with the batch not stored: it is not committed either
         }
@@ -127,6 +109,41 @@ pub async fn run(
     let _ = audit.await;
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+/// The next batch: the first record that comes, then what follows within [`BATCH_WINDOW`], up
+/// to [`BATCH_MAX`] items, each record turned into items by `take`. None at shutdown.
+async fn gather<T>(
+    consumer: &StreamConsumer,
+    shutdown: &mut watch::Receiver<bool>,
+    who: &str,
+    mut take: impl FnMut(&BorrowedMessage<'_>, &mut Vec<T>),
+) -> Option<Vec<T>> {
+    let mut batch = Vec::new();
+    while batch.is_empty() {
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.changed() => return None,
+        };
+        match first {
+            Ok(m) => take(&m, &mut batch),
+            Err(e) => {
+                tracing::warn!(error = %e, consumer = who, "consume failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+    while batch.len() < BATCH_MAX {
+        tokio::select! {
+            m = consumer.recv() => match m {
+                Ok(m) => take(&m, &mut batch),
+                Err(e) => { tracing::warn!(error = %e, consumer = who, "consume failed"); break }
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Commits, per partition, the offset after the last of `positions` (asynchronously).
@@ -183,29 +200,10 @@ pub async fn run_audit_consumer(
     let topic = topic_name(&settings.topic_prefix, Topic::Config);
     let consumer = group_consumer(settings, &audit_group_id(settings), &topic)?;
     loop {
-        let first = tokio::select! {
-            m = consumer.recv() => m,
-            _ = shutdown.changed() => return Ok(()),
+        let take = |m: &BorrowedMessage<'_>, batch: &mut Vec<_>| batch.extend(audit_entries(m));
+        let Some(batch) = gather(&consumer, &mut shutdown, "audit consumer", take).await else {
+            return Ok(());
         };
-        let mut batch: Vec<(i32, i64, Option<AuditEntry>)> = Vec::new();
-        match first {
-            Ok(m) => batch.extend(audit_entries(&m)),
-            Err(e) => {
-                tracing::warn!(error = %e, "audit consumer: consume failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        }
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-        while batch.len() < BATCH_MAX {
-            tokio::select! {
-                m = consumer.recv() => match m {
-                    Ok(m) => batch.extend(audit_entries(&m)),
-                    Err(e) => { tracing::warn!(error = %e, "audit consumer: consume failed"); break }
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
         let rows: Vec<AuditEntry> = batch.iter().filter_map(|(_, _, r)| r.clone()).collect();
         let mut wait = Duration::from_millis(200);
         while let Err(e) = store.insert_audit(rows.clone()).await {

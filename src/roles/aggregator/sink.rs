@@ -20,9 +20,9 @@ use crate::priority::Priority;
 /// per many events rather than one per request (the commit, not the rows, is what costs).
 const SINK_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Starts [`run_store_sink`] on a thread of its own at background priority, with its own
+/// Starts the usage sink on a thread of its own at background priority, with its own
 /// single-threaded runtime, so reading and decoding batches never holds up a request-path worker;
-/// and [`run_audit_sink`] on another at normal priority: admin changes are rare, and a trail that
+/// and the audit sink on another at normal priority: admin changes are rare, and a trail that
 /// starved behind busy cores would answer an audit query without the change just made.
 /// The returned future resolves when both have stopped (after `shutdown`, once caught up).
 pub fn spawn_sinks(
@@ -38,12 +38,12 @@ pub fn spawn_sinks(
         move || async move {
             let hurry = sync.sink_thread().clone();
             hurry.enter();
-            run_store_sink(node, sync, shutdown).await;
+            run_sink(node, sync, Sink::Usage, shutdown).await;
             hurry.leave();
         }
     })?;
     let audit = sink_thread("audit-sink", false, move || {
-        run_audit_sink(node, sync, shutdown)
+        run_sink(node, sync, Sink::Audit, shutdown)
     })?;
     Ok(async move {
         let _ = tokio::join!(usage, audit);
@@ -80,26 +80,35 @@ where
     Ok(stopped)
 }
 
-/// The embedded aggregator: tails the usage log into the usage store.
+/// One sink: tails its topic's log into the store (the usage log into usage events, the config
+/// log into the audit trail).
 ///
 /// Delivery order: read a batch from the log, write its rows *and* the new offset in one store
 /// transaction, then continue. A crash before the commit replays the batch, and the store drops
-/// the events it already has (idempotent on `event_id`), so the store ends up with each event
-/// exactly once.
-async fn run_store_sink(
+/// what it already has (idempotent on `event_id`), so the store ends up with each event, and the
+/// trail with each admin change, exactly once, whatever becomes of the log. Usage waits out a
+/// batching window after a wake-up (unless a reader waits) and runs in the background unless a
+/// reader waits; config events are rare, so a change is in the trail as soon as the store
+/// takes it.
+async fn run_sink(
     node: Arc<Node>,
     sync: Arc<StoreSync>,
+    sink: Sink,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut end = node.log.watch_end(Topic::Usage);
-    let mut at = match node.store.offset(STORE_CONSUMER).await {
+    let (topic, consumer) = match sink {
+        Sink::Usage => (Topic::Usage, STORE_CONSUMER),
+        Sink::Audit => (Topic::Config, AUDIT_CONSUMER),
+    };
+    let mut end = node.log.watch_end(topic);
+    let mut at = match node.store.offset(consumer).await {
         Ok(o) => o,
         Err(e) => {
-            tracing::error!(error = %e, "store sink: cannot read its offset; not running");
+            tracing::error!(error = %e, sink = consumer, "store sink: cannot read its offset; not running");
             return;
         }
     };
-    sync.progressed(Sink::Usage, at);
+    sync.progressed(sink, at);
     let mut wanted = sync.wanted();
     loop {
         if at >= *end.borrow_and_update() {
@@ -110,30 +119,28 @@ async fn run_store_sink(
                 r = end.changed() => if r.is_err() { return },
                 r = shutdown.changed() => if r.is_err() { return },
             }
-            // The batching window, unless (or until) a reader waits for events past `at`.
-            if *wanted.borrow_and_update() <= at {
-                tokio::select! {
-                    _ = tokio::time::sleep(SINK_BATCH_WINDOW) => {}
-                    _ = wanted.wait_for(|w| *w > at) => {}
-                }
+            if sink == Sink::Usage {
+                batching_window(&mut wanted, at).await;
             }
             continue;
         }
-        // Work a reader waits for runs at normal priority, the rest in the background.
-        let waited_for = *wanted.borrow() > at;
-        Priority::apply(if waited_for {
-            Priority::Normal
-        } else {
-            Priority::Background
-        });
-        match sink_batch(&node, at).await {
+        if sink == Sink::Usage {
+            // Work a reader waits for runs at normal priority, the rest in the background.
+            let waited_for = *wanted.borrow() > at;
+            Priority::apply(if waited_for {
+                Priority::Normal
+            } else {
+                Priority::Background
+            });
+        }
+        match batch(&node, sink, at).await {
             Ok(next) => {
                 at = next;
-                sync.progressed(Sink::Usage, at);
+                sync.progressed(sink, at);
             }
             Err(e) => {
-                failed_batch(&node, &sync, Sink::Usage, &e, &mut shutdown).await;
-                if *shutdown.borrow() && sink_batch(&node, at).await.is_err() {
+                failed_batch(&node, &sync, sink, &e, &mut shutdown).await;
+                if *shutdown.borrow() && batch(&node, sink, at).await.is_err() {
                     return; // stopping: the log keeps the events for the next start
                 }
             }
@@ -141,47 +148,21 @@ async fn run_store_sink(
     }
 }
 
-/// The embedded audit trail: follows the config log into the store's `audit_log`, each batch's
-/// rows and the new position in one store transaction (a replay finds its rows by event id), so
-/// the trail holds every admin change once, whatever becomes of the log. Config events are rare:
-/// no batching window, a change is in the trail as soon as the store takes it.
-async fn run_audit_sink(
-    node: Arc<Node>,
-    sync: Arc<StoreSync>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut end = node.log.watch_end(Topic::Config);
-    let mut at = match node.store.offset(AUDIT_CONSUMER).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!(error = %e, "audit sink: cannot read its offset; not running");
-            return;
+/// The usage sink's batching window after a wake-up, unless (or until) a reader waits for
+/// events past `at`.
+async fn batching_window(wanted: &mut watch::Receiver<u64>, at: u64) {
+    if *wanted.borrow_and_update() <= at {
+        tokio::select! {
+            _ = tokio::time::sleep(SINK_BATCH_WINDOW) => {}
+            _ = wanted.wait_for(|w| *w > at) => {}
         }
-    };
-    sync.progressed(Sink::Audit, at);
-    loop {
-        if at >= *end.borrow_and_update() {
-            if *shutdown.borrow() {
-                return;
-            }
-            tokio::select! {
-                r = end.changed() => if r.is_err() { return },
-                r = shutdown.changed() => if r.is_err() { return },
-            }
-            continue;
-        }
-        match audit_batch(&node, at).await {
-            Ok(next) => {
-                at = next;
-                sync.progressed(Sink::Audit, at);
-            }
-            Err(e) => {
-                failed_batch(&node, &sync, Sink::Audit, &e, &mut shutdown).await;
-                if *shutdown.borrow() && audit_batch(&node, at).await.is_err() {
-                    return; // stopping: the log keeps the events for the next start
-                }
-            }
-        }
+    }
+}
+
+async fn batch(node: &Node, sink: Sink, at: u64) -> Result<u64, LedgerError> {
+    match sink {
+        Sink::Usage => sink_batch(node, at).await,
+        Sink::Audit => audit_batch(node, at).await,
     }
 }
 
