@@ -9,7 +9,7 @@ mod budgets;
 mod dedupe;
 mod queries;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -69,7 +69,9 @@ pub struct State {
     // The per-event maps use foldhash (seeded per process): SipHash showed up in profiles, and
     // their keys are server-made ids, not attacker-chosen strings.
     budgets: HashMap<BudgetRef, Counter, FastHash>,
-    limit_events: HashSet<(String, Millis, LimitKind), FastHash>,
+    /// The limit events emitted, per budget: (window start, kind), for at most its last two
+    /// windows (see `forget_old_windows`).
+    limit_events: HashMap<String, Vec<(Millis, LimitKind)>, FastHash>,
     usage: HashMap<(EntityKind, String), Totals, FastHash>,
     seen_usage: RecentIds,
 }
@@ -85,9 +87,14 @@ impl State {
     }
 
     fn apply_limit(&mut self, l: &LimitEvent) {
+        if l.kind == LimitKind::Reset {
+            self.forget_old_windows(&l.budget, l.window_start);
+        }
         if l.kind != LimitKind::Usage {
-            self.limit_events
-                .insert((l.budget.clone(), l.window_start, l.kind));
+            let emitted = self.limit_events.entry(l.budget.clone()).or_default();
+            if !emitted.contains(&(l.window_start, l.kind)) {
+                emitted.push((l.window_start, l.kind));
+            }
         }
         let Some(r) = BudgetRef::parse(&l.budget) else {
             return;
@@ -104,6 +111,20 @@ impl State {
             }
         } else {
             budget::raise(&mut self.budgets, r, l.window_start, l.budget_type, l.used);
+        }
+    }
+
+    /// A budget started the window at `start`: what was emitted for its windows before the one
+    /// just ended is forgotten, so the record of emitted events stays at two windows per budget
+    /// instead of growing with every period. The window just ended is kept: usage that was in
+    /// flight across the reset still settles into it, and must not claim its crossings again.
+    fn forget_old_windows(&mut self, budget: &str, start: Millis) {
+        let Some(emitted) = self.limit_events.get_mut(budget) else {
+            return;
+        };
+        let previous = emitted.iter().map(|(w, _)| *w).filter(|w| *w < start).max();
+        if let Some(previous) = previous {
+            emitted.retain(|(w, _)| *w >= previous);
         }
     }
 
@@ -220,6 +241,7 @@ pub(crate) mod tests {
     use crate::domain::limits::RateLimit;
     use crate::domain::time::Millis;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     /// A workspace service key `k` in workspace `ws` with the given budget.
     pub(crate) fn api_key_fixture(
@@ -365,6 +387,49 @@ pub(crate) mod tests {
     }
 
     /// A saved config is parsed when its event is applied; lookups share that one plan.
+    #[test]
+    fn the_record_of_emitted_limit_events_keeps_two_windows_per_budget() {
+        let limit = |kind: LimitKind, window: i64| {
+            Event::Limit(LimitEvent {
+                event_id: format!("{kind:?}{window}"),
+                at: Millis(window),
+                kind,
+                budget: "api_key:k".into(),
+                owner_kind: "api_key".into(),
+                workspace_id: None,
+                api_key_id: Some("k".into()),
+                window_start: Millis(window),
+                budget_type: crate::domain::limits::BudgetKind::Cost,
+                credit_limit: rust_decimal::Decimal::TEN,
+                alert_threshold: None,
+                used: rust_decimal::Decimal::ONE,
+                next_reset: None,
+            })
+        };
+        let mut s = State::default();
+        for w in [0, 100, 200, 300] {
+            s.apply(&limit(LimitKind::Reset, w));
+            s.apply(&limit(LimitKind::ThresholdCrossed, w));
+            s.apply(&limit(LimitKind::Exhausted, w));
+        }
+        let emitted = |s: &State, w: i64| {
+            [
+                LimitKind::Reset,
+                LimitKind::ThresholdCrossed,
+                LimitKind::Exhausted,
+            ]
+            .map(|k| s.limit_event_emitted("api_key:k", Millis(w), k))
+        };
+        assert_eq!(emitted(&s, 300), [true; 3], "the current window");
+        assert_eq!(emitted(&s, 200), [true; 3], "the window just ended");
+        assert_eq!(emitted(&s, 100), [false; 3], "older windows are forgotten");
+        assert_eq!(emitted(&s, 0), [false; 3]);
+        assert_eq!(s.limit_events["api_key:k"].len(), 6);
+        // A duplicate changes nothing; other budgets keep theirs.
+        s.apply(&limit(LimitKind::ThresholdCrossed, 300));
+        assert_eq!(s.limit_events["api_key:k"].len(), 6);
+    }
+
     #[test]
     fn saved_configs_are_parsed_once_when_applied() {
         let mut s = State::default();

@@ -173,7 +173,8 @@ impl State {
     /// Whether a limit event of this kind was emitted for the budget's window.
     pub fn limit_event_emitted(&self, budget: &str, window_start: Millis, kind: LimitKind) -> bool {
         self.limit_events
-            .contains(&(budget.to_owned(), window_start, kind))
+            .get(budget)
+            .is_some_and(|emitted| emitted.contains(&(window_start, kind)))
     }
 
     /// The definition of a budget, if it still exists.
