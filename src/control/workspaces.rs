@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::domain::limits::{parse_rate_limits, LimitOwner};
-use crate::domain::{Change, Entity, EntityKind, Workspace};
+use crate::domain::{Change, Entity, EntityKind, Millis, State, Workspace};
 
 fn defaults_of(b: &Body) -> Result<Option<Map<String, Value>>> {
     let Some(d) = b.object("defaults")? else {
