@@ -39,6 +39,14 @@ impl<'a> Body<'a> {
             .ok_or_else(|| invalid(format!("{k} is required")))
     }
 
+    /// A string that, when given, is not blank; trimmed.
+    pub fn nonempty_str(&self, k: &str) -> Result<Option<String>> {
+        match self.str(k)?.map(str::trim) {
+            Some("") => Err(invalid(format!("{k} must not be empty"))),
+            n => Ok(n.map(str::to_owned)),
+        }
+    }
+
     pub fn bool(&self, k: &str) -> Result<Option<bool>> {
         match self.get(k) {
             None => Ok(None),
@@ -58,6 +66,15 @@ impl<'a> Body<'a> {
             None => Ok(None),
             Some(Value::Object(m)) => Ok(Some(m)),
             Some(_) => Err(invalid(format!("{k} must be an object"))),
+        }
+    }
+
+    /// An array; absent (or null) is empty.
+    pub fn array(&self, k: &str) -> Result<&'a [Value]> {
+        match self.get(k) {
+            None => Ok(&[]),
+            Some(Value::Array(a)) => Ok(a),
+            Some(_) => Err(invalid(format!("{k} must be an array"))),
         }
     }
 

@@ -100,6 +100,19 @@ impl Caller {
             .ok_or_else(|| ControlError::NotFound(format!("workspace {wanted} not found")))
     }
 
+    /// The workspace `requested` names (checked as in [`Caller::workspace_for`]), or else the
+    /// caller's own, if it is pinned to one.
+    pub fn named_workspace(
+        &self,
+        state: &State,
+        requested: Option<&str>,
+    ) -> Result<Option<String>> {
+        match requested {
+            Some(w) => self.workspace_for(state, Some(w)).map(Some),
+            None => Ok(self.key.workspace_id.clone()),
+        }
+    }
+
     /// For list endpoints: the workspace to filter on, if any.
     pub fn workspace_filter(
         &self,
@@ -111,6 +124,15 @@ impl Caller {
             (None, Some(r)) => self.workspace_for(state, Some(r)).map(Some),
             (None, None) => Ok(None),
         }
+    }
+
+    /// For list endpoints: the workspace to filter on, if any, from the query's `workspace_id`.
+    pub fn listed_workspace(
+        &self,
+        state: &State,
+        q: &std::collections::HashMap<String, String>,
+    ) -> Result<Option<String>> {
+        self.workspace_filter(state, q.get("workspace_id").map(String::as_str))
     }
 
     /// Whether the caller may see an object of `workspace_id`.

@@ -90,12 +90,7 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
     };
     let out = json!({"id": c.id, "slug": c.slug, "version_id": c.version_id, "object": "config",
         "success": true, "data": {"id": c.id, "version_id": c.version_id}});
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Config(c))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Config(c)).await?;
     Ok(out)
 }
 
@@ -103,19 +98,14 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
     caller.require("configs.list")?;
     let page = Page::from_query(q, 1000)?;
     let state = ctl.ledger.state();
-    let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
+    let ws = caller.listed_workspace(&state, q)?;
     let mut items: Vec<&RouteConfig> = state
         .configs
         .values()
         .filter(|c| ws.as_ref().is_none_or(|w| &c.workspace_id == w))
         .collect();
     items.sort_by_key(|c| (c.created_at, c.id.clone()));
-    let mut out = page.list(
-        items
-            .into_iter()
-            .map(|c| views::config(c, &state, false))
-            .collect(),
-    );
+    let mut out = page.render(items, |c| views::config(c, &state, false));
     out["success"] = json!(true);
     Ok(out)
 }
@@ -149,12 +139,7 @@ pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) ->
     c.updated_at = Millis::now();
     let out =
         json!({"version_id": c.version_id, "success": true, "data": {"version_id": c.version_id}});
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Config(c))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Config(c)).await?;
     Ok(out)
 }
 
@@ -167,14 +152,6 @@ pub async fn delete(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value>
         check_not_forced(&state, caller, &c)?;
         c
     };
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Delete {
-                kind: EntityKind::Config,
-                id: c.id,
-            }],
-        )
-        .await?;
+    remove(command, caller, EntityKind::Config, c.id).await?;
     Ok(json!({}))
 }

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::body::invalid;
+use super::body::{invalid, Body};
 use super::Result;
 use crate::domain::limits::{
     parse_rate_limits, parse_usage_limit, LimitOwner, RateLimit, UsageLimit,
@@ -17,6 +17,11 @@ pub fn new_budget(v: Option<&Value>, now: Millis) -> Result<Option<UsageLimit>> 
         l.set_at = now;
     }
     Ok(l)
+}
+
+/// New rate limits from a request's `rate_limits` (absent or null: none).
+pub fn new_rate_limits(v: Option<&Value>, owner: LimitOwner) -> Result<Vec<RateLimit>> {
+    parse_rate_limits(v.unwrap_or(&Value::Null), owner).map_err(invalid)
 }
 
 /// Applies an update's `usage_limits` and `reset_usage` to a budget. Budgets are immutable once
@@ -77,6 +82,19 @@ pub fn update_rate_limits(
     }
     *current = new;
     Ok(())
+}
+
+/// Applies an update's `rate_limits`, then its `usage_limits` and `reset_usage` (see
+/// [`update_rate_limits`] and [`update_budget`]) to an object's limits.
+pub fn update_limits(
+    b: &Body,
+    usage: &mut Option<UsageLimit>,
+    rate: &mut Vec<RateLimit>,
+    owner: LimitOwner,
+) -> Result<()> {
+    update_rate_limits(rate, b.get("rate_limits"), owner)?;
+    let reset = b.bool("reset_usage")?.unwrap_or(false);
+    update_budget(usage, b.0.get("usage_limits"), reset, Millis::now())
 }
 
 #[cfg(test)]

@@ -22,14 +22,15 @@ use std::sync::Arc;
 use serde_json::Map;
 
 use crate::crypto::Sealer;
-use crate::ledger::{Ledger, LedgerError};
+use crate::domain::{Change, Entity, EntityKind};
+use crate::ledger::{Command, Ledger, LedgerError};
 use crate::settings::Settings;
 use crate::store::UsageStore;
 
 use body::invalid;
 pub use body::{parse_bool, Body};
 pub use caller::Caller;
-pub use limits::{new_budget, update_budget, update_rate_limits};
+pub use limits::{new_budget, new_rate_limits, update_budget, update_limits, update_rate_limits};
 pub use page::Page;
 pub use slugs::{check_new_slug, check_slug, make_slug, new_id};
 
@@ -86,3 +87,31 @@ impl Control {
 }
 
 pub type Result<T> = std::result::Result<T, ControlError>;
+
+/// Commits `changes` with `caller` as their actor (the audit trail).
+async fn commit(command: Command<'_>, caller: &Caller, changes: Vec<Change>) -> Result<()> {
+    Ok(command.commit(Some(caller.actor()), changes).await?)
+}
+
+/// Commits one entity, new or replaced, with `caller` as its actor.
+async fn upsert(command: Command<'_>, caller: &Caller, entity: Entity) -> Result<()> {
+    commit(command, caller, vec![Change::Upsert(entity)]).await
+}
+
+/// Commits the removal of one entity, with `caller` as its actor.
+async fn remove(command: Command<'_>, caller: &Caller, kind: EntityKind, id: String) -> Result<()> {
+    commit(command, caller, vec![Change::Delete { kind, id }]).await
+}
+
+/// Runs a command that answers `{}`: `decide` makes its changes from the state (under the
+/// admin lock, so no other command changes it meanwhile); they are committed as `caller`'s.
+async fn execute(
+    ctl: &Control,
+    caller: &Caller,
+    decide: impl FnOnce(&crate::domain::State) -> Result<Vec<Change>>,
+) -> Result<serde_json::Value> {
+    let command = ctl.ledger.command().await;
+    let changes = decide(&ctl.ledger.state())?;
+    commit(command, caller, changes).await?;
+    Ok(serde_json::json!({}))
+}

@@ -45,4 +45,13 @@ impl Page {
             .collect();
         serde_json::json!({"object": "list", "total": total, "data": data})
     }
+
+    /// [`Page::list`] of `items`, each shown by `view`.
+    pub fn render<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        view: impl FnMut(T) -> Value,
+    ) -> Value {
+        self.list(items.into_iter().map(view).collect())
+    }
 }

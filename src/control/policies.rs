@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::domain::budget::BudgetRef;
-use crate::domain::limits::{parse_rate_limits, LimitOwner};
+use crate::domain::limits::LimitOwner;
 use crate::domain::*;
 
 const KEYS: &[&str] = &["workspace_id", "api_key", "provider", "model"];
@@ -110,11 +110,7 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
     let b = Body::of(body)?;
     let now = Millis::now();
     let usage_limits = budget_of(body, &b, now)?;
-    let rate_limits = parse_rate_limits(
-        b.get("rate_limits").unwrap_or(&Value::Null),
-        LimitOwner::Other,
-    )
-    .map_err(invalid)?;
+    let rate_limits = new_rate_limits(b.get("rate_limits"), LimitOwner::Other)?;
     if usage_limits.is_none() && rate_limits.is_empty() {
         return Err(invalid(
             "a policy needs a budget (credit_limit) or rate_limits",
@@ -141,12 +137,7 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
         }
     };
     let out = json!({"id": p.id, "object": "usage-limits-policy"});
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Policy(p))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Policy(p)).await?;
     Ok(out)
 }
 
@@ -160,7 +151,7 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
         .filter(|p| caller.key.workspace_id.is_none() || p.workspace_id == caller.key.workspace_id)
         .collect();
     items.sort_by_key(|p| (p.created_at, p.id.clone()));
-    Ok(page.list(items.into_iter().map(|p| view(p, &state)).collect()))
+    Ok(page.render(items, |p| view(p, &state)))
 }
 
 pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
@@ -199,12 +190,7 @@ pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
     // A policy always has limits (it is made of them).
     p.limits_set_by = caller.govern(false, p.limits_set_by, true, &before, &after)?;
     p.updated_at = now;
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Policy(p))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Policy(p)).await?;
     Ok(json!({}))
 }
 
@@ -213,14 +199,6 @@ pub async fn delete(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     let command = ctl.ledger.command().await;
     let p = find(&ctl.ledger.state(), caller, id)?;
     caller.may_govern(false, Some(p.limits_set_by))?;
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Delete {
-                kind: EntityKind::Policy,
-                id: p.id,
-            }],
-        )
-        .await?;
+    remove(command, caller, EntityKind::Policy, p.id).await?;
     Ok(json!({}))
 }

@@ -18,11 +18,7 @@ pub(super) fn configurations_of(
     };
     let mut c = c.clone();
     c.retain(|_, v| !v.is_null());
-    if let Some(h) = c.get("custom_host") {
-        let url = parse_url(h, "configurations.custom_host").map_err(invalid)?;
-        check_private_host(&url, hosts, "configurations.custom_host").map_err(invalid)?;
-        c.insert("custom_host".into(), Value::String(url));
-    }
+    check_custom_host(&mut c, hosts, "configurations.custom_host")?;
     if let Some(h) = c.get("custom_headers") {
         if !h
             .as_object()
@@ -39,6 +35,21 @@ pub(super) fn configurations_of(
     }
     check_azure_names(&c)?;
     Ok(Some(c))
+}
+
+/// Checks `c`'s `custom_host` (named `field` in errors), if any: a URL, and not a private host
+/// unless `hosts` allows it; it is stored normalised.
+pub fn check_custom_host(
+    c: &mut Map<String, Value>,
+    hosts: PrivateHosts,
+    field: &str,
+) -> Result<()> {
+    if let Some(h) = c.get("custom_host") {
+        let url = parse_url(h, field).map_err(invalid)?;
+        check_private_host(&url, hosts, field).map_err(invalid)?;
+        c.insert("custom_host".into(), Value::String(url));
+    }
+    Ok(())
 }
 
 /// Whether `value` is a valid Azure `resource_name` (`[A-Za-z0-9-]+`) or `deployment_name`

@@ -15,7 +15,7 @@ use crate::domain::*;
 
 use crate::crypto::seal_scope;
 
-pub use configurations::{azure_name_ok, check_azure_names};
+pub use configurations::{azure_name_ok, check_azure_names, check_custom_host};
 use configurations::{check_metering, check_reconfigure, configurations_of};
 pub use models::{delete_models, list_models, update_models};
 use provisioning::{default_provider, global_access_of, grant_all_existing};
@@ -34,6 +34,13 @@ fn find(state: &State, caller: &Caller, slug: &str) -> Result<Integration> {
         })
         .map(|x| (**x).clone())
         .ok_or_else(|| ControlError::NotFound(format!("integration {slug} not found")))
+}
+
+/// Integration `slug`, if the caller may read it.
+fn find_to_read(state: &State, caller: &Caller, slug: &str) -> Result<Integration> {
+    let i = find(state, caller, slug)?;
+    caller.require(&read_scope(caller, &i, "read"))?;
+    Ok(i)
 }
 
 /// The scope managing an integration: workspace integrations and organisation ones differ.
@@ -76,36 +83,21 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
     let now = Millis::now();
     let (integration, providers) = {
         let state = ctl.ledger.state();
-        let workspace_id = match b.str("workspace_id")? {
-            Some(w) => Some(caller.workspace_for(&state, Some(w))?),
-            None => caller.key.workspace_id.clone(),
-        };
+        let workspace_id = caller.named_workspace(&state, b.str("workspace_id")?)?;
         caller.require(if workspace_id.is_some() {
             "workspace_integrations.create"
         } else {
             "organisation_integrations.create"
         })?;
         check_metering(caller, &Map::new(), &configurations)?;
-        let slug = match b.str("slug")? {
-            Some(s) => {
-                check_new_slug(s, state.integrations.contains_key(s))?;
-                if state.integrations.values().any(|i| i.slug == s) {
-                    return Err(ControlError::Conflict(format!(
-                        "integration slug {s} is taken"
-                    )));
-                }
-                s.to_owned()
-            }
-            None => make_slug("", &name),
-        };
         let id = new_id();
         let mut i = Integration {
             id: id.clone(),
-            slug,
+            slug: new_slug(&state, &b, &name)?,
             name,
             description: b.str("description")?.map(str::to_owned),
             ai_provider_id,
-            workspace_id: workspace_id.clone(),
+            workspace_id,
             key: None,
             configurations,
             allow_all_models: true,
@@ -120,33 +112,67 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
         if let Some(k) = b.str("key")?.filter(|k| !k.is_empty()) {
             i.key = Some(ctl.sealer.seal(k, seal_scope(&i), &id));
         }
-        let with_provider = b.bool("create_default_provider")?.unwrap_or(true);
-        let providers = match &workspace_id {
-            Some(ws) if with_provider => {
-                default_provider(&state, &i, ws, b.str("default_provider_slug")?, now)?
-                    .into_iter()
-                    .collect()
-            }
-            Some(_) => Vec::new(),
-            None => grant_all_existing(&state, &mut i, &BTreeSet::new(), with_provider, now)?,
-        };
+        let providers = initial_providers(&state, &b, &mut i, now)?;
         (i, providers)
     };
     let (id, slug) = (integration.id.clone(), integration.slug.clone());
-    let mut changes = vec![Change::Upsert(Entity::Integration(integration))];
+    commit(command, caller, with_providers(integration, providers)).await?;
+    Ok(json!({"id": id, "slug": slug, "object": "integration"}))
+}
+
+/// The slug of a new integration: the request's, if free, or one made from `name`.
+fn new_slug(state: &State, b: &Body, name: &str) -> Result<String> {
+    match b.str("slug")? {
+        Some(s) => {
+            check_new_slug(s, state.integrations.contains_key(s))?;
+            if state.integrations.values().any(|i| i.slug == s) {
+                return Err(ControlError::Conflict(format!(
+                    "integration slug {s} is taken"
+                )));
+            }
+            Ok(s.to_owned())
+        }
+        None => Ok(make_slug("", name)),
+    }
+}
+
+/// The providers a new integration comes with (unless `create_default_provider` is off): a
+/// workspace integration's default provider, or, for an organisation integration with "All
+/// Workspaces" on, every workspace's (granting them access).
+fn initial_providers(
+    state: &State,
+    b: &Body,
+    i: &mut Integration,
+    now: Millis,
+) -> Result<Vec<Provider>> {
+    let with_provider = b.bool("create_default_provider")?.unwrap_or(true);
+    match i.workspace_id.clone() {
+        Some(ws) if with_provider => {
+            let slug = b.str("default_provider_slug")?;
+            Ok(default_provider(state, i, &ws, slug, now)?
+                .into_iter()
+                .collect())
+        }
+        Some(_) => Ok(Vec::new()),
+        None => grant_all_existing(state, i, &BTreeSet::new(), with_provider, now),
+    }
+}
+
+/// The changes that write `i` and the providers made for it.
+fn with_providers(i: Integration, providers: Vec<Provider>) -> Vec<Change> {
+    let mut changes = vec![Change::Upsert(Entity::Integration(i))];
     changes.extend(
         providers
             .into_iter()
             .map(|p| Change::Upsert(Entity::Provider(p))),
     );
-    command.commit(Some(caller.actor()), changes).await?;
-    Ok(json!({"id": id, "slug": slug, "object": "integration"}))
+    changes
 }
 
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     let page = Page::from_query(q, 100)?;
     let state = ctl.ledger.state();
-    let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
+    let ws = caller.listed_workspace(&state, q)?;
     let kind = q.get("type").map(String::as_str).unwrap_or("all");
     let families = [
         "organisation_integrations.list",
@@ -173,18 +199,12 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
         .filter(|i| caller.key.has_scope(&read_scope(caller, i, "list")))
         .collect();
     items.sort_by_key(|i| (i.created_at, i.id.clone()));
-    Ok(page.list(
-        items
-            .into_iter()
-            .map(|i| views::integration(i, &state, false))
-            .collect(),
-    ))
+    Ok(page.render(items, |i| views::integration(i, &state, false)))
 }
 
 pub fn retrieve(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     let state = ctl.ledger.state();
-    let i = find(&state, caller, slug)?;
-    caller.require(&read_scope(caller, &i, "read"))?;
+    let i = find_to_read(&state, caller, slug)?;
     Ok(match &caller.key.workspace_id {
         Some(ws) => views::integration_for_workspace(&i, &state, ws),
         None => views::integration(&i, &state, true),
@@ -217,20 +237,13 @@ pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) ->
         i.credential_set_by = caller.authority();
     }
     i.updated_at = Millis::now();
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Integration(i))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Integration(i)).await?;
     Ok(json!({}))
 }
 
 pub async fn delete(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
-    let command = ctl.ledger.command().await;
-    let changes = {
-        let state = ctl.ledger.state();
-        let i = find(&state, caller, slug)?;
+    execute(ctl, caller, |state| {
+        let i = find(state, caller, slug)?;
         require_write(caller, &i, "delete")?;
         let providers: Vec<&std::sync::Arc<Provider>> = state
             .providers
@@ -252,8 +265,7 @@ pub async fn delete(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value>
             kind: EntityKind::Integration,
             id: i.id,
         });
-        changes
-    };
-    command.commit(Some(caller.actor()), changes).await?;
-    Ok(json!({}))
+        Ok(changes)
+    })
+    .await
 }

@@ -49,61 +49,51 @@ pub async fn update_models(
     body: &Value,
 ) -> Result<Value> {
     let b = Body::of(body)?;
-    let command = ctl.ledger.command().await;
-    let mut i = find(&ctl.ledger.state(), caller, slug)?;
-    require_write(caller, &i, "update")?;
-    let before = i.clone();
-    let now = Millis::now();
-    if let Some(all) = b.bool("allow_all_models")? {
-        i.allow_all_models = all;
-    }
-    let items = match b.get("models") {
-        None => &Vec::new(),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(invalid("models must be an array")),
-    };
-    for (n, item) in items.iter().enumerate() {
-        let m = Body::of(item).map_err(|_| invalid(format!("models[{n}] must be an object")))?;
-        let slug = m
-            .required_str("slug")
-            .map_err(|_| invalid(format!("models[{n}].slug is required")))?;
-        let enabled = m
-            .bool("enabled")?
-            .ok_or_else(|| invalid(format!("models[{n}].enabled is required")))?;
-        let pricing_config = m.get("pricing_config").cloned();
-        if let Some(p) = &pricing_config {
-            if let Err(why) = Price::parse_pricing_config(p) {
-                return Err(invalid(format!("models[{n}].pricing_config: {why}")));
-            }
+    change_models(ctl, caller, slug, |i, now| {
+        if let Some(all) = b.bool("allow_all_models")? {
+            i.allow_all_models = all;
         }
-        let prev = i.models.get(slug);
-        let entry = ModelEntry {
-            slug: slug.to_owned(),
-            enabled,
-            is_custom: m.bool("is_custom")?.unwrap_or(false),
-            is_finetune: m.bool("is_finetune")?.unwrap_or(false),
-            base_model_slug: m.str("base_model_slug")?.map(str::to_owned),
-            pricing_config: pricing_config.or_else(|| prev.and_then(|p| p.pricing_config.clone())),
-            created_at: prev.map_or(now, |p| p.created_at),
-            updated_at: now,
-        };
-        i.models.insert(slug.to_owned(), entry);
+        for (n, item) in b.array("models")?.iter().enumerate() {
+            let entry = model_entry(i, n, item, now)?;
+            i.models.insert(entry.slug.clone(), entry);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// `models[n]` of a `PUT /integrations/{slug}/models`, as an entry of `i` (keeping the pricing
+/// and creation time of the entry it replaces).
+fn model_entry(i: &Integration, n: usize, item: &Value, now: Millis) -> Result<ModelEntry> {
+    let m = Body::of(item).map_err(|_| invalid(format!("models[{n}] must be an object")))?;
+    let slug = m
+        .required_str("slug")
+        .map_err(|_| invalid(format!("models[{n}].slug is required")))?;
+    let enabled = m
+        .bool("enabled")?
+        .ok_or_else(|| invalid(format!("models[{n}].enabled is required")))?;
+    let pricing_config = m.get("pricing_config").cloned();
+    if let Some(p) = &pricing_config {
+        if let Err(why) = Price::parse_pricing_config(p) {
+            return Err(invalid(format!("models[{n}].pricing_config: {why}")));
+        }
     }
-    require_pricing_authority(caller, &before, &i)?;
-    i.updated_at = now;
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Integration(i))],
-        )
-        .await?;
-    Ok(json!({}))
+    let prev = i.models.get(slug);
+    Ok(ModelEntry {
+        slug: slug.to_owned(),
+        enabled,
+        is_custom: m.bool("is_custom")?.unwrap_or(false),
+        is_finetune: m.bool("is_finetune")?.unwrap_or(false),
+        base_model_slug: m.str("base_model_slug")?.map(str::to_owned),
+        pricing_config: pricing_config.or_else(|| prev.and_then(|p| p.pricing_config.clone())),
+        created_at: prev.map_or(now, |p| p.created_at),
+        updated_at: now,
+    })
 }
 
 pub fn list_models(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     let state = ctl.ledger.state();
-    let i = find(&state, caller, slug)?;
-    caller.require(&read_scope(caller, &i, "read"))?;
+    let i = find_to_read(&state, caller, slug)?;
     let models: Vec<Value> = i.models.values().map(views::model_entry).collect();
     Ok(
         json!({"object": "list", "total": models.len(), "allow_all_models": i.allow_all_models, "models": models, "data": []}),
@@ -116,20 +106,31 @@ pub async fn delete_models(
     slug: &str,
     slugs: &str,
 ) -> Result<Value> {
+    change_models(ctl, caller, slug, |i, _| {
+        for s in slugs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            i.models.remove(s);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Changes integration `slug`'s model provisioning with `edit` (given the time of the change),
+/// if the caller may change the integration and, where metering changes, has the authority.
+async fn change_models(
+    ctl: &Control,
+    caller: &Caller,
+    slug: &str,
+    edit: impl FnOnce(&mut Integration, Millis) -> Result<()>,
+) -> Result<Value> {
     let command = ctl.ledger.command().await;
     let mut i = find(&ctl.ledger.state(), caller, slug)?;
     require_write(caller, &i, "update")?;
     let before = i.clone();
-    for s in slugs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        i.models.remove(s);
-    }
+    let now = Millis::now();
+    edit(&mut i, now)?;
     require_pricing_authority(caller, &before, &i)?;
-    i.updated_at = Millis::now();
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Integration(i))],
-        )
-        .await?;
+    i.updated_at = now;
+    upsert(command, caller, Entity::Integration(i)).await?;
     Ok(json!({}))
 }

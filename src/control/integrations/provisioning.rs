@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::domain::limits::{parse_rate_limits, LimitOwner, RateLimit, UsageLimit};
+use crate::domain::limits::{LimitOwner, RateLimit, UsageLimit};
 
 /// Checks `global_workspace_access` (`{enabled, usage_limits[≤1], rate_limits[≤1]}`) and returns
 /// it normalised, budgets stamped with `now`.
@@ -19,11 +19,8 @@ pub(super) fn global_access_of(v: Option<&Value>, now: Millis) -> Result<Option<
         .ok_or_else(|| invalid("global_workspace_access.enabled is required"))?;
     let usage = new_budget(g.get("usage_limits"), now)
         .map_err(|e| invalid(format!("global_workspace_access.{e}")))?;
-    let rate = parse_rate_limits(
-        g.get("rate_limits").unwrap_or(&Value::Null),
-        LimitOwner::Other,
-    )
-    .map_err(|e| invalid(format!("global_workspace_access.{e}")))?;
+    let rate = new_rate_limits(g.get("rate_limits"), LimitOwner::Other)
+        .map_err(|e| invalid(format!("global_workspace_access.{e}")))?;
     Ok(Some(
         json!({"enabled": enabled, "usage_limits": usage.map(|u| vec![u]).unwrap_or_default(), "rate_limits": rate}),
     ))
@@ -205,102 +202,122 @@ pub async fn update_workspaces(
     caller.require("organisation_integrations.update")?;
     caller.require_organisation("changing an integration's workspace provisioning")?;
     let b = Body::of(body)?;
-    let command = ctl.ledger.command().await;
-    let now = Millis::now();
-    let changes = {
-        let state = ctl.ledger.state();
-        let mut i = find(&state, caller, slug)?;
+    execute(ctl, caller, |state| {
+        let now = Millis::now();
+        let mut i = find(state, caller, slug)?;
         if i.workspace_id.is_some() {
             return Err(invalid(
                 "a workspace-scoped integration cannot be provisioned to other workspaces",
             ));
         }
-        let create_default = b.bool("create_default_provider")?.unwrap_or(true);
-        let mut providers = Vec::new();
-        let mut explicit = BTreeSet::new();
-        let items = match b.get("workspaces") {
-            None => &Vec::new(),
-            Some(Value::Array(a)) => a,
-            Some(_) => return Err(invalid("workspaces must be an array")),
+        let mut p = Provisioning {
+            state,
+            b: &b,
+            create_default: b.bool("create_default_provider")?.unwrap_or(true),
+            now,
+            explicit: BTreeSet::new(),
+            providers: Vec::new(),
         };
-        for (n, item) in items.iter().enumerate() {
-            let w = Body::of(item)
-                .map_err(|_| invalid(format!("workspaces[{n}] must be an object")))?;
-            let ws_ref = w
-                .required_str("id")
-                .map_err(|_| invalid(format!("workspaces[{n}].id is required")))?;
-            let ws = state
-                .workspace(ws_ref)
-                .ok_or_else(|| ControlError::NotFound(format!("workspace {ws_ref} not found")))?;
-            let enabled = w.bool("enabled")?.unwrap_or(true);
-            explicit.insert(ws.id.clone());
-            let prev = i.workspaces.get(&ws.id).cloned();
-            let mut usage_limits = prev.as_ref().and_then(|p| p.usage_limits.clone());
-            let reset = w.bool("reset_usage")?.unwrap_or(false);
-            update_budget(&mut usage_limits, w.0.get("usage_limits"), reset, now)
-                .map_err(|e| invalid(format!("workspaces[{n}]: {e}")))?;
-            let mut rate_limits = prev
-                .as_ref()
-                .map(|p| p.rate_limits.clone())
-                .unwrap_or_default();
-            update_rate_limits(&mut rate_limits, w.get("rate_limits"), LimitOwner::Other)
-                .map_err(|e| invalid(format!("workspaces[{n}]: {e}")))?;
-            i.workspaces.insert(
-                ws.id.clone(),
-                WorkspaceAccess {
-                    workspace_id: ws.id.clone(),
-                    enabled,
-                    usage_limits,
-                    rate_limits,
-                    created_at: prev.map_or(now, |p| p.created_at),
-                    updated_at: now,
-                },
-            );
-            if enabled && w.bool("create_default_provider")?.unwrap_or(create_default) {
-                let slug = w
-                    .str("default_provider_slug")?
-                    .or(b.str("default_provider_slug")?);
-                providers.extend(default_provider(&state, &i, &ws.id, slug, now)?);
-            }
+        for (n, item) in b.array("workspaces")?.iter().enumerate() {
+            p.workspace(&mut i, n, item)?;
         }
+        p.global(&mut i)?;
+        i.updated_at = now;
+        Ok(with_providers(i, p.providers))
+    })
+    .await
+}
+
+/// A `PUT /integrations/{slug}/workspaces` request being applied to an integration.
+struct Provisioning<'a> {
+    state: &'a State,
+    b: &'a Body<'a>,
+    /// The request's `create_default_provider` (each workspace may say otherwise).
+    create_default: bool,
+    now: Millis,
+    /// The workspaces the request lists: "All Workspaces" and "apply to every workspace" leave
+    /// them as the request sets them.
+    explicit: BTreeSet<String>,
+    /// The default providers made.
+    providers: Vec<Provider>,
+}
+
+impl Provisioning<'_> {
+    /// `workspaces[n]`: grants or revokes the workspace, with its limits, and makes its default
+    /// provider if asked.
+    fn workspace(&mut self, i: &mut Integration, n: usize, item: &Value) -> Result<()> {
+        let now = self.now;
+        let w =
+            Body::of(item).map_err(|_| invalid(format!("workspaces[{n}] must be an object")))?;
+        let ws_ref = w
+            .required_str("id")
+            .map_err(|_| invalid(format!("workspaces[{n}].id is required")))?;
+        let ws = self
+            .state
+            .workspace(ws_ref)
+            .ok_or_else(|| ControlError::NotFound(format!("workspace {ws_ref} not found")))?;
+        let enabled = w.bool("enabled")?.unwrap_or(true);
+        self.explicit.insert(ws.id.clone());
+        let prev = i.workspaces.get(&ws.id).cloned();
+        let mut usage_limits = prev.as_ref().and_then(|p| p.usage_limits.clone());
+        let reset = w.bool("reset_usage")?.unwrap_or(false);
+        update_budget(&mut usage_limits, w.0.get("usage_limits"), reset, now)
+            .map_err(|e| invalid(format!("workspaces[{n}]: {e}")))?;
+        let mut rate_limits = prev
+            .as_ref()
+            .map(|p| p.rate_limits.clone())
+            .unwrap_or_default();
+        update_rate_limits(&mut rate_limits, w.get("rate_limits"), LimitOwner::Other)
+            .map_err(|e| invalid(format!("workspaces[{n}]: {e}")))?;
+        let access = WorkspaceAccess {
+            workspace_id: ws.id.clone(),
+            enabled,
+            usage_limits,
+            rate_limits,
+            created_at: prev.map_or(now, |p| p.created_at),
+            updated_at: now,
+        };
+        i.workspaces.insert(ws.id.clone(), access);
+        if enabled
+            && w.bool("create_default_provider")?
+                .unwrap_or(self.create_default)
+        {
+            let slug = w
+                .str("default_provider_slug")?
+                .or(self.b.str("default_provider_slug")?);
+            let made = default_provider(self.state, i, &ws.id, slug, now)?;
+            self.providers.extend(made);
+        }
+        Ok(())
+    }
+
+    /// `global_workspace_access` ("All Workspaces", granting every other workspace) and
+    /// `override_existing_workspaces_access` ("apply to every workspace").
+    fn global(&mut self, i: &mut Integration) -> Result<()> {
+        let (b, now) = (self.b, self.now);
         let global = global_access_of(b.get("global_workspace_access"), now)?;
         let all_on = global.as_ref().is_some_and(|g| g["enabled"] == true);
         if let Some(g) = global {
             i.global_workspace_access = Some(g);
         }
         if all_on {
-            providers.extend(grant_all_existing(
-                &state,
-                &mut i,
-                &explicit,
-                create_default,
-                now,
-            )?);
+            let made = grant_all_existing(self.state, i, &self.explicit, self.create_default, now)?;
+            self.providers.extend(made);
         }
         let override_flag = match b.bool("override_existing_workspaces_access")? {
             Some(f) => Some(f),
             None => b.bool("override_existing_workspace_access")?,
         };
         if override_flag == Some(true) {
-            override_existing(&mut i, &explicit, now)?;
+            override_existing(i, &self.explicit, now)?;
         }
-        i.updated_at = now;
-        let mut changes = vec![Change::Upsert(Entity::Integration(i))];
-        changes.extend(
-            providers
-                .into_iter()
-                .map(|p| Change::Upsert(Entity::Provider(p))),
-        );
-        changes
-    };
-    command.commit(Some(caller.actor()), changes).await?;
-    Ok(json!({}))
+        Ok(())
+    }
 }
 
 pub fn list_workspaces(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     let state = ctl.ledger.state();
-    let i = find(&state, caller, slug)?;
-    caller.require(&read_scope(caller, &i, "read"))?;
+    let i = find_to_read(&state, caller, slug)?;
     let items: Vec<Value> = i
         .workspaces
         .values()

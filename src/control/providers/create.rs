@@ -4,7 +4,6 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::domain::limits::parse_rate_limits;
 
 fn unique_slug(state: &State, b: &Body, workspace_id: &str, name: &str) -> Result<String> {
     match b.str("slug")? {
@@ -30,11 +29,7 @@ struct Limits {
 fn limits_of(b: &Body) -> Result<Limits> {
     Ok(Limits {
         usage: new_budget(b.get("usage_limits"), Millis::now())?,
-        rate: parse_rate_limits(
-            b.get("rate_limits").unwrap_or(&Value::Null),
-            LimitOwner::Other,
-        )
-        .map_err(invalid)?,
+        rate: new_rate_limits(b.get("rate_limits"), LimitOwner::Other)?,
         expires_at: b.timestamp("expires_at")?.flatten(),
     })
 }
@@ -63,8 +58,42 @@ fn check_no_org_limited_sibling(
     }
 }
 
+/// Where a new provider goes, and what it is called.
+struct Placement {
+    slug: String,
+    name: String,
+    integration_id: String,
+    workspace_id: String,
+}
+
+/// A new provider of `origin` at `at`, with the request's `note` and `limits`, set by the caller.
+fn new_provider(
+    caller: &Caller,
+    b: &Body,
+    at: Placement,
+    origin: ProviderOrigin,
+    limits: Limits,
+    now: Millis,
+) -> Result<Provider> {
+    Ok(Provider {
+        id: new_id(),
+        slug: at.slug,
+        name: at.name,
+        note: b.str("note")?.map(str::to_owned),
+        integration_id: at.integration_id,
+        workspace_id: at.workspace_id,
+        origin,
+        usage_limits: limits.usage,
+        rate_limits: limits.rate,
+        limits_set_by: caller.authority(),
+        expires_at: limits.expires_at,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
 /// `POST /providers`: a workspace's handle on an integration it has been given.
-pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
+pub(super) async fn provider(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("providers.create")?;
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
@@ -86,40 +115,59 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
             )));
         }
         check_no_org_limited_sibling(&state, caller, &i.id, &workspace_id)?;
-        Provider {
-            id: new_id(),
+        let at = Placement {
             slug: unique_slug(&state, &b, &workspace_id, &name)?,
             name,
-            note: b.str("note")?.map(str::to_owned),
             integration_id: i.id.clone(),
             workspace_id,
-            origin: ProviderOrigin::Catalog,
-            usage_limits: limits.usage,
-            rate_limits: limits.rate,
-            limits_set_by: caller.authority(),
-            expires_at: limits.expires_at,
-            created_at: now,
-            updated_at: now,
-        }
+        };
+        new_provider(caller, &b, at, ProviderOrigin::Catalog, limits, now)?
     };
     let out = json!({"id": p.id, "slug": p.slug, "object": "provider"});
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Provider(p))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Provider(p)).await?;
     Ok(out)
 }
 
 /// `POST /virtual-keys`: a credential and its provider in one step.
-pub async fn create_virtual_key(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
+pub(super) async fn virtual_key(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("virtual_keys.create")?;
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
     let ai_provider = b.required_str("provider")?.to_owned();
     let key = b.required_str("key")?;
     let limits = limits_of(&b)?;
+    let configurations = virtual_key_configurations(ctl, &b)?;
+    let command = ctl.ledger.command().await;
+    let now = Millis::now();
+    let (integration, provider) = {
+        let state = ctl.ledger.state();
+        let workspace_id = caller.workspace_for(&state, b.str("workspace_id")?)?;
+        let at = Placement {
+            slug: unique_slug(&state, &b, &workspace_id, &name)?,
+            name,
+            integration_id: new_id(),
+            workspace_id,
+        };
+        let p = new_provider(caller, &b, at, ProviderOrigin::VirtualKey, limits, now)?;
+        let i = implicit_integration(ctl, caller, &p, ai_provider, configurations, key);
+        (i, p)
+    };
+    let out = json!({"id": provider.id, "slug": provider.slug, "object": "virtual-key", "success": true, "data": {"slug": provider.slug}});
+    commit(
+        command,
+        caller,
+        vec![
+            Change::Upsert(Entity::Integration(integration)),
+            Change::Upsert(Entity::Provider(provider)),
+        ],
+    )
+    .await?;
+    Ok(out)
+}
+
+/// A virtual key's `configurations`, from the request's top-level fields (checked as an
+/// integration's are: the host a credential goes to, Azure names).
+fn virtual_key_configurations(ctl: &Control, b: &Body) -> Result<Map<String, Value>> {
     let mut configurations = Map::new();
     for (from, to) in [
         ("custom_host", "custom_host"),
@@ -131,64 +179,39 @@ pub async fn create_virtual_key(ctl: &Control, caller: &Caller, body: &Value) ->
             configurations.insert(to.into(), Value::String(v.to_owned()));
         }
     }
-    if let Some(h) = configurations.get("custom_host") {
-        let url = crate::domain::routing::parse_url(h, "custom_host").map_err(invalid)?;
-        let hosts = ctl.settings.upstream_private_hosts;
-        crate::domain::routing::check_private_host(&url, hosts, "custom_host").map_err(invalid)?;
-        configurations.insert("custom_host".into(), Value::String(url));
-    }
+    let hosts = ctl.settings.upstream_private_hosts;
+    super::integrations::check_custom_host(&mut configurations, hosts, "custom_host")?;
     super::integrations::check_azure_names(&configurations)?;
-    let command = ctl.ledger.command().await;
-    let now = Millis::now();
-    let (integration, provider) = {
-        let state = ctl.ledger.state();
-        let workspace_id = caller.workspace_for(&state, b.str("workspace_id")?)?;
-        let slug = unique_slug(&state, &b, &workspace_id, &name)?;
-        let mut i = Integration {
-            id: new_id(),
-            slug: format!("vk-{slug}"),
-            name: name.clone(),
-            description: None,
-            ai_provider_id: ai_provider,
-            workspace_id: Some(workspace_id.clone()),
-            key: None,
-            configurations,
-            allow_all_models: true,
-            models: Default::default(),
-            workspaces: Default::default(),
-            global_workspace_access: None,
-            implicit: true,
-            credential_set_by: caller.authority(),
-            created_at: now,
-            updated_at: now,
-        };
-        i.key = Some(ctl.sealer.seal(key, seal_scope(&i), &i.id));
-        let p = Provider {
-            id: new_id(),
-            slug,
-            name,
-            note: b.str("note")?.map(str::to_owned),
-            integration_id: i.id.clone(),
-            workspace_id,
-            origin: ProviderOrigin::VirtualKey,
-            usage_limits: limits.usage,
-            rate_limits: limits.rate,
-            limits_set_by: caller.authority(),
-            expires_at: limits.expires_at,
-            created_at: now,
-            updated_at: now,
-        };
-        (i, p)
+    Ok(configurations)
+}
+
+/// The implicit, workspace-scoped integration holding virtual key `p`'s credential, sealed.
+fn implicit_integration(
+    ctl: &Control,
+    caller: &Caller,
+    p: &Provider,
+    ai_provider_id: String,
+    configurations: Map<String, Value>,
+    key: &str,
+) -> Integration {
+    let mut i = Integration {
+        id: p.integration_id.clone(),
+        slug: format!("vk-{}", p.slug),
+        name: p.name.clone(),
+        description: None,
+        ai_provider_id,
+        workspace_id: Some(p.workspace_id.clone()),
+        key: None,
+        configurations,
+        allow_all_models: true,
+        models: Default::default(),
+        workspaces: Default::default(),
+        global_workspace_access: None,
+        implicit: true,
+        credential_set_by: caller.authority(),
+        created_at: p.created_at,
+        updated_at: p.created_at,
     };
-    let out = json!({"id": provider.id, "slug": provider.slug, "object": "virtual-key", "success": true, "data": {"slug": provider.slug}});
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![
-                Change::Upsert(Entity::Integration(integration)),
-                Change::Upsert(Entity::Provider(provider)),
-            ],
-        )
-        .await?;
-    Ok(out)
+    i.key = Some(ctl.sealer.seal(key, seal_scope(&i), &i.id));
+    i
 }

@@ -16,8 +16,6 @@ use crate::crypto::seal_scope;
 use crate::domain::limits::{LimitOwner, RateLimit, UsageLimit};
 use crate::domain::*;
 
-pub use create::{create, create_virtual_key};
-
 /// Which API a provider is being managed through (it decides scopes and the response shape).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
@@ -41,18 +39,40 @@ impl Api {
             ProviderOrigin::Catalog | ProviderOrigin::Provisioned => Api::Providers,
         }
     }
+
+    /// `p` as this API shows it; `list_item` for an item of a list.
+    fn view(self, p: &Provider, state: &State, now: Millis, list_item: bool) -> Value {
+        match self {
+            Api::Providers => views::provider(p, state, now, list_item),
+            Api::VirtualKeys => views::virtual_key(p, state, now),
+        }
+    }
+}
+
+/// A provider a request names: its slug, in `workspace` (or the caller's own), and the API it
+/// is managed through.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub api: Api,
+    pub slug: &'a str,
+    pub workspace: Option<&'a str>,
 }
 
 fn find(state: &State, caller: &Caller, slug: &str, workspace: Option<&str>) -> Result<Provider> {
-    let ws = match workspace {
-        Some(w) => Some(caller.workspace_for(state, Some(w))?),
-        None => caller.key.workspace_id.clone(),
-    };
+    let ws = caller.named_workspace(state, workspace)?;
     state
         .provider(slug, ws.as_deref())
         .filter(|p| caller.sees(Some(&p.workspace_id)))
         .map(|x| (**x).clone())
         .ok_or_else(|| ControlError::NotFound(format!("provider {slug} not found")))
+}
+
+/// The provider `t` names, to change with `action`: that also needs the scope of the API the
+/// provider belongs to (the caller's `t.api` scope is checked before).
+fn find_to(state: &State, caller: &Caller, action: &str, t: Target) -> Result<Provider> {
+    let p = find(state, caller, t.slug, t.workspace)?;
+    caller.require(&Api::of(&p).scope(action))?;
+    Ok(p)
 }
 
 /// A provider's limits and expiry: changing them needs authority ([`Caller::govern`]).
@@ -78,6 +98,14 @@ pub(super) fn check_removable(caller: &Caller, p: &Provider) -> Result<()> {
     caller.may_govern(false, set_by)
 }
 
+/// `POST /providers` (a catalog provider) or `POST /virtual-keys` (a credential and its provider).
+pub async fn create(ctl: &Control, caller: &Caller, api: Api, body: &Value) -> Result<Value> {
+    match api {
+        Api::Providers => create::provider(ctl, caller, body).await,
+        Api::VirtualKeys => create::virtual_key(ctl, caller, body).await,
+    }
+}
+
 pub fn list(
     ctl: &Control,
     caller: &Caller,
@@ -87,122 +115,106 @@ pub fn list(
     caller.require(&api.scope("list"))?;
     let page = Page::from_query(q, if api == Api::Providers { 50 } else { 1000 })?;
     let state = ctl.ledger.state();
-    let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
+    let ws = caller.listed_workspace(&state, q)?;
     let now = Millis::now();
-    let mut items: Vec<&std::sync::Arc<Provider>> = state
+    let mut items: Vec<_> = state
         .providers
         .values()
         .filter(|p| ws.as_ref().is_none_or(|w| &p.workspace_id == w))
         .collect();
     items.sort_by_key(|p| (p.created_at, p.id.clone()));
-    let render = |p: &Provider| match api {
-        Api::Providers => views::provider(p, &state, now, true),
-        Api::VirtualKeys => views::virtual_key(p, &state, now),
-    };
-    Ok(page.list(items.into_iter().map(|p| render(p)).collect()))
+    Ok(page.render(items, |p| api.view(p, &state, now, true)))
 }
 
-pub fn retrieve(
-    ctl: &Control,
-    caller: &Caller,
-    api: Api,
-    slug: &str,
-    workspace: Option<&str>,
-) -> Result<Value> {
-    caller.require(&api.scope("read"))?;
+pub fn retrieve(ctl: &Control, caller: &Caller, t: Target) -> Result<Value> {
+    caller.require(&t.api.scope("read"))?;
     let state = ctl.ledger.state();
-    let p = find(&state, caller, slug, workspace)?;
-    Ok(match api {
-        Api::Providers => views::provider(&p, &state, Millis::now(), false),
-        Api::VirtualKeys => views::virtual_key(&p, &state, Millis::now()),
-    })
+    let p = find(&state, caller, t.slug, t.workspace)?;
+    Ok(t.api.view(&p, &state, Millis::now(), false))
 }
 
-pub async fn update(
-    ctl: &Control,
-    caller: &Caller,
-    api: Api,
-    slug: &str,
-    workspace: Option<&str>,
-    body: &Value,
-) -> Result<Value> {
-    caller.require(&api.scope("update"))?;
+pub async fn update(ctl: &Control, caller: &Caller, t: Target<'_>, body: &Value) -> Result<Value> {
+    caller.require(&t.api.scope("update"))?;
     let b = Body::of(body)?;
     let command = ctl.ledger.command().await;
     let now = Millis::now();
     let (p, integration) = {
         let state = ctl.ledger.state();
-        let mut p = find(&state, caller, slug, workspace)?;
-        caller.require(&Api::of(&p).scope("update"))?;
-        let before = governed(&p);
+        let mut p = find_to(&state, caller, "update", t)?;
         if let Some(n) = b.str("name")? {
             p.name = n.to_owned();
         }
         if let Some(n) = b.str("note")? {
             p.note = Some(n.to_owned());
         }
-        update_rate_limits(&mut p.rate_limits, b.get("rate_limits"), LimitOwner::Other)?;
-        let reset = b.bool("reset_usage")?.unwrap_or(false);
-        update_budget(
-            &mut p.usage_limits,
-            b.0.get("usage_limits"),
-            reset,
-            Millis::now(),
-        )?;
-        if let Some(e) = b.timestamp("expires_at")? {
-            p.expires_at = e;
-        }
-        p.limits_set_by = caller.govern(
-            false,
-            p.limits_set_by,
-            has_limits(&before),
-            &before,
-            &governed(&p),
-        )?;
+        govern_limits(caller, &b, &mut p)?;
         p.updated_at = now;
-        // A virtual key's credential lives on its implicit integration.
-        let integration = match (
-            b.str("key")?.filter(|k| !k.is_empty()),
-            state.integrations.get(&p.integration_id),
-        ) {
-            (Some(k), Some(i)) if i.implicit => {
-                let mut i = Integration::clone(i);
-                i.key = Some(ctl.sealer.seal(k, seal_scope(&i), &i.id));
-                i.updated_at = now;
-                Some(i)
-            }
-            (Some(_), _) => {
-                return Err(invalid(
-                    "a catalog provider's key is set on its integration",
-                ))
-            }
-            (None, _) => None,
-        };
+        let integration = new_credential(ctl, &state, &b, &p, now)?;
         (p, integration)
     };
-    let out = match api {
+    let out = match t.api {
         Api::Providers => json!({"id": p.id, "slug": p.slug}),
         Api::VirtualKeys => json!({}),
     };
     let mut changes = vec![Change::Upsert(Entity::Provider(p))];
     changes.extend(integration.map(|i| Change::Upsert(Entity::Integration(i))));
-    command.commit(Some(caller.actor()), changes).await?;
+    commit(command, caller, changes).await?;
     Ok(out)
 }
 
-pub async fn delete(
+/// Applies an update's `rate_limits`, `usage_limits`, `reset_usage` and `expires_at` to `p`, if
+/// the caller has authority over them ([`Caller::govern`]).
+fn govern_limits(caller: &Caller, b: &Body, p: &mut Provider) -> Result<()> {
+    let before = governed(p);
+    update_limits(
+        b,
+        &mut p.usage_limits,
+        &mut p.rate_limits,
+        LimitOwner::Other,
+    )?;
+    if let Some(e) = b.timestamp("expires_at")? {
+        p.expires_at = e;
+    }
+    p.limits_set_by = caller.govern(
+        false,
+        p.limits_set_by,
+        has_limits(&before),
+        &before,
+        &governed(p),
+    )?;
+    Ok(())
+}
+
+/// An update's new `key`: a virtual key's credential lives on its implicit integration, which
+/// is returned sealed anew; a catalog provider's key is set on its integration.
+fn new_credential(
     ctl: &Control,
-    caller: &Caller,
-    api: Api,
-    slug: &str,
-    workspace: Option<&str>,
-) -> Result<Value> {
-    caller.require(&api.scope("delete"))?;
-    let command = ctl.ledger.command().await;
-    let changes = {
-        let state = ctl.ledger.state();
-        let p = find(&state, caller, slug, workspace)?;
-        caller.require(&Api::of(&p).scope("delete"))?;
+    state: &State,
+    b: &Body,
+    p: &Provider,
+    now: Millis,
+) -> Result<Option<Integration>> {
+    match (
+        b.str("key")?.filter(|k| !k.is_empty()),
+        state.integrations.get(&p.integration_id),
+    ) {
+        (Some(k), Some(i)) if i.implicit => {
+            let mut i = Integration::clone(i);
+            i.key = Some(ctl.sealer.seal(k, seal_scope(&i), &i.id));
+            i.updated_at = now;
+            Ok(Some(i))
+        }
+        (Some(_), _) => Err(invalid(
+            "a catalog provider's key is set on its integration",
+        )),
+        (None, _) => Ok(None),
+    }
+}
+
+pub async fn delete(ctl: &Control, caller: &Caller, t: Target<'_>) -> Result<Value> {
+    caller.require(&t.api.scope("delete"))?;
+    execute(ctl, caller, |state| {
+        let p = find_to(state, caller, "delete", t)?;
         check_removable(caller, &p)?;
         let mut changes = vec![Change::Delete {
             kind: EntityKind::Provider,
@@ -218,8 +230,7 @@ pub async fn delete(
                 id: p.integration_id,
             });
         }
-        changes
-    };
-    command.commit(Some(caller.actor()), changes).await?;
-    Ok(json!({}))
+        Ok(changes)
+    })
+    .await
 }
