@@ -99,6 +99,7 @@ fn defaults_of(
     Ok(Some(d.clone()))
 }
 
+/// `POST /api-keys/{kind}/{sub}`: a new key of that type; the answer holds its secret, once.
 pub async fn create(
     ctl: &Control,
     caller: &Caller,
@@ -118,10 +119,7 @@ pub async fn create(
         .string_list("scopes")?
         .ok_or_else(|| invalid("scopes is required"))?;
     check_grant(caller, kind, &scopes, &[])?;
-    let user_id = b.str("user_id")?.map(str::to_owned);
-    if kind == ApiKeyType::WorkspaceUser && user_id.is_none() {
-        return Err(invalid("user_id is required for workspace user keys"));
-    }
+    let user_id = user_of(kind, &b)?;
     let usage_limits = new_budget(b.get("usage_limits"), Millis::now())?;
     let rate_limits = new_rate_limits(b.get("rate_limits"), LimitOwner::ApiKey)?;
     let alert_emails = emails_of(&b)?.unwrap_or_default();
@@ -160,6 +158,15 @@ pub async fn create(
     let out = json!({"id": key.id, "key": secret, "object": "api-key"});
     upsert(command, caller, Entity::ApiKey(key)).await?;
     Ok(out)
+}
+
+/// A new key's `user_id`, which a workspace user key must have.
+fn user_of(kind: ApiKeyType, b: &Body) -> Result<Option<String>> {
+    let user_id = b.str("user_id")?.map(str::to_owned);
+    if kind == ApiKeyType::WorkspaceUser && user_id.is_none() {
+        return Err(invalid("user_id is required for workspace user keys"));
+    }
+    Ok(user_id)
 }
 
 /// An organisation key is created with an organisation key, and for no one workspace.
@@ -232,6 +239,7 @@ fn require_any(caller: &Caller, action: &str) -> Result<()> {
     }
 }
 
+/// `GET /api-keys`: the keys the caller sees and may list, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     require_any(caller, "list")?;
     let page = Page::from_query(q, 100)?;
@@ -251,6 +259,7 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
     Ok(page.render(items, |k| views::api_key(k, &state, now)))
 }
 
+/// `GET /api-keys/{id}`.
 pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     require_any(caller, "read")?;
     let state = ctl.ledger.state();
@@ -311,6 +320,8 @@ fn update_names(b: &Body, k: &mut ApiKey) -> Result<()> {
     Ok(())
 }
 
+/// `PUT /api-keys/{id}`: names, scopes (only those the caller may grant), defaults, limits, alerts
+/// and expiry (the governed ones with authority over the key).
 pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     let b = Body::of(body)?;
     let command = ctl.ledger.command().await;
@@ -358,6 +369,7 @@ pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
     Ok(json!({}))
 }
 
+/// `DELETE /api-keys/{id}`: never the caller's own key.
 pub async fn delete(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     let command = ctl.ledger.command().await;
     let k = find(&ctl.ledger.state(), caller, id, "delete")?;

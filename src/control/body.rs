@@ -15,16 +15,19 @@ pub(super) fn invalid(m: impl Into<String>) -> ControlError {
 pub struct Body<'a>(pub &'a Map<String, Value>);
 
 impl<'a> Body<'a> {
+    /// The body, which must be a JSON object.
     pub fn of(v: &'a Value) -> Result<Self> {
         v.as_object()
             .map(Body)
             .ok_or_else(|| invalid("the request body must be a JSON object"))
     }
 
+    /// Field `k`, unless absent or null.
     pub fn get(&self, k: &str) -> Option<&'a Value> {
         self.0.get(k).filter(|v| !v.is_null())
     }
 
+    /// A string.
     pub fn str(&self, k: &str) -> Result<Option<&'a str>> {
         match self.get(k) {
             None => Ok(None),
@@ -33,6 +36,7 @@ impl<'a> Body<'a> {
         }
     }
 
+    /// A string that is present and not blank.
     pub fn required_str(&self, k: &str) -> Result<&'a str> {
         self.str(k)?
             .filter(|s| !s.trim().is_empty())
@@ -47,6 +51,7 @@ impl<'a> Body<'a> {
         }
     }
 
+    /// A boolean; also `0`/`1` and `"true"`/`"false"` in any case.
     pub fn bool(&self, k: &str) -> Result<Option<bool>> {
         match self.get(k) {
             None => Ok(None),
@@ -61,6 +66,7 @@ impl<'a> Body<'a> {
         }
     }
 
+    /// An object.
     pub fn object(&self, k: &str) -> Result<Option<&'a Map<String, Value>>> {
         match self.get(k) {
             None => Ok(None),
@@ -78,6 +84,7 @@ impl<'a> Body<'a> {
         }
     }
 
+    /// A list of strings.
     pub fn string_list(&self, k: &str) -> Result<Option<Vec<String>>> {
         match self.get(k) {
             None => Ok(None),

@@ -53,6 +53,7 @@ fn check_not_forced(state: &State, caller: &Caller, c: &RouteConfig) -> Result<(
     Ok(())
 }
 
+/// `POST /configs`.
 pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("configs.create")?;
     let b = Body::of(body)?;
@@ -94,6 +95,7 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
     Ok(out)
 }
 
+/// `GET /configs`: the configs the caller sees, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("configs.list")?;
     let page = Page::from_query(q, 1000)?;
@@ -110,12 +112,14 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
     Ok(out)
 }
 
+/// `GET /configs/{slug}`.
 pub fn retrieve(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     caller.require("configs.read")?;
     let state = ctl.ledger.state();
     Ok(views::config(&find(&state, caller, slug)?, &state, true))
 }
 
+/// `PUT /configs/{slug}`.
 pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
     caller.require("configs.update")?;
     let b = Body::of(body)?;
@@ -143,6 +147,7 @@ pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) ->
     Ok(out)
 }
 
+/// `DELETE /configs/{slug}`.
 pub async fn delete(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     caller.require("configs.delete")?;
     let command = ctl.ledger.command().await;

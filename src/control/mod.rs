@@ -1,6 +1,12 @@
 //! The control plane: admin commands. Each validates its input against the current state,
 //! builds the new entity snapshots and commits them as config events. Views (the JSON the SDK
 //! reads) are in [`views`]. HTTP is not known here; errors are [`ControlError`] values.
+//!
+//! One module a resource: [`workspaces`], [`integrations`], [`providers`] (and virtual keys),
+//! [`configs`], [`api_keys`], [`policies`], [`audit_logs`]. What they share: the [`Caller`] and
+//! its checks (`caller.rs`), request bodies (`body.rs`), budgets and rate limits (`limits.rs`),
+//! slugs and ids (`slugs.rs`), pagination (`page.rs`), and here the commit helpers: every write
+//! goes through `ctl.ledger.command()` (which holds the admin lock) and `commit`.
 
 mod body;
 mod caller;
@@ -71,6 +77,7 @@ pub struct Control {
 }
 
 impl Control {
+    /// The control plane over `ledger`, sealing credentials with `sealer`.
     pub fn new(
         ledger: Arc<Ledger>,
         sealer: Sealer,
@@ -86,6 +93,7 @@ impl Control {
     }
 }
 
+/// The result of an admin command.
 pub type Result<T> = std::result::Result<T, ControlError>;
 
 /// Commits `changes` with `caller` as their actor (the audit trail).

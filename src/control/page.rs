@@ -13,6 +13,7 @@ pub struct Page {
 }
 
 impl Page {
+    /// The page a query asks for; `default_size` when it names none (at most 1000).
     pub fn from_query(
         q: &std::collections::HashMap<String, String>,
         default_size: usize,

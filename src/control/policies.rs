@@ -105,6 +105,7 @@ fn view(p: &UsagePolicy, state: &State) -> Value {
     })
 }
 
+/// `POST /policies/usage-limits`.
 pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
@@ -141,6 +142,7 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
     Ok(out)
 }
 
+/// `GET /policies/usage-limits`: the policies the caller sees, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("workspaces.read")?;
     let page = Page::from_query(q, 100)?;
@@ -154,12 +156,14 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
     Ok(page.render(items, |p| view(p, &state)))
 }
 
+/// `GET /policies/usage-limits/{id}`.
 pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.read")?;
     let state = ctl.ledger.state();
     Ok(view(&find(&state, caller, id)?, &state))
 }
 
+/// `PUT /policies/usage-limits/{id}`: its limits (its conditions never change).
 pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
@@ -194,6 +198,7 @@ pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
     Ok(json!({}))
 }
 
+/// `DELETE /policies/usage-limits/{id}`.
 pub async fn delete(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.update")?;
     let command = ctl.ledger.command().await;

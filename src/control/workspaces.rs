@@ -23,6 +23,7 @@ fn defaults_of(b: &Body) -> Result<Option<Map<String, Value>>> {
     Ok(Some(d.clone()))
 }
 
+/// `POST /admin/workspaces`: a new workspace, provisioned by the integrations open to all.
 pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("workspaces.create")?;
     if caller.key.workspace_id.is_some() {
@@ -69,6 +70,7 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
     Ok(views::workspace(&ws, &ctl.ledger.state(), false))
 }
 
+/// `GET /admin/workspaces`: the workspaces the caller sees, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("workspaces.list")?;
     let page = Page::from_query(q, 100)?;
@@ -100,6 +102,7 @@ fn find(state: &State, caller: &Caller, id: &str) -> Result<Workspace> {
         .ok_or_else(|| ControlError::NotFound(format!("workspace {id} not found")))
 }
 
+/// `GET /admin/workspaces/{id}`.
 pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.read")?;
     let state = ctl.ledger.state();
@@ -117,6 +120,7 @@ fn governed(w: &Workspace) -> impl PartialEq {
     )
 }
 
+/// `PUT /admin/workspaces/{id}`: names, and (with an organisation key) limits and defaults.
 pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
@@ -146,6 +150,8 @@ pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
     Ok(json!({}))
 }
 
+/// `DELETE /admin/workspaces/{id}`: refused while it has keys, providers, configs or
+/// integrations, unless `force_delete` (then they go with it).
 pub async fn delete(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.delete")?;
     caller.require_organisation("deleting a workspace")?;

@@ -1,6 +1,6 @@
 //! Integrations (shared provider credentials): create, read, update and delete. What an
-//! integration's `configurations` may hold is in [`configurations`], its workspace provisioning
-//! in [`provisioning`], its model provisioning and pricing in [`models`].
+//! integration's `configurations` may hold is in `configurations.rs`, its workspace provisioning
+//! in `provisioning.rs`, its model provisioning and pricing in `models.rs`.
 
 mod configurations;
 mod models;
@@ -73,6 +73,7 @@ fn require_write(caller: &Caller, i: &Integration, action: &str) -> Result<()> {
     Ok(())
 }
 
+/// `POST /integrations`: a workspace or organisation integration, with its default providers.
 pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
@@ -169,6 +170,7 @@ fn with_providers(i: Integration, providers: Vec<Provider>) -> Vec<Change> {
     changes
 }
 
+/// `GET /integrations`: the integrations the caller sees and may list, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     let page = Page::from_query(q, 100)?;
     let state = ctl.ledger.state();
@@ -202,6 +204,7 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
     Ok(page.render(items, |i| views::integration(i, &state, false)))
 }
 
+/// `GET /integrations/{slug}`: a workspace key gets its workspace's view.
 pub fn retrieve(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     let state = ctl.ledger.state();
     let i = find_to_read(&state, caller, slug)?;
@@ -211,6 +214,7 @@ pub fn retrieve(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     })
 }
 
+/// `PUT /integrations/{slug}`: names, `configurations` and the key.
 pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
     let b = Body::of(body)?;
     let command = ctl.ledger.command().await;
@@ -241,6 +245,7 @@ pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) ->
     Ok(json!({}))
 }
 
+/// `DELETE /integrations/{slug}`, with its providers.
 pub async fn delete(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     execute(ctl, caller, |state| {
         let i = find(state, caller, slug)?;

@@ -91,6 +91,7 @@ fn model_entry(i: &Integration, n: usize, item: &Value, now: Millis) -> Result<M
     })
 }
 
+/// `GET /integrations/{slug}/models`.
 pub fn list_models(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     let state = ctl.ledger.state();
     let i = find_to_read(&state, caller, slug)?;
@@ -100,6 +101,7 @@ pub fn list_models(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> 
     )
 }
 
+/// `DELETE /integrations/{slug}/models?slugs=a,b`.
 pub async fn delete_models(
     ctl: &Control,
     caller: &Caller,

@@ -315,6 +315,7 @@ impl Provisioning<'_> {
     }
 }
 
+/// `GET /integrations/{slug}/workspaces`: the workspaces it serves that the caller sees.
 pub fn list_workspaces(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     let state = ctl.ledger.state();
     let i = find_to_read(&state, caller, slug)?;

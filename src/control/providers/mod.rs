@@ -3,7 +3,7 @@
 //! as a config `virtual_key`, and as `@slug`.
 //!
 //! Reading, updating and deleting are here; creating (a catalog provider, or a virtual key with
-//! its credential) is in [`create`].
+//! its credential) is in `create.rs`.
 
 mod create;
 
@@ -106,6 +106,7 @@ pub async fn create(ctl: &Control, caller: &Caller, api: Api, body: &Value) -> R
     }
 }
 
+/// `GET /providers` or `GET /virtual-keys`: the providers the caller sees, in creation order.
 pub fn list(
     ctl: &Control,
     caller: &Caller,
@@ -126,6 +127,7 @@ pub fn list(
     Ok(page.render(items, |p| api.view(p, &state, now, true)))
 }
 
+/// `GET /providers/{slug}` or `GET /virtual-keys/{slug}`.
 pub fn retrieve(ctl: &Control, caller: &Caller, t: Target) -> Result<Value> {
     caller.require(&t.api.scope("read"))?;
     let state = ctl.ledger.state();
@@ -133,6 +135,8 @@ pub fn retrieve(ctl: &Control, caller: &Caller, t: Target) -> Result<Value> {
     Ok(t.api.view(&p, &state, Millis::now(), false))
 }
 
+/// `PUT /providers/{slug}` or `PUT /virtual-keys/{slug}`: names, limits (with authority) and
+/// a virtual key's credential.
 pub async fn update(ctl: &Control, caller: &Caller, t: Target<'_>, body: &Value) -> Result<Value> {
     caller.require(&t.api.scope("update"))?;
     let b = Body::of(body)?;
@@ -211,6 +215,8 @@ fn new_credential(
     }
 }
 
+/// `DELETE /providers/{slug}` or `DELETE /virtual-keys/{slug}`, with a virtual key's implicit
+/// integration.
 pub async fn delete(ctl: &Control, caller: &Caller, t: Target<'_>) -> Result<Value> {
     caller.require(&t.api.scope("delete"))?;
     execute(ctl, caller, |state| {
