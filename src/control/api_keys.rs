@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::crypto;
-use crate::domain::limits::{parse_rate_limits, LimitOwner};
+use crate::domain::limits::LimitOwner;
 use crate::domain::scopes::{known, scope_valid_for, DATA_PLANE_SCOPES};
 use crate::domain::*;
 
@@ -99,6 +99,7 @@ fn defaults_of(
     Ok(Some(d.clone()))
 }
 
+/// `POST /api-keys/{kind}/{sub}`: a new key of that type; the answer holds its secret, once.
 pub async fn create(
     ctl: &Control,
     caller: &Caller,
@@ -111,28 +112,16 @@ pub async fn create(
     caller.require(&format!("{}.create", family(kind)))?;
     let b = Body::of(body)?;
     if !kind.is_workspace() {
-        caller.require_organisation("creating an organisation key")?;
-        if b.get("workspace_id").is_some() {
-            return Err(invalid(
-                "workspace_id is not accepted on an organisation key, which acts on every workspace; to bind a key to a workspace, create a workspace key with POST /v1/api-keys/workspace/service",
-            ));
-        }
+        check_organisation_key(caller, &b)?;
     }
     let name = b.required_str("name")?.trim().to_owned();
     let scopes = b
         .string_list("scopes")?
         .ok_or_else(|| invalid("scopes is required"))?;
     check_grant(caller, kind, &scopes, &[])?;
-    let user_id = b.str("user_id")?.map(str::to_owned);
-    if kind == ApiKeyType::WorkspaceUser && user_id.is_none() {
-        return Err(invalid("user_id is required for workspace user keys"));
-    }
+    let user_id = user_of(kind, &b)?;
     let usage_limits = new_budget(b.get("usage_limits"), Millis::now())?;
-    let rate_limits = parse_rate_limits(
-        b.get("rate_limits").unwrap_or(&Value::Null),
-        LimitOwner::ApiKey,
-    )
-    .map_err(invalid)?;
+    let rate_limits = new_rate_limits(b.get("rate_limits"), LimitOwner::ApiKey)?;
     let alert_emails = emails_of(&b)?.unwrap_or_default();
     let expires_at = b.timestamp("expires_at")?.flatten();
     let command = ctl.ledger.command().await;
@@ -140,22 +129,8 @@ pub async fn create(
     let secret = crypto::new_api_key();
     let key = {
         let state = ctl.ledger.state();
-        let workspace_id = if kind.is_workspace() {
-            let requested = b.str("workspace_id")?;
-            if requested.is_none() && caller.key.workspace_id.is_none() {
-                return Err(invalid(
-                    "workspace_id is required for workspace keys created with an organisation key",
-                ));
-            }
-            Some(caller.workspace_for(&state, requested)?)
-        } else {
-            None
-        };
-        if caller.key.ancestors.len() >= MAX_KEY_DEPTH {
-            return Err(ControlError::Forbidden(format!(
-                "this key is {MAX_KEY_DEPTH} mints below the organisation's: it cannot mint further keys"
-            )));
-        }
+        let workspace_id = new_key_workspace(&state, caller, kind, &b)?;
+        check_depth(caller)?;
         ApiKey {
             id: new_id(),
             key_hash: crypto::hash_api_key(&secret),
@@ -181,13 +156,57 @@ pub async fn create(
         }
     };
     let out = json!({"id": key.id, "key": secret, "object": "api-key"});
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::ApiKey(key))],
-        )
-        .await?;
+    upsert(command, caller, Entity::ApiKey(key)).await?;
     Ok(out)
+}
+
+/// A new key's `user_id`, which a workspace user key must have.
+fn user_of(kind: ApiKeyType, b: &Body) -> Result<Option<String>> {
+    let user_id = b.str("user_id")?.map(str::to_owned);
+    if kind == ApiKeyType::WorkspaceUser && user_id.is_none() {
+        return Err(invalid("user_id is required for workspace user keys"));
+    }
+    Ok(user_id)
+}
+
+/// An organisation key is created with an organisation key, and for no one workspace.
+fn check_organisation_key(caller: &Caller, b: &Body) -> Result<()> {
+    caller.require_organisation("creating an organisation key")?;
+    if b.get("workspace_id").is_some() {
+        return Err(invalid(
+            "workspace_id is not accepted on an organisation key, which acts on every workspace; to bind a key to a workspace, create a workspace key with POST /v1/api-keys/workspace/service",
+        ));
+    }
+    Ok(())
+}
+
+/// The workspace of a new key of `kind`: a workspace key's is named, or the caller's own.
+fn new_key_workspace(
+    state: &State,
+    caller: &Caller,
+    kind: ApiKeyType,
+    b: &Body,
+) -> Result<Option<String>> {
+    if !kind.is_workspace() {
+        return Ok(None);
+    }
+    let requested = b.str("workspace_id")?;
+    if requested.is_none() && caller.key.workspace_id.is_none() {
+        return Err(invalid(
+            "workspace_id is required for workspace keys created with an organisation key",
+        ));
+    }
+    caller.workspace_for(state, requested).map(Some)
+}
+
+/// Refuses a key [`MAX_KEY_DEPTH`] mints below the organisation's another mint.
+fn check_depth(caller: &Caller) -> Result<()> {
+    if caller.key.ancestors.len() >= MAX_KEY_DEPTH {
+        return Err(ControlError::Forbidden(format!(
+            "this key is {MAX_KEY_DEPTH} mints below the organisation's: it cannot mint further keys"
+        )));
+    }
+    Ok(())
 }
 
 fn find(state: &State, caller: &Caller, id: &str, action: &str) -> Result<ApiKey> {
@@ -220,11 +239,12 @@ fn require_any(caller: &Caller, action: &str) -> Result<()> {
     }
 }
 
+/// `GET /api-keys`: the keys the caller sees and may list, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     require_any(caller, "list")?;
     let page = Page::from_query(q, 100)?;
     let state = ctl.ledger.state();
-    let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
+    let ws = caller.listed_workspace(&state, q)?;
     let now = Millis::now();
     let mut items: Vec<&std::sync::Arc<ApiKey>> = state
         .api_keys
@@ -236,14 +256,10 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
         })
         .collect();
     items.sort_by_key(|k| (k.created_at, k.id.clone()));
-    Ok(page.list(
-        items
-            .into_iter()
-            .map(|k| views::api_key(k, &state, now))
-            .collect(),
-    ))
+    Ok(page.render(items, |k| views::api_key(k, &state, now)))
 }
 
+/// `GET /api-keys/{id}`.
 pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     require_any(caller, "read")?;
     let state = ctl.ledger.state();
@@ -278,6 +294,34 @@ fn acts_for(state: &State, key: &ApiKey, target: &str) -> bool {
     false
 }
 
+/// Refuses an update that names another workspace than the key's.
+fn check_same_workspace(state: &State, b: &Body, k: &ApiKey) -> Result<()> {
+    if let Some(w) = b.str("workspace_id")? {
+        let same = state
+            .workspace(w)
+            .is_some_and(|w| k.workspace_id.as_deref() == Some(w.id.as_str()));
+        if !same {
+            return Err(invalid(
+                "a key's workspace_id cannot change; create a new key in the other workspace",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Applies an update's `name` (not empty) and `description`.
+fn update_names(b: &Body, k: &mut ApiKey) -> Result<()> {
+    if let Some(n) = b.nonempty_str("name")? {
+        k.name = n;
+    }
+    if let Some(d) = b.str("description")? {
+        k.description = Some(d.to_owned());
+    }
+    Ok(())
+}
+
+/// `PUT /api-keys/{id}`: names, scopes (only those the caller may grant), defaults, limits, alerts
+/// and expiry (the governed ones with authority over the key).
 pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     let b = Body::of(body)?;
     let command = ctl.ledger.command().await;
@@ -291,25 +335,8 @@ pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
             || !k.defaults.is_empty()
             || k.expires_at.is_some()
             || !k.alert_emails.is_empty();
-        if let Some(w) = b.str("workspace_id")? {
-            let same = state
-                .workspace(w)
-                .is_some_and(|w| k.workspace_id.as_deref() == Some(w.id.as_str()));
-            if !same {
-                return Err(invalid(
-                    "a key's workspace_id cannot change; create a new key in the other workspace",
-                ));
-            }
-        }
-        if let Some(n) = b.str("name")? {
-            if n.trim().is_empty() {
-                return Err(invalid("name must not be empty"));
-            }
-            k.name = n.trim().to_owned();
-        }
-        if let Some(d) = b.str("description")? {
-            k.description = Some(d.to_owned());
-        }
+        check_same_workspace(&state, &b, &k)?;
+        update_names(&b, &mut k)?;
         if let Some(s) = b.string_list("scopes")? {
             check_grant(caller, k.kind, &s, &k.scopes)?;
             k.scopes = s;
@@ -317,13 +344,11 @@ pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
         if let Some(d) = defaults_of(&state, k.workspace_id.as_deref(), &b)? {
             k.defaults = d;
         }
-        update_rate_limits(&mut k.rate_limits, b.get("rate_limits"), LimitOwner::ApiKey)?;
-        let reset = b.bool("reset_usage")?.unwrap_or(false);
-        update_budget(
+        update_limits(
+            &b,
             &mut k.usage_limits,
-            b.0.get("usage_limits"),
-            reset,
-            Millis::now(),
+            &mut k.rate_limits,
+            LimitOwner::ApiKey,
         )?;
         if let Some(e) = emails_of(&b)? {
             k.alert_emails = e;
@@ -340,30 +365,18 @@ pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
         k.updated_at = Millis::now();
         k
     };
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::ApiKey(k))],
-        )
-        .await?;
+    upsert(command, caller, Entity::ApiKey(k)).await?;
     Ok(json!({}))
 }
 
+/// `DELETE /api-keys/{id}`: never the caller's own key.
 pub async fn delete(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     let command = ctl.ledger.command().await;
     let k = find(&ctl.ledger.state(), caller, id, "delete")?;
     if k.id == caller.key.id {
         return Err(ControlError::Forbidden("a key cannot delete itself".into()));
     }
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Delete {
-                kind: EntityKind::ApiKey,
-                id: k.id,
-            }],
-        )
-        .await?;
+    remove(command, caller, EntityKind::ApiKey, k.id).await?;
     Ok(json!({}))
 }
 

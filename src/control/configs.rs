@@ -53,6 +53,7 @@ fn check_not_forced(state: &State, caller: &Caller, c: &RouteConfig) -> Result<(
     Ok(())
 }
 
+/// `POST /configs`.
 pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("configs.create")?;
     let b = Body::of(body)?;
@@ -90,42 +91,35 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
     };
     let out = json!({"id": c.id, "slug": c.slug, "version_id": c.version_id, "object": "config",
         "success": true, "data": {"id": c.id, "version_id": c.version_id}});
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Config(c))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Config(c)).await?;
     Ok(out)
 }
 
+/// `GET /configs`: the configs the caller sees, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("configs.list")?;
     let page = Page::from_query(q, 1000)?;
     let state = ctl.ledger.state();
-    let ws = caller.workspace_filter(&state, q.get("workspace_id").map(String::as_str))?;
+    let ws = caller.listed_workspace(&state, q)?;
     let mut items: Vec<&RouteConfig> = state
         .configs
         .values()
         .filter(|c| ws.as_ref().is_none_or(|w| &c.workspace_id == w))
         .collect();
     items.sort_by_key(|c| (c.created_at, c.id.clone()));
-    let mut out = page.list(
-        items
-            .into_iter()
-            .map(|c| views::config(c, &state, false))
-            .collect(),
-    );
+    let mut out = page.render(items, |c| views::config(c, &state, false));
     out["success"] = json!(true);
     Ok(out)
 }
 
+/// `GET /configs/{slug}`.
 pub fn retrieve(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     caller.require("configs.read")?;
     let state = ctl.ledger.state();
     Ok(views::config(&find(&state, caller, slug)?, &state, true))
 }
 
+/// `PUT /configs/{slug}`.
 pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) -> Result<Value> {
     caller.require("configs.update")?;
     let b = Body::of(body)?;
@@ -149,15 +143,11 @@ pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) ->
     c.updated_at = Millis::now();
     let out =
         json!({"version_id": c.version_id, "success": true, "data": {"version_id": c.version_id}});
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Config(c))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Config(c)).await?;
     Ok(out)
 }
 
+/// `DELETE /configs/{slug}`.
 pub async fn delete(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value> {
     caller.require("configs.delete")?;
     let command = ctl.ledger.command().await;
@@ -167,14 +157,6 @@ pub async fn delete(ctl: &Control, caller: &Caller, slug: &str) -> Result<Value>
         check_not_forced(&state, caller, &c)?;
         c
     };
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Delete {
-                kind: EntityKind::Config,
-                id: c.id,
-            }],
-        )
-        .await?;
+    remove(command, caller, EntityKind::Config, c.id).await?;
     Ok(json!({}))
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::domain::budget::BudgetRef;
-use crate::domain::limits::{parse_rate_limits, LimitOwner};
+use crate::domain::limits::LimitOwner;
 use crate::domain::*;
 
 const KEYS: &[&str] = &["workspace_id", "api_key", "provider", "model"];
@@ -105,16 +105,13 @@ fn view(p: &UsagePolicy, state: &State) -> Value {
     })
 }
 
+/// `POST /policies/usage-limits`.
 pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
     let now = Millis::now();
     let usage_limits = budget_of(body, &b, now)?;
-    let rate_limits = parse_rate_limits(
-        b.get("rate_limits").unwrap_or(&Value::Null),
-        LimitOwner::Other,
-    )
-    .map_err(invalid)?;
+    let rate_limits = new_rate_limits(b.get("rate_limits"), LimitOwner::Other)?;
     if usage_limits.is_none() && rate_limits.is_empty() {
         return Err(invalid(
             "a policy needs a budget (credit_limit) or rate_limits",
@@ -141,15 +138,11 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
         }
     };
     let out = json!({"id": p.id, "object": "usage-limits-policy"});
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Policy(p))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Policy(p)).await?;
     Ok(out)
 }
 
+/// `GET /policies/usage-limits`: the policies the caller sees, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("workspaces.read")?;
     let page = Page::from_query(q, 100)?;
@@ -160,15 +153,17 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
         .filter(|p| caller.key.workspace_id.is_none() || p.workspace_id == caller.key.workspace_id)
         .collect();
     items.sort_by_key(|p| (p.created_at, p.id.clone()));
-    Ok(page.list(items.into_iter().map(|p| view(p, &state)).collect()))
+    Ok(page.render(items, |p| view(p, &state)))
 }
 
+/// `GET /policies/usage-limits/{id}`.
 pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.read")?;
     let state = ctl.ledger.state();
     Ok(view(&find(&state, caller, id)?, &state))
 }
 
+/// `PUT /policies/usage-limits/{id}`: its limits (its conditions never change).
 pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
@@ -199,28 +194,16 @@ pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
     // A policy always has limits (it is made of them).
     p.limits_set_by = caller.govern(false, p.limits_set_by, true, &before, &after)?;
     p.updated_at = now;
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Policy(p))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Policy(p)).await?;
     Ok(json!({}))
 }
 
+/// `DELETE /policies/usage-limits/{id}`.
 pub async fn delete(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.update")?;
     let command = ctl.ledger.command().await;
     let p = find(&ctl.ledger.state(), caller, id)?;
     caller.may_govern(false, Some(p.limits_set_by))?;
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Delete {
-                kind: EntityKind::Policy,
-                id: p.id,
-            }],
-        )
-        .await?;
+    remove(command, caller, EntityKind::Policy, p.id).await?;
     Ok(json!({}))
 }

@@ -61,6 +61,7 @@ fn entity_status(
     }
 }
 
+/// Rate limits as the API shows them (a list).
 pub fn rate_limits(r: &[RateLimit]) -> Value {
     serde_json::to_value(r).unwrap_or_else(|_| json!([]))
 }
@@ -93,6 +94,7 @@ fn status(expires_at: Option<Millis>, now: Millis) -> &'static str {
     }
 }
 
+/// A workspace; `with_users` adds its (empty) `users`, as retrieve answers.
 pub fn workspace(w: &Workspace, state: &State, with_users: bool) -> Value {
     let now = Millis::now();
     let r = || BudgetRef::Workspace(w.id.clone());
@@ -112,6 +114,7 @@ pub fn workspace(w: &Workspace, state: &State, with_users: bool) -> Value {
     v
 }
 
+/// An integration; `full` (retrieve) adds its masked key, model allow-list and type.
 pub fn integration(i: &Integration, state: &State, full: bool) -> Value {
     let mut configurations = i.configurations.clone();
     configurations.remove("custom_headers");
@@ -178,6 +181,7 @@ pub fn workspace_access(i: &Integration, a: &WorkspaceAccess, state: &State) -> 
     })
 }
 
+/// An entry of an integration's model provisioning.
 pub fn model_entry(m: &ModelEntry) -> Value {
     json!({
         "slug": m.slug, "name": m.slug, "enabled": m.enabled, "is_custom": m.is_custom,
@@ -215,6 +219,7 @@ pub fn virtual_key(p: &Provider, state: &State, now: Millis) -> Value {
     v
 }
 
+/// A config; `full` (retrieve) adds the config itself and its version.
 pub fn config(c: &RouteConfig, state: &State, full: bool) -> Value {
     let mut v = json!({
         "id": c.id, "slug": c.slug, "name": c.name,
@@ -233,6 +238,7 @@ pub fn config(c: &RouteConfig, state: &State, full: bool) -> Value {
     v
 }
 
+/// An API key (never its secret).
 pub fn api_key(k: &ApiKey, state: &State, now: Millis) -> Value {
     json!({
         "id": k.id, "key": k.masked, "name": k.name, "description": k.description,

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::domain::limits::{parse_rate_limits, LimitOwner};
-use crate::domain::{Change, Entity, EntityKind, Workspace};
+use crate::domain::limits::LimitOwner;
+use crate::domain::{Change, Entity, EntityKind, Millis, State, Workspace};
 
 fn defaults_of(b: &Body) -> Result<Option<Map<String, Value>>> {
     let Some(d) = b.object("defaults")? else {
@@ -23,6 +23,7 @@ fn defaults_of(b: &Body) -> Result<Option<Map<String, Value>>> {
     Ok(Some(d.clone()))
 }
 
+/// `POST /admin/workspaces`: a new workspace, provisioned by the integrations open to all.
 pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Value> {
     caller.require("workspaces.create")?;
     if caller.key.workspace_id.is_some() {
@@ -33,11 +34,7 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
     let usage_limits = new_budget(b.get("usage_limits"), Millis::now())?;
-    let rate_limits = parse_rate_limits(
-        b.get("rate_limits").unwrap_or(&Value::Null),
-        LimitOwner::Other,
-    )
-    .map_err(invalid)?;
+    let rate_limits = new_rate_limits(b.get("rate_limits"), LimitOwner::Other)?;
     let command = ctl.ledger.command().await;
     let slug = match b.str("slug")? {
         Some(s) => {
@@ -69,10 +66,11 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
         &ws.id,
         now,
     )?);
-    command.commit(Some(caller.actor()), changes).await?;
+    commit(command, caller, changes).await?;
     Ok(views::workspace(&ws, &ctl.ledger.state(), false))
 }
 
+/// `GET /admin/workspaces`: the workspaces the caller sees, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     caller.require("workspaces.list")?;
     let page = Page::from_query(q, 100)?;
@@ -93,12 +91,7 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
         })
         .collect();
     items.sort_by_key(|w| (w.created_at, w.id.clone()));
-    Ok(page.list(
-        items
-            .into_iter()
-            .map(|w| views::workspace(w, &state, false))
-            .collect(),
-    ))
+    Ok(page.render(items, |w| views::workspace(w, &state, false)))
 }
 
 fn find(state: &State, caller: &Caller, id: &str) -> Result<Workspace> {
@@ -109,6 +102,7 @@ fn find(state: &State, caller: &Caller, id: &str) -> Result<Workspace> {
         .ok_or_else(|| ControlError::NotFound(format!("workspace {id} not found")))
 }
 
+/// `GET /admin/workspaces/{id}`.
 pub fn retrieve(ctl: &Control, caller: &Caller, id: &str) -> Result<Value> {
     caller.require("workspaces.read")?;
     let state = ctl.ledger.state();
@@ -126,17 +120,15 @@ fn governed(w: &Workspace) -> impl PartialEq {
     )
 }
 
+/// `PUT /admin/workspaces/{id}`: names, and (with an organisation key) limits and defaults.
 pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.update")?;
     let b = Body::of(body)?;
     let command = ctl.ledger.command().await;
     let mut w = find(&ctl.ledger.state(), caller, id)?;
     let before = governed(&w);
-    if let Some(name) = b.str("name")? {
-        if name.trim().is_empty() {
-            return Err(invalid("name must not be empty"));
-        }
-        w.name = name.trim().to_owned();
+    if let Some(name) = b.nonempty_str("name")? {
+        w.name = name;
     }
     if let Some(d) = b.str("description")? {
         w.description = Some(d.to_owned());
@@ -144,27 +136,22 @@ pub async fn update(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
     if let Some(d) = defaults_of(&b)? {
         w.defaults = d;
     }
-    update_rate_limits(&mut w.rate_limits, b.get("rate_limits"), LimitOwner::Other)?;
-    let reset = b.bool("reset_usage")?.unwrap_or(false);
-    update_budget(
+    update_limits(
+        &b,
         &mut w.usage_limits,
-        b.0.get("usage_limits"),
-        reset,
-        Millis::now(),
+        &mut w.rate_limits,
+        LimitOwner::Other,
     )?;
     if governed(&w) != before {
         caller.require_organisation("changing a workspace's limits or defaults")?;
     }
     w.updated_at = Millis::now();
-    command
-        .commit(
-            Some(caller.actor()),
-            vec![Change::Upsert(Entity::Workspace(w))],
-        )
-        .await?;
+    upsert(command, caller, Entity::Workspace(w)).await?;
     Ok(json!({}))
 }
 
+/// `DELETE /admin/workspaces/{id}`: refused while it has keys, providers, configs or
+/// integrations, unless `force_delete` (then they go with it).
 pub async fn delete(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> Result<Value> {
     caller.require("workspaces.delete")?;
     caller.require_organisation("deleting a workspace")?;
@@ -172,44 +159,14 @@ pub async fn delete(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
         .get("force_delete")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let command = ctl.ledger.command().await;
-    let changes = {
-        let state = ctl.ledger.state();
-        let w = find(&state, caller, id)?;
+    execute(ctl, caller, |state| {
+        let w = find(state, caller, id)?;
         if w.slug == crate::domain::DEFAULT_WORKSPACE_SLUG {
             return Err(ControlError::Forbidden(
                 "the default workspace cannot be deleted".into(),
             ));
         }
-        let mut deps: Vec<(EntityKind, String)> = Vec::new();
-        deps.extend(
-            state
-                .api_keys
-                .values()
-                .filter(|k| k.workspace_id.as_deref() == Some(&w.id))
-                .map(|k| (EntityKind::ApiKey, k.id.clone())),
-        );
-        deps.extend(
-            state
-                .providers
-                .values()
-                .filter(|p| p.workspace_id == w.id)
-                .map(|p| (EntityKind::Provider, p.id.clone())),
-        );
-        deps.extend(
-            state
-                .configs
-                .values()
-                .filter(|c| c.workspace_id == w.id)
-                .map(|c| (EntityKind::Config, c.id.clone())),
-        );
-        deps.extend(
-            state
-                .integrations
-                .values()
-                .filter(|i| i.workspace_id.as_deref() == Some(&w.id))
-                .map(|i| (EntityKind::Integration, i.id.clone())),
-        );
+        let deps = dependents(state, &w.id);
         if !deps.is_empty() && !force {
             return Err(ControlError::Conflict(format!(
                 "workspace {} still has {} keys, providers, configs or integrations; delete them or pass force_delete",
@@ -222,21 +179,54 @@ pub async fn delete(ctl: &Control, caller: &Caller, id: &str, body: &Value) -> R
             .map(|(kind, id)| Change::Delete { kind, id })
             .collect();
         // Remove the workspace from shared integrations' provisioning.
-        for i in state
-            .integrations
-            .values()
-            .filter(|i| i.workspaces.contains_key(&w.id))
-        {
-            let mut i = crate::domain::Integration::clone(i);
-            i.workspaces.remove(&w.id);
-            changes.push(Change::Upsert(Entity::Integration(i)));
-        }
+        changes.extend(deprovision(state, &w.id));
         changes.push(Change::Delete {
             kind: EntityKind::Workspace,
             id: w.id,
         });
-        changes
-    };
-    command.commit(Some(caller.actor()), changes).await?;
-    Ok(json!({}))
+        Ok(changes)
+    })
+    .await
+}
+
+/// What is deleted with workspace `id` (with `force_delete`): its keys, providers, configs and
+/// integrations.
+fn dependents(state: &State, id: &str) -> Vec<(EntityKind, String)> {
+    let ws = Some(id);
+    let mut deps: Vec<(EntityKind, String)> = Vec::new();
+    for k in state
+        .api_keys
+        .values()
+        .filter(|k| k.workspace_id.as_deref() == ws)
+    {
+        deps.push((EntityKind::ApiKey, k.id.clone()));
+    }
+    for p in state.providers.values().filter(|p| p.workspace_id == id) {
+        deps.push((EntityKind::Provider, p.id.clone()));
+    }
+    for c in state.configs.values().filter(|c| c.workspace_id == id) {
+        deps.push((EntityKind::Config, c.id.clone()));
+    }
+    for i in state
+        .integrations
+        .values()
+        .filter(|i| i.workspace_id.as_deref() == ws)
+    {
+        deps.push((EntityKind::Integration, i.id.clone()));
+    }
+    deps
+}
+
+/// The shared integrations that provision workspace `id`, without it.
+fn deprovision(state: &State, id: &str) -> Vec<Change> {
+    state
+        .integrations
+        .values()
+        .filter(|i| i.workspaces.contains_key(id))
+        .map(|i| {
+            let mut i = crate::domain::Integration::clone(i);
+            i.workspaces.remove(id);
+            Change::Upsert(Entity::Integration(i))
+        })
+        .collect()
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::extract::{Admin, JsonBody, QueryMap};
 use super::AppState;
-use crate::control::providers::Api;
+use crate::control::providers::{Api, Target};
 use crate::control::{
     api_keys, audit_logs, configs, integrations, policies, providers, workspaces,
 };
@@ -45,16 +45,6 @@ pub fn routes() -> Router<Arc<AppState>> {
                 .put(int_models_update)
                 .delete(int_models_delete),
         )
-        .route("/providers", get(prov_list).post(prov_create))
-        .route(
-            "/providers/{slug}",
-            get(prov_get).put(prov_update).delete(prov_delete),
-        )
-        .route("/virtual-keys", get(vk_list).post(vk_create))
-        .route(
-            "/virtual-keys/{slug}",
-            get(vk_get).put(vk_update).delete(vk_delete),
-        )
         .route("/configs", get(cfg_list).post(cfg_create))
         .route(
             "/configs/{slug}",
@@ -72,6 +62,27 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/policies/usage-limits/{id}",
             get(pol_get).put(pol_update).delete(pol_delete),
+        )
+        .merge(provider_routes("/providers", Api::Providers))
+        .merge(provider_routes("/virtual-keys", Api::VirtualKeys))
+}
+
+/// `base` and `base/{slug}` for providers managed through `api`: `/providers` and
+/// `/virtual-keys` are one set of handlers, which differ only by the [`Api`] they pass on.
+fn provider_routes(base: &str, api: Api) -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            base,
+            get(move |c: App, a: Admin, q: QueryMap| prov_list(api, c, a, q))
+                .post(move |c: App, a: Admin, b: JsonBody| prov_create(api, c, a, b)),
+        )
+        .route(
+            &format!("{base}/{{slug}}"),
+            get(move |c: App, a: Admin, s: Slug, q: QueryMap| prov_get(api, c, a, s, q))
+                .put(move |c: App, a: Admin, s: Slug, q: QueryMap, b: JsonBody| {
+                    prov_update(api, c, a, s, q, b)
+                })
+                .delete(move |c: App, a: Admin, s: Slug, q: QueryMap| prov_delete(api, c, a, s, q)),
         )
 }
 
@@ -158,86 +169,58 @@ async fn int_models_delete(
     .await)
 }
 
-fn ws(q: &std::collections::HashMap<String, String>) -> Option<&str> {
-    q.get("workspace_id")
+/// Provider `slug` through `api`, in the query's `workspace_id` if it names one.
+fn target<'a>(
+    api: Api,
+    slug: &'a str,
+    q: &'a std::collections::HashMap<String, String>,
+) -> Target<'a> {
+    let workspace = q
+        .get("workspace_id")
         .map(String::as_str)
-        .filter(|w| !w.is_empty())
+        .filter(|w| !w.is_empty());
+    Target {
+        api,
+        slug,
+        workspace,
+    }
 }
 
-async fn prov_create(State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
-    ok(providers::create(&c.control, &a, &b).await)
+type Slug = Path<String>;
+
+async fn prov_create(api: Api, State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
+    ok(providers::create(&c.control, &a, api, &b).await)
 }
-async fn prov_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(providers::list(&c.control, &a, Api::Providers, &q))
+async fn prov_list(api: Api, State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    ok(providers::list(&c.control, &a, api, &q))
 }
 async fn prov_get(
+    api: Api,
     State(c): App,
     Admin(a): Admin,
-    Path(s): Path<String>,
+    Path(s): Slug,
     QueryMap(q): QueryMap,
 ) -> Answer {
-    ok(providers::retrieve(
-        &c.control,
-        &a,
-        Api::Providers,
-        &s,
-        ws(&q),
-    ))
+    ok(providers::retrieve(&c.control, &a, target(api, &s, &q)))
 }
 async fn prov_update(
+    api: Api,
     State(c): App,
     Admin(a): Admin,
-    Path(s): Path<String>,
+    Path(s): Slug,
     QueryMap(q): QueryMap,
     JsonBody(b): JsonBody,
 ) -> Answer {
-    ok(providers::update(&c.control, &a, Api::Providers, &s, ws(&q), &b).await)
+    ok(providers::update(&c.control, &a, target(api, &s, &q), &b).await)
 }
 async fn prov_delete(
+    api: Api,
     State(c): App,
     Admin(a): Admin,
-    Path(s): Path<String>,
+    Path(s): Slug,
     QueryMap(q): QueryMap,
 ) -> Answer {
-    ok(providers::delete(&c.control, &a, Api::Providers, &s, ws(&q)).await)
-}
-
-async fn vk_create(State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {
-    ok(providers::create_virtual_key(&c.control, &a, &b).await)
-}
-async fn vk_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
-    ok(providers::list(&c.control, &a, Api::VirtualKeys, &q))
-}
-async fn vk_get(
-    State(c): App,
-    Admin(a): Admin,
-    Path(s): Path<String>,
-    QueryMap(q): QueryMap,
-) -> Answer {
-    ok(providers::retrieve(
-        &c.control,
-        &a,
-        Api::VirtualKeys,
-        &s,
-        ws(&q),
-    ))
-}
-async fn vk_update(
-    State(c): App,
-    Admin(a): Admin,
-    Path(s): Path<String>,
-    QueryMap(q): QueryMap,
-    JsonBody(b): JsonBody,
-) -> Answer {
-    ok(providers::update(&c.control, &a, Api::VirtualKeys, &s, ws(&q), &b).await)
-}
-async fn vk_delete(
-    State(c): App,
-    Admin(a): Admin,
-    Path(s): Path<String>,
-    QueryMap(q): QueryMap,
-) -> Answer {
-    ok(providers::delete(&c.control, &a, Api::VirtualKeys, &s, ws(&q)).await)
+    ok(providers::delete(&c.control, &a, target(api, &s, &q)).await)
 }
 
 async fn cfg_create(State(c): App, Admin(a): Admin, JsonBody(b): JsonBody) -> Answer {

@@ -1,0 +1,118 @@
+//! An integration's `configurations`: what each key may hold, and who may change what (a
+//! stored credential never goes to a host it was not set for; metering is the organisation's).
+
+use serde_json::{Map, Value};
+
+use super::*;
+use crate::domain::routing::{azure_name_ok, check_private_host, parse_url, PrivateHosts};
+
+/// Checks `configurations`: `custom_host` must be a URL, `custom_headers` an object of strings and
+/// `meter_unpriced_at_zero` (meter models without a price at $0 instead of refusing them on paths
+/// with a cost budget) a boolean.
+pub(super) fn configurations_of(
+    b: &Body,
+    hosts: PrivateHosts,
+) -> Result<Option<Map<String, Value>>> {
+    let Some(c) = b.object("configurations")? else {
+        return Ok(None);
+    };
+    let mut c = c.clone();
+    c.retain(|_, v| !v.is_null());
+    check_custom_host(&mut c, hosts, "configurations.custom_host")?;
+    if let Some(h) = c.get("custom_headers") {
+        if !h
+            .as_object()
+            .is_some_and(|o| o.values().all(Value::is_string))
+        {
+            return Err(invalid(
+                "configurations.custom_headers must be an object of strings",
+            ));
+        }
+    }
+    let flag = crate::domain::pricing::METER_UNPRICED_AT_ZERO;
+    if c.get(flag).is_some_and(|v| !v.is_boolean()) {
+        return Err(invalid(format!("configurations.{flag} must be a boolean")));
+    }
+    check_azure_names(&c)?;
+    Ok(Some(c))
+}
+
+/// Checks `c`'s `custom_host` (named `field` in errors), if any: a URL, and not a private host
+/// unless `hosts` allows it; it is stored normalised.
+pub fn check_custom_host(
+    c: &mut Map<String, Value>,
+    hosts: PrivateHosts,
+    field: &str,
+) -> Result<()> {
+    if let Some(h) = c.get("custom_host") {
+        let url = parse_url(h, field).map_err(invalid)?;
+        check_private_host(&url, hosts, field).map_err(invalid)?;
+        c.insert("custom_host".into(), Value::String(url));
+    }
+    Ok(())
+}
+
+/// Refuses a `resource_name` or `deployment_name` that is not a plain name (see [`azure_name_ok`]).
+pub fn check_azure_names(c: &Map<String, Value>) -> Result<()> {
+    for field in ["resource_name", "deployment_name"] {
+        let ok = match c.get(field) {
+            None => true,
+            Some(v) => v.as_str().is_some_and(|s| azure_name_ok(field, s)),
+        };
+        if !ok {
+            let shape = if field == "resource_name" {
+                "[A-Za-z0-9-]+"
+            } else {
+                "[A-Za-z0-9._-]+"
+            };
+            return Err(invalid(format!("{field} must match ^{shape}$")));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a workspace key's change of `meter_unpriced_at_zero` (from `current` by `c`): it
+/// decides whether unpriced models count against cost budgets, which the organisation may have
+/// set on the workspace, so it is the organisation's to set.
+pub(super) fn check_metering(
+    caller: &Caller,
+    current: &Map<String, Value>,
+    c: &Map<String, Value>,
+) -> Result<()> {
+    let flag = crate::domain::pricing::METER_UNPRICED_AT_ZERO;
+    let was = current.get(flag).and_then(Value::as_bool).unwrap_or(false);
+    match c.get(flag).and_then(Value::as_bool) {
+        Some(now) if now != was => caller.require_organisation(&format!(
+            "setting configurations.{flag} (what cost budgets count)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a workspace key's change of `configurations` (to `c`) that could send a stored
+/// credential elsewhere unless it gives the key in the same update (`with_key`): any change of
+/// custom_host, and any change at all to a credential the organisation entered (the Azure URL
+/// is built from resource_name and deployment_name, for instance).
+pub(super) fn check_reconfigure(
+    caller: &Caller,
+    i: &Integration,
+    c: &Map<String, Value>,
+    with_key: bool,
+) -> Result<()> {
+    if with_key || caller.authority() == Authority::Organisation {
+        return Ok(());
+    }
+    let changed = |k: &str| c.get(k).is_some_and(|v| i.configurations.get(k) != Some(v));
+    if changed("custom_host") {
+        return Err(ControlError::Forbidden(
+            "a workspace key that changes custom_host must give the integration's key in the same update: a stored credential never goes to a host it was not set for".into(),
+        ));
+    }
+    let org_credential = i.key.is_some() && i.credential_set_by == Authority::Organisation;
+    if org_credential && c.keys().any(|k| changed(k)) {
+        return Err(ControlError::Forbidden(
+            "this integration's key was entered with an organisation key: a workspace key that changes its configurations must give the key in the same update".into(),
+        ));
+    }
+    Ok(())
+}
