@@ -23,12 +23,14 @@ pub async fn open(
     clickhouse: ClickhouseStore,
     bootstrap: bool,
 ) -> Result<Node, StartError> {
-    let key = settings.master_key.as_deref().ok_or_else(|| {
-        StartError::MasterKey(
-            "TOLLGATE_MASTER_KEY must be set in distributed mode (every role shares it)".into(),
-        )
+    let key = settings
+        .master_key
+        .as_deref()
+        .ok_or(StartError::NoMasterKey)?;
+    let sealer = Sealer::from_base64(key).map_err(|source| StartError::MasterKey {
+        from: "master_key".into(),
+        source,
     })?;
-    let sealer = Sealer::from_base64(key).map_err(|e| StartError::MasterKey(e.to_string()))?;
     crate::files::private_dir(&settings.data_dir).map_err(|source| StartError::DataDir {
         path: settings.data_dir.display().to_string(),
         source,

@@ -36,8 +36,15 @@ pub enum StartError {
     Log(#[from] LogError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("master key: {0}")]
-    MasterKey(String),
+    #[error("master key ({from}): {source}")]
+    MasterKey {
+        /// Where the key came from: the setting, or the key file's path.
+        from: String,
+        #[source]
+        source: crate::crypto::CryptoError,
+    },
+    #[error("TOLLGATE_MASTER_KEY must be set in distributed mode (every role shares it)")]
+    NoMasterKey,
     #[error("data dir {path}: {source}")]
     DataDir {
         path: String,
@@ -177,7 +184,10 @@ impl Node {
 /// file (mode 0600) on first start.
 fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, StartError> {
     if let Some(k) = &settings.master_key {
-        return Sealer::from_base64(k).map_err(|e| StartError::MasterKey(e.to_string()));
+        return Sealer::from_base64(k).map_err(|source| StartError::MasterKey {
+            from: "master_key".into(),
+            source,
+        });
     }
     let path = dir.join("master.key");
     let io = |source| StartError::DataDir {
@@ -199,6 +209,8 @@ fn master_key(settings: &Settings, dir: &Path) -> Result<Sealer, StartError> {
     }
     crate::files::narrow(&path, 0o600).map_err(io)?;
     let text = std::fs::read_to_string(&path).map_err(io)?;
-    Sealer::from_base64(&text)
-        .map_err(|e| StartError::MasterKey(format!("{}: {e}", path.display())))
+    Sealer::from_base64(&text).map_err(|source| StartError::MasterKey {
+        from: path.display().to_string(),
+        source,
+    })
 }
