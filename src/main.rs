@@ -270,7 +270,7 @@ async fn gateway(settings: Settings) -> anyhow::Result<()> {
     node.announce();
     let listener = bind(listen)?;
     Arc::new(node)
-        .gateway(store, listener, stop_on_signal())
+        .gateway(store, listener, stop_on_signal()?)
         .await?;
     Ok(())
 }
@@ -279,7 +279,7 @@ async fn aggregator(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%settings, "starting tollgate aggregator");
     let store = ClickhouseStore::new(&settings.clickhouse)?;
     let node = open_distributed(settings, false).await?;
-    let stopped = stop_on_signal();
+    let stopped = stop_on_signal()?;
     tokio::spawn(roles::sweep::run(node.ledger().clone(), stopped.clone()));
     roles::aggregator::run(Arc::new(node), store, stopped).await?;
     Ok(())
@@ -288,7 +288,7 @@ async fn aggregator(settings: Settings) -> anyhow::Result<()> {
 async fn notifier(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%settings, "starting tollgate notifier");
     let node = open_distributed(settings, false).await?;
-    roles::notifier::run(Arc::new(node), stop_on_signal()).await;
+    roles::notifier::run(Arc::new(node), stop_on_signal()?).await;
     Ok(())
 }
 
@@ -310,15 +310,32 @@ fn bind(listen: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// A shutdown flag raised on SIGINT/SIGTERM.
-fn stop_on_signal() -> watch::Receiver<bool> {
+/// A shutdown flag raised on SIGINT/SIGTERM. The handlers are installed before this returns, not
+/// when a task first runs: a signal that comes once the process serves always stops it cleanly
+/// (on a busy machine the task could otherwise run after the first requests were answered, and
+/// an early SIGTERM would kill the process instead).
+fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
     let (stop, stopped) = watch::channel(false);
+    #[cfg(unix)]
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
     tokio::spawn(async move {
-        shutdown_signal().await;
+        #[cfg(unix)]
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down: finishing work in flight");
         let _ = stop.send(true);
     });
-    stopped
+    Ok(stopped)
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -329,26 +346,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("opening the data dir")?;
     node.announce();
     let listener = bind(listen)?;
-    Arc::new(node).serve(listener, stop_on_signal()).await?;
+    Arc::new(node).serve(listener, stop_on_signal()?).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 #[cfg(test)]
