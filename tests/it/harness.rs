@@ -330,3 +330,46 @@ pub async fn run_sdk(script: &str, env: &[(&str, &str)]) -> String {
     );
     stdout
 }
+
+/// A mock provider, a server, and on it the tenant `slug` of [`Server::tenant`] pointing at the
+/// mock; returns (mock, server, workspace id, key).
+pub async fn with_tenant(slug: &str) -> (crate::mock::Mock, Server, String, String) {
+    let mock = crate::mock::start().await;
+    let server = start().await;
+    let (ws, key) = server.tenant(&mock.url, slug).await;
+    (mock, server, ws, key)
+}
+
+/// Sets what every `tollgate` process these tests spawn gets: its data in `data`, the test admin
+/// key, warn-level logging.
+pub fn tollgate_env<'c>(
+    cmd: &'c mut std::process::Command,
+    data: &Path,
+) -> &'c mut std::process::Command {
+    cmd.env("TOLLGATE_DATA_DIR", data)
+        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
+        .env("RUST_LOG", "warn")
+}
+
+/// Spawns `cmd` (a `tollgate serve`) listening on a free loopback port and waits (up to
+/// [`PATIENCE`]) until it is ready; returns the process and its URL.
+pub async fn spawn_serving(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    let port = free_port();
+    let mut child = cmd
+        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    await_ready(&mut child, &url, "tollgate serve").await;
+    (child, url)
+}
+
+/// The peak resident memory (VmHWM) of the process `pid`, in KiB, from `/proc/<pid>/status`.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}

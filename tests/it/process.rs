@@ -12,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::harness::{admin_call as admin, await_ready, free_port, ADMIN_KEY};
+use crate::harness::{admin_call as admin, spawn_serving, tollgate_env};
 use crate::mock;
 
 pub(crate) struct Proc {
@@ -21,19 +21,11 @@ pub(crate) struct Proc {
 }
 
 pub(crate) async fn spawn(dir: &Path) -> Proc {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATA_DIR", dir)
-        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    tollgate_env(cmd.arg("serve"), dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    await_ready(&mut child, &url, "tollgate serve").await;
+        .stderr(Stdio::null());
+    let (child, url) = spawn_serving(&mut cmd).await;
     Proc { child, url }
 }
 

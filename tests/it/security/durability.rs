@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{self, admin_call as admin, await_ready, call, free_port, ADMIN_KEY};
+use crate::harness::{
+    self, admin_call as admin, call, free_port, spawn_serving, tollgate_env, ADMIN_KEY,
+};
 use crate::mock;
 
 /// The `tollgate` binary serving `data` (stderr kept in `<data>.stderr` for the assertions).
@@ -30,10 +32,7 @@ impl Drop for Proc {
 
 fn command(data: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    c.env("TOLLGATE_DATA_DIR", data)
-        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
-        .env_remove("TOLLGATE_MASTER_KEY");
+    tollgate_env(&mut c, data).env_remove("TOLLGATE_MASTER_KEY");
     c
 }
 
@@ -42,17 +41,12 @@ fn stderr_path(data: &Path) -> PathBuf {
 }
 
 async fn spawn(data: &Path) -> Proc {
-    let port = free_port();
     let err = std::fs::File::create(stderr_path(data)).unwrap();
-    let mut child = command(data)
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+    let mut cmd = command(data);
+    cmd.arg("serve")
         .stdout(err.try_clone().unwrap())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    await_ready(&mut child, &url, "tollgate serve").await;
+        .stderr(err);
+    let (child, url) = spawn_serving(&mut cmd).await;
     Proc { child, url }
 }
 

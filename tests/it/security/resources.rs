@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{self, admin_call, await_ready, free_port, ADMIN_KEY};
+use crate::harness::{self, admin_call, peak_rss_kib, spawn_serving, tollgate_env};
 use crate::mock;
 
 /// The bound on waiting for anything here: far above what it takes, only there so a broken
@@ -239,37 +239,21 @@ impl Drop for Bin {
 }
 
 async fn spawn_bin(dir: &Path, env: &[(&str, &str)]) -> Bin {
-    let port = free_port();
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg("ulimit -Sn 256 && exec \"$0\" serve")
-        .arg(env!("CARGO_BIN_EXE_tollgate"))
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATA_DIR", dir)
-        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
+        .arg(env!("CARGO_BIN_EXE_tollgate"));
+    tollgate_env(&mut cmd, dir)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    await_ready(&mut child, &url, "tollgate serve").await;
+        .stderr(Stdio::null());
+    let (child, url) = spawn_serving(&mut cmd).await;
     Bin { child, url }
 }
 
 fn proc_status(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/{field}")).unwrap();
     status
-}
-
-/// The process's peak resident memory (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    proc_status(pid, "status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -458,9 +458,7 @@ fn with_root_params(mut config: Value, pad_bytes: usize) -> Value {
 /// targets (the 1.4 MB config below took the process past 3 GiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_bounds_are_clear_400s() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, key) = server.tenant(&mock.url, "up").await;
+    let (mock, server, ws, key) = harness::with_tenant("up").await;
     let configs = format!("{}/v1/configs", server.url);
     let admin = Some(server.admin_key.as_str());
     let cases = [
@@ -502,13 +500,6 @@ async fn config_bounds_are_clear_400s() {
     assert_eq!(mock.seen.requests.load(Ordering::SeqCst), 0);
 }
 
-/// The peak resident memory of a process (kB), from `/proc/<pid>/status`.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Item 16 against the binary: the two attack shapes of the issue (a 1.4 MB POST /configs and a
 /// ~400 KB `x-portkey-config`, both deep and wide with a large root `override_params`) are
 /// refused, and the largest config the bounds allow (a 200 KB root `override_params` inherited by
@@ -519,19 +510,11 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn config_attacks_stay_within_bounded_memory() {
     let mock = mock::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = harness::free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATA_DIR", dir.path())
-        .env("TOLLGATE_ADMIN_KEY", harness::ADMIN_KEY)
-        .env("RUST_LOG", "warn")
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    harness::tollgate_env(cmd.arg("serve"), dir.path())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    harness::await_ready(&mut child, &url, "tollgate serve").await;
+        .stderr(std::process::Stdio::null());
+    let (mut child, url) = harness::spawn_serving(&mut cmd).await;
     let ws = harness::provision_up(&url, &mock.url, "mem", SECRET).await;
     let key = harness::admin_call(
         &url,
@@ -577,7 +560,7 @@ async fn config_attacks_stay_within_bounded_memory() {
     let served = futures_util::future::join_all((0..10).map(|_| send(allowed.clone()))).await;
     assert_eq!(served, vec![200; 10]);
 
-    let peak = peak_rss_kib(child.id());
+    let peak = harness::peak_rss_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();
     assert!(peak < 200 * 1024, "peak resident memory {peak} kB");
@@ -750,9 +733,7 @@ async fn a_custom_price_above_the_bound_is_a_clear_400() {
 /// 400 naming the field and its bound, and the provider sees nothing; the bounds themselves pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_output_fields_are_a_clear_400_before_the_provider() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (_, key) = server.tenant(&mock.url, "up").await;
+    let (mock, server, _, key) = harness::with_tenant("up").await;
     let with = |extra: Value| {
         let mut b = hello("@up/gpt-4o-mini");
         b.as_object_mut()
@@ -807,9 +788,7 @@ async fn absurd_output_fields_are_a_clear_400_before_the_provider() {
 /// accepted (a query or `user@` host went out on every call).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_host_is_only_scheme_host_port_path() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, key) = server.tenant(&mock.url, "up").await;
+    let (mock, server, ws, key) = harness::with_tenant("up").await;
     let admin = Some(server.admin_key.as_str());
     for (bad, needle) in [
         (format!("{}/v1?api-version=x", mock.url), "a query (?)"),
