@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use super::common;
 use crate::harness::{self, call, Server, ADMIN_KEY};
 
 /// The provider key of the test integration: it must never reach the audit trail.
@@ -66,17 +67,7 @@ fn secrets(server: &Server) -> Vec<String> {
 
 /// A workspace key in `ws` with `scopes`, made by the admin; returns (id, secret).
 async fn ws_key(server: &Server, ws: &str, name: &str, scopes: Value) -> (String, String) {
-    let k = server
-        .admin(
-            "POST",
-            "/api-keys/workspace/service",
-            Some(json!({"name": name, "workspace_id": ws, "scopes": scopes})),
-        )
-        .await;
-    (
-        k["id"].as_str().unwrap().to_owned(),
-        k["key"].as_str().unwrap().to_owned(),
-    )
+    common::ws_key(server, ws, name, json!({"scopes": scopes})).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

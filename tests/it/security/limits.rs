@@ -6,6 +6,7 @@
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
+use super::common::ws_key;
 use crate::harness::{self, Server};
 use crate::mock;
 use tollgate::domain::{EntityKind, Millis};
@@ -34,19 +35,29 @@ async fn chat(
     (s, h, r.json().await.unwrap_or(Value::Null))
 }
 
-/// A workspace service key with `completions.write` and the given extra fields.
+/// A workspace service key `limited` with `completions.write` and the given extra fields.
 async fn new_key(server: &Server, ws: &str, extra: Value) -> (String, String) {
-    let mut b = json!({"name": "limited", "workspace_id": ws, "scopes": ["completions.write"]});
-    b.as_object_mut()
+    let mut fields = json!({"scopes": ["completions.write"]});
+    fields
+        .as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
-    let k = server
-        .admin("POST", "/api-keys/workspace/service", Some(b))
-        .await;
-    (
-        k["id"].as_str().unwrap().to_owned(),
-        k["key"].as_str().unwrap().to_owned(),
-    )
+    ws_key(server, ws, "limited", fields).await
+}
+
+/// Chats with `key` for `model` (`max_tokens` 7) until one is refused with 412, `tries` at most;
+/// returns the last status.
+async fn chat_until_refused(server: &Server, key: &str, model: &str, tries: usize) -> u16 {
+    let mut last = 0;
+    for _ in 0..tries {
+        last = chat(server, key, model, json!({"max_tokens": 7}), &[])
+            .await
+            .0;
+        if last == 412 {
+            break;
+        }
+    }
+    last
 }
 
 /// Prices `models` on the integration `slug` (US cents per input and output token).
@@ -84,9 +95,7 @@ fn usage_of_key(server: &Server, id: &str) -> tollgate::domain::Totals {
 /// one request's maximum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_budget_counts_requests_in_flight() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "inflight").await;
+    let (_mock, server, ws, _) = harness::with_tenant("inflight").await;
     // The mock bills 12 prompt + 7 completion tokens: 12 × 1.5 + 7 × 1 = 25 cents exactly; it
     // answers `slow` models after 2 s, so the whole burst is in flight at once.
     price(&server, "inflight", &[("slow-quarter", payg("1.5", "1"))]).await;
@@ -127,21 +136,7 @@ async fn default_budget_counts_requests_in_flight() {
         "spent ${spent} with {ok} of 50 admitted; at most $1 + ${one_max}"
     );
     // Sequentially the budget is still used up, then refused.
-    let mut last = 200;
-    for _ in 0..10 {
-        last = chat(
-            &server,
-            &key,
-            "@inflight/slow-quarter",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-        .await
-        .0;
-        if last == 412 {
-            break;
-        }
-    }
+    let last = chat_until_refused(&server, &key, "@inflight/slow-quarter", 10).await;
     assert_eq!(last, 412);
     let spent = usage_of_key(&server, &id).cost_usd;
     assert!(
@@ -155,9 +150,7 @@ async fn default_budget_counts_requests_in_flight() {
 /// the client's `max_tokens: 10`); now it never passes 1000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_budget_reserves_the_override_and_every_choice() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "strict6").await;
+    let (mock, server, ws, _) = harness::with_tenant("strict6").await;
     let (id, key) = new_key(
         &server,
         &ws,
@@ -212,21 +205,7 @@ async fn metadata_header_cannot_relabel_a_default_department() {
         "group_by": [{"key": "metadata.department"}], "type": "cost", "credit_limit": 1})),
         )
         .await;
-    let mut last = 0;
-    for _ in 0..12 {
-        last = chat(
-            &server,
-            &key,
-            "@dept8/pricey",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-        .await
-        .0;
-        if last == 412 {
-            break;
-        }
-    }
+    let last = chat_until_refused(&server, &key, "@dept8/pricey", 12).await;
     assert_eq!(last, 412, "the department's budget runs out");
     let (s, _, b) = chat(
         &server,
@@ -251,9 +230,7 @@ async fn metadata_header_cannot_relabel_a_default_department() {
 /// fifth of the minute, and let requests through before the minute ended).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_limit_binds_for_the_calendar_minute() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "rpm9").await;
+    let (_mock, server, ws, _) = harness::with_tenant("rpm9").await;
     // A scenario that straddles a minute boundary proves nothing: run it again (once suffices,
     // it takes well under a minute).
     for attempt in 0..2 {
@@ -295,9 +272,7 @@ async fn request_limit_binds_for_the_calendar_minute() {
 /// integration meters unpriced models at zero. Before: all three were served at $0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpriced_models_cannot_pass_cost_budgets() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "price11").await;
+    let (_mock, server, ws, _) = harness::with_tenant("price11").await;
     price(
         &server,
         "price11",
@@ -398,21 +373,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         json!({"usage_limits": {"type": "tokens", "credit_limit": 100}}),
     )
     .await;
-    let mut last = 0;
-    for _ in 0..10 {
-        last = chat(
-            &server,
-            &tokens,
-            "@price11/free-model",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-        .await
-        .0;
-        if last == 412 {
-            break;
-        }
-    }
+    let last = chat_until_refused(&server, &tokens, "@price11/free-model", 10).await;
     assert_eq!(last, 412, "token budgets apply to free models");
 
     // The opt-in: meter unpriced models at $0 (a non-boolean is refused).
@@ -453,9 +414,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
 /// usage is clamped to the plausibility bound, the event flagged, and analytics answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_usage_is_clamped_and_analytics_still_answer() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, key) = server.tenant(&mock.url, "huge20").await;
+    let (_mock, server, ws, key) = harness::with_tenant("huge20").await;
     for _ in 0..3 {
         let (s, _, b) = chat(&server, &key, "@huge20/huge-usage", json!({}), &[]).await;
         assert_eq!(s, 200, "{b}");
@@ -533,9 +492,7 @@ async fn absurd_usage_is_clamped_and_analytics_still_answer() {
 /// was accepted and written into every usage event). Nothing reaches the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_header_is_bounded() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (_, key) = server.tenant(&mock.url, "meta21").await;
+    let (mock, server, _, key) = harness::with_tenant("meta21").await;
     let many: serde_json::Map<String, Value> =
         (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
     let cases = [
@@ -579,9 +536,7 @@ async fn metadata_header_is_bounded() {
 /// match it, and it was served with 200 past the department's budget).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_key_cannot_relabel_the_workspace_department() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "dept7").await;
+    let (_mock, server, ws, _) = harness::with_tenant("dept7").await;
     server
         .admin(
             "PUT",
@@ -616,21 +571,7 @@ async fn a_workspace_key_cannot_relabel_the_workspace_department() {
     .await;
     assert_eq!(s, 200, "{v}");
     let free = v["key"].as_str().unwrap().to_owned();
-    let mut last = 0;
-    for _ in 0..40 {
-        last = chat(
-            &server,
-            &lead,
-            "@dept7/gpt-4o-mini",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-        .await
-        .0;
-        if last == 412 {
-            break;
-        }
-    }
+    let last = chat_until_refused(&server, &lead, "@dept7/gpt-4o-mini", 40).await;
     assert_eq!(last, 412, "the department's budget runs out");
     let (s, _, b) = chat(
         &server,
