@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::harness::{admin_call as admin, await_ready, call, free_port, ADMIN_KEY, PATIENCE};
+use crate::harness::{
+    admin_call as admin, await_ready, call, create_workspace, free_port, ADMIN_KEY, PATIENCE,
+};
 use crate::mock;
 
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -904,14 +906,7 @@ async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
 async fn a_force_delete_reaches_the_other_gateway_whole() {
     let (_mock, c, urls, _) = shared_cluster(1, 2).await;
     let (a, b) = (urls[0].clone(), urls[1].clone());
-    let ws = admin(
-        &a,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "doomed"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
+    let ws = create_workspace(&a, "doomed").await;
     let mut keys = Vec::new();
     for i in 0..30 {
         keys.push(new_key(&a, &ws, &format!("k{i}"), json!({})).await);

@@ -373,3 +373,15 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// A workspace named `name` created through the admin API at `url`; returns its id.
+pub async fn create_workspace(url: &str, name: &str) -> String {
+    let ws = admin_call(
+        url,
+        "POST",
+        "/admin/workspaces",
+        Some(json!({"name": name})),
+    )
+    .await;
+    ws["id"].as_str().unwrap().to_owned()
+}

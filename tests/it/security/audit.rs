@@ -74,22 +74,8 @@ async fn ws_key(server: &Server, ws: &str, name: &str, scopes: Value) -> (String
 async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
     let server = harness::start().await;
     let url = server.url.clone();
-    let ws_a = server
-        .admin(
-            "POST",
-            "/admin/workspaces",
-            Some(json!({"name": "audit a"})),
-        )
-        .await;
-    let ws_a = ws_a["id"].as_str().unwrap().to_owned();
-    let ws_b = server
-        .admin(
-            "POST",
-            "/admin/workspaces",
-            Some(json!({"name": "audit b"})),
-        )
-        .await;
-    let ws_b = ws_b["id"].as_str().unwrap().to_owned();
+    let ws_a = harness::create_workspace(&server.url, "audit a").await;
+    let ws_b = harness::create_workspace(&server.url, "audit b").await;
     server
         .admin(
             "POST",
@@ -309,14 +295,7 @@ async fn audit_trail_is_the_same_after_a_restart() {
     use crate::process::{signal, spawn};
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(dir.path()).await;
-    let ws = harness::admin_call(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "kept"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
+    let ws = harness::create_workspace(&p.url, "kept").await;
     harness::admin_call(
         &p.url,
         "PUT",
@@ -359,14 +338,7 @@ async fn audit_trail_reads_on_after_the_config_log_lost_its_tail() {
     use crate::process::{signal, spawn};
     let dir = tempfile::tempdir().unwrap();
     let p = spawn(dir.path()).await;
-    let ws = harness::admin_call(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "lost"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
+    let ws = harness::create_workspace(&p.url, "lost").await;
     assert_eq!(
         audit(&p.url, ADMIN_KEY, &format!("resource_id={ws}")).await["total"],
         1
@@ -397,14 +369,7 @@ async fn audit_trail_reads_on_after_the_config_log_lost_its_tail() {
         1,
         "the trail keeps the change it recorded"
     );
-    let again = harness::admin_call(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "again"})),
-    )
-    .await;
-    let again = again["id"].as_str().unwrap().to_owned();
+    let again = harness::create_workspace(&p.url, "again").await;
     let got = audit(&p.url, ADMIN_KEY, &format!("resource_id={again}")).await;
     assert_eq!(got["total"], 1, "a later change is recorded: {got}");
     signal(&p, "TERM");

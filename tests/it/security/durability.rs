@@ -385,14 +385,7 @@ async fn force_delete_on_a_nearly_full_disk_is_all_or_nothing() {
     };
     let data = fs.path().join("data");
     let p = spawn(&data).await;
-    let ws = admin(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "doomed"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
+    let ws = harness::create_workspace(&p.url, "doomed").await;
     for i in 0..60 {
         admin(
             &p.url,
@@ -528,14 +521,7 @@ async fn a_cut_config_log_drops_only_the_torn_command() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let p = spawn(&data).await;
-    let ws = admin(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "cut"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
+    let ws = harness::create_workspace(&p.url, "cut").await;
     for i in 0..3 {
         admin(
             &p.url,

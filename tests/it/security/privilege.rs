@@ -47,6 +47,7 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
     let (minter_id, minter) = ws_key(&server, &ws, "minter", json!({"scopes": ["workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write"]})).await;
     let before = server.admin("GET", "/integrations/shared", None).await;
     // Minting a key with an organisation scope, or any scope the minter lacks: refused.
+    let as_minter = server.with_key(&minter);
     for scopes in [
         json!(["organisation_integrations.update"]),
         json!(["completions.write", "organisation_integrations.update"]),
@@ -54,25 +55,18 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
         json!(["workspaces.delete"]),
     ] {
         let body = json!({"name": "evil", "workspace_id": ws, "scopes": scopes});
-        let got = server
-            .with_key(&minter)
-            .post("/api-keys/workspace/service", body)
-            .await;
+        let got = as_minter.post("/api-keys/workspace/service", body).await;
         assert_forbidden(got, &format!("mint {scopes}"));
     }
     // Widening its own scopes: refused; narrowing is allowed.
     let widen = json!({"scopes": ["workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write", "organisation_integrations.update"]});
-    let got = server
-        .with_key(&minter)
+    let got = as_minter
         .put(&format!("/api-keys/{minter_id}"), widen)
         .await;
     assert_forbidden(got, "widen own scopes");
     // A scope it holds is grantable, and only valid ones for the new key's type.
     let body = json!({"name": "ok", "workspace_id": ws, "scopes": ["completions.write"]});
-    let (s, v) = server
-        .with_key(&minter)
-        .post("/api-keys/workspace/service", body)
-        .await;
+    let (s, v) = as_minter.post("/api-keys/workspace/service", body).await;
     assert_eq!(s, 200, "{v}");
     let body =
         json!({"name": "bad", "workspace_id": ws, "scopes": ["organisation_integrations.update"]});
@@ -95,17 +89,11 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
         .post("/api-keys/workspace/service", body.clone())
         .await;
     assert_eq!(s, 200, "{v}");
-    let got = server
-        .with_key(&minter)
-        .post("/api-keys/workspace/service", body)
-        .await;
+    let got = as_minter.post("/api-keys/workspace/service", body).await;
     assert_forbidden(got, "an unenforced scope the minter lacks");
     // Repointing the shared integration with the minter: refused.
     let repoint = json!({"configurations": {"custom_host": "http://127.0.0.1:1/v1"}});
-    let got = server
-        .with_key(&minter)
-        .put("/integrations/shared", repoint.clone())
-        .await;
+    let got = as_minter.put("/integrations/shared", repoint.clone()).await;
     assert_forbidden(got, "repoint");
     // Even holding organisation scopes (a key minted before this fix), a workspace key never
     // changes organisation objects or provisioning.
@@ -117,13 +105,9 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
     ] {
         grant_legacy_scope(&server, "minter", scope).await;
     }
-    let got = server
-        .with_key(&minter)
-        .put("/integrations/shared", repoint)
-        .await;
+    let got = as_minter.put("/integrations/shared", repoint).await;
     assert_forbidden(got, "repoint with a legacy scope");
-    let got = server
-        .with_key(&minter)
+    let got = as_minter
         .put(
             "/integrations/shared/models",
             json!({"allow_all_models": false}),
@@ -131,18 +115,11 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
         .await;
     assert_forbidden(got, "models of an organisation integration");
     let cut = json!({"workspaces": [{"id": ws, "enabled": false}]});
-    let got = server
-        .with_key(&minter)
-        .put("/integrations/shared/workspaces", cut)
-        .await;
+    let got = as_minter.put("/integrations/shared/workspaces", cut).await;
     assert_forbidden(got, "provisioning");
-    let got = server
-        .with_key(&minter)
-        .delete("/integrations/shared")
-        .await;
+    let got = as_minter.delete("/integrations/shared").await;
     assert_forbidden(got, "delete an organisation integration");
-    let got = server
-        .with_key(&minter)
+    let got = as_minter
         .call(
             "DELETE",
             &format!("/admin/workspaces/{ws}"),
@@ -155,17 +132,13 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
         "workspace_id": ws, "key": "sk-org-set-000000000", "configurations": {"custom_host": mock.url}}))).await;
     grant_legacy_scope(&server, "minter", "workspace_integrations.update").await;
     let elsewhere = json!({"configurations": {"custom_host": "http://127.0.0.1:1/v1"}});
-    let got = server
-        .with_key(&minter)
+    let got = as_minter
         .put("/integrations/own-int", elsewhere.clone())
         .await;
     assert_forbidden(got, "repoint a workspace integration without its key");
     let mut with_key = elsewhere;
     with_key["key"] = json!("sk-its-own-000000000");
-    let (s, v) = server
-        .with_key(&minter)
-        .put("/integrations/own-int", with_key)
-        .await;
+    let (s, v) = as_minter.put("/integrations/own-int", with_key).await;
     assert_eq!(s, 200, "with a key of its own: {v}");
     let after = server.admin("GET", "/integrations/shared", None).await;
     assert_eq!(after["configurations"], before["configurations"]);
@@ -315,6 +288,7 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
     let (id, key) = ws_key(&server, &ws, "self", json!({"scopes": ["completions.write", "workspace_service_api_keys.update"],
         "usage_limits": {"type": "tokens", "credit_limit": 100}, "rate_limits": [{"type": "requests", "unit": "rpd", "value": 1000}]})).await;
     exhaust(&server, &key, "own").await;
+    let as_self = server.with_key(&key);
     for body in [
         json!({"reset_usage": true}),
         json!({"usage_limits": null}),
@@ -323,10 +297,7 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
         json!({"alert_emails": ["me@example.com"]}),
         json!({"expires_at": "2099-01-01T00:00:00Z"}),
     ] {
-        let got = server
-            .with_key(&key)
-            .put(&format!("/api-keys/{id}"), body.clone())
-            .await;
+        let got = as_self.put(&format!("/api-keys/{id}"), body.clone()).await;
         assert_forbidden(got, &format!("self {body}"));
     }
     // Nor through a key it mints: that key acts for it.
@@ -340,10 +311,8 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
     // The parent's budget is set by a workspace key (the lead), which may lift it; a key the
     // parent minted may not.
     let body = json!({"name": "parent", "workspace_id": ws2, "scopes": scopes, "usage_limits": {"type": "tokens", "credit_limit": 100}});
-    let (s, v) = server
-        .with_key(&lead)
-        .post("/api-keys/workspace/service", body)
-        .await;
+    let as_lead = server.with_key(&lead);
+    let (s, v) = as_lead.post("/api-keys/workspace/service", body).await;
     assert_eq!(s, 200, "{v}");
     let (pid, parent) = (v["id"].as_str().unwrap(), v["key"].as_str().unwrap());
     let body = json!({"name": "proxy", "workspace_id": ws2, "scopes": ["workspace_service_api_keys.update"]});
@@ -358,15 +327,13 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
         .put(&format!("/api-keys/{pid}"), json!({"usage_limits": null}))
         .await;
     assert_forbidden(got, "a minted key lifting its minter's budget");
-    let (s, v) = server
-        .with_key(&lead)
+    let (s, v) = as_lead
         .put(&format!("/api-keys/{pid}"), json!({"reset_usage": true}))
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(chat(&server, &key, "own").await, 412, "still refused");
     // Its name is its own to change.
-    let (s, v) = server
-        .with_key(&key)
+    let (s, v) = as_self
         .put(&format!("/api-keys/{id}"), json!({"name": "renamed"}))
         .await;
     assert_eq!(s, 200, "{v}");
@@ -469,11 +436,9 @@ async fn a_workspace_key_cannot_lift_limits_set_by_the_organisation() {
         ),
         ("DELETE", format!("/policies/usage-limits/{pol}"), json!({})),
     ];
+    let as_team = server.with_key(&team);
     for (method, path, body) in &attempts {
-        let got = server
-            .with_key(&team)
-            .call(method, path, Some(body.clone()))
-            .await;
+        let got = as_team.call(method, path, Some(body.clone())).await;
         assert_forbidden(got, &format!("{method} {path} {body}"));
     }
     let w = server
@@ -486,14 +451,10 @@ async fn a_workspace_key_cannot_lift_limits_set_by_the_organisation() {
     assert_eq!(p["usage_limits"]["credit_limit"], 5, "{p}");
     // Limits the workspace set itself stay its own to manage.
     let body = json!({"name": "child", "workspace_id": ws, "scopes": ["completions.write"], "usage_limits": {"type": "cost", "credit_limit": 2}});
-    let (s, v) = server
-        .with_key(&team)
-        .post("/api-keys/workspace/service", body)
-        .await;
+    let (s, v) = as_team.post("/api-keys/workspace/service", body).await;
     assert_eq!(s, 200, "{v}");
     let child = v["id"].as_str().unwrap();
-    let (s, v) = server
-        .with_key(&team)
+    let (s, v) = as_team
         .put(&format!("/api-keys/{child}"), json!({"reset_usage": true}))
         .await;
     assert_eq!(s, 200, "{v}");
@@ -804,18 +765,14 @@ async fn a_minted_key_is_bound_by_its_minter() {
         )
         .await;
     let body = json!({"name": "more", "workspace_id": ws, "scopes": ["completions.write"]});
-    let got = server
-        .with_key(&m2)
-        .post("/api-keys/workspace/service", body)
-        .await;
+    let as_m2 = server.with_key(&m2);
+    let got = as_m2.post("/api-keys/workspace/service", body).await;
     assert_forbidden(got, "mint after the minter lost the scope");
-    let got = server
-        .with_key(&m2)
+    let got = as_m2
         .put(&format!("/api-keys/{w2_id}"), json!({"scopes": scopes}))
         .await;
     assert_forbidden(got, "grant the scopes back");
-    let got = server
-        .with_key(&m2)
+    let got = as_m2
         .put(&format!("/api-keys/{m3_id}"), json!({"name": "x"}))
         .await;
     assert_forbidden(got, "use a scope the minter lost");
@@ -879,13 +836,13 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
         "workspace_integrations.update", "workspace_integrations.read", "virtual_keys.create"]}),
     )
     .await;
+    let as_team = server.with_key(&team);
     for c in [
         json!({"resource_name": "attacker"}),
         json!({"deployment_name": "other"}),
         json!({"api_version": "2024-01-01"}),
     ] {
-        let got = server
-            .with_key(&team)
+        let got = as_team
             .put("/integrations/az", json!({"configurations": c}))
             .await;
         assert_forbidden(got, &format!("reconfigure {c}"));
@@ -901,10 +858,7 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
         ("deployment_name", ".."),
     ] {
         let body = json!({"key": "sk-mine-1234567890", "configurations": {field: bad}});
-        let (s, v) = server
-            .with_key(&team)
-            .put("/integrations/az", body.clone())
-            .await;
+        let (s, v) = as_team.put("/integrations/az", body.clone()).await;
         assert_eq!(s, 400, "{field}={bad}: {v}");
         let (s, v) = server.as_admin().put("/integrations/az", body).await;
         assert_eq!(s, 400, "admin {field}={bad}: {v}");
@@ -915,15 +869,15 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
         };
         let vk =
             json!({"name": "vk", "provider": "azure-openai", "key": "sk-1234567890", camel: bad});
-        let (s, v) = server.with_key(&team).post("/virtual-keys", vk).await;
+        let (s, v) = as_team.post("/virtual-keys", vk).await;
         assert_eq!(s, 400, "virtual key {camel}={bad}: {v}");
     }
     // With its own key the workspace may reconfigure, and then it is its credential.
     let body = json!({"key": "sk-mine-1234567890", "configurations": {"resource_name": "mine"}});
-    let (s, v) = server.with_key(&team).put("/integrations/az", body).await;
+    let (s, v) = as_team.put("/integrations/az", body).await;
     assert_eq!(s, 200, "{v}");
     let body = json!({"configurations": {"deployment_name": "gpt-4o"}});
-    let (s, v) = server.with_key(&team).put("/integrations/az", body).await;
+    let (s, v) = as_team.put("/integrations/az", body).await;
     assert_eq!(s, 200, "{v}");
 }
 
@@ -946,23 +900,24 @@ async fn a_slug_cannot_shadow_an_id() {
     let prov_id = prov["id"].as_str().unwrap().to_owned();
     let (_, team) = ws_key(&server, &ws, "team", json!({"scopes": ["workspace_integrations.create", "providers.create", "virtual_keys.create"]})).await;
     let uuid = "6f1f0c2e-8d4b-4c1a-9a55-0123456789ab";
+    let as_team = server.with_key(&team);
     for slug in [org_id.as_str(), uuid] {
         let body = json!({"name": "evil", "slug": slug, "ai_provider_id": "openai", "key": "sk-1234567890",
             "configurations": {"custom_host": mock.url}});
-        let (s, v) = server.with_key(&team).post("/integrations", body).await;
+        let (s, v) = as_team.post("/integrations", body).await;
         assert_eq!(s, 400, "integration slug {slug}: {v}");
     }
     for slug in [prov_id.as_str(), uuid] {
         let body = json!({"name": "evil", "slug": slug, "integration_id": "shadowed"});
-        let (s, v) = server.with_key(&team).post("/providers", body).await;
+        let (s, v) = as_team.post("/providers", body).await;
         assert_eq!(s, 400, "provider slug {slug}: {v}");
         let body =
             json!({"name": "evil", "slug": slug, "provider": "openai", "key": "sk-1234567890"});
-        let (s, v) = server.with_key(&team).post("/virtual-keys", body).await;
+        let (s, v) = as_team.post("/virtual-keys", body).await;
         assert_eq!(s, 400, "virtual key slug {slug}: {v}");
     }
     // A shadowing slug stored before the rule: the id still finds the organisation's.
-    let (s, v) = server.with_key(&team).post("/integrations", json!({"name": "ws own", "slug": "ws-own", "ai_provider_id": "openai", "key": "sk-1234567890", "configurations": {"custom_host": mock.url}})).await;
+    let (s, v) = as_team.post("/integrations", json!({"name": "ws own", "slug": "ws-own", "ai_provider_id": "openai", "key": "sk-1234567890", "configurations": {"custom_host": mock.url}})).await;
     assert_eq!(s, 200, "{v}");
     let mut own = (**server
         .state()
@@ -1002,7 +957,8 @@ async fn a_second_provider_cannot_escape_organisation_limits() {
     .await;
     // Without limits on the provisioned provider, the workspace may add its own.
     let body = json!({"name": "mine", "slug": "mine", "integration_id": "capped"});
-    let (s, v) = server.with_key(&team).post("/providers", body).await;
+    let as_team = server.with_key(&team);
+    let (s, v) = as_team.post("/providers", body).await;
     assert_eq!(s, 200, "{v}");
     server
         .admin(
@@ -1012,10 +968,7 @@ async fn a_second_provider_cannot_escape_organisation_limits() {
         )
         .await;
     let body = json!({"name": "escape", "slug": "escape", "integration_id": "capped"});
-    let got = server
-        .with_key(&team)
-        .post("/providers", body.clone())
-        .await;
+    let got = as_team.post("/providers", body.clone()).await;
     assert_forbidden(got, "a provider beside an organisation-limited one");
     let mut body = body;
     body["workspace_id"] = json!(ws);
@@ -1076,7 +1029,8 @@ async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
     .await;
     let body = json!({"name": "own", "slug": "own6", "ai_provider_id": "openai", "key": "sk-1234567890",
         "configurations": {"custom_host": mock.url}});
-    let (s, v) = server.with_key(&team).post("/integrations", body).await;
+    let as_team = server.with_key(&team);
+    let (s, v) = as_team.post("/integrations", body).await;
     assert_eq!(s, 200, "{v}");
     let zero = json!({"type": "static", "pay_as_you_go": {"request_token": {"price": 0}, "response_token": {"price": 0}}});
     let attempts = [
@@ -1085,18 +1039,15 @@ async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
         json!({"allow_all_models": false}),
     ];
     for body in &attempts {
-        let got = server
-            .with_key(&team)
-            .put("/integrations/own6/models", body.clone())
-            .await;
+        let got = as_team.put("/integrations/own6/models", body.clone()).await;
         assert_forbidden(got, &format!("models {body}"));
     }
     let flag = json!({"configurations": {"meter_unpriced_at_zero": true}});
-    let got = server.with_key(&team).put("/integrations/own6", flag).await;
+    let got = as_team.put("/integrations/own6", flag).await;
     assert_forbidden(got, "meter_unpriced_at_zero");
     let body = json!({"name": "free", "slug": "free6", "ai_provider_id": "openai", "key": "sk-1234567890",
         "configurations": {"custom_host": mock.url, "meter_unpriced_at_zero": true}});
-    let got = server.with_key(&team).post("/integrations", body).await;
+    let got = as_team.post("/integrations", body).await;
     assert_forbidden(got, "meter_unpriced_at_zero on create");
     // The organisation may; then the workspace cannot remove the entry either.
     let (s, v) = server
@@ -1104,14 +1055,12 @@ async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
         .put("/integrations/own6/models", attempts[0].clone())
         .await;
     assert_eq!(s, 200, "{v}");
-    let got = server
-        .with_key(&team)
+    let got = as_team
         .delete("/integrations/own6/models?slugs=gpt-4o")
         .await;
     assert_forbidden(got, "delete a priced entry");
     // Unchanged values are no change: renaming stays the workspace's.
-    let (s, v) = server
-        .with_key(&team)
+    let (s, v) = as_team
         .put("/integrations/own6", json!({"name": "renamed"}))
         .await;
     assert_eq!(s, 200, "{v}");
@@ -1166,8 +1115,8 @@ async fn a_forced_config_is_changed_by_the_organisation_only() {
         assert_forbidden(got, "delete");
     }
     // A config of the workspace's own stays its own.
-    let (s, v) = server
-        .with_key(&other)
+    let as_other = server.with_key(&other);
+    let (s, v) = as_other
         .post(
             "/configs",
             json!({"name": "own", "config": {"provider": "@forced"}}),
@@ -1175,8 +1124,7 @@ async fn a_forced_config_is_changed_by_the_organisation_only() {
         .await;
     assert_eq!(s, 200, "{v}");
     let own = v["slug"].as_str().unwrap();
-    let (s, v) = server
-        .with_key(&other)
+    let (s, v) = as_other
         .put(&format!("/configs/{own}"), json!({"status": "archived"}))
         .await;
     assert_eq!(s, 200, "{v}");
@@ -1193,16 +1141,7 @@ async fn a_forced_config_is_changed_by_the_organisation_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_integration_shows_a_workspace_only_its_own_usage() {
     let (_mock, server, _, key_a) = harness::with_tenant("shared9").await;
-    let ws_b = server
-        .admin(
-            "POST",
-            "/admin/workspaces",
-            Some(json!({"name": "team b9"})),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ws_b = harness::create_workspace(&server.url, "team b9").await;
     server
         .admin(
             "PUT",
@@ -1297,16 +1236,15 @@ async fn a_virtual_key_needs_virtual_key_scopes_on_the_providers_route() {
         json!({"scopes": ["providers.update", "providers.delete", "providers.read"]}),
     )
     .await;
-    let got = server
-        .with_key(&team)
+    let as_team = server.with_key(&team);
+    let got = as_team
         .put("/providers/vk11-key", json!({"name": "renamed"}))
         .await;
     assert_forbidden(got, "update a virtual key with providers.update");
-    let got = server.with_key(&team).delete("/providers/vk11-key").await;
+    let got = as_team.delete("/providers/vk11-key").await;
     assert_forbidden(got, "delete a virtual key with providers.delete");
     // Its own kind stays reachable with providers.*.
-    let (s, v) = server
-        .with_key(&team)
+    let (s, v) = as_team
         .put("/providers/vk11", json!({"name": "renamed"}))
         .await;
     assert_eq!(s, 200, "{v}");
