@@ -183,14 +183,7 @@ pub async fn admin_call(url: &str, method: &str, path: &str, body: Option<Value>
 /// A workspace named `name` with an integration `@up` (provider key `secret`) pointing at
 /// `upstream` provisioned to it, through the admin API at `url`; returns the workspace id.
 pub async fn provision_up(url: &str, upstream: &str, name: &str, secret: &str) -> String {
-    let ws = admin_call(
-        url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": name})),
-    )
-    .await;
-    let ws_id = ws["id"].as_str().unwrap().to_owned();
+    let ws_id = create_workspace(url, name).await;
     admin_call(url, "POST", "/integrations", Some(json!({"name": "up", "slug": "up", "ai_provider_id": "openai", "key": secret, "configurations": {"custom_host": upstream}}))).await;
     admin_call(
         url,

@@ -45,14 +45,21 @@ async fn new_key(server: &Server, ws: &str, extra: Value) -> (String, String) {
     ws_key(server, ws, "limited", fields).await
 }
 
+/// A chat request for `model` with `max_tokens` 7 and no extra headers.
+async fn short_chat(
+    server: &Server,
+    key: &str,
+    model: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    chat(server, key, model, json!({"max_tokens": 7}), &[]).await
+}
+
 /// Chats with `key` for `model` (`max_tokens` 7) until one is refused with 412, `tries` at most;
 /// returns the last status.
 async fn chat_until_refused(server: &Server, key: &str, model: &str, tries: usize) -> u16 {
     let mut last = 0;
     for _ in 0..tries {
-        last = chat(server, key, model, json!({"max_tokens": 7}), &[])
-            .await
-            .0;
+        last = short_chat(server, key, model).await.0;
         if last == 412 {
             break;
         }
@@ -105,15 +112,7 @@ async fn default_budget_counts_requests_in_flight() {
         json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
     )
     .await;
-    let burst = (0..50).map(|_| {
-        chat(
-            &server,
-            &key,
-            "@inflight/slow-quarter",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-    });
+    let burst = (0..50).map(|_| short_chat(&server, &key, "@inflight/slow-quarter"));
     let statuses: Vec<u16> = futures_util::future::join_all(burst)
         .await
         .into_iter()
@@ -287,14 +286,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
     )
     .await;
     let (id, key) = new_key(&server, &ws, json!({})).await;
-    let (s, _, _) = chat(
-        &server,
-        &key,
-        "@price11/my-ft",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, _) = short_chat(&server, &key, "@price11/my-ft").await;
     assert_eq!(s, 200);
     let gpt4o = tollgate::domain::pricing::PriceTable::shipped()
         .unwrap()
@@ -319,46 +311,16 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
     .await;
     // $1.90 a request: one exhausts the budget.
     assert_eq!(
-        chat(
-            &server,
-            &budgeted,
-            "@price11/pricey",
-            json!({"max_tokens": 7}),
-            &[]
-        )
-        .await
-        .0,
+        short_chat(&server, &budgeted, "@price11/pricey").await.0,
         200
     );
     assert_eq!(
-        chat(
-            &server,
-            &budgeted,
-            "@price11/pricey",
-            json!({"max_tokens": 7}),
-            &[]
-        )
-        .await
-        .0,
+        short_chat(&server, &budgeted, "@price11/pricey").await.0,
         412
     );
-    let (s, _, b) = chat(
-        &server,
-        &budgeted,
-        "@price11/free-model",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, b) = short_chat(&server, &budgeted, "@price11/free-model").await;
     assert_eq!(s, 200, "explicitly free: {b}");
-    let (s, _, b) = chat(
-        &server,
-        &budgeted,
-        "@price11/unknown-model",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, b) = short_chat(&server, &budgeted, "@price11/unknown-model").await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["error"]["code"], "model_unpriced");
     let msg = b["error"]["message"].as_str().unwrap();
@@ -398,14 +360,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
     )
     .await;
-    let (s, _, b) = chat(
-        &server,
-        &fresh,
-        "@price11/unknown-model",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, b) = short_chat(&server, &fresh, "@price11/unknown-model").await;
     assert_eq!(s, 200, "{b}");
 }
 
@@ -573,14 +528,7 @@ async fn a_workspace_key_cannot_relabel_the_workspace_department() {
     let free = v["key"].as_str().unwrap().to_owned();
     let last = chat_until_refused(&server, &lead, "@dept7/gpt-4o-mini", 40).await;
     assert_eq!(last, 412, "the department's budget runs out");
-    let (s, _, b) = chat(
-        &server,
-        &free,
-        "@dept7/gpt-4o-mini",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, b) = short_chat(&server, &free, "@dept7/gpt-4o-mini").await;
     assert_eq!(s, 412, "the relabelled key is still in the department: {b}");
     // A key the organisation labelled keeps its own department.
     let (_, labelled) = new_key(
@@ -589,13 +537,6 @@ async fn a_workspace_key_cannot_relabel_the_workspace_department() {
         json!({"defaults": {"metadata": {"department": "research"}}}),
     )
     .await;
-    let (s, _, b) = chat(
-        &server,
-        &labelled,
-        "@dept7/gpt-4o-mini",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, b) = short_chat(&server, &labelled, "@dept7/gpt-4o-mini").await;
     assert_eq!(s, 200, "{b}");
 }
