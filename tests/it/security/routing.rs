@@ -566,27 +566,12 @@ async fn config_attacks_stay_within_bounded_memory() {
     assert!(peak < 200 * 1024, "peak resident memory {peak} kB");
 }
 
-/// The raw usage events of one trace: (status, usage source, completion tokens, streamed).
-fn events_of(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
-    let db = rusqlite::Connection::open(server.dir.path().join("usage.sqlite")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT status_code, usage_source, completion_tokens, streamed FROM usage_events WHERE trace_id = ?")
-        .unwrap();
-    stmt.query_map([trace], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
+/// The columns [`wait_for_event`] reads.
+const COLUMNS: &str = "status_code, usage_source, completion_tokens, streamed";
 
+/// Waits for the raw usage events of one trace: (status, usage source, completion tokens, streamed).
 async fn wait_for_event(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
-    let found = harness::eventually_some(Duration::from_millis(25), || async move {
-        server.store_caught_up().await;
-        Some(events_of(server, trace)).filter(|e| !e.is_empty())
-    })
-    .await;
-    found.unwrap_or_else(|| panic!("no usage event for {trace}"))
+    harness::wait_for_usage_events(server, COLUMNS, trace).await
 }
 
 /// Waits (bounded) until the mock's oversized answer stopped, and returns the bytes it got out.
