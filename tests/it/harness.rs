@@ -422,3 +422,14 @@ where
     .await;
     found.unwrap_or_else(|| panic!("no usage event for {trace}"))
 }
+
+/// Cuts the last `bytes` bytes off the file at `path`, as a crash mid-write leaves a log.
+pub fn cut_tail(path: &Path, bytes: u64) {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len - bytes)
+        .unwrap();
+}

@@ -347,13 +347,7 @@ async fn audit_trail_reads_on_after_the_config_log_lost_its_tail() {
     signal(&p, "TERM");
     assert!(p.child.wait().unwrap().success());
     let log = dir.path().join("log/config.log");
-    let len = std::fs::metadata(&log).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    harness::cut_tail(&log, 5);
 
     let mut p = spawn(dir.path()).await;
     let (s, _, _) = call(

@@ -367,6 +367,19 @@ async fn full_disk_refuses_before_the_provider_and_recovers() {
     stop(p);
 }
 
+/// `n` data-plane keys `k0`, `k1`, … in the workspace `ws` of the server at `url`.
+async fn add_keys(url: &str, ws: &str, n: usize) {
+    for i in 0..n {
+        admin(
+            url,
+            "POST",
+            "/api-keys/workspace/service",
+            Some(json!({"name": format!("k{i}"), "workspace_id": ws, "scopes": ["completions.write"]})),
+        )
+        .await;
+    }
+}
+
 /// Keys of workspace `ws` in the organisation's key list.
 async fn key_count(url: &str, ws: &str) -> usize {
     let v = admin(url, "GET", "/api-keys?page_size=1000", None).await;
@@ -386,15 +399,7 @@ async fn force_delete_on_a_nearly_full_disk_is_all_or_nothing() {
     let data = fs.path().join("data");
     let p = spawn(&data).await;
     let ws = harness::create_workspace(&p.url, "doomed").await;
-    for i in 0..60 {
-        admin(
-            &p.url,
-            "POST",
-            "/api-keys/workspace/service",
-            Some(json!({"name": format!("k{i}"), "workspace_id": ws, "scopes": ["completions.write"]})),
-        )
-        .await;
-    }
+    add_keys(&p.url, &ws, 60).await;
     // Leave one page free: some of the 61 deletions would fit, not all.
     std::fs::write(fs.path().join("gap"), [0u8; 4096]).unwrap();
     fill(&fs.path().join("filler"));
@@ -522,15 +527,7 @@ async fn a_cut_config_log_drops_only_the_torn_command() {
     let data = dir.path().join("data");
     let p = spawn(&data).await;
     let ws = harness::create_workspace(&p.url, "cut").await;
-    for i in 0..3 {
-        admin(
-            &p.url,
-            "POST",
-            "/api-keys/workspace/service",
-            Some(json!({"name": format!("k{i}"), "workspace_id": ws, "scopes": ["completions.write"]})),
-        )
-        .await;
-    }
+    add_keys(&p.url, &ws, 3).await;
     let path = format!("/v1/admin/workspaces/{ws}");
     let url = format!("{}{path}", p.url);
     let (s, _, body) = call(
@@ -543,13 +540,7 @@ async fn a_cut_config_log_drops_only_the_torn_command() {
     assert_eq!(s, 200, "{body}");
     stop(p);
     let log = data.join("log/config.log");
-    let len = std::fs::metadata(&log).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    harness::cut_tail(&log, 5);
 
     let p = spawn(&data).await;
     let url = format!("{}{path}", p.url);

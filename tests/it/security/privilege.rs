@@ -383,58 +383,27 @@ async fn a_workspace_key_cannot_lift_limits_set_by_the_organisation() {
     .await;
     let (_, team) = ws_key(&server, &ws, "team-admin", json!({"scopes": ["workspaces.update", "providers.update", "providers.delete",
         "workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write"]})).await;
+    // Each: method, path, body.
+    let workspace = format!("/admin/workspaces/{ws}");
+    let provider = format!("/providers/gov?workspace_id={ws}");
+    let org_key = format!("/api-keys/{org_set_id}");
+    let policy = format!("/policies/usage-limits/{pol}");
     let attempts = [
+        ("PUT", workspace.clone(), json!({"usage_limits": null})),
+        ("PUT", workspace.clone(), json!({"reset_usage": true})),
         (
             "PUT",
-            format!("/admin/workspaces/{ws}"),
-            json!({"usage_limits": null}),
-        ),
-        (
-            "PUT",
-            format!("/admin/workspaces/{ws}"),
-            json!({"reset_usage": true}),
-        ),
-        (
-            "PUT",
-            format!("/admin/workspaces/{ws}"),
+            workspace.clone(),
             json!({"rate_limits": [{"type": "requests", "unit": "rpm", "value": 5}]}),
         ),
-        (
-            "PUT",
-            format!("/providers/gov?workspace_id={ws}"),
-            json!({"usage_limits": null}),
-        ),
-        (
-            "PUT",
-            format!("/providers/gov?workspace_id={ws}"),
-            json!({"reset_usage": true}),
-        ),
-        (
-            "DELETE",
-            format!("/providers/gov?workspace_id={ws}"),
-            json!({}),
-        ),
-        (
-            "PUT",
-            format!("/api-keys/{org_set_id}"),
-            json!({"usage_limits": null}),
-        ),
-        (
-            "PUT",
-            format!("/api-keys/{org_set_id}"),
-            json!({"reset_usage": true}),
-        ),
-        (
-            "PUT",
-            format!("/policies/usage-limits/{pol}"),
-            json!({"usage_limits": null}),
-        ),
-        (
-            "PUT",
-            format!("/policies/usage-limits/{pol}"),
-            json!({"reset_usage": true}),
-        ),
-        ("DELETE", format!("/policies/usage-limits/{pol}"), json!({})),
+        ("PUT", provider.clone(), json!({"usage_limits": null})),
+        ("PUT", provider.clone(), json!({"reset_usage": true})),
+        ("DELETE", provider.clone(), json!({})),
+        ("PUT", org_key.clone(), json!({"usage_limits": null})),
+        ("PUT", org_key.clone(), json!({"reset_usage": true})),
+        ("PUT", policy.clone(), json!({"usage_limits": null})),
+        ("PUT", policy.clone(), json!({"reset_usage": true})),
+        ("DELETE", policy.clone(), json!({})),
     ];
     let as_team = server.with_key(&team);
     for (method, path, body) in &attempts {
