@@ -6,7 +6,7 @@
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use super::common::ws_key;
+use super::common::{post_chat, ws_key};
 use crate::harness::{self, Server};
 use crate::mock;
 use tollgate::domain::{EntityKind, Millis};
@@ -23,16 +23,7 @@ async fn chat(
     body.as_object_mut()
         .unwrap()
         .extend(extra.as_object().cloned().unwrap_or_default());
-    let mut req = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", server.url))
-        .header("x-portkey-api-key", key)
-        .json(&body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.unwrap();
-    let (s, h) = (r.status().as_u16(), r.headers().clone());
-    (s, h, r.json().await.unwrap_or(Value::Null))
+    post_chat(server, key, headers, &body).await
 }
 
 /// A workspace service key `limited` with `completions.write` and the given extra fields.

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, Uri};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use super::common::post_chat;
 use crate::harness::{self, call, Server};
 use crate::mock;
 
@@ -87,16 +88,19 @@ fn answer(redirect_to: Option<String>, model: &str) -> axum::response::Response 
 
 /// A chat request with extra headers; returns status and JSON body.
 async fn chat(server: &Server, key: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", server.url))
-        .header("x-portkey-api-key", key)
-        .json(&body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let (status, _, v) = post_chat(server, key, headers, &body).await;
+    (status, v)
+}
+
+/// A `gpt-4o-mini` chat with the inline config `config` (`x-portkey-config`).
+async fn config_chat(server: &Server, key: &str, config: &str) -> (u16, Value) {
+    chat(
+        server,
+        key,
+        &[("x-portkey-config", config)],
+        hello("gpt-4o-mini"),
+    )
+    .await
 }
 
 fn hello(model: &str) -> Value {
@@ -149,13 +153,7 @@ async fn a_request_custom_host_never_receives_a_stored_credential() {
     ];
     for config in &configs {
         let text = config.to_string();
-        let (s, b) = chat(
-            &server,
-            &key,
-            &[("x-portkey-config", &text)],
-            hello("gpt-4o-mini"),
-        )
-        .await;
+        let (s, b) = config_chat(&server, &key, &text).await;
         assert_eq!(s, 400, "{config}: {b}");
         assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
         assert!(message(&b).contains("custom_host"), "{b}");
@@ -164,13 +162,7 @@ async fn a_request_custom_host_never_receives_a_stored_credential() {
     evil.assert_untouched("a request-chosen custom_host");
     legit.assert_untouched("a refused config");
     // The same routes without a custom_host go to the integration's host, with its key.
-    let (s, b) = chat(
-        &server,
-        &key,
-        &[("x-portkey-config", r#"{"provider":"@team"}"#)],
-        hello("gpt-4o-mini"),
-    )
-    .await;
+    let (s, b) = config_chat(&server, &key, r#"{"provider":"@team"}"#).await;
     assert_eq!(s, 200, "{b}");
     let seen = legit.seen();
     assert_eq!(seen.len(), 1);
@@ -294,13 +286,7 @@ async fn nothing_else_in_a_request_steers_or_adds_to_the_upstream_call() {
         json!({"provider": "@team", "openai_project": "proj_evil"}),
         json!({"strategy": {"mode": "single"}, "base_url": evil_host, "targets": [{"provider": "@team"}]}),
     ] {
-        let (s, b) = chat(
-            &server,
-            &key,
-            &[("x-portkey-config", &config.to_string())],
-            hello("gpt-4o-mini"),
-        )
-        .await;
+        let (s, b) = config_chat(&server, &key, &config.to_string()).await;
         assert_eq!(s, 400, "{config}: {b}");
         assert!(
             message(&b).contains("is not accepted on a target that uses a stored credential"),
@@ -477,23 +463,11 @@ async fn config_bounds_are_clear_400s() {
         );
     }
     let header = with_root_params(tree(8, 12), 300_000).to_string();
-    let (s, b) = chat(
-        &server,
-        &key,
-        &[("x-portkey-config", &header)],
-        hello("gpt-4o-mini"),
-    )
-    .await;
+    let (s, b) = config_chat(&server, &key, &header).await;
     assert_eq!(s, 400, "{b}");
     assert!(message(&b).contains("262144 bytes"), "{b}");
     for (config, needle) in &cases[1..] {
-        let (s, b) = chat(
-            &server,
-            &key,
-            &[("x-portkey-config", &config.to_string())],
-            hello("gpt-4o-mini"),
-        )
-        .await;
+        let (s, b) = config_chat(&server, &key, &config.to_string()).await;
         assert_eq!(s, 400, "{b}");
         assert!(message(&b).contains(needle), "{b}");
     }
@@ -809,13 +783,7 @@ async fn a_custom_host_is_only_scheme_host_port_path() {
                 "{b}"
             );
         }
-        let (s, b) = chat(
-            &server,
-            &key,
-            &[("x-portkey-config", &config.to_string())],
-            hello("gpt-4o-mini"),
-        )
-        .await;
+        let (s, b) = config_chat(&server, &key, &config.to_string()).await;
         assert_eq!(s, 400, "inline {bad}: {b}");
         assert!(message(&b).contains(needle), "{b}");
     }
