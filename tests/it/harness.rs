@@ -433,3 +433,15 @@ pub fn cut_tail(path: &Path, bytes: u64) {
         .set_len(len - bytes)
         .unwrap();
 }
+
+/// A workspace service key `name` in `ws` with `completions.write` only, made through the admin
+/// API at `url`; returns its record (`id`, `key`, …).
+pub async fn completions_key(url: &str, ws: &str, name: &str) -> Value {
+    admin_call(
+        url,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(json!({"name": name, "workspace_id": ws, "scopes": ["completions.write"]})),
+    )
+    .await
+}

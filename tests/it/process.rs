@@ -51,13 +51,7 @@ async fn tenant(url: &str, upstream: &str) -> (String, String) {
         Some(json!({"name": "c", "workspace_id": ws_id, "config": {"provider": "@up"}})),
     )
     .await;
-    let key = admin(
-        url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws_id, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = crate::harness::completions_key(url, &ws_id, "k").await;
     (ws_id, key["key"].as_str().unwrap().to_owned())
 }
 

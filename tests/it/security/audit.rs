@@ -303,13 +303,7 @@ async fn audit_trail_is_the_same_after_a_restart() {
         Some(json!({"name": "kept 2"})),
     )
     .await;
-    let k = harness::admin_call(
-        &p.url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let k = harness::completions_key(&p.url, &ws, "k").await;
     let k = k["id"].as_str().unwrap().to_owned();
     harness::admin_call(&p.url, "DELETE", &format!("/api-keys/{k}"), None).await;
     let before = audit(&p.url, ADMIN_KEY, "page_size=1000").await;

@@ -101,13 +101,7 @@ fn log_tool(data: &Path, action: &str) -> (bool, String) {
 /// A tenant on the binary: a workspace, integration `@up` at `upstream`, a service key.
 async fn tenant(url: &str, upstream: &str) -> (String, String) {
     let ws = harness::provision_up(url, upstream, "durable", "sk-durable-provider-000111").await;
-    let key = admin(
-        url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = harness::completions_key(url, &ws, "k").await;
     (ws, key["key"].as_str().unwrap().to_owned())
 }
 
@@ -370,14 +364,20 @@ async fn full_disk_refuses_before_the_provider_and_recovers() {
 /// `n` data-plane keys `k0`, `k1`, … in the workspace `ws` of the server at `url`.
 async fn add_keys(url: &str, ws: &str, n: usize) {
     for i in 0..n {
-        admin(
-            url,
-            "POST",
-            "/api-keys/workspace/service",
-            Some(json!({"name": format!("k{i}"), "workspace_id": ws, "scopes": ["completions.write"]})),
-        )
-        .await;
+        harness::completions_key(url, ws, &format!("k{i}")).await;
     }
+}
+
+/// A force-delete of the workspace at `url` (its whole admin URL); returns status and JSON.
+async fn force_delete(url: &str) -> (u16, Value) {
+    let (s, _, body) = call(
+        "DELETE",
+        url,
+        Some(ADMIN_KEY),
+        Some(json!({"force_delete": true})),
+    )
+    .await;
+    (s, body)
 }
 
 /// Keys of workspace `ws` in the organisation's key list.
@@ -406,13 +406,7 @@ async fn force_delete_on_a_nearly_full_disk_is_all_or_nothing() {
     std::fs::remove_file(fs.path().join("gap")).unwrap();
     let path = format!("/v1/admin/workspaces/{ws}");
     let url = format!("{}{path}", p.url);
-    let (s, _, body) = call(
-        "DELETE",
-        &url,
-        Some(ADMIN_KEY),
-        Some(json!({"force_delete": true})),
-    )
-    .await;
+    let (s, body) = force_delete(&url).await;
     assert_eq!(s, 500, "{body}");
     assert!(body.to_string().contains("not made"), "{body}");
     assert_eq!(key_count(&p.url, &ws).await, 60, "none deleted");
@@ -530,13 +524,7 @@ async fn a_cut_config_log_drops_only_the_torn_command() {
     add_keys(&p.url, &ws, 3).await;
     let path = format!("/v1/admin/workspaces/{ws}");
     let url = format!("{}{path}", p.url);
-    let (s, _, body) = call(
-        "DELETE",
-        &url,
-        Some(ADMIN_KEY),
-        Some(json!({"force_delete": true})),
-    )
-    .await;
+    let (s, body) = force_delete(&url).await;
     assert_eq!(s, 200, "{body}");
     stop(p);
     let log = data.join("log/config.log");

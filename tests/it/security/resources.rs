@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{self, admin_call, peak_rss_kib, spawn_serving, tollgate_env};
+use crate::harness::{self, peak_rss_kib, spawn_serving, tollgate_env};
 use crate::mock;
 
 /// The bound on waiting for anything here: far above what it takes, only there so a broken
@@ -329,13 +329,7 @@ async fn a_stream_client_that_stops_reading_is_metered_and_shutdown_completes() 
     let dir = tempfile::tempdir().unwrap();
     let mut bin = spawn_bin(dir.path(), &[("TOLLGATE_CLIENT_STALL_TIMEOUT_MS", "500")]).await;
     let ws = harness::provision_up(&bin.url, &mock.url, "stall", "sk-stall-000111").await;
-    let key = admin_call(
-        &bin.url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = harness::completions_key(&bin.url, &ws, "k").await;
     let key = key["key"].as_str().unwrap();
 
     // A client with a small receive window asks for an 8 MiB stream and never reads it.
@@ -437,13 +431,7 @@ async fn slow_readers_of_big_events_hold_bounded_memory_and_are_metered() {
     )
     .await;
     let ws = harness::provision_up(&bin.url, &mock.url, "slow", "sk-slow-000111").await;
-    let key = admin_call(
-        &bin.url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = harness::completions_key(&bin.url, &ws, "k").await;
     let key = key["key"].as_str().unwrap();
     let pid = bin.child.id();
     let warm = read_slowly(&bin.url, key, "warm-up");

@@ -490,13 +490,7 @@ async fn config_attacks_stay_within_bounded_memory() {
         .stderr(std::process::Stdio::null());
     let (mut child, url) = harness::spawn_serving(&mut cmd).await;
     let ws = harness::provision_up(&url, &mock.url, "mem", SECRET).await;
-    let key = harness::admin_call(
-        &url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = harness::completions_key(&url, &ws, "k").await;
     let key = key["key"].as_str().unwrap().to_owned();
 
     let saved = json!({"name": "big", "workspace_id": ws, "config": with_root_params(tree(8, 250), 1_400_000)});
