@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::common;
+use super::common::scoped_key;
 use crate::harness::{self, call, Server, ADMIN_KEY};
 
 /// The provider key of the test integration: it must never reach the audit trail.
@@ -65,11 +65,6 @@ fn secrets(server: &Server) -> Vec<String> {
     out
 }
 
-/// A workspace key in `ws` with `scopes`, made by the admin; returns (id, secret).
-async fn ws_key(server: &Server, ws: &str, name: &str, scopes: Value) -> (String, String) {
-    common::ws_key(server, ws, name, json!({"scopes": scopes})).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
     let server = harness::start().await;
@@ -85,20 +80,20 @@ async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
         "configurations": {"custom_host": "http://127.0.0.1:9/v1"}})),
         )
         .await;
-    let (team_id, team) = ws_key(
+    let (team_id, team) = scoped_key(
         &server,
         &ws_a,
         "team a admin",
-        json!([
+        &[
             "configs.create",
             "configs.update",
             "configs.delete",
             "configs.list",
-            "audit_logs.list"
-        ]),
+            "audit_logs.list",
+        ],
     )
     .await;
-    let (_, blind) = ws_key(&server, &ws_a, "no audit scope", json!(["configs.list"])).await;
+    let (_, blind) = scoped_key(&server, &ws_a, "no audit scope", &["configs.list"]).await;
 
     // The workspace key creates, renames and deletes a config in its workspace; the admin makes
     // one in the other workspace.

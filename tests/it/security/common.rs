@@ -90,6 +90,17 @@ pub async fn ws_key(server: &Server, ws: &str, name: &str, extra: Value) -> (Str
     )
 }
 
+/// A workspace service key named `name` in `ws` made by the admin with exactly `scopes`; returns
+/// (id, secret).
+pub async fn scoped_key(
+    server: &Server,
+    ws: &str,
+    name: &str,
+    scopes: &[&str],
+) -> (String, String) {
+    ws_key(server, ws, name, json!({"scopes": scopes})).await
+}
+
 /// `POST /v1/chat/completions` with `key`, `body` and the extra `headers`; returns status, headers
 /// and JSON (or `Value::Null`).
 pub async fn post_chat(

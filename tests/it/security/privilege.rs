@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use tollgate::domain::{Change, Entity};
 
-use super::common::{assert_forbidden, ws_key, WithKey};
+use super::common::{assert_forbidden, scoped_key, ws_key, WithKey};
 use crate::harness::{self, Server};
 use crate::mock;
 
@@ -44,7 +44,17 @@ async fn exhaust(server: &Server, key: &str, slug: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations() {
     let (mock, server, ws, _) = harness::with_tenant("shared").await;
-    let (minter_id, minter) = ws_key(&server, &ws, "minter", json!({"scopes": ["workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write"]})).await;
+    let (minter_id, minter) = scoped_key(
+        &server,
+        &ws,
+        "minter",
+        &[
+            "workspace_service_api_keys.create",
+            "workspace_service_api_keys.update",
+            "completions.write",
+        ],
+    )
+    .await;
     let before = server.admin("GET", "/integrations/shared", None).await;
     // Minting a key with an organisation scope, or any scope the minter lacks: refused.
     let as_minter = server.with_key(&minter);
@@ -165,20 +175,8 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_get_route_checks_its_read_scope() {
     let (_mock, server, ws, data_key) = harness::with_tenant("reads").await;
-    let (_, unrelated) = ws_key(
-        &server,
-        &ws,
-        "unrelated",
-        json!({"scopes": ["configs.create"]}),
-    )
-    .await;
-    let (key_id, _) = ws_key(
-        &server,
-        &ws,
-        "target",
-        json!({"scopes": ["completions.write"]}),
-    )
-    .await;
+    let (_, unrelated) = scoped_key(&server, &ws, "unrelated", &["configs.create"]).await;
+    let (key_id, _) = scoped_key(&server, &ws, "target", &["completions.write"]).await;
     let cfg = server
         .admin(
             "POST",
@@ -381,8 +379,20 @@ async fn a_workspace_key_cannot_lift_limits_set_by_the_organisation() {
         json!({"scopes": ["completions.write"], "usage_limits": budget}),
     )
     .await;
-    let (_, team) = ws_key(&server, &ws, "team-admin", json!({"scopes": ["workspaces.update", "providers.update", "providers.delete",
-        "workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write"]})).await;
+    let (_, team) = scoped_key(
+        &server,
+        &ws,
+        "team-admin",
+        &[
+            "workspaces.update",
+            "providers.update",
+            "providers.delete",
+            "workspace_service_api_keys.create",
+            "workspace_service_api_keys.update",
+            "completions.write",
+        ],
+    )
+    .await;
     // Each: method, path, body.
     let workspace = format!("/admin/workspaces/{ws}");
     let provider = format!("/providers/gov?workspace_id={ws}");
@@ -443,7 +453,7 @@ async fn a_workspace_key_cannot_lift_limits_set_by_the_organisation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_cannot_be_edited_once_set() {
     let (_mock, server, ws, _) = harness::with_tenant("rl").await;
-    let (key_id, _) = ws_key(&server, &ws, "k", json!({"scopes": ["completions.write"]})).await;
+    let (key_id, _) = scoped_key(&server, &ws, "k", &["completions.write"]).await;
     let vk = server.admin("POST", "/virtual-keys", Some(json!({"name": "vk", "provider": "openai", "key": "sk-vk-000000000", "workspace_id": ws}))).await;
     let vk = vk["slug"].as_str().unwrap();
     let pol = server
@@ -797,12 +807,16 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
             ),
         )
         .await;
-    let (_, team) = ws_key(
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["workspace_integrations.create",
-        "workspace_integrations.update", "workspace_integrations.read", "virtual_keys.create"]}),
+        &[
+            "workspace_integrations.create",
+            "workspace_integrations.update",
+            "workspace_integrations.read",
+            "virtual_keys.create",
+        ],
     )
     .await;
     let as_team = server.with_key(&team);
@@ -867,7 +881,17 @@ async fn a_slug_cannot_shadow_an_id() {
         )
         .await;
     let prov_id = prov["id"].as_str().unwrap().to_owned();
-    let (_, team) = ws_key(&server, &ws, "team", json!({"scopes": ["workspace_integrations.create", "providers.create", "virtual_keys.create"]})).await;
+    let (_, team) = scoped_key(
+        &server,
+        &ws,
+        "team",
+        &[
+            "workspace_integrations.create",
+            "providers.create",
+            "virtual_keys.create",
+        ],
+    )
+    .await;
     let uuid = "6f1f0c2e-8d4b-4c1a-9a55-0123456789ab";
     let as_team = server.with_key(&team);
     for slug in [org_id.as_str(), uuid] {
@@ -917,11 +941,11 @@ async fn a_slug_cannot_shadow_an_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_provider_cannot_escape_organisation_limits() {
     let (_mock, server, ws, _) = harness::with_tenant("capped").await;
-    let (_, team) = ws_key(
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["providers.create", "completions.write"]}),
+        &["providers.create", "completions.write"],
     )
     .await;
     // Without limits on the provisioned provider, the workspace may add its own.
@@ -962,11 +986,11 @@ async fn deleting_an_integration_cannot_drop_organisation_limits() {
             Some(json!({"usage_limits": {"type": "tokens", "credit_limit": 100}})),
         )
         .await;
-    let (_, team) = ws_key(
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["workspace_integrations.delete", "providers.delete"]}),
+        &["workspace_integrations.delete", "providers.delete"],
     )
     .await;
     let got = server.with_key(&team).delete("/integrations/own5").await;
@@ -988,12 +1012,15 @@ async fn deleting_an_integration_cannot_drop_organisation_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
     let (mock, server, ws, _) = harness::with_tenant("base6").await;
-    let (_, team) = ws_key(
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["workspace_integrations.create",
-        "workspace_integrations.update", "workspace_integrations.read"]}),
+        &[
+            "workspace_integrations.create",
+            "workspace_integrations.update",
+            "workspace_integrations.read",
+        ],
     )
     .await;
     let body = json!({"name": "own", "slug": "own6", "ai_provider_id": "openai", "key": "sk-1234567890",
@@ -1118,11 +1145,11 @@ async fn an_integration_shows_a_workspace_only_its_own_usage() {
             Some(json!({"workspaces": [{"id": ws_b, "enabled": true}]})),
         )
         .await;
-    let (_, key_b) = ws_key(
+    let (_, key_b) = scoped_key(
         &server,
         &ws_b,
         "b",
-        json!({"scopes": ["completions.write", "workspace_integrations.read"]}),
+        &["completions.write", "workspace_integrations.read"],
     )
     .await;
     for _ in 0..3 {
@@ -1164,13 +1191,7 @@ async fn a_workspace_key_cannot_change_organisation_alert_emails() {
         "alert_emails": ["security@example.com"]}),
     )
     .await;
-    let (_, team) = ws_key(
-        &server,
-        &ws,
-        "team",
-        json!({"scopes": ["workspace_service_api_keys.update"]}),
-    )
-    .await;
+    let (_, team) = scoped_key(&server, &ws, "team", &["workspace_service_api_keys.update"]).await;
     for emails in [json!([]), json!(["me@example.com"])] {
         let got = server
             .with_key(&team)
@@ -1198,11 +1219,11 @@ async fn a_virtual_key_needs_virtual_key_scopes_on_the_providers_route() {
             ),
         )
         .await;
-    let (_, team) = ws_key(
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["providers.update", "providers.delete", "providers.read"]}),
+        &["providers.update", "providers.delete", "providers.read"],
     )
     .await;
     let as_team = server.with_key(&team);
@@ -1217,11 +1238,11 @@ async fn a_virtual_key_needs_virtual_key_scopes_on_the_providers_route() {
         .put("/providers/vk11", json!({"name": "renamed"}))
         .await;
     assert_eq!(s, 200, "{v}");
-    let (_, vk_admin) = ws_key(
+    let (_, vk_admin) = scoped_key(
         &server,
         &ws,
         "vk admin",
-        json!({"scopes": ["providers.update", "virtual_keys.update"]}),
+        &["providers.update", "virtual_keys.update"],
     )
     .await;
     let (s, v) = server
