@@ -445,3 +445,23 @@ pub async fn completions_key(url: &str, ws: &str, name: &str) -> Value {
     )
     .await
 }
+
+/// `POST /v1/chat/completions` with `key`, `body` and the extra `headers`; returns status, headers
+/// and JSON (or `Value::Null`).
+pub async fn post_chat(
+    server: &Server,
+    key: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .header("x-portkey-api-key", key)
+        .json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.json().await.unwrap_or(Value::Null))
+}

@@ -1,5 +1,6 @@
 //! What the security suite's tests share: calls made with a given Tollgate key (and the 403 a
-//! refused one answers), workspace keys minted by the admin, and chat requests with extra headers.
+//! refused one answers) and workspace keys
+//! minted by the admin.
 
 use serde_json::{json, Value};
 
@@ -99,24 +100,4 @@ pub async fn scoped_key(
     scopes: &[&str],
 ) -> (String, String) {
     ws_key(server, ws, name, json!({"scopes": scopes})).await
-}
-
-/// `POST /v1/chat/completions` with `key`, `body` and the extra `headers`; returns status, headers
-/// and JSON (or `Value::Null`).
-pub async fn post_chat(
-    server: &Server,
-    key: &str,
-    headers: &[(&str, &str)],
-    body: &Value,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", server.url))
-        .header("x-portkey-api-key", key)
-        .json(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.unwrap();
-    let (s, h) = (r.status().as_u16(), r.headers().clone());
-    (s, h, r.json().await.unwrap_or(Value::Null))
 }

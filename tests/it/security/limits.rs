@@ -6,7 +6,7 @@
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use super::common::{post_chat, ws_key};
+use super::common::ws_key;
 use crate::harness::{self, Server};
 use crate::mock;
 use tollgate::domain::{EntityKind, Millis};
@@ -23,7 +23,7 @@ async fn chat(
     body.as_object_mut()
         .unwrap()
         .extend(extra.as_object().cloned().unwrap_or_default());
-    post_chat(server, key, headers, &body).await
+    harness::post_chat(server, key, headers, &body).await
 }
 
 /// A workspace service key `limited` with `completions.write` and the given extra fields.

@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, Uri};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::common::post_chat;
 use crate::harness::{self, call, Server};
 use crate::mock;
 
@@ -88,7 +87,7 @@ fn answer(redirect_to: Option<String>, model: &str) -> axum::response::Response 
 
 /// A chat request with extra headers; returns status and JSON body.
 async fn chat(server: &Server, key: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
-    let (status, _, v) = post_chat(server, key, headers, &body).await;
+    let (status, _, v) = harness::post_chat(server, key, headers, &body).await;
     (status, v)
 }
 
