@@ -144,13 +144,7 @@ async fn default_budget_overshoots_by_at_most_what_was_in_flight_then_refuses() 
     )
     .await;
     assert_eq!(s, 400, "a budget cannot be edited: {b}");
-    server
-        .admin(
-            "PUT",
-            &format!("/api-keys/{id}"),
-            Some(json!({"reset_usage": true})),
-        )
-        .await;
+    server.reset_usage(&format!("/api-keys/{id}")).await;
     assert_eq!(chat(&server, &key, "g2", &[]).await.0, 200);
 }
 

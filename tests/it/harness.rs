@@ -465,3 +465,25 @@ pub async fn post_chat(
     let (s, h) = (r.status().as_u16(), r.headers().clone());
     (s, h, r.json().await.unwrap_or(Value::Null))
 }
+
+impl Server {
+    /// Resets, as the admin, the usage counted against the object at `path` (`PUT {path}` with
+    /// `reset_usage`).
+    pub async fn reset_usage(&self, path: &str) {
+        self.admin("PUT", path, Some(json!({"reset_usage": true})))
+            .await;
+    }
+}
+
+/// A spawned `tollgate` process ([`spawn_serving`]) killed when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

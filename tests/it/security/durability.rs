@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,22 +13,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::{
-    self, admin_call as admin, call, free_port, spawn_serving, tollgate_env, ADMIN_KEY,
+    self, admin_call as admin, call, free_port, spawn_serving, tollgate_env, Served, ADMIN_KEY,
 };
 use crate::mock;
-
-/// The `tollgate` binary serving `data` (stderr kept in `<data>.stderr` for the assertions).
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn command(data: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
@@ -40,17 +27,18 @@ fn stderr_path(data: &Path) -> PathBuf {
     data.with_extension("stderr")
 }
 
-async fn spawn(data: &Path) -> Proc {
+/// The `tollgate` binary serving `data` (stderr kept in `<data>.stderr` for the assertions).
+async fn spawn(data: &Path) -> Served {
     let err = std::fs::File::create(stderr_path(data)).unwrap();
     let mut cmd = command(data);
     cmd.arg("serve")
         .stdout(err.try_clone().unwrap())
         .stderr(err);
     let (child, url) = spawn_serving(&mut cmd).await;
-    Proc { child, url }
+    Served { child, url }
 }
 
-fn stop(mut p: Proc) {
+fn stop(mut p: Served) {
     let ok = Command::new("kill")
         .arg("-TERM")
         .arg(p.child.id().to_string())

@@ -336,13 +336,7 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
         .await;
     assert_eq!(s, 200, "{v}");
     // The organisation admin can reset it.
-    server
-        .admin(
-            "PUT",
-            &format!("/api-keys/{id}"),
-            Some(json!({"reset_usage": true})),
-        )
-        .await;
+    server.reset_usage(&format!("/api-keys/{id}")).await;
     assert_eq!(chat(&server, &key, "own").await, 200);
 }
 

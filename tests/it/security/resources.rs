@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{self, peak_rss_kib, spawn_serving, tollgate_env};
+use crate::harness::{self, peak_rss_kib, spawn_serving, tollgate_env, Served};
 use crate::mock;
 
 /// The bound on waiting for anything here: far above what it takes, only there so a broken
@@ -226,19 +226,7 @@ async fn unauthenticated_posts_are_refused_before_their_body_is_sent() {
 }
 
 /// The `tollgate serve` binary with extra settings, started with an open-file soft limit of 256.
-struct Bin {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Bin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn spawn_bin(dir: &Path, env: &[(&str, &str)]) -> Bin {
+async fn spawn_bin(dir: &Path, env: &[(&str, &str)]) -> Served {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg("ulimit -Sn 256 && exec \"$0\" serve")
@@ -248,7 +236,7 @@ async fn spawn_bin(dir: &Path, env: &[(&str, &str)]) -> Bin {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let (child, url) = spawn_serving(&mut cmd).await;
-    Bin { child, url }
+    Served { child, url }
 }
 
 fn proc_status(pid: u32, field: &str) -> String {
