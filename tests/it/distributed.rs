@@ -415,12 +415,7 @@ async fn two_gateways_two_aggregators_meter_exactly() {
     }
     // Analytics read ClickHouse on either gateway.
     for url in [&a, &b] {
-        let (s, _, v) = call(
-            "GET",
-            &format!("{url}/v1/analytics/groups/workspaces?time_of_generation_min=2020-01-01T00:00:00Z&time_of_generation_max=2100-01-01T00:00:00Z"),
-            Some(ADMIN_KEY),
-            None,
-        )
+        let (s, _, v) = crate::harness::admin_get(&format!("{url}/v1/analytics/groups/workspaces?time_of_generation_min=2020-01-01T00:00:00Z&time_of_generation_max=2100-01-01T00:00:00Z"))
         .await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["data"][0]["requests"], acked.to_string(), "{v}");
@@ -829,14 +824,10 @@ async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
     let cfg = cfg["id"].as_str().unwrap().to_owned();
     // The change is made on the other gateway once it has the config.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while call(
-        "GET",
-        &format!("{b}/v1/configs/{cfg}"),
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await
-    .0 != 200
+    while crate::harness::admin_get(&format!("{b}/v1/configs/{cfg}"))
+        .await
+        .0
+        != 200
     {
         assert!(Instant::now() < deadline, "gateway b never saw the config");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -857,13 +848,8 @@ async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
     admin(&a, "DELETE", &format!("/configs/{cfg}"), None).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let history = loop {
-        let (s, _, v) = call(
-            "GET",
-            &format!("{b}/v1/audit-logs?resource_id={cfg}"),
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
+        let (s, _, v) =
+            crate::harness::admin_get(&format!("{b}/v1/audit-logs?resource_id={cfg}")).await;
         assert_eq!(s, 200, "{v}");
         if v["total"] == 3 {
             break v;
@@ -949,13 +935,7 @@ async fn a_force_delete_reaches_the_other_gateway_whole() {
             "a key outlived its deleted workspace"
         );
     }
-    let (s, _, _) = call(
-        "GET",
-        &format!("{b}/v1/admin/workspaces/{ws}"),
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await;
+    let (s, _, _) = crate::harness::admin_get(&format!("{b}/v1/admin/workspaces/{ws}")).await;
     assert_eq!(s, 404);
     // The aggregator unpacks the batch into one audit row per deletion.
     let deadline = Instant::now() + PATIENCE;

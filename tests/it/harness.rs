@@ -487,3 +487,9 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// `GET url` (a whole URL) with the bootstrap admin key, whatever it answers: status, headers and
+/// JSON (or `Value::Null`).
+pub async fn admin_get(url: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    call("GET", url, Some(ADMIN_KEY), None).await
+}

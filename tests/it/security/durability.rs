@@ -178,7 +178,7 @@ async fn analytics_show_every_request_answered_before_the_query() {
             assert_eq!(s, 200, "{body}");
         }
         let url = format!("{}/v1/analytics/graphs/requests?{ALL_TIME}", server.url);
-        let (s, _, v) = call("GET", &url, Some(ADMIN_KEY), None).await;
+        let (s, _, v) = harness::admin_get(&url).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["summary"]["total"], json!(round * 10), "{v}");
     }
@@ -419,7 +419,7 @@ async fn force_delete_on_a_nearly_full_disk_is_all_or_nothing() {
     let p = spawn(&data).await;
     let url = format!("{}{path}", p.url);
     assert_eq!(key_count(&p.url, &ws).await, 0, "all deleted");
-    let (s, _, _) = call("GET", &url, Some(ADMIN_KEY), None).await;
+    let (s, _, _) = harness::admin_get(&url).await;
     assert_eq!(s, 404);
     stop(p);
 }
@@ -520,7 +520,7 @@ async fn a_cut_config_log_drops_only_the_torn_command() {
 
     let p = spawn(&data).await;
     let url = format!("{}{path}", p.url);
-    let (s, _, _) = call("GET", &url, Some(ADMIN_KEY), None).await;
+    let (s, _, _) = harness::admin_get(&url).await;
     assert_eq!(
         s, 200,
         "the workspace is back with the whole command undone"
