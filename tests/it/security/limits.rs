@@ -45,6 +45,16 @@ async fn short_chat(
     chat(server, key, model, json!({"max_tokens": 7}), &[]).await
 }
 
+/// A key [`new_key`] with a budget (`usage_limits`) of `limit` of `kind` (`cost`, `tokens`).
+async fn budgeted_key(server: &Server, ws: &str, kind: &str, limit: u64) -> (String, String) {
+    new_key(
+        server,
+        ws,
+        json!({"usage_limits": {"type": kind, "credit_limit": limit}}),
+    )
+    .await
+}
+
 /// Chats with `key` for `model` (`max_tokens` 7) until one is refused with 412, `tries` at most;
 /// returns the last status.
 async fn chat_until_refused(server: &Server, key: &str, model: &str, tries: usize) -> u16 {
@@ -97,12 +107,7 @@ async fn default_budget_counts_requests_in_flight() {
     // The mock bills 12 prompt + 7 completion tokens: 12 × 1.5 + 7 × 1 = 25 cents exactly; it
     // answers `slow` models after 2 s, so the whole burst is in flight at once.
     price(&server, "inflight", &[("slow-quarter", payg("1.5", "1"))]).await;
-    let (id, key) = new_key(
-        &server,
-        &ws,
-        json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
-    )
-    .await;
+    let (id, key) = budgeted_key(&server, &ws, "cost", 1).await;
     let burst = (0..50).map(|_| short_chat(&server, &key, "@inflight/slow-quarter"));
     let statuses: Vec<u16> = futures_util::future::join_all(burst)
         .await
@@ -294,12 +299,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         "priced as gpt-4o"
     );
 
-    let (_, budgeted) = new_key(
-        &server,
-        &ws,
-        json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
-    )
-    .await;
+    let (_, budgeted) = budgeted_key(&server, &ws, "cost", 1).await;
     // $1.90 a request: one exhausts the budget.
     assert_eq!(
         short_chat(&server, &budgeted, "@price11/pricey").await.0,
@@ -320,12 +320,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         "{msg}"
     );
     // A token budget still binds the free model.
-    let (_, tokens) = new_key(
-        &server,
-        &ws,
-        json!({"usage_limits": {"type": "tokens", "credit_limit": 100}}),
-    )
-    .await;
+    let (_, tokens) = budgeted_key(&server, &ws, "tokens", 100).await;
     let last = chat_until_refused(&server, &tokens, "@price11/free-model", 10).await;
     assert_eq!(last, 412, "token budgets apply to free models");
 
@@ -345,12 +340,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
             Some(json!({"configurations": {"meter_unpriced_at_zero": true}})),
         )
         .await;
-    let (_, fresh) = new_key(
-        &server,
-        &ws,
-        json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
-    )
-    .await;
+    let (_, fresh) = budgeted_key(&server, &ws, "cost", 1).await;
     let (s, _, b) = short_chat(&server, &fresh, "@price11/unknown-model").await;
     assert_eq!(s, 200, "{b}");
 }
