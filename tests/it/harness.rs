@@ -333,40 +333,6 @@ pub async fn with_tenant(slug: &str) -> (crate::mock::Mock, Server, String, Stri
     (mock, server, ws, key)
 }
 
-/// Sets what every `tollgate` process these tests spawn gets: its data in `data`, the test admin
-/// key, warn-level logging.
-pub fn tollgate_env<'c>(
-    cmd: &'c mut std::process::Command,
-    data: &Path,
-) -> &'c mut std::process::Command {
-    cmd.env("TOLLGATE_DATA_DIR", data)
-        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
-}
-
-/// Spawns `cmd` (a `tollgate serve`) listening on a free loopback port and waits (up to
-/// [`PATIENCE`]) until it is ready; returns the process and its URL.
-pub async fn spawn_serving(cmd: &mut std::process::Command) -> (std::process::Child, String) {
-    let port = free_port();
-    let mut child = cmd
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    await_ready(&mut child, &url, "tollgate serve").await;
-    (child, url)
-}
-
-/// The peak resident memory (VmHWM) of the process `pid`, in KiB, from `/proc/<pid>/status`.
-pub fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A workspace named `name` created through the admin API at `url`; returns its id.
 pub async fn create_workspace(url: &str, name: &str) -> String {
     let ws = admin_call(
@@ -377,61 +343,6 @@ pub async fn create_workspace(url: &str, name: &str) -> String {
     )
     .await;
     ws["id"].as_str().unwrap().to_owned()
-}
-
-/// The `columns` (four, SQL) of every usage event of `trace`, read straight from the store file of
-/// `server`.
-pub fn usage_events<A, B, C, D>(server: &Server, columns: &str, trace: &str) -> Vec<(A, B, C, D)>
-where
-    A: rusqlite::types::FromSql,
-    B: rusqlite::types::FromSql,
-    C: rusqlite::types::FromSql,
-    D: rusqlite::types::FromSql,
-{
-    let db = rusqlite::Connection::open(server.dir.path().join("usage.sqlite")).unwrap();
-    let mut stmt = db
-        .prepare(&format!(
-            "SELECT {columns} FROM usage_events WHERE trace_id = ?"
-        ))
-        .unwrap();
-    stmt.query_map([trace], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
-/// Waits (up to [`PATIENCE`]) until the store has caught up and holds a usage event of `trace`;
-/// returns its [`usage_events`].
-pub async fn wait_for_usage_events<A, B, C, D>(
-    server: &Server,
-    columns: &str,
-    trace: &str,
-) -> Vec<(A, B, C, D)>
-where
-    A: rusqlite::types::FromSql,
-    B: rusqlite::types::FromSql,
-    C: rusqlite::types::FromSql,
-    D: rusqlite::types::FromSql,
-{
-    let found = eventually_some(Duration::from_millis(25), || async move {
-        server.store_caught_up().await;
-        Some(usage_events(server, columns, trace)).filter(|e| !e.is_empty())
-    })
-    .await;
-    found.unwrap_or_else(|| panic!("no usage event for {trace}"))
-}
-
-/// Cuts the last `bytes` bytes off the file at `path`, as a crash mid-write leaves a log.
-pub fn cut_tail(path: &Path, bytes: u64) {
-    let len = std::fs::metadata(path).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_len(len - bytes)
-        .unwrap();
 }
 
 /// A workspace service key `name` in `ws` with `completions.write` only, made through the admin
@@ -472,19 +383,6 @@ impl Server {
     pub async fn reset_usage(&self, path: &str) {
         self.admin("PUT", path, Some(json!({"reset_usage": true})))
             .await;
-    }
-}
-
-/// A spawned `tollgate` process ([`spawn_serving`]) killed when dropped.
-pub struct Served {
-    pub child: std::process::Child,
-    pub url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::harness::{admin_call as admin, spawn_serving, tollgate_env};
+use crate::binary::{spawn_serving, tollgate_env};
+use crate::harness::admin_call as admin;
 use crate::mock;
 
 pub(crate) struct Proc {

@@ -13,7 +13,7 @@ const COLUMNS: &str = "usage_source, prompt_tokens, completion_tokens, streamed"
 
 /// Waits for the raw event columns of one trace, read straight from the store file.
 async fn wait_for_event(server: &harness::Server, trace: &str) -> Vec<(String, i64, i64, i64)> {
-    harness::wait_for_usage_events(server, COLUMNS, trace).await
+    crate::events::wait_for_usage_events(server, COLUMNS, trace).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -336,7 +336,7 @@ async fn audit_trail_reads_on_after_the_config_log_lost_its_tail() {
     signal(&p, "TERM");
     assert!(p.child.wait().unwrap().success());
     let log = dir.path().join("log/config.log");
-    harness::cut_tail(&log, 5);
+    crate::binary::cut_tail(&log, 5);
 
     let mut p = spawn(dir.path()).await;
     let (s, _, _) = call(

@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{
-    self, admin_call as admin, call, free_port, spawn_serving, tollgate_env, Served, ADMIN_KEY,
-};
+use crate::binary::{spawn_serving, tollgate_env, Served};
+use crate::harness::{self, admin_call as admin, call, free_port, ADMIN_KEY};
 use crate::mock;
 
 fn command(data: &Path) -> Command {
@@ -516,7 +515,7 @@ async fn a_cut_config_log_drops_only_the_torn_command() {
     assert_eq!(s, 200, "{body}");
     stop(p);
     let log = data.join("log/config.log");
-    harness::cut_tail(&log, 5);
+    crate::binary::cut_tail(&log, 5);
 
     let p = spawn(&data).await;
     let url = format!("{}{path}", p.url);

@@ -14,7 +14,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{self, peak_rss_kib, spawn_serving, tollgate_env, Served};
+use crate::binary::{peak_rss_kib, spawn_serving, tollgate_env, Served};
+use crate::harness;
 use crate::mock;
 
 /// The bound on waiting for anything here: far above what it takes, only there so a broken

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, Uri};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::binary;
 use crate::harness::{self, call, Server};
 use crate::mock;
 
@@ -484,10 +485,10 @@ async fn config_attacks_stay_within_bounded_memory() {
     let mock = mock::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    harness::tollgate_env(cmd.arg("serve"), dir.path())
+    binary::tollgate_env(cmd.arg("serve"), dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let (mut child, url) = harness::spawn_serving(&mut cmd).await;
+    let (mut child, url) = binary::spawn_serving(&mut cmd).await;
     let ws = harness::provision_up(&url, &mock.url, "mem", SECRET).await;
     let key = harness::completions_key(&url, &ws, "k").await;
     let key = key["key"].as_str().unwrap().to_owned();
@@ -527,7 +528,7 @@ async fn config_attacks_stay_within_bounded_memory() {
     let served = futures_util::future::join_all((0..10).map(|_| send(allowed.clone()))).await;
     assert_eq!(served, vec![200; 10]);
 
-    let peak = harness::peak_rss_kib(child.id());
+    let peak = binary::peak_rss_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();
     assert!(peak < 200 * 1024, "peak resident memory {peak} kB");
@@ -538,7 +539,7 @@ const COLUMNS: &str = "status_code, usage_source, completion_tokens, streamed";
 
 /// Waits for the raw usage events of one trace: (status, usage source, completion tokens, streamed).
 async fn wait_for_event(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
-    harness::wait_for_usage_events(server, COLUMNS, trace).await
+    crate::events::wait_for_usage_events(server, COLUMNS, trace).await
 }
 
 /// Waits (bounded) until the mock's oversized answer stopped, and returns the bytes it got out.
