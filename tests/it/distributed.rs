@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::harness::{admin_call as admin, await_ready, call, free_port, ADMIN_KEY, PATIENCE};
+use crate::harness::{
+    admin_call as admin, await_ready, call, create_workspace, free_port, ADMIN_KEY, PATIENCE,
+};
 use crate::mock;
 
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -413,12 +415,7 @@ async fn two_gateways_two_aggregators_meter_exactly() {
     }
     // Analytics read ClickHouse on either gateway.
     for url in [&a, &b] {
-        let (s, _, v) = call(
-            "GET",
-            &format!("{url}/v1/analytics/groups/workspaces?time_of_generation_min=2020-01-01T00:00:00Z&time_of_generation_max=2100-01-01T00:00:00Z"),
-            Some(ADMIN_KEY),
-            None,
-        )
+        let (s, _, v) = crate::harness::admin_get(&format!("{url}/v1/analytics/groups/workspaces?time_of_generation_min=2020-01-01T00:00:00Z&time_of_generation_max=2100-01-01T00:00:00Z"))
         .await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["data"][0]["requests"], acked.to_string(), "{v}");
@@ -827,14 +824,10 @@ async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
     let cfg = cfg["id"].as_str().unwrap().to_owned();
     // The change is made on the other gateway once it has the config.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while call(
-        "GET",
-        &format!("{b}/v1/configs/{cfg}"),
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await
-    .0 != 200
+    while crate::harness::admin_get(&format!("{b}/v1/configs/{cfg}"))
+        .await
+        .0
+        != 200
     {
         assert!(Instant::now() < deadline, "gateway b never saw the config");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -855,13 +848,8 @@ async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
     admin(&a, "DELETE", &format!("/configs/{cfg}"), None).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let history = loop {
-        let (s, _, v) = call(
-            "GET",
-            &format!("{b}/v1/audit-logs?resource_id={cfg}"),
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
+        let (s, _, v) =
+            crate::harness::admin_get(&format!("{b}/v1/audit-logs?resource_id={cfg}")).await;
         assert_eq!(s, 200, "{v}");
         if v["total"] == 3 {
             break v;
@@ -904,14 +892,7 @@ async fn audit_trail_of_a_deleted_entity_is_served_from_clickhouse() {
 async fn a_force_delete_reaches_the_other_gateway_whole() {
     let (_mock, c, urls, _) = shared_cluster(1, 2).await;
     let (a, b) = (urls[0].clone(), urls[1].clone());
-    let ws = admin(
-        &a,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "doomed"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
+    let ws = create_workspace(&a, "doomed").await;
     let mut keys = Vec::new();
     for i in 0..30 {
         keys.push(new_key(&a, &ws, &format!("k{i}"), json!({})).await);
@@ -954,13 +935,7 @@ async fn a_force_delete_reaches_the_other_gateway_whole() {
             "a key outlived its deleted workspace"
         );
     }
-    let (s, _, _) = call(
-        "GET",
-        &format!("{b}/v1/admin/workspaces/{ws}"),
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await;
+    let (s, _, _) = crate::harness::admin_get(&format!("{b}/v1/admin/workspaces/{ws}")).await;
     assert_eq!(s, 404);
     // The aggregator unpacks the batch into one audit row per deletion.
     let deadline = Instant::now() + PATIENCE;

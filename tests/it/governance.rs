@@ -10,13 +10,15 @@ use crate::mock;
 /// A model priced at 1 cent per token either way: the mock's 12 + 7 tokens cost $0.19.
 const PRICEY: &str = "pricey";
 
-async fn priced_tenant(server: &Server, upstream: &str, slug: &str) -> (String, String) {
-    let (ws, key) = server.tenant(upstream, slug).await;
+/// A mock provider, a server and the tenant `slug` on it ([`harness::with_tenant`]) with the model
+/// [`PRICEY`] priced; returns (mock, server, workspace id, key).
+async fn priced_tenant(slug: &str) -> (mock::Mock, Server, String, String) {
+    let (mock, server, ws, key) = harness::with_tenant(slug).await;
     server
         .admin("PUT", &format!("/integrations/{slug}/models"), Some(json!({"models": [{"slug": PRICEY, "enabled": true,
             "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 1}, "response_token": {"price": 1}}}}]})))
         .await;
-    (ws, key)
+    (mock, server, ws, key)
 }
 
 async fn chat(
@@ -25,17 +27,8 @@ async fn chat(
     slug: &str,
     extra: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let client = reqwest::Client::new();
-    let mut req = client
-        .post(format!("{}/v1/chat/completions", server.url))
-        .header("x-portkey-api-key", key)
-        .json(&json!({"model": format!("@{slug}/{PRICEY}"), "max_tokens": 7, "messages": [{"role": "user", "content": "hi"}]}));
-    for (k, v) in extra {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.unwrap();
-    let (s, h) = (r.status().as_u16(), r.headers().clone());
-    (s, h, r.json().await.unwrap_or(Value::Null))
+    let body = json!({"model": format!("@{slug}/{PRICEY}"), "max_tokens": 7, "messages": [{"role": "user", "content": "hi"}]});
+    harness::post_chat(server, key, extra, &body).await
 }
 
 fn key_spend(server: &Server, key: &str) -> Decimal {
@@ -71,9 +64,7 @@ async fn burst(server: &Server, key: &str, slug: &str, n: usize) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_budget_never_overspends_under_200_concurrent_requests() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = priced_tenant(&server, &mock.url, "g1").await;
+    let (_mock, server, ws, _) = priced_tenant("g1").await;
     let key = new_key(
         &server,
         &ws,
@@ -94,9 +85,7 @@ async fn strict_budget_never_overspends_under_200_concurrent_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_budget_overshoots_by_at_most_what_was_in_flight_then_refuses() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = priced_tenant(&server, &mock.url, "g2").await;
+    let (_mock, server, ws, _) = priced_tenant("g2").await;
     let key = new_key(
         &server,
         &ws,
@@ -155,21 +144,13 @@ async fn default_budget_overshoots_by_at_most_what_was_in_flight_then_refuses() 
     )
     .await;
     assert_eq!(s, 400, "a budget cannot be edited: {b}");
-    server
-        .admin(
-            "PUT",
-            &format!("/api-keys/{id}"),
-            Some(json!({"reset_usage": true})),
-        )
-        .await;
+    server.reset_usage(&format!("/api-keys/{id}")).await;
     assert_eq!(chat(&server, &key, "g2", &[]).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_at_every_level_and_a_department_policy() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = priced_tenant(&server, &mock.url, "g3").await;
+    let (_mock, server, ws, _) = priced_tenant("g3").await;
     let budget = json!({"type": "cost", "credit_limit": 1});
     // Provider (the provisioned @g3), integration access, workspace, and a department policy.
     type SetBudget<'a> = Box<dyn Fn() -> (String, Option<Value>) + 'a>;
@@ -252,9 +233,7 @@ async fn budgets_at_every_level_and_a_department_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_clients_see_412_and_429() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = priced_tenant(&server, &mock.url, "g4").await;
+    let (_mock, server, ws, _) = priced_tenant("g4").await;
     let spent = new_key(
         &server,
         &ws,
@@ -341,9 +320,7 @@ async fn global_workspace_access_provisions_new_workspaces_with_its_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_rate_limit_answers_429_with_retry_after() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, key) = priced_tenant(&server, &mock.url, "g6").await;
+    let (_mock, server, ws, key) = priced_tenant("g6").await;
     server
         .admin(
             "PUT",

@@ -183,14 +183,7 @@ pub async fn admin_call(url: &str, method: &str, path: &str, body: Option<Value>
 /// A workspace named `name` with an integration `@up` (provider key `secret`) pointing at
 /// `upstream` provisioned to it, through the admin API at `url`; returns the workspace id.
 pub async fn provision_up(url: &str, upstream: &str, name: &str, secret: &str) -> String {
-    let ws = admin_call(
-        url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": name})),
-    )
-    .await;
-    let ws_id = ws["id"].as_str().unwrap().to_owned();
+    let ws_id = create_workspace(url, name).await;
     admin_call(url, "POST", "/integrations", Some(json!({"name": "up", "slug": "up", "ai_provider_id": "openai", "key": secret, "configurations": {"custom_host": upstream}}))).await;
     admin_call(
         url,
@@ -329,4 +322,72 @@ pub async fn run_sdk(script: &str, env: &[(&str, &str)]) -> String {
         out.status
     );
     stdout
+}
+
+/// A mock provider, a server, and on it the tenant `slug` of [`Server::tenant`] pointing at the
+/// mock; returns (mock, server, workspace id, key).
+pub async fn with_tenant(slug: &str) -> (crate::mock::Mock, Server, String, String) {
+    let mock = crate::mock::start().await;
+    let server = start().await;
+    let (ws, key) = server.tenant(&mock.url, slug).await;
+    (mock, server, ws, key)
+}
+
+/// A workspace named `name` created through the admin API at `url`; returns its id.
+pub async fn create_workspace(url: &str, name: &str) -> String {
+    let ws = admin_call(
+        url,
+        "POST",
+        "/admin/workspaces",
+        Some(json!({"name": name})),
+    )
+    .await;
+    ws["id"].as_str().unwrap().to_owned()
+}
+
+/// A workspace service key `name` in `ws` with `completions.write` only, made through the admin
+/// API at `url`; returns its record (`id`, `key`, …).
+pub async fn completions_key(url: &str, ws: &str, name: &str) -> Value {
+    admin_call(
+        url,
+        "POST",
+        "/api-keys/workspace/service",
+        Some(json!({"name": name, "workspace_id": ws, "scopes": ["completions.write"]})),
+    )
+    .await
+}
+
+/// `POST /v1/chat/completions` with `key`, `body` and the extra `headers`; returns status, headers
+/// and JSON (or `Value::Null`).
+pub async fn post_chat(
+    server: &Server,
+    key: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .header("x-portkey-api-key", key)
+        .json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.json().await.unwrap_or(Value::Null))
+}
+
+impl Server {
+    /// Resets, as the admin, the usage counted against the object at `path` (`PUT {path}` with
+    /// `reset_usage`).
+    pub async fn reset_usage(&self, path: &str) {
+        self.admin("PUT", path, Some(json!({"reset_usage": true})))
+            .await;
+    }
+}
+
+/// `GET url` (a whole URL) with the bootstrap admin key, whatever it answers: status, headers and
+/// JSON (or `Value::Null`).
+pub async fn admin_get(url: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    call("GET", url, Some(ADMIN_KEY), None).await
 }

@@ -8,7 +8,9 @@
 //! clients, a real usage store and log on disk; only the LLM provider is a mock.
 
 mod alerts;
+mod binary;
 mod distributed;
+mod events;
 mod governance;
 mod harness;
 mod http;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::harness::{admin_call as admin, await_ready, free_port, ADMIN_KEY};
+use crate::binary::{spawn_serving, tollgate_env};
+use crate::harness::admin_call as admin;
 use crate::mock;
 
 pub(crate) struct Proc {
@@ -21,19 +22,11 @@ pub(crate) struct Proc {
 }
 
 pub(crate) async fn spawn(dir: &Path) -> Proc {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATA_DIR", dir)
-        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    tollgate_env(cmd.arg("serve"), dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    await_ready(&mut child, &url, "tollgate serve").await;
+        .stderr(Stdio::null());
+    let (child, url) = spawn_serving(&mut cmd).await;
     Proc { child, url }
 }
 
@@ -59,13 +52,7 @@ async fn tenant(url: &str, upstream: &str) -> (String, String) {
         Some(json!({"name": "c", "workspace_id": ws_id, "config": {"provider": "@up"}})),
     )
     .await;
-    let key = admin(
-        url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws_id, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = crate::harness::completions_key(url, &ws_id, "k").await;
     (ws_id, key["key"].as_str().unwrap().to_owned())
 }
 

@@ -2,41 +2,23 @@
 //! provider that never reports usage yields an event marked `estimated`.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use serde_json::json;
 
 use crate::harness;
 use crate::mock;
 
-/// The raw event columns of one trace, read straight from the store file.
-fn events_of(server: &harness::Server, trace: &str) -> Vec<(String, i64, i64, i64)> {
-    let db = rusqlite::Connection::open(server.dir.path().join("usage.sqlite")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT usage_source, prompt_tokens, completion_tokens, streamed FROM usage_events WHERE trace_id = ?")
-        .unwrap();
-    stmt.query_map([trace], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
+/// The columns [`wait_for_event`] reads.
+const COLUMNS: &str = "usage_source, prompt_tokens, completion_tokens, streamed";
 
+/// Waits for the raw event columns of one trace, read straight from the store file.
 async fn wait_for_event(server: &harness::Server, trace: &str) -> Vec<(String, i64, i64, i64)> {
-    let found = harness::eventually_some(Duration::from_millis(25), || async move {
-        server.store_caught_up().await;
-        Some(events_of(server, trace)).filter(|e| !e.is_empty())
-    })
-    .await;
-    found.unwrap_or_else(|| panic!("no usage event for {trace}"))
+    crate::events::wait_for_usage_events(server, COLUMNS, trace).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_mid_stream_still_bills_real_usage() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (_, key) = server.tenant(&mock.url, "s1").await;
+    let (mock, server, _, key) = harness::with_tenant("s1").await;
     harness::leave_stream_after_first_chunk(&server.url, &key, "@s1/slow-stream", "leaver").await;
     let events = wait_for_event(&server, "leaver").await;
     assert_eq!(
@@ -52,9 +34,7 @@ async fn client_disconnect_mid_stream_still_bills_real_usage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_without_provider_usage_is_estimated_and_final_frame_follows_the_event() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (_, key) = server.tenant(&mock.url, "s2").await;
+    let (_mock, server, _, key) = harness::with_tenant("s2").await;
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", server.url))
         .header("x-portkey-api-key", key.as_str())

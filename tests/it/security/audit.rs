@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use super::common::scoped_key;
 use crate::harness::{self, call, Server, ADMIN_KEY};
 
 /// The provider key of the test integration: it must never reach the audit trail.
@@ -64,41 +65,12 @@ fn secrets(server: &Server) -> Vec<String> {
     out
 }
 
-/// A workspace key in `ws` with `scopes`, made by the admin; returns (id, secret).
-async fn ws_key(server: &Server, ws: &str, name: &str, scopes: Value) -> (String, String) {
-    let k = server
-        .admin(
-            "POST",
-            "/api-keys/workspace/service",
-            Some(json!({"name": name, "workspace_id": ws, "scopes": scopes})),
-        )
-        .await;
-    (
-        k["id"].as_str().unwrap().to_owned(),
-        k["key"].as_str().unwrap().to_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
     let server = harness::start().await;
     let url = server.url.clone();
-    let ws_a = server
-        .admin(
-            "POST",
-            "/admin/workspaces",
-            Some(json!({"name": "audit a"})),
-        )
-        .await;
-    let ws_a = ws_a["id"].as_str().unwrap().to_owned();
-    let ws_b = server
-        .admin(
-            "POST",
-            "/admin/workspaces",
-            Some(json!({"name": "audit b"})),
-        )
-        .await;
-    let ws_b = ws_b["id"].as_str().unwrap().to_owned();
+    let ws_a = harness::create_workspace(&server.url, "audit a").await;
+    let ws_b = harness::create_workspace(&server.url, "audit b").await;
     server
         .admin(
             "POST",
@@ -108,20 +80,20 @@ async fn admin_changes_are_audited_with_actor_creator_action_and_workspace() {
         "configurations": {"custom_host": "http://127.0.0.1:9/v1"}})),
         )
         .await;
-    let (team_id, team) = ws_key(
+    let (team_id, team) = scoped_key(
         &server,
         &ws_a,
         "team a admin",
-        json!([
+        &[
             "configs.create",
             "configs.update",
             "configs.delete",
             "configs.list",
-            "audit_logs.list"
-        ]),
+            "audit_logs.list",
+        ],
     )
     .await;
-    let (_, blind) = ws_key(&server, &ws_a, "no audit scope", json!(["configs.list"])).await;
+    let (_, blind) = scoped_key(&server, &ws_a, "no audit scope", &["configs.list"]).await;
 
     // The workspace key creates, renames and deletes a config in its workspace; the admin makes
     // one in the other workspace.
@@ -318,14 +290,7 @@ async fn audit_trail_is_the_same_after_a_restart() {
     use crate::process::{signal, spawn};
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(dir.path()).await;
-    let ws = harness::admin_call(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "kept"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
+    let ws = harness::create_workspace(&p.url, "kept").await;
     harness::admin_call(
         &p.url,
         "PUT",
@@ -333,13 +298,7 @@ async fn audit_trail_is_the_same_after_a_restart() {
         Some(json!({"name": "kept 2"})),
     )
     .await;
-    let k = harness::admin_call(
-        &p.url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let k = harness::completions_key(&p.url, &ws, "k").await;
     let k = k["id"].as_str().unwrap().to_owned();
     harness::admin_call(&p.url, "DELETE", &format!("/api-keys/{k}"), None).await;
     let before = audit(&p.url, ADMIN_KEY, "page_size=1000").await;
@@ -368,14 +327,7 @@ async fn audit_trail_reads_on_after_the_config_log_lost_its_tail() {
     use crate::process::{signal, spawn};
     let dir = tempfile::tempdir().unwrap();
     let p = spawn(dir.path()).await;
-    let ws = harness::admin_call(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "lost"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
+    let ws = harness::create_workspace(&p.url, "lost").await;
     assert_eq!(
         audit(&p.url, ADMIN_KEY, &format!("resource_id={ws}")).await["total"],
         1
@@ -384,13 +336,7 @@ async fn audit_trail_reads_on_after_the_config_log_lost_its_tail() {
     signal(&p, "TERM");
     assert!(p.child.wait().unwrap().success());
     let log = dir.path().join("log/config.log");
-    let len = std::fs::metadata(&log).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    crate::binary::cut_tail(&log, 5);
 
     let mut p = spawn(dir.path()).await;
     let (s, _, _) = call(
@@ -406,14 +352,7 @@ async fn audit_trail_reads_on_after_the_config_log_lost_its_tail() {
         1,
         "the trail keeps the change it recorded"
     );
-    let again = harness::admin_call(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "again"})),
-    )
-    .await;
-    let again = again["id"].as_str().unwrap().to_owned();
+    let again = harness::create_workspace(&p.url, "again").await;
     let got = audit(&p.url, ADMIN_KEY, &format!("resource_id={again}")).await;
     assert_eq!(got["total"], 1, "a later change is recorded: {got}");
     signal(&p, "TERM");

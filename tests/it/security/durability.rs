@@ -5,35 +5,20 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{self, admin_call as admin, await_ready, call, free_port, ADMIN_KEY};
+use crate::binary::{spawn_serving, tollgate_env, Served};
+use crate::harness::{self, admin_call as admin, call, free_port, ADMIN_KEY};
 use crate::mock;
-
-/// The `tollgate` binary serving `data` (stderr kept in `<data>.stderr` for the assertions).
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn command(data: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    c.env("TOLLGATE_DATA_DIR", data)
-        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
-        .env_remove("TOLLGATE_MASTER_KEY");
+    tollgate_env(&mut c, data).env_remove("TOLLGATE_MASTER_KEY");
     c
 }
 
@@ -41,22 +26,18 @@ fn stderr_path(data: &Path) -> PathBuf {
     data.with_extension("stderr")
 }
 
-async fn spawn(data: &Path) -> Proc {
-    let port = free_port();
+/// The `tollgate` binary serving `data` (stderr kept in `<data>.stderr` for the assertions).
+async fn spawn(data: &Path) -> Served {
     let err = std::fs::File::create(stderr_path(data)).unwrap();
-    let mut child = command(data)
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+    let mut cmd = command(data);
+    cmd.arg("serve")
         .stdout(err.try_clone().unwrap())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    await_ready(&mut child, &url, "tollgate serve").await;
-    Proc { child, url }
+        .stderr(err);
+    let (child, url) = spawn_serving(&mut cmd).await;
+    Served { child, url }
 }
 
-fn stop(mut p: Proc) {
+fn stop(mut p: Served) {
     let ok = Command::new("kill")
         .arg("-TERM")
         .arg(p.child.id().to_string())
@@ -107,13 +88,7 @@ fn log_tool(data: &Path, action: &str) -> (bool, String) {
 /// A tenant on the binary: a workspace, integration `@up` at `upstream`, a service key.
 async fn tenant(url: &str, upstream: &str) -> (String, String) {
     let ws = harness::provision_up(url, upstream, "durable", "sk-durable-provider-000111").await;
-    let key = admin(
-        url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = harness::completions_key(url, &ws, "k").await;
     (ws, key["key"].as_str().unwrap().to_owned())
 }
 
@@ -202,7 +177,7 @@ async fn analytics_show_every_request_answered_before_the_query() {
             assert_eq!(s, 200, "{body}");
         }
         let url = format!("{}/v1/analytics/graphs/requests?{ALL_TIME}", server.url);
-        let (s, _, v) = call("GET", &url, Some(ADMIN_KEY), None).await;
+        let (s, _, v) = harness::admin_get(&url).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["summary"]["total"], json!(round * 10), "{v}");
     }
@@ -373,6 +348,25 @@ async fn full_disk_refuses_before_the_provider_and_recovers() {
     stop(p);
 }
 
+/// `n` data-plane keys `k0`, `k1`, … in the workspace `ws` of the server at `url`.
+async fn add_keys(url: &str, ws: &str, n: usize) {
+    for i in 0..n {
+        harness::completions_key(url, ws, &format!("k{i}")).await;
+    }
+}
+
+/// A force-delete of the workspace at `url` (its whole admin URL); returns status and JSON.
+async fn force_delete(url: &str) -> (u16, Value) {
+    let (s, _, body) = call(
+        "DELETE",
+        url,
+        Some(ADMIN_KEY),
+        Some(json!({"force_delete": true})),
+    )
+    .await;
+    (s, body)
+}
+
 /// Keys of workspace `ws` in the organisation's key list.
 async fn key_count(url: &str, ws: &str) -> usize {
     let v = admin(url, "GET", "/api-keys?page_size=1000", None).await;
@@ -391,36 +385,15 @@ async fn force_delete_on_a_nearly_full_disk_is_all_or_nothing() {
     };
     let data = fs.path().join("data");
     let p = spawn(&data).await;
-    let ws = admin(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "doomed"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
-    for i in 0..60 {
-        admin(
-            &p.url,
-            "POST",
-            "/api-keys/workspace/service",
-            Some(json!({"name": format!("k{i}"), "workspace_id": ws, "scopes": ["completions.write"]})),
-        )
-        .await;
-    }
+    let ws = harness::create_workspace(&p.url, "doomed").await;
+    add_keys(&p.url, &ws, 60).await;
     // Leave one page free: some of the 61 deletions would fit, not all.
     std::fs::write(fs.path().join("gap"), [0u8; 4096]).unwrap();
     fill(&fs.path().join("filler"));
     std::fs::remove_file(fs.path().join("gap")).unwrap();
     let path = format!("/v1/admin/workspaces/{ws}");
     let url = format!("{}{path}", p.url);
-    let (s, _, body) = call(
-        "DELETE",
-        &url,
-        Some(ADMIN_KEY),
-        Some(json!({"force_delete": true})),
-    )
-    .await;
+    let (s, body) = force_delete(&url).await;
     assert_eq!(s, 500, "{body}");
     assert!(body.to_string().contains("not made"), "{body}");
     assert_eq!(key_count(&p.url, &ws).await, 60, "none deleted");
@@ -445,7 +418,7 @@ async fn force_delete_on_a_nearly_full_disk_is_all_or_nothing() {
     let p = spawn(&data).await;
     let url = format!("{}{path}", p.url);
     assert_eq!(key_count(&p.url, &ws).await, 0, "all deleted");
-    let (s, _, _) = call("GET", &url, Some(ADMIN_KEY), None).await;
+    let (s, _, _) = harness::admin_get(&url).await;
     assert_eq!(s, 404);
     stop(p);
 }
@@ -534,46 +507,19 @@ async fn a_cut_config_log_drops_only_the_torn_command() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let p = spawn(&data).await;
-    let ws = admin(
-        &p.url,
-        "POST",
-        "/admin/workspaces",
-        Some(json!({"name": "cut"})),
-    )
-    .await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
-    for i in 0..3 {
-        admin(
-            &p.url,
-            "POST",
-            "/api-keys/workspace/service",
-            Some(json!({"name": format!("k{i}"), "workspace_id": ws, "scopes": ["completions.write"]})),
-        )
-        .await;
-    }
+    let ws = harness::create_workspace(&p.url, "cut").await;
+    add_keys(&p.url, &ws, 3).await;
     let path = format!("/v1/admin/workspaces/{ws}");
     let url = format!("{}{path}", p.url);
-    let (s, _, body) = call(
-        "DELETE",
-        &url,
-        Some(ADMIN_KEY),
-        Some(json!({"force_delete": true})),
-    )
-    .await;
+    let (s, body) = force_delete(&url).await;
     assert_eq!(s, 200, "{body}");
     stop(p);
     let log = data.join("log/config.log");
-    let len = std::fs::metadata(&log).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    crate::binary::cut_tail(&log, 5);
 
     let p = spawn(&data).await;
     let url = format!("{}{path}", p.url);
-    let (s, _, _) = call("GET", &url, Some(ADMIN_KEY), None).await;
+    let (s, _, _) = harness::admin_get(&url).await;
     assert_eq!(
         s, 200,
         "the workspace is back with the whole command undone"

@@ -6,6 +6,7 @@
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
+use super::common::ws_key;
 use crate::harness::{self, Server};
 use crate::mock;
 use tollgate::domain::{EntityKind, Millis};
@@ -22,31 +23,49 @@ async fn chat(
     body.as_object_mut()
         .unwrap()
         .extend(extra.as_object().cloned().unwrap_or_default());
-    let mut req = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", server.url))
-        .header("x-portkey-api-key", key)
-        .json(&body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.unwrap();
-    let (s, h) = (r.status().as_u16(), r.headers().clone());
-    (s, h, r.json().await.unwrap_or(Value::Null))
+    harness::post_chat(server, key, headers, &body).await
 }
 
-/// A workspace service key with `completions.write` and the given extra fields.
+/// A workspace service key `limited` with `completions.write` and the given extra fields.
 async fn new_key(server: &Server, ws: &str, extra: Value) -> (String, String) {
-    let mut b = json!({"name": "limited", "workspace_id": ws, "scopes": ["completions.write"]});
-    b.as_object_mut()
+    let mut fields = json!({"scopes": ["completions.write"]});
+    fields
+        .as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
-    let k = server
-        .admin("POST", "/api-keys/workspace/service", Some(b))
-        .await;
-    (
-        k["id"].as_str().unwrap().to_owned(),
-        k["key"].as_str().unwrap().to_owned(),
+    ws_key(server, ws, "limited", fields).await
+}
+
+/// A chat request for `model` with `max_tokens` 7 and no extra headers.
+async fn short_chat(
+    server: &Server,
+    key: &str,
+    model: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    chat(server, key, model, json!({"max_tokens": 7}), &[]).await
+}
+
+/// A key [`new_key`] with a budget (`usage_limits`) of `limit` of `kind` (`cost`, `tokens`).
+async fn budgeted_key(server: &Server, ws: &str, kind: &str, limit: u64) -> (String, String) {
+    new_key(
+        server,
+        ws,
+        json!({"usage_limits": {"type": kind, "credit_limit": limit}}),
     )
+    .await
+}
+
+/// Chats with `key` for `model` (`max_tokens` 7) until one is refused with 412, `tries` at most;
+/// returns the last status.
+async fn chat_until_refused(server: &Server, key: &str, model: &str, tries: usize) -> u16 {
+    let mut last = 0;
+    for _ in 0..tries {
+        last = short_chat(server, key, model).await.0;
+        if last == 412 {
+            break;
+        }
+    }
+    last
 }
 
 /// Prices `models` on the integration `slug` (US cents per input and output token).
@@ -84,27 +103,12 @@ fn usage_of_key(server: &Server, id: &str) -> tollgate::domain::Totals {
 /// one request's maximum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_budget_counts_requests_in_flight() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "inflight").await;
+    let (_mock, server, ws, _) = harness::with_tenant("inflight").await;
     // The mock bills 12 prompt + 7 completion tokens: 12 × 1.5 + 7 × 1 = 25 cents exactly; it
     // answers `slow` models after 2 s, so the whole burst is in flight at once.
     price(&server, "inflight", &[("slow-quarter", payg("1.5", "1"))]).await;
-    let (id, key) = new_key(
-        &server,
-        &ws,
-        json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
-    )
-    .await;
-    let burst = (0..50).map(|_| {
-        chat(
-            &server,
-            &key,
-            "@inflight/slow-quarter",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-    });
+    let (id, key) = budgeted_key(&server, &ws, "cost", 1).await;
+    let burst = (0..50).map(|_| short_chat(&server, &key, "@inflight/slow-quarter"));
     let statuses: Vec<u16> = futures_util::future::join_all(burst)
         .await
         .into_iter()
@@ -127,21 +131,7 @@ async fn default_budget_counts_requests_in_flight() {
         "spent ${spent} with {ok} of 50 admitted; at most $1 + ${one_max}"
     );
     // Sequentially the budget is still used up, then refused.
-    let mut last = 200;
-    for _ in 0..10 {
-        last = chat(
-            &server,
-            &key,
-            "@inflight/slow-quarter",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-        .await
-        .0;
-        if last == 412 {
-            break;
-        }
-    }
+    let last = chat_until_refused(&server, &key, "@inflight/slow-quarter", 10).await;
     assert_eq!(last, 412);
     let spent = usage_of_key(&server, &id).cost_usd;
     assert!(
@@ -155,9 +145,7 @@ async fn default_budget_counts_requests_in_flight() {
 /// the client's `max_tokens: 10`); now it never passes 1000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_budget_reserves_the_override_and_every_choice() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "strict6").await;
+    let (mock, server, ws, _) = harness::with_tenant("strict6").await;
     let (id, key) = new_key(
         &server,
         &ws,
@@ -212,21 +200,7 @@ async fn metadata_header_cannot_relabel_a_default_department() {
         "group_by": [{"key": "metadata.department"}], "type": "cost", "credit_limit": 1})),
         )
         .await;
-    let mut last = 0;
-    for _ in 0..12 {
-        last = chat(
-            &server,
-            &key,
-            "@dept8/pricey",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-        .await
-        .0;
-        if last == 412 {
-            break;
-        }
-    }
+    let last = chat_until_refused(&server, &key, "@dept8/pricey", 12).await;
     assert_eq!(last, 412, "the department's budget runs out");
     let (s, _, b) = chat(
         &server,
@@ -251,9 +225,7 @@ async fn metadata_header_cannot_relabel_a_default_department() {
 /// fifth of the minute, and let requests through before the minute ended).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_limit_binds_for_the_calendar_minute() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "rpm9").await;
+    let (_mock, server, ws, _) = harness::with_tenant("rpm9").await;
     // A scenario that straddles a minute boundary proves nothing: run it again (once suffices,
     // it takes well under a minute).
     for attempt in 0..2 {
@@ -295,9 +267,7 @@ async fn request_limit_binds_for_the_calendar_minute() {
 /// integration meters unpriced models at zero. Before: all three were served at $0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpriced_models_cannot_pass_cost_budgets() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "price11").await;
+    let (_mock, server, ws, _) = harness::with_tenant("price11").await;
     price(
         &server,
         "price11",
@@ -312,14 +282,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
     )
     .await;
     let (id, key) = new_key(&server, &ws, json!({})).await;
-    let (s, _, _) = chat(
-        &server,
-        &key,
-        "@price11/my-ft",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, _) = short_chat(&server, &key, "@price11/my-ft").await;
     assert_eq!(s, 200);
     let gpt4o = tollgate::domain::pricing::PriceTable::shipped()
         .unwrap()
@@ -336,54 +299,19 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         "priced as gpt-4o"
     );
 
-    let (_, budgeted) = new_key(
-        &server,
-        &ws,
-        json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
-    )
-    .await;
+    let (_, budgeted) = budgeted_key(&server, &ws, "cost", 1).await;
     // $1.90 a request: one exhausts the budget.
     assert_eq!(
-        chat(
-            &server,
-            &budgeted,
-            "@price11/pricey",
-            json!({"max_tokens": 7}),
-            &[]
-        )
-        .await
-        .0,
+        short_chat(&server, &budgeted, "@price11/pricey").await.0,
         200
     );
     assert_eq!(
-        chat(
-            &server,
-            &budgeted,
-            "@price11/pricey",
-            json!({"max_tokens": 7}),
-            &[]
-        )
-        .await
-        .0,
+        short_chat(&server, &budgeted, "@price11/pricey").await.0,
         412
     );
-    let (s, _, b) = chat(
-        &server,
-        &budgeted,
-        "@price11/free-model",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, b) = short_chat(&server, &budgeted, "@price11/free-model").await;
     assert_eq!(s, 200, "explicitly free: {b}");
-    let (s, _, b) = chat(
-        &server,
-        &budgeted,
-        "@price11/unknown-model",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, b) = short_chat(&server, &budgeted, "@price11/unknown-model").await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["error"]["code"], "model_unpriced");
     let msg = b["error"]["message"].as_str().unwrap();
@@ -392,27 +320,8 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         "{msg}"
     );
     // A token budget still binds the free model.
-    let (_, tokens) = new_key(
-        &server,
-        &ws,
-        json!({"usage_limits": {"type": "tokens", "credit_limit": 100}}),
-    )
-    .await;
-    let mut last = 0;
-    for _ in 0..10 {
-        last = chat(
-            &server,
-            &tokens,
-            "@price11/free-model",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-        .await
-        .0;
-        if last == 412 {
-            break;
-        }
-    }
+    let (_, tokens) = budgeted_key(&server, &ws, "tokens", 100).await;
+    let last = chat_until_refused(&server, &tokens, "@price11/free-model", 10).await;
     assert_eq!(last, 412, "token budgets apply to free models");
 
     // The opt-in: meter unpriced models at $0 (a non-boolean is refused).
@@ -431,20 +340,8 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
             Some(json!({"configurations": {"meter_unpriced_at_zero": true}})),
         )
         .await;
-    let (_, fresh) = new_key(
-        &server,
-        &ws,
-        json!({"usage_limits": {"type": "cost", "credit_limit": 1}}),
-    )
-    .await;
-    let (s, _, b) = chat(
-        &server,
-        &fresh,
-        "@price11/unknown-model",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (_, fresh) = budgeted_key(&server, &ws, "cost", 1).await;
+    let (s, _, b) = short_chat(&server, &fresh, "@price11/unknown-model").await;
     assert_eq!(s, 200, "{b}");
 }
 
@@ -453,9 +350,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
 /// usage is clamped to the plausibility bound, the event flagged, and analytics answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_usage_is_clamped_and_analytics_still_answer() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, key) = server.tenant(&mock.url, "huge20").await;
+    let (_mock, server, ws, key) = harness::with_tenant("huge20").await;
     for _ in 0..3 {
         let (s, _, b) = chat(&server, &key, "@huge20/huge-usage", json!({}), &[]).await;
         assert_eq!(s, 200, "{b}");
@@ -533,9 +428,7 @@ async fn absurd_usage_is_clamped_and_analytics_still_answer() {
 /// was accepted and written into every usage event). Nothing reaches the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_header_is_bounded() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (_, key) = server.tenant(&mock.url, "meta21").await;
+    let (mock, server, _, key) = harness::with_tenant("meta21").await;
     let many: serde_json::Map<String, Value> =
         (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
     let cases = [
@@ -579,9 +472,7 @@ async fn metadata_header_is_bounded() {
 /// match it, and it was served with 200 past the department's budget).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_key_cannot_relabel_the_workspace_department() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "dept7").await;
+    let (_mock, server, ws, _) = harness::with_tenant("dept7").await;
     server
         .admin(
             "PUT",
@@ -616,30 +507,9 @@ async fn a_workspace_key_cannot_relabel_the_workspace_department() {
     .await;
     assert_eq!(s, 200, "{v}");
     let free = v["key"].as_str().unwrap().to_owned();
-    let mut last = 0;
-    for _ in 0..40 {
-        last = chat(
-            &server,
-            &lead,
-            "@dept7/gpt-4o-mini",
-            json!({"max_tokens": 7}),
-            &[],
-        )
-        .await
-        .0;
-        if last == 412 {
-            break;
-        }
-    }
+    let last = chat_until_refused(&server, &lead, "@dept7/gpt-4o-mini", 40).await;
     assert_eq!(last, 412, "the department's budget runs out");
-    let (s, _, b) = chat(
-        &server,
-        &free,
-        "@dept7/gpt-4o-mini",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, b) = short_chat(&server, &free, "@dept7/gpt-4o-mini").await;
     assert_eq!(s, 412, "the relabelled key is still in the department: {b}");
     // A key the organisation labelled keeps its own department.
     let (_, labelled) = new_key(
@@ -648,13 +518,6 @@ async fn a_workspace_key_cannot_relabel_the_workspace_department() {
         json!({"defaults": {"metadata": {"department": "research"}}}),
     )
     .await;
-    let (s, _, b) = chat(
-        &server,
-        &labelled,
-        "@dept7/gpt-4o-mini",
-        json!({"max_tokens": 7}),
-        &[],
-    )
-    .await;
+    let (s, _, b) = short_chat(&server, &labelled, "@dept7/gpt-4o-mini").await;
     assert_eq!(s, 200, "{b}");
 }

@@ -9,6 +9,7 @@
 //! - [`audit`]: every admin change recorded with its actor, served by `GET /v1/audit-logs`.
 
 mod audit;
+mod common;
 mod durability;
 mod limits;
 mod privilege;

@@ -5,39 +5,13 @@ use serde_json::{json, Value};
 
 use tollgate::domain::{Change, Entity};
 
-use crate::harness::{self, call, Server};
+use super::common::{assert_forbidden, scoped_key, ws_key, WithKey};
+use crate::harness::{self, Server};
 use crate::mock;
 
 /// A time range that covers every test's traffic, for analytics routes.
 const RANGE: &str =
     "time_of_generation_min=2020-01-01T00:00:00Z&time_of_generation_max=2100-01-01T00:00:00Z";
-
-/// A call to `/v1{path}` with `key`.
-async fn as_key(
-    server: &Server,
-    key: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let (s, _, v) = call(method, &format!("{}/v1{path}", server.url), Some(key), body).await;
-    (s, v)
-}
-
-/// A workspace service key in `ws` made by the admin; returns (id, secret).
-async fn ws_key(server: &Server, ws: &str, name: &str, extra: Value) -> (String, String) {
-    let mut b = json!({"name": name, "workspace_id": ws});
-    b.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    let k = server
-        .admin("POST", "/api-keys/workspace/service", Some(b))
-        .await;
-    (
-        k["id"].as_str().unwrap().to_owned(),
-        k["key"].as_str().unwrap().to_owned(),
-    )
-}
 
 /// Gives the key named `name` an extra scope directly in the state, as a key minted before scope
 /// checks existed could hold it.
@@ -54,9 +28,7 @@ async fn grant_legacy_scope(server: &Server, name: &str, scope: &str) {
 async fn chat(server: &Server, key: &str, slug: &str) -> u16 {
     let body = json!({"model": format!("@{slug}/gpt-4o-mini"), "max_tokens": 7,
         "messages": [{"role": "user", "content": "hi"}]});
-    as_key(server, key, "POST", "/chat/completions", Some(body))
-        .await
-        .0
+    server.with_key(key).post("/chat/completions", body).await.0
 }
 
 /// Sends chats until one is refused with 412 (a budget used up); bounded.
@@ -69,19 +41,23 @@ async fn exhaust(server: &Server, key: &str, slug: &str) {
     panic!("the budget was never used up");
 }
 
-fn assert_forbidden(got: (u16, Value), what: &str) {
-    assert_eq!(got.0, 403, "{what}: {}", got.1);
-    assert_eq!(got.1["data"]["errorCode"], "AB03", "{what}: {}", got.1);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "shared").await;
-    let (minter_id, minter) = ws_key(&server, &ws, "minter", json!({"scopes": ["workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write"]})).await;
+    let (mock, server, ws, _) = harness::with_tenant("shared").await;
+    let (minter_id, minter) = scoped_key(
+        &server,
+        &ws,
+        "minter",
+        &[
+            "workspace_service_api_keys.create",
+            "workspace_service_api_keys.update",
+            "completions.write",
+        ],
+    )
+    .await;
     let before = server.admin("GET", "/integrations/shared", None).await;
     // Minting a key with an organisation scope, or any scope the minter lacks: refused.
+    let as_minter = server.with_key(&minter);
     for scopes in [
         json!(["organisation_integrations.update"]),
         json!(["completions.write", "organisation_integrations.update"]),
@@ -89,90 +65,45 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
         json!(["workspaces.delete"]),
     ] {
         let body = json!({"name": "evil", "workspace_id": ws, "scopes": scopes});
-        let got = as_key(
-            &server,
-            &minter,
-            "POST",
-            "/api-keys/workspace/service",
-            Some(body),
-        )
-        .await;
+        let got = as_minter.post("/api-keys/workspace/service", body).await;
         assert_forbidden(got, &format!("mint {scopes}"));
     }
     // Widening its own scopes: refused; narrowing is allowed.
     let widen = json!({"scopes": ["workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write", "organisation_integrations.update"]});
-    let got = as_key(
-        &server,
-        &minter,
-        "PUT",
-        &format!("/api-keys/{minter_id}"),
-        Some(widen),
-    )
-    .await;
+    let got = as_minter
+        .put(&format!("/api-keys/{minter_id}"), widen)
+        .await;
     assert_forbidden(got, "widen own scopes");
     // A scope it holds is grantable, and only valid ones for the new key's type.
     let body = json!({"name": "ok", "workspace_id": ws, "scopes": ["completions.write"]});
-    let (s, v) = as_key(
-        &server,
-        &minter,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(body),
-    )
-    .await;
+    let (s, v) = as_minter.post("/api-keys/workspace/service", body).await;
     assert_eq!(s, 200, "{v}");
     let body =
         json!({"name": "bad", "workspace_id": ws, "scopes": ["organisation_integrations.update"]});
-    let (s, v) = call(
-        "POST",
-        &format!("{}/v1/api-keys/workspace/service", server.url),
-        Some(&server.admin_key),
-        Some(body),
-    )
-    .await
-    .into_parts();
+    let (s, v) = server
+        .as_admin()
+        .post("/api-keys/workspace/service", body)
+        .await;
     assert_eq!(s, 400, "an organisation-only scope on a workspace key: {v}");
     let body = json!({"name": "bad", "scopes": ["organisation_service_api_keys.create", "completions.write"]});
-    let (s, v) = call(
-        "POST",
-        &format!("{}/v1/api-keys/organisation/service", server.url),
-        Some(&server.admin_key),
-        Some(body),
-    )
-    .await
-    .into_parts();
+    let (s, v) = server
+        .as_admin()
+        .post("/api-keys/organisation/service", body)
+        .await;
     assert_eq!(s, 400, "a data-plane scope on an organisation key: {v}");
     // Scopes Tollgate does not enforce are stored verbatim (§2.2), but only an organisation key
     // grants one it does not hold.
     let body = json!({"name": "verbatim", "workspace_id": ws, "scopes": ["workspace_users.read"]});
-    let (s, v) = call(
-        "POST",
-        &format!("{}/v1/api-keys/workspace/service", server.url),
-        Some(&server.admin_key),
-        Some(body.clone()),
-    )
-    .await
-    .into_parts();
+    let (s, v) = server
+        .as_admin()
+        .post("/api-keys/workspace/service", body.clone())
+        .await;
     assert_eq!(s, 200, "{v}");
-    let got = as_key(
-        &server,
-        &minter,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(body),
-    )
-    .await;
+    let got = as_minter.post("/api-keys/workspace/service", body).await;
     assert_forbidden(got, "an unenforced scope the minter lacks");
     // Repointing the shared integration with the minter: refused.
     let repoint = json!({"configurations": {"custom_host": "http://127.0.0.1:1/v1"}});
-    let got = as_key(
-        &server,
-        &minter,
-        "PUT",
-        "/integrations/shared",
-        Some(repoint.clone()),
-    )
-    .await;
+    let got = as_minter.put("/integrations/shared", repoint.clone()).await;
     assert_forbidden(got, "repoint");
     // Even holding organisation scopes (a key minted before this fix), a workspace key never
     // changes organisation objects or provisioning.
@@ -184,69 +115,40 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
     ] {
         grant_legacy_scope(&server, "minter", scope).await;
     }
-    let got = as_key(
-        &server,
-        &minter,
-        "PUT",
-        "/integrations/shared",
-        Some(repoint),
-    )
-    .await;
+    let got = as_minter.put("/integrations/shared", repoint).await;
     assert_forbidden(got, "repoint with a legacy scope");
-    let got = as_key(
-        &server,
-        &minter,
-        "PUT",
-        "/integrations/shared/models",
-        Some(json!({"allow_all_models": false})),
-    )
-    .await;
+    let got = as_minter
+        .put(
+            "/integrations/shared/models",
+            json!({"allow_all_models": false}),
+        )
+        .await;
     assert_forbidden(got, "models of an organisation integration");
     let cut = json!({"workspaces": [{"id": ws, "enabled": false}]});
-    let got = as_key(
-        &server,
-        &minter,
-        "PUT",
-        "/integrations/shared/workspaces",
-        Some(cut),
-    )
-    .await;
+    let got = as_minter.put("/integrations/shared/workspaces", cut).await;
     assert_forbidden(got, "provisioning");
-    let got = as_key(&server, &minter, "DELETE", "/integrations/shared", None).await;
+    let got = as_minter.delete("/integrations/shared").await;
     assert_forbidden(got, "delete an organisation integration");
-    let got = as_key(
-        &server,
-        &minter,
-        "DELETE",
-        &format!("/admin/workspaces/{ws}"),
-        Some(json!({"force_delete": true})),
-    )
-    .await;
+    let got = as_minter
+        .call(
+            "DELETE",
+            &format!("/admin/workspaces/{ws}"),
+            Some(json!({"force_delete": true})),
+        )
+        .await;
     assert_forbidden(got, "delete its workspace");
     // Its own workspace's integration it may manage, but not send the stored key elsewhere.
     server.admin("POST", "/integrations", Some(json!({"name": "own", "slug": "own-int", "ai_provider_id": "openai",
         "workspace_id": ws, "key": "sk-org-set-000000000", "configurations": {"custom_host": mock.url}}))).await;
     grant_legacy_scope(&server, "minter", "workspace_integrations.update").await;
     let elsewhere = json!({"configurations": {"custom_host": "http://127.0.0.1:1/v1"}});
-    let got = as_key(
-        &server,
-        &minter,
-        "PUT",
-        "/integrations/own-int",
-        Some(elsewhere.clone()),
-    )
-    .await;
+    let got = as_minter
+        .put("/integrations/own-int", elsewhere.clone())
+        .await;
     assert_forbidden(got, "repoint a workspace integration without its key");
     let mut with_key = elsewhere;
     with_key["key"] = json!("sk-its-own-000000000");
-    let (s, v) = as_key(
-        &server,
-        &minter,
-        "PUT",
-        "/integrations/own-int",
-        Some(with_key),
-    )
-    .await;
+    let (s, v) = as_minter.put("/integrations/own-int", with_key).await;
     assert_eq!(s, 200, "with a key of its own: {v}");
     let after = server.admin("GET", "/integrations/shared", None).await;
     assert_eq!(after["configurations"], before["configurations"]);
@@ -270,35 +172,11 @@ async fn workspace_key_cannot_mint_organisation_scopes_or_repoint_integrations()
     );
 }
 
-trait IntoParts {
-    fn into_parts(self) -> (u16, Value);
-}
-
-impl IntoParts for (u16, reqwest::header::HeaderMap, Value) {
-    fn into_parts(self) -> (u16, Value) {
-        (self.0, self.2)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_get_route_checks_its_read_scope() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, data_key) = server.tenant(&mock.url, "reads").await;
-    let (_, unrelated) = ws_key(
-        &server,
-        &ws,
-        "unrelated",
-        json!({"scopes": ["configs.create"]}),
-    )
-    .await;
-    let (key_id, _) = ws_key(
-        &server,
-        &ws,
-        "target",
-        json!({"scopes": ["completions.write"]}),
-    )
-    .await;
+    let (_mock, server, ws, data_key) = harness::with_tenant("reads").await;
+    let (_, unrelated) = scoped_key(&server, &ws, "unrelated", &["configs.create"]).await;
+    let (key_id, _) = scoped_key(&server, &ws, "target", &["completions.write"]).await;
     let cfg = server
         .admin(
             "POST",
@@ -345,12 +223,12 @@ async fn every_get_route_checks_its_read_scope() {
             ("completions.write", &data_key),
             ("configs.create", &unrelated),
         ] {
-            let (s, v) = as_key(&server, key, "GET", path, None).await;
+            let (s, v) = server.with_key(key).get(path).await;
             if s != 403 || v["data"]["errorCode"] != "AB03" {
                 wrong.push(format!("{who} GET {path}: {s} {v}"));
             }
         }
-        let (s, v) = as_key(&server, &server.admin_key, "GET", path, None).await;
+        let (s, v) = server.as_admin().get(path).await;
         if s != 200 {
             wrong.push(format!("admin GET {path}: {s} {v}"));
         }
@@ -366,14 +244,10 @@ async fn organisation_key_with_a_workspace_id_is_refused() {
         .await;
     let body =
         json!({"name": "org-with-ws", "workspace_id": ws["id"], "scopes": ["workspaces.list"]});
-    let (s, v) = as_key(
-        &server,
-        &server.admin_key,
-        "POST",
-        "/api-keys/organisation/service",
-        Some(body),
-    )
-    .await;
+    let (s, v) = server
+        .as_admin()
+        .post("/api-keys/organisation/service", body)
+        .await;
     assert_eq!(s, 400, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
@@ -398,26 +272,21 @@ async fn organisation_key_with_a_workspace_id_is_refused() {
         )
         .await;
     let path = format!("/api-keys/{}", org["id"].as_str().unwrap());
-    let (s, v) = as_key(
-        &server,
-        &server.admin_key,
-        "PUT",
-        &path,
-        Some(json!({"workspace_id": ws["id"]})),
-    )
-    .await;
+    let (s, v) = server
+        .as_admin()
+        .put(&path, json!({"workspace_id": ws["id"]}))
+        .await;
     assert_eq!(s, 400, "{v}");
     assert!(server.admin("GET", &path, None).await["workspace_id"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_cannot_reset_or_remove_its_own_limits() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "own").await;
+    let (mock, server, ws, _) = harness::with_tenant("own").await;
     let (id, key) = ws_key(&server, &ws, "self", json!({"scopes": ["completions.write", "workspace_service_api_keys.update"],
         "usage_limits": {"type": "tokens", "credit_limit": 100}, "rate_limits": [{"type": "requests", "unit": "rpd", "value": 1000}]})).await;
     exhaust(&server, &key, "own").await;
+    let as_self = server.with_key(&key);
     for body in [
         json!({"reset_usage": true}),
         json!({"usage_limits": null}),
@@ -426,14 +295,7 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
         json!({"alert_emails": ["me@example.com"]}),
         json!({"expires_at": "2099-01-01T00:00:00Z"}),
     ] {
-        let got = as_key(
-            &server,
-            &key,
-            "PUT",
-            &format!("/api-keys/{id}"),
-            Some(body.clone()),
-        )
-        .await;
+        let got = as_self.put(&format!("/api-keys/{id}"), body.clone()).await;
         assert_forbidden(got, &format!("self {body}"));
     }
     // Nor through a key it mints: that key acts for it.
@@ -447,72 +309,40 @@ async fn a_key_cannot_reset_or_remove_its_own_limits() {
     // The parent's budget is set by a workspace key (the lead), which may lift it; a key the
     // parent minted may not.
     let body = json!({"name": "parent", "workspace_id": ws2, "scopes": scopes, "usage_limits": {"type": "tokens", "credit_limit": 100}});
-    let (s, v) = as_key(
-        &server,
-        &lead,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(body),
-    )
-    .await;
+    let as_lead = server.with_key(&lead);
+    let (s, v) = as_lead.post("/api-keys/workspace/service", body).await;
     assert_eq!(s, 200, "{v}");
     let (pid, parent) = (v["id"].as_str().unwrap(), v["key"].as_str().unwrap());
     let body = json!({"name": "proxy", "workspace_id": ws2, "scopes": ["workspace_service_api_keys.update"]});
-    let (s, v) = as_key(
-        &server,
-        parent,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(body),
-    )
-    .await;
+    let (s, v) = server
+        .with_key(parent)
+        .post("/api-keys/workspace/service", body)
+        .await;
     assert_eq!(s, 200, "{v}");
     let proxy = v["key"].as_str().unwrap();
-    let got = as_key(
-        &server,
-        proxy,
-        "PUT",
-        &format!("/api-keys/{pid}"),
-        Some(json!({"usage_limits": null})),
-    )
-    .await;
+    let got = server
+        .with_key(proxy)
+        .put(&format!("/api-keys/{pid}"), json!({"usage_limits": null}))
+        .await;
     assert_forbidden(got, "a minted key lifting its minter's budget");
-    let (s, v) = as_key(
-        &server,
-        &lead,
-        "PUT",
-        &format!("/api-keys/{pid}"),
-        Some(json!({"reset_usage": true})),
-    )
-    .await;
+    let (s, v) = as_lead
+        .put(&format!("/api-keys/{pid}"), json!({"reset_usage": true}))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(chat(&server, &key, "own").await, 412, "still refused");
     // Its name is its own to change.
-    let (s, v) = as_key(
-        &server,
-        &key,
-        "PUT",
-        &format!("/api-keys/{id}"),
-        Some(json!({"name": "renamed"})),
-    )
-    .await;
+    let (s, v) = as_self
+        .put(&format!("/api-keys/{id}"), json!({"name": "renamed"}))
+        .await;
     assert_eq!(s, 200, "{v}");
     // The organisation admin can reset it.
-    server
-        .admin(
-            "PUT",
-            &format!("/api-keys/{id}"),
-            Some(json!({"reset_usage": true})),
-        )
-        .await;
+    server.reset_usage(&format!("/api-keys/{id}")).await;
     assert_eq!(chat(&server, &key, "own").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_key_cannot_lift_limits_set_by_the_organisation() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "gov").await;
+    let (_mock, server, ws, _) = harness::with_tenant("gov").await;
     let budget = json!({"type": "cost", "credit_limit": 5});
     server
         .admin(
@@ -543,63 +373,45 @@ async fn a_workspace_key_cannot_lift_limits_set_by_the_organisation() {
         json!({"scopes": ["completions.write"], "usage_limits": budget}),
     )
     .await;
-    let (_, team) = ws_key(&server, &ws, "team-admin", json!({"scopes": ["workspaces.update", "providers.update", "providers.delete",
-        "workspace_service_api_keys.create", "workspace_service_api_keys.update", "completions.write"]})).await;
+    let (_, team) = scoped_key(
+        &server,
+        &ws,
+        "team-admin",
+        &[
+            "workspaces.update",
+            "providers.update",
+            "providers.delete",
+            "workspace_service_api_keys.create",
+            "workspace_service_api_keys.update",
+            "completions.write",
+        ],
+    )
+    .await;
+    // Each: method, path, body.
+    let workspace = format!("/admin/workspaces/{ws}");
+    let provider = format!("/providers/gov?workspace_id={ws}");
+    let org_key = format!("/api-keys/{org_set_id}");
+    let policy = format!("/policies/usage-limits/{pol}");
     let attempts = [
+        ("PUT", workspace.clone(), json!({"usage_limits": null})),
+        ("PUT", workspace.clone(), json!({"reset_usage": true})),
         (
             "PUT",
-            format!("/admin/workspaces/{ws}"),
-            json!({"usage_limits": null}),
-        ),
-        (
-            "PUT",
-            format!("/admin/workspaces/{ws}"),
-            json!({"reset_usage": true}),
-        ),
-        (
-            "PUT",
-            format!("/admin/workspaces/{ws}"),
+            workspace.clone(),
             json!({"rate_limits": [{"type": "requests", "unit": "rpm", "value": 5}]}),
         ),
-        (
-            "PUT",
-            format!("/providers/gov?workspace_id={ws}"),
-            json!({"usage_limits": null}),
-        ),
-        (
-            "PUT",
-            format!("/providers/gov?workspace_id={ws}"),
-            json!({"reset_usage": true}),
-        ),
-        (
-            "DELETE",
-            format!("/providers/gov?workspace_id={ws}"),
-            json!({}),
-        ),
-        (
-            "PUT",
-            format!("/api-keys/{org_set_id}"),
-            json!({"usage_limits": null}),
-        ),
-        (
-            "PUT",
-            format!("/api-keys/{org_set_id}"),
-            json!({"reset_usage": true}),
-        ),
-        (
-            "PUT",
-            format!("/policies/usage-limits/{pol}"),
-            json!({"usage_limits": null}),
-        ),
-        (
-            "PUT",
-            format!("/policies/usage-limits/{pol}"),
-            json!({"reset_usage": true}),
-        ),
-        ("DELETE", format!("/policies/usage-limits/{pol}"), json!({})),
+        ("PUT", provider.clone(), json!({"usage_limits": null})),
+        ("PUT", provider.clone(), json!({"reset_usage": true})),
+        ("DELETE", provider.clone(), json!({})),
+        ("PUT", org_key.clone(), json!({"usage_limits": null})),
+        ("PUT", org_key.clone(), json!({"reset_usage": true})),
+        ("PUT", policy.clone(), json!({"usage_limits": null})),
+        ("PUT", policy.clone(), json!({"reset_usage": true})),
+        ("DELETE", policy.clone(), json!({})),
     ];
+    let as_team = server.with_key(&team);
     for (method, path, body) in &attempts {
-        let got = as_key(&server, &team, method, path, Some(body.clone())).await;
+        let got = as_team.call(method, path, Some(body.clone())).await;
         assert_forbidden(got, &format!("{method} {path} {body}"));
     }
     let w = server
@@ -612,41 +424,30 @@ async fn a_workspace_key_cannot_lift_limits_set_by_the_organisation() {
     assert_eq!(p["usage_limits"]["credit_limit"], 5, "{p}");
     // Limits the workspace set itself stay its own to manage.
     let body = json!({"name": "child", "workspace_id": ws, "scopes": ["completions.write"], "usage_limits": {"type": "cost", "credit_limit": 2}});
-    let (s, v) = as_key(
-        &server,
-        &team,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(body),
-    )
-    .await;
+    let (s, v) = as_team.post("/api-keys/workspace/service", body).await;
     assert_eq!(s, 200, "{v}");
     let child = v["id"].as_str().unwrap();
-    let (s, v) = as_key(
-        &server,
-        &team,
-        "PUT",
-        &format!("/api-keys/{child}"),
-        Some(json!({"reset_usage": true})),
-    )
-    .await;
+    let (s, v) = as_team
+        .put(&format!("/api-keys/{child}"), json!({"reset_usage": true}))
+        .await;
     assert_eq!(s, 200, "{v}");
     // The organisation admin can do every one of these.
     for (method, path, body) in attempts
         .iter()
         .filter(|a| a.2 != json!({"reset_usage": true}))
     {
-        let (s, v) = as_key(&server, &server.admin_key, method, path, Some(body.clone())).await;
+        let (s, v) = server
+            .as_admin()
+            .call(method, path, Some(body.clone()))
+            .await;
         assert_eq!(s, 200, "admin {method} {path}: {v}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_cannot_be_edited_once_set() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "rl").await;
-    let (key_id, _) = ws_key(&server, &ws, "k", json!({"scopes": ["completions.write"]})).await;
+    let (_mock, server, ws, _) = harness::with_tenant("rl").await;
+    let (key_id, _) = scoped_key(&server, &ws, "k", &["completions.write"]).await;
     let vk = server.admin("POST", "/virtual-keys", Some(json!({"name": "vk", "provider": "openai", "key": "sk-vk-000000000", "workspace_id": ws}))).await;
     let vk = vk["slug"].as_str().unwrap();
     let pol = server
@@ -672,8 +473,7 @@ async fn rate_limits_cannot_be_edited_once_set() {
     ];
     let srv = &server;
     for (path, wrap) in &targets {
-        let put =
-            |body: Value| async move { as_key(srv, &srv.admin_key, "PUT", path, Some(body)).await };
+        let put = |body: Value| async move { srv.as_admin().put(path, body).await };
         assert_eq!(put(wrap(limit(5))).await.0, 200, "{path}: set");
         let (s, v) = put(wrap(limit(6))).await;
         assert_eq!(s, 400, "{path}: an edit is refused: {v}");
@@ -858,14 +658,10 @@ async fn mint(
     scopes: Value,
 ) -> (String, String) {
     let body = json!({"name": name, "workspace_id": ws, "scopes": scopes});
-    let (s, v) = as_key(
-        server,
-        minter,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(body),
-    )
-    .await;
+    let (s, v) = server
+        .with_key(minter)
+        .post("/api-keys/workspace/service", body)
+        .await;
     assert_eq!(s, 200, "mint {name}: {v}");
     (
         v["id"].as_str().unwrap().to_owned(),
@@ -879,9 +675,7 @@ async fn mint(
 /// from its minter, and outlived it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minted_key_is_bound_by_its_minter() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "chain").await;
+    let (_mock, server, ws, _) = harness::with_tenant("chain").await;
     let scopes = json!([
         "completions.write",
         "workspace_service_api_keys.create",
@@ -944,32 +738,16 @@ async fn a_minted_key_is_bound_by_its_minter() {
         )
         .await;
     let body = json!({"name": "more", "workspace_id": ws, "scopes": ["completions.write"]});
-    let got = as_key(
-        &server,
-        &m2,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(body),
-    )
-    .await;
+    let as_m2 = server.with_key(&m2);
+    let got = as_m2.post("/api-keys/workspace/service", body).await;
     assert_forbidden(got, "mint after the minter lost the scope");
-    let got = as_key(
-        &server,
-        &m2,
-        "PUT",
-        &format!("/api-keys/{w2_id}"),
-        Some(json!({"scopes": scopes})),
-    )
-    .await;
+    let got = as_m2
+        .put(&format!("/api-keys/{w2_id}"), json!({"scopes": scopes}))
+        .await;
     assert_forbidden(got, "grant the scopes back");
-    let got = as_key(
-        &server,
-        &m2,
-        "PUT",
-        &format!("/api-keys/{m3_id}"),
-        Some(json!({"name": "x"})),
-    )
-    .await;
+    let got = as_m2
+        .put(&format!("/api-keys/{m3_id}"), json!({"name": "x"}))
+        .await;
     assert_forbidden(got, "use a scope the minter lost");
     // The minter's expiry binds, and deleting the minter stops what it minted.
     let (x_id, x) = ws_key(&server, &ws, "minter3", json!({"scopes": scopes})).await;
@@ -1001,7 +779,7 @@ async fn a_minted_key_is_bound_by_its_minter() {
         "the minter was deleted"
     );
     assert_eq!(chat(&server, &mx2, "chain").await, 401, "two levels down");
-    let (s, _) = as_key(&server, &mx, "GET", "/api-keys", None).await;
+    let (s, _) = server.with_key(&mx).get("/api-keys").await;
     assert_eq!(s, 401, "on the control plane too");
 }
 
@@ -1011,9 +789,7 @@ async fn a_minted_key_is_bound_by_its_minter() {
 /// the credential went to `https://attacker.example/x.openai.azure.com/...`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_configurations() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "azure-base").await;
+    let (_mock, server, ws, _) = harness::with_tenant("azure-base").await;
     server
         .admin(
             "POST",
@@ -1025,27 +801,27 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
             ),
         )
         .await;
-    let (_, team) = ws_key(
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["workspace_integrations.create",
-        "workspace_integrations.update", "workspace_integrations.read", "virtual_keys.create"]}),
+        &[
+            "workspace_integrations.create",
+            "workspace_integrations.update",
+            "workspace_integrations.read",
+            "virtual_keys.create",
+        ],
     )
     .await;
+    let as_team = server.with_key(&team);
     for c in [
         json!({"resource_name": "attacker"}),
         json!({"deployment_name": "other"}),
         json!({"api_version": "2024-01-01"}),
     ] {
-        let got = as_key(
-            &server,
-            &team,
-            "PUT",
-            "/integrations/az",
-            Some(json!({"configurations": c})),
-        )
-        .await;
+        let got = as_team
+            .put("/integrations/az", json!({"configurations": c}))
+            .await;
         assert_forbidden(got, &format!("reconfigure {c}"));
     }
     let i = server.admin("GET", "/integrations/az", None).await;
@@ -1059,23 +835,9 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
         ("deployment_name", ".."),
     ] {
         let body = json!({"key": "sk-mine-1234567890", "configurations": {field: bad}});
-        let (s, v) = as_key(
-            &server,
-            &team,
-            "PUT",
-            "/integrations/az",
-            Some(body.clone()),
-        )
-        .await;
+        let (s, v) = as_team.put("/integrations/az", body.clone()).await;
         assert_eq!(s, 400, "{field}={bad}: {v}");
-        let (s, v) = as_key(
-            &server,
-            &server.admin_key,
-            "PUT",
-            "/integrations/az",
-            Some(body),
-        )
-        .await;
+        let (s, v) = server.as_admin().put("/integrations/az", body).await;
         assert_eq!(s, 400, "admin {field}={bad}: {v}");
         let camel = if field == "resource_name" {
             "resourceName"
@@ -1084,15 +846,15 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
         };
         let vk =
             json!({"name": "vk", "provider": "azure-openai", "key": "sk-1234567890", camel: bad});
-        let (s, v) = as_key(&server, &team, "POST", "/virtual-keys", Some(vk)).await;
+        let (s, v) = as_team.post("/virtual-keys", vk).await;
         assert_eq!(s, 400, "virtual key {camel}={bad}: {v}");
     }
     // With its own key the workspace may reconfigure, and then it is its credential.
     let body = json!({"key": "sk-mine-1234567890", "configurations": {"resource_name": "mine"}});
-    let (s, v) = as_key(&server, &team, "PUT", "/integrations/az", Some(body)).await;
+    let (s, v) = as_team.put("/integrations/az", body).await;
     assert_eq!(s, 200, "{v}");
     let body = json!({"configurations": {"deployment_name": "gpt-4o"}});
-    let (s, v) = as_key(&server, &team, "PUT", "/integrations/az", Some(body)).await;
+    let (s, v) = as_team.put("/integrations/az", body).await;
     assert_eq!(s, 200, "{v}");
 }
 
@@ -1102,9 +864,7 @@ async fn a_workspace_key_cannot_redirect_an_organisation_credential_through_conf
 /// `PUT /integrations/<id>` changed the workspace's integration instead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slug_cannot_shadow_an_id() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "shadowed").await;
+    let (mock, server, ws, _) = harness::with_tenant("shadowed").await;
     let org = server.admin("GET", "/integrations/shadowed", None).await;
     let org_id = org["id"].as_str().unwrap().to_owned();
     let prov = server
@@ -1115,26 +875,36 @@ async fn a_slug_cannot_shadow_an_id() {
         )
         .await;
     let prov_id = prov["id"].as_str().unwrap().to_owned();
-    let (_, team) = ws_key(&server, &ws, "team", json!({"scopes": ["workspace_integrations.create", "providers.create", "virtual_keys.create"]})).await;
+    let (_, team) = scoped_key(
+        &server,
+        &ws,
+        "team",
+        &[
+            "workspace_integrations.create",
+            "providers.create",
+            "virtual_keys.create",
+        ],
+    )
+    .await;
     let uuid = "6f1f0c2e-8d4b-4c1a-9a55-0123456789ab";
+    let as_team = server.with_key(&team);
     for slug in [org_id.as_str(), uuid] {
         let body = json!({"name": "evil", "slug": slug, "ai_provider_id": "openai", "key": "sk-1234567890",
             "configurations": {"custom_host": mock.url}});
-        let (s, v) = as_key(&server, &team, "POST", "/integrations", Some(body)).await;
+        let (s, v) = as_team.post("/integrations", body).await;
         assert_eq!(s, 400, "integration slug {slug}: {v}");
     }
     for slug in [prov_id.as_str(), uuid] {
         let body = json!({"name": "evil", "slug": slug, "integration_id": "shadowed"});
-        let (s, v) = as_key(&server, &team, "POST", "/providers", Some(body)).await;
+        let (s, v) = as_team.post("/providers", body).await;
         assert_eq!(s, 400, "provider slug {slug}: {v}");
         let body =
             json!({"name": "evil", "slug": slug, "provider": "openai", "key": "sk-1234567890"});
-        let (s, v) = as_key(&server, &team, "POST", "/virtual-keys", Some(body)).await;
+        let (s, v) = as_team.post("/virtual-keys", body).await;
         assert_eq!(s, 400, "virtual key slug {slug}: {v}");
     }
     // A shadowing slug stored before the rule: the id still finds the organisation's.
-    let (s, v) = as_key(&server, &team, "POST", "/integrations", Some(json!({"name": "ws own", "slug": "ws-own",
-        "ai_provider_id": "openai", "key": "sk-1234567890", "configurations": {"custom_host": mock.url}}))).await;
+    let (s, v) = as_team.post("/integrations", json!({"name": "ws own", "slug": "ws-own", "ai_provider_id": "openai", "key": "sk-1234567890", "configurations": {"custom_host": mock.url}})).await;
     assert_eq!(s, 200, "{v}");
     let mut own = (**server
         .state()
@@ -1164,19 +934,18 @@ async fn a_slug_cannot_shadow_an_id() {
 /// provider reached the same credential without them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_provider_cannot_escape_organisation_limits() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "capped").await;
-    let (_, team) = ws_key(
+    let (_mock, server, ws, _) = harness::with_tenant("capped").await;
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["providers.create", "completions.write"]}),
+        &["providers.create", "completions.write"],
     )
     .await;
     // Without limits on the provisioned provider, the workspace may add its own.
     let body = json!({"name": "mine", "slug": "mine", "integration_id": "capped"});
-    let (s, v) = as_key(&server, &team, "POST", "/providers", Some(body)).await;
+    let as_team = server.with_key(&team);
+    let (s, v) = as_team.post("/providers", body).await;
     assert_eq!(s, 200, "{v}");
     server
         .admin(
@@ -1186,11 +955,11 @@ async fn a_second_provider_cannot_escape_organisation_limits() {
         )
         .await;
     let body = json!({"name": "escape", "slug": "escape", "integration_id": "capped"});
-    let got = as_key(&server, &team, "POST", "/providers", Some(body.clone())).await;
+    let got = as_team.post("/providers", body.clone()).await;
     assert_forbidden(got, "a provider beside an organisation-limited one");
     let mut body = body;
     body["workspace_id"] = json!(ws);
-    let (s, v) = as_key(&server, &server.admin_key, "POST", "/providers", Some(body)).await;
+    let (s, v) = server.as_admin().post("/providers", body).await;
     assert_eq!(s, 200, "the organisation may: {v}");
 }
 
@@ -1199,9 +968,7 @@ async fn a_second_provider_cannot_escape_organisation_limits() {
 /// provider went with it, and recreating the integration gave a provider without a budget).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_integration_cannot_drop_organisation_limits() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "base5").await;
+    let (mock, server, ws, _) = harness::with_tenant("base5").await;
     server
         .admin("POST", "/integrations", Some(json!({"name": "own", "slug": "own5", "ai_provider_id": "openai",
             "workspace_id": ws, "key": "sk-1234567890", "configurations": {"custom_host": mock.url}})))
@@ -1213,14 +980,14 @@ async fn deleting_an_integration_cannot_drop_organisation_limits() {
             Some(json!({"usage_limits": {"type": "tokens", "credit_limit": 100}})),
         )
         .await;
-    let (_, team) = ws_key(
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["workspace_integrations.delete", "providers.delete"]}),
+        &["workspace_integrations.delete", "providers.delete"],
     )
     .await;
-    let got = as_key(&server, &team, "DELETE", "/integrations/own5", None).await;
+    let got = server.with_key(&team).delete("/integrations/own5").await;
     assert_forbidden(
         got,
         "delete an integration with an organisation-limited provider",
@@ -1229,14 +996,7 @@ async fn deleting_an_integration_cannot_drop_organisation_limits() {
         .admin("GET", &format!("/providers/own5?workspace_id={ws}"), None)
         .await;
     assert_eq!(p["usage_limits"]["credit_limit"], 100, "{p}");
-    let (s, v) = as_key(
-        &server,
-        &server.admin_key,
-        "DELETE",
-        "/integrations/own5",
-        None,
-    )
-    .await;
+    let (s, v) = server.as_admin().delete("/integrations/own5").await;
     assert_eq!(s, 200, "the organisation may: {v}");
 }
 
@@ -1245,20 +1005,22 @@ async fn deleting_an_integration_cannot_drop_organisation_limits() {
 /// key zero-priced its models and cost budgets the organisation set stopped counting).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "base6").await;
-    let (_, team) = ws_key(
+    let (mock, server, ws, _) = harness::with_tenant("base6").await;
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["workspace_integrations.create",
-        "workspace_integrations.update", "workspace_integrations.read"]}),
+        &[
+            "workspace_integrations.create",
+            "workspace_integrations.update",
+            "workspace_integrations.read",
+        ],
     )
     .await;
     let body = json!({"name": "own", "slug": "own6", "ai_provider_id": "openai", "key": "sk-1234567890",
         "configurations": {"custom_host": mock.url}});
-    let (s, v) = as_key(&server, &team, "POST", "/integrations", Some(body)).await;
+    let as_team = server.with_key(&team);
+    let (s, v) = as_team.post("/integrations", body).await;
     assert_eq!(s, 200, "{v}");
     let zero = json!({"type": "static", "pay_as_you_go": {"request_token": {"price": 0}, "response_token": {"price": 0}}});
     let attempts = [
@@ -1267,51 +1029,30 @@ async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
         json!({"allow_all_models": false}),
     ];
     for body in &attempts {
-        let got = as_key(
-            &server,
-            &team,
-            "PUT",
-            "/integrations/own6/models",
-            Some(body.clone()),
-        )
-        .await;
+        let got = as_team.put("/integrations/own6/models", body.clone()).await;
         assert_forbidden(got, &format!("models {body}"));
     }
     let flag = json!({"configurations": {"meter_unpriced_at_zero": true}});
-    let got = as_key(&server, &team, "PUT", "/integrations/own6", Some(flag)).await;
+    let got = as_team.put("/integrations/own6", flag).await;
     assert_forbidden(got, "meter_unpriced_at_zero");
     let body = json!({"name": "free", "slug": "free6", "ai_provider_id": "openai", "key": "sk-1234567890",
         "configurations": {"custom_host": mock.url, "meter_unpriced_at_zero": true}});
-    let got = as_key(&server, &team, "POST", "/integrations", Some(body)).await;
+    let got = as_team.post("/integrations", body).await;
     assert_forbidden(got, "meter_unpriced_at_zero on create");
     // The organisation may; then the workspace cannot remove the entry either.
-    let (s, v) = as_key(
-        &server,
-        &server.admin_key,
-        "PUT",
-        "/integrations/own6/models",
-        Some(attempts[0].clone()),
-    )
-    .await;
+    let (s, v) = server
+        .as_admin()
+        .put("/integrations/own6/models", attempts[0].clone())
+        .await;
     assert_eq!(s, 200, "{v}");
-    let got = as_key(
-        &server,
-        &team,
-        "DELETE",
-        "/integrations/own6/models?slugs=gpt-4o",
-        None,
-    )
-    .await;
+    let got = as_team
+        .delete("/integrations/own6/models?slugs=gpt-4o")
+        .await;
     assert_forbidden(got, "delete a priced entry");
     // Unchanged values are no change: renaming stays the workspace's.
-    let (s, v) = as_key(
-        &server,
-        &team,
-        "PUT",
-        "/integrations/own6",
-        Some(json!({"name": "renamed"})),
-    )
-    .await;
+    let (s, v) = as_team
+        .put("/integrations/own6", json!({"name": "renamed"}))
+        .await;
     assert_eq!(s, 200, "{v}");
 }
 
@@ -1320,9 +1061,7 @@ async fn a_workspace_key_cannot_change_pricing_or_the_allow_list() {
 /// bound key itself, or any workspace key with configs.update, rewrote or deleted it with 200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_config_is_changed_by_the_organisation_only() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "forced").await;
+    let (_mock, server, ws, _) = harness::with_tenant("forced").await;
     let cfg = server
         .admin(
             "POST",
@@ -1353,47 +1092,36 @@ async fn a_forced_config_is_changed_by_the_organisation_only() {
             json!({"status": "archived"}),
             json!({"config": {"provider": "@elsewhere"}}),
         ] {
-            let got = as_key(
-                &server,
-                key,
-                "PUT",
-                &format!("/configs/{slug}"),
-                Some(body.clone()),
-            )
-            .await;
+            let got = server
+                .with_key(key)
+                .put(&format!("/configs/{slug}"), body.clone())
+                .await;
             assert_forbidden(got, &format!("update {body}"));
         }
-        let got = as_key(&server, key, "DELETE", &format!("/configs/{slug}"), None).await;
+        let got = server
+            .with_key(key)
+            .delete(&format!("/configs/{slug}"))
+            .await;
         assert_forbidden(got, "delete");
     }
     // A config of the workspace's own stays its own.
-    let (s, v) = as_key(
-        &server,
-        &other,
-        "POST",
-        "/configs",
-        Some(json!({"name": "own", "config": {"provider": "@forced"}})),
-    )
-    .await;
+    let as_other = server.with_key(&other);
+    let (s, v) = as_other
+        .post(
+            "/configs",
+            json!({"name": "own", "config": {"provider": "@forced"}}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let own = v["slug"].as_str().unwrap();
-    let (s, v) = as_key(
-        &server,
-        &other,
-        "PUT",
-        &format!("/configs/{own}"),
-        Some(json!({"status": "archived"})),
-    )
-    .await;
+    let (s, v) = as_other
+        .put(&format!("/configs/{own}"), json!({"status": "archived"}))
+        .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = as_key(
-        &server,
-        &server.admin_key,
-        "PUT",
-        &format!("/configs/{slug}"),
-        Some(json!({"name": "renamed"})),
-    )
-    .await;
+    let (s, v) = server
+        .as_admin()
+        .put(&format!("/configs/{slug}"), json!({"name": "renamed"}))
+        .await;
     assert_eq!(s, 200, "the organisation may: {v}");
 }
 
@@ -1402,19 +1130,8 @@ async fn a_forced_config_is_changed_by_the_organisation_only() {
 /// other workspaces' traffic included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_integration_shows_a_workspace_only_its_own_usage() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (_, key_a) = server.tenant(&mock.url, "shared9").await;
-    let ws_b = server
-        .admin(
-            "POST",
-            "/admin/workspaces",
-            Some(json!({"name": "team b9"})),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_mock, server, _, key_a) = harness::with_tenant("shared9").await;
+    let ws_b = harness::create_workspace(&server.url, "team b9").await;
     server
         .admin(
             "PUT",
@@ -1422,11 +1139,11 @@ async fn an_integration_shows_a_workspace_only_its_own_usage() {
             Some(json!({"workspaces": [{"id": ws_b, "enabled": true}]})),
         )
         .await;
-    let (_, key_b) = ws_key(
+    let (_, key_b) = scoped_key(
         &server,
         &ws_b,
         "b",
-        json!({"scopes": ["completions.write", "workspace_integrations.read"]}),
+        &["completions.write", "workspace_integrations.read"],
     )
     .await;
     for _ in 0..3 {
@@ -1438,16 +1155,14 @@ async fn an_integration_shows_a_workspace_only_its_own_usage() {
         .as_str()
         .unwrap()
         .to_owned();
-    for _ in 0..400 {
+    let _all_folded = harness::eventually(std::time::Duration::from_millis(25), || async {
         let t = server
             .state()
             .usage_of(tollgate::domain::EntityKind::Integration, &id);
-        if t.requests == 4 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    let (s, v) = as_key(&server, &key_b, "GET", "/integrations/shared9", None).await;
+        t.requests == 4
+    })
+    .await;
+    let (s, v) = server.with_key(&key_b).get("/integrations/shared9").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["current_usage"]["requests"], 1, "{v}");
     assert_eq!(v["workspace_count"], 1, "{v}");
@@ -1461,9 +1176,7 @@ async fn an_integration_shows_a_workspace_only_its_own_usage() {
 /// with 200, and the organisation's recipients stopped hearing of the key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_key_cannot_change_organisation_alert_emails() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "alerts10").await;
+    let (_mock, server, ws, _) = harness::with_tenant("alerts10").await;
     let (id, _) = ws_key(
         &server,
         &ws,
@@ -1472,22 +1185,12 @@ async fn a_workspace_key_cannot_change_organisation_alert_emails() {
         "alert_emails": ["security@example.com"]}),
     )
     .await;
-    let (_, team) = ws_key(
-        &server,
-        &ws,
-        "team",
-        json!({"scopes": ["workspace_service_api_keys.update"]}),
-    )
-    .await;
+    let (_, team) = scoped_key(&server, &ws, "team", &["workspace_service_api_keys.update"]).await;
     for emails in [json!([]), json!(["me@example.com"])] {
-        let got = as_key(
-            &server,
-            &team,
-            "PUT",
-            &format!("/api-keys/{id}"),
-            Some(json!({"alert_emails": emails})),
-        )
-        .await;
+        let got = server
+            .with_key(&team)
+            .put(&format!("/api-keys/{id}"), json!({"alert_emails": emails}))
+            .await;
         assert_forbidden(got, &format!("alert_emails {emails}"));
     }
     let k = server.admin("GET", &format!("/api-keys/{id}"), None).await;
@@ -1499,9 +1202,7 @@ async fn a_workspace_key_cannot_change_organisation_alert_emails() {
 /// through `/providers/<slug>`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_virtual_key_needs_virtual_key_scopes_on_the_providers_route() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, _) = server.tenant(&mock.url, "vk11").await;
+    let (_mock, server, ws, _) = harness::with_tenant("vk11").await;
     server
         .admin(
             "POST",
@@ -1512,48 +1213,35 @@ async fn a_virtual_key_needs_virtual_key_scopes_on_the_providers_route() {
             ),
         )
         .await;
-    let (_, team) = ws_key(
+    let (_, team) = scoped_key(
         &server,
         &ws,
         "team",
-        json!({"scopes": ["providers.update", "providers.delete", "providers.read"]}),
+        &["providers.update", "providers.delete", "providers.read"],
     )
     .await;
-    let got = as_key(
-        &server,
-        &team,
-        "PUT",
-        "/providers/vk11-key",
-        Some(json!({"name": "renamed"})),
-    )
-    .await;
+    let as_team = server.with_key(&team);
+    let got = as_team
+        .put("/providers/vk11-key", json!({"name": "renamed"}))
+        .await;
     assert_forbidden(got, "update a virtual key with providers.update");
-    let got = as_key(&server, &team, "DELETE", "/providers/vk11-key", None).await;
+    let got = as_team.delete("/providers/vk11-key").await;
     assert_forbidden(got, "delete a virtual key with providers.delete");
     // Its own kind stays reachable with providers.*.
-    let (s, v) = as_key(
-        &server,
-        &team,
-        "PUT",
-        "/providers/vk11",
-        Some(json!({"name": "renamed"})),
-    )
-    .await;
+    let (s, v) = as_team
+        .put("/providers/vk11", json!({"name": "renamed"}))
+        .await;
     assert_eq!(s, 200, "{v}");
-    let (_, vk_admin) = ws_key(
+    let (_, vk_admin) = scoped_key(
         &server,
         &ws,
         "vk admin",
-        json!({"scopes": ["providers.update", "virtual_keys.update"]}),
+        &["providers.update", "virtual_keys.update"],
     )
     .await;
-    let (s, v) = as_key(
-        &server,
-        &vk_admin,
-        "PUT",
-        "/providers/vk11-key",
-        Some(json!({"name": "renamed"})),
-    )
-    .await;
+    let (s, v) = server
+        .with_key(&vk_admin)
+        .put("/providers/vk11-key", json!({"name": "renamed"}))
+        .await;
     assert_eq!(s, 200, "{v}");
 }

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{self, admin_call, await_ready, free_port, ADMIN_KEY};
+use crate::binary::{peak_rss_kib, spawn_serving, tollgate_env, Served};
+use crate::harness;
 use crate::mock;
 
 /// The bound on waiting for anything here: far above what it takes, only there so a broken
@@ -226,50 +227,22 @@ async fn unauthenticated_posts_are_refused_before_their_body_is_sent() {
 }
 
 /// The `tollgate serve` binary with extra settings, started with an open-file soft limit of 256.
-struct Bin {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Bin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn spawn_bin(dir: &Path, env: &[(&str, &str)]) -> Bin {
-    let port = free_port();
-    let mut child = Command::new("sh")
-        .arg("-c")
+async fn spawn_bin(dir: &Path, env: &[(&str, &str)]) -> Served {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg("ulimit -Sn 256 && exec \"$0\" serve")
-        .arg(env!("CARGO_BIN_EXE_tollgate"))
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATA_DIR", dir)
-        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
+        .arg(env!("CARGO_BIN_EXE_tollgate"));
+    tollgate_env(&mut cmd, dir)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    await_ready(&mut child, &url, "tollgate serve").await;
-    Bin { child, url }
+        .stderr(Stdio::null());
+    let (child, url) = spawn_serving(&mut cmd).await;
+    Served { child, url }
 }
 
 fn proc_status(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/{field}")).unwrap();
     status
-}
-
-/// The process's peak resident memory (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    proc_status(pid, "status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,13 +318,7 @@ async fn a_stream_client_that_stops_reading_is_metered_and_shutdown_completes() 
     let dir = tempfile::tempdir().unwrap();
     let mut bin = spawn_bin(dir.path(), &[("TOLLGATE_CLIENT_STALL_TIMEOUT_MS", "500")]).await;
     let ws = harness::provision_up(&bin.url, &mock.url, "stall", "sk-stall-000111").await;
-    let key = admin_call(
-        &bin.url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = harness::completions_key(&bin.url, &ws, "k").await;
     let key = key["key"].as_str().unwrap();
 
     // A client with a small receive window asks for an 8 MiB stream and never reads it.
@@ -453,13 +420,7 @@ async fn slow_readers_of_big_events_hold_bounded_memory_and_are_metered() {
     )
     .await;
     let ws = harness::provision_up(&bin.url, &mock.url, "slow", "sk-slow-000111").await;
-    let key = admin_call(
-        &bin.url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = harness::completions_key(&bin.url, &ws, "k").await;
     let key = key["key"].as_str().unwrap();
     let pid = bin.child.id();
     let warm = read_slowly(&bin.url, key, "warm-up");

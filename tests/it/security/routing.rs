@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, Uri};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::binary;
 use crate::harness::{self, call, Server};
 use crate::mock;
 
@@ -87,16 +88,19 @@ fn answer(redirect_to: Option<String>, model: &str) -> axum::response::Response 
 
 /// A chat request with extra headers; returns status and JSON body.
 async fn chat(server: &Server, key: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", server.url))
-        .header("x-portkey-api-key", key)
-        .json(&body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let (status, _, v) = harness::post_chat(server, key, headers, &body).await;
+    (status, v)
+}
+
+/// A `gpt-4o-mini` chat with the inline config `config` (`x-portkey-config`).
+async fn config_chat(server: &Server, key: &str, config: &str) -> (u16, Value) {
+    chat(
+        server,
+        key,
+        &[("x-portkey-config", config)],
+        hello("gpt-4o-mini"),
+    )
+    .await
 }
 
 fn hello(model: &str) -> Value {
@@ -149,13 +153,7 @@ async fn a_request_custom_host_never_receives_a_stored_credential() {
     ];
     for config in &configs {
         let text = config.to_string();
-        let (s, b) = chat(
-            &server,
-            &key,
-            &[("x-portkey-config", &text)],
-            hello("gpt-4o-mini"),
-        )
-        .await;
+        let (s, b) = config_chat(&server, &key, &text).await;
         assert_eq!(s, 400, "{config}: {b}");
         assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
         assert!(message(&b).contains("custom_host"), "{b}");
@@ -164,13 +162,7 @@ async fn a_request_custom_host_never_receives_a_stored_credential() {
     evil.assert_untouched("a request-chosen custom_host");
     legit.assert_untouched("a refused config");
     // The same routes without a custom_host go to the integration's host, with its key.
-    let (s, b) = chat(
-        &server,
-        &key,
-        &[("x-portkey-config", r#"{"provider":"@team"}"#)],
-        hello("gpt-4o-mini"),
-    )
-    .await;
+    let (s, b) = config_chat(&server, &key, r#"{"provider":"@team"}"#).await;
     assert_eq!(s, 200, "{b}");
     let seen = legit.seen();
     assert_eq!(seen.len(), 1);
@@ -294,13 +286,7 @@ async fn nothing_else_in_a_request_steers_or_adds_to_the_upstream_call() {
         json!({"provider": "@team", "openai_project": "proj_evil"}),
         json!({"strategy": {"mode": "single"}, "base_url": evil_host, "targets": [{"provider": "@team"}]}),
     ] {
-        let (s, b) = chat(
-            &server,
-            &key,
-            &[("x-portkey-config", &config.to_string())],
-            hello("gpt-4o-mini"),
-        )
-        .await;
+        let (s, b) = config_chat(&server, &key, &config.to_string()).await;
         assert_eq!(s, 400, "{config}: {b}");
         assert!(
             message(&b).contains("is not accepted on a target that uses a stored credential"),
@@ -458,9 +444,7 @@ fn with_root_params(mut config: Value, pad_bytes: usize) -> Value {
 /// targets (the 1.4 MB config below took the process past 3 GiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_bounds_are_clear_400s() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, key) = server.tenant(&mock.url, "up").await;
+    let (mock, server, ws, key) = harness::with_tenant("up").await;
     let configs = format!("{}/v1/configs", server.url);
     let admin = Some(server.admin_key.as_str());
     let cases = [
@@ -479,34 +463,15 @@ async fn config_bounds_are_clear_400s() {
         );
     }
     let header = with_root_params(tree(8, 12), 300_000).to_string();
-    let (s, b) = chat(
-        &server,
-        &key,
-        &[("x-portkey-config", &header)],
-        hello("gpt-4o-mini"),
-    )
-    .await;
+    let (s, b) = config_chat(&server, &key, &header).await;
     assert_eq!(s, 400, "{b}");
     assert!(message(&b).contains("262144 bytes"), "{b}");
     for (config, needle) in &cases[1..] {
-        let (s, b) = chat(
-            &server,
-            &key,
-            &[("x-portkey-config", &config.to_string())],
-            hello("gpt-4o-mini"),
-        )
-        .await;
+        let (s, b) = config_chat(&server, &key, &config.to_string()).await;
         assert_eq!(s, 400, "{b}");
         assert!(message(&b).contains(needle), "{b}");
     }
     assert_eq!(mock.seen.requests.load(Ordering::SeqCst), 0);
-}
-
-/// The peak resident memory of a process (kB), from `/proc/<pid>/status`.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Item 16 against the binary: the two attack shapes of the issue (a 1.4 MB POST /configs and a
@@ -519,27 +484,13 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn config_attacks_stay_within_bounded_memory() {
     let mock = mock::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = harness::free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATA_DIR", dir.path())
-        .env("TOLLGATE_ADMIN_KEY", harness::ADMIN_KEY)
-        .env("RUST_LOG", "warn")
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    binary::tollgate_env(cmd.arg("serve"), dir.path())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    harness::await_ready(&mut child, &url, "tollgate serve").await;
+        .stderr(std::process::Stdio::null());
+    let (mut child, url) = binary::spawn_serving(&mut cmd).await;
     let ws = harness::provision_up(&url, &mock.url, "mem", SECRET).await;
-    let key = harness::admin_call(
-        &url,
-        "POST",
-        "/api-keys/workspace/service",
-        Some(json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]})),
-    )
-    .await;
+    let key = harness::completions_key(&url, &ws, "k").await;
     let key = key["key"].as_str().unwrap().to_owned();
 
     let saved = json!({"name": "big", "workspace_id": ws, "config": with_root_params(tree(8, 250), 1_400_000)});
@@ -577,33 +528,18 @@ async fn config_attacks_stay_within_bounded_memory() {
     let served = futures_util::future::join_all((0..10).map(|_| send(allowed.clone()))).await;
     assert_eq!(served, vec![200; 10]);
 
-    let peak = peak_rss_kib(child.id());
+    let peak = binary::peak_rss_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();
     assert!(peak < 200 * 1024, "peak resident memory {peak} kB");
 }
 
-/// The raw usage events of one trace: (status, usage source, completion tokens, streamed).
-fn events_of(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
-    let db = rusqlite::Connection::open(server.dir.path().join("usage.sqlite")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT status_code, usage_source, completion_tokens, streamed FROM usage_events WHERE trace_id = ?")
-        .unwrap();
-    stmt.query_map([trace], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
+/// The columns [`wait_for_event`] reads.
+const COLUMNS: &str = "status_code, usage_source, completion_tokens, streamed";
 
+/// Waits for the raw usage events of one trace: (status, usage source, completion tokens, streamed).
 async fn wait_for_event(server: &Server, trace: &str) -> Vec<(i64, String, i64, i64)> {
-    let found = harness::eventually_some(Duration::from_millis(25), || async move {
-        server.store_caught_up().await;
-        Some(events_of(server, trace)).filter(|e| !e.is_empty())
-    })
-    .await;
-    found.unwrap_or_else(|| panic!("no usage event for {trace}"))
+    crate::events::wait_for_usage_events(server, COLUMNS, trace).await
 }
 
 /// Waits (bounded) until the mock's oversized answer stopped, and returns the bytes it got out.
@@ -750,9 +686,7 @@ async fn a_custom_price_above_the_bound_is_a_clear_400() {
 /// 400 naming the field and its bound, and the provider sees nothing; the bounds themselves pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_output_fields_are_a_clear_400_before_the_provider() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (_, key) = server.tenant(&mock.url, "up").await;
+    let (mock, server, _, key) = harness::with_tenant("up").await;
     let with = |extra: Value| {
         let mut b = hello("@up/gpt-4o-mini");
         b.as_object_mut()
@@ -807,9 +741,7 @@ async fn absurd_output_fields_are_a_clear_400_before_the_provider() {
 /// accepted (a query or `user@` host went out on every call).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_host_is_only_scheme_host_port_path() {
-    let mock = mock::start().await;
-    let server = harness::start().await;
-    let (ws, key) = server.tenant(&mock.url, "up").await;
+    let (mock, server, ws, key) = harness::with_tenant("up").await;
     let admin = Some(server.admin_key.as_str());
     for (bad, needle) in [
         (format!("{}/v1?api-version=x", mock.url), "a query (?)"),
@@ -845,13 +777,7 @@ async fn a_custom_host_is_only_scheme_host_port_path() {
                 "{b}"
             );
         }
-        let (s, b) = chat(
-            &server,
-            &key,
-            &[("x-portkey-config", &config.to_string())],
-            hello("gpt-4o-mini"),
-        )
-        .await;
+        let (s, b) = config_chat(&server, &key, &config.to_string()).await;
         assert_eq!(s, 400, "inline {bad}: {b}");
         assert!(message(&b).contains(needle), "{b}");
     }
