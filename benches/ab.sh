@@ -36,30 +36,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# provision PORT SIDE: load.sh's tenant, keys written to $AB/SIDE-tollgate-key and -tollgate-limits-key.
-provision() {
-  local PORT=$1 side=$2 WS WS2 p slug port
-  WS=$(api POST /admin/workspaces '{"name":"bench"}' | json_field id)
-  for p in bench:18700 bench-sse:18701; do
-    slug=${p%%:*}; port=${p##*:}
-    api POST /integrations "{\"name\":\"$slug\",\"slug\":\"$slug\",\"ai_provider_id\":\"openai\",\"key\":\"sk-mock-0123456789\",\"configurations\":{\"custom_host\":\"http://127.0.0.1:$port/v1\"}}" >/dev/null
-    api PUT "/integrations/$slug/workspaces" "{\"workspaces\":[{\"id\":\"$WS\",\"enabled\":true}]}" >/dev/null
-  done
-  api POST /api-keys/workspace/service "{\"name\":\"bench\",\"workspace_id\":\"$WS\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}}}" \
-    | json_field key > "$AB/$side-tollgate-key"
-  local BIG='{"type":"cost","credit_limit":1000000,"alert_threshold":999999}'
-  local RPM='{"type":"requests","unit":"rpm","value":100000000}'
-  local TPM='{"type":"tokens","unit":"rpm","value":1000000000000}'
-  WS2=$(api POST /admin/workspaces "{\"name\":\"bench-limits\",\"usage_limits\":[$BIG],\"rate_limits\":[$RPM]}" | json_field id)
-  for slug in bench bench-sse; do
-    api PUT "/integrations/$slug/workspaces" "{\"workspaces\":[{\"id\":\"$WS\",\"enabled\":true},{\"id\":\"$WS2\",\"enabled\":true,\"usage_limits\":[$BIG],\"rate_limits\":[$RPM]}]}" >/dev/null
-    api PUT "/providers/$slug?workspace_id=$WS2" "{\"usage_limits\":$BIG,\"rate_limits\":[$RPM]}" >/dev/null
-  done
-  api POST /policies/usage-limits "{\"workspace_id\":\"$WS2\",\"conditions\":[{\"key\":\"metadata.department\",\"value\":\"bench\"}],\"group_by\":[{\"key\":\"metadata.department\"}],\"type\":\"cost\",\"credit_limit\":1000000}" >/dev/null
-  api POST /api-keys/workspace/service "{\"name\":\"bench-limits\",\"workspace_id\":\"$WS2\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}},\"usage_limits\":$BIG,\"rate_limits\":[$RPM,$TPM]}" \
-    | json_field key > "$AB/$side-tollgate-limits-key"
-}
-
 declare -A PORTOF=([base]=$BASE_PORT [head]=$HEAD_PORT) BIN=([base]=$BASE_BIN [head]=$HEAD_BIN)
 for s in base head; do
   port=${PORTOF[$s]}
@@ -69,7 +45,7 @@ for s in base head; do
     "${BIN[$s]}" serve >"$AB/$s.log" 2>&1 < /dev/null &
   PID[$s]=$!
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && break; sleep 0.1; done
-  provision "$port" "$s"
+  PORT=$port provision_tenant "$AB/$s-"
 done
 
 ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }

@@ -27,3 +27,32 @@ start_mock() {
 # api METHOD PATH [JSON]: an admin call to the gateway on $PORT with $ADMIN.
 api() { curl -sf -X "$1" "http://127.0.0.1:$PORT/v1$2" -H "x-portkey-api-key: $ADMIN" -H 'content-type: application/json' ${3:+-d "$3"}; }
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+# provision_tenant PREFIX: the benchmark tenant on the gateway at $PORT: the @bench (JSON) and
+# @bench-sse providers on the mock; a `tollgate` key, and a `tollgate-limits` key in a workspace
+# with limits at every level (key budget and request + token rate limits, provider budget and
+# rate limit, integration-access budget and rate limit, workspace budget and rate limit, and a
+# department policy; all too large to trip). The keys go to PREFIXtollgate-key and
+# PREFIXtollgate-limits-key (PREFIX: a directory with its slash, or a path and a dash).
+provision_tenant() {
+  local out=$1 WS WS2 p slug port
+  local BIG='{"type":"cost","credit_limit":1000000,"alert_threshold":999999}'
+  local RPM='{"type":"requests","unit":"rpm","value":100000000}'
+  local TPM='{"type":"tokens","unit":"rpm","value":1000000000000}'
+  WS=$(api POST /admin/workspaces '{"name":"bench"}' | json_field id)
+  for p in bench:18700 bench-sse:18701; do
+    slug=${p%%:*}; port=${p##*:}
+    api POST /integrations "{\"name\":\"$slug\",\"slug\":\"$slug\",\"ai_provider_id\":\"openai\",\"key\":\"sk-mock-0123456789\",\"configurations\":{\"custom_host\":\"http://127.0.0.1:$port/v1\"}}" >/dev/null
+    api PUT "/integrations/$slug/workspaces" "{\"workspaces\":[{\"id\":\"$WS\",\"enabled\":true}]}" >/dev/null
+  done
+  api POST /api-keys/workspace/service "{\"name\":\"bench\",\"workspace_id\":\"$WS\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}}}" \
+    | json_field key > "${out}tollgate-key"
+  WS2=$(api POST /admin/workspaces "{\"name\":\"bench-limits\",\"usage_limits\":[$BIG],\"rate_limits\":[$RPM]}" | json_field id)
+  for slug in bench bench-sse; do
+    api PUT "/integrations/$slug/workspaces" "{\"workspaces\":[{\"id\":\"$WS\",\"enabled\":true},{\"id\":\"$WS2\",\"enabled\":true,\"usage_limits\":[$BIG],\"rate_limits\":[$RPM]}]}" >/dev/null
+    api PUT "/providers/$slug?workspace_id=$WS2" "{\"usage_limits\":$BIG,\"rate_limits\":[$RPM]}" >/dev/null
+  done
+  api POST /policies/usage-limits "{\"workspace_id\":\"$WS2\",\"conditions\":[{\"key\":\"metadata.department\",\"value\":\"bench\"}],\"group_by\":[{\"key\":\"metadata.department\"}],\"type\":\"cost\",\"credit_limit\":1000000}" >/dev/null
+  api POST /api-keys/workspace/service "{\"name\":\"bench-limits\",\"workspace_id\":\"$WS2\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}},\"usage_limits\":$BIG,\"rate_limits\":[$RPM,$TPM]}" \
+    | json_field key > "${out}tollgate-limits-key"
+}

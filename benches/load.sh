@@ -47,30 +47,7 @@ echo $! > "$W/run/tollgate.pid"
 cp "$W/run/tollgate.pid" "$W/run/tollgate-limits.pid"  # the same process serves both targets
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done
 
-WS=$(api POST /admin/workspaces '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-for p in bench:18700 bench-sse:18701; do
-  slug=${p%%:*}; port=${p##*:}
-  api POST /integrations "{\"name\":\"$slug\",\"slug\":\"$slug\",\"ai_provider_id\":\"openai\",\"key\":\"sk-mock-0123456789\",\"configurations\":{\"custom_host\":\"http://127.0.0.1:$port/v1\"}}" >/dev/null
-  api PUT "/integrations/$slug/workspaces" "{\"workspaces\":[{\"id\":\"$WS\",\"enabled\":true}]}" >/dev/null
-done
-api POST /api-keys/workspace/service "{\"name\":\"bench\",\"workspace_id\":\"$WS\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}}}" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' > "$W/run/tollgate-key"
-
-# tollgate-limits: the same traffic from a workspace with limits at every level: key budget and
-# request + token rate limits, provider budget and rate limit, integration-access budget and rate
-# limit, workspace budget and rate limit, and a department policy (all too large to trip).
-BIG='{"type":"cost","credit_limit":1000000,"alert_threshold":999999}'
-RPM='{"type":"requests","unit":"rpm","value":100000000}'
-TPM='{"type":"tokens","unit":"rpm","value":1000000000000}'
-WS2=$(api POST /admin/workspaces "{\"name\":\"bench-limits\",\"usage_limits\":[$BIG],\"rate_limits\":[$RPM]}" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-for slug in bench bench-sse; do
-  api PUT "/integrations/$slug/workspaces" "{\"workspaces\":[{\"id\":\"$WS\",\"enabled\":true},{\"id\":\"$WS2\",\"enabled\":true,\"usage_limits\":[$BIG],\"rate_limits\":[$RPM]}]}" >/dev/null
-  api PUT "/providers/$slug?workspace_id=$WS2" "{\"usage_limits\":$BIG,\"rate_limits\":[$RPM]}" >/dev/null
-done
-api POST /policies/usage-limits "{\"workspace_id\":\"$WS2\",\"conditions\":[{\"key\":\"metadata.department\",\"value\":\"bench\"}],\"group_by\":[{\"key\":\"metadata.department\"}],\"type\":\"cost\",\"credit_limit\":1000000}" >/dev/null
-api POST /api-keys/workspace/service "{\"name\":\"bench-limits\",\"workspace_id\":\"$WS2\",\"scopes\":[\"completions.write\"],\"defaults\":{\"metadata\":{\"department\":\"bench\"}},\"usage_limits\":$BIG,\"rate_limits\":[$RPM,$TPM]}" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' > "$W/run/tollgate-limits-key"
+provision_tenant "$W/run/"
 
 PEER_TARGETS=; [ "${PEERS:-0}" != 1 ] || PEER_TARGETS="portkey litellm"
 export TARGETS=${TARGETS:-"direct tollgate tollgate-limits $PEER_TARGETS"}
