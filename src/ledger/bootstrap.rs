@@ -133,30 +133,17 @@ fn with_audit_scope(k: &ApiKey, now: Millis) -> Option<Change> {
 mod tests {
     use super::*;
 
+    /// The bootstrap key as first stored, renamed by the admin and holding `scopes`.
     fn key(scopes: &[&str]) -> ApiKey {
-        ApiKey {
-            id: BOOTSTRAP_KEY_ID.into(),
-            key_hash: "h".into(),
-            masked: "m".into(),
-            name: "renamed by the admin".into(),
-            description: None,
-            kind: ApiKeyType::OrganisationService,
-            workspace_id: None,
-            user_id: None,
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            defaults: Default::default(),
-            usage_limits: None,
-            rate_limits: vec![],
-            limits_set_by: Authority::Organisation,
-            alert_emails: vec![],
-            rotation_policy: None,
-            expires_at: None,
-            creation_mode: "auto".into(),
-            created_by: None,
-            ancestors: Vec::new(),
-            created_at: Millis(1),
-            updated_at: Millis(1),
-        }
+        let Change::Upsert(Entity::ApiKey(mut k)) =
+            admin_api_key("h".into(), "m".into(), Millis(1), Millis(1))
+        else {
+            unreachable!("admin_api_key upserts a key")
+        };
+        k.name = "renamed by the admin".into();
+        k.description = None;
+        k.scopes = scopes.iter().map(|s| s.to_string()).collect();
+        k
     }
 
     #[test]
