@@ -214,6 +214,14 @@ fn stream(seen: Arc<Seen>, body: Value, model: String) -> Response {
             seen.streams_finished.fetch_add(1, Ordering::SeqCst);
         }
     });
+    event_stream(rx)
+}
+
+/// An SSE response fed by `rx` until its sender is dropped.
+fn event_stream<T>(rx: tokio::sync::mpsc::Receiver<Result<T, std::convert::Infallible>>) -> Response
+where
+    T: Into<bytes::Bytes> + Send + 'static,
+{
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
     Response::builder()
@@ -245,12 +253,7 @@ fn big_events(seen: Arc<Seen>, usage: Value, include_usage: bool) -> Response {
         }
         seen.streams_finished.fetch_add(1, Ordering::SeqCst);
     });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
+    event_stream(rx)
 }
 
 /// `prefix`, then filler in 64 KiB chunks up to `total` bytes, as a chunked body: a body or an
