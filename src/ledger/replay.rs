@@ -11,6 +11,10 @@ use crate::log::{EventLog, Topic};
 /// gateways as limit state from the aggregators).
 pub const DISTRIBUTED_TOPICS: [Topic; 2] = [Topic::Config, Topic::Limits];
 
+/// How many empty reads in a row end a replay short of the end (on Kafka each waits out a
+/// 500 ms poll).
+const EMPTY_READS: u32 = 10;
+
 /// Reads the events of a topic from `at`; returns them and the offset after them.
 pub async fn read_events(
     log: &dyn EventLog,
@@ -35,17 +39,7 @@ impl Ledger {
     pub async fn replay(&self, topics: &[Topic]) -> Result<(), LedgerError> {
         let mut state = State::default();
         for &topic in topics {
-            let mut at = 0;
-            loop {
-                let (events, next) = read_events(self.log.as_ref(), topic, at).await?;
-                if events.is_empty() {
-                    break;
-                }
-                at = next;
-                for e in &events {
-                    state.apply(e);
-                }
-            }
+            let at = self.fold_to_end(&mut state, topic).await?;
             self.folded[topic.index()].send_replace(at);
         }
         tracing::info!(
@@ -56,6 +50,37 @@ impl Ledger {
         );
         *self.state.write() = state;
         Ok(())
+    }
+
+    /// Folds `topic` from its start up to the end it has now; returns the offset reached. A read
+    /// may come back empty before the end (a Kafka poll that timed out), so an empty read ends
+    /// the replay only at the end, or after [`EMPTY_READS`] in a row (a compacted tail leaves a
+    /// gap no record fills: the follower reads on from there).
+    async fn fold_to_end(&self, state: &mut State, topic: Topic) -> Result<u64, LedgerError> {
+        let end = *self.log.watch_end(topic).borrow();
+        let (mut at, mut empty) = (0, 0);
+        while at < end {
+            let (events, next) = read_events(self.log.as_ref(), topic, at).await?;
+            if events.is_empty() {
+                empty += 1;
+                if empty >= EMPTY_READS {
+                    tracing::warn!(
+                        topic = topic.name(),
+                        at,
+                        end,
+                        "replay: no records before the end; the follower reads on"
+                    );
+                    break;
+                }
+                continue;
+            }
+            empty = 0;
+            at = next;
+            for e in &events {
+                state.apply(e);
+            }
+        }
+        Ok(at)
     }
 
     /// Distributed mode: keeps folding the config and limit events every process appends (this
@@ -180,6 +205,33 @@ mod tests {
                 .expect("the change is read back although a read came back empty")
                 .unwrap();
         }
+        assert_eq!(ledger.state().api_keys.len(), 3);
+    }
+
+    /// Replay reads to the end it saw at start, though a read comes back empty before it: a
+    /// gateway must not serve from a state that stopped at the first poll that timed out.
+    #[tokio::test]
+    async fn a_short_read_does_not_cut_the_replay_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = FileLog::open(dir.path(), crate::settings::Fsync::Always).unwrap();
+        for i in 0..3 {
+            let mut k = crate::domain::state::tests::api_key_fixture(None);
+            k.id = format!("k{i}");
+            let event = crate::domain::ConfigEvent {
+                event_id: format!("e{i}"),
+                at: crate::domain::Millis(0),
+                audit: Default::default(),
+                change: Change::Upsert(Entity::ApiKey(k)),
+            };
+            let bytes = crate::codec::encode_config(&event).unwrap();
+            inner.append(Topic::Config, vec![], bytes).await.unwrap();
+        }
+        let log = ShortReads {
+            inner,
+            reads: Default::default(),
+        };
+        let ledger = Ledger::distributed(Arc::new(log), Arc::default());
+        ledger.replay(&[Topic::Config]).await.unwrap();
         assert_eq!(ledger.state().api_keys.len(), 3);
     }
 }
