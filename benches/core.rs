@@ -47,6 +47,7 @@ fn pricing(c: &mut Criterion) {
                 prompt: 1234,
                 completion: 567,
                 cached: 100,
+                cache_write: 0,
             }))
         })
     });

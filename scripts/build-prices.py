@@ -15,6 +15,9 @@ import sys
 
 KINDS = ["request_token", "response_token", "cache_read_input_token", "cache_write_input_token"]
 Q = decimal.Decimal("1e-12")
+# Rows whose source has the cache-read and cache-write prices swapped (Anthropic's rates for
+# Claude 3.7 Sonnet, which Bedrock charges too: cache reads $0.30, writes $3.75 per million).
+SWAPPED_CACHE = {("bedrock", "anthropic.claude-3-7-sonnet-20250219-v1:0"), ("bedrock", "claude-3-7-sonnet-20250219")}
 
 
 def price(p, kind):
@@ -35,6 +38,8 @@ def main(src):
             row = [price(payg, k) for k in KINDS]
             if model == "default" or not any(row[:2]):
                 continue
+            if (provider, model) in SWAPPED_CACHE:
+                row[2], row[3] = row[3], row[2]
             print("\t".join([provider, model] + row))
 
 

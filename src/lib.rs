@@ -8,7 +8,8 @@
 //!   [`settings::Settings`]), [`telemetry`] (typed metrics, logging), [`files`] (private files
 //!   and directories, 0700 / 0600), [`priority`] (background threads, hurried by waiting
 //!   readers), [`crypto`] (provider-credential sealing, API-key secrets), [`codec`] (Avro
-//!   single-object encoding of events; schemas in `schemas/`).
+//!   single-object encoding of events; schemas in `schemas/`), [`providers`] (the upstream wire
+//!   protocols: Anthropic, Bedrock, Gemini/Vertex; translation, signing, usage).
 //! - [`log`]: the event-log port, its embedded adapter (durable, group-committed files; their
 //!   format and recovery at open) and the Kafka adapter (rdkafka, with a local spool while Kafka
 //!   is unreachable).
@@ -32,13 +33,13 @@
 //! | module | may import |
 //! |---|---|
 //! | `domain`, `files`, `priority` | nothing of the crate |
-//! | `settings`, `crypto`, `codec` | `domain` |
+//! | `settings`, `crypto`, `codec`, `providers` | `domain` |
 //! | `telemetry` | `settings` |
 //! | `log` | `codec`, `files`, `priority`, `settings` |
 //! | `store` | `codec`, `domain`, `files`, `priority`, `settings` |
 //! | `ledger` | `codec`, `crypto`, `domain`, `log`, `priority`, `settings`, `store`, `telemetry` |
 //! | `control` | `crypto`, `domain`, `ledger`, `settings`, `store` |
-//! | `proxy` | `crypto`, `domain`, `ledger`, `settings`, `telemetry` |
+//! | `proxy` | `crypto`, `domain`, `ledger`, `providers`, `settings`, `telemetry` |
 //! | `http` | `control`, `domain`, `ledger`, `log`, `proxy`, `settings`, `store`, `telemetry` |
 //! | `recovery` | `codec`, `files`, `ledger`, `log`, `settings`, `store` |
 //! | `roles` | any of the above |
@@ -52,6 +53,7 @@ pub mod http;
 pub mod ledger;
 pub mod log;
 pub mod priority;
+pub mod providers;
 pub mod proxy;
 pub mod recovery;
 pub mod roles;

@@ -14,6 +14,8 @@ pub struct Price {
     pub output: Decimal,
     /// Cached input tokens; falls back to `input` when the table has no cached price.
     pub cache_read: Option<Decimal>,
+    /// Input tokens written to the cache; falls back to `input` when the table has no price.
+    pub cache_write: Option<Decimal>,
 }
 
 /// Token counts of one attempt.
@@ -23,6 +25,9 @@ pub struct TokenUsage {
     pub completion: u64,
     /// The part of `prompt` served from the provider's cache.
     pub cached: u64,
+    /// The part of `prompt` written to the provider's cache (Anthropic's
+    /// `cache_creation_input_tokens`, Bedrock's `cacheWriteInputTokens`), billed at its own rate.
+    pub cache_write: u64,
 }
 
 /// The most tokens one attempt may report per count (prompt, completion): a hundred times the
@@ -41,30 +46,38 @@ impl TokenUsage {
     pub fn plausible(self) -> (TokenUsage, bool) {
         let clamp = |t: u64| t.min(MAX_PLAUSIBLE_TOKENS);
         let prompt = clamp(self.prompt);
+        let cached = self.cached.min(prompt);
         let out = TokenUsage {
             prompt,
             completion: clamp(self.completion),
-            cached: self.cached.min(prompt),
+            cached,
+            cache_write: self.cache_write.min(prompt - cached),
         };
         let clamped = out.prompt != self.prompt
             || out.completion != self.completion
-            || self.cached > MAX_PLAUSIBLE_TOKENS;
+            || self.cached > MAX_PLAUSIBLE_TOKENS
+            || self.cache_write > MAX_PLAUSIBLE_TOKENS;
         (out, clamped)
     }
 }
 
 impl Price {
-    /// Cost in US dollars. Cached tokens are part of the prompt and billed at the cached rate.
+    /// Cost in US dollars. Cached tokens and cache writes are part of the prompt, each billed at
+    /// its own rate (the plain input rate where the price has none).
     /// Prices carry at most [`MAX_PRICE_SCALE`] decimal places in cents, so the cost has at most 12
     /// in dollars (the scale of the event schema) and no rounding happens. A cost past what a
     /// decimal holds (only from absurd token counts) saturates instead of overflowing.
     pub fn cost_usd(&self, u: TokenUsage) -> Decimal {
         let cached = u.cached.min(u.prompt);
-        let fresh = u.prompt - cached;
+        let written = u.cache_write.min(u.prompt - cached);
+        let fresh = u.prompt - cached - written;
         let cents = Decimal::from(fresh)
             .saturating_mul(self.input)
             .saturating_add(
                 Decimal::from(cached).saturating_mul(self.cache_read.unwrap_or(self.input)),
+            )
+            .saturating_add(
+                Decimal::from(written).saturating_mul(self.cache_write.unwrap_or(self.input)),
             )
             .saturating_add(Decimal::from(u.completion).saturating_mul(self.output));
         (cents / Decimal::ONE_HUNDRED).normalize()
@@ -72,7 +85,10 @@ impl Price {
 
     /// True when every rate is zero.
     pub fn is_free(&self) -> bool {
-        self.input.is_zero() && self.output.is_zero() && self.cache_read.is_none_or(|c| c.is_zero())
+        self.input.is_zero()
+            && self.output.is_zero()
+            && self.cache_read.is_none_or(|c| c.is_zero())
+            && self.cache_write.is_none_or(|c| c.is_zero())
     }
 
     /// Reads an integration model's `pricing_config` (`pay_as_you_go.{request,response}_token.price`);
@@ -102,6 +118,7 @@ impl Price {
         let input = get("request_token")?;
         let output = get("response_token")?;
         let cache_read = get("cache_read_input_token")?;
+        let cache_write = get("cache_write_input_token")?;
         if input.is_none() && output.is_none() {
             return Err(
                 "needs pay_as_you_go.request_token.price or response_token.price (US cents per token)"
@@ -112,6 +129,7 @@ impl Price {
             input: input.unwrap_or_default(),
             output: output.unwrap_or_default(),
             cache_read,
+            cache_write,
         })
     }
 }
@@ -229,6 +247,7 @@ impl PriceTable {
                 input: num(f[2])?.unwrap_or_default(),
                 output: num(f[3])?.unwrap_or_default(),
                 cache_read: num(f[4])?,
+                cache_write: num(f.get(5).copied().unwrap_or_default())?,
             };
             prices
                 .entry(f[0].to_owned())
@@ -297,6 +316,35 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn cache_reads_and_writes_are_each_billed_at_their_own_rate() {
+        let t = PriceTable::shipped().unwrap();
+        // Claude 3.7 Sonnet on Bedrock: input 0.0003, output 0.0015, cache read 0.00003, cache
+        // write 0.000375 US cents per token (the source has the last two swapped; fixed here).
+        let p = t
+            .lookup("bedrock", "anthropic.claude-3-7-sonnet-20250219-v1:0")
+            .unwrap();
+        assert_eq!(p.cache_read, Some(Decimal::from_str("0.00003").unwrap()));
+        assert_eq!(p.cache_write, Some(Decimal::from_str("0.000375").unwrap()));
+        let u = TokenUsage {
+            prompt: 1_000,
+            completion: 100,
+            cached: 200,
+            cache_write: 300,
+        };
+        // 500 fresh × 0.0003 + 200 × 0.00003 + 300 × 0.000375 + 100 × 0.0015 = 0.4185 cents.
+        assert_eq!(p.cost_usd(u), Decimal::from_str("0.004185").unwrap());
+        let no_write_price = Price {
+            cache_write: None,
+            ..p
+        };
+        // Without a cache-write price, writes are billed as plain input.
+        assert_eq!(
+            no_write_price.cost_usd(u),
+            Decimal::from_str("0.003960").unwrap()
+        );
+    }
+
+    #[test]
     fn shipped_table_prices_gpt_4o_exactly() {
         let t = PriceTable::shipped().unwrap();
         assert!(t.len() > 1000);
@@ -315,18 +363,21 @@ mod tests {
             prompt: 1_000_000,
             completion: 1_000_000,
             cached: 0,
+            cache_write: 0,
         };
         assert_eq!(p.cost_usd(u), Decimal::from(1250) / Decimal::from(100));
         let u = TokenUsage {
             prompt: 1_000_000,
             completion: 0,
             cached: 1_000_000,
+            cache_write: 0,
         };
         assert_eq!(p.cost_usd(u).to_string(), "1.25");
         let u = TokenUsage {
             prompt: 25,
             completion: 24,
             cached: 0,
+            cache_write: 0,
         };
         let mini = t.lookup("openai", "gpt-4o-mini").unwrap();
         assert_eq!(mini.cost_usd(u).to_string(), "0.00001815");
@@ -351,6 +402,7 @@ mod tests {
             prompt: 10,
             completion: 10,
             cached: 3,
+            cache_write: 0,
         };
         assert_eq!(p.cost_usd(u).to_string(), "0.00004");
         assert_eq!(Price::from_pricing_config(&json!({"type":"static"})), None);
@@ -387,12 +439,14 @@ mod tests {
             prompt: u64::MAX,
             completion: u64::MAX,
             cached: 0,
+            cache_write: 0,
         }
         .plausible();
         let dearest = Price {
             input: MAX_PRICE_CENTS,
             output: MAX_PRICE_CENTS,
             cache_read: None,
+            cache_write: None,
         };
         assert_eq!(dearest.cost_usd(u), Decimal::from(200_000_000_000u64));
     }
@@ -422,6 +476,7 @@ mod tests {
             prompt: u64::MAX,
             completion: 9_223_372_036_854_775_000,
             cached: u64::MAX,
+            cache_write: 0,
         };
         let (u, clamped) = huge.plausible();
         assert!(clamped);
@@ -437,12 +492,14 @@ mod tests {
             prompt: 10,
             completion: 5,
             cached: 3,
+            cache_write: 0,
         };
         assert_eq!(fine.plausible(), (fine, false));
         let dear = Price {
             input: Decimal::from(u64::MAX),
             output: Decimal::from(u64::MAX),
             cache_read: None,
+            cache_write: None,
         };
         assert!(
             dear.cost_usd(huge) > Decimal::ZERO,

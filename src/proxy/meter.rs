@@ -50,6 +50,7 @@ impl WireUsage {
             prompt,
             completion,
             cached,
+            cache_write: 0,
         }
     }
 }
@@ -339,7 +340,8 @@ mod tests {
             TokenUsage {
                 prompt: 25,
                 completion: 24,
-                cached: 5
+                cached: 5,
+                cache_write: 0
             }
         );
         let e = usage_of_body(br#"{"usage":{"prompt_tokens":8,"total_tokens":8}}"#).unwrap();
@@ -348,7 +350,8 @@ mod tests {
             TokenUsage {
                 prompt: 8,
                 completion: 0,
-                cached: 0
+                cached: 0,
+                cache_write: 0
             }
         );
         let zero =

@@ -175,6 +175,7 @@ async fn settle(job: Job, target: &Target, mut p: Progress) {
                 prompt: job.prompt_estimate,
                 completion: meter::tokens_for_chars(p.chars),
                 cached: 0,
+                cache_write: 0,
             },
             UsageSource::Estimated,
         ),

@@ -232,7 +232,8 @@ mod tests {
                 usage: Some(TokenUsage {
                     prompt: 3,
                     completion: 0,
-                    cached: 0
+                    cached: 0,
+                    cache_write: 0
                 }),
                 chars: 0,
                 usage_only: true

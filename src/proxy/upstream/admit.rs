@@ -63,6 +63,7 @@ impl Exec {
             prompt,
             completion,
             cached: 0,
+            cache_write: 0,
         };
         let (price, pricing) = meter::pricing_of(&self.plane.prices, target, model);
         Ok(Estimate {

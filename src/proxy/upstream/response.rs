@@ -79,6 +79,7 @@ impl Exec {
             prompt: self.prompt_estimate,
             completion: meter::tokens_for_chars(received),
             cached: 0,
+            cache_write: 0,
         };
         let err = DataError::new(
             StatusCode::BAD_GATEWAY,
@@ -98,6 +99,7 @@ impl Exec {
                     prompt: self.prompt_estimate,
                     completion: meter::tokens_for_chars(meter::completion_chars(body)),
                     cached: 0,
+                    cache_write: 0,
                 },
                 UsageSource::Estimated,
             ),

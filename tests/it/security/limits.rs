@@ -292,6 +292,7 @@ async fn unpriced_models_cannot_pass_cost_budgets() {
         prompt: 12,
         completion: 7,
         cached: 0,
+        cache_write: 0,
     });
     assert_eq!(
         usage_of_key(&server, &id).cost_usd,
