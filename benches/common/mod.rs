@@ -35,5 +35,6 @@ pub fn event(i: u128) -> UsageEvent {
         attempt_index: 0,
         trace_id: "trace".into(),
         config_id: None,
+        cache_write_tokens: 0,
     }
 }

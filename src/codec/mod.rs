@@ -26,11 +26,13 @@ pub use limit::{decode_limit, encode_limit};
 pub use usage::{decode_usage, encode_usage};
 
 /// The current writer schemas.
-pub const USAGE_SCHEMA: &str = include_str!("../../schemas/usage_event.v1.avsc");
+pub const USAGE_SCHEMA: &str = include_str!("../../schemas/usage_event.v2.avsc");
 pub const CONFIG_SCHEMA: &str = include_str!("../../schemas/config_event.v2.avsc");
 pub const LIMIT_SCHEMA: &str = include_str!("../../schemas/limit_event.v2.avsc");
 pub const LOG_BATCH_SCHEMA: &str = include_str!("../../schemas/log_batch.v1.avsc");
 /// Earlier writer schemas of config events (before the audit fields), still readable.
+/// Usage events before `cache_write_tokens` (read as 0).
+const USAGE_SCHEMA_V1: &str = include_str!("../../schemas/usage_event.v1.avsc");
 const CONFIG_SCHEMA_V1: &str = include_str!("../../schemas/config_event.v1.avsc");
 /// Earlier writer schemas of limit events, still readable.
 const LIMIT_SCHEMA_V1: &str = include_str!("../../schemas/limit_event.v1.avsc");

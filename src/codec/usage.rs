@@ -1,12 +1,13 @@
-//! Usage events (schema `usage_event.v1`), one per upstream attempt: on the request path, so
-//! written and read field by field with [`super::binary`] rather than apache-avro's generic values.
+//! Usage events (schema `usage_event.v2`; v1 records, before `cache_write_tokens`, still read),
+//! one per upstream attempt: on the request path, so written and read field by field with
+//! [`super::binary`] rather than apache-avro's generic values.
 
 use std::sync::OnceLock;
 
 use rust_decimal::Decimal;
 
 use super::binary;
-use super::{fingerprint_u64, CodecError, Family, USAGE_SCHEMA};
+use super::{fingerprint_u64, CodecError, Family, USAGE_SCHEMA, USAGE_SCHEMA_V1};
 use crate::domain::*;
 
 /// Scale of `cost_usd` on the wire (Avro `decimal(38, 12)`); prices have at most 12 places in dollars.
@@ -14,7 +15,13 @@ const COST_SCALE: u32 = 12;
 
 fn usage_family() -> &'static Family {
     static F: OnceLock<Family> = OnceLock::new();
-    F.get_or_init(|| Family::new(USAGE_SCHEMA, &[]))
+    F.get_or_init(|| Family::new(USAGE_SCHEMA, &[USAGE_SCHEMA_V1]))
+}
+
+/// The single-object header of v1 records (the fields of v2 but the last).
+fn v1_header() -> &'static [u8; 10] {
+    static H: OnceLock<[u8; 10]> = OnceLock::new();
+    H.get_or_init(|| Family::new(USAGE_SCHEMA_V1, &[]).header)
 }
 
 /// The cost at the wire's scale; a cost with more places is refused, never rounded.
@@ -30,7 +37,7 @@ fn wire_cost(d: Decimal) -> Result<Decimal, CodecError> {
     Ok(cost)
 }
 
-/// Encodes a usage event (schema `usage_event.v1`), field by field.
+/// Encodes a usage event (schema `usage_event.v2`), field by field.
 pub fn encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
     let cost = wire_cost(e.cost_usd)?;
     let mut out = Vec::with_capacity(256);
@@ -79,16 +86,19 @@ pub fn encode_usage(e: &UsageEvent) -> Result<Vec<u8>, CodecError> {
     binary::long(&mut out, i64::from(e.attempt_index.min(i32::MAX as u32)));
     binary::string(&mut out, &e.trace_id);
     binary::opt_string(&mut out, e.config_id.as_deref());
+    binary::long(&mut out, e.cache_write_tokens as i64);
     Ok(out)
 }
 
-/// Decodes a usage event written with the current schema.
+/// Decodes a usage event written with the current schema or v1 (whose fields are v2's but the
+/// last, `cache_write_tokens`, read as 0).
 pub fn decode_usage(bytes: &[u8]) -> Result<UsageEvent, CodecError> {
     let family = usage_family();
     if bytes.len() < 10 || bytes[0] != 0xC3 || bytes[1] != 0x01 {
         return Err(CodecError::Marker);
     }
-    if bytes[..10] != family.header {
+    let v2 = bytes[..10] == family.header;
+    if !v2 && bytes[..10] != v1_header()[..] {
         return Err(CodecError::UnknownSchema(fingerprint_u64(&bytes[2..10])));
     }
     let mut r = binary::Reader::new(&bytes[10..]);
@@ -128,6 +138,11 @@ pub fn decode_usage(bytes: &[u8]) -> Result<UsageEvent, CodecError> {
         attempt_index: r.int("attempt_index")?,
         trace_id: r.string("trace_id")?,
         config_id: r.opt_string("config_id")?,
+        cache_write_tokens: if v2 {
+            r.int("cache_write_tokens")?
+        } else {
+            0
+        },
     };
     if !r.is_empty() {
         return Err(CodecError::Field("(record)", "trailing bytes".into()));
@@ -193,6 +208,7 @@ pub(crate) mod tests {
             attempt_index: 1,
             trace_id: "trace".into(),
             config_id: Some("pc-1".into()),
+            cache_write_tokens: 2,
         }
     }
 
@@ -246,6 +262,10 @@ pub(crate) mod tests {
             ("attempt_index".into(), Value::Int(e.attempt_index as i32)),
             ("trace_id".into(), s(&e.trace_id)),
             ("config_id".into(), opt(&e.config_id)),
+            (
+                "cache_write_tokens".into(),
+                Value::Long(e.cache_write_tokens as i64),
+            ),
         ];
         usage_family().encode(Value::Record(fields))
     }
@@ -267,7 +287,7 @@ pub(crate) mod tests {
             assert_eq!(ours, apache_encode_usage(&e).unwrap());
             // And apache-avro reads ours back to the same values.
             let fields = usage_family().decode(&ours).unwrap();
-            assert_eq!(fields.len(), 27);
+            assert_eq!(fields.len(), 28);
             assert_eq!(decode_usage(&ours).unwrap(), e);
         }
     }
@@ -284,6 +304,21 @@ pub(crate) mod tests {
             decode_usage(&encode_usage(&neg).unwrap()).unwrap().cost_usd,
             neg.cost_usd
         );
+    }
+
+    #[test]
+    fn v1_records_still_decode_with_no_cache_writes() {
+        let mut e = sample_usage();
+        e.cache_write_tokens = 0;
+        let v2 = encode_usage(&e).unwrap();
+        // A v1 record: v2's bytes without the last field (a zero long is one byte), under v1's
+        // header.
+        let mut v1 = v1_header().to_vec();
+        v1.extend_from_slice(&v2[10..v2.len() - 1]);
+        assert_eq!(decode_usage(&v1).unwrap(), e);
+        // apache-avro resolves it to the current schema the same way.
+        let fields = usage_family().decode(&v1).unwrap();
+        assert_eq!(fields.last().unwrap().1, Value::Long(0));
     }
 
     #[test]

@@ -248,6 +248,9 @@ pub struct UsageEvent {
     pub attempt_index: u32,
     pub trace_id: String,
     pub config_id: Option<String>,
+    /// The part of `prompt_tokens` written to the provider's cache (billed at its own rate).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
 }
 
 impl UsageEvent {

@@ -301,6 +301,7 @@ pub(crate) mod tests {
             attempt_index: 0,
             trace_id: "t".into(),
             config_id: None,
+            cache_write_tokens: 0,
         }
     }
 

@@ -315,6 +315,7 @@ pub fn usage_event(prices: &PriceTable, ctx: &RequestCtx, mut a: Attempt<'_>) ->
         prompt_tokens: a.usage.prompt,
         completion_tokens: a.usage.completion,
         cached_tokens: a.usage.cached,
+        cache_write_tokens: a.usage.cache_write,
         cost_usd: price.map_or(rust_decimal::Decimal::ZERO, |p| p.cost_usd(a.usage)),
         priced: price.is_some(),
         usage_source: a.source,

@@ -50,6 +50,7 @@ fn events() -> Vec<UsageEvent> {
             attempt_index: (i % 2) as u32,
             trace_id: format!("trace{}", i % 50),
             config_id: (i % 3 == 0).then(|| "cfg1".to_owned()),
+            cache_write_tokens: 0,
         });
     }
     let replays: Vec<UsageEvent> = out.iter().step_by(10).cloned().collect();

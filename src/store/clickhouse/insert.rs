@@ -43,6 +43,7 @@ pub struct EventRow {
     pub budgets: Vec<String>,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
+    pub cache_write_tokens: u64,
 }
 
 impl EventRow {
@@ -87,6 +88,7 @@ impl EventRow {
             budgets,
             kafka_partition: partition,
             kafka_offset: offset,
+            cache_write_tokens: plausible(e.cache_write_tokens),
         }
     }
 }

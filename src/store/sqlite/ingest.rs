@@ -104,7 +104,7 @@ fn insert_events<'a>(
     cells: &mut Cells<'a>,
 ) -> Result<usize, StoreError> {
     let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO usage_events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT OR IGNORE INTO usage_events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     )?;
     let mut new = 0;
     for e in events {
@@ -154,7 +154,8 @@ fn insert_event(insert: &mut CachedStatement<'_>, e: &UsageEvent) -> rusqlite::R
         e.streamed,
         e.attempt_index,
         e.trace_id,
-        e.config_id
+        e.config_id,
+        count_sql(e.cache_write_tokens)
     ])
 }
 

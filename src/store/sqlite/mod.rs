@@ -36,6 +36,8 @@ pub use positions::{read_offsets, rewind_offset};
 const DDL: &str = include_str!("../../../schemas/sqlite/001_init.sql");
 /// The audit trail's table (version 2; `IF NOT EXISTS`, so it applies to older store files too).
 const DDL_AUDIT: &str = include_str!("../../../schemas/sqlite/002_audit.sql");
+/// `usage_events.cache_write_tokens` (version 3), added to store files that lack it.
+const DDL_CACHE_WRITE: &str = include_str!("../../../schemas/sqlite/003_cache_write.sql");
 
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -71,6 +73,14 @@ impl SqliteStore {
         writer.pragma_update(None, "wal_autocheckpoint", 4_000)?;
         writer.execute_batch(DDL)?;
         writer.execute_batch(DDL_AUDIT)?;
+        let has_cache_write: bool = writer.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('usage_events') WHERE name = 'cache_write_tokens'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_cache_write {
+            writer.execute_batch(DDL_CACHE_WRITE)?;
+        }
         let reader = Connection::open(path)?;
         let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
         let writer_hurry = Hurry::default();
