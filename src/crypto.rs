@@ -31,6 +31,12 @@ pub fn seal_scope(i: &Integration) -> &str {
     i.workspace_id.as_deref().unwrap_or("organisation")
 }
 
+/// The id a secret field of an integration is sealed under: the integration's id and the
+/// field's name, so a sealed value opens only where it was set.
+pub fn secret_id(integration_id: &str, field: &str) -> String {
+    format!("{integration_id}/{field}")
+}
+
 /// Seals and opens provider credentials.
 #[derive(Clone)]
 pub struct Sealer {

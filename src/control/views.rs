@@ -121,6 +121,9 @@ pub fn integration(i: &Integration, state: &State, full: bool) -> Value {
     if i.configurations.contains_key("custom_headers") {
         configurations.insert("masked_custom_headers".into(), json!("****"));
     }
+    for (name, sealed) in &i.secrets {
+        configurations.insert(name.clone(), json!(sealed.masked));
+    }
     let mut v = json!({
         "id": i.id, "slug": i.slug, "name": i.name, "description": i.description,
         "ai_provider_id": i.ai_provider_id, "workspace_id": i.workspace_id,

@@ -111,6 +111,10 @@ pub struct Integration {
     /// Set for workspace-scoped integrations (and the implicit ones behind virtual keys).
     pub workspace_id: Option<String>,
     pub key: Option<SealedSecret>,
+    /// The secret fields of `configurations` (the catalog's, e.g. `aws_secret_access_key`),
+    /// sealed like `key` and never shown.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SealedSecret>,
     /// Provider-specific settings; `custom_host` and `custom_headers` for any provider.
     pub configurations: Map<String, Value>,
     pub allow_all_models: bool,
@@ -131,6 +135,11 @@ impl Integration {
     /// Whether `model` may be called through this integration.
     pub fn allows_model(&self, model: &str) -> bool {
         self.allow_all_models || self.models.get(model).is_some_and(|m| m.enabled)
+    }
+
+    /// Whether a credential is stored: the key or a secret field.
+    pub fn has_credential(&self) -> bool {
+        self.key.is_some() || !self.secrets.is_empty()
     }
 
     /// Whether a workspace may use this integration.

@@ -194,6 +194,12 @@ pub enum Endpoint {
     Completions,
     #[serde(rename = "embeddings")]
     Embeddings,
+    /// Anthropic's `/v1/messages`.
+    #[serde(rename = "messages")]
+    Messages,
+    /// OpenAI's Responses API, `/v1/responses`.
+    #[serde(rename = "responses")]
+    Responses,
 }
 
 impl Endpoint {
@@ -202,11 +208,19 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::ChatCompletions, Self::Completions, Self::Embeddings]
+        [
+            Self::ChatCompletions,
+            Self::Completions,
+            Self::Embeddings,
+            Self::Messages,
+            Self::Responses,
+        ]
             .into_iter()
             .find(|e| e.as_str() == s)
     }

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod budget;
+pub mod catalog;
 pub mod entities;
 pub mod events;
 pub mod hash;

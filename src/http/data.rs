@@ -21,6 +21,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/chat/completions", post(chat))
         .route("/completions", post(completions))
         .route("/embeddings", post(embeddings))
+        .route("/responses", post(responses))
+        .route("/messages", post(messages))
+        .route("/messages/count_tokens", post(count_tokens))
+        .route("/ai-providers", get(ai_providers))
         .route("/models", get(models))
         .route("/models/{*id}", get(model))
 }
@@ -28,8 +32,23 @@ pub fn routes() -> Router<Arc<AppState>> {
 async fn serve(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
     let headers = req.headers().clone();
     let trace_id = proxy::trace_id(&headers);
+    let reply = answer(app, endpoint, req, &headers, trace_id).await;
+    if endpoint == Endpoint::Messages {
+        return anthropic_errors(reply).await;
+    }
+    reply
+}
+
+/// The answer to a data-plane request, in OpenAI's shapes.
+async fn answer(
+    app: Arc<AppState>,
+    endpoint: Endpoint,
+    req: Request,
+    headers: &HeaderMap,
+    trace_id: String,
+) -> Response {
     // Who is calling is known from the headers: an unauthenticated body is never read.
-    if let Err(e) = proxy::authenticate(&app.plane, &headers) {
+    if let Err(e) = proxy::authenticate(&app.plane, headers) {
         return ApiError::data(e, Some(trace_id)).into_response();
     }
     let body = match body_bytes(req, &app, Plane::Data).await {
@@ -42,7 +61,7 @@ async fn serve(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response
     match proxy::handle(
         app.plane.clone(),
         endpoint,
-        &headers,
+        headers,
         &body,
         trace_id.clone(),
     )
@@ -70,6 +89,59 @@ async fn completions(State(app): State<Arc<AppState>>, req: Request) -> Response
 
 async fn embeddings(State(app): State<Arc<AppState>>, req: Request) -> Response {
     serve(app, Endpoint::Embeddings, req).await
+}
+
+async fn responses(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    serve(app, Endpoint::Responses, req).await
+}
+
+async fn messages(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    serve(app, Endpoint::Messages, req).await
+}
+
+/// An error answer of `/v1/messages` in Anthropic's shape (`{"type": "error", "error": {type,
+/// message}}`); one already in it (from an Anthropic upstream) and every success pass as they are.
+async fn anthropic_errors(reply: Response) -> Response {
+    if reply.status().is_success() {
+        return reply;
+    }
+    let (mut parts, body) = reply.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, ERROR_BODY_MAX).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let converted = proxy::anthropic_error(parts.status, &bytes);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(converted))
+}
+
+/// The largest error body converted (errors are small; a provider's is capped upstream).
+const ERROR_BODY_MAX: usize = 1 << 20;
+
+/// `POST /v1/messages/count_tokens`: the prompt's tokens, estimated (no provider is called and
+/// nothing is metered).
+async fn count_tokens(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let reply = match proxy::authenticate(&app.plane, &headers) {
+        Err(e) => ApiError::data(e, None).into_response(),
+        Ok(()) => match body_bytes(req, &app, Plane::Data).await {
+            Err(e) => e.into_response(),
+            Ok(body) => match proxy::count_tokens(&body) {
+                Ok(v) => Json(v).into_response(),
+                Err(e) => ApiError::data(e, None).into_response(),
+            },
+        },
+    };
+    anthropic_errors(reply).await
+}
+
+/// `GET /v1/ai-providers`: the provider catalog (any valid key may read it).
+async fn ai_providers(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    proxy::authenticate_any(&app.plane, &headers).map_err(|e| ApiError::data(e, None))?;
+    let data: Vec<_> = crate::domain::catalog::CATALOG.iter().map(|k| k.view()).collect();
+    Ok(Json(serde_json::json!({"object": "list", "total": data.len(), "data": data})))
 }
 
 async fn models(

@@ -54,3 +54,95 @@ pub trait StreamTranslator: Send {
     /// the provider never reports usage.
     fn chars(&self) -> usize;
 }
+
+/// Two translators in a row: the frames the first makes are read as the second's provider
+/// events (e.g. Bedrock Converse -> OpenAI chunks -> Anthropic events for a `/v1/messages`
+/// caller). Usage is the first's (the provider's own).
+pub struct Chain {
+    first: Box<dyn StreamTranslator>,
+    second: Box<dyn StreamTranslator>,
+    between: Vec<Bytes>,
+}
+
+impl Chain {
+    pub fn new(first: Box<dyn StreamTranslator>, second: Box<dyn StreamTranslator>) -> Self {
+        Chain {
+            first,
+            second,
+            between: Vec::new(),
+        }
+    }
+
+    fn pass_on(&mut self, out: &mut Vec<Bytes>) -> Result<(), Garbled> {
+        for frame in std::mem::take(&mut self.between) {
+            let (name, data) = sse_fields(&frame);
+            self.second.event(
+                Event {
+                    name: name.as_deref(),
+                    data: &data,
+                },
+                out,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl StreamTranslator for Chain {
+    fn event(&mut self, event: Event<'_>, out: &mut Vec<Bytes>) -> Result<(), Garbled> {
+        self.first.event(event, &mut self.between)?;
+        self.pass_on(out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) {
+        self.first.finish(&mut self.between);
+        // What the first's closing frames say (its usage chunk, `[DONE]`) reaches the second as
+        // events; the second then closes its own stream.
+        if self.pass_on(out).is_err() {
+            self.between.clear();
+        }
+        self.second.finish(out);
+    }
+
+    fn usage(&self) -> Option<TokenUsage> {
+        self.first.usage()
+    }
+
+    fn chars(&self) -> usize {
+        self.first.chars()
+    }
+}
+
+/// The `event:` name and the `data:` lines (joined by `\n`) of one whole SSE event.
+pub fn sse_fields(frame: &[u8]) -> (Option<String>, Vec<u8>) {
+    let mut name = None;
+    let mut data: Vec<u8> = Vec::new();
+    for line in frame.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let value = |rest: &[u8]| rest.strip_prefix(b" ").unwrap_or(rest).to_vec();
+        if let Some(rest) = line.strip_prefix(b"event:") {
+            name = String::from_utf8(value(rest)).ok();
+        } else if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend(value(rest));
+        }
+    }
+    (name, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_fields_reads_the_name_and_joins_data_lines() {
+        let (n, d) = sse_fields(b"event: message_start\r\ndata: {\"a\":\ndata: 1}\n\n");
+        assert_eq!(n.as_deref(), Some("message_start"));
+        assert_eq!(d, b"{\"a\":\n1}");
+        let (n, d) = sse_fields(b": comment\ndata:[DONE]\n\n");
+        assert_eq!(n, None);
+        assert_eq!(d, b"[DONE]");
+    }
+}

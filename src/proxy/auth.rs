@@ -1,6 +1,7 @@
 //! Who is calling: the §1.3 key resolution rules. `x-portkey-api-key` wins; otherwise
-//! `Authorization: Bearer` counts only when it holds a Tollgate key (so the Portkey SDK's literal
-//! `OPENAI_API_KEY` placeholder, or a provider key, is never mistaken for one).
+//! `x-api-key` (what the Anthropic SDK and Claude Code send) or `Authorization: Bearer` count
+//! only when they hold a Tollgate key (so the Portkey SDK's literal `OPENAI_API_KEY`
+//! placeholder, or a provider key, is never mistaken for one).
 
 use reqwest::header::{HeaderMap, AUTHORIZATION};
 
@@ -43,6 +44,14 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         if !k.is_empty() {
             return Some(k);
         }
+    }
+    let anthropic = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| k.starts_with(crypto::KEY_PREFIX));
+    if anthropic.is_some() {
+        return anthropic;
     }
     let bearer = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
     let token = bearer

@@ -25,12 +25,15 @@ struct Details {
     cached_tokens: Option<u64>,
 }
 
-/// The provider's `usage` object (OpenAI shape).
+/// The provider's `usage` object (OpenAI shape; the Responses API's names are read too).
 #[derive(Deserialize)]
 pub struct WireUsage {
+    #[serde(alias = "input_tokens")]
     prompt_tokens: Option<u64>,
+    #[serde(alias = "output_tokens")]
     completion_tokens: Option<u64>,
     total_tokens: Option<u64>,
+    #[serde(alias = "input_tokens_details")]
     prompt_tokens_details: Option<Details>,
 }
 
@@ -68,7 +71,8 @@ pub fn tokens_for_chars(chars: usize) -> u64 {
     chars.div_ceil(4) as u64
 }
 
-/// Estimated prompt tokens: the text of `messages` / `prompt` / `input`, plus a few per message.
+/// Estimated prompt tokens: the text of `messages` / `prompt` / `input` (and Anthropic's `system`,
+/// the Responses API's `instructions`), plus a few per message.
 pub fn estimate_prompt(body: &Map<String, Value>) -> u64 {
     fn text_len(v: &Value) -> usize {
         match v {
@@ -86,7 +90,7 @@ pub fn estimate_prompt(body: &Map<String, Value>) -> u64 {
         .get("messages")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
-    let text: usize = ["messages", "prompt", "input"]
+    let text: usize = ["messages", "prompt", "input", "system", "instructions"]
         .iter()
         .filter_map(|k| body.get(*k))
         .map(text_len)
@@ -111,8 +115,17 @@ pub fn overrides_prompt(overrides: &Params) -> bool {
     PROMPT_FIELDS.iter().any(|k| overrides.contains_key(k))
 }
 
-/// The body fields that make up the prompt.
-const PROMPT_FIELDS: [&str; 5] = ["messages", "prompt", "input", "tools", "functions"];
+/// The body fields that make up the prompt (OpenAI's, Anthropic's `system`, the Responses API's
+/// `instructions`).
+const PROMPT_FIELDS: [&str; 7] = [
+    "messages",
+    "prompt",
+    "input",
+    "tools",
+    "functions",
+    "system",
+    "instructions",
+];
 
 fn max_prompt_tokens_of<'a>(field: impl Fn(&str) -> Option<&'a Value>) -> u64 {
     let messages = field("messages")
@@ -144,6 +157,7 @@ pub fn check_output_bounds(body: &Map<String, Value>, overrides: &Params) -> Res
     let bounds = [
         ("max_tokens", MAX_OUTPUT_TOKENS),
         ("max_completion_tokens", MAX_OUTPUT_TOKENS),
+        ("max_output_tokens", MAX_OUTPUT_TOKENS),
         ("n", MAX_CHOICES),
         ("best_of", MAX_CHOICES),
     ];
@@ -160,7 +174,7 @@ pub fn check_output_bounds(body: &Map<String, Value>, overrides: &Params) -> Res
 
 /// The most output tokens one upstream call may bill, from the body actually sent (a config's
 /// `override_params` laid over the client's, override winning): the larger of
-/// `max_completion_tokens` and `max_tokens`, or `default` when neither is set, times the
+/// `max_completion_tokens`, `max_tokens` and `max_output_tokens` (the Responses API's), or `default` when neither is set, times the
 /// choices generated (`n`, and `best_of`, which completions generate and bill server-side).
 pub fn max_output_tokens(body: &Map<String, Value>, overrides: &Params, default: u64) -> u64 {
     let sent = |k: &str| {
@@ -169,7 +183,7 @@ pub fn max_output_tokens(body: &Map<String, Value>, overrides: &Params, default:
             .or_else(|| body.get(k))
             .and_then(Value::as_u64)
     };
-    let per_choice = ["max_completion_tokens", "max_tokens"]
+    let per_choice = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .into_iter()
         .filter_map(sent)
         .max()

@@ -5,12 +5,14 @@
 
 pub mod auth;
 pub mod client;
+pub mod credentials;
 mod error;
 pub mod meter;
 pub mod models;
 pub mod refusals;
 pub mod route;
 pub mod stream;
+pub mod target;
 pub mod upstream;
 
 use std::time::Instant;
@@ -37,6 +39,8 @@ pub struct DataPlane {
     http: reqwest::Client,
     settings: std::sync::Arc<Settings>,
     metrics: std::sync::Arc<Metrics>,
+    /// Exchanged credentials (assumed roles, Google tokens), cached.
+    exchanged: credentials::Exchanged,
 }
 
 impl DataPlane {
@@ -55,6 +59,7 @@ impl DataPlane {
             http,
             settings,
             metrics,
+            exchanged: credentials::Exchanged::default(),
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct RequestCtx {
     pub endpoint: Endpoint,
     /// The saved config used, if any.
     pub config_id: Option<String>,
+    /// The caller's `anthropic-beta` header, passed on to Anthropic-native upstreams.
+    pub anthropic_beta: Option<HeaderValue>,
 }
 
 /// The parts of the request body the gateway reads; the rest passes through untouched.
@@ -267,6 +274,40 @@ pub fn authenticate(plane: &crate::proxy::DataPlane, headers: &HeaderMap) -> Res
     caller(&plane.ledger.state(), headers).map(drop)
 }
 
+/// Checks that the caller holds any valid Tollgate key (data-plane or admin).
+pub fn authenticate_any(plane: &crate::proxy::DataPlane, headers: &HeaderMap) -> Result<(), DataError> {
+    auth::authenticate(&plane.ledger.state(), headers, crate::domain::Millis::now())
+        .map(drop)
+        .map_err(|e| DataError::unauthorized(e.message()))
+}
+
+/// An error body in Anthropic's shape for `/v1/messages` callers: one already in it (from an
+/// Anthropic upstream) as it is; OpenAI's envelope (the gateway's own errors, an
+/// OpenAI-format provider's) carried over with its message.
+pub fn anthropic_error(status: StatusCode, body: &[u8]) -> Bytes {
+    let v: Option<Value> = serde_json::from_slice(body).ok();
+    if v.as_ref().and_then(|v| v.get("type")).and_then(Value::as_str) == Some("error") {
+        return Bytes::copy_from_slice(body);
+    }
+    let message = v
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message"))
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("the request failed with status {}", status.as_u16()), str::to_owned);
+    let kind = crate::providers::anthropic::error_type_for_status(status.as_u16());
+    Bytes::from(crate::providers::anthropic::error_body(kind, &message).to_string())
+}
+
+/// `/v1/messages/count_tokens`: the prompt's tokens as the gateway estimates them (the same
+/// estimate it meters a provider's silence with).
+pub fn count_tokens(body: &[u8]) -> Result<Value, DataError> {
+    let body = RequestBody::parse(body)?;
+    if body.model().is_none() {
+        return Err(DataError::bad_request("model is required"));
+    }
+    Ok(serde_json::json!({"input_tokens": meter::estimate_prompt(&body.json)}))
+}
+
 /// The `Retry-After` of a `metering_unavailable` refusal: the log retries every half second, so
 /// a few seconds is when space freed (or Kafka back) is usually noticed.
 const METERING_RETRY_AFTER_SECS: u64 = 5;
@@ -307,6 +348,7 @@ pub async fn handle(
             metadata,
             endpoint,
             config_id: plan.config_id.clone(),
+            anthropic_beta: headers.get("anthropic-beta").cloned(),
             key,
         };
         (ctx, plan)

@@ -37,6 +37,84 @@ pub(super) fn configurations_of(
     Ok(Some(c))
 }
 
+/// Takes the catalog's secret fields (credentials such as `aws_secret_access_key`) out of `c`:
+/// they are sealed into the integration's `secrets`, never kept in `configurations`. A value
+/// must be a non-empty string (a service-account JSON may be given as an object too).
+pub(super) fn take_secrets(c: &mut Map<String, Value>) -> Result<Vec<(String, String)>> {
+    let names: Vec<String> = c
+        .keys()
+        .filter(|k| crate::domain::catalog::is_secret_field(k))
+        .cloned()
+        .collect();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let text = match c.remove(&name) {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(Value::Object(o)) if name == "vertex_service_account_json" => {
+                Value::Object(o).to_string()
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "configurations.{name} must be a non-empty string"
+                )))
+            }
+        };
+        if text.len() > MAX_SECRET_BYTES {
+            return Err(invalid(format!(
+                "configurations.{name} is larger than {MAX_SECRET_BYTES} bytes"
+            )));
+        }
+        out.push((name, text));
+    }
+    Ok(out)
+}
+
+/// The largest secret field accepted (a service-account JSON is about 2.5 KB).
+const MAX_SECRET_BYTES: usize = 16 * 1024;
+
+/// Seals `secrets` into `i` (each bound to the integration and its field name, so a sealed
+/// value cannot be moved to another field or integration).
+pub(super) fn seal_secrets(ctl: &Control, i: &mut Integration, secrets: Vec<(String, String)>) {
+    for (name, text) in secrets {
+        let sealed = ctl
+            .sealer
+            .seal(&text, seal_scope(i), &crate::crypto::secret_id(&i.id, &name));
+        i.secrets.insert(name, sealed);
+    }
+}
+
+/// Refuses an integration its provider cannot be called with: an `ai_provider_id` the catalog
+/// does not have (only when `new`: ones stored before the catalog keep working), or a missing
+/// credential or setting (the error names every missing field).
+pub(super) fn check_provider(i: &Integration, new: bool) -> Result<()> {
+    let Some(kind) = crate::domain::catalog::kind(&i.ai_provider_id) else {
+        if !new {
+            return Ok(());
+        }
+        return Err(invalid(format!(
+            "unknown ai_provider_id {:?}; GET /v1/ai-providers lists the supported ones",
+            i.ai_provider_id
+        )));
+    };
+    let secrets: Vec<&str> = i.secrets.keys().map(String::as_str).collect();
+    let missing = kind.missing(&i.configurations, &secrets, i.key.is_some());
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = missing
+        .iter()
+        .map(|m| match *m {
+            "key" => "key".to_owned(),
+            f => format!("configurations.{f}"),
+        })
+        .collect();
+    Err(invalid(format!(
+        "a {} integration needs {}",
+        kind.name,
+        names.join(", ")
+    )))
+}
+
 /// Checks `c`'s `custom_host` (named `field` in errors), if any: a URL, and not a private host
 /// unless `hosts` allows it; it is stored normalised.
 pub fn check_custom_host(
@@ -108,7 +186,7 @@ pub(super) fn check_reconfigure(
             "a workspace key that changes custom_host must give the integration's key in the same update: a stored credential never goes to a host it was not set for".into(),
         ));
     }
-    let org_credential = i.key.is_some() && i.credential_set_by == Authority::Organisation;
+    let org_credential = i.has_credential() && i.credential_set_by == Authority::Organisation;
     if org_credential && c.keys().any(|k| changed(k)) {
         return Err(ControlError::Forbidden(
             "this integration's key was entered with an organisation key: a workspace key that changes its configurations must give the key in the same update".into(),

@@ -16,7 +16,9 @@ use crate::domain::*;
 use crate::crypto::seal_scope;
 
 pub use configurations::{check_azure_names, check_custom_host};
-use configurations::{check_metering, check_reconfigure, configurations_of};
+use configurations::{
+    check_metering, check_provider, check_reconfigure, configurations_of, seal_secrets, take_secrets,
+};
 pub use models::{delete_models, list_models, update_models};
 use provisioning::{default_provider, global_access_of, grant_all_existing};
 pub use provisioning::{list_workspaces, provision_new_workspace, update_workspaces};
@@ -78,8 +80,9 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
     let ai_provider_id = b.required_str("ai_provider_id")?.to_owned();
-    let configurations =
+    let mut configurations =
         configurations_of(&b, ctl.settings.upstream_private_hosts)?.unwrap_or_default();
+    let secrets = take_secrets(&mut configurations)?;
     let command = ctl.ledger.command().await;
     let now = Millis::now();
     let (integration, providers) = {
@@ -100,6 +103,7 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
             ai_provider_id,
             workspace_id,
             key: None,
+            secrets: Default::default(),
             configurations,
             allow_all_models: true,
             models: Default::default(),
@@ -113,6 +117,8 @@ pub async fn create(ctl: &Control, caller: &Caller, body: &Value) -> Result<Valu
         if let Some(k) = b.str("key")?.filter(|k| !k.is_empty()) {
             i.key = Some(ctl.sealer.seal(k, seal_scope(&i), &id));
         }
+        seal_secrets(ctl, &mut i, secrets);
+        check_provider(&i, true)?;
         let providers = initial_providers(&state, &b, &mut i, now)?;
         (i, providers)
     };
@@ -227,8 +233,10 @@ pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) ->
         i.description = Some(d.to_owned());
     }
     let new_key = b.str("key")?.filter(|k| !k.is_empty());
-    if let Some(c) = configurations_of(&b, ctl.settings.upstream_private_hosts)? {
-        check_reconfigure(caller, &i, &c, new_key.is_some())?;
+    let mut secrets = Vec::new();
+    if let Some(mut c) = configurations_of(&b, ctl.settings.upstream_private_hosts)? {
+        secrets = take_secrets(&mut c)?;
+        check_reconfigure(caller, &i, &c, new_key.is_some() || !secrets.is_empty())?;
         check_metering(caller, &i.configurations, &c)?;
         let before = i.configurations.clone();
         i.configurations.extend(c);
@@ -240,6 +248,11 @@ pub async fn update(ctl: &Control, caller: &Caller, slug: &str, body: &Value) ->
         i.key = Some(ctl.sealer.seal(k, seal_scope(&i), &i.id));
         i.credential_set_by = caller.authority();
     }
+    if !secrets.is_empty() {
+        seal_secrets(ctl, &mut i, secrets);
+        i.credential_set_by = caller.authority();
+    }
+    check_provider(&i, false)?;
     i.updated_at = Millis::now();
     upsert(command, caller, Entity::Integration(i)).await?;
     Ok(json!({}))

@@ -134,6 +134,7 @@ pub(super) async fn virtual_key(ctl: &Control, caller: &Caller, body: &Value) ->
     let b = Body::of(body)?;
     let name = b.required_str("name")?.trim().to_owned();
     let ai_provider = b.required_str("provider")?.to_owned();
+    check_virtual_key_provider(&ai_provider)?;
     let key = b.required_str("key")?;
     let limits = limits_of(&b)?;
     let configurations = virtual_key_configurations(ctl, &b)?;
@@ -163,6 +164,22 @@ pub(super) async fn virtual_key(ctl: &Control, caller: &Caller, body: &Value) ->
     )
     .await?;
     Ok(out)
+}
+
+/// A virtual key carries one key, so only providers whose credential is a key can have one
+/// (Bedrock and Vertex take their credentials in an integration's `configurations`).
+fn check_virtual_key_provider(ai_provider: &str) -> Result<()> {
+    use crate::domain::catalog::{kind, KeyUse};
+    match kind(ai_provider) {
+        None => Err(invalid(format!(
+            "unknown provider {ai_provider:?}; GET /v1/ai-providers lists the supported ones"
+        ))),
+        Some(k) if k.key == KeyUse::Unused => Err(invalid(format!(
+            "a {} credential is not a single key: create an integration with its configurations instead of a virtual key",
+            k.name
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// A virtual key's `configurations`, from the request's top-level fields (checked as an
@@ -202,6 +219,7 @@ fn implicit_integration(
         ai_provider_id,
         workspace_id: Some(p.workspace_id.clone()),
         key: None,
+        secrets: Default::default(),
         configurations,
         allow_all_models: true,
         models: Default::default(),

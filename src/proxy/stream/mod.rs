@@ -29,6 +29,8 @@ pub use client::{ClientStalled, Frames, CLIENT_BUFFER_BYTES};
 pub use sse::{classify, EventTooLarge, Frame, SseSplitter};
 
 use super::meter::{self, Attempt};
+use crate::providers::bedrock::EventStreamDecoder;
+use crate::providers::{sse_fields, Event, StreamTranslator};
 use super::route::Target;
 use super::{DataError, RequestCtx};
 use crate::domain::pricing::TokenUsage;
@@ -38,8 +40,24 @@ use crate::proxy::DataPlane;
 /// The most the task reads from a provider after the client left.
 const DRAIN_MAX_BYTES: usize = 16 << 20;
 
+/// How the provider frames its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Server-sent events.
+    Sse,
+    /// AWS's binary event stream, each message one event named by its `:event-type`.
+    AwsEvents,
+    /// AWS's event stream of `chunk` messages wrapping another protocol's events (Bedrock
+    /// InvokeModel with a response stream: Anthropic's events).
+    AwsChunks,
+}
+
 /// Everything the stream task needs to meter the attempt.
 pub struct Job {
+    /// Carries the provider's events into the caller's protocol; `None` passes OpenAI's
+    /// chunks through.
+    pub translator: Option<Box<dyn StreamTranslator>>,
+    pub framing: Framing,
     pub plane: Arc<DataPlane>,
     pub ctx: RequestCtx,
     pub target_model: String,
@@ -68,26 +86,59 @@ pub fn spawn(job: Job, target: &Target, resp: reqwest::Response) -> Frames {
 struct Progress {
     usage: Option<TokenUsage>,
     chars: usize,
-    done: Option<Bytes>,
+    /// The frames held back until the usage event is durable (`data: [DONE]`, or what a
+    /// translator closes its stream with).
+    done: Vec<Bytes>,
     client: Client,
     client_gone_at: Option<Instant>,
     drained: usize,
     /// Why the provider's stream ended early, for the client's error frame.
-    failed: Option<&'static str>,
+    failed: Option<String>,
+    translator: Option<Box<dyn StreamTranslator>>,
+    /// A translator's frames, reused from event to event.
+    out: Vec<Bytes>,
 }
 
-async fn pump(job: Job, target: Target, resp: reqwest::Response, client: Client) {
+/// Splits the provider's bytes into events, as its framing says.
+enum Decoder {
+    Sse(SseSplitter),
+    Aws(EventStreamDecoder),
+}
+
+/// What the decoder found that ends the stream.
+enum Broken {
+    TooLarge(usize),
+    Garbled(String),
+}
+
+impl Broken {
+    /// What the client's error frame says.
+    fn why(&self) -> String {
+        match self {
+            Broken::TooLarge(_) => "an event of the provider's stream is larger than this gateway accepts (max_stream_event_bytes)".into(),
+            Broken::Garbled(why) => format!("the provider's stream could not be read: {why}"),
+        }
+    }
+}
+
+async fn pump(mut job: Job, target: Target, resp: reqwest::Response, client: Client) {
     let mut upstream = resp.bytes_stream();
-    let mut split = SseSplitter::new(job.plane.settings.max_stream_event_bytes);
+    let max_event = job.plane.settings.max_stream_event_bytes;
+    let mut decoder = match job.framing {
+        Framing::Sse => Decoder::Sse(SseSplitter::new(max_event)),
+        Framing::AwsEvents | Framing::AwsChunks => Decoder::Aws(EventStreamDecoder::new(max_event)),
+    };
     let drain = job.plane.settings.stream_drain_timeout;
     let mut p = Progress {
         usage: None,
         chars: 0,
-        done: None,
+        done: Vec::new(),
         client,
         client_gone_at: None,
         drained: 0,
         failed: None,
+        translator: job.translator.take(),
+        out: Vec::new(),
     };
     loop {
         let next = match p.client_gone_at {
@@ -105,48 +156,105 @@ async fn pump(job: Job, target: Target, resp: reqwest::Response, client: Client)
             Some(Ok(c)) => c,
             Some(Err(e)) => {
                 tracing::warn!(trace_id = %job.ctx.trace_id, error = %e.without_url(), "provider stream broke off");
-                p.failed = Some("the provider's stream broke off");
+                p.failed = Some("the provider's stream broke off".into());
                 break;
             }
         };
         if p.client_gone_at.is_some() {
             p.drained += chunk.len();
         }
-        split.push(&chunk);
-        if let Err(EventTooLarge(bytes)) = forward_events(&job, &mut p, &mut split).await {
-            // The provider generated what it sent: estimated like text (about a char a byte).
-            p.chars += bytes;
-            tracing::warn!(trace_id = %job.ctx.trace_id, "provider stream event over max_stream_event_bytes; stream ended");
-            p.failed = Some("an event of the provider's stream is larger than this gateway accepts (max_stream_event_bytes)");
-            break;
+        match forward_events(&job, &mut p, &mut decoder, &chunk).await {
+            Ok(()) => {}
+            Err(broken) => {
+                if let Broken::TooLarge(bytes) = broken {
+                    // The provider generated what it sent: estimated like text (about a char a byte).
+                    p.chars += bytes;
+                }
+                tracing::warn!(trace_id = %job.ctx.trace_id, error = %broken.why(), "provider stream ended by the gateway");
+                p.failed = Some(broken.why());
+                break;
+            }
         }
-        if p.client_gone_at.is_some() && (p.usage.is_some() || p.drained > DRAIN_MAX_BYTES) {
+        let usage_known = p.usage.is_some() || p.translator.as_ref().is_some_and(|t| t.usage().is_some());
+        if p.client_gone_at.is_some() && (usage_known || p.drained > DRAIN_MAX_BYTES) {
             break;
         }
     }
-    if let Some(rest) = split.rest() {
-        forward_event(&job, &mut p, rest).await;
+    if p.failed.is_none() {
+        finish_decoding(&job, &mut p, decoder).await;
     }
     settle(job, &target, p).await;
 }
 
-/// Forwards every whole event buffered so far.
-async fn forward_events(
-    job: &Job,
-    p: &mut Progress,
-    split: &mut SseSplitter,
-) -> Result<(), EventTooLarge> {
-    while let Some(event) = split.next_event()? {
-        forward_event(job, p, event).await;
+/// Forwards every whole event of `chunk` (with what was buffered before it).
+async fn forward_events(job: &Job, p: &mut Progress, decoder: &mut Decoder, chunk: &[u8]) -> Result<(), Broken> {
+    match decoder {
+        Decoder::Sse(split) => {
+            split.push(chunk);
+            while let Some(event) = split.next_event().map_err(|EventTooLarge(n)| Broken::TooLarge(n))? {
+                forward_event(job, p, event).await?;
+            }
+        }
+        Decoder::Aws(d) => {
+            d.push(chunk);
+            while let Some(m) = d.next().map_err(|e| Broken::Garbled(e.0))? {
+                if m.message_type != "event" {
+                    let (_, message) = crate::providers::bedrock::exception_message(&m.event_type, &m.payload);
+                    return Err(Broken::Garbled(message));
+                }
+                let inner;
+                let (name, data) = if job.framing == Framing::AwsChunks {
+                    inner = crate::providers::bedrock::invoke_chunk(&m.payload).map_err(|e| Broken::Garbled(e.0))?;
+                    (event_type(&inner), &inner[..])
+                } else {
+                    (Some(m.event_type.clone()), &m.payload[..])
+                };
+                translate(job, p, Event { name: name.as_deref(), data }).await?;
+            }
+        }
     }
     Ok(())
 }
 
-async fn forward_event(job: &Job, p: &mut Progress, event: Bytes) {
+/// The `type` of an Anthropic event JSON (its SSE event name).
+fn event_type(json: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_slice::<Typed>(json).ok().map(|t| t.kind)
+}
+
+/// What is left when the provider's stream ended cleanly: SSE's last event without its blank
+/// line; an AWS frame cut short is a broken stream.
+async fn finish_decoding(job: &Job, p: &mut Progress, decoder: Decoder) {
+    match decoder {
+        Decoder::Sse(mut split) => {
+            if let Some(rest) = split.rest() {
+                if let Err(broken) = forward_event(job, p, rest).await {
+                    p.failed = Some(broken.why());
+                }
+            }
+        }
+        Decoder::Aws(d) if d.has_partial() => {
+            p.failed = Some("the provider's stream broke off".into());
+        }
+        Decoder::Aws(_) => {}
+    }
+}
+
+/// Forwards one SSE event: OpenAI's passed through (the usage chunk hidden from a client
+/// that did not ask for it, `[DONE]` held back), any other protocol's translated.
+async fn forward_event(job: &Job, p: &mut Progress, event: Bytes) -> Result<(), Broken> {
+    if p.translator.is_some() {
+        let (name, data) = sse_fields(&event);
+        return translate(job, p, Event { name: name.as_deref(), data: &data }).await;
+    }
     let forward = match classify(&event) {
         Frame::Done => {
-            p.done = Some(event);
-            return;
+            p.done = vec![event];
+            return Ok(());
         }
         Frame::Data {
             usage,
@@ -161,13 +269,41 @@ async fn forward_event(job: &Job, p: &mut Progress, event: Bytes) {
         }
         Frame::Other => true,
     };
-    if forward && p.client_gone_at.is_none() && !p.client.send(event, &job.ctx.trace_id).await {
+    if forward {
+        send(job, p, event).await;
+    }
+    Ok(())
+}
+
+/// Carries one provider event into the caller's protocol and sends what it became.
+async fn translate(job: &Job, p: &mut Progress, event: Event<'_>) -> Result<(), Broken> {
+    let Some(t) = p.translator.as_mut() else {
+        return Ok(());
+    };
+    let mut out = std::mem::take(&mut p.out);
+    let translated = t.event(event, &mut out);
+    for frame in out.drain(..) {
+        send(job, p, frame).await;
+    }
+    p.out = out;
+    translated.map_err(|e| Broken::Garbled(e.0))
+}
+
+async fn send(job: &Job, p: &mut Progress, frame: Bytes) {
+    if p.client_gone_at.is_none() && !p.client.send(frame, &job.ctx.trace_id).await {
         p.client_gone_at = Some(Instant::now());
     }
 }
 
 /// Records the usage event, then lets the client have its last bytes.
 async fn settle(job: Job, target: &Target, mut p: Progress) {
+    if let Some(t) = p.translator.as_mut() {
+        p.usage = t.usage();
+        p.chars = t.chars();
+        if p.failed.is_none() {
+            t.finish(&mut p.done);
+        }
+    }
     let (usage, source) = match p.usage {
         Some(u) => (u, UsageSource::Provider),
         None => (
@@ -198,20 +334,26 @@ async fn settle(job: Job, target: &Target, mut p: Progress) {
     let last = match (recorded, p.failed) {
         (Err(e), _) => {
             tracing::error!(trace_id = %job.ctx.trace_id, error = %e, "usage event could not be recorded");
-            Some(error_frame(
+            vec![error_frame(
+                &job,
                 "the request's usage could not be recorded",
                 "server_error",
-            ))
+            )]
         }
-        (Ok(()), Some(why)) => Some(error_frame(why, "api_error")),
+        (Ok(()), Some(why)) => vec![error_frame(&job, &why, "api_error")],
         (Ok(()), None) => p.done,
     };
-    if let Some(frame) = last {
+    for frame in last {
         p.client.send(frame, &job.ctx.trace_id).await;
     }
 }
 
-fn error_frame(message: &str, kind: &'static str) -> Bytes {
+/// The frame that tells the client its stream failed, in its protocol.
+fn error_frame(job: &Job, message: &str, kind: &'static str) -> Bytes {
+    if job.ctx.endpoint == crate::domain::Endpoint::Messages {
+        let body = crate::providers::anthropic::error_body(kind, message);
+        return Bytes::from(format!("event: error\ndata: {body}\n\n"));
+    }
     let error = DataError::new(reqwest::StatusCode::OK, kind, None, message);
     Bytes::from(format!("data: {}\n\n", error.envelope()))
 }

@@ -95,6 +95,13 @@ struct ChunkChoice {
 struct Chunk {
     choices: Option<Vec<ChunkChoice>>,
     usage: Option<WireUsage>,
+    /// The Responses API's `response.completed` event carries the usage in its response.
+    response: Option<ResponseUsage>,
+}
+
+#[derive(Deserialize)]
+struct ResponseUsage {
+    usage: Option<WireUsage>,
 }
 
 /// What an SSE event is, for metering.
@@ -131,8 +138,9 @@ pub fn classify(event: &[u8]) -> Frame {
                 d.or(ch.text.as_deref()).map_or(0, |s| s.chars().count())
             });
             let usage_only = c.choices.as_ref().is_some_and(Vec::is_empty) && c.usage.is_some();
+            let usage = c.usage.or_else(|| c.response.and_then(|r| r.usage));
             Frame::Data {
-                usage: c.usage.map(|u| u.tokens()),
+                usage: usage.map(|u| u.tokens()),
                 chars: chars.sum(),
                 usage_only,
             }

@@ -66,8 +66,16 @@ impl Exec {
             cache_write: 0,
         };
         let (price, pricing) = meter::pricing_of(&self.plane.prices, target, model);
+        // The prompt may all be written to the provider's cache, billed at its own rate (above
+        // plain input's at Anthropic): the bound is the dearer of the two.
+        let written = TokenUsage {
+            cache_write: prompt,
+            ..usage
+        };
         Ok(Estimate {
-            max_cost: price.map_or(rust_decimal::Decimal::ZERO, |p| p.cost_usd(usage)),
+            max_cost: price.map_or(rust_decimal::Decimal::ZERO, |p| {
+                p.cost_usd(usage).max(p.cost_usd(written))
+            }),
             max_tokens: prompt.saturating_add(completion),
             pricing,
         })

@@ -1,10 +1,11 @@
 //! One upstream attempt: the call, what becomes of its answer (streamed on, read whole, or an
 //! error in the envelope) and its usage event, which every answer waits for.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::{private_host_error, Answer, Exec};
@@ -12,7 +13,10 @@ use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
 use crate::ledger::governor::Reservation;
 use crate::proxy::meter::{self, Attempt};
+use crate::domain::catalog::Protocol;
+use crate::providers::bedrock;
 use crate::proxy::route::Target;
+use crate::proxy::target::Auth;
 use crate::proxy::{client, stream, DataError, Reply};
 use crate::telemetry::UpstreamFailure;
 
@@ -74,9 +78,20 @@ impl Exec {
         };
         let resp = match self.send(target, body, timeout).await {
             Ok(r) => r,
-            Err(e) => return self.unanswered(call, e, timeout).await,
+            Err(Unsent::Http(e)) => return self.unanswered(call, e, timeout).await,
+            Err(Unsent::Credential(why)) => {
+                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "no provider credential");
+                self.plane.metrics.upstream_failure(UpstreamFailure::Connect);
+                let err = DataError::new(StatusCode::BAD_GATEWAY, "api_error", Some("provider_credentials"), why);
+                return self.error_answer(call, TokenUsage::default(), UsageSource::Provider, err).await;
+            }
         };
         let status = resp.status();
+        if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+            // An exchanged credential the provider no longer takes (expired early, revoked):
+            // the next attempt exchanges anew.
+            self.plane.exchanged.forget(target);
+        }
         if status.is_redirection() {
             // Not followed (see `crate::proxy::client`): the credential stays with its integration's host.
             let err = DataError::new(
@@ -96,32 +111,65 @@ impl Exec {
                 .metrics
                 .upstream_failure(UpstreamFailure::Status4xx);
         }
-        if self.body.stream && status.is_success() && is_event_stream(resp.headers()) {
+        if self.body.stream && status.is_success() && is_stream(resp.headers()) {
             return Ok(self.stream_on(call, resp));
         }
         self.whole(call, resp, timeout).await
     }
 
-    /// Posts the body to the target's endpoint with its credential.
+    /// Posts the body to the target's endpoint with its credential: in its headers, signed
+    /// (SigV4) or exchanged for a token first.
     async fn send(
         &self,
         target: &Target,
         body: Bytes,
         timeout: Duration,
-    ) -> reqwest::Result<reqwest::Response> {
+    ) -> Result<reqwest::Response, Unsent> {
         let mut url = format!("{}{}", target.base_url, self.path);
         if let Some(q) = &target.query {
-            url = format!("{url}?{q}");
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(q);
         }
-        self.plane
+        let mut headers = target.headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if target.protocol == Protocol::Anthropic {
+            if let Some(beta) = &self.ctx.anthropic_beta {
+                headers.insert("anthropic-beta", beta.clone());
+            }
+        }
+        let plane = &self.plane;
+        match &target.auth {
+            Auth::Headers => {}
+            Auth::Aws(aws) => {
+                let creds = plane
+                    .exchanged
+                    .aws(&plane.http, target, aws)
+                    .await
+                    .map_err(|e| Unsent::Credential(e.0))?;
+                bedrock::sign("POST", &url, &mut headers, &body, &creds, &aws.region, "bedrock", SystemTime::now())
+                    .map_err(|e| Unsent::Credential(format!("the request could not be signed: {e}")))?;
+            }
+            Auth::Google(sa) => {
+                let token = plane
+                    .exchanged
+                    .google(&plane.http, target, sa)
+                    .await
+                    .map_err(|e| Unsent::Credential(e.0))?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| Unsent::Credential("the provider's token is not a valid header value".into()))?;
+                v.set_sensitive(true);
+                headers.insert(AUTHORIZATION, v);
+            }
+        }
+        plane
             .http
             .post(url)
-            .headers(target.headers.clone())
-            .header(CONTENT_TYPE, "application/json")
+            .headers(headers)
             .timeout(timeout)
             .body(body)
             .send()
             .await
+            .map_err(Unsent::Http)
     }
 
     /// An attempt that got no answer (a refused host, a timeout, no connection): metered with no
@@ -178,7 +226,16 @@ impl Exec {
     fn stream_on(&mut self, call: Call<'_>, resp: reqwest::Response) -> Answer {
         self.upstream_time += call.started.elapsed();
         let status = resp.status().as_u16();
+        let framing = if call.target.protocol != Protocol::Bedrock {
+            stream::Framing::Sse
+        } else if self.wire == super::wire::Wire::Messages {
+            stream::Framing::AwsChunks
+        } else {
+            stream::Framing::AwsEvents
+        };
         let job = stream::Job {
+            translator: self.wire.translator(call.model, self.body.client_wants_usage),
+            framing,
             plane: self.plane.clone(),
             ctx: self.ctx.clone(),
             target_model: call.model.to_owned(),
@@ -215,12 +272,20 @@ impl Exec {
     }
 }
 
-/// Whether the provider answered with a server-sent event stream.
-fn is_event_stream(headers: &HeaderMap) -> bool {
+/// Why an attempt was not sent.
+enum Unsent {
+    /// No answer (a refused host, a timeout, no connection).
+    Http(reqwest::Error),
+    /// No credential could be had (an exchange failed, signing failed).
+    Credential(String),
+}
+
+/// Whether the provider answered with a stream: server-sent events, or AWS's event stream.
+fn is_stream(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/event-stream"))
+        .is_some_and(|c| c.starts_with("text/event-stream") || c.starts_with("application/vnd.amazon.eventstream"))
 }
 
 /// The answer to a call that got none.

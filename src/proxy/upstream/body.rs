@@ -4,8 +4,10 @@
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::wire::Wire;
 use super::Exec;
 use crate::domain::routing::{Node, Params};
+use crate::proxy::route::Target;
 use crate::domain::Endpoint;
 use crate::proxy::DataError;
 
@@ -28,12 +30,40 @@ impl Exec {
     }
 
     /// The body sent to `node`'s target: the request with the node's `override_params` laid
-    /// over it, asking a stream for its usage.
-    pub(super) fn upstream_body(&self, node: &Node) -> Result<Bytes, DataError> {
+    /// over it (for OpenAI-format upstreams asking a stream for its usage), in the upstream's
+    /// protocol.
+    pub(super) fn upstream_body(
+        &self,
+        node: &Node,
+        wire: Wire,
+        target: &Target,
+        model: &str,
+    ) -> Result<Bytes, DataError> {
+        if wire != Wire::OpenAi {
+            let mut merged = self.body.json.clone();
+            for (k, v) in node.override_params.entries() {
+                merged.insert(k.clone(), v.clone());
+            }
+            merged.insert("model".into(), Value::String(model.to_owned()));
+            let body = wire
+                .body(target.protocol, &merged, model, self.body.stream)
+                .map_err(|e| DataError::bad_request(e.0))?;
+            return serde_json::to_vec(&body)
+                .map(Bytes::from)
+                .map_err(|e| DataError::internal(format!("encoding the upstream body: {e}")));
+        }
+        self.openai_body(node)
+    }
+
+    /// [`Exec::upstream_body`] for an OpenAI-format upstream: serialized straight from the
+    /// request (never copied), asking a stream for its usage.
+    fn openai_body(&self, node: &Node) -> Result<Bytes, DataError> {
         // Always ask for usage so a stream can be metered; the extra chunk is hidden from clients
-        // that did not ask for it.
+        // that did not ask for it. (The Responses API reports usage in its `response.completed`
+        // event unasked.)
+        let asks = !matches!(self.ctx.endpoint, Endpoint::Embeddings | Endpoint::Responses);
         let stream_options =
-            (self.body.stream && self.ctx.endpoint != Endpoint::Embeddings).then(|| {
+            (self.body.stream && asks).then(|| {
                 let given = node
                     .override_params
                     .get("stream_options")

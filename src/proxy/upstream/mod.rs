@@ -13,6 +13,7 @@ mod admit;
 mod attempt;
 mod body;
 mod response;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use super::refusals::Refusal;
 use super::route::{self, Plan, Target};
 use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
 use crate::domain::routing::{check_private_host, Mode, Node};
-use crate::domain::{Endpoint, Millis};
+use crate::domain::Millis;
 use crate::proxy::DataPlane;
 
 /// The answer of one target (possibly after retries): what fallback looks at.
@@ -48,7 +49,9 @@ struct Exec {
     plane: Arc<DataPlane>,
     ctx: RequestCtx,
     body: RequestBody,
-    path: &'static str,
+    /// The current leaf's exchange and path under its base URL.
+    wire: wire::Wire,
+    path: String,
     attempts: u32,
     /// Estimated prompt tokens, for usage the provider does not report.
     prompt_estimate: u64,
@@ -66,18 +69,14 @@ pub async fn run(
     plan: Plan,
     body: RequestBody,
 ) -> Result<Reply, DataError> {
-    let path = match ctx.endpoint {
-        Endpoint::ChatCompletions => "/chat/completions",
-        Endpoint::Completions => "/completions",
-        Endpoint::Embeddings => "/embeddings",
-    };
     let prompt_estimate = meter::estimate_prompt(&body.json);
     let prompt_max = meter::max_prompt_tokens(&body.json);
     let mut exec = Exec {
         plane,
         ctx,
         body,
-        path,
+        wire: wire::Wire::OpenAi,
+        path: String::new(),
         attempts: 0,
         prompt_estimate,
         prompt_max,
@@ -129,13 +128,17 @@ impl Exec {
 
     /// A leaf: its target checked, its body built, then attempts (with the node's retries).
     async fn try_leaf(&mut self, node: &Node) -> Outcome {
-        let checked = self
-            .target_for(node)
-            .and_then(|(target, model)| Ok((target, model, self.upstream_body(node)?)));
-        let (target, model, bytes) = match checked {
+        let checked = self.target_for(node).and_then(|(target, model)| {
+            let wire = wire::Wire::of(self.ctx.endpoint, target.protocol, &model)?;
+            let bytes = self.upstream_body(node, wire, &target, &model)?;
+            Ok((target, model, wire, bytes))
+        });
+        let (target, model, wire, bytes) = match checked {
             Ok(c) => c,
             Err(e) => return Outcome::Stop(e),
         };
+        self.path = wire.path(self.ctx.endpoint, target.protocol, &model, self.body.stream);
+        self.wire = wire;
         self.last_option = node.path.clone();
         self.last_provider = target.integration.ai_provider_id.clone();
         self.attempts_at(node, &target, &model, bytes).await
@@ -147,6 +150,7 @@ impl Exec {
         let Some(leaf) = &node.leaf else {
             return Err(DataError::internal("config leaf without a target"));
         };
+        let model = self.model_for(node)?;
         let target = {
             let state = self.plane.ledger.state();
             route::resolve(
@@ -154,13 +158,13 @@ impl Exec {
                 &self.plane.sealer,
                 &self.ctx.workspace_id,
                 leaf,
+                &model,
                 Millis::now(),
             )
         }?;
         let policy = self.plane.settings.upstream_private_hosts;
         check_private_host(&target.base_url, policy, "the provider's host")
             .map_err(private_host_error)?;
-        let model = self.model_for(node)?;
         if !target.integration.allows_model(&model) {
             return Err(DataError::forbidden(
                 "model_not_allowed",

@@ -9,7 +9,9 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
 use super::attempt::Call;
+use super::wire::Wire;
 use super::{Answer, Exec};
+use crate::providers::Garbled;
 use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
 use crate::proxy::{meter, DataError, Reply};
@@ -50,10 +52,27 @@ impl Exec {
                 return self.undelivered(call, TokenUsage::default(), err).await;
             }
         };
-        let (usage, source) = self.usage_of(status, &body);
+        // An unreadable answer is still work the provider bills: estimated like text from what
+        // arrived (about a character a byte).
+        let received = body.len();
+        let (body, reported) = match self.in_callers_protocol(status, body, call.model) {
+            Ok(b) => b,
+            Err(Garbled(why)) => {
+                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "provider answer not in its protocol");
+                let usage = self.estimate(received);
+                let err = DataError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    Some("upstream_body"),
+                    format!("the provider's response could not be read: {why}"),
+                );
+                return self.undelivered(call, usage, err).await;
+            }
+        };
+        let (usage, source) = self.usage_of(status, &body, reported);
         let (attempt, reservation) = call.measured(status.as_u16(), usage, source);
         self.finish(attempt, reservation).await?;
-        if !headers.contains_key(CONTENT_TYPE) {
+        if !self.wire.passes_through() || !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         Ok(Answer {
@@ -75,12 +94,7 @@ impl Exec {
         cap: usize,
     ) -> Result<Answer, DataError> {
         tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, cap, "upstream body over max_upstream_body_bytes; not delivered");
-        let usage = TokenUsage {
-            prompt: self.prompt_estimate,
-            completion: meter::tokens_for_chars(received),
-            cached: 0,
-            cache_write: 0,
-        };
+        let usage = self.estimate(received);
         let err = DataError::new(
             StatusCode::BAD_GATEWAY,
             "api_error",
@@ -90,20 +104,50 @@ impl Exec {
         self.undelivered(call, usage, err).await
     }
 
+    /// A whole answer in the caller's protocol, with the usage the provider reported: a
+    /// success translated, an error's message carried into the caller's error shape.
+    fn in_callers_protocol(
+        &self,
+        status: StatusCode,
+        body: Bytes,
+        model: &str,
+    ) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
+        if self.wire == Wire::OpenAi {
+            let usage = meter::usage_of_body(&body);
+            return Ok((body, usage));
+        }
+        if status.is_success() {
+            return self.wire.whole(&body, model);
+        }
+        let usage = self.wire.whole(&body, model).ok().and_then(|(_, u)| u);
+        let body = self.wire.error_body(status.as_u16(), &body).unwrap_or(body);
+        Ok((body, usage))
+    }
+
     /// The usage of a whole answer: the provider's, else (for a success) an estimate.
-    fn usage_of(&self, status: StatusCode, body: &[u8]) -> (TokenUsage, UsageSource) {
-        match meter::usage_of_body(body) {
+    fn usage_of(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        reported: Option<TokenUsage>,
+    ) -> (TokenUsage, UsageSource) {
+        match reported {
             Some(u) => (u, UsageSource::Provider),
             None if status.is_success() => (
-                TokenUsage {
-                    prompt: self.prompt_estimate,
-                    completion: meter::tokens_for_chars(meter::completion_chars(body)),
-                    cached: 0,
-                    cache_write: 0,
-                },
+                self.estimate(meter::completion_chars(body)),
                 UsageSource::Estimated,
             ),
             None => (TokenUsage::default(), UsageSource::Provider),
+        }
+    }
+
+    /// The estimated usage of an answer with `chars` characters of output.
+    fn estimate(&self, chars: usize) -> TokenUsage {
+        TokenUsage {
+            prompt: self.prompt_estimate,
+            completion: meter::tokens_for_chars(chars),
+            cached: 0,
+            cache_write: 0,
         }
     }
 }

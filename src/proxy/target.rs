@@ -1,0 +1,341 @@
+//! A plan leaf resolved to a concrete upstream for one attempt: the provider, its integration,
+//! the wire protocol (from the catalog), the base URL (always the integration's, never the
+//! request's) and the credential, decrypted in memory only for the attempt.
+
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::DataError;
+use crate::crypto::{seal_scope, secret_id, Sealer};
+use crate::domain::catalog::{self, Protocol};
+use crate::domain::routing::{azure_name_ok, Leaf};
+use crate::domain::{Integration, Millis, Provider, State};
+use crate::providers::bedrock::Credentials;
+use crate::providers::gemini::ServiceAccount;
+
+/// A resolved upstream for one attempt.
+#[derive(Clone)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    pub integration: Arc<Integration>,
+    pub protocol: Protocol,
+    /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Headers carrying the credential (marked sensitive) and provider settings.
+    pub headers: HeaderMap,
+    /// Extra query string (Azure's `api-version`).
+    pub query: Option<String>,
+    /// A credential that is not a header: signed or exchanged per attempt.
+    pub auth: Auth,
+}
+
+/// How an attempt authenticates beyond [`Target::headers`].
+#[derive(Clone)]
+pub enum Auth {
+    /// The credential is in the headers (or there is none).
+    Headers,
+    /// AWS SigV4 with these credentials, or with a role assumed from them.
+    Aws(Arc<AwsAuth>),
+    /// A Google OAuth2 access token from this service account.
+    Google(Arc<ServiceAccount>),
+}
+
+/// An integration's AWS credentials.
+pub struct AwsAuth {
+    pub base: Credentials,
+    pub region: String,
+    pub role: Option<AwsRole>,
+}
+
+/// `aws_auth_type: assumedRole`: the role assumed (STS AssumeRole) with the base credentials.
+pub struct AwsRole {
+    pub arn: String,
+    pub external_id: Option<String>,
+    pub sts_endpoint: String,
+}
+
+fn config_str<'a>(i: &'a Integration, k: &str) -> Option<&'a str> {
+    i.configurations
+        .get(k)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// Resolves a leaf in the key's workspace for `model` and checks the provider may be used now.
+pub fn resolve(
+    state: &State,
+    sealer: &Sealer,
+    workspace_id: &str,
+    leaf: &Leaf,
+    model: &str,
+    now: Millis,
+) -> Result<Target, DataError> {
+    let slug = match leaf {
+        Leaf::VirtualKey(s) | Leaf::Provider(s) => s,
+        Leaf::Byok { provider, .. } => {
+            return Err(DataError::bad_request(format!(
+                "config targets with a raw api_key ({provider}) are not accepted here; store the key as a provider or virtual key"
+            )))
+        }
+    };
+    let (provider, integration) = usable(state, workspace_id, slug, now)?;
+    let open = Opener {
+        sealer,
+        integration,
+        slug,
+    };
+    // Integrations stored before the catalog (any id with a custom_host) speak OpenAI's API.
+    let protocol = catalog::kind(&integration.ai_provider_id).map_or(Protocol::OpenAi, |k| k.protocol);
+    let secret = open.key()?;
+    let base_url = base_url(integration, slug, protocol, model)?;
+    let mut headers = headers(integration, slug, protocol, secret)?;
+    let auth = match protocol {
+        Protocol::Bedrock => Auth::Aws(Arc::new(aws_auth(integration, &open)?)),
+        Protocol::Vertex => Auth::Google(Arc::new(service_account(&open)?)),
+        _ => Auth::Headers,
+    };
+    let query = (protocol == Protocol::Azure).then(|| {
+        format!(
+            "api-version={}",
+            config_str(integration, "api_version").unwrap_or("2024-10-21")
+        )
+    });
+    if protocol == Protocol::Anthropic {
+        headers.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(crate::providers::anthropic::VERSION),
+        );
+    }
+    Ok(Target {
+        provider: provider.clone(),
+        integration: integration.clone(),
+        protocol,
+        base_url,
+        headers,
+        query,
+        auth,
+    })
+}
+
+/// Opens an integration's sealed credentials.
+struct Opener<'a> {
+    sealer: &'a Sealer,
+    integration: &'a Integration,
+    slug: &'a str,
+}
+
+impl Opener<'_> {
+    fn undecryptable(&self) -> DataError {
+        DataError::internal(format!(
+            "the credential of provider {} cannot be decrypted (was the master key changed?)",
+            self.slug
+        ))
+    }
+
+    /// The integration's `key`, if any.
+    fn key(&self) -> Result<Option<String>, DataError> {
+        let i = self.integration;
+        i.key
+            .as_ref()
+            .map(|sealed| {
+                self.sealer
+                    .open(sealed, seal_scope(i), &i.id)
+                    .map_err(|_| self.undecryptable())
+            })
+            .transpose()
+    }
+
+    /// A secret field of `configurations`, if set.
+    fn secret(&self, field: &str) -> Result<Option<String>, DataError> {
+        let i = self.integration;
+        i.secrets
+            .get(field)
+            .map(|sealed| {
+                self.sealer
+                    .open(sealed, seal_scope(i), &secret_id(&i.id, field))
+                    .map_err(|_| self.undecryptable())
+            })
+            .transpose()
+    }
+
+    /// A secret field the provider cannot be called without.
+    fn required(&self, field: &str) -> Result<String, DataError> {
+        self.secret(field)?
+            .ok_or_else(|| DataError::bad_request(format!("provider {}: configurations.{field} is not set", self.slug)))
+    }
+}
+
+fn aws_auth(i: &Integration, open: &Opener<'_>) -> Result<AwsAuth, DataError> {
+    let slug = open.slug;
+    let region = config_str(i, "aws_region")
+        .filter(|r| crate::providers::bedrock::region_ok(r))
+        .ok_or_else(|| DataError::bad_request(format!("provider {slug}: configurations.aws_region is not a valid AWS region")))?
+        .to_owned();
+    let base = Credentials {
+        access_key_id: open.required("aws_access_key_id")?,
+        secret_access_key: open.required("aws_secret_access_key")?,
+        session_token: open.secret("aws_session_token")?,
+    };
+    let role = match config_str(i, "aws_auth_type") {
+        Some("assumedRole") => Some(AwsRole {
+            arn: config_str(i, "aws_role_arn")
+                .ok_or_else(|| DataError::bad_request(format!("provider {slug}: configurations.aws_role_arn is not set")))?
+                .to_owned(),
+            external_id: config_str(i, "aws_external_id").map(str::to_owned),
+            sts_endpoint: config_str(i, "aws_sts_endpoint")
+                .map_or_else(|| format!("https://sts.{region}.amazonaws.com"), |e| e.trim_end_matches('/').to_owned()),
+        }),
+        _ => None,
+    };
+    Ok(AwsAuth { base, region, role })
+}
+
+fn service_account(open: &Opener<'_>) -> Result<ServiceAccount, DataError> {
+    let json = open.required("vertex_service_account_json")?;
+    crate::providers::gemini::parse_service_account(&json).map_err(|e| {
+        DataError::bad_request(format!(
+            "provider {}: configurations.vertex_service_account_json: {e}",
+            open.slug
+        ))
+    })
+}
+
+/// The provider `slug` names in the workspace and its integration, if they may be used now.
+fn usable<'s>(
+    state: &'s State,
+    workspace_id: &str,
+    slug: &str,
+    now: Millis,
+) -> Result<(&'s Arc<Provider>, &'s Arc<Integration>), DataError> {
+    let provider = state.provider(slug, Some(workspace_id)).ok_or_else(|| {
+        DataError::bad_request(format!(
+            "provider or virtual key {slug} not found in this workspace"
+        ))
+    })?;
+    if provider.expires_at.is_some_and(|e| e <= now) {
+        return Err(DataError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "invalid_request_error",
+            Some("provider_expired"),
+            format!("provider {slug} has expired"),
+        ));
+    }
+    let integration = state
+        .integrations
+        .get(&provider.integration_id)
+        .ok_or_else(|| DataError::bad_request(format!("provider {slug} has no integration")))?;
+    if !integration.serves_workspace(workspace_id) {
+        return Err(DataError::forbidden(
+            "integration_not_provisioned",
+            format!(
+                "integration {} is not enabled for this workspace",
+                integration.slug
+            ),
+        ));
+    }
+    Ok((provider, integration))
+}
+
+/// The integration's base URL for `model`. The host is the integration's, never the
+/// request's: nothing a request carries redirects a stored credential (configs refuse
+/// custom_host on such targets; see `domain::routing`).
+fn base_url(i: &Integration, slug: &str, protocol: Protocol, model: &str) -> Result<String, DataError> {
+    if let Some(h) = config_str(i, "custom_host") {
+        return Ok(h.trim_end_matches('/').to_owned());
+    }
+    let missing = |what: &str| DataError::bad_request(format!("provider {slug}: {} needs {what}", i.ai_provider_id));
+    Ok(match protocol {
+        Protocol::Azure => {
+            // Names stored before they were validated are checked again: they form the URL.
+            let resource = config_str(i, "resource_name").filter(|r| azure_name_ok("resource_name", r));
+            let deployment = azure_deployment(i, model).filter(|d| azure_name_ok("deployment_name", d));
+            match (resource, deployment) {
+                (Some(r), Some(d)) => format!("https://{r}.openai.azure.com/openai/deployments/{d}"),
+                _ => return Err(missing("custom_host, or a valid resource_name and a deployment for the model (deployment_id or deployments)")),
+            }
+        }
+        Protocol::Bedrock => {
+            let region = config_str(i, "aws_region")
+                .filter(|r| crate::providers::bedrock::region_ok(r))
+                .ok_or_else(|| missing("a valid aws_region"))?;
+            crate::providers::bedrock::default_base_url(region)
+        }
+        Protocol::Vertex => {
+            let (Some(project), Some(region)) = (config_str(i, "vertex_project_id"), config_str(i, "vertex_region")) else {
+                return Err(missing("vertex_project_id and vertex_region"));
+            };
+            let publisher = if model.starts_with("claude") { "anthropic" } else { "google" };
+            crate::providers::gemini::vertex_base_url(project, region, publisher)
+                .map_err(|e| DataError::bad_request(format!("provider {slug}: {e}")))?
+        }
+        _ => catalog::kind(&i.ai_provider_id)
+            .and_then(|k| k.base_url)
+            .ok_or_else(|| missing("configurations.custom_host (it has no endpoint built in)"))?
+            .to_owned(),
+    })
+}
+
+/// The Azure deployment serving `model`: the `deployments` map's (a list of `{model,
+/// deployment_id}` or an object `model -> deployment`), else the integration's default.
+fn azure_deployment<'a>(i: &'a Integration, model: &str) -> Option<&'a str> {
+    let mapped = match i.configurations.get("deployments") {
+        Some(Value::Object(m)) => m.get(model).and_then(Value::as_str),
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|d| d.get("model").and_then(Value::as_str) == Some(model))
+            .and_then(|d| d.get("deployment_id").or_else(|| d.get("deployment_name")))
+            .and_then(Value::as_str),
+        _ => None,
+    };
+    mapped
+        .or_else(|| config_str(i, "deployment_id"))
+        .or_else(|| config_str(i, "deployment_name"))
+}
+
+/// The headers of a call: the credential (`secret`, marked sensitive) in the header its
+/// protocol uses, then the provider settings and the integration's custom headers.
+fn headers(i: &Integration, slug: &str, protocol: Protocol, secret: Option<String>) -> Result<HeaderMap, DataError> {
+    let mut headers = HeaderMap::new();
+    if let Some(secret) = secret {
+        let entra = config_str(i, "azure_auth_mode") == Some("entra");
+        let (name, value) = match protocol {
+            Protocol::Azure if !entra => (HeaderName::from_static("api-key"), secret),
+            Protocol::Anthropic => (HeaderName::from_static("x-api-key"), secret),
+            Protocol::Gemini => (HeaderName::from_static("x-goog-api-key"), secret),
+            _ => (AUTHORIZATION, format!("Bearer {secret}")),
+        };
+        let mut v = HeaderValue::from_str(&value).map_err(|_| {
+            DataError::internal(format!(
+                "provider {slug}: the stored key is not a valid header value"
+            ))
+        })?;
+        v.set_sensitive(true);
+        headers.insert(name, v);
+    }
+    for (k, name) in [
+        ("openai_organization", "openai-organization"),
+        ("openai_project", "openai-project"),
+    ] {
+        if let Some(v) = config_str(i, k).and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    if let Some(custom) = i
+        .configurations
+        .get("custom_headers")
+        .and_then(Value::as_object)
+    {
+        for (k, v) in custom {
+            if let (Ok(n), Some(Ok(v))) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                v.as_str().map(HeaderValue::from_str),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+    }
+    Ok(headers)
+}

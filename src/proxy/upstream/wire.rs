@@ -1,0 +1,242 @@
+//! What an attempt speaks: the pairing of the caller's protocol (the front door) and the
+//! upstream's ([`Protocol`]), and for each pairing the upstream path, the body sent, and how a
+//! whole answer, a stream and an error come back. OpenAI to OpenAI-format (and Anthropic to
+//! Anthropic) passes the body through; every other pairing translates with
+//! [`crate::providers`].
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::domain::catalog::Protocol;
+use crate::domain::pricing::TokenUsage;
+use crate::domain::Endpoint;
+use crate::providers::{anthropic, bedrock, gemini, Garbled, StreamTranslator, Unsupported};
+use crate::proxy::DataError;
+
+/// The shape of the upstream exchange of one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI's API on both sides (OpenAI-format providers, Azure): passed through.
+    OpenAi,
+    /// An OpenAI caller, an Anthropic Messages upstream.
+    ChatToAnthropic,
+    /// An OpenAI caller, Bedrock Converse.
+    ChatToBedrock,
+    /// An OpenAI caller, Gemini or Vertex `generateContent`.
+    ChatToGemini,
+    /// An Anthropic caller and an Anthropic-native upstream (Anthropic, Bedrock InvokeModel,
+    /// Vertex rawPredict): passed through.
+    Messages,
+    /// An Anthropic caller, translated to OpenAI's chat and on to an OpenAI-format provider.
+    MessagesToChat,
+    /// An Anthropic caller, translated to OpenAI's chat and on to a non-Anthropic model of
+    /// Bedrock (Converse) or Gemini/Vertex.
+    MessagesVia(Inner),
+}
+
+/// The second leg of [`Wire::MessagesVia`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inner {
+    Bedrock,
+    Gemini,
+}
+
+/// Whether `model` on Bedrock or Vertex is one of Anthropic's (served by InvokeModel or
+/// rawPredict with Anthropic's own body).
+fn anthropic_model(protocol: Protocol, model: &str) -> bool {
+    match protocol {
+        Protocol::Bedrock => model.contains("anthropic."),
+        Protocol::Vertex => model.starts_with("claude"),
+        Protocol::Anthropic => true,
+        _ => false,
+    }
+}
+
+impl Wire {
+    /// The pairing for a request to `endpoint` on an upstream speaking `protocol`, or a 400 for
+    /// one the provider does not serve.
+    pub fn of(endpoint: Endpoint, protocol: Protocol, model: &str) -> Result<Wire, DataError> {
+        let unsupported = |what: &str| {
+            DataError::bad_request(format!(
+                "{what} is not supported by this provider ({})",
+                protocol.name()
+            ))
+        };
+        Ok(match (endpoint, protocol) {
+            (Endpoint::Messages, p) if anthropic_model(p, model) => Wire::Messages,
+            (Endpoint::Messages, Protocol::OpenAi | Protocol::Azure) => Wire::MessagesToChat,
+            (Endpoint::Messages, Protocol::Bedrock) => Wire::MessagesVia(Inner::Bedrock),
+            (Endpoint::Messages, _) => Wire::MessagesVia(Inner::Gemini),
+            (_, Protocol::OpenAi | Protocol::Azure) => Wire::OpenAi,
+            (Endpoint::ChatCompletions, Protocol::Anthropic) => Wire::ChatToAnthropic,
+            (Endpoint::ChatCompletions, Protocol::Bedrock) => Wire::ChatToBedrock,
+            (Endpoint::ChatCompletions, Protocol::Gemini | Protocol::Vertex) => Wire::ChatToGemini,
+            (Endpoint::Responses, _) => return Err(unsupported("/v1/responses")),
+            (Endpoint::Completions, _) => return Err(unsupported("/v1/completions (legacy text completions)")),
+            (Endpoint::Embeddings, _) => return Err(unsupported("/v1/embeddings")),
+        })
+    }
+
+    /// Whether the answer passes through as the upstream sent it.
+    pub fn passes_through(self) -> bool {
+        matches!(self, Wire::OpenAi | Wire::Messages)
+    }
+
+    /// The path under the target's base URL (with a query where the protocol puts one there).
+    pub fn path(self, endpoint: Endpoint, protocol: Protocol, model: &str, stream: bool) -> String {
+        match (self, protocol) {
+            (Wire::OpenAi | Wire::MessagesToChat, _) => match endpoint {
+                Endpoint::Completions => "/completions".into(),
+                Endpoint::Embeddings => "/embeddings".into(),
+                Endpoint::Responses => "/responses".into(),
+                Endpoint::ChatCompletions | Endpoint::Messages => "/chat/completions".into(),
+            },
+            (_, Protocol::Anthropic) => "/messages".into(),
+            (Wire::Messages, Protocol::Bedrock) => {
+                bedrock::model_path(model, if stream { "invoke-with-response-stream" } else { "invoke" })
+            }
+            (_, Protocol::Bedrock) => bedrock::model_path(model, if stream { "converse-stream" } else { "converse" }),
+            (Wire::Messages, _) => {
+                format!("/models/{model}:{}", if stream { "streamRawPredict" } else { "rawPredict" })
+            }
+            _ => gemini::model_path(model, stream),
+        }
+    }
+
+    /// The body sent upstream, from the caller's (with the node's overrides laid over it).
+    pub fn body(self, protocol: Protocol, merged: &Map<String, Value>, model: &str, stream: bool) -> Result<Value, Unsupported> {
+        Ok(match self {
+            Wire::OpenAi => Value::Object(merged.clone()),
+            Wire::ChatToAnthropic => anthropic::chat_request(merged, model, stream)?,
+            Wire::ChatToBedrock => bedrock::converse_request(merged)?,
+            Wire::ChatToGemini => gemini::chat_request(merged)?,
+            Wire::Messages => match protocol {
+                Protocol::Bedrock => bedrock::invoke_anthropic_body(merged),
+                Protocol::Vertex => gemini::vertex_anthropic_body(merged),
+                _ => Value::Object(merged.clone()),
+            },
+            Wire::MessagesToChat => {
+                let mut chat = anthropic::messages_to_chat(merged)?;
+                if stream {
+                    chat.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
+                }
+                Value::Object(chat)
+            }
+            Wire::MessagesVia(inner) => {
+                let chat = anthropic::messages_to_chat(merged)?;
+                match inner {
+                    Inner::Bedrock => bedrock::converse_request(&chat)?,
+                    Inner::Gemini => gemini::chat_request(&chat)?,
+                }
+            }
+        })
+    }
+
+    /// A whole success answer in the caller's protocol, with the provider's usage when it gave
+    /// one; `None` for pass-through OpenAI (read by the usual path).
+    pub fn whole(self, body: &[u8], model: &str) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
+        let encode = |(v, u): (Value, TokenUsage)| (Bytes::from(v.to_string()), Some(u));
+        Ok(match self {
+            Wire::OpenAi => (Bytes::copy_from_slice(body), crate::proxy::meter::usage_of_body(body)),
+            Wire::Messages => (Bytes::copy_from_slice(body), anthropic::messages_usage(body)),
+            Wire::ChatToAnthropic => encode(anthropic::chat_response(body)?),
+            Wire::ChatToBedrock => encode(bedrock::converse_response(body, model)?),
+            Wire::ChatToGemini => encode(gemini::chat_response(body, model)?),
+            Wire::MessagesToChat => encode(anthropic::chat_to_messages_response(body)?),
+            Wire::MessagesVia(inner) => {
+                let (chat, usage) = match inner {
+                    Inner::Bedrock => bedrock::converse_response(body, model)?,
+                    Inner::Gemini => gemini::chat_response(body, model)?,
+                };
+                let (messages, _) = anthropic::chat_to_messages_response(chat.to_string().as_bytes())?;
+                (Bytes::from(messages.to_string()), Some(usage))
+            }
+        })
+    }
+
+    /// The translator of a stream, or `None` for the OpenAI pass-through (its own fast path).
+    pub fn translator(self, model: &str, client_wants_usage: bool) -> Option<Box<dyn StreamTranslator>> {
+        let to_messages = |first: Box<dyn StreamTranslator>| -> Box<dyn StreamTranslator> {
+            Box::new(crate::providers::Chain::new(first, Box::new(anthropic::MessagesStream::new(model))))
+        };
+        Some(match self {
+            Wire::OpenAi => return None,
+            Wire::Messages => Box::new(anthropic::PassStream::new()),
+            Wire::ChatToAnthropic => Box::new(anthropic::ChatStream::new(model, client_wants_usage)),
+            Wire::ChatToBedrock => Box::new(bedrock::ConverseStream::new(model, client_wants_usage)),
+            Wire::ChatToGemini => Box::new(gemini::ChatStream::new(model, client_wants_usage)),
+            Wire::MessagesToChat => Box::new(anthropic::MessagesStream::new(model)),
+            Wire::MessagesVia(Inner::Bedrock) => to_messages(Box::new(bedrock::ConverseStream::new(model, true))),
+            Wire::MessagesVia(Inner::Gemini) => to_messages(Box::new(gemini::ChatStream::new(model, true))),
+        })
+    }
+
+    /// An error answer of the upstream in the caller's protocol: passed through where the
+    /// shapes match, else its message carried into OpenAI's envelope (an Anthropic caller's
+    /// errors are rendered in Anthropic's shape at the front door).
+    pub fn error_body(self, status: u16, body: &[u8]) -> Option<Bytes> {
+        if self.passes_through() || self == Wire::MessagesToChat {
+            return None;
+        }
+        let message = provider_message(body).unwrap_or_else(|| format!("the provider answered {status}"));
+        let kind = match status {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        };
+        let envelope = serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+        Some(Bytes::from(envelope.to_string()))
+    }
+}
+
+/// The message of a provider's error body, in any of the shapes providers use: OpenAI's and
+/// Google's `error.message`, Anthropic's `error.message`, AWS's `message` / `Message`.
+fn provider_message(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let text = v
+        .pointer("/error/message")
+        .or_else(|| v.get("message"))
+        .or_else(|| v.get("Message"))
+        .or_else(|| v.get("error").filter(|e| e.is_string()))?
+        .as_str()?;
+    Some(text.chars().take(2_000).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairings_follow_the_front_door_and_the_model() {
+        use Protocol::*;
+        let of = |e, p, m| Wire::of(e, p, m).unwrap();
+        assert_eq!(of(Endpoint::ChatCompletions, OpenAi, "gpt-4o"), Wire::OpenAi);
+        assert_eq!(of(Endpoint::ChatCompletions, Anthropic, "claude"), Wire::ChatToAnthropic);
+        assert_eq!(of(Endpoint::Messages, Anthropic, "claude"), Wire::Messages);
+        assert_eq!(of(Endpoint::Messages, Bedrock, "anthropic.claude-3-7-sonnet-20250219-v1:0"), Wire::Messages);
+        assert_eq!(of(Endpoint::Messages, Bedrock, "us.anthropic.claude-3-7"), Wire::Messages);
+        assert_eq!(of(Endpoint::Messages, Bedrock, "amazon.nova-pro-v1:0"), Wire::MessagesVia(Inner::Bedrock));
+        assert_eq!(of(Endpoint::Messages, Vertex, "claude-3-7-sonnet@20250219"), Wire::Messages);
+        assert_eq!(of(Endpoint::Messages, Gemini, "gemini-2.0-flash"), Wire::MessagesVia(Inner::Gemini));
+        assert_eq!(of(Endpoint::Messages, Azure, "gpt-4o"), Wire::MessagesToChat);
+        assert_eq!(of(Endpoint::Responses, Azure, "gpt-4o"), Wire::OpenAi);
+        assert!(Wire::of(Endpoint::Responses, Anthropic, "claude").is_err());
+        assert!(Wire::of(Endpoint::Embeddings, Anthropic, "claude").is_err());
+    }
+
+    #[test]
+    fn provider_errors_keep_their_message() {
+        let e = |b: &str| provider_message(b.as_bytes());
+        assert_eq!(e(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#).as_deref(), Some("Overloaded"));
+        assert_eq!(e(r#"{"message":"The security token included in the request is invalid."}"#).as_deref(), Some("The security token included in the request is invalid."));
+        assert_eq!(e(r#"{"error":{"code":429,"message":"Resource exhausted","status":"RESOURCE_EXHAUSTED"}}"#).as_deref(), Some("Resource exhausted"));
+        assert_eq!(e("<html>"), None);
+        let body = Wire::ChatToAnthropic.error_body(529, b"not json").unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["type"], "api_error");
+        assert_eq!(Wire::OpenAi.error_body(500, b"{}"), None);
+    }
+}
