@@ -86,14 +86,19 @@ fn system(v: Option<&Value>) -> Result<Option<Value>, Unsupported> {
                 .iter()
                 .enumerate()
                 .map(|(i, b)| {
-                    b["text"].as_str().filter(|_| b["type"] == "text").ok_or_else(|| {
-                        Unsupported(format!("system[{i}]: only text blocks in system"))
-                    })
+                    b["text"]
+                        .as_str()
+                        .filter(|_| b["type"] == "text")
+                        .ok_or_else(|| {
+                            Unsupported(format!("system[{i}]: only text blocks in system"))
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((!texts.is_empty()).then(|| json!(texts.join("\n"))))
         }
-        Some(_) => Err(Unsupported("system: must be a string or text blocks".into())),
+        Some(_) => Err(Unsupported(
+            "system: must be a string or text blocks".into(),
+        )),
     }
 }
 
@@ -102,7 +107,11 @@ fn system(v: Option<&Value>) -> Result<Option<Value>, Unsupported> {
 fn turn(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), Unsupported> {
     let role = match m["role"].as_str() {
         Some(r @ ("user" | "assistant")) => r,
-        _ => return Err(Unsupported(format!("messages[{i}].role: must be user or assistant"))),
+        _ => {
+            return Err(Unsupported(format!(
+                "messages[{i}].role: must be user or assistant"
+            )))
+        }
     };
     let blocks = match &m["content"] {
         Value::String(s) => {
@@ -110,7 +119,11 @@ fn turn(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), Unsupported> {
             return Ok(());
         }
         Value::Array(blocks) => blocks,
-        _ => return Err(Unsupported(format!("messages[{i}].content: must be a string or blocks"))),
+        _ => {
+            return Err(Unsupported(format!(
+                "messages[{i}].content: must be a string or blocks"
+            )))
+        }
     };
     let mut parts = Vec::new();
     let mut calls = Vec::new();
@@ -155,13 +168,21 @@ fn image(source: &Value, at: &str) -> Result<Value, Unsupported> {
     let url = match source["type"].as_str() {
         Some("base64") => match (source["media_type"].as_str(), source["data"].as_str()) {
             (Some(mt), Some(data)) => format!("data:{mt};base64,{data}"),
-            _ => return Err(Unsupported(format!("{at}.source: media_type and data required"))),
+            _ => {
+                return Err(Unsupported(format!(
+                    "{at}.source: media_type and data required"
+                )))
+            }
         },
         Some("url") => source["url"]
             .as_str()
             .ok_or_else(|| Unsupported(format!("{at}.source.url: missing")))?
             .to_owned(),
-        _ => return Err(Unsupported(format!("{at}.source.type: base64 or url images only"))),
+        _ => {
+            return Err(Unsupported(format!(
+                "{at}.source.type: base64 or url images only"
+            )))
+        }
     };
     Ok(json!({"type": "image_url", "image_url": {"url": url}}))
 }
@@ -187,14 +208,20 @@ fn tool_result(b: &Value, at: &str) -> Result<Value, Unsupported> {
             }
             text.join("\n")
         }
-        _ => return Err(Unsupported(format!("{at}.content: must be a string or blocks"))),
+        _ => {
+            return Err(Unsupported(format!(
+                "{at}.content: must be a string or blocks"
+            )))
+        }
     };
     Ok(json!({"role": "tool", "tool_call_id": id, "content": content}))
 }
 
 fn tool_call(b: &Value, at: &str) -> Result<Value, Unsupported> {
     let (Some(id), Some(name)) = (b["id"].as_str(), b["name"].as_str()) else {
-        return Err(Unsupported(format!("{at}: tool_use needs an id and a name")));
+        return Err(Unsupported(format!(
+            "{at}: tool_use needs an id and a name"
+        )));
     };
     let args = match &b["input"] {
         Value::Null => "{}".to_owned(),
@@ -238,7 +265,11 @@ fn tool_choice(v: &Value, out: &mut Map<String, Value>) -> Result<(), Unsupporte
             Some(name) => json!({"type": "function", "function": {"name": name}}),
             None => return Err(Unsupported("tool_choice.name: missing".into())),
         },
-        _ => return Err(Unsupported("tool_choice.type: auto, any, tool or none".into())),
+        _ => {
+            return Err(Unsupported(
+                "tool_choice.type: auto, any, tool or none".into(),
+            ))
+        }
     };
     out.insert("tool_choice".into(), choice);
     if v["disable_parallel_tool_use"] == json!(true) {
@@ -263,10 +294,18 @@ pub fn chat_to_messages_response(body: &[u8]) -> Result<(Value, Option<TokenUsag
     if let Some(t) = msg["content"].as_str().filter(|t| !t.is_empty()) {
         content.push(json!({"type": "text", "text": t}));
     }
-    for (i, call) in msg["tool_calls"].as_array().into_iter().flatten().enumerate() {
+    for (i, call) in msg["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         content.push(tool_use(call, i)?);
     }
-    let u = chat.get("usage").filter(|u| u.is_object()).map(openai_usage);
+    let u = chat
+        .get("usage")
+        .filter(|u| u.is_object())
+        .map(openai_usage);
     let out = json!({
         "id": message_id(&chat["id"]),
         "type": "message",
@@ -382,7 +421,9 @@ mod tests {
 
     #[test]
     fn tool_choice_forms() {
-        let choice = |c: Value| chat(json!({"messages": [], "tool_choice": c})).map(|o| o["tool_choice"].clone());
+        let choice = |c: Value| {
+            chat(json!({"messages": [], "tool_choice": c})).map(|o| o["tool_choice"].clone())
+        };
         assert_eq!(choice(json!({"type": "auto"})).unwrap(), json!("auto"));
         assert_eq!(choice(json!({"type": "none"})).unwrap(), json!("none"));
         assert_eq!(
@@ -393,26 +434,59 @@ mod tests {
         assert!(choice(json!({"type": "maybe"})).is_err());
         let plain = chat(json!({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f"}]}], "stream": false})).unwrap();
         assert_eq!(plain.get("stream"), None);
-        assert_eq!(plain["messages"][0], json!({"role": "assistant", "content": null,
-            "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}));
+        assert_eq!(
+            plain["messages"][0],
+            json!({"role": "assistant", "content": null,
+            "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+        );
     }
 
     #[test]
     fn refuses_what_openai_format_cannot_carry() {
         let cases = [
-            (json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}), "tools[0]"),
+            (
+                json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+                "tools[0]",
+            ),
             (json!({"mcp_servers": [{"url": "x"}]}), "mcp_servers"),
             (json!({"system": [{"type": "image"}]}), "system[0]"),
             (json!({"system": 5}), "system"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}), "messages[0].content[0].type"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]}), "source.type"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image"}]}]}]}), "only text in tool results"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}), "tool_use_id"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "b"}]}]}), "tool_use blocks"),
-            (json!({"messages": [{"role": "system", "content": "x"}]}), "messages[0].role"),
-            (json!({"messages": [{"role": "robot", "content": [{"type": "text", "text": "x"}]}]}), "messages[0].role"),
-            (json!({"messages": [{"role": "user", "content": 3}]}), "messages[0].content"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]}), "text: missing"),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]}),
+                "source.type",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image"}]}]}]}),
+                "only text in tool results",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}),
+                "tool_use_id",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "b"}]}]}),
+                "tool_use blocks",
+            ),
+            (
+                json!({"messages": [{"role": "system", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"messages": [{"role": "robot", "content": [{"type": "text", "text": "x"}]}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 3}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]}),
+                "text: missing",
+            ),
         ];
         for (extra, expected) in cases {
             let mut body = json!({"messages": []});
@@ -440,8 +514,20 @@ mod tests {
                 "stop_reason": "tool_use", "stop_sequence": null,
                 "usage": {"input_tokens": 40, "output_tokens": 20, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 60}})
         );
-        assert_eq!(u, Some(TokenUsage { prompt: 100, completion: 20, cached: 60, cache_write: 0 }));
-        for (finish, stop) in [("stop", "end_turn"), ("length", "max_tokens"), ("content_filter", "refusal")] {
+        assert_eq!(
+            u,
+            Some(TokenUsage {
+                prompt: 100,
+                completion: 20,
+                cached: 60,
+                cache_write: 0
+            })
+        );
+        for (finish, stop) in [
+            ("stop", "end_turn"),
+            ("length", "max_tokens"),
+            ("content_filter", "refusal"),
+        ] {
             assert_eq!(stop_reason(&json!(finish)), json!(stop));
         }
         let (out, u) = chat_to_messages_response(

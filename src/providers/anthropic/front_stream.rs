@@ -68,31 +68,42 @@ impl MessagesStream {
         let mut u = anthropic_usage(self.usage.unwrap_or_default());
         u["output_tokens"] = json!(0);
         let model = chunk["model"].as_str().unwrap_or(&self.model);
-        out.push(named_frame("message_start", &json!({"type": "message_start", "message": {
+        out.push(named_frame(
+            "message_start",
+            &json!({"type": "message_start", "message": {
             "id": message_id(&chunk["id"]), "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": null, "stop_sequence": null, "usage": u}})));
+            "content": [], "stop_reason": null, "stop_sequence": null, "usage": u}}),
+        ));
     }
 
     fn close(&mut self, out: &mut Vec<Bytes>) {
         if self.open != Open::None {
             let index = self.blocks - 1;
-            out.push(named_frame("content_block_stop",
-                &json!({"type": "content_block_stop", "index": index})));
+            out.push(named_frame(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            ));
             self.open = Open::None;
         }
     }
 
     fn open(&mut self, open: Open, block: Value, out: &mut Vec<Bytes>) {
         self.close(out);
-        out.push(named_frame("content_block_start", &json!({"type": "content_block_start",
-            "index": self.blocks, "content_block": block})));
+        out.push(named_frame(
+            "content_block_start",
+            &json!({"type": "content_block_start",
+            "index": self.blocks, "content_block": block}),
+        ));
         self.blocks += 1;
         self.open = open;
     }
 
     fn delta(&self, delta: Value) -> Bytes {
-        named_frame("content_block_delta", &json!({"type": "content_block_delta",
-            "index": self.blocks.saturating_sub(1), "delta": delta}))
+        named_frame(
+            "content_block_delta",
+            &json!({"type": "content_block_delta",
+            "index": self.blocks.saturating_sub(1), "delta": delta}),
+        )
     }
 
     fn text(&mut self, t: &str, out: &mut Vec<Bytes>) {
@@ -116,13 +127,21 @@ impl MessagesStream {
             }
             let f = &call["function"];
             let (Some(id), Some(name)) = (call["id"].as_str(), f["name"].as_str()) else {
-                return Err(Garbled(format!("tool call {index} begins without an id and name")));
+                return Err(Garbled(format!(
+                    "tool call {index} begins without an id and name"
+                )));
             };
             self.tools_seen.push(index);
-            self.open(Open::Tool(index),
-                json!({"type": "tool_use", "id": id, "name": name, "input": {}}), out);
+            self.open(
+                Open::Tool(index),
+                json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                out,
+            );
         }
-        if let Some(args) = call["function"]["arguments"].as_str().filter(|a| !a.is_empty()) {
+        if let Some(args) = call["function"]["arguments"]
+            .as_str()
+            .filter(|a| !a.is_empty())
+        {
             self.chars += args.chars().count();
             out.push(self.delta(json!({"type": "input_json_delta", "partial_json": args})));
         }
@@ -172,10 +191,16 @@ impl StreamTranslator for MessagesStream {
             Value::Null => json!("end_turn"),
             s => s.clone(),
         };
-        out.push(named_frame("message_delta", &json!({"type": "message_delta",
+        out.push(named_frame(
+            "message_delta",
+            &json!({"type": "message_delta",
             "delta": {"stop_reason": stop, "stop_sequence": null},
-            "usage": anthropic_usage(self.usage.unwrap_or_default())})));
-        out.push(named_frame("message_stop", &json!({"type": "message_stop"})));
+            "usage": anthropic_usage(self.usage.unwrap_or_default())}),
+        ));
+        out.push(named_frame(
+            "message_stop",
+            &json!({"type": "message_stop"}),
+        ));
     }
 
     fn usage(&self) -> Option<TokenUsage> {
@@ -223,14 +248,19 @@ impl StreamTranslator for PassStream {
             "message_delta" => self.observe_usage(&ev["usage"]),
             "content_block_delta" => {
                 let d = &ev["delta"];
-                let text = d["text"].as_str().or(d["partial_json"].as_str()).or(d["thinking"].as_str());
+                let text = d["text"]
+                    .as_str()
+                    .or(d["partial_json"].as_str())
+                    .or(d["thinking"].as_str());
                 self.chars += text.map_or(0, |t| t.chars().count());
             }
             _ => {}
         }
         let name = event.name.unwrap_or(kind);
         if name.contains(['\n', '\r']) {
-            return Err(Garbled("Anthropic stream event name has a line break".into()));
+            return Err(Garbled(
+                "Anthropic stream event name has a line break".into(),
+            ));
         }
         // The data is compact JSON re-serialised on one line only when it had line breaks
         // (JSON's own whitespace): an SSE data line cannot hold them.
@@ -271,10 +301,20 @@ mod tests {
     use super::*;
 
     /// Feeds data-only events (OpenAI's framing) or named ones; returns `(event, data)` pairs.
-    fn run(t: &mut dyn StreamTranslator, events: &[(Option<&str>, String)]) -> Vec<(String, Value)> {
+    fn run(
+        t: &mut dyn StreamTranslator,
+        events: &[(Option<&str>, String)],
+    ) -> Vec<(String, Value)> {
         let mut out = Vec::new();
         for (name, data) in events {
-            t.event(Event { name: *name, data: data.as_bytes() }, &mut out).unwrap();
+            t.event(
+                Event {
+                    name: *name,
+                    data: data.as_bytes(),
+                },
+                &mut out,
+            )
+            .unwrap();
         }
         t.finish(&mut out);
         out.iter().map(|f| parse(f)).collect()
@@ -304,10 +344,22 @@ mod tests {
             chunk(json!({"role": "assistant", "content": ""}), Value::Null),
             chunk(json!({"content": "Hi"}), Value::Null),
             chunk(json!({"content": " there"}), Value::Null),
-            chunk(json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}}]}), Value::Null),
-            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"x\":"}}]}), Value::Null),
-            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}), Value::Null),
-            chunk(json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}), Value::Null),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"x\":"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}),
+                Value::Null,
+            ),
             chunk(json!({}), json!("tool_calls")),
             (None, usage.to_string()),
             (None, "[DONE]".to_owned()),
@@ -315,29 +367,70 @@ mod tests {
         let mut t = MessagesStream::new("gpt-x");
         let frames = run(&mut t, &events);
         let names: Vec<&str> = frames.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, [
-            "message_start",
-            "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
-            "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
-            "content_block_start", "content_block_delta", "content_block_stop",
-            "message_delta", "message_stop",
-        ]);
-        assert_eq!(frames[0].1, json!({"type": "message_start", "message": {"id": "msg_chatcmpl-9",
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(
+            frames[0].1,
+            json!({"type": "message_start", "message": {"id": "msg_chatcmpl-9",
             "type": "message", "role": "assistant", "model": "gpt-x", "content": [], "stop_reason": null,
             "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0,
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}));
-        assert_eq!(frames[1].1, json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}));
-        assert_eq!(frames[2].1, json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}));
-        assert_eq!(frames[4].1, json!({"type": "content_block_stop", "index": 0}));
-        assert_eq!(frames[5].1, json!({"type": "content_block_start", "index": 1,
-            "content_block": {"type": "tool_use", "id": "call_a", "name": "f", "input": {}}}));
-        assert_eq!(frames[6].1, json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"x\":"}}));
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}})
+        );
+        assert_eq!(
+            frames[1].1,
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        );
+        assert_eq!(
+            frames[2].1,
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}})
+        );
+        assert_eq!(
+            frames[4].1,
+            json!({"type": "content_block_stop", "index": 0})
+        );
+        assert_eq!(
+            frames[5].1,
+            json!({"type": "content_block_start", "index": 1,
+            "content_block": {"type": "tool_use", "id": "call_a", "name": "f", "input": {}}})
+        );
+        assert_eq!(
+            frames[6].1,
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"x\":"}})
+        );
         assert_eq!(frames[9].1["content_block"]["id"], "call_b");
         assert_eq!(frames[10].1["index"], 2);
-        assert_eq!(frames[12].1, json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
-            "usage": {"input_tokens": 30, "output_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 20}}));
+        assert_eq!(
+            frames[12].1,
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"input_tokens": 30, "output_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 20}})
+        );
         assert_eq!(frames[13].1, json!({"type": "message_stop"}));
-        assert_eq!(t.usage(), Some(TokenUsage { prompt: 50, completion: 12, cached: 20, cache_write: 0 }));
+        assert_eq!(
+            t.usage(),
+            Some(TokenUsage {
+                prompt: 50,
+                completion: 12,
+                cached: 20,
+                cache_write: 0
+            })
+        );
         assert_eq!(t.chars(), "Hi there{\"x\":1}{}".len());
     }
 
@@ -354,26 +447,71 @@ mod tests {
         let mut t = MessagesStream::new("gpt-x");
         let mut out = Vec::new();
         let err = br#"{"error":{"message":"boom","type":"server_error"}}"#;
-        t.event(Event { name: None, data: err }, &mut out).unwrap();
-        assert_eq!(parse(&out[0]), ("error".into(), json!({"type": "error", "error": {"type": "api_error", "message": "boom"}})));
+        t.event(
+            Event {
+                name: None,
+                data: err,
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            parse(&out[0]),
+            (
+                "error".into(),
+                json!({"type": "error", "error": {"type": "api_error", "message": "boom"}})
+            )
+        );
         for bad in [
             &b"{oops"[..],
             br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}"#,
         ] {
             let mut t = MessagesStream::new("m");
-            assert!(t.event(Event { name: None, data: bad }, &mut Vec::new()).is_err());
+            assert!(t
+                .event(
+                    Event {
+                        name: None,
+                        data: bad
+                    },
+                    &mut Vec::new()
+                )
+                .is_err());
         }
         // A tool call resumed after another began cannot be carried (blocks are sequential).
         let mut t = MessagesStream::new("m");
         let mut out = Vec::new();
         for (_, data) in [
-            chunk(json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f"}}]}), Value::Null),
-            chunk(json!({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g"}}]}), Value::Null),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g"}}]}),
+                Value::Null,
+            ),
         ] {
-            t.event(Event { name: None, data: data.as_bytes() }, &mut out).unwrap();
+            t.event(
+                Event {
+                    name: None,
+                    data: data.as_bytes(),
+                },
+                &mut out,
+            )
+            .unwrap();
         }
-        let (_, back) = chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}), Value::Null);
-        assert!(t.event(Event { name: None, data: back.as_bytes() }, &mut out).is_err());
+        let (_, back) = chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+            Value::Null,
+        );
+        assert!(t
+            .event(
+                Event {
+                    name: None,
+                    data: back.as_bytes()
+                },
+                &mut out
+            )
+            .is_err());
     }
 
     #[test]
@@ -393,16 +531,39 @@ mod tests {
         let mut t = PassStream::new();
         let mut out = Vec::new();
         for (name, data) in &events {
-            t.event(Event { name: *name, data: data.as_bytes() }, &mut out).unwrap();
+            t.event(
+                Event {
+                    name: *name,
+                    data: data.as_bytes(),
+                },
+                &mut out,
+            )
+            .unwrap();
         }
         assert_eq!(out.len(), 6, "message_stop is held back");
         for (frame, (name, data)) in out.iter().zip(&events) {
-            assert_eq!(frame, &format!("event: {}\ndata: {data}\n\n", name.unwrap()));
+            assert_eq!(
+                frame,
+                &format!("event: {}\ndata: {data}\n\n", name.unwrap())
+            );
         }
         let mut tail = Vec::new();
         t.finish(&mut tail);
-        assert_eq!(tail, vec![Bytes::from("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")]);
-        assert_eq!(t.usage(), Some(TokenUsage { prompt: 335, completion: 15, cached: 300, cache_write: 10 }));
+        assert_eq!(
+            tail,
+            vec![Bytes::from(
+                "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+            )]
+        );
+        assert_eq!(
+            t.usage(),
+            Some(TokenUsage {
+                prompt: 335,
+                completion: 15,
+                cached: 300,
+                cache_write: 10
+            })
+        );
         assert_eq!(t.chars(), 5);
         // A truncated stream (no message_stop) ends with nothing from finish.
         let mut t = PassStream::new();
@@ -416,12 +577,34 @@ mod tests {
         let mut out = Vec::new();
         let data = b"{\"type\": \"ping\",\n \"x\": 1}";
         t.event(Event { name: None, data }, &mut out).unwrap();
-        assert_eq!(parse(&out[0]), ("ping".into(), json!({"type": "ping", "x": 1})));
-        assert!(t.event(Event { name: Some("x"), data: b"not json" }, &mut out).is_err());
-        let bad_name = Event { name: Some("a\nb"), data: b"{}" };
+        assert_eq!(
+            parse(&out[0]),
+            ("ping".into(), json!({"type": "ping", "x": 1}))
+        );
+        assert!(t
+            .event(
+                Event {
+                    name: Some("x"),
+                    data: b"not json"
+                },
+                &mut out
+            )
+            .is_err());
+        let bad_name = Event {
+            name: Some("a\nb"),
+            data: b"{}",
+        };
         assert!(t.event(bad_name, &mut out).is_err());
-        let error = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-        t.event(Event { name: Some("error"), data: error }, &mut out).unwrap();
+        let error =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        t.event(
+            Event {
+                name: Some("error"),
+                data: error,
+            },
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(parse(out.last().unwrap()).0, "error");
     }
 }

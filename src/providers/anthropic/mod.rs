@@ -115,11 +115,18 @@ mod tests {
 
     #[test]
     fn usage_sums_the_three_input_counts() {
-        let u = usage(&json!({"input_tokens": 10, "cache_creation_input_tokens": 200,
-            "cache_read_input_tokens": 3000, "output_tokens": 7}));
+        let u = usage(
+            &json!({"input_tokens": 10, "cache_creation_input_tokens": 200,
+            "cache_read_input_tokens": 3000, "output_tokens": 7}),
+        );
         assert_eq!(
             u,
-            TokenUsage { prompt: 3210, completion: 7, cached: 3000, cache_write: 200 }
+            TokenUsage {
+                prompt: 3210,
+                completion: 7,
+                cached: 3000,
+                cache_write: 200
+            }
         );
         assert_eq!(usage(&json!({"input_tokens": "x"})), TokenUsage::default());
         let huge = usage(&json!({"input_tokens": u64::MAX, "cache_read_input_tokens": 5}));
@@ -129,14 +136,18 @@ mod tests {
     #[test]
     fn messages_usage_reads_a_whole_message() {
         let body = br#"{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}"#;
-        assert_eq!(messages_usage(body).map(|u| (u.prompt, u.completion)), Some((3, 4)));
+        assert_eq!(
+            messages_usage(body).map(|u| (u.prompt, u.completion)),
+            Some((3, 4))
+        );
         assert_eq!(messages_usage(b"not json"), None);
         assert_eq!(messages_usage(br#"{"usage":7}"#), None);
     }
 
     #[test]
     fn errors_both_ways() {
-        let body = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let body =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         assert_eq!(
             error_message(body),
             Some(("overloaded_error".into(), "Overloaded".into()))

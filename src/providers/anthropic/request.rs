@@ -103,7 +103,10 @@ fn parameter(
         "logit_bias" => return refuse("Anthropic has no logit bias"),
         "response_format" if value.is_null() || value["type"] == "text" => {}
         "response_format" => return refuse("only {\"type\": \"text\"} on Anthropic"),
-        "modalities" if value.as_array().is_some_and(|m| m.iter().all(|x| x == "text")) => {}
+        "modalities"
+            if value
+                .as_array()
+                .is_some_and(|m| m.iter().all(|x| x == "text")) => {}
         "audio" if value.is_null() => {}
         "audio" | "modalities" => return refuse("Anthropic answers in text only"),
         _ => return refuse("not supported on Anthropic"),
@@ -116,9 +119,10 @@ fn max_tokens(chat: &Map<String, Value>) -> Result<u64, Unsupported> {
         match chat.get(key) {
             None | Some(Value::Null) => {}
             Some(v) => {
-                return v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
-                    Unsupported(format!("{key}: must be a positive integer"))
-                })
+                return v
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| Unsupported(format!("{key}: must be a positive integer")))
             }
         }
     }
@@ -182,19 +186,23 @@ fn tool_choice(chat: &Map<String, Value>) -> Result<Option<Value>, Unsupported> 
     if !has_tools {
         return Ok(None);
     }
-    let mut choice = match chat.get("tool_choice").unwrap_or(&Value::Null) {
-        Value::Null => json!({"type": "auto"}),
-        Value::String(s) => match s.as_str() {
-            "auto" => json!({"type": "auto"}),
-            "none" => json!({"type": "none"}),
-            "required" => json!({"type": "any"}),
-            _ => return Err(Unsupported(format!("tool_choice: unknown value {s:?}"))),
-        },
-        v => match v["function"]["name"].as_str() {
-            Some(name) if v["type"] == "function" => json!({"type": "tool", "name": name}),
-            _ => return Err(Unsupported("tool_choice: expected {\"type\": \"function\", \"function\": {\"name\": ...}}".into())),
-        },
-    };
+    let mut choice =
+        match chat.get("tool_choice").unwrap_or(&Value::Null) {
+            Value::Null => json!({"type": "auto"}),
+            Value::String(s) => match s.as_str() {
+                "auto" => json!({"type": "auto"}),
+                "none" => json!({"type": "none"}),
+                "required" => json!({"type": "any"}),
+                _ => return Err(Unsupported(format!("tool_choice: unknown value {s:?}"))),
+            },
+            v => match v["function"]["name"].as_str() {
+                Some(name) if v["type"] == "function" => json!({"type": "tool", "name": name}),
+                _ => return Err(Unsupported(
+                    "tool_choice: expected {\"type\": \"function\", \"function\": {\"name\": ...}}"
+                        .into(),
+                )),
+            },
+        };
     if chat.get("parallel_tool_calls") == Some(&json!(false)) && choice["type"] != "none" {
         choice["disable_parallel_tool_use"] = json!(true);
     }
@@ -216,10 +224,18 @@ fn messages(chat: &Map<String, Value>) -> Result<(Vec<Value>, Vec<Value>), Unsup
                 system.extend(content_blocks(&m["content"], &at(".content"), false)?);
                 continue;
             }
-            Some("user") => ("user", content_blocks(&m["content"], &at(".content"), true)?),
+            Some("user") => (
+                "user",
+                content_blocks(&m["content"], &at(".content"), true)?,
+            ),
             Some("assistant") => ("assistant", assistant_blocks(m, &at)?),
             Some("tool") => ("user", vec![tool_result(m, &at)?]),
-            Some(r) => return Err(Unsupported(format!("{}: role {r:?} is not supported on Anthropic", at(".role")))),
+            Some(r) => {
+                return Err(Unsupported(format!(
+                    "{}: role {r:?} is not supported on Anthropic",
+                    at(".role")
+                )))
+            }
             None => return Err(Unsupported(format!("{}: missing", at(".role")))),
         };
         match turns.last_mut() {
@@ -270,7 +286,9 @@ fn content_blocks(content: &Value, at: &str, images: bool) -> Result<Vec<Value>,
             }
             Ok(out)
         }
-        _ => Err(Unsupported(format!("{at}: must be a string or a list of parts"))),
+        _ => Err(Unsupported(format!(
+            "{at}: must be a string or a list of parts"
+        ))),
     }
 }
 
@@ -300,7 +318,12 @@ fn assistant_blocks(m: &Value, at: &dyn Fn(&str) -> String) -> Result<Vec<Value>
     let calls = match &m["tool_calls"] {
         Value::Null => return Ok(blocks),
         Value::Array(calls) => calls,
-        _ => return Err(Unsupported(format!("{}: must be a list", at(".tool_calls")))),
+        _ => {
+            return Err(Unsupported(format!(
+                "{}: must be a list",
+                at(".tool_calls")
+            )))
+        }
     };
     for (j, call) in calls.iter().enumerate() {
         let at = |f: &str| at(&format!(".tool_calls[{j}]{f}"));
@@ -426,7 +449,8 @@ mod tests {
     fn tool_choice_forms() {
         let tools = json!([{"type": "function", "function": {"name": "f"}}]);
         let choice = |c: Value| {
-            req(json!({"messages": [], "tools": tools, "tool_choice": c})).map(|o| o["tool_choice"].clone())
+            req(json!({"messages": [], "tools": tools, "tool_choice": c}))
+                .map(|o| o["tool_choice"].clone())
         };
         assert_eq!(choice(json!("auto")).unwrap(), json!({"type": "auto"}));
         assert_eq!(choice(json!("none")).unwrap(), json!({"type": "none"}));
@@ -439,9 +463,16 @@ mod tests {
         // No tools: no tool_choice (Anthropic refuses one alone); default input schema.
         let out = req(json!({"messages": [], "tool_choice": "auto"})).unwrap();
         assert!(out.get("tool_choice").is_none());
-        let out = req(json!({"messages": [], "tools": tools, "parallel_tool_calls": false})).unwrap();
-        assert_eq!(out["tool_choice"], json!({"type": "auto", "disable_parallel_tool_use": true}));
-        assert_eq!(out["tools"][0]["input_schema"], json!({"type": "object", "properties": {}}));
+        let out =
+            req(json!({"messages": [], "tools": tools, "parallel_tool_calls": false})).unwrap();
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+        assert_eq!(
+            out["tools"][0]["input_schema"],
+            json!({"type": "object", "properties": {}})
+        );
     }
 
     #[test]
@@ -450,8 +481,14 @@ mod tests {
             (json!({"n": 2}), "n:"),
             (json!({"logprobs": true}), "logprobs:"),
             (json!({"top_logprobs": 3}), "top_logprobs:"),
-            (json!({"response_format": {"type": "json_schema", "json_schema": {}}}), "response_format:"),
-            (json!({"response_format": {"type": "json_object"}}), "response_format:"),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
+                "response_format:",
+            ),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format:",
+            ),
             (json!({"audio": {"voice": "x"}}), "audio:"),
             (json!({"modalities": ["text", "audio"]}), "modalities:"),
             (json!({"presence_penalty": 0.5}), "presence_penalty:"),
@@ -462,17 +499,47 @@ mod tests {
             (json!({"max_tokens": "5"}), "max_tokens:"),
             (json!({"temperature": "hot"}), "temperature:"),
             (json!({"stop": 5}), "stop:"),
-            (json!({"tools": [{"type": "code_interpreter"}]}), "tools[0].type"),
-            (json!({"messages": [{"role": "function", "content": "x"}]}), "messages[0].role"),
+            (
+                json!({"tools": [{"type": "code_interpreter"}]}),
+                "tools[0].type",
+            ),
+            (
+                json!({"messages": [{"role": "function", "content": "x"}]}),
+                "messages[0].role",
+            ),
             (json!({"messages": [{"content": "x"}]}), "messages[0].role"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}), "messages[0].content[0].type"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}), "image_url.url"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,abc"}}]}]}), "base64"),
-            (json!({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "https://x"}}]}]}), "messages[0].content[0].type"),
-            (json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "[1]"}}]}]}), "messages[0].tool_calls[0].function.arguments"),
-            (json!({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]}), "messages[0].tool_calls[0].id"),
-            (json!({"messages": [{"role": "tool", "content": "x"}]}), "messages[0].tool_call_id"),
-            (json!({"messages": [{"role": "user", "content": 5}]}), "messages[0].content"),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}),
+                "image_url.url",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,abc"}}]}]}),
+                "base64",
+            ),
+            (
+                json!({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "https://x"}}]}]}),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "[1]"}}]}]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]}),
+                "messages[0].tool_calls[0].id",
+            ),
+            (
+                json!({"messages": [{"role": "tool", "content": "x"}]}),
+                "messages[0].tool_call_id",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages[0].content",
+            ),
         ];
         for (extra, expected) in cases {
             let mut body = json!({"messages": []});
@@ -482,7 +549,10 @@ mod tests {
             let err = req(body).unwrap_err();
             assert!(err.0.contains(expected), "{err} should name {expected}");
         }
-        assert!(chat_request(&Map::new(), "m", false).unwrap_err().0.contains("messages"));
+        assert!(chat_request(&Map::new(), "m", false)
+            .unwrap_err()
+            .0
+            .contains("messages"));
         // Harmless defaults pass.
         let ok = json!({"messages": [], "n": null, "logprobs": false, "presence_penalty": 0,
             "response_format": {"type": "text"}, "modalities": ["text"], "seed": 3, "store": false,

@@ -100,7 +100,10 @@ mod tests {
             "usage": {"input_tokens": 10, "cache_creation_input_tokens": 20, "cache_read_input_tokens": 30, "output_tokens": 5}});
         let (out, u) = chat_response(body.to_string().as_bytes()).unwrap();
         let u = u.unwrap();
-        assert_eq!((u.prompt, u.cached, u.cache_write, u.completion), (60, 30, 20, 5));
+        assert_eq!(
+            (u.prompt, u.cached, u.cache_write, u.completion),
+            (60, 30, 20, 5)
+        );
         assert_eq!(out["id"], "msg_01");
         assert_eq!(out["object"], "chat.completion");
         assert_eq!(out["model"], "claude-x");
@@ -149,7 +152,11 @@ mod tests {
             br#"{"content":[{"type":"tool_use","name":"f"}]}"#,
             br#"[1,2]"#,
         ] {
-            assert!(chat_response(body).is_err(), "{}", String::from_utf8_lossy(body));
+            assert!(
+                chat_response(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

@@ -172,7 +172,9 @@ impl StreamTranslator for ChatStream {
                 let e = &ev["error"];
                 let message = e["message"].as_str().unwrap_or("upstream stream error");
                 let kind = e["type"].as_str().unwrap_or("api_error");
-                out.push(data_frame(&json!({"error": {"message": message, "type": kind}})));
+                out.push(data_frame(
+                    &json!({"error": {"message": message, "type": kind}}),
+                ));
             }
             // content_block_stop, message_stop, ping and events added after this was written.
             _ => {}
@@ -182,9 +184,11 @@ impl StreamTranslator for ChatStream {
 
     fn finish(&mut self, out: &mut Vec<Bytes>) {
         if let (true, Some(u)) = (self.client_wants_usage, self.usage()) {
-            out.push(data_frame(&json!({"id": self.id, "object": "chat.completion.chunk",
+            out.push(data_frame(
+                &json!({"id": self.id, "object": "chat.completion.chunk",
                 "created": self.created, "model": self.model, "choices": [],
-                "usage": openai_usage(u)})));
+                "usage": openai_usage(u)}),
+            ));
         }
         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
     }
@@ -207,8 +211,14 @@ mod tests {
         let mut out = Vec::new();
         for (name, data) in events {
             let data = data.to_string();
-            t.event(Event { name: Some(name), data: data.as_bytes() }, &mut out)
-                .unwrap();
+            t.event(
+                Event {
+                    name: Some(name),
+                    data: data.as_bytes(),
+                },
+                &mut out,
+            )
+            .unwrap();
         }
         t.finish(&mut out);
         out.iter()
@@ -223,22 +233,55 @@ mod tests {
     /// The tool-use stream of Anthropic's streaming documentation (abridged).
     fn tool_stream() -> Vec<(&'static str, Value)> {
         vec![
-            ("message_start", json!({"type": "message_start", "message": {"id": "msg_014p7gG3wDgGV9EUtLvnow3U",
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_014p7gG3wDgGV9EUtLvnow3U",
                 "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "stop_sequence": null,
                 "usage": {"input_tokens": 472, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 1000, "output_tokens": 2},
-                "content": [], "stop_reason": null}})),
-            ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+                "content": [], "stop_reason": null}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
             ("ping", json!({"type": "ping"})),
-            ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Okay"}})),
-            ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ", let's check"}})),
-            ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
-            ("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use",
-                "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather", "input": {}}})),
-            ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}})),
-            ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"location\":"}})),
-            ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": " \"San Francisco, CA\"}"}})),
-            ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
-            ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 89}})),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Okay"}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ", let's check"}}),
+            ),
+            (
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use",
+                "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather", "input": {}}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"location\":"}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": " \"San Francisco, CA\"}"}}),
+            ),
+            (
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 1}),
+            ),
+            (
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 89}}),
+            ),
             ("message_stop", json!({"type": "message_stop"})),
         ]
     }
@@ -247,7 +290,10 @@ mod tests {
     fn text_then_a_tool_call() {
         let mut t = ChatStream::new("claude-x", true);
         let frames = run(&mut t, &tool_stream());
-        let deltas: Vec<_> = frames.iter().map(|f| f["choices"][0]["delta"].clone()).collect();
+        let deltas: Vec<_> = frames
+            .iter()
+            .map(|f| f["choices"][0]["delta"].clone())
+            .collect();
         assert_eq!(frames[0]["id"], "msg_014p7gG3wDgGV9EUtLvnow3U");
         assert_eq!(frames[0]["object"], "chat.completion.chunk");
         assert_eq!(frames[0]["model"], "claude-sonnet-4-5");
@@ -259,8 +305,14 @@ mod tests {
             json!({"tool_calls": [{"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function",
                 "function": {"name": "get_weather", "arguments": ""}}]})
         );
-        assert_eq!(deltas[4], json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"location\":"}}]}));
-        assert_eq!(deltas[5], json!({"tool_calls": [{"index": 0, "function": {"arguments": " \"San Francisco, CA\"}"}}]}));
+        assert_eq!(
+            deltas[4],
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"location\":"}}]})
+        );
+        assert_eq!(
+            deltas[5],
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": " \"San Francisco, CA\"}"}}]})
+        );
         assert_eq!(frames[6]["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(frames[7]["choices"], json!([]));
         assert_eq!(
@@ -272,9 +324,17 @@ mod tests {
         assert_eq!(frames.len(), 9);
         assert_eq!(
             t.usage(),
-            Some(TokenUsage { prompt: 1572, completion: 89, cached: 1000, cache_write: 100 })
+            Some(TokenUsage {
+                prompt: 1572,
+                completion: 89,
+                cached: 1000,
+                cache_write: 100
+            })
         );
-        assert_eq!(t.chars(), "Okay, let's check{\"location\": \"San Francisco, CA\"}".len());
+        assert_eq!(
+            t.chars(),
+            "Okay, let's check{\"location\": \"San Francisco, CA\"}".len()
+        );
     }
 
     #[test]
@@ -285,21 +345,45 @@ mod tests {
         let frames = run(&mut t, &events);
         assert!(frames.iter().all(|f| f.get("usage").is_none()));
         assert_eq!(frames.last().unwrap(), &json!("[DONE]"));
-        assert_eq!(t.usage().map(|u| (u.prompt, u.completion)), Some((1600, 90)));
+        assert_eq!(
+            t.usage().map(|u| (u.prompt, u.completion)),
+            Some((1600, 90))
+        );
     }
 
     #[test]
     fn error_event_and_unknown_events() {
         let mut t = ChatStream::new("claude-x", true);
-        let frames = run(&mut t, &[
-            ("message_start", json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 3}}})),
-            ("future_event", json!({"type": "future_event"})),
-            ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}})),
-            ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "abc"}})),
-            ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "zz"}})),
-            ("error", json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
-        ]);
-        assert_eq!(frames[1], json!({"error": {"message": "Overloaded", "type": "overloaded_error"}}));
+        let frames = run(
+            &mut t,
+            &[
+                (
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 3}}}),
+                ),
+                ("future_event", json!({"type": "future_event"})),
+                (
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+                ),
+                (
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "abc"}}),
+                ),
+                (
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "zz"}}),
+                ),
+                (
+                    "error",
+                    json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+                ),
+            ],
+        );
+        assert_eq!(
+            frames[1],
+            json!({"error": {"message": "Overloaded", "type": "overloaded_error"}})
+        );
         assert_eq!(frames[2]["usage"]["prompt_tokens"], 3);
         assert_eq!(t.chars(), 3);
     }
