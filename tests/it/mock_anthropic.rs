@@ -94,18 +94,21 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// An error answer: status, Anthropic error type, message.
+type Refusal = (StatusCode, &'static str, &'static str);
+
 /// Records the request; the error answer when its headers or body break the protocol.
-fn check(seen: &Seen, headers: &HeaderMap, body: &[u8], messages: bool) -> Result<Value, Response> {
+fn check(seen: &Seen, headers: &HeaderMap, body: &[u8], messages: bool) -> Result<Value, Refusal> {
     seen.headers.lock().push(headers.clone());
     if headers.get("x-api-key").is_none_or(|k| k.is_empty()) {
-        return Err(error(
+        return Err((
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "x-api-key header is required",
         ));
     }
     if headers.get("anthropic-version").is_none() {
-        return Err(error(
+        return Err((
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "anthropic-version: header is required",
@@ -113,7 +116,7 @@ fn check(seen: &Seen, headers: &HeaderMap, body: &[u8], messages: bool) -> Resul
     }
     seen.requests.fetch_add(1, Ordering::SeqCst);
     let Ok(body) = serde_json::from_slice::<Value>(body) else {
-        return Err(error(
+        return Err((
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "body is not JSON",
@@ -130,7 +133,7 @@ fn check(seen: &Seen, headers: &HeaderMap, body: &[u8], messages: bool) -> Resul
         None
     };
     match missing {
-        Some(m) => Err(error(StatusCode::BAD_REQUEST, "invalid_request_error", m)),
+        Some(m) => Err((StatusCode::BAD_REQUEST, "invalid_request_error", m)),
         None => Ok(body),
     }
 }
@@ -170,7 +173,7 @@ async fn messages(
 ) -> Response {
     let body = match check(&seen, &headers, &body, true) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err((status, kind, message)) => return error(status, kind, message),
     };
     let model = body["model"].as_str().unwrap_or("").to_owned();
     if let Some(r) = failure(&model) {
@@ -315,7 +318,7 @@ async fn count_tokens(
 ) -> Response {
     match check(&seen, &headers, &body, false) {
         Ok(_) => Json(json!({"input_tokens": COUNT_TOKENS})).into_response(),
-        Err(r) => r,
+        Err((status, kind, message)) => error(status, kind, message),
     }
 }
 

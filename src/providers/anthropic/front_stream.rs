@@ -11,7 +11,10 @@
 //!   of the message only once the data plane has made the attempt's usage durable (the same
 //!   promise `data: [DONE]` keeps for OpenAI callers).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::front::{anthropic_usage, message_id, openai_usage, stop_reason};
@@ -212,6 +215,36 @@ impl StreamTranslator for MessagesStream {
     }
 }
 
+/// What [`PassStream`] reads of an event; the rest is skipped (though still checked to be
+/// JSON), so forwarding a delta costs one scan and no tree.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    message: Option<ProbeMessage>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(borrow, default)]
+    delta: Option<ProbeDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ProbeMessage {
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ProbeDelta<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+}
+
 /// Passes an Anthropic stream through unchanged (re-framed), observing its usage and text.
 #[derive(Default)]
 pub struct PassStream {
@@ -240,19 +273,29 @@ impl PassStream {
 
 impl StreamTranslator for PassStream {
     fn event(&mut self, event: Event<'_>, out: &mut Vec<Bytes>) -> Result<(), Garbled> {
-        let ev: Value = serde_json::from_slice(event.data)
-            .map_err(|e| Garbled(format!("Anthropic stream event is not JSON: {e}")))?;
-        let kind = ev["type"].as_str().or(event.name).unwrap_or("");
+        let ev: Probe<'_> = serde_json::from_slice(event.data)
+            .map_err(|e| Garbled(format!("Anthropic stream event is not in protocol: {e}")))?;
+        let kind = ev.kind.as_deref().or(event.name).unwrap_or("");
         match kind {
-            "message_start" => self.observe_usage(&ev["message"]["usage"]),
-            "message_delta" => self.observe_usage(&ev["usage"]),
+            "message_start" => {
+                if let Some(u) = ev.message.and_then(|m| m.usage) {
+                    self.observe_usage(&u);
+                }
+            }
+            "message_delta" => {
+                if let Some(u) = &ev.usage {
+                    self.observe_usage(u);
+                }
+            }
             "content_block_delta" => {
-                let d = &ev["delta"];
-                let text = d["text"]
-                    .as_str()
-                    .or(d["partial_json"].as_str())
-                    .or(d["thinking"].as_str());
-                self.chars += text.map_or(0, |t| t.chars().count());
+                if let Some(d) = &ev.delta {
+                    let text = d
+                        .text
+                        .as_ref()
+                        .or(d.partial_json.as_ref())
+                        .or(d.thinking.as_ref());
+                    self.chars += text.map_or(0, |t| t.chars().count());
+                }
             }
             _ => {}
         }
@@ -265,7 +308,9 @@ impl StreamTranslator for PassStream {
         // The data is compact JSON re-serialised on one line only when it had line breaks
         // (JSON's own whitespace): an SSE data line cannot hold them.
         let frame = if event.data.contains(&b'\n') || event.data.contains(&b'\r') {
-            named_frame(name, &ev)
+            let v: Value = serde_json::from_slice(event.data)
+                .map_err(|e| Garbled(format!("Anthropic stream event is not JSON: {e}")))?;
+            named_frame(name, &v)
         } else {
             let mut f = Vec::with_capacity(event.data.len() + name.len() + 16);
             f.extend_from_slice(b"event: ");

@@ -38,6 +38,12 @@ pub const VERSION: &str = "2023-06-01";
 /// 4,096 is the largest output every Claude model accepts, the oldest included.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
+/// The headers that authenticate a request to Anthropic (`x-api-key`) and choose the API
+/// version; the caller's `anthropic-beta`, if any, is passed on beside them.
+pub fn request_headers(api_key: &str) -> [(&'static str, &str); 2] {
+    [("x-api-key", api_key), ("anthropic-version", VERSION)]
+}
+
 /// The gateway's usage from an Anthropic `usage` object: the prompt is fresh input plus cache
 /// writes plus cache reads; missing or non-numeric counts are 0, sums saturate.
 pub fn usage(u: &Value) -> TokenUsage {
@@ -112,6 +118,17 @@ fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            request_headers("sk-ant-1"),
+            [
+                ("x-api-key", "sk-ant-1"),
+                ("anthropic-version", "2023-06-01")
+            ]
+        );
+    }
 
     #[test]
     fn usage_sums_the_three_input_counts() {

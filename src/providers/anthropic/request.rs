@@ -239,6 +239,8 @@ fn messages(chat: &Map<String, Value>) -> Result<(Vec<Value>, Vec<Value>), Unsup
             None => return Err(Unsupported(format!("{}: missing", at(".role")))),
         };
         match turns.last_mut() {
+            // Anthropic refuses a turn without content; such a turn says nothing, so it goes.
+            _ if blocks.is_empty() => {}
             Some((last, prior)) if *last == role => prior.extend(blocks),
             _ => turns.push((role, blocks)),
         }
@@ -564,11 +566,13 @@ mod tests {
     fn empty_text_is_left_out() {
         let out = req(json!({"messages": [{"role": "user", "content": ""},
             {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "x"}]},
+            {"role": "assistant", "content": null},
+            {"role": "user", "content": "y"},
             {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}]}))
         .unwrap();
         assert_eq!(
             out["messages"],
-            json!([{"role": "user", "content": [{"type": "text", "text": "x"}]},
+            json!([{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "no"}]}])
         );
     }
