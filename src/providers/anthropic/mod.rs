@@ -192,4 +192,125 @@ mod tests {
             assert_eq!(error_type_for_status(status), kind, "{status}");
         }
     }
+
+    mod hostile {
+        //! Any JSON built from the protocols' own words, fed to every entry point: an answer or
+        //! an error, never a panic.
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        use super::super::*;
+        use crate::providers::{Event, StreamTranslator};
+
+        const WORDS: &[&str] = &[
+            "type",
+            "role",
+            "content",
+            "messages",
+            "text",
+            "tool_calls",
+            "function",
+            "name",
+            "arguments",
+            "id",
+            "index",
+            "delta",
+            "usage",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "message",
+            "content_block",
+            "partial_json",
+            "tools",
+            "tool_choice",
+            "image_url",
+            "url",
+            "source",
+            "stop",
+            "choices",
+            "finish_reason",
+            "tool_use_id",
+            "tool_call_id",
+            "system",
+            "input",
+            "user",
+            "assistant",
+            "tool",
+            "tool_use",
+            "tool_result",
+            "image",
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "text_delta",
+            "input_json_delta",
+            "message_delta",
+            "error",
+            "base64",
+            "data:image/png;base64,AA",
+            "https://x",
+            "{",
+            "",
+        ];
+
+        fn word() -> impl Strategy<Value = String> {
+            prop::sample::select(WORDS).prop_map(str::to_owned)
+        }
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                (0u64..5).prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                word().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(5, 96, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::vec((word(), inner), 0..7)
+                        .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+                ]
+            })
+        }
+
+        fn stream_all(events: &[Value]) {
+            let mut translators: Vec<Box<dyn StreamTranslator>> = vec![
+                Box::new(ChatStream::new("m", true)),
+                Box::new(MessagesStream::new("m")),
+                Box::new(PassStream::new()),
+            ];
+            for t in &mut translators {
+                let mut out = Vec::new();
+                for e in events {
+                    let data = e.to_string();
+                    let _ = t.event(
+                        Event {
+                            name: None,
+                            data: data.as_bytes(),
+                        },
+                        &mut out,
+                    );
+                }
+                t.finish(&mut out);
+                let _ = (t.usage(), t.chars());
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn nothing_panics(v in json(), events in prop::collection::vec(json(), 0..12)) {
+                let bytes = v.to_string();
+                let _ = chat_response(bytes.as_bytes());
+                let _ = chat_to_messages_response(bytes.as_bytes());
+                let _ = (messages_usage(bytes.as_bytes()), error_message(bytes.as_bytes()), usage(&v));
+                if let Some(m) = v.as_object() {
+                    let _ = chat_request(m, "m", true);
+                    let _ = messages_to_chat(m);
+                }
+                stream_all(&events);
+            }
+        }
+    }
 }
