@@ -81,11 +81,13 @@ pub fn error_body(kind: &str, message: &str) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}})
 }
 
-/// Anthropic's error `type` for an HTTP status (its documented table; other 4xx are
-/// `invalid_request_error`, other 5xx `api_error`).
+/// Anthropic's error `type` for an HTTP status (its documented table, with the newer 402
+/// `billing_error` and 504 `timeout_error`; other 4xx are `invalid_request_error`, as
+/// Anthropic's errors page says, other 5xx `api_error`).
 pub fn error_type_for_status(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
+        402 => "billing_error",
         403 => "permission_error",
         404 => "not_found_error",
         413 => "request_too_large",

@@ -91,27 +91,37 @@ fn parameter(
                 }
             }
         }
-        "n" if value.is_null() || value.as_u64() == Some(1) => {}
-        "n" => return refuse("Anthropic returns one choice only (n must be 1)"),
-        "logprobs" if value.is_null() || value == &json!(false) => {}
-        "top_logprobs" if value.is_null() => {}
-        "logprobs" | "top_logprobs" => return refuse("Anthropic returns no log probabilities"),
-        "presence_penalty" | "frequency_penalty"
-            if value.is_null() || value.as_f64() == Some(0.0) => {}
-        "presence_penalty" | "frequency_penalty" => return refuse("Anthropic has no penalties"),
-        "logit_bias" if value.is_null() || value.as_object().is_some_and(Map::is_empty) => {}
-        "logit_bias" => return refuse("Anthropic has no logit bias"),
-        "response_format" if value.is_null() || value["type"] == "text" => {}
-        "response_format" => return refuse("only {\"type\": \"text\"} on Anthropic"),
-        "modalities"
-            if value
-                .as_array()
-                .is_some_and(|m| m.iter().all(|x| x == "text")) => {}
-        "audio" if value.is_null() => {}
-        "audio" | "modalities" => return refuse("Anthropic answers in text only"),
-        _ => return refuse("not supported on Anthropic"),
+        _ => without_equivalent(key, value)?,
     }
     Ok(())
+}
+
+/// A parameter Anthropic has no equivalent for: fine at its neutral value (what OpenAI SDKs
+/// send by default), refused otherwise.
+fn without_equivalent(key: &str, value: &Value) -> Result<(), Unsupported> {
+    let neutral = value.is_null()
+        || match key {
+            "n" => value.as_u64() == Some(1),
+            "logprobs" => value == &json!(false),
+            "presence_penalty" | "frequency_penalty" => value.as_f64() == Some(0.0),
+            "logit_bias" => value.as_object().is_some_and(Map::is_empty),
+            "response_format" => value["type"] == "text",
+            "modalities" => value
+                .as_array()
+                .is_some_and(|m| m.iter().all(|x| x == "text")),
+            _ => false,
+        };
+    let why = match key {
+        _ if neutral => return Ok(()),
+        "n" => "Anthropic returns one choice only (n must be 1)",
+        "logprobs" | "top_logprobs" => "Anthropic returns no log probabilities",
+        "presence_penalty" | "frequency_penalty" => "Anthropic has no penalties",
+        "logit_bias" => "Anthropic has no logit bias",
+        "response_format" => "only {\"type\": \"text\"} on Anthropic",
+        "audio" | "modalities" => "Anthropic answers in text only",
+        _ => "not supported on Anthropic",
+    };
+    Err(Unsupported(format!("{key}: {why}")))
 }
 
 fn max_tokens(chat: &Map<String, Value>) -> Result<u64, Unsupported> {
