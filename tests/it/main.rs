@@ -16,6 +16,7 @@ mod harness;
 mod http;
 mod logs;
 mod mock;
+mod mock_gemini;
 mod process;
 mod sdk;
 mod security;

@@ -41,7 +41,9 @@ pub fn embed_request(
             key.as_str(),
             "input" | "model" | "dimensions" | "encoding_format" | "user"
         ) {
-            return Err(Unsupported(format!("{key} is not supported by Gemini embeddings")));
+            return Err(Unsupported(format!(
+                "{key} is not supported by Gemini embeddings"
+            )));
         }
     }
     match req.get("encoding_format") {
@@ -51,9 +53,11 @@ pub fn embed_request(
     }
     let dims = match req.get("dimensions") {
         None | Some(Value::Null) => None,
-        Some(d) => Some(d.as_u64().filter(|d| *d > 0).ok_or_else(|| {
-            Unsupported("dimensions must be a positive integer".into())
-        })?),
+        Some(d) => Some(
+            d.as_u64()
+                .filter(|d| *d > 0)
+                .ok_or_else(|| Unsupported("dimensions must be a positive integer".into()))?,
+        ),
     };
     let (texts, single) = match req.get("input") {
         Some(Value::String(s)) => (vec![s.as_str()], true),
@@ -85,7 +89,9 @@ pub fn embed_request(
     Ok(match api {
         EmbedApi::Gemini if single => EmbedRequest {
             path: format!("/models/{seg}:embedContent"),
-            body: with_dims(json!({ "model": format!("models/{model}"), "content": content(texts[0]) })),
+            body: with_dims(
+                json!({ "model": format!("models/{model}"), "content": content(texts[0]) }),
+            ),
         },
         EmbedApi::Gemini => EmbedRequest {
             path: format!("/models/{seg}:batchEmbedContents"),
@@ -116,8 +122,11 @@ pub fn embed_response(
     model: &str,
     base64: bool,
 ) -> Result<(Value, Option<TokenUsage>), Garbled> {
-    let resp: Value = serde_json::from_slice(body)
-        .map_err(|e| Garbled(format!("Gemini answered with something that is not JSON: {e}")))?;
+    let resp: Value = serde_json::from_slice(body).map_err(|e| {
+        Garbled(format!(
+            "Gemini answered with something that is not JSON: {e}"
+        ))
+    })?;
     let mut tokens: Option<u64> = resp
         .get("usageMetadata")
         .and_then(|m| m.get("promptTokenCount"))
@@ -126,7 +135,10 @@ pub fn embed_response(
         vec![e.get("values").ok_or_else(|| garbled("embedding.values"))?]
     } else if let Some(Value::Array(list)) = resp.get("embeddings") {
         list.iter()
-            .map(|e| e.get("values").ok_or_else(|| garbled("embeddings[].values")))
+            .map(|e| {
+                e.get("values")
+                    .ok_or_else(|| garbled("embeddings[].values"))
+            })
             .collect::<Result<_, _>>()?
     } else if let Some(Value::Array(preds)) = resp.get("predictions") {
         let mut sum = Some(0u64);
@@ -135,7 +147,10 @@ pub fn embed_response(
             let e = p
                 .get("embeddings")
                 .ok_or_else(|| garbled("predictions[].embeddings"))?;
-            out.push(e.get("values").ok_or_else(|| garbled("predictions[].embeddings.values"))?);
+            out.push(
+                e.get("values")
+                    .ok_or_else(|| garbled("predictions[].embeddings.values"))?,
+            );
             let count = e
                 .get("statistics")
                 .and_then(|s| s.get("token_count"))
@@ -152,7 +167,9 @@ pub fn embed_response(
     let data = vectors
         .iter()
         .enumerate()
-        .map(|(i, v)| Ok(json!({ "object": "embedding", "index": i, "embedding": encode(v, base64)? })))
+        .map(|(i, v)| {
+            Ok(json!({ "object": "embedding", "index": i, "embedding": encode(v, base64)? }))
+        })
         .collect::<Result<Vec<_>, Garbled>>()?;
     let mut out = json!({ "object": "list", "data": data, "model": model });
     if let Some(t) = tokens {
@@ -183,7 +200,9 @@ fn encode(values: &Value, base64: bool) -> Result<Value, Garbled> {
         .iter()
         .flat_map(|v| (v.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
         .collect();
-    Ok(json!(base64::engine::general_purpose::STANDARD.encode(bytes)))
+    Ok(json!(
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
 }
 
 #[cfg(test)]
@@ -239,7 +258,10 @@ mod tests {
             (json!({"input": [[1, 2]]}), "text only"),
             (json!({"input": []}), "input"),
             (json!({"input": "x", "dimensions": 0}), "dimensions"),
-            (json!({"input": "x", "encoding_format": "int8"}), "encoding_format"),
+            (
+                json!({"input": "x", "encoding_format": "int8"}),
+                "encoding_format",
+            ),
             (json!({"input": "x", "input_type": "query"}), "input_type"),
         ] {
             let e = embed_request(&req(body), "m", EmbedApi::Gemini).unwrap_err();
@@ -249,7 +271,8 @@ mod tests {
 
     #[test]
     fn answers() {
-        let (v, u) = embed_response(br#"{"embedding": {"values": [0.5, -1]}}"#, "m", false).unwrap();
+        let (v, u) =
+            embed_response(br#"{"embedding": {"values": [0.5, -1]}}"#, "m", false).unwrap();
         assert_eq!(v["data"][0]["embedding"], json!([0.5, -1]));
         assert_eq!(v["model"], "m");
         assert!(u.is_none() && v.get("usage").is_none());

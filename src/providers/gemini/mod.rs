@@ -112,7 +112,10 @@ mod tests {
             model_path("gemini-2.5-flash", true),
             "/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
         );
-        assert_eq!(model_path("a/b?c", false), "/models/a%2Fb%3Fc:generateContent");
+        assert_eq!(
+            model_path("a/b?c", false),
+            "/models/a%2Fb%3Fc:generateContent"
+        );
     }
 
     #[test]

@@ -134,12 +134,14 @@ fn text_parts(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Unsupport
         Some(Value::String(s)) => Ok(vec![json!({ "text": s })]),
         Some(Value::Array(parts)) => parts
             .iter()
-            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                (Some("text"), Some(Value::String(t))) => Ok(json!({ "text": t })),
-                _ => Err(unsupported(format!(
-                    "messages[{i}].content: only text parts are supported here"
-                ))),
-            })
+            .map(
+                |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => Ok(json!({ "text": t })),
+                    _ => Err(unsupported(format!(
+                        "messages[{i}].content: only text parts are supported here"
+                    ))),
+                },
+            )
             .collect(),
         Some(_) => Err(unsupported(format!(
             "messages[{i}].content must be a string or an array of parts"
@@ -360,8 +362,7 @@ fn clean_schema(schema: &Value, field: &str, depth: usize) -> Result<Value, Unsu
             }
             let mut out = Map::new();
             for (k, v) in map {
-                if DROPPED_SCHEMA_KEYS.contains(&k.as_str()) || k == "$defs" || k == "definitions"
-                {
+                if DROPPED_SCHEMA_KEYS.contains(&k.as_str()) || k == "$defs" || k == "definitions" {
                     continue;
                 }
                 let v = match k.as_str() {
@@ -370,7 +371,9 @@ fn clean_schema(schema: &Value, field: &str, depth: usize) -> Result<Value, Unsu
                         Value::Object(props) => Value::Object(
                             props
                                 .iter()
-                                .map(|(name, s)| Ok((name.clone(), clean_schema(s, field, depth + 1)?)))
+                                .map(|(name, s)| {
+                                    Ok((name.clone(), clean_schema(s, field, depth + 1)?))
+                                })
                                 .collect::<Result<_, Unsupported>>()?,
                         ),
                         other => other.clone(),
@@ -412,7 +415,11 @@ fn tool_choice(choice: &Value) -> Result<Value, Unsupported> {
             "auto" => json!({ "mode": "AUTO" }),
             "none" => json!({ "mode": "NONE" }),
             "required" => json!({ "mode": "ANY" }),
-            other => return Err(unsupported(format!("tool_choice {other:?} is not supported"))),
+            other => {
+                return Err(unsupported(format!(
+                    "tool_choice {other:?} is not supported"
+                )))
+            }
         },
         Value::Object(_) => {
             let name = choice
@@ -468,17 +475,17 @@ fn generation_config(chat: &Map<String, Value>) -> Result<Map<String, Value>, Un
                     Some("low") => 1024,
                     Some("medium") => 8192,
                     Some("high") => 24576,
-                    _ => return Err(unsupported(format!("reasoning_effort {value} is not supported"))),
+                    _ => {
+                        return Err(unsupported(format!(
+                            "reasoning_effort {value} is not supported"
+                        )))
+                    }
                 };
                 g.insert("thinkingConfig".into(), json!({ "thinkingBudget": budget }));
             }
             "logprobs" if value == &json!(false) => {}
             "tools" | "tool_choice" => {}
-            other => {
-                return Err(unsupported(format!(
-                    "{other} is not supported by Gemini"
-                )))
-            }
+            other => return Err(unsupported(format!("{other} is not supported by Gemini"))),
         }
     }
     Ok(g)

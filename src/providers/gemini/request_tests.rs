@@ -129,22 +129,52 @@ fn refusals_name_the_parameter() {
     let cases = [
         (json!({"messages": user, "logprobs": true}), "logprobs"),
         (json!({"messages": user, "top_logprobs": 2}), "top_logprobs"),
-        (json!({"messages": user, "logit_bias": {"1": 2}}), "logit_bias"),
-        (json!({"messages": user, "tools": [{"type": "web_search"}]}), "tools[0]"),
+        (
+            json!({"messages": user, "logit_bias": {"1": 2}}),
+            "logit_bias",
+        ),
+        (
+            json!({"messages": user, "tools": [{"type": "web_search"}]}),
+            "tools[0]",
+        ),
         (json!({"messages": user, "max_tokens": -1}), "max_tokens"),
-        (json!({"messages": user, "tools": [{"type": "function", "function": {"name": "f",
-            "parameters": {"$ref": "#/$defs/x"}}}]}), "$ref"),
-        (json!({"messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]}), "nope"),
-        (json!({"messages": [{"role": "user", "content": [{"type": "image_url",
-            "image_url": {"url": "https://x.test/image"}}]}]}), "MIME type"),
-        (json!({"messages": [{"role": "user", "content": [{"type": "image_url",
-            "image_url": {"url": "file:///etc/passwd"}}]}]}), "data:, http"),
-        (json!({"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]}), "\"file\""),
-        (json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function":
-            {"name": "f", "arguments": "[1]"}}]}]}), "arguments"),
-        (json!({"messages": [{"role": "system", "content": "only"}]}), "at least one"),
+        (
+            json!({"messages": user, "tools": [{"type": "function", "function": {"name": "f",
+            "parameters": {"$ref": "#/$defs/x"}}}]}),
+            "$ref",
+        ),
+        (
+            json!({"messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]}),
+            "nope",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url",
+            "image_url": {"url": "https://x.test/image"}}]}]}),
+            "MIME type",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url",
+            "image_url": {"url": "file:///etc/passwd"}}]}]}),
+            "data:, http",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]}),
+            "\"file\"",
+        ),
+        (
+            json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function":
+            {"name": "f", "arguments": "[1]"}}]}]}),
+            "arguments",
+        ),
+        (
+            json!({"messages": [{"role": "system", "content": "only"}]}),
+            "at least one",
+        ),
         (json!({"messages": "x"}), "messages"),
-        (json!({"messages": [{"role": "robot", "content": "x"}]}), "robot"),
+        (
+            json!({"messages": [{"role": "robot", "content": "x"}]}),
+            "robot",
+        ),
     ];
     for (body, needle) in cases {
         let e = chat_request(&req(body.clone())).unwrap_err();

@@ -84,7 +84,9 @@ pub(crate) fn parts(candidate: &Value) -> Result<&[Value], Garbled> {
     match candidate.get("content").and_then(|c| c.get("parts")) {
         None | Some(Value::Null) => Ok(&[]),
         Some(Value::Array(parts)) => Ok(parts),
-        Some(_) => Err(Garbled("Gemini: candidate content.parts is not an array".into())),
+        Some(_) => Err(Garbled(
+            "Gemini: candidate content.parts is not an array".into(),
+        )),
     }
 }
 
@@ -115,8 +117,11 @@ pub(crate) fn completion_id(resp: &Value) -> String {
 /// The `chat.completion` for a `generateContent` answer, and the usage Gemini reported
 /// (`None` when the answer has no `usageMetadata`: the data plane estimates).
 pub fn chat_response(body: &[u8], model: &str) -> Result<(Value, Option<TokenUsage>), Garbled> {
-    let resp: Value = serde_json::from_slice(body)
-        .map_err(|e| Garbled(format!("Gemini answered with something that is not JSON: {e}")))?;
+    let resp: Value = serde_json::from_slice(body).map_err(|e| {
+        Garbled(format!(
+            "Gemini answered with something that is not JSON: {e}"
+        ))
+    })?;
     if !resp.is_object() {
         return Err(Garbled("Gemini's answer is not a JSON object".into()));
     }
@@ -134,7 +139,9 @@ pub fn chat_response(body: &[u8], model: &str) -> Result<(Value, Option<TokenUsa
             .get("promptFeedback")
             .and_then(|f| f.get("blockReason"))
             .and_then(Value::as_str)
-            .ok_or_else(|| Garbled("Gemini answered with no candidates and no blockReason".into()))?;
+            .ok_or_else(|| {
+                Garbled("Gemini answered with no candidates and no blockReason".into())
+            })?;
         choices.push(json!({
             "index": 0,
             "message": { "role": "assistant", "content": null,
@@ -164,7 +171,10 @@ fn choice(c: &Value, i: usize) -> Result<Value, Garbled> {
         }
     }
     let index = c.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
-    let reason = c.get("finishReason").and_then(Value::as_str).unwrap_or("STOP");
+    let reason = c
+        .get("finishReason")
+        .and_then(Value::as_str)
+        .unwrap_or("STOP");
     let mut message = Map::new();
     message.insert("role".into(), json!("assistant"));
     let content = if text.is_empty() && !calls.is_empty() {

@@ -6,12 +6,25 @@ use super::*;
 
 #[test]
 fn usage_counts_thoughts_as_output_and_tool_prompts_as_input() {
-    let u = usage(&json!({"promptTokenCount": 100, "cachedContentTokenCount": 40,
+    let u = usage(
+        &json!({"promptTokenCount": 100, "cachedContentTokenCount": 40,
         "candidatesTokenCount": 7, "thoughtsTokenCount": 30, "toolUsePromptTokenCount": 5,
-        "totalTokenCount": 142}));
-    assert_eq!(u, TokenUsage { prompt: 105, completion: 37, cached: 40, cache_write: 0 });
+        "totalTokenCount": 142}),
+    );
+    assert_eq!(
+        u,
+        TokenUsage {
+            prompt: 105,
+            completion: 37,
+            cached: 40,
+            cache_write: 0
+        }
+    );
     assert_eq!(usage(&json!({})), TokenUsage::default());
-    assert_eq!(usage(&json!({"promptTokenCount": "x"})), TokenUsage::default());
+    assert_eq!(
+        usage(&json!({"promptTokenCount": "x"})),
+        TokenUsage::default()
+    );
 }
 
 #[test]
@@ -39,7 +52,15 @@ fn text_answer() {
                "prompt_tokens_details": {"cached_tokens": 4},
                "completion_tokens_details": {"reasoning_tokens": 3}})
     );
-    assert_eq!(u, Some(TokenUsage { prompt: 10, completion: 5, cached: 4, cache_write: 0 }));
+    assert_eq!(
+        u,
+        Some(TokenUsage {
+            prompt: 10,
+            completion: 5,
+            cached: 4,
+            cache_write: 0
+        })
+    );
 }
 
 #[test]
@@ -60,7 +81,10 @@ fn function_calls_and_finish_reasons() {
     assert_eq!(c[0]["message"]["content"], Value::Null);
     assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
     assert_eq!(calls[0]["type"], "function");
-    assert_eq!(calls[0]["function"], json!({"name": "weather", "arguments": "{\"city\":\"Paris\"}"}));
+    assert_eq!(
+        calls[0]["function"],
+        json!({"name": "weather", "arguments": "{\"city\":\"Paris\"}"})
+    );
     assert_eq!(calls[1]["id"], "given");
     assert_eq!(c[1]["finish_reason"], "length");
     assert_eq!(c[2]["finish_reason"], "content_filter");
@@ -74,7 +98,10 @@ fn blocked_prompt() {
         "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8}});
     let (out, u) = chat_response(body.to_string().as_bytes(), "m").unwrap();
     assert_eq!(out["choices"][0]["finish_reason"], "content_filter");
-    assert_eq!(out["choices"][0]["message"]["refusal"], "Gemini blocked the prompt (SAFETY)");
+    assert_eq!(
+        out["choices"][0]["message"]["refusal"],
+        "Gemini blocked the prompt (SAFETY)"
+    );
     assert_eq!(u.unwrap().prompt, 8);
 }
 
@@ -88,6 +115,10 @@ fn garbled_answers() {
         br#"{"candidates": [{"content": {"parts": {}}}]}"#,
         br#"{"candidates": [{"content": {"parts": [{"functionCall": {"args": {}}}]}}]}"#,
     ] {
-        assert!(chat_response(body, "m").is_err(), "{}", String::from_utf8_lossy(body));
+        assert!(
+            chat_response(body, "m").is_err(),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
     }
 }

@@ -68,7 +68,9 @@ impl ChatStream {
             .and_then(Value::as_u64)
             .map_or(i, |n| usize::try_from(n).unwrap_or(usize::MAX));
         if index >= MAX_CANDIDATES {
-            return Err(Garbled(format!("Gemini: candidate index {index} is out of range")));
+            return Err(Garbled(format!(
+                "Gemini: candidate index {index} is out of range"
+            )));
         }
         if self.candidates.len() <= index {
             self.candidates.resize(index + 1, Candidate::default());
@@ -125,8 +127,12 @@ impl StreamTranslator for ChatStream {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("Gemini reported an error");
-            let kind = err.get("status").and_then(Value::as_str).unwrap_or("upstream_error");
-            let frame = json!({ "error": { "message": message, "type": kind, "code": err.get("code") } });
+            let kind = err
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream_error");
+            let frame =
+                json!({ "error": { "message": message, "type": kind, "code": err.get("code") } });
             out.push(Bytes::from(format!("data: {frame}\n\n")));
             return Ok(());
         }

@@ -10,15 +10,30 @@ fn run(events: &[Value], wants_usage: bool) -> (Vec<Value>, ChatStream) {
     let mut out = Vec::new();
     for e in events {
         let data = e.to_string();
-        t.event(Event { name: None, data: data.as_bytes() }, &mut out).unwrap();
+        t.event(
+            Event {
+                name: None,
+                data: data.as_bytes(),
+            },
+            &mut out,
+        )
+        .unwrap();
     }
     t.finish(&mut out);
     let frames = out
         .iter()
         .map(|b| {
             let s = std::str::from_utf8(b).unwrap();
-            let d = s.strip_prefix("data: ").unwrap().strip_suffix("\n\n").unwrap();
-            if d == "[DONE]" { json!("[DONE]") } else { serde_json::from_str(d).unwrap() }
+            let d = s
+                .strip_prefix("data: ")
+                .unwrap()
+                .strip_suffix("\n\n")
+                .unwrap();
+            if d == "[DONE]" {
+                json!("[DONE]")
+            } else {
+                serde_json::from_str(d).unwrap()
+            }
         })
         .collect();
     (frames, t)
@@ -39,7 +54,10 @@ fn text_stream_with_usage() {
     assert_eq!(f.len(), 5, "{f:?}");
     assert_eq!(f[0]["id"], "chatcmpl-r1");
     assert_eq!(f[0]["object"], "chat.completion.chunk");
-    assert_eq!(f[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(
+        f[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
     assert_eq!(f[1]["choices"][0]["delta"], json!({"content": "Hel"}));
     assert_eq!(f[1]["id"], "chatcmpl-r1");
     assert_eq!(f[2]["choices"][0]["delta"], json!({"content": "lo"}));
@@ -49,22 +67,35 @@ fn text_stream_with_usage() {
     assert_eq!(f[3]["usage"]["completion_tokens"], 4);
     assert_eq!(f[3]["usage"]["prompt_tokens_details"]["cached_tokens"], 3);
     assert_eq!(f[4], "[DONE]");
-    assert_eq!(t.usage(), Some(TokenUsage { prompt: 9, completion: 4, cached: 3, cache_write: 0 }));
+    assert_eq!(
+        t.usage(),
+        Some(TokenUsage {
+            prompt: 9,
+            completion: 4,
+            cached: 3,
+            cache_write: 0
+        })
+    );
     assert_eq!(t.chars(), 5);
 }
 
 #[test]
 fn function_call_stream_without_usage_chunk() {
-    let events = [json!({"candidates": [{"content": {"role": "model", "parts": [
+    let events = [
+        json!({"candidates": [{"content": {"role": "model", "parts": [
         {"functionCall": {"name": "weather", "args": {"city": "Paris"}}},
         {"functionCall": {"name": "time", "args": {}}}]}, "finishReason": "STOP"}],
-        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 6}})];
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 6}}),
+    ];
     let (f, t) = run(&events, false);
     assert_eq!(f.len(), 2);
     let c = &f[0]["choices"][0];
     assert_eq!(c["delta"]["role"], "assistant");
     assert_eq!(c["delta"]["tool_calls"][0]["index"], 0);
-    assert_eq!(c["delta"]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+    assert_eq!(
+        c["delta"]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Paris\"}"
+    );
     assert_eq!(c["delta"]["tool_calls"][1]["index"], 1);
     assert_eq!(c["delta"]["tool_calls"][1]["function"]["name"], "time");
     assert!(c["delta"].get("content").is_none());
@@ -75,13 +106,24 @@ fn function_call_stream_without_usage_chunk() {
 
 #[test]
 fn blocked_and_error_events() {
-    let (f, _) = run(&[json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
-        "usageMetadata": {"promptTokenCount": 4}})], true);
+    let (f, _) = run(
+        &[
+            json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+        "usageMetadata": {"promptTokenCount": 4}}),
+        ],
+        true,
+    );
     assert_eq!(f[0]["choices"][0]["finish_reason"], "content_filter");
     assert_eq!(f[1]["usage"]["prompt_tokens"], 4);
 
-    let (f, t) = run(&[json!({"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}})], true);
-    assert_eq!(f[0], json!({"error": {"message": "overloaded", "type": "UNAVAILABLE", "code": 503}}));
+    let (f, t) = run(
+        &[json!({"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}})],
+        true,
+    );
+    assert_eq!(
+        f[0],
+        json!({"error": {"message": "overloaded", "type": "UNAVAILABLE", "code": 503}})
+    );
     assert_eq!(f[1], "[DONE]");
     assert!(t.usage().is_none());
 }
@@ -90,10 +132,30 @@ fn blocked_and_error_events() {
 fn garbled_events() {
     let mut t = ChatStream::new("m", false);
     let mut out = Vec::new();
-    for bad in [&b"{not json"[..], b"42", br#"{"candidates": [{"index": 99}]}"#,
-                br#"{"candidates": {}}"#] {
-        assert!(t.event(Event { name: None, data: bad }, &mut out).is_err());
+    for bad in [
+        &b"{not json"[..],
+        b"42",
+        br#"{"candidates": [{"index": 99}]}"#,
+        br#"{"candidates": {}}"#,
+    ] {
+        assert!(t
+            .event(
+                Event {
+                    name: None,
+                    data: bad
+                },
+                &mut out
+            )
+            .is_err());
     }
-    assert!(t.event(Event { name: None, data: b"  " }, &mut out).is_ok());
+    assert!(t
+        .event(
+            Event {
+                name: None,
+                data: b"  "
+            },
+            &mut out
+        )
+        .is_ok());
     assert!(out.is_empty());
 }

@@ -159,7 +159,11 @@ pub async fn fetch_token(
         .map_err(|e| TokenError::Http(e.without_url()))?;
     let status = resp.status().as_u16();
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| TokenError::Http(e.without_url()))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| TokenError::Http(e.without_url()))?
+    {
         if body.len() + chunk.len() > MAX_TOKEN_ANSWER {
             return Err(TokenError::Garbled("the answer is too large".into()));
         }
@@ -208,7 +212,11 @@ pub fn vertex_anthropic_body(messages_req: &Map<String, Value>) -> Value {
 /// The path (after [`super::vertex_base_url`] with publisher `anthropic`) of an Anthropic
 /// model's `rawPredict`, or `streamRawPredict` (Anthropic's own SSE events).
 pub fn vertex_anthropic_path(model: &str, stream: bool) -> String {
-    let action = if stream { "streamRawPredict" } else { "rawPredict" };
+    let action = if stream {
+        "streamRawPredict"
+    } else {
+        "rawPredict"
+    };
     format!("/models/{}:{action}", super::path_segment(model))
 }
 

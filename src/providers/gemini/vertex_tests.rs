@@ -26,21 +26,32 @@ fn parses_and_redacts() {
     assert_eq!(sa.client_email, "sa@p.iam.gserviceaccount.com");
     assert_eq!(sa.token_uri, "http://127.0.0.1:9/token");
     let dbg = format!("{sa:?}");
-    assert!(!dbg.contains("PRIVATE KEY") && dbg.contains("<redacted>"), "{dbg}");
+    assert!(
+        !dbg.contains("PRIVATE KEY") && dbg.contains("<redacted>"),
+        "{dbg}"
+    );
 }
 
 #[test]
 fn names_missing_fields() {
-    let e = parse_service_account(r#"{"type": "service_account", "private_key_id": "x"}"#)
-        .unwrap_err();
-    assert_eq!(e, "vertex_service_account_json lacks client_email, private_key");
-    assert!(parse_service_account("nope").unwrap_err().contains("not JSON"));
+    let e =
+        parse_service_account(r#"{"type": "service_account", "private_key_id": "x"}"#).unwrap_err();
+    assert_eq!(
+        e,
+        "vertex_service_account_json lacks client_email, private_key"
+    );
+    assert!(parse_service_account("nope")
+        .unwrap_err()
+        .contains("not JSON"));
     assert!(parse_service_account(r#"{"type": "authorized_user"}"#)
         .unwrap_err()
         .contains("authorized_user"));
     let bad_key = json!({"client_email": "a", "private_key_id": "k", "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"});
     let e = parse_service_account(&bad_key.to_string()).unwrap_err();
-    assert!(e.contains("not an RSA private key") && !e.contains("AAAA"), "{e}");
+    assert!(
+        e.contains("not an RSA private key") && !e.contains("AAAA"),
+        "{e}"
+    );
     let mut no_uri: Value = serde_json::from_str(&account_json()).unwrap();
     no_uri.as_object_mut().unwrap().remove("token_uri");
     let sa = parse_service_account(&no_uri.to_string()).unwrap();
@@ -112,5 +123,8 @@ async fn token_errors_carry_the_oauth_error_not_the_key() {
         matches!(&e, TokenError::OAuth { status: 400, error, .. } if error == "invalid_grant"),
         "{e:?}"
     );
-    assert!(msg.contains("Invalid JWT Signature") && !msg.contains("PRIVATE"), "{msg}");
+    assert!(
+        msg.contains("Invalid JWT Signature") && !msg.contains("PRIVATE"),
+        "{msg}"
+    );
 }
