@@ -2,7 +2,8 @@
 //! (`{region}-aiplatform.googleapis.com`, a service account's OAuth2 access token), which speak
 //! the same `generateContent` protocol.
 //!
-//! - [`request`]: an OpenAI chat body into a `GenerateContentRequest`.
+//! - [`request`]: an OpenAI chat body into a `GenerateContentRequest` (its messages in
+//!   `contents`, its schemas cleaned in `schema`).
 //! - [`response`]: a `GenerateContentResponse` into a `chat.completion`, and `usageMetadata`
 //!   into [`TokenUsage`](crate::domain::pricing::TokenUsage).
 //! - [`stream`]: `streamGenerateContent?alt=sse` into `chat.completion.chunk` frames.
@@ -14,9 +15,11 @@
 //! URLs: the data plane joins a base (the default below, or the integration's `custom_host`)
 //! with a path from [`model_path`] / [`embed::EmbedRequest::path`].
 
+mod contents;
 pub mod embed;
 pub mod request;
 pub mod response;
+mod schema;
 pub mod stream;
 pub mod vertex;
 

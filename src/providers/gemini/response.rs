@@ -3,7 +3,8 @@
 //!
 //! Each candidate becomes a choice: its text parts joined (parts marked `thought: true` are the
 //! model's reasoning, not content), its `functionCall` parts `tool_calls` (the call's `id` when
-//! Gemini gives one, else a generated `call_...`; `args` as a JSON string). Finish reasons:
+//! Gemini gives one, else a generated `call_...`, carrying the call's `thoughtSignature` if any:
+//! see [`thought_signature`]; `args` as a JSON string). Finish reasons:
 //! `STOP` is `stop` (`tool_calls` when the candidate called a function), `MAX_TOKENS` is
 //! `length`, the safety family is `content_filter`, anything else `stop`. A prompt blocked
 //! before generation (`promptFeedback.blockReason`, no candidates) is one choice with
@@ -62,8 +63,40 @@ pub(crate) fn call_id() -> String {
     format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24])
 }
 
+/// What separates a tool-call id from the `thoughtSignature` carried in it.
+const SIGNATURE_MARK: &str = "__ts__";
+
+/// The `thoughtSignature` a tool-call id carries, as Gemini sent it (standard base64).
+///
+/// Thinking models (Gemini 2.5, 3) sign their function calls and refuse a later turn whose
+/// calls lack the signature. OpenAI's protocol has no field for it, so it rides in the id the
+/// client echoes back: `<id>__ts__<signature as unpadded base64url>` (the id stays within
+/// `[A-Za-z0-9_-]`, which Anthropic's tool_use ids require too).
+pub(crate) fn thought_signature(id: &str) -> Option<String> {
+    use base64::Engine;
+    let (_, sig) = id.split_once(SIGNATURE_MARK)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn with_signature(id: String, part: &Value) -> String {
+    use base64::Engine;
+    let sig = part.get("thoughtSignature").and_then(Value::as_str);
+    let Some(bytes) = sig.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+    else {
+        return id;
+    };
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    format!("{id}{SIGNATURE_MARK}{sig}")
+}
+
 /// One `functionCall` part as an OpenAI tool call (without the stream's `index`).
-pub(crate) fn tool_call(call: &Value) -> Result<Value, Garbled> {
+pub(crate) fn tool_call(part: &Value) -> Result<Option<Value>, Garbled> {
+    let Some(call) = part.get("functionCall") else {
+        return Ok(None);
+    };
     let name = call
         .get("name")
         .and_then(Value::as_str)
@@ -72,11 +105,13 @@ pub(crate) fn tool_call(call: &Value) -> Result<Value, Garbled> {
     let id = call
         .get("id")
         .and_then(Value::as_str)
+        .filter(|id| !id.contains(SIGNATURE_MARK))
         .map_or_else(call_id, str::to_owned);
-    Ok(json!({
+    let id = with_signature(id, part);
+    Ok(Some(json!({
         "id": id, "type": "function",
         "function": { "name": name, "arguments": args.to_string() },
-    }))
+    })))
 }
 
 /// The parts of a candidate's content: `[]` when it has none (a safety stop sends none).
@@ -166,8 +201,8 @@ fn choice(c: &Value, i: usize) -> Result<Value, Garbled> {
     for part in parts(c)? {
         if let Some(t) = answer_text(part) {
             text.push_str(t);
-        } else if let Some(call) = part.get("functionCall") {
-            calls.push(tool_call(call)?);
+        } else if let Some(call) = tool_call(part)? {
+            calls.push(call);
         }
     }
     let index = c.get("index").and_then(Value::as_u64).unwrap_or(i as u64);

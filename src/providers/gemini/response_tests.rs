@@ -122,3 +122,34 @@ fn garbled_answers() {
         );
     }
 }
+
+#[test]
+fn thought_signatures_ride_in_the_tool_call_id_and_come_back() {
+    let body = json!({"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "CiQB0e2Kb+/x"}]},
+        "finishReason": "STOP"}]});
+    let (out, _) = chat_response(body.to_string().as_bytes(), "m").unwrap();
+    let call = out["choices"][0]["message"]["tool_calls"][0].clone();
+    let id = call["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("call_") && id.contains("__ts__"), "{id}");
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+        "{id}"
+    );
+
+    let next = json!({"messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": id, "content": "done"},
+    ]});
+    let req = crate::providers::gemini::chat_request(next.as_object().unwrap()).unwrap();
+    assert_eq!(
+        req["contents"][1]["parts"][0],
+        json!({"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "CiQB0e2Kb+/x"})
+    );
+    assert_eq!(
+        req["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "f"
+    );
+}

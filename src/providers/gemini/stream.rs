@@ -85,8 +85,7 @@ impl ChatStream {
         for part in parts(c)? {
             if let Some(t) = answer_text(part) {
                 text.push_str(t);
-            } else if let Some(call) = part.get("functionCall") {
-                let mut call = tool_call(call)?;
+            } else if let Some(mut call) = tool_call(part)? {
                 self.chars += call["function"]["arguments"].as_str().map_or(0, str::len);
                 call["index"] = json!(state.calls);
                 state.calls += 1;
