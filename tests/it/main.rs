@@ -17,6 +17,7 @@ mod http;
 mod logs;
 mod mock;
 mod mock_anthropic;
+mod mock_gemini;
 mod process;
 mod sdk;
 mod security;

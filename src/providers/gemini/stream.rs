@@ -1,0 +1,198 @@
+//! `streamGenerateContent?alt=sse` into OpenAI `chat.completion.chunk` frames.
+//!
+//! Each SSE event's data is one whole `GenerateContentResponse` holding the next piece of each
+//! candidate. A candidate's first chunk carries `role: assistant`; text parts (not thoughts)
+//! become `content` deltas; a `functionCall` arrives whole and becomes one whole tool-call
+//! delta (id, name and all the arguments); a `finishReason` becomes the chunk's
+//! `finish_reason` (mapped as in [`super::response`]). `usageMetadata` is cumulative, so the
+//! last one seen is the stream's usage. A prompt blocked before generation is a chunk with
+//! `finish_reason: content_filter`. An `{"error": ...}` event becomes an OpenAI error frame.
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::response::{
+    answer_text, completion_id, created_now, finish_reason, openai_usage, parts, tool_call, usage,
+};
+use crate::domain::pricing::TokenUsage;
+use crate::providers::{Event, Garbled, StreamTranslator};
+
+/// The most candidates a stream may carry (Gemini allows 8; more is a broken upstream).
+const MAX_CANDIDATES: usize = 16;
+
+#[derive(Default, Clone, Copy)]
+struct Candidate {
+    started: bool,
+    calls: usize,
+}
+
+/// The stream translator for one Gemini (or Vertex Gemini) streaming answer.
+pub struct ChatStream {
+    model: String,
+    wants_usage: bool,
+    id: Option<String>,
+    created: u64,
+    candidates: Vec<Candidate>,
+    usage: Option<TokenUsage>,
+    usage_json: Option<Value>,
+    chars: usize,
+}
+
+impl ChatStream {
+    /// A translator answering as `model`; `client_wants_usage` is the caller's
+    /// `stream_options.include_usage` (the usage chunk before `[DONE]`).
+    pub fn new(model: &str, client_wants_usage: bool) -> ChatStream {
+        ChatStream {
+            model: model.to_owned(),
+            wants_usage: client_wants_usage,
+            id: None,
+            created: created_now(),
+            candidates: Vec::new(),
+            usage: None,
+            usage_json: None,
+            chars: 0,
+        }
+    }
+
+    fn frame(&self, choices: Vec<Value>) -> Bytes {
+        let chunk = json!({
+            "id": self.id.as_deref().unwrap_or("chatcmpl-gemini"), "object": "chat.completion.chunk",
+            "created": self.created, "model": self.model, "choices": choices,
+        });
+        Bytes::from(format!("data: {chunk}\n\n"))
+    }
+
+    fn candidate(&mut self, c: &Value, i: usize) -> Result<Option<Value>, Garbled> {
+        let index = c
+            .get("index")
+            .and_then(Value::as_u64)
+            .map_or(i, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        if index >= MAX_CANDIDATES {
+            return Err(Garbled(format!(
+                "Gemini: candidate index {index} is out of range"
+            )));
+        }
+        if self.candidates.len() <= index {
+            self.candidates.resize(index + 1, Candidate::default());
+        }
+        let mut state = self.candidates[index];
+        let mut delta = Map::new();
+        if !state.started {
+            delta.insert("role".into(), json!("assistant"));
+        }
+        let mut text = String::new();
+        let mut calls = Vec::new();
+        for part in parts(c)? {
+            if let Some(t) = answer_text(part) {
+                text.push_str(t);
+            } else if let Some(mut call) = tool_call(part)? {
+                self.chars += call["function"]["arguments"].as_str().map_or(0, str::len);
+                call["index"] = json!(state.calls);
+                state.calls += 1;
+                calls.push(call);
+            }
+        }
+        self.chars += text.len();
+        if !text.is_empty() || (!state.started && calls.is_empty()) {
+            delta.insert("content".into(), json!(text));
+        }
+        if !calls.is_empty() {
+            delta.insert("tool_calls".into(), Value::Array(calls));
+        }
+        let finish = c
+            .get("finishReason")
+            .and_then(Value::as_str)
+            .map(|r| finish_reason(r, state.calls > 0));
+        state.started = true;
+        self.candidates[index] = state;
+        if delta.is_empty() && finish.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(json!({
+            "index": index, "delta": delta, "finish_reason": finish, "logprobs": null,
+        })))
+    }
+}
+
+impl StreamTranslator for ChatStream {
+    fn event(&mut self, event: Event<'_>, out: &mut Vec<Bytes>) -> Result<(), Garbled> {
+        if event.data.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let resp: Value = serde_json::from_slice(event.data)
+            .map_err(|e| Garbled(format!("Gemini stream event is not JSON: {e}")))?;
+        if let Some(err) = resp.get("error") {
+            let message = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("Gemini reported an error");
+            let kind = err
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream_error");
+            let frame =
+                json!({ "error": { "message": message, "type": kind, "code": err.get("code") } });
+            out.push(Bytes::from(format!("data: {frame}\n\n")));
+            return Ok(());
+        }
+        if !resp.is_object() {
+            return Err(Garbled("Gemini stream event is not a JSON object".into()));
+        }
+        if self.id.is_none() {
+            self.id = Some(completion_id(&resp));
+        }
+        if let Some(meta) = resp.get("usageMetadata").filter(|m| m.is_object()) {
+            self.usage = Some(usage(meta));
+            self.usage_json = Some(openai_usage(meta));
+        }
+        let candidates = match resp.get("candidates") {
+            None | Some(Value::Null) => &[][..],
+            Some(Value::Array(c)) => c,
+            Some(_) => return Err(Garbled("Gemini: candidates is not an array".into())),
+        };
+        let mut choices = Vec::new();
+        for (i, c) in candidates.iter().enumerate() {
+            choices.extend(self.candidate(c, i)?);
+        }
+        let blocked = resp
+            .get("promptFeedback")
+            .and_then(|f| f.get("blockReason"))
+            .and_then(Value::as_str);
+        if let (true, Some(reason)) = (candidates.is_empty(), blocked) {
+            choices.push(json!({
+                "index": 0, "finish_reason": "content_filter", "logprobs": null,
+                "delta": { "role": "assistant", "content": null,
+                           "refusal": format!("Gemini blocked the prompt ({reason})") },
+            }));
+        }
+        if !choices.is_empty() {
+            out.push(self.frame(choices));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) {
+        if self.wants_usage {
+            if let Some(u) = &self.usage_json {
+                let chunk = json!({
+                    "id": self.id.as_deref().unwrap_or("chatcmpl-gemini"), "object": "chat.completion.chunk",
+                    "created": self.created, "model": self.model, "choices": [], "usage": u,
+                });
+                out.push(Bytes::from(format!("data: {chunk}\n\n")));
+            }
+        }
+        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    }
+
+    fn usage(&self) -> Option<TokenUsage> {
+        self.usage
+    }
+
+    fn chars(&self) -> usize {
+        self.chars
+    }
+}
+
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;
