@@ -16,6 +16,7 @@ mod harness;
 mod http;
 mod logs;
 mod mock;
+mod mock_bedrock;
 mod process;
 mod sdk;
 mod security;

@@ -46,7 +46,11 @@ pub fn converse_request(chat: &Map<String, Value>) -> Result<Value, Unsupported>
                 inference.insert("maxTokens".into(), uint(key, value)?);
             }
             "temperature" | "top_p" if !value.is_null() => {
-                let name = if key == "temperature" { "temperature" } else { "topP" };
+                let name = if key == "temperature" {
+                    "temperature"
+                } else {
+                    "topP"
+                };
                 inference.insert(name.into(), number(key, value)?);
             }
             "stop" => {
@@ -55,7 +59,10 @@ pub fn converse_request(chat: &Map<String, Value>) -> Result<Value, Unsupported>
                 }
             }
             "top_k" if !value.is_null() => {
-                out.insert("additionalModelRequestFields".into(), json!({ "top_k": uint(key, value)? }));
+                out.insert(
+                    "additionalModelRequestFields".into(),
+                    json!({ "top_k": uint(key, value)? }),
+                );
             }
             "n" if value.is_null() || value.as_u64() == Some(1) => {}
             "logprobs" if value.is_null() || value == &Value::Bool(false) => {}
@@ -65,7 +72,11 @@ pub fn converse_request(chat: &Map<String, Value>) -> Result<Value, Unsupported>
             "seed" | "logit_bias" | "top_logprobs" if value.is_null() => {}
             k if IGNORED.contains(&k) => {}
             "max_tokens" | "max_completion_tokens" | "temperature" | "top_p" | "top_k" => {}
-            _ => return Err(Unsupported(format!("Bedrock Converse does not support `{key}`"))),
+            _ => {
+                return Err(Unsupported(format!(
+                    "Bedrock Converse does not support `{key}`"
+                )))
+            }
         }
     }
     let (system, messages) = messages(chat.get("messages"))?;
@@ -74,7 +85,8 @@ pub fn converse_request(chat: &Map<String, Value>) -> Result<Value, Unsupported>
     }
     let has_tool_blocks = messages.iter().any(|m| {
         m["content"].as_array().is_some_and(|c| {
-            c.iter().any(|b| b.get("toolUse").is_some() || b.get("toolResult").is_some())
+            c.iter()
+                .any(|b| b.get("toolUse").is_some() || b.get("toolResult").is_some())
         })
     });
     out.insert("messages".into(), Value::Array(messages));
@@ -104,7 +116,9 @@ fn stop_sequences(v: &Value) -> Result<Option<Value>, Unsupported> {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(json!([s]))),
         Value::Array(a) if a.iter().all(Value::is_string) => Ok(Some(Value::Array(a.clone()))),
-        _ => Err(Unsupported("`stop` must be a string or a list of strings".into())),
+        _ => Err(Unsupported(
+            "`stop` must be a string or a list of strings".into(),
+        )),
     }
 }
 
@@ -154,12 +168,18 @@ fn text_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Unsuppor
         Some(Value::String(s)) => Ok(vec![json!({ "text": s })]),
         Some(Value::Array(parts)) => parts
             .iter()
-            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                (Some("text"), Some(Value::String(t))) => Ok(json!({ "text": t })),
-                _ => Err(Unsupported(format!("messages[{i}]: only text parts are allowed here"))),
-            })
+            .map(
+                |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => Ok(json!({ "text": t })),
+                    _ => Err(Unsupported(format!(
+                        "messages[{i}]: only text parts are allowed here"
+                    ))),
+                },
+            )
             .collect(),
-        Some(_) => Err(Unsupported(format!("messages[{i}].content must be a string or a list"))),
+        Some(_) => Err(Unsupported(format!(
+            "messages[{i}].content must be a string or a list"
+        ))),
     }
 }
 
@@ -172,7 +192,9 @@ fn user_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Unsuppor
         .map(|p| match p.get("type").and_then(Value::as_str) {
             Some("text") => match p.get("text") {
                 Some(Value::String(t)) => Ok(json!({ "text": t })),
-                _ => Err(Unsupported(format!("messages[{i}]: a text part without text"))),
+                _ => Err(Unsupported(format!(
+                    "messages[{i}]: a text part without text"
+                ))),
             },
             Some("image_url") => image_block(p, i),
             other => Err(Unsupported(format!(
@@ -212,7 +234,11 @@ fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, Unsupported> {
     let calls = match m.get("tool_calls") {
         None | Some(Value::Null) => return Ok(blocks),
         Some(Value::Array(calls)) => calls,
-        Some(_) => return Err(Unsupported(format!("messages[{i}].tool_calls must be a list"))),
+        Some(_) => {
+            return Err(Unsupported(format!(
+                "messages[{i}].tool_calls must be a list"
+            )))
+        }
     };
     for call in calls {
         let f = call.get("function");
@@ -220,13 +246,20 @@ fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, Unsupported> {
             call.get("id").and_then(Value::as_str),
             f.and_then(|f| f.get("name")).and_then(Value::as_str),
         ) else {
-            return Err(Unsupported(format!("messages[{i}]: a tool call needs an id and a name")));
+            return Err(Unsupported(format!(
+                "messages[{i}]: a tool call needs an id and a name"
+            )));
         };
-        let args = f.and_then(|f| f.get("arguments")).and_then(Value::as_str).unwrap_or("{}");
+        let args = f
+            .and_then(|f| f.get("arguments"))
+            .and_then(Value::as_str)
+            .unwrap_or("{}");
         let input: Value = match args.trim() {
             "" => json!({}),
             a => serde_json::from_str(a).map_err(|_| {
-                Unsupported(format!("messages[{i}]: tool call {id}'s arguments are not JSON"))
+                Unsupported(format!(
+                    "messages[{i}]: tool call {id}'s arguments are not JSON"
+                ))
             })?,
         };
         blocks.push(json!({ "toolUse": { "toolUseId": id, "name": name, "input": input } }));
@@ -246,7 +279,10 @@ fn tool_result(m: &Value, i: usize) -> Result<Value, Unsupported> {
     Ok(json!({ "toolResult": { "toolUseId": id, "content": content } }))
 }
 
-fn tool_config(chat: &Map<String, Value>, has_tool_blocks: bool) -> Result<Option<Value>, Unsupported> {
+fn tool_config(
+    chat: &Map<String, Value>,
+    has_tool_blocks: bool,
+) -> Result<Option<Value>, Unsupported> {
     let tools = match chat.get("tools") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(t)) if t.is_empty() => return Ok(None),
@@ -266,7 +302,11 @@ fn tool_config(chat: &Map<String, Value>, has_tool_blocks: bool) -> Result<Optio
             }
             return Ok(None);
         }
-        Some(c) => match c.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+        Some(c) => match c
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
             Some(name) => Some(json!({ "tool": { "name": name } })),
             None => return Err(Unsupported("`tool_choice` is not one Bedrock knows".into())),
         },
@@ -321,15 +361,22 @@ pub fn converse_response(body: &[u8], model: &str) -> Result<(Value, TokenUsage)
                 tool.get("toolUseId").and_then(Value::as_str),
                 tool.get("name").and_then(Value::as_str),
             ) else {
-                return Err(Garbled("Bedrock toolUse block without toolUseId or name".into()));
+                return Err(Garbled(
+                    "Bedrock toolUse block without toolUseId or name".into(),
+                ));
             };
-            let args = tool.get("input").map_or_else(|| "{}".to_owned(), Value::to_string);
+            let args = tool
+                .get("input")
+                .map_or_else(|| "{}".to_owned(), Value::to_string);
             calls.push(json!({
                 "id": id, "type": "function", "function": { "name": name, "arguments": args }
             }));
         }
     }
-    let stop = v.get("stopReason").and_then(Value::as_str).unwrap_or("end_turn");
+    let stop = v
+        .get("stopReason")
+        .and_then(Value::as_str)
+        .unwrap_or("end_turn");
     let mut message = json!({ "role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) } });
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
@@ -363,7 +410,9 @@ pub(crate) fn usage_of(v: Option<&Value>) -> Result<TokenUsage, Garbled> {
     let count = |name: &str, required: bool| -> Result<u64, Garbled> {
         match u.get(name) {
             None | Some(Value::Null) if !required => Ok(0),
-            Some(n) => n.as_u64().ok_or_else(|| Garbled(format!("Bedrock usage.{name} is not a count"))),
+            Some(n) => n
+                .as_u64()
+                .ok_or_else(|| Garbled(format!("Bedrock usage.{name} is not a count"))),
             None => Err(Garbled(format!("Bedrock usage has no {name}"))),
         }
     };

@@ -75,9 +75,13 @@ fn tool_choice_forms() {
             "tool_choice": choice
         })))
     };
-    assert_eq!(base(json!("auto")).unwrap()["toolConfig"]["toolChoice"], json!({"auto": {}}));
     assert_eq!(
-        base(json!({"type": "function", "function": {"name": "f"}})).unwrap()["toolConfig"]["toolChoice"],
+        base(json!("auto")).unwrap()["toolConfig"]["toolChoice"],
+        json!({"auto": {}})
+    );
+    assert_eq!(
+        base(json!({"type": "function", "function": {"name": "f"}})).unwrap()["toolConfig"]
+            ["toolChoice"],
         json!({"tool": {"name": "f"}})
     );
     assert_eq!(
@@ -139,14 +143,25 @@ fn a_response_translates_with_cache_usage() {
         "metrics": {"latencyMs": 420}
     });
     let (out, usage) = converse_response(body.to_string().as_bytes(), "m").unwrap();
-    assert_eq!(usage, TokenUsage { prompt: 330, completion: 12, cached: 200, cache_write: 100 });
+    assert_eq!(
+        usage,
+        TokenUsage {
+            prompt: 330,
+            completion: 12,
+            cached: 200,
+            cache_write: 100
+        }
+    );
     assert_eq!(out["object"], "chat.completion");
     assert_eq!(out["model"], "m");
     let choice = &out["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls");
     assert_eq!(choice["message"]["content"], "Let me look.");
     assert_eq!(choice["message"]["tool_calls"][0]["id"], "tooluse_1");
-    assert_eq!(choice["message"]["tool_calls"][0]["function"]["arguments"], r#"{"q":"x"}"#);
+    assert_eq!(
+        choice["message"]["tool_calls"][0]["function"]["arguments"],
+        r#"{"q":"x"}"#
+    );
     assert_eq!(out["usage"]["prompt_tokens"], 330);
     assert_eq!(out["usage"]["total_tokens"], 342);
     assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 200);
@@ -168,7 +183,15 @@ fn stop_reasons_map() {
         });
         let (out, u) = converse_response(body.to_string().as_bytes(), "m").unwrap();
         assert_eq!(out["choices"][0]["finish_reason"], finish);
-        assert_eq!(u, TokenUsage { prompt: 1, completion: 1, cached: 0, cache_write: 0 });
+        assert_eq!(
+            u,
+            TokenUsage {
+                prompt: 1,
+                completion: 1,
+                cached: 0,
+                cache_write: 0
+            }
+        );
     }
 }
 

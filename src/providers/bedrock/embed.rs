@@ -31,7 +31,10 @@ pub enum EmbedFamily {
 impl EmbedFamily {
     /// The family of a Bedrock model id (a cross-region prefix like `us.` allowed), if it embeds.
     pub fn of(model: &str) -> Option<EmbedFamily> {
-        let id = model.strip_prefix("us.").or_else(|| model.strip_prefix("eu.")).unwrap_or(model);
+        let id = model
+            .strip_prefix("us.")
+            .or_else(|| model.strip_prefix("eu."))
+            .unwrap_or(model);
         if id.starts_with("amazon.titan-embed") {
             Some(EmbedFamily::Titan)
         } else if id.starts_with("cohere.embed") {
@@ -59,11 +62,19 @@ fn texts(input: &Value) -> Result<Vec<&str>, Unsupported> {
             .iter()
             .map(|i| i.as_str())
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Unsupported("Bedrock embeddings take `input` as text (not token ids)".into()))?,
-        _ => return Err(Unsupported("`input` must be a string or a list of strings".into())),
+            .ok_or_else(|| {
+                Unsupported("Bedrock embeddings take `input` as text (not token ids)".into())
+            })?,
+        _ => {
+            return Err(Unsupported(
+                "`input` must be a string or a list of strings".into(),
+            ))
+        }
     };
     if list.is_empty() || list.len() > MAX_INPUTS {
-        return Err(Unsupported(format!("`input` must hold 1 to {MAX_INPUTS} texts")));
+        return Err(Unsupported(format!(
+            "`input` must hold 1 to {MAX_INPUTS} texts"
+        )));
     }
     Ok(list)
 }
@@ -77,7 +88,9 @@ pub fn embed_request(model: &str, input: &Value) -> Result<Vec<Value>, Unsupport
             .chunks(COHERE_BATCH)
             .map(|batch| json!({ "texts": batch, "input_type": "search_document" }))
             .collect()),
-        None => Err(Unsupported(format!("`{model}` is not a Bedrock embedding model (Titan or Cohere)"))),
+        None => Err(Unsupported(format!(
+            "`{model}` is not a Bedrock embedding model (Titan or Cohere)"
+        ))),
     }
 }
 
@@ -127,16 +140,20 @@ pub fn embed_response(
     let (prompt, estimated) = match (family, header_tokens) {
         (EmbedFamily::Titan, _) => (counted, false),
         (EmbedFamily::Cohere, Some(n)) => (n, false),
-        (EmbedFamily::Cohere, None) => {
-            (texts.iter().map(|t| (t.len() as u64).div_ceil(4)).sum(), true)
-        }
+        (EmbedFamily::Cohere, None) => (
+            texts.iter().map(|t| (t.len() as u64).div_ceil(4)).sum(),
+            true,
+        ),
     };
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
         .map(|(i, e)| json!({ "object": "embedding", "index": i, "embedding": e }))
         .collect();
-    let usage = TokenUsage { prompt, ..TokenUsage::default() };
+    let usage = TokenUsage {
+        prompt,
+        ..TokenUsage::default()
+    };
     Ok(Embedded {
         body: json!({
             "object": "list",
@@ -164,7 +181,10 @@ mod tests {
     fn titan_is_one_call_per_text() {
         let input = json!(["a", "bb"]);
         let reqs = embed_request("amazon.titan-embed-text-v2:0", &input).unwrap();
-        assert_eq!(reqs, vec![json!({"inputText": "a"}), json!({"inputText": "bb"})]);
+        assert_eq!(
+            reqs,
+            vec![json!({"inputText": "a"}), json!({"inputText": "bb"})]
+        );
         let b1 = br#"{"embedding": [0.1, 0.2], "inputTextTokenCount": 3}"#;
         let b2 = br#"{"embedding": [0.3, 0.4], "inputTextTokenCount": 4}"#;
         let out = embed_response("amazon.titan-embed-text-v2:0", &input, &[b1, b2], None).unwrap();
@@ -200,7 +220,13 @@ mod tests {
         let m = "amazon.titan-embed-text-v1";
         assert!(embed_response(m, &input, &[one], None).is_err(), "too few");
         assert!(embed_response(m, &input, &[one, b"nope"], None).is_err());
-        assert!(embed_response(m, &input, &[one, br#"{"embedding": ["x"], "inputTextTokenCount": 1}"#], None).is_err());
+        assert!(embed_response(
+            m,
+            &input,
+            &[one, br#"{"embedding": ["x"], "inputTextTokenCount": 1}"#],
+            None
+        )
+        .is_err());
         assert!(embed_response(m, &input, &[one, br#"{"embedding": [1]}"#], None).is_err());
     }
 }

@@ -52,11 +52,15 @@ impl EventStreamDecoder {
 
     /// The next whole message, `None` when more bytes are needed. A frame longer than the bound,
     /// a bad length or a CRC mismatch is `Garbled`; after an error the stream is unusable.
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "fallible: an Iterator of Results would hide when to stop"
+    )]
     pub fn next(&mut self) -> Result<Option<Message>, Garbled> {
-        let Some(prelude) = self.buf.get(..4) else {
+        let Some(prelude) = self.buf.get(..4).and_then(|p| <[u8; 4]>::try_from(p).ok()) else {
             return Ok(None);
         };
-        let total = u32::from_be_bytes([prelude[0], prelude[1], prelude[2], prelude[3]]) as usize;
+        let total = u32::from_be_bytes(prelude) as usize;
         if total < MIN_FRAME {
             return Err(Garbled(format!("event stream: a frame of {total} bytes")));
         }
@@ -70,8 +74,8 @@ impl EventStreamDecoder {
             return Ok(None);
         }
         let frame = self.buf.split_to(total).freeze();
-        let message = read_message_from(frame)
-            .map_err(|e| Garbled(format!("event stream: {e}")))?;
+        let message =
+            read_message_from(frame).map_err(|e| Garbled(format!("event stream: {e}")))?;
         let mut out = Message {
             event_type: String::new(),
             message_type: String::new(),
@@ -107,9 +111,14 @@ impl EventStreamDecoder {
 pub(crate) fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     use aws_smithy_eventstream::frame::write_message_to;
     use aws_smithy_types::event_stream::{Header, Message as Frame};
-    let frame = headers.iter().fold(Frame::new(payload.to_vec()), |m, (n, v)| {
-        m.add_header(Header::new(n.to_string(), HeaderValue::String(v.to_string().into())))
-    });
+    let frame = headers
+        .iter()
+        .fold(Frame::new(payload.to_vec()), |m, (n, v)| {
+            m.add_header(Header::new(
+                n.to_string(),
+                HeaderValue::String(v.to_string().into()),
+            ))
+        });
     let mut out = Vec::new();
     write_message_to(&frame, &mut out).unwrap();
     out
@@ -135,7 +144,10 @@ mod tests {
     #[test]
     fn decodes_frames_split_anywhere() {
         let mut bytes = event("messageStart", r#"{"role":"assistant"}"#);
-        bytes.extend(event("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#));
+        bytes.extend(event(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#,
+        ));
         for split in 0..bytes.len() {
             let mut d = EventStreamDecoder::new(1 << 20);
             let mut seen = Vec::new();
@@ -148,7 +160,10 @@ mod tests {
             assert_eq!(seen.len(), 2, "split at {split}");
             assert_eq!(seen[0].event_type, "messageStart");
             assert_eq!(seen[0].message_type, "event");
-            assert_eq!(&seen[1].payload[..], br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#);
+            assert_eq!(
+                &seen[1].payload[..],
+                br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#
+            );
             assert!(!d.has_partial());
         }
     }
@@ -157,11 +172,17 @@ mod tests {
     fn exceptions_carry_their_type() {
         let mut d = EventStreamDecoder::new(1 << 20);
         d.push(&encode(
-            &[(":exception-type", "throttlingException"), (":message-type", "exception")],
+            &[
+                (":exception-type", "throttlingException"),
+                (":message-type", "exception"),
+            ],
             br#"{"message":"slow down"}"#,
         ));
         let m = d.next().unwrap().unwrap();
-        assert_eq!((m.event_type.as_str(), m.message_type.as_str()), ("throttlingException", "exception"));
+        assert_eq!(
+            (m.event_type.as_str(), m.message_type.as_str()),
+            ("throttlingException", "exception")
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub fn invoke_anthropic_body(messages_req: &Map<String, Value>) -> Value {
         .filter(|(k, _)| !matches!(k.as_str(), "model" | "stream"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    body.insert("anthropic_version".into(), Value::from(BEDROCK_ANTHROPIC_VERSION));
+    body.insert(
+        "anthropic_version".into(),
+        Value::from(BEDROCK_ANTHROPIC_VERSION),
+    );
     Value::Object(body)
 }
 
@@ -51,7 +54,9 @@ mod tests {
     fn body_drops_model_and_stream() {
         let req = json!({"model": "claude", "stream": true, "max_tokens": 10, "anthropic_version": "2023-06-01",
                          "messages": [{"role": "user", "content": "hi"}]});
-        let Value::Object(req) = req else { unreachable!() };
+        let Value::Object(req) = req else {
+            unreachable!()
+        };
         assert_eq!(
             invoke_anthropic_body(&req),
             json!({"max_tokens": 10, "anthropic_version": "bedrock-2023-05-31",
@@ -64,7 +69,10 @@ mod tests {
         let inner = r#"{"type":"message_start","message":{"usage":{"input_tokens":3}}}"#;
         let b64 = base64::engine::general_purpose::STANDARD.encode(inner);
         let payload = json!({"bytes": b64}).to_string();
-        assert_eq!(&invoke_chunk(payload.as_bytes()).unwrap()[..], inner.as_bytes());
+        assert_eq!(
+            &invoke_chunk(payload.as_bytes()).unwrap()[..],
+            inner.as_bytes()
+        );
         for bad in ["", "{}", r#"{"bytes": 5}"#, r#"{"bytes": "%%%"}"#] {
             assert!(invoke_chunk(bad.as_bytes()).is_err(), "{bad}");
         }

@@ -99,7 +99,10 @@ mod tests {
             ),
             "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude/converse-stream"
         );
-        assert_eq!(default_base_url("eu-west-1"), "https://bedrock-runtime.eu-west-1.amazonaws.com");
+        assert_eq!(
+            default_base_url("eu-west-1"),
+            "https://bedrock-runtime.eu-west-1.amazonaws.com"
+        );
     }
 
     #[test]

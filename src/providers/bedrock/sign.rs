@@ -31,7 +31,10 @@ pub enum SignError {
 /// Signs the request in place: adds `host` (when absent), `x-amz-date`, `x-amz-security-token`
 /// (when the credentials have a session token) and `authorization`. `now` is the signing time
 /// (AWS refuses a signature more than 15 minutes off its clock).
-#[expect(clippy::too_many_arguments, reason = "the signature the data plane was promised")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the signature the data plane was promised"
+)]
 pub fn sign(
     method: &str,
     url: &str,
@@ -165,9 +168,23 @@ mod tests {
 
     #[test]
     fn refuses_urls_without_a_host() {
-        for url in ["/model/x/converse", "file:///etc/passwd", "not a url", "http://"] {
+        for url in [
+            "/model/x/converse",
+            "file:///etc/passwd",
+            "not a url",
+            "http://",
+        ] {
             let mut h = HeaderMap::new();
-            let e = sign("POST", url, &mut h, b"", &creds(None), "r", "bedrock", suite_time());
+            let e = sign(
+                "POST",
+                url,
+                &mut h,
+                b"",
+                &creds(None),
+                "r",
+                "bedrock",
+                suite_time(),
+            );
             assert!(matches!(e, Err(SignError::Url(_))), "{url}: {e:?}");
         }
     }

@@ -66,7 +66,10 @@ impl ConverseStream {
     }
 
     fn delta(&mut self, v: &Value) -> Result<Option<Bytes>, Garbled> {
-        let block = v.get("contentBlockIndex").and_then(Value::as_u64).unwrap_or(0);
+        let block = v
+            .get("contentBlockIndex")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let delta = v
             .get("delta")
             .ok_or_else(|| Garbled("Bedrock contentBlockDelta without delta".into()))?;
@@ -82,14 +85,17 @@ impl ConverseStream {
                 .get("input")
                 .and_then(Value::as_str)
                 .ok_or_else(|| Garbled("Bedrock delta.toolUse without input".into()))?;
-            let index = self
-                .tool_index(block)
-                .ok_or_else(|| Garbled("Bedrock toolUse delta for a block that was not started".into()))?;
+            let index = self.tool_index(block).ok_or_else(|| {
+                Garbled("Bedrock toolUse delta for a block that was not started".into())
+            })?;
             self.chars += input.chars().count();
             let call = json!({ "index": index, "function": { "arguments": input } });
             return Ok(Some(self.chunk(json!({ "tool_calls": [call] }), None)));
         }
-        if let Some(text) = delta.pointer("/reasoningContent/text").and_then(Value::as_str) {
+        if let Some(text) = delta
+            .pointer("/reasoningContent/text")
+            .and_then(Value::as_str)
+        {
             self.chars += text.chars().count();
             return Ok(Some(self.chunk(json!({ "reasoning_content": text }), None)));
         }
@@ -108,7 +114,9 @@ impl ConverseStream {
             tool.get("toolUseId").and_then(Value::as_str),
             tool.get("name").and_then(Value::as_str),
         ) else {
-            return Err(Garbled("Bedrock toolUse start without toolUseId or name".into()));
+            return Err(Garbled(
+                "Bedrock toolUse start without toolUseId or name".into(),
+            ));
         };
         if self.tool_index(block).is_some() {
             return Err(Garbled("Bedrock started a content block twice".into()));
@@ -133,8 +141,12 @@ impl StreamTranslator for ConverseStream {
         let name = event.name.unwrap_or_default();
         let known = matches!(
             name,
-            "messageStart" | "contentBlockStart" | "contentBlockDelta" | "contentBlockStop"
-                | "messageStop" | "metadata"
+            "messageStart"
+                | "contentBlockStart"
+                | "contentBlockDelta"
+                | "contentBlockStop"
+                | "messageStop"
+                | "metadata"
         );
         let exception = name.ends_with("Exception");
         if !known && !exception {
@@ -145,7 +157,9 @@ impl StreamTranslator for ConverseStream {
         if exception {
             let message = v.get("message").and_then(Value::as_str).unwrap_or(name);
             self.failed = true;
-            out.push(frame(&json!({ "error": { "message": message, "type": name } })));
+            out.push(frame(
+                &json!({ "error": { "message": message, "type": name } }),
+            ));
             return Ok(());
         }
         let chunk = match name {
@@ -203,13 +217,24 @@ mod tests {
         let mut out = Vec::new();
         for (name, data) in events {
             let data = data.to_string();
-            t.event(Event { name: Some(name), data: data.as_bytes() }, &mut out).unwrap();
+            t.event(
+                Event {
+                    name: Some(name),
+                    data: data.as_bytes(),
+                },
+                &mut out,
+            )
+            .unwrap();
         }
         t.finish(&mut out);
         out.iter()
             .map(|f| {
                 let s = std::str::from_utf8(f).unwrap();
-                let body = s.strip_prefix("data: ").unwrap().strip_suffix("\n\n").unwrap();
+                let body = s
+                    .strip_prefix("data: ")
+                    .unwrap()
+                    .strip_suffix("\n\n")
+                    .unwrap();
                 if body == "[DONE]" {
                     json!("[DONE]")
                 } else {
@@ -227,35 +252,75 @@ mod tests {
             &mut t,
             &[
                 ("messageStart", json!({"role": "assistant"})),
-                ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}})),
-                ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "lo"}})),
+                (
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}}),
+                ),
+                (
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": 0, "delta": {"text": "lo"}}),
+                ),
                 ("contentBlockStop", json!({"contentBlockIndex": 0})),
-                ("contentBlockStart", json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tu_1", "name": "f"}}})),
-                ("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"a\":"}}})),
-                ("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "1}"}}})),
+                (
+                    "contentBlockStart",
+                    json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tu_1", "name": "f"}}}),
+                ),
+                (
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"a\":"}}}),
+                ),
+                (
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "1}"}}}),
+                ),
                 ("contentBlockStop", json!({"contentBlockIndex": 1})),
                 ("messageStop", json!({"stopReason": "tool_use"})),
-                ("metadata", json!({"usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 45,
-                    "cacheReadInputTokens": 20, "cacheWriteInputTokens": 10}, "metrics": {"latencyMs": 9}})),
+                (
+                    "metadata",
+                    json!({"usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 45,
+                    "cacheReadInputTokens": 20, "cacheWriteInputTokens": 10}, "metrics": {"latencyMs": 9}}),
+                ),
                 ("someFutureEvent", json!({})),
             ],
         );
-        let deltas: Vec<&Value> = frames.iter().filter_map(|f| f.pointer("/choices/0/delta")).collect();
+        let deltas: Vec<&Value> = frames
+            .iter()
+            .filter_map(|f| f.pointer("/choices/0/delta"))
+            .collect();
         assert_eq!(deltas[0]["role"], "assistant");
         assert_eq!(deltas[1]["content"], "Hel");
         assert_eq!(deltas[2]["content"], "lo");
-        assert_eq!(deltas[3]["tool_calls"][0], json!({"index": 0, "id": "tu_1", "type": "function", "function": {"name": "f", "arguments": ""}}));
-        assert_eq!(deltas[4]["tool_calls"][0]["function"]["arguments"], "{\"a\":");
+        assert_eq!(
+            deltas[3]["tool_calls"][0],
+            json!({"index": 0, "id": "tu_1", "type": "function", "function": {"name": "f", "arguments": ""}})
+        );
+        assert_eq!(
+            deltas[4]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":"
+        );
         assert_eq!(deltas[5]["tool_calls"][0]["index"], 0);
         assert_eq!(frames[6]["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(frames[7]["choices"], json!([]));
         assert_eq!(frames[7]["usage"]["prompt_tokens"], 40);
-        assert_eq!(frames[7]["usage"]["prompt_tokens_details"]["cached_tokens"], 20);
+        assert_eq!(
+            frames[7]["usage"]["prompt_tokens_details"]["cached_tokens"],
+            20
+        );
         assert_eq!(frames[8], json!("[DONE]"));
         assert_eq!(frames.len(), 9);
-        assert_eq!(t.usage(), Some(TokenUsage { prompt: 40, completion: 5, cached: 20, cache_write: 10 }));
+        assert_eq!(
+            t.usage(),
+            Some(TokenUsage {
+                prompt: 40,
+                completion: 5,
+                cached: 20,
+                cache_write: 10
+            })
+        );
         assert_eq!(t.chars(), 5 + 7);
-        assert!(frames.iter().all(|f| f == "[DONE]" || f["object"] == "chat.completion.chunk"));
+        assert!(frames
+            .iter()
+            .all(|f| f == "[DONE]" || f["object"] == "chat.completion.chunk"));
     }
 
     #[test]
@@ -263,10 +328,21 @@ mod tests {
         let mut t = ConverseStream::new("m", false);
         let frames = run(
             &mut t,
-            &[("metadata", json!({"usage": {"inputTokens": 1, "outputTokens": 2}}))],
+            &[(
+                "metadata",
+                json!({"usage": {"inputTokens": 1, "outputTokens": 2}}),
+            )],
         );
         assert_eq!(frames, vec![json!("[DONE]")]);
-        assert_eq!(t.usage(), Some(TokenUsage { prompt: 1, completion: 2, cached: 0, cache_write: 0 }));
+        assert_eq!(
+            t.usage(),
+            Some(TokenUsage {
+                prompt: 1,
+                completion: 2,
+                cached: 0,
+                cache_write: 0
+            })
+        );
     }
 
     #[test]
@@ -276,11 +352,17 @@ mod tests {
             &mut t,
             &[
                 ("messageStart", json!({"role": "assistant"})),
-                ("throttlingException", json!({"message": "Too many requests"})),
+                (
+                    "throttlingException",
+                    json!({"message": "Too many requests"}),
+                ),
             ],
         );
         assert_eq!(frames.len(), 2);
-        assert_eq!(frames[1], json!({"error": {"message": "Too many requests", "type": "throttlingException"}}));
+        assert_eq!(
+            frames[1],
+            json!({"error": {"message": "Too many requests", "type": "throttlingException"}})
+        );
         assert_eq!(t.usage(), None);
     }
 
@@ -289,17 +371,35 @@ mod tests {
         for (name, data) in [
             ("contentBlockDelta", "not json"),
             ("contentBlockDelta", r#"{"contentBlockIndex": 0}"#),
-            ("contentBlockDelta", r#"{"contentBlockIndex": 0, "delta": {"text": 5}}"#),
-            ("contentBlockDelta", r#"{"contentBlockIndex": 3, "delta": {"toolUse": {"input": "x"}}}"#),
-            ("contentBlockStart", r#"{"start": {"toolUse": {"toolUseId": "a", "name": "f"}}}"#),
-            ("contentBlockStart", r#"{"contentBlockIndex": 1, "start": {"toolUse": {}}}"#),
+            (
+                "contentBlockDelta",
+                r#"{"contentBlockIndex": 0, "delta": {"text": 5}}"#,
+            ),
+            (
+                "contentBlockDelta",
+                r#"{"contentBlockIndex": 3, "delta": {"toolUse": {"input": "x"}}}"#,
+            ),
+            (
+                "contentBlockStart",
+                r#"{"start": {"toolUse": {"toolUseId": "a", "name": "f"}}}"#,
+            ),
+            (
+                "contentBlockStart",
+                r#"{"contentBlockIndex": 1, "start": {"toolUse": {}}}"#,
+            ),
             ("messageStop", r#"{}"#),
             ("metadata", r#"{"usage": {"inputTokens": "many"}}"#),
             ("metadata", r#"{}"#),
             ("modelStreamErrorException", "<html>"),
         ] {
             let mut t = ConverseStream::new("m", true);
-            let e = t.event(Event { name: Some(name), data: data.as_bytes() }, &mut Vec::new());
+            let e = t.event(
+                Event {
+                    name: Some(name),
+                    data: data.as_bytes(),
+                },
+                &mut Vec::new(),
+            );
             assert!(e.is_err(), "{name} {data}");
         }
     }

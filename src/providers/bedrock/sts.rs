@@ -32,7 +32,11 @@ pub enum StsError {
     Transport(String),
     /// STS's own error answer (e.g. `AccessDenied`, `ExpiredToken`).
     #[error("STS AssumeRole refused ({status}): {code}: {message}")]
-    Refused { status: u16, code: String, message: String },
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("STS AssumeRole: the answer is not STS's: {0}")]
     Garbled(String),
 }
@@ -44,7 +48,10 @@ pub fn default_sts_endpoint(region: &str) -> String {
 
 /// Assumes `role_arn` with the `base` credentials: the temporary credentials and when they
 /// expire. `endpoint` is the STS base URL (see [`default_sts_endpoint`]); `now` signs.
-#[expect(clippy::too_many_arguments, reason = "the signature the data plane was promised")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the signature the data plane was promised"
+)]
 pub async fn assume_role(
     http: &reqwest::Client,
     endpoint: &str,
@@ -66,14 +73,28 @@ pub async fn assume_role(
     if let Some(id) = external_id {
         form.push(("ExternalId", id));
     }
-    let body = serde_urlencoded::to_string(&form).map_err(|e| StsError::Transport(e.to_string()))?;
-    let url = if endpoint.ends_with('/') { endpoint.to_owned() } else { format!("{endpoint}/") };
+    let body =
+        serde_urlencoded::to_string(&form).map_err(|e| StsError::Transport(e.to_string()))?;
+    let url = if endpoint.ends_with('/') {
+        endpoint.to_owned()
+    } else {
+        format!("{endpoint}/")
+    };
     let mut headers = HeaderMap::new();
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"),
     );
-    sign("POST", &url, &mut headers, body.as_bytes(), base, region, "sts", now)?;
+    sign(
+        "POST",
+        &url,
+        &mut headers,
+        body.as_bytes(),
+        base,
+        region,
+        "sts",
+        now,
+    )?;
     let mut resp = http
         .post(&url)
         .headers(headers)
@@ -89,7 +110,9 @@ pub async fn assume_role(
         .map_err(|e| StsError::Transport(e.without_url().to_string()))?
     {
         if answer.len() + chunk.len() > MAX_ANSWER {
-            return Err(StsError::Garbled(format!("an answer over {MAX_ANSWER} bytes")));
+            return Err(StsError::Garbled(format!(
+                "an answer over {MAX_ANSWER} bytes"
+            )));
         }
         answer.extend_from_slice(&chunk);
     }
@@ -114,8 +137,9 @@ pub fn parse_credentials(xml: &str) -> Result<(Credentials, SystemTime), StsErro
             .ok_or_else(|| StsError::Garbled(format!("no {name} in the answer")))
     };
     let expiration = get("Expiration")?;
-    let expires = time::OffsetDateTime::parse(&expiration, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| StsError::Garbled(format!("Expiration {expiration:?} is not a date")))?;
+    let expires =
+        time::OffsetDateTime::parse(&expiration, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| StsError::Garbled(format!("Expiration {expiration:?} is not a date")))?;
     let creds = Credentials {
         access_key_id: get("AccessKeyId")?,
         secret_access_key: get("SecretAccessKey")?,
@@ -207,9 +231,18 @@ mod tests {
     fn parses_the_documented_answer() {
         let (c, exp) = parse_credentials(ANSWER).unwrap();
         assert_eq!(c.access_key_id, "ASIAIOSFODNN7EXAMPLE");
-        assert_eq!(c.secret_access_key, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY");
-        assert_eq!(c.session_token.as_deref(), Some("AQoDYXdzEPT//////////wEXAMPLEtc764&bNrC"));
-        assert_eq!(exp, SystemTime::UNIX_EPOCH + Duration::from_secs(1_573_306_481));
+        assert_eq!(
+            c.secret_access_key,
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+        );
+        assert_eq!(
+            c.session_token.as_deref(),
+            Some("AQoDYXdzEPT//////////wEXAMPLEtc764&bNrC")
+        );
+        assert_eq!(
+            exp,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_573_306_481)
+        );
     }
 
     #[test]
@@ -226,7 +259,9 @@ mod tests {
                 message: "User is not authorized to perform: sts:AssumeRole \"x\"".into()
             }
         );
-        assert!(matches!(refusal(502, "<html>oops"), StsError::Refused { ref code, .. } if code == "Unknown"));
+        assert!(
+            matches!(refusal(502, "<html>oops"), StsError::Refused { ref code, .. } if code == "Unknown")
+        );
     }
 
     #[test]
