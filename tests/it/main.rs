@@ -18,6 +18,7 @@ mod logs;
 mod mock;
 mod mock_anthropic;
 mod mock_gemini;
+mod mock_bedrock;
 mod process;
 mod sdk;
 mod security;

@@ -1,0 +1,80 @@
+//! InvokeModel for Anthropic models on Bedrock, used when the caller speaks Anthropic's
+//! `/v1/messages`: the body is Anthropic's Messages request less `model` (it is in the path)
+//! and `stream` (the action says it: `invoke` or `invoke-with-response-stream`), with
+//! `anthropic_version: "bedrock-2023-05-31"`. The plain answer is Anthropic's message JSON as
+//! is. The streamed answer is an AWS event stream whose `chunk` events carry
+//! `{"bytes": base64}`, each one Anthropic stream event (`message_start`, ...; the last,
+//! `message_stop`, also carries `amazon-bedrock-invocationMetrics`); [`invoke_chunk`] unwraps
+//! one, and the Anthropic translator takes it from there.
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::providers::Garbled;
+
+/// The `anthropic_version` Bedrock requires in an Anthropic InvokeModel body.
+pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
+
+/// The InvokeModel body for an Anthropic Messages request.
+pub fn invoke_anthropic_body(messages_req: &Map<String, Value>) -> Value {
+    let mut body: Map<String, Value> = messages_req
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "model" | "stream"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    body.insert(
+        "anthropic_version".into(),
+        Value::from(BEDROCK_ANTHROPIC_VERSION),
+    );
+    Value::Object(body)
+}
+
+/// The Anthropic event JSON inside a `chunk` event's payload `{"bytes": base64}`.
+pub fn invoke_chunk(payload: &[u8]) -> Result<Bytes, Garbled> {
+    let v: Value = serde_json::from_slice(payload)
+        .map_err(|e| Garbled(format!("Bedrock chunk event is not JSON: {e}")))?;
+    let b64 = v
+        .get("bytes")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Garbled("Bedrock chunk event has no bytes".into()))?;
+    let inner = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| Garbled("Bedrock chunk bytes are not base64".into()))?;
+    Ok(Bytes::from(inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn body_drops_model_and_stream() {
+        let req = json!({"model": "claude", "stream": true, "max_tokens": 10, "anthropic_version": "2023-06-01",
+                         "messages": [{"role": "user", "content": "hi"}]});
+        let Value::Object(req) = req else {
+            unreachable!()
+        };
+        assert_eq!(
+            invoke_anthropic_body(&req),
+            json!({"max_tokens": 10, "anthropic_version": "bedrock-2023-05-31",
+                   "messages": [{"role": "user", "content": "hi"}]})
+        );
+    }
+
+    #[test]
+    fn chunks_unwrap() {
+        let inner = r#"{"type":"message_start","message":{"usage":{"input_tokens":3}}}"#;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(inner);
+        let payload = json!({"bytes": b64}).to_string();
+        assert_eq!(
+            &invoke_chunk(payload.as_bytes()).unwrap()[..],
+            inner.as_bytes()
+        );
+        for bad in ["", "{}", r#"{"bytes": 5}"#, r#"{"bytes": "%%%"}"#] {
+            assert!(invoke_chunk(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}
