@@ -41,7 +41,7 @@ pub struct Event<'a> {
 
 /// Carries one provider stream into the caller's protocol, event by event. Each output frame is
 /// one whole SSE event in the caller's format (`data: {...}\n\n`, or `event: x\ndata: {...}\n\n`).
-pub trait StreamTranslator: Send {
+pub trait StreamTranslator: Send + Sync {
     /// What one provider event becomes: zero or more frames appended to `out`.
     fn event(&mut self, event: Event<'_>, out: &mut Vec<Bytes>) -> Result<(), Garbled>;
     /// The frames that close the caller's stream after the provider's ended cleanly (e.g. the

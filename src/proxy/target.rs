@@ -171,7 +171,7 @@ impl Opener<'_> {
 fn aws_auth(i: &Integration, open: &Opener<'_>) -> Result<AwsAuth, DataError> {
     let slug = open.slug;
     let region = config_str(i, "aws_region")
-        .filter(|r| crate::providers::bedrock::region_ok(r))
+        .filter(|r| region_ok(r))
         .ok_or_else(|| DataError::bad_request(format!("provider {slug}: configurations.aws_region is not a valid AWS region")))?
         .to_owned();
     let base = Credentials {
@@ -259,7 +259,7 @@ fn base_url(i: &Integration, slug: &str, protocol: Protocol, model: &str) -> Res
         }
         Protocol::Bedrock => {
             let region = config_str(i, "aws_region")
-                .filter(|r| crate::providers::bedrock::region_ok(r))
+                .filter(|r| region_ok(r))
                 .ok_or_else(|| missing("a valid aws_region"))?;
             crate::providers::bedrock::default_base_url(region)
         }
@@ -268,14 +268,20 @@ fn base_url(i: &Integration, slug: &str, protocol: Protocol, model: &str) -> Res
                 return Err(missing("vertex_project_id and vertex_region"));
             };
             let publisher = if model.starts_with("claude") { "anthropic" } else { "google" };
+            crate::providers::gemini::validate_vertex_location(project, region)
+                .map_err(|e| DataError::bad_request(format!("provider {slug}: {e}")))?;
             crate::providers::gemini::vertex_base_url(project, region, publisher)
-                .map_err(|e| DataError::bad_request(format!("provider {slug}: {e}")))?
         }
         _ => catalog::kind(&i.ai_provider_id)
             .and_then(|k| k.base_url)
             .ok_or_else(|| missing("configurations.custom_host (it has no endpoint built in)"))?
             .to_owned(),
     })
+}
+
+/// Whether `r` can be an AWS region (it forms the endpoint's host): `[a-z0-9-]`, at most 32.
+fn region_ok(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 32 && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The Azure deployment serving `model`: the `deployments` map's (a list of `{model,

@@ -198,12 +198,11 @@ async fn forward_events(job: &Job, p: &mut Progress, decoder: &mut Decoder, chun
         Decoder::Aws(d) => {
             d.push(chunk);
             while let Some(m) = d.next().map_err(|e| Broken::Garbled(e.0))? {
-                if m.message_type != "event" {
-                    let (_, message) = crate::providers::bedrock::exception_message(&m.event_type, &m.payload);
-                    return Err(Broken::Garbled(message));
-                }
                 let inner;
                 let (name, data) = if job.framing == Framing::AwsChunks {
+                    if m.message_type != "event" {
+                        return Err(Broken::Garbled(aws_exception(&m)));
+                    }
                     inner = crate::providers::bedrock::invoke_chunk(&m.payload).map_err(|e| Broken::Garbled(e.0))?;
                     (event_type(&inner), &inner[..])
                 } else {
@@ -214,6 +213,16 @@ async fn forward_events(job: &Job, p: &mut Progress, decoder: &mut Decoder, chun
         }
     }
     Ok(())
+}
+
+/// What an AWS exception message says (`{"message": ...}`), with its type.
+fn aws_exception(m: &crate::providers::bedrock::Message) -> String {
+    #[derive(serde::Deserialize)]
+    struct Said {
+        message: Option<String>,
+    }
+    let said = serde_json::from_slice::<Said>(&m.payload).ok().and_then(|s| s.message);
+    format!("{}: {}", m.event_type, said.as_deref().unwrap_or("(no message)"))
 }
 
 /// The `type` of an Anthropic event JSON (its SSE event name).
@@ -327,6 +336,7 @@ async fn settle(job: Job, target: &Target, mut p: Progress) {
         index: job.index,
         event_id: job.event_id.clone(),
     };
+    let endpoint = job.ctx.endpoint;
     let recorded = meter::record(&job.plane, &job.ctx, attempt, job.reservation).await;
     if p.client_gone_at.is_some() {
         return;
@@ -335,12 +345,12 @@ async fn settle(job: Job, target: &Target, mut p: Progress) {
         (Err(e), _) => {
             tracing::error!(trace_id = %job.ctx.trace_id, error = %e, "usage event could not be recorded");
             vec![error_frame(
-                &job,
+                endpoint,
                 "the request's usage could not be recorded",
                 "server_error",
             )]
         }
-        (Ok(()), Some(why)) => vec![error_frame(&job, &why, "api_error")],
+        (Ok(()), Some(why)) => vec![error_frame(endpoint, &why, "api_error")],
         (Ok(()), None) => p.done,
     };
     for frame in last {
@@ -349,8 +359,8 @@ async fn settle(job: Job, target: &Target, mut p: Progress) {
 }
 
 /// The frame that tells the client its stream failed, in its protocol.
-fn error_frame(job: &Job, message: &str, kind: &'static str) -> Bytes {
-    if job.ctx.endpoint == crate::domain::Endpoint::Messages {
+fn error_frame(endpoint: crate::domain::Endpoint, message: &str, kind: &'static str) -> Bytes {
+    if endpoint == crate::domain::Endpoint::Messages {
         let body = crate::providers::anthropic::error_body(kind, message);
         return Bytes::from(format!("event: error\ndata: {body}\n\n"));
     }

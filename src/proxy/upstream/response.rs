@@ -59,7 +59,7 @@ impl Exec {
             Ok(b) => b,
             Err(Garbled(why)) => {
                 tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "provider answer not in its protocol");
-                let usage = self.estimate(received);
+                let usage = self.estimated(received);
                 let err = DataError::new(
                     StatusCode::BAD_GATEWAY,
                     "api_error",
@@ -94,7 +94,7 @@ impl Exec {
         cap: usize,
     ) -> Result<Answer, DataError> {
         tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, cap, "upstream body over max_upstream_body_bytes; not delivered");
-        let usage = self.estimate(received);
+        let usage = self.estimated(received);
         let err = DataError::new(
             StatusCode::BAD_GATEWAY,
             "api_error",
@@ -134,7 +134,7 @@ impl Exec {
         match reported {
             Some(u) => (u, UsageSource::Provider),
             None if status.is_success() => (
-                self.estimate(meter::completion_chars(body)),
+                self.estimated(meter::completion_chars(body)),
                 UsageSource::Estimated,
             ),
             None => (TokenUsage::default(), UsageSource::Provider),
@@ -142,7 +142,7 @@ impl Exec {
     }
 
     /// The estimated usage of an answer with `chars` characters of output.
-    fn estimate(&self, chars: usize) -> TokenUsage {
+    fn estimated(&self, chars: usize) -> TokenUsage {
         TokenUsage {
             prompt: self.prompt_estimate,
             completion: meter::tokens_for_chars(chars),

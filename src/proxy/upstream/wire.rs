@@ -96,9 +96,7 @@ impl Wire {
                 bedrock::model_path(model, if stream { "invoke-with-response-stream" } else { "invoke" })
             }
             (_, Protocol::Bedrock) => bedrock::model_path(model, if stream { "converse-stream" } else { "converse" }),
-            (Wire::Messages, _) => {
-                format!("/models/{model}:{}", if stream { "streamRawPredict" } else { "rawPredict" })
-            }
+            (Wire::Messages, _) => gemini::vertex_anthropic_path(model, stream),
             _ => gemini::model_path(model, stream),
         }
     }
@@ -135,21 +133,27 @@ impl Wire {
     /// A whole success answer in the caller's protocol, with the provider's usage when it gave
     /// one; `None` for pass-through OpenAI (read by the usual path).
     pub fn whole(self, body: &[u8], model: &str) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
-        let encode = |(v, u): (Value, TokenUsage)| (Bytes::from(v.to_string()), Some(u));
+        let encode = |(v, u): (Value, Option<TokenUsage>)| (Bytes::from(v.to_string()), u);
         Ok(match self {
             Wire::OpenAi => (Bytes::copy_from_slice(body), crate::proxy::meter::usage_of_body(body)),
             Wire::Messages => (Bytes::copy_from_slice(body), anthropic::messages_usage(body)),
             Wire::ChatToAnthropic => encode(anthropic::chat_response(body)?),
-            Wire::ChatToBedrock => encode(bedrock::converse_response(body, model)?),
+            Wire::ChatToBedrock => {
+                let (v, u) = bedrock::converse_response(body, model)?;
+                encode((v, Some(u)))
+            }
             Wire::ChatToGemini => encode(gemini::chat_response(body, model)?),
             Wire::MessagesToChat => encode(anthropic::chat_to_messages_response(body)?),
             Wire::MessagesVia(inner) => {
                 let (chat, usage) = match inner {
-                    Inner::Bedrock => bedrock::converse_response(body, model)?,
+                    Inner::Bedrock => {
+                        let (v, u) = bedrock::converse_response(body, model)?;
+                        (v, Some(u))
+                    }
                     Inner::Gemini => gemini::chat_response(body, model)?,
                 };
                 let (messages, _) = anthropic::chat_to_messages_response(chat.to_string().as_bytes())?;
-                (Bytes::from(messages.to_string()), Some(usage))
+                (Bytes::from(messages.to_string()), usage)
             }
         })
     }
