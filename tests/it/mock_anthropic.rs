@@ -14,7 +14,9 @@
 //! - `garbage` answers 200 with a body that is not JSON (a stream: an event that is not JSON);
 //! - `truncated` cuts the answer mid-JSON (a stream: mid-event, with no `message_stop`);
 //! - `stream-error` streams an `error` event (overloaded) after the first text delta;
-//! - `no-usage` leaves `usage` out.
+//! - `no-usage` leaves `usage` out;
+//! - `slow-stream` streams [`SLOW_DELTAS`] text deltas (`w0 `, `w1 `, ...), each event 25 ms
+//!   after the last (usage as always).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub const RETRY_AFTER: &str = "7";
 /// The answer's text, streamed in [`TEXT_PARTS`].
 pub const TEXT: &str = "Hello from the Anthropic mock!";
 const TEXT_PARTS: [&str; 3] = ["Hello", " from the", " Anthropic mock!"];
+/// How many text deltas `slow-stream` sends.
+pub const SLOW_DELTAS: usize = 40;
 /// The id of the `tool_use` block and the input it gives the first tool.
 pub const TOOL_ID: &str = "toolu_mock_1";
 pub fn tool_input() -> Value {
@@ -241,7 +245,12 @@ fn events(body: &Value, model: &str) -> Vec<String> {
         ),
         event("ping", &json!({"type": "ping"})),
     ];
-    for (i, part) in TEXT_PARTS.iter().enumerate() {
+    let parts: Vec<String> = if model.contains("slow-stream") {
+        (0..SLOW_DELTAS).map(|i| format!("w{i} ")).collect()
+    } else {
+        TEXT_PARTS.iter().map(|p| p.to_string()).collect()
+    };
+    for (i, part) in parts.iter().enumerate() {
         out.push(delta(0, json!({"type": "text_delta", "text": part})));
         if i == 0 && model.contains("stream-error") {
             out.push(event(
@@ -295,7 +304,11 @@ fn stream(seen: Arc<Seen>, body: &Value, model: String) -> Response {
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(4);
     tokio::spawn(async move {
+        let slow = model.contains("slow-stream");
         for f in frames {
+            if slow {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
             if tx.send(Ok(f)).await.is_err() {
                 return;
             }
@@ -542,6 +555,19 @@ mod protocol {
             .unwrap();
         let (events, _) = sse(&text);
         assert_eq!(events.last().unwrap().0, "error");
+
+        let text = post(&mock, "/messages", request("slow-stream", true, false))
+            .await
+            .text()
+            .await
+            .unwrap();
+        let (events, _) = sse(&text);
+        let deltas = events
+            .iter()
+            .filter(|(n, _)| n == "content_block_delta")
+            .count();
+        assert_eq!(deltas, SLOW_DELTAS);
+        assert_eq!(events.last().unwrap().0, "message_stop");
 
         let body = post(&mock, "/messages", request("no-usage", false, false))
             .await

@@ -16,6 +16,10 @@
 //! `cache_control` marks (prompt caching is the provider's own business in OpenAI's format),
 //! and other top-level parameters this module does not know (Anthropic-side features newer
 //! than this module, mostly betas; an OpenAI-format provider could not carry them anyway).
+//!
+//! Back: a provider's `reasoning_content` is not carried into `thinking` blocks: those carry
+//! Anthropic's signature, and a client sending an unsigned one back to Anthropic (after a
+//! fallback, say) would be refused.
 
 use serde_json::{json, Map, Value};
 

@@ -41,8 +41,9 @@ pub struct MessagesStream {
     open: Open,
     /// Anthropic blocks opened so far (the next block's index).
     blocks: u64,
-    /// OpenAI tool-call indexes already given a block.
-    tools_seen: Vec<u64>,
+    /// Tool calls begun so far, and the id of the open one.
+    tools: usize,
+    tool_id: String,
     stop_reason: Value,
     usage: Option<TokenUsage>,
     chars: usize,
@@ -56,7 +57,8 @@ impl MessagesStream {
             started: false,
             open: Open::None,
             blocks: 0,
-            tools_seen: Vec::new(),
+            tools: 0,
+            tool_id: String::new(),
             stop_reason: Value::Null,
             usage: None,
             chars: 0,
@@ -117,24 +119,25 @@ impl MessagesStream {
         out.push(self.delta(json!({"type": "text_delta", "text": t})));
     }
 
+    /// One tool-call delta. A delta continues the open tool call when it has the same index and
+    /// no other id (some providers repeat the id, some leave the index out and give each call
+    /// its own id); anything else begins a new call, which needs an id and a name. A call
+    /// resumed after another began cannot be carried (Anthropic's blocks are sequential).
     fn tool_call(&mut self, call: &Value, out: &mut Vec<Bytes>) -> Result<(), Garbled> {
         let index = call["index"].as_u64().unwrap_or(0);
-        if self.open != Open::Tool(index) {
-            if self.tools_seen.contains(&index) {
-                return Err(Garbled(format!(
-                    "tool call {index} resumed after another began (interleaved tool calls)"
-                )));
-            }
-            if self.tools_seen.len() >= MAX_TOOL_CALLS {
+        let id = call["id"].as_str().filter(|id| !id.is_empty());
+        let continues = self.open == Open::Tool(index) && id.is_none_or(|id| id == self.tool_id);
+        if !continues {
+            if self.tools >= MAX_TOOL_CALLS {
                 return Err(Garbled(format!("more than {MAX_TOOL_CALLS} tool calls")));
             }
-            let f = &call["function"];
-            let (Some(id), Some(name)) = (call["id"].as_str(), f["name"].as_str()) else {
+            let (Some(id), Some(name)) = (id, call["function"]["name"].as_str()) else {
                 return Err(Garbled(format!(
-                    "tool call {index} begins without an id and name"
+                    "tool call {index} begins without an id and a name (or resumes after another began)"
                 )));
             };
-            self.tools_seen.push(index);
+            self.tools += 1;
+            id.clone_into(&mut self.tool_id);
             self.open(
                 Open::Tool(index),
                 json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
@@ -557,6 +560,45 @@ mod tests {
                 &mut out
             )
             .is_err());
+    }
+
+    #[test]
+    fn tool_calls_told_apart_by_id_when_the_index_is_missing() {
+        let events = vec![
+            chunk(
+                json!({"tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{}"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"id": "b", "function": {"name": "g", "arguments": "{\"k\":"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"id": "b", "function": {"arguments": "2}"}}]}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("tool_calls")),
+        ];
+        let frames = run(&mut MessagesStream::new("m"), &events);
+        let starts: Vec<_> = frames
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| (d["index"].clone(), d["content_block"]["id"].clone()))
+            .collect();
+        assert_eq!(starts, [(json!(0), json!("a")), (json!(1), json!("b"))]);
+        let args: Vec<_> = frames
+            .iter()
+            .filter(|(n, _)| n == "content_block_delta")
+            .map(|(_, d)| (d["index"].clone(), d["delta"]["partial_json"].clone()))
+            .collect();
+        assert_eq!(
+            args,
+            [
+                (json!(0), json!("{}")),
+                (json!(1), json!("{\"k\":")),
+                (json!(1), json!("2}"))
+            ]
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! An Anthropic message carried back into an OpenAI `chat.completion`.
 //!
 //! Text blocks are joined into `content` (null when there are none), `tool_use` blocks become
-//! `tool_calls` (arguments as a JSON string), `thinking` blocks are left out (OpenAI's chat has
-//! no place for them; their tokens are in `output_tokens`, billed as completion).
+//! `tool_calls` (arguments as a JSON string), `thinking` blocks become `reasoning_content` (the
+//! field OpenAI-compatible reasoning models use; their tokens are in `output_tokens`, billed as
+//! completion; signatures and redacted thinking are dropped).
 
 use serde_json::{json, Value};
 
@@ -21,6 +22,7 @@ pub fn chat_response(body: &[u8]) -> Result<(Value, Option<TokenUsage>), Garbled
     let mut text = String::new();
     let mut has_text = false;
     let mut calls = Vec::new();
+    let mut reasoning = String::new();
     for (i, b) in blocks.iter().enumerate() {
         match b["type"].as_str() {
             Some("text") => {
@@ -31,6 +33,7 @@ pub fn chat_response(body: &[u8]) -> Result<(Value, Option<TokenUsage>), Garbled
                 has_text = true;
             }
             Some("tool_use") => calls.push(tool_call(b, i)?),
+            Some("thinking") => reasoning.push_str(b["thinking"].as_str().unwrap_or("")),
             Some(_) => {}
             None => return Err(Garbled(format!("content[{i}] has no type"))),
         }
@@ -38,6 +41,9 @@ pub fn chat_response(body: &[u8]) -> Result<(Value, Option<TokenUsage>), Garbled
     let mut message = json!({"role": "assistant", "content": has_text.then_some(text)});
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
+    }
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = json!(reasoning);
     }
     let u = msg.get("usage").filter(|u| u.is_object()).map(usage);
     let mut out = json!({
@@ -111,7 +117,7 @@ mod tests {
         assert_eq!(
             out["choices"][0],
             json!({"index": 0, "logprobs": null, "finish_reason": "tool_calls", "message": {
-                "role": "assistant", "content": "Let me check.",
+                "role": "assistant", "content": "Let me check.", "reasoning_content": "hmm",
                 "tool_calls": [{"id": "toolu_1", "type": "function",
                     "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]}})
         );

@@ -5,7 +5,9 @@
 //! `input_json_delta`, `thinking_delta`, ...), `content_block_stop`; `message_delta` (the
 //! `stop_reason`, cumulative usage), `message_stop`; `ping`s anywhere; `error` instead of the
 //! rest. Each `tool_use` block becomes one OpenAI tool call, numbered in order of appearance:
-//! its first delta carries the id and name, the following ones the argument text. Unknown
+//! its first delta carries the id and name, the following ones the argument text. Extended
+//! thinking streams as `reasoning_content` deltas (the field OpenAI-compatible reasoning
+//! models use; OpenAI's own SDK keeps it as an extra field); signatures are dropped. Unknown
 //! events and delta types are skipped (Anthropic documents that new ones may appear).
 
 use bytes::Bytes;
@@ -134,7 +136,10 @@ impl ChatStream {
                 }
             }
             Some("thinking_delta") => {
-                self.chars += delta["thinking"].as_str().map_or(0, |t| t.chars().count());
+                if let Some(t) = delta["thinking"].as_str().filter(|t| !t.is_empty()) {
+                    self.chars += t.chars().count();
+                    out.push(self.chunk(json!({"reasoning_content": t}), Value::Null));
+                }
             }
             _ => {}
         }
@@ -381,10 +386,14 @@ mod tests {
             ],
         );
         assert_eq!(
-            frames[1],
+            frames[1]["choices"][0]["delta"],
+            json!({"reasoning_content": "abc"})
+        );
+        assert_eq!(
+            frames[2],
             json!({"error": {"message": "Overloaded", "type": "overloaded_error"}})
         );
-        assert_eq!(frames[2]["usage"]["prompt_tokens"], 3);
+        assert_eq!(frames[3]["usage"]["prompt_tokens"], 3);
         assert_eq!(t.chars(), 3);
     }
 
