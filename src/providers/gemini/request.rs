@@ -141,8 +141,13 @@ fn generation_config(chat: &Map<String, Value>) -> Result<Map<String, Value>, Un
             continue;
         }
         match key.as_str() {
-            "max_tokens" | "max_completion_tokens" => {
+            // `max_completion_tokens` (OpenAI's current name) wins over `max_tokens`.
+            "max_completion_tokens" => {
                 g.insert("maxOutputTokens".into(), uint(key, value)?);
+            }
+            "max_tokens" => {
+                let limit = uint(key, value)?;
+                g.entry("maxOutputTokens").or_insert(limit);
             }
             "temperature" => copy_number(&mut g, "temperature", key, value)?,
             "top_p" => copy_number(&mut g, "topP", key, value)?,
