@@ -19,7 +19,8 @@
 //!
 //! Usage billed (every Gemini answer, streams' last event): [`PROMPT`] prompt tokens of which
 //! [`CACHED`] cached, [`CANDIDATES`] candidate and [`THOUGHTS`] thought tokens; Vertex `predict`
-//! bills [`EMBED_TOKENS`] per instance; Claude on Vertex bills [`CLAUDE_USAGE`].
+//! bills [`EMBED_TOKENS`] per instance; Claude on Vertex bills [`CLAUDE_USAGE`]; its
+//! `count-tokens:rawPredict` counts 3 tokens a message.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -206,6 +207,7 @@ fn dispatch(
     }
     let sse = query.get("alt").map(String::as_str) == Some("sse");
     match (publisher, method) {
+        ("anthropic", "rawPredict") if model == "count-tokens" => count_tokens(&body),
         ("anthropic", "rawPredict") => claude(&body, model, false),
         ("anthropic", "streamRawPredict") => claude(&body, model, true),
         ("google", "generateContent") => generate(&body, model),
@@ -557,6 +559,21 @@ fn claude(body: &Value, model: &str, stream: bool) -> Response {
         ),
         ev("message_stop", json!({"type": "message_stop"})),
     ])
+}
+
+/// Vertex's Claude token counter: the model must be in the body; 3 tokens a message.
+fn count_tokens(body: &Value) -> Response {
+    let (Some(_), Some(messages)) = (body["model"].as_str(), body["messages"].as_array()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"type": "error", "error": {"type": "invalid_request_error",
+                "message": "model and messages are required"}}),
+            ),
+        )
+            .into_response();
+    };
+    Json(json!({"input_tokens": 3 * messages.len()})).into_response()
 }
 
 /// The Python token endpoint (tests/mocks/vertex_token.py), killed when dropped.

@@ -160,6 +160,7 @@ async fn gemini_behaviours() {
         .to_owned();
     let mut t = gemini::ChatStream::new("m", false);
     let data = last.strip_prefix("data: ").unwrap();
+    assert!(!t.ended_cleanly());
     assert!(t
         .event(
             Event {
@@ -284,6 +285,13 @@ async fn vertex_grant_is_verified_and_its_token_works() {
             "{text}"
         );
     }
+    let url = format!(
+        "{}{}",
+        mock.vertex_url("anthropic"),
+        gemini::VERTEX_ANTHROPIC_COUNT_TOKENS_PATH
+    );
+    let r = post(url, ("authorization", &bearer), &messages).await;
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"input_tokens": 3}));
     assert_eq!(tokens.stats().await, json!({"issued": 1, "refused": 0}));
 }
 

@@ -29,7 +29,7 @@ pub use response::{chat_response, usage};
 pub use stream::ChatStream;
 pub use vertex::{
     assertion, fetch_token, parse_service_account, vertex_anthropic_body, vertex_anthropic_path,
-    ServiceAccount, TokenError,
+    ServiceAccount, TokenError, VERTEX_ANTHROPIC_COUNT_TOKENS_PATH,
 };
 
 /// The Gemini API's base URL (API key in the `x-goog-api-key` header).
@@ -67,6 +67,19 @@ pub fn validate_vertex_location(project: &str, region: &str) -> Result<(), Strin
         ));
     }
     Ok(())
+}
+
+/// The `status` and `message` of a Google error answer (`{"error": {"code", "message",
+/// "status"}}`), for a clear upstream error; `None` when the body is not one.
+pub fn upstream_error(body: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?;
+    let status = e
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or("UNKNOWN");
+    let message = e.get("message").and_then(|s| s.as_str())?;
+    Some((status.to_owned(), message.chars().take(1000).collect()))
 }
 
 /// The path (after the base URL) of a model's `generateContent`, or of its SSE stream.
@@ -119,6 +132,20 @@ mod tests {
             model_path("a/b?c", false),
             "/models/a%2Fb%3Fc:generateContent"
         );
+    }
+
+    #[test]
+    fn google_errors() {
+        let body = br#"{"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}}"#;
+        assert_eq!(
+            upstream_error(body),
+            Some((
+                "RESOURCE_EXHAUSTED".into(),
+                "Resource has been exhausted".into()
+            ))
+        );
+        assert_eq!(upstream_error(b"<html>"), None);
+        assert_eq!(upstream_error(br#"{"error": "x"}"#), None);
     }
 
     #[test]

@@ -220,6 +220,11 @@ pub fn vertex_anthropic_path(model: &str, stream: bool) -> String {
     format!("/models/{}:{action}", super::path_segment(model))
 }
 
+/// The path (after the `anthropic` publisher's base) of Vertex's Claude token counter, which
+/// takes an Anthropic `count_tokens` body with the model in it (unlike `rawPredict`), and
+/// answers `{"input_tokens": N}`.
+pub const VERTEX_ANTHROPIC_COUNT_TOKENS_PATH: &str = "/models/count-tokens:rawPredict";
+
 #[cfg(test)]
 #[path = "vertex_tests.rs"]
 mod tests;
