@@ -92,6 +92,7 @@ pub fn embed_request(
         single,
         dims,
     } = inputs(req)?;
+    let model = super::bare_model(model);
     let seg = path_segment(model);
     // One `EmbedContentRequest` of the Gemini API.
     let request = |t: &str| {

@@ -35,6 +35,24 @@ pub use vertex::{
 /// The Gemini API's base URL (API key in the `x-goog-api-key` header).
 pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
 
+/// The header that carries a Gemini API key.
+pub const API_KEY_HEADER: &str = "x-goog-api-key";
+
+/// The Vertex publisher of a model: `anthropic` for Claude models (served by `rawPredict` in
+/// Anthropic's own protocol), `google` for everything else (Gemini, `generateContent`).
+pub fn vertex_publisher(model: &str) -> &'static str {
+    if bare_model(model).starts_with("claude") {
+        "anthropic"
+    } else {
+        "google"
+    }
+}
+
+/// A model id without the `models/` prefix Google's own names carry (`models/gemini-2.5-pro`).
+pub(crate) fn bare_model(model: &str) -> &str {
+    model.strip_prefix("models/").unwrap_or(model)
+}
+
 /// Vertex AI's base URL for a publisher's models (`google` for Gemini, `anthropic` for Claude)
 /// in a project and region; region `global` is served by the host without a region prefix.
 /// Check the inputs with [`validate_vertex_location`] first: they become part of the URL.
@@ -89,7 +107,7 @@ pub fn model_path(model: &str, stream: bool) -> String {
     } else {
         "generateContent"
     };
-    format!("/models/{}:{action}", path_segment(model))
+    format!("/models/{}:{action}", path_segment(bare_model(model)))
 }
 
 /// `s` as one URL path segment: unreserved characters and `@` (Vertex model versions) kept,
@@ -132,6 +150,12 @@ mod tests {
             model_path("a/b?c", false),
             "/models/a%2Fb%3Fc:generateContent"
         );
+        assert_eq!(
+            model_path("models/gemini-2.5-pro", false),
+            "/models/gemini-2.5-pro:generateContent"
+        );
+        assert_eq!(vertex_publisher("claude-sonnet-4@20250514"), "anthropic");
+        assert_eq!(vertex_publisher("gemini-2.5-pro"), "google");
     }
 
     #[test]

@@ -217,7 +217,10 @@ pub fn vertex_anthropic_path(model: &str, stream: bool) -> String {
     } else {
         "rawPredict"
     };
-    format!("/models/{}:{action}", super::path_segment(model))
+    format!(
+        "/models/{}:{action}",
+        super::path_segment(super::bare_model(model))
+    )
 }
 
 /// The path (after the `anthropic` publisher's base) of Vertex's Claude token counter, which
