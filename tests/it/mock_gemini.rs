@@ -13,11 +13,14 @@
 //! Behaviour by model name: `fail-429`, `fail-500` (Google's error shape), `garbage` (not JSON;
 //! in a stream, an event that is not JSON), `truncated` (a stream cut inside an event, no
 //! finish, no usage), `no-usage` (no `usageMetadata`), `blocked` (promptFeedback.blockReason
-//! SAFETY, no candidates, prompt usage only), `tool-call` (a `functionCall` weather(Paris)).
+//! SAFETY, no candidates, prompt usage only), `tool-call` (a `functionCall` weather(Paris)
+//! signed with [`THOUGHT_SIGNATURE`]). Requests are checked for what Gemini refuses (see
+//! `checks`).
 //!
 //! Usage billed (every Gemini answer, streams' last event): [`PROMPT`] prompt tokens of which
 //! [`CACHED`] cached, [`CANDIDATES`] candidate and [`THOUGHTS`] thought tokens; Vertex `predict`
-//! bills [`EMBED_TOKENS`] per instance; Claude on Vertex bills [`CLAUDE_USAGE`].
+//! bills [`EMBED_TOKENS`] per instance; Claude on Vertex bills [`CLAUDE_USAGE`]; its
+//! `count-tokens:rawPredict` counts 3 tokens a message.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -45,6 +48,9 @@ pub const THOUGHTS: u64 = 3;
 pub const EMBED_TOKENS: u64 = 4;
 /// Claude on Vertex: input, output, cache read, cache write tokens.
 pub const CLAUDE_USAGE: (u64, u64, u64, u64) = (12, 6, 2, 3);
+/// The `thoughtSignature` of the mock's function calls (standard base64, with `+` and `/`),
+/// required back on every `functionCall` part a request carries.
+pub const THOUGHT_SIGNATURE: &str = "++++ESL7/wE=";
 /// The text every Gemini answer (and stream, joined) carries.
 pub const TEXT: &str = "Hello from Gemini!";
 
@@ -201,6 +207,7 @@ fn dispatch(
     }
     let sse = query.get("alt").map(String::as_str) == Some("sse");
     match (publisher, method) {
+        ("anthropic", "rawPredict") if model == "count-tokens" => count_tokens(&body),
         ("anthropic", "rawPredict") => claude(&body, model, false),
         ("anthropic", "streamRawPredict") => claude(&body, model, true),
         ("google", "generateContent") => generate(&body, model),
@@ -223,17 +230,123 @@ pub fn usage_metadata() -> Value {
            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": PROMPT}]})
 }
 
+/// A 400 for what Gemini refuses, so a test passing through the mock proves the adapter's body
+/// is one Gemini takes: unknown top-level or `generationConfig` fields, empty `contents` or
+/// `parts`, roles other than user/model, empty text, parts of no known kind, and schema
+/// keywords Gemini's `Schema` lacks (`additionalProperties`, `$schema`, `$ref`).
 fn checks(body: &Value) -> Option<Response> {
-    let ok = body["contents"]
-        .as_array()
-        .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["parts"].is_array()));
-    (!ok).then(|| {
+    invalid(body).map(|m| {
         google_error(
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
-            "* GenerateContentRequest.contents: contents is not specified",
+            &format!("Invalid JSON payload received. {m}"),
         )
     })
+}
+
+const TOP: &[&str] = &[
+    "contents",
+    "systemInstruction",
+    "tools",
+    "toolConfig",
+    "generationConfig",
+    "safetySettings",
+    "cachedContent",
+];
+const CONFIG: &[&str] = &[
+    "maxOutputTokens",
+    "temperature",
+    "topP",
+    "topK",
+    "stopSequences",
+    "candidateCount",
+    "responseMimeType",
+    "responseSchema",
+    "seed",
+    "presencePenalty",
+    "frequencyPenalty",
+    "thinkingConfig",
+    "responseLogprobs",
+    "logprobs",
+];
+const PART: &[&str] = &[
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+];
+
+fn invalid(body: &Value) -> Option<String> {
+    let obj = body.as_object()?;
+    if let Some(k) = obj.keys().find(|k| !TOP.contains(&k.as_str())) {
+        return Some(format!("Unknown name \"{k}\": Cannot find field."));
+    }
+    if let Some(k) = body["generationConfig"]
+        .as_object()
+        .and_then(|g| g.keys().find(|k| !CONFIG.contains(&k.as_str())))
+    {
+        return Some(format!(
+            "Unknown name \"{k}\" at 'generation_config': Cannot find field."
+        ));
+    }
+    let Some(contents) = body["contents"].as_array().filter(|c| !c.is_empty()) else {
+        return Some("* GenerateContentRequest.contents: contents is not specified".into());
+    };
+    for c in contents {
+        if !matches!(c["role"].as_str(), Some("user" | "model")) {
+            return Some(format!(
+                "Please use a valid role: user, model (got {}).",
+                c["role"]
+            ));
+        }
+        let Some(parts) = c["parts"].as_array().filter(|p| !p.is_empty()) else {
+            return Some(
+                "* GenerateContentRequest.contents.parts: contents.parts must not be empty.".into(),
+            );
+        };
+        for p in parts {
+            if p["text"] == "" {
+                return Some(
+                    "Unable to submit request because it has an empty text parameter.".into(),
+                );
+            }
+            // As Gemini 3 does: a function call sent back must carry its signature.
+            if p.get("functionCall").is_some() && p["thoughtSignature"] != THOUGHT_SIGNATURE {
+                return Some(
+                    "Function call is missing a thought_signature in functionCall parts.".into(),
+                );
+            }
+            let kinds = p
+                .as_object()?
+                .keys()
+                .filter(|k| PART.contains(&k.as_str()))
+                .count();
+            if kinds != 1 {
+                return Some(format!("a part must have exactly one data field: {p}"));
+            }
+        }
+    }
+    for schema_holder in [&body["tools"], &body["generationConfig"]["responseSchema"]] {
+        if let Some(k) = forbidden_key(schema_holder) {
+            return Some(format!("Unknown name \"{k}\": Cannot find field."));
+        }
+    }
+    None
+}
+
+fn forbidden_key(v: &Value) -> Option<String> {
+    match v {
+        Value::Object(m) => m.iter().find_map(|(k, v)| {
+            if ["additionalProperties", "$schema", "$ref"].contains(&k.as_str()) {
+                Some(k.clone())
+            } else {
+                forbidden_key(v)
+            }
+        }),
+        Value::Array(a) => a.iter().find_map(forbidden_key),
+        _ => None,
+    }
 }
 
 fn generate(body: &Value, model: &str) -> Response {
@@ -248,7 +361,8 @@ fn generate(body: &Value, model: &str) -> Response {
                "usageMetadata": {"promptTokenCount": PROMPT, "totalTokenCount": PROMPT}})
     } else {
         let parts = if model.contains("tool-call") {
-            json!([{"functionCall": {"name": "weather", "args": {"city": "Paris"}}}])
+            json!([{"functionCall": {"name": "weather", "args": {"city": "Paris"}},
+                    "thoughtSignature": THOUGHT_SIGNATURE}])
         } else {
             json!([{"text": "Thinking about it.", "thought": true}, {"text": TEXT}])
         };
@@ -295,7 +409,8 @@ fn stream(body: &Value, model: &str) -> Response {
         )];
     } else if model.contains("tool-call") {
         frames.push(event(
-            json!([{"functionCall": {"name": "weather", "args": {"city": "Paris"}}}]),
+            json!([{"functionCall": {"name": "weather", "args": {"city": "Paris"}},
+                    "thoughtSignature": THOUGHT_SIGNATURE}]),
             Some("STOP"),
             usage_metadata(),
         ));
@@ -444,6 +559,21 @@ fn claude(body: &Value, model: &str, stream: bool) -> Response {
         ),
         ev("message_stop", json!({"type": "message_stop"})),
     ])
+}
+
+/// Vertex's Claude token counter: the model must be in the body; 3 tokens a message.
+fn count_tokens(body: &Value) -> Response {
+    let (Some(_), Some(messages)) = (body["model"].as_str(), body["messages"].as_array()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"type": "error", "error": {"type": "invalid_request_error",
+                "message": "model and messages are required"}}),
+            ),
+        )
+            .into_response();
+    };
+    Json(json!({"input_tokens": 3 * messages.len()})).into_response()
 }
 
 /// The Python token endpoint (tests/mocks/vertex_token.py), killed when dropped.

@@ -160,6 +160,7 @@ async fn gemini_behaviours() {
         .to_owned();
     let mut t = gemini::ChatStream::new("m", false);
     let data = last.strip_prefix("data: ").unwrap();
+    assert!(!t.ended_cleanly());
     assert!(t
         .event(
             Event {
@@ -284,6 +285,13 @@ async fn vertex_grant_is_verified_and_its_token_works() {
             "{text}"
         );
     }
+    let url = format!(
+        "{}{}",
+        mock.vertex_url("anthropic"),
+        gemini::VERTEX_ANTHROPIC_COUNT_TOKENS_PATH
+    );
+    let r = post(url, ("authorization", &bearer), &messages).await;
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"input_tokens": 3}));
     assert_eq!(tokens.stats().await, json!({"issued": 1, "refused": 0}));
 }
 
@@ -347,4 +355,55 @@ async fn vertex_token_expires_and_a_fresh_one_works() {
     let r = post(url, ("authorization", &format!("Bearer {token}")), &body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(tokens.stats().await["issued"], 2);
+}
+
+#[tokio::test]
+async fn the_adapters_bodies_are_ones_gemini_takes() {
+    let mock = start().await;
+    let url = format!(
+        "{}{}",
+        mock.gemini_url(),
+        gemini::model_path("tool-call", false)
+    );
+    let tools = json!({
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {
+            "$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+            "additionalProperties": false, "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": "required", "temperature": 0.2, "stop": ["x"], "seed": 1,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema":
+            {"type": "object", "additionalProperties": false, "properties": {}}}},
+    });
+    let body = gemini::chat_request(&chat(tools.clone())).unwrap();
+    let r = post(url.clone(), ("x-goog-api-key", GEMINI_KEY), &body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (out, _) = gemini::chat_response(&r.bytes().await.unwrap(), "m").unwrap();
+    let call = out["choices"][0]["message"]["tool_calls"][0].clone();
+
+    // The next turn: the call and its result, as an OpenAI client sends them back.
+    let mut turn = chat(tools);
+    let messages = turn["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": "", "tool_calls": [call.clone()]}));
+    messages.push(json!({"role": "tool", "tool_call_id": call["id"], "content": "{\"c\": 21}"}));
+    let body = gemini::chat_request(&turn).unwrap();
+    let r = post(url.clone(), ("x-goog-api-key", GEMINI_KEY), &body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // What Gemini refuses, the mock refuses too.
+    let mut raw = body.clone();
+    raw["tools"][0]["functionDeclarations"][0]["parameters"]["additionalProperties"] = json!(false);
+    let r = post(url.clone(), ("x-goog-api-key", GEMINI_KEY), &raw).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["status"], "INVALID_ARGUMENT");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("additionalProperties"));
+    let r = post(
+        url,
+        ("x-goog-api-key", GEMINI_KEY),
+        &json!({"contents": [{"role": "user", "parts": [{"text": ""}]}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
 }

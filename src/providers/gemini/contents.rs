@@ -19,7 +19,7 @@ pub(super) fn messages_to_contents(
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         let (turn_role, parts) = match role {
             "system" | "developer" => {
-                system.extend(text_parts(m.get("content"), i)?);
+                system.extend(non_empty(text_parts(m.get("content"), i)?));
                 continue;
             }
             "user" => ("user", user_parts(m.get("content"), i)?),
@@ -31,6 +31,7 @@ pub(super) fn messages_to_contents(
                 )))
             }
         };
+        let parts = non_empty(parts);
         if parts.is_empty() {
             continue;
         }
@@ -44,6 +45,15 @@ pub(super) fn messages_to_contents(
         .map(|(role, parts)| json!({ "role": role, "parts": parts }))
         .collect();
     Ok((system, contents))
+}
+
+/// The parts without empty text parts, which Gemini refuses ("empty text parameter"); an
+/// assistant turn with only tool calls often comes with `content: ""`.
+fn non_empty(parts: Vec<Value>) -> Vec<Value> {
+    parts
+        .into_iter()
+        .filter(|p| p.get("text").and_then(Value::as_str) != Some(""))
+        .collect()
 }
 
 /// Text-only content (system messages): a string or an array of `text` parts.

@@ -30,21 +30,20 @@ pub struct EmbedRequest {
     pub body: Value,
 }
 
-/// The upstream call for an OpenAI embeddings body (`model` is the provider's model id).
-pub fn embed_request(
-    req: &Map<String, Value>,
-    model: &str,
-    api: EmbedApi,
-) -> Result<EmbedRequest, Unsupported> {
-    for key in req.keys() {
-        if !matches!(
-            key.as_str(),
-            "input" | "model" | "dimensions" | "encoding_format" | "user"
-        ) {
-            return Err(Unsupported(format!(
-                "{key} is not supported by Gemini embeddings"
-            )));
-        }
+/// What an OpenAI embeddings body asks for: the texts, whether `input` was one string, and
+/// the `dimensions`.
+struct Inputs<'a> {
+    texts: Vec<&'a str>,
+    single: bool,
+    dims: Option<u64>,
+}
+
+fn inputs(req: &Map<String, Value>) -> Result<Inputs<'_>, Unsupported> {
+    let known = ["input", "model", "dimensions", "encoding_format", "user"];
+    if let Some(key) = req.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(Unsupported(format!(
+            "{key} is not supported by Gemini embeddings"
+        )));
     }
     match req.get("encoding_format") {
         None | Some(Value::Null) => {}
@@ -59,16 +58,13 @@ pub fn embed_request(
                 .ok_or_else(|| Unsupported("dimensions must be a positive integer".into()))?,
         ),
     };
+    let token_ids = || Unsupported("input: Gemini embeds text only (not token ids)".into());
     let (texts, single) = match req.get("input") {
         Some(Value::String(s)) => (vec![s.as_str()], true),
         Some(Value::Array(items)) if !items.is_empty() => (
             items
                 .iter()
-                .map(|v| {
-                    v.as_str().ok_or_else(|| {
-                        Unsupported("input: Gemini embeds text only (not token ids)".into())
-                    })
-                })
+                .map(|v| v.as_str().ok_or_else(token_ids))
                 .collect::<Result<Vec<_>, _>>()?,
             false,
         ),
@@ -78,31 +74,47 @@ pub fn embed_request(
             ))
         }
     };
+    Ok(Inputs {
+        texts,
+        single,
+        dims,
+    })
+}
+
+/// The upstream call for an OpenAI embeddings body (`model` is the provider's model id).
+pub fn embed_request(
+    req: &Map<String, Value>,
+    model: &str,
+    api: EmbedApi,
+) -> Result<EmbedRequest, Unsupported> {
+    let Inputs {
+        texts,
+        single,
+        dims,
+    } = inputs(req)?;
+    let model = super::bare_model(model);
     let seg = path_segment(model);
-    let content = |t: &str| json!({ "parts": [{ "text": t }] });
-    let with_dims = |mut v: Value| {
+    // One `EmbedContentRequest` of the Gemini API.
+    let request = |t: &str| {
+        let mut v =
+            json!({ "model": format!("models/{model}"), "content": { "parts": [{ "text": t }] } });
         if let Some(d) = dims {
             v["outputDimensionality"] = json!(d);
         }
         v
     };
-    Ok(match api {
-        EmbedApi::Gemini if single => EmbedRequest {
+    Ok(match (api, texts.as_slice()) {
+        (EmbedApi::Gemini, [text]) if single => EmbedRequest {
             path: format!("/models/{seg}:embedContent"),
-            body: with_dims(
-                json!({ "model": format!("models/{model}"), "content": content(texts[0]) }),
-            ),
+            body: request(text),
         },
-        EmbedApi::Gemini => EmbedRequest {
+        (EmbedApi::Gemini, _) => EmbedRequest {
             path: format!("/models/{seg}:batchEmbedContents"),
-            body: json!({ "requests": texts.iter().map(|t| with_dims(json!({
-                "model": format!("models/{model}"), "content": content(t),
-            }))).collect::<Vec<_>>() }),
+            body: json!({ "requests": texts.iter().map(|t| request(t)).collect::<Vec<_>>() }),
         },
-        EmbedApi::Vertex => {
-            let mut body = json!({
-                "instances": texts.iter().map(|t| json!({ "content": t })).collect::<Vec<_>>(),
-            });
+        (EmbedApi::Vertex, _) => {
+            let instances: Vec<Value> = texts.iter().map(|t| json!({ "content": t })).collect();
+            let mut body = json!({ "instances": instances });
             if let Some(d) = dims {
                 body["parameters"] = json!({ "outputDimensionality": d });
             }
@@ -127,43 +139,12 @@ pub fn embed_response(
             "Gemini answered with something that is not JSON: {e}"
         ))
     })?;
-    let mut tokens: Option<u64> = resp
+    let (vectors, counted) = vectors(&resp)?;
+    let tokens = resp
         .get("usageMetadata")
         .and_then(|m| m.get("promptTokenCount"))
-        .and_then(Value::as_u64);
-    let vectors: Vec<&Value> = if let Some(e) = resp.get("embedding") {
-        vec![e.get("values").ok_or_else(|| garbled("embedding.values"))?]
-    } else if let Some(Value::Array(list)) = resp.get("embeddings") {
-        list.iter()
-            .map(|e| {
-                e.get("values")
-                    .ok_or_else(|| garbled("embeddings[].values"))
-            })
-            .collect::<Result<_, _>>()?
-    } else if let Some(Value::Array(preds)) = resp.get("predictions") {
-        let mut sum = Some(0u64);
-        let mut out = Vec::with_capacity(preds.len());
-        for p in preds {
-            let e = p
-                .get("embeddings")
-                .ok_or_else(|| garbled("predictions[].embeddings"))?;
-            out.push(
-                e.get("values")
-                    .ok_or_else(|| garbled("predictions[].embeddings.values"))?,
-            );
-            let count = e
-                .get("statistics")
-                .and_then(|s| s.get("token_count"))
-                .and_then(Value::as_u64);
-            sum = sum.zip(count).map(|(a, b)| a.saturating_add(b));
-        }
-        tokens = tokens.or(sum);
-        out
-    } else {
-        return Err(Garbled(
-            "Gemini's embeddings answer has no embedding, embeddings or predictions".into(),
-        ));
-    };
+        .and_then(Value::as_u64)
+        .or(counted);
     let data = vectors
         .iter()
         .enumerate()
@@ -175,13 +156,54 @@ pub fn embed_response(
     if let Some(t) = tokens {
         out["usage"] = json!({ "prompt_tokens": t, "total_tokens": t });
     }
-    Ok((
-        out,
-        tokens.map(|t| TokenUsage {
-            prompt: t,
-            ..TokenUsage::default()
-        }),
-    ))
+    let usage = tokens.map(|t| TokenUsage {
+        prompt: t,
+        ..TokenUsage::default()
+    });
+    Ok((out, usage))
+}
+
+/// The vectors of an answer, and the tokens Vertex counted (when every prediction has its
+/// `statistics.token_count`).
+fn vectors(resp: &Value) -> Result<(Vec<&Value>, Option<u64>), Garbled> {
+    if let Some(e) = resp.get("embedding") {
+        return Ok((
+            vec![e.get("values").ok_or_else(|| garbled("embedding.values"))?],
+            None,
+        ));
+    }
+    if let Some(Value::Array(list)) = resp.get("embeddings") {
+        let values = list
+            .iter()
+            .map(|e| {
+                e.get("values")
+                    .ok_or_else(|| garbled("embeddings[].values"))
+            })
+            .collect::<Result<_, _>>()?;
+        return Ok((values, None));
+    }
+    let Some(Value::Array(predictions)) = resp.get("predictions") else {
+        return Err(Garbled(
+            "Gemini's embeddings answer has no embedding, embeddings or predictions".into(),
+        ));
+    };
+    let mut sum = Some(0u64);
+    let mut values = Vec::with_capacity(predictions.len());
+    for p in predictions {
+        let e = p
+            .get("embeddings")
+            .ok_or_else(|| garbled("predictions[].embeddings"))?;
+        values.push(
+            e.get("values")
+                .ok_or_else(|| garbled("predictions[].embeddings.values"))?,
+        );
+        let count = e
+            .get("statistics")
+            .and_then(|s| s.get("token_count"))
+            .and_then(Value::as_u64);
+        sum = sum.zip(count).map(|(a, b)| a.saturating_add(b));
+    }
+    Ok((values, sum))
 }
 
 fn garbled(field: &str) -> Garbled {

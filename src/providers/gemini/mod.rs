@@ -29,11 +29,29 @@ pub use response::{chat_response, usage};
 pub use stream::ChatStream;
 pub use vertex::{
     assertion, fetch_token, parse_service_account, vertex_anthropic_body, vertex_anthropic_path,
-    ServiceAccount, TokenError,
+    ServiceAccount, TokenError, VERTEX_ANTHROPIC_COUNT_TOKENS_PATH,
 };
 
 /// The Gemini API's base URL (API key in the `x-goog-api-key` header).
 pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
+
+/// The header that carries a Gemini API key.
+pub const API_KEY_HEADER: &str = "x-goog-api-key";
+
+/// The Vertex publisher of a model: `anthropic` for Claude models (served by `rawPredict` in
+/// Anthropic's own protocol), `google` for everything else (Gemini, `generateContent`).
+pub fn vertex_publisher(model: &str) -> &'static str {
+    if bare_model(model).starts_with("claude") {
+        "anthropic"
+    } else {
+        "google"
+    }
+}
+
+/// A model id without the `models/` prefix Google's own names carry (`models/gemini-2.5-pro`).
+pub(crate) fn bare_model(model: &str) -> &str {
+    model.strip_prefix("models/").unwrap_or(model)
+}
 
 /// Vertex AI's base URL for a publisher's models (`google` for Gemini, `anthropic` for Claude)
 /// in a project and region; region `global` is served by the host without a region prefix.
@@ -69,6 +87,19 @@ pub fn validate_vertex_location(project: &str, region: &str) -> Result<(), Strin
     Ok(())
 }
 
+/// The `status` and `message` of a Google error answer (`{"error": {"code", "message",
+/// "status"}}`), for a clear upstream error; `None` when the body is not one.
+pub fn upstream_error(body: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?;
+    let status = e
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or("UNKNOWN");
+    let message = e.get("message").and_then(|s| s.as_str())?;
+    Some((status.to_owned(), message.chars().take(1000).collect()))
+}
+
 /// The path (after the base URL) of a model's `generateContent`, or of its SSE stream.
 pub fn model_path(model: &str, stream: bool) -> String {
     let action = if stream {
@@ -76,7 +107,7 @@ pub fn model_path(model: &str, stream: bool) -> String {
     } else {
         "generateContent"
     };
-    format!("/models/{}:{action}", path_segment(model))
+    format!("/models/{}:{action}", path_segment(bare_model(model)))
 }
 
 /// `s` as one URL path segment: unreserved characters and `@` (Vertex model versions) kept,
@@ -119,6 +150,26 @@ mod tests {
             model_path("a/b?c", false),
             "/models/a%2Fb%3Fc:generateContent"
         );
+        assert_eq!(
+            model_path("models/gemini-2.5-pro", false),
+            "/models/gemini-2.5-pro:generateContent"
+        );
+        assert_eq!(vertex_publisher("claude-sonnet-4@20250514"), "anthropic");
+        assert_eq!(vertex_publisher("gemini-2.5-pro"), "google");
+    }
+
+    #[test]
+    fn google_errors() {
+        let body = br#"{"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}}"#;
+        assert_eq!(
+            upstream_error(body),
+            Some((
+                "RESOURCE_EXHAUSTED".into(),
+                "Resource has been exhausted".into()
+            ))
+        );
+        assert_eq!(upstream_error(b"<html>"), None);
+        assert_eq!(upstream_error(br#"{"error": "x"}"#), None);
     }
 
     #[test]

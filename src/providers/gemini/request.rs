@@ -141,8 +141,13 @@ fn generation_config(chat: &Map<String, Value>) -> Result<Map<String, Value>, Un
             continue;
         }
         match key.as_str() {
-            "max_tokens" | "max_completion_tokens" => {
+            // `max_completion_tokens` (OpenAI's current name) wins over `max_tokens`.
+            "max_completion_tokens" => {
                 g.insert("maxOutputTokens".into(), uint(key, value)?);
+            }
+            "max_tokens" => {
+                let limit = uint(key, value)?;
+                g.entry("maxOutputTokens").or_insert(limit);
             }
             "temperature" => copy_number(&mut g, "temperature", key, value)?,
             "top_p" => copy_number(&mut g, "topP", key, value)?,
@@ -161,27 +166,11 @@ fn generation_config(chat: &Map<String, Value>) -> Result<Map<String, Value>, Un
                 g.insert("candidateCount".into(), uint(key, value)?);
             }
             "stop" => {
-                let stops = match value {
-                    Value::String(s) => vec![json!(s)],
-                    Value::Array(a) if a.iter().all(Value::is_string) => a.clone(),
-                    _ => return Err(unsupported("stop must be a string or an array of strings")),
-                };
-                g.insert("stopSequences".into(), Value::Array(stops));
+                g.insert("stopSequences".into(), stop_sequences(value)?);
             }
             "response_format" => response_format(&mut g, value)?,
             "reasoning_effort" => {
-                let budget = match value.as_str() {
-                    Some("none") | Some("minimal") => 0,
-                    Some("low") => 1024,
-                    Some("medium") => 8192,
-                    Some("high") => 24576,
-                    _ => {
-                        return Err(unsupported(format!(
-                            "reasoning_effort {value} is not supported"
-                        )))
-                    }
-                };
-                g.insert("thinkingConfig".into(), json!({ "thinkingBudget": budget }));
+                g.insert("thinkingConfig".into(), thinking(value)?);
             }
             "logprobs" if value == &json!(false) => {}
             "tools" | "tool_choice" => {}
@@ -189,6 +178,30 @@ fn generation_config(chat: &Map<String, Value>) -> Result<Map<String, Value>, Un
         }
     }
     Ok(g)
+}
+
+fn stop_sequences(value: &Value) -> Result<Value, Unsupported> {
+    match value {
+        Value::String(s) => Ok(json!([s])),
+        Value::Array(a) if a.iter().all(Value::is_string) => Ok(value.clone()),
+        _ => Err(unsupported("stop must be a string or an array of strings")),
+    }
+}
+
+/// `reasoning_effort` as a thinking budget in tokens.
+fn thinking(value: &Value) -> Result<Value, Unsupported> {
+    let budget = match value.as_str() {
+        Some("none" | "minimal") => 0,
+        Some("low") => 1024,
+        Some("medium") => 8192,
+        Some("high") => 24576,
+        _ => {
+            return Err(unsupported(format!(
+                "reasoning_effort {value} is not supported"
+            )))
+        }
+    };
+    Ok(json!({ "thinkingBudget": budget }))
 }
 
 fn uint(key: &str, value: &Value) -> Result<Value, Unsupported> {

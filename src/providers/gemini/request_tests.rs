@@ -193,3 +193,23 @@ fn hostile_schema_nesting_is_bounded() {
     let e = chat_request(&req(body)).unwrap_err();
     assert!(e.0.contains("nests too deeply"), "{e}");
 }
+
+#[test]
+fn empty_text_is_dropped_and_max_completion_tokens_wins() {
+    let out = chat_request(&req(json!({
+        "messages": [
+            {"role": "system", "content": ""},
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]},
+        ],
+        "max_tokens": 10, "max_completion_tokens": 20,
+    })))
+    .unwrap();
+    assert!(out.get("systemInstruction").is_none());
+    assert_eq!(
+        out["contents"][1],
+        json!({"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}]})
+    );
+    assert_eq!(out["generationConfig"], json!({"maxOutputTokens": 20}));
+}

@@ -30,51 +30,7 @@ pub(super) fn clean_schema(
         return Err(unsupported(format!("{field}: the schema nests too deeply")));
     }
     match schema {
-        Value::Object(map) => {
-            if map.contains_key("$ref") {
-                return Err(unsupported(format!(
-                    "{field}: $ref is not supported by Gemini; inline the definition"
-                )));
-            }
-            let mut out = Map::new();
-            for (k, v) in map {
-                if DROPPED_SCHEMA_KEYS.contains(&k.as_str()) || k == "$defs" || k == "definitions" {
-                    continue;
-                }
-                let v = match k.as_str() {
-                    // Property names are data, not keywords: clean the values only.
-                    "properties" => match v {
-                        Value::Object(props) => Value::Object(
-                            props
-                                .iter()
-                                .map(|(name, s)| {
-                                    Ok((name.clone(), clean_schema(s, field, depth + 1)?))
-                                })
-                                .collect::<Result<_, Unsupported>>()?,
-                        ),
-                        other => other.clone(),
-                    },
-                    "type" => match v {
-                        Value::Array(types) => {
-                            let real: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
-                            if real.len() != 1 {
-                                return Err(unsupported(format!(
-                                    "{field}: a type list must be one type, optionally with \"null\""
-                                )));
-                            }
-                            if real.len() != types.len() {
-                                out.insert("nullable".into(), json!(true));
-                            }
-                            real[0].clone()
-                        }
-                        other => other.clone(),
-                    },
-                    _ => clean_schema(v, field, depth + 1)?,
-                };
-                out.insert(k.clone(), v);
-            }
-            Ok(Value::Object(out))
-        }
+        Value::Object(map) => clean_object(map, field, depth),
         Value::Array(items) => Ok(Value::Array(
             items
                 .iter()
@@ -82,5 +38,49 @@ pub(super) fn clean_schema(
                 .collect::<Result<_, _>>()?,
         )),
         other => Ok(other.clone()),
+    }
+}
+
+fn clean_object(map: &Map<String, Value>, field: &str, depth: usize) -> Result<Value, Unsupported> {
+    if map.contains_key("$ref") {
+        return Err(unsupported(format!(
+            "{field}: $ref is not supported by Gemini; inline the definition"
+        )));
+    }
+    let mut out = Map::new();
+    for (k, v) in map {
+        if DROPPED_SCHEMA_KEYS.contains(&k.as_str()) || k == "$defs" || k == "definitions" {
+            continue;
+        }
+        let v = match (k.as_str(), v) {
+            // Property names are data, not keywords: clean the values only.
+            ("properties", Value::Object(props)) => Value::Object(
+                props
+                    .iter()
+                    .map(|(name, s)| Ok((name.clone(), clean_schema(s, field, depth + 1)?)))
+                    .collect::<Result<_, Unsupported>>()?,
+            ),
+            ("type", Value::Array(types)) => {
+                let (t, nullable) = one_type(types, field)?;
+                if nullable {
+                    out.insert("nullable".into(), json!(true));
+                }
+                t
+            }
+            _ => clean_schema(v, field, depth + 1)?,
+        };
+        out.insert(k.clone(), v);
+    }
+    Ok(Value::Object(out))
+}
+
+/// `type: [T, "null"]` as Gemini says it: `T` and `nullable`.
+fn one_type(types: &[Value], field: &str) -> Result<(Value, bool), Unsupported> {
+    let real: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
+    match real.as_slice() {
+        [t] => Ok(((*t).clone(), real.len() != types.len())),
+        _ => Err(unsupported(format!(
+            "{field}: a type list must be one type, optionally with \"null\""
+        ))),
     }
 }

@@ -23,6 +23,7 @@ const MAX_CANDIDATES: usize = 16;
 #[derive(Default, Clone, Copy)]
 struct Candidate {
     started: bool,
+    finished: bool,
     calls: usize,
 }
 
@@ -36,6 +37,7 @@ pub struct ChatStream {
     usage: Option<TokenUsage>,
     usage_json: Option<Value>,
     chars: usize,
+    blocked: bool,
 }
 
 impl ChatStream {
@@ -51,7 +53,16 @@ impl ChatStream {
             usage: None,
             usage_json: None,
             chars: 0,
+            blocked: false,
         }
+    }
+
+    /// Whether the stream said it was done: every candidate it started has a finish reason, or
+    /// the prompt was blocked. A stream whose body ended without it was cut short.
+    pub fn ended_cleanly(&self) -> bool {
+        self.blocked
+            || (!self.candidates.is_empty()
+                && self.candidates.iter().all(|c| c.finished || !c.started))
     }
 
     fn frame(&self, choices: Vec<Value>) -> Bytes {
@@ -85,6 +96,9 @@ impl ChatStream {
         for part in parts(c)? {
             if let Some(t) = answer_text(part) {
                 text.push_str(t);
+            } else if let Some(t) = part.get("text").and_then(Value::as_str) {
+                // A thought: not content, but billed as output, so it counts for an estimate.
+                self.chars += t.len();
             } else if let Some(mut call) = tool_call(part)? {
                 self.chars += call["function"]["arguments"].as_str().map_or(0, str::len);
                 call["index"] = json!(state.calls);
@@ -104,6 +118,7 @@ impl ChatStream {
             .and_then(Value::as_str)
             .map(|r| finish_reason(r, state.calls > 0));
         state.started = true;
+        state.finished |= finish.is_some();
         self.candidates[index] = state;
         if delta.is_empty() && finish.is_none() {
             return Ok(None);
@@ -159,6 +174,7 @@ impl StreamTranslator for ChatStream {
             .and_then(|f| f.get("blockReason"))
             .and_then(Value::as_str);
         if let (true, Some(reason)) = (candidates.is_empty(), blocked) {
+            self.blocked = true;
             choices.push(json!({
                 "index": 0, "finish_reason": "content_filter", "logprobs": null,
                 "delta": { "role": "assistant", "content": null,

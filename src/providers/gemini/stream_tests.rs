@@ -76,7 +76,8 @@ fn text_stream_with_usage() {
             cache_write: 0
         })
     );
-    assert_eq!(t.chars(), 5);
+    assert_eq!(t.chars(), 8, "answer text and thoughts");
+    assert!(t.ended_cleanly());
 }
 
 #[test]
@@ -158,4 +159,20 @@ fn garbled_events() {
         )
         .is_ok());
     assert!(out.is_empty());
+}
+
+#[test]
+fn a_stream_without_finish_did_not_end_cleanly() {
+    let (_, t) = run(
+        &[json!({"candidates": [{"content": {"parts": [{"text": "Hel"}]}}]})],
+        false,
+    );
+    assert!(!t.ended_cleanly());
+    let (_, t) = run(&[], false);
+    assert!(!t.ended_cleanly());
+    let (_, t) = run(
+        &[json!({"promptFeedback": {"blockReason": "SAFETY"}})],
+        false,
+    );
+    assert!(t.ended_cleanly());
 }

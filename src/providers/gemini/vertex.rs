@@ -217,8 +217,16 @@ pub fn vertex_anthropic_path(model: &str, stream: bool) -> String {
     } else {
         "rawPredict"
     };
-    format!("/models/{}:{action}", super::path_segment(model))
+    format!(
+        "/models/{}:{action}",
+        super::path_segment(super::bare_model(model))
+    )
 }
+
+/// The path (after the `anthropic` publisher's base) of Vertex's Claude token counter, which
+/// takes an Anthropic `count_tokens` body with the model in it (unlike `rawPredict`), and
+/// answers `{"input_tokens": N}`.
+pub const VERTEX_ANTHROPIC_COUNT_TOKENS_PATH: &str = "/models/count-tokens:rawPredict";
 
 #[cfg(test)]
 #[path = "vertex_tests.rs"]
