@@ -139,6 +139,33 @@ async fn botocore_accepts_our_signature_and_refuses_a_tampered_one() {
     let resp = call(&mock, &base_credentials(), arn, "converse", &hello(), false).await;
     assert_eq!(resp.status(), 200);
 
+    // Upstream failures in AWS's shape.
+    let resp = call(
+        &mock,
+        &base_credentials(),
+        "m-fail-throttle",
+        "converse",
+        &hello(),
+        false,
+    )
+    .await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers()["x-amzn-errortype"]
+        .to_str()
+        .unwrap()
+        .starts_with("ThrottlingException"));
+    let resp = call(
+        &mock,
+        &base_credentials(),
+        "m-garbage",
+        "converse",
+        &hello(),
+        false,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(converse_response(&resp.bytes().await.unwrap(), "m").is_err());
+
     let seen = mock.seen().await;
     let verdicts: Vec<&str> = seen
         .iter()
@@ -151,6 +178,8 @@ async fn botocore_accepts_our_signature_and_refuses_a_tampered_one() {
             "InvalidSignatureException",
             "InvalidSignatureException",
             "UnrecognizedClientException",
+            "ok",
+            "ok",
             "ok"
         ]
     );

@@ -30,6 +30,20 @@ pub fn invoke_anthropic_body(messages_req: &Map<String, Value>) -> Value {
     Value::Object(body)
 }
 
+/// Carries the caller's `anthropic-beta` header (comma-separated flags) into the InvokeModel
+/// body, where Bedrock takes it: `anthropic_beta: ["flag", ...]`.
+pub fn set_anthropic_beta(body: &mut Value, header: &str) {
+    let flags: Vec<Value> = header
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(Value::from)
+        .collect();
+    if let (Some(obj), false) = (body.as_object_mut(), flags.is_empty()) {
+        obj.insert("anthropic_beta".into(), Value::Array(flags));
+    }
+}
+
 /// The Anthropic event JSON inside a `chunk` event's payload `{"bytes": base64}`.
 pub fn invoke_chunk(payload: &[u8]) -> Result<Bytes, Garbled> {
     let v: Value = serde_json::from_slice(payload)
@@ -62,6 +76,15 @@ mod tests {
             json!({"max_tokens": 10, "anthropic_version": "bedrock-2023-05-31",
                    "messages": [{"role": "user", "content": "hi"}]})
         );
+    }
+
+    #[test]
+    fn beta_flags_go_in_the_body() {
+        let mut body = json!({"max_tokens": 1});
+        set_anthropic_beta(&mut body, "");
+        assert_eq!(body, json!({"max_tokens": 1}));
+        set_anthropic_beta(&mut body, "a-2025, b-2024 ");
+        assert_eq!(body["anthropic_beta"], json!(["a-2025", "b-2024"]));
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub mod sts;
 pub use converse::{converse_request, converse_response};
 pub use embed::{embed_request, embed_response, EmbedFamily};
 pub use eventstream::{EventStreamDecoder, Message};
-pub use invoke::{invoke_anthropic_body, invoke_chunk};
+pub use invoke::{invoke_anthropic_body, invoke_chunk, set_anthropic_beta};
 pub use sign::{sign, SignError};
 pub use stream::ConverseStream;
 pub use sts::{assume_role, default_sts_endpoint, StsError};
