@@ -93,8 +93,16 @@ pub fn converse_request(chat: &Map<String, Value>) -> Result<Value, Unsupported>
     if !inference.is_empty() {
         out.insert("inferenceConfig".into(), Value::Object(inference));
     }
-    if let Some(config) = tool_config(chat, has_tool_blocks)? {
-        out.insert("toolConfig".into(), config);
+    match tool_config(chat, has_tool_blocks)? {
+        Some(config) => {
+            out.insert("toolConfig".into(), config);
+        }
+        None if has_tool_blocks => {
+            return Err(Unsupported(
+                "Bedrock needs `tools` when the messages hold tool calls or tool results".into(),
+            ))
+        }
+        None => {}
     }
     Ok(Value::Object(out))
 }

@@ -124,6 +124,11 @@ fn what_converse_cannot_carry_is_refused() {
         json!({"messages": [{"role": "tool", "content": "x"}]}),
         json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{nope"}}]}]}),
         json!({"messages": msgs, "tools": [{"type": "retrieval"}]}),
+        json!({"messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "a", "content": "x"}
+        ]}),
     ] {
         assert!(converse_request(&chat(bad.clone())).is_err(), "{bad}");
     }
