@@ -1,8 +1,11 @@
-//! Tests of the Converse translation, both directions.
+//! Tests of the Converse translation, both directions (the request's in `converse`, the
+//! answer's in `response`).
 
 use serde_json::{json, Map, Value};
 
 use super::*;
+use crate::domain::pricing::TokenUsage;
+use crate::providers::bedrock::response::converse_response;
 
 fn chat(v: Value) -> Map<String, Value> {
     match v {

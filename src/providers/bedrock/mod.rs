@@ -4,7 +4,8 @@
 //! AssumeRole for integrations with an assumed role.
 //!
 //! - [`sign()`]: SigV4 (the `aws-sigv4` crate) over a request as it will be sent.
-//! - [`converse`]: `converse_request` / `converse_response` (OpenAI chat <-> Converse).
+//! - [`converse`]: `converse_request` (OpenAI chat -> Converse); [`response`]:
+//!   `converse_response` (Converse -> OpenAI chat, the usage and its cache counts).
 //! - [`stream`]: [`ConverseStream`], ConverseStream events -> OpenAI chunks.
 //! - [`eventstream`]: [`EventStreamDecoder`], bytes -> event-stream messages (the
 //!   `aws-smithy-eventstream` crate checks the frame's CRCs).
@@ -18,14 +19,16 @@ pub mod converse;
 pub mod embed;
 pub mod eventstream;
 pub mod invoke;
+pub mod response;
 pub mod sign;
 pub mod stream;
 pub mod sts;
 
-pub use converse::{converse_request, converse_response};
+pub use converse::converse_request;
 pub use embed::{embed_request, embed_response, EmbedFamily};
 pub use eventstream::{EventStreamDecoder, Message};
 pub use invoke::{invoke_anthropic_body, invoke_chunk, set_anthropic_beta};
+pub use response::converse_response;
 pub use sign::{sign, SignError};
 pub use stream::ConverseStream;
 pub use sts::{assume_role, default_sts_endpoint, StsError};

@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::converse::{finish_reason, openai_usage, usage_of};
+use super::response::{finish_reason, openai_usage, usage_of};
 use crate::domain::pricing::TokenUsage;
 use crate::providers::{Event, Garbled, StreamTranslator};
 
