@@ -5,7 +5,7 @@
 //! is. The streamed answer is an AWS event stream whose `chunk` events carry
 //! `{"bytes": base64}`, each one Anthropic stream event (`message_start`, ...; the last,
 //! `message_stop`, also carries `amazon-bedrock-invocationMetrics`); [`invoke_chunk`] unwraps
-//! one, and the Anthropic translator takes it from there.
+//! one ([`anthropic_event_type`] names it), and the Anthropic translator takes it from there.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -56,6 +56,17 @@ pub fn invoke_chunk(payload: &[u8]) -> Result<Bytes, Garbled> {
         .decode(b64)
         .map_err(|_| Garbled("Bedrock chunk bytes are not base64".into()))?;
     Ok(Bytes::from(inner))
+}
+
+/// The `type` of an unwrapped Anthropic event (`message_start`, ...): its SSE event name for
+/// the Anthropic translator.
+pub fn anthropic_event_type(event: &[u8]) -> Result<String, Garbled> {
+    let v: Value = serde_json::from_slice(event)
+        .map_err(|e| Garbled(format!("Bedrock chunk is not an Anthropic event: {e}")))?;
+    v.get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| Garbled("Bedrock chunk's Anthropic event has no type".into()))
 }
 
 #[cfg(test)]
