@@ -139,6 +139,33 @@ async fn botocore_accepts_our_signature_and_refuses_a_tampered_one() {
     let resp = call(&mock, &base_credentials(), arn, "converse", &hello(), false).await;
     assert_eq!(resp.status(), 200);
 
+    // Upstream failures in AWS's shape.
+    let resp = call(
+        &mock,
+        &base_credentials(),
+        "m-fail-throttle",
+        "converse",
+        &hello(),
+        false,
+    )
+    .await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers()["x-amzn-errortype"]
+        .to_str()
+        .unwrap()
+        .starts_with("ThrottlingException"));
+    let resp = call(
+        &mock,
+        &base_credentials(),
+        "m-garbage",
+        "converse",
+        &hello(),
+        false,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(converse_response(&resp.bytes().await.unwrap(), "m").is_err());
+
     let seen = mock.seen().await;
     let verdicts: Vec<&str> = seen
         .iter()
@@ -151,11 +178,75 @@ async fn botocore_accepts_our_signature_and_refuses_a_tampered_one() {
             "InvalidSignatureException",
             "InvalidSignatureException",
             "UnrecognizedClientException",
+            "ok",
+            "ok",
             "ok"
         ]
     );
     assert_eq!(seen[4]["model"], arn);
     assert_eq!(seen[0]["body"], hello());
+}
+
+/// A chat request with every block kind, translated by `converse_request`, is one the mock's
+/// Converse validation (after AWS's API reference) accepts.
+#[tokio::test]
+async fn translated_requests_are_valid_converse() {
+    let mock = start().await;
+    let Value::Object(chat) = json!({
+        "model": CLAUDE,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+            ]},
+            {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"png\"}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "a picture"},
+            {"role": "user", "content": "thanks"}
+        ],
+        "max_tokens": 100, "temperature": 0.5, "top_p": 0.9, "stop": "END",
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+        "tool_choice": {"type": "function", "function": {"name": "lookup"}}
+    }) else {
+        unreachable!()
+    };
+    let body = bedrock::converse_request(&chat).unwrap();
+    let resp = call(
+        &mock,
+        &base_credentials(),
+        "m-tool",
+        "converse",
+        &body,
+        false,
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let (answer, usage) = converse_response(&resp.bytes().await.unwrap(), CLAUDE).unwrap();
+    assert_eq!(usage, USAGE);
+    assert_eq!(
+        answer["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "lookup"
+    );
+    // And an invalid one is the mock's 400, in AWS's shape.
+    let resp = call(
+        &mock,
+        &base_credentials(),
+        CLAUDE,
+        "converse",
+        &json!({"messages": []}),
+        false,
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let kind = resp
+        .headers()
+        .get("x-amzn-errortype")
+        .map(|h| h.to_str().unwrap().to_owned());
+    let (kind, message) = bedrock::aws_error(kind.as_deref(), &resp.bytes().await.unwrap());
+    assert_eq!(kind, "ValidationException");
+    assert!(message.contains("messages"), "{message}");
 }
 
 #[tokio::test]

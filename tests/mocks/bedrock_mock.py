@@ -179,6 +179,69 @@ def verify(handler, body, service):
 
 # ---------------------------------------------------------------- answers
 
+BLOCKS = {"text", "image", "document", "toolUse", "toolResult", "cachePoint", "reasoningContent"}
+INFERENCE = {"maxTokens", "temperature", "topP", "stopSequences"}
+CONVERSE_FIELDS = {"messages", "system", "inferenceConfig", "toolConfig", "additionalModelRequestFields",
+                   "guardrailConfig", "promptVariables", "requestMetadata", "performanceConfig",
+                   "additionalModelResponseFieldPaths"}
+
+
+def converse_problem(req):
+    """What makes a Converse body invalid per the API reference, or None."""
+    if set(req) - CONVERSE_FIELDS:
+        return f"unknown fields {sorted(set(req) - CONVERSE_FIELDS)}"
+    messages = req.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: a non-empty list is required"
+    for i, m in enumerate(messages):
+        if m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), list) or not m["content"]:
+            return f"messages[{i}]: role user|assistant and a non-empty content list are required"
+        if i and messages[i - 1]["role"] == m["role"]:
+            return "A conversation must alternate between user and assistant roles."
+        for b in m["content"]:
+            if not isinstance(b, dict) or len(b) != 1 or next(iter(b)) not in BLOCKS:
+                return f"messages[{i}]: a content block must be exactly one of {sorted(BLOCKS)}"
+            if "image" in b:
+                img = b["image"]
+                if img.get("format") not in ("png", "jpeg", "gif", "webp"):
+                    return f"messages[{i}]: image.format must be png|jpeg|gif|webp"
+                try:
+                    base64.b64decode(img["source"]["bytes"], validate=True)
+                except (KeyError, TypeError, ValueError):
+                    return f"messages[{i}]: image.source.bytes must be base64"
+            if "toolUse" in b and not (isinstance(b["toolUse"].get("toolUseId"), str)
+                                       and isinstance(b["toolUse"].get("name"), str)
+                                       and isinstance(b["toolUse"].get("input"), dict)):
+                return f"messages[{i}]: toolUse needs toolUseId, name and an input object"
+            if "toolResult" in b and not (isinstance(b["toolResult"].get("toolUseId"), str)
+                                          and isinstance(b["toolResult"].get("content"), list)):
+                return f"messages[{i}]: toolResult needs toolUseId and a content list"
+    if messages[0]["role"] != "user":
+        return "A conversation must start with a user message."
+    system = req.get("system", [])
+    if not isinstance(system, list) or any(not isinstance(b, dict) or set(b) - {"text", "cachePoint", "guardContent"} for b in system):
+        return "system: a list of {text} blocks"
+    inference = req.get("inferenceConfig", {})
+    if not isinstance(inference, dict) or set(inference) - INFERENCE:
+        return f"inferenceConfig: only {sorted(INFERENCE)}"
+    if "maxTokens" in inference and not (isinstance(inference["maxTokens"], int) and inference["maxTokens"] >= 1):
+        return "inferenceConfig.maxTokens must be a positive integer"
+    tools = req.get("toolConfig")
+    if tools is not None:
+        specs = tools.get("tools")
+        if not isinstance(specs, list) or not specs or any(
+                not isinstance(t.get("toolSpec", {}).get("name"), str)
+                or not isinstance(t["toolSpec"].get("inputSchema", {}).get("json"), dict) for t in specs):
+            return "toolConfig.tools: a list of {toolSpec: {name, inputSchema: {json}}}"
+        choice = tools.get("toolChoice")
+        if choice is not None and (len(choice) != 1 or next(iter(choice)) not in ("auto", "any", "tool")):
+            return "toolConfig.toolChoice must be one of auto, any, tool"
+    uses_tools = any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"])
+    if uses_tools and tools is None:
+        return "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+    return None
+
+
 def converse_answer(req, model):
     tools = (req.get("toolConfig") or {}).get("tools") or []
     if "tool" in model and tools:
@@ -341,10 +404,9 @@ class Handler(BaseHTTPRequestHandler):
         handler(model, action, parsed)
 
     def converse(self, model, action, req):
-        messages = req.get("messages")
-        if not isinstance(messages, list) or not messages or any(
-                m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), list) for m in messages):
-            return self.aws_error(400, "ValidationException", "messages: a list of {role, content: [block]} is required")
+        problem = converse_problem(req)
+        if problem:
+            return self.aws_error(400, "ValidationException", problem)
         if action == "converse":
             if "garbage" in model:
                 return self.send(200, b"<html>not json", "application/json")

@@ -1,8 +1,11 @@
-//! Tests of the Converse translation, both directions.
+//! Tests of the Converse translation, both directions (the request's in `converse`, the
+//! answer's in `response`).
 
 use serde_json::{json, Map, Value};
 
 use super::*;
+use crate::domain::pricing::TokenUsage;
+use crate::providers::bedrock::response::converse_response;
 
 fn chat(v: Value) -> Map<String, Value> {
     match v {
@@ -124,6 +127,11 @@ fn what_converse_cannot_carry_is_refused() {
         json!({"messages": [{"role": "tool", "content": "x"}]}),
         json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{nope"}}]}]}),
         json!({"messages": msgs, "tools": [{"type": "retrieval"}]}),
+        json!({"messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "a", "content": "x"}
+        ]}),
     ] {
         assert!(converse_request(&chat(bad.clone())).is_err(), "{bad}");
     }

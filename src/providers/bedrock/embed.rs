@@ -11,7 +11,7 @@
 //!   the data plane passes as `header_tokens` (summed over the calls); without it the count is
 //!   estimated (a token per 4 bytes of text, rounded up) and flagged.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::domain::pricing::TokenUsage;
 use crate::providers::{Garbled, Unsupported};
@@ -92,6 +92,40 @@ pub fn embed_request(model: &str, input: &Value) -> Result<Vec<Value>, Unsupport
             "`{model}` is not a Bedrock embedding model (Titan or Cohere)"
         ))),
     }
+}
+
+/// The InvokeModel bodies for a whole OpenAI embeddings request: [`embed_request`] of its
+/// `input`, with `dimensions` carried to Titan v2 (256, 512 or 1024) and refused elsewhere,
+/// `encoding_format` `float` only (Bedrock answers floats), `model` and `user` ignored, and
+/// anything else refused.
+pub fn embed_requests(model: &str, body: &Map<String, Value>) -> Result<Vec<Value>, Unsupported> {
+    let input = body
+        .get("input")
+        .ok_or_else(|| Unsupported("`input` is required".into()))?;
+    let mut calls = embed_request(model, input)?;
+    for (key, value) in body {
+        match key.as_str() {
+            "input" | "model" | "user" => {}
+            "encoding_format" if value.is_null() || value == "float" => {}
+            "dimensions" if value.is_null() => {}
+            "dimensions" if model.contains("titan-embed-text-v2") => {
+                let Some(d @ (256 | 512 | 1024)) = value.as_u64() else {
+                    return Err(Unsupported(
+                        "Titan v2 takes `dimensions` 256, 512 or 1024".into(),
+                    ));
+                };
+                for call in &mut calls {
+                    call["dimensions"] = Value::from(d);
+                }
+            }
+            _ => {
+                return Err(Unsupported(format!(
+                    "Bedrock embeddings do not support `{key}` for {model}"
+                )))
+            }
+        }
+    }
+    Ok(calls)
 }
 
 /// The OpenAI embeddings answer for the bodies of the calls [`embed_request`] made (same order),
@@ -208,6 +242,31 @@ mod tests {
         assert_eq!((est.usage.prompt, est.estimated), (3, true));
         let exact = embed_response("cohere.embed-english-v3", &input, &[body], Some(4)).unwrap();
         assert_eq!((exact.usage.prompt, exact.estimated), (4, false));
+    }
+
+    #[test]
+    fn whole_requests() {
+        let body = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let v2 = "amazon.titan-embed-text-v2:0";
+        let calls = embed_requests(
+            v2,
+            &body(json!({"model": v2, "input": ["a"], "dimensions": 256, "encoding_format": "float", "user": "u"})),
+        )
+        .unwrap();
+        assert_eq!(calls, vec![json!({"inputText": "a", "dimensions": 256})]);
+        for bad in [
+            json!({"input": "a", "dimensions": 300}),
+            json!({"input": "a", "encoding_format": "base64"}),
+            json!({"input": "a", "extra": 1}),
+            json!({}),
+        ] {
+            assert!(embed_requests(v2, &body(bad.clone())).is_err(), "{bad}");
+        }
+        let v1 = "amazon.titan-embed-text-v1";
+        assert!(embed_requests(v1, &body(json!({"input": "a", "dimensions": 256}))).is_err());
     }
 
     #[test]

@@ -185,6 +185,32 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_any_splits_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), cut in 0usize..200) {
+            let mut d = EventStreamDecoder::new(1 << 10);
+            let cut = cut.min(bytes.len());
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                d.push(part);
+                while let Ok(Some(_)) = d.next() {}
+            }
+        }
+
+        #[test]
+        fn frames_round_trip(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..300), name in "[a-zA-Z]{1,20}", cut in 0usize..400) {
+            let frame = encode(&[(":event-type", &name), (":message-type", "event")], &payload);
+            let cut = cut.min(frame.len());
+            let mut d = EventStreamDecoder::new(1 << 10);
+            d.push(&frame[..cut]);
+            let early = d.next().unwrap();
+            d.push(&frame[cut..]);
+            let m = match early { Some(m) => m, None => d.next().unwrap().unwrap() };
+            proptest::prop_assert_eq!(&m.event_type, &name);
+            proptest::prop_assert_eq!(&m.payload[..], &payload[..]);
+            proptest::prop_assert!(!d.has_partial());
+        }
+    }
+
     #[test]
     fn truncation_is_visible() {
         let bytes = event("messageStop", r#"{"stopReason":"end_turn"}"#);

@@ -5,7 +5,7 @@
 //! is. The streamed answer is an AWS event stream whose `chunk` events carry
 //! `{"bytes": base64}`, each one Anthropic stream event (`message_start`, ...; the last,
 //! `message_stop`, also carries `amazon-bedrock-invocationMetrics`); [`invoke_chunk`] unwraps
-//! one, and the Anthropic translator takes it from there.
+//! one ([`anthropic_event_type`] names it), and the Anthropic translator takes it from there.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -30,6 +30,20 @@ pub fn invoke_anthropic_body(messages_req: &Map<String, Value>) -> Value {
     Value::Object(body)
 }
 
+/// Carries the caller's `anthropic-beta` header (comma-separated flags) into the InvokeModel
+/// body, where Bedrock takes it: `anthropic_beta: ["flag", ...]`.
+pub fn set_anthropic_beta(body: &mut Value, header: &str) {
+    let flags: Vec<Value> = header
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(Value::from)
+        .collect();
+    if let (Some(obj), false) = (body.as_object_mut(), flags.is_empty()) {
+        obj.insert("anthropic_beta".into(), Value::Array(flags));
+    }
+}
+
 /// The Anthropic event JSON inside a `chunk` event's payload `{"bytes": base64}`.
 pub fn invoke_chunk(payload: &[u8]) -> Result<Bytes, Garbled> {
     let v: Value = serde_json::from_slice(payload)
@@ -42,6 +56,17 @@ pub fn invoke_chunk(payload: &[u8]) -> Result<Bytes, Garbled> {
         .decode(b64)
         .map_err(|_| Garbled("Bedrock chunk bytes are not base64".into()))?;
     Ok(Bytes::from(inner))
+}
+
+/// The `type` of an unwrapped Anthropic event (`message_start`, ...): its SSE event name for
+/// the Anthropic translator.
+pub fn anthropic_event_type(event: &[u8]) -> Result<String, Garbled> {
+    let v: Value = serde_json::from_slice(event)
+        .map_err(|e| Garbled(format!("Bedrock chunk is not an Anthropic event: {e}")))?;
+    v.get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| Garbled("Bedrock chunk's Anthropic event has no type".into()))
 }
 
 #[cfg(test)]
@@ -62,6 +87,15 @@ mod tests {
             json!({"max_tokens": 10, "anthropic_version": "bedrock-2023-05-31",
                    "messages": [{"role": "user", "content": "hi"}]})
         );
+    }
+
+    #[test]
+    fn beta_flags_go_in_the_body() {
+        let mut body = json!({"max_tokens": 1});
+        set_anthropic_beta(&mut body, "");
+        assert_eq!(body, json!({"max_tokens": 1}));
+        set_anthropic_beta(&mut body, "a-2025, b-2024 ");
+        assert_eq!(body["anthropic_beta"], json!(["a-2025", "b-2024"]));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! AssumeRole for integrations with an assumed role.
 //!
 //! - [`sign()`]: SigV4 (the `aws-sigv4` crate) over a request as it will be sent.
-//! - [`converse`]: `converse_request` / `converse_response` (OpenAI chat <-> Converse).
+//! - [`converse`]: `converse_request` (OpenAI chat -> Converse); [`response`]:
+//!   `converse_response` (Converse -> OpenAI chat, the usage and its cache counts).
 //! - [`stream`]: [`ConverseStream`], ConverseStream events -> OpenAI chunks.
 //! - [`eventstream`]: [`EventStreamDecoder`], bytes -> event-stream messages (the
 //!   `aws-smithy-eventstream` crate checks the frame's CRCs).
@@ -18,14 +19,16 @@ pub mod converse;
 pub mod embed;
 pub mod eventstream;
 pub mod invoke;
+pub mod response;
 pub mod sign;
 pub mod stream;
 pub mod sts;
 
-pub use converse::{converse_request, converse_response};
-pub use embed::{embed_request, embed_response, EmbedFamily};
+pub use converse::converse_request;
+pub use embed::{embed_request, embed_requests, embed_response, EmbedFamily, Embedded};
 pub use eventstream::{EventStreamDecoder, Message};
-pub use invoke::{invoke_anthropic_body, invoke_chunk};
+pub use invoke::{anthropic_event_type, invoke_anthropic_body, invoke_chunk, set_anthropic_beta};
+pub use response::converse_response;
 pub use sign::{sign, SignError};
 pub use stream::ConverseStream;
 pub use sts::{assume_role, default_sts_endpoint, StsError};
@@ -82,6 +85,33 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
+/// The error type and message of an AWS JSON error answer (Bedrock's non-2xx bodies are
+/// `{"message": ...}`, the type in the `x-amzn-ErrorType` header as `Type:namespace-url`), for
+/// the caller's error body. The message is cut to 500 characters; a body that is not AWS's
+/// gives `UnknownError` and an empty message.
+pub fn aws_error(error_type_header: Option<&str>, body: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let field = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| v.get(*n).and_then(serde_json::Value::as_str))
+            .map(str::to_owned)
+    };
+    let kind = error_type_header
+        .map(|h| h.split(':').next().unwrap_or_default().trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .or_else(|| {
+            field(["__type", "code"]).map(|t| t.rsplit('#').next().unwrap_or_default().to_owned())
+        })
+        .unwrap_or_else(|| "UnknownError".into());
+    let message = field(["message", "Message"])
+        .unwrap_or_default()
+        .chars()
+        .take(500)
+        .collect();
+    (kind, message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +132,28 @@ mod tests {
         assert_eq!(
             default_base_url("eu-west-1"),
             "https://bedrock-runtime.eu-west-1.amazonaws.com"
+        );
+    }
+
+    #[test]
+    fn aws_errors_parse() {
+        assert_eq!(
+            aws_error(
+                Some("ThrottlingException:http://internal.amazon.com/coral/com.amazon.coral.service/"),
+                br#"{"message":"Too many requests"}"#
+            ),
+            ("ThrottlingException".into(), "Too many requests".into())
+        );
+        assert_eq!(
+            aws_error(
+                None,
+                br#"{"__type":"com.amazon#ValidationException","Message":"bad"}"#
+            ),
+            ("ValidationException".into(), "bad".into())
+        );
+        assert_eq!(
+            aws_error(None, b"<html>"),
+            ("UnknownError".into(), String::new())
         );
     }
 

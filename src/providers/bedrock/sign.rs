@@ -28,7 +28,7 @@ pub enum SignError {
     Signer(String),
 }
 
-/// Signs the request in place: adds `host` (when absent), `x-amz-date`, `x-amz-security-token`
+/// Signs the request in place (replacing any earlier signature): adds `host` (when absent), `x-amz-date`, `x-amz-security-token`
 /// (when the credentials have a session token) and `authorization`. `now` is the signing time
 /// (AWS refuses a signature more than 15 minutes off its clock).
 #[expect(
@@ -53,6 +53,10 @@ pub fn sign(
         },
         _ => return Err(SignError::Url(url.to_owned())),
     };
+    // A map signed before (a retry) keeps nothing of that signature.
+    for stale in ["authorization", "x-amz-date", "x-amz-security-token"] {
+        headers.remove(stale);
+    }
     if !headers.contains_key(HOST) {
         let value = HeaderValue::from_str(&host).map_err(|_| SignError::Url(url.to_owned()))?;
         headers.insert(HOST, value);
@@ -164,6 +168,48 @@ mod tests {
             "{auth}"
         );
         assert!(!auth.contains("wJalr"));
+    }
+
+    #[test]
+    fn signing_again_replaces_the_old_signature() {
+        let url = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse";
+        let mut fresh = HeaderMap::new();
+        sign(
+            "POST",
+            url,
+            &mut fresh,
+            b"{}",
+            &creds(None),
+            "us-east-1",
+            "bedrock",
+            suite_time(),
+        )
+        .unwrap();
+        let mut again = HeaderMap::new();
+        let earlier = suite_time() - Duration::from_secs(600);
+        sign(
+            "POST",
+            url,
+            &mut again,
+            b"{}",
+            &creds(Some("T")),
+            "us-east-1",
+            "bedrock",
+            earlier,
+        )
+        .unwrap();
+        sign(
+            "POST",
+            url,
+            &mut again,
+            b"{}",
+            &creds(None),
+            "us-east-1",
+            "bedrock",
+            suite_time(),
+        )
+        .unwrap();
+        assert_eq!(again, fresh);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | `contentBlockStop` | `{contentBlockIndex}` | nothing |
 //! | `messageStop` | `{stopReason}` | a chunk with `finish_reason` |
 //! | `metadata` | `{usage, metrics}` | the usage (sent by `finish` when asked for) |
-//! | `*Exception` | `{message}` | an OpenAI error frame; the stream ends there (no `[DONE]`) |
+//! | `*Exception` | `{message}` | an OpenAI error frame; the stream ends there (later events are dropped, no `[DONE]`) |
 //!
 //! Unknown events are skipped (AWS adds event kinds); a known event whose payload is not what
 //! its kind says is `Garbled`.
@@ -20,9 +20,12 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::converse::{finish_reason, openai_usage, usage_of};
+use super::response::{finish_reason, openai_usage, usage_of};
 use crate::domain::pricing::TokenUsage;
 use crate::providers::{Event, Garbled, StreamTranslator};
+
+/// The most tool-use blocks one answer may start (a bound on a hostile stream's bookkeeping).
+const MAX_TOOL_BLOCKS: usize = 1024;
 
 /// The stream translator for ConverseStream.
 #[derive(Debug)]
@@ -118,6 +121,11 @@ impl ConverseStream {
                 "Bedrock toolUse start without toolUseId or name".into(),
             ));
         };
+        if self.tool_blocks.len() >= MAX_TOOL_BLOCKS {
+            return Err(Garbled(format!(
+                "Bedrock started over {MAX_TOOL_BLOCKS} tool uses"
+            )));
+        }
         if self.tool_index(block).is_some() {
             return Err(Garbled("Bedrock started a content block twice".into()));
         }
@@ -138,6 +146,10 @@ fn frame(v: &Value) -> Bytes {
 
 impl StreamTranslator for ConverseStream {
     fn event(&mut self, event: Event<'_>, out: &mut Vec<Bytes>) -> Result<(), Garbled> {
+        if self.failed {
+            // An exception ends the answer; nothing after it is the model's.
+            return Ok(());
+        }
         let name = event.name.unwrap_or_default();
         let known = matches!(
             name,
