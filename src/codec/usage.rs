@@ -138,11 +138,7 @@ pub fn decode_usage(bytes: &[u8]) -> Result<UsageEvent, CodecError> {
         attempt_index: r.int("attempt_index")?,
         trace_id: r.string("trace_id")?,
         config_id: r.opt_string("config_id")?,
-        cache_write_tokens: if v2 {
-            r.int("cache_write_tokens")?
-        } else {
-            0
-        },
+        cache_write_tokens: if v2 { r.int("cache_write_tokens")? } else { 0 },
     };
     if !r.is_empty() {
         return Err(CodecError::Field("(record)", "trailing bytes".into()));

@@ -82,7 +82,12 @@ pub struct ProviderKind {
     pub embeddings: bool,
 }
 
-const fn field(name: &'static str, secret: bool, required: Need, description: &'static str) -> Field {
+const fn field(
+    name: &'static str,
+    secret: bool,
+    required: Need,
+    description: &'static str,
+) -> Field {
     Field {
         name,
         secret,
@@ -91,7 +96,12 @@ const fn field(name: &'static str, secret: bool, required: Need, description: &'
     }
 }
 
-const fn openai_compatible(id: &'static str, name: &'static str, base: &'static str, embeddings: bool) -> ProviderKind {
+const fn openai_compatible(
+    id: &'static str,
+    name: &'static str,
+    base: &'static str,
+    embeddings: bool,
+) -> ProviderKind {
     ProviderKind {
         id,
         name,
@@ -119,20 +129,75 @@ const AZURE: &[Field] = &[
 ];
 
 const BEDROCK: &[Field] = &[
-    field("aws_auth_type", false, Need::Optional, "accessKey (default) or assumedRole"),
-    field("aws_access_key_id", true, Need::Always, "the access key id (for assumedRole: of the base credentials)"),
-    field("aws_secret_access_key", true, Need::Always, "the secret access key"),
-    field("aws_session_token", true, Need::Optional, "a session token for temporary credentials"),
-    field("aws_region", false, Need::Always, "the region, e.g. us-east-1"),
-    field("aws_role_arn", false, Need::ForAssumedRole, "the role to assume (STS AssumeRole)"),
-    field("aws_external_id", false, Need::Optional, "the external id the role's trust policy asks for"),
-    field("aws_sts_endpoint", false, Need::Optional, "the STS endpoint (default https://sts.{region}.amazonaws.com)"),
+    field(
+        "aws_auth_type",
+        false,
+        Need::Optional,
+        "accessKey (default) or assumedRole",
+    ),
+    field(
+        "aws_access_key_id",
+        true,
+        Need::Always,
+        "the access key id (for assumedRole: of the base credentials)",
+    ),
+    field(
+        "aws_secret_access_key",
+        true,
+        Need::Always,
+        "the secret access key",
+    ),
+    field(
+        "aws_session_token",
+        true,
+        Need::Optional,
+        "a session token for temporary credentials",
+    ),
+    field(
+        "aws_region",
+        false,
+        Need::Always,
+        "the region, e.g. us-east-1",
+    ),
+    field(
+        "aws_role_arn",
+        false,
+        Need::ForAssumedRole,
+        "the role to assume (STS AssumeRole)",
+    ),
+    field(
+        "aws_external_id",
+        false,
+        Need::Optional,
+        "the external id the role's trust policy asks for",
+    ),
+    field(
+        "aws_sts_endpoint",
+        false,
+        Need::Optional,
+        "the STS endpoint (default https://sts.{region}.amazonaws.com)",
+    ),
 ];
 
 const VERTEX: &[Field] = &[
-    field("vertex_project_id", false, Need::Always, "the Google Cloud project"),
-    field("vertex_region", false, Need::Always, "the region, e.g. us-central1 (or global)"),
-    field("vertex_service_account_json", true, Need::Always, "the service account's JSON key (client_email, private_key, token_uri)"),
+    field(
+        "vertex_project_id",
+        false,
+        Need::Always,
+        "the Google Cloud project",
+    ),
+    field(
+        "vertex_region",
+        false,
+        Need::Always,
+        "the region, e.g. us-central1 (or global)",
+    ),
+    field(
+        "vertex_service_account_json",
+        true,
+        Need::Always,
+        "the service account's JSON key (client_email, private_key, token_uri)",
+    ),
 ];
 
 /// Every provider Tollgate can call.
@@ -184,15 +249,45 @@ pub const CATALOG: &[ProviderKind] = &[
         embeddings: true,
     },
     openai_compatible("groq", "Groq", "https://api.groq.com/openai/v1", false),
-    openai_compatible("together-ai", "Together AI", "https://api.together.xyz/v1", true),
-    openai_compatible("mistral-ai", "Mistral AI", "https://api.mistral.ai/v1", true),
+    openai_compatible(
+        "together-ai",
+        "Together AI",
+        "https://api.together.xyz/v1",
+        true,
+    ),
+    openai_compatible(
+        "mistral-ai",
+        "Mistral AI",
+        "https://api.mistral.ai/v1",
+        true,
+    ),
     openai_compatible("deepseek", "DeepSeek", "https://api.deepseek.com/v1", false),
-    openai_compatible("fireworks-ai", "Fireworks AI", "https://api.fireworks.ai/inference/v1", true),
+    openai_compatible(
+        "fireworks-ai",
+        "Fireworks AI",
+        "https://api.fireworks.ai/inference/v1",
+        true,
+    ),
     openai_compatible("x-ai", "xAI", "https://api.x.ai/v1", false),
-    openai_compatible("perplexity-ai", "Perplexity", "https://api.perplexity.ai", false),
-    openai_compatible("openrouter", "OpenRouter", "https://openrouter.ai/api/v1", true),
+    openai_compatible(
+        "perplexity-ai",
+        "Perplexity",
+        "https://api.perplexity.ai",
+        false,
+    ),
+    openai_compatible(
+        "openrouter",
+        "OpenRouter",
+        "https://openrouter.ai/api/v1",
+        true,
+    ),
     openai_compatible("cerebras", "Cerebras", "https://api.cerebras.ai/v1", false),
-    openai_compatible("deepinfra", "DeepInfra", "https://api.deepinfra.com/v1/openai", true),
+    openai_compatible(
+        "deepinfra",
+        "DeepInfra",
+        "https://api.deepinfra.com/v1/openai",
+        true,
+    ),
     ProviderKind {
         id: "ollama",
         name: "Ollama (self-hosted)",
@@ -238,8 +333,14 @@ pub fn is_secret_field(name: &str) -> bool {
 impl ProviderKind {
     /// The fields `configurations` (with the sealed secrets' names in `secrets`) lacks, and
     /// whether the key is missing; empty when the integration can be called.
-    pub fn missing(&self, c: &Map<String, Value>, secrets: &[&str], has_key: bool) -> Vec<&'static str> {
-        let given = |n: &str| secrets.contains(&n) || c.get(n).is_some_and(|v| !v.is_null() && v != "");
+    pub fn missing(
+        &self,
+        c: &Map<String, Value>,
+        secrets: &[&str],
+        has_key: bool,
+    ) -> Vec<&'static str> {
+        let given =
+            |n: &str| secrets.contains(&n) || c.get(n).is_some_and(|v| !v.is_null() && v != "");
         let assumed = c.get("aws_auth_type").and_then(Value::as_str) == Some("assumedRole");
         let mut out: Vec<&'static str> = self
             .fields
@@ -262,8 +363,13 @@ impl ProviderKind {
     /// Azure's URL: `resource_name` and a deployment (`deployment_id`, `deployment_name`, or
     /// the `deployments` map).
     fn url_alternative_given(&self, c: &Map<String, Value>) -> bool {
-        let s = |n: &str| c.get(n).and_then(Value::as_str).is_some_and(|v| !v.is_empty());
-        s("resource_name") && (s("deployment_id") || s("deployment_name") || c.contains_key("deployments"))
+        let s = |n: &str| {
+            c.get(n)
+                .and_then(Value::as_str)
+                .is_some_and(|v| !v.is_empty())
+        };
+        s("resource_name")
+            && (s("deployment_id") || s("deployment_name") || c.contains_key("deployments"))
     }
 
     /// The catalog entry as `GET /v1/ai-providers` shows it.
@@ -312,7 +418,9 @@ mod tests {
     #[test]
     fn missing_names_what_each_provider_needs() {
         let m = |id: &str, c: Value, secrets: &[&str], key: bool| {
-            kind(id).unwrap().missing(c.as_object().unwrap(), secrets, key)
+            kind(id)
+                .unwrap()
+                .missing(c.as_object().unwrap(), secrets, key)
         };
         assert_eq!(m("anthropic", json!({}), &[], false), ["key"]);
         assert!(m("anthropic", json!({}), &[], true).is_empty());
@@ -322,18 +430,40 @@ mod tests {
         );
         let role = json!({"aws_auth_type": "assumedRole", "aws_region": "us-east-1"});
         assert_eq!(
-            m("bedrock", role, &["aws_access_key_id", "aws_secret_access_key"], false),
+            m(
+                "bedrock",
+                role,
+                &["aws_access_key_id", "aws_secret_access_key"],
+                false
+            ),
             ["aws_role_arn"]
         );
         assert_eq!(
             m("azure-openai", json!({"resource_name": "r"}), &[], true),
             ["resource_name", "deployment_id"]
         );
-        assert!(m("azure-openai", json!({"resource_name": "r", "deployment_name": "d"}), &[], true).is_empty());
-        assert!(m("azure-openai", json!({"custom_host": "http://x"}), &[], true).is_empty());
+        assert!(m(
+            "azure-openai",
+            json!({"resource_name": "r", "deployment_name": "d"}),
+            &[],
+            true
+        )
+        .is_empty());
+        assert!(m(
+            "azure-openai",
+            json!({"custom_host": "http://x"}),
+            &[],
+            true
+        )
+        .is_empty());
         assert_eq!(m("vllm", json!({}), &[], false), ["custom_host"]);
         assert_eq!(
-            m("vertex-ai", json!({"vertex_region": "us-central1"}), &[], false),
+            m(
+                "vertex-ai",
+                json!({"vertex_region": "us-central1"}),
+                &[],
+                false
+            ),
             ["vertex_project_id", "vertex_service_account_json"]
         );
     }

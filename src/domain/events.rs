@@ -221,8 +221,8 @@ impl Endpoint {
             Self::Messages,
             Self::Responses,
         ]
-            .into_iter()
-            .find(|e| e.as_str() == s)
+        .into_iter()
+        .find(|e| e.as_str() == s)
     }
 }
 

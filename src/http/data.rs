@@ -140,8 +140,13 @@ async fn ai_providers(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     proxy::authenticate_any(&app.plane, &headers).map_err(|e| ApiError::data(e, None))?;
-    let data: Vec<_> = crate::domain::catalog::CATALOG.iter().map(|k| k.view()).collect();
-    Ok(Json(serde_json::json!({"object": "list", "total": data.len(), "data": data})))
+    let data: Vec<_> = crate::domain::catalog::CATALOG
+        .iter()
+        .map(|k| k.view())
+        .collect();
+    Ok(Json(
+        serde_json::json!({"object": "list", "total": data.len(), "data": data}),
+    ))
 }
 
 async fn models(

@@ -33,7 +33,12 @@ pub struct ExchangeError(pub String);
 
 impl Exchanged {
     /// The AWS credentials to sign with: the integration's own, or the role's (assumed and cached).
-    pub async fn aws(&self, http: &reqwest::Client, target: &Target, aws: &Arc<AwsAuth>) -> Result<Arc<Credentials>, ExchangeError> {
+    pub async fn aws(
+        &self,
+        http: &reqwest::Client,
+        target: &Target,
+        aws: &Arc<AwsAuth>,
+    ) -> Result<Arc<Credentials>, ExchangeError> {
         let Some(role) = &aws.role else {
             return Ok(Arc::new(aws.base.clone()));
         };
@@ -42,7 +47,10 @@ impl Exchanged {
         let arn = role.arn.clone();
         self.aws
             .get(key, move || async move {
-                let role = aws.role.as_ref().ok_or_else(|| ExchangeError("no role".into()))?;
+                let role = aws
+                    .role
+                    .as_ref()
+                    .ok_or_else(|| ExchangeError("no role".into()))?;
                 let session = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
                 let fetched = bedrock::assume_role(
                     &http,
@@ -58,14 +66,21 @@ impl Exchanged {
                     .await
                     .map_err(|_| ExchangeError(format!("STS AssumeRole of {arn} timed out")))?
                     .map_err(|e| ExchangeError(format!("STS AssumeRole of {arn} failed: {e}")))?;
-                let left = expires.duration_since(SystemTime::now()).unwrap_or_default();
+                let left = expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
                 Ok((Arc::new(creds), left))
             })
             .await
     }
 
     /// A Google access token for the service account.
-    pub async fn google(&self, http: &reqwest::Client, target: &Target, sa: &Arc<ServiceAccount>) -> Result<Arc<str>, ExchangeError> {
+    pub async fn google(
+        &self,
+        http: &reqwest::Client,
+        target: &Target,
+        sa: &Arc<ServiceAccount>,
+    ) -> Result<Arc<str>, ExchangeError> {
         let (http, sa) = (http.clone(), sa.clone());
         self.google
             .get(cache_key(target), move || async move {
@@ -73,10 +88,17 @@ impl Exchanged {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_secs();
-                let (token, expires_in) = tokio::time::timeout(EXCHANGE_TIMEOUT, gemini::fetch_token(&http, &sa, now))
-                    .await
-                    .map_err(|_| ExchangeError("the service account's token exchange timed out".into()))?
-                    .map_err(|e| ExchangeError(format!("the service account's token exchange failed: {e}")))?;
+                let (token, expires_in) =
+                    tokio::time::timeout(EXCHANGE_TIMEOUT, gemini::fetch_token(&http, &sa, now))
+                        .await
+                        .map_err(|_| {
+                            ExchangeError("the service account's token exchange timed out".into())
+                        })?
+                        .map_err(|e| {
+                            ExchangeError(format!(
+                                "the service account's token exchange failed: {e}"
+                            ))
+                        })?;
                 Ok((Arc::from(token.as_str()), Duration::from_secs(expires_in)))
             })
             .await
@@ -92,7 +114,10 @@ impl Exchanged {
 
 /// An integration's credential changes with the integration: its id and last update.
 fn cache_key(target: &Target) -> String {
-    format!("{}@{}", target.integration.id, target.integration.updated_at.0)
+    format!(
+        "{}@{}",
+        target.integration.id, target.integration.updated_at.0
+    )
 }
 
 /// What an exchange came to: the value and when it stops being usable, or why it failed.
@@ -155,7 +180,9 @@ impl<T: Clone + Send + Sync + 'static> Cache<T> {
         match outcome {
             Some(Ok((v, _))) => Ok(v),
             Some(Err(why)) => Err(ExchangeError(why)),
-            None => Err(ExchangeError("the credential exchange ended without an answer".into())),
+            None => Err(ExchangeError(
+                "the credential exchange ended without an answer".into(),
+            )),
         }
     }
 
@@ -189,7 +216,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn counted(n: &Arc<AtomicUsize>, ttl: Duration) -> impl FnOnce() -> std::future::Ready<Result<(usize, Duration), ExchangeError>> {
+    fn counted(
+        n: &Arc<AtomicUsize>,
+        ttl: Duration,
+    ) -> impl FnOnce() -> std::future::Ready<Result<(usize, Duration), ExchangeError>> {
         let n = n.clone();
         move || std::future::ready(Ok((n.fetch_add(1, Ordering::SeqCst) + 1, ttl)))
     }
@@ -204,7 +234,13 @@ mod tests {
         assert_eq!(n.load(Ordering::SeqCst), 1);
         // Expired (a zero lifetime): the next caller waits for a new exchange.
         let cache = Cache::<usize>::default();
-        assert_eq!(cache.get("k".into(), counted(&n, Duration::ZERO)).await.unwrap(), 2);
+        assert_eq!(
+            cache
+                .get("k".into(), counted(&n, Duration::ZERO))
+                .await
+                .unwrap(),
+            2
+        );
         assert_eq!(cache.get("k".into(), counted(&n, long)).await.unwrap(), 3);
     }
 
@@ -215,9 +251,21 @@ mod tests {
         let soon = REFRESH_AHEAD / 2;
         assert_eq!(cache.get("k".into(), counted(&n, soon)).await.unwrap(), 1);
         // Still usable: answered at once with the old value, a refresh starts.
-        assert_eq!(cache.get("k".into(), counted(&n, Duration::from_secs(3600))).await.unwrap(), 1);
+        assert_eq!(
+            cache
+                .get("k".into(), counted(&n, Duration::from_secs(3600)))
+                .await
+                .unwrap(),
+            1
+        );
         let mut waited = 0;
-        while cache.entries.lock().get("k").is_some_and(|e| e.pending.is_some()) && waited < 1000 {
+        while cache
+            .entries
+            .lock()
+            .get("k")
+            .is_some_and(|e| e.pending.is_some())
+            && waited < 1000
+        {
             tokio::task::yield_now().await;
             waited += 1;
         }
@@ -228,8 +276,17 @@ mod tests {
     async fn a_failed_exchange_is_an_error_and_retried_by_the_next_caller() {
         let cache = Cache::<usize>::default();
         let failing = || std::future::ready(Err(ExchangeError("STS said no".into())));
-        assert_eq!(cache.get("k".into(), failing).await.unwrap_err().0, "STS said no");
+        assert_eq!(
+            cache.get("k".into(), failing).await.unwrap_err().0,
+            "STS said no"
+        );
         let n = Arc::new(AtomicUsize::new(0));
-        assert_eq!(cache.get("k".into(), counted(&n, Duration::from_secs(60 * 60))).await.unwrap(), 1);
+        assert_eq!(
+            cache
+                .get("k".into(), counted(&n, Duration::from_secs(60 * 60)))
+                .await
+                .unwrap(),
+            1
+        );
     }
 }

@@ -275,7 +275,10 @@ pub fn authenticate(plane: &crate::proxy::DataPlane, headers: &HeaderMap) -> Res
 }
 
 /// Checks that the caller holds any valid Tollgate key (data-plane or admin).
-pub fn authenticate_any(plane: &crate::proxy::DataPlane, headers: &HeaderMap) -> Result<(), DataError> {
+pub fn authenticate_any(
+    plane: &crate::proxy::DataPlane,
+    headers: &HeaderMap,
+) -> Result<(), DataError> {
     auth::authenticate(&plane.ledger.state(), headers, crate::domain::Millis::now())
         .map(drop)
         .map_err(|e| DataError::unauthorized(e.message()))
@@ -286,14 +289,21 @@ pub fn authenticate_any(plane: &crate::proxy::DataPlane, headers: &HeaderMap) ->
 /// OpenAI-format provider's) carried over with its message.
 pub fn anthropic_error(status: StatusCode, body: &[u8]) -> Bytes {
     let v: Option<Value> = serde_json::from_slice(body).ok();
-    if v.as_ref().and_then(|v| v.get("type")).and_then(Value::as_str) == Some("error") {
+    if v.as_ref()
+        .and_then(|v| v.get("type"))
+        .and_then(Value::as_str)
+        == Some("error")
+    {
         return Bytes::copy_from_slice(body);
     }
     let message = v
         .as_ref()
         .and_then(|v| v.pointer("/error/message"))
         .and_then(Value::as_str)
-        .map_or_else(|| format!("the request failed with status {}", status.as_u16()), str::to_owned);
+        .map_or_else(
+            || format!("the request failed with status {}", status.as_u16()),
+            str::to_owned,
+        );
     let kind = crate::providers::anthropic::error_type_for_status(status.as_u16());
     Bytes::from(crate::providers::anthropic::error_body(kind, &message).to_string())
 }

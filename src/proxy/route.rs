@@ -5,10 +5,10 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 use std::sync::Arc;
 
+pub use super::target::{resolve, Target};
 use super::{DataError, RequestBody};
 use crate::domain::routing::{Leaf, Node};
 use crate::domain::{ApiKey, State};
-pub use super::target::{resolve, Target};
 
 /// A parsed routing plan and the saved config it came from. A saved config's plan is shared with
 /// the state that parsed it once; an inline one is parsed per request (bounded in size).

@@ -88,7 +88,8 @@ pub fn resolve(
         slug,
     };
     // Integrations stored before the catalog (any id with a custom_host) speak OpenAI's API.
-    let protocol = catalog::kind(&integration.ai_provider_id).map_or(Protocol::OpenAi, |k| k.protocol);
+    let protocol =
+        catalog::kind(&integration.ai_provider_id).map_or(Protocol::OpenAi, |k| k.protocol);
     let secret = open.key()?;
     let base_url = base_url(integration, slug, protocol, model)?;
     let mut headers = headers(integration, slug, protocol, secret)?;
@@ -163,8 +164,12 @@ impl Opener<'_> {
 
     /// A secret field the provider cannot be called without.
     fn required(&self, field: &str) -> Result<String, DataError> {
-        self.secret(field)?
-            .ok_or_else(|| DataError::bad_request(format!("provider {}: configurations.{field} is not set", self.slug)))
+        self.secret(field)?.ok_or_else(|| {
+            DataError::bad_request(format!(
+                "provider {}: configurations.{field} is not set",
+                self.slug
+            ))
+        })
     }
 }
 
@@ -172,7 +177,11 @@ fn aws_auth(i: &Integration, open: &Opener<'_>) -> Result<AwsAuth, DataError> {
     let slug = open.slug;
     let region = config_str(i, "aws_region")
         .filter(|r| region_ok(r))
-        .ok_or_else(|| DataError::bad_request(format!("provider {slug}: configurations.aws_region is not a valid AWS region")))?
+        .ok_or_else(|| {
+            DataError::bad_request(format!(
+                "provider {slug}: configurations.aws_region is not a valid AWS region"
+            ))
+        })?
         .to_owned();
     let base = Credentials {
         access_key_id: open.required("aws_access_key_id")?,
@@ -182,11 +191,17 @@ fn aws_auth(i: &Integration, open: &Opener<'_>) -> Result<AwsAuth, DataError> {
     let role = match config_str(i, "aws_auth_type") {
         Some("assumedRole") => Some(AwsRole {
             arn: config_str(i, "aws_role_arn")
-                .ok_or_else(|| DataError::bad_request(format!("provider {slug}: configurations.aws_role_arn is not set")))?
+                .ok_or_else(|| {
+                    DataError::bad_request(format!(
+                        "provider {slug}: configurations.aws_role_arn is not set"
+                    ))
+                })?
                 .to_owned(),
             external_id: config_str(i, "aws_external_id").map(str::to_owned),
-            sts_endpoint: config_str(i, "aws_sts_endpoint")
-                .map_or_else(|| format!("https://sts.{region}.amazonaws.com"), |e| e.trim_end_matches('/').to_owned()),
+            sts_endpoint: config_str(i, "aws_sts_endpoint").map_or_else(
+                || format!("https://sts.{region}.amazonaws.com"),
+                |e| e.trim_end_matches('/').to_owned(),
+            ),
         }),
         _ => None,
     };
@@ -242,16 +257,28 @@ fn usable<'s>(
 /// The integration's base URL for `model`. The host is the integration's, never the
 /// request's: nothing a request carries redirects a stored credential (configs refuse
 /// custom_host on such targets; see `domain::routing`).
-fn base_url(i: &Integration, slug: &str, protocol: Protocol, model: &str) -> Result<String, DataError> {
+fn base_url(
+    i: &Integration,
+    slug: &str,
+    protocol: Protocol,
+    model: &str,
+) -> Result<String, DataError> {
     if let Some(h) = config_str(i, "custom_host") {
         return Ok(h.trim_end_matches('/').to_owned());
     }
-    let missing = |what: &str| DataError::bad_request(format!("provider {slug}: {} needs {what}", i.ai_provider_id));
+    let missing = |what: &str| {
+        DataError::bad_request(format!(
+            "provider {slug}: {} needs {what}",
+            i.ai_provider_id
+        ))
+    };
     Ok(match protocol {
         Protocol::Azure => {
             // Names stored before they were validated are checked again: they form the URL.
-            let resource = config_str(i, "resource_name").filter(|r| azure_name_ok("resource_name", r));
-            let deployment = azure_deployment(i, model).filter(|d| azure_name_ok("deployment_name", d));
+            let resource =
+                config_str(i, "resource_name").filter(|r| azure_name_ok("resource_name", r));
+            let deployment =
+                azure_deployment(i, model).filter(|d| azure_name_ok("deployment_name", d));
             match (resource, deployment) {
                 (Some(r), Some(d)) => format!("https://{r}.openai.azure.com/openai/deployments/{d}"),
                 _ => return Err(missing("custom_host, or a valid resource_name and a deployment for the model (deployment_id or deployments)")),
@@ -264,10 +291,17 @@ fn base_url(i: &Integration, slug: &str, protocol: Protocol, model: &str) -> Res
             crate::providers::bedrock::default_base_url(region)
         }
         Protocol::Vertex => {
-            let (Some(project), Some(region)) = (config_str(i, "vertex_project_id"), config_str(i, "vertex_region")) else {
+            let (Some(project), Some(region)) = (
+                config_str(i, "vertex_project_id"),
+                config_str(i, "vertex_region"),
+            ) else {
                 return Err(missing("vertex_project_id and vertex_region"));
             };
-            let publisher = if model.starts_with("claude") { "anthropic" } else { "google" };
+            let publisher = if model.starts_with("claude") {
+                "anthropic"
+            } else {
+                "google"
+            };
             crate::providers::gemini::validate_vertex_location(project, region)
                 .map_err(|e| DataError::bad_request(format!("provider {slug}: {e}")))?;
             crate::providers::gemini::vertex_base_url(project, region, publisher)
@@ -281,7 +315,10 @@ fn base_url(i: &Integration, slug: &str, protocol: Protocol, model: &str) -> Res
 
 /// Whether `r` can be an AWS region (it forms the endpoint's host): `[a-z0-9-]`, at most 32.
 fn region_ok(r: &str) -> bool {
-    !r.is_empty() && r.len() <= 32 && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !r.is_empty()
+        && r.len() <= 32
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The Azure deployment serving `model`: the `deployments` map's (a list of `{model,
@@ -303,7 +340,12 @@ fn azure_deployment<'a>(i: &'a Integration, model: &str) -> Option<&'a str> {
 
 /// The headers of a call: the credential (`secret`, marked sensitive) in the header its
 /// protocol uses, then the provider settings and the integration's custom headers.
-fn headers(i: &Integration, slug: &str, protocol: Protocol, secret: Option<String>) -> Result<HeaderMap, DataError> {
+fn headers(
+    i: &Integration,
+    slug: &str,
+    protocol: Protocol,
+    secret: Option<String>,
+) -> Result<HeaderMap, DataError> {
     let mut headers = HeaderMap::new();
     if let Some(secret) = secret {
         let entra = config_str(i, "azure_auth_mode") == Some("entra");

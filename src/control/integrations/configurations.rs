@@ -76,9 +76,11 @@ const MAX_SECRET_BYTES: usize = 16 * 1024;
 /// value cannot be moved to another field or integration).
 pub(super) fn seal_secrets(ctl: &Control, i: &mut Integration, secrets: Vec<(String, String)>) {
     for (name, text) in secrets {
-        let sealed = ctl
-            .sealer
-            .seal(&text, seal_scope(i), &crate::crypto::secret_id(&i.id, &name));
+        let sealed = ctl.sealer.seal(
+            &text,
+            seal_scope(i),
+            &crate::crypto::secret_id(&i.id, &name),
+        );
         i.secrets.insert(name, sealed);
     }
 }

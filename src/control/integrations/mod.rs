@@ -17,7 +17,8 @@ use crate::crypto::seal_scope;
 
 pub use configurations::{check_azure_names, check_custom_host};
 use configurations::{
-    check_metering, check_provider, check_reconfigure, configurations_of, seal_secrets, take_secrets,
+    check_metering, check_provider, check_reconfigure, configurations_of, seal_secrets,
+    take_secrets,
 };
 pub use models::{delete_models, list_models, update_models};
 use provisioning::{default_provider, global_access_of, grant_all_existing};

@@ -29,12 +29,12 @@ pub use client::{ClientStalled, Frames, CLIENT_BUFFER_BYTES};
 pub use sse::{classify, EventTooLarge, Frame, SseSplitter};
 
 use super::meter::{self, Attempt};
-use crate::providers::bedrock::EventStreamDecoder;
-use crate::providers::{sse_fields, Event, StreamTranslator};
 use super::route::Target;
 use super::{DataError, RequestCtx};
 use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
+use crate::providers::bedrock::EventStreamDecoder;
+use crate::providers::{sse_fields, Event, StreamTranslator};
 use crate::proxy::DataPlane;
 
 /// The most the task reads from a provider after the client left.
@@ -175,7 +175,8 @@ async fn pump(mut job: Job, target: Target, resp: reqwest::Response, client: Cli
                 break;
             }
         }
-        let usage_known = p.usage.is_some() || p.translator.as_ref().is_some_and(|t| t.usage().is_some());
+        let usage_known =
+            p.usage.is_some() || p.translator.as_ref().is_some_and(|t| t.usage().is_some());
         if p.client_gone_at.is_some() && (usage_known || p.drained > DRAIN_MAX_BYTES) {
             break;
         }
@@ -187,11 +188,19 @@ async fn pump(mut job: Job, target: Target, resp: reqwest::Response, client: Cli
 }
 
 /// Forwards every whole event of `chunk` (with what was buffered before it).
-async fn forward_events(job: &Job, p: &mut Progress, decoder: &mut Decoder, chunk: &[u8]) -> Result<(), Broken> {
+async fn forward_events(
+    job: &Job,
+    p: &mut Progress,
+    decoder: &mut Decoder,
+    chunk: &[u8],
+) -> Result<(), Broken> {
     match decoder {
         Decoder::Sse(split) => {
             split.push(chunk);
-            while let Some(event) = split.next_event().map_err(|EventTooLarge(n)| Broken::TooLarge(n))? {
+            while let Some(event) = split
+                .next_event()
+                .map_err(|EventTooLarge(n)| Broken::TooLarge(n))?
+            {
                 forward_event(job, p, event).await?;
             }
         }
@@ -203,12 +212,21 @@ async fn forward_events(job: &Job, p: &mut Progress, decoder: &mut Decoder, chun
                     if m.message_type != "event" {
                         return Err(Broken::Garbled(aws_exception(&m)));
                     }
-                    inner = crate::providers::bedrock::invoke_chunk(&m.payload).map_err(|e| Broken::Garbled(e.0))?;
+                    inner = crate::providers::bedrock::invoke_chunk(&m.payload)
+                        .map_err(|e| Broken::Garbled(e.0))?;
                     (event_type(&inner), &inner[..])
                 } else {
                     (Some(m.event_type.clone()), &m.payload[..])
                 };
-                translate(job, p, Event { name: name.as_deref(), data }).await?;
+                translate(
+                    job,
+                    p,
+                    Event {
+                        name: name.as_deref(),
+                        data,
+                    },
+                )
+                .await?;
             }
         }
     }
@@ -221,8 +239,14 @@ fn aws_exception(m: &crate::providers::bedrock::Message) -> String {
     struct Said {
         message: Option<String>,
     }
-    let said = serde_json::from_slice::<Said>(&m.payload).ok().and_then(|s| s.message);
-    format!("{}: {}", m.event_type, said.as_deref().unwrap_or("(no message)"))
+    let said = serde_json::from_slice::<Said>(&m.payload)
+        .ok()
+        .and_then(|s| s.message);
+    format!(
+        "{}: {}",
+        m.event_type,
+        said.as_deref().unwrap_or("(no message)")
+    )
 }
 
 /// The `type` of an Anthropic event JSON (its SSE event name).
@@ -258,7 +282,15 @@ async fn finish_decoding(job: &Job, p: &mut Progress, decoder: Decoder) {
 async fn forward_event(job: &Job, p: &mut Progress, event: Bytes) -> Result<(), Broken> {
     if p.translator.is_some() {
         let (name, data) = sse_fields(&event);
-        return translate(job, p, Event { name: name.as_deref(), data: &data }).await;
+        return translate(
+            job,
+            p,
+            Event {
+                name: name.as_deref(),
+                data: &data,
+            },
+        )
+        .await;
     }
     let forward = match classify(&event) {
         Frame::Done => {

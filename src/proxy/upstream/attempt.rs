@@ -9,12 +9,12 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::{private_host_error, Answer, Exec};
+use crate::domain::catalog::Protocol;
 use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
 use crate::ledger::governor::Reservation;
-use crate::proxy::meter::{self, Attempt};
-use crate::domain::catalog::Protocol;
 use crate::providers::bedrock;
+use crate::proxy::meter::{self, Attempt};
 use crate::proxy::route::Target;
 use crate::proxy::target::Auth;
 use crate::proxy::{client, stream, DataError, Reply};
@@ -81,9 +81,18 @@ impl Exec {
             Err(Unsent::Http(e)) => return self.unanswered(call, e, timeout).await,
             Err(Unsent::Credential(why)) => {
                 tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "no provider credential");
-                self.plane.metrics.upstream_failure(UpstreamFailure::Connect);
-                let err = DataError::new(StatusCode::BAD_GATEWAY, "api_error", Some("provider_credentials"), why);
-                return self.error_answer(call, TokenUsage::default(), UsageSource::Provider, err).await;
+                self.plane
+                    .metrics
+                    .upstream_failure(UpstreamFailure::Connect);
+                let err = DataError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    Some("provider_credentials"),
+                    why,
+                );
+                return self
+                    .error_answer(call, TokenUsage::default(), UsageSource::Provider, err)
+                    .await;
             }
         };
         let status = resp.status();
@@ -146,8 +155,17 @@ impl Exec {
                     .aws(&plane.http, target, aws)
                     .await
                     .map_err(|e| Unsent::Credential(e.0))?;
-                bedrock::sign("POST", &url, &mut headers, &body, &creds, &aws.region, "bedrock", SystemTime::now())
-                    .map_err(|e| Unsent::Credential(format!("the request could not be signed: {e}")))?;
+                bedrock::sign(
+                    "POST",
+                    &url,
+                    &mut headers,
+                    &body,
+                    &creds,
+                    &aws.region,
+                    "bedrock",
+                    SystemTime::now(),
+                )
+                .map_err(|e| Unsent::Credential(format!("the request could not be signed: {e}")))?;
             }
             Auth::Google(sa) => {
                 let token = plane
@@ -155,8 +173,9 @@ impl Exec {
                     .google(&plane.http, target, sa)
                     .await
                     .map_err(|e| Unsent::Credential(e.0))?;
-                let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
-                    .map_err(|_| Unsent::Credential("the provider's token is not a valid header value".into()))?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    Unsent::Credential("the provider's token is not a valid header value".into())
+                })?;
                 v.set_sensitive(true);
                 headers.insert(AUTHORIZATION, v);
             }
@@ -234,7 +253,9 @@ impl Exec {
             stream::Framing::AwsEvents
         };
         let job = stream::Job {
-            translator: self.wire.translator(call.model, self.body.client_wants_usage),
+            translator: self
+                .wire
+                .translator(call.model, self.body.client_wants_usage),
             framing,
             plane: self.plane.clone(),
             ctx: self.ctx.clone(),
@@ -285,7 +306,10 @@ fn is_stream(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/event-stream") || c.starts_with("application/vnd.amazon.eventstream"))
+        .is_some_and(|c| {
+            c.starts_with("text/event-stream")
+                || c.starts_with("application/vnd.amazon.eventstream")
+        })
 }
 
 /// The answer to a call that got none.

@@ -7,8 +7,8 @@ use serde_json::Value;
 use super::wire::Wire;
 use super::Exec;
 use crate::domain::routing::{Node, Params};
-use crate::proxy::route::Target;
 use crate::domain::Endpoint;
+use crate::proxy::route::Target;
 use crate::proxy::DataError;
 
 impl Exec {
@@ -61,20 +61,22 @@ impl Exec {
         // Always ask for usage so a stream can be metered; the extra chunk is hidden from clients
         // that did not ask for it. (The Responses API reports usage in its `response.completed`
         // event unasked.)
-        let asks = !matches!(self.ctx.endpoint, Endpoint::Embeddings | Endpoint::Responses);
-        let stream_options =
-            (self.body.stream && asks).then(|| {
-                let given = node
-                    .override_params
-                    .get("stream_options")
-                    .or_else(|| self.body.json.get("stream_options"));
-                let mut o = given
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                o.insert("include_usage".into(), Value::Bool(true));
-                Value::Object(o)
-            });
+        let asks = !matches!(
+            self.ctx.endpoint,
+            Endpoint::Embeddings | Endpoint::Responses
+        );
+        let stream_options = (self.body.stream && asks).then(|| {
+            let given = node
+                .override_params
+                .get("stream_options")
+                .or_else(|| self.body.json.get("stream_options"));
+            let mut o = given
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            o.insert("include_usage".into(), Value::Bool(true));
+            Value::Object(o)
+        });
         let json = Overlay {
             base: &self.body.json,
             overrides: &node.override_params,

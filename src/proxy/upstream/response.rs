@@ -11,9 +11,9 @@ use reqwest::StatusCode;
 use super::attempt::Call;
 use super::wire::Wire;
 use super::{Answer, Exec};
-use crate::providers::Garbled;
 use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
+use crate::providers::Garbled;
 use crate::proxy::{meter, DataError, Reply};
 
 impl Exec {

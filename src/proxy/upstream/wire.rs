@@ -72,7 +72,9 @@ impl Wire {
             (Endpoint::ChatCompletions, Protocol::Bedrock) => Wire::ChatToBedrock,
             (Endpoint::ChatCompletions, Protocol::Gemini | Protocol::Vertex) => Wire::ChatToGemini,
             (Endpoint::Responses, _) => return Err(unsupported("/v1/responses")),
-            (Endpoint::Completions, _) => return Err(unsupported("/v1/completions (legacy text completions)")),
+            (Endpoint::Completions, _) => {
+                return Err(unsupported("/v1/completions (legacy text completions)"))
+            }
             (Endpoint::Embeddings, _) => return Err(unsupported("/v1/embeddings")),
         })
     }
@@ -92,17 +94,35 @@ impl Wire {
                 Endpoint::ChatCompletions | Endpoint::Messages => "/chat/completions".into(),
             },
             (_, Protocol::Anthropic) => "/messages".into(),
-            (Wire::Messages, Protocol::Bedrock) => {
-                bedrock::model_path(model, if stream { "invoke-with-response-stream" } else { "invoke" })
-            }
-            (_, Protocol::Bedrock) => bedrock::model_path(model, if stream { "converse-stream" } else { "converse" }),
+            (Wire::Messages, Protocol::Bedrock) => bedrock::model_path(
+                model,
+                if stream {
+                    "invoke-with-response-stream"
+                } else {
+                    "invoke"
+                },
+            ),
+            (_, Protocol::Bedrock) => bedrock::model_path(
+                model,
+                if stream {
+                    "converse-stream"
+                } else {
+                    "converse"
+                },
+            ),
             (Wire::Messages, _) => gemini::vertex_anthropic_path(model, stream),
             _ => gemini::model_path(model, stream),
         }
     }
 
     /// The body sent upstream, from the caller's (with the node's overrides laid over it).
-    pub fn body(self, protocol: Protocol, merged: &Map<String, Value>, model: &str, stream: bool) -> Result<Value, Unsupported> {
+    pub fn body(
+        self,
+        protocol: Protocol,
+        merged: &Map<String, Value>,
+        model: &str,
+        stream: bool,
+    ) -> Result<Value, Unsupported> {
         Ok(match self {
             Wire::OpenAi => Value::Object(merged.clone()),
             Wire::ChatToAnthropic => anthropic::chat_request(merged, model, stream)?,
@@ -116,7 +136,10 @@ impl Wire {
             Wire::MessagesToChat => {
                 let mut chat = anthropic::messages_to_chat(merged)?;
                 if stream {
-                    chat.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
+                    chat.insert(
+                        "stream_options".into(),
+                        serde_json::json!({"include_usage": true}),
+                    );
                 }
                 Value::Object(chat)
             }
@@ -135,8 +158,14 @@ impl Wire {
     pub fn whole(self, body: &[u8], model: &str) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
         let encode = |(v, u): (Value, Option<TokenUsage>)| (Bytes::from(v.to_string()), u);
         Ok(match self {
-            Wire::OpenAi => (Bytes::copy_from_slice(body), crate::proxy::meter::usage_of_body(body)),
-            Wire::Messages => (Bytes::copy_from_slice(body), anthropic::messages_usage(body)),
+            Wire::OpenAi => (
+                Bytes::copy_from_slice(body),
+                crate::proxy::meter::usage_of_body(body),
+            ),
+            Wire::Messages => (
+                Bytes::copy_from_slice(body),
+                anthropic::messages_usage(body),
+            ),
             Wire::ChatToAnthropic => encode(anthropic::chat_response(body)?),
             Wire::ChatToBedrock => {
                 let (v, u) = bedrock::converse_response(body, model)?;
@@ -152,26 +181,42 @@ impl Wire {
                     }
                     Inner::Gemini => gemini::chat_response(body, model)?,
                 };
-                let (messages, _) = anthropic::chat_to_messages_response(chat.to_string().as_bytes())?;
+                let (messages, _) =
+                    anthropic::chat_to_messages_response(chat.to_string().as_bytes())?;
                 (Bytes::from(messages.to_string()), usage)
             }
         })
     }
 
     /// The translator of a stream, or `None` for the OpenAI pass-through (its own fast path).
-    pub fn translator(self, model: &str, client_wants_usage: bool) -> Option<Box<dyn StreamTranslator>> {
+    pub fn translator(
+        self,
+        model: &str,
+        client_wants_usage: bool,
+    ) -> Option<Box<dyn StreamTranslator>> {
         let to_messages = |first: Box<dyn StreamTranslator>| -> Box<dyn StreamTranslator> {
-            Box::new(crate::providers::Chain::new(first, Box::new(anthropic::MessagesStream::new(model))))
+            Box::new(crate::providers::Chain::new(
+                first,
+                Box::new(anthropic::MessagesStream::new(model)),
+            ))
         };
         Some(match self {
             Wire::OpenAi => return None,
             Wire::Messages => Box::new(anthropic::PassStream::new()),
-            Wire::ChatToAnthropic => Box::new(anthropic::ChatStream::new(model, client_wants_usage)),
-            Wire::ChatToBedrock => Box::new(bedrock::ConverseStream::new(model, client_wants_usage)),
+            Wire::ChatToAnthropic => {
+                Box::new(anthropic::ChatStream::new(model, client_wants_usage))
+            }
+            Wire::ChatToBedrock => {
+                Box::new(bedrock::ConverseStream::new(model, client_wants_usage))
+            }
             Wire::ChatToGemini => Box::new(gemini::ChatStream::new(model, client_wants_usage)),
             Wire::MessagesToChat => Box::new(anthropic::MessagesStream::new(model)),
-            Wire::MessagesVia(Inner::Bedrock) => to_messages(Box::new(bedrock::ConverseStream::new(model, true))),
-            Wire::MessagesVia(Inner::Gemini) => to_messages(Box::new(gemini::ChatStream::new(model, true))),
+            Wire::MessagesVia(Inner::Bedrock) => {
+                to_messages(Box::new(bedrock::ConverseStream::new(model, true)))
+            }
+            Wire::MessagesVia(Inner::Gemini) => {
+                to_messages(Box::new(gemini::ChatStream::new(model, true)))
+            }
         })
     }
 
@@ -182,7 +227,8 @@ impl Wire {
         if self.passes_through() || self == Wire::MessagesToChat {
             return None;
         }
-        let message = provider_message(body).unwrap_or_else(|| format!("the provider answered {status}"));
+        let message =
+            provider_message(body).unwrap_or_else(|| format!("the provider answered {status}"));
         let kind = match status {
             401 => "authentication_error",
             403 => "permission_error",
@@ -217,15 +263,43 @@ mod tests {
     fn pairings_follow_the_front_door_and_the_model() {
         use Protocol::*;
         let of = |e, p, m| Wire::of(e, p, m).unwrap();
-        assert_eq!(of(Endpoint::ChatCompletions, OpenAi, "gpt-4o"), Wire::OpenAi);
-        assert_eq!(of(Endpoint::ChatCompletions, Anthropic, "claude"), Wire::ChatToAnthropic);
+        assert_eq!(
+            of(Endpoint::ChatCompletions, OpenAi, "gpt-4o"),
+            Wire::OpenAi
+        );
+        assert_eq!(
+            of(Endpoint::ChatCompletions, Anthropic, "claude"),
+            Wire::ChatToAnthropic
+        );
         assert_eq!(of(Endpoint::Messages, Anthropic, "claude"), Wire::Messages);
-        assert_eq!(of(Endpoint::Messages, Bedrock, "anthropic.claude-3-7-sonnet-20250219-v1:0"), Wire::Messages);
-        assert_eq!(of(Endpoint::Messages, Bedrock, "us.anthropic.claude-3-7"), Wire::Messages);
-        assert_eq!(of(Endpoint::Messages, Bedrock, "amazon.nova-pro-v1:0"), Wire::MessagesVia(Inner::Bedrock));
-        assert_eq!(of(Endpoint::Messages, Vertex, "claude-3-7-sonnet@20250219"), Wire::Messages);
-        assert_eq!(of(Endpoint::Messages, Gemini, "gemini-2.0-flash"), Wire::MessagesVia(Inner::Gemini));
-        assert_eq!(of(Endpoint::Messages, Azure, "gpt-4o"), Wire::MessagesToChat);
+        assert_eq!(
+            of(
+                Endpoint::Messages,
+                Bedrock,
+                "anthropic.claude-3-7-sonnet-20250219-v1:0"
+            ),
+            Wire::Messages
+        );
+        assert_eq!(
+            of(Endpoint::Messages, Bedrock, "us.anthropic.claude-3-7"),
+            Wire::Messages
+        );
+        assert_eq!(
+            of(Endpoint::Messages, Bedrock, "amazon.nova-pro-v1:0"),
+            Wire::MessagesVia(Inner::Bedrock)
+        );
+        assert_eq!(
+            of(Endpoint::Messages, Vertex, "claude-3-7-sonnet@20250219"),
+            Wire::Messages
+        );
+        assert_eq!(
+            of(Endpoint::Messages, Gemini, "gemini-2.0-flash"),
+            Wire::MessagesVia(Inner::Gemini)
+        );
+        assert_eq!(
+            of(Endpoint::Messages, Azure, "gpt-4o"),
+            Wire::MessagesToChat
+        );
         assert_eq!(of(Endpoint::Responses, Azure, "gpt-4o"), Wire::OpenAi);
         assert!(Wire::of(Endpoint::Responses, Anthropic, "claude").is_err());
         assert!(Wire::of(Endpoint::Embeddings, Anthropic, "claude").is_err());
@@ -234,8 +308,15 @@ mod tests {
     #[test]
     fn provider_errors_keep_their_message() {
         let e = |b: &str| provider_message(b.as_bytes());
-        assert_eq!(e(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#).as_deref(), Some("Overloaded"));
-        assert_eq!(e(r#"{"message":"The security token included in the request is invalid."}"#).as_deref(), Some("The security token included in the request is invalid."));
+        assert_eq!(
+            e(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)
+                .as_deref(),
+            Some("Overloaded")
+        );
+        assert_eq!(
+            e(r#"{"message":"The security token included in the request is invalid."}"#).as_deref(),
+            Some("The security token included in the request is invalid.")
+        );
         assert_eq!(e(r#"{"error":{"code":429,"message":"Resource exhausted","status":"RESOURCE_EXHAUSTED"}}"#).as_deref(), Some("Resource exhausted"));
         assert_eq!(e("<html>"), None);
         let body = Wire::ChatToAnthropic.error_body(529, b"not json").unwrap();

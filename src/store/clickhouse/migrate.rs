@@ -10,7 +10,10 @@ use crate::store::StoreError;
 const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../../schemas/clickhouse/001_init.sql")),
     (2, include_str!("../../../schemas/clickhouse/002_audit.sql")),
-    (3, include_str!("../../../schemas/clickhouse/003_cache_write.sql")),
+    (
+        3,
+        include_str!("../../../schemas/clickhouse/003_cache_write.sql"),
+    ),
 ];
 
 impl ClickhouseStore {

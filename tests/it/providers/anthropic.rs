@@ -1,0 +1,163 @@
+//! Anthropic as an upstream: OpenAI callers translated (plain, streaming, tools, errors), and
+//! the `/v1/messages` front door passed through.
+
+use serde_json::json;
+
+use super::{metered, native_tenant, post, priced, sse_events};
+use crate::{harness, mock_anthropic};
+
+const MODEL: &str = "claude-3-7-sonnet-20250219";
+
+async fn setup(slug: &str) -> (mock_anthropic::MockAnthropic, harness::Server, String) {
+    let mock = mock_anthropic::start().await;
+    let server = harness::start().await;
+    let key = native_tenant(
+        &server,
+        slug,
+        "anthropic",
+        json!({"key": "sk-ant-test-0123456789", "configurations": {"custom_host": mock.url}}),
+    )
+    .await;
+    (mock, server, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_chat_to_anthropic_is_translated_and_metered_with_cache_rates() {
+    let (mock, server, key) = setup("ant").await;
+    let body = json!({"model": format!("@ant/{MODEL}"), "messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]});
+    let (status, _, text) = post(&server, "/chat/completions", &key, "ant-plain", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], mock_anthropic::TEXT);
+    let sent = mock.seen.bodies.lock()[0].clone();
+    assert_eq!(
+        sent["system"],
+        json!([{"type": "text", "text": "be brief"}])
+    );
+    assert_eq!(sent["model"], MODEL);
+    assert!(
+        sent["max_tokens"].is_u64(),
+        "max_tokens is filled in: {sent}"
+    );
+    let headers = mock.seen.headers.lock()[0].clone();
+    assert_eq!(headers["x-api-key"], "sk-ant-test-0123456789");
+    assert_eq!(headers["anthropic-version"], "2023-06-01");
+    let billed = mock_anthropic::billed();
+    let m = metered(&server, "ant-plain", 1).await;
+    assert_eq!(m[0].usage, billed);
+    assert_eq!(m[0].source, "provider");
+    assert_eq!(m[0].cost, priced("anthropic", MODEL, billed));
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(billed.prompt));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_stream_to_anthropic_becomes_chunks_with_usage_last() {
+    let (_mock, server, key) = setup("ants").await;
+    let body = json!({"model": format!("@ants/{MODEL}"), "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]});
+    let (status, headers, text) =
+        post(&server, "/chat/completions", &key, "ant-stream", &body).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let events = sse_events(&text);
+    let content: String = events
+        .iter()
+        .filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, mock_anthropic::TEXT);
+    let args: String = events
+        .iter()
+        .filter_map(|(_, e)| {
+            e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+        })
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&args).unwrap(),
+        mock_anthropic::tool_input()
+    );
+    let billed = mock_anthropic::billed();
+    let usage = &events.last().unwrap().1["usage"];
+    assert_eq!(
+        usage["prompt_tokens"].as_u64(),
+        Some(billed.prompt),
+        "{text}"
+    );
+    let m = metered(&server, "ant-stream", 1).await;
+    assert_eq!((m[0].usage, m[0].streamed), (billed, true));
+    assert_eq!(m[0].cost, priced("anthropic", MODEL, billed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_front_door_passes_through_to_anthropic() {
+    let (mock, server, key) = setup("antm").await;
+    let body = json!({"model": format!("@antm/{MODEL}"), "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, text) = post(&server, "/messages", &key, "antm-plain", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["text"], mock_anthropic::TEXT);
+    assert_eq!(mock.seen.bodies.lock()[0]["model"], MODEL);
+    let stream = json!({"model": format!("@antm/{MODEL}"), "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, text) = post(&server, "/messages", &key, "antm-stream", &stream).await;
+    assert_eq!(status, 200, "{text}");
+    let names: Vec<_> = sse_events(&text)
+        .into_iter()
+        .filter_map(|(n, _)| n)
+        .collect();
+    assert_eq!(names.first().map(String::as_str), Some("message_start"));
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    let billed = mock_anthropic::billed();
+    for trace in ["antm-plain", "antm-stream"] {
+        let m = metered(&server, trace, 1).await;
+        assert_eq!(
+            (m[0].usage, m[0].endpoint.as_str()),
+            (billed, "messages"),
+            "{trace}"
+        );
+        assert_eq!(m[0].cost, priced("anthropic", MODEL, billed));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_errors_reach_each_caller_in_its_own_shape() {
+    let (_mock, server, key) = setup("ante").await;
+    let body = json!({"model": "@ante/fail-429", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, headers, text) = post(&server, "/chat/completions", &key, "ante-1", &body).await;
+    assert_eq!(status, 429, "{text}");
+    assert_eq!(headers["retry-after"], mock_anthropic::RETRY_AFTER);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    let body = json!({"model": "@ante/fail-429", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, text) = post(&server, "/messages", &key, "ante-2", &body).await;
+    assert_eq!(status, 429);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["error"]["type"].as_str()),
+        (Some("error"), Some("rate_limit_error")),
+        "{v}"
+    );
+    // The gateway's own refusals on /v1/messages are in Anthropic's shape too.
+    let (status, _, text) = post(
+        &server,
+        "/messages",
+        &key,
+        "ante-3",
+        &json!({"model": "@nobody/x", "max_tokens": 5, "messages": []}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    // n > 1 cannot be carried: a 400 naming it, nothing sent, nothing metered.
+    let (status, _, text) = post(&server, "/chat/completions", &key, "ante-4", &json!({"model": format!("@ante/{MODEL}"), "n": 2, "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_eq!(status, 400);
+    assert!(text.contains('n'), "{text}");
+}
