@@ -53,6 +53,20 @@ pub trait StreamTranslator: Send + Sync {
     /// Characters of generated text (and tool-call arguments) seen so far, for an estimate when
     /// the provider never reports usage.
     fn chars(&self) -> usize;
+    /// How the provider's stream ended, as far as its protocol tells (asked once its bytes
+    /// ended): only a complete stream is closed with [`StreamTranslator::finish`]'s frames.
+    fn end(&self) -> End;
+}
+
+/// How a provider's stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// With its protocol's last event (`message_stop`, a finish reason, ...).
+    Complete,
+    /// Before it: the connection ended mid-answer.
+    Cut,
+    /// With an error event, which the translator has already turned into the caller's error frame.
+    Failed,
 }
 
 /// Two translators in a row: the frames the first makes are read as the second's provider
@@ -110,6 +124,10 @@ impl StreamTranslator for Chain {
 
     fn chars(&self) -> usize {
         self.first.chars()
+    }
+
+    fn end(&self) -> End {
+        self.first.end()
     }
 }
 

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::front::{anthropic_usage, message_id, openai_usage, stop_reason};
 use super::named_frame;
 use crate::domain::pricing::TokenUsage;
-use crate::providers::{Event, Garbled, StreamTranslator};
+use crate::providers::{End, Event, Garbled, StreamTranslator};
 
 /// The most tool calls one OpenAI stream may open (bounds the work of a hostile upstream).
 const MAX_TOOL_CALLS: usize = 1024;
@@ -47,6 +47,7 @@ pub struct MessagesStream {
     stop_reason: Value,
     usage: Option<TokenUsage>,
     chars: usize,
+    end: End,
 }
 
 impl MessagesStream {
@@ -62,6 +63,7 @@ impl MessagesStream {
             stop_reason: Value::Null,
             usage: None,
             chars: 0,
+            end: End::Cut,
         }
     }
 
@@ -158,11 +160,15 @@ impl MessagesStream {
 impl StreamTranslator for MessagesStream {
     fn event(&mut self, event: Event<'_>, out: &mut Vec<Bytes>) -> Result<(), Garbled> {
         if event.data.trim_ascii() == b"[DONE]" {
+            if self.end == End::Cut {
+                self.end = End::Complete;
+            }
             return Ok(());
         }
         let chunk: Value = serde_json::from_slice(event.data)
             .map_err(|e| Garbled(format!("provider stream event is not JSON: {e}")))?;
         if let Some(e) = chunk.get("error") {
+            self.end = End::Failed;
             let message = e["message"].as_str().unwrap_or("upstream stream error");
             let body = super::error_body("api_error", message);
             out.push(named_frame("error", &body));
@@ -186,6 +192,9 @@ impl StreamTranslator for MessagesStream {
         }
         if !choice["finish_reason"].is_null() {
             self.stop_reason = stop_reason(&choice["finish_reason"]);
+            if self.end == End::Cut {
+                self.end = End::Complete;
+            }
         }
         Ok(())
     }
@@ -215,6 +224,10 @@ impl StreamTranslator for MessagesStream {
 
     fn chars(&self) -> usize {
         self.chars
+    }
+
+    fn end(&self) -> End {
+        self.end
     }
 }
 
@@ -255,6 +268,8 @@ pub struct PassStream {
     chars: usize,
     /// The upstream's `message_stop`, held back for `finish`.
     stop: Option<Bytes>,
+    /// An `error` event came.
+    failed: bool,
 }
 
 impl PassStream {
@@ -323,6 +338,9 @@ impl StreamTranslator for PassStream {
             f.extend_from_slice(b"\n\n");
             Bytes::from(f)
         };
+        if kind == "error" {
+            self.failed = true;
+        }
         if kind == "message_stop" {
             self.stop = Some(frame);
         } else {
@@ -341,6 +359,14 @@ impl StreamTranslator for PassStream {
 
     fn chars(&self) -> usize {
         self.chars
+    }
+
+    fn end(&self) -> End {
+        match (self.failed, self.stop.is_some()) {
+            (true, _) => End::Failed,
+            (false, true) => End::Complete,
+            (false, false) => End::Cut,
+        }
     }
 }
 

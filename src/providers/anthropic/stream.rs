@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::response::{finish_reason, openai_usage};
 use super::{data_frame, now_secs};
 use crate::domain::pricing::TokenUsage;
-use crate::providers::{Event, Garbled, StreamTranslator};
+use crate::providers::{End, Event, Garbled, StreamTranslator};
 
 /// The most content blocks one message may open; past it the stream is garbled (bounds the
 /// block table against a hostile upstream).
@@ -34,6 +34,7 @@ pub struct ChatStream {
     tools: u64,
     usage: Option<Value>,
     chars: usize,
+    end: End,
 }
 
 impl ChatStream {
@@ -49,6 +50,7 @@ impl ChatStream {
             tools: 0,
             usage: None,
             chars: 0,
+            end: End::Cut,
         }
     }
 
@@ -173,7 +175,9 @@ impl StreamTranslator for ChatStream {
                     out.push(self.chunk(json!({}), finish));
                 }
             }
+            "message_stop" => self.end = End::Complete,
             "error" => {
+                self.end = End::Failed;
                 let e = &ev["error"];
                 let message = e["message"].as_str().unwrap_or("upstream stream error");
                 let kind = e["type"].as_str().unwrap_or("api_error");
@@ -181,7 +185,7 @@ impl StreamTranslator for ChatStream {
                     &json!({"error": {"message": message, "type": kind}}),
                 ));
             }
-            // content_block_stop, message_stop, ping and events added after this was written.
+            // content_block_stop, ping and events added after this was written.
             _ => {}
         }
         Ok(())
@@ -204,6 +208,10 @@ impl StreamTranslator for ChatStream {
 
     fn chars(&self) -> usize {
         self.chars
+    }
+
+    fn end(&self) -> End {
+        self.end
     }
 }
 

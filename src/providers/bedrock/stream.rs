@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::response::{finish_reason, openai_usage, usage_of};
 use crate::domain::pricing::TokenUsage;
-use crate::providers::{Event, Garbled, StreamTranslator};
+use crate::providers::{End, Event, Garbled, StreamTranslator};
 
 /// The most tool-use blocks one answer may start (a bound on a hostile stream's bookkeeping).
 const MAX_TOOL_BLOCKS: usize = 1024;
@@ -38,6 +38,8 @@ pub struct ConverseStream {
     /// `index`.
     tool_blocks: Vec<u64>,
     failed: bool,
+    /// `messageStop` came.
+    stopped: bool,
 }
 
 impl ConverseStream {
@@ -51,6 +53,7 @@ impl ConverseStream {
             chars: 0,
             tool_blocks: Vec::new(),
             failed: false,
+            stopped: false,
         }
     }
 
@@ -183,6 +186,7 @@ impl StreamTranslator for ConverseStream {
                     .get("stopReason")
                     .and_then(Value::as_str)
                     .ok_or_else(|| Garbled("Bedrock messageStop without stopReason".into()))?;
+                self.stopped = true;
                 Some(self.chunk(json!({}), Some(finish_reason(stop))))
             }
             "metadata" => {
@@ -218,6 +222,14 @@ impl StreamTranslator for ConverseStream {
 
     fn chars(&self) -> usize {
         self.chars
+    }
+
+    fn end(&self) -> End {
+        match (self.failed, self.stopped) {
+            (true, _) => End::Failed,
+            (false, true) => End::Complete,
+            (false, false) => End::Cut,
+        }
     }
 }
 

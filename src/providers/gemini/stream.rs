@@ -15,7 +15,7 @@ use super::response::{
     answer_text, completion_id, created_now, finish_reason, openai_usage, parts, tool_call, usage,
 };
 use crate::domain::pricing::TokenUsage;
-use crate::providers::{Event, Garbled, StreamTranslator};
+use crate::providers::{End, Event, Garbled, StreamTranslator};
 
 /// The most candidates a stream may carry (Gemini allows 8; more is a broken upstream).
 const MAX_CANDIDATES: usize = 16;
@@ -38,6 +38,8 @@ pub struct ChatStream {
     usage_json: Option<Value>,
     chars: usize,
     blocked: bool,
+    /// An `error` event came.
+    failed: bool,
 }
 
 impl ChatStream {
@@ -54,6 +56,7 @@ impl ChatStream {
             usage_json: None,
             chars: 0,
             blocked: false,
+            failed: false,
         }
     }
 
@@ -137,6 +140,7 @@ impl StreamTranslator for ChatStream {
         let resp: Value = serde_json::from_slice(event.data)
             .map_err(|e| Garbled(format!("Gemini stream event is not JSON: {e}")))?;
         if let Some(err) = resp.get("error") {
+            self.failed = true;
             let message = err
                 .get("message")
                 .and_then(Value::as_str)
@@ -206,6 +210,16 @@ impl StreamTranslator for ChatStream {
 
     fn chars(&self) -> usize {
         self.chars
+    }
+
+    fn end(&self) -> End {
+        if self.failed {
+            End::Failed
+        } else if self.ended_cleanly() {
+            End::Complete
+        } else {
+            End::Cut
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use super::{DataError, RequestCtx};
 use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
 use crate::providers::bedrock::EventStreamDecoder;
-use crate::providers::{sse_fields, Event, StreamTranslator};
+use crate::providers::{sse_fields, End, Event, StreamTranslator};
 use crate::proxy::DataPlane;
 
 /// The most the task reads from a provider after the client left.
@@ -341,8 +341,14 @@ async fn settle(job: Job, target: &Target, mut p: Progress) {
     if let Some(t) = p.translator.as_mut() {
         p.usage = t.usage();
         p.chars = t.chars();
-        if p.failed.is_none() {
-            t.finish(&mut p.done);
+        match (&p.failed, t.end()) {
+            (Some(_), _) => {}
+            (None, End::Complete) => t.finish(&mut p.done),
+            (None, End::Cut) => {
+                p.failed = Some("the provider's stream ended before its answer was complete".into())
+            }
+            // The translator sent the provider's error on: the stream ends there.
+            (None, End::Failed) => {}
         }
     }
     let (usage, source) = match p.usage {

@@ -161,3 +161,32 @@ async fn anthropic_errors_reach_each_caller_in_its_own_shape() {
     assert_eq!(status, 400);
     assert!(text.contains('n'), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_or_garbled_anthropic_stream_ends_with_an_error_and_is_still_metered() {
+    let (_mock, server, key) = setup("antt").await;
+    for (model, trace) in [
+        ("truncated", "antt-cut"),
+        ("garbage", "antt-garbage"),
+        ("stream-error", "antt-error"),
+    ] {
+        let body = json!({"model": format!("@antt/{model}"), "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let (status, _, text) = post(&server, "/chat/completions", &key, trace, &body).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            !text.contains("[DONE]"),
+            "{model}: an incomplete stream never looks complete: {text}"
+        );
+        let last = sse_events(&text).pop().unwrap().1;
+        assert!(last["error"]["message"].is_string(), "{model}: {text}");
+        let m = metered(&server, trace, 1).await;
+        assert_eq!(m[0].status, 200, "{model}");
+    }
+    // The Anthropic caller of a cut stream gets Anthropic's error event, not a message_stop.
+    let body = json!({"model": "@antt/truncated", "max_tokens": 5, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let (_, _, text) = post(&server, "/messages", &key, "antt-msg", &body).await;
+    let events = sse_events(&text);
+    assert_eq!(events.last().unwrap().0.as_deref(), Some("error"), "{text}");
+    assert!(!text.contains("message_stop"), "{text}");
+    metered(&server, "antt-msg", 1).await;
+}
