@@ -31,28 +31,29 @@ impl Exec {
 
     /// The body sent to `node`'s target: the request with the node's `override_params` laid
     /// over it (for OpenAI-format upstreams asking a stream for its usage), in the upstream's
-    /// protocol.
+    /// protocol; and the path under the base URL when the body decides it.
     pub(super) fn upstream_body(
         &self,
         node: &Node,
         wire: Wire,
         target: &Target,
         model: &str,
-    ) -> Result<Bytes, DataError> {
+    ) -> Result<(Bytes, Option<String>), DataError> {
         if wire != Wire::OpenAi {
             let mut merged = self.body.json.clone();
             for (k, v) in node.override_params.entries() {
                 merged.insert(k.clone(), v.clone());
             }
             merged.insert("model".into(), Value::String(model.to_owned()));
-            let body = wire
+            let (body, path) = wire
                 .body(target.protocol, &merged, model, self.body.stream)
                 .map_err(|e| DataError::bad_request(e.0))?;
-            return serde_json::to_vec(&body)
+            let bytes = serde_json::to_vec(&body)
                 .map(Bytes::from)
-                .map_err(|e| DataError::internal(format!("encoding the upstream body: {e}")));
+                .map_err(|e| DataError::internal(format!("encoding the upstream body: {e}")))?;
+            return Ok((bytes, path));
         }
-        self.openai_body(node)
+        Ok((self.openai_body(node)?, None))
     }
 
     /// [`Exec::upstream_body`] for an OpenAI-format upstream: serialized straight from the

@@ -130,14 +130,16 @@ impl Exec {
     async fn try_leaf(&mut self, node: &Node) -> Outcome {
         let checked = self.target_for(node).and_then(|(target, model)| {
             let wire = wire::Wire::of(self.ctx.endpoint, target.protocol, &model)?;
-            let bytes = self.upstream_body(node, wire, &target, &model)?;
-            Ok((target, model, wire, bytes))
+            let (bytes, path) = self.upstream_body(node, wire, &target, &model)?;
+            Ok((target, model, wire, bytes, path))
         });
-        let (target, model, wire, bytes) = match checked {
+        let (target, model, wire, bytes, path) = match checked {
             Ok(c) => c,
             Err(e) => return Outcome::Stop(e),
         };
-        self.path = wire.path(self.ctx.endpoint, target.protocol, &model, self.body.stream);
+        self.path = path.unwrap_or_else(|| {
+            wire.path(self.ctx.endpoint, target.protocol, &model, self.body.stream)
+        });
         self.wire = wire;
         self.last_option = node.path.clone();
         self.last_provider = target.integration.ai_provider_id.clone();

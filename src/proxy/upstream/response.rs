@@ -25,6 +25,11 @@ impl Exec {
         timeout: Duration,
     ) -> Result<Answer, DataError> {
         let status = resp.status();
+        let counted = resp
+            .headers()
+            .get("x-amzn-bedrock-input-token-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let mut headers = HeaderMap::new();
         for h in [CONTENT_TYPE, RETRY_AFTER] {
             if let Some(v) = resp.headers().get(&h) {
@@ -55,7 +60,7 @@ impl Exec {
         // An unreadable answer is still work the provider bills: estimated like text from what
         // arrived (about a character a byte).
         let received = body.len();
-        let (body, reported) = match self.in_callers_protocol(status, body, call.model) {
+        let (body, reported) = match self.in_callers_protocol(status, body, call.model, counted) {
             Ok(b) => b,
             Err(Garbled(why)) => {
                 tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "provider answer not in its protocol");
@@ -111,15 +116,21 @@ impl Exec {
         status: StatusCode,
         body: Bytes,
         model: &str,
+        counted: Option<u64>,
     ) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
         if self.wire == Wire::OpenAi {
             let usage = meter::usage_of_body(&body);
             return Ok((body, usage));
         }
+        let request = &self.body.json;
         if status.is_success() {
-            return self.wire.whole(&body, model);
+            return self.wire.whole(&body, model, request, counted);
         }
-        let usage = self.wire.whole(&body, model).ok().and_then(|(_, u)| u);
+        let usage = self
+            .wire
+            .whole(&body, model, request, counted)
+            .ok()
+            .and_then(|(_, u)| u);
         let body = self.wire.error_body(status.as_u16(), &body).unwrap_or(body);
         Ok((body, usage))
     }

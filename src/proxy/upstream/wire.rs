@@ -32,6 +32,10 @@ pub enum Wire {
     /// An Anthropic caller, translated to OpenAI's chat and on to a non-Anthropic model of
     /// Bedrock (Converse) or Gemini/Vertex.
     MessagesVia(Inner),
+    /// OpenAI embeddings on Bedrock (Titan, Cohere through InvokeModel).
+    EmbedBedrock,
+    /// OpenAI embeddings on Gemini (`embedContent`, `batchEmbedContents`) or Vertex (`predict`).
+    EmbedGoogle(gemini::EmbedApi),
 }
 
 /// The second leg of [`Wire::MessagesVia`].
@@ -71,11 +75,16 @@ impl Wire {
             (Endpoint::ChatCompletions, Protocol::Anthropic) => Wire::ChatToAnthropic,
             (Endpoint::ChatCompletions, Protocol::Bedrock) => Wire::ChatToBedrock,
             (Endpoint::ChatCompletions, Protocol::Gemini | Protocol::Vertex) => Wire::ChatToGemini,
+            (Endpoint::Embeddings, Protocol::Bedrock) => Wire::EmbedBedrock,
+            (Endpoint::Embeddings, Protocol::Gemini) => Wire::EmbedGoogle(gemini::EmbedApi::Gemini),
+            (Endpoint::Embeddings, Protocol::Vertex) => Wire::EmbedGoogle(gemini::EmbedApi::Vertex),
             (Endpoint::Responses, _) => return Err(unsupported("/v1/responses")),
             (Endpoint::Completions, _) => {
                 return Err(unsupported("/v1/completions (legacy text completions)"))
             }
-            (Endpoint::Embeddings, _) => return Err(unsupported("/v1/embeddings")),
+            (Endpoint::Embeddings, Protocol::Anthropic) => {
+                return Err(unsupported("/v1/embeddings"))
+            }
         })
     }
 
@@ -93,6 +102,9 @@ impl Wire {
                 Endpoint::Responses => "/responses".into(),
                 Endpoint::ChatCompletions | Endpoint::Messages => "/chat/completions".into(),
             },
+            (Wire::EmbedBedrock, _) => bedrock::model_path(model, "invoke"),
+            // The path depends on the input (one text or a batch): [`Wire::body`] gives it.
+            (Wire::EmbedGoogle(_), _) => String::new(),
             (_, Protocol::Anthropic) => "/messages".into(),
             (Wire::Messages, Protocol::Bedrock) => bedrock::model_path(
                 model,
@@ -122,8 +134,24 @@ impl Wire {
         merged: &Map<String, Value>,
         model: &str,
         stream: bool,
-    ) -> Result<Value, Unsupported> {
-        Ok(match self {
+    ) -> Result<(Value, Option<String>), Unsupported> {
+        match self {
+            Wire::EmbedGoogle(api) => {
+                let r = gemini::embed_request(merged, model, api)?;
+                return Ok((r.body, Some(r.path)));
+            }
+            Wire::EmbedBedrock => {
+                let mut calls = bedrock::embed_requests(model, merged)?;
+                if calls.len() != 1 {
+                    return Err(Unsupported(format!(
+                        "{model} embeds one text per request: send `input` as a single string (Cohere models on Bedrock take a list)"
+                    )));
+                }
+                return Ok((calls.remove(0), None));
+            }
+            _ => {}
+        }
+        let body = match self {
             Wire::OpenAi => Value::Object(merged.clone()),
             Wire::ChatToAnthropic => anthropic::chat_request(merged, model, stream)?,
             Wire::ChatToBedrock => bedrock::converse_request(merged)?,
@@ -150,12 +178,21 @@ impl Wire {
                     Inner::Gemini => gemini::chat_request(&chat)?,
                 }
             }
-        })
+            Wire::EmbedBedrock | Wire::EmbedGoogle(_) => Value::Null,
+        };
+        Ok((body, None))
     }
 
     /// A whole success answer in the caller's protocol, with the provider's usage when it gave
-    /// one; `None` for pass-through OpenAI (read by the usual path).
-    pub fn whole(self, body: &[u8], model: &str) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
+    /// one. `request` is the caller's body and `counted` the input tokens a Bedrock answer's
+    /// `X-Amzn-Bedrock-Input-Token-Count` header gave (embeddings read them).
+    pub fn whole(
+        self,
+        body: &[u8],
+        model: &str,
+        request: &Map<String, Value>,
+        counted: Option<u64>,
+    ) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
         let encode = |(v, u): (Value, Option<TokenUsage>)| (Bytes::from(v.to_string()), u);
         Ok(match self {
             Wire::OpenAi => (
@@ -173,6 +210,17 @@ impl Wire {
             }
             Wire::ChatToGemini => encode(gemini::chat_response(body, model)?),
             Wire::MessagesToChat => encode(anthropic::chat_to_messages_response(body)?),
+            Wire::EmbedBedrock => {
+                let input = request.get("input").unwrap_or(&Value::Null);
+                let e = bedrock::embed_response(model, input, &[body], counted)?;
+                // An estimate (Cohere without its count header) is left to the data plane's.
+                encode((e.body, (!e.estimated).then_some(e.usage)))
+            }
+            Wire::EmbedGoogle(_) => {
+                let base64 =
+                    request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+                encode(gemini::embed_response(body, model, base64)?)
+            }
             Wire::MessagesVia(inner) => {
                 let (chat, usage) = match inner {
                     Inner::Bedrock => {
@@ -217,6 +265,8 @@ impl Wire {
             Wire::MessagesVia(Inner::Gemini) => {
                 to_messages(Box::new(gemini::ChatStream::new(model, true)))
             }
+            // Embeddings never stream.
+            Wire::EmbedBedrock | Wire::EmbedGoogle(_) => return None,
         })
     }
 
@@ -303,6 +353,18 @@ mod tests {
         assert_eq!(of(Endpoint::Responses, Azure, "gpt-4o"), Wire::OpenAi);
         assert!(Wire::of(Endpoint::Responses, Anthropic, "claude").is_err());
         assert!(Wire::of(Endpoint::Embeddings, Anthropic, "claude").is_err());
+        assert_eq!(
+            of(
+                Endpoint::Embeddings,
+                Bedrock,
+                "amazon.titan-embed-text-v2:0"
+            ),
+            Wire::EmbedBedrock
+        );
+        assert_eq!(
+            of(Endpoint::Embeddings, Vertex, "text-embedding-005"),
+            Wire::EmbedGoogle(gemini::EmbedApi::Vertex)
+        );
     }
 
     #[test]
