@@ -3,6 +3,7 @@
 //! shipped price table's rates, exactly.
 
 mod anthropic;
+mod bedrock;
 mod catalog;
 
 use rust_decimal::Decimal;
