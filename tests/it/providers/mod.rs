@@ -5,6 +5,7 @@
 mod anthropic;
 mod bedrock;
 mod catalog;
+mod gemini;
 
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
