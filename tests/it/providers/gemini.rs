@@ -646,3 +646,40 @@ async fn an_invalid_service_account_key_is_a_clear_502_and_metered() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_vertex_refuses_is_its_401_and_forgotten() {
+    let token =
+        mock_gemini::start_vertex_token_signing(3600, "a-secret-vertex-does-not-know").await;
+    let mock = mock_gemini::start().await;
+    let server = harness::start().await;
+    let key = vertex_tenant(&server, "vtr", &mock, "google", &token.service_account_json).await;
+    for trace in ["vtr-1", "vtr-2"] {
+        let (status, _, text) = post(
+            &server,
+            "/chat/completions",
+            &key,
+            trace,
+            &chat("vtr", FLASH),
+        )
+        .await;
+        assert_eq!(status, 401, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["type"], "authentication_error", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid authentication credentials"),
+            "{v}"
+        );
+        let m = metered(&server, trace, 1).await;
+        assert_eq!(
+            (m[0].status, m[0].usage),
+            (401, TokenUsage::default()),
+            "{trace}"
+        );
+    }
+    // The refused token was not kept: each request exchanged anew.
+    assert_eq!(issued(&token).await, 2);
+}
