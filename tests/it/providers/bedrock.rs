@@ -585,6 +585,26 @@ async fn broken_answers_are_502s_or_error_frames_and_every_attempt_is_metered() 
         assert_eq!((m.len(), m[0].streamed), (1, true), "{trace}: {m:?}");
         assert!(m[0].usage.prompt > 0, "{trace}: {m:?}");
     }
+    // Throttled: AWS's 429 in OpenAI's envelope, metered.
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "bdx-429",
+        &chat("bdx", "amazon.fail-throttle"),
+    )
+    .await;
+    assert_eq!(status, 429, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Too many requests"),
+        "{v}"
+    );
+    assert_eq!(metered(&server, "bdx-429", 1).await[0].status, 429);
     // On /v1/messages (InvokeModel's stream cut short): an Anthropic error event, metered.
     let body = messages("bdx", "anthropic.claude-truncate", true);
     let (status, _, text) = post(&server, "/messages", &key, "bdx-msg-cut", &body).await;

@@ -301,6 +301,50 @@ async fn gemini_blocked_wrong_key_garbage_and_truncation() {
         assert!(m[0].usage.prompt > 0, "{trace}: {m:?}");
     }
 
+    // No usageMetadata: answered, and metered with an estimate.
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "gemx-nousage",
+        &chat("gemx", "gemini-no-usage"),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let m = metered(&server, "gemx-nousage", 1).await;
+    assert_eq!(m[0].source, "estimated", "{m:?}");
+    assert!(m[0].usage.prompt > 0 && m[0].usage.completion > 0, "{m:?}");
+    // Google's 429 passes on in OpenAI's envelope.
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "gemx-429",
+        &chat("gemx", "gemini-fail-429"),
+    )
+    .await;
+    assert_eq!(status, 429, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert_eq!(metered(&server, "gemx-429", 1).await[0].status, 429);
+    // A stream cut short on /v1/messages: Anthropic's error event, no message_stop.
+    let (status, _, text) = post(
+        &server,
+        "/messages",
+        &key,
+        "gemx-msg-cut",
+        &messages("gemx", "gemini-truncated", true),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        sse_events(&text).last().unwrap().0.as_deref(),
+        Some("error"),
+        "{text}"
+    );
+    assert!(!text.contains("message_stop"), "{text}");
+    metered(&server, "gemx-msg-cut", 1).await;
+
     // A wrong key: Google's 400 in OpenAI's envelope, metered.
     let (_mock, server, key) = gemini_tenant("gemk", "not-the-key").await;
     let (status, _, text) = post(
