@@ -140,6 +140,7 @@ fn governed_state() -> State {
         ai_provider_id: "openai".into(),
         workspace_id: None,
         key: None,
+        secrets: Default::default(),
         configurations: Default::default(),
         allow_all_models: true,
         models: Default::default(),

@@ -595,12 +595,18 @@ impl VertexToken {
 
 /// Starts the token endpoint; its tokens live `expires_in` seconds.
 pub async fn start_vertex_token(expires_in: u64) -> VertexToken {
+    start_vertex_token_signing(expires_in, TOKEN_SECRET).await
+}
+
+/// Starts a token endpoint that signs its tokens with `secret`: with another than
+/// [`TOKEN_SECRET`], a Google that the Vertex mock does not trust (its tokens are refused, 401).
+pub async fn start_vertex_token_signing(expires_in: u64, secret: &str) -> VertexToken {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mocks/vertex_token.py");
     let mut child = tokio::process::Command::new(crate::harness::python())
         .arg(script)
         .args(["--port", "0", "--expires-in", &expires_in.to_string()])
-        .args(["--token-secret", TOKEN_SECRET])
+        .args(["--token-secret", secret])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -18,7 +18,8 @@ use crate::proxy::DataError;
 pub enum Wire {
     /// OpenAI's API on both sides (OpenAI-format providers, Azure): passed through.
     OpenAi,
-    /// An OpenAI caller, an Anthropic Messages upstream.
+    /// An OpenAI caller, an Anthropic Messages upstream (Anthropic, or Claude on Vertex's
+    /// rawPredict).
     ChatToAnthropic,
     /// An OpenAI caller, Bedrock Converse.
     ChatToBedrock,
@@ -73,6 +74,9 @@ impl Wire {
             (Endpoint::Messages, _) => Wire::MessagesVia(Inner::Gemini),
             (_, Protocol::OpenAi | Protocol::Azure) => Wire::OpenAi,
             (Endpoint::ChatCompletions, Protocol::Anthropic) => Wire::ChatToAnthropic,
+            (Endpoint::ChatCompletions, Protocol::Vertex) if anthropic_model(protocol, model) => {
+                Wire::ChatToAnthropic
+            }
             (Endpoint::ChatCompletions, Protocol::Bedrock) => Wire::ChatToBedrock,
             (Endpoint::ChatCompletions, Protocol::Gemini | Protocol::Vertex) => Wire::ChatToGemini,
             (Endpoint::Embeddings, Protocol::Bedrock) => Wire::EmbedBedrock,
@@ -122,7 +126,9 @@ impl Wire {
                     "converse"
                 },
             ),
-            (Wire::Messages, _) => gemini::vertex_anthropic_path(model, stream),
+            (Wire::Messages | Wire::ChatToAnthropic, _) => {
+                gemini::vertex_anthropic_path(model, stream)
+            }
             _ => gemini::model_path(model, stream),
         }
     }
@@ -153,7 +159,12 @@ impl Wire {
         }
         let body = match self {
             Wire::OpenAi => Value::Object(merged.clone()),
-            Wire::ChatToAnthropic => anthropic::chat_request(merged, model, stream)?,
+            Wire::ChatToAnthropic => {
+                match (protocol, anthropic::chat_request(merged, model, stream)?) {
+                    (Protocol::Vertex, Value::Object(body)) => gemini::vertex_anthropic_body(&body),
+                    (_, body) => body,
+                }
+            }
             Wire::ChatToBedrock => bedrock::converse_request(merged)?,
             Wire::ChatToGemini => gemini::chat_request(merged)?,
             Wire::Messages => match protocol {
@@ -322,6 +333,22 @@ mod tests {
             Wire::ChatToAnthropic
         );
         assert_eq!(of(Endpoint::Messages, Anthropic, "claude"), Wire::Messages);
+        assert_eq!(
+            of(
+                Endpoint::ChatCompletions,
+                Vertex,
+                "claude-sonnet-4@20250514"
+            ),
+            Wire::ChatToAnthropic
+        );
+        assert_eq!(
+            of(Endpoint::ChatCompletions, Vertex, "gemini-2.0-flash"),
+            Wire::ChatToGemini
+        );
+        assert_eq!(
+            of(Endpoint::ChatCompletions, Bedrock, "anthropic.claude-3-7"),
+            Wire::ChatToBedrock
+        );
         assert_eq!(
             of(
                 Endpoint::Messages,

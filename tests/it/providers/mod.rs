@@ -3,7 +3,9 @@
 //! shipped price table's rates, exactly.
 
 mod anthropic;
+mod bedrock;
 mod catalog;
+mod gemini;
 
 use rust_decimal::Decimal;
 use serde_json::{json, Value};

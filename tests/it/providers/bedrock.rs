@@ -1,0 +1,616 @@
+//! AWS Bedrock as an upstream, through the Python mock that checks every SigV4 signature with
+//! botocore: OpenAI callers on Converse / ConverseStream, Anthropic callers on InvokeModel (for
+//! Anthropic's models) or translated through Converse, access keys and assumed roles (STS, its
+//! cache and refresh, external ids), and what broken answers become.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{metered, native_tenant, post, priced, sse_events};
+use crate::harness::{self, Server};
+use crate::mock_bedrock::{self, MockBedrock, ACCESS_KEY_ID, SECRET_ACCESS_KEY, TEXT, USAGE};
+
+/// A model with a shipped price (cache read and write rates included).
+const NOVA: &str = "amazon.nova-pro-v1:0";
+/// Anthropic's model on Bedrock, served by InvokeModel.
+const CLAUDE: &str = "anthropic.claude-3-7-sonnet-20250219-v1:0";
+
+/// The integration fields of an access-key Bedrock integration at `mock` with `secret`.
+fn access_key(mock: &MockBedrock, secret: &str) -> Value {
+    json!({"configurations": {"custom_host": mock.url, "aws_region": "us-east-1",
+        "aws_access_key_id": ACCESS_KEY_ID, "aws_secret_access_key": secret}})
+}
+
+/// The integration fields of an assumed-role Bedrock integration at `mock`.
+fn assumed_role(mock: &MockBedrock, role: &str, external_id: Option<&str>) -> Value {
+    let mut v = access_key(mock, SECRET_ACCESS_KEY);
+    let c = &mut v["configurations"];
+    c["aws_auth_type"] = json!("assumedRole");
+    c["aws_role_arn"] = json!(role);
+    c["aws_sts_endpoint"] = json!(mock.url);
+    if let Some(id) = external_id {
+        c["aws_external_id"] = json!(id);
+    }
+    v
+}
+
+async fn setup(slug: &str) -> (MockBedrock, Server, String) {
+    let mock = mock_bedrock::start().await;
+    let server = harness::start().await;
+    let fields = access_key(&mock, SECRET_ACCESS_KEY);
+    let key = native_tenant(&server, slug, "bedrock", fields).await;
+    (mock, server, key)
+}
+
+fn chat(slug: &str, model: &str) -> Value {
+    json!({"model": format!("@{slug}/{model}"), "messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]})
+}
+
+fn streamed(mut body: Value) -> Value {
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    body
+}
+
+fn messages(slug: &str, model: &str, stream: bool) -> Value {
+    json!({"model": format!("@{slug}/{model}"), "max_tokens": 100, "stream": stream,
+        "system": "be brief", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// The requests the mock saw for the runtime (not STS).
+async fn runtime_seen(mock: &MockBedrock) -> Vec<Value> {
+    let seen = mock.seen().await;
+    seen.into_iter()
+        .filter(|s| s["service"] == "bedrock")
+        .collect()
+}
+
+/// The AssumeRole calls the mock saw.
+async fn sts_seen(mock: &MockBedrock) -> Vec<Value> {
+    let seen = mock.seen().await;
+    seen.into_iter().filter(|s| s["service"] == "sts").collect()
+}
+
+fn text_of(events: &[(Option<String>, Value)]) -> String {
+    events
+        .iter()
+        .filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_chat_to_converse_is_signed_translated_and_metered_at_the_shipped_price() {
+    let (mock, server, key) = setup("bdr").await;
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "bdr-plain",
+        &chat("bdr", NOVA),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], TEXT);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(USAGE.prompt));
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64(),
+        Some(USAGE.completion)
+    );
+
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "bdr-stream",
+        &streamed(chat("bdr", NOVA)),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let events = sse_events(&text);
+    assert_eq!(text_of(&events), TEXT);
+    let usage = &events.last().unwrap().1["usage"];
+    assert_eq!(
+        usage["prompt_tokens"].as_u64(),
+        Some(USAGE.prompt),
+        "{text}"
+    );
+    assert_eq!(
+        usage["completion_tokens"].as_u64(),
+        Some(USAGE.completion),
+        "{text}"
+    );
+
+    let seen = runtime_seen(&mock).await;
+    let actions: Vec<_> = seen.iter().map(|s| s["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["converse", "converse-stream"]);
+    for s in &seen {
+        assert_eq!(s["signature"], "ok", "{s}");
+        assert_eq!(s["model"], NOVA);
+        assert_eq!(s["access_key_id"], ACCESS_KEY_ID);
+        assert_eq!(s["body"]["system"], json!([{"text": "be brief"}]), "{s}");
+        assert_eq!(s["body"]["messages"][0]["role"], "user");
+    }
+    let cost = priced("bedrock", NOVA, USAGE);
+    assert!(cost > rust_decimal::Decimal::ZERO);
+    for (trace, streamed) in [("bdr-plain", false), ("bdr-stream", true)] {
+        let m = metered(&server, trace, 1).await;
+        assert_eq!(m.len(), 1, "{trace}: {m:?}");
+        assert_eq!((m[0].usage, m[0].streamed), (USAGE, streamed), "{trace}");
+        assert_eq!(
+            (m[0].source.as_str(), m[0].status),
+            ("provider", 200),
+            "{trace}"
+        );
+        assert_eq!(m[0].cost, cost, "{trace}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_reach_converse_and_tool_calls_come_back_plain_and_streamed() {
+    let (mock, server, key) = setup("bdt").await;
+    let model = "amazon.nova-tool";
+    let mut body = chat("bdt", model);
+    body["tools"] = json!([{"type": "function", "function": {"name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]);
+    let (status, _, text) = post(&server, "/chat/completions", &key, "bdt-plain", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "lookup", "{v}");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"q": "mock"}));
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "bdt-stream",
+        &streamed(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let events = sse_events(&text);
+    let args: String = events
+        .iter()
+        .filter_map(|(_, e)| {
+            e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+        })
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"q": "mock"}),
+        "{text}"
+    );
+    let finish: Vec<_> = events
+        .iter()
+        .filter_map(|(_, e)| e["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["tool_calls"], "{text}");
+
+    let seen = runtime_seen(&mock).await;
+    for s in &seen {
+        assert_eq!(s["signature"], "ok", "{s}");
+        let spec = &s["body"]["toolConfig"]["tools"][0]["toolSpec"];
+        assert_eq!(spec["name"], "lookup", "{s}");
+        assert_eq!(spec["inputSchema"]["json"]["type"], "object", "{s}");
+    }
+    for trace in ["bdt-plain", "bdt-stream"] {
+        let m = metered(&server, trace, 1).await;
+        assert_eq!(m[0].usage, USAGE, "{trace}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_front_door_to_claude_on_bedrock_is_invoke_model() {
+    let (mock, server, key) = setup("bdm").await;
+    let (status, _, text) = post(
+        &server,
+        "/messages",
+        &key,
+        "bdm-plain",
+        &messages("bdm", CLAUDE, false),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["role"].as_str()),
+        (Some("message"), Some("assistant")),
+        "{v}"
+    );
+    assert_eq!(v["content"][0]["text"], TEXT);
+    assert_eq!(
+        v["usage"]["cache_read_input_tokens"].as_u64(),
+        Some(USAGE.cached)
+    );
+
+    let (status, _, text) = post(
+        &server,
+        "/messages",
+        &key,
+        "bdm-stream",
+        &messages("bdm", CLAUDE, true),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let events = sse_events(&text);
+    let names: Vec<_> = events.iter().filter_map(|(n, _)| n.as_deref()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{text}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{text}");
+    let said: String = events
+        .iter()
+        .filter_map(|(_, e)| e["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(said, TEXT);
+
+    let seen = runtime_seen(&mock).await;
+    let actions: Vec<_> = seen.iter().map(|s| s["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["invoke", "invoke-with-response-stream"]);
+    for s in &seen {
+        assert_eq!(s["signature"], "ok", "{s}");
+        assert_eq!(s["body"]["anthropic_version"], "bedrock-2023-05-31", "{s}");
+        assert!(
+            s["body"].get("model").is_none() && s["body"].get("stream").is_none(),
+            "{s}"
+        );
+    }
+    for (trace, streamed) in [("bdm-plain", false), ("bdm-stream", true)] {
+        let m = metered(&server, trace, 1).await;
+        assert_eq!((m[0].usage, m[0].streamed), (USAGE, streamed), "{trace}");
+        assert_eq!(m[0].endpoint, "messages", "{trace}");
+        assert_eq!(m[0].cost, priced("bedrock", CLAUDE, USAGE), "{trace}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_front_door_to_other_bedrock_models_goes_through_converse() {
+    let (mock, server, key) = setup("bdn").await;
+    let (status, _, text) = post(
+        &server,
+        "/messages",
+        &key,
+        "bdn-plain",
+        &messages("bdn", NOVA, false),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "message", "{v}");
+    assert_eq!(v["content"][0]["type"], "text", "{v}");
+    assert_eq!(v["content"][0]["text"], TEXT, "{v}");
+    assert_eq!(v["stop_reason"], "end_turn", "{v}");
+
+    let (status, _, text) = post(
+        &server,
+        "/messages",
+        &key,
+        "bdn-stream",
+        &messages("bdn", NOVA, true),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let events = sse_events(&text);
+    let names: Vec<_> = events.iter().filter_map(|(n, _)| n.as_deref()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{text}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{text}");
+    let said: String = events
+        .iter()
+        .filter_map(|(_, e)| e["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(said, TEXT, "{text}");
+
+    let seen = runtime_seen(&mock).await;
+    let actions: Vec<_> = seen.iter().map(|s| s["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["converse", "converse-stream"]);
+    assert!(seen.iter().all(|s| s["signature"] == "ok"), "{seen:?}");
+    for (trace, streamed) in [("bdn-plain", false), ("bdn-stream", true)] {
+        let m = metered(&server, trace, 1).await;
+        assert_eq!((m[0].usage, m[0].streamed), (USAGE, streamed), "{trace}");
+        assert_eq!(m[0].endpoint, "messages", "{trace}");
+        assert_eq!(m[0].cost, priced("bedrock", NOVA, USAGE), "{trace}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assumed_role_signs_with_its_temporary_keys_from_one_sts_call() {
+    let mock = mock_bedrock::start().await;
+    let server = harness::start().await;
+    let fields = assumed_role(&mock, mock_bedrock::ROLE_ARN, None);
+    let key = native_tenant(&server, "bdr-role", "bedrock", fields).await;
+    for i in 0..4 {
+        let trace = format!("role-{i}");
+        let (status, _, text) = post(
+            &server,
+            "/chat/completions",
+            &key,
+            &trace,
+            &chat("bdr-role", NOVA),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let sts = sts_seen(&mock).await;
+    assert_eq!(sts.len(), 1, "one AssumeRole serves every request: {sts:?}");
+    assert_eq!(sts[0]["signature"], "ok");
+    assert_eq!(
+        sts[0]["access_key_id"], ACCESS_KEY_ID,
+        "AssumeRole is signed with the base keys"
+    );
+    assert_eq!(sts[0]["body"]["RoleArn"], mock_bedrock::ROLE_ARN);
+    assert!(sts[0]["body"]["RoleSessionName"]
+        .as_str()
+        .unwrap()
+        .starts_with("tollgate-"));
+    let seen = runtime_seen(&mock).await;
+    assert_eq!(seen.len(), 4);
+    let temporary = seen[0]["access_key_id"].as_str().unwrap().to_owned();
+    assert!(temporary.starts_with("ASIAMOCK"), "{temporary}");
+    for s in &seen {
+        assert_eq!(
+            (s["signature"].as_str(), s["access_key_id"].as_str()),
+            (Some("ok"), Some(temporary.as_str())),
+            "{s}"
+        );
+        assert!(s["headers"]["x-amz-security-token"].is_string(), "{s}");
+    }
+    for i in 0..4 {
+        assert_eq!(
+            metered(&server, &format!("role-{i}"), 1).await[0].usage,
+            USAGE
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_role_credentials_are_assumed_again_and_requests_keep_succeeding() {
+    // The mock's temporary keys live 2 s (its Expiration is in whole seconds: 1-2 s in fact).
+    let mock = mock_bedrock::start_with(&[("BEDROCK_MOCK_STS_TTL", "2")]).await;
+    let server = harness::start().await;
+    let fields = assumed_role(&mock, mock_bedrock::ROLE_ARN, None);
+    let key = native_tenant(&server, "bdr-ttl", "bedrock", fields).await;
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "ttl-0",
+        &chat("bdr-ttl", NOVA),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let first = runtime_seen(&mock).await[0]["access_key_id"].clone();
+    // Nothing asked for a credential since: no refresh ran, and in 2.1 s the first has expired.
+    // (The one bounded wait: the expiry is the mock's clock, which nothing can be polled for.)
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    mock.clear_seen().await;
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "ttl-1",
+        &chat("bdr-ttl", NOVA),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "an expired credential is exchanged anew before use: {text}"
+    );
+    assert_eq!(
+        sts_seen(&mock).await.len(),
+        1,
+        "the expired keys were assumed again"
+    );
+    let second = runtime_seen(&mock).await[0].clone();
+    assert_eq!(second["signature"], "ok", "{second}");
+    assert_ne!(
+        second["access_key_id"], first,
+        "signed with the new temporary keys"
+    );
+    // Inside the refresh-ahead window every request is answered with the cached keys while a
+    // refresh runs in the background: they keep succeeding, and new keys keep coming.
+    for i in 2..6 {
+        let trace = format!("ttl-{i}");
+        let (status, _, text) = post(
+            &server,
+            "/chat/completions",
+            &key,
+            &trace,
+            &chat("bdr-ttl", NOVA),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let refreshed = harness::eventually(Duration::from_millis(20), || async {
+        sts_seen(&mock).await.len() >= 2
+    })
+    .await;
+    assert!(refreshed, "credentials near expiry are refreshed ahead");
+    assert!(runtime_seen(&mock)
+        .await
+        .iter()
+        .all(|s| s["signature"] == "ok"));
+    for i in 0..6 {
+        assert_eq!(
+            metered(&server, &format!("ttl-{i}"), 1).await[0].status,
+            200
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_wanting_an_external_id_works_with_it_and_fails_clearly_without() {
+    let mock = mock_bedrock::start().await;
+    let server = harness::start().await;
+    let role = "arn:aws:iam::123456789012:role/needs-external-id";
+    let with = assumed_role(&mock, role, Some(mock_bedrock::EXTERNAL_ID));
+    let with_key = native_tenant(&server, "bdr-ext", "bedrock", with).await;
+    let without = assumed_role(&mock, role, None);
+    let without_key = native_tenant(&server, "bdr-noext", "bedrock", without).await;
+
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &with_key,
+        "ext-ok",
+        &chat("bdr-ext", NOVA),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let sts = sts_seen(&mock).await;
+    assert_eq!(sts[0]["body"]["ExternalId"], mock_bedrock::EXTERNAL_ID);
+
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &without_key,
+        "ext-no",
+        &chat("bdr-noext", NOVA),
+    )
+    .await;
+    assert_eq!(status, 502, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "provider_credentials", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("AssumeRole") && message.contains(role),
+        "{message}"
+    );
+    assert!(!message.contains(SECRET_ACCESS_KEY), "{message}");
+    // The same on /v1/messages, in Anthropic's shape.
+    let (status, _, text) = post(
+        &server,
+        "/messages",
+        &without_key,
+        "ext-no-msg",
+        &messages("bdr-noext", CLAUDE, false),
+    )
+    .await;
+    assert_eq!(status, 502, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    // Nothing reached the runtime unsigned; each attempt is metered, with no usage.
+    let seen = runtime_seen(&mock).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    for trace in ["ext-no", "ext-no-msg"] {
+        let m = metered(&server, trace, 1).await;
+        assert_eq!(
+            (m[0].status, m[0].usage),
+            (502, Default::default()),
+            "{trace}"
+        );
+        assert_eq!(m[0].cost, rust_decimal::Decimal::ZERO, "{trace}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_the_providers_403_in_openais_envelope() {
+    let mock = mock_bedrock::start().await;
+    let server = harness::start().await;
+    let fields = access_key(&mock, "not-the-secret-access-key");
+    let key = native_tenant(&server, "bdr-bad", "bedrock", fields).await;
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "bad-secret",
+        &chat("bdr-bad", NOVA),
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "permission_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signature we calculated does not match"),
+        "{v}"
+    );
+    assert!(!text.contains("not-the-secret-access-key"), "{text}");
+    assert_eq!(
+        runtime_seen(&mock).await[0]["signature"],
+        "InvalidSignatureException"
+    );
+    let m = metered(&server, "bad-secret", 1).await;
+    assert_eq!((m[0].status, m[0].usage), (403, Default::default()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_answers_are_502s_or_error_frames_and_every_attempt_is_metered() {
+    let (_mock, server, key) = setup("bdx").await;
+    // A body that is not Converse's.
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "bdx-garbage",
+        &chat("bdx", "amazon.garbage"),
+    )
+    .await;
+    assert_eq!(status, 502, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(v["error"]["message"].is_string(), "{v}");
+    let m = metered(&server, "bdx-garbage", 1).await;
+    assert_eq!((m[0].status, m[0].source.as_str()), (502, "estimated"));
+    assert!(
+        m[0].usage.prompt > 0,
+        "the prompt the provider read is estimated: {m:?}"
+    );
+
+    // Streams that break: a bad CRC, a cut inside a frame, an exception frame.
+    for (trace, model) in [
+        ("bdx-crc", "amazon.garbage"),
+        ("bdx-cut", "amazon.truncate"),
+        ("bdx-exc", "amazon.stream-exception"),
+    ] {
+        let body = streamed(chat("bdx", model));
+        let (status, _, text) = post(&server, "/chat/completions", &key, trace, &body).await;
+        assert_eq!(status, 200, "{trace}: {text}");
+        assert!(!text.contains("[DONE]"), "{trace}: {text}");
+        let events = sse_events(&text);
+        let last = &events.last().unwrap().1;
+        assert!(
+            last["error"]["message"].is_string(),
+            "{trace} ends with an error frame: {text}"
+        );
+        let m = metered(&server, trace, 1).await;
+        assert_eq!((m.len(), m[0].streamed), (1, true), "{trace}: {m:?}");
+        assert!(m[0].usage.prompt > 0, "{trace}: {m:?}");
+    }
+    // Throttled: AWS's 429 in OpenAI's envelope, metered.
+    let (status, _, text) = post(
+        &server,
+        "/chat/completions",
+        &key,
+        "bdx-429",
+        &chat("bdx", "amazon.fail-throttle"),
+    )
+    .await;
+    assert_eq!(status, 429, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Too many requests"),
+        "{v}"
+    );
+    assert_eq!(metered(&server, "bdx-429", 1).await[0].status, 429);
+    // On /v1/messages (InvokeModel's stream cut short): an Anthropic error event, metered.
+    let body = messages("bdx", "anthropic.claude-truncate", true);
+    let (status, _, text) = post(&server, "/messages", &key, "bdx-msg-cut", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let events = sse_events(&text);
+    assert_eq!(events.last().unwrap().0.as_deref(), Some("error"), "{text}");
+    assert!(!text.contains("message_stop"), "{text}");
+    metered(&server, "bdx-msg-cut", 1).await;
+}
