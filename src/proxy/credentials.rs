@@ -120,6 +120,13 @@ fn cache_key(target: &Target) -> String {
     )
 }
 
+/// How long a credential said to live `ttl` is used: not to its last moment, which the
+/// provider's clock (or a lifetime rounded down) may already have passed. A tenth of its life is
+/// given up, at most a minute.
+fn usable_for(ttl: Duration) -> Duration {
+    ttl.saturating_sub((ttl / 10).min(Duration::from_secs(60)))
+}
+
 /// What an exchange came to: the value and when it stops being usable, or why it failed.
 type Outcome<T> = Option<Result<(T, Instant), String>>;
 
@@ -197,7 +204,7 @@ impl<T: Clone + Send + Sync + 'static> Cache<T> {
         tokio::spawn(async move {
             let outcome = fetch()
                 .await
-                .map(|(v, ttl)| (v, Instant::now() + ttl))
+                .map(|(v, ttl)| (v, Instant::now() + usable_for(ttl)))
                 .map_err(|e| e.0);
             if let Some(e) = entries.lock().get_mut(&key) {
                 if let Ok(ok) = &outcome {
