@@ -4,6 +4,8 @@
 
 mod anthropic;
 mod catalog;
+mod fallback;
+mod sdk;
 
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
