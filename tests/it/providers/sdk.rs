@@ -158,6 +158,15 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
     anthropic_usage(&r["ant"]["stream"]["usage"], mock_anthropic::billed());
     anthropic_usage(&r["bdr"]["plain"]["usage"], mock_bedrock::USAGE);
     anthropic_usage(&r["bdr"]["stream"]["usage"], mock_bedrock::USAGE);
+    for case in ["plain", "stream"] {
+        let usage = &r["oai"][case]["usage"];
+        assert_eq!((usage["input_tokens"].as_u64(), usage["output_tokens"].as_u64()), (Some(12), Some(7)), "{usage}");
+    }
+    // The provider's own words reach the caller, whatever its error shape was.
+    let said = |name: &str| r[name]["rate_limited"]["body"]["error"]["message"].as_str().unwrap().to_owned();
+    assert_eq!(said("ant"), "mock rate_limit_error");
+    assert_eq!(said("bdr"), "Too many requests, please wait before trying again.");
+    assert_eq!(said("oai"), "mock 429 Too Many Requests");
 
     // What the upstreams were sent: the tool_result turn reached each in its own protocol, the
     // key reached Anthropic as x-api-key (the caller's Tollgate key, never).
