@@ -141,6 +141,7 @@ fn governed_state() -> State {
         workspace_id: None,
         key: None,
         configurations: Default::default(),
+        secrets: Default::default(),
         allow_all_models: true,
         models: Default::default(),
         workspaces: Default::default(),

@@ -84,7 +84,11 @@ async fn send(
     let r = req.json(body).send().await.unwrap();
     let (s, h) = (r.status().as_u16(), r.headers().clone());
     let text = r.text().await.unwrap();
-    (s, h, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        s,
+        h,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn option(h: &reqwest::header::HeaderMap) -> &str {
@@ -109,7 +113,14 @@ async fn fallback_from_an_openai_format_429_to_anthropic_meters_both_attempts() 
     .to_string();
     let cfg = [("x-portkey-config", config.as_str())];
     let hi = json!([{"role": "user", "content": "hi"}]);
-    let (s, h, v) = send(&t, "/chat/completions", "fb-chat", &cfg, &json!({"model": "fail-429", "messages": hi})).await;
+    let (s, h, v) = send(
+        &t,
+        "/chat/completions",
+        "fb-chat",
+        &cfg,
+        &json!({"model": "fail-429", "messages": hi}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(option(&h), "config.targets[1]");
     assert_eq!(v["object"], "chat.completion", "an OpenAI answer: {v}");
@@ -119,9 +130,15 @@ async fn fallback_from_an_openai_format_429_to_anthropic_meters_both_attempts() 
     let billed = mock_anthropic::billed();
     let m = metered(&t.server, "fb-chat", 2).await;
     assert_eq!(m.len(), 2, "{m:?}");
-    assert_eq!((m[0].status, m[0].usage, m[0].model.as_str()), (429, TokenUsage::default(), "fail-429"));
+    assert_eq!(
+        (m[0].status, m[0].usage, m[0].model.as_str()),
+        (429, TokenUsage::default(), "fail-429")
+    );
     assert_eq!(m[0].cost, rust_decimal::Decimal::ZERO);
-    assert_eq!((m[1].status, m[1].usage, m[1].model.as_str()), (200, billed, CLAUDE));
+    assert_eq!(
+        (m[1].status, m[1].usage, m[1].model.as_str()),
+        (200, billed, CLAUDE)
+    );
     assert_eq!(m[1].cost, priced("anthropic", CLAUDE, billed));
 
     // The same fallback for an Anthropic caller: the OpenAI-format 429 first, then Anthropic's
@@ -130,21 +147,41 @@ async fn fallback_from_an_openai_format_429_to_anthropic_meters_both_attempts() 
     let (s, h, v) = send(&t, "/messages", "fb-messages", &cfg, &body).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(option(&h), "config.targets[1]");
-    assert_eq!((v["type"].as_str(), v["content"][0]["text"].as_str()), (Some("message"), Some(mock_anthropic::TEXT)));
+    assert_eq!(
+        (v["type"].as_str(), v["content"][0]["text"].as_str()),
+        (Some("message"), Some(mock_anthropic::TEXT))
+    );
     let m = metered(&t.server, "fb-messages", 2).await;
     assert_eq!((m[0].status, m[0].usage), (429, TokenUsage::default()));
-    assert_eq!((m[1].status, m[1].usage, m[1].endpoint.as_str()), (200, billed, "messages"));
+    assert_eq!(
+        (m[1].status, m[1].usage, m[1].endpoint.as_str()),
+        (200, billed, "messages")
+    );
     assert_eq!(m[1].cost, priced("anthropic", CLAUDE, billed));
     // Both targets failing: the last one's error, in the caller's shape.
     let both = json!({"strategy": {"mode": "fallback"}, "targets": [
         {"provider": "@oai"}, {"provider": "@ant"}]})
     .to_string();
-    let (s, h, v) = send(&t, "/messages", "fb-both", &[("x-portkey-config", both.as_str())], &body).await;
+    let (s, h, v) = send(
+        &t,
+        "/messages",
+        "fb-both",
+        &[("x-portkey-config", both.as_str())],
+        &body,
+    )
+    .await;
     assert_eq!(s, 429, "{v}");
     assert_eq!(option(&h), "config.targets[1]");
-    assert_eq!((v["type"].as_str(), v["error"]["type"].as_str()), (Some("error"), Some("rate_limit_error")), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["error"]["type"].as_str()),
+        (Some("error"), Some("rate_limit_error")),
+        "{v}"
+    );
     let m = metered(&t.server, "fb-both", 2).await;
-    assert_eq!(m.iter().map(|m| (m.status, m.usage)).collect::<Vec<_>>(), [(429, TokenUsage::default()); 2]);
+    assert_eq!(
+        m.iter().map(|m| (m.status, m.usage)).collect::<Vec<_>>(),
+        [(429, TokenUsage::default()); 2]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,9 +196,15 @@ async fn loadbalance_across_anthropic_and_openai_format_meters_each_by_its_targe
     for i in 0..24 {
         let messages = i % 2 == 1;
         let (path, body) = if messages {
-            ("/messages", json!({"model": "any", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}))
+            (
+                "/messages",
+                json!({"model": "any", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}),
+            )
         } else {
-            ("/chat/completions", json!({"model": "any", "messages": [{"role": "user", "content": "hi"}]}))
+            (
+                "/chat/completions",
+                json!({"model": "any", "messages": [{"role": "user", "content": "hi"}]}),
+            )
         };
         let trace = format!("lb-{i}");
         let (s, h, v) = send(&t, path, &trace, &cfg, &body).await;
@@ -182,13 +225,23 @@ async fn loadbalance_across_anthropic_and_openai_format_meters_each_by_its_targe
         };
         let want = [json!("Hello from the mock!"), json!(mock_anthropic::TEXT)];
         assert_eq!(text, want[target], "{trace}");
-        let (provider, model, usage) = [("openai", GPT, gpt_usage()), ("anthropic", CLAUDE, mock_anthropic::billed())][target];
+        let (provider, model, usage) = [
+            ("openai", GPT, gpt_usage()),
+            ("anthropic", CLAUDE, mock_anthropic::billed()),
+        ][target];
         let m = metered(&t.server, &trace, 1).await;
         assert_eq!(m.len(), 1);
-        assert_eq!((m[0].usage, m[0].model.as_str(), m[0].status), (usage, model, 200), "{trace}");
+        assert_eq!(
+            (m[0].usage, m[0].model.as_str(), m[0].status),
+            (usage, model, 200),
+            "{trace}"
+        );
         assert_eq!(m[0].cost, priced(provider, model, usage), "{trace}");
     }
-    assert!(picked[0] > 0 && picked[1] > 0, "both targets served: {picked:?}");
+    assert!(
+        picked[0] > 0 && picked[1] > 0,
+        "both targets served: {picked:?}"
+    );
     assert_eq!(t.oai.seen.bodies.lock().len(), picked[0]);
     assert_eq!(t.ant.seen.bodies.lock().len(), picked[1]);
 }
@@ -233,16 +286,29 @@ async fn budgets_rate_limits_and_allow_lists_hold_on_messages() {
     }
     let (i, v) = refused.expect("the workspace budget never refused");
     anthropic_error(&v, "invalid_request_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("workspace"), "{v}");
-    assert!(t.ant.seen.bodies.lock().len() == i, "nothing sent once refused");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("workspace"),
+        "{v}"
+    );
+    assert!(
+        t.ant.seen.bodies.lock().len() == i,
+        "nothing sent once refused"
+    );
     assert!(i >= 1, "refused only once spent");
     let m = metered(&t.server, "bud-0", 1).await;
     assert!(m[0].cost >= rust_decimal::Decimal::ONE, "{m:?}");
     // Chat is refused by the same budget.
-    let chat = json!({"model": format!("@ant/{PRICEY}"), "messages": [{"role": "user", "content": "hi"}]});
+    let chat =
+        json!({"model": format!("@ant/{PRICEY}"), "messages": [{"role": "user", "content": "hi"}]});
     let (s, _, v) = send(&t, "/chat/completions", "bud-chat", &[], &chat).await;
     assert_eq!(s, 412, "{v}");
-    assert!(v["error"]["message"].is_string() && v.get("type").is_none(), "OpenAI's shape: {v}");
+    assert!(
+        v["error"]["message"].is_string() && v.get("type").is_none(),
+        "OpenAI's shape: {v}"
+    );
 
     // A request rate limit: two a day, then 429 rate_limit_error.
     let t = two(json!({"rate_limits": [{"type": "requests", "unit": "rpd", "value": 2}]})).await;
@@ -266,11 +332,23 @@ async fn budgets_rate_limits_and_allow_lists_hold_on_messages() {
     let (s, v) = message(&t2, "al-1", "claude-3-5-haiku-20241022").await;
     assert_eq!(s, 403, "{v}");
     anthropic_error(&v, "permission_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("claude-3-5-haiku-20241022"), "{v}");
-    assert!(t2.ant.seen.bodies.lock().is_empty(), "a refused model is never sent");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("claude-3-5-haiku-20241022"),
+        "{v}"
+    );
+    assert!(
+        t2.ant.seen.bodies.lock().is_empty(),
+        "a refused model is never sent"
+    );
     let (s, v) = message(&t2, "al-2", CLAUDE).await;
     assert_eq!(s, 200, "{v}");
     let billed = mock_anthropic::billed();
     let m = metered(&t2.server, "al-2", 1).await;
-    assert_eq!((m[0].usage, m[0].cost), (billed, priced("anthropic", CLAUDE, billed)));
+    assert_eq!(
+        (m[0].usage, m[0].cost),
+        (billed, priced("anthropic", CLAUDE, billed))
+    );
 }

@@ -129,8 +129,7 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
         assert_eq!(u["rate_limited"]["status"], 429, "{name}");
         assert_eq!(u["rate_limited"]["body"]["type"], "error", "{name}: {u}");
         assert_eq!(
-            u["rate_limited"]["body"]["error"]["type"],
-            "rate_limit_error",
+            u["rate_limited"]["body"]["error"]["type"], "rate_limit_error",
             "{name}"
         );
         // count_tokens is the gateway's own estimate of the same prompt (nothing is called).
@@ -160,12 +159,27 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
     anthropic_usage(&r["bdr"]["stream"]["usage"], mock_bedrock::USAGE);
     for case in ["plain", "stream"] {
         let usage = &r["oai"][case]["usage"];
-        assert_eq!((usage["input_tokens"].as_u64(), usage["output_tokens"].as_u64()), (Some(12), Some(7)), "{usage}");
+        assert_eq!(
+            (
+                usage["input_tokens"].as_u64(),
+                usage["output_tokens"].as_u64()
+            ),
+            (Some(12), Some(7)),
+            "{usage}"
+        );
     }
     // The provider's own words reach the caller, whatever its error shape was.
-    let said = |name: &str| r[name]["rate_limited"]["body"]["error"]["message"].as_str().unwrap().to_owned();
+    let said = |name: &str| {
+        r[name]["rate_limited"]["body"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(said("ant"), "mock rate_limit_error");
-    assert_eq!(said("bdr"), "Too many requests, please wait before trying again.");
+    assert_eq!(
+        said("bdr"),
+        "Too many requests, please wait before trying again."
+    );
     assert_eq!(said("oai"), "mock 429 Too Many Requests");
 
     // What the upstreams were sent: the tool_result turn reached each in its own protocol, the
@@ -185,11 +199,21 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
         .into_iter()
         .filter(|s| s["service"] == "bedrock")
         .collect();
-    assert!(invoked.iter().all(|s| s["signature"] == "ok"), "{invoked:?}");
+    assert!(
+        invoked.iter().all(|s| s["signature"] == "ok"),
+        "{invoked:?}"
+    );
     let actions: Vec<_> = invoked.iter().map(|s| s["action"].clone()).collect();
     assert_eq!(
         actions,
-        ["invoke", "invoke-with-response-stream", "invoke", "invoke", "invoke"].map(Value::from),
+        [
+            "invoke",
+            "invoke-with-response-stream",
+            "invoke",
+            "invoke",
+            "invoke"
+        ]
+        .map(Value::from),
         "InvokeModel for every call"
     );
     assert_eq!(
@@ -211,15 +235,39 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
     ];
     for (i, (case, streamed)) in cases.into_iter().enumerate() {
         let at = ("anthropic", CLAUDE);
-        billed_once(&server, &format!("ant-{case}"), at, "messages", streamed, mock_anthropic::billed()).await;
+        billed_once(
+            &server,
+            &format!("ant-{case}"),
+            at,
+            "messages",
+            streamed,
+            mock_anthropic::billed(),
+        )
+        .await;
         let at = ("bedrock", BEDROCK_CLAUDE);
-        billed_once(&server, &format!("bdr-{case}"), at, "messages", streamed, mock_bedrock::USAGE).await;
+        billed_once(
+            &server,
+            &format!("bdr-{case}"),
+            at,
+            "messages",
+            streamed,
+            mock_bedrock::USAGE,
+        )
+        .await;
         let usage = TokenUsage {
             prompt: mock::prompt_tokens(&chats[i]),
             completion: mock::COMPLETION_TOKENS,
             ..TokenUsage::default()
         };
-        billed_once(&server, &format!("oai-{case}"), ("openai", GPT), "messages", streamed, usage).await;
+        billed_once(
+            &server,
+            &format!("oai-{case}"),
+            ("openai", GPT),
+            "messages",
+            streamed,
+            usage,
+        )
+        .await;
     }
     for name in ["ant", "bdr", "oai"] {
         let m = metered(&server, &format!("{name}-429"), 1).await;
@@ -229,7 +277,9 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
             (429, TokenUsage::default(), rust_decimal::Decimal::ZERO),
             "{name}"
         );
-        assert!(metered(&server, &format!("{name}-count"), 0).await.is_empty());
+        assert!(metered(&server, &format!("{name}-count"), 0)
+            .await
+            .is_empty());
     }
 
     // The gateway's own refusals, as the SDK's classes with Anthropic's error body.
@@ -241,7 +291,13 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
     );
     assert_eq!(e["body"]["type"], "error");
     assert_eq!(e["body"]["error"]["type"], "invalid_request_error");
-    assert!(e["body"]["error"]["message"].as_str().unwrap().contains("nobody"), "{e}");
+    assert!(
+        e["body"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nobody"),
+        "{e}"
+    );
     for e in [&r["bad_key"], &r["bad_key_count"]] {
         assert_eq!(
             (e["class"].as_str(), e["status"].as_u64()),
@@ -288,8 +344,18 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
         cache_write: 0,
     };
     let upstreams = [
-        ("ant", ("anthropic", CLAUDE), mock_anthropic::TEXT, mock_anthropic::billed()),
-        ("bdr", ("bedrock", NOVA), mock_bedrock::TEXT, mock_bedrock::USAGE),
+        (
+            "ant",
+            ("anthropic", CLAUDE),
+            mock_anthropic::TEXT,
+            mock_anthropic::billed(),
+        ),
+        (
+            "bdr",
+            ("bedrock", NOVA),
+            mock_bedrock::TEXT,
+            mock_bedrock::USAGE,
+        ),
         ("gem", ("google", GEMINI), mock_gemini::TEXT, gemini),
     ];
     for (name, at, text, usage) in upstreams {
@@ -299,16 +365,32 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
         assert_eq!(u["stream"]["text"], text, "{name}");
         assert_eq!(u["stream"]["last_has_usage"], true, "{name}: {u}");
         for usage_json in [&u["chat"]["usage"], &u["stream"]["usage_chunks"][0]] {
-            assert_eq!(usage_json["prompt_tokens"].as_u64(), Some(usage.prompt), "{name}: {u}");
-            assert_eq!(usage_json["completion_tokens"].as_u64(), Some(usage.completion), "{name}");
+            assert_eq!(
+                usage_json["prompt_tokens"].as_u64(),
+                Some(usage.prompt),
+                "{name}: {u}"
+            );
+            assert_eq!(
+                usage_json["completion_tokens"].as_u64(),
+                Some(usage.completion),
+                "{name}"
+            );
             assert_eq!(
                 usage_json["prompt_tokens_details"]["cached_tokens"].as_u64(),
                 Some(usage.cached),
                 "{name}"
             );
         }
-        assert_eq!(u["stream"]["usage_chunks"].as_array().unwrap().len(), 1, "{name}");
-        for (case, streamed) in [("chat", false), ("chat-stream", true), ("chat-tools", false)] {
+        assert_eq!(
+            u["stream"]["usage_chunks"].as_array().unwrap().len(),
+            1,
+            "{name}"
+        );
+        for (case, streamed) in [
+            ("chat", false),
+            ("chat-stream", true),
+            ("chat-tools", false),
+        ] {
             let trace = format!("{name}-{case}");
             billed_once(&server, &trace, at, "chat.completions", streamed, usage).await;
         }
@@ -318,7 +400,10 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
     let t = &r["ant"]["tools"];
     assert_eq!(t["finish_reason"], "tool_calls", "{t}");
     assert_eq!(t["tool_calls"][0]["name"], "lookup");
-    assert_eq!(t["tool_calls"][0]["arguments"], mock_anthropic::tool_input());
+    assert_eq!(
+        t["tool_calls"][0]["arguments"],
+        mock_anthropic::tool_input()
+    );
     assert_eq!(ant.seen.bodies.lock()[2]["tools"][0]["name"], "lookup");
     assert_eq!(r["bdr"]["tools"]["text"], mock_bedrock::TEXT);
     let converse: Vec<Value> = bdr
@@ -328,7 +413,10 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
         .filter(|s| s["service"] == "bedrock")
         .collect();
     let actions: Vec<_> = converse.iter().map(|s| s["action"].clone()).collect();
-    assert_eq!(actions, ["converse", "converse-stream", "converse"].map(Value::from));
+    assert_eq!(
+        actions,
+        ["converse", "converse-stream", "converse"].map(Value::from)
+    );
     assert_eq!(
         converse[2]["body"]["toolConfig"]["tools"][0]["toolSpec"]["name"],
         "lookup"
@@ -336,8 +424,7 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
     assert_eq!(r["gem"]["tools"]["text"], mock_gemini::TEXT);
     let (_, body) = gem.seen.bodies.lock()[2].clone();
     assert_eq!(
-        body["tools"][0]["functionDeclarations"][0]["name"],
-        "lookup",
+        body["tools"][0]["functionDeclarations"][0]["name"], "lookup",
         "{body}"
     );
 }
