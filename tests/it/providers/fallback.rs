@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tollgate::domain::pricing::TokenUsage;
 
-use super::{metered, priced};
+use super::{metered, priced, sse_events};
 use crate::harness::{self, Server};
 use crate::{mock, mock_anthropic};
 
@@ -156,6 +156,39 @@ async fn fallback_from_an_openai_format_429_to_anthropic_meters_both_attempts() 
     assert_eq!(
         (m[1].status, m[1].usage, m[1].endpoint.as_str()),
         (200, billed, "messages")
+    );
+    assert_eq!(m[1].cost, priced("anthropic", CLAUDE, billed));
+    // A stream falls back too: Anthropic's events become OpenAI chunks, usage last.
+    let stream = json!({"model": "fail-429", "stream": true, "stream_options": {"include_usage": true}, "messages": hi});
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", t.server.url))
+        .header("x-api-key", &t.key)
+        .header("x-portkey-trace-id", "fb-stream")
+        .header("x-portkey-config", &config)
+        .json(&stream)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(option(r.headers()), "config.targets[1]");
+    let text = r.text().await.unwrap();
+    let events = sse_events(&text);
+    let content: String = events
+        .iter()
+        .filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, mock_anthropic::TEXT, "{text}");
+    let usage = &events.last().unwrap().1["usage"];
+    assert_eq!(
+        usage["prompt_tokens"].as_u64(),
+        Some(billed.prompt),
+        "{text}"
+    );
+    let m = metered(&t.server, "fb-stream", 2).await;
+    assert_eq!((m[0].status, m[0].usage), (429, TokenUsage::default()));
+    assert_eq!(
+        (m[1].status, m[1].usage, m[1].streamed),
+        (200, billed, true)
     );
     assert_eq!(m[1].cost, priced("anthropic", CLAUDE, billed));
     // Both targets failing: the last one's error, in the caller's shape.
