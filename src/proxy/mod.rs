@@ -286,7 +286,8 @@ pub fn authenticate_any(
 
 /// An error body in Anthropic's shape for `/v1/messages` callers: one already in it (from an
 /// Anthropic upstream) as it is; OpenAI's envelope (the gateway's own errors, an
-/// OpenAI-format provider's) carried over with its message.
+/// OpenAI-format provider's) and AWS's (`message`, from Bedrock InvokeModel passed through)
+/// carried over with its message.
 pub fn anthropic_error(status: StatusCode, body: &[u8]) -> Bytes {
     let v: Option<Value> = serde_json::from_slice(body).ok();
     if v.as_ref()
@@ -296,14 +297,8 @@ pub fn anthropic_error(status: StatusCode, body: &[u8]) -> Bytes {
     {
         return Bytes::copy_from_slice(body);
     }
-    let message = v
-        .as_ref()
-        .and_then(|v| v.pointer("/error/message"))
-        .and_then(Value::as_str)
-        .map_or_else(
-            || format!("the request failed with status {}", status.as_u16()),
-            str::to_owned,
-        );
+    let message = upstream::wire::provider_message(body)
+        .unwrap_or_else(|| format!("the request failed with status {}", status.as_u16()));
     let kind = crate::providers::anthropic::error_type_for_status(status.as_u16());
     Bytes::from(crate::providers::anthropic::error_body(kind, &message).to_string())
 }

@@ -13,6 +13,9 @@
 //! - `big-events` streams [`BIG_EVENTS`] events of about [`BIG_EVENT_BYTES`] each as fast as they
 //!   are read (then the usage chunk, when asked for, and `[DONE]`).
 //!
+//! - a (whole, not streamed) request with `tools` whose last message is the user's calls the
+//!   first tool: `tool_calls` [{id [`TOOL_CALL_ID`], arguments [`TOOL_ARGUMENTS`]}].
+//!
 //! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,6 +60,21 @@ pub struct Mock {
 }
 
 pub const COMPLETION_TOKENS: u64 = 7;
+
+/// The id of the tool call a request with tools gets.
+pub const TOOL_CALL_ID: &str = "call_mock_1";
+/// Its arguments.
+pub const TOOL_ARGUMENTS: &str = r#"{"query":"mock"}"#;
+
+/// The tool call answering `body`, when it offers tools and the user spoke last.
+fn tool_call(body: &Value) -> Option<Value> {
+    let name = body["tools"][0]["function"]["name"].as_str()?;
+    let last = body["messages"].as_array()?.last()?;
+    (last["role"] == "user").then(|| {
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": TOOL_CALL_ID, "type": "function",
+            "function": {"name": name, "arguments": TOOL_ARGUMENTS}}]})
+    })
+}
 
 /// What `huge-usage` reports for prompt and completion tokens each.
 pub const HUGE_TOKENS: u64 = 9_223_372_036_854_775_000;
@@ -153,9 +171,16 @@ async fn chat(
     if body["stream"].as_bool() == Some(true) {
         return stream(seen, body, model);
     }
+    let (message, finish) = match tool_call(&body) {
+        Some(call) => (call, "tool_calls"),
+        None => (
+            json!({"role": "assistant", "content": "Hello from the mock!"}),
+            "stop",
+        ),
+    };
     let mut out = json!({
         "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock!"}, "finish_reason": "stop", "logprobs": null}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
     });
     if !model.contains("no-usage") {
         out["usage"] = usage(&body);

@@ -24,7 +24,9 @@ Routes (service in the signature's credential scope: `bedrock` for /model/..., `
 Behaviour by model id (substring): `fail-throttle` 429 ThrottlingException; `fail-500` 500
 InternalServerException; `garbage` a body that is not the protocol (stream: a frame with a bad
 CRC); `truncate` a stream cut inside a frame; `stream-exception` a modelStreamErrorException
-mid-stream; `tool` answers with a tool use (Converse, when the request has tools).
+mid-stream; `tool` answers with a tool use (Converse, when the request has tools). InvokeModel of
+an `anthropic.*` model calls the first tool (a `tool_use` block) when the request has `tools` and
+its last message carries no `tool_result` (whole answers; streams stay text).
 
 What it bills (every chat answer): see USAGE; Titan TITAN_TOKENS per text; Cohere COHERE_TOKENS
 per text (in the X-Amzn-Bedrock-Input-Token-Count header only, as Bedrock does).
@@ -288,6 +290,19 @@ def anthropic_message(model):
             "stop_sequence": None, "usage": anthropic_usage()}
 
 
+def anthropic_answer(model, req):
+    """The whole InvokeModel answer: text, or a call of the first tool (see the docstring)."""
+    out = anthropic_message(model)
+    tools = req.get("tools") or []
+    last = (req.get("messages") or [{}])[-1].get("content")
+    answered = isinstance(last, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in last)
+    if tools and not answered:
+        out["content"].append({"type": "tool_use", "id": "toolu_bdrk_mock1", "name": tools[0]["name"],
+                               "input": json.loads("".join(TOOL_ARGS))})
+        out["stop_reason"] = "tool_use"
+    return out
+
+
 def anthropic_events(model):
     start = anthropic_message(model)
     start.update(content=[], stop_reason=None, usage=dict(anthropic_usage(), output_tokens=1))
@@ -432,7 +447,7 @@ class Handler(BaseHTTPRequestHandler):
         counts = [("X-Amzn-Bedrock-Input-Token-Count", str(USAGE["inputTokens"])),
                   ("X-Amzn-Bedrock-Output-Token-Count", str(USAGE["outputTokens"]))]
         if action == "invoke":
-            return self.send(200, anthropic_message(model), headers=counts)
+            return self.send(200, anthropic_answer(model, req), headers=counts)
         frames = list(anthropic_events(model))
         if "truncate" in model:
             frames = frames[:3] + [frames[3][:10]]

@@ -305,7 +305,7 @@ impl Wire {
 
 /// The message of a provider's error body, in any of the shapes providers use: OpenAI's and
 /// Google's `error.message`, Anthropic's `error.message`, AWS's `message` / `Message`.
-fn provider_message(body: &[u8]) -> Option<String> {
+pub(crate) fn provider_message(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let text = v
         .pointer("/error/message")

@@ -5,7 +5,9 @@
 mod anthropic;
 mod bedrock;
 mod catalog;
+mod fallback;
 mod gemini;
+mod sdk;
 
 use rust_decimal::Decimal;
 use serde_json::{json, Value};

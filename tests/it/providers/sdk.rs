@@ -1,0 +1,430 @@
+//! The real `anthropic` SDK on `/v1/messages` (as Claude Code calls it) and the real `openai` SDK
+//! on chat, each on native upstreams: answers, exact metering of every attempt at the shipped
+//! price table's rates, and errors in the caller's SDK's own classes.
+
+use serde_json::{json, Value};
+use tollgate::domain::pricing::TokenUsage;
+
+use super::{metered, native_tenant, priced, Metered};
+use crate::{harness, mock, mock_anthropic, mock_bedrock, mock_gemini};
+
+const CLAUDE: &str = "claude-3-7-sonnet-20250219";
+const BEDROCK_CLAUDE: &str = "anthropic.claude-3-7-sonnet-20250219-v1:0";
+const NOVA: &str = "amazon.nova-pro-v1:0";
+const GEMINI: &str = "gemini-2.0-flash-001";
+const GPT: &str = "gpt-4o-mini";
+
+fn bedrock_fields(mock: &mock_bedrock::MockBedrock) -> Value {
+    json!({"configurations": {"custom_host": mock.url, "aws_region": "us-east-1",
+        "aws_access_key_id": mock_bedrock::ACCESS_KEY_ID,
+        "aws_secret_access_key": mock_bedrock::SECRET_ACCESS_KEY}})
+}
+
+async fn run(part: &str, server: &harness::Server, upstreams: Value) -> Value {
+    let stdout = harness::run_sdk(
+        "anthropic_sdk.py",
+        &[
+            ("TOLLGATE_URL", &server.url),
+            ("PART", part),
+            ("UPSTREAMS", &upstreams.to_string()),
+        ],
+    )
+    .await;
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|j| serde_json::from_str(j).unwrap())
+        .expect("the script printed its result")
+}
+
+/// The one usage event of `trace`: a 200 of `endpoint`, streamed or not, with exactly `usage`
+/// from the provider, costing what the shipped table says for `provider`/`model`.
+async fn billed_once(
+    server: &harness::Server,
+    trace: &str,
+    (provider, model): (&str, &str),
+    endpoint: &str,
+    streamed: bool,
+    usage: TokenUsage,
+) {
+    let m = metered(server, trace, 1).await;
+    assert_eq!(m.len(), 1, "one attempt, one event: {trace} {m:?}");
+    let want = Metered {
+        usage,
+        cost: priced(provider, model, usage),
+        source: "provider".into(),
+        status: 200,
+        streamed,
+        endpoint: endpoint.into(),
+        model: model.into(),
+    };
+    assert_eq!(m[0], want, "{trace}");
+    assert!(m[0].cost > rust_decimal::Decimal::ZERO, "{trace}");
+}
+
+/// An Anthropic message usage object as the SDK parsed it, for `u`.
+fn anthropic_usage(v: &Value, u: TokenUsage) {
+    assert_eq!(
+        v["input_tokens"].as_u64().unwrap()
+            + v["cache_read_input_tokens"].as_u64().unwrap_or(0)
+            + v["cache_creation_input_tokens"].as_u64().unwrap_or(0),
+        u.prompt,
+        "{v}"
+    );
+    assert_eq!(v["output_tokens"].as_u64(), Some(u.completion), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
+    let ant = mock_anthropic::start().await;
+    let bdr = mock_bedrock::start().await;
+    let oai = mock::start().await;
+    let server = harness::start().await;
+    let ant_key = native_tenant(
+        &server,
+        "sdk-ant",
+        "anthropic",
+        json!({"key": "sk-ant-test-0123456789", "configurations": {"custom_host": ant.url}}),
+    )
+    .await;
+    let bdr_key = native_tenant(&server, "sdk-bdr", "bedrock", bedrock_fields(&bdr)).await;
+    let oai_key = native_tenant(
+        &server,
+        "sdk-oai",
+        "openai",
+        json!({"key": "sk-mock-provider-key-0123456789", "configurations": {"custom_host": oai.url}}),
+    )
+    .await;
+    let upstreams = json!([
+        {"name": "ant", "slug": "sdk-ant", "key": ant_key, "model": CLAUDE, "fail": "fail-429",
+         "route": "model", "auth": "x-api-key"},
+        {"name": "bdr", "slug": "sdk-bdr", "key": bdr_key, "model": BEDROCK_CLAUDE,
+         "fail": "anthropic.fail-throttle", "route": "model", "auth": "bearer"},
+        {"name": "oai", "slug": "sdk-oai", "key": oai_key, "model": GPT, "fail": "fail-429",
+         "route": "header", "auth": "x-api-key"},
+    ]);
+    let r = run("anthropic", &server, upstreams).await;
+
+    // Answers, as the SDK parsed them.
+    let texts = [
+        ("ant", mock_anthropic::TEXT, mock_anthropic::TEXT),
+        ("bdr", mock_bedrock::TEXT, mock_bedrock::TEXT),
+        ("oai", "Hello from the mock!", "w0 w1 w2 "),
+    ];
+    for (name, whole, streamed) in texts {
+        let u = &r[name];
+        assert_eq!(
+            (u["plain"]["type"].as_str(), u["plain"]["role"].as_str()),
+            (Some("message"), Some("assistant")),
+            "{name}: {u}"
+        );
+        assert_eq!(u["plain"]["text"], whole, "{name}");
+        assert_eq!(u["plain"]["stop_reason"], "end_turn", "{name}");
+        assert_eq!(u["stream"]["text"], streamed, "{name}");
+        assert_eq!(u["stream"]["final_text"], streamed, "{name}");
+        assert_eq!(u["stream"]["stop_reason"], "end_turn", "{name}");
+        assert_eq!(u["tool"]["stop_reason"], "tool_use", "{name}: {u}");
+        assert_eq!(u["tool"]["name"], "lookup", "{name}");
+        assert_eq!(u["rate_limited"]["class"], "RateLimitError", "{name}");
+        assert_eq!(u["rate_limited"]["status"], 429, "{name}");
+        assert_eq!(u["rate_limited"]["body"]["type"], "error", "{name}: {u}");
+        assert_eq!(
+            u["rate_limited"]["body"]["error"]["type"], "rate_limit_error",
+            "{name}"
+        );
+        // count_tokens is the gateway's own estimate of the same prompt (nothing is called).
+        let Value::Object(prompt) = json!({"messages": [{"role": "user", "content": "hi"}]}) else {
+            unreachable!()
+        };
+        assert_eq!(
+            u["count_tokens"].as_u64(),
+            Some(tollgate::proxy::meter::estimate_prompt(&prompt)),
+            "{name}"
+        );
+    }
+    assert_eq!(r["ant"]["tool"]["id"], mock_anthropic::TOOL_ID);
+    assert_eq!(r["ant"]["tool"]["input"], mock_anthropic::tool_input());
+    assert_eq!(r["bdr"]["tool"]["input"], json!({"q": "mock"}));
+    assert_eq!(r["oai"]["tool"]["id"], mock::TOOL_CALL_ID);
+    assert_eq!(
+        r["oai"]["tool"]["input"],
+        serde_json::from_str::<Value>(mock::TOOL_ARGUMENTS).unwrap()
+    );
+    assert_eq!(r["ant"]["tool"]["after_text"], mock_anthropic::TEXT);
+    assert_eq!(r["bdr"]["tool"]["after_text"], mock_bedrock::TEXT);
+    assert_eq!(r["oai"]["tool"]["after_text"], "Hello from the mock!");
+    anthropic_usage(&r["ant"]["plain"]["usage"], mock_anthropic::billed());
+    anthropic_usage(&r["ant"]["stream"]["usage"], mock_anthropic::billed());
+    anthropic_usage(&r["bdr"]["plain"]["usage"], mock_bedrock::USAGE);
+    anthropic_usage(&r["bdr"]["stream"]["usage"], mock_bedrock::USAGE);
+    for case in ["plain", "stream"] {
+        let usage = &r["oai"][case]["usage"];
+        assert_eq!(
+            (
+                usage["input_tokens"].as_u64(),
+                usage["output_tokens"].as_u64()
+            ),
+            (Some(12), Some(7)),
+            "{usage}"
+        );
+    }
+    // The provider's own words reach the caller, whatever its error shape was.
+    let said = |name: &str| {
+        r[name]["rate_limited"]["body"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(said("ant"), "mock rate_limit_error");
+    assert_eq!(
+        said("bdr"),
+        "Too many requests, please wait before trying again."
+    );
+    assert_eq!(said("oai"), "mock 429 Too Many Requests");
+
+    // What the upstreams were sent: the tool_result turn reached each in its own protocol, the
+    // key reached Anthropic as x-api-key (the caller's Tollgate key, never).
+    let sent = ant.seen.bodies.lock().clone();
+    assert_eq!(sent[3]["messages"][2]["content"][0]["type"], "tool_result");
+    assert_eq!(
+        sent[3]["messages"][2]["content"][0]["tool_use_id"],
+        mock_anthropic::TOOL_ID
+    );
+    for h in ant.seen.headers.lock().iter() {
+        assert_eq!(h["x-api-key"], "sk-ant-test-0123456789");
+    }
+    let invoked: Vec<Value> = bdr
+        .seen()
+        .await
+        .into_iter()
+        .filter(|s| s["service"] == "bedrock")
+        .collect();
+    assert!(
+        invoked.iter().all(|s| s["signature"] == "ok"),
+        "{invoked:?}"
+    );
+    let actions: Vec<_> = invoked.iter().map(|s| s["action"].clone()).collect();
+    assert_eq!(
+        actions,
+        [
+            "invoke",
+            "invoke-with-response-stream",
+            "invoke",
+            "invoke",
+            "invoke"
+        ]
+        .map(Value::from),
+        "InvokeModel for every call"
+    );
+    assert_eq!(
+        invoked[3]["body"]["messages"][2]["content"][0]["tool_use_id"],
+        "toolu_bdrk_mock1"
+    );
+    let chats = oai.seen.bodies.lock().clone();
+    assert_eq!(chats.len(), 5, "{chats:?}");
+    assert_eq!(chats[3]["messages"][2]["role"], "tool", "{}", chats[3]);
+    assert_eq!(chats[3]["messages"][2]["tool_call_id"], mock::TOOL_CALL_ID);
+    assert_eq!(chats[1]["stream_options"]["include_usage"], true);
+
+    // Every attempt metered once, exactly as billed; the 429s with nothing; count_tokens never.
+    let cases = [
+        ("plain", false),
+        ("stream", true),
+        ("tool", false),
+        ("tool-result", false),
+    ];
+    for (i, (case, streamed)) in cases.into_iter().enumerate() {
+        let at = ("anthropic", CLAUDE);
+        billed_once(
+            &server,
+            &format!("ant-{case}"),
+            at,
+            "messages",
+            streamed,
+            mock_anthropic::billed(),
+        )
+        .await;
+        let at = ("bedrock", BEDROCK_CLAUDE);
+        billed_once(
+            &server,
+            &format!("bdr-{case}"),
+            at,
+            "messages",
+            streamed,
+            mock_bedrock::USAGE,
+        )
+        .await;
+        let usage = TokenUsage {
+            prompt: mock::prompt_tokens(&chats[i]),
+            completion: mock::COMPLETION_TOKENS,
+            ..TokenUsage::default()
+        };
+        billed_once(
+            &server,
+            &format!("oai-{case}"),
+            ("openai", GPT),
+            "messages",
+            streamed,
+            usage,
+        )
+        .await;
+    }
+    for name in ["ant", "bdr", "oai"] {
+        let m = metered(&server, &format!("{name}-429"), 1).await;
+        assert_eq!(m.len(), 1, "{name}: {m:?}");
+        assert_eq!(
+            (m[0].status, m[0].usage, m[0].cost),
+            (429, TokenUsage::default(), rust_decimal::Decimal::ZERO),
+            "{name}"
+        );
+        assert!(metered(&server, &format!("{name}-count"), 0)
+            .await
+            .is_empty());
+    }
+
+    // The gateway's own refusals, as the SDK's classes with Anthropic's error body.
+    let e = &r["unknown_provider"];
+    assert_eq!(
+        (e["class"].as_str(), e["status"].as_u64()),
+        (Some("BadRequestError"), Some(400)),
+        "{e}"
+    );
+    assert_eq!(e["body"]["type"], "error");
+    assert_eq!(e["body"]["error"]["type"], "invalid_request_error");
+    assert!(
+        e["body"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nobody"),
+        "{e}"
+    );
+    for e in [&r["bad_key"], &r["bad_key_count"]] {
+        assert_eq!(
+            (e["class"].as_str(), e["status"].as_u64()),
+            (Some("AuthenticationError"), Some(401)),
+            "{e}"
+        );
+        assert_eq!(e["body"]["type"], "error");
+        assert_eq!(e["body"]["error"]["type"], "authentication_error");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
+    let ant = mock_anthropic::start().await;
+    let bdr = mock_bedrock::start().await;
+    let gem = mock_gemini::start().await;
+    let server = harness::start().await;
+    let ant_key = native_tenant(
+        &server,
+        "oa-ant",
+        "anthropic",
+        json!({"key": "sk-ant-test-0123456789", "configurations": {"custom_host": ant.url}}),
+    )
+    .await;
+    let bdr_key = native_tenant(&server, "oa-bdr", "bedrock", bedrock_fields(&bdr)).await;
+    let gem_key = native_tenant(
+        &server,
+        "oa-gem",
+        "google",
+        json!({"key": mock_gemini::GEMINI_KEY, "configurations": {"custom_host": gem.gemini_url()}}),
+    )
+    .await;
+    let upstreams = json!([
+        {"name": "ant", "slug": "oa-ant", "key": ant_key, "model": CLAUDE},
+        {"name": "bdr", "slug": "oa-bdr", "key": bdr_key, "model": NOVA},
+        {"name": "gem", "slug": "oa-gem", "key": gem_key, "model": GEMINI},
+    ]);
+    let r = run("openai", &server, upstreams).await;
+
+    let gemini = TokenUsage {
+        prompt: mock_gemini::PROMPT,
+        completion: mock_gemini::CANDIDATES + mock_gemini::THOUGHTS,
+        cached: mock_gemini::CACHED,
+        cache_write: 0,
+    };
+    let upstreams = [
+        (
+            "ant",
+            ("anthropic", CLAUDE),
+            mock_anthropic::TEXT,
+            mock_anthropic::billed(),
+        ),
+        (
+            "bdr",
+            ("bedrock", NOVA),
+            mock_bedrock::TEXT,
+            mock_bedrock::USAGE,
+        ),
+        ("gem", ("google", GEMINI), mock_gemini::TEXT, gemini),
+    ];
+    for (name, at, text, usage) in upstreams {
+        let u = &r[name];
+        assert_eq!(u["chat"]["text"], text, "{name}: {u}");
+        assert_eq!(u["chat"]["finish_reason"], "stop", "{name}");
+        assert_eq!(u["stream"]["text"], text, "{name}");
+        assert_eq!(u["stream"]["last_has_usage"], true, "{name}: {u}");
+        for usage_json in [&u["chat"]["usage"], &u["stream"]["usage_chunks"][0]] {
+            assert_eq!(
+                usage_json["prompt_tokens"].as_u64(),
+                Some(usage.prompt),
+                "{name}: {u}"
+            );
+            assert_eq!(
+                usage_json["completion_tokens"].as_u64(),
+                Some(usage.completion),
+                "{name}"
+            );
+            assert_eq!(
+                usage_json["prompt_tokens_details"]["cached_tokens"].as_u64(),
+                Some(usage.cached),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            u["stream"]["usage_chunks"].as_array().unwrap().len(),
+            1,
+            "{name}"
+        );
+        for (case, streamed) in [
+            ("chat", false),
+            ("chat-stream", true),
+            ("chat-tools", false),
+        ] {
+            let trace = format!("{name}-{case}");
+            billed_once(&server, &trace, at, "chat.completions", streamed, usage).await;
+        }
+    }
+    // Tools: Anthropic's mock calls the tool; Bedrock's and Gemini's answer text (their tool
+    // calls are proven in their own tests) but were sent the tool in their protocols.
+    let t = &r["ant"]["tools"];
+    assert_eq!(t["finish_reason"], "tool_calls", "{t}");
+    assert_eq!(t["tool_calls"][0]["name"], "lookup");
+    assert_eq!(
+        t["tool_calls"][0]["arguments"],
+        mock_anthropic::tool_input()
+    );
+    assert_eq!(ant.seen.bodies.lock()[2]["tools"][0]["name"], "lookup");
+    assert_eq!(r["bdr"]["tools"]["text"], mock_bedrock::TEXT);
+    let converse: Vec<Value> = bdr
+        .seen()
+        .await
+        .into_iter()
+        .filter(|s| s["service"] == "bedrock")
+        .collect();
+    let actions: Vec<_> = converse.iter().map(|s| s["action"].clone()).collect();
+    assert_eq!(
+        actions,
+        ["converse", "converse-stream", "converse"].map(Value::from)
+    );
+    assert_eq!(
+        converse[2]["body"]["toolConfig"]["tools"][0]["toolSpec"]["name"],
+        "lookup"
+    );
+    assert_eq!(r["gem"]["tools"]["text"], mock_gemini::TEXT);
+    let (_, body) = gem.seen.bodies.lock()[2].clone();
+    assert_eq!(
+        body["tools"][0]["functionDeclarations"][0]["name"], "lookup",
+        "{body}"
+    );
+}
