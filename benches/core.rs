@@ -142,7 +142,6 @@ fn governed_state() -> State {
         key: None,
         secrets: Default::default(),
         configurations: Default::default(),
-        secrets: Default::default(),
         allow_all_models: true,
         models: Default::default(),
         workspaces: Default::default(),

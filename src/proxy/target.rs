@@ -387,3 +387,74 @@ fn headers(
     }
     Ok(headers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn azure(c: Value) -> Integration {
+        Integration {
+            id: "i".into(),
+            slug: "az".into(),
+            name: "az".into(),
+            description: None,
+            ai_provider_id: "azure-openai".into(),
+            workspace_id: None,
+            key: None,
+            secrets: Default::default(),
+            configurations: c.as_object().unwrap().clone(),
+            allow_all_models: true,
+            models: Default::default(),
+            workspaces: Default::default(),
+            global_workspace_access: None,
+            implicit: false,
+            credential_set_by: Default::default(),
+            created_at: Millis(0),
+            updated_at: Millis(0),
+        }
+    }
+
+    #[test]
+    fn azure_models_go_to_their_deployment_or_the_default() {
+        let map = azure(json!({"resource_name": "acme", "deployment_id": "dflt",
+            "deployments": {"gpt-4o": "prod-4o", "bad": "../x"}}));
+        let url = |i: &Integration, m: &str| base_url(i, "az", Protocol::Azure, m);
+        assert_eq!(
+            url(&map, "gpt-4o").unwrap(),
+            "https://acme.openai.azure.com/openai/deployments/prod-4o"
+        );
+        assert_eq!(
+            url(&map, "gpt-4o-mini").unwrap(),
+            "https://acme.openai.azure.com/openai/deployments/dflt"
+        );
+        // A name that would climb out of the path is refused again here, whatever is stored.
+        assert!(url(&map, "bad").is_err());
+        let list = azure(json!({"resource_name": "acme",
+            "deployments": [{"model": "gpt-4o", "deployment_id": "prod-4o"}]}));
+        assert_eq!(
+            url(&list, "gpt-4o").unwrap(),
+            "https://acme.openai.azure.com/openai/deployments/prod-4o"
+        );
+        assert!(
+            url(&list, "unmapped").is_err(),
+            "no deployment for the model"
+        );
+        let host = azure(json!({"custom_host": "http://mock:1/v1/"}));
+        assert_eq!(url(&host, "any").unwrap(), "http://mock:1/v1");
+    }
+
+    #[test]
+    fn regions_form_hosts_only_when_plain() {
+        assert!(region_ok("us-east-1"));
+        for bad in [
+            "",
+            "us-east-1.evil.com",
+            "US-EAST-1",
+            "us/east",
+            &"a".repeat(33),
+        ] {
+            assert!(!region_ok(bad), "{bad}");
+        }
+    }
+}

@@ -132,9 +132,11 @@ pub fn check_custom_host(
     Ok(())
 }
 
-/// Refuses a `resource_name` or `deployment_name` that is not a plain name (see [`azure_name_ok`]).
+/// Refuses a `resource_name`, `deployment_name` or `deployment_id` (also in the `deployments`
+/// map) that is not a plain name (see [`azure_name_ok`]): they form the URL.
 pub fn check_azure_names(c: &Map<String, Value>) -> Result<()> {
-    for field in ["resource_name", "deployment_name"] {
+    check_deployments(c.get("deployments"))?;
+    for field in ["resource_name", "deployment_name", "deployment_id"] {
         let ok = match c.get(field) {
             None => true,
             Some(v) => v.as_str().is_some_and(|s| azure_name_ok(field, s)),
@@ -147,6 +149,30 @@ pub fn check_azure_names(c: &Map<String, Value>) -> Result<()> {
             };
             return Err(invalid(format!("{field} must match ^{shape}$")));
         }
+    }
+    Ok(())
+}
+
+/// Checks an Azure `deployments` map: `{"model": "deployment", ...}` or a list of `{"model",
+/// "deployment_id"}`, every deployment a plain name.
+fn check_deployments(d: Option<&Value>) -> Result<()> {
+    let plain = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .is_some_and(|n| azure_name_ok("deployment_name", n))
+    };
+    let ok = match d {
+        None => true,
+        Some(Value::Object(m)) => m.values().all(|v| plain(Some(v))),
+        Some(Value::Array(list)) => list.iter().all(|e| {
+            e.get("model").is_some_and(Value::is_string)
+                && plain(e.get("deployment_id").or_else(|| e.get("deployment_name")))
+        }),
+        Some(_) => false,
+    };
+    if !ok {
+        return Err(invalid(
+            "configurations.deployments must map models to deployment names ^[A-Za-z0-9._-]+$: {\"gpt-4o\": \"prod-4o\"} or [{\"model\": \"gpt-4o\", \"deployment_id\": \"prod-4o\"}]",
+        ));
     }
     Ok(())
 }
