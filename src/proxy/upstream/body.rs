@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::wire::Wire;
 use super::Exec;
+use crate::domain::catalog::Protocol;
 use crate::domain::routing::{Node, Params};
 use crate::domain::Endpoint;
 use crate::proxy::route::Target;
@@ -39,32 +40,44 @@ impl Exec {
         target: &Target,
         model: &str,
     ) -> Result<(Bytes, Option<String>), DataError> {
-        if wire != Wire::OpenAi {
+        // Passed through: serialized from the request itself.
+        let native = wire == Wire::Messages && target.protocol == Protocol::Anthropic;
+        if wire != Wire::OpenAi && !native {
             let mut merged = self.body.json.clone();
             for (k, v) in node.override_params.entries() {
                 merged.insert(k.clone(), v.clone());
             }
             merged.insert("model".into(), Value::String(model.to_owned()));
-            let (body, path) = wire
+            let (mut body, path) = wire
                 .body(target.protocol, &merged, model, self.body.stream)
                 .map_err(|e| DataError::bad_request(e.0))?;
+            // Anthropic-native on Bedrock: the beta flags go in the body, not a header.
+            let beta = self
+                .ctx
+                .anthropic_beta
+                .as_ref()
+                .and_then(|v| v.to_str().ok());
+            if let (Wire::Messages, Protocol::Bedrock, Some(beta)) = (wire, target.protocol, beta) {
+                crate::providers::bedrock::set_anthropic_beta(&mut body, beta);
+            }
             let bytes = serde_json::to_vec(&body)
                 .map(Bytes::from)
                 .map_err(|e| DataError::internal(format!("encoding the upstream body: {e}")))?;
             return Ok((bytes, path));
         }
-        Ok((self.openai_body(node)?, None))
+        Ok((self.overlay_body(node)?, None))
     }
 
-    /// [`Exec::upstream_body`] for an OpenAI-format upstream: serialized straight from the
-    /// request (never copied), asking a stream for its usage.
-    fn openai_body(&self, node: &Node) -> Result<Bytes, DataError> {
+    /// [`Exec::upstream_body`] for a body passed through (an OpenAI-format upstream, or
+    /// Anthropic's to Anthropic): serialized straight from the request (never copied), asking
+    /// an OpenAI stream for its usage.
+    fn overlay_body(&self, node: &Node) -> Result<Bytes, DataError> {
         // Always ask for usage so a stream can be metered; the extra chunk is hidden from clients
         // that did not ask for it. (The Responses API reports usage in its `response.completed`
         // event unasked.)
         let asks = !matches!(
             self.ctx.endpoint,
-            Endpoint::Embeddings | Endpoint::Responses
+            Endpoint::Embeddings | Endpoint::Responses | Endpoint::Messages
         );
         let stream_options = (self.body.stream && asks).then(|| {
             let given = node

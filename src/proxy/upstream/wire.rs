@@ -199,21 +199,15 @@ impl Wire {
     /// `X-Amzn-Bedrock-Input-Token-Count` header gave (embeddings read them).
     pub fn whole(
         self,
-        body: &[u8],
+        body: &Bytes,
         model: &str,
         request: &Map<String, Value>,
         counted: Option<u64>,
     ) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
         let encode = |(v, u): (Value, Option<TokenUsage>)| (Bytes::from(v.to_string()), u);
         Ok(match self {
-            Wire::OpenAi => (
-                Bytes::copy_from_slice(body),
-                crate::proxy::meter::usage_of_body(body),
-            ),
-            Wire::Messages => (
-                Bytes::copy_from_slice(body),
-                anthropic::messages_usage(body),
-            ),
+            Wire::OpenAi => (body.clone(), crate::proxy::meter::usage_of_body(body)),
+            Wire::Messages => (body.clone(), anthropic::messages_usage(body)),
             Wire::ChatToAnthropic => encode(anthropic::chat_response(body)?),
             Wire::ChatToBedrock => {
                 let (v, u) = bedrock::converse_response(body, model)?;
