@@ -1,6 +1,7 @@
 //! One upstream attempt: the call, what becomes of its answer (streamed on, read whole, or an
 //! error in the envelope) and its usage event, which every answer waits for.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -74,7 +75,8 @@ impl Exec {
         };
         let resp = match self.send(target, body, timeout).await {
             Ok(r) => r,
-            Err(e) => return self.unanswered(call, e, timeout).await,
+            // The error paths are boxed (see `Exec::whole`).
+            Err(e) => return Box::pin(self.unanswered(call, e, timeout)).await,
         };
         let status = resp.status();
         if status.is_redirection() {
@@ -85,7 +87,7 @@ impl Exec {
                 Some("upstream_redirect"),
                 "the provider answered with a redirect, which is not followed: a provider credential is only sent to the host its integration names",
             );
-            return self.undelivered(call, TokenUsage::default(), err).await;
+            return Box::pin(self.undelivered(call, TokenUsage::default(), err)).await;
         }
         if status.is_server_error() {
             self.plane
@@ -199,19 +201,22 @@ impl Exec {
         }
     }
 
-    /// Records the attempt's usage event; the answer waits for it to be durable.
-    pub(super) async fn finish(
-        &mut self,
+    /// Records the attempt's usage event; the answer waits for it to be durable. The event is
+    /// made at the call (see [`meter::record`]), so the future holds only the append.
+    pub(super) fn finish<'s>(
+        &'s mut self,
         attempt: Attempt<'_>,
         reservation: Reservation,
-    ) -> Result<(), DataError> {
+    ) -> impl Future<Output = Result<(), DataError>> + 's {
         self.upstream_time += attempt.upstream;
-        meter::record(&self.plane, &self.ctx, attempt, reservation)
-            .await
-            .map_err(|e| {
-                tracing::error!(trace_id = %self.ctx.trace_id, error = %e, "usage event could not be recorded");
+        let this: &'s Exec = self;
+        let recorded = meter::record(&this.plane, &this.ctx, attempt, reservation);
+        async move {
+            recorded.await.map_err(|e| {
+                tracing::error!(trace_id = %this.ctx.trace_id, error = %e, "usage event could not be recorded");
                 DataError::internal("the request's usage could not be recorded; it was not acknowledged")
             })
+        }
     }
 }
 

@@ -129,10 +129,12 @@ impl Exec {
 
     /// A leaf: its target checked, its body built, then attempts (with the node's retries).
     async fn try_leaf(&mut self, node: &Node) -> Outcome {
-        let checked = self
+        // A temporary, not a named `Result`: a named one would stay in the future beside the
+        // target and body moved out of it, through the attempts.
+        let (target, model, bytes) = match self
             .target_for(node)
-            .and_then(|(target, model)| Ok((target, model, self.upstream_body(node)?)));
-        let (target, model, bytes) = match checked {
+            .and_then(|(target, model)| Ok((target, model, self.upstream_body(node)?)))
+        {
             Ok(c) => c,
             Err(e) => return Outcome::Stop(e),
         };
