@@ -1,6 +1,7 @@
 //! Metering: token usage from the provider's answer (or an estimate when it gave none), exact
 //! cost from the integration's custom pricing or the shipped price table, and the usage event.
 
+use std::future::Future;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -278,17 +279,19 @@ pub struct Attempt<'a> {
     pub event_id: String,
 }
 
-/// Records an attempt: its upstream time observed, then its usage event appended (durable when
-/// this returns) and its reservation settled.
-pub async fn record(
-    plane: &DataPlane,
+/// Records an attempt: its upstream time observed and its usage event made at once; the future
+/// appends the event (durable when it resolves) and settles the reservation. Callers await it at
+/// once. Not an `async fn`: its future would keep the attempt and the reservation (moved on to the
+/// event and the ledger) for the whole append, and it is inside every request's future.
+pub fn record<'a>(
+    plane: &'a DataPlane,
     ctx: &RequestCtx,
     attempt: Attempt<'_>,
     reservation: Reservation,
-) -> Result<(), LedgerError> {
+) -> impl Future<Output = Result<(), LedgerError>> + 'a {
     plane.metrics.upstream_time.observe(attempt.upstream);
     let event = usage_event(&plane.prices, ctx, attempt);
-    plane.ledger.record_usage(event, Some(reservation)).await
+    plane.ledger.record_usage(event, Some(reservation))
 }
 
 /// The metadata key that flags an event whose reported usage was implausible and clamped; its

@@ -56,7 +56,10 @@ const MAX_MESSAGE: usize = MAX_RECORD + (64 << 10);
 
 /// Maps an rdkafka error of the call `op` into the log's.
 fn kafka_err(op: &'static str) -> impl Fn(rdkafka::error::KafkaError) -> LogError {
-    move |source| LogError::Kafka { op, source }
+    move |source| LogError::Kafka {
+        op,
+        source: Box::new(source),
+    }
 }
 
 /// A producer with `acks=all`; idempotent (retries without duplicates or reordering) unless
@@ -195,7 +198,8 @@ impl EventLog for KafkaLog {
             if records.is_empty() {
                 return Err(LogError::Batch("an empty batch".into()));
             }
-            let payload = codec::encode_log_batch(&records).map_err(LogError::Pack)?;
+            let payload =
+                codec::encode_log_batch(&records).map_err(|e| LogError::Pack(Box::new(e)))?;
             if payload.len() > MAX_RECORD {
                 return Err(LogError::TooLarge(payload.len()));
             }

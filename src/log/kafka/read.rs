@@ -138,7 +138,10 @@ pub fn unpack(offset: Offset, key: &[u8], payload: &[u8]) -> Result<Vec<Record>,
             payload: payload.to_vec(),
         }]);
     };
-    let records = batch.map_err(|source| LogError::Unpack { offset, source })?;
+    let records = batch.map_err(|source| LogError::Unpack {
+        offset,
+        source: Box::new(source),
+    })?;
     let last = records.len().saturating_sub(1);
     Ok(records
         .into_iter()

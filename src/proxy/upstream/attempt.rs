@@ -1,10 +1,10 @@
 //! One upstream attempt: the call, what becomes of its answer (streamed on, read whole, or an
 //! error in the envelope) and its usage event, which every answer waits for.
 
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 
@@ -78,7 +78,8 @@ impl Exec {
         };
         let resp = match self.send(target, body, timeout).await {
             Ok(r) => r,
-            Err(Unsent::Http(e)) => return self.unanswered(call, e, timeout).await,
+            // The error paths are boxed (see `Exec::whole`).
+            Err(Unsent::Http(e)) => return Box::pin(self.unanswered(call, e, timeout)).await,
             Err(Unsent::Credential(why)) => {
                 tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "no provider credential");
                 self.plane
@@ -90,9 +91,8 @@ impl Exec {
                     Some("provider_credentials"),
                     why,
                 );
-                return self
-                    .error_answer(call, TokenUsage::default(), UsageSource::Provider, err)
-                    .await;
+                let usage = TokenUsage::default();
+                return Box::pin(self.error_answer(call, usage, UsageSource::Provider, err)).await;
             }
         };
         let status = resp.status();
@@ -109,7 +109,7 @@ impl Exec {
                 Some("upstream_redirect"),
                 "the provider answered with a redirect, which is not followed: a provider credential is only sent to the host its integration names",
             );
-            return self.undelivered(call, TokenUsage::default(), err).await;
+            return Box::pin(self.undelivered(call, TokenUsage::default(), err)).await;
         }
         if status.is_server_error() {
             self.plane
@@ -277,19 +277,22 @@ impl Exec {
         }
     }
 
-    /// Records the attempt's usage event; the answer waits for it to be durable.
-    pub(super) async fn finish(
-        &mut self,
+    /// Records the attempt's usage event; the answer waits for it to be durable. The event is
+    /// made at the call (see [`meter::record`]), so the future holds only the append.
+    pub(super) fn finish<'s>(
+        &'s mut self,
         attempt: Attempt<'_>,
         reservation: Reservation,
-    ) -> Result<(), DataError> {
+    ) -> impl Future<Output = Result<(), DataError>> + 's {
         self.upstream_time += attempt.upstream;
-        meter::record(&self.plane, &self.ctx, attempt, reservation)
-            .await
-            .map_err(|e| {
-                tracing::error!(trace_id = %self.ctx.trace_id, error = %e, "usage event could not be recorded");
+        let this: &'s Exec = self;
+        let recorded = meter::record(&this.plane, &this.ctx, attempt, reservation);
+        async move {
+            recorded.await.map_err(|e| {
+                tracing::error!(trace_id = %this.ctx.trace_id, error = %e, "usage event could not be recorded");
                 DataError::internal("the request's usage could not be recorded; it was not acknowledged")
             })
+        }
     }
 }
 

@@ -128,15 +128,17 @@ impl Exec {
 
     /// A leaf: its target checked, its body built, then attempts (with the node's retries).
     async fn try_leaf(&mut self, node: &Node) -> Outcome {
-        let checked = self.target_for(node).and_then(|(target, model)| {
-            let wire = wire::Wire::of(self.ctx.endpoint, target.protocol, &model)?;
-            let (bytes, path) = self.upstream_body(node, wire, &target, &model)?;
-            Ok((target, model, wire, bytes, path))
-        });
-        let (target, model, wire, bytes, path) = match checked {
-            Ok(c) => c,
-            Err(e) => return Outcome::Stop(e),
-        };
+        // A temporary, not a named `Result`: a named one would stay in the future beside the
+        // target and body moved out of it, through the attempts.
+        let (target, model, wire, bytes, path) =
+            match self.target_for(node).and_then(|(target, model)| {
+                let wire = wire::Wire::of(self.ctx.endpoint, target.protocol, &model)?;
+                let (bytes, path) = self.upstream_body(node, wire, &target, &model)?;
+                Ok((target, model, wire, bytes, path))
+            }) {
+                Ok(c) => c,
+                Err(e) => return Outcome::Stop(e),
+            };
         self.path = path.unwrap_or_else(|| {
             wire.path(self.ctx.endpoint, target.protocol, &model, self.body.stream)
         });

@@ -2,6 +2,7 @@
 //! metered from its `usage` (or an estimate when the provider gave none), and delivered once its
 //! usage event is durable.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,76 +19,89 @@ use crate::proxy::{meter, DataError, Reply};
 
 impl Exec {
     /// Reads the answer whole and delivers it, metered.
-    pub(super) async fn whole(
-        &mut self,
-        call: Call<'_>,
+    ///
+    /// Its future is inside every request's (in the box of each routing node, see
+    /// `Exec::try_node`), so it is kept small: an `async` block rather than an `async fn` (whose
+    /// future holds its arguments twice, as captured and as the body's locals), and the rare
+    /// answers that cannot be delivered are futures boxed on their own path, not states of this
+    /// one (the largest of those set the size of every request's future before).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn's future would hold the call and the response twice"
+    )]
+    pub(super) fn whole<'a>(
+        &'a mut self,
+        call: Call<'a>,
         resp: reqwest::Response,
         timeout: Duration,
-    ) -> Result<Answer, DataError> {
-        let status = resp.status();
-        let counted = resp
-            .headers()
-            .get("x-amzn-bedrock-input-token-count")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let mut headers = HeaderMap::new();
-        for h in [CONTENT_TYPE, RETRY_AFTER] {
-            if let Some(v) = resp.headers().get(&h) {
-                headers.insert(h, v.clone());
+    ) -> impl Future<Output = Result<Answer, DataError>> + 'a {
+        async move {
+            let status = resp.status();
+            let counted = resp
+                .headers()
+                .get("x-amzn-bedrock-input-token-count")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let mut headers = HeaderMap::new();
+            for h in [CONTENT_TYPE, RETRY_AFTER] {
+                if let Some(v) = resp.headers().get(&h) {
+                    headers.insert(h, v.clone());
+                }
             }
+            let cap = self.plane.settings.max_upstream_body_bytes;
+            let read = tokio::time::timeout(
+                timeout.saturating_sub(call.started.elapsed()),
+                read_capped(resp, cap),
+            )
+            .await;
+            let body = match read {
+                Ok(Ok(b)) => b,
+                Ok(Err(BodyError::TooLarge { received })) => {
+                    return Box::pin(self.too_large(call, received, cap)).await;
+                }
+                Ok(Err(BodyError::Broken)) | Err(_) => {
+                    let err = DataError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "api_error",
+                        Some("upstream_body"),
+                        "the provider's response was cut off",
+                    );
+                    return Box::pin(self.undelivered(call, TokenUsage::default(), err)).await;
+                }
+            };
+            // An unreadable answer is still work the provider bills: estimated like text from
+            // what arrived (about a character a byte).
+            let received = body.len();
+            let (body, reported) = match self.in_callers_protocol(status, body, call.model, counted)
+            {
+                Ok(b) => b,
+                Err(Garbled(why)) => {
+                    tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "provider answer not in its protocol");
+                    let usage = self.estimated(received);
+                    let err = DataError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "api_error",
+                        Some("upstream_body"),
+                        format!("the provider's response could not be read: {why}"),
+                    );
+                    return Box::pin(self.undelivered(call, usage, err)).await;
+                }
+            };
+            let (usage, source) = self.usage_of(status, &body, reported);
+            let (attempt, reservation) = call.measured(status.as_u16(), usage, source);
+            self.finish(attempt, reservation).await?;
+            if !self.wire.passes_through() || !headers.contains_key(CONTENT_TYPE) {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+            Ok(Answer {
+                status: status.as_u16(),
+                reply: Reply::Full {
+                    status,
+                    headers,
+                    body,
+                },
+            })
         }
-        let cap = self.plane.settings.max_upstream_body_bytes;
-        let read = tokio::time::timeout(
-            timeout.saturating_sub(call.started.elapsed()),
-            read_capped(resp, cap),
-        )
-        .await;
-        let body = match read {
-            Ok(Ok(b)) => b,
-            Ok(Err(BodyError::TooLarge { received })) => {
-                return self.too_large(call, received, cap).await;
-            }
-            Ok(Err(BodyError::Broken)) | Err(_) => {
-                let err = DataError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "api_error",
-                    Some("upstream_body"),
-                    "the provider's response was cut off",
-                );
-                return self.undelivered(call, TokenUsage::default(), err).await;
-            }
-        };
-        // An unreadable answer is still work the provider bills: estimated like text from what
-        // arrived (about a character a byte).
-        let received = body.len();
-        let (body, reported) = match self.in_callers_protocol(status, body, call.model, counted) {
-            Ok(b) => b,
-            Err(Garbled(why)) => {
-                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "provider answer not in its protocol");
-                let usage = self.estimated(received);
-                let err = DataError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "api_error",
-                    Some("upstream_body"),
-                    format!("the provider's response could not be read: {why}"),
-                );
-                return self.undelivered(call, usage, err).await;
-            }
-        };
-        let (usage, source) = self.usage_of(status, &body, reported);
-        let (attempt, reservation) = call.measured(status.as_u16(), usage, source);
-        self.finish(attempt, reservation).await?;
-        if !self.wire.passes_through() || !headers.contains_key(CONTENT_TYPE) {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        Ok(Answer {
-            status: status.as_u16(),
-            reply: Reply::Full {
-                status,
-                headers,
-                body,
-            },
-        })
     }
 
     /// An answer over the cap (`received` bytes had arrived): not delivered, but the provider
