@@ -99,22 +99,9 @@ pub fn error_type_for_status(status: u16) -> &'static str {
     }
 }
 
-/// A frame of an OpenAI caller's stream: `data: {json}\n\n`.
-fn data_frame(v: &Value) -> bytes::Bytes {
-    bytes::Bytes::from(format!("data: {v}\n\n"))
-}
-
 /// A frame of an Anthropic caller's stream: `event: {name}\ndata: {json}\n\n`.
 fn named_frame(name: &str, v: &Value) -> bytes::Bytes {
     bytes::Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
-}
-
-/// Seconds since the Unix epoch, for the `created` field of OpenAI objects (0 if the clock is
-/// before 1970).
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::response::{finish_reason, openai_usage};
-use super::{data_frame, now_secs};
 use crate::domain::pricing::TokenUsage;
+use crate::providers::chat_stream::{self, chunk_frame, created_now, error_frame};
 use crate::providers::{End, Event, Garbled, StreamTranslator};
 
 /// The most content blocks one message may open; past it the stream is garbled (bounds the
@@ -45,7 +45,7 @@ impl ChatStream {
             model: model.to_owned(),
             client_wants_usage,
             id: "msg".to_owned(),
-            created: now_secs(),
+            created: created_now(),
             blocks: Vec::new(),
             tools: 0,
             usage: None,
@@ -55,9 +55,8 @@ impl ChatStream {
     }
 
     fn chunk(&self, delta: Value, finish: Value) -> Bytes {
-        data_frame(&json!({"id": self.id, "object": "chat.completion.chunk",
-            "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+        let choices = json!([{"index": 0, "delta": delta, "finish_reason": finish}]);
+        chunk_frame(&self.id, self.created, &self.model, choices)
     }
 
     /// Lays `u`'s counts over the usage seen so far (`message_delta` counts are cumulative and
@@ -181,9 +180,7 @@ impl StreamTranslator for ChatStream {
                 let e = &ev["error"];
                 let message = e["message"].as_str().unwrap_or("upstream stream error");
                 let kind = e["type"].as_str().unwrap_or("api_error");
-                out.push(data_frame(
-                    &json!({"error": {"message": message, "type": kind}}),
-                ));
+                out.push(error_frame(message, kind));
             }
             // content_block_stop, ping and events added after this was written.
             _ => {}
@@ -192,14 +189,9 @@ impl StreamTranslator for ChatStream {
     }
 
     fn finish(&mut self, out: &mut Vec<Bytes>) {
-        if let (true, Some(u)) = (self.client_wants_usage, self.usage()) {
-            out.push(data_frame(
-                &json!({"id": self.id, "object": "chat.completion.chunk",
-                "created": self.created, "model": self.model, "choices": [],
-                "usage": openai_usage(u)}),
-            ));
-        }
-        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        let usage = self.usage().filter(|_| self.client_wants_usage);
+        let at = (self.id.as_str(), self.created, self.model.as_str());
+        chat_stream::close(out, at, usage.map(openai_usage));
     }
 
     fn usage(&self) -> Option<TokenUsage> {
@@ -219,29 +211,7 @@ impl StreamTranslator for ChatStream {
 mod tests {
     use super::*;
 
-    /// Feeds `(name, data)` events, returns the frames' JSON (`[DONE]` as a string).
-    fn run(t: &mut dyn StreamTranslator, events: &[(&str, Value)]) -> Vec<Value> {
-        let mut out = Vec::new();
-        for (name, data) in events {
-            let data = data.to_string();
-            t.event(
-                Event {
-                    name: Some(name),
-                    data: data.as_bytes(),
-                },
-                &mut out,
-            )
-            .unwrap();
-        }
-        t.finish(&mut out);
-        out.iter()
-            .map(|f| {
-                let s = std::str::from_utf8(f).unwrap();
-                let d = s.strip_prefix("data: ").unwrap().trim_end();
-                serde_json::from_str(d).unwrap_or_else(|_| json!(d))
-            })
-            .collect()
-    }
+    use crate::providers::testing::translate_named as run;
 
     /// The tool-use stream of Anthropic's streaming documentation (abridged).
     fn tool_stream() -> Vec<(&'static str, Value)> {
