@@ -10,11 +10,13 @@
 //!   stream, STS AssumeRole.
 //! - [`gemini`]: Google Gemini `generateContent` (API key) and Vertex AI (service-account
 //!   OAuth2).
+//! - [`chat_parts`]: reading an OpenAI chat request alike for Bedrock and Gemini.
 //! - [`chat_stream`]: the frames of an OpenAI caller's stream, which each translation into it
 //!   writes.
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod chat_parts;
 pub mod chat_stream;
 pub mod gemini;
 
