@@ -20,7 +20,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::DEFAULT_MAX_TOKENS;
+use super::{tool_list, DEFAULT_MAX_TOKENS};
 use crate::providers::Unsupported;
 
 /// The Messages body for `chat` sent to `model`, streaming when `stream`.
@@ -152,12 +152,8 @@ fn stop_sequences(v: &Value) -> Result<Option<Value>, Unsupported> {
 }
 
 fn tools(v: &Value) -> Result<Option<Value>, Unsupported> {
-    let Some(list) = v.as_array() else {
-        return if v.is_null() {
-            Ok(None)
-        } else {
-            Err(Unsupported("tools: must be a list".into()))
-        };
+    let Some(list) = tool_list(v)? else {
+        return Ok(None);
     };
     let mut out = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {

@@ -13,6 +13,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::observe_usage;
 use super::response::{finish_reason, openai_usage};
 use crate::domain::pricing::TokenUsage;
 use crate::providers::chat_stream::{self, chunk_frame, created_now, error_frame};
@@ -57,18 +58,6 @@ impl ChatStream {
     fn chunk(&self, delta: Value, finish: Value) -> Bytes {
         let choices = json!([{"index": 0, "delta": delta, "finish_reason": finish}]);
         chunk_frame(&self.id, self.created, &self.model, choices)
-    }
-
-    /// Lays `u`'s counts over the usage seen so far (`message_delta` counts are cumulative and
-    /// may repeat the input counts of `message_start`).
-    fn observe_usage(&mut self, u: &Value) {
-        let Some(u) = u.as_object() else { return };
-        let seen = self.usage.get_or_insert_with(|| json!({}));
-        for (k, v) in u {
-            if v.is_u64() {
-                seen[k.as_str()] = v.clone();
-            }
-        }
     }
 
     fn block_start(&mut self, ev: &Value, out: &mut Vec<Bytes>) -> Result<(), Garbled> {
@@ -162,13 +151,13 @@ impl StreamTranslator for ChatStream {
                 if let Some(model) = m["model"].as_str() {
                     model.clone_into(&mut self.model);
                 }
-                self.observe_usage(&m["usage"]);
+                observe_usage(&mut self.usage, &m["usage"]);
                 out.push(self.chunk(json!({"role": "assistant", "content": ""}), Value::Null));
             }
             "content_block_start" => self.block_start(&ev, out)?,
             "content_block_delta" => self.block_delta(&ev, out)?,
             "message_delta" => {
-                self.observe_usage(&ev["usage"]);
+                observe_usage(&mut self.usage, &ev["usage"]);
                 let finish = finish_reason(&ev["delta"]["stop_reason"]);
                 if !finish.is_null() {
                     out.push(self.chunk(json!({}), finish));
