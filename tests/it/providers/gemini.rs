@@ -13,7 +13,7 @@ use super::{
 };
 use crate::harness::{self, Server};
 use crate::mock_gemini::{
-    self, GeminiMock, VertexToken, CACHED, CANDIDATES, CLAUDE_USAGE, GEMINI_KEY, PROMPT, TEXT,
+    self, GeminiMock, VertexToken, BILLED, CANDIDATES, CLAUDE_USAGE, GEMINI_KEY, PROMPT, TEXT,
     THOUGHTS,
 };
 use tollgate::domain::pricing::TokenUsage;
@@ -21,14 +21,6 @@ use tollgate::domain::pricing::TokenUsage;
 const FLASH: &str = "gemini-2.0-flash-001";
 /// A Claude model Vertex prices with cache read and write rates.
 const CLAUDE: &str = "claude-sonnet-4@20250514";
-
-/// What every Gemini answer bills: thoughts are output.
-const BILLED: TokenUsage = TokenUsage {
-    prompt: PROMPT,
-    completion: CANDIDATES + THOUGHTS,
-    cached: CACHED,
-    cache_write: 0,
-};
 
 /// What Claude on Vertex bills: input, cache read and cache write are all prompt.
 fn claude_billed() -> TokenUsage {

@@ -293,12 +293,7 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
     ]);
     let r = run("openai", &server, upstreams).await;
 
-    let gemini = TokenUsage {
-        prompt: mock_gemini::PROMPT,
-        completion: mock_gemini::CANDIDATES + mock_gemini::THOUGHTS,
-        cached: mock_gemini::CACHED,
-        cache_write: 0,
-    };
+    let gemini = mock_gemini::BILLED;
     let upstreams = [
         (
             "ant",
