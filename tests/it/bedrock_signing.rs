@@ -82,6 +82,29 @@ fn error_type(resp: &reqwest::Response) -> &str {
     resp.headers()["x-amzn-errortype"].to_str().unwrap()
 }
 
+/// AssumeRole of `role` at the mock's STS, signed with `creds`, at `now`.
+async fn assume(
+    mock: &MockBedrock,
+    creds: &Credentials,
+    role: &str,
+    external_id: Option<&str>,
+    session: &str,
+    now: SystemTime,
+) -> Result<(Credentials, SystemTime), StsError> {
+    let http = reqwest::Client::new();
+    assume_role(
+        &http,
+        &mock.url,
+        creds,
+        REGION,
+        role,
+        external_id,
+        session,
+        now,
+    )
+    .await
+}
+
 fn hello() -> Value {
     json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}], "inferenceConfig": {"maxTokens": 50}})
 }
@@ -387,13 +410,10 @@ async fn embeddings_meter_what_the_mock_billed() {
 #[tokio::test]
 async fn assumed_roles_work_until_they_expire() {
     let mock = start().await;
-    let http = reqwest::Client::new();
     let now = SystemTime::now();
-    let (temp, expires) = assume_role(
-        &http,
-        &mock.url,
+    let (temp, expires) = assume(
+        &mock,
         &base_credentials(),
-        REGION,
         ROLE_ARN,
         None,
         "tollgate-test",
@@ -418,11 +438,9 @@ async fn assumed_roles_work_until_they_expire() {
     assert_eq!(converse(&mock, &tokenless, CLAUDE).await.status(), 403);
 
     // Credentials that expire: refused as expired afterwards.
-    let (short, _) = assume_role(
-        &http,
-        &mock.url,
+    let (short, _) = assume(
+        &mock,
         &base_credentials(),
-        REGION,
         ROLE_ARN,
         None,
         "tollgate-ttl-1",
@@ -437,27 +455,16 @@ async fn assumed_roles_work_until_they_expire() {
 
     // External ids, and STS's refusals with code and message (never the secret).
     let role = "arn:aws:iam::123456789012:role/needs-external-id";
-    let e = assume_role(
-        &http,
-        &mock.url,
-        &base_credentials(),
-        REGION,
-        role,
-        None,
-        "tollgate-test",
-        now,
-    )
-    .await
-    .unwrap_err();
+    let e = assume(&mock, &base_credentials(), role, None, "tollgate-test", now)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, StsError::Refused { status: 403, code, .. } if code == "AccessDenied"),
         "{e:?}"
     );
-    assume_role(
-        &http,
-        &mock.url,
+    assume(
+        &mock,
         &base_credentials(),
-        REGION,
         role,
         Some(EXTERNAL_ID),
         "tollgate-test",
@@ -469,25 +476,15 @@ async fn assumed_roles_work_until_they_expire() {
         secret_access_key: "nope".into(),
         ..base_credentials()
     };
-    let e = assume_role(
-        &http,
-        &mock.url,
-        &wrong,
-        REGION,
-        ROLE_ARN,
-        None,
-        "tollgate-test",
-        now,
-    )
-    .await
-    .unwrap_err();
+    let e = assume(&mock, &wrong, ROLE_ARN, None, "tollgate-test", now)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, StsError::Refused { code, .. } if code == "SignatureDoesNotMatch"),
         "{e:?}"
     );
     assert!(!format!("{e} {e:?}").contains("nope"));
-    let seen = mock.seen().await;
-    let sts: Vec<&Value> = seen.iter().filter(|s| s["service"] == "sts").collect();
+    let sts = mock.seen_by("sts").await;
     assert_eq!(sts[0]["body"]["RoleSessionName"], "tollgate-test");
     assert_eq!(sts[0]["body"]["DurationSeconds"], "3600");
     assert_eq!(sts[3]["body"]["ExternalId"], EXTERNAL_ID);
