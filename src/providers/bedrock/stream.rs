@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::response::{finish_reason, openai_usage, usage_of};
+use super::response::{finish_reason, openai_usage, tool_use_names, usage_of};
 use crate::domain::pricing::TokenUsage;
 use crate::providers::chat_stream::{self, chunk_frame, error_frame};
 use crate::providers::{End, Event, Garbled, StreamTranslator};
@@ -116,10 +116,7 @@ impl ConverseStream {
             .get("contentBlockIndex")
             .and_then(Value::as_u64)
             .ok_or_else(|| Garbled("Bedrock contentBlockStart without contentBlockIndex".into()))?;
-        let (Some(id), Some(name)) = (
-            tool.get("toolUseId").and_then(Value::as_str),
-            tool.get("name").and_then(Value::as_str),
-        ) else {
+        let Some((id, name)) = tool_use_names(tool) else {
             return Err(Garbled(
                 "Bedrock toolUse start without toolUseId or name".into(),
             ));
