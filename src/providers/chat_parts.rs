@@ -1,6 +1,6 @@
-//! Reading an OpenAI chat request alike in each translation out of it that is not Anthropic's
-//! (Bedrock Converse, Gemini): the parameters no provider is sent, text-only content, an image
-//! part's URL. Each translation words its own refusals.
+//! Reading an OpenAI chat request alike in the translations out of it: the parameters no
+//! provider is sent and text-only content (Bedrock Converse, Gemini), an image part's URL and a
+//! base64 `data:` URL (Bedrock, and Anthropic's). Each translation words its own refusals.
 
 use serde_json::Value;
 
@@ -53,6 +53,11 @@ pub fn image_url(part: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// The media type and the data of a `data:<media type>;base64,<data>` URL.
+pub fn base64_data_url(url: &str) -> Option<(&str, &str)> {
+    url.strip_prefix("data:")?.split_once(";base64,")
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -70,6 +75,14 @@ mod tests {
         assert_eq!(texts(Some(&image)), Err(NotText::Part));
         assert_eq!(texts(Some(&json!([{"type": "text"}]))), Err(NotText::Part));
         assert_eq!(texts(Some(&json!(5))), Err(NotText::Shape));
+    }
+
+    #[test]
+    fn base64_data_urls() {
+        let png = "data:image/png;base64,iVBO";
+        assert_eq!(base64_data_url(png), Some(("image/png", "iVBO")));
+        assert_eq!(base64_data_url("data:image/png,iVBO"), None);
+        assert_eq!(base64_data_url("https://x/a.png"), None);
     }
 
     #[test]

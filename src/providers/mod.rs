@@ -10,7 +10,7 @@
 //!   stream, STS AssumeRole.
 //! - [`gemini`]: Google Gemini `generateContent` (API key) and Vertex AI (service-account
 //!   OAuth2).
-//! - [`chat_parts`]: reading an OpenAI chat request alike for Bedrock and Gemini.
+//! - [`chat_parts`]: reading an OpenAI chat request alike in the translations out of it.
 //! - [`chat_stream`]: the frames of an OpenAI caller's stream, which each translation into it
 //!   writes.
 

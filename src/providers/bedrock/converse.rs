@@ -193,8 +193,8 @@ fn image_block(part: &Value, i: usize) -> Result<Value, Unsupported> {
             "messages[{i}]: Bedrock takes images as base64 `data:` URLs (png, jpeg, gif, webp) only"
         ))
     };
-    let rest = url.strip_prefix("data:image/").ok_or_else(refuse)?;
-    let (kind, data) = rest.split_once(";base64,").ok_or_else(refuse)?;
+    let (media_type, data) = chat_parts::base64_data_url(url).ok_or_else(refuse)?;
+    let kind = media_type.strip_prefix("image/").ok_or_else(refuse)?;
     let format = match kind {
         "png" => "png",
         "jpeg" | "jpg" => "jpeg",
