@@ -96,6 +96,19 @@ const fn field(
     }
 }
 
+/// An OpenAI-format server the operator runs: its URL is the integration's, a key optional.
+const fn self_hosted(id: &'static str, name: &'static str) -> ProviderKind {
+    ProviderKind {
+        id,
+        name,
+        protocol: Protocol::OpenAi,
+        base_url: None,
+        key: KeyUse::Optional,
+        fields: SELF_HOSTED,
+        embeddings: true,
+    }
+}
+
 const fn openai_compatible(
     id: &'static str,
     name: &'static str,
@@ -288,33 +301,9 @@ pub const CATALOG: &[ProviderKind] = &[
         "https://api.deepinfra.com/v1/openai",
         true,
     ),
-    ProviderKind {
-        id: "ollama",
-        name: "Ollama (self-hosted)",
-        protocol: Protocol::OpenAi,
-        base_url: None,
-        key: KeyUse::Optional,
-        fields: SELF_HOSTED,
-        embeddings: true,
-    },
-    ProviderKind {
-        id: "vllm",
-        name: "vLLM (self-hosted)",
-        protocol: Protocol::OpenAi,
-        base_url: None,
-        key: KeyUse::Optional,
-        fields: SELF_HOSTED,
-        embeddings: true,
-    },
-    ProviderKind {
-        id: "openai-compatible",
-        name: "Any OpenAI-compatible server",
-        protocol: Protocol::OpenAi,
-        base_url: None,
-        key: KeyUse::Optional,
-        fields: SELF_HOSTED,
-        embeddings: true,
-    },
+    self_hosted("ollama", "Ollama (self-hosted)"),
+    self_hosted("vllm", "vLLM (self-hosted)"),
+    self_hosted("openai-compatible", "Any OpenAI-compatible server"),
 ];
 
 /// The catalog entry of `ai_provider_id`.

@@ -10,9 +10,14 @@
 //!   stream, STS AssumeRole.
 //! - [`gemini`]: Google Gemini `generateContent` (API key) and Vertex AI (service-account
 //!   OAuth2).
+//! - [`chat_parts`]: reading an OpenAI chat request alike in the translations out of it.
+//! - [`chat_stream`]: the frames of an OpenAI caller's stream, which each translation into it
+//!   writes.
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod chat_parts;
+pub mod chat_stream;
 pub mod gemini;
 
 use bytes::Bytes;
@@ -148,6 +153,55 @@ pub fn sse_fields(frame: &[u8]) -> (Option<String>, Vec<u8>) {
         }
     }
     (name, data)
+}
+
+/// Test support for the translators.
+#[cfg(test)]
+pub(crate) mod testing {
+    use serde_json::{json, Value};
+
+    use super::{Event, StreamTranslator};
+
+    /// Feeds `events` (an event name, if any, and its JSON data) to `t`, then finishes it: the
+    /// data of each frame it made, as JSON (`[DONE]` as that string).
+    pub fn translate<'a>(
+        t: &mut dyn StreamTranslator,
+        events: impl IntoIterator<Item = (Option<&'a str>, &'a Value)>,
+    ) -> Vec<Value> {
+        let mut out = Vec::new();
+        for (name, data) in events {
+            let data = data.to_string();
+            t.event(
+                Event {
+                    name,
+                    data: data.as_bytes(),
+                },
+                &mut out,
+            )
+            .unwrap();
+        }
+        t.finish(&mut out);
+        out.iter()
+            .map(|f| {
+                let s = std::str::from_utf8(f).unwrap();
+                let d = s
+                    .strip_prefix("data: ")
+                    .unwrap()
+                    .strip_suffix("\n\n")
+                    .unwrap();
+                if d == "[DONE]" {
+                    json!(d)
+                } else {
+                    serde_json::from_str(d).unwrap()
+                }
+            })
+            .collect()
+    }
+
+    /// [`translate`] with named events (Anthropic's SSE, the AWS event stream).
+    pub fn translate_named(t: &mut dyn StreamTranslator, events: &[(&str, Value)]) -> Vec<Value> {
+        translate(t, events.iter().map(|(name, data)| (Some(*name), data)))
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,56 @@ async fn call(
         .unwrap()
 }
 
+/// A Converse call of `model` with [`hello`], signed with `creds`.
+async fn converse(mock: &MockBedrock, creds: &Credentials, model: &str) -> reqwest::Response {
+    call(mock, creds, model, "converse", &hello(), false).await
+}
+
+/// A ConverseStream answer of `model` to [`hello`], decoded and translated (see [`translate`]).
+async fn converse_stream(mock: &MockBedrock, model: &str) -> Result<(Vec<Bytes>, bool), String> {
+    let resp = call(
+        mock,
+        &base_credentials(),
+        model,
+        "converse-stream",
+        &hello(),
+        false,
+    )
+    .await;
+    translate(
+        &resp.bytes().await.unwrap(),
+        &mut ConverseStream::new("m", true),
+    )
+}
+
+/// AWS's error type header (`x-amzn-errortype`) of an answer.
+fn error_type(resp: &reqwest::Response) -> &str {
+    resp.headers()["x-amzn-errortype"].to_str().unwrap()
+}
+
+/// AssumeRole of `role` at the mock's STS, signed with `creds`, at `now`.
+async fn assume(
+    mock: &MockBedrock,
+    creds: &Credentials,
+    role: &str,
+    external_id: Option<&str>,
+    session: &str,
+    now: SystemTime,
+) -> Result<(Credentials, SystemTime), StsError> {
+    let http = reqwest::Client::new();
+    assume_role(
+        &http,
+        &mock.url,
+        creds,
+        REGION,
+        role,
+        external_id,
+        session,
+        now,
+    )
+    .await
+}
+
 fn hello() -> Value {
     json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}], "inferenceConfig": {"maxTokens": 50}})
 }
@@ -87,15 +137,7 @@ fn translate(body: &[u8], t: &mut dyn StreamTranslator) -> Result<(Vec<Bytes>, b
 #[tokio::test]
 async fn botocore_accepts_our_signature_and_refuses_a_tampered_one() {
     let mock = start().await;
-    let resp = call(
-        &mock,
-        &base_credentials(),
-        CLAUDE,
-        "converse",
-        &hello(),
-        false,
-    )
-    .await;
+    let resp = converse(&mock, &base_credentials(), CLAUDE).await;
     assert_eq!(resp.status(), 200);
     let (chat, usage) = converse_response(&resp.bytes().await.unwrap(), CLAUDE).unwrap();
     assert_eq!(usage, USAGE);
@@ -111,10 +153,7 @@ async fn botocore_accepts_our_signature_and_refuses_a_tampered_one() {
     )
     .await;
     assert_eq!(resp.status(), 403);
-    assert!(resp.headers()["x-amzn-errortype"]
-        .to_str()
-        .unwrap()
-        .starts_with("InvalidSignatureException"));
+    assert!(error_type(&resp).starts_with("InvalidSignatureException"));
     let err: Value = resp.json().await.unwrap();
     assert!(err["message"]
         .as_str()
@@ -125,44 +164,25 @@ async fn botocore_accepts_our_signature_and_refuses_a_tampered_one() {
         secret_access_key: "not-the-secret".into(),
         ..base_credentials()
     };
-    let resp = call(&mock, &wrong, CLAUDE, "converse", &hello(), false).await;
+    let resp = converse(&mock, &wrong, CLAUDE).await;
     assert_eq!(resp.status(), 403);
     let unknown = Credentials {
         access_key_id: "AKIDUNKNOWN".into(),
         ..base_credentials()
     };
-    let resp = call(&mock, &unknown, CLAUDE, "converse", &hello(), false).await;
+    let resp = converse(&mock, &unknown, CLAUDE).await;
     assert_eq!(resp.status(), 403);
 
     // An inference-profile ARN: `:` and `/` encoded once in the path, twice in the signature.
     let arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-7-sonnet-20250219-v1:0";
-    let resp = call(&mock, &base_credentials(), arn, "converse", &hello(), false).await;
+    let resp = converse(&mock, &base_credentials(), arn).await;
     assert_eq!(resp.status(), 200);
 
     // Upstream failures in AWS's shape.
-    let resp = call(
-        &mock,
-        &base_credentials(),
-        "m-fail-throttle",
-        "converse",
-        &hello(),
-        false,
-    )
-    .await;
+    let resp = converse(&mock, &base_credentials(), "m-fail-throttle").await;
     assert_eq!(resp.status(), 429);
-    assert!(resp.headers()["x-amzn-errortype"]
-        .to_str()
-        .unwrap()
-        .starts_with("ThrottlingException"));
-    let resp = call(
-        &mock,
-        &base_credentials(),
-        "m-garbage",
-        "converse",
-        &hello(),
-        false,
-    )
-    .await;
+    assert!(error_type(&resp).starts_with("ThrottlingException"));
+    let resp = converse(&mock, &base_credentials(), "m-garbage").await;
     assert_eq!(resp.status(), 200);
     assert!(converse_response(&resp.bytes().await.unwrap(), "m").is_err());
 
@@ -293,52 +313,13 @@ async fn converse_streams_decode_and_translate() {
     assert!(all.contains(r#""name":"lookup""#));
     assert!(all.ends_with("data: [DONE]\n\n"));
 
-    let resp = call(
-        &mock,
-        &base_credentials(),
-        "m-truncate",
-        "converse-stream",
-        &hello(),
-        false,
-    )
-    .await;
-    let (_, partial) = translate(
-        &resp.bytes().await.unwrap(),
-        &mut ConverseStream::new("m", true),
-    )
-    .unwrap();
+    let (_, partial) = converse_stream(&mock, "m-truncate").await.unwrap();
     assert!(partial, "a stream cut inside a frame is visible");
 
-    let resp = call(
-        &mock,
-        &base_credentials(),
-        "m-garbage",
-        "converse-stream",
-        &hello(),
-        false,
-    )
-    .await;
-    let e = translate(
-        &resp.bytes().await.unwrap(),
-        &mut ConverseStream::new("m", true),
-    )
-    .unwrap_err();
+    let e = converse_stream(&mock, "m-garbage").await.unwrap_err();
     assert!(e.contains("event stream"), "{e}");
 
-    let resp = call(
-        &mock,
-        &base_credentials(),
-        "m-stream-exception",
-        "converse-stream",
-        &hello(),
-        false,
-    )
-    .await;
-    let (frames, _) = translate(
-        &resp.bytes().await.unwrap(),
-        &mut ConverseStream::new("m", true),
-    )
-    .unwrap();
+    let (frames, _) = converse_stream(&mock, "m-stream-exception").await.unwrap();
     let last = std::str::from_utf8(frames.last().unwrap()).unwrap();
     assert!(last.contains("modelStreamErrorException"), "{last}");
     assert_eq!(mock.seen().await.len(), 4);
@@ -429,13 +410,10 @@ async fn embeddings_meter_what_the_mock_billed() {
 #[tokio::test]
 async fn assumed_roles_work_until_they_expire() {
     let mock = start().await;
-    let http = reqwest::Client::new();
     let now = SystemTime::now();
-    let (temp, expires) = assume_role(
-        &http,
-        &mock.url,
+    let (temp, expires) = assume(
+        &mock,
         &base_credentials(),
-        REGION,
         ROLE_ARN,
         None,
         "tollgate-test",
@@ -450,26 +428,19 @@ async fn assumed_roles_work_until_they_expire() {
         left > Duration::from_secs(3500) && left <= Duration::from_secs(3601),
         "{left:?}"
     );
-    let resp = call(&mock, &temp, CLAUDE, "converse", &hello(), false).await;
+    let resp = converse(&mock, &temp, CLAUDE).await;
     assert_eq!(resp.status(), 200);
     // The token must come along.
     let tokenless = Credentials {
         session_token: None,
         ..temp.clone()
     };
-    assert_eq!(
-        call(&mock, &tokenless, CLAUDE, "converse", &hello(), false)
-            .await
-            .status(),
-        403
-    );
+    assert_eq!(converse(&mock, &tokenless, CLAUDE).await.status(), 403);
 
     // Credentials that expire: refused as expired afterwards.
-    let (short, _) = assume_role(
-        &http,
-        &mock.url,
+    let (short, _) = assume(
+        &mock,
         &base_credentials(),
-        REGION,
         ROLE_ARN,
         None,
         "tollgate-ttl-1",
@@ -478,36 +449,22 @@ async fn assumed_roles_work_until_they_expire() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let resp = call(&mock, &short, CLAUDE, "converse", &hello(), false).await;
+    let resp = converse(&mock, &short, CLAUDE).await;
     assert_eq!(resp.status(), 403);
-    assert!(resp.headers()["x-amzn-errortype"]
-        .to_str()
-        .unwrap()
-        .starts_with("ExpiredTokenException"));
+    assert!(error_type(&resp).starts_with("ExpiredTokenException"));
 
     // External ids, and STS's refusals with code and message (never the secret).
     let role = "arn:aws:iam::123456789012:role/needs-external-id";
-    let e = assume_role(
-        &http,
-        &mock.url,
-        &base_credentials(),
-        REGION,
-        role,
-        None,
-        "tollgate-test",
-        now,
-    )
-    .await
-    .unwrap_err();
+    let e = assume(&mock, &base_credentials(), role, None, "tollgate-test", now)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, StsError::Refused { status: 403, code, .. } if code == "AccessDenied"),
         "{e:?}"
     );
-    assume_role(
-        &http,
-        &mock.url,
+    assume(
+        &mock,
         &base_credentials(),
-        REGION,
         role,
         Some(EXTERNAL_ID),
         "tollgate-test",
@@ -519,25 +476,15 @@ async fn assumed_roles_work_until_they_expire() {
         secret_access_key: "nope".into(),
         ..base_credentials()
     };
-    let e = assume_role(
-        &http,
-        &mock.url,
-        &wrong,
-        REGION,
-        ROLE_ARN,
-        None,
-        "tollgate-test",
-        now,
-    )
-    .await
-    .unwrap_err();
+    let e = assume(&mock, &wrong, ROLE_ARN, None, "tollgate-test", now)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, StsError::Refused { code, .. } if code == "SignatureDoesNotMatch"),
         "{e:?}"
     );
     assert!(!format!("{e} {e:?}").contains("nope"));
-    let seen = mock.seen().await;
-    let sts: Vec<&Value> = seen.iter().filter(|s| s["service"] == "sts").collect();
+    let sts = mock.seen_by("sts").await;
     assert_eq!(sts[0]["body"]["RoleSessionName"], "tollgate-test");
     assert_eq!(sts[0]["body"]["DurationSeconds"], "3600");
     assert_eq!(sts[3]["body"]["ExternalId"], EXTERNAL_ID);

@@ -353,6 +353,18 @@ mod protocol {
             .unwrap()
     }
 
+    /// The body of the answer to a plain (unstreamed, toolless) request of `model`.
+    async fn answer(mock: &MockAnthropic, model: &str) -> bytes::Bytes {
+        let r = post(mock, "/messages", request(model, false, false)).await;
+        r.bytes().await.unwrap()
+    }
+
+    /// The text of the stream answering a toolless request of `model`.
+    async fn stream(mock: &MockAnthropic, model: &str) -> String {
+        let r = post(mock, "/messages", request(model, true, false)).await;
+        r.text().await.unwrap()
+    }
+
     fn request(model: &str, stream: bool, tools: bool) -> Value {
         let mut b = json!({"model": model, "max_tokens": 64, "stream": stream,
             "messages": [{"role": "user", "content": "Hi"}]});
@@ -511,17 +523,9 @@ mod protocol {
             "overloaded_error"
         );
 
-        let body = post(&mock, "/messages", request("garbage", false, false))
-            .await
-            .bytes()
-            .await
-            .unwrap();
+        let body = answer(&mock, "garbage").await;
         assert!(anthropic::chat_response(&body).is_err());
-        let text = post(&mock, "/messages", request("garbage", true, false))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let text = stream(&mock, "garbage").await;
         let (events, _) = sse(&text);
         let mut t = ChatStream::new("garbage", false);
         let ev = Event {
@@ -530,17 +534,9 @@ mod protocol {
         };
         assert!(t.event(ev, &mut Vec::new()).is_err());
 
-        let body = post(&mock, "/messages", request("truncated", false, false))
-            .await
-            .bytes()
-            .await
-            .unwrap();
+        let body = answer(&mock, "truncated").await;
         assert!(anthropic::chat_response(&body).is_err());
-        let text = post(&mock, "/messages", request("truncated", true, false))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let text = stream(&mock, "truncated").await;
         let (events, rest) = sse(&text);
         assert!(events.iter().all(|(n, _)| n != "message_stop"));
         assert!(
@@ -548,19 +544,11 @@ mod protocol {
             "{rest}"
         );
 
-        let text = post(&mock, "/messages", request("stream-error", true, false))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let text = stream(&mock, "stream-error").await;
         let (events, _) = sse(&text);
         assert_eq!(events.last().unwrap().0, "error");
 
-        let text = post(&mock, "/messages", request("slow-stream", true, false))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let text = stream(&mock, "slow-stream").await;
         let (events, _) = sse(&text);
         let deltas = events
             .iter()
@@ -569,17 +557,9 @@ mod protocol {
         assert_eq!(deltas, SLOW_DELTAS);
         assert_eq!(events.last().unwrap().0, "message_stop");
 
-        let body = post(&mock, "/messages", request("no-usage", false, false))
-            .await
-            .bytes()
-            .await
-            .unwrap();
+        let body = answer(&mock, "no-usage").await;
         assert_eq!(anthropic::messages_usage(&body), None);
-        let text = post(&mock, "/messages", request("no-usage", true, false))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let text = stream(&mock, "no-usage").await;
         let (events, _) = sse(&text);
         let mut t = ChatStream::new("no-usage", true);
         feed(&mut t, &events);

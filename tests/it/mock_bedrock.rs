@@ -109,6 +109,14 @@ impl MockBedrock {
         resp.json().await.unwrap()
     }
 
+    /// The requests seen for `service` (`bedrock`, the runtime, or `sts`).
+    pub async fn seen_by(&self, service: &str) -> Vec<Value> {
+        let seen = self.seen().await;
+        seen.into_iter()
+            .filter(|s| s["service"] == service)
+            .collect()
+    }
+
     /// Forgets the requests seen so far.
     pub async fn clear_seen(&self) {
         reqwest::Client::new()

@@ -46,6 +46,13 @@ pub const CACHED: u64 = 5;
 pub const CANDIDATES: u64 = 7;
 pub const THOUGHTS: u64 = 3;
 pub const EMBED_TOKENS: u64 = 4;
+/// What every Gemini answer bills: thoughts are output.
+pub const BILLED: tollgate::domain::pricing::TokenUsage = tollgate::domain::pricing::TokenUsage {
+    prompt: PROMPT,
+    completion: CANDIDATES + THOUGHTS,
+    cached: CACHED,
+    cache_write: 0,
+};
 /// Claude on Vertex: input, output, cache read, cache write tokens.
 pub const CLAUDE_USAGE: (u64, u64, u64, u64) = (12, 6, 2, 3);
 /// The `thoughtSignature` of the mock's function calls (standard base64, with `+` and `/`),

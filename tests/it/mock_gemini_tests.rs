@@ -8,13 +8,6 @@ use tollgate::providers::{Event, StreamTranslator};
 
 use super::*;
 
-const BILLED: TokenUsage = TokenUsage {
-    prompt: PROMPT,
-    completion: CANDIDATES + THOUGHTS,
-    cached: CACHED,
-    cache_write: 0,
-};
-
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -125,6 +125,14 @@ class Denied(Exception):
         self.status, self.kind, self.message = status, kind, message
 
 
+def checked(handler, body, service):
+    """(the access key id, None) of a correctly signed request, (None, the Denied) otherwise."""
+    try:
+        return verify(handler, body, service), None
+    except Denied as d:
+        return None, d
+
+
 def verify(handler, body, service):
     """The access key id of a correctly signed request; raises Denied otherwise."""
     auth = handler.headers.get("authorization")
@@ -395,11 +403,7 @@ class Handler(BaseHTTPRequestHandler):
             parsed = json.loads(body)
         except ValueError:
             parsed = None
-        key, denied = None, None
-        try:
-            key = verify(self, body, "bedrock")
-        except Denied as d:
-            denied = d
+        key, denied = checked(self, body, "bedrock")
         verdict = denied.kind if denied else "ok"
         self.record(method="POST", path=self.path, model=model, action=action, service="bedrock",
                     access_key_id=key, signature=verdict, body=parsed,
@@ -471,11 +475,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def sts(self, body):
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-        key, denied = None, None
-        try:
-            key = verify(self, body, "sts")
-        except Denied as d:
-            denied = d
+        key, denied = checked(self, body, "sts")
         verdict = denied.kind if denied else "ok"
         self.record(method="POST", path=self.path, model=None, action=form.get("Action"), service="sts",
                     access_key_id=key, signature=verdict, body=form,

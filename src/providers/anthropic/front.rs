@@ -23,6 +23,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::tool_list;
 use crate::domain::pricing::TokenUsage;
 use crate::providers::{Garbled, Unsupported};
 
@@ -235,12 +236,8 @@ fn tool_call(b: &Value, at: &str) -> Result<Value, Unsupported> {
 }
 
 fn tools(v: &Value) -> Result<Option<Value>, Unsupported> {
-    let Some(list) = v.as_array() else {
-        return if v.is_null() {
-            Ok(None)
-        } else {
-            Err(Unsupported("tools: must be a list".into()))
-        };
+    let Some(list) = tool_list(v)? else {
+        return Ok(None);
     };
     let mut out = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {

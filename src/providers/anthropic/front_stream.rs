@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::front::{anthropic_usage, message_id, openai_usage, stop_reason};
-use super::named_frame;
+use super::{named_frame, observe_usage};
 use crate::domain::pricing::TokenUsage;
 use crate::providers::{End, Event, Garbled, StreamTranslator};
 
@@ -277,16 +277,6 @@ impl PassStream {
     pub fn new() -> Self {
         PassStream::default()
     }
-
-    fn observe_usage(&mut self, u: &Value) {
-        let Some(u) = u.as_object() else { return };
-        let seen = self.usage.get_or_insert_with(|| json!({}));
-        for (k, v) in u {
-            if v.is_u64() {
-                seen[k.as_str()] = v.clone();
-            }
-        }
-    }
 }
 
 impl StreamTranslator for PassStream {
@@ -297,12 +287,12 @@ impl StreamTranslator for PassStream {
         match kind {
             "message_start" => {
                 if let Some(u) = ev.message.and_then(|m| m.usage) {
-                    self.observe_usage(&u);
+                    observe_usage(&mut self.usage, &u);
                 }
             }
             "message_delta" => {
                 if let Some(u) = &ev.usage {
-                    self.observe_usage(u);
+                    observe_usage(&mut self.usage, u);
                 }
             }
             "content_block_delta" => {
@@ -380,18 +370,23 @@ mod tests {
         events: &[(Option<&str>, String)],
     ) -> Vec<(String, Value)> {
         let mut out = Vec::new();
+        feed(t, events, &mut out);
+        t.finish(&mut out);
+        out.iter().map(|f| parse(f)).collect()
+    }
+
+    /// Feeds `events` (each must be taken), the frames into `out`.
+    fn feed(t: &mut dyn StreamTranslator, events: &[(Option<&str>, String)], out: &mut Vec<Bytes>) {
         for (name, data) in events {
             t.event(
                 Event {
                     name: *name,
                     data: data.as_bytes(),
                 },
-                &mut out,
+                out,
             )
             .unwrap();
         }
-        t.finish(&mut out);
-        out.iter().map(|f| parse(f)).collect()
     }
 
     fn parse(frame: &[u8]) -> (String, Value) {
@@ -554,7 +549,7 @@ mod tests {
         // A tool call resumed after another began cannot be carried (blocks are sequential).
         let mut t = MessagesStream::new("m");
         let mut out = Vec::new();
-        for (_, data) in [
+        let calls = [
             chunk(
                 json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f"}}]}),
                 Value::Null,
@@ -563,16 +558,8 @@ mod tests {
                 json!({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g"}}]}),
                 Value::Null,
             ),
-        ] {
-            t.event(
-                Event {
-                    name: None,
-                    data: data.as_bytes(),
-                },
-                &mut out,
-            )
-            .unwrap();
-        }
+        ];
+        feed(&mut t, &calls, &mut out);
         let (_, back) = chunk(
             json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
             Value::Null,
@@ -643,16 +630,7 @@ mod tests {
         .collect();
         let mut t = PassStream::new();
         let mut out = Vec::new();
-        for (name, data) in &events {
-            t.event(
-                Event {
-                    name: *name,
-                    data: data.as_bytes(),
-                },
-                &mut out,
-            )
-            .unwrap();
-        }
+        feed(&mut t, &events, &mut out);
         assert_eq!(out.len(), 6, "message_stop is held back");
         for (frame, (name, data)) in out.iter().zip(&events) {
             assert_eq!(

@@ -26,6 +26,7 @@ pub use stream::ChatStream;
 use serde_json::{json, Value};
 
 use crate::domain::pricing::TokenUsage;
+use crate::providers::Unsupported;
 
 /// Anthropic's API root; an integration's `custom_host` replaces it.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
@@ -57,6 +58,28 @@ pub fn usage(u: &Value) -> TokenUsage {
         completion: n("output_tokens"),
         cached,
         cache_write,
+    }
+}
+
+/// The tools of a request, either way (OpenAI's or Anthropic's `tools`): none when absent, and
+/// refused when not a list.
+fn tool_list(v: &Value) -> Result<Option<&Vec<Value>>, Unsupported> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Array(list) => Ok(Some(list)),
+        _ => Err(Unsupported("tools: must be a list".into())),
+    }
+}
+
+/// Lays the counts of a stream's usage object `u` over the usage `seen` so far (`message_delta`
+/// counts are cumulative and may repeat the input counts of `message_start`).
+fn observe_usage(seen: &mut Option<Value>, u: &Value) {
+    let Some(u) = u.as_object() else { return };
+    let seen = seen.get_or_insert_with(|| json!({}));
+    for (k, v) in u {
+        if v.is_u64() {
+            seen[k.as_str()] = v.clone();
+        }
     }
 }
 
@@ -99,22 +122,9 @@ pub fn error_type_for_status(status: u16) -> &'static str {
     }
 }
 
-/// A frame of an OpenAI caller's stream: `data: {json}\n\n`.
-fn data_frame(v: &Value) -> bytes::Bytes {
-    bytes::Bytes::from(format!("data: {v}\n\n"))
-}
-
 /// A frame of an Anthropic caller's stream: `event: {name}\ndata: {json}\n\n`.
 fn named_frame(name: &str, v: &Value) -> bytes::Bytes {
     bytes::Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
-}
-
-/// Seconds since the Unix epoch, for the `created` field of OpenAI objects (0 if the clock is
-/// before 1970).
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::DEFAULT_MAX_TOKENS;
+use super::{tool_list, DEFAULT_MAX_TOKENS};
+use crate::providers::chat_parts::base64_data_url;
 use crate::providers::Unsupported;
 
 /// The Messages body for `chat` sent to `model`, streaming when `stream`.
@@ -152,12 +153,8 @@ fn stop_sequences(v: &Value) -> Result<Option<Value>, Unsupported> {
 }
 
 fn tools(v: &Value) -> Result<Option<Value>, Unsupported> {
-    let Some(list) = v.as_array() else {
-        return if v.is_null() {
-            Ok(None)
-        } else {
-            Err(Unsupported("tools: must be a list".into()))
-        };
+    let Some(list) = tool_list(v)? else {
+        return Ok(None);
     };
     let mut out = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {
@@ -310,9 +307,8 @@ fn image(part: &Value, at: &str) -> Result<Value, Unsupported> {
         .as_str()
         .or_else(|| part.as_str())
         .ok_or_else(|| Unsupported(format!("{at}.image_url.url: missing")))?;
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (media_type, data) = rest
-            .split_once(";base64,")
+    if url.starts_with("data:") {
+        let (media_type, data) = base64_data_url(url)
             .ok_or_else(|| Unsupported(format!("{at}.image_url.url: a data URL must be base64")))?;
         return Ok(json!({"type": "image",
             "source": {"type": "base64", "media_type": media_type, "data": data}}));

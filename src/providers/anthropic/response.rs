@@ -7,8 +7,9 @@
 
 use serde_json::{json, Value};
 
-use super::{now_secs, usage};
+use super::usage;
 use crate::domain::pricing::TokenUsage;
+use crate::providers::chat_stream::created_now;
 use crate::providers::Garbled;
 
 /// The `chat.completion` for an Anthropic message body, and the usage it reports (`None` when
@@ -49,7 +50,7 @@ pub fn chat_response(body: &[u8]) -> Result<(Value, Option<TokenUsage>), Garbled
     let mut out = json!({
         "id": msg["id"].as_str().unwrap_or("msg"),
         "object": "chat.completion",
-        "created": now_secs(),
+        "created": created_now(),
         "model": msg["model"],
         "choices": [{"index": 0, "message": message, "logprobs": null,
             "finish_reason": finish_reason(&msg["stop_reason"])}],

@@ -13,9 +13,10 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::observe_usage;
 use super::response::{finish_reason, openai_usage};
-use super::{data_frame, now_secs};
 use crate::domain::pricing::TokenUsage;
+use crate::providers::chat_stream::{self, chunk_frame, created_now, error_frame};
 use crate::providers::{End, Event, Garbled, StreamTranslator};
 
 /// The most content blocks one message may open; past it the stream is garbled (bounds the
@@ -45,7 +46,7 @@ impl ChatStream {
             model: model.to_owned(),
             client_wants_usage,
             id: "msg".to_owned(),
-            created: now_secs(),
+            created: created_now(),
             blocks: Vec::new(),
             tools: 0,
             usage: None,
@@ -55,21 +56,8 @@ impl ChatStream {
     }
 
     fn chunk(&self, delta: Value, finish: Value) -> Bytes {
-        data_frame(&json!({"id": self.id, "object": "chat.completion.chunk",
-            "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
-    }
-
-    /// Lays `u`'s counts over the usage seen so far (`message_delta` counts are cumulative and
-    /// may repeat the input counts of `message_start`).
-    fn observe_usage(&mut self, u: &Value) {
-        let Some(u) = u.as_object() else { return };
-        let seen = self.usage.get_or_insert_with(|| json!({}));
-        for (k, v) in u {
-            if v.is_u64() {
-                seen[k.as_str()] = v.clone();
-            }
-        }
+        let choices = json!([{"index": 0, "delta": delta, "finish_reason": finish}]);
+        chunk_frame(&self.id, self.created, &self.model, choices)
     }
 
     fn block_start(&mut self, ev: &Value, out: &mut Vec<Bytes>) -> Result<(), Garbled> {
@@ -163,13 +151,13 @@ impl StreamTranslator for ChatStream {
                 if let Some(model) = m["model"].as_str() {
                     model.clone_into(&mut self.model);
                 }
-                self.observe_usage(&m["usage"]);
+                observe_usage(&mut self.usage, &m["usage"]);
                 out.push(self.chunk(json!({"role": "assistant", "content": ""}), Value::Null));
             }
             "content_block_start" => self.block_start(&ev, out)?,
             "content_block_delta" => self.block_delta(&ev, out)?,
             "message_delta" => {
-                self.observe_usage(&ev["usage"]);
+                observe_usage(&mut self.usage, &ev["usage"]);
                 let finish = finish_reason(&ev["delta"]["stop_reason"]);
                 if !finish.is_null() {
                     out.push(self.chunk(json!({}), finish));
@@ -181,9 +169,7 @@ impl StreamTranslator for ChatStream {
                 let e = &ev["error"];
                 let message = e["message"].as_str().unwrap_or("upstream stream error");
                 let kind = e["type"].as_str().unwrap_or("api_error");
-                out.push(data_frame(
-                    &json!({"error": {"message": message, "type": kind}}),
-                ));
+                out.push(error_frame(message, kind));
             }
             // content_block_stop, ping and events added after this was written.
             _ => {}
@@ -192,14 +178,9 @@ impl StreamTranslator for ChatStream {
     }
 
     fn finish(&mut self, out: &mut Vec<Bytes>) {
-        if let (true, Some(u)) = (self.client_wants_usage, self.usage()) {
-            out.push(data_frame(
-                &json!({"id": self.id, "object": "chat.completion.chunk",
-                "created": self.created, "model": self.model, "choices": [],
-                "usage": openai_usage(u)}),
-            ));
-        }
-        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        let usage = self.usage().filter(|_| self.client_wants_usage);
+        let at = (self.id.as_str(), self.created, self.model.as_str());
+        chat_stream::close(out, at, usage.map(openai_usage));
     }
 
     fn usage(&self) -> Option<TokenUsage> {
@@ -219,29 +200,7 @@ impl StreamTranslator for ChatStream {
 mod tests {
     use super::*;
 
-    /// Feeds `(name, data)` events, returns the frames' JSON (`[DONE]` as a string).
-    fn run(t: &mut dyn StreamTranslator, events: &[(&str, Value)]) -> Vec<Value> {
-        let mut out = Vec::new();
-        for (name, data) in events {
-            let data = data.to_string();
-            t.event(
-                Event {
-                    name: Some(name),
-                    data: data.as_bytes(),
-                },
-                &mut out,
-            )
-            .unwrap();
-        }
-        t.finish(&mut out);
-        out.iter()
-            .map(|f| {
-                let s = std::str::from_utf8(f).unwrap();
-                let d = s.strip_prefix("data: ").unwrap().trim_end();
-                serde_json::from_str(d).unwrap_or_else(|_| json!(d))
-            })
-            .collect()
-    }
+    use crate::providers::testing::translate_named as run;
 
     /// The tool-use stream of Anthropic's streaming documentation (abridged).
     fn tool_stream() -> Vec<(&'static str, Value)> {

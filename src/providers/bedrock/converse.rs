@@ -13,19 +13,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::providers::chat_parts::{self, NotText, IGNORED_PARAMS};
 use crate::providers::Unsupported;
-
-/// OpenAI parameters that change nothing upstream (or are the data plane's): accepted, not sent.
-const IGNORED: &[&str] = &[
-    "model",
-    "stream",
-    "stream_options",
-    "user",
-    "metadata",
-    "store",
-    "service_tier",
-    "parallel_tool_calls",
-];
 
 /// The Converse request body for an OpenAI chat-completions body.
 pub fn converse_request(chat: &Map<String, Value>) -> Result<Value, Unsupported> {
@@ -62,7 +51,7 @@ pub fn converse_request(chat: &Map<String, Value>) -> Result<Value, Unsupported>
                 if value.is_null() || value.as_f64() == Some(0.0) => {}
             "response_format" if value.is_null() || value.get("type") == Some(&json!("text")) => {}
             "seed" | "logit_bias" | "top_logprobs" if value.is_null() => {}
-            k if IGNORED.contains(&k) => {}
+            k if IGNORED_PARAMS.contains(&k) => {}
             "max_tokens" | "max_completion_tokens" | "temperature" | "top_p" | "top_k" => {}
             _ => {
                 return Err(Unsupported(format!(
@@ -162,25 +151,16 @@ fn messages(v: Option<&Value>) -> Result<(Vec<Value>, Vec<Value>), Unsupported> 
 
 /// Text-only content (system messages, tool results): a string or text parts.
 fn text_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Unsupported> {
-    match content {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![json!({ "text": s })]),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(
-                |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => Ok(json!({ "text": t })),
-                    _ => Err(Unsupported(format!(
-                        "messages[{i}]: only text parts are allowed here"
-                    ))),
-                },
-            )
-            .collect(),
-        Some(_) => Err(Unsupported(format!(
-            "messages[{i}].content must be a string or a list"
-        ))),
+    if matches!(content, Some(Value::String(s)) if s.is_empty()) {
+        return Ok(Vec::new());
     }
+    let texts = chat_parts::texts(content).map_err(|e| {
+        Unsupported(match e {
+            NotText::Part => format!("messages[{i}]: only text parts are allowed here"),
+            NotText::Shape => format!("messages[{i}].content must be a string or a list"),
+        })
+    })?;
+    Ok(texts.into_iter().map(|t| json!({ "text": t })).collect())
 }
 
 fn user_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Unsupported> {
@@ -207,18 +187,14 @@ fn user_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Unsuppor
 
 /// An `image_url` part as an image block: only `data:image/...;base64,` URLs.
 fn image_block(part: &Value, i: usize) -> Result<Value, Unsupported> {
-    let url = part
-        .get("image_url")
-        .and_then(|u| u.get("url").or(Some(u)))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let url = chat_parts::image_url(part).unwrap_or_default();
     let refuse = || {
         Unsupported(format!(
             "messages[{i}]: Bedrock takes images as base64 `data:` URLs (png, jpeg, gif, webp) only"
         ))
     };
-    let rest = url.strip_prefix("data:image/").ok_or_else(refuse)?;
-    let (kind, data) = rest.split_once(";base64,").ok_or_else(refuse)?;
+    let (media_type, data) = chat_parts::base64_data_url(url).ok_or_else(refuse)?;
+    let kind = media_type.strip_prefix("image/").ok_or_else(refuse)?;
     let format = match kind {
         "png" => "png",
         "jpeg" | "jpg" => "jpeg",

@@ -15,6 +15,15 @@ use serde_json::{json, Value};
 use crate::domain::pricing::TokenUsage;
 use crate::providers::Garbled;
 
+/// The `toolUseId` and `name` of a Converse `toolUse` (an answer's block, or a stream's
+/// `contentBlockStart`).
+pub(crate) fn tool_use_names(tool: &Value) -> Option<(&str, &str)> {
+    Some((
+        tool.get("toolUseId")?.as_str()?,
+        tool.get("name")?.as_str()?,
+    ))
+}
+
 /// The OpenAI `chat.completion` for a Converse response, and its usage. The answer has no id or
 /// timestamp of Bedrock's: `id` is `chatcmpl-bedrock` and `created` 0, for the data plane to
 /// replace if it wants.
@@ -32,10 +41,7 @@ pub fn converse_response(body: &[u8], model: &str) -> Result<(Value, TokenUsage)
         if let Some(t) = block.get("text").and_then(Value::as_str) {
             text.push_str(t);
         } else if let Some(tool) = block.get("toolUse") {
-            let (Some(id), Some(name)) = (
-                tool.get("toolUseId").and_then(Value::as_str),
-                tool.get("name").and_then(Value::as_str),
-            ) else {
+            let Some((id, name)) = tool_use_names(tool) else {
                 return Err(Garbled(
                     "Bedrock toolUse block without toolUseId or name".into(),
                 ));

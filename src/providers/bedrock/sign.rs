@@ -113,6 +113,25 @@ mod tests {
         }
     }
 
+    /// Signs a Bedrock runtime `POST` of `{}` in us-east-1 at `at`.
+    fn post(url: &str, h: &mut HeaderMap, creds: &Credentials, at: SystemTime) {
+        sign("POST", url, h, b"{}", creds, "us-east-1", "bedrock", at).unwrap();
+    }
+
+    /// Signs an empty `POST` of `url` with `h`: what the signer says.
+    fn refusal(url: &str, h: &mut HeaderMap) -> Result<(), SignError> {
+        sign(
+            "POST",
+            url,
+            h,
+            b"",
+            &creds(None),
+            "r",
+            "bedrock",
+            suite_time(),
+        )
+    }
+
     /// 2015-08-30T12:36:00Z, the AWS SigV4 test suite's date.
     fn suite_time() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160)
@@ -148,17 +167,12 @@ mod tests {
     fn session_token_is_signed_and_sent() {
         let mut h = HeaderMap::new();
         h.insert("content-type", HeaderValue::from_static("application/json"));
-        sign(
-            "POST",
+        post(
             "http://127.0.0.1:9999/model/a.b-v1%3A0/converse",
             &mut h,
-            b"{}",
             &creds(Some("TOKEN")),
-            "us-east-1",
-            "bedrock",
             suite_time(),
-        )
-        .unwrap();
+        );
         assert_eq!(h["host"], "127.0.0.1:9999");
         assert_eq!(h["x-amz-security-token"], "TOKEN");
         assert!(h["x-amz-security-token"].is_sensitive());
@@ -174,41 +188,11 @@ mod tests {
     fn signing_again_replaces_the_old_signature() {
         let url = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse";
         let mut fresh = HeaderMap::new();
-        sign(
-            "POST",
-            url,
-            &mut fresh,
-            b"{}",
-            &creds(None),
-            "us-east-1",
-            "bedrock",
-            suite_time(),
-        )
-        .unwrap();
+        post(url, &mut fresh, &creds(None), suite_time());
         let mut again = HeaderMap::new();
         let earlier = suite_time() - Duration::from_secs(600);
-        sign(
-            "POST",
-            url,
-            &mut again,
-            b"{}",
-            &creds(Some("T")),
-            "us-east-1",
-            "bedrock",
-            earlier,
-        )
-        .unwrap();
-        sign(
-            "POST",
-            url,
-            &mut again,
-            b"{}",
-            &creds(None),
-            "us-east-1",
-            "bedrock",
-            suite_time(),
-        )
-        .unwrap();
+        post(url, &mut again, &creds(Some("T")), earlier);
+        post(url, &mut again, &creds(None), suite_time());
         assert_eq!(again, fresh);
     }
 
@@ -221,16 +205,7 @@ mod tests {
             "http://",
         ] {
             let mut h = HeaderMap::new();
-            let e = sign(
-                "POST",
-                url,
-                &mut h,
-                b"",
-                &creds(None),
-                "r",
-                "bedrock",
-                suite_time(),
-            );
+            let e = refusal(url, &mut h);
             assert!(matches!(e, Err(SignError::Url(_))), "{url}: {e:?}");
         }
     }
@@ -239,16 +214,7 @@ mod tests {
     fn refuses_non_ascii_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-odd", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
-        let e = sign(
-            "POST",
-            "https://h.example/",
-            &mut h,
-            b"",
-            &creds(None),
-            "r",
-            "bedrock",
-            suite_time(),
-        );
+        let e = refusal("https://h.example/", &mut h);
         assert_eq!(e, Err(SignError::Header("x-odd".into())));
     }
 }

@@ -20,9 +20,13 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::response::{finish_reason, openai_usage, usage_of};
+use super::response::{finish_reason, openai_usage, tool_use_names, usage_of};
 use crate::domain::pricing::TokenUsage;
+use crate::providers::chat_stream::{self, chunk_frame, error_frame};
 use crate::providers::{End, Event, Garbled, StreamTranslator};
+
+/// The id of every chunk (ConverseStream names no message).
+const ID: &str = "chatcmpl-bedrock";
 
 /// The most tool-use blocks one answer may start (a bound on a hostile stream's bookkeeping).
 const MAX_TOOL_BLOCKS: usize = 1024;
@@ -58,13 +62,9 @@ impl ConverseStream {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
-        frame(&json!({
-            "id": "chatcmpl-bedrock",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }],
-        }))
+        let choices =
+            json!([{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }]);
+        chunk_frame(ID, 0, &self.model, choices)
     }
 
     fn tool_index(&self, block: u64) -> Option<usize> {
@@ -116,10 +116,7 @@ impl ConverseStream {
             .get("contentBlockIndex")
             .and_then(Value::as_u64)
             .ok_or_else(|| Garbled("Bedrock contentBlockStart without contentBlockIndex".into()))?;
-        let (Some(id), Some(name)) = (
-            tool.get("toolUseId").and_then(Value::as_str),
-            tool.get("name").and_then(Value::as_str),
-        ) else {
+        let Some((id, name)) = tool_use_names(tool) else {
             return Err(Garbled(
                 "Bedrock toolUse start without toolUseId or name".into(),
             ));
@@ -141,10 +138,6 @@ impl ConverseStream {
         });
         Ok(Some(self.chunk(json!({ "tool_calls": [call] }), None)))
     }
-}
-
-fn frame(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
 }
 
 impl StreamTranslator for ConverseStream {
@@ -172,9 +165,7 @@ impl StreamTranslator for ConverseStream {
         if exception {
             let message = v.get("message").and_then(Value::as_str).unwrap_or(name);
             self.failed = true;
-            out.push(frame(
-                &json!({ "error": { "message": message, "type": name } }),
-            ));
+            out.push(error_frame(message, name));
             return Ok(());
         }
         let chunk = match name {
@@ -203,17 +194,8 @@ impl StreamTranslator for ConverseStream {
         if self.failed {
             return;
         }
-        if let (true, Some(usage)) = (self.client_wants_usage, self.usage) {
-            out.push(frame(&json!({
-                "id": "chatcmpl-bedrock",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": self.model,
-                "choices": [],
-                "usage": openai_usage(usage),
-            })));
-        }
-        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        let usage = self.usage.filter(|_| self.client_wants_usage);
+        chat_stream::close(out, (ID, 0, &self.model), usage.map(openai_usage));
     }
 
     fn usage(&self) -> Option<TokenUsage> {
@@ -237,36 +219,7 @@ impl StreamTranslator for ConverseStream {
 mod tests {
     use super::*;
 
-    fn run(t: &mut ConverseStream, events: &[(&str, Value)]) -> Vec<Value> {
-        let mut out = Vec::new();
-        for (name, data) in events {
-            let data = data.to_string();
-            t.event(
-                Event {
-                    name: Some(name),
-                    data: data.as_bytes(),
-                },
-                &mut out,
-            )
-            .unwrap();
-        }
-        t.finish(&mut out);
-        out.iter()
-            .map(|f| {
-                let s = std::str::from_utf8(f).unwrap();
-                let body = s
-                    .strip_prefix("data: ")
-                    .unwrap()
-                    .strip_suffix("\n\n")
-                    .unwrap();
-                if body == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(body).unwrap()
-                }
-            })
-            .collect()
-    }
+    use crate::providers::testing::translate_named as run;
 
     /// The event sequence of AWS's ConverseStream documentation, text then a tool use.
     #[test]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::request::unsupported;
+use crate::providers::chat_parts::{self, NotText};
 use crate::providers::Unsupported;
 
 /// `systemInstruction` parts and `contents`.
@@ -58,24 +59,15 @@ fn non_empty(parts: Vec<Value>) -> Vec<Value> {
 
 /// Text-only content (system messages): a string or an array of `text` parts.
 fn text_parts(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Unsupported> {
-    match content {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![json!({ "text": s })]),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(
-                |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => Ok(json!({ "text": t })),
-                    _ => Err(unsupported(format!(
-                        "messages[{i}].content: only text parts are supported here"
-                    ))),
-                },
-            )
-            .collect(),
-        Some(_) => Err(unsupported(format!(
-            "messages[{i}].content must be a string or an array of parts"
-        ))),
-    }
+    let texts = chat_parts::texts(content).map_err(|e| {
+        unsupported(match e {
+            NotText::Part => format!("messages[{i}].content: only text parts are supported here"),
+            NotText::Shape => {
+                format!("messages[{i}].content must be a string or an array of parts")
+            }
+        })
+    })?;
+    Ok(texts.into_iter().map(|t| json!({ "text": t })).collect())
 }
 
 fn user_parts(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Unsupported> {
@@ -98,13 +90,9 @@ fn content_part(p: &Value, i: usize) -> Result<Value, Unsupported> {
             ))),
         },
         "image_url" => {
-            let url = p
-                .get("image_url")
-                .and_then(|u| u.get("url").or(Some(u)))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    unsupported(format!("messages[{i}].content: image_url needs a url"))
-                })?;
+            let url = chat_parts::image_url(p).ok_or_else(|| {
+                unsupported(format!("messages[{i}].content: image_url needs a url"))
+            })?;
             url_part(url, i)
         }
         "input_audio" => {

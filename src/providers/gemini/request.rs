@@ -31,19 +31,8 @@ use serde_json::{json, Map, Value};
 use super::contents::messages_to_contents;
 use super::schema::clean_schema;
 pub use super::schema::DROPPED_SCHEMA_KEYS;
+use crate::providers::chat_parts::IGNORED_PARAMS;
 use crate::providers::Unsupported;
-
-const IGNORED: &[&str] = &[
-    "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "user",
-    "metadata",
-    "store",
-    "service_tier",
-    "parallel_tool_calls",
-];
 
 pub(super) fn unsupported(msg: impl Into<String>) -> Unsupported {
     Unsupported(msg.into())
@@ -137,7 +126,7 @@ fn tool_choice(choice: &Value) -> Result<Value, Unsupported> {
 fn generation_config(chat: &Map<String, Value>) -> Result<Map<String, Value>, Unsupported> {
     let mut g = Map::new();
     for (key, value) in chat {
-        if value.is_null() || IGNORED.contains(&key.as_str()) {
+        if value.is_null() || IGNORED_PARAMS.contains(&key.as_str()) {
             continue;
         }
         match key.as_str() {

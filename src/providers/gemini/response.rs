@@ -13,6 +13,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::domain::pricing::TokenUsage;
+use crate::providers::chat_stream::created_now;
 use crate::providers::Garbled;
 
 /// Token counts of a `usageMetadata`. `promptTokenCount` already includes the cached part
@@ -131,12 +132,6 @@ pub(crate) fn answer_text(part: &Value) -> Option<&str> {
         return None;
     }
     part.get("text").and_then(Value::as_str)
-}
-
-pub(crate) fn created_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 pub(crate) fn completion_id(resp: &Value) -> String {

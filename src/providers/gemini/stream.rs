@@ -12,9 +12,10 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::response::{
-    answer_text, completion_id, created_now, finish_reason, openai_usage, parts, tool_call, usage,
+    answer_text, completion_id, finish_reason, openai_usage, parts, tool_call, usage,
 };
 use crate::domain::pricing::TokenUsage;
+use crate::providers::chat_stream::{self, chunk_frame, created_now, data_frame};
 use crate::providers::{End, Event, Garbled, StreamTranslator};
 
 /// The most candidates a stream may carry (Gemini allows 8; more is a broken upstream).
@@ -68,12 +69,12 @@ impl ChatStream {
                 && self.candidates.iter().all(|c| c.finished || !c.started))
     }
 
+    fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or("chatcmpl-gemini")
+    }
+
     fn frame(&self, choices: Vec<Value>) -> Bytes {
-        let chunk = json!({
-            "id": self.id.as_deref().unwrap_or("chatcmpl-gemini"), "object": "chat.completion.chunk",
-            "created": self.created, "model": self.model, "choices": choices,
-        });
-        Bytes::from(format!("data: {chunk}\n\n"))
+        chunk_frame(self.id(), self.created, &self.model, Value::Array(choices))
     }
 
     fn candidate(&mut self, c: &Value, i: usize) -> Result<Option<Value>, Garbled> {
@@ -151,7 +152,7 @@ impl StreamTranslator for ChatStream {
                 .unwrap_or("upstream_error");
             let frame =
                 json!({ "error": { "message": message, "type": kind, "code": err.get("code") } });
-            out.push(Bytes::from(format!("data: {frame}\n\n")));
+            out.push(data_frame(&frame));
             return Ok(());
         }
         if !resp.is_object() {
@@ -192,16 +193,8 @@ impl StreamTranslator for ChatStream {
     }
 
     fn finish(&mut self, out: &mut Vec<Bytes>) {
-        if self.wants_usage {
-            if let Some(u) = &self.usage_json {
-                let chunk = json!({
-                    "id": self.id.as_deref().unwrap_or("chatcmpl-gemini"), "object": "chat.completion.chunk",
-                    "created": self.created, "model": self.model, "choices": [], "usage": u,
-                });
-                out.push(Bytes::from(format!("data: {chunk}\n\n")));
-            }
-        }
-        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        let usage = self.usage_json.clone().filter(|_| self.wants_usage);
+        chat_stream::close(out, (self.id(), self.created, &self.model), usage);
     }
 
     fn usage(&self) -> Option<TokenUsage> {

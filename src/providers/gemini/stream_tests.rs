@@ -4,38 +4,11 @@
 use serde_json::{json, Value};
 
 use super::*;
+use crate::providers::testing::translate;
 
 fn run(events: &[Value], wants_usage: bool) -> (Vec<Value>, ChatStream) {
     let mut t = ChatStream::new("gemini-2.5-flash", wants_usage);
-    let mut out = Vec::new();
-    for e in events {
-        let data = e.to_string();
-        t.event(
-            Event {
-                name: None,
-                data: data.as_bytes(),
-            },
-            &mut out,
-        )
-        .unwrap();
-    }
-    t.finish(&mut out);
-    let frames = out
-        .iter()
-        .map(|b| {
-            let s = std::str::from_utf8(b).unwrap();
-            let d = s
-                .strip_prefix("data: ")
-                .unwrap()
-                .strip_suffix("\n\n")
-                .unwrap();
-            if d == "[DONE]" {
-                json!("[DONE]")
-            } else {
-                serde_json::from_str(d).unwrap()
-            }
-        })
-        .collect();
+    let frames = translate(&mut t, events.iter().map(|e| (None, e)));
     (frames, t)
 }
 

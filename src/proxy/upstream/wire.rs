@@ -316,76 +316,66 @@ mod tests {
 
     #[test]
     fn pairings_follow_the_front_door_and_the_model() {
+        use Endpoint::{ChatCompletions as Chat, Embeddings, Messages, Responses};
         use Protocol::*;
-        let of = |e, p, m| Wire::of(e, p, m).unwrap();
-        assert_eq!(
-            of(Endpoint::ChatCompletions, OpenAi, "gpt-4o"),
-            Wire::OpenAi
-        );
-        assert_eq!(
-            of(Endpoint::ChatCompletions, Anthropic, "claude"),
-            Wire::ChatToAnthropic
-        );
-        assert_eq!(of(Endpoint::Messages, Anthropic, "claude"), Wire::Messages);
-        assert_eq!(
-            of(
-                Endpoint::ChatCompletions,
+        let pairings = [
+            (Chat, OpenAi, "gpt-4o", Wire::OpenAi),
+            (Chat, Anthropic, "claude", Wire::ChatToAnthropic),
+            (Messages, Anthropic, "claude", Wire::Messages),
+            (
+                Chat,
                 Vertex,
-                "claude-sonnet-4@20250514"
+                "claude-sonnet-4@20250514",
+                Wire::ChatToAnthropic,
             ),
-            Wire::ChatToAnthropic
-        );
-        assert_eq!(
-            of(Endpoint::ChatCompletions, Vertex, "gemini-2.0-flash"),
-            Wire::ChatToGemini
-        );
-        assert_eq!(
-            of(Endpoint::ChatCompletions, Bedrock, "anthropic.claude-3-7"),
-            Wire::ChatToBedrock
-        );
-        assert_eq!(
-            of(
-                Endpoint::Messages,
+            (Chat, Vertex, "gemini-2.0-flash", Wire::ChatToGemini),
+            (Chat, Bedrock, "anthropic.claude-3-7", Wire::ChatToBedrock),
+            (
+                Messages,
                 Bedrock,
-                "anthropic.claude-3-7-sonnet-20250219-v1:0"
+                "anthropic.claude-3-7-sonnet-20250219-v1:0",
+                Wire::Messages,
             ),
-            Wire::Messages
-        );
-        assert_eq!(
-            of(Endpoint::Messages, Bedrock, "us.anthropic.claude-3-7"),
-            Wire::Messages
-        );
-        assert_eq!(
-            of(Endpoint::Messages, Bedrock, "amazon.nova-pro-v1:0"),
-            Wire::MessagesVia(Inner::Bedrock)
-        );
-        assert_eq!(
-            of(Endpoint::Messages, Vertex, "claude-3-7-sonnet@20250219"),
-            Wire::Messages
-        );
-        assert_eq!(
-            of(Endpoint::Messages, Gemini, "gemini-2.0-flash"),
-            Wire::MessagesVia(Inner::Gemini)
-        );
-        assert_eq!(
-            of(Endpoint::Messages, Azure, "gpt-4o"),
-            Wire::MessagesToChat
-        );
-        assert_eq!(of(Endpoint::Responses, Azure, "gpt-4o"), Wire::OpenAi);
-        assert!(Wire::of(Endpoint::Responses, Anthropic, "claude").is_err());
-        assert!(Wire::of(Endpoint::Embeddings, Anthropic, "claude").is_err());
-        assert_eq!(
-            of(
-                Endpoint::Embeddings,
+            (Messages, Bedrock, "us.anthropic.claude-3-7", Wire::Messages),
+            (
+                Messages,
                 Bedrock,
-                "amazon.titan-embed-text-v2:0"
+                "amazon.nova-pro-v1:0",
+                Wire::MessagesVia(Inner::Bedrock),
             ),
-            Wire::EmbedBedrock
-        );
-        assert_eq!(
-            of(Endpoint::Embeddings, Vertex, "text-embedding-005"),
-            Wire::EmbedGoogle(gemini::EmbedApi::Vertex)
-        );
+            (
+                Messages,
+                Vertex,
+                "claude-3-7-sonnet@20250219",
+                Wire::Messages,
+            ),
+            (
+                Messages,
+                Gemini,
+                "gemini-2.0-flash",
+                Wire::MessagesVia(Inner::Gemini),
+            ),
+            (Messages, Azure, "gpt-4o", Wire::MessagesToChat),
+            (Responses, Azure, "gpt-4o", Wire::OpenAi),
+            (
+                Embeddings,
+                Bedrock,
+                "amazon.titan-embed-text-v2:0",
+                Wire::EmbedBedrock,
+            ),
+            (
+                Embeddings,
+                Vertex,
+                "text-embedding-005",
+                Wire::EmbedGoogle(gemini::EmbedApi::Vertex),
+            ),
+        ];
+        for (endpoint, protocol, model, want) in pairings {
+            let got = Wire::of(endpoint, protocol, model).unwrap();
+            assert_eq!(got, want, "{endpoint:?} {protocol:?} {model}");
+        }
+        assert!(Wire::of(Responses, Anthropic, "claude").is_err());
+        assert!(Wire::of(Embeddings, Anthropic, "claude").is_err());
     }
 
     #[test]

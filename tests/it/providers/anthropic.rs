@@ -3,7 +3,10 @@
 
 use serde_json::json;
 
-use super::{metered, native_tenant, post, priced, sse_events};
+use super::{
+    anthropic_fields, chat_stream, cut_chat_stream, cut_messages_stream, message_stream, metered,
+    native_tenant, post, priced, sse_events, tool_args,
+};
 use crate::{harness, mock_anthropic};
 
 const MODEL: &str = "claude-3-7-sonnet-20250219";
@@ -11,13 +14,7 @@ const MODEL: &str = "claude-3-7-sonnet-20250219";
 async fn setup(slug: &str) -> (mock_anthropic::MockAnthropic, harness::Server, String) {
     let mock = mock_anthropic::start().await;
     let server = harness::start().await;
-    let key = native_tenant(
-        &server,
-        slug,
-        "anthropic",
-        json!({"key": "sk-ant-test-0123456789", "configurations": {"custom_host": mock.url}}),
-    )
-    .await;
+    let key = native_tenant(&server, slug, "anthropic", anthropic_fields(&mock.url)).await;
     (mock, server, key)
 }
 
@@ -65,25 +62,10 @@ async fn openai_stream_to_anthropic_becomes_chunks_with_usage_last() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    let events = sse_events(&text);
-    let content: String = events
-        .iter()
-        .filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (content, usage) = chat_stream(&text);
     assert_eq!(content, mock_anthropic::TEXT);
-    let args: String = events
-        .iter()
-        .filter_map(|(_, e)| {
-            e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
-        })
-        .collect();
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&args).unwrap(),
-        mock_anthropic::tool_input()
-    );
+    assert_eq!(tool_args(&sse_events(&text)), mock_anthropic::tool_input());
     let billed = mock_anthropic::billed();
-    let usage = &events.last().unwrap().1["usage"];
     assert_eq!(
         usage["prompt_tokens"].as_u64(),
         Some(billed.prompt),
@@ -107,12 +89,7 @@ async fn messages_front_door_passes_through_to_anthropic() {
     let stream = json!({"model": format!("@antm/{MODEL}"), "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let (status, _, text) = post(&server, "/messages", &key, "antm-stream", &stream).await;
     assert_eq!(status, 200, "{text}");
-    let names: Vec<_> = sse_events(&text)
-        .into_iter()
-        .filter_map(|(n, _)| n)
-        .collect();
-    assert_eq!(names.first().map(String::as_str), Some("message_start"));
-    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    assert_eq!(message_stream(&text), mock_anthropic::TEXT);
     let billed = mock_anthropic::billed();
     for trace in ["antm-plain", "antm-stream"] {
         let m = metered(&server, trace, 1).await;
@@ -171,22 +148,10 @@ async fn a_cut_or_garbled_anthropic_stream_ends_with_an_error_and_is_still_meter
         ("stream-error", "antt-error"),
     ] {
         let body = json!({"model": format!("@antt/{model}"), "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-        let (status, _, text) = post(&server, "/chat/completions", &key, trace, &body).await;
-        assert_eq!(status, 200, "{text}");
-        assert!(
-            !text.contains("[DONE]"),
-            "{model}: an incomplete stream never looks complete: {text}"
-        );
-        let last = sse_events(&text).pop().unwrap().1;
-        assert!(last["error"]["message"].is_string(), "{model}: {text}");
-        let m = metered(&server, trace, 1).await;
-        assert_eq!(m[0].status, 200, "{model}");
+        let m = cut_chat_stream(&server, &key, trace, &body).await;
+        assert_eq!(m.status, 200, "{model}");
     }
     // The Anthropic caller of a cut stream gets Anthropic's error event, not a message_stop.
     let body = json!({"model": "@antt/truncated", "max_tokens": 5, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    let (_, _, text) = post(&server, "/messages", &key, "antt-msg", &body).await;
-    let events = sse_events(&text);
-    assert_eq!(events.last().unwrap().0.as_deref(), Some("error"), "{text}");
-    assert!(!text.contains("message_stop"), "{text}");
-    metered(&server, "antt-msg", 1).await;
+    cut_messages_stream(&server, &key, "antt-msg", &body).await;
 }

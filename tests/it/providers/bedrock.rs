@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{metered, native_tenant, post, priced, sse_events};
+use super::{
+    bedrock_fields, billed_once, chat, chat_stream, credentials_error, cut_chat_stream,
+    cut_messages_stream, json_of, message_stream, metered, native_tenant, openai_error, post,
+    post_status, sse_events, streamed, tool_args, unbilled,
+};
 use crate::harness::{self, Server};
 use crate::mock_bedrock::{self, MockBedrock, ACCESS_KEY_ID, SECRET_ACCESS_KEY, TEXT, USAGE};
 
@@ -16,15 +20,9 @@ const NOVA: &str = "amazon.nova-pro-v1:0";
 /// Anthropic's model on Bedrock, served by InvokeModel.
 const CLAUDE: &str = "anthropic.claude-3-7-sonnet-20250219-v1:0";
 
-/// The integration fields of an access-key Bedrock integration at `mock` with `secret`.
-fn access_key(mock: &MockBedrock, secret: &str) -> Value {
-    json!({"configurations": {"custom_host": mock.url, "aws_region": "us-east-1",
-        "aws_access_key_id": ACCESS_KEY_ID, "aws_secret_access_key": secret}})
-}
-
 /// The integration fields of an assumed-role Bedrock integration at `mock`.
 fn assumed_role(mock: &MockBedrock, role: &str, external_id: Option<&str>) -> Value {
-    let mut v = access_key(mock, SECRET_ACCESS_KEY);
+    let mut v = bedrock_fields(mock, SECRET_ACCESS_KEY);
     let c = &mut v["configurations"];
     c["aws_auth_type"] = json!("assumedRole");
     c["aws_role_arn"] = json!(role);
@@ -38,61 +36,34 @@ fn assumed_role(mock: &MockBedrock, role: &str, external_id: Option<&str>) -> Va
 async fn setup(slug: &str) -> (MockBedrock, Server, String) {
     let mock = mock_bedrock::start().await;
     let server = harness::start().await;
-    let fields = access_key(&mock, SECRET_ACCESS_KEY);
+    let fields = bedrock_fields(&mock, SECRET_ACCESS_KEY);
     let key = native_tenant(&server, slug, "bedrock", fields).await;
     (mock, server, key)
 }
 
-fn chat(slug: &str, model: &str) -> Value {
-    json!({"model": format!("@{slug}/{model}"), "messages": [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]})
-}
-
-fn streamed(mut body: Value) -> Value {
-    body["stream"] = json!(true);
-    body["stream_options"] = json!({"include_usage": true});
-    body
-}
-
+/// [`super::messages`] with a system prompt.
 fn messages(slug: &str, model: &str, stream: bool) -> Value {
-    json!({"model": format!("@{slug}/{model}"), "max_tokens": 100, "stream": stream,
-        "system": "be brief", "messages": [{"role": "user", "content": "hi"}]})
+    let mut body = super::messages(slug, model, stream);
+    body["system"] = json!("be brief");
+    body
 }
 
 /// The requests the mock saw for the runtime (not STS).
 async fn runtime_seen(mock: &MockBedrock) -> Vec<Value> {
-    let seen = mock.seen().await;
-    seen.into_iter()
-        .filter(|s| s["service"] == "bedrock")
-        .collect()
+    mock.seen_by("bedrock").await
 }
 
 /// The AssumeRole calls the mock saw.
 async fn sts_seen(mock: &MockBedrock) -> Vec<Value> {
-    let seen = mock.seen().await;
-    seen.into_iter().filter(|s| s["service"] == "sts").collect()
-}
-
-fn text_of(events: &[(Option<String>, Value)]) -> String {
-    events
-        .iter()
-        .filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str())
-        .collect()
+    mock.seen_by("sts").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_chat_to_converse_is_signed_translated_and_metered_at_the_shipped_price() {
     let (mock, server, key) = setup("bdr").await;
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "bdr-plain",
-        &chat("bdr", NOVA),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = chat("bdr", NOVA);
+    let text = post_status(&server, "/chat/completions", &key, "bdr-plain", &body, 200).await;
+    let v = json_of(&text);
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["content"], TEXT);
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
@@ -102,19 +73,10 @@ async fn openai_chat_to_converse_is_signed_translated_and_metered_at_the_shipped
         Some(USAGE.completion)
     );
 
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "bdr-stream",
-        &streamed(chat("bdr", NOVA)),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    let events = sse_events(&text);
-    assert_eq!(text_of(&events), TEXT);
-    let usage = &events.last().unwrap().1["usage"];
+    let body = streamed(chat("bdr", NOVA));
+    let text = post_status(&server, "/chat/completions", &key, "bdr-stream", &body, 200).await;
+    let (said, usage) = chat_stream(&text);
+    assert_eq!(said, TEXT);
     assert_eq!(
         usage["prompt_tokens"].as_u64(),
         Some(USAGE.prompt),
@@ -136,18 +98,9 @@ async fn openai_chat_to_converse_is_signed_translated_and_metered_at_the_shipped
         assert_eq!(s["body"]["system"], json!([{"text": "be brief"}]), "{s}");
         assert_eq!(s["body"]["messages"][0]["role"], "user");
     }
-    let cost = priced("bedrock", NOVA, USAGE);
-    assert!(cost > rust_decimal::Decimal::ZERO);
     for (trace, streamed) in [("bdr-plain", false), ("bdr-stream", true)] {
-        let m = metered(&server, trace, 1).await;
-        assert_eq!(m.len(), 1, "{trace}: {m:?}");
-        assert_eq!((m[0].usage, m[0].streamed), (USAGE, streamed), "{trace}");
-        assert_eq!(
-            (m[0].source.as_str(), m[0].status),
-            ("provider", 200),
-            "{trace}"
-        );
-        assert_eq!(m[0].cost, cost, "{trace}");
+        let at = ("bedrock", NOVA);
+        billed_once(&server, trace, at, "chat.completions", streamed, USAGE).await;
     }
 }
 
@@ -158,9 +111,8 @@ async fn tools_reach_converse_and_tool_calls_come_back_plain_and_streamed() {
     let mut body = chat("bdt", model);
     body["tools"] = json!([{"type": "function", "function": {"name": "lookup",
         "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]);
-    let (status, _, text) = post(&server, "/chat/completions", &key, "bdt-plain", &body).await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let text = post_status(&server, "/chat/completions", &key, "bdt-plain", &body, 200).await;
+    let v = json_of(&text);
     let call = &v["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "lookup", "{v}");
     let args: Value =
@@ -168,28 +120,11 @@ async fn tools_reach_converse_and_tool_calls_come_back_plain_and_streamed() {
     assert_eq!(args, json!({"q": "mock"}));
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
 
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "bdt-stream",
-        &streamed(body),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
+    let body = streamed(body);
+    let text = post_status(&server, "/chat/completions", &key, "bdt-stream", &body, 200).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     let events = sse_events(&text);
-    let args: String = events
-        .iter()
-        .filter_map(|(_, e)| {
-            e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
-        })
-        .collect();
-    assert_eq!(
-        serde_json::from_str::<Value>(&args).unwrap(),
-        json!({"q": "mock"}),
-        "{text}"
-    );
+    assert_eq!(tool_args(&events), json!({"q": "mock"}), "{text}");
     let finish: Vec<_> = events
         .iter()
         .filter_map(|(_, e)| e["choices"][0]["finish_reason"].as_str())
@@ -212,16 +147,8 @@ async fn tools_reach_converse_and_tool_calls_come_back_plain_and_streamed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_front_door_to_claude_on_bedrock_is_invoke_model() {
     let (mock, server, key) = setup("bdm").await;
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &key,
-        "bdm-plain",
-        &messages("bdm", CLAUDE, false),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = messages("bdm", CLAUDE, false);
+    let v = json_of(&post_status(&server, "/messages", &key, "bdm-plain", &body, 200).await);
     assert_eq!(
         (v["type"].as_str(), v["role"].as_str()),
         (Some("message"), Some("assistant")),
@@ -233,24 +160,9 @@ async fn messages_front_door_to_claude_on_bedrock_is_invoke_model() {
         Some(USAGE.cached)
     );
 
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &key,
-        "bdm-stream",
-        &messages("bdm", CLAUDE, true),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let events = sse_events(&text);
-    let names: Vec<_> = events.iter().filter_map(|(n, _)| n.as_deref()).collect();
-    assert_eq!(names.first(), Some(&"message_start"), "{text}");
-    assert_eq!(names.last(), Some(&"message_stop"), "{text}");
-    let said: String = events
-        .iter()
-        .filter_map(|(_, e)| e["delta"]["text"].as_str())
-        .collect();
-    assert_eq!(said, TEXT);
+    let body = messages("bdm", CLAUDE, true);
+    let text = post_status(&server, "/messages", &key, "bdm-stream", &body, 200).await;
+    assert_eq!(message_stream(&text), TEXT);
 
     let seen = runtime_seen(&mock).await;
     let actions: Vec<_> = seen.iter().map(|s| s["action"].as_str().unwrap()).collect();
@@ -264,59 +176,46 @@ async fn messages_front_door_to_claude_on_bedrock_is_invoke_model() {
         );
     }
     for (trace, streamed) in [("bdm-plain", false), ("bdm-stream", true)] {
-        let m = metered(&server, trace, 1).await;
-        assert_eq!((m[0].usage, m[0].streamed), (USAGE, streamed), "{trace}");
-        assert_eq!(m[0].endpoint, "messages", "{trace}");
-        assert_eq!(m[0].cost, priced("bedrock", CLAUDE, USAGE), "{trace}");
+        billed_once(
+            &server,
+            trace,
+            ("bedrock", CLAUDE),
+            "messages",
+            streamed,
+            USAGE,
+        )
+        .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_front_door_to_other_bedrock_models_goes_through_converse() {
     let (mock, server, key) = setup("bdn").await;
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &key,
-        "bdn-plain",
-        &messages("bdn", NOVA, false),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = messages("bdn", NOVA, false);
+    let v = json_of(&post_status(&server, "/messages", &key, "bdn-plain", &body, 200).await);
     assert_eq!(v["type"], "message", "{v}");
     assert_eq!(v["content"][0]["type"], "text", "{v}");
     assert_eq!(v["content"][0]["text"], TEXT, "{v}");
     assert_eq!(v["stop_reason"], "end_turn", "{v}");
 
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &key,
-        "bdn-stream",
-        &messages("bdn", NOVA, true),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let events = sse_events(&text);
-    let names: Vec<_> = events.iter().filter_map(|(n, _)| n.as_deref()).collect();
-    assert_eq!(names.first(), Some(&"message_start"), "{text}");
-    assert_eq!(names.last(), Some(&"message_stop"), "{text}");
-    let said: String = events
-        .iter()
-        .filter_map(|(_, e)| e["delta"]["text"].as_str())
-        .collect();
-    assert_eq!(said, TEXT, "{text}");
+    let body = messages("bdn", NOVA, true);
+    let text = post_status(&server, "/messages", &key, "bdn-stream", &body, 200).await;
+    assert_eq!(message_stream(&text), TEXT, "{text}");
 
     let seen = runtime_seen(&mock).await;
     let actions: Vec<_> = seen.iter().map(|s| s["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["converse", "converse-stream"]);
     assert!(seen.iter().all(|s| s["signature"] == "ok"), "{seen:?}");
     for (trace, streamed) in [("bdn-plain", false), ("bdn-stream", true)] {
-        let m = metered(&server, trace, 1).await;
-        assert_eq!((m[0].usage, m[0].streamed), (USAGE, streamed), "{trace}");
-        assert_eq!(m[0].endpoint, "messages", "{trace}");
-        assert_eq!(m[0].cost, priced("bedrock", NOVA, USAGE), "{trace}");
+        billed_once(
+            &server,
+            trace,
+            ("bedrock", NOVA),
+            "messages",
+            streamed,
+            USAGE,
+        )
+        .await;
     }
 }
 
@@ -327,16 +226,8 @@ async fn an_assumed_role_signs_with_its_temporary_keys_from_one_sts_call() {
     let fields = assumed_role(&mock, mock_bedrock::ROLE_ARN, None);
     let key = native_tenant(&server, "bdr-role", "bedrock", fields).await;
     for i in 0..4 {
-        let trace = format!("role-{i}");
-        let (status, _, text) = post(
-            &server,
-            "/chat/completions",
-            &key,
-            &trace,
-            &chat("bdr-role", NOVA),
-        )
-        .await;
-        assert_eq!(status, 200, "{text}");
+        let (trace, body) = (format!("role-{i}"), chat("bdr-role", NOVA));
+        post_status(&server, "/chat/completions", &key, &trace, &body, 200).await;
     }
     let sts = sts_seen(&mock).await;
     assert_eq!(sts.len(), 1, "one AssumeRole serves every request: {sts:?}");
@@ -377,28 +268,14 @@ async fn expired_role_credentials_are_assumed_again_and_requests_keep_succeeding
     let server = harness::start().await;
     let fields = assumed_role(&mock, mock_bedrock::ROLE_ARN, None);
     let key = native_tenant(&server, "bdr-ttl", "bedrock", fields).await;
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "ttl-0",
-        &chat("bdr-ttl", NOVA),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
+    let body = chat("bdr-ttl", NOVA);
+    post_status(&server, "/chat/completions", &key, "ttl-0", &body, 200).await;
     let first = runtime_seen(&mock).await[0]["access_key_id"].clone();
     // Nothing asked for a credential since: no refresh ran, and in 2.1 s the first has expired.
     // (The one bounded wait: the expiry is the mock's clock, which nothing can be polled for.)
     tokio::time::sleep(Duration::from_millis(2100)).await;
     mock.clear_seen().await;
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "ttl-1",
-        &chat("bdr-ttl", NOVA),
-    )
-    .await;
+    let (status, _, text) = post(&server, "/chat/completions", &key, "ttl-1", &body).await;
     assert_eq!(
         status, 200,
         "an expired credential is exchanged anew before use: {text}"
@@ -418,15 +295,7 @@ async fn expired_role_credentials_are_assumed_again_and_requests_keep_succeeding
     // refresh runs in the background: they keep succeeding, and new keys keep coming.
     for i in 2..6 {
         let trace = format!("ttl-{i}");
-        let (status, _, text) = post(
-            &server,
-            "/chat/completions",
-            &key,
-            &trace,
-            &chat("bdr-ttl", NOVA),
-        )
-        .await;
-        assert_eq!(status, 200, "{text}");
+        post_status(&server, "/chat/completions", &key, &trace, &body, 200).await;
     }
     let refreshed = harness::eventually(Duration::from_millis(20), || async {
         sts_seen(&mock).await.len() >= 2
@@ -455,58 +324,44 @@ async fn a_role_wanting_an_external_id_works_with_it_and_fails_clearly_without()
     let without = assumed_role(&mock, role, None);
     let without_key = native_tenant(&server, "bdr-noext", "bedrock", without).await;
 
-    let (status, _, text) = post(
+    let body = chat("bdr-ext", NOVA);
+    post_status(
         &server,
         "/chat/completions",
         &with_key,
         "ext-ok",
-        &chat("bdr-ext", NOVA),
+        &body,
+        200,
     )
     .await;
-    assert_eq!(status, 200, "{text}");
     let sts = sts_seen(&mock).await;
     assert_eq!(sts[0]["body"]["ExternalId"], mock_bedrock::EXTERNAL_ID);
 
-    let (status, _, text) = post(
+    let body = chat("bdr-noext", NOVA);
+    let text = post_status(
         &server,
         "/chat/completions",
         &without_key,
         "ext-no",
-        &chat("bdr-noext", NOVA),
+        &body,
+        502,
     )
     .await;
-    assert_eq!(status, 502, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["error"]["code"], "provider_credentials", "{v}");
-    let message = v["error"]["message"].as_str().unwrap();
+    let message = credentials_error(&text);
     assert!(
         message.contains("AssumeRole") && message.contains(role),
         "{message}"
     );
     assert!(!message.contains(SECRET_ACCESS_KEY), "{message}");
     // The same on /v1/messages, in Anthropic's shape.
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &without_key,
-        "ext-no-msg",
-        &messages("bdr-noext", CLAUDE, false),
-    )
-    .await;
-    assert_eq!(status, 502, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["type"], "error", "{v}");
+    let body = messages("bdr-noext", CLAUDE, false);
+    let text = post_status(&server, "/messages", &without_key, "ext-no-msg", &body, 502).await;
+    assert_eq!(json_of(&text)["type"], "error", "{text}");
     // Nothing reached the runtime unsigned; each attempt is metered, with no usage.
     let seen = runtime_seen(&mock).await;
     assert_eq!(seen.len(), 1, "{seen:?}");
     for trace in ["ext-no", "ext-no-msg"] {
-        let m = metered(&server, trace, 1).await;
-        assert_eq!(
-            (m[0].status, m[0].usage),
-            (502, Default::default()),
-            "{trace}"
-        );
-        assert_eq!(m[0].cost, rust_decimal::Decimal::ZERO, "{trace}");
+        unbilled(&server, trace, 502).await;
     }
 }
 
@@ -514,50 +369,35 @@ async fn a_role_wanting_an_external_id_works_with_it_and_fails_clearly_without()
 async fn a_wrong_secret_is_the_providers_403_in_openais_envelope() {
     let mock = mock_bedrock::start().await;
     let server = harness::start().await;
-    let fields = access_key(&mock, "not-the-secret-access-key");
+    let fields = bedrock_fields(&mock, "not-the-secret-access-key");
     let key = native_tenant(&server, "bdr-bad", "bedrock", fields).await;
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "bad-secret",
-        &chat("bdr-bad", NOVA),
-    )
-    .await;
-    assert_eq!(status, 403, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["error"]["type"], "permission_error", "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("signature we calculated does not match"),
-        "{v}"
-    );
+    let body = chat("bdr-bad", NOVA);
+    let text = post_status(&server, "/chat/completions", &key, "bad-secret", &body, 403).await;
+    let says = "signature we calculated does not match";
+    openai_error(&text, Some("permission_error"), says);
     assert!(!text.contains("not-the-secret-access-key"), "{text}");
     assert_eq!(
         runtime_seen(&mock).await[0]["signature"],
         "InvalidSignatureException"
     );
-    let m = metered(&server, "bad-secret", 1).await;
-    assert_eq!((m[0].status, m[0].usage), (403, Default::default()));
+    unbilled(&server, "bad-secret", 403).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_answers_are_502s_or_error_frames_and_every_attempt_is_metered() {
     let (_mock, server, key) = setup("bdx").await;
     // A body that is not Converse's.
-    let (status, _, text) = post(
+    let body = chat("bdx", "amazon.garbage");
+    let text = post_status(
         &server,
         "/chat/completions",
         &key,
         "bdx-garbage",
-        &chat("bdx", "amazon.garbage"),
+        &body,
+        502,
     )
     .await;
-    assert_eq!(status, 502, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert!(v["error"]["message"].is_string(), "{v}");
+    openai_error(&text, None, "");
     let m = metered(&server, "bdx-garbage", 1).await;
     assert_eq!((m[0].status, m[0].source.as_str()), (502, "estimated"));
     assert!(
@@ -571,46 +411,15 @@ async fn broken_answers_are_502s_or_error_frames_and_every_attempt_is_metered() 
         ("bdx-cut", "amazon.truncate"),
         ("bdx-exc", "amazon.stream-exception"),
     ] {
-        let body = streamed(chat("bdx", model));
-        let (status, _, text) = post(&server, "/chat/completions", &key, trace, &body).await;
-        assert_eq!(status, 200, "{trace}: {text}");
-        assert!(!text.contains("[DONE]"), "{trace}: {text}");
-        let events = sse_events(&text);
-        let last = &events.last().unwrap().1;
-        assert!(
-            last["error"]["message"].is_string(),
-            "{trace} ends with an error frame: {text}"
-        );
-        let m = metered(&server, trace, 1).await;
-        assert_eq!((m.len(), m[0].streamed), (1, true), "{trace}: {m:?}");
-        assert!(m[0].usage.prompt > 0, "{trace}: {m:?}");
+        let m = cut_chat_stream(&server, &key, trace, &streamed(chat("bdx", model))).await;
+        assert!(m.usage.prompt > 0, "{trace}: {m:?}");
     }
     // Throttled: AWS's 429 in OpenAI's envelope, metered.
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "bdx-429",
-        &chat("bdx", "amazon.fail-throttle"),
-    )
-    .await;
-    assert_eq!(status, 429, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Too many requests"),
-        "{v}"
-    );
+    let body = chat("bdx", "amazon.fail-throttle");
+    let text = post_status(&server, "/chat/completions", &key, "bdx-429", &body, 429).await;
+    openai_error(&text, Some("rate_limit_error"), "Too many requests");
     assert_eq!(metered(&server, "bdx-429", 1).await[0].status, 429);
     // On /v1/messages (InvokeModel's stream cut short): an Anthropic error event, metered.
     let body = messages("bdx", "anthropic.claude-truncate", true);
-    let (status, _, text) = post(&server, "/messages", &key, "bdx-msg-cut", &body).await;
-    assert_eq!(status, 200, "{text}");
-    let events = sse_events(&text);
-    assert_eq!(events.last().unwrap().0.as_deref(), Some("error"), "{text}");
-    assert!(!text.contains("message_stop"), "{text}");
-    metered(&server, "bdx-msg-cut", 1).await;
+    cut_messages_stream(&server, &key, "bdx-msg-cut", &body).await;
 }

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tollgate::domain::pricing::TokenUsage;
 
-use super::{metered, priced, sse_events};
+use super::{metered, priced, provision, sse_events};
 use crate::harness::{self, Server};
 use crate::{mock, mock_anthropic};
 
@@ -37,15 +37,7 @@ async fn two(key_fields: Value) -> Two {
                "configurations": {"custom_host": ant.url}}),
     ];
     for body in integrations {
-        let slug = body["slug"].as_str().unwrap().to_owned();
-        server.admin("POST", "/integrations", Some(body)).await;
-        server
-            .admin(
-                "PUT",
-                &format!("/integrations/{slug}/workspaces"),
-                Some(json!({"workspaces": [{"id": ws, "enabled": true}]})),
-            )
-            .await;
+        provision(&server, &ws, body).await;
     }
     let mut b = json!({"name": "k", "workspace_id": ws, "scopes": ["completions.write"]});
     b.as_object_mut()

@@ -4,13 +4,16 @@
 
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use super::{metered, native_tenant, post, priced, sse_events};
+use super::{
+    billed_once, chat, chat_stream, credentials_error, cut_chat_stream, cut_messages_stream,
+    gemini_fields, json_of, message_stream, messages, metered, native_tenant, openai_error, post,
+    post_status, priced, sse_events, streamed, tool_args, unbilled,
+};
 use crate::harness::{self, Server};
 use crate::mock_gemini::{
-    self, GeminiMock, VertexToken, CACHED, CANDIDATES, CLAUDE_USAGE, GEMINI_KEY, PROMPT, TEXT,
+    self, GeminiMock, VertexToken, BILLED, CANDIDATES, CLAUDE_USAGE, GEMINI_KEY, PROMPT, TEXT,
     THOUGHTS,
 };
 use tollgate::domain::pricing::TokenUsage;
@@ -18,14 +21,6 @@ use tollgate::domain::pricing::TokenUsage;
 const FLASH: &str = "gemini-2.0-flash-001";
 /// A Claude model Vertex prices with cache read and write rates.
 const CLAUDE: &str = "claude-sonnet-4@20250514";
-
-/// What every Gemini answer bills: thoughts are output.
-const BILLED: TokenUsage = TokenUsage {
-    prompt: PROMPT,
-    completion: CANDIDATES + THOUGHTS,
-    cached: CACHED,
-    cache_write: 0,
-};
 
 /// What Claude on Vertex bills: input, cache read and cache write are all prompt.
 fn claude_billed() -> TokenUsage {
@@ -41,8 +36,7 @@ fn claude_billed() -> TokenUsage {
 async fn gemini_tenant(slug: &str, key: &str) -> (GeminiMock, Server, String) {
     let mock = mock_gemini::start().await;
     let server = harness::start().await;
-    let fields = json!({"key": key, "configurations": {"custom_host": mock.gemini_url()}});
-    let key = native_tenant(&server, slug, "google", fields).await;
+    let key = native_tenant(&server, slug, "google", gemini_fields(&mock, key)).await;
     (mock, server, key)
 }
 
@@ -60,29 +54,6 @@ async fn vertex_tenant(
     native_tenant(server, slug, "vertex-ai", fields).await
 }
 
-fn chat(slug: &str, model: &str) -> Value {
-    json!({"model": format!("@{slug}/{model}"), "messages": [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]})
-}
-
-fn streamed(mut body: Value) -> Value {
-    body["stream"] = json!(true);
-    body["stream_options"] = json!({"include_usage": true});
-    body
-}
-
-fn messages(slug: &str, model: &str, stream: bool) -> Value {
-    json!({"model": format!("@{slug}/{model}"), "max_tokens": 100, "stream": stream,
-        "messages": [{"role": "user", "content": "hi"}]})
-}
-
-fn text_of(events: &[(Option<String>, Value)]) -> String {
-    events
-        .iter()
-        .filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str())
-        .collect()
-}
-
 async fn issued(token: &VertexToken) -> u64 {
     token.stats().await["issued"].as_u64().unwrap()
 }
@@ -90,16 +61,9 @@ async fn issued(token: &VertexToken) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gemini_plain_and_streamed_bill_thoughts_as_output_at_the_shipped_price() {
     let (mock, server, key) = gemini_tenant("gem", GEMINI_KEY).await;
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "gem-plain",
-        &chat("gem", FLASH),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = chat("gem", FLASH);
+    let v =
+        json_of(&post_status(&server, "/chat/completions", &key, "gem-plain", &body, 200).await);
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(
         v["choices"][0]["message"]["content"], TEXT,
@@ -117,19 +81,10 @@ async fn gemini_plain_and_streamed_bill_thoughts_as_output_at_the_shipped_price(
     );
 
     // The mock's stream separates events with \r\n\r\n; the caller gets OpenAI's chunks.
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "gem-stream",
-        &streamed(chat("gem", FLASH)),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    let events = sse_events(&text);
-    assert_eq!(text_of(&events), TEXT, "{text}");
-    let usage = &events.last().unwrap().1["usage"];
+    let body = streamed(body);
+    let text = post_status(&server, "/chat/completions", &key, "gem-stream", &body, 200).await;
+    let (said, usage) = chat_stream(&text);
+    assert_eq!(said, TEXT, "{text}");
     assert_eq!(usage["prompt_tokens"].as_u64(), Some(PROMPT), "{text}");
     assert_eq!(
         usage["completion_tokens"].as_u64(),
@@ -153,17 +108,9 @@ async fn gemini_plain_and_streamed_bill_thoughts_as_output_at_the_shipped_price(
         );
         assert_eq!(b["contents"][0]["role"], "user", "{b}");
     }
-    let cost = priced("google", FLASH, BILLED);
-    assert!(cost > Decimal::ZERO);
     for (trace, streamed) in [("gem-plain", false), ("gem-stream", true)] {
-        let m = metered(&server, trace, 1).await;
-        assert_eq!((m[0].usage, m[0].streamed), (BILLED, streamed), "{trace}");
-        assert_eq!(
-            (m[0].source.as_str(), m[0].status),
-            ("provider", 200),
-            "{trace}"
-        );
-        assert_eq!(m[0].cost, cost, "{trace}");
+        let at = ("google", FLASH);
+        billed_once(&server, trace, at, "chat.completions", streamed, BILLED).await;
     }
 }
 
@@ -175,9 +122,8 @@ async fn gemini_tools_go_as_function_declarations_and_come_back_as_tool_calls() 
     body["tools"] = json!([{"type": "function", "function": {"name": "weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                        "additionalProperties": false}}}]);
-    let (status, _, text) = post(&server, "/chat/completions", &key, "gemt-plain", &body).await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let v =
+        json_of(&post_status(&server, "/chat/completions", &key, "gemt-plain", &body, 200).await);
     let call = &v["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "weather", "{v}");
     let args: Value =
@@ -208,15 +154,8 @@ async fn gemini_tools_go_as_function_declarations_and_come_back_as_tool_calls() 
         status, 200,
         "the function call went back with its thought signature: {text}"
     );
-    let events = sse_events(&text);
-    let args: String = events
-        .iter()
-        .filter_map(|(_, e)| {
-            e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
-        })
-        .collect();
     assert_eq!(
-        serde_json::from_str::<Value>(&args).unwrap(),
+        tool_args(&sse_events(&text)),
         json!({"city": "Paris"}),
         "{text}"
     );
@@ -229,16 +168,18 @@ async fn gemini_tools_go_as_function_declarations_and_come_back_as_tool_calls() 
 async fn gemini_blocked_wrong_key_garbage_and_truncation() {
     let (_mock, server, key) = gemini_tenant("gemx", GEMINI_KEY).await;
     // A prompt blocked before generation: content_filter, the prompt billed.
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "gemx-blocked",
-        &chat("gemx", "gemini-blocked"),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = chat("gemx", "gemini-blocked");
+    let v = json_of(
+        &post_status(
+            &server,
+            "/chat/completions",
+            &key,
+            "gemx-blocked",
+            &body,
+            200,
+        )
+        .await,
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "content_filter", "{v}");
     let m = metered(&server, "gemx-blocked", 1).await;
     assert_eq!(
@@ -248,15 +189,16 @@ async fn gemini_blocked_wrong_key_garbage_and_truncation() {
             ..Default::default()
         }
     );
-    let (status, _, text) = post(
+    let body = streamed(body);
+    let text = post_status(
         &server,
         "/chat/completions",
         &key,
         "gemx-blocked-s",
-        &streamed(chat("gemx", "gemini-blocked")),
+        &body,
+        200,
     )
     .await;
-    assert_eq!(status, 200, "{text}");
     let finish: Vec<_> = sse_events(&text)
         .iter()
         .filter_map(|(_, e)| e["choices"][0]["finish_reason"].as_str().map(str::to_owned))
@@ -265,15 +207,16 @@ async fn gemini_blocked_wrong_key_garbage_and_truncation() {
     metered(&server, "gemx-blocked-s", 1).await;
 
     // Not JSON: a 502, metered with an estimate.
-    let (status, _, text) = post(
+    let body = chat("gemx", "gemini-garbage");
+    post_status(
         &server,
         "/chat/completions",
         &key,
         "gemx-garbage",
-        &chat("gemx", "gemini-garbage"),
+        &body,
+        502,
     )
     .await;
-    assert_eq!(status, 502, "{text}");
     let m = metered(&server, "gemx-garbage", 1).await;
     assert_eq!((m[0].status, m[0].source.as_str()), (502, "estimated"));
     // Streams that break: an event that is not JSON, a cut inside an event.
@@ -281,89 +224,45 @@ async fn gemini_blocked_wrong_key_garbage_and_truncation() {
         ("gemx-garbage-s", "gemini-garbage"),
         ("gemx-cut", "gemini-truncated"),
     ] {
-        let (status, _, text) = post(
-            &server,
-            "/chat/completions",
-            &key,
-            trace,
-            &streamed(chat("gemx", model)),
-        )
-        .await;
-        assert_eq!(status, 200, "{trace}: {text}");
-        assert!(!text.contains("[DONE]"), "{trace}: {text}");
-        let last = sse_events(&text).pop().unwrap().1;
-        assert!(
-            last["error"]["message"].is_string(),
-            "{trace} ends with an error frame: {text}"
-        );
-        let m = metered(&server, trace, 1).await;
-        assert_eq!((m.len(), m[0].streamed), (1, true), "{trace}");
-        assert!(m[0].usage.prompt > 0, "{trace}: {m:?}");
+        let m = cut_chat_stream(&server, &key, trace, &streamed(chat("gemx", model))).await;
+        assert!(m.usage.prompt > 0, "{trace}: {m:?}");
     }
 
     // No usageMetadata: answered, and metered with an estimate.
-    let (status, _, text) = post(
+    let body = chat("gemx", "gemini-no-usage");
+    post_status(
         &server,
         "/chat/completions",
         &key,
         "gemx-nousage",
-        &chat("gemx", "gemini-no-usage"),
+        &body,
+        200,
     )
     .await;
-    assert_eq!(status, 200, "{text}");
     let m = metered(&server, "gemx-nousage", 1).await;
     assert_eq!(m[0].source, "estimated", "{m:?}");
     assert!(m[0].usage.prompt > 0 && m[0].usage.completion > 0, "{m:?}");
     // Google's 429 passes on in OpenAI's envelope.
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "gemx-429",
-        &chat("gemx", "gemini-fail-429"),
-    )
-    .await;
-    assert_eq!(status, 429, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    let body = chat("gemx", "gemini-fail-429");
+    let text = post_status(&server, "/chat/completions", &key, "gemx-429", &body, 429).await;
+    openai_error(&text, Some("rate_limit_error"), "");
     assert_eq!(metered(&server, "gemx-429", 1).await[0].status, 429);
     // A stream cut short on /v1/messages: Anthropic's error event, no message_stop.
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &key,
-        "gemx-msg-cut",
-        &messages("gemx", "gemini-truncated", true),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    assert_eq!(
-        sse_events(&text).last().unwrap().0.as_deref(),
-        Some("error"),
-        "{text}"
-    );
-    assert!(!text.contains("message_stop"), "{text}");
-    metered(&server, "gemx-msg-cut", 1).await;
+    let body = messages("gemx", "gemini-truncated", true);
+    cut_messages_stream(&server, &key, "gemx-msg-cut", &body).await;
 
     // A wrong key: Google's 400 in OpenAI's envelope, metered.
     let (_mock, server, key) = gemini_tenant("gemk", "not-the-key").await;
-    let (status, _, text) = post(
+    let text = post_status(
         &server,
         "/chat/completions",
         &key,
         "gemk",
         &chat("gemk", FLASH),
+        400,
     )
     .await;
-    assert_eq!(status, 400, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("API key not valid"),
-        "{v}"
-    );
+    openai_error(&text, None, "API key not valid");
     assert!(!text.contains("not-the-key"), "{text}");
     assert_eq!(metered(&server, "gemk", 1).await[0].status, 400);
 }
@@ -371,50 +270,26 @@ async fn gemini_blocked_wrong_key_garbage_and_truncation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gemini_on_messages_front_door_answers_in_anthropics_shape() {
     let (_mock, server, key) = gemini_tenant("gemm", GEMINI_KEY).await;
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &key,
-        "gemm-plain",
-        &messages("gemm", FLASH, false),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = messages("gemm", FLASH, false);
+    let v = json_of(&post_status(&server, "/messages", &key, "gemm-plain", &body, 200).await);
     assert_eq!(
         (v["type"].as_str(), v["content"][0]["text"].as_str()),
         (Some("message"), Some(TEXT)),
         "{v}"
     );
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &key,
-        "gemm-stream",
-        &messages("gemm", FLASH, true),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let events = sse_events(&text);
-    let names: Vec<_> = events.iter().filter_map(|(n, _)| n.as_deref()).collect();
-    assert_eq!(
-        (names.first(), names.last()),
-        (Some(&"message_start"), Some(&"message_stop")),
-        "{text}"
-    );
-    let said: String = events
-        .iter()
-        .filter_map(|(_, e)| e["delta"]["text"].as_str())
-        .collect();
-    assert_eq!(said, TEXT);
-    for trace in ["gemm-plain", "gemm-stream"] {
-        let m = metered(&server, trace, 1).await;
-        assert_eq!(
-            (m[0].usage, m[0].endpoint.as_str()),
-            (BILLED, "messages"),
-            "{trace}"
-        );
-        assert_eq!(m[0].cost, priced("google", FLASH, BILLED), "{trace}");
+    let body = messages("gemm", FLASH, true);
+    let text = post_status(&server, "/messages", &key, "gemm-stream", &body, 200).await;
+    assert_eq!(message_stream(&text), TEXT);
+    for (trace, streamed) in [("gemm-plain", false), ("gemm-stream", true)] {
+        billed_once(
+            &server,
+            trace,
+            ("google", FLASH),
+            "messages",
+            streamed,
+            BILLED,
+        )
+        .await;
     }
 }
 
@@ -431,8 +306,7 @@ async fn vertex_fetches_a_token_with_a_verified_jwt_and_reuses_it() {
         } else {
             streamed(chat("vtx", FLASH))
         };
-        let (status, _, text) = post(&server, "/chat/completions", &key, &trace, &body).await;
-        assert_eq!(status, 200, "{text}");
+        post_status(&server, "/chat/completions", &key, &trace, &body, 200).await;
     }
     let stats = token.stats().await;
     assert_eq!(
@@ -462,27 +336,13 @@ async fn an_expired_vertex_token_is_fetched_again_and_requests_keep_succeeding()
     let mock = mock_gemini::start().await;
     let server = harness::start().await;
     let key = vertex_tenant(&server, "vtt", &mock, "google", &token.service_account_json).await;
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "vtt-0",
-        &chat("vtt", FLASH),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
+    let body = chat("vtt", FLASH);
+    post_status(&server, "/chat/completions", &key, "vtt-0", &body, 200).await;
     assert_eq!(issued(&token).await, 1);
     // Nothing asked for the token since, so no refresh ran; in 2.1 s it has expired.
     // (The one bounded wait: the expiry is the token mock's clock, which cannot be polled.)
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "vtt-1",
-        &chat("vtt", FLASH),
-    )
-    .await;
+    let (status, _, text) = post(&server, "/chat/completions", &key, "vtt-1", &body).await;
     assert_eq!(
         status, 200,
         "an expired token is fetched anew before use: {text}"
@@ -490,16 +350,8 @@ async fn an_expired_vertex_token_is_fetched_again_and_requests_keep_succeeding()
     assert_eq!(issued(&token).await, 2);
     // Inside the refresh-ahead window each request uses the cached token while the next is fetched.
     for i in 2..6 {
-        let trace = format!("vtt-{i}");
-        let (status, _, text) = post(
-            &server,
-            "/chat/completions",
-            &key,
-            &trace,
-            &streamed(chat("vtt", FLASH)),
-        )
-        .await;
-        assert_eq!(status, 200, "{text}");
+        let (trace, body) = (format!("vtt-{i}"), streamed(chat("vtt", FLASH)));
+        post_status(&server, "/chat/completions", &key, &trace, &body, 200).await;
     }
     let refreshed = harness::eventually(Duration::from_millis(20), || async {
         issued(&token).await >= 3
@@ -528,39 +380,13 @@ async fn claude_on_vertex_serves_the_messages_front_door_metered_exactly() {
         &token.service_account_json,
     )
     .await;
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &key,
-        "vtc-plain",
-        &messages("vtc", CLAUDE, false),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = messages("vtc", CLAUDE, false);
+    let v = json_of(&post_status(&server, "/messages", &key, "vtc-plain", &body, 200).await);
     assert_eq!(v["type"], "message", "{v}");
     assert_eq!(v["content"][0]["text"], "Hello from Claude on Vertex!");
-    let (status, _, text) = post(
-        &server,
-        "/messages",
-        &key,
-        "vtc-stream",
-        &messages("vtc", CLAUDE, true),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let events = sse_events(&text);
-    let names: Vec<_> = events.iter().filter_map(|(n, _)| n.as_deref()).collect();
-    assert_eq!(
-        (names.first(), names.last()),
-        (Some(&"message_start"), Some(&"message_stop")),
-        "{text}"
-    );
-    let said: String = events
-        .iter()
-        .filter_map(|(_, e)| e["delta"]["text"].as_str())
-        .collect();
-    assert_eq!(said, "Hello from Claude on Vertex!");
+    let body = messages("vtc", CLAUDE, true);
+    let text = post_status(&server, "/messages", &key, "vtc-stream", &body, 200).await;
+    assert_eq!(message_stream(&text), "Hello from Claude on Vertex!");
     let bodies = mock.seen.bodies.lock().clone();
     let actions: Vec<_> = bodies.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(
@@ -578,40 +404,21 @@ async fn claude_on_vertex_serves_the_messages_front_door_metered_exactly() {
     let billed = claude_billed();
     let cost = priced("vertex-ai", CLAUDE, billed);
     for (trace, streamed) in [("vtc-plain", false), ("vtc-stream", true)] {
-        let m = metered(&server, trace, 1).await;
-        assert_eq!((m[0].usage, m[0].streamed), (billed, streamed), "{trace}");
-        assert_eq!(m[0].endpoint, "messages", "{trace}");
-        assert_eq!(m[0].cost, cost, "{trace}");
+        let at = ("vertex-ai", CLAUDE);
+        billed_once(&server, trace, at, "messages", streamed, billed).await;
     }
     // An OpenAI caller reaches Claude on Vertex too: Anthropic's body on rawPredict (it was sent
     // to generateContent, which Vertex's Claude models do not serve).
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "vtc-chat",
-        &chat("vtc", CLAUDE),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = chat("vtc", CLAUDE);
+    let v = json_of(&post_status(&server, "/chat/completions", &key, "vtc-chat", &body, 200).await);
     assert_eq!(
         v["choices"][0]["message"]["content"], "Hello from Claude on Vertex!",
         "{v}"
     );
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "vtc-chat-s",
-        &streamed(chat("vtc", CLAUDE)),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    let events = sse_events(&text);
-    assert_eq!(text_of(&events), "Hello from Claude on Vertex!", "{text}");
-    let usage = &events.last().unwrap().1["usage"];
+    let body = streamed(body);
+    let text = post_status(&server, "/chat/completions", &key, "vtc-chat-s", &body, 200).await;
+    let (said, usage) = chat_stream(&text);
+    assert_eq!(said, "Hello from Claude on Vertex!", "{text}");
     assert_eq!(
         usage["prompt_tokens"].as_u64(),
         Some(billed.prompt),
@@ -649,29 +456,13 @@ async fn an_invalid_service_account_key_is_a_clear_502_and_metered() {
     let stranger: Value = serde_json::from_str(&other.service_account_json).unwrap();
     account["private_key"] = stranger["private_key"].clone();
     let key = vertex_tenant(&server, "vtb", &mock, "google", &account.to_string()).await;
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "vtb-chat",
-        &chat("vtb", FLASH),
-    )
-    .await;
-    assert_eq!(status, 502, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["error"]["code"], "provider_credentials", "{v}");
-    let message = v["error"]["message"].as_str().unwrap();
+    let body = chat("vtb", FLASH);
+    let text = post_status(&server, "/chat/completions", &key, "vtb-chat", &body, 502).await;
+    let message = credentials_error(&text);
     assert!(message.contains("token exchange failed"), "{message}");
     assert!(!message.contains("PRIVATE KEY"), "{message}");
-    let (status, _, text) = post(
-        &server,
-        "/chat/completions",
-        &key,
-        "vtb-stream",
-        &streamed(chat("vtb", FLASH)),
-    )
-    .await;
-    assert_eq!(status, 502, "{text}");
+    let body = streamed(body);
+    post_status(&server, "/chat/completions", &key, "vtb-stream", &body, 502).await;
     assert_eq!(
         token.stats().await["refused"],
         2,
@@ -682,12 +473,7 @@ async fn an_invalid_service_account_key_is_a_clear_502_and_metered() {
         0
     );
     for trace in ["vtb-chat", "vtb-stream"] {
-        let m = metered(&server, trace, 1).await;
-        assert_eq!(
-            (m[0].status, m[0].usage),
-            (502, TokenUsage::default()),
-            "{trace}"
-        );
+        unbilled(&server, trace, 502).await;
     }
 }
 
@@ -699,30 +485,11 @@ async fn a_token_vertex_refuses_is_its_401_and_forgotten() {
     let server = harness::start().await;
     let key = vertex_tenant(&server, "vtr", &mock, "google", &token.service_account_json).await;
     for trace in ["vtr-1", "vtr-2"] {
-        let (status, _, text) = post(
-            &server,
-            "/chat/completions",
-            &key,
-            trace,
-            &chat("vtr", FLASH),
-        )
-        .await;
-        assert_eq!(status, 401, "{text}");
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["error"]["type"], "authentication_error", "{v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("invalid authentication credentials"),
-            "{v}"
-        );
-        let m = metered(&server, trace, 1).await;
-        assert_eq!(
-            (m[0].status, m[0].usage),
-            (401, TokenUsage::default()),
-            "{trace}"
-        );
+        let body = chat("vtr", FLASH);
+        let text = post_status(&server, "/chat/completions", &key, trace, &body, 401).await;
+        let says = "invalid authentication credentials";
+        openai_error(&text, Some("authentication_error"), says);
+        unbilled(&server, trace, 401).await;
     }
     // The refused token was not kept: each request exchanged anew.
     assert_eq!(issued(&token).await, 2);

@@ -5,7 +5,10 @@
 use serde_json::{json, Value};
 use tollgate::domain::pricing::TokenUsage;
 
-use super::{metered, native_tenant, priced, Metered};
+use super::{
+    anthropic_fields, bedrock_fields, billed_once, gemini_fields, metered, native_tenant, unbilled,
+};
+use crate::mock_bedrock::SECRET_ACCESS_KEY;
 use crate::{harness, mock, mock_anthropic, mock_bedrock, mock_gemini};
 
 const CLAUDE: &str = "claude-3-7-sonnet-20250219";
@@ -13,12 +16,6 @@ const BEDROCK_CLAUDE: &str = "anthropic.claude-3-7-sonnet-20250219-v1:0";
 const NOVA: &str = "amazon.nova-pro-v1:0";
 const GEMINI: &str = "gemini-2.0-flash-001";
 const GPT: &str = "gpt-4o-mini";
-
-fn bedrock_fields(mock: &mock_bedrock::MockBedrock) -> Value {
-    json!({"configurations": {"custom_host": mock.url, "aws_region": "us-east-1",
-        "aws_access_key_id": mock_bedrock::ACCESS_KEY_ID,
-        "aws_secret_access_key": mock_bedrock::SECRET_ACCESS_KEY}})
-}
 
 async fn run(part: &str, server: &harness::Server, upstreams: Value) -> Value {
     let stdout = harness::run_sdk(
@@ -35,31 +32,6 @@ async fn run(part: &str, server: &harness::Server, upstreams: Value) -> Value {
         .find_map(|l| l.strip_prefix("RESULT "))
         .map(|j| serde_json::from_str(j).unwrap())
         .expect("the script printed its result")
-}
-
-/// The one usage event of `trace`: a 200 of `endpoint`, streamed or not, with exactly `usage`
-/// from the provider, costing what the shipped table says for `provider`/`model`.
-async fn billed_once(
-    server: &harness::Server,
-    trace: &str,
-    (provider, model): (&str, &str),
-    endpoint: &str,
-    streamed: bool,
-    usage: TokenUsage,
-) {
-    let m = metered(server, trace, 1).await;
-    assert_eq!(m.len(), 1, "one attempt, one event: {trace} {m:?}");
-    let want = Metered {
-        usage,
-        cost: priced(provider, model, usage),
-        source: "provider".into(),
-        status: 200,
-        streamed,
-        endpoint: endpoint.into(),
-        model: model.into(),
-    };
-    assert_eq!(m[0], want, "{trace}");
-    assert!(m[0].cost > rust_decimal::Decimal::ZERO, "{trace}");
 }
 
 /// An Anthropic message usage object as the SDK parsed it, for `u`.
@@ -80,14 +52,14 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
     let bdr = mock_bedrock::start().await;
     let oai = mock::start().await;
     let server = harness::start().await;
-    let ant_key = native_tenant(
+    let ant_key = native_tenant(&server, "sdk-ant", "anthropic", anthropic_fields(&ant.url)).await;
+    let bdr_key = native_tenant(
         &server,
-        "sdk-ant",
-        "anthropic",
-        json!({"key": "sk-ant-test-0123456789", "configurations": {"custom_host": ant.url}}),
+        "sdk-bdr",
+        "bedrock",
+        bedrock_fields(&bdr, SECRET_ACCESS_KEY),
     )
     .await;
-    let bdr_key = native_tenant(&server, "sdk-bdr", "bedrock", bedrock_fields(&bdr)).await;
     let oai_key = native_tenant(
         &server,
         "sdk-oai",
@@ -193,12 +165,7 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
     for h in ant.seen.headers.lock().iter() {
         assert_eq!(h["x-api-key"], "sk-ant-test-0123456789");
     }
-    let invoked: Vec<Value> = bdr
-        .seen()
-        .await
-        .into_iter()
-        .filter(|s| s["service"] == "bedrock")
-        .collect();
+    let invoked = bdr.seen_by("bedrock").await;
     assert!(
         invoked.iter().all(|s| s["signature"] == "ok"),
         "{invoked:?}"
@@ -270,13 +237,7 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
         .await;
     }
     for name in ["ant", "bdr", "oai"] {
-        let m = metered(&server, &format!("{name}-429"), 1).await;
-        assert_eq!(m.len(), 1, "{name}: {m:?}");
-        assert_eq!(
-            (m[0].status, m[0].usage, m[0].cost),
-            (429, TokenUsage::default(), rust_decimal::Decimal::ZERO),
-            "{name}"
-        );
+        unbilled(&server, &format!("{name}-429"), 429).await;
         assert!(metered(&server, &format!("{name}-count"), 0)
             .await
             .is_empty());
@@ -315,21 +276,16 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
     let bdr = mock_bedrock::start().await;
     let gem = mock_gemini::start().await;
     let server = harness::start().await;
-    let ant_key = native_tenant(
+    let ant_key = native_tenant(&server, "oa-ant", "anthropic", anthropic_fields(&ant.url)).await;
+    let bdr_key = native_tenant(
         &server,
-        "oa-ant",
-        "anthropic",
-        json!({"key": "sk-ant-test-0123456789", "configurations": {"custom_host": ant.url}}),
+        "oa-bdr",
+        "bedrock",
+        bedrock_fields(&bdr, SECRET_ACCESS_KEY),
     )
     .await;
-    let bdr_key = native_tenant(&server, "oa-bdr", "bedrock", bedrock_fields(&bdr)).await;
-    let gem_key = native_tenant(
-        &server,
-        "oa-gem",
-        "google",
-        json!({"key": mock_gemini::GEMINI_KEY, "configurations": {"custom_host": gem.gemini_url()}}),
-    )
-    .await;
+    let fields = gemini_fields(&gem, mock_gemini::GEMINI_KEY);
+    let gem_key = native_tenant(&server, "oa-gem", "google", fields).await;
     let upstreams = json!([
         {"name": "ant", "slug": "oa-ant", "key": ant_key, "model": CLAUDE},
         {"name": "bdr", "slug": "oa-bdr", "key": bdr_key, "model": NOVA},
@@ -337,12 +293,7 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
     ]);
     let r = run("openai", &server, upstreams).await;
 
-    let gemini = TokenUsage {
-        prompt: mock_gemini::PROMPT,
-        completion: mock_gemini::CANDIDATES + mock_gemini::THOUGHTS,
-        cached: mock_gemini::CACHED,
-        cache_write: 0,
-    };
+    let gemini = mock_gemini::BILLED;
     let upstreams = [
         (
             "ant",
@@ -406,12 +357,7 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
     );
     assert_eq!(ant.seen.bodies.lock()[2]["tools"][0]["name"], "lookup");
     assert_eq!(r["bdr"]["tools"]["text"], mock_bedrock::TEXT);
-    let converse: Vec<Value> = bdr
-        .seen()
-        .await
-        .into_iter()
-        .filter(|s| s["service"] == "bedrock")
-        .collect();
+    let converse = bdr.seen_by("bedrock").await;
     let actions: Vec<_> = converse.iter().map(|s| s["action"].clone()).collect();
     assert_eq!(
         actions,
