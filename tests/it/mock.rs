@@ -17,6 +17,8 @@
 //!   first tool: `tool_calls` [{id [`TOOL_CALL_ID`], arguments [`TOOL_ARGUMENTS`]}].
 //!
 //! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
+//! `POST /v1/responses` (OpenAI's Responses API) bills [`RESPONSES_USAGE`] (input, cached,
+//! output incl. reasoning), plain or as its SSE events ending with `response.completed`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -98,6 +100,7 @@ pub async fn start() -> Mock {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
@@ -340,4 +343,53 @@ async fn embeddings(
         "usage": {"prompt_tokens": 4, "total_tokens": 4},
     }))
     .into_response()
+}
+
+/// What `/v1/responses` bills: input tokens, of them cached, output tokens (of them reasoning).
+pub const RESPONSES_USAGE: (u64, u64, u64, u64) = (30, 10, 12, 4);
+
+/// OpenAI's Responses API, as documented: a `response` object, or with `stream: true` the
+/// `response.created`, `response.output_text.delta` and `response.completed` events (the last
+/// carrying the usage); never `stream_options`, which the API does not take.
+async fn responses(
+    State(seen): State<Arc<Seen>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    record(&seen, &headers, &body);
+    if body.get("stream_options").is_some() {
+        let e = json!({"error": {"message": "Unknown parameter: 'stream_options'.", "type": "invalid_request_error", "param": "stream_options", "code": "unknown_parameter"}});
+        return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+    }
+    let (input, cached, output, reasoning) = RESPONSES_USAGE;
+    let usage = json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": output, "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": input + output});
+    let response = |status: &str, usage: Value| {
+        json!({"id": "resp_mock_1", "object": "response", "created_at": 1_700_000_000,
+        "status": status, "model": body["model"], "output": [{"type": "message", "id": "msg_1", "role": "assistant",
+        "content": [{"type": "output_text", "text": "Hello from responses"}]}], "usage": usage})
+    };
+    if body["stream"] != true {
+        return Json(response("completed", usage)).into_response();
+    }
+    let events = [
+        (
+            "response.created",
+            json!({"type": "response.created", "response": response("in_progress", Value::Null)}),
+        ),
+        (
+            "response.output_text.delta",
+            json!({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "Hello from responses"}),
+        ),
+        (
+            "response.completed",
+            json!({"type": "response.completed", "response": response("completed", usage)}),
+        ),
+    ];
+    let text: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    ([("content-type", "text/event-stream")], text).into_response()
 }

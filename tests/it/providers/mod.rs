@@ -7,6 +7,7 @@ mod bedrock;
 mod catalog;
 mod fallback;
 mod gemini;
+mod responses;
 mod sdk;
 
 use rust_decimal::Decimal;
