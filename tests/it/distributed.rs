@@ -529,6 +529,18 @@ async fn budget_exhausted_on_one_gateway_is_enforced_by_the_other() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The exhaustion is published: the aggregator records it for dashboards once it has
+    // published it to the limit topic, which a gateway reads to its end before serving. (`late`
+    // may have enforced from the usage totals before the event was out.)
+    let published = crate::harness::eventually(Duration::from_millis(25), || async {
+        let sql = "SELECT uniqExact(budget) FROM limit_events WHERE kind = 'exhausted'";
+        c.sql(sql).await.trim() == "13"
+    })
+    .await;
+    assert!(
+        published,
+        "the aggregator published the capped key's exhaustion"
+    );
     let later = c.add_gateway().await;
     assert_eq!(
         chat(&client, &later, &capped).await.0,
