@@ -32,17 +32,26 @@ pub fn routes() -> Router<Arc<AppState>> {
 async fn serve(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
     let headers = req.headers().clone();
     let trace_id = proxy::trace_id(&headers);
-    let reply = answer(app, endpoint, req, &headers, trace_id).await;
+    let reply = answer(app, Door::Serve(endpoint), req, &headers, trace_id).await;
     if endpoint == Endpoint::Messages {
         return anthropic_errors(reply).await;
     }
     reply
 }
 
+/// What a data-plane request asks for.
+#[derive(Clone, Copy)]
+enum Door {
+    /// A completion, embedding or message, served and metered.
+    Serve(Endpoint),
+    /// `/v1/messages/count_tokens`.
+    CountTokens,
+}
+
 /// The answer to a data-plane request, in OpenAI's shapes.
 async fn answer(
     app: Arc<AppState>,
-    endpoint: Endpoint,
+    door: Door,
     req: Request,
     headers: &HeaderMap,
     trace_id: String,
@@ -58,15 +67,14 @@ async fn answer(
             return e.into_response();
         }
     };
-    match proxy::handle(
-        app.plane.clone(),
-        endpoint,
-        headers,
-        &body,
-        trace_id.clone(),
-    )
-    .await
-    {
+    let plane = app.plane.clone();
+    let reply = match door {
+        Door::Serve(endpoint) => {
+            proxy::handle(plane, endpoint, headers, &body, trace_id.clone()).await
+        }
+        Door::CountTokens => proxy::count_tokens(plane, headers, &body, trace_id.clone()).await,
+    };
+    match reply {
         Ok(Reply::Full {
             status,
             headers,
@@ -117,20 +125,12 @@ async fn anthropic_errors(reply: Response) -> Response {
 /// The largest error body converted (errors are small; a provider's is capped upstream).
 const ERROR_BODY_MAX: usize = 1 << 20;
 
-/// `POST /v1/messages/count_tokens`: the prompt's tokens, estimated (no provider is called and
-/// nothing is metered).
+/// `POST /v1/messages/count_tokens`: the prompt's tokens, counted by the provider the request
+/// would go to where it counts them, else estimated (nothing is metered).
 async fn count_tokens(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let headers = req.headers().clone();
-    let reply = match proxy::authenticate(&app.plane, &headers) {
-        Err(e) => ApiError::data(e, None).into_response(),
-        Ok(()) => match body_bytes(req, &app, Plane::Data).await {
-            Err(e) => e.into_response(),
-            Ok(body) => match proxy::count_tokens(&body) {
-                Ok(v) => Json(v).into_response(),
-                Err(e) => ApiError::data(e, None).into_response(),
-            },
-        },
-    };
+    let trace_id = proxy::trace_id(&headers);
+    let reply = answer(app, Door::CountTokens, req, &headers, trace_id).await;
     anthropic_errors(reply).await
 }
 

@@ -303,14 +303,24 @@ pub fn anthropic_error(status: StatusCode, body: &[u8]) -> Bytes {
     Bytes::from(crate::providers::anthropic::error_body(kind, &message).to_string())
 }
 
-/// `/v1/messages/count_tokens`: the prompt's tokens as the gateway estimates them (the same
-/// estimate it meters a provider's silence with).
-pub fn count_tokens(body: &[u8]) -> Result<Value, DataError> {
-    let body = RequestBody::parse(body)?;
-    if body.model().is_none() {
-        return Err(DataError::bad_request("model is required"));
-    }
-    Ok(serde_json::json!({"input_tokens": meter::estimate_prompt(&body.json)}))
+/// `/v1/messages/count_tokens`: the prompt's input tokens, counted where the request would
+/// go (see [`upstream::count`]).
+pub async fn count_tokens(
+    plane: std::sync::Arc<crate::proxy::DataPlane>,
+    headers: &HeaderMap,
+    body: &[u8],
+    trace_id: String,
+) -> Result<Reply, DataError> {
+    let mut body = RequestBody::parse(body)?;
+    let (ctx, plan) = prepare(
+        &plane,
+        Endpoint::Messages,
+        headers,
+        &mut body,
+        trace_id,
+        Instant::now(),
+    )?;
+    upstream::count(plane, ctx, plan, body).await
 }
 
 /// The `Retry-After` of a `metering_unavailable` refusal: the log retries every half second, so
@@ -340,25 +350,35 @@ pub async fn handle(
         e.retry_after_secs = Some(METERING_RETRY_AFTER_SECS);
         return Err(e);
     }
-    let (ctx, plan) = {
-        let state = plane.ledger.state();
-        let (key, ws, organisation_id) = caller(&state, headers)?;
-        let metadata = metadata_of(&state, &ws, &key, headers)?;
-        let plan = route::plan(&state, &key, &ws.id, headers, &mut body)?;
-        let ctx = RequestCtx {
-            trace_id,
-            started,
-            workspace_id: ws.id.clone(),
-            organisation_id,
-            metadata,
-            endpoint,
-            config_id: plan.config_id.clone(),
-            anthropic_beta: headers.get("anthropic-beta").cloned(),
-            key,
-        };
-        (ctx, plan)
-    };
+    let (ctx, plan) = prepare(&plane, endpoint, headers, &mut body, trace_id, started)?;
     upstream::run(plane, ctx, plan, body).await
+}
+
+/// Who calls, with what metadata, and the routing plan (`body` may lose routing fields).
+fn prepare(
+    plane: &crate::proxy::DataPlane,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: &mut RequestBody,
+    trace_id: String,
+    started: Instant,
+) -> Result<(RequestCtx, route::Plan), DataError> {
+    let state = plane.ledger.state();
+    let (key, ws, organisation_id) = caller(&state, headers)?;
+    let metadata = metadata_of(&state, &ws, &key, headers)?;
+    let plan = route::plan(&state, &key, &ws.id, headers, body)?;
+    let ctx = RequestCtx {
+        trace_id,
+        started,
+        workspace_id: ws.id.clone(),
+        organisation_id,
+        metadata,
+        endpoint,
+        config_id: plan.config_id.clone(),
+        anthropic_beta: headers.get("anthropic-beta").cloned(),
+        key,
+    };
+    Ok((ctx, plan))
 }
 
 /// `GET /v1/models` and `GET /v1/models/{id}`.

@@ -330,7 +330,10 @@ async fn count_tokens(
     body: bytes::Bytes,
 ) -> Response {
     match check(&seen, &headers, &body, false) {
-        Ok(_) => Json(json!({"input_tokens": COUNT_TOKENS})).into_response(),
+        Ok(b) => match b["model"].as_str().and_then(failure) {
+            Some(refused) => refused,
+            None => Json(json!({"input_tokens": COUNT_TOKENS})).into_response(),
+        },
         Err((status, kind, message)) => error(status, kind, message),
     }
 }

@@ -32,6 +32,8 @@ pub const USAGE: TokenUsage = TokenUsage {
 };
 /// The raw Converse counts behind [`USAGE`].
 pub const INPUT_TOKENS: u64 = 11;
+/// Tokens `CountTokens` counts a message.
+pub const COUNT_PER_MESSAGE: u64 = 6;
 /// Tokens Titan bills per text.
 pub const TITAN_TOKENS: u64 = 5;
 /// Tokens Cohere bills per text (in the `X-Amzn-Bedrock-Input-Token-Count` header).

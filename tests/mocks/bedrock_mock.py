@@ -15,6 +15,10 @@ Routes (service in the signature's credential scope: `bedrock` for /model/..., `
 - POST /model/{id}/invoke, /invoke-with-response-stream: `anthropic.*` models (Anthropic
   Messages body with anthropic_version bedrock-2023-05-31; the stream's Anthropic events wrapped
   in `chunk` events {"bytes": base64}); `amazon.titan-embed*` and `cohere.embed*` (invoke only).
+- POST /model/{id}/count-tokens: CountTokens of an InvokeModel body
+  ({"input": {"invokeModel": {"body": base64}}}) for a foundation `anthropic.*` model id (an
+  inference profile's is refused, as Bedrock does); answers {"inputTokens": COUNT_PER_MESSAGE
+  a message}.
 - POST / with the form Action=AssumeRole&...: STS. Temporary credentials expire after the TTL
   named in the RoleSessionName (`...ttl-<seconds>...`), else $BEDROCK_MOCK_STS_TTL, else 3600 s.
   A RoleArn ending in `/needs-external-id` requires ExternalId=ext-123.
@@ -57,6 +61,7 @@ BASE_KEYS = {"AKIDTOLLGATEMOCK": "tollgate-mock-secret-access-key"}
 USAGE = {"inputTokens": 11, "outputTokens": 7, "cacheReadInputTokens": 5, "cacheWriteInputTokens": 3}
 USAGE["totalTokens"] = sum(USAGE.values())
 TITAN_TOKENS = 5
+COUNT_PER_MESSAGE = 6
 COHERE_TOKENS = 4
 TEXT = ["Hello", " from", " the Bedrock mock."]
 TOOL_ARGS = ['{"q": ', '"mock"}']
@@ -417,7 +422,8 @@ class Handler(BaseHTTPRequestHandler):
         if "fail-500" in model:
             return self.aws_error(500, "InternalServerException", "The server encountered an internal error.")
         handler = {"converse": self.converse, "converse-stream": self.converse,
-                   "invoke": self.invoke, "invoke-with-response-stream": self.invoke}.get(action)
+                   "invoke": self.invoke, "invoke-with-response-stream": self.invoke,
+                   "count-tokens": self.count_tokens}.get(action)
         if not handler:
             return self.aws_error(404, "UnknownOperationException", "Unknown operation")
         handler(model, action, parsed)
@@ -456,6 +462,20 @@ class Handler(BaseHTTPRequestHandler):
         if "truncate" in model:
             frames = frames[:3] + [frames[3][:10]]
         self.stream(frames)
+
+    def count_tokens(self, model, action, req):
+        if not model.startswith("anthropic."):
+            return self.aws_error(400, "ValidationException", "The provided model doesn't support counting tokens.")
+        body = req.get("input", {}).get("invokeModel", {}).get("body") if isinstance(req.get("input"), dict) else None
+        try:
+            invoke = json.loads(base64.b64decode(body, validate=True))
+        except (TypeError, ValueError):
+            return self.aws_error(400, "ValidationException", "input.invokeModel.body must be a base64 InvokeModel body")
+        if set(req) != {"input"} or invoke.get("anthropic_version") != "bedrock-2023-05-31" or "model" in invoke:
+            return self.aws_error(400, "ValidationException", "anthropic_version must be bedrock-2023-05-31; model is not allowed")
+        if not isinstance(invoke.get("messages"), list) or not isinstance(invoke.get("max_tokens"), int):
+            return self.aws_error(400, "ValidationException", "messages and max_tokens are required")
+        self.send(200, {"inputTokens": COUNT_PER_MESSAGE * len(invoke["messages"])})
 
     def embed(self, model, action, req):
         if action != "invoke":

@@ -11,12 +11,15 @@
 //! Usage: Anthropic's `input_tokens` excludes the prompt tokens read from or written to the
 //! cache, so the gateway's `prompt` is the sum of the three (see [`usage`]).
 
+mod count;
 mod front;
 mod front_stream;
 mod request;
 mod response;
 mod stream;
 
+pub(crate) use count::count_field;
+pub use count::{count_tokens_body, counted_tokens};
 pub use front::{chat_to_messages_response, messages_to_chat};
 pub use front_stream::{MessagesStream, PassStream};
 pub use request::chat_request;

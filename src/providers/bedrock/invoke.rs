@@ -69,6 +69,47 @@ pub fn anthropic_event_type(event: &[u8]) -> Result<String, Garbled> {
         .ok_or_else(|| Garbled("Bedrock chunk's Anthropic event has no type".into()))
 }
 
+/// Bedrock's `CountTokens` for an Anthropic model: the path and body counting what
+/// InvokeModel would be sent for `counted` (an Anthropic `count_tokens` body, see
+/// [`crate::providers::anthropic::count_tokens_body`]). The body is InvokeModel's, base64 in
+/// `input.invokeModel.body`, with `max_tokens` (which InvokeModel requires and counting
+/// ignores) filled in. The counter takes foundation-model ids only, so a cross-region
+/// inference profile's (`us.anthropic...`) is counted as its model's.
+pub fn count_tokens_request(model: &str, counted: &Map<String, Value>) -> (String, Value) {
+    let mut invoke = invoke_anthropic_body(counted);
+    if let Some(b) = invoke.as_object_mut() {
+        b.entry("max_tokens")
+            .or_insert(Value::from(crate::providers::anthropic::DEFAULT_MAX_TOKENS));
+    }
+    let bytes = serde_json::to_vec(&invoke).unwrap_or_default();
+    let body = serde_json::json!({"input": {"invokeModel": {
+        "body": base64::engine::general_purpose::STANDARD.encode(bytes)}}});
+    (
+        super::model_path(foundation_model(model), "count-tokens"),
+        body,
+    )
+}
+
+/// The foundation model of a cross-region inference profile id (`us.anthropic.claude-...`
+/// is `anthropic.claude-...`); any other id (an ARN included) as it is.
+fn foundation_model(model: &str) -> &str {
+    match model.split_once('.') {
+        Some((geo, rest))
+            if rest.starts_with("anthropic.")
+                && !geo.is_empty()
+                && geo.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') =>
+        {
+            rest
+        }
+        _ => model,
+    }
+}
+
+/// The tokens a `CountTokens` answer (`{"inputTokens": N}`) gives.
+pub fn count_tokens_response(body: &[u8]) -> Result<u64, Garbled> {
+    crate::providers::anthropic::count_field(body, "inputTokens")
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -110,5 +151,34 @@ mod tests {
         for bad in ["", "{}", r#"{"bytes": 5}"#, r#"{"bytes": "%%%"}"#] {
             assert!(invoke_chunk(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+    #[test]
+    fn count_tokens_wraps_the_invoke_body_for_the_foundation_model() {
+        let Value::Object(counted) =
+            json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+        else {
+            unreachable!()
+        };
+        for (model, path) in [
+            ("us.anthropic.claude-3-7-sonnet-20250219-v1:0", "/model/anthropic.claude-3-7-sonnet-20250219-v1%3A0/count-tokens"),
+            ("anthropic.claude-x", "/model/anthropic.claude-x/count-tokens"),
+            ("arn:aws:bedrock:us-east-1:1:application-inference-profile/p", "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Aapplication-inference-profile%2Fp/count-tokens"),
+        ] {
+            let (p, body) = count_tokens_request(model, &counted);
+            assert_eq!(p, path);
+            let b64 = body["input"]["invokeModel"]["body"].as_str().unwrap();
+            let invoke: Value = serde_json::from_slice(
+                &base64::engine::general_purpose::STANDARD.decode(b64).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                invoke,
+                json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 4096,
+                       "messages": [{"role": "user", "content": "hi"}]})
+            );
+        }
+        assert_eq!(count_tokens_response(br#"{"inputTokens": 9}"#).unwrap(), 9);
+        assert!(count_tokens_response(br#"{"input_tokens": 9}"#).is_err());
+        assert!(count_tokens_response(b"garbage").is_err());
     }
 }

@@ -27,7 +27,10 @@ pub mod sts;
 pub use converse::converse_request;
 pub use embed::{embed_request, embed_requests, embed_response, EmbedFamily, Embedded};
 pub use eventstream::{EventStreamDecoder, Message};
-pub use invoke::{anthropic_event_type, invoke_anthropic_body, invoke_chunk, set_anthropic_beta};
+pub use invoke::{
+    anthropic_event_type, count_tokens_request, count_tokens_response, invoke_anthropic_body,
+    invoke_chunk, set_anthropic_beta,
+};
 pub use response::converse_response;
 pub use sign::{sign, SignError};
 pub use stream::ConverseStream;

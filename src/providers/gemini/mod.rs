@@ -29,7 +29,7 @@ pub use response::{chat_response, usage};
 pub use stream::ChatStream;
 pub use vertex::{
     assertion, fetch_token, parse_service_account, vertex_anthropic_body, vertex_anthropic_path,
-    ServiceAccount, TokenError, VERTEX_ANTHROPIC_COUNT_TOKENS_PATH,
+    vertex_count_tokens_body, ServiceAccount, TokenError, VERTEX_ANTHROPIC_COUNT_TOKENS_PATH,
 };
 
 /// The Gemini API's base URL (API key in the `x-goog-api-key` header).

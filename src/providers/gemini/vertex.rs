@@ -228,6 +228,15 @@ pub fn vertex_anthropic_path(model: &str, stream: bool) -> String {
 /// answers `{"input_tokens": N}`.
 pub const VERTEX_ANTHROPIC_COUNT_TOKENS_PATH: &str = "/models/count-tokens:rawPredict";
 
+/// The body of Vertex's Claude token counter: an Anthropic `count_tokens` body, its model named
+/// as Vertex names it (without a `models/` prefix).
+pub fn vertex_count_tokens_body(mut counted: Map<String, Value>) -> Value {
+    if let Some(Value::String(m)) = counted.get_mut("model") {
+        *m = super::bare_model(m).to_owned();
+    }
+    Value::Object(counted)
+}
+
 #[cfg(test)]
 #[path = "vertex_tests.rs"]
 mod tests;

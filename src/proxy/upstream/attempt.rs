@@ -128,7 +128,7 @@ impl Exec {
 
     /// Posts the body to the target's endpoint with its credential: in its headers, signed
     /// (SigV4) or exchanged for a token first.
-    async fn send(
+    pub(super) async fn send(
         &self,
         target: &Target,
         body: Bytes,
@@ -297,7 +297,7 @@ impl Exec {
 }
 
 /// Why an attempt was not sent.
-enum Unsent {
+pub(super) enum Unsent {
     /// No answer (a refused host, a timeout, no connection).
     Http(reqwest::Error),
     /// No credential could be had (an exchange failed, signing failed).
@@ -316,7 +316,7 @@ fn is_stream(headers: &HeaderMap) -> bool {
 }
 
 /// The answer to a call that got none.
-fn unanswered_error(e: &reqwest::Error, timeout: Duration) -> DataError {
+pub(super) fn unanswered_error(e: &reqwest::Error, timeout: Duration) -> DataError {
     match client::refused_host(e) {
         // Refused by `upstream_private_hosts = deny` before connecting.
         Some(refused) => private_host_error(refused.to_string()),

@@ -12,6 +12,7 @@
 mod admit;
 mod attempt;
 mod body;
+mod count;
 mod response;
 pub mod wire;
 
@@ -69,21 +70,7 @@ pub async fn run(
     plan: Plan,
     body: RequestBody,
 ) -> Result<Reply, DataError> {
-    let prompt_estimate = meter::estimate_prompt(&body.json);
-    let prompt_max = meter::max_prompt_tokens(&body.json);
-    let mut exec = Exec {
-        plane,
-        ctx,
-        body,
-        wire: wire::Wire::OpenAi,
-        path: String::new(),
-        attempts: 0,
-        prompt_estimate,
-        prompt_max,
-        upstream_time: Duration::ZERO,
-        last_option: String::new(),
-        last_provider: String::new(),
-    };
+    let mut exec = Exec::new(plane, ctx, body);
     let outcome = exec.try_node(&plan.root).await;
     let overhead = exec
         .ctx
@@ -97,7 +84,35 @@ pub async fn run(
     }
 }
 
+/// Counts the request's input tokens (`/v1/messages/count_tokens`) at the plan's target.
+pub async fn count(
+    plane: Arc<DataPlane>,
+    ctx: RequestCtx,
+    plan: Plan,
+    body: RequestBody,
+) -> Result<Reply, DataError> {
+    Exec::new(plane, ctx, body).count(&plan.root).await
+}
+
 impl Exec {
+    fn new(plane: Arc<DataPlane>, ctx: RequestCtx, body: RequestBody) -> Exec {
+        let prompt_estimate = meter::estimate_prompt(&body.json);
+        let prompt_max = meter::max_prompt_tokens(&body.json);
+        Exec {
+            plane,
+            ctx,
+            body,
+            wire: wire::Wire::OpenAi,
+            path: String::new(),
+            attempts: 0,
+            prompt_estimate,
+            prompt_max,
+            upstream_time: Duration::ZERO,
+            last_option: String::new(),
+            last_provider: String::new(),
+        }
+    }
+
     fn try_node<'a>(&'a mut self, node: &'a Node) -> BoxFuture<'a, Outcome> {
         async move {
             match &node.mode {

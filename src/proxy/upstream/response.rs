@@ -178,7 +178,7 @@ impl Exec {
 }
 
 /// Why a non-stream upstream body could not be read whole.
-enum BodyError {
+pub(super) enum BodyError {
     /// The connection broke off.
     Broken,
     /// It is larger than the cap: reading stopped there (`received` bytes had arrived).
@@ -187,7 +187,10 @@ enum BodyError {
 
 /// Reads a body of at most `cap` bytes, chunk by chunk: a larger one is never buffered past the
 /// cap (a declared `Content-Length` over it is refused before reading).
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Bytes, BodyError> {
+pub(super) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Bytes, BodyError> {
     if resp.content_length().is_some_and(|n| n > cap as u64) {
         // Metered as if the cap had arrived: the estimate stays bounded by the cap.
         return Err(BodyError::TooLarge { received: cap });

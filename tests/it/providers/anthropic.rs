@@ -155,3 +155,54 @@ async fn a_cut_or_garbled_anthropic_stream_ends_with_an_error_and_is_still_meter
     let body = json!({"model": "@antt/truncated", "max_tokens": 5, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     cut_messages_stream(&server, &key, "antt-msg", &body).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_tokens_is_anthropics_count_and_its_errors_pass_on_unmetered() {
+    let (mock, server, key) = setup("cnt").await;
+    // A config's override_params reach the counter only where it takes them (not `temperature`
+    // or `max_tokens`, which Anthropic refuses there); `anthropic-beta` goes along.
+    let config = json!({"provider": "@cnt", "override_params": {"temperature": 0.5, "max_tokens": 9,
+        "system": "be brief"}});
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"name": "lookup", "input_schema": {"type": "object"}}]});
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/messages/count_tokens", server.url))
+        .header("x-api-key", &key)
+        .header("x-portkey-config", config.to_string())
+        .header("anthropic-beta", "token-counting-2024-11-01")
+        .header("x-portkey-trace-id", "cnt-ok")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v, json!({"input_tokens": mock_anthropic::COUNT_TOKENS}));
+    let sent = mock.seen.bodies.lock()[0].clone();
+    assert_eq!(
+        sent,
+        json!({"model": MODEL, "system": "be brief", "tools": body["tools"],
+            "messages": [{"role": "user", "content": "hi"}]})
+    );
+    let headers = mock.seen.headers.lock()[0].clone();
+    assert_eq!(headers["x-api-key"], "sk-ant-test-0123456789");
+    assert_eq!(headers["anthropic-beta"], "token-counting-2024-11-01");
+    // Anthropic's refusal reaches the caller as it was, with its Retry-After.
+    let body = json!({"model": "@cnt/fail-429", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, headers, text) =
+        post(&server, "/messages/count_tokens", &key, "cnt-429", &body).await;
+    assert_eq!(status, 429, "{text}");
+    assert_eq!(headers["retry-after"], mock_anthropic::RETRY_AFTER);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    // The gateway's own refusals in Anthropic's shape, before anything is sent.
+    let body = json!({"model": "@nope/x", "messages": []});
+    let (status, _, text) = post(&server, "/messages/count_tokens", &key, "cnt-bad", &body).await;
+    assert_eq!(status, 400, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(mock.seen.bodies.lock().len(), 2);
+    for trace in ["cnt-ok", "cnt-429", "cnt-bad"] {
+        assert!(metered(&server, trace, 0).await.is_empty(), "{trace}");
+    }
+}

@@ -443,6 +443,27 @@ async fn claude_on_vertex_serves_the_messages_front_door_metered_exactly() {
         let m = metered(&server, trace, 1).await;
         assert_eq!((m[0].usage, m[0].cost), (billed, cost), "{trace}");
     }
+    // count_tokens goes to Vertex's Claude counter (the model in its body), unmetered.
+    let body = json!({"model": format!("@vtc/{CLAUDE}"), "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                     {"role": "user", "content": "count us"}]});
+    let v = json_of(
+        &post_status(
+            &server,
+            "/messages/count_tokens",
+            &key,
+            "vtc-count",
+            &body,
+            200,
+        )
+        .await,
+    );
+    assert_eq!(v, json!({"input_tokens": 9}));
+    let bodies = mock.seen.bodies.lock().clone();
+    assert_eq!(bodies[4].0, "count-tokens:rawPredict");
+    assert_eq!(bodies[4].1["model"], CLAUDE, "{:?}", bodies[4]);
+    assert!(bodies[4].1.get("max_tokens").is_none(), "{:?}", bodies[4]);
+    assert!(metered(&server, "vtc-count", 0).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

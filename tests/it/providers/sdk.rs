@@ -104,15 +104,17 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
             u["rate_limited"]["body"]["error"]["type"], "rate_limit_error",
             "{name}"
         );
-        // count_tokens is the gateway's own estimate of the same prompt (nothing is called).
+        // count_tokens: Anthropic's and Bedrock's counters (each checks the body it is sent);
+        // the gateway's own estimate of the same prompt for an OpenAI-format provider.
         let Value::Object(prompt) = json!({"messages": [{"role": "user", "content": "hi"}]}) else {
             unreachable!()
         };
-        assert_eq!(
-            u["count_tokens"].as_u64(),
-            Some(tollgate::proxy::meter::estimate_prompt(&prompt)),
-            "{name}"
-        );
+        let count = match name {
+            "ant" => mock_anthropic::COUNT_TOKENS,
+            "bdr" => mock_bedrock::COUNT_PER_MESSAGE,
+            _ => tollgate::proxy::meter::estimate_prompt(&prompt),
+        };
+        assert_eq!(u["count_tokens"].as_u64(), Some(count), "{name}: {u}");
     }
     assert_eq!(r["ant"]["tool"]["id"], mock_anthropic::TOOL_ID);
     assert_eq!(r["ant"]["tool"]["input"], mock_anthropic::tool_input());
@@ -178,10 +180,11 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
             "invoke-with-response-stream",
             "invoke",
             "invoke",
+            "count-tokens",
             "invoke"
         ]
         .map(Value::from),
-        "InvokeModel for every call"
+        "InvokeModel for every call, CountTokens for the count"
     );
     assert_eq!(
         invoked[3]["body"]["messages"][2]["content"][0]["tool_use_id"],
