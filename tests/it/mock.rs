@@ -8,6 +8,8 @@
 //!   the connection took (`poured`) and note when they stopped (`pours_ended`).
 //! - `full-output` bills the whole output allowance: completion = `max_tokens` (or
 //!   `max_completion_tokens`, else 16) × `n`;
+//! - reasoning models (`o1`, `o3`, `o4-mini`, `gpt-5`...) refuse `max_tokens` as OpenAI does
+//!   (400 `unsupported_parameter`: they take `max_completion_tokens`);
 //! - `huge-usage` reports absurd usage (prompt and completion tokens near 2^63).
 //! - `long-stream` streams 2,000 chunks of about 4 KiB as fast as they are read (8 MiB).
 //! - `big-events` streams [`BIG_EVENTS`] events of about [`BIG_EVENT_BYTES`] each as fast as they
@@ -159,6 +161,14 @@ async fn chat(
     let model = body["model"].as_str().unwrap_or("").to_owned();
     if let Some(r) = failure(&model) {
         return r;
+    }
+    let reasoning = ["o1", "o3", "o4", "gpt-5"]
+        .iter()
+        .any(|p| model.starts_with(p));
+    if reasoning && body.get("max_tokens").is_some() {
+        let body = json!({"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+            "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
     if model.contains("huge-body") {
         let prefix = r#"{"id":"chatcmpl-mock","object":"chat.completion","pad":""#;

@@ -206,3 +206,32 @@ async fn count_tokens_is_anthropics_count_and_its_errors_pass_on_unmetered() {
         assert!(metered(&server, trace, 0).await.is_empty(), "{trace}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_openai_format_providers_name_the_output_cap_as_each_takes_it() {
+    let oai = crate::mock::start().await;
+    let server = harness::start().await;
+    let fields = json!({"key": "sk-mock-provider-key-0123456789", "configurations": {"custom_host": oai.url}});
+    let openai = native_tenant(&server, "capo", "openai", fields.clone()).await;
+    let groq = native_tenant(&server, "capg", "groq", fields).await;
+    // OpenAI's reasoning models refuse `max_tokens`; OpenAI (and Azure) take
+    // `max_completion_tokens` for every model, so that is what they are sent.
+    for (model, trace) in [("o3-mini", "cap-o3"), ("gpt-4o", "cap-4o")] {
+        let body = json!({"model": format!("@capo/{model}"), "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let (status, _, text) = post(&server, "/messages", &openai, trace, &body).await;
+        assert_eq!(status, 200, "{trace}: {text}");
+        let sent = oai.seen.bodies.lock().last().unwrap().clone();
+        assert_eq!(sent["max_completion_tokens"], 64, "{sent}");
+        assert!(sent.get("max_tokens").is_none(), "{sent}");
+        assert_eq!(metered(&server, trace, 1).await[0].status, 200);
+    }
+    // Another OpenAI-format provider knows `max_tokens` only.
+    let body = json!({"model": "@capg/llama-3.3-70b-versatile", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, text) = post(&server, "/messages", &groq, "cap-groq", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let sent = oai.seen.bodies.lock().last().unwrap().clone();
+    assert_eq!(sent["max_tokens"], 64, "{sent}");
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
+}
