@@ -263,15 +263,26 @@ fn base_url(
     protocol: Protocol,
     model: &str,
 ) -> Result<String, DataError> {
-    if let Some(h) = config_str(i, "custom_host") {
-        return Ok(h.trim_end_matches('/').to_owned());
-    }
     let missing = |what: &str| {
         DataError::bad_request(format!(
             "provider {slug}: {} needs {what}",
             i.ai_provider_id
         ))
     };
+    if let Some(h) = config_str(i, "custom_host") {
+        let host = h.trim_end_matches('/');
+        // Azure behind a private endpoint: the host replaces the resource's, and a model map
+        // still picks the deployment. Without a map the host is the deployment's URL itself.
+        if protocol == Protocol::Azure && i.configurations.contains_key("deployments") {
+            let deployment = azure_deployment(i, model)
+                .filter(|d| azure_name_ok("deployment_name", d))
+                .ok_or_else(|| {
+                    missing("a valid deployment for the model (deployments or deployment_id)")
+                })?;
+            return Ok(format!("{host}/openai/deployments/{deployment}"));
+        }
+        return Ok(host.to_owned());
+    }
     Ok(match protocol {
         Protocol::Azure => {
             // Names stored before they were validated are checked again: they form the URL.
@@ -442,6 +453,21 @@ mod tests {
         );
         let host = azure(json!({"custom_host": "http://mock:1/v1/"}));
         assert_eq!(url(&host, "any").unwrap(), "http://mock:1/v1");
+        // A private endpoint with a model map: the host replaces the resource's.
+        let private = azure(json!({"custom_host": "https://private.example/",
+            "deployments": {"gpt-4o": "prod-4o", "bad": "../x"}, "deployment_id": "dflt"}));
+        assert_eq!(
+            url(&private, "gpt-4o").unwrap(),
+            "https://private.example/openai/deployments/prod-4o"
+        );
+        assert_eq!(
+            url(&private, "other").unwrap(),
+            "https://private.example/openai/deployments/dflt"
+        );
+        assert!(
+            url(&private, "bad").is_err(),
+            "a deployment name that is a path"
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //! - a (whole, not streamed) request with `tools` whose last message is the user's calls the
 //!   first tool: `tool_calls` [{id [`TOOL_CALL_ID`], arguments [`TOOL_ARGUMENTS`]}].
 //!
+//! Azure OpenAI's paths too: `POST /openai/deployments/{deployment}/chat/completions` and
+//! `/embeddings` want an `api-version` query and an `api-key` header (or an Entra ID bearer
+//! token), answer as the OpenAI routes do, and note each call in [`Seen::azure`].
+//!
 //! Usage is always prompt 11 + messages, completion 7 (the chunks' text is 7 tokens' worth).
 //! `POST /v1/responses` (OpenAI's Responses API) bills [`RESPONSES_USAGE`] (input, cached,
 //! output incl. reasoning), plain or as its SSE events ending with `response.completed`.
@@ -27,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -43,6 +47,9 @@ pub struct Seen {
     pub auth: Mutex<Vec<String>>,
     /// Streams whose last chunk the mock managed to write.
     pub streams_finished: AtomicUsize,
+    /// Azure calls: (deployment, api-version, the credential header as `api-key: ...` or
+    /// `authorization: ...`).
+    pub azure: Mutex<Vec<(String, String, String)>>,
     /// Bytes of `huge-body` / `endless-event` answers accepted by the connection.
     pub poured: AtomicUsize,
     /// `huge-body` / `endless-event` answers that stopped (sent all, or the gateway hung up).
@@ -103,6 +110,7 @@ pub async fn start() -> Mock {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/responses", post(responses))
+        .route("/openai/deployments/{deployment}/{*operation}", post(azure))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
@@ -402,4 +410,48 @@ async fn responses(
         .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
         .collect();
     ([("content-type", "text/event-stream")], text).into_response()
+}
+
+/// Azure's checks of a call to `deployment`: the `api-version` query and a credential, noted in
+/// [`Seen::azure`]; a refusal in Azure's error shape.
+fn azure_call(
+    seen: &Seen,
+    deployment: String,
+    query: &std::collections::HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let credential = match (header("api-key"), header("authorization")) {
+        (Some(k), _) => format!("api-key: {k}"),
+        (None, Some(b)) if b.starts_with("Bearer ") => format!("authorization: {b}"),
+        _ => {
+            let body = json!({"error": {"code": "401", "message": "Access denied due to missing subscription key."}});
+            return Some((StatusCode::UNAUTHORIZED, Json(body)).into_response());
+        }
+    };
+    let Some(version) = query.get("api-version") else {
+        let body = json!({"error": {"code": "404", "message": "Resource not found"}});
+        return Some((StatusCode::NOT_FOUND, Json(body)).into_response());
+    };
+    seen.azure
+        .lock()
+        .push((deployment, version.clone(), credential));
+    None
+}
+
+async fn azure(
+    State(seen): State<Arc<Seen>>,
+    Path((deployment, operation)): Path<(String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Json<Value>,
+) -> Response {
+    if let Some(refused) = azure_call(&seen, deployment, &query, &headers) {
+        return refused;
+    }
+    match operation.as_str() {
+        "chat/completions" => chat(State(seen), headers, body).await,
+        "embeddings" => embeddings(State(seen), headers, body).await,
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
 }

@@ -3,6 +3,7 @@
 //! shipped price table's rates, exactly.
 
 mod anthropic;
+mod azure;
 mod bedrock;
 mod catalog;
 mod fallback;
