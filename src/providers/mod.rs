@@ -21,6 +21,7 @@ pub mod chat_stream;
 pub mod gemini;
 
 use bytes::Bytes;
+use serde_json::Value;
 
 use crate::domain::pricing::TokenUsage;
 
@@ -202,6 +203,27 @@ pub(crate) mod testing {
     pub fn translate_named(t: &mut dyn StreamTranslator, events: &[(&str, Value)]) -> Vec<Value> {
         translate(t, events.iter().map(|(name, data)| (Some(*name), data)))
     }
+}
+
+/// An embedding in OpenAI's answer from a provider's list of numbers: the list, or with
+/// `base64` (the caller's `encoding_format: base64`, the `openai` SDK's default) its values as
+/// little-endian `f32`s, base64-encoded.
+pub fn embedding(values: Option<&Value>, base64: bool) -> Result<Value, Garbled> {
+    let list = values
+        .and_then(Value::as_array)
+        .filter(|l| l.iter().all(Value::is_number))
+        .ok_or_else(|| Garbled("an embedding is not a list of numbers".into()))?;
+    if !base64 {
+        return Ok(Value::Array(list.clone()));
+    }
+    let bytes: Vec<u8> = list
+        .iter()
+        .flat_map(|v| (v.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
+        .collect();
+    Ok(Value::String(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        bytes,
+    )))
 }
 
 #[cfg(test)]

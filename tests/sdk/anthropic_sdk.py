@@ -6,7 +6,9 @@ the real `openai` SDK, on native upstreams.
 PART=anthropic: for each upstream in UPSTREAMS (JSON: [{name, key, model, route, auth, fail}]) a
 plain message, a stream (`messages.stream` + `get_final_message`), a tool call and its tool_result
 turn, `count_tokens` and a 429; then the gateway's own refusals. PART=openai: for each upstream
-(JSON: [{name, key, model}]) a chat completion, a stream with include_usage and a request with tools.
+(JSON: [{name, key, model, embed}]) a chat completion, a stream with include_usage, a request with
+tools, and an embedding of each `[model, input]` in `embed` (an empty list: the provider has no
+embeddings, and the call must be refused).
 Every call carries its own trace id (`<name>-<case>`). Prints `RESULT <json>`.
 """
 
@@ -115,6 +117,17 @@ def openai_part():
         r["tools"] = {"text": msg.content, "finish_reason": done.choices[0].finish_reason,
                       "tool_calls": [{"name": t.function.name, "arguments": json.loads(t.function.arguments)}
                                      for t in msg.tool_calls or []]}
+        r["embed"] = []
+        for i, (m, given) in enumerate(u["embed"]):
+            e = c.embeddings.create(model=f"@{u['slug']}/{m}", input=given, extra_headers=trace(name, f"embed-{i}"))
+            r["embed"].append({"vectors": [d.embedding for d in e.data],
+                               "prompt_tokens": e.usage.prompt_tokens if e.usage else None})
+        if not u["embed"]:
+            try:
+                c.embeddings.create(model=model, input="hi", extra_headers=trace(name, "embed-refused"))
+                raise AssertionError("embeddings succeeded")
+            except openai.APIStatusError as e:
+                r["embed_refused"] = {"class": type(e).__name__, "status": e.status_code, "body": e.body}
         out[name] = r
     return out
 

@@ -8,8 +8,8 @@
 //! - Cohere (`cohere.embed-*`): up to [`COHERE_BATCH`] texts per call,
 //!   `{texts, input_type: "search_document"}` -> `{embeddings: [[...]]}`. Cohere's body has no
 //!   token count: Bedrock's `X-Amzn-Bedrock-Input-Token-Count` response header has it, which
-//!   the data plane passes as `header_tokens` (summed over the calls); without it the count is
-//!   estimated (a token per 4 bytes of text, rounded up) and flagged.
+//!   the data plane passes as `header_tokens` (summed over the calls); without it there is no
+//!   count (the data plane estimates one).
 
 use serde_json::{json, Map, Value};
 
@@ -48,11 +48,10 @@ impl EmbedFamily {
 /// What an embeddings answer becomes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embedded {
-    /// The OpenAI `list` of `embedding` objects, with `usage`.
+    /// The OpenAI `list` of `embedding` objects, with `usage` when Bedrock counted.
     pub body: Value,
-    pub usage: TokenUsage,
-    /// Whether `usage` is an estimate (Cohere without the token-count header).
-    pub estimated: bool,
+    /// What Bedrock counted; `None` for Cohere without the token-count header.
+    pub usage: Option<TokenUsage>,
 }
 
 fn texts(input: &Value) -> Result<Vec<&str>, Unsupported> {
@@ -96,7 +95,7 @@ pub fn embed_request(model: &str, input: &Value) -> Result<Vec<Value>, Unsupport
 
 /// The InvokeModel bodies for a whole OpenAI embeddings request: [`embed_request`] of its
 /// `input`, with `dimensions` carried to Titan v2 (256, 512 or 1024) and refused elsewhere,
-/// `encoding_format` `float` only (Bedrock answers floats), `model` and `user` ignored, and
+/// `encoding_format` `float` or `base64` (see [`embed_response`]), `model` and `user` ignored, and
 /// anything else refused.
 pub fn embed_requests(model: &str, body: &Map<String, Value>) -> Result<Vec<Value>, Unsupported> {
     let input = body
@@ -106,7 +105,7 @@ pub fn embed_requests(model: &str, body: &Map<String, Value>) -> Result<Vec<Valu
     for (key, value) in body {
         match key.as_str() {
             "input" | "model" | "user" => {}
-            "encoding_format" if value.is_null() || value == "float" => {}
+            "encoding_format" if value.is_null() || value == "float" || value == "base64" => {}
             "dimensions" if value.is_null() => {}
             "dimensions" if model.contains("titan-embed-text-v2") => {
                 let Some(d @ (256 | 512 | 1024)) = value.as_u64() else {
@@ -129,12 +128,14 @@ pub fn embed_requests(model: &str, body: &Map<String, Value>) -> Result<Vec<Valu
 }
 
 /// The OpenAI embeddings answer for the bodies of the calls [`embed_request`] made (same order),
-/// `input` being the same OpenAI `input`.
+/// `input` being the same OpenAI `input`; `base64` encodes the vectors as the caller's
+/// `encoding_format: base64` asks (Bedrock answers floats).
 pub fn embed_response(
     model: &str,
     input: &Value,
     bodies: &[&[u8]],
     header_tokens: Option<u64>,
+    base64: bool,
 ) -> Result<Embedded, Garbled> {
     let texts = texts(input).map_err(|e| Garbled(e.0))?;
     let family = EmbedFamily::of(model)
@@ -146,7 +147,7 @@ pub fn embed_response(
             .map_err(|e| Garbled(format!("Bedrock embedding answer is not JSON: {e}")))?;
         match family {
             EmbedFamily::Titan => {
-                vectors.push(vector(v.get("embedding"))?);
+                vectors.push(crate::providers::embedding(v.get("embedding"), base64)?);
                 counted = counted.saturating_add(
                     v.get("inputTextTokenCount")
                         .and_then(Value::as_u64)
@@ -159,7 +160,7 @@ pub fn embed_response(
                     .and_then(Value::as_array)
                     .ok_or_else(|| Garbled("Cohere answer has no embeddings list".into()))?;
                 for e in list {
-                    vectors.push(vector(Some(e))?);
+                    vectors.push(crate::providers::embedding(Some(e), base64)?);
                 }
             }
         }
@@ -171,40 +172,26 @@ pub fn embed_response(
             texts.len()
         )));
     }
-    let (prompt, estimated) = match (family, header_tokens) {
-        (EmbedFamily::Titan, _) => (counted, false),
-        (EmbedFamily::Cohere, Some(n)) => (n, false),
-        (EmbedFamily::Cohere, None) => (
-            texts.iter().map(|t| (t.len() as u64).div_ceil(4)).sum(),
-            true,
-        ),
+    let prompt = match family {
+        EmbedFamily::Titan => Some(counted),
+        EmbedFamily::Cohere => header_tokens,
     };
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
         .map(|(i, e)| json!({ "object": "embedding", "index": i, "embedding": e }))
         .collect();
-    let usage = TokenUsage {
-        prompt,
-        ..TokenUsage::default()
-    };
-    Ok(Embedded {
-        body: json!({
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": { "prompt_tokens": prompt, "total_tokens": prompt },
-        }),
-        usage,
-        estimated,
-    })
-}
-
-fn vector(v: Option<&Value>) -> Result<Value, Garbled> {
-    match v {
-        Some(Value::Array(xs)) if xs.iter().all(Value::is_number) => Ok(Value::Array(xs.clone())),
-        _ => Err(Garbled("Bedrock embedding is not a list of numbers".into())),
+    let mut body = json!({"object": "list", "data": data, "model": model});
+    if let Some(p) = prompt {
+        body["usage"] = json!({ "prompt_tokens": p, "total_tokens": p });
     }
+    Ok(Embedded {
+        body,
+        usage: prompt.map(|prompt| TokenUsage {
+            prompt,
+            ..TokenUsage::default()
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -221,12 +208,37 @@ mod tests {
         );
         let b1 = br#"{"embedding": [0.1, 0.2], "inputTextTokenCount": 3}"#;
         let b2 = br#"{"embedding": [0.3, 0.4], "inputTextTokenCount": 4}"#;
-        let out = embed_response("amazon.titan-embed-text-v2:0", &input, &[b1, b2], None).unwrap();
-        assert_eq!(out.usage.prompt, 7);
-        assert!(!out.estimated);
+        let out = embed_response(
+            "amazon.titan-embed-text-v2:0",
+            &input,
+            &[b1, b2],
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(out.usage.map(|u| u.prompt), Some(7));
         assert_eq!(out.body["data"][1]["index"], 1);
         assert_eq!(out.body["data"][1]["embedding"], json!([0.3, 0.4]));
         assert_eq!(out.body["usage"]["prompt_tokens"], 7);
+        // The `openai` SDK asks for base64 by default: little-endian f32s.
+        let out = embed_response(
+            "amazon.titan-embed-text-v2:0",
+            &input,
+            &[b1, b2],
+            None,
+            true,
+        )
+        .unwrap();
+        let b64 = out.body["data"][0]["embedding"].as_str().unwrap();
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let floats: Vec<f32> = bytes
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(floats, [0.1f32, 0.2]);
     }
 
     #[test]
@@ -238,10 +250,12 @@ mod tests {
         assert_eq!(reqs[1]["input_type"], "search_document");
         let input = json!("hello world!");
         let body = br#"{"id": "x", "embeddings": [[1, 2]], "texts": ["hello world!"], "response_type": "embeddings_floats"}"#;
-        let est = embed_response("cohere.embed-english-v3", &input, &[body], None).unwrap();
-        assert_eq!((est.usage.prompt, est.estimated), (3, true));
-        let exact = embed_response("cohere.embed-english-v3", &input, &[body], Some(4)).unwrap();
-        assert_eq!((exact.usage.prompt, exact.estimated), (4, false));
+        let est = embed_response("cohere.embed-english-v3", &input, &[body], None, false).unwrap();
+        assert_eq!(est.usage, None);
+        assert!(est.body.get("usage").is_none());
+        let exact =
+            embed_response("cohere.embed-english-v3", &input, &[body], Some(4), false).unwrap();
+        assert_eq!(exact.usage.map(|u| u.prompt), Some(4));
     }
 
     #[test]
@@ -259,7 +273,7 @@ mod tests {
         assert_eq!(calls, vec![json!({"inputText": "a", "dimensions": 256})]);
         for bad in [
             json!({"input": "a", "dimensions": 300}),
-            json!({"input": "a", "encoding_format": "base64"}),
+            json!({"input": "a", "encoding_format": "int8"}),
             json!({"input": "a", "extra": 1}),
             json!({}),
         ] {
@@ -277,15 +291,19 @@ mod tests {
         let input = json!(["a", "b"]);
         let one = br#"{"embedding": [0.1], "inputTextTokenCount": 1}"#;
         let m = "amazon.titan-embed-text-v1";
-        assert!(embed_response(m, &input, &[one], None).is_err(), "too few");
-        assert!(embed_response(m, &input, &[one, b"nope"], None).is_err());
+        assert!(
+            embed_response(m, &input, &[one], None, false).is_err(),
+            "too few"
+        );
+        assert!(embed_response(m, &input, &[one, b"nope"], None, false).is_err());
         assert!(embed_response(
             m,
             &input,
             &[one, br#"{"embedding": ["x"], "inputTextTokenCount": 1}"#],
-            None
+            None,
+            false
         )
         .is_err());
-        assert!(embed_response(m, &input, &[one, br#"{"embedding": [1]}"#], None).is_err());
+        assert!(embed_response(m, &input, &[one, br#"{"embedding": [1]}"#], None, false).is_err());
     }
 }

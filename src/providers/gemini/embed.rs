@@ -7,7 +7,6 @@
 //! text only). Usage: Vertex reports `statistics.token_count` per prediction; the Gemini API
 //! reports none (then `usage` is omitted and `None` returned: the data plane estimates).
 
-use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::path_segment;
@@ -149,7 +148,7 @@ pub fn embed_response(
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            Ok(json!({ "object": "embedding", "index": i, "embedding": encode(v, base64)? }))
+            Ok(json!({ "object": "embedding", "index": i, "embedding": crate::providers::embedding(Some(v), base64)? }))
         })
         .collect::<Result<Vec<_>, Garbled>>()?;
     let mut out = json!({ "object": "list", "data": data, "model": model });
@@ -208,23 +207,6 @@ fn vectors(resp: &Value) -> Result<(Vec<&Value>, Option<u64>), Garbled> {
 
 fn garbled(field: &str) -> Garbled {
     Garbled(format!("Gemini's embeddings answer lacks {field}"))
-}
-
-fn encode(values: &Value, base64: bool) -> Result<Value, Garbled> {
-    let list = values
-        .as_array()
-        .filter(|l| l.iter().all(Value::is_number))
-        .ok_or_else(|| Garbled("Gemini: embedding values are not a list of numbers".into()))?;
-    if !base64 {
-        return Ok(Value::Array(list.clone()));
-    }
-    let bytes: Vec<u8> = list
-        .iter()
-        .flat_map(|v| (v.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
-        .collect();
-    Ok(json!(
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    ))
 }
 
 #[cfg(test)]
@@ -314,6 +296,7 @@ mod tests {
         let (v, u) = embed_response(body, "m", true).unwrap();
         assert_eq!(u.unwrap().prompt, 10);
         assert_eq!(v["usage"]["prompt_tokens"], 10);
+        use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(0.25f32.to_le_bytes());
         assert_eq!(v["data"][0]["embedding"], json!(b64));
     }

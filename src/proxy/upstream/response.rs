@@ -138,11 +138,12 @@ impl Exec {
         }
         let request = &self.body.json;
         if status.is_success() {
-            return self.wire.whole(&body, model, request, counted);
+            let estimate = self.prompt_estimate;
+            return self.wire.whole(&body, model, request, counted, estimate);
         }
         let usage = self
             .wire
-            .whole(&body, model, request, counted)
+            .whole(&body, model, request, counted, self.prompt_estimate)
             .ok()
             .and_then(|(_, u)| u);
         let body = self.wire.error_body(status.as_u16(), &body).unwrap_or(body);

@@ -196,14 +196,22 @@ impl Wire {
 
     /// A whole success answer in the caller's protocol, with the provider's usage when it gave
     /// one. `request` is the caller's body and `counted` the input tokens a Bedrock answer's
-    /// `X-Amzn-Bedrock-Input-Token-Count` header gave (embeddings read them).
+    /// `X-Amzn-Bedrock-Input-Token-Count` header gave (embeddings read them). An embeddings
+    /// answer without the provider's count says `prompt_estimate`, what the attempt is metered
+    /// with (OpenAI's embeddings answer always has `usage`).
     pub fn whole(
         self,
         body: &Bytes,
         model: &str,
         request: &Map<String, Value>,
         counted: Option<u64>,
+        prompt_estimate: u64,
     ) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
+        let estimated_usage = |mut v: Value| {
+            v["usage"] = serde_json::json!({"prompt_tokens": prompt_estimate,
+                "total_tokens": prompt_estimate});
+            (v, None)
+        };
         // `to_vec` writes bytes straight; `to_string` goes through `fmt` (measured slower).
         let encode = |(v, u): (Value, Option<TokenUsage>)| (Bytes::from(json_bytes(&v)), u);
         Ok(match self {
@@ -218,15 +226,19 @@ impl Wire {
             Wire::MessagesToChat => encode(anthropic::chat_to_messages_response(body)?),
             Wire::EmbedBedrock => {
                 let input = request.get("input").unwrap_or(&Value::Null);
-                let e = bedrock::embed_response(model, input, &[body], counted)?;
-                // An estimate (Cohere without its count header) is left to the data plane's.
-                encode((e.body, (!e.estimated).then_some(e.usage)))
+                let e = bedrock::embed_response(model, input, &[body], counted, base64(request))?;
+                // Cohere without its count header: the data plane's estimate.
+                encode(match e.usage {
+                    None => estimated_usage(e.body),
+                    counted => (e.body, counted),
+                })
             }
-            Wire::EmbedGoogle(_) => {
-                let base64 =
-                    request.get("encoding_format").and_then(Value::as_str) == Some("base64");
-                encode(gemini::embed_response(body, model, base64)?)
-            }
+            Wire::EmbedGoogle(_) => encode(
+                match gemini::embed_response(body, model, base64(request))? {
+                    (v, None) => estimated_usage(v),
+                    counted => counted,
+                },
+            ),
             Wire::MessagesVia(inner) => {
                 let (chat, usage) = match inner {
                     Inner::Bedrock => {
@@ -304,6 +316,11 @@ fn json_bytes(v: &Value) -> Vec<u8> {
 
 /// The message of a provider's error body, in any of the shapes providers use: OpenAI's and
 /// Google's `error.message`, Anthropic's `error.message`, AWS's `message` / `Message`.
+/// Whether the caller asked for embeddings as base64 (`encoding_format: base64`).
+fn base64(request: &Map<String, Value>) -> bool {
+    request.get("encoding_format").and_then(Value::as_str) == Some("base64")
+}
+
 pub(crate) fn provider_message(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let text = v

@@ -16,6 +16,11 @@ const BEDROCK_CLAUDE: &str = "anthropic.claude-3-7-sonnet-20250219-v1:0";
 const NOVA: &str = "amazon.nova-pro-v1:0";
 const GEMINI: &str = "gemini-2.0-flash-001";
 const GPT: &str = "gpt-4o-mini";
+const VERTEX_GEMINI: &str = "gemini-2.0-flash";
+const TITAN: &str = "amazon.titan-embed-text-v2:0";
+const COHERE: &str = "cohere.embed-english-v3";
+const GEMINI_EMBED: &str = "gemini-embedding-001";
+const VERTEX_EMBED: &str = "text-embedding-004";
 
 async fn run(part: &str, server: &harness::Server, upstreams: Value) -> Value {
     let stdout = harness::run_sdk(
@@ -274,10 +279,11 @@ async fn anthropic_sdk_on_messages_to_anthropic_bedrock_and_openai_format() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
+async fn openai_sdk_chat_and_embeddings_to_anthropic_bedrock_gemini_and_vertex() {
     let ant = mock_anthropic::start().await;
     let bdr = mock_bedrock::start().await;
     let gem = mock_gemini::start().await;
+    let token = mock_gemini::start_vertex_token(3600).await;
     let server = harness::start().await;
     let ant_key = native_tenant(&server, "oa-ant", "anthropic", anthropic_fields(&ant.url)).await;
     let bdr_key = native_tenant(
@@ -289,10 +295,18 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
     .await;
     let fields = gemini_fields(&gem, mock_gemini::GEMINI_KEY);
     let gem_key = native_tenant(&server, "oa-gem", "google", fields).await;
+    let fields = json!({"configurations": {"custom_host": gem.vertex_url("google"),
+        "vertex_project_id": "mock-project", "vertex_region": "us-central1",
+        "vertex_service_account_json": token.service_account_json}});
+    let vtx_key = native_tenant(&server, "oa-vtx", "vertex-ai", fields).await;
     let upstreams = json!([
-        {"name": "ant", "slug": "oa-ant", "key": ant_key, "model": CLAUDE},
-        {"name": "bdr", "slug": "oa-bdr", "key": bdr_key, "model": NOVA},
-        {"name": "gem", "slug": "oa-gem", "key": gem_key, "model": GEMINI},
+        {"name": "ant", "slug": "oa-ant", "key": ant_key, "model": CLAUDE, "embed": []},
+        {"name": "bdr", "slug": "oa-bdr", "key": bdr_key, "model": NOVA,
+         "embed": [[TITAN, "hello"], [COHERE, ["a", "b"]]]},
+        {"name": "gem", "slug": "oa-gem", "key": gem_key, "model": GEMINI,
+         "embed": [[GEMINI_EMBED, "hello"], [GEMINI_EMBED, ["a", "b"]]]},
+        {"name": "vtx", "slug": "oa-vtx", "key": vtx_key, "model": VERTEX_GEMINI,
+         "embed": [[VERTEX_EMBED, ["a", "b"]]]},
     ]);
     let r = run("openai", &server, upstreams).await;
 
@@ -311,6 +325,12 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
             mock_bedrock::USAGE,
         ),
         ("gem", ("google", GEMINI), mock_gemini::TEXT, gemini),
+        (
+            "vtx",
+            ("vertex-ai", VERTEX_GEMINI),
+            mock_gemini::TEXT,
+            gemini,
+        ),
     ];
     for (name, at, text, usage) in upstreams {
         let u = &r[name];
@@ -364,7 +384,14 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
     let actions: Vec<_> = converse.iter().map(|s| s["action"].clone()).collect();
     assert_eq!(
         actions,
-        ["converse", "converse-stream", "converse"].map(Value::from)
+        [
+            "converse",
+            "converse-stream",
+            "converse",
+            "invoke",
+            "invoke"
+        ]
+        .map(Value::from)
     );
     assert_eq!(
         converse[2]["body"]["toolConfig"]["tools"][0]["toolSpec"]["name"],
@@ -376,4 +403,65 @@ async fn openai_sdk_chat_to_anthropic_bedrock_and_gemini() {
         body["tools"][0]["functionDeclarations"][0]["name"], "lookup",
         "{body}"
     );
+
+    // Embeddings: one vector per input, metered from the provider's count (Titan's body,
+    // Cohere's header, Vertex's statistics) or estimated where Gemini reports none.
+    let e = &r["ant"]["embed_refused"];
+    assert_eq!(
+        (e["class"].as_str(), e["status"].as_u64()),
+        (Some("BadRequestError"), Some(400)),
+        "{e}"
+    );
+    assert!(metered(&server, "ant-embed-refused", 0).await.is_empty());
+    let provider_counted = [
+        ("bdr", 0, ("bedrock", TITAN), 1, mock_bedrock::TITAN_TOKENS),
+        (
+            "bdr",
+            1,
+            ("bedrock", COHERE),
+            2,
+            2 * mock_bedrock::COHERE_TOKENS,
+        ),
+        (
+            "vtx",
+            0,
+            ("vertex-ai", VERTEX_EMBED),
+            2,
+            2 * mock_gemini::EMBED_TOKENS,
+        ),
+    ];
+    for (name, i, at, vectors, tokens) in provider_counted {
+        let got = &r[name]["embed"][i];
+        assert_eq!(
+            got["vectors"].as_array().unwrap().len(),
+            vectors,
+            "{name}: {got}"
+        );
+        assert_eq!(got["prompt_tokens"].as_u64(), Some(tokens), "{name}: {got}");
+        let usage = TokenUsage {
+            prompt: tokens,
+            ..TokenUsage::default()
+        };
+        billed_once(
+            &server,
+            &format!("{name}-embed-{i}"),
+            at,
+            "embeddings",
+            false,
+            usage,
+        )
+        .await;
+    }
+    for (i, vectors) in [(0, 1), (1, 2)] {
+        let got = &r["gem"]["embed"][i];
+        assert_eq!(got["vectors"].as_array().unwrap().len(), vectors, "{got}");
+        let m = metered(&server, &format!("gem-embed-{i}"), 1).await;
+        assert_eq!((m.len(), m[0].source.as_str()), (1, "estimated"), "{m:?}");
+        assert_eq!(
+            Some(m[0].usage.prompt),
+            got["prompt_tokens"].as_u64(),
+            "{m:?}"
+        );
+        assert_eq!(m[0].cost, super::priced("google", GEMINI_EMBED, m[0].usage));
+    }
 }
