@@ -30,7 +30,8 @@ InternalServerException; `garbage` a body that is not the protocol (stream: a fr
 CRC); `truncate` a stream cut inside a frame; `stream-exception` a modelStreamErrorException
 mid-stream; `tool` answers with a tool use (Converse, when the request has tools). InvokeModel of
 an `anthropic.*` model calls the first tool (a `tool_use` block) when the request has `tools` and
-its last message carries no `tool_result` (whole answers; streams stay text).
+its last message carries no `tool_result` (whole answers; streams stay text). Titan refuses the
+text `throttle-me` with a 429 ThrottlingException.
 
 What it bills (every chat answer): see USAGE; Titan TITAN_TOKENS per text; Cohere COHERE_TOKENS
 per text (in the X-Amzn-Bedrock-Input-Token-Count header only, as Bedrock does).
@@ -484,6 +485,8 @@ class Handler(BaseHTTPRequestHandler):
             text = req.get("inputText")
             if not isinstance(text, str) or set(req) - {"inputText", "dimensions", "normalize", "embeddingTypes"}:
                 return self.aws_error(400, "ValidationException", "Malformed input request: inputText is required")
+            if text == "throttle-me":
+                return self.aws_error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
             return self.send(200, {"embedding": vector(text), "inputTextTokenCount": TITAN_TOKENS},
                              headers=[("X-Amzn-Bedrock-Input-Token-Count", str(TITAN_TOKENS))])
         texts = req.get("texts")

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 
-use super::{private_host_error, Answer, Exec};
+use super::{private_host_error, Answer, Exec, Payload};
 use crate::domain::catalog::Protocol;
 use crate::domain::pricing::TokenUsage;
 use crate::domain::UsageSource;
@@ -59,7 +59,7 @@ impl Exec {
         &mut self,
         target: &Target,
         model: &str,
-        body: Bytes,
+        payload: Payload,
         timeout_ms: Option<u64>,
         reservation: Reservation,
     ) -> Result<Answer, DataError> {
@@ -75,6 +75,10 @@ impl Exec {
             event_id: uuid::Uuid::now_v7().to_string(),
             started: Instant::now(),
             reservation,
+        };
+        let body = match payload {
+            Payload::One(body) => body,
+            Payload::Each(bodies) => return Box::pin(self.each(call, bodies, timeout)).await,
         };
         let resp = match self.send(target, body, timeout).await {
             Ok(r) => r,
@@ -225,7 +229,7 @@ impl Exec {
     }
 
     /// Records the attempt as answered with `err`, then answers with it.
-    async fn error_answer(
+    pub(super) async fn error_answer(
         &mut self,
         call: Call<'_>,
         usage: TokenUsage,

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::wire::Wire;
-use super::Exec;
+use super::{Exec, Payload};
 use crate::domain::catalog::Protocol;
 use crate::domain::routing::{Node, Params};
 use crate::domain::Endpoint;
@@ -39,7 +39,7 @@ impl Exec {
         wire: Wire,
         target: &Target,
         model: &str,
-    ) -> Result<(Bytes, Option<String>), DataError> {
+    ) -> Result<(Payload, Option<String>), DataError> {
         // Passed through: serialized from the request itself.
         let native = wire == Wire::Messages && target.protocol == Protocol::Anthropic;
         if wire != Wire::OpenAi && !native {
@@ -71,12 +71,21 @@ impl Exec {
                     chat.insert("max_completion_tokens".into(), max);
                 }
             }
-            let bytes = serde_json::to_vec(&body)
-                .map(Bytes::from)
-                .map_err(|e| DataError::internal(format!("encoding the upstream body: {e}")))?;
-            return Ok((bytes, path));
+            let encode = |v: &Value| {
+                serde_json::to_vec(v)
+                    .map(Bytes::from)
+                    .map_err(|e| DataError::internal(format!("encoding the upstream body: {e}")))
+            };
+            let payload = match body {
+                Value::Array(calls) if calls.len() > 1 => {
+                    Payload::Each(calls.iter().map(encode).collect::<Result<_, _>>()?)
+                }
+                Value::Array(calls) => Payload::One(encode(&calls[0])?),
+                body => Payload::One(encode(&body)?),
+            };
+            return Ok((payload, path));
         }
-        Ok((self.overlay_body(node)?, None))
+        Ok((Payload::One(self.overlay_body(node)?), None))
     }
 
     /// [`Exec::upstream_body`] for a body passed through (an OpenAI-format upstream, or

@@ -13,6 +13,7 @@ mod admit;
 mod attempt;
 mod body;
 mod count;
+mod each;
 mod response;
 pub mod wire;
 
@@ -31,6 +32,14 @@ use super::{set_header, DataError, Reply, RequestBody, RequestCtx};
 use crate::domain::routing::{check_private_host, Mode, Node};
 use crate::domain::Millis;
 use crate::proxy::DataPlane;
+
+/// What an attempt sends: one body, or several that make one attempt (Bedrock embeddings of
+/// more texts than one InvokeModel call takes: see [`Exec::each`]).
+#[derive(Clone)]
+enum Payload {
+    One(Bytes),
+    Each(Vec<Bytes>),
+}
 
 /// The answer of one target (possibly after retries): what fallback looks at.
 struct Answer {
@@ -145,11 +154,11 @@ impl Exec {
     async fn try_leaf(&mut self, node: &Node) -> Outcome {
         // A temporary, not a named `Result`: a named one would stay in the future beside the
         // target and body moved out of it, through the attempts.
-        let (target, model, wire, bytes, path) =
+        let (target, model, wire, payload, path) =
             match self.target_for(node).and_then(|(target, model)| {
                 let wire = wire::Wire::of(self.ctx.endpoint, target.protocol, &model)?;
-                let (bytes, path) = self.upstream_body(node, wire, &target, &model)?;
-                Ok((target, model, wire, bytes, path))
+                let (payload, path) = self.upstream_body(node, wire, &target, &model)?;
+                Ok((target, model, wire, payload, path))
             }) {
                 Ok(c) => c,
                 Err(e) => return Outcome::Stop(e),
@@ -160,7 +169,7 @@ impl Exec {
         self.wire = wire;
         self.last_option = node.path.clone();
         self.last_provider = target.integration.ai_provider_id.clone();
-        self.attempts_at(node, &target, &model, bytes).await
+        self.attempts_at(node, &target, &model, payload).await
     }
 
     /// The target of a leaf and the model it is asked for, checked before anything is sent: the
@@ -203,7 +212,7 @@ impl Exec {
         node: &Node,
         target: &Target,
         model: &str,
-        bytes: Bytes,
+        payload: Payload,
     ) -> Outcome {
         let (retries, retry_on) = node
             .retry
@@ -227,7 +236,7 @@ impl Exec {
             };
             let timeout = node.request_timeout_ms;
             let answer = self
-                .attempt(target, model, bytes.clone(), timeout, reservation)
+                .attempt(target, model, payload.clone(), timeout, reservation)
                 .await;
             match answer {
                 Ok(a) if n < retries && retry_on.contains(&a.status) => {

@@ -146,14 +146,9 @@ impl Wire {
                 let r = gemini::embed_request(merged, model, api)?;
                 return Ok((r.body, Some(r.path)));
             }
+            // Every InvokeModel call's body, in order (Titan embeds one text a call, Cohere 96).
             Wire::EmbedBedrock => {
-                let mut calls = bedrock::embed_requests(model, merged)?;
-                if calls.len() != 1 {
-                    return Err(Unsupported(format!(
-                        "{model} embeds one text per request: send `input` as a single string (Cohere models on Bedrock take a list)"
-                    )));
-                }
-                return Ok((calls.remove(0), None));
+                return Ok((Value::Array(bedrock::embed_requests(model, merged)?), None));
             }
             _ => {}
         }
@@ -207,11 +202,6 @@ impl Wire {
         counted: Option<u64>,
         prompt_estimate: u64,
     ) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
-        let estimated_usage = |mut v: Value| {
-            v["usage"] = serde_json::json!({"prompt_tokens": prompt_estimate,
-                "total_tokens": prompt_estimate});
-            (v, None)
-        };
         // `to_vec` writes bytes straight; `to_string` goes through `fmt` (measured slower).
         let encode = |(v, u): (Value, Option<TokenUsage>)| (Bytes::from(json_bytes(&v)), u);
         Ok(match self {
@@ -225,17 +215,11 @@ impl Wire {
             Wire::ChatToGemini => encode(gemini::chat_response(body, model)?),
             Wire::MessagesToChat => encode(anthropic::chat_to_messages_response(body)?),
             Wire::EmbedBedrock => {
-                let input = request.get("input").unwrap_or(&Value::Null);
-                let e = bedrock::embed_response(model, input, &[body], counted, base64(request))?;
-                // Cohere without its count header: the data plane's estimate.
-                encode(match e.usage {
-                    None => estimated_usage(e.body),
-                    counted => (e.body, counted),
-                })
+                return embed_each(&[body], model, request, counted, prompt_estimate)
             }
             Wire::EmbedGoogle(_) => encode(
                 match gemini::embed_response(body, model, base64(request))? {
-                    (v, None) => estimated_usage(v),
+                    (v, None) => estimated_usage(v, prompt_estimate),
                     counted => counted,
                 },
             ),
@@ -316,6 +300,34 @@ fn json_bytes(v: &Value) -> Vec<u8> {
 
 /// The message of a provider's error body, in any of the shapes providers use: OpenAI's and
 /// Google's `error.message`, Anthropic's `error.message`, AWS's `message` / `Message`.
+/// Bedrock embeddings answered by one or more InvokeModel calls (`bodies`, in the order of
+/// [`bedrock::embed_requests`]), in OpenAI's shape with Bedrock's count (`counted`: the sum of
+/// the calls' `X-Amzn-Bedrock-Input-Token-Count`), else `prompt_estimate` (Cohere without the
+/// header).
+pub fn embed_each(
+    bodies: &[&[u8]],
+    model: &str,
+    request: &Map<String, Value>,
+    counted: Option<u64>,
+    prompt_estimate: u64,
+) -> Result<(Bytes, Option<TokenUsage>), Garbled> {
+    let input = request.get("input").unwrap_or(&Value::Null);
+    let e = bedrock::embed_response(model, input, bodies, counted, base64(request))?;
+    let (v, usage) = match e.usage {
+        None => estimated_usage(e.body, prompt_estimate),
+        counted => (e.body, counted),
+    };
+    Ok((Bytes::from(json_bytes(&v)), usage))
+}
+
+/// An embeddings answer the provider did not count, saying the estimate it is metered with
+/// (OpenAI's embeddings answer always has `usage`); no usage is reported.
+fn estimated_usage(mut v: Value, prompt_estimate: u64) -> (Value, Option<TokenUsage>) {
+    v["usage"] = serde_json::json!({"prompt_tokens": prompt_estimate,
+        "total_tokens": prompt_estimate});
+    (v, None)
+}
+
 /// Whether the caller asked for embeddings as base64 (`encoding_format: base64`).
 fn base64(request: &Map<String, Value>) -> bool {
     request.get("encoding_format").and_then(Value::as_str) == Some("base64")

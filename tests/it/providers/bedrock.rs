@@ -423,3 +423,80 @@ async fn broken_answers_are_502s_or_error_frames_and_every_attempt_is_metered() 
     let body = messages("bdx", "anthropic.claude-truncate", true);
     cut_messages_stream(&server, &key, "bdx-msg-cut", &body).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedding_a_list_is_one_call_a_text_on_titan_and_96_on_cohere_metered_once() {
+    let (mock, server, key) = setup("bemb").await;
+    const TITAN: &str = "amazon.titan-embed-text-v2:0";
+    const COHERE: &str = "cohere.embed-english-v3";
+    let texts = ["one", "two", "three"];
+    let body = json!({"model": format!("@bemb/{TITAN}"), "input": texts});
+    let v = json_of(&post_status(&server, "/embeddings", &key, "bemb-titan", &body, 200).await);
+    // One vector a text, in input order (the mock's vector depends on the text).
+    for (i, text) in texts.iter().enumerate() {
+        let one = json!({"model": format!("@bemb/{TITAN}"), "input": text});
+        let trace = format!("bemb-one-{text}");
+        let alone = json_of(&post_status(&server, "/embeddings", &key, &trace, &one, 200).await);
+        assert_eq!(v["data"][i]["index"], i);
+        assert_eq!(
+            v["data"][i]["embedding"], alone["data"][0]["embedding"],
+            "{text}"
+        );
+    }
+    let titan = mock_bedrock::TITAN_TOKENS;
+    assert_eq!(v["usage"]["prompt_tokens"], 3 * titan);
+    let usage = |prompt| tollgate::domain::pricing::TokenUsage {
+        prompt,
+        ..Default::default()
+    };
+    billed_once(
+        &server,
+        "bemb-titan",
+        ("bedrock", TITAN),
+        "embeddings",
+        false,
+        usage(3 * titan),
+    )
+    .await;
+
+    // Cohere: 100 texts are two calls (96 + 4), counted by Bedrock's header.
+    let many: Vec<String> = (0..100).map(|i| format!("text {i}")).collect();
+    let body =
+        json!({"model": format!("@bemb/{COHERE}"), "input": many, "encoding_format": "base64"});
+    let v = json_of(&post_status(&server, "/embeddings", &key, "bemb-cohere", &body, 200).await);
+    assert_eq!(v["data"].as_array().unwrap().len(), 100);
+    assert!(
+        v["data"][99]["embedding"].is_string(),
+        "base64: {}",
+        v["data"][99]
+    );
+    let cohere = 100 * mock_bedrock::COHERE_TOKENS;
+    billed_once(
+        &server,
+        "bemb-cohere",
+        ("bedrock", COHERE),
+        "embeddings",
+        false,
+        usage(cohere),
+    )
+    .await;
+    // (The calls go out together: the mock may see them in either order.)
+    let mut calls: Vec<usize> = runtime_seen(&mock)
+        .await
+        .iter()
+        .filter(|s| s["model"] == COHERE)
+        .map(|s| s["body"]["texts"].as_array().unwrap().len())
+        .collect();
+    calls.sort_unstable();
+    assert_eq!(calls, [4, 96]);
+
+    // A call Bedrock refuses is the answer; the others it billed are metered, in one event.
+    let body = json!({"model": format!("@bemb/{TITAN}"), "input": ["a", "throttle-me", "c"]});
+    let (status, _, text) = post(&server, "/embeddings", &key, "bemb-429", &body).await;
+    assert_eq!(status, 429, "{text}");
+    openai_error(&text, None, "Too many requests");
+    let m = metered(&server, "bemb-429", 1).await;
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!((m[0].status, m[0].usage), (429, usage(2 * titan)));
+    assert_eq!(m[0].cost, super::priced("bedrock", TITAN, usage(2 * titan)));
+}
