@@ -23,8 +23,8 @@ use strategy::{parse_mode, parse_retry};
 pub use params::Params;
 pub use strategy::{Mode, Retry};
 pub use url::{
-    azure_name_ok, check_private_host, host_of_url, is_private, parse_url, private_refusal,
-    PrivateHosts,
+    azure_deployment, azure_name_ok, check_private_host, has_azure_map, host_of_url, is_private,
+    parse_url, private_refusal, PrivateHosts,
 };
 
 /// The largest config, in bytes of JSON text (an `x-portkey-config` header or a saved config).

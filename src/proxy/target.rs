@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::DataError;
 use crate::crypto::{seal_scope, secret_id, Sealer};
 use crate::domain::catalog::{self, Protocol};
-use crate::domain::routing::{azure_name_ok, Leaf};
+use crate::domain::routing::{azure_deployment, azure_name_ok, has_azure_map, Leaf};
 use crate::domain::{Integration, Millis, Provider, State};
 use crate::providers::bedrock::Credentials;
 use crate::providers::gemini::ServiceAccount;
@@ -30,6 +30,33 @@ pub struct Target {
     pub query: Option<String>,
     /// A credential that is not a header: signed or exchanged per attempt.
     pub auth: Auth,
+}
+
+/// The `api-version` of an Azure integration that sets none.
+const AZURE_API_VERSION: &str = "2024-10-21";
+
+impl Target {
+    /// Whether the upstream names the output cap `max_completion_tokens` (OpenAI's current
+    /// name) rather than `max_tokens`: OpenAI's own API, Azure from `api-version` 2024-09-01,
+    /// and OpenAI's reasoning models wherever `openai` points (they refuse `max_tokens`). An
+    /// `openai` integration with a `custom_host` is often another OpenAI-compatible server,
+    /// which may know `max_tokens` only (and an ignored cap is output no one bounded).
+    pub fn takes_max_completion_tokens(&self, model: &str) -> bool {
+        takes_max_completion_tokens(&self.integration, model)
+    }
+}
+
+fn takes_max_completion_tokens(i: &Integration, model: &str) -> bool {
+    let reasoning = ["o1", "o3", "o4", "gpt-5"]
+        .iter()
+        .any(|p| model.starts_with(p));
+    match i.ai_provider_id.as_str() {
+        "openai" => reasoning || config_str(i, "custom_host").is_none(),
+        "azure-openai" => {
+            reasoning || config_str(i, "api_version").unwrap_or(AZURE_API_VERSION) >= "2024-09-01"
+        }
+        _ => false,
+    }
 }
 
 /// How an attempt authenticates beyond [`Target::headers`].
@@ -101,7 +128,7 @@ pub fn resolve(
     let query = (protocol == Protocol::Azure).then(|| {
         format!(
             "api-version={}",
-            config_str(integration, "api_version").unwrap_or("2024-10-21")
+            config_str(integration, "api_version").unwrap_or(AZURE_API_VERSION)
         )
     });
     if protocol == Protocol::Anthropic {
@@ -273,13 +300,11 @@ fn base_url(
         let host = h.trim_end_matches('/');
         // Azure behind a private endpoint: the host replaces the resource's, and a model map
         // still picks the deployment. Without a map the host is the deployment's URL itself.
-        if protocol == Protocol::Azure && i.configurations.contains_key("deployments") {
-            let deployment = azure_deployment(i, model)
-                .filter(|d| azure_name_ok("deployment_name", d))
-                .ok_or_else(|| {
-                    missing("a valid deployment for the model (deployments or deployment_id)")
-                })?;
-            return Ok(format!("{host}/openai/deployments/{deployment}"));
+        if protocol == Protocol::Azure && has_azure_map(&i.configurations) {
+            return Ok(format!(
+                "{host}/openai/deployments/{}",
+                mapped(i, slug, model)?
+            ));
         }
         return Ok(host.to_owned());
     }
@@ -288,12 +313,13 @@ fn base_url(
             // Names stored before they were validated are checked again: they form the URL.
             let resource =
                 config_str(i, "resource_name").filter(|r| azure_name_ok("resource_name", r));
-            let deployment =
-                azure_deployment(i, model).filter(|d| azure_name_ok("deployment_name", d));
-            match (resource, deployment) {
-                (Some(r), Some(d)) => format!("https://{r}.openai.azure.com/openai/deployments/{d}"),
-                _ => return Err(missing("custom_host, or a valid resource_name and a deployment for the model (deployment_id or deployments)")),
-            }
+            let Some(r) = resource else {
+                return Err(missing("custom_host or a valid resource_name"));
+            };
+            format!(
+                "https://{r}.openai.azure.com/openai/deployments/{}",
+                mapped(i, slug, model)?
+            )
         }
         Protocol::Bedrock => {
             let region = config_str(i, "aws_region")
@@ -332,21 +358,25 @@ fn region_ok(r: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// The Azure deployment serving `model`: the `deployments` map's (a list of `{model,
-/// deployment_id}` or an object `model -> deployment`), else the integration's default.
-fn azure_deployment<'a>(i: &'a Integration, model: &str) -> Option<&'a str> {
-    let mapped = match i.configurations.get("deployments") {
-        Some(Value::Object(m)) => m.get(model).and_then(Value::as_str),
-        Some(Value::Array(list)) => list
-            .iter()
-            .find(|d| d.get("model").and_then(Value::as_str) == Some(model))
-            .and_then(|d| d.get("deployment_id").or_else(|| d.get("deployment_name")))
-            .and_then(Value::as_str),
-        _ => None,
-    };
-    mapped
-        .or_else(|| config_str(i, "deployment_id"))
-        .or_else(|| config_str(i, "deployment_name"))
+/// The Azure deployment serving `model` (see [`azure_deployment`]), or a 400 naming what is
+/// missing: a model the map does not name, or no deployment at all.
+fn mapped<'a>(i: &'a Integration, slug: &str, model: &str) -> Result<&'a str, DataError> {
+    // Names stored before they were validated are checked again: they form the URL.
+    if let Some(d) = azure_deployment(&i.configurations, model) {
+        return match azure_name_ok("deployment_name", d) {
+            true => Ok(d),
+            false => Err(DataError::bad_request(format!(
+                "provider {slug}: the deployment of {model} is not a plain name"
+            ))),
+        };
+    }
+    Err(DataError::bad_request(
+        if has_azure_map(&i.configurations) {
+            format!("provider {slug} has no deployment for model {model} (its deployments map names the models it serves)")
+        } else {
+            format!("provider {slug}: azure-openai needs a deployment (deployment_id, or a deployments map)")
+        },
+    ))
 }
 
 /// The headers of a call: the credential (`secret`, marked sensitive) in the header its
@@ -427,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn azure_models_go_to_their_deployment_or_the_default() {
+    fn azure_models_go_to_their_mapped_deployment_or_the_only_one() {
         let map = azure(json!({"resource_name": "acme", "deployment_id": "dflt",
             "deployments": {"gpt-4o": "prod-4o", "bad": "../x"}}));
         let url = |i: &Integration, m: &str| base_url(i, "az", Protocol::Azure, m);
@@ -435,8 +465,13 @@ mod tests {
             url(&map, "gpt-4o").unwrap(),
             "https://acme.openai.azure.com/openai/deployments/prod-4o"
         );
+        // A map names the models it serves: the default deployment would serve (and be priced
+        // as) whatever model a caller names.
+        assert!(url(&map, "gpt-4o-mini").is_err());
+        let single =
+            azure(json!({"resource_name": "acme", "deployment_id": "dflt", "deployments": {}}));
         assert_eq!(
-            url(&map, "gpt-4o-mini").unwrap(),
+            url(&single, "gpt-4o-mini").unwrap(),
             "https://acme.openai.azure.com/openai/deployments/dflt"
         );
         // A name that would climb out of the path is refused again here, whatever is stored.
@@ -460,14 +495,53 @@ mod tests {
             url(&private, "gpt-4o").unwrap(),
             "https://private.example/openai/deployments/prod-4o"
         );
-        assert_eq!(
-            url(&private, "other").unwrap(),
-            "https://private.example/openai/deployments/dflt"
-        );
+        assert!(url(&private, "other").is_err());
         assert!(
             url(&private, "bad").is_err(),
             "a deployment name that is a path"
         );
+    }
+
+    #[test]
+    fn the_output_cap_is_named_as_the_upstream_takes_it() {
+        let openai = |c: Value| Integration {
+            ai_provider_id: "openai".into(),
+            ..azure(c)
+        };
+        let cases = [
+            (openai(json!({})), "gpt-4o", true),
+            (
+                openai(json!({"custom_host": "http://vllm:8000/v1"})),
+                "llama-3",
+                false,
+            ),
+            (
+                openai(json!({"custom_host": "http://proxy/v1"})),
+                "o3-mini",
+                true,
+            ),
+            (azure(json!({"resource_name": "r"})), "gpt-4o", true),
+            (azure(json!({"api_version": "2024-06-01"})), "gpt-4o", false),
+            (azure(json!({"api_version": "2024-06-01"})), "o1", true),
+            (
+                azure(json!({"api_version": "2025-01-01-preview"})),
+                "gpt-4o",
+                true,
+            ),
+        ];
+        for (i, model, completion) in cases {
+            assert_eq!(
+                takes_max_completion_tokens(&i, model),
+                completion,
+                "{model} {:?}",
+                i.configurations
+            );
+        }
+        let groq = Integration {
+            ai_provider_id: "groq".into(),
+            ..azure(json!({}))
+        };
+        assert!(!takes_max_completion_tokens(&groq, "o3"));
     }
 
     #[test]

@@ -136,6 +136,15 @@ pub fn check_custom_host(
 /// map) that is not a plain name (see [`azure_name_ok`]): they form the URL.
 pub fn check_azure_names(c: &Map<String, Value>) -> Result<()> {
     check_deployments(c.get("deployments"))?;
+    let host_names_a_deployment = c
+        .get("custom_host")
+        .and_then(Value::as_str)
+        .is_some_and(|h| h.contains("/openai/deployments/"));
+    if host_names_a_deployment && crate::domain::routing::has_azure_map(c) {
+        return Err(invalid(
+            "configurations.custom_host names a deployment (.../openai/deployments/...) and configurations.deployments maps models to deployments: set the endpoint's root as custom_host, or drop the map",
+        ));
+    }
     for field in ["resource_name", "deployment_name", "deployment_id"] {
         let ok = match c.get(field) {
             None => true,

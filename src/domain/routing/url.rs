@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Whether upstream hosts may be private addresses (the `upstream_private_hosts` setting).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -143,6 +143,35 @@ pub fn azure_name_ok(field: &str, value: &str) -> bool {
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+}
+
+/// Whether an Azure integration's `configurations` map models to deployments (a non-empty
+/// `deployments`: an object `model -> deployment` or a list of `{model, deployment_id}`).
+pub fn has_azure_map(c: &Map<String, Value>) -> bool {
+    match c.get("deployments") {
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::Array(list)) => !list.is_empty(),
+        _ => false,
+    }
+}
+
+/// The Azure deployment serving `model`: with a model map ([`has_azure_map`]) the map's, and
+/// none for a model it does not name (a default deployment would serve, and be priced as, any
+/// model the caller names); without one the integration's `deployment_id` (or
+/// `deployment_name`).
+pub fn azure_deployment<'a>(c: &'a Map<String, Value>, model: &str) -> Option<&'a str> {
+    let name = |v: Option<&'a Value>| v.and_then(Value::as_str).filter(|s| !s.is_empty());
+    if !has_azure_map(c) {
+        return name(c.get("deployment_id")).or_else(|| name(c.get("deployment_name")));
+    }
+    match c.get("deployments") {
+        Some(Value::Object(m)) => name(m.get(model)),
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|d| d.get("model").and_then(Value::as_str) == Some(model))
+            .and_then(|d| name(d.get("deployment_id")).or_else(|| name(d.get("deployment_name")))),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

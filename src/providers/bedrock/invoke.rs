@@ -73,13 +73,29 @@ pub fn anthropic_event_type(event: &[u8]) -> Result<String, Garbled> {
 /// InvokeModel would be sent for `counted` (an Anthropic `count_tokens` body, see
 /// [`crate::providers::anthropic::count_tokens_body`]). The body is InvokeModel's, base64 in
 /// `input.invokeModel.body`, with `max_tokens` (which InvokeModel requires and counting
-/// ignores) filled in. The counter takes foundation-model ids only, so a cross-region
-/// inference profile's (`us.anthropic...`) is counted as its model's.
-pub fn count_tokens_request(model: &str, counted: &Map<String, Value>) -> (String, Value) {
+/// ignores): the caller's, else the default or, when more, one past the thinking budget (which
+/// InvokeModel wants below it); the caller's `anthropic-beta` flags go in as on InvokeModel. The
+/// counter takes foundation-model ids only, so a cross-region inference profile's
+/// (`us.anthropic...`) is counted as its model's.
+pub fn count_tokens_request(
+    model: &str,
+    counted: &Map<String, Value>,
+    max_tokens: Option<u64>,
+    beta: Option<&str>,
+) -> (String, Value) {
     let mut invoke = invoke_anthropic_body(counted);
+    let thinking = counted
+        .get("thinking")
+        .and_then(|t| t.get("budget_tokens"))
+        .and_then(Value::as_u64)
+        .map_or(0, |b| b.saturating_add(1));
+    let max_tokens =
+        max_tokens.unwrap_or(crate::providers::anthropic::DEFAULT_MAX_TOKENS.max(thinking));
     if let Some(b) = invoke.as_object_mut() {
-        b.entry("max_tokens")
-            .or_insert(Value::from(crate::providers::anthropic::DEFAULT_MAX_TOKENS));
+        b.insert("max_tokens".into(), Value::from(max_tokens));
+    }
+    if let Some(beta) = beta {
+        set_anthropic_beta(&mut invoke, beta);
     }
     let bytes = serde_json::to_vec(&invoke).unwrap_or_default();
     let body = serde_json::json!({"input": {"invokeModel": {
@@ -164,7 +180,7 @@ mod tests {
             ("anthropic.claude-x", "/model/anthropic.claude-x/count-tokens"),
             ("arn:aws:bedrock:us-east-1:1:application-inference-profile/p", "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Aapplication-inference-profile%2Fp/count-tokens"),
         ] {
-            let (p, body) = count_tokens_request(model, &counted);
+            let (p, body) = count_tokens_request(model, &counted, None, None);
             assert_eq!(p, path);
             let b64 = body["input"]["invokeModel"]["body"].as_str().unwrap();
             let invoke: Value = serde_json::from_slice(
@@ -177,6 +193,30 @@ mod tests {
                        "messages": [{"role": "user", "content": "hi"}]})
             );
         }
+        // A thinking budget past the default, the caller's max_tokens, beta flags.
+        let Value::Object(thinking) =
+            json!({"messages": [], "thinking": {"type": "enabled", "budget_tokens": 10000}})
+        else {
+            unreachable!()
+        };
+        let invoke = |body: Value| -> Value {
+            let b64 = body["input"]["invokeModel"]["body"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            serde_json::from_slice(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        let (_, body) = count_tokens_request("anthropic.c", &thinking, None, Some("b1, b2"));
+        let sent = invoke(body);
+        assert_eq!(sent["max_tokens"], 10001);
+        assert_eq!(sent["anthropic_beta"], json!(["b1", "b2"]));
+        let (_, body) = count_tokens_request("anthropic.c", &thinking, Some(20000), None);
+        assert_eq!(invoke(body)["max_tokens"], 20000);
         assert_eq!(count_tokens_response(br#"{"inputTokens": 9}"#).unwrap(), 9);
         assert!(count_tokens_response(br#"{"input_tokens": 9}"#).is_err());
         assert!(count_tokens_response(b"garbage").is_err());

@@ -20,6 +20,23 @@ impl Exec {
         model: &str,
         overrides: &crate::domain::routing::Params,
     ) -> Result<Reservation, Refusal> {
+        let estimate = self.estimate(target, model, overrides)?;
+        self.admit_with(target, model, estimate)
+    }
+
+    /// Admission of a call that costs nothing (`/v1/messages/count_tokens`): refused as any
+    /// request is (a disabled key, an exhausted budget, a spent request rate limit), counted
+    /// by request rate limits, reserving nothing.
+    pub(super) fn admit_free(&self, target: &Target, model: &str) -> Result<Reservation, Refusal> {
+        self.admit_with(target, model, Estimate::default())
+    }
+
+    fn admit_with(
+        &self,
+        target: &Target,
+        model: &str,
+        estimate: Estimate,
+    ) -> Result<Reservation, Refusal> {
         let path = RequestPath {
             api_key_id: &self.ctx.key.id,
             workspace_id: &self.ctx.workspace_id,
@@ -29,7 +46,6 @@ impl Exec {
             model,
             metadata: Some(&self.ctx.metadata),
         };
-        let estimate = self.estimate(target, model, overrides)?;
         self.plane
             .ledger
             .admit(&path, estimate, Millis::now())

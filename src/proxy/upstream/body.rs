@@ -60,13 +60,10 @@ impl Exec {
             if let (Wire::Messages, Protocol::Bedrock, Some(beta)) = (wire, target.protocol, beta) {
                 crate::providers::bedrock::set_anthropic_beta(&mut body, beta);
             }
-            // OpenAI and Azure take `max_completion_tokens` for every model (their reasoning
-            // models refuse `max_tokens`); other OpenAI-format providers know `max_tokens`.
-            let openai = matches!(
-                target.integration.ai_provider_id.as_str(),
-                "openai" | "azure-openai"
-            );
-            if let (Wire::MessagesToChat, true, Some(chat)) = (wire, openai, body.as_object_mut()) {
+            let completion_cap = target.takes_max_completion_tokens(model);
+            if let (Wire::MessagesToChat, true, Some(chat)) =
+                (wire, completion_cap, body.as_object_mut())
+            {
                 if let Some(max) = chat.remove("max_tokens") {
                     chat.insert("max_completion_tokens".into(), max);
                 }

@@ -20,7 +20,7 @@ use crate::domain::routing::{Mode, Node};
 use crate::domain::Endpoint;
 use crate::providers::{anthropic, bedrock, gemini, Garbled};
 use crate::proxy::route::Target;
-use crate::proxy::{meter, DataError, Reply};
+use crate::proxy::{meter, set_header, DataError, Reply};
 
 /// The largest counter answer read (a count is a few bytes; an error a few KiB).
 const COUNT_BODY_MAX: usize = 64 << 10;
@@ -42,17 +42,28 @@ impl Exec {
     pub(super) async fn count(&mut self, root: &Node) -> Result<Reply, DataError> {
         let leaf = counting_leaf(root);
         let (target, model) = self.target_for(leaf)?;
-        if Wire::of(Endpoint::Messages, target.protocol, &model)? != Wire::Messages {
-            return Ok(counted(meter::estimate_prompt(&self.body.json)));
-        }
+        // Free, but governed: a key its limits stop is stopped here too, and request rate
+        // limits count it (the provider's counter has its own quota, shared by the integration).
+        let _admitted = self.admit_free(&target, &model).map_err(|r| r.error)?;
         let mut merged = self.body.json.clone();
         for (k, v) in leaf.override_params.entries() {
             merged.insert(k.clone(), v.clone());
         }
         merged.insert("model".into(), Value::String(model.clone()));
+        if Wire::of(Endpoint::Messages, target.protocol, &model)? != Wire::Messages {
+            return Ok(self.counted(meter::estimate_prompt(&merged)));
+        }
         let body = anthropic::count_tokens_body(&merged);
         let (path, body) = match target.protocol {
-            Protocol::Bedrock => bedrock::count_tokens_request(&model, &body),
+            Protocol::Bedrock => {
+                let max_tokens = merged.get("max_tokens").and_then(Value::as_u64);
+                let beta = self
+                    .ctx
+                    .anthropic_beta
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok());
+                bedrock::count_tokens_request(&model, &body, max_tokens, beta)
+            }
             Protocol::Vertex => (
                 gemini::VERTEX_ANTHROPIC_COUNT_TOKENS_PATH.to_owned(),
                 gemini::vertex_count_tokens_body(body),
@@ -63,12 +74,26 @@ impl Exec {
         let bytes = serde_json::to_vec(&body)
             .map(Bytes::from)
             .map_err(|e| DataError::internal(format!("encoding the count request: {e}")))?;
-        let timeout = self.plane.settings.upstream_timeout;
+        let timeout = leaf
+            .request_timeout_ms
+            .map_or(self.plane.settings.upstream_timeout, Duration::from_millis);
         let resp = self
             .send(&target, bytes, timeout)
             .await
             .map_err(|e| unsent_error(e, timeout))?;
         self.counter_answer(&target, resp).await
+    }
+
+    /// A count in Anthropic's shape.
+    fn counted(&self, tokens: u64) -> Reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        set_header(&mut headers, "x-portkey-trace-id", &self.ctx.trace_id);
+        Reply::Full {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from(json!({"input_tokens": tokens}).to_string()),
+        }
     }
 
     /// The counter's answer: a count in Anthropic's shape, or its error as it came (the route
@@ -95,14 +120,20 @@ impl Exec {
             headers.insert(RETRY_AFTER, v.clone());
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let body = read_capped(resp, COUNT_BODY_MAX).await.map_err(|_| {
-            DataError::new(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                Some("upstream_body"),
-                "the provider's token count was cut off or too large",
-            )
-        })?;
+        let body = match read_capped(resp, COUNT_BODY_MAX).await {
+            Ok(body) => body,
+            // A refusal keeps its status (and Retry-After) even when its body is unreadable.
+            Err(_) if !status.is_success() => Bytes::new(),
+            Err(_) => {
+                return Err(DataError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    Some("upstream_body"),
+                    "the provider's token count was cut off or too large",
+                ))
+            }
+        };
+        set_header(&mut headers, "x-portkey-trace-id", &self.ctx.trace_id);
         if !status.is_success() {
             return Ok(Reply::Full {
                 status,
@@ -114,7 +145,7 @@ impl Exec {
             Protocol::Bedrock => bedrock::count_tokens_response(&body),
             _ => anthropic::counted_tokens(&body),
         };
-        tokens.map(counted).map_err(|Garbled(why)| {
+        tokens.map(|n| self.counted(n)).map_err(|Garbled(why)| {
             tracing::warn!(trace_id = %self.ctx.trace_id, provider = %target.provider.slug, error = %why, "token count not in its protocol");
             DataError::new(
                 StatusCode::BAD_GATEWAY,
@@ -123,17 +154,6 @@ impl Exec {
                 format!("the provider's token count could not be read: {why}"),
             )
         })
-    }
-}
-
-/// A count in Anthropic's shape.
-fn counted(tokens: u64) -> Reply {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Reply::Full {
-        status: StatusCode::OK,
-        headers,
-        body: Bytes::from(json!({"input_tokens": tokens}).to_string()),
     }
 }
 

@@ -298,8 +298,6 @@ fn json_bytes(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// The message of a provider's error body, in any of the shapes providers use: OpenAI's and
-/// Google's `error.message`, Anthropic's `error.message`, AWS's `message` / `Message`.
 /// Bedrock embeddings answered by one or more InvokeModel calls (`bodies`, in the order of
 /// [`bedrock::embed_requests`]), in OpenAI's shape with Bedrock's count (`counted`: the sum of
 /// the calls' `X-Amzn-Bedrock-Input-Token-Count`), else `prompt_estimate` (Cohere without the
@@ -333,6 +331,8 @@ fn base64(request: &Map<String, Value>) -> bool {
     request.get("encoding_format").and_then(Value::as_str) == Some("base64")
 }
 
+/// The message of a provider's error body, in any of the shapes providers use: OpenAI's and
+/// Google's `error.message`, Anthropic's `error.message`, AWS's `message` / `Message`.
 pub(crate) fn provider_message(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let text = v

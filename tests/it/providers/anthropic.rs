@@ -214,16 +214,24 @@ async fn messages_to_openai_format_providers_name_the_output_cap_as_each_takes_i
     let fields = json!({"key": "sk-mock-provider-key-0123456789", "configurations": {"custom_host": oai.url}});
     let openai = native_tenant(&server, "capo", "openai", fields.clone()).await;
     let groq = native_tenant(&server, "capg", "groq", fields).await;
-    // OpenAI's reasoning models refuse `max_tokens`; OpenAI (and Azure) take
-    // `max_completion_tokens` for every model, so that is what they are sent.
-    for (model, trace) in [("o3-mini", "cap-o3"), ("gpt-4o", "cap-4o")] {
+    // OpenAI's reasoning models refuse `max_tokens`: wherever `openai` points they are sent
+    // `max_completion_tokens`. Other models behind a `custom_host` (often another
+    // OpenAI-compatible server) keep `max_tokens`; OpenAI's own host takes the new name for
+    // every model (the rule is unit-tested in `proxy::target`).
+    for (model, trace, cap) in [
+        ("o3-mini", "cap-o3", "max_completion_tokens"),
+        ("gpt-4o", "cap-4o", "max_tokens"),
+    ] {
         let body = json!({"model": format!("@capo/{model}"), "max_tokens": 64,
             "messages": [{"role": "user", "content": "hi"}]});
         let (status, _, text) = post(&server, "/messages", &openai, trace, &body).await;
         assert_eq!(status, 200, "{trace}: {text}");
         let sent = oai.seen.bodies.lock().last().unwrap().clone();
-        assert_eq!(sent["max_completion_tokens"], 64, "{sent}");
-        assert!(sent.get("max_tokens").is_none(), "{sent}");
+        assert_eq!(sent[cap], 64, "{sent}");
+        let other = ["max_tokens", "max_completion_tokens"]
+            .into_iter()
+            .find(|c| *c != cap);
+        assert!(sent.get(other.unwrap()).is_none(), "{sent}");
         assert_eq!(metered(&server, trace, 1).await[0].status, 200);
     }
     // Another OpenAI-format provider knows `max_tokens` only.

@@ -17,8 +17,9 @@ async fn each_model_goes_to_its_deployment_with_the_integrations_api_version() {
     // The mock's root stands in for a private endpoint (`https://<resource>.openai.azure.com`).
     let host = oai.url.trim_end_matches("/v1").to_owned();
     let fields = json!({"key": KEY, "configurations": {"custom_host": host,
-        "api_version": "2024-12-01-preview", "deployment_id": "dflt",
+        "api_version": "2024-12-01-preview", "deployment_id": "ignored-with-a-map",
         "deployments": [{"model": "gpt-4o", "deployment_id": "prod-4o"},
+                        {"model": "gpt-35-turbo", "deployment_id": "turbo"},
                         {"model": "text-embedding-3-small", "deployment_id": "embed"}]}});
     let key = native_tenant(&server, "az", "azure-openai", fields).await;
     let fields = json!({"key": "entra-token-0123456789", "configurations": {"custom_host": host,
@@ -55,7 +56,7 @@ async fn each_model_goes_to_its_deployment_with_the_integrations_api_version() {
     let body = json!({"model": "@az/text-embedding-3-small", "input": "hi"});
     let v = json_of(&post_status(&server, "/embeddings", &key, "az-embed", &body, 200).await);
     assert_eq!(v["data"][0]["embedding"], json!([0.25, -0.5, 1.0]));
-    // An unmapped model goes to the default deployment; /v1/messages is translated to chat.
+    // /v1/messages is translated to chat.
     let body = json!({"model": "@az/gpt-35-turbo", "max_tokens": 20,
         "messages": [{"role": "user", "content": "hi"}]});
     let v = json_of(&post_status(&server, "/messages", &key, "az-msg", &body, 200).await);
@@ -90,7 +91,7 @@ async fn each_model_goes_to_its_deployment_with_the_integrations_api_version() {
         ("prod-4o", "2024-12-01-preview", api_key.as_str()),
         ("prod-4o", "2024-12-01-preview", &api_key),
         ("embed", "2024-12-01-preview", &api_key),
-        ("dflt", "2024-12-01-preview", &api_key),
+        ("turbo", "2024-12-01-preview", &api_key),
         (
             "cheap",
             "2024-10-21",

@@ -87,6 +87,18 @@ async fn integrations_need_a_known_provider_and_its_fields() {
     let (status, _, v) = create(json!({"name": "a", "ai_provider_id": "anthropic"})).await;
     assert_eq!(status, 400, "{v}");
     assert!(v.to_string().contains("key"), "{v}");
+    // An Azure custom_host that names a deployment beside a model map: one or the other.
+    let (status, _, v) = create(
+        json!({"name": "az", "ai_provider_id": "azure-openai", "key": "az-key-0123456789",
+        "configurations": {"custom_host": "https://private.example/openai/deployments/dep",
+                           "deployments": {"gpt-4o": "prod-4o"}}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v.to_string().contains("custom_host names a deployment"),
+        "{v}"
+    );
     // Bedrock and Vertex credentials are not a single key: no virtual key for them.
     let vk = json!({"name": "vk", "provider": "bedrock", "key": "AKID"});
     let (status, _, v) = harness::call(

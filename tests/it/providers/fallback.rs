@@ -325,6 +325,12 @@ async fn budgets_rate_limits_and_allow_lists_hold_on_messages() {
     assert!(i >= 1, "refused only once spent");
     let m = metered(&t.server, "bud-0", 1).await;
     assert!(m[0].cost >= rust_decimal::Decimal::ONE, "{m:?}");
+    // So is counting, which is free but spends the integration's counter quota.
+    let count =
+        json!({"model": format!("@ant/{PRICEY}"), "messages": [{"role": "user", "content": "hi"}]});
+    let (s, _, v) = send(&t, "/messages/count_tokens", "bud-count", &[], &count).await;
+    assert_eq!(s, 412, "{v}");
+    anthropic_error(&v, "invalid_request_error");
     // Chat is refused by the same budget.
     let chat =
         json!({"model": format!("@ant/{PRICEY}"), "messages": [{"role": "user", "content": "hi"}]});
@@ -344,6 +350,20 @@ async fn budgets_rate_limits_and_allow_lists_hold_on_messages() {
     assert_eq!(s, 429, "{v}");
     anthropic_error(&v, "rate_limit_error");
     assert_eq!(t.ant.seen.bodies.lock().len(), 2);
+    // Counting is a request too: refused once the limit is spent, and counted by it.
+    let count =
+        json!({"model": format!("@ant/{CLAUDE}"), "messages": [{"role": "user", "content": "hi"}]});
+    let (s, _, v) = send(&t, "/messages/count_tokens", "rl-count", &[], &count).await;
+    assert_eq!(s, 429, "{v}");
+    anthropic_error(&v, "rate_limit_error");
+    let t = two(json!({"rate_limits": [{"type": "requests", "unit": "rpd", "value": 1}]})).await;
+    let (s, _, v) = send(&t, "/messages/count_tokens", "rl1-count", &[], &count).await;
+    assert_eq!(
+        (s, v["input_tokens"].as_u64()),
+        (200, Some(mock_anthropic::COUNT_TOKENS))
+    );
+    assert_eq!(message(&t, "rl1-msg", CLAUDE).await.0, 429);
+    assert!(metered(&t.server, "rl1-count", 0).await.is_empty());
 
     // An allow-list: only CLAUDE is enabled on @ant.
     let t2 = two(json!({})).await;
