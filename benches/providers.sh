@@ -6,6 +6,7 @@
 #   BIN=target/release/tollgate ROUNDS=3 benches/providers.sh
 #
 # Env: BIN (a release build; built here when unset)  ROUNDS=3  CONC=64  DURATION=10 (s)  WARMUP=2 (s)
+#      TARGETS (a subset of "openai-pass anthropic-adapter messages-pass", e.g. to profile one)
 # The OpenAI mock is the bench kit's nginx (:18700); the Anthropic mock is providers/nginx.conf
 # (:18702, a fixed Messages answer with the same text and token counts). Tollgate listens on
 # 127.0.0.1:18792 with a fresh data dir. CPU ms/req is utime+stime of the Tollgate process over
@@ -60,8 +61,8 @@ declare -A PATHOF=([openai-pass]=/v1/chat/completions [anthropic-adapter]=/v1/ch
 export STREAM=0 XHDR=
 echo "# machine: $(nproc) cores; loadavg_before=$(cut -d' ' -f1-3 /proc/loadavg); $BIN on :$PORT; rounds=$ROUNDS conc=$CONC ${DURATION}s after ${WARMUP}s warm-up"
 for r in $(seq 1 "$ROUNDS"); do
-  order="openai-pass anthropic-adapter messages-pass"
-  [ $((r % 2)) = 1 ] || order="messages-pass anthropic-adapter openai-pass"
+  order=${TARGETS:-openai-pass anthropic-adapter messages-pass}
+  [ $((r % 2)) = 1 ] || order=$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')
   for t in $order; do
     URL=http://127.0.0.1:$PORT${PATHOF[$t]} AUTH=$KEY MODEL=${MODELOF[$t]}; export URL AUTH MODEL
     wrk -t1 -c"$CONC" -d"${WARMUP}s" -s "${SCRIPT[$t]}" "$URL" >/dev/null 2>&1 || true

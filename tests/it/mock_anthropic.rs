@@ -448,6 +448,7 @@ mod protocol {
         let body = r.bytes().await.unwrap();
         assert_eq!(anthropic::messages_usage(&body), Some(billed()));
         let (chat, usage) = anthropic::chat_response(&body).unwrap();
+        let chat: Value = serde_json::from_slice(&chat).unwrap();
         assert_eq!(usage, Some(billed()));
         assert_eq!(chat["choices"][0]["message"]["content"], TEXT);
         assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");

@@ -5,6 +5,9 @@
 //! field OpenAI-compatible reasoning models use; their tokens are in `output_tokens`, billed as
 //! completion; signatures and redacted thinking are dropped).
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::usage;
@@ -12,66 +15,136 @@ use crate::domain::pricing::TokenUsage;
 use crate::providers::chat_stream::created_now;
 use crate::providers::Garbled;
 
-/// The `chat.completion` for an Anthropic message body, and the usage it reports (`None` when
-/// the body has no `usage` object, for the caller to estimate).
-pub fn chat_response(body: &[u8]) -> Result<(Value, Option<TokenUsage>), Garbled> {
-    let msg: Value = serde_json::from_slice(body)
-        .map_err(|e| Garbled(format!("Anthropic answer is not JSON: {e}")))?;
-    let blocks = msg["content"]
-        .as_array()
+/// What is read of an Anthropic message: text borrowed from the body where it has no escapes,
+/// so an answer is translated without building a tree of it.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    model: Value,
+    content: Option<Vec<Block<'a>>>,
+    #[serde(default)]
+    stop_reason: Value,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default)]
+    input: Value,
+}
+
+/// The `chat.completion` written.
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a Value,
+    choices: [Choice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: ChatMessage<'a>,
+    logprobs: (),
+    finish_reason: Value,
+}
+
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    role: &'static str,
+    content: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<Cow<'a, str>>,
+}
+
+/// The `chat.completion` for an Anthropic message body (written), and the usage it reports
+/// (`None` when the body has no `usage` object, for the caller to estimate).
+pub fn chat_response(body: &[u8]) -> Result<(Vec<u8>, Option<TokenUsage>), Garbled> {
+    let msg: Message<'_> = serde_json::from_slice(body)
+        .map_err(|e| Garbled(format!("Anthropic answer is not in protocol: {e}")))?;
+    let blocks = msg
+        .content
         .ok_or_else(|| Garbled("Anthropic answer has no content list".into()))?;
-    let mut text = String::new();
-    let mut has_text = false;
-    let mut calls = Vec::new();
-    let mut reasoning = String::new();
-    for (i, b) in blocks.iter().enumerate() {
-        match b["type"].as_str() {
+    let mut text: Option<Cow<'_, str>> = None;
+    let mut tool_calls = Vec::new();
+    let mut reasoning: Option<Cow<'_, str>> = None;
+    for (i, b) in blocks.into_iter().enumerate() {
+        match b.kind.as_deref() {
             Some("text") => {
-                let t = b["text"]
-                    .as_str()
+                let t = b
+                    .text
                     .ok_or_else(|| Garbled(format!("content[{i}] text block has no text")))?;
-                text.push_str(t);
-                has_text = true;
+                join(&mut text, t);
             }
-            Some("tool_use") => calls.push(tool_call(b, i)?),
-            Some("thinking") => reasoning.push_str(b["thinking"].as_str().unwrap_or("")),
+            Some("tool_use") => tool_calls.push(tool_call(&b, i)?),
+            Some("thinking") => join(&mut reasoning, b.thinking.unwrap_or_default()),
             Some(_) => {}
             None => return Err(Garbled(format!("content[{i}] has no type"))),
         }
     }
-    let mut message = json!({"role": "assistant", "content": has_text.then_some(text)});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    let u = msg.get("usage").filter(|u| u.is_object()).map(usage);
-    let mut out = json!({
-        "id": msg["id"].as_str().unwrap_or("msg"),
-        "object": "chat.completion",
-        "created": created_now(),
-        "model": msg["model"],
-        "choices": [{"index": 0, "message": message, "logprobs": null,
-            "finish_reason": finish_reason(&msg["stop_reason"])}],
-    });
-    if let Some(u) = u {
-        out["usage"] = openai_usage(u);
-    }
-    Ok((out, u))
+    let u = msg.usage.as_ref().filter(|u| u.is_object()).map(usage);
+    let out = Completion {
+        id: msg.id.as_deref().unwrap_or("msg"),
+        object: "chat.completion",
+        created: created_now(),
+        model: &msg.model,
+        choices: [Choice {
+            index: 0,
+            message: ChatMessage {
+                role: "assistant",
+                content: text,
+                tool_calls,
+                reasoning_content: reasoning.filter(|r| !r.is_empty()),
+            },
+            logprobs: (),
+            finish_reason: finish_reason(&msg.stop_reason),
+        }],
+        usage: u.map(openai_usage),
+    };
+    let bytes = serde_json::to_vec(&out)
+        .map_err(|e| Garbled(format!("writing the chat completion: {e}")))?;
+    Ok((bytes, u))
 }
 
-fn tool_call(b: &Value, i: usize) -> Result<Value, Garbled> {
-    let field = |k: &str| {
-        b[k].as_str()
+/// Appends `more` to `acc` (borrowing it when it is the first part).
+fn join<'a>(acc: &mut Option<Cow<'a, str>>, more: Cow<'a, str>) {
+    match acc {
+        None => *acc = Some(more),
+        Some(s) => s.to_mut().push_str(&more),
+    }
+}
+
+fn tool_call(b: &Block<'_>, i: usize) -> Result<Value, Garbled> {
+    let field = |v: &Option<Cow<'_, str>>, k: &str| {
+        v.as_deref()
+            .map(str::to_owned)
             .ok_or_else(|| Garbled(format!("content[{i}] tool_use block has no {k}")))
     };
-    let input = match &b["input"] {
+    let input = match &b.input {
         Value::Null => "{}".to_owned(),
         v => v.to_string(),
     };
-    Ok(json!({"id": field("id")?, "type": "function",
-        "function": {"name": field("name")?, "arguments": input}}))
+    Ok(json!({"id": field(&b.id, "id")?, "type": "function",
+        "function": {"name": field(&b.name, "name")?, "arguments": input}}))
 }
 
 /// OpenAI's `finish_reason` for Anthropic's `stop_reason`.
@@ -106,6 +179,7 @@ mod tests {
             "stop_reason": "tool_use", "stop_sequence": null,
             "usage": {"input_tokens": 10, "cache_creation_input_tokens": 20, "cache_read_input_tokens": 30, "output_tokens": 5}});
         let (out, u) = chat_response(body.to_string().as_bytes()).unwrap();
+        let out: Value = serde_json::from_slice(&out).unwrap();
         let u = u.unwrap();
         assert_eq!(
             (u.prompt, u.cached, u.cache_write, u.completion),
@@ -143,6 +217,7 @@ mod tests {
         }
         let body = br#"{"id":"m","content":[],"stop_reason":"end_turn"}"#;
         let (out, u) = chat_response(body).unwrap();
+        let out: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(out["choices"][0]["message"]["content"], Value::Null);
         assert!(u.is_none());
         assert!(out.get("usage").is_none());

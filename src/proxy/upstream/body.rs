@@ -1,6 +1,8 @@
 //! What is sent upstream: the model a target is asked for, and the request body with the
 //! target's `override_params` laid over it.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -43,11 +45,19 @@ impl Exec {
         // Passed through: serialized from the request itself.
         let native = wire == Wire::Messages && target.protocol == Protocol::Anthropic;
         if wire != Wire::OpenAi && !native {
-            let mut merged = self.body.json.clone();
-            for (k, v) in node.override_params.entries() {
-                merged.insert(k.clone(), v.clone());
-            }
-            merged.insert("model".into(), Value::String(model.to_owned()));
+            // Only the Messages-to-chat translation reads the model from the map (the others
+            // take it apart): without overrides the others translate the request as it is.
+            let reads_model = matches!(wire, Wire::MessagesToChat | Wire::MessagesVia(_));
+            let merged = if node.override_params.is_empty() && !reads_model {
+                Cow::Borrowed(&self.body.json)
+            } else {
+                let mut merged = self.body.json.clone();
+                for (k, v) in node.override_params.entries() {
+                    merged.insert(k.clone(), v.clone());
+                }
+                merged.insert("model".into(), Value::String(model.to_owned()));
+                Cow::Owned(merged)
+            };
             let (mut body, path) = wire
                 .body(target.protocol, &merged, model, self.body.stream)
                 .map_err(|e| DataError::bad_request(e.0))?;

@@ -207,7 +207,10 @@ impl Wire {
         Ok(match self {
             Wire::OpenAi => (body.clone(), crate::proxy::meter::usage_of_body(body)),
             Wire::Messages => (body.clone(), anthropic::messages_usage(body)),
-            Wire::ChatToAnthropic => encode(anthropic::chat_response(body)?),
+            Wire::ChatToAnthropic => {
+                let (bytes, usage) = anthropic::chat_response(body)?;
+                (Bytes::from(bytes), usage)
+            }
             Wire::ChatToBedrock => {
                 let (v, u) = bedrock::converse_response(body, model)?;
                 encode((v, Some(u)))
