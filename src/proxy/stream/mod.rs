@@ -175,8 +175,13 @@ async fn pump(mut job: Job, target: Target, resp: reqwest::Response, client: Cli
                 break;
             }
         }
-        let usage_known =
-            p.usage.is_some() || p.translator.as_ref().is_some_and(|t| t.usage().is_some());
+        // Known once final: OpenAI's usage chunk comes last; other protocols may report part
+        // of it early (Anthropic's `message_start` has the input, not the output), so theirs is
+        // final only once the translator has seen the answer end.
+        let usage_known = match &p.translator {
+            None => p.usage.is_some(),
+            Some(t) => t.usage().is_some() && t.end() != End::Cut,
+        };
         if p.client_gone_at.is_some() && (usage_known || p.drained > DRAIN_MAX_BYTES) {
             break;
         }

@@ -243,3 +243,40 @@ async fn messages_to_openai_format_providers_name_the_output_cap_as_each_takes_i
     assert_eq!(sent["max_tokens"], 64, "{sent}");
     assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
 }
+
+/// A client that leaves a translated or passed-through Anthropic stream after its first chunk:
+/// the gateway reads the provider's stream to its end and meters what Anthropic billed (the
+/// output tokens come last, in `message_delta`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_is_metered_what_anthropic_billed() {
+    use futures_util::StreamExt;
+    use std::sync::atomic::Ordering;
+    let (mock, server, key) = setup("antl").await;
+    let model = format!("@antl/{MODEL}-slow-stream");
+    harness::leave_stream_after_first_chunk(&server.url, &key, &model, "antl-chat").await;
+    let body = json!({"model": model, "max_tokens": 50, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/messages", server.url))
+        .header("x-api-key", &key)
+        .header("x-portkey-trace-id", "antl-msg")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.bytes_stream().next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"event: "), "{first:?}");
+    let billed = mock_anthropic::billed();
+    let at = format!("{MODEL}-slow-stream");
+    for trace in ["antl-chat", "antl-msg"] {
+        let m = metered(&server, trace, 1).await;
+        assert_eq!(
+            (m[0].usage, m[0].source.as_str(), m[0].streamed),
+            (billed, "provider", true),
+            "{trace}"
+        );
+        assert_eq!(m[0].model, at);
+    }
+    assert_eq!(mock.seen.streams_finished.load(Ordering::SeqCst), 2);
+}
