@@ -32,6 +32,10 @@ pub(super) trait Consistency: Send + Sync {
     /// Whether settling usage here claims threshold and exhaustion events.
     fn claims_crossings(&self) -> bool;
 
+    /// Whether the state follows the log (other processes write it too) rather than applying
+    /// this process's appends at once.
+    fn follows_log(&self) -> bool;
+
     /// The usage store this process feeds, for read-your-writes (embedded only).
     fn sync(&self) -> Option<&StoreSync>;
 }
@@ -58,6 +62,10 @@ impl Consistency for Local {
 
     fn claims_crossings(&self) -> bool {
         true
+    }
+
+    fn follows_log(&self) -> bool {
+        false
     }
 
     fn sync(&self) -> Option<&StoreSync> {
@@ -89,6 +97,10 @@ impl Consistency for Follower {
 
     fn claims_crossings(&self) -> bool {
         false
+    }
+
+    fn follows_log(&self) -> bool {
+        true
     }
 
     fn sync(&self) -> Option<&StoreSync> {

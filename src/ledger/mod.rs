@@ -303,6 +303,22 @@ impl Ledger {
         }
     }
 
+    /// Waits (up to `within`) until the state holds every config event in the log now, other
+    /// processes' included: a reader attributing usage to budgets (the aggregator) then knows
+    /// every key and limit a gateway could have served it under. False when it did not in time
+    /// (or the log's end could not be looked up).
+    pub async fn config_caught_up(&self, within: std::time::Duration) -> bool {
+        if !self.consistency.follows_log() {
+            return true; // embedded: the only writer, its appends applied at once
+        }
+        let mut folded = self.folded[Topic::Config.index()].subscribe();
+        let caught_up = async {
+            let end = self.log.fetch_end(Topic::Config).await.ok()?;
+            folded.wait_for(|at| *at >= end).await.ok().map(drop)
+        };
+        matches!(tokio::time::timeout(within, caught_up).await, Ok(Some(())))
+    }
+
     /// How many bytes of the usage log the store has not ingested yet (embedded mode; in
     /// distributed mode the aggregators' consumer group has the lag: 0).
     pub async fn store_lag(&self) -> u64 {

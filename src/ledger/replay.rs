@@ -140,10 +140,24 @@ mod tests {
     use crate::log::file::FileLog;
     use crate::log::LogError;
 
-    /// A log whose every other read comes back empty, as a Kafka poll that timed out does.
+    /// A log whose reads come back short, as Kafka polls that time out do: every other one
+    /// empty (`alternate`), or every one while `held` (a follower lagging behind the log).
     struct ShortReads {
         inner: FileLog,
         reads: std::sync::atomic::AtomicUsize,
+        alternate: bool,
+        held: std::sync::atomic::AtomicBool,
+    }
+
+    impl ShortReads {
+        fn over(dir: &std::path::Path, alternate: bool) -> ShortReads {
+            ShortReads {
+                inner: FileLog::open(dir, crate::settings::Fsync::Always).unwrap(),
+                reads: Default::default(),
+                alternate,
+                held: Default::default(),
+            }
+        }
     }
 
     impl EventLog for ShortReads {
@@ -169,7 +183,14 @@ mod tests {
             max_bytes: usize,
         ) -> futures_util::future::BoxFuture<'static, Result<Vec<crate::log::Record>, LogError>>
         {
-            if self.reads.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+            if self.held.load(Ordering::Acquire) {
+                // As a Kafka poll that timed out: empty, after a while.
+                return Box::pin(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    Ok(Vec::new())
+                });
+            }
+            if self.alternate && self.reads.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
                 return Box::pin(async { Ok(Vec::new()) });
             }
             self.inner.read(topic, from, max_bytes)
@@ -182,10 +203,7 @@ mod tests {
     #[tokio::test]
     async fn a_short_read_does_not_stall_the_follower() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ShortReads {
-            inner: FileLog::open(dir.path(), crate::settings::Fsync::Always).unwrap(),
-            reads: Default::default(),
-        };
+        let log = ShortReads::over(dir.path(), true);
         let ledger = Arc::new(Ledger::distributed(Arc::new(log), Arc::default()));
         tokio::spawn({
             let ledger = ledger.clone();
@@ -208,28 +226,56 @@ mod tests {
         assert_eq!(ledger.state().api_keys.len(), 3);
     }
 
+    /// Appends the creation of API key `id` to the config topic of `log`, as another process.
+    async fn append_key(log: &FileLog, id: &str) {
+        let mut k = crate::domain::state::tests::api_key_fixture(None);
+        k.id = id.into();
+        let event = crate::domain::ConfigEvent {
+            event_id: format!("e-{id}"),
+            at: crate::domain::Millis(0),
+            audit: Default::default(),
+            change: Change::Upsert(Entity::ApiKey(k)),
+        };
+        let bytes = crate::codec::encode_config(&event).unwrap();
+        log.append(Topic::Config, vec![], bytes).await.unwrap();
+    }
+
+    /// The aggregator attributes usage to budgets only once its state has every config event
+    /// the log has: a key made (by another process) just before its usage arrived is known
+    /// then, though the follower lags. Before, a lagging aggregator counted such usage toward
+    /// no budget, and the budget's exhaustion was never published.
+    #[tokio::test]
+    async fn config_caught_up_waits_for_the_follower_to_reach_the_logs_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(ShortReads::over(dir.path(), false));
+        let ledger = Arc::new(Ledger::distributed(log.clone(), Arc::default()));
+        ledger.replay(&DISTRIBUTED_TOPICS).await.unwrap();
+        tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.follow().await }
+        });
+        let within = std::time::Duration::from_secs(10);
+        assert!(ledger.config_caught_up(within).await, "nothing to fold");
+        // Another process appends a key while this one's reads lag.
+        log.held.store(true, Ordering::Release);
+        append_key(&log.inner, "fresh").await;
+        let short = std::time::Duration::from_millis(50);
+        assert!(!ledger.config_caught_up(short).await, "reads are held");
+        assert!(!ledger.state().api_keys.contains_key("fresh"));
+        log.held.store(false, Ordering::Release);
+        assert!(ledger.config_caught_up(within).await);
+        assert!(ledger.state().api_keys.contains_key("fresh"));
+    }
+
     /// Replay reads to the end it saw at start, though a read comes back empty before it: a
     /// gateway must not serve from a state that stopped at the first poll that timed out.
     #[tokio::test]
     async fn a_short_read_does_not_cut_the_replay_short() {
         let dir = tempfile::tempdir().unwrap();
-        let inner = FileLog::open(dir.path(), crate::settings::Fsync::Always).unwrap();
+        let log = ShortReads::over(dir.path(), true);
         for i in 0..3 {
-            let mut k = crate::domain::state::tests::api_key_fixture(None);
-            k.id = format!("k{i}");
-            let event = crate::domain::ConfigEvent {
-                event_id: format!("e{i}"),
-                at: crate::domain::Millis(0),
-                audit: Default::default(),
-                change: Change::Upsert(Entity::ApiKey(k)),
-            };
-            let bytes = crate::codec::encode_config(&event).unwrap();
-            inner.append(Topic::Config, vec![], bytes).await.unwrap();
+            append_key(&log.inner, &format!("k{i}")).await;
         }
-        let log = ShortReads {
-            inner,
-            reads: Default::default(),
-        };
         let ledger = Ledger::distributed(Arc::new(log), Arc::default());
         ledger.replay(&[Topic::Config]).await.unwrap();
         assert_eq!(ledger.state().api_keys.len(), 3);

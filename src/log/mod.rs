@@ -9,6 +9,7 @@ pub mod kafka;
 mod writer;
 
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 /// The log's topics.
@@ -178,6 +179,13 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The committed end of a topic, updated on every append.
     fn watch_end(&self, topic: Topic) -> watch::Receiver<Offset>;
+
+    /// The committed end of a topic as the log has it now, appends by other processes included
+    /// (a round trip to Kafka; [`EventLog::watch_end`] may be a poll behind).
+    fn fetch_end(&self, topic: Topic) -> BoxFuture<'static, Result<Offset, LogError>> {
+        let end = *self.watch_end(topic).borrow();
+        async move { Ok(end) }.boxed()
+    }
 
     /// Whether a usage append would be taken now. Gateways refuse requests (503) when it would
     /// not, before any upstream call: they never serve what they cannot meter.

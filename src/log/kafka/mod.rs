@@ -89,6 +89,8 @@ struct Inner {
     names: [String; 3],
     readers: [Mutex<Option<(BaseConsumer, Offset)>>; 2],
     ends: [watch::Sender<Offset>; 3],
+    /// Looks up a topic's end on demand ([`EventLog::fetch_end`]), made at its first use.
+    end_reader: Mutex<Option<BaseConsumer>>,
     brokers: String,
     spool: Spool,
     /// Usage waits in the spool: new usage goes there too, in order, until it is drained.
@@ -113,6 +115,7 @@ impl KafkaLog {
             names: Topic::ALL.map(|t| topic_name(&settings.topic_prefix, t)),
             readers: [Mutex::new(None), Mutex::new(None)],
             ends: Topic::ALL.map(|_| watch::channel(0).0),
+            end_reader: Mutex::new(None),
             brokers,
             spool,
             spooling: AtomicBool::new(pending),
@@ -227,6 +230,12 @@ impl EventLog for KafkaLog {
 
     fn watch_end(&self, topic: Topic) -> watch::Receiver<Offset> {
         self.0.ends[topic.index()].subscribe()
+    }
+
+    fn fetch_end(&self, topic: Topic) -> BoxFuture<'static, Result<Offset, LogError>> {
+        let log = self.0.clone();
+        async move { super::blocking("kafka topic end", move || log.fetch_end_blocking(topic)).await? }
+            .boxed()
     }
 
     fn spooled_bytes(&self) -> u64 {

@@ -53,17 +53,41 @@ impl Inner {
     /// The partition-0 high watermarks of config and limits, published to `watch_end`.
     fn refresh_ends(&self, consumer: &BaseConsumer) -> Result<(), LogError> {
         for t in [Topic::Config, Topic::Limits] {
-            let (_, high) = consumer
-                .fetch_watermarks(&self.names[t.index()], 0, Duration::from_secs(5))
-                .map_err(kafka_err("fetching the topic ends"))?;
-            let high = u64::try_from(high).unwrap_or(0);
-            self.ends[t.index()].send_if_modified(|end| {
-                let moved = high > *end;
-                *end = high.max(*end);
-                moved
-            });
+            self.look_up_end(consumer, t)?;
         }
         Ok(())
+    }
+
+    /// The end of `topic` (config or limits) looked up with `consumer`, published to `watch_end`.
+    fn look_up_end(&self, consumer: &BaseConsumer, t: Topic) -> Result<Offset, LogError> {
+        let (_, high) = consumer
+            .fetch_watermarks(&self.names[t.index()], 0, Duration::from_secs(5))
+            .map_err(kafka_err("fetching the topic ends"))?;
+        let high = u64::try_from(high).unwrap_or(0);
+        self.ends[t.index()].send_if_modified(|end| {
+            let moved = high > *end;
+            *end = high.max(*end);
+            moved
+        });
+        Ok(high)
+    }
+
+    /// [`crate::log::EventLog::fetch_end`]: the end of config or limits looked up now.
+    pub(super) fn fetch_end_blocking(&self, t: Topic) -> Result<Offset, LogError> {
+        if t == Topic::Usage {
+            return Err(LogError::NotReadable(t.name()));
+        }
+        let mut reader = self.end_reader.lock();
+        let consumer = match reader.take() {
+            Some(c) => c,
+            None => client_config(&self.brokers)
+                .set("group.id", "tollgate-ends")
+                .create()
+                .map_err(kafka_err("creating the ends consumer"))?,
+        };
+        let end = self.look_up_end(&consumer, t);
+        *reader = Some(consumer);
+        end
     }
 
     /// Reads from `from` up to the known end (or about `max_bytes`) with the topic's reader, kept

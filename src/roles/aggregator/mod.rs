@@ -2,8 +2,8 @@
 //! group on the usage topic that writes every event once to ClickHouse and publishes limit state.
 //!
 //! Per batch (up to [`BATCH_MAX`] records or [`BATCH_WINDOW`]):
-//! 1. decode; attach to each event the budget windows it counts toward (from the config state,
-//!    followed from the config topic);
+//! 1. decode; once the config state has caught up with the config topic's end, attach to each
+//!    event the budget windows it counts toward;
 //! 2. insert the events ClickHouse does not have yet, as one atomic `INSERT`, retrying until
 //!    ClickHouse takes it (a replay after a crash or rebalance finds its events there and adds
 //!    nothing; rollups and budget usage are materialized from that insert);
@@ -51,6 +51,8 @@ pub enum AggregatorError {
 const BATCH_MAX: usize = 5_000;
 /// How long a batch gathers records after its first.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// How long a batch waits for the config state to catch up with the config topic.
+const CONFIG_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// One consumed record, with the budget windows its event counts toward.
 struct Consumed {
@@ -92,10 +94,18 @@ pub async fn run(
         })
     };
     loop {
-        let take = |m: &BorrowedMessage<'_>, batch: &mut Vec<Consumed>| take(&node, m, batch);
-        let Some(batch) = gather(&consumer, &mut shutdown, "aggregator", take).await else {
+        let Some(mut batch) = gather(&consumer, &mut shutdown, "aggregator", take).await else {
             break;
         };
+        // A gateway serves a key only once it has its config, so the config topic held it
+        // before the key's usage was produced: caught up to the topic's end now, the state
+        // knows every budget the batch counts toward (a key made just now included).
+        if !node.ledger.config_caught_up(CONFIG_CATCH_UP).await {
+            tracing::warn!("aggregator: the config state is behind the config topic; usage of budgets it lacks is not counted toward them in this batch");
+        }
+        for c in &mut batch {
+            c.windows = windows_of(&node, &c.event);
+        }
         if !store_batch(&node, &store, &batch, &mut shutdown).await {
             break; // shutting down with the batch not stored: it is not committed either
         }
@@ -247,12 +257,13 @@ fn audit_entries(m: &rdkafka::message::BorrowedMessage<'_>) -> Vec<(i32, i64, Op
     }
 }
 
-fn take(node: &Node, m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
+/// A usage record decoded (its budget windows are attributed once the batch is whole).
+fn take(m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
     match codec::decode_usage(m.payload().unwrap_or_default()) {
         Ok(event) => batch.push(Consumed {
             partition: m.partition(),
             offset: m.offset(),
-            windows: windows_of(node, &event),
+            windows: Vec::new(),
             event,
         }),
         // An undecodable record never becomes decodable: skipped loudly, left in the topic.
