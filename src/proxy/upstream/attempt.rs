@@ -84,35 +84,18 @@ impl Exec {
             Ok(r) => r,
             // The error paths are boxed (see `Exec::whole`).
             Err(Unsent::Http(e)) => return Box::pin(self.unanswered(call, e, timeout)).await,
-            Err(Unsent::Credential(why)) => {
-                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "no provider credential");
+            Err(unsent @ Unsent::Credential(_)) => {
+                tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %unsent.error(timeout).message, "no provider credential");
                 self.plane
                     .metrics
                     .upstream_failure(UpstreamFailure::Connect);
-                let err = DataError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "api_error",
-                    Some("provider_credentials"),
-                    why,
-                );
+                let err = unsent.error(timeout);
                 let usage = TokenUsage::default();
                 return Box::pin(self.error_answer(call, usage, UsageSource::Provider, err)).await;
             }
         };
         let status = resp.status();
-        if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
-            // An exchanged credential the provider no longer takes (expired early, revoked):
-            // the next attempt exchanges anew.
-            self.plane.exchanged.forget(target);
-        }
-        if status.is_redirection() {
-            // Not followed (see `crate::proxy::client`): the credential stays with its integration's host.
-            let err = DataError::new(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                Some("upstream_redirect"),
-                "the provider answered with a redirect, which is not followed: a provider credential is only sent to the host its integration names",
-            );
+        if let Err(err) = self.answered(target, status) {
             return Box::pin(self.undelivered(call, TokenUsage::default(), err)).await;
         }
         if status.is_server_error() {
@@ -128,6 +111,25 @@ impl Exec {
             return Ok(self.stream_on(call, resp));
         }
         self.whole(call, resp, timeout).await
+    }
+
+    /// What every answer's status says before its body is read: an exchanged credential the
+    /// provider no longer takes (401/403: expired early, revoked) is forgotten, so the next
+    /// call exchanges anew; a redirect is refused, not followed (see `crate::proxy::client`),
+    /// so the credential stays with its integration's host.
+    pub(super) fn answered(&self, target: &Target, status: StatusCode) -> Result<(), DataError> {
+        if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+            self.plane.exchanged.forget(target);
+        }
+        if status.is_redirection() {
+            return Err(DataError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                Some("upstream_redirect"),
+                "the provider answered with a redirect, which is not followed: a provider credential is only sent to the host its integration names",
+            ));
+        }
+        Ok(())
     }
 
     /// Posts the body to the target's endpoint with its credential: in its headers, signed
@@ -308,6 +310,49 @@ pub(super) enum Unsent {
     Credential(String),
 }
 
+impl Unsent {
+    /// The client's error for a call not sent (or not answered within `timeout`).
+    pub(super) fn error(&self, timeout: Duration) -> DataError {
+        match self {
+            Unsent::Http(e) => unanswered_error(e, timeout),
+            Unsent::Credential(why) => DataError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                Some("provider_credentials"),
+                why.clone(),
+            ),
+        }
+    }
+}
+
+/// The client's error for a provider answer not in its protocol.
+pub(super) fn garbled_error(why: &str) -> DataError {
+    DataError::new(
+        StatusCode::BAD_GATEWAY,
+        "api_error",
+        Some("upstream_body"),
+        format!("the provider's response could not be read: {why}"),
+    )
+}
+
+/// A whole JSON answer with `status`, and the provider's `Retry-After` when it gave one.
+pub(super) fn json_reply(
+    status: StatusCode,
+    body: Bytes,
+    retry_after: Option<HeaderValue>,
+) -> crate::proxy::Reply {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(r) = retry_after {
+        headers.insert(reqwest::header::RETRY_AFTER, r);
+    }
+    crate::proxy::Reply::Full {
+        status,
+        headers,
+        body,
+    }
+}
+
 /// Whether the provider answered with a stream: server-sent events, or AWS's event stream.
 fn is_stream(headers: &HeaderMap) -> bool {
     headers
@@ -320,7 +365,7 @@ fn is_stream(headers: &HeaderMap) -> bool {
 }
 
 /// The answer to a call that got none.
-pub(super) fn unanswered_error(e: &reqwest::Error, timeout: Duration) -> DataError {
+fn unanswered_error(e: &reqwest::Error, timeout: Duration) -> DataError {
     match client::refused_host(e) {
         // Refused by `upstream_private_hosts = deny` before connecting.
         Some(refused) => private_host_error(refused.to_string()),

@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::RETRY_AFTER;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::attempt::Unsent;
+use super::attempt::{garbled_error, json_reply};
 use super::response::read_capped;
 use super::wire::Wire;
 use super::Exec;
@@ -80,20 +80,22 @@ impl Exec {
         let resp = self
             .send(&target, bytes, timeout)
             .await
-            .map_err(|e| unsent_error(e, timeout))?;
+            .map_err(|e| e.error(timeout))?;
         self.counter_answer(&target, resp).await
     }
 
     /// A count in Anthropic's shape.
     fn counted(&self, tokens: u64) -> Reply {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        set_header(&mut headers, "x-portkey-trace-id", &self.ctx.trace_id);
-        Reply::Full {
-            status: StatusCode::OK,
-            headers,
-            body: Bytes::from(json!({"input_tokens": tokens}).to_string()),
+        let body = Bytes::from(json!({"input_tokens": tokens}).to_string());
+        self.traced(json_reply(StatusCode::OK, body, None))
+    }
+
+    /// `reply` with the request's trace id.
+    fn traced(&self, mut reply: Reply) -> Reply {
+        if let Reply::Full { headers, .. } = &mut reply {
+            set_header(headers, "x-portkey-trace-id", &self.ctx.trace_id);
         }
+        reply
     }
 
     /// The counter's answer: a count in Anthropic's shape, or its error as it came (the route
@@ -104,22 +106,8 @@ impl Exec {
         resp: reqwest::Response,
     ) -> Result<Reply, DataError> {
         let status = resp.status();
-        if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
-            self.plane.exchanged.forget(target);
-        }
-        if status.is_redirection() {
-            return Err(DataError::new(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                Some("upstream_redirect"),
-                "the provider answered with a redirect, which is not followed",
-            ));
-        }
-        let mut headers = HeaderMap::new();
-        if let Some(v) = resp.headers().get(RETRY_AFTER) {
-            headers.insert(RETRY_AFTER, v.clone());
-        }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.answered(target, status)?;
+        let retry_after = resp.headers().get(RETRY_AFTER).cloned();
         let body = match read_capped(resp, COUNT_BODY_MAX).await {
             Ok(body) => body,
             // A refusal keeps its status (and Retry-After) even when its body is unreadable.
@@ -133,13 +121,8 @@ impl Exec {
                 ))
             }
         };
-        set_header(&mut headers, "x-portkey-trace-id", &self.ctx.trace_id);
         if !status.is_success() {
-            return Ok(Reply::Full {
-                status,
-                headers,
-                body,
-            });
+            return Ok(self.traced(json_reply(status, body, retry_after)));
         }
         let tokens = match target.protocol {
             Protocol::Bedrock => bedrock::count_tokens_response(&body),
@@ -147,26 +130,8 @@ impl Exec {
         };
         tokens.map(|n| self.counted(n)).map_err(|Garbled(why)| {
             tracing::warn!(trace_id = %self.ctx.trace_id, provider = %target.provider.slug, error = %why, "token count not in its protocol");
-            DataError::new(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                Some("upstream_body"),
-                format!("the provider's token count could not be read: {why}"),
-            )
+            garbled_error(&why)
         })
-    }
-}
-
-/// A count that could not be asked for.
-fn unsent_error(e: Unsent, timeout: Duration) -> DataError {
-    match e {
-        Unsent::Http(e) => super::attempt::unanswered_error(&e, timeout),
-        Unsent::Credential(why) => DataError::new(
-            StatusCode::BAD_GATEWAY,
-            "api_error",
-            Some("provider_credentials"),
-            why,
-        ),
     }
 }
 

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderValue, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::attempt::{unanswered_error, Call, Unsent};
+use super::attempt::{garbled_error, json_reply, Call};
 use super::response::read_capped;
 use super::{wire, Answer, Exec};
 use crate::domain::pricing::TokenUsage;
@@ -92,12 +92,7 @@ impl Exec {
             Ok(answered) => answered,
             Err(Garbled(why)) => {
                 tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "provider answer not in its protocol");
-                let err = DataError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "api_error",
-                    Some("upstream_body"),
-                    format!("the provider's response could not be read: {why}"),
-                );
+                let err = garbled_error(&why);
                 (err.status, err.reply(), billed, UsageSource::Provider)
             }
         };
@@ -119,19 +114,11 @@ impl Exec {
     ) -> Done {
         let resp = match self.send(target, body, timeout).await {
             Ok(r) => r,
-            Err(Unsent::Http(e)) => return Done::Failed(unanswered_error(&e, timeout)),
-            Err(Unsent::Credential(why)) => {
-                return Done::Failed(DataError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "api_error",
-                    Some("provider_credentials"),
-                    why,
-                ))
-            }
+            Err(unsent) => return Done::Failed(unsent.error(timeout)),
         };
         let status = resp.status();
-        if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
-            self.plane.exchanged.forget(target);
+        if let Err(refused) = self.answered(target, status) {
+            return Done::Failed(refused);
         }
         let counted = resp
             .headers()
@@ -166,19 +153,7 @@ impl Exec {
                 ..
             }) => {
                 let body = self.wire.error_body(status.as_u16(), &body).unwrap_or(body);
-                let mut headers = HeaderMap::new();
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                if let Some(r) = retry_after {
-                    headers.insert(RETRY_AFTER, r);
-                }
-                (
-                    status,
-                    Reply::Full {
-                        status,
-                        headers,
-                        body,
-                    },
-                )
+                (status, json_reply(status, body, retry_after))
             }
             Some(Done::Failed(err)) => (err.status, err.reply()),
             None => {
@@ -209,14 +184,8 @@ impl Exec {
             counted,
             self.prompt_estimate,
         )?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let status = StatusCode::OK;
-        let reply = Reply::Full {
-            status,
-            headers,
-            body,
-        };
+        let reply = json_reply(status, body, None);
         // No count from Bedrock (Cohere without the header): estimated, as the answer says.
         Ok(match usage {
             Some(u) => (status, reply, u, UsageSource::Provider),

@@ -78,12 +78,7 @@ impl Exec {
                 Err(Garbled(why)) => {
                     tracing::warn!(trace_id = %self.ctx.trace_id, provider = %call.target.provider.slug, error = %why, "provider answer not in its protocol");
                     let usage = self.estimated(received);
-                    let err = DataError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "api_error",
-                        Some("upstream_body"),
-                        format!("the provider's response could not be read: {why}"),
-                    );
+                    let err = super::attempt::garbled_error(&why);
                     return Box::pin(self.undelivered(call, usage, err)).await;
                 }
             };

@@ -201,8 +201,28 @@ async fn count_tokens_is_anthropics_count_and_its_errors_pass_on_unmetered() {
     assert_eq!(status, 400, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["type"], "error", "{v}");
+    // A governed key cannot point the count (and the stored Anthropic key) at its own host.
+    let attacker = mock_anthropic::start().await;
+    let config = json!({"provider": "@cnt", "custom_host": format!("{}/v1", attacker.url)});
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/messages/count_tokens", server.url))
+        .header("x-api-key", &key)
+        .header("x-portkey-config", config.to_string())
+        .header("x-portkey-trace-id", "cnt-host")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(
+        attacker.seen.headers.lock().is_empty(),
+        "the attacker's host got a call"
+    );
     assert_eq!(mock.seen.bodies.lock().len(), 2);
-    for trace in ["cnt-ok", "cnt-429", "cnt-bad"] {
+    for trace in ["cnt-ok", "cnt-429", "cnt-bad", "cnt-host"] {
         assert!(metered(&server, trace, 0).await.is_empty(), "{trace}");
     }
 }
