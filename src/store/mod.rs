@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use crate::domain::{AuditEntry, AuditQuery, Millis, UsageEvent};
 pub use audit::{audit_where, AuditArg, AUDIT_COLUMNS, AUDIT_ORDER};
 pub use query::{
-    latency_report, Bucket, Filter, GroupBy, Latency, LatencyReport, RollupRow, Stats,
+    latency_report, Bucket, Filter, GroupBy, GroupSeries, Latency, LatencyReport, RollupRow, Stats,
     ROLLUP_DIMENSIONS,
 };
 
@@ -108,6 +108,17 @@ pub trait UsageStore: Send + Sync + 'static {
         filter: Filter,
         bucket: Bucket,
     ) -> BoxFuture<'static, Result<LatencyReport, StoreError>>;
+
+    /// Per-bucket stats of each group value over the filter (a stacked chart's data), in bucket
+    /// order; within a bucket most requests first, as in [`UsageStore::groups`] (whose values
+    /// these are: workspace ids for [`GroupBy::Workspace`]). A bucket's rows sum to its
+    /// [`UsageStore::series`] row, but for `users` (distinct per group) and `last_seen` (the max).
+    fn series_by(
+        &self,
+        filter: Filter,
+        bucket: Bucket,
+        by: GroupBy,
+    ) -> BoxFuture<'static, Result<GroupSeries, StoreError>>;
 
     /// Stats per group value, most requests first.
     fn groups(

@@ -78,6 +78,7 @@ pub struct Latency {
     pub avg: f64,
     pub p50: u32,
     pub p90: u32,
+    pub p95: u32,
     pub p99: u32,
 }
 
@@ -93,6 +94,7 @@ impl Latency {
             avg: sum as f64 / v.len() as f64,
             p50: rank(0.5),
             p90: rank(0.9),
+            p95: rank(0.95),
             p99: rank(0.99),
         }
     }
@@ -124,6 +126,9 @@ pub fn latency_report(rows: Vec<(i64, u32)>, b: Bucket) -> LatencyReport {
         .collect();
     (Latency::of_sorted(&all), per)
 }
+
+/// Stats per time bucket and group value, `(bucket, value, stats)`: a stacked chart's data.
+pub type GroupSeries = Vec<(Millis, String, Stats)>;
 
 /// What analytics groups by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,7 +178,12 @@ mod tests {
     fn percentiles() {
         let v: Vec<u32> = (1..=100).collect();
         let l = Latency::of_sorted(&v);
-        assert_eq!((l.p50, l.p90, l.p99), (50, 90, 99));
-        assert_eq!(Latency::of_sorted(&[]).p99, 0);
+        assert_eq!((l.p50, l.p90, l.p95, l.p99), (50, 90, 95, 99));
+        assert_eq!(Latency::of_sorted(&[]), Latency::default());
+        // Nearest rank: the smallest value with at least p of the values at or below it.
+        let l = Latency::of_sorted(&[10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+        assert_eq!((l.p50, l.p90, l.p95, l.p99), (50, 90, 100, 100));
+        let one = Latency::of_sorted(&[7]);
+        assert_eq!((one.p50, one.p95, one.p99), (7, 7, 7));
     }
 }

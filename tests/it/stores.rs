@@ -2,12 +2,14 @@
 //! ClickHouse (the shared server from `scripts/services.sh`, a fresh migrated database), for
 //! every series bucket, latency report, group and rollup the analytics API and dashboards use.
 
+use std::collections::BTreeMap;
+
 use rust_decimal::Decimal;
 use tollgate::domain::*;
 use tollgate::settings::ClickhouseSettings;
 use tollgate::store::clickhouse::ClickhouseStore;
 use tollgate::store::sqlite::SqliteStore;
-use tollgate::store::{Bucket, Filter, GroupBy, UsageStore, ROLLUP_DIMENSIONS};
+use tollgate::store::{Bucket, Filter, GroupBy, GroupSeries, Stats, UsageStore, ROLLUP_DIMENSIONS};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
@@ -58,38 +60,19 @@ fn events() -> Vec<UsageEvent> {
     out
 }
 
-async fn clickhouse() -> ClickhouseStore {
-    let settings = ClickhouseSettings {
-        url: Some(std::env::var("TG_CLICKHOUSE_URL").expect(
-            "TG_CLICKHOUSE_URL is not set: run the tests with ./scripts/test.sh, which starts ClickHouse",
-        )),
-        database: format!("tg_stores_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        ..Default::default()
-    };
-    ClickhouseStore::migrate(&settings).await.unwrap();
-    ClickhouseStore::new(&settings).unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_and_clickhouse_answer_the_same() {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open(&dir.path().join("usage.sqlite")).unwrap();
-    let ch = clickhouse().await;
-    let all = events();
-    // In two batches, the second overlapping the first: both stores keep each event once.
-    let (a, b) = all.split_at(400);
-    for store in [&sqlite as &dyn UsageStore, &ch as &dyn UsageStore] {
-        store.ingest(a.to_vec(), "test", 1).await.unwrap();
-        let mut second = b.to_vec();
-        second.extend(a[..50].iter().cloned());
-        store.ingest(second, "test", 2).await.unwrap();
-    }
-    let day = Filter {
+/// The whole day of [`events`].
+fn day() -> Filter {
+    Filter {
         from: Millis(T0),
         to: Millis(T0 + 86_400_000),
         ..Default::default()
-    };
-    let filters = vec![
+    }
+}
+
+/// Filters over [`events`] that use every field of a [`Filter`].
+fn filters() -> Vec<Filter> {
+    let day = day();
+    vec![
         day.clone(),
         Filter {
             workspace_id: Some("ws1".into()),
@@ -116,8 +99,12 @@ async fn sqlite_and_clickhouse_answer_the_same() {
             trace_id: Some("trace7".into()),
             ..day.clone()
         },
-    ];
-    let groupings = [
+    ]
+}
+
+/// Every grouping, metadata keys that every event has (`team`) and that some lack (`department`).
+fn groupings() -> Vec<GroupBy> {
+    vec![
         GroupBy::User,
         GroupBy::Model,
         GroupBy::AiProvider,
@@ -129,7 +116,36 @@ async fn sqlite_and_clickhouse_answer_the_same() {
         GroupBy::Department,
         GroupBy::Metadata("team".into()),
         GroupBy::Metadata("department".into()),
-    ];
+    ]
+}
+
+async fn clickhouse() -> ClickhouseStore {
+    let settings = ClickhouseSettings {
+        url: Some(std::env::var("TG_CLICKHOUSE_URL").expect(
+            "TG_CLICKHOUSE_URL is not set: run the tests with ./scripts/test.sh, which starts ClickHouse",
+        )),
+        database: format!("tg_stores_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        ..Default::default()
+    };
+    ClickhouseStore::migrate(&settings).await.unwrap();
+    ClickhouseStore::new(&settings).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_clickhouse_answer_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("usage.sqlite")).unwrap();
+    let ch = clickhouse().await;
+    let all = events();
+    // In two batches, the second overlapping the first: both stores keep each event once.
+    let (a, b) = all.split_at(400);
+    for store in [&sqlite as &dyn UsageStore, &ch as &dyn UsageStore] {
+        store.ingest(a.to_vec(), "test", 1).await.unwrap();
+        let mut second = b.to_vec();
+        second.extend(a[..50].iter().cloned());
+        store.ingest(second, "test", 2).await.unwrap();
+    }
+    let (day, filters, groupings) = (day(), filters(), groupings());
     for f in &filters {
         for bucket in [Bucket::Minute, Bucket::Hour, Bucket::Day] {
             let s = sqlite.series(f.clone(), bucket).await.unwrap();
@@ -138,6 +154,16 @@ async fn sqlite_and_clickhouse_answer_the_same() {
                 ch.series(f.clone(), bucket).await.unwrap(),
                 "series {bucket:?} {f:?}"
             );
+            for by in &groupings {
+                assert_eq!(
+                    sqlite
+                        .series_by(f.clone(), bucket, by.clone())
+                        .await
+                        .unwrap(),
+                    ch.series_by(f.clone(), bucket, by.clone()).await.unwrap(),
+                    "series_by {bucket:?} {by:?} {f:?}"
+                );
+            }
             let l = sqlite.latency(f.clone(), bucket).await.unwrap();
             assert_eq!(
                 l,
@@ -169,6 +195,125 @@ async fn sqlite_and_clickhouse_answer_the_same() {
     }
 }
 
+/// An event's value in a grouping, as the stores answer it: ids (workspace ids for workspaces),
+/// `''` for what an event lacks, status codes as text.
+fn group_value(by: &GroupBy, e: &UsageEvent) -> String {
+    match by {
+        GroupBy::User => e.user.clone().unwrap_or_default(),
+        GroupBy::Model => e.model.clone(),
+        GroupBy::AiProvider => e.ai_provider.clone(),
+        GroupBy::Provider => e.provider_slug.clone(),
+        GroupBy::ApiKey => e.api_key_id.clone(),
+        GroupBy::Workspace => e.workspace_id.clone(),
+        GroupBy::StatusCode => e.status_code.to_string(),
+        GroupBy::Config => e.config_id.clone().unwrap_or_default(),
+        GroupBy::Department => e.department.clone().unwrap_or_default(),
+        GroupBy::Metadata(k) => e.metadata.get(k).cloned().unwrap_or_default(),
+    }
+}
+
+/// What `series_by` must answer over the day (each event once, replays aside): the stats of each
+/// (bucket, group value), computed here from the events, in the port's order (bucket, then most
+/// requests, then value).
+fn expected_series_by(bucket: Bucket, by: &GroupBy) -> GroupSeries {
+    let mut seen = std::collections::HashSet::new();
+    let mut cells = BTreeMap::<(Millis, String), (Stats, Vec<String>)>::new();
+    for e in events().iter().filter(|e| seen.insert(e.event_id.clone())) {
+        let at = Millis(e.at.0.div_euclid(bucket.ms()) * bucket.ms());
+        let (s, users) = cells.entry((at, group_value(by, e))).or_default();
+        s.requests += 1;
+        s.errors += u64::from(e.status_code >= 400);
+        s.prompt_tokens += e.prompt_tokens;
+        s.completion_tokens += e.completion_tokens;
+        s.cost_usd += e.cost_usd;
+        s.last_seen = s.last_seen.max(e.at);
+        if let Some(u) = e.user.as_ref().filter(|u| !users.contains(u)) {
+            users.push(u.clone());
+            s.users += 1;
+        }
+    }
+    let mut out: GroupSeries = cells
+        .into_iter()
+        .map(|((at, g), (s, _))| (at, g, s))
+        .collect();
+    out.sort_by_key(|(at, g, s)| (*at, std::cmp::Reverse(s.requests), g.clone()));
+    out
+}
+
+/// `series_by` rows summed over their groups, a bucket's stats but for users (a user may be in
+/// several groups), with the most and the sum of the groups' users.
+fn summed(rows: &GroupSeries) -> BTreeMap<Millis, (Stats, u64, u64)> {
+    let mut out = BTreeMap::<Millis, (Stats, u64, u64)>::new();
+    for (at, _, s) in rows {
+        let (t, most, sum) = out.entry(*at).or_default();
+        t.requests += s.requests;
+        t.errors += s.errors;
+        t.prompt_tokens += s.prompt_tokens;
+        t.completion_tokens += s.completion_tokens;
+        t.cost_usd += s.cost_usd;
+        t.last_seen = t.last_seen.max(s.last_seen);
+        *most = (*most).max(s.users);
+        *sum += s.users;
+    }
+    out
+}
+
+/// The `series_by` scenario, run on each store: over the day, exact stats per (bucket, group) for
+/// every grouping and bucket; and, for every filter, bucket and grouping, the groups of a bucket
+/// sum to its `series` row.
+async fn series_by_scenario(store: &dyn UsageStore, name: &str) {
+    store.ingest(events(), "test", 1).await.unwrap();
+    for bucket in [Bucket::Minute, Bucket::Hour, Bucket::Day] {
+        for by in groupings() {
+            let want = expected_series_by(bucket, &by);
+            // Several buckets (but a day), several groups in a bucket (but minutes: 137 s apart).
+            let buckets = 1 + want.windows(2).filter(|w| w[0].0 != w[1].0).count();
+            assert!(buckets > 1 || bucket == Bucket::Day, "{bucket:?}");
+            assert!(
+                buckets < want.len() || bucket == Bucket::Minute,
+                "{bucket:?}"
+            );
+            let got = store.series_by(day(), bucket, by.clone()).await.unwrap();
+            assert_eq!(got, want, "{name}: series_by {bucket:?} {by:?}");
+        }
+    }
+    for f in filters() {
+        for bucket in [Bucket::Minute, Bucket::Hour, Bucket::Day] {
+            let series = store.series(f.clone(), bucket).await.unwrap();
+            for by in groupings() {
+                let rows = store
+                    .series_by(f.clone(), bucket, by.clone())
+                    .await
+                    .unwrap();
+                let at = format!("{name}: {bucket:?} {by:?} {f:?}");
+                assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0), "order {at}");
+                let sums = summed(&rows);
+                assert_eq!(sums.len(), series.len(), "{at}");
+                for (bucket_at, s) in &series {
+                    let (t, most, sum) = &sums[bucket_at];
+                    let s_but_users = Stats {
+                        users: 0,
+                        ..s.clone()
+                    };
+                    assert_eq!(t, &s_but_users, "{bucket_at:?} {at}");
+                    assert!(
+                        *most <= s.users && s.users <= *sum,
+                        "users {bucket_at:?} {at}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_by_is_exact_per_bucket_and_group_and_sums_to_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("usage.sqlite")).unwrap();
+    series_by_scenario(&sqlite, "sqlite").await;
+    series_by_scenario(&clickhouse().await, "clickhouse").await;
+}
+
 /// Distributed gateways read entity totals as "before the cutoff" plus "since the cutoff"; the two
 /// ranges must partition the events exactly (each counted once, replays included only once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +322,7 @@ async fn clickhouse_entity_totals_split_by_time_add_up() {
     let all = events();
     ch.ingest(all.clone(), "test", 1).await.unwrap();
     let cutoff = T0 + 43_200_000;
-    let mut expected = std::collections::BTreeMap::<(String, String), (u64, u64, Decimal)>::new();
+    let mut expected = BTreeMap::<(String, String), (u64, u64, Decimal)>::new();
     let mut seen = std::collections::HashSet::new();
     for e in all.iter().filter(|e| seen.insert(e.event_id.clone())) {
         for (kind, id) in [
@@ -197,7 +342,7 @@ async fn clickhouse_entity_totals_split_by_time_add_up() {
             }
         }
     }
-    let mut got = std::collections::BTreeMap::new();
+    let mut got = BTreeMap::new();
     for (part, from, to) in [
         ("before", i64::MIN, cutoff),
         ("since", cutoff, i64::MAX),

@@ -28,7 +28,8 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use super::{
-    Bucket, Filter, GroupBy, LatencyReport, Notification, RollupRow, Stats, StoreError, UsageStore,
+    Bucket, Filter, GroupBy, GroupSeries, LatencyReport, Notification, RollupRow, Stats,
+    StoreError, UsageStore,
 };
 use crate::domain::{AuditEntry, AuditQuery, Millis, UsageEvent};
 use crate::settings::ClickhouseSettings;
@@ -142,6 +143,16 @@ impl UsageStore for ClickhouseStore {
     ) -> BoxFuture<'static, Result<LatencyReport, StoreError>> {
         let c = self.client.clone();
         async move { query::latency(&c, &filter, bucket).await }.boxed()
+    }
+
+    fn series_by(
+        &self,
+        filter: Filter,
+        bucket: Bucket,
+        by: GroupBy,
+    ) -> BoxFuture<'static, Result<GroupSeries, StoreError>> {
+        let c = self.client.clone();
+        async move { query::series_by(&c, &filter, bucket, &by).await }.boxed()
     }
 
     fn groups(

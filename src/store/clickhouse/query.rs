@@ -1,6 +1,6 @@
 //! The analytics SQL of the ClickHouse store: the WHERE clause of a [`Filter`] with its bound
 //! arguments, the stats columns every series and group reads, and the queries of the port:
-//! series, latency, groups and rollups.
+//! series (also by group), latency, groups and rollups.
 
 use clickhouse::{Client, Row};
 use serde::Deserialize;
@@ -8,11 +8,14 @@ use serde::Deserialize;
 use super::money::from_d12;
 use crate::domain::Millis;
 use crate::store::{
-    latency_report, Bucket, Filter, GroupBy, LatencyReport, RollupRow, Stats, StoreError,
+    latency_report, Bucket, Filter, GroupBy, GroupSeries, LatencyReport, RollupRow, Stats,
+    StoreError,
 };
 
+/// A row of [`stats_by`]: its time bucket, its group value and the [`STATS_COLUMNS`].
 #[derive(Row, Deserialize)]
 struct StatsRow {
+    bucket: i64,
     g: String,
     requests: u64,
     errors: u64,
@@ -24,8 +27,8 @@ struct StatsRow {
 }
 
 impl StatsRow {
-    fn stats(&self) -> Stats {
-        Stats {
+    fn into_parts(self) -> (Millis, String, Stats) {
+        let stats = Stats {
             requests: self.requests,
             errors: self.errors,
             prompt_tokens: self.prompt_tokens,
@@ -33,7 +36,8 @@ impl StatsRow {
             cost_usd: from_d12(self.cost_usd),
             users: self.users,
             last_seen: Millis(self.last_seen),
-        }
+        };
+        (Millis(self.bucket), self.g, stats)
     }
 }
 
@@ -100,8 +104,41 @@ const STATS_COLUMNS: &str = "toUInt64(count()) AS requests, toUInt64(sum(status_
     toUInt64(sum(prompt_tokens)) AS prompt_tokens, toUInt64(sum(completion_tokens)) AS completion_tokens,
     sum(cost_usd) AS cost_usd, toUInt64(ifNull(uniqExact(user), 0)) AS users, toInt64(max(ts)) AS last_seen";
 
-async fn stats_rows(c: &Client, sql: String, args: Vec<Arg>) -> Result<Vec<StatsRow>, StoreError> {
-    Ok(bind_all(c.query(&sql), args).fetch_all().await?)
+/// Stats over the filter per time bucket, per group value, or per both (the one query behind
+/// `series`, `groups` and `series_by`): in bucket order, within a bucket most requests first,
+/// then by value. A key left out reads as 0 (the bucket) or `''` (the value); one must be given.
+async fn stats_by(
+    c: &Client,
+    filter: &Filter,
+    bucket: Option<Bucket>,
+    by: Option<&GroupBy>,
+) -> Result<GroupSeries, StoreError> {
+    let (cond, mut args) = where_clause(filter);
+    let mut keys = Vec::new();
+    let at = match bucket {
+        Some(b) => {
+            keys.push("bucket");
+            format!("toInt64(intDiv(ts, {ms}) * {ms})", ms = b.ms())
+        }
+        None => "toInt64(0)".to_owned(),
+    };
+    let value = match by {
+        Some(by) => {
+            if let GroupBy::Metadata(k) = by {
+                args.insert(0, Arg::Str(k.clone()));
+            }
+            keys.push("g");
+            group_column(by)
+        }
+        None => "''",
+    };
+    let keys = keys.join(", ");
+    let sql = format!(
+        "SELECT {at} AS bucket, {value} AS g, {STATS_COLUMNS} FROM usage_events WHERE {cond}
+         GROUP BY {keys} ORDER BY bucket, requests DESC, g"
+    );
+    let rows: Vec<StatsRow> = bind_all(c.query(&sql), args).fetch_all().await?;
+    Ok(rows.into_iter().map(StatsRow::into_parts).collect())
 }
 
 /// Per-bucket stats over the filter, in time order.
@@ -110,17 +147,18 @@ pub(super) async fn series(
     filter: &Filter,
     bucket: Bucket,
 ) -> Result<Vec<(Millis, Stats)>, StoreError> {
-    let (cond, args) = where_clause(filter);
-    let ms = bucket.ms();
-    let sql = format!(
-        "SELECT toString(intDiv(ts, {ms}) * {ms}) AS g, {STATS_COLUMNS} FROM usage_events
-         WHERE {cond} GROUP BY g ORDER BY toInt64(g)"
-    );
-    let rows = stats_rows(c, sql, args).await?;
-    Ok(rows
-        .iter()
-        .map(|r| (Millis(r.g.parse().unwrap_or(0)), r.stats()))
-        .collect())
+    let rows = stats_by(c, filter, Some(bucket), None).await?;
+    Ok(rows.into_iter().map(|(at, _, s)| (at, s)).collect())
+}
+
+/// Per-bucket stats of each group value over the filter, in time order.
+pub(super) async fn series_by(
+    c: &Client,
+    filter: &Filter,
+    bucket: Bucket,
+    by: &GroupBy,
+) -> Result<GroupSeries, StoreError> {
+    stats_by(c, filter, Some(bucket), Some(by)).await
 }
 
 /// The latency report over the filter (computed by [`latency_report`], as in every store).
@@ -157,17 +195,8 @@ pub(super) async fn groups(
     filter: &Filter,
     by: &GroupBy,
 ) -> Result<Vec<(String, Stats)>, StoreError> {
-    let (cond, mut args) = where_clause(filter);
-    let col = group_column(by);
-    if let GroupBy::Metadata(k) = by {
-        args.insert(0, Arg::Str(k.clone()));
-    }
-    let sql = format!(
-        "SELECT {col} AS g, {STATS_COLUMNS} FROM usage_events WHERE {cond}
-         GROUP BY g ORDER BY requests DESC, g"
-    );
-    let rows = stats_rows(c, sql, args).await?;
-    Ok(rows.iter().map(|r| (r.g.clone(), r.stats())).collect())
+    let rows = stats_by(c, filter, None, Some(by)).await?;
+    Ok(rows.into_iter().map(|(_, g, s)| (g, s)).collect())
 }
 
 /// Every rollup row of a grain and dimension, its partial rows (not merged yet) summed.

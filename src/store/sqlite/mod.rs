@@ -29,7 +29,8 @@ use rusqlite::Connection;
 use crate::domain::{AuditEntry, AuditQuery, Millis, UsageEvent};
 use crate::priority::{background_priority, Hurry, Priority};
 use crate::store::{
-    Bucket, Filter, GroupBy, LatencyReport, Notification, RollupRow, Stats, StoreError, UsageStore,
+    Bucket, Filter, GroupBy, GroupSeries, LatencyReport, Notification, RollupRow, Stats,
+    StoreError, UsageStore,
 };
 pub use positions::{read_offsets, rewind_offset};
 
@@ -209,6 +210,17 @@ impl UsageStore for SqliteStore {
         bucket: Bucket,
     ) -> BoxFuture<'static, Result<LatencyReport, StoreError>> {
         Self::blocking(&self.reader, move |c| query::latency(c, &filter, bucket))
+    }
+
+    fn series_by(
+        &self,
+        filter: Filter,
+        bucket: Bucket,
+        by: GroupBy,
+    ) -> BoxFuture<'static, Result<GroupSeries, StoreError>> {
+        Self::blocking(&self.reader, move |c| {
+            query::series_by(c, &filter, bucket, &by)
+        })
     }
 
     fn groups(

@@ -1,5 +1,5 @@
-//! The analytics SQL of the embedded store: series, latency, groups and rollups over
-//! `usage_events` and `usage_rollup`, and the exact reading of their integer sums.
+//! The analytics SQL of the embedded store: series (also by group), latency, groups and rollups
+//! over `usage_events` and `usage_rollup`, and the exact reading of their integer sums.
 
 use rusqlite::types::Value as Sql;
 use rusqlite::{params, Connection};
@@ -7,7 +7,8 @@ use rust_decimal::Decimal;
 
 use crate::domain::Millis;
 use crate::store::{
-    latency_report, Bucket, Filter, GroupBy, LatencyReport, RollupRow, Stats, StoreError,
+    latency_report, Bucket, Filter, GroupBy, GroupSeries, LatencyReport, RollupRow, Stats,
+    StoreError,
 };
 
 /// A sum of token counts read as its millions and the rest (see [`STATS_COLUMNS`]).
@@ -98,22 +99,69 @@ fn stats_of(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Stats> {
     })
 }
 
+/// Stats over the filter per time bucket, per group value, or per both (the one query behind
+/// `series`, `groups` and `series_by`): in bucket order, within a bucket most requests first,
+/// then by value. A key left out reads as 0 (the bucket) or `''` (the value); one must be given.
+fn stats_by(
+    conn: &mut Connection,
+    f: &Filter,
+    bucket: Option<Bucket>,
+    by: Option<&GroupBy>,
+) -> Result<GroupSeries, StoreError> {
+    let (cond, filter_args) = where_clause(f);
+    let (mut args, mut keys) = (Vec::new(), Vec::new());
+    let at = match bucket {
+        Some(b) => {
+            args.extend([Sql::Integer(b.ms()), Sql::Integer(b.ms())]);
+            keys.push("bucket");
+            "(ts / ?) * ?".to_owned()
+        }
+        None => "0".to_owned(),
+    };
+    let value = match by {
+        Some(by) => {
+            let (col, col_arg) = group_column(by);
+            args.extend(col_arg);
+            keys.push("g");
+            col
+        }
+        None => "''".to_owned(),
+    };
+    args.extend(filter_args);
+    let keys = keys.join(", ");
+    let sql = format!(
+        "SELECT {at} AS bucket, {value} AS g, {STATS_COLUMNS} FROM usage_events WHERE {cond}
+         GROUP BY {keys} ORDER BY bucket, count(*) DESC, g"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        let g = match r.get::<_, Sql>(1)? {
+            Sql::Text(s) => s,
+            Sql::Integer(i) => i.to_string(),
+            Sql::Real(x) => x.to_string(),
+            _ => String::new(),
+        };
+        Ok((Millis(r.get(0)?), g, stats_of(r, 2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub(super) fn series(
     conn: &mut Connection,
     f: &Filter,
     b: Bucket,
 ) -> Result<Vec<(Millis, Stats)>, StoreError> {
-    let (cond, mut args) = where_clause(f);
-    let sql = format!(
-        "SELECT (ts / ?) * ? AS bucket, {STATS_COLUMNS} FROM usage_events WHERE {cond} GROUP BY bucket ORDER BY bucket"
-    );
-    let mut all = vec![Sql::Integer(b.ms()), Sql::Integer(b.ms())];
-    all.append(&mut args);
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(all), |r| {
-        Ok((Millis(r.get(0)?), stats_of(r, 1)?))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stats_by(conn, f, Some(b), None)?;
+    Ok(rows.into_iter().map(|(at, _, s)| (at, s)).collect())
+}
+
+pub(super) fn series_by(
+    conn: &mut Connection,
+    f: &Filter,
+    b: Bucket,
+    by: &GroupBy,
+) -> Result<GroupSeries, StoreError> {
+    stats_by(conn, f, Some(b), Some(by))
 }
 
 pub(super) fn latency(
@@ -153,25 +201,8 @@ pub(super) fn groups(
     f: &Filter,
     by: &GroupBy,
 ) -> Result<Vec<(String, Stats)>, StoreError> {
-    let (cond, mut args) = where_clause(f);
-    let (col, col_arg) = group_column(by);
-    let sql = format!(
-        "SELECT {col} AS g, {STATS_COLUMNS} FROM usage_events WHERE {cond} GROUP BY g ORDER BY count(*) DESC, g"
-    );
-    let mut all: Vec<Sql> = col_arg.into_iter().collect();
-    all.append(&mut args);
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(all), |r| {
-        let g: Sql = r.get(0)?;
-        let g = match g {
-            Sql::Text(s) => s,
-            Sql::Integer(i) => i.to_string(),
-            Sql::Real(x) => x.to_string(),
-            _ => String::new(),
-        };
-        Ok((g, stats_of(r, 1)?))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stats_by(conn, f, None, Some(by))?;
+    Ok(rows.into_iter().map(|(_, g, s)| (g, s)).collect())
 }
 
 pub(super) fn rollups(
