@@ -254,6 +254,14 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
             Some(w) => k.workspace_id.as_deref() == Some(w.as_str()),
             None => true,
         })
+        .filter(|k| {
+            page.matches(&[
+                &k.name,
+                &k.id,
+                &k.masked,
+                k.workspace_id.as_deref().unwrap_or(""),
+            ])
+        })
         .collect();
     items.sort_by_key(|k| (k.created_at, k.id.clone()));
     Ok(page.render(items, |k| views::api_key(k, &state, now)))

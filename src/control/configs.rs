@@ -105,6 +105,7 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
         .configs
         .values()
         .filter(|c| ws.as_ref().is_none_or(|w| &c.workspace_id == w))
+        .filter(|c| page.matches(&[&c.name, &c.slug]))
         .collect();
     items.sort_by_key(|c| (c.created_at, c.id.clone()));
     let mut out = page.render(items, |c| views::config(c, &state, false));

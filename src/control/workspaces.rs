@@ -89,6 +89,7 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
             Some(n) if exact => w.name.to_lowercase() == *n,
             Some(n) => w.name.to_lowercase().contains(n.as_str()),
         })
+        .filter(|w| page.matches(&[&w.name, &w.slug, &w.id]))
         .collect();
     items.sort_by_key(|w| (w.created_at, w.id.clone()));
     Ok(page.render(items, |w| views::workspace(w, &state, false)))

@@ -295,20 +295,32 @@ async fn audit_list(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> An
     ok(audit_logs::list(&c.control, &a, &q).await)
 }
 
-/// Every notification sent (or that failed) for limit events, newest first. They report usage
-/// against limits, so they are read with `analytics.view`, by an organisation key.
+/// Every notification sent (or that failed) for limit events, newest first.
 async fn notifications(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) -> Answer {
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100usize)
+        .min(1000);
+    let data = notification_views(&c, &a, limit).await?;
+    Ok(Json(
+        serde_json::json!({"object": "list", "total": data.len(), "data": data}),
+    ))
+}
+
+/// The newest `limit` notifications as the API shows them. They report usage against limits,
+/// so they are read with `analytics.view`, by an organisation key.
+pub(super) async fn notification_views(
+    c: &AppState,
+    a: &crate::control::Caller,
+    limit: usize,
+) -> Result<Vec<Value>, ApiError> {
     a.require("analytics.view")?;
     if a.key.workspace_id.is_some() {
         return Err(ApiError::from(crate::control::ControlError::Forbidden(
             "notifications are listed with an organisation key".into(),
         )));
     }
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(100usize)
-        .min(1000);
     let rows = c.store.notifications(limit).await.map_err(|e| {
         tracing::error!(error = %e, "listing notifications failed");
         ApiError::control(
@@ -316,15 +328,12 @@ async fn notifications(State(c): App, Admin(a): Admin, QueryMap(q): QueryMap) ->
             "listing notifications failed",
         )
     })?;
-    let data: Vec<Value> = rows
+    Ok(rows
         .iter()
         .map(|n| {
             let mut v = serde_json::to_value(n).unwrap_or(Value::Null);
             v["created_at"] = Value::String(n.created_at.to_iso());
             v
         })
-        .collect();
-    Ok(Json(
-        serde_json::json!({"object": "list", "total": data.len(), "data": data}),
-    ))
+        .collect())
 }

@@ -47,7 +47,7 @@ fn list(q: &HashMap<String, String>, k: &str) -> Vec<String> {
 
 /// The filter of an analytics query: every key needs `analytics.view` (a data-plane key reads
 /// nothing), and a workspace key only ever sees its own workspace.
-fn filter_of(
+pub(super) fn filter_of(
     app: &AppState,
     caller: &Caller,
     q: &HashMap<String, String>,

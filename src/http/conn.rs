@@ -68,6 +68,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let app = slot.app().clone();
+    let peer = stream.peer_addr().ok();
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Guarded::new(
         stream,
@@ -77,6 +78,7 @@ pub async fn serve(
     let service = Tracked {
         router,
         activity: activity.clone(),
+        peer,
     };
     // hyper's own header timer would also close idle kept-alive connections after it; the
     // watchdog keeps the two timeouts apart.
@@ -227,6 +229,8 @@ impl Drop for InFlight {
 struct Tracked {
     router: Router,
     activity: Arc<Activity>,
+    /// The client's address, given to console requests (sign-in attempts are counted by it).
+    peer: Option<std::net::SocketAddr>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
@@ -236,7 +240,14 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Error = Infallible;
     type Future = Answer;
 
-    fn call(&self, req: Request<Incoming>) -> Answer {
+    fn call(&self, mut req: Request<Incoming>) -> Answer {
+        if let Some(peer) = self
+            .peer
+            .filter(|_| req.uri().path().starts_with("/console"))
+        {
+            req.extensions_mut()
+                .insert(super::console::session::ClientAddr(peer));
+        }
         let in_flight = InFlight::start(self.activity.clone());
         // The router is always ready (axum's `Router::poll_ready`), so `call` needs no wait.
         let mut router = self.router.clone();

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod analytics;
 pub mod cap;
 pub mod conn;
+pub mod console;
 pub mod data;
 pub mod error;
 pub mod extract;
@@ -40,6 +41,7 @@ pub struct AppState {
     store: Arc<dyn UsageStore>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
+    console: console::Sessions,
 }
 
 impl AppState {
@@ -56,6 +58,7 @@ impl AppState {
             plane: Arc::new(plane),
             ledger,
             store,
+            console: console::Sessions::new(&settings),
             settings,
             metrics,
         }
@@ -71,6 +74,7 @@ pub fn router(app: Arc<AppState>) -> Router {
     Router::new()
         .nest("/v1", v1)
         .merge(ops::routes())
+        .merge(console::routes())
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .layer(DefaultBodyLimit::max(app.settings.max_body_bytes))

@@ -71,9 +71,23 @@ pub fn authenticate(
     now: Millis,
 ) -> Result<std::sync::Arc<ApiKey>, AuthError> {
     let presented = presented_key(headers).ok_or(AuthError::Missing)?;
-    let hash = crypto::hash_api_key(presented);
-    let key = state.api_key_by_hash(&hash).ok_or(AuthError::Unknown)?;
-    if !crypto::hashes_equal(&key.key_hash, &hash) {
+    authenticate_hash(state, &crypto::hash_api_key(presented), now)
+}
+
+/// The hash of a presented key's secret: what a console session keeps instead of the secret.
+pub fn key_hash(presented: &str) -> String {
+    crypto::hash_api_key(presented)
+}
+
+/// [`authenticate`] for a key known by the hash of its secret (a console session's key): the
+/// same checks, so a session ends with its key's deletion, expiry or revocation.
+pub fn authenticate_hash(
+    state: &State,
+    hash: &str,
+    now: Millis,
+) -> Result<std::sync::Arc<ApiKey>, AuthError> {
+    let key = state.api_key_by_hash(hash).ok_or(AuthError::Unknown)?;
+    if !crypto::hashes_equal(&key.key_hash, hash) {
         return Err(AuthError::Unknown);
     }
     if key.is_expired(now) {

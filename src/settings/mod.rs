@@ -110,6 +110,10 @@ pub struct Settings {
     pub when_kafka_down: WhenKafkaDown,
     /// Whether the Kafka producer is idempotent (default; see `crate::log::kafka`).
     pub kafka_idempotence: bool,
+    /// How long a console session lasts after sign-in, however active.
+    pub console_session_ttl: Duration,
+    /// Console sign-in attempts allowed per client address per minute.
+    pub console_signins_per_minute: u32,
 }
 
 /// Where ClickHouse is (distributed mode).
@@ -195,6 +199,8 @@ impl Default for Settings {
             spool_max_bytes: 1 << 30,
             when_kafka_down: WhenKafkaDown::Spool,
             kafka_idempotence: true,
+            console_session_ttl: Duration::from_secs(8 * 3600),
+            console_signins_per_minute: 10,
         }
     }
 }

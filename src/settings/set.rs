@@ -40,6 +40,8 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("spool_max_bytes", "distributed mode: largest local usage spool while Kafka is down (default 1073741824)"),
     ("when_kafka_down", "distributed mode: spool (keep serving; default) or fail_closed (answer 503)"),
     ("kafka_idempotence", "distributed mode: idempotent producer, true (default) or false"),
+    ("console_session_ttl_ms", "how long a web console session lasts after sign-in (default 28800000, 8 hours)"),
+    ("console_signins_per_minute", "web console sign-in attempts allowed per client address per minute (default 10)"),
 ];
 
 /// One setting's name and text, and how to read it.
@@ -142,6 +144,10 @@ impl Settings {
                 }
             }
             "max_connections" => self.max_connections = v.at_least(1)?,
+            "console_signins_per_minute" => {
+                self.console_signins_per_minute =
+                    u32::try_from(v.at_least(1)?).map_err(|_| v.invalid("at most 4294967295"))?
+            }
             "max_stream_event_bytes" => self.max_stream_event_bytes = v.at_least(1024)?,
             "upstream_private_hosts" => {
                 self.upstream_private_hosts =
@@ -167,6 +173,7 @@ impl Settings {
             "body_read_timeout_ms" => self.body_read_timeout = v.positive_ms()?,
             "idle_timeout_ms" => self.idle_timeout = v.positive_ms()?,
             "client_stall_timeout_ms" => self.client_stall_timeout = v.positive_ms()?,
+            "console_session_ttl_ms" => self.console_session_ttl = v.positive_ms()?,
             _ => return Ok(false),
         }
         Ok(true)

@@ -206,6 +206,7 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
             Some(ws) => i.serves_workspace(ws),
         })
         .filter(|i| caller.key.has_scope(&read_scope(caller, i, "list")))
+        .filter(|i| page.matches(&[&i.name, &i.slug, &i.ai_provider_id]))
         .collect();
     items.sort_by_key(|i| (i.created_at, i.id.clone()));
     Ok(page.render(items, |i| views::integration(i, &state, false)))

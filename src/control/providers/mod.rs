@@ -122,6 +122,7 @@ pub fn list(
         .providers
         .values()
         .filter(|p| ws.as_ref().is_none_or(|w| &p.workspace_id == w))
+        .filter(|p| page.matches(&[&p.name, &p.slug]))
         .collect();
     items.sort_by_key(|p| (p.created_at, p.id.clone()));
     Ok(page.render(items, |p| api.view(p, &state, now, true)))

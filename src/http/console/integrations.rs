@@ -1,0 +1,531 @@
+//! Integrations: the tabs All (the provider catalog, which drives the credential forms),
+//! Connected (organisation integrations) and Workspace-created; an integration's page with its
+//! Workspace Provisioning (each workspace's "Edit Budget & Rate Limits", All Workspaces, "apply
+//! to every workspace where this integration is enabled") and Model Provisioning (allow all or
+//! an allow-list, custom pricing per model). Secrets are write-only: shown masked, never again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{html, Markup};
+use serde_json::{json, Map, Value};
+
+use super::form::{number, Form};
+use super::layout::{self, csrf, page, text, Problem};
+use super::refusal;
+use super::session::{Signed, Submitted};
+use crate::control::{integrations, workspaces};
+use crate::domain::catalog::{self, KeyUse, Need, ProviderKind, CATALOG};
+use crate::http::extract::QueryMap;
+use crate::http::AppState;
+
+type App = State<Arc<AppState>>;
+
+const FIELDS: &[&str] = &[
+    "slug",
+    "key",
+    "custom_host",
+    "workspace_id",
+    "credit_limit",
+    "alert_threshold",
+    "rate_limits",
+    "pricing_config",
+    "models",
+    "name",
+];
+
+const TABS: &[(&str, &str)] = &[
+    ("all", "All"),
+    ("connected", "Connected"),
+    ("workspace", "Workspace-created"),
+];
+
+/// `GET /console/integrations?tab=`.
+pub async fn list(State(app): App, s: Signed, QueryMap(q): QueryMap) -> Response {
+    let tab = q.get("tab").map_or("all", String::as_str);
+    let body = match tab {
+        "connected" | "workspace" => connected(&app, &s, &q, tab),
+        _ => catalog_grid(),
+    };
+    let body = html! {
+        nav.tabs aria-label="Integration tabs" {
+            @for (id, label) in TABS {
+                a href={ "/console/integrations?tab=" (id) } aria-current=[(*id == tab).then_some("page")] { (label) }
+            }
+        }
+        (body)
+    };
+    page(&s, "Integrations", "/console/integrations", body).into_response()
+}
+
+fn catalog_grid() -> Markup {
+    html! {
+        ul.cards {
+            @for k in CATALOG {
+                li.card {
+                    h2 { (k.name) }
+                    p.muted { (k.protocol.name()) " · " (k.base_url.unwrap_or("your endpoint")) }
+                    a.button href={ "/console/integrations/new/" (k.id) } aria-label={ "Connect " (k.name) } { "Connect" }
+                }
+            }
+        }
+    }
+}
+
+fn connected(app: &AppState, s: &Signed, q: &HashMap<String, String>, tab: &str) -> Markup {
+    let mut q = q.clone();
+    q.insert(
+        "type".into(),
+        if tab == "workspace" {
+            "workspace"
+        } else {
+            "organisation"
+        }
+        .into(),
+    );
+    q.insert("page_size".into(), "50".into());
+    let listed = integrations::list(&app.control, &s.caller, &q);
+    let v = match listed {
+        Ok(v) => v,
+        Err(e) => return html! { p.error role="alert" { (refusal(&e).1) } },
+    };
+    let empty = vec![];
+    let rows = v["data"].as_array().unwrap_or(&empty);
+    html! {
+        (layout::search_box("/console/integrations", &q, &["tab"], "name or slug"))
+        table {
+            caption.sr { "Integrations" }
+            thead { tr { th { "Name" } th { "Slug" } th { "Provider" } th { "Workspace" } th { "Created" } } }
+            tbody {
+                @for i in rows {
+                    tr {
+                        td { a href={ "/console/integrations/" (text(&i["slug"])) } { (text(&i["name"])) } }
+                        td.mono { (text(&i["slug"])) }
+                        td { (text(&i["ai_provider_id"])) }
+                        td { (text(&i["workspace_id"])) }
+                        td { (text(&i["created_at"])) }
+                    }
+                }
+            }
+        }
+        @if rows.is_empty() { p.muted { "None yet. Connect a provider from the All tab." } }
+        (layout::pager("/console/integrations", &q, v["total"].as_u64().unwrap_or(0), 50))
+    }
+}
+
+/// `GET /console/integrations/new/{provider}`: the provider's credential form.
+pub async fn new(State(app): App, s: Signed, Path(provider): Path<String>) -> Response {
+    let Some(kind) = catalog::kind(&provider) else {
+        let body = html! { p.error role="alert" { "Tollgate does not support the provider " (provider) "." } };
+        return layout::answer(
+            StatusCode::NOT_FOUND,
+            page(&s, "Connect a provider", "/console/integrations", body),
+        );
+    };
+    let form = credential_form(&app, &s, kind, &Problem::default());
+    page(
+        &s,
+        &format!("Connect {}", kind.name),
+        "/console/integrations",
+        form,
+    )
+    .into_response()
+}
+
+fn need(n: Need) -> &'static str {
+    match n {
+        Need::Always => "required",
+        Need::Optional => "optional",
+        Need::ForAssumedRole => "required for an assumed role",
+        Need::UnlessCustomHost => "required unless a custom host is set",
+    }
+}
+
+fn credential_form(app: &AppState, s: &Signed, kind: &ProviderKind, p: &Problem) -> Markup {
+    let workspaces = super::keys::workspace_choices(app, s);
+    html! {
+        form.stack method="post" action="/console/integrations" novalidate autocomplete="off" {
+            (csrf(s))
+            input type="hidden" name="ai_provider_id" value=(kind.id);
+            (p.general())
+            label for="name" { "Name" }
+            input #name name="name" required aria-describedby=[p.described("name")];
+            (p.at("name"))
+            label for="slug" { "Slug (optional)" }
+            input #slug name="slug" aria-describedby=[p.described("slug")];
+            (p.at("slug"))
+            label for="description" { "Description" }
+            input #description name="description";
+            @if kind.key != KeyUse::Unused {
+                label for="key" { "API key" @if kind.key == KeyUse::Optional { " (optional)" } }
+                input #key type="password" name="key" autocomplete="new-password" aria-describedby=[p.described("key")];
+                p.hint { "Write-only: stored sealed, shown masked, never returned." }
+                (p.at("key"))
+            }
+            @for f in kind.fields {
+                label for={ "cfg-" (f.name) } { (f.name) " (" (need(f.required)) ")" }
+                @if f.secret {
+                    input id={ "cfg-" (f.name) } type="password" name={ "cfg." (f.name) } autocomplete="new-password";
+                } @else {
+                    input id={ "cfg-" (f.name) } name={ "cfg." (f.name) };
+                }
+                p.hint { (f.description) }
+                (p.at(f.name))
+            }
+            label for="cfg-custom_host" { "Custom host (optional)" }
+            input #cfg-custom_host name="cfg.custom_host" placeholder="https://llm.internal.example/v1" aria-describedby=[p.described("custom_host")];
+            (p.at("custom_host"))
+            label for="workspace_id" { "Owner" }
+            select #workspace_id name="workspace_id" {
+                @if s.workspace().is_none() { option value="" { "Organisation (shared with workspaces you provision)" } }
+                @for (id, name) in &workspaces { option value=(id) { "Workspace " (name) } }
+            }
+            button type="submit" { "Create integration" }
+        }
+    }
+}
+
+/// `POST /console/integrations`.
+pub async fn create(State(app): App, s: Submitted) -> Response {
+    let f = &s.form;
+    let provider = f.one("ai_provider_id").to_owned();
+    let mut b = Map::new();
+    for (field, key) in [
+        ("name", "name"),
+        ("slug", "slug"),
+        ("description", "description"),
+        ("key", "key"),
+        ("workspace_id", "workspace_id"),
+        ("ai_provider_id", "ai_provider_id"),
+    ] {
+        f.put_text(&mut b, field, key);
+    }
+    let mut cfg = Map::new();
+    if let Some(kind) = catalog::kind(&provider) {
+        for name in kind.fields.iter().map(|f| f.name).chain(["custom_host"]) {
+            f.put_text(&mut cfg, &format!("cfg.{name}"), name);
+        }
+    }
+    if !cfg.is_empty() {
+        b.insert("configurations".into(), Value::Object(cfg));
+    }
+    match integrations::create(&app.control, &s.signed.caller, &Value::Object(b)).await {
+        Ok(v) => {
+            Redirect::to(&format!("/console/integrations/{}", text(&v["slug"]))).into_response()
+        }
+        Err(e) => {
+            let (status, m) = refusal(&e);
+            let Some(kind) = catalog::kind(&provider) else {
+                return (status, m).into_response();
+            };
+            let form = credential_form(&app, &s.signed, kind, &Problem::new(m, FIELDS));
+            let title = format!("Connect {}", kind.name);
+            layout::answer(
+                status,
+                page(&s.signed, &title, "/console/integrations", form),
+            )
+        }
+    }
+}
+
+/// `GET /console/integrations/{slug}`.
+pub async fn show(State(app): App, s: Signed, Path(slug): Path<String>) -> Response {
+    integration_page(&app, &s, &slug, StatusCode::OK, &Problem::default())
+}
+
+fn integration_page(
+    app: &AppState,
+    s: &Signed,
+    slug: &str,
+    status: StatusCode,
+    p: &Problem,
+) -> Response {
+    let c = &app.control;
+    let i = match integrations::retrieve(c, &s.caller, slug) {
+        Ok(i) => i,
+        Err(e) => {
+            let (st, m) = refusal(&e);
+            let body = html! { p.error role="alert" { (m) } };
+            return layout::answer(st, page(s, "Integration", "/console/integrations", body));
+        }
+    };
+    let access = integrations::list_workspaces(c, &s.caller, slug).ok();
+    let models = integrations::list_models(c, &s.caller, slug).ok();
+    let body = html! {
+        (p.general())
+        dl.facts {
+            dt { "Provider" } dd { (text(&i["ai_provider_id"])) }
+            dt { "Key" } dd.mono { (i["masked_key"].as_str().unwrap_or("none")) }
+            dt { "Owner" } dd { (i["workspace_id"].as_str().map_or("organisation".to_owned(), |w| format!("workspace {w}"))) }
+            dt { "Spent" } dd { "$" (text(&i["current_usage"]["cost"])) " · " (text(&i["current_usage"]["requests"])) " requests" }
+            @if let Some(cfg) = i["configurations"].as_object() {
+                @for (k, v) in cfg { dt { (k) } dd.mono { (text(v)) } }
+            }
+        }
+        @if let Some(a) = &access { (provisioning(app, s, slug, &i, a, p)) }
+        @if let Some(m) = &models { (model_provisioning(s, slug, m, p)) }
+    };
+    let title = format!("Integration {}", text(&i["name"]));
+    layout::answer(status, page(s, &title, "/console/integrations", body))
+}
+
+fn provisioning(
+    app: &AppState,
+    s: &Signed,
+    slug: &str,
+    i: &Value,
+    access: &Value,
+    p: &Problem,
+) -> Markup {
+    let q = HashMap::from([("page_size".to_owned(), "1000".to_owned())]);
+    let all = workspaces::list(&app.control, &s.caller, &q)
+        .ok()
+        .and_then(|v| v["data"].as_array().cloned())
+        .unwrap_or_default();
+    let granted: HashMap<String, &Value> = access["workspaces"]
+        .as_array()
+        .map(|a| a.iter().map(|w| (text(&w["id"]), w)).collect())
+        .unwrap_or_default();
+    let global = &i["global_workspace_access"];
+    html! {
+        h2 { "Workspace Provisioning" }
+        form.stack method="post" action={ "/console/integrations/" (slug) "/workspaces" } novalidate {
+            (csrf(s))
+            table {
+                caption.sr { "Workspaces this integration serves" }
+                thead { tr { th { "Workspace" } th { "Enabled" } th { "Budget" } th { "Rate limit" } th { "Edit Budget & Rate Limits" } } }
+                tbody {
+                    @for w in &all {
+                        @let id = text(&w["id"]);
+                        @let a = granted.get(&id);
+                        tr {
+                            td { (text(&w["name"])) }
+                            td { input type="checkbox" name="enabled" value=(id) checked[a.is_some_and(|a| a["enabled"] == true)] aria-label={ "Enable for " (text(&w["name"])) }; }
+                            td { @if let Some(a) = a { (layout::usage_bar(&a["usage_limits"])) } }
+                            td { @if let Some(a) = a { @if !a["rate_limits"].is_null() { (text(&a["rate_limits"]["value"])) " " (text(&a["rate_limits"]["type"])) " / " (text(&a["rate_limits"]["unit"])) } } }
+                            td {
+                                details {
+                                    summary { "Edit Budget & Rate Limits" span.sr { " for " (text(&w["name"])) } }
+                                    (layout::budget_fields(&format!("w.{id}."), p))
+                                    (layout::rate_fields(&format!("w.{id}."), p))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            fieldset.toggle {
+                legend {
+                    @if global["enabled"] == true { input type="hidden" name="global_was" value="on"; }
+                    input type="checkbox" #global_on name="global_on" checked[global["enabled"] == true] data-toggle="global-fields";
+                    label for="global_on" { "All Workspaces (also every workspace created later)" }
+                }
+                div #global-fields {
+                    (layout::budget_fields("g.", p))
+                    (layout::rate_fields("g.", p))
+                    label.check {
+                        input type="checkbox" name="apply_all";
+                        " Apply to every workspace where this integration is enabled"
+                    }
+                }
+            }
+            button type="submit" { "Save provisioning" }
+        }
+    }
+}
+
+/// The API body of the provisioning form: each ticked workspace (with the limits its row sets),
+/// each previously enabled one unticked, and All Workspaces.
+fn provisioning_body(f: &Form, before: &Value) -> Value {
+    let enabled: Vec<&str> = f.all("enabled").collect();
+    let mut rows = Vec::new();
+    for id in &enabled {
+        let mut w = json!({"id": id, "enabled": true});
+        let prefix = format!("w.{id}.");
+        if let Some(u) = f.budget(&prefix) {
+            w["usage_limits"] = json!([u]);
+        }
+        if let Some(r) = f.rate_limits(&prefix) {
+            w["rate_limits"] = r;
+        }
+        rows.push(w);
+    }
+    for w in before["workspaces"].as_array().into_iter().flatten() {
+        let id = text(&w["id"]);
+        if w["enabled"] == true && !enabled.contains(&id.as_str()) {
+            rows.push(json!({"id": id, "enabled": false}));
+        }
+    }
+    let mut b = json!({"workspaces": rows});
+    // All Workspaces is sent when it is on (with its limits) or was turned off, so saving a
+    // workspace row leaves it as it was.
+    if f.checked("global_on") || f.checked("global_was") {
+        let mut g = json!({"enabled": f.checked("global_on")});
+        if let Some(u) = f.budget("g.") {
+            g["usage_limits"] = json!([u]);
+        }
+        if let Some(r) = f.rate_limits("g.") {
+            g["rate_limits"] = r;
+        }
+        b["global_workspace_access"] = g;
+    }
+    if f.checked("apply_all") {
+        b["override_existing_workspaces_access"] = json!(true);
+    }
+    b
+}
+
+/// `POST /console/integrations/{slug}/workspaces`.
+pub async fn provision(State(app): App, Path(slug): Path<String>, s: Submitted) -> Response {
+    let c = &app.control;
+    let before = integrations::list_workspaces(c, &s.signed.caller, &slug).unwrap_or_default();
+    let body = provisioning_body(&s.form, &before);
+    let done = integrations::update_workspaces(c, &s.signed.caller, &slug, &body).await;
+    after(&app, &s.signed, &slug, done)
+}
+
+fn model_provisioning(s: &Signed, slug: &str, m: &Value, p: &Problem) -> Markup {
+    let empty = vec![];
+    let models = m["models"].as_array().unwrap_or(&empty);
+    let price = |e: &Value, k: &str| text(&e["pricing_config"]["pay_as_you_go"][k]["price"]);
+    html! {
+        h2 { "Model Provisioning" }
+        form.stack method="post" action={ "/console/integrations/" (slug) "/models" } novalidate {
+            (csrf(s))
+            label.check {
+                input type="checkbox" name="allow_all_models" checked[m["allow_all_models"] == true];
+                " Allow all models (otherwise only the models enabled below)"
+            }
+            (p.at("models"))
+            (p.at("pricing_config"))
+            table {
+                caption.sr { "Models" }
+                thead { tr { th { "Model" } th { "Enabled" } th { "Input price (US cents / token)" } th { "Output price (US cents / token)" } } }
+                tbody {
+                    @for e in models {
+                        @let m = text(&e["slug"]);
+                        tr {
+                            td.mono { (m) input type="hidden" name="model" value=(m); }
+                            td { input type="checkbox" name="model_on" value=(m) checked[e["enabled"] == true] aria-label={ "Enable " (m) }; }
+                            td { input name={ "in." (m) } value=(price(e, "request_token")) inputmode="decimal" aria-label={ "Input price of " (m) }; }
+                            td { input name={ "out." (m) } value=(price(e, "response_token")) inputmode="decimal" aria-label={ "Output price of " (m) }; }
+                        }
+                    }
+                    tr {
+                        td { input name="new_model" placeholder="model id, e.g. gpt-4o-mini" aria-label="Add a model"; }
+                        td { input type="checkbox" name="new_model_on" checked aria-label="Enable the new model"; }
+                        td { input name="new_in" inputmode="decimal" aria-label="Input price of the new model"; }
+                        td { input name="new_out" inputmode="decimal" aria-label="Output price of the new model"; }
+                    }
+                }
+            }
+            button type="submit" { "Save models" }
+        }
+    }
+}
+
+/// A model entry of the models form; pricing only when a price was given.
+fn model_item(slug: &str, enabled: bool, input: &str, output: &str) -> Value {
+    let mut e = json!({"slug": slug, "enabled": enabled});
+    let mut payg = Map::new();
+    for (k, v) in [("request_token", input), ("response_token", output)] {
+        if !v.trim().is_empty() {
+            payg.insert(k.into(), json!({"price": number(v)}));
+        }
+    }
+    if !payg.is_empty() {
+        e["pricing_config"] = json!({"type": "static", "pay_as_you_go": payg});
+    }
+    e
+}
+
+fn models_body(f: &Form) -> Value {
+    let on: Vec<&str> = f.all("model_on").collect();
+    let mut models: Vec<Value> = f
+        .all("model")
+        .map(|m| {
+            let (i, o) = (f.one(&format!("in.{m}")), f.one(&format!("out.{m}")));
+            model_item(m, on.contains(&m), i, o)
+        })
+        .collect();
+    if let Some(m) = f.text("new_model") {
+        models.push(model_item(
+            m,
+            f.checked("new_model_on"),
+            f.one("new_in"),
+            f.one("new_out"),
+        ));
+    }
+    json!({"allow_all_models": f.checked("allow_all_models"), "models": models})
+}
+
+/// `POST /console/integrations/{slug}/models`.
+pub async fn models(State(app): App, Path(slug): Path<String>, s: Submitted) -> Response {
+    let body = models_body(&s.form);
+    let done = integrations::update_models(&app.control, &s.signed.caller, &slug, &body).await;
+    after(&app, &s.signed, &slug, done)
+}
+
+fn after(app: &AppState, s: &Signed, slug: &str, done: crate::control::Result<Value>) -> Response {
+    match done {
+        Ok(_) => Redirect::to(&format!("/console/integrations/{slug}")).into_response(),
+        Err(e) => {
+            let (status, m) = refusal(&e);
+            integration_page(app, s, slug, status, &Problem::new(m, FIELDS))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_provisioning_form_disables_what_was_unticked_and_sets_row_limits() {
+        let f = Form::of(&[
+            ("enabled", "ws-a"),
+            ("w.ws-a.budget_on", "on"),
+            ("w.ws-a.credit_limit", "10"),
+            ("w.ws-a.rate_on", "on"),
+            ("w.ws-a.rate_value", "5"),
+            ("apply_all", "on"),
+        ]);
+        let before = json!({"workspaces": [{"id": "ws-a", "enabled": true}, {"id": "ws-b", "enabled": true}]});
+        let b = provisioning_body(&f, &before);
+        assert_eq!(
+            b["workspaces"],
+            json!([
+                {"id": "ws-a", "enabled": true, "usage_limits": [{"type": "cost", "credit_limit": 10}],
+                 "rate_limits": [{"type": "requests", "unit": "rpm", "value": 5}]},
+                {"id": "ws-b", "enabled": false},
+            ])
+        );
+        assert_eq!(b.get("global_workspace_access"), None);
+        assert_eq!(b["override_existing_workspaces_access"], true);
+    }
+
+    #[test]
+    fn the_models_form_prices_only_what_was_given() {
+        let f = Form::of(&[
+            ("model", "gpt-4o"),
+            ("model_on", "gpt-4o"),
+            ("in.gpt-4o", "0.0003"),
+            ("model", "gpt-4"),
+            ("new_model", "o3"),
+            ("new_model_on", "on"),
+        ]);
+        let b = models_body(&f);
+        assert_eq!(b["allow_all_models"], false);
+        assert_eq!(
+            b["models"],
+            json!([
+                {"slug": "gpt-4o", "enabled": true, "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 0.0003}}}},
+                {"slug": "gpt-4", "enabled": false},
+                {"slug": "o3", "enabled": true},
+            ])
+        );
+    }
+}
