@@ -7,9 +7,11 @@
 //! - [`resources`]: connections, request bodies, streams whose client stops reading.
 //! - [`routing`]: where a credential may go, configs and upstream responses of any size.
 //! - [`audit`]: every admin change recorded with its actor, served by `GET /v1/audit-logs`.
+//! - [`console`]: the web console's sessions, CSRF, isolation, headers and secrets.
 
 mod audit;
 mod common;
+mod console;
 mod durability;
 mod limits;
 mod privilege;
