@@ -420,6 +420,27 @@ async fn two_gateways_two_aggregators_meter_exactly() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["data"][0]["requests"], acked.to_string(), "{v}");
     }
+    // The web console on either gateway signs in and shows the same totals, from ClickHouse.
+    for url in [&a, &b] {
+        let mut console = crate::security::console::Browser::at(url);
+        let signed = console.sign_in(crate::harness::ADMIN_KEY).await;
+        assert!(
+            crate::security::console::signed_in(&signed),
+            "{}",
+            signed.body
+        );
+        let csv = console
+            .get("/console/analytics.csv?table=groups&by=workspace&from=2020-01-01&to=2100-01-01")
+            .await;
+        assert_eq!(csv.status, 200, "{}", csv.body);
+        let row = csv.body.lines().nth(1).unwrap_or_default().to_owned();
+        assert!(row.starts_with(&format!("{ws},")), "{}", csv.body);
+        assert_eq!(
+            row.split(',').nth(2),
+            Some(acked.to_string().as_str()),
+            "{row}"
+        );
+    }
     // Each key's current_usage on either gateway is global (read from ClickHouse).
     let deadline = Instant::now() + PATIENCE;
     loop {

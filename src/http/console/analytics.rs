@@ -117,15 +117,24 @@ pub fn pick(app: &AppState, s: &Signed, q: HashMap<String, String>) -> Result<Pi
     })
 }
 
-/// Every bucket start of the filter's range, so a chart's axis has no gaps.
-pub fn buckets(p: &Picked) -> Vec<Millis> {
+/// The longest range a chart draws (a bar a day); the CSV export takes any range.
+const MAX_CHART_DAYS: i64 = 400;
+
+/// Every bucket start of the filter's range, so a chart's axis has no gaps; a range too long to
+/// draw is refused.
+pub fn buckets(p: &Picked) -> Result<Vec<Millis>, String> {
+    if p.filter.to.0 - p.filter.from.0 > MAX_CHART_DAYS * DAY_MS {
+        return Err(format!(
+            "pick a range of at most {MAX_CHART_DAYS} days to chart (the CSV export takes any range)"
+        ));
+    }
     let ms = p.bucket.ms();
     let first = p.filter.from.0.div_euclid(ms) * ms;
-    (0..)
+    Ok((0..)
         .map(|i| first + i * ms)
         .take_while(|t| *t < p.filter.to.0)
         .map(Millis)
-        .collect()
+        .collect())
 }
 
 /// The name a group value is shown with: a workspace's name, a key's name, "(none)" for empty.
@@ -306,7 +315,12 @@ async fn page_of(app: &AppState, s: &Signed, q: HashMap<String, String>) -> Mark
             return html! { (filter_form("/console/analytics", &q, true)) p.error role="alert" { (m) } }
         }
     };
-    let at = buckets(&p);
+    let at = match buckets(&p) {
+        Ok(at) => at,
+        Err(m) => {
+            return html! { (filter_form("/console/analytics", &p.q, true)) p.error role="alert" { (m) } }
+        }
+    };
     let daily = p.bucket == Bucket::Day;
     let figures = async {
         let costs = cost_stack(app, &p, &at).await?;

@@ -349,7 +349,7 @@ pub async fn update(State(app): App, Path(id): Path<String>, s: Submitted) -> Re
     let f = &s.form;
     let mut b = Map::new();
     f.put_text(&mut b, "name", "name");
-    b.insert("description".into(), json!(f.one("description")));
+    f.put_text(&mut b, "description", "description");
     if let Some(u) = f.budget("") {
         b.insert("usage_limits".into(), u);
     }

@@ -203,8 +203,7 @@ pub fn usage_bar(limit: &Value) -> Markup {
     }
 }
 
-/// The "Add Budget Limit" toggle and its fields (names prefixed by `prefix`); `locked` shows a
-/// budget that may not be changed here instead.
+/// The "Add Budget Limit" toggle and its fields (names prefixed by `prefix`).
 pub fn budget_fields(prefix: &str, p: &Problem) -> Markup {
     let id = |n: &str| format!("{prefix}{n}");
     html! {

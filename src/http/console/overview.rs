@@ -31,6 +31,9 @@ async fn body(app: &AppState, s: &Signed, q: std::collections::HashMap<String, S
             return html! { (an::filter_form("/console", &q, false)) p.error role="alert" { (m) } }
         }
     };
+    if let Err(m) = an::buckets(&p) {
+        return html! { (an::filter_form("/console", &p.q, false)) p.error role="alert" { (m) } };
+    }
     match figures(app, s, &p, now).await {
         Ok(m) => m,
         Err(e) => {
@@ -48,7 +51,7 @@ pub async fn page(State(app): App, s: Signed, QueryMap(q): QueryMap) -> Response
 
 async fn figures(app: &AppState, s: &Signed, p: &Picked, now: Millis) -> Result<Markup, String> {
     let [today, week, month] = an::spend_to_date(app, s, now).await?;
-    let at = an::buckets(p);
+    let at = an::buckets(p)?;
     let daily = p.bucket == Bucket::Day;
     let costs = an::cost_stack(app, p, &at).await?;
     let stats = an::series(app, p, &at).await?;

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::harness::{self, eventually, Server};
 
 /// A browser without a browser: keeps the console's cookies, follows no redirects.
-struct Browser {
+pub(crate) struct Browser {
     base: String,
     client: reqwest::Client,
     cookies: HashMap<String, String>,
@@ -20,10 +20,10 @@ struct Browser {
     extra: Vec<(&'static str, &'static str)>,
 }
 
-struct Page {
-    status: u16,
+pub(crate) struct Page {
+    pub status: u16,
     headers: HeaderMap,
-    body: String,
+    pub body: String,
 }
 
 impl Page {
@@ -48,8 +48,13 @@ impl Page {
 
 impl Browser {
     fn new(server: &Server) -> Browser {
+        Browser::at(&server.url)
+    }
+
+    /// A browser for the console at `base` (a server's URL).
+    pub(crate) fn at(base: &str) -> Browser {
         Browser {
-            base: server.url.clone(),
+            base: base.to_owned(),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -91,7 +96,7 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub(crate) async fn get(&mut self, path: &str) -> Page {
         let req = self.client.get(format!("{}{path}", self.base));
         self.send(req).await
     }
@@ -101,7 +106,7 @@ impl Browser {
         self.send(req).await
     }
 
-    async fn sign_in(&mut self, key: &str) -> Page {
+    pub(crate) async fn sign_in(&mut self, key: &str) -> Page {
         let form = self.get("/console/login").await;
         let token = form.field("_signin");
         self.post("/console/login", &[("_signin", &token), ("api_key", key)])
@@ -124,7 +129,7 @@ fn figure(body: &str, id: &str) -> String {
     rest[start..].split('<').next().unwrap().to_owned()
 }
 
-fn signed_in(p: &Page) -> bool {
+pub(crate) fn signed_in(p: &Page) -> bool {
     p.status == 303 && p.location() == "/console"
 }
 
@@ -633,4 +638,20 @@ async fn hostile_forms_get_clear_errors_and_change_nothing() {
     assert_eq!(p.status, 400, "{}", p.body);
     assert_eq!(key_count(&server).await, n);
     assert_eq!(server.state().configs.len(), configs);
+    // A range of a century is not drawn as 47,000 bars; a malformed one gets the API's words.
+    for page in ["/console", "/console/analytics"] {
+        let p = b
+            .get(&format!("{page}?from=1970-01-01&to=2100-01-01"))
+            .await;
+        assert!(
+            p.body.contains("at most 400 days") && p.body.len() < 20_000,
+            "{page}"
+        );
+        let p = b.get(&format!("{page}?from=yesterday&to=2100-01-01")).await;
+        assert!(
+            p.body.contains("is not an ISO-8601 timestamp"),
+            "{page}: {}",
+            p.body
+        );
+    }
 }

@@ -11,7 +11,7 @@
 
 mod audit;
 mod common;
-mod console;
+pub(crate) mod console;
 mod durability;
 mod limits;
 mod privilege;
