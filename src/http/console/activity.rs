@@ -88,7 +88,7 @@ pub async fn audit(State(app): App, s: Signed, QueryMap(mut q): QueryMap) -> Res
                 (layout::pager("/console/audit", &q, v["total"].as_u64().unwrap_or(0), 50))
             }
         }
-        Err(e) => html! { p.error role="alert" { (refusal(&e).1) } },
+        Err(e) => layout::alert(&refusal(&e).1),
     };
     page(&s, "Audit log", "/console/audit", body).into_response()
 }

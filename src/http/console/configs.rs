@@ -77,7 +77,7 @@ pub async fn list(State(app): App, s: Signed, QueryMap(mut q): QueryMap) -> Resp
                 (layout::pager("/console/configs", &q, v["total"].as_u64().unwrap_or(0), PAGE_SIZE))
             }
         }
-        Err(e) => html! { p.error role="alert" { (refusal(&e).1) } },
+        Err(e) => layout::alert(&refusal(&e).1),
     };
     page(&s, "Configs", "/console/configs", body).into_response()
 }
@@ -179,11 +179,7 @@ pub async fn show(State(app): App, s: Signed, Path(slug): Path<String>) -> Respo
             let title = format!("Config {}", text(&c["name"]));
             page(&s, &title, "/console/configs", form).into_response()
         }
-        Err(e) => {
-            let (st, m) = refusal(&e);
-            let body = html! { p.error role="alert" { (m) } };
-            layout::answer(st, page(&s, "Config", "/console/configs", body))
-        }
+        Err(e) => layout::refused(&s, "Config", "/console/configs", &e),
     }
 }
 

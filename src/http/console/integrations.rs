@@ -90,7 +90,7 @@ fn connected(app: &AppState, s: &Signed, q: &HashMap<String, String>, tab: &str)
     let listed = integrations::list(&app.control, &s.caller, &q);
     let v = match listed {
         Ok(v) => v,
-        Err(e) => return html! { p.error role="alert" { (refusal(&e).1) } },
+        Err(e) => return layout::alert(&refusal(&e).1),
     };
     let empty = vec![];
     let rows = v["data"].as_array().unwrap_or(&empty);
@@ -246,11 +246,7 @@ fn integration_page(
     let c = &app.control;
     let i = match integrations::retrieve(c, &s.caller, slug) {
         Ok(i) => i,
-        Err(e) => {
-            let (st, m) = refusal(&e);
-            let body = html! { p.error role="alert" { (m) } };
-            return layout::answer(st, page(s, "Integration", "/console/integrations", body));
-        }
+        Err(e) => return layout::refused(s, "Integration", "/console/integrations", &e),
     };
     let access = integrations::list_workspaces(c, &s.caller, slug).ok();
     let models = integrations::list_models(c, &s.caller, slug).ok();

@@ -45,7 +45,7 @@ pub async fn list(State(app): App, s: Signed, QueryMap(mut q): QueryMap) -> Resp
     let listed = api_keys::list(&app.control, &s.caller, &q);
     let body = match listed {
         Ok(v) => keys_table(&v, &q),
-        Err(e) => html! { p.error role="alert" { (refusal(&e).1) } },
+        Err(e) => layout::alert(&refusal(&e).1),
     };
     let body = html! {
         p.actions { a.button href="/console/keys/new" { "Create API key" } }
@@ -280,11 +280,7 @@ pub async fn show(State(app): App, s: Signed, Path(id): Path<String>) -> Respons
 fn key_page(app: &AppState, s: &Signed, id: &str, status: StatusCode, p: &Problem) -> Response {
     let k = match api_keys::retrieve(&app.control, &s.caller, id) {
         Ok(k) => k,
-        Err(e) => {
-            let (st, m) = refusal(&e);
-            let body = html! { p.error role="alert" { (m) } };
-            return layout::answer(st, page(s, "API key", "/console/keys", body));
-        }
+        Err(e) => return layout::refused(s, "API key", "/console/keys", &e),
     };
     let emails: Vec<String> = k["alert_emails"]
         .as_array()

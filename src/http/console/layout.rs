@@ -10,6 +10,7 @@ use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 
 use super::session::Signed;
+use crate::control::ControlError;
 
 /// The sections of the navigation: path and label.
 const NAV: &[(&str, &str)] = &[
@@ -86,6 +87,17 @@ pub fn page(s: &Signed, title: &str, active: &str, body: Markup) -> Markup {
 /// A page with a status (a refused form is shown again with 400, 403, 404 or 409).
 pub fn answer(status: StatusCode, page: Markup) -> Response {
     (status, page).into_response()
+}
+
+/// A message in words, announced to screen readers (a refusal, a failed query).
+pub fn alert(message: &str) -> Markup {
+    html! { p.error role="alert" { (message) } }
+}
+
+/// An API refusal as the whole of a page, with its status.
+pub fn refused(s: &Signed, title: &str, active: &str, e: &ControlError) -> Response {
+    let (status, m) = super::refusal(e);
+    answer(status, page(s, title, active, alert(&m)))
 }
 
 /// The hidden CSRF field every form carries.

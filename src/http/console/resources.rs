@@ -37,7 +37,7 @@ const FIELDS: &[&str] = &[
 
 /// A list as the API answers it, or its refusal as a paragraph.
 fn listed(r: crate::control::Result<Value>) -> Result<Value, Markup> {
-    r.map_err(|e| html! { p.error role="alert" { (refusal(&e).1) } })
+    r.map_err(|e| layout::alert(&refusal(&e).1))
 }
 
 /// The limits a create form's toggles set, into an API body (`arrays`: as one-element arrays).
@@ -169,11 +169,7 @@ fn workspace_page(
 ) -> Response {
     let w = match workspaces::retrieve(&app.control, &s.caller, id) {
         Ok(w) => w,
-        Err(e) => {
-            let (st, m) = refusal(&e);
-            let body = html! { p.error role="alert" { (m) } };
-            return layout::answer(st, page(s, "Workspace", "/console/workspaces", body));
-        }
+        Err(e) => return layout::refused(s, "Workspace", "/console/workspaces", &e),
     };
     let budget = &w["usage_limits"][0];
     let no_rate = w["rate_limits"].as_array().is_none_or(|a| a.is_empty());
