@@ -1,5 +1,6 @@
 //! Starting the real server: in-process on `127.0.0.1:0`, or as the `tollgate` binary; plus
-//! helpers for the admin API and for running the Python SDK scripts in `tests/sdk/`.
+//! helpers for the admin API and for running the Python scripts in `tests/sdk/` and
+//! `tests/console/`.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -300,19 +301,26 @@ pub fn python() -> PathBuf {
 
 /// Runs `tests/sdk/<script>` with the given environment and asserts it succeeded.
 pub async fn run_sdk(script: &str, env: &[(&str, &str)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sdk")
-        .join(script);
+    run_python("tests/sdk", script, env).await
+}
+
+/// Runs `<dir>/<script>` (`dir` relative to the crate root, e.g. `tests/console`) with the SDKs'
+/// Python and the given environment, and asserts it succeeded; returns its standard output.
+/// The caller's own provider keys are removed from the environment, so no script can reach a
+/// real provider by accident.
+pub async fn run_python(dir: &str, script: &str, env: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(script);
     let mut cmd = tokio::process::Command::new(python());
     cmd.arg(&path)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     cmd.env_remove("PORTKEY_API_KEY")
         .env_remove("OPENAI_API_KEY");
     let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
         .await
-        .expect("sdk script timed out")
+        .unwrap_or_else(|_| panic!("{dir}/{script} timed out"))
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -322,6 +330,15 @@ pub async fn run_sdk(script: &str, env: &[(&str, &str)]) -> String {
         out.status
     );
     stdout
+}
+
+/// The JSON a script printed on its `RESULT {json}` line.
+pub fn script_result(stdout: &str) -> Value {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|j| serde_json::from_str(j).unwrap())
+        .expect("the script printed its result")
 }
 
 /// A mock provider, a server, and on it the tenant `slug` of [`Server::tenant`] pointing at the

@@ -9,6 +9,7 @@
 
 mod alerts;
 mod binary;
+mod console;
 mod distributed;
 mod events;
 mod governance;

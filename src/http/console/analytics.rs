@@ -315,6 +315,7 @@ async fn page_of(app: &AppState, s: &Signed, q: HashMap<String, String>) -> Mark
             return html! { (filter_form("/console/analytics", &q, true)) p.error role="alert" { (m) } }
         }
     };
+    app.ledger.await_store().await; // read your own writes, as the API does
     let at = match buckets(&p) {
         Ok(at) => at,
         Err(m) => {
@@ -428,6 +429,7 @@ pub async fn csv(State(app): App, s: Signed, QueryMap(q): QueryMap) -> Response 
         Ok(p) => p,
         Err(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
     };
+    app.ledger.await_store().await; // read your own writes, as the API does
     let mut out = String::new();
     let stats = |s: &Stats| {
         format!(

@@ -24,6 +24,9 @@ type App = State<Arc<AppState>>;
 
 /// The overview's body for the console query `q` (the range picked).
 async fn body(app: &AppState, s: &Signed, q: std::collections::HashMap<String, String>) -> Markup {
+    // Read your own writes, as the analytics API does: a chat answered before this page was
+    // asked for is in its figures (the store ingests in batches, behind the log).
+    app.ledger.await_store().await;
     let now = Millis::now();
     let p = match an::pick(app, s, q.clone()) {
         Ok(p) => p,
