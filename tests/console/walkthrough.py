@@ -177,7 +177,7 @@ def provision(page, limits):
         row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=name, exact=True))
         expect(row.get_by_role("checkbox", name=f"Enable for {name}")).to_be_checked()
         expect(row).to_contain_text(f"0 / {budget} USD")
-        expect(row).to_contain_text(f"{rpm} requests / rpm")
+        expect(row).to_contain_text(f"{rpm} requests per minute")
 
 
 def restrict_models(page):
@@ -237,7 +237,7 @@ def create_key(page, workspace, recipients):
     assert secret not in page.content(), "the secret is shown once only"
     usage = page.locator("#usage")  # the live region console.js refreshes every 5 s
     expect(usage).to_contain_text("0 / 1 USD")
-    expect(usage).to_contain_text("600 requests / rpm")
+    expect(usage).to_contain_text("600 requests per minute")
     for r in recipients:
         expect(page.get_by_role("button", name=f"Remove {r}")).to_be_visible()
     visit(page, "key-fresh")

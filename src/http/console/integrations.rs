@@ -301,14 +301,8 @@ fn provisioning(
                             td { (text(&w["name"])) }
                             td { input type="checkbox" name="enabled" value=(id) checked[a.is_some_and(|a| a["enabled"] == true)] aria-label={ "Enable for " (text(&w["name"])) }; }
                             td { @if let Some(a) = a { (layout::usage_bar(&a["usage_limits"])) } }
-                            td { @if let Some(a) = a { @if !a["rate_limits"].is_null() { (text(&a["rate_limits"]["value"])) " " (text(&a["rate_limits"]["type"])) " / " (text(&a["rate_limits"]["unit"])) } } }
-                            td {
-                                details {
-                                    summary { "Edit Budget & Rate Limits" span.sr { " for " (text(&w["name"])) } }
-                                    (layout::budget_fields(&format!("w.{id}."), p))
-                                    (layout::rate_fields(&format!("w.{id}."), p))
-                                }
-                            }
+                            td { @if let Some(a) = a { @if !a["rate_limits"].is_null() { (layout::rate_text(&a["rate_limits"])) } } }
+                            td { (row_limits(&id, &text(&w["name"]), a.copied(), p)) }
                         }
                     }
                 }
@@ -333,6 +327,30 @@ fn provisioning(
     }
 }
 
+/// A workspace row's "Edit Budget & Rate Limits": new limits where none is set; a set one (the
+/// API refuses to edit it) can be reset or removed, and then set again.
+fn row_limits(id: &str, name: &str, access: Option<&Value>, p: &Problem) -> Markup {
+    let prefix = format!("w.{id}.");
+    let budget = access.is_some_and(|a| !a["usage_limits"].is_null());
+    let rate = access.is_some_and(|a| !a["rate_limits"].is_null());
+    html! {
+        details {
+            summary { "Edit Budget & Rate Limits" span.sr { " for " (name) } }
+            @if budget {
+                label.check { input type="checkbox" name={ (prefix) "reset_usage" }; " Reset the budget's usage" }
+                label.check { input type="checkbox" name={ (prefix) "remove_budget" }; " Remove the budget" }
+            } @else {
+                (layout::budget_fields(&prefix, p))
+            }
+            @if rate {
+                label.check { input type="checkbox" name={ (prefix) "remove_rate" }; " Remove the rate limit" }
+            } @else {
+                (layout::rate_fields(&prefix, p))
+            }
+        }
+    }
+}
+
 /// The API body of the provisioning form: each ticked workspace (with the limits its row sets),
 /// each previously enabled one unticked, and All Workspaces.
 fn provisioning_body(f: &Form, before: &Value) -> Value {
@@ -344,8 +362,17 @@ fn provisioning_body(f: &Form, before: &Value) -> Value {
         if let Some(u) = f.budget(&prefix) {
             w["usage_limits"] = json!([u]);
         }
+        if f.checked(&format!("{prefix}remove_budget")) {
+            w["usage_limits"] = Value::Null;
+        }
+        if f.checked(&format!("{prefix}reset_usage")) {
+            w["reset_usage"] = json!(true);
+        }
         if let Some(r) = f.rate_limits(&prefix) {
             w["rate_limits"] = r;
+        }
+        if f.checked(&format!("{prefix}remove_rate")) {
+            w["rate_limits"] = json!([]);
         }
         rows.push(w);
     }
@@ -487,6 +514,10 @@ mod tests {
             ("w.ws-a.credit_limit", "10"),
             ("w.ws-a.rate_on", "on"),
             ("w.ws-a.rate_value", "5"),
+            ("enabled", "ws-c"),
+            ("w.ws-c.remove_budget", "on"),
+            ("w.ws-c.reset_usage", "on"),
+            ("w.ws-c.remove_rate", "on"),
             ("apply_all", "on"),
         ]);
         let before = json!({"workspaces": [{"id": "ws-a", "enabled": true}, {"id": "ws-b", "enabled": true}]});
@@ -496,6 +527,7 @@ mod tests {
             json!([
                 {"id": "ws-a", "enabled": true, "usage_limits": [{"type": "cost", "credit_limit": 10}],
                  "rate_limits": [{"type": "requests", "unit": "rpm", "value": 5}]},
+                {"id": "ws-c", "enabled": true, "usage_limits": null, "reset_usage": true, "rate_limits": []},
                 {"id": "ws-b", "enabled": false},
             ])
         );

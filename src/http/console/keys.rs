@@ -317,8 +317,14 @@ fn key_page(app: &AppState, s: &Signed, id: &str, status: StatusCode, p: &Proble
             (p.at("name"))
             label for="description" { "Description" }
             input #description name="description" value=(text(&k["description"]));
-            @if no_budget { (layout::budget_fields("", p)) } @else { p.muted { "The budget is set; it cannot be edited, only reset (or removed and set again through the API)." } }
-            @if no_rate { (layout::rate_fields("", p)) } @else { p.muted { "The rate limit is set and cannot be edited." } }
+            @if no_budget { (layout::budget_fields("", p)) } @else {
+                p.muted { "A set budget cannot be edited: reset its usage, or remove it and set a new one." }
+                label.check { input type="checkbox" name="remove_budget"; " Remove the budget" }
+            }
+            @if no_rate { (layout::rate_fields("", p)) } @else {
+                p.muted { "A set rate limit cannot be edited: remove it and set a new one." }
+                label.check { input type="checkbox" name="remove_rate"; " Remove the rate limits" }
+            }
             (email_fields(&emails, p))
             button type="submit" { "Save" }
         }
@@ -351,6 +357,12 @@ pub async fn update(State(app): App, Path(id): Path<String>, s: Submitted) -> Re
     }
     if let Some(r) = f.rate_limits("") {
         b.insert("rate_limits".into(), r);
+    }
+    if f.checked("remove_budget") {
+        b.insert("usage_limits".into(), Value::Null);
+    }
+    if f.checked("remove_rate") {
+        b.insert("rate_limits".into(), json!([]));
     }
     let emails = if f.checked("emails_on") {
         f.emails("alert_emails")

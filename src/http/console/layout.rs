@@ -277,6 +277,19 @@ pub fn rate_fields(prefix: &str, p: &Problem) -> Markup {
     }
 }
 
+/// A rate limit in words: "300 requests per minute".
+pub fn rate_text(r: &Value) -> String {
+    let per = match r["unit"].as_str().unwrap_or("") {
+        "rps" => "second",
+        "rpm" => "minute",
+        "rph" => "hour",
+        "rpd" => "day",
+        "rpw" => "week",
+        other => other,
+    };
+    format!("{} {} per {per}", text(&r["value"]), text(&r["type"]))
+}
+
 /// Limits already set, shown read-only (the API refuses to change a set budget or rate limit
 /// through an update; they are removed and set again, or reset).
 pub fn limits_summary(usage: &Value, rates: &Value) -> Markup {
@@ -296,7 +309,7 @@ pub fn limits_summary(usage: &Value, rates: &Value) -> Markup {
             dt { "Rate limits" }
             dd {
                 @if rates.is_empty() { span.muted { "none" } }
-                @for r in rates { span.chip { (text(&r["value"])) " " (text(&r["type"])) " / " (text(&r["unit"])) } }
+                @for r in rates { span.chip { (rate_text(r)) } }
             }
         }
     }

@@ -655,3 +655,63 @@ async fn hostile_forms_get_clear_errors_and_change_nothing() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_budget_set_by_the_organisation_is_not_lifted_from_a_workspace_session() {
+    let server = harness::start().await;
+    let ws = harness::create_workspace(&server.url, "team").await;
+    let governed = server
+        .admin("POST", "/api-keys/workspace/service", Some(json!({"name": "governed", "workspace_id": ws,
+            "scopes": ["completions.write"], "usage_limits": {"credit_limit": 5}, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 10}]})))
+        .await;
+    let id = governed["id"].as_str().unwrap().to_owned();
+    let before = server.state().api_keys[&id].clone();
+    let admin = workspace_admin(&server, &ws).await;
+    let mut w = Browser::new(&server);
+    assert!(signed_in(&w.sign_in(&admin).await));
+    let csrf = w.csrf().await;
+    for form in [
+        vec![("_csrf", csrf.as_str()), ("remove_budget", "on")],
+        vec![("_csrf", csrf.as_str()), ("remove_rate", "on")],
+    ] {
+        let p = w.post(&format!("/console/keys/{id}"), &form).await;
+        assert_eq!(p.status, 403, "{}", p.body);
+        assert!(
+            p.body.contains("set with an organisation key"),
+            "{}",
+            p.body
+        );
+    }
+    assert_eq!(
+        w.post(&format!("/console/keys/{id}/reset"), &[("_csrf", &csrf)])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        *server.state().api_keys[&id],
+        *before,
+        "the limits still bind"
+    );
+    // The organisation removes it, and sets a new one: never an edit in place.
+    let mut o = Browser::new(&server);
+    o.sign_in(&server.admin_key).await;
+    let csrf = o.csrf().await;
+    let p = o
+        .post(
+            &format!("/console/keys/{id}"),
+            &[("_csrf", &csrf), ("remove_budget", "on")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert!(server.state().api_keys[&id].usage_limits.is_none());
+    let p = o
+        .post(
+            &format!("/console/keys/{id}"),
+            &[("_csrf", &csrf), ("budget_on", "on"), ("credit_limit", "7")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let limit = server.state().api_keys[&id].usage_limits.clone().unwrap();
+    assert_eq!(limit.credit_limit, rust_decimal::Decimal::from(7));
+}
