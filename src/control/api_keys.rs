@@ -42,7 +42,8 @@ fn check_grant(
 }
 
 /// The scope family that manages keys of this type.
-fn family(kind: ApiKeyType) -> &'static str {
+/// The scope family of a key type: `<family>.list`, `.read`, ... govern keys of that type.
+pub fn family(kind: ApiKeyType) -> &'static str {
     match kind {
         ApiKeyType::OrganisationService => "organisation_service_api_keys",
         ApiKeyType::WorkspaceService => "workspace_service_api_keys",
@@ -239,6 +240,12 @@ fn require_any(caller: &Caller, action: &str) -> Result<()> {
     }
 }
 
+/// Whether `caller` may list key `k`: it sees its workspace and holds its type's list scope.
+pub fn may_list(caller: &Caller, k: &ApiKey) -> bool {
+    caller.sees(k.workspace_id.as_deref())
+        && caller.key.has_scope(&format!("{}.list", family(k.kind)))
+}
+
 /// `GET /api-keys`: the keys the caller sees and may list, in creation order.
 pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Result<Value> {
     require_any(caller, "list")?;
@@ -249,7 +256,7 @@ pub fn list(ctl: &Control, caller: &Caller, q: &HashMap<String, String>) -> Resu
     let mut items: Vec<&std::sync::Arc<ApiKey>> = state
         .api_keys
         .values()
-        .filter(|k| caller.key.has_scope(&format!("{}.list", family(k.kind))))
+        .filter(|k| may_list(caller, k))
         .filter(|k| match &ws {
             Some(w) => k.workspace_id.as_deref() == Some(w.as_str()),
             None => true,

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::chart::{self, Series};
 
 use super::session::Signed;
+use crate::control::api_keys;
 use crate::domain::budget::period;
 use crate::domain::limits::PeriodicReset;
 use crate::domain::Millis;
@@ -137,12 +138,22 @@ pub fn buckets(p: &Picked) -> Result<Vec<Millis>, String> {
         .collect())
 }
 
-/// The name a group value is shown with: a workspace's name, a key's name, "(none)" for empty.
-pub fn group_name(app: &AppState, by: &GroupBy, value: &str) -> String {
+/// The name a group value is shown with: a workspace's or a key's name when the signed-in key
+/// may list it (the API's analytics answer ids; names are what the lists show), "(none)" for
+/// empty, else the value itself.
+pub fn group_name(app: &AppState, s: &Signed, by: &GroupBy, value: &str) -> String {
     let state = app.ledger.state();
     let named = match by {
-        GroupBy::Workspace => state.workspaces.get(value).map(|w| w.name.clone()),
-        GroupBy::ApiKey => state.api_keys.get(value).map(|k| k.name.clone()),
+        GroupBy::Workspace => state
+            .workspaces
+            .get(value)
+            .filter(|_| s.caller.key.has_scope("workspaces.list"))
+            .map(|w| w.name.clone()),
+        GroupBy::ApiKey => state
+            .api_keys
+            .get(value)
+            .filter(|k| api_keys::may_list(&s.caller, k))
+            .map(|k| k.name.clone()),
         _ => None,
     };
     named.unwrap_or_else(|| {
@@ -164,7 +175,12 @@ fn count(d: Decimal) -> String {
 }
 
 /// The cost per bucket of the top groups (most cost first) and the rest as "other".
-pub async fn cost_stack(app: &AppState, p: &Picked, at: &[Millis]) -> Result<Vec<Series>, String> {
+pub async fn cost_stack(
+    app: &AppState,
+    s: &Signed,
+    p: &Picked,
+    at: &[Millis],
+) -> Result<Vec<Series>, String> {
     let rows = app
         .store
         .series_by(p.filter.clone(), p.bucket, p.by.clone())
@@ -181,7 +197,7 @@ pub async fn cost_stack(app: &AppState, p: &Picked, at: &[Millis]) -> Result<Vec
     let mut series: Vec<Series> = top
         .iter()
         .map(|g| Series {
-            name: group_name(app, &p.by, g),
+            name: group_name(app, s, &p.by, g),
             values: vec![Decimal::ZERO; at.len()],
         })
         .collect();
@@ -324,7 +340,7 @@ async fn page_of(app: &AppState, s: &Signed, q: HashMap<String, String>) -> Mark
     };
     let daily = p.bucket == Bucket::Day;
     let figures = async {
-        let costs = cost_stack(app, &p, &at).await?;
+        let costs = cost_stack(app, s, &p, &at).await?;
         let stats = series(app, &p, &at).await?;
         let groups = app
             .store
@@ -366,7 +382,7 @@ async fn page_of(app: &AppState, s: &Signed, q: HashMap<String, String>) -> Mark
         (chart_with_table("Cost", &at, &costs, daily, usd))
         (chart_with_table("Requests", &at, &request_series(&stats), daily, count))
         (chart_with_table("Tokens", &at, &tokens, daily, count))
-        (groups_table(app, &p.by, &groups))
+        (groups_table(app, s, &p.by, &groups))
     }
 }
 
@@ -377,22 +393,27 @@ fn sorted(q: &HashMap<String, String>) -> Vec<(&String, &String)> {
 }
 
 /// The group totals of the filter.
-pub fn groups_table(app: &AppState, by: &GroupBy, rows: &[(String, Stats)]) -> Markup {
+/// The most groups the page lists; the CSV export has them all.
+const GROUP_ROWS: usize = 50;
+
+/// The group totals of the filter (the first [`GROUP_ROWS`]).
+pub fn groups_table(app: &AppState, s: &Signed, by: &GroupBy, rows: &[(String, Stats)]) -> Markup {
     html! {
         section.panel {
             h2 { "By group" }
+            @if rows.len() > GROUP_ROWS { p.muted { "The " (GROUP_ROWS) " with the most requests of " (rows.len()) "; the CSV export has them all." } }
             table {
                 caption.sr { "Totals by group" }
                 thead { tr { th { "Group" } th { "Requests" } th { "Errors" } th { "Tokens" } th { "Cost" } th { "Last seen" } } }
                 tbody {
-                    @for (g, s) in rows {
+                    @for (g, st) in rows.iter().take(GROUP_ROWS) {
                         tr {
-                            td { (group_name(app, by, g)) }
-                            td.num { (s.requests) }
-                            td.num { (s.errors) }
-                            td.num { (s.tokens()) }
-                            td.num { (usd(s.cost_usd)) }
-                            td { (s.last_seen.to_iso()) }
+                            td { (group_name(app, s, by, g)) }
+                            td.num { (st.requests) }
+                            td.num { (st.errors) }
+                            td.num { (st.tokens()) }
+                            td.num { (usd(st.cost_usd)) }
+                            td { (st.last_seen.to_iso()) }
                         }
                     }
                 }
@@ -410,7 +431,7 @@ pub async fn page(State(app): App, s: Signed, QueryMap(q): QueryMap) -> Response
 /// Quotes a CSV field when it needs it; a leading formula character is neutralised, so an
 /// exported name never runs as a spreadsheet formula.
 fn csv_field(v: &str) -> String {
-    let v = if v.starts_with(['=', '+', '-', '@']) {
+    let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{v}")
     } else {
         v.to_owned()
@@ -424,7 +445,10 @@ fn csv_field(v: &str) -> String {
 
 /// `GET /console/analytics.csv?table=series|groups&…`: the figures of the page, exact.
 pub async fn csv(State(app): App, s: Signed, QueryMap(q): QueryMap) -> Response {
-    let table = q.get("table").cloned().unwrap_or_else(|| "series".into());
+    let table = match q.get("table").map(String::as_str) {
+        Some("groups") => "groups",
+        _ => "series",
+    };
     let p = match pick(&app, &s, q) {
         Ok(p) => p,
         Err(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
@@ -448,14 +472,14 @@ pub async fn csv(State(app): App, s: Signed, QueryMap(q): QueryMap) -> Response 
             .await
             .map(|rows| {
                 out.push_str(&format!("group,name,{head},last_seen\n"));
-                for (g, s) in rows {
-                    let name = group_name(&app, &p.by, &g);
+                for (g, st) in rows {
+                    let name = group_name(&app, &s, &p.by, &g);
                     let line = format!(
                         "{},{},{},{}\n",
                         csv_field(&g),
                         csv_field(&name),
-                        stats(&s),
-                        s.last_seen.to_iso()
+                        stats(&st),
+                        st.last_seen.to_iso()
                     );
                     out.push_str(&line);
                 }
@@ -551,5 +575,6 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_field("\t=1"), "'\t=1");
     }
 }

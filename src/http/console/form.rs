@@ -2,6 +2,7 @@
 //! API would receive from an SDK; the control plane validates it, so a form's wrong value gets
 //! the API's own words, shown next to its field ([`field_of`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::Request;
@@ -13,39 +14,64 @@ use crate::http::error::Plane;
 use crate::http::extract::body_bytes;
 use crate::http::AppState;
 
-/// The fields of a posted form, in order (a name may repeat: checkboxes, e-mail recipients).
+/// The largest console form: far above the largest page's (an integration's provisioning of a
+/// thousand workspaces), far below the API's body limit.
+pub const MAX_FORM_BYTES: usize = 1 << 20;
+/// The most fields a console form may have.
+pub const MAX_FORM_FIELDS: usize = 5_000;
+
+/// The fields of a posted form, by name; a name may repeat (checkboxes, e-mail recipients), its
+/// values in order. Looked up by hash, so a form's cost is linear in its size.
 pub struct Form {
-    fields: Vec<(String, String)>,
+    fields: HashMap<String, Vec<String>>,
 }
 
 impl Form {
-    /// Reads an `application/x-www-form-urlencoded` body (bounded like every body).
+    /// Reads an `application/x-www-form-urlencoded` body: at most [`MAX_FORM_BYTES`] (and the
+    /// API's body limit) and [`MAX_FORM_FIELDS`] fields.
     pub async fn read(req: Request, app: &Arc<AppState>) -> Result<Form, Response> {
         let bytes = body_bytes(req, app, Plane::Control)
             .await
             .map_err(IntoResponse::into_response)?;
-        let fields = serde_urlencoded::from_bytes(&bytes)
+        if bytes.len() > MAX_FORM_BYTES {
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, "the form is too large").into_response());
+        }
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
             .map_err(|_| (StatusCode::BAD_REQUEST, "the form could not be read").into_response())?;
-        Ok(Form { fields })
+        if pairs.len() > MAX_FORM_FIELDS {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the form has too many fields",
+            )
+                .into_response());
+        }
+        Ok(Form::from_pairs(pairs))
+    }
+
+    fn from_pairs(pairs: Vec<(String, String)>) -> Form {
+        let mut fields: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, v) in pairs {
+            fields.entry(k).or_default().push(v);
+        }
+        Form { fields }
     }
 
     #[cfg(test)]
     pub fn of(pairs: &[(&str, &str)]) -> Form {
-        Form {
-            fields: pairs
+        Form::from_pairs(
+            pairs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-        }
+        )
     }
 
     /// The last value of `name`, or `""`.
     pub fn one(&self, name: &str) -> &str {
         self.fields
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
+            .get(name)
+            .and_then(|v| v.last())
+            .map_or("", String::as_str)
     }
 
     /// The value of `name` trimmed, when not empty.
@@ -54,11 +80,12 @@ impl Form {
     }
 
     /// Every value of `name`.
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
         self.fields
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 
     /// Whether a checkbox named `name` was ticked.

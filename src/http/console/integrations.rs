@@ -277,15 +277,17 @@ fn provisioning(
     p: &Problem,
 ) -> Markup {
     let q = HashMap::from([("page_size".to_owned(), "1000".to_owned())]);
-    let all = workspaces::list(&app.control, &s.caller, &q)
-        .ok()
-        .and_then(|v| v["data"].as_array().cloned())
-        .unwrap_or_default();
+    let all = match workspaces::list(&app.control, &s.caller, &q) {
+        Ok(v) => v["data"].as_array().cloned().unwrap_or_default(),
+        // Without the workspaces to show, there is no form to post.
+        Err(e) => return layout::alert(&refusal(&e).1),
+    };
     let granted: HashMap<String, &Value> = access["workspaces"]
         .as_array()
         .map(|a| a.iter().map(|w| (text(&w["id"]), w)).collect())
         .unwrap_or_default();
     let global = &i["global_workspace_access"];
+    let global_on = global["enabled"] == true;
     html! {
         h2 { "Workspace Provisioning" }
         form.stack method="post" action={ "/console/integrations/" (slug) "/workspaces" } novalidate {
@@ -297,9 +299,14 @@ fn provisioning(
                     @for w in &all {
                         @let id = text(&w["id"]);
                         @let a = granted.get(&id);
+                        @let on = a.is_some_and(|a| a["enabled"] == true);
                         tr {
-                            td { (text(&w["name"])) }
-                            td { input type="checkbox" name="enabled" value=(id) checked[a.is_some_and(|a| a["enabled"] == true)] aria-label={ "Enable for " (text(&w["name"])) }; }
+                            td {
+                                (text(&w["name"]))
+                                input type="hidden" name="shown" value=(id);
+                                @if on { input type="hidden" name="was" value=(id); }
+                            }
+                            td { input type="checkbox" name="enabled" value=(id) checked[on] aria-label={ "Enable for " (text(&w["name"])) }; }
                             td { @if let Some(a) = a { (layout::usage_bar(&a["usage_limits"])) } }
                             td { @if let Some(a) = a { @if !a["rate_limits"].is_null() { (layout::rate_text(&a["rate_limits"])) } } }
                             td { (row_limits(&id, &text(&w["name"]), a.copied(), p)) }
@@ -309,11 +316,14 @@ fn provisioning(
             }
             fieldset.toggle {
                 legend {
-                    @if global["enabled"] == true { input type="hidden" name="global_was" value="on"; }
-                    input type="checkbox" #global_on name="global_on" checked[global["enabled"] == true] data-toggle="global-fields";
+                    @if global_on { input type="hidden" name="global_was" value="on"; }
+                    input type="checkbox" #global_on name="global_on" checked[global_on] data-toggle="global-fields";
                     label for="global_on" { "All Workspaces (also every workspace created later)" }
                 }
                 div #global-fields {
+                    @if global_on {
+                        p.muted { "Now: " (global_limits_text(global)) ". Limits set here replace them." }
+                    }
                     (layout::budget_fields("g.", p))
                     (layout::rate_fields("g.", p))
                     label.check {
@@ -324,6 +334,28 @@ fn provisioning(
             }
             button type="submit" { "Save provisioning" }
         }
+    }
+}
+
+/// All Workspaces' limits in words.
+fn global_limits_text(g: &Value) -> String {
+    let budget = g["usage_limits"]
+        .get(0)
+        .map_or("no budget".to_owned(), |u| {
+            format!(
+                "a budget of {} {}",
+                text(&u["credit_limit"]),
+                text(&u["type"])
+            )
+        });
+    let rates: Vec<String> = g["rate_limits"]
+        .as_array()
+        .map(|r| r.iter().map(layout::rate_text).collect())
+        .unwrap_or_default();
+    if rates.is_empty() {
+        format!("{budget}, no rate limit")
+    } else {
+        format!("{budget}, {}", rates.join(", "))
     }
 }
 
@@ -351,46 +383,52 @@ fn row_limits(id: &str, name: &str, access: Option<&Value>, p: &Problem) -> Mark
     }
 }
 
-/// The API body of the provisioning form: each ticked workspace (with the limits its row sets),
-/// each previously enabled one unticked, and All Workspaces.
-fn provisioning_body(f: &Form, before: &Value) -> Value {
+/// The API body of the provisioning form: only the rows shown that changed (turned on or off, or
+/// given limits), so a workspace the form did not show, or left as it was, is not touched (and
+/// "apply to every workspace" reaches it); All Workspaces only when it was turned on or off or
+/// given new limits.
+fn provisioning_body(f: &Form) -> Value {
     let enabled: Vec<&str> = f.all("enabled").collect();
+    let was: Vec<&str> = f.all("was").collect();
     let mut rows = Vec::new();
-    for id in &enabled {
-        let mut w = json!({"id": id, "enabled": true});
+    for id in f.all("shown") {
+        let on = enabled.contains(&id);
+        let mut w = json!({"id": id, "enabled": on});
         let prefix = format!("w.{id}.");
+        let mut changed = on != was.contains(&id);
         if let Some(u) = f.budget(&prefix) {
             w["usage_limits"] = json!([u]);
+            changed = true;
         }
         if f.checked(&format!("{prefix}remove_budget")) {
             w["usage_limits"] = Value::Null;
+            changed = true;
         }
         if f.checked(&format!("{prefix}reset_usage")) {
             w["reset_usage"] = json!(true);
+            changed = true;
         }
         if let Some(r) = f.rate_limits(&prefix) {
             w["rate_limits"] = r;
+            changed = true;
         }
         if f.checked(&format!("{prefix}remove_rate")) {
             w["rate_limits"] = json!([]);
+            changed = true;
         }
-        rows.push(w);
-    }
-    for w in before["workspaces"].as_array().into_iter().flatten() {
-        let id = text(&w["id"]);
-        if w["enabled"] == true && !enabled.contains(&id.as_str()) {
-            rows.push(json!({"id": id, "enabled": false}));
+        if changed {
+            rows.push(w);
         }
     }
     let mut b = json!({"workspaces": rows});
-    // All Workspaces is sent when it is on (with its limits) or was turned off, so saving a
-    // workspace row leaves it as it was.
-    if f.checked("global_on") || f.checked("global_was") {
-        let mut g = json!({"enabled": f.checked("global_on")});
-        if let Some(u) = f.budget("g.") {
+    let (on, was_on) = (f.checked("global_on"), f.checked("global_was"));
+    let (budget, rate) = (f.budget("g."), f.rate_limits("g."));
+    if on != was_on || (on && (budget.is_some() || rate.is_some())) {
+        let mut g = json!({"enabled": on});
+        if let Some(u) = budget {
             g["usage_limits"] = json!([u]);
         }
-        if let Some(r) = f.rate_limits("g.") {
+        if let Some(r) = rate {
             g["rate_limits"] = r;
         }
         b["global_workspace_access"] = g;
@@ -404,8 +442,7 @@ fn provisioning_body(f: &Form, before: &Value) -> Value {
 /// `POST /console/integrations/{slug}/workspaces`.
 pub async fn provision(State(app): App, Path(slug): Path<String>, s: Submitted) -> Response {
     let c = &app.control;
-    let before = integrations::list_workspaces(c, &s.signed.caller, &slug).unwrap_or_default();
-    let body = provisioning_body(&s.form, &before);
+    let body = provisioning_body(&s.form);
     let done = integrations::update_workspaces(c, &s.signed.caller, &slug, &body).await;
     after(&app, &s.signed, &slug, done)
 }
@@ -450,45 +487,63 @@ fn model_provisioning(s: &Signed, slug: &str, m: &Value, p: &Problem) -> Markup 
     }
 }
 
-/// A model entry of the models form; pricing only when a price was given.
-fn model_item(slug: &str, enabled: bool, input: &str, output: &str) -> Value {
+/// A model entry of the models form. Its pricing starts from what the model has (so prices the
+/// form does not show, such as cache reads, are kept), the form's input and output prices over
+/// it (an emptied one removed); sent only when that differs from what it has.
+fn model_item(slug: &str, enabled: bool, prices: (&str, &str), before: Option<&Value>) -> Value {
     let mut e = json!({"slug": slug, "enabled": enabled});
-    let mut payg = Map::new();
-    for (k, v) in [("request_token", input), ("response_token", output)] {
-        if !v.trim().is_empty() {
-            payg.insert(k.into(), json!({"price": number(v)}));
+    let had = before.filter(|p| !p.is_null());
+    let mut cfg = had
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "static", "pay_as_you_go": {}}));
+    for (k, v) in [("request_token", prices.0), ("response_token", prices.1)] {
+        let v = v.trim();
+        if v.is_empty() {
+            if let Some(payg) = cfg["pay_as_you_go"].as_object_mut() {
+                payg.remove(k);
+            }
+        } else {
+            cfg["pay_as_you_go"][k] = json!({"price": number(v)});
         }
     }
-    if !payg.is_empty() {
-        e["pricing_config"] = json!({"type": "static", "pay_as_you_go": payg});
+    let priced = cfg["pay_as_you_go"]
+        .as_object()
+        .is_some_and(|p| !p.is_empty());
+    if priced && Some(&cfg) != had {
+        e["pricing_config"] = cfg;
     }
     e
 }
 
-fn models_body(f: &Form) -> Value {
+/// The API body of the models form; `before` is the integration's model list.
+fn models_body(f: &Form, before: &Value) -> Value {
     let on: Vec<&str> = f.all("model_on").collect();
+    let pricing = |m: &str| {
+        before["models"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["slug"] == m))
+            .map(|e| &e["pricing_config"])
+    };
     let mut models: Vec<Value> = f
         .all("model")
         .map(|m| {
-            let (i, o) = (f.one(&format!("in.{m}")), f.one(&format!("out.{m}")));
-            model_item(m, on.contains(&m), i, o)
+            let prices = (f.one(&format!("in.{m}")), f.one(&format!("out.{m}")));
+            model_item(m, on.contains(&m), prices, pricing(m))
         })
         .collect();
     if let Some(m) = f.text("new_model") {
-        models.push(model_item(
-            m,
-            f.checked("new_model_on"),
-            f.one("new_in"),
-            f.one("new_out"),
-        ));
+        let prices = (f.one("new_in"), f.one("new_out"));
+        models.push(model_item(m, f.checked("new_model_on"), prices, pricing(m)));
     }
     json!({"allow_all_models": f.checked("allow_all_models"), "models": models})
 }
 
 /// `POST /console/integrations/{slug}/models`.
 pub async fn models(State(app): App, Path(slug): Path<String>, s: Submitted) -> Response {
-    let body = models_body(&s.form);
-    let done = integrations::update_models(&app.control, &s.signed.caller, &slug, &body).await;
+    let c = &app.control;
+    let before = integrations::list_models(c, &s.signed.caller, &slug).unwrap_or_default();
+    let body = models_body(&s.form, &before);
+    let done = integrations::update_models(c, &s.signed.caller, &slug, &body).await;
     after(&app, &s.signed, &slug, done)
 }
 
@@ -507,50 +562,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_provisioning_form_disables_what_was_unticked_and_sets_row_limits() {
+    fn the_provisioning_form_sends_only_the_rows_shown_that_changed() {
         let f = Form::of(&[
+            ("shown", "ws-a"),
             ("enabled", "ws-a"),
             ("w.ws-a.budget_on", "on"),
             ("w.ws-a.credit_limit", "10"),
             ("w.ws-a.rate_on", "on"),
             ("w.ws-a.rate_value", "5"),
+            ("shown", "ws-b"),
+            ("was", "ws-b"),
+            ("shown", "ws-c"),
+            ("was", "ws-c"),
             ("enabled", "ws-c"),
             ("w.ws-c.remove_budget", "on"),
-            ("w.ws-c.reset_usage", "on"),
             ("w.ws-c.remove_rate", "on"),
+            ("shown", "ws-d"),
+            ("was", "ws-d"),
+            ("enabled", "ws-d"),
             ("apply_all", "on"),
         ]);
-        let before = json!({"workspaces": [{"id": "ws-a", "enabled": true}, {"id": "ws-b", "enabled": true}]});
-        let b = provisioning_body(&f, &before);
+        let b = provisioning_body(&f);
         assert_eq!(
             b["workspaces"],
             json!([
                 {"id": "ws-a", "enabled": true, "usage_limits": [{"type": "cost", "credit_limit": 10}],
                  "rate_limits": [{"type": "requests", "unit": "rpm", "value": 5}]},
-                {"id": "ws-c", "enabled": true, "usage_limits": null, "reset_usage": true, "rate_limits": []},
                 {"id": "ws-b", "enabled": false},
-            ])
+                {"id": "ws-c", "enabled": true, "usage_limits": null, "rate_limits": []},
+            ]),
+            "ws-d is unchanged: left to apply_all; a workspace not shown is never sent"
         );
-        assert_eq!(b.get("global_workspace_access"), None);
+        assert_eq!(
+            b.get("global_workspace_access"),
+            None,
+            "All Workspaces untouched"
+        );
         assert_eq!(b["override_existing_workspaces_access"], true);
+        let keep = Form::of(&[("global_on", "on"), ("global_was", "on")]);
+        assert_eq!(
+            provisioning_body(&keep).get("global_workspace_access"),
+            None
+        );
+        let off = Form::of(&[("global_was", "on")]);
+        assert_eq!(
+            provisioning_body(&off)["global_workspace_access"],
+            json!({"enabled": false})
+        );
     }
 
     #[test]
-    fn the_models_form_prices_only_what_was_given() {
+    fn the_models_form_changes_only_the_prices_it_shows() {
+        let before = json!({"models": [
+            {"slug": "gpt-4o", "pricing_config": {"type": "static", "pay_as_you_go": {
+                "request_token": {"price": 0.0003}, "cache_read_input_token": {"price": 0.0001}}}},
+            {"slug": "gpt-4", "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 0.003}}}},
+        ]});
         let f = Form::of(&[
             ("model", "gpt-4o"),
             ("model_on", "gpt-4o"),
             ("in.gpt-4o", "0.0003"),
+            ("out.gpt-4o", "0.0006"),
             ("model", "gpt-4"),
+            ("in.gpt-4", "0.003"),
             ("new_model", "o3"),
             ("new_model_on", "on"),
         ]);
-        let b = models_body(&f);
+        let b = models_body(&f, &before);
         assert_eq!(b["allow_all_models"], false);
         assert_eq!(
             b["models"],
             json!([
-                {"slug": "gpt-4o", "enabled": true, "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 0.0003}}}},
+                {"slug": "gpt-4o", "enabled": true, "pricing_config": {"type": "static", "pay_as_you_go": {
+                    "request_token": {"price": 0.0003}, "cache_read_input_token": {"price": 0.0001},
+                    "response_token": {"price": 0.0006}}}},
                 {"slug": "gpt-4", "enabled": false},
                 {"slug": "o3", "enabled": true},
             ])

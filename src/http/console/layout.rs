@@ -175,9 +175,9 @@ pub fn pager(path: &str, q: &HashMap<String, String>, total: u64, size: usize) -
     };
     html! {
         nav.pager aria-label="Pages" {
-            span { (total) " in all · page " (current + 1) " of " (pages) }
+            span { (total) " in all · page " (current.saturating_add(1)) " of " (pages) }
             @if current > 0 { a href=(link(current - 1)) rel="prev" { "← Previous" } }
-            @if current + 1 < pages { a href=(link(current + 1)) rel="next" { "Next →" } }
+            @if current.saturating_add(1) < pages { a href=(link(current + 1)) rel="next" { "Next →" } }
         }
     }
 }

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use super::analytics::{self as an, usd, Picked};
 use super::layout::usage_bar;
 use super::session::Signed;
-use crate::control::views;
+use crate::control::{api_keys, views};
 use crate::domain::budget::BudgetRef;
 use crate::domain::Millis;
 use crate::http::extract::QueryMap;
@@ -56,7 +56,7 @@ async fn figures(app: &AppState, s: &Signed, p: &Picked, now: Millis) -> Result<
     let [today, week, month] = an::spend_to_date(app, s, now).await?;
     let at = an::buckets(p)?;
     let daily = p.bucket == Bucket::Day;
-    let costs = an::cost_stack(app, p, &at).await?;
+    let costs = an::cost_stack(app, s, p, &at).await?;
     let stats = an::series(app, p, &at).await?;
     let (latency, _) = app
         .store
@@ -103,7 +103,7 @@ async fn figures(app: &AppState, s: &Signed, p: &Picked, now: Millis) -> Result<
                     thead { tr { th { "Key" } th { "Requests" } th { "Cost" } } }
                     tbody {
                         @for (id, st) in &keys {
-                            tr { td { a href={ "/console/keys/" (id) } { (an::group_name(app, &GroupBy::ApiKey, id)) } } td.num { (st.requests) } td.num { (usd(st.cost_usd)) } }
+                            tr { td { a href={ "/console/keys/" (id) } { (an::group_name(app, s, &GroupBy::ApiKey, id)) } } td.num { (st.requests) } td.num { (usd(st.cost_usd)) } }
                         }
                     }
                 }
@@ -137,10 +137,12 @@ fn closest_budgets(app: &AppState, s: &Signed, now: Millis) -> Markup {
             }
         }
     };
+    let may = |scope: &str| s.caller.key.has_scope(scope);
+    let (workspaces, providers) = (may("workspaces.list"), may("providers.list"));
     for k in state
         .api_keys
         .values()
-        .filter(|k| s.caller.sees(k.workspace_id.as_deref()))
+        .filter(|k| api_keys::may_list(&s.caller, k))
     {
         consider(
             format!("key {}", k.name),
@@ -152,7 +154,7 @@ fn closest_budgets(app: &AppState, s: &Signed, now: Millis) -> Markup {
     for w in state
         .workspaces
         .values()
-        .filter(|w| s.caller.sees(Some(&w.id)))
+        .filter(|w| workspaces && s.caller.sees(Some(&w.id)))
     {
         consider(
             format!("workspace {}", w.name),
@@ -164,7 +166,7 @@ fn closest_budgets(app: &AppState, s: &Signed, now: Millis) -> Markup {
     for p in state
         .providers
         .values()
-        .filter(|p| s.caller.sees(Some(&p.workspace_id)))
+        .filter(|p| providers && s.caller.sees(Some(&p.workspace_id)))
     {
         consider(
             format!("provider {}", p.name),

@@ -108,19 +108,45 @@ impl Sessions {
         self.sessions.lock().remove(&digest(id));
     }
 
-    /// Counts a sign-in attempt from `ip`; false once the minute's allowance is spent.
-    fn attempt(&self, ip: IpAddr, now: Millis) -> bool {
+    /// Whether `ip` has spent this minute's allowance of failed sign-ins.
+    fn refused(&self, ip: IpAddr, now: Millis) -> bool {
         let minute = now.0.div_euclid(60_000);
+        self.attempts
+            .lock()
+            .get(&client(ip))
+            .is_some_and(|(m, n)| *m == minute && *n >= self.per_minute)
+    }
+
+    /// Counts a failed sign-in from `ip`. Past [`MAX_CLIENTS`] addresses in one minute the
+    /// counts start over (they cannot grow without bound).
+    fn failed(&self, ip: IpAddr, now: Millis) {
+        let minute = now.0.div_euclid(60_000);
+        let ip = client(ip);
         let mut all = self.attempts.lock();
         if all.len() >= MAX_CLIENTS && !all.contains_key(&ip) {
             all.retain(|_, (m, _)| *m == minute);
+            if all.len() >= MAX_CLIENTS {
+                all.clear();
+            }
         }
         let (m, n) = all.entry(ip).or_insert((minute, 0));
         if *m != minute {
             (*m, *n) = (minute, 0);
         }
         *n = n.saturating_add(1);
-        *n <= self.per_minute
+    }
+}
+
+/// The client an address counts for: itself for IPv4, its /64 for IPv6 (one host is handed a
+/// whole /64, so counting single addresses would give it 2^64 allowances).
+fn client(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -173,11 +199,17 @@ pub struct Signed {
 }
 
 impl Signed {
-    fn of(parts: &Parts, app: &AppState) -> Option<Signed> {
-        let id = cookie(&parts.headers, COOKIE)?;
+    /// The live session the request's cookie names, its key authenticated again; a session whose
+    /// key no longer authenticates (deleted, expired, revoked) is ended.
+    fn of(headers: &HeaderMap, app: &AppState) -> Option<Signed> {
+        let id = cookie(headers, COOKIE)?;
         let now = Millis::now();
         let (key_hash, csrf) = app.console.find(id, now)?;
-        let key = auth::authenticate_hash(&app.ledger.state(), &key_hash, now).ok()?;
+        let key = auth::authenticate_hash(&app.ledger.state(), &key_hash, now);
+        let Ok(key) = key else {
+            app.console.close(id);
+            return None;
+        };
         Some(Signed {
             caller: Caller { key },
             csrf,
@@ -190,17 +222,23 @@ impl Signed {
     }
 }
 
-/// No live session: a page sends the browser to sign in; a fragment answers 401.
+/// No live session: a page sends the browser to sign in; a fragment answers 401. Either way a
+/// dead session's cookie is removed.
 pub struct SignIn {
     fragment: bool,
+    tls: bool,
 }
 
 impl IntoResponse for SignIn {
     fn into_response(self) -> Response {
-        if self.fragment {
-            return (StatusCode::UNAUTHORIZED, "signed out").into_response();
-        }
-        Redirect::to("/console/login").into_response()
+        let mut resp = if self.fragment {
+            (StatusCode::UNAUTHORIZED, "signed out").into_response()
+        } else {
+            Redirect::to("/console/login").into_response()
+        };
+        resp.headers_mut()
+            .append(header::SET_COOKIE, set_cookie(COOKIE, "", 0, self.tls));
+        resp
     }
 }
 
@@ -208,8 +246,9 @@ impl FromRequestParts<Arc<AppState>> for Signed {
     type Rejection = SignIn;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<AppState>) -> Result<Self, SignIn> {
-        Signed::of(parts, app).ok_or(SignIn {
+        Signed::of(&parts.headers, app).ok_or(SignIn {
             fragment: parts.headers.contains_key("x-console-fragment"),
+            tls: over_tls(&parts.headers),
         })
     }
 }
@@ -246,10 +285,7 @@ fn forbidden_csrf() -> Response {
 
 /// `GET /console/login`: the sign-in form, with a fresh sign-in token in a cookie and a field.
 pub async fn login_form(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let parts_ok = cookie(&headers, COOKIE)
-        .and_then(|id| app.console.find(id, Millis::now()))
-        .is_some();
-    if parts_ok {
+    if Signed::of(&headers, &app).is_some() {
         return Redirect::to("/console").into_response();
     }
     signin_page(&headers, StatusCode::OK, None)
@@ -291,7 +327,7 @@ pub async fn login(State(app): State<Arc<AppState>>, req: Request) -> Response {
         .extensions()
         .get::<ClientAddr>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.0.ip());
-    if !app.console.attempt(ip, now) {
+    if app.console.refused(ip, now) {
         let mut r = signin_page(
             &headers,
             StatusCode::TOO_MANY_REQUESTS,
@@ -317,14 +353,22 @@ pub async fn login(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let hash = auth::key_hash(presented);
     let key = match auth::authenticate_hash(&app.ledger.state(), &hash, now) {
         Ok(k) => k,
-        Err(e) => return signin_page(&headers, StatusCode::UNAUTHORIZED, Some(e.message())),
+        Err(e) => {
+            app.console.failed(ip, now);
+            return signin_page(&headers, StatusCode::UNAUTHORIZED, Some(e.message()));
+        }
     };
     if !key.scopes.iter().any(|s| !is_data_plane_scope(s)) {
+        app.console.failed(ip, now);
         return signin_page(
             &headers,
             StatusCode::FORBIDDEN,
             Some("This key has no admin scopes; sign in with an admin key or a workspace key with admin scopes."),
         );
+    }
+    // A browser signing in again leaves its earlier session behind: end it.
+    if let Some(old) = cookie(&headers, COOKIE) {
+        app.console.close(old);
     }
     let (id, _) = app.console.open(hash, now);
     let tls = over_tls(&headers);
@@ -383,17 +427,27 @@ mod tests {
     }
 
     #[test]
-    fn sign_in_attempts_are_limited_per_address_per_minute() {
+    fn failed_sign_ins_are_limited_per_client_per_minute() {
         let s = sessions(1_000, 3);
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         let t = Millis(120_000);
-        assert!((0..3).all(|_| s.attempt(a, t)));
-        assert!(!s.attempt(a, Millis(t.0 + 59_999)));
-        assert!(s.attempt(b, t), "another address has its own allowance");
+        for _ in 0..3 {
+            assert!(!s.refused(a, t));
+            s.failed(a, t);
+        }
+        assert!(s.refused(a, Millis(t.0 + 59_999)));
+        assert!(!s.refused(b, t), "another address has its own allowance");
         assert!(
-            s.attempt(a, Millis(t.0 + 60_000)),
+            !s.refused(a, Millis(t.0 + 60_000)),
             "a new minute starts over"
         );
+        // One IPv6 host holds a /64: its addresses share one allowance.
+        let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0, last]);
+        for n in 0..3 {
+            s.failed(v6(n), t);
+        }
+        assert!(s.refused(v6(999), t));
+        assert!(!s.refused(IpAddr::from([0x2001, 0xdb8, 1, 3, 0, 0, 0, 1]), t));
     }
 
     #[test]

@@ -432,6 +432,12 @@ async fn a_key_in_a_url_or_header_is_no_session_and_data_plane_keys_cannot_sign_
 #[tokio::test]
 async fn sign_in_attempts_are_limited_per_address() {
     let server = harness::start_with(|s| s.set("console_signins_per_minute", "3").unwrap()).await;
+    // Only failures count: signing in again and again locks no one out.
+    for _ in 0..5 {
+        assert!(signed_in(
+            &Browser::new(&server).sign_in(&server.admin_key).await
+        ));
+    }
     let mut b = Browser::new(&server);
     let mut statuses = vec![];
     for _ in 0..4 {
@@ -490,7 +496,16 @@ async fn a_session_ends_with_sign_out_its_time_and_its_key() {
     server
         .admin("DELETE", &format!("/api-keys/{id}"), None)
         .await;
-    assert_eq!(k.get("/console/keys").await.location(), "/console/login");
+    let ended = k.get("/console/keys").await;
+    assert_eq!(ended.location(), "/console/login");
+    assert!(
+        !k.cookies.contains_key("tg_session"),
+        "the dead session's cookie is removed"
+    );
+    // And the sign-in page is served, not a redirect back (a loop until the session's end).
+    k.cookies.insert("tg_session".into(), "stale".into());
+    let form = k.get("/console/login").await;
+    assert_eq!(form.status, 200, "{}", form.location());
 }
 
 #[tokio::test]
@@ -638,6 +653,11 @@ async fn hostile_forms_get_clear_errors_and_change_nothing() {
     assert_eq!(p.status, 400, "{}", p.body);
     assert_eq!(key_count(&server).await, n);
     assert_eq!(server.state().configs.len(), configs);
+    // A page number past the end of numbers is the last page, not a panic.
+    let p = b
+        .get("/console/keys?current_page=18446744073709551615")
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
     // A range of a century is not drawn as 47,000 bars; a malformed one gets the API's words.
     for page in ["/console", "/console/analytics"] {
         let p = b
@@ -714,4 +734,179 @@ async fn a_budget_set_by_the_organisation_is_not_lifted_from_a_workspace_session
     assert_eq!(p.status, 303, "{}", p.body);
     let limit = server.state().api_keys[&id].usage_limits.clone().unwrap();
     assert_eq!(limit.credit_limit, rust_decimal::Decimal::from(7));
+}
+
+#[tokio::test]
+async fn a_form_of_too_many_fields_or_bytes_is_refused_before_it_is_used() {
+    // The API's body limit (10 MiB by default) is far above any console form: a form of a
+    // million repeated fields once cost time quadratic in their number on a serving thread.
+    let server = harness::start().await;
+    let mut b = Browser::new(&server);
+    b.sign_in(&server.admin_key).await;
+    let csrf = b.csrf().await;
+    let many: Vec<(&str, &str)> = std::iter::once(("_csrf", csrf.as_str()))
+        .chain(std::iter::repeat_n(("model", "a"), 6_000))
+        .collect();
+    let p = b.post("/console/integrations/x/models", &many).await;
+    assert_eq!(p.status, 413, "{}", p.body);
+    let big = "x".repeat(2 << 20);
+    let p = b
+        .post("/console/keys", &[("_csrf", &csrf), ("name", &big)])
+        .await;
+    assert_eq!(p.status, 413);
+    assert_eq!(key_count(&server).await, 1, "only the admin key");
+}
+
+/// The integration `up`'s access for workspace `ws`: (enabled, its budget's limit, its rate limit).
+fn access_of(server: &Server, ws: &str) -> Option<(bool, Option<String>, Option<u64>)> {
+    let state = server.state();
+    let a = state.integration("up")?.workspaces.get(ws)?.clone();
+    Some((
+        a.enabled,
+        a.usage_limits.map(|u| u.credit_limit.to_string()),
+        a.rate_limits.first().map(|r| r.value),
+    ))
+}
+
+#[tokio::test]
+async fn saving_provisioning_leaves_what_the_form_did_not_show_or_change() {
+    let server = harness::start().await;
+    let a = harness::create_workspace(&server.url, "A").await;
+    let b_ws = harness::create_workspace(&server.url, "B").await;
+    server.admin("POST", "/integrations", Some(json!({"name": "up", "slug": "up", "ai_provider_id": "openai",
+        "key": "sk-x-0123456789", "global_workspace_access": {"enabled": true,
+        "usage_limits": [{"credit_limit": 100}], "rate_limits": [{"type": "requests", "unit": "rpm", "value": 60}]}}))).await;
+    server
+        .admin(
+            "PUT",
+            "/integrations/up/workspaces",
+            Some(json!({"workspaces": [{"id": b_ws, "enabled": false}]})),
+        )
+        .await;
+    let global = server
+        .state()
+        .integration("up")
+        .unwrap()
+        .global_workspace_access
+        .clone();
+    assert_eq!(
+        access_of(&server, &a),
+        Some((true, Some("100".into()), Some(60)))
+    );
+    let mut br = Browser::new(&server);
+    br.sign_in(&server.admin_key).await;
+    let page = br.get("/console/integrations/up").await;
+    assert!(
+        page.body.contains("name=\"global_was\""),
+        "the page says All Workspaces is on"
+    );
+    let csrf = page.field("_csrf");
+    // What the page posts when only workspace A's row gets a reset (B shown unticked, as it is).
+    let reset = format!("w.{a}.reset_usage");
+    let p = br
+        .post(
+            "/console/integrations/up/workspaces",
+            &[
+                ("_csrf", &csrf),
+                ("shown", &a),
+                ("was", &a),
+                ("enabled", &a),
+                (reset.as_str(), "on"),
+                ("shown", &b_ws),
+                ("global_was", "on"),
+                ("global_on", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(
+        server
+            .state()
+            .integration("up")
+            .unwrap()
+            .global_workspace_access,
+        global,
+        "All Workspaces keeps its limits"
+    );
+    assert_eq!(
+        access_of(&server, &b_ws).map(|x| x.0),
+        Some(false),
+        "B stays off"
+    );
+    // "Apply to every workspace where this integration is enabled" reaches the rows left as
+    // they were: A's own limits give way to the global ones.
+    server
+        .admin(
+            "PUT",
+            "/integrations/up/workspaces",
+            Some(json!({"workspaces": [{"id": a, "enabled": true,
+        "usage_limits": null, "rate_limits": []}]})),
+        )
+        .await;
+    server
+        .admin(
+            "PUT",
+            "/integrations/up/workspaces",
+            Some(json!({"workspaces": [{"id": a, "enabled": true,
+        "usage_limits": [{"credit_limit": 7}]}]})),
+        )
+        .await;
+    assert_eq!(access_of(&server, &a), Some((true, Some("7".into()), None)));
+    let p = br
+        .post(
+            "/console/integrations/up/workspaces",
+            &[
+                ("_csrf", &csrf),
+                ("shown", &a),
+                ("was", &a),
+                ("enabled", &a),
+                ("shown", &b_ws),
+                ("global_was", "on"),
+                ("global_on", "on"),
+                ("apply_all", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(
+        access_of(&server, &a),
+        Some((true, Some("100".into()), Some(60)))
+    );
+    assert_eq!(
+        access_of(&server, &b_ws).map(|x| x.0),
+        Some(false),
+        "B stays off"
+    );
+}
+
+#[tokio::test]
+async fn an_analytics_only_key_sees_figures_not_the_names_of_what_it_may_not_list() {
+    let mock = crate::mock::start().await;
+    let server = harness::start().await;
+    let (_, data_key) = server.tenant(&mock.url, "t").await;
+    let body = json!({"model": "@t/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        harness::post_chat(&server, &data_key, &[], &body).await.0,
+        200
+    );
+    server.admin("POST", "/api-keys/workspace/service", Some(json!({"name": "secretly-named", "workspace_id": server.state()
+        .workspaces.values().find(|w| w.name == "team t").unwrap().id, "scopes": ["completions.write"], "usage_limits": {"credit_limit": 5}}))).await;
+    let viewer = server
+        .admin(
+            "POST",
+            "/api-keys/organisation/service",
+            Some(json!({"name": "finance", "scopes": ["analytics.view"]})),
+        )
+        .await;
+    let mut b = Browser::new(&server);
+    assert!(signed_in(&b.sign_in(viewer["key"].as_str().unwrap()).await));
+    let svc = server.key_named("svc").id.clone();
+    let home = b.get("/console").await;
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains(&svc), "the figures are there, by id");
+    for name in ["secretly-named", ">svc<", "team t", "Bootstrap admin key"] {
+        assert!(!home.body.contains(name), "the overview names {name}");
+    }
+    let csv = b.get("/console/analytics.csv?table=groups&by=key").await;
+    assert!(csv.body.contains(&format!("{svc},{svc},")), "{}", csv.body);
 }
