@@ -357,6 +357,23 @@ def main():
         expect(audit).to_contain_text("research-svc")
         expect(audit).to_contain_text("Mock OpenAI")
 
+        step("keyboard: the first Tab reaches Skip to content, then the sections")
+        page.goto(f"{URL}/console")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent") == "Overview"
+
+        step("on a phone (390 px): the overview and the key's page fit the screen's width")
+        page.set_viewport_size({"width": 390, "height": 844})
+        for path, name in [("/console", "phone-overview"), (f"/console/keys/{key_id}", "phone-key")]:
+            page.goto(f"{URL}{path}")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 391, f"{path} is {width} px wide on a 390 px screen"
+            visit(page, name)
+        page.set_viewport_size({"width": 1280, "height": 900})
+
         step("no secret in any saved page but the one that shows it once")
         for name in visited:
             with open(os.path.join(SHOTS, f"{name}.html"), encoding="utf-8") as f:
