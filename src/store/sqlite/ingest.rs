@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use rusqlite::{params, CachedStatement, Connection, Transaction};
 use rust_decimal::Decimal;
 
+use parking_lot::RwLock;
+
 use super::positions::set_offset;
+use super::recent::Recent;
 use crate::domain::hash::FastHash;
-use crate::domain::UsageEvent;
+use crate::domain::{Millis, UsageEvent};
 use crate::store::StoreError;
 
 /// Dollars ↔ integer picodollars (the store's exact money column).
-fn to_pico(d: Decimal) -> i64 {
+pub(super) fn to_pico(d: Decimal) -> i64 {
     let mut d = d;
     d.rescale(12);
     i64::try_from(d.mantissa()).unwrap_or(i64::MAX)
@@ -22,7 +25,7 @@ fn to_pico(d: Decimal) -> i64 {
 /// A token count as SQLite's integer, bounded as the gateway meters it: a log may hold older
 /// events with absurd counts, which must neither wrap negative nor overflow sums (the ClickHouse
 /// store bounds them the same way, so both answer alike).
-fn count_sql(n: u64) -> i64 {
+pub(super) fn count_sql(n: u64) -> i64 {
     i64::try_from(n.min(crate::domain::pricing::MAX_PLAUSIBLE_TOKENS)).unwrap_or(i64::MAX)
 }
 
@@ -81,9 +84,12 @@ impl Agg {
 }
 
 /// Stores the events not seen before, folds them into the minute and day rollups, and records
-/// that `consumer` has read the log up to `next`, in one transaction. Returns how many were new.
+/// that `consumer` has read the log up to `next`, in one transaction; then adds the new ones to
+/// the in-memory columns, under their lock held across the commit (see `recent.rs`). Returns how
+/// many were new.
 pub(super) fn ingest(
     conn: &mut Connection,
+    recent: &RwLock<Recent>,
     events: &[UsageEvent],
     consumer: &str,
     next: u64,
@@ -93,8 +99,11 @@ pub(super) fn ingest(
     let new = insert_events(&tx, events, &mut cells)?;
     upsert_rollups(&tx, &cells)?;
     set_offset(&tx, consumer, next)?;
+    let mut recent = recent.write();
     tx.commit()?;
-    Ok(new)
+    recent.add(&new);
+    recent.slide(Millis::now());
+    Ok(new.len())
 }
 
 /// Inserts the events whose ids the table does not have, and adds each new one to its cells.
@@ -102,16 +111,16 @@ fn insert_events<'a>(
     tx: &Transaction<'_>,
     events: &'a [UsageEvent],
     cells: &mut Cells<'a>,
-) -> Result<usize, StoreError> {
+) -> Result<Vec<&'a UsageEvent>, StoreError> {
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO usage_events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     )?;
-    let mut new = 0;
+    let mut new = Vec::new();
     for e in events {
         if insert_event(&mut insert, e)? == 0 {
             continue; // seen before: a replay after a crash between insert and offset commit
         }
-        new += 1;
+        new.push(e);
         for (grain, bucket) in [
             ("minute", e.at.floor_minute().0),
             ("day", e.at.floor_day().0),

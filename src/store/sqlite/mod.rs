@@ -8,6 +8,7 @@
 //! # Modules
 //! - `ingest`: usage events in, rollups folded, in one transaction.
 //! - `query`: the analytics SQL.
+//! - `recent`: the last weeks' analytics columns in memory, which answer most queries.
 //! - `audit`, `notifications`: the audit trail and the notifier's record.
 //! - `positions`: consumers' positions in the logs (each written in the transaction of the rows
 //!   it covers).
@@ -17,13 +18,14 @@ mod ingest;
 mod notifications;
 mod positions;
 mod query;
+mod recent;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rusqlite::Connection;
 
 use crate::domain::{AuditEntry, AuditQuery, Millis, UsageEvent};
@@ -49,6 +51,7 @@ pub struct SqliteStore {
     /// The writer thread, for readers that wait on it.
     writer_thread: Hurry,
     reader: Arc<Mutex<Connection>>,
+    recent: Arc<RwLock<recent::Recent>>,
 }
 
 /// Runs write jobs on their own thread at background priority.
@@ -89,11 +92,27 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_thread(writer, rx, hurry))?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             writer: tx,
             writer_thread: writer_hurry,
             reader: Arc::new(Mutex::new(reader)),
-        })
+            recent: Arc::default(),
+        };
+        // The first job of the writer thread, so no ingest comes between the load and the rows
+        // it appends; until it is done, queries go to SQLite.
+        let recent = store.recent.clone();
+        let load: WriteJob = Box::new(move |c: &mut Connection| {
+            let mut r = recent.write();
+            if let Err(e) = r.load(c, Millis::now()) {
+                *r = recent::Recent::default();
+                tracing::warn!(error = %e, "loading the recent analytics columns failed; analytics read SQLite");
+            }
+        });
+        store
+            .writer
+            .send(load)
+            .map_err(|_| StoreError::WriterStopped)?;
+        Ok(store)
     }
 
     /// Runs `f` on the writer thread at the caller's priority (see [`Priority::apply`]).
@@ -188,7 +207,8 @@ impl UsageStore for SqliteStore {
         next_offset: u64,
     ) -> BoxFuture<'static, Result<usize, StoreError>> {
         let consumer = consumer.to_owned();
-        self.write(move |c| ingest::ingest(c, &events, &consumer, next_offset))
+        let recent = self.recent.clone();
+        self.write(move |c| ingest::ingest(c, &recent, &events, &consumer, next_offset))
     }
 
     fn offset(&self, consumer: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
@@ -201,7 +221,10 @@ impl UsageStore for SqliteStore {
         filter: Filter,
         bucket: Bucket,
     ) -> BoxFuture<'static, Result<Vec<(Millis, Stats)>, StoreError>> {
-        Self::blocking(&self.reader, move |c| query::series(c, &filter, bucket))
+        let recent = self.recent.clone();
+        Self::blocking(&self.reader, move |c| {
+            query::series(c, &recent.read(), &filter, bucket)
+        })
     }
 
     fn latency(
@@ -209,7 +232,10 @@ impl UsageStore for SqliteStore {
         filter: Filter,
         bucket: Bucket,
     ) -> BoxFuture<'static, Result<LatencyReport, StoreError>> {
-        Self::blocking(&self.reader, move |c| query::latency(c, &filter, bucket))
+        let recent = self.recent.clone();
+        Self::blocking(&self.reader, move |c| {
+            query::latency(c, &recent.read(), &filter, bucket)
+        })
     }
 
     fn series_by(
@@ -218,8 +244,9 @@ impl UsageStore for SqliteStore {
         bucket: Bucket,
         by: GroupBy,
     ) -> BoxFuture<'static, Result<GroupSeries, StoreError>> {
+        let recent = self.recent.clone();
         Self::blocking(&self.reader, move |c| {
-            query::series_by(c, &filter, bucket, &by)
+            query::series_by(c, &recent.read(), &filter, bucket, &by)
         })
     }
 
@@ -228,7 +255,10 @@ impl UsageStore for SqliteStore {
         filter: Filter,
         by: GroupBy,
     ) -> BoxFuture<'static, Result<Vec<(String, Stats)>, StoreError>> {
-        Self::blocking(&self.reader, move |c| query::groups(c, &filter, &by))
+        let recent = self.recent.clone();
+        Self::blocking(&self.reader, move |c| {
+            query::groups(c, &recent.read(), &filter, &by)
+        })
     }
 
     fn rollups(

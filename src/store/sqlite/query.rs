@@ -5,6 +5,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params, Connection};
 use rust_decimal::Decimal;
 
+use super::recent::Recent;
 use crate::domain::Millis;
 use crate::store::{
     latency_report, Bucket, Filter, GroupBy, GroupSeries, LatencyReport, RollupRow, Stats,
@@ -104,10 +105,14 @@ fn stats_of(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Stats> {
 /// then by value. A key left out reads as 0 (the bucket) or `''` (the value); one must be given.
 fn stats_by(
     conn: &mut Connection,
+    recent: &Recent,
     f: &Filter,
     bucket: Option<Bucket>,
     by: Option<&GroupBy>,
 ) -> Result<GroupSeries, StoreError> {
+    if let Some(rows) = recent.stats_by(f, bucket, by) {
+        return Ok(rows);
+    }
     let (cond, filter_args) = where_clause(f);
     let (mut args, mut keys) = (Vec::new(), Vec::new());
     let at = match bucket {
@@ -148,27 +153,33 @@ fn stats_by(
 
 pub(super) fn series(
     conn: &mut Connection,
+    recent: &Recent,
     f: &Filter,
     b: Bucket,
 ) -> Result<Vec<(Millis, Stats)>, StoreError> {
-    let rows = stats_by(conn, f, Some(b), None)?;
+    let rows = stats_by(conn, recent, f, Some(b), None)?;
     Ok(rows.into_iter().map(|(at, _, s)| (at, s)).collect())
 }
 
 pub(super) fn series_by(
     conn: &mut Connection,
+    recent: &Recent,
     f: &Filter,
     b: Bucket,
     by: &GroupBy,
 ) -> Result<GroupSeries, StoreError> {
-    stats_by(conn, f, Some(b), Some(by))
+    stats_by(conn, recent, f, Some(b), Some(by))
 }
 
 pub(super) fn latency(
     conn: &mut Connection,
+    recent: &Recent,
     f: &Filter,
     b: Bucket,
 ) -> Result<LatencyReport, StoreError> {
+    if let Some(report) = recent.latency(f, b) {
+        return Ok(report);
+    }
     let (cond, args) = where_clause(f);
     let sql = format!("SELECT ts, latency_ms FROM usage_events WHERE {cond} ORDER BY ts");
     let mut stmt = conn.prepare(&sql)?;
@@ -198,10 +209,11 @@ fn group_column(by: &GroupBy) -> (String, Option<Sql>) {
 
 pub(super) fn groups(
     conn: &mut Connection,
+    recent: &Recent,
     f: &Filter,
     by: &GroupBy,
 ) -> Result<Vec<(String, Stats)>, StoreError> {
-    let rows = stats_by(conn, f, None, Some(by))?;
+    let rows = stats_by(conn, recent, f, None, Some(by))?;
     Ok(rows.into_iter().map(|(_, g, s)| (g, s)).collect())
 }
 
