@@ -13,7 +13,8 @@
 //! store's offset move (which it reads through the writer thread, after that job) sees the rows.
 //! Evicting the oldest rows past [`MAX_ROWS`] moves `since` past them.
 //!
-//! Strings are interned (`u32` symbols), metadata maps too: a row is about 80 bytes.
+//! Strings are interned (`u32` symbols), metadata maps too: a row is 80 bytes. Trace ids, one per
+//! request, are not kept (a query by trace id reads SQLite).
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,7 +31,10 @@ pub const WINDOW_DAYS: i64 = 93;
 pub const MAX_ROWS: usize = 2_000_000;
 const DAY_MS: i64 = 86_400_000;
 
-/// One event's analytics columns; strings as symbols of [`Recent::names`].
+/// The symbol of a missing value (`NULL` in the table).
+const NONE: u32 = u32::MAX;
+
+/// One event's analytics columns; strings as symbols of [`Recent::names`] (or [`NONE`]).
 #[derive(Clone, Copy)]
 struct Row {
     ts: i64,
@@ -39,15 +43,14 @@ struct Row {
     cost_pico: i64,
     latency: u32,
     status: u16,
-    user: Option<u32>,
+    user: u32,
     workspace: u32,
     key: u32,
     provider: u32,
     model: u32,
     ai_provider: u32,
-    config: Option<u32>,
-    department: Option<u32>,
-    trace: u32,
+    config: u32,
+    department: u32,
     metadata: u32,
 }
 
@@ -74,6 +77,10 @@ impl Recent {
         n
     }
 
+    fn optional(&mut self, s: Option<&str>) -> u32 {
+        s.map_or(NONE, |s| self.symbol(s))
+    }
+
     fn metadata_symbol(&mut self, m: &Metadata) -> u32 {
         if let Some(&n) = self.metadata_symbols.get(m) {
             return n;
@@ -91,13 +98,13 @@ impl Recent {
         let mut stmt = conn.prepare(
             "SELECT ts, prompt_tokens, completion_tokens, cost_pico, latency_ms, status_code, user,
              workspace_id, api_key_id, provider_slug, model, ai_provider, config_id, department,
-             trace_id, metadata FROM usage_events WHERE ts >= ? ORDER BY ts",
+             metadata FROM usage_events WHERE ts >= ? ORDER BY ts",
         )?;
         let mut rows = stmt.query([since])?;
         while let Some(r) = rows.next()? {
             let text = |i: usize| r.get::<_, String>(i);
             let opt = |i: usize| r.get::<_, Option<String>>(i);
-            let metadata: Metadata = serde_json::from_str(&text(15)?).unwrap_or_default();
+            let metadata: Metadata = serde_json::from_str(&text(14)?).unwrap_or_default();
             let row = Row {
                 ts: r.get(0)?,
                 prompt: r.get(1)?,
@@ -105,15 +112,14 @@ impl Recent {
                 cost_pico: r.get(3)?,
                 latency: r.get(4)?,
                 status: r.get(5)?,
-                user: opt(6)?.map(|u| self.symbol(&u)),
+                user: self.optional(opt(6)?.as_deref()),
                 workspace: self.symbol(&text(7)?),
                 key: self.symbol(&text(8)?),
                 provider: self.symbol(&text(9)?),
                 model: self.symbol(&text(10)?),
                 ai_provider: self.symbol(&text(11)?),
-                config: opt(12)?.map(|c| self.symbol(&c)),
-                department: opt(13)?.map(|d| self.symbol(&d)),
-                trace: self.symbol(&text(14)?),
+                config: self.optional(opt(12)?.as_deref()),
+                department: self.optional(opt(13)?.as_deref()),
                 metadata: self.metadata_symbol(&metadata),
             };
             self.rows.push_back(row);
@@ -134,15 +140,14 @@ impl Recent {
                 cost_pico: to_pico(e.cost_usd),
                 latency: e.latency_ms,
                 status: e.status_code,
-                user: e.user.as_deref().map(|u| self.symbol(u)),
+                user: self.optional(e.user.as_deref()),
                 workspace: self.symbol(&e.workspace_id),
                 key: self.symbol(&e.api_key_id),
                 provider: self.symbol(&e.provider_slug),
                 model: self.symbol(&e.model),
                 ai_provider: self.symbol(&e.ai_provider),
-                config: e.config_id.as_deref().map(|c| self.symbol(c)),
-                department: e.department.as_deref().map(|d| self.symbol(d)),
-                trace: self.symbol(&e.trace_id),
+                config: self.optional(e.config_id.as_deref()),
+                department: self.optional(e.department.as_deref()),
                 metadata: self.metadata_symbol(&e.metadata),
             };
             self.rows.push_back(row);
@@ -174,7 +179,7 @@ impl Recent {
 
     /// Whether a query over `f` can be answered here.
     fn covers(&self, f: &Filter) -> bool {
-        self.since.is_some_and(|s| f.from.0 >= s)
+        self.since.is_some_and(|s| f.from.0 >= s) && f.trace_id.is_none()
     }
 
     /// The symbols of `names` that exist (a name never seen matches no row).
@@ -189,7 +194,6 @@ impl Recent {
     fn matching<'a>(&'a self, f: &'a Filter) -> impl Iterator<Item = &'a Row> + 'a {
         let sym = |s: &String| self.symbols.get(s).copied();
         let workspace = f.workspace_id.as_ref().map(sym);
-        let trace = f.trace_id.as_ref().map(sym);
         let keys = self.symbols_of(&f.api_key_ids);
         let providers = self.symbols_of(&f.provider_slugs);
         let configs = self.symbols_of(&f.config_ids);
@@ -201,10 +205,9 @@ impl Recent {
             r.ts >= f.from.0
                 && r.ts < f.to.0
                 && workspace.is_none_or(|w| w == Some(r.workspace))
-                && trace.is_none_or(|t| t == Some(r.trace))
                 && in_list(&f.api_key_ids, &keys, r.key)
                 && in_list(&f.provider_slugs, &providers, r.provider)
-                && (f.config_ids.is_empty() || r.config.is_some_and(|c| configs.contains(&c)))
+                && (f.config_ids.is_empty() || r.config != NONE && configs.contains(&r.config))
                 && (f.status_codes.is_empty() || f.status_codes.contains(&r.status))
                 && (models.is_empty()
                     || models
@@ -219,14 +222,14 @@ impl Recent {
 
     /// A row's group value, as `group_column` reads it.
     fn value(&self, r: &Row, by: &GroupBy) -> String {
-        let name = |s: Option<u32>| s.map_or("", |s| self.names[s as usize].as_str()).to_owned();
+        let name = |s: u32| self.names.get(s as usize).cloned().unwrap_or_default();
         match by {
             GroupBy::User => name(r.user),
-            GroupBy::Model => name(Some(r.model)),
-            GroupBy::AiProvider => name(Some(r.ai_provider)),
-            GroupBy::Provider => name(Some(r.provider)),
-            GroupBy::ApiKey => name(Some(r.key)),
-            GroupBy::Workspace => name(Some(r.workspace)),
+            GroupBy::Model => name(r.model),
+            GroupBy::AiProvider => name(r.ai_provider),
+            GroupBy::Provider => name(r.provider),
+            GroupBy::ApiKey => name(r.key),
+            GroupBy::Workspace => name(r.workspace),
             GroupBy::StatusCode => r.status.to_string(),
             GroupBy::Config => name(r.config),
             GroupBy::Department => name(r.department),
@@ -290,17 +293,16 @@ impl Recent {
 
 /// A group key of `r` for `by` before its text is looked up: a symbol, a status, a metadata set.
 fn raw_key(r: &Row, by: &GroupBy) -> u64 {
-    let opt = |s: Option<u32>| s.map_or(u64::MAX, u64::from);
     match by {
-        GroupBy::User => opt(r.user),
+        GroupBy::User => u64::from(r.user),
         GroupBy::Model => u64::from(r.model),
         GroupBy::AiProvider => u64::from(r.ai_provider),
         GroupBy::Provider => u64::from(r.provider),
         GroupBy::ApiKey => u64::from(r.key),
         GroupBy::Workspace => u64::from(r.workspace),
         GroupBy::StatusCode => u64::from(r.status),
-        GroupBy::Config => opt(r.config),
-        GroupBy::Department => opt(r.department),
+        GroupBy::Config => u64::from(r.config),
+        GroupBy::Department => u64::from(r.department),
         GroupBy::Metadata(_) => u64::from(r.metadata),
     }
 }
@@ -326,8 +328,8 @@ impl Acc {
         self.prompt += i128::from(r.prompt);
         self.completion += i128::from(r.completion);
         self.cost_pico += i128::from(r.cost_pico);
-        if let Some(u) = r.user {
-            self.users.insert(u);
+        if r.user != NONE {
+            self.users.insert(r.user);
         }
         self.last_seen = self.last_seen.max(r.ts);
         self.first.get_or_insert(*r);
@@ -434,7 +436,6 @@ mod tests {
             with(&|f| f.provider_slugs = vec!["b".into()]),
             with(&|f| f.config_ids = vec!["pc-1".into()]),
             with(&|f| f.status_codes = vec![429, 500]),
-            with(&|f| f.trace_id = Some("t3".into())),
             with(&|f| {
                 f.models = vec![
                     ("openai".into(), "m2".into()),
@@ -523,6 +524,12 @@ mod tests {
             ..Default::default()
         };
         assert!(!recent.covers(&old));
+        let by_trace = Filter {
+            trace_id: Some("t3".into()),
+            ..filters(now)[0].clone()
+        };
+        assert!(!recent.covers(&by_trace), "trace ids are not kept");
+        assert_eq!(std::mem::size_of::<Row>(), 80);
     }
 
     #[test]
