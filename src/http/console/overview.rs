@@ -53,21 +53,25 @@ pub async fn page(State(app): App, s: Signed, QueryMap(q): QueryMap) -> Response
 }
 
 async fn figures(app: &AppState, s: &Signed, p: &Picked, now: Millis) -> Result<Markup, String> {
-    let [today, week, month] = an::spend_to_date(app, s, now).await?;
     let at = an::buckets(p)?;
     let daily = p.bucket == Bucket::Day;
-    let costs = an::cost_stack(app, s, p, &at).await?;
-    let stats = an::series(app, p, &at).await?;
-    let (latency, _) = app
-        .store
-        .latency(p.filter.clone(), p.bucket)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut keys = app
-        .store
-        .groups(p.filter.clone(), GroupBy::ApiKey)
-        .await
-        .map_err(|e| e.to_string())?;
+    // The queries are independent: side by side, they take the longest one's time.
+    let latency = async {
+        let report = app.store.latency(p.filter.clone(), p.bucket).await;
+        report.map(|(all, _)| all).map_err(|e| e.to_string())
+    };
+    let keys = async {
+        let rows = app.store.groups(p.filter.clone(), GroupBy::ApiKey).await;
+        rows.map_err(|e| e.to_string())
+    };
+    let (spend, costs, stats, latency, mut keys) = tokio::try_join!(
+        an::spend_to_date(app, s, now),
+        an::cost_stack(app, s, p, &at),
+        an::series(app, p, &at),
+        latency,
+        keys,
+    )?;
+    let [today, week, month] = spend;
     keys.sort_by(|a, b| b.1.cost_usd.cmp(&a.1.cost_usd).then(a.0.cmp(&b.0)));
     keys.truncate(10);
     let requests: u64 = stats.iter().map(|s| s.requests).sum();

@@ -133,6 +133,17 @@ impl SqliteStore {
         .boxed()
     }
 
+    /// Runs an analytics query on tokio's blocking pool with the in-memory columns (read-locked)
+    /// and the read connection, which it locks only to read SQLite: queries the columns answer
+    /// run side by side.
+    fn analytics<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Mutex<Connection>, &recent::Recent) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let (conn, recent) = (self.reader.clone(), self.recent.clone());
+        async move { tokio::task::spawn_blocking(move || f(&conn, &recent.read())).await? }.boxed()
+    }
+
     /// Runs `f` with the read connection on tokio's blocking pool.
     fn blocking<T: Send + 'static>(
         conn: &Arc<Mutex<Connection>>,
@@ -221,10 +232,7 @@ impl UsageStore for SqliteStore {
         filter: Filter,
         bucket: Bucket,
     ) -> BoxFuture<'static, Result<Vec<(Millis, Stats)>, StoreError>> {
-        let recent = self.recent.clone();
-        Self::blocking(&self.reader, move |c| {
-            query::series(c, &recent.read(), &filter, bucket)
-        })
+        self.analytics(move |c, recent| query::series(c, recent, &filter, bucket))
     }
 
     fn latency(
@@ -232,10 +240,7 @@ impl UsageStore for SqliteStore {
         filter: Filter,
         bucket: Bucket,
     ) -> BoxFuture<'static, Result<LatencyReport, StoreError>> {
-        let recent = self.recent.clone();
-        Self::blocking(&self.reader, move |c| {
-            query::latency(c, &recent.read(), &filter, bucket)
-        })
+        self.analytics(move |c, recent| query::latency(c, recent, &filter, bucket))
     }
 
     fn series_by(
@@ -244,10 +249,7 @@ impl UsageStore for SqliteStore {
         bucket: Bucket,
         by: GroupBy,
     ) -> BoxFuture<'static, Result<GroupSeries, StoreError>> {
-        let recent = self.recent.clone();
-        Self::blocking(&self.reader, move |c| {
-            query::series_by(c, &recent.read(), &filter, bucket, &by)
-        })
+        self.analytics(move |c, recent| query::series_by(c, recent, &filter, bucket, &by))
     }
 
     fn groups(
@@ -255,10 +257,7 @@ impl UsageStore for SqliteStore {
         filter: Filter,
         by: GroupBy,
     ) -> BoxFuture<'static, Result<Vec<(String, Stats)>, StoreError>> {
-        let recent = self.recent.clone();
-        Self::blocking(&self.reader, move |c| {
-            query::groups(c, &recent.read(), &filter, &by)
-        })
+        self.analytics(move |c, recent| query::groups(c, recent, &filter, &by))
     }
 
     fn rollups(

@@ -5,6 +5,8 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params, Connection};
 use rust_decimal::Decimal;
 
+use parking_lot::Mutex;
+
 use super::recent::Recent;
 use crate::domain::Millis;
 use crate::store::{
@@ -104,7 +106,7 @@ fn stats_of(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Stats> {
 /// `series`, `groups` and `series_by`): in bucket order, within a bucket most requests first,
 /// then by value. A key left out reads as 0 (the bucket) or `''` (the value); one must be given.
 fn stats_by(
-    conn: &mut Connection,
+    conn: &Mutex<Connection>,
     recent: &Recent,
     f: &Filter,
     bucket: Option<Bucket>,
@@ -113,6 +115,7 @@ fn stats_by(
     if let Some(rows) = recent.stats_by(f, bucket, by) {
         return Ok(rows);
     }
+    let conn = conn.lock();
     let (cond, filter_args) = where_clause(f);
     let (mut args, mut keys) = (Vec::new(), Vec::new());
     let at = match bucket {
@@ -152,7 +155,7 @@ fn stats_by(
 }
 
 pub(super) fn series(
-    conn: &mut Connection,
+    conn: &Mutex<Connection>,
     recent: &Recent,
     f: &Filter,
     b: Bucket,
@@ -162,7 +165,7 @@ pub(super) fn series(
 }
 
 pub(super) fn series_by(
-    conn: &mut Connection,
+    conn: &Mutex<Connection>,
     recent: &Recent,
     f: &Filter,
     b: Bucket,
@@ -172,7 +175,7 @@ pub(super) fn series_by(
 }
 
 pub(super) fn latency(
-    conn: &mut Connection,
+    conn: &Mutex<Connection>,
     recent: &Recent,
     f: &Filter,
     b: Bucket,
@@ -180,6 +183,7 @@ pub(super) fn latency(
     if let Some(report) = recent.latency(f, b) {
         return Ok(report);
     }
+    let conn = conn.lock();
     let (cond, args) = where_clause(f);
     let sql = format!("SELECT ts, latency_ms FROM usage_events WHERE {cond} ORDER BY ts");
     let mut stmt = conn.prepare(&sql)?;
@@ -208,7 +212,7 @@ fn group_column(by: &GroupBy) -> (String, Option<Sql>) {
 }
 
 pub(super) fn groups(
-    conn: &mut Connection,
+    conn: &Mutex<Connection>,
     recent: &Recent,
     f: &Filter,
     by: &GroupBy,

@@ -16,12 +16,13 @@
 //! Strings are interned (`u32` symbols), metadata maps too: a row is 80 bytes. Trace ids, one per
 //! request, are not kept (a query by trace id reads SQLite).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use rusqlite::Connection;
 use rust_decimal::Decimal;
 
 use super::ingest::{count_sql, to_pico};
+use crate::domain::hash::FastHash;
 use crate::domain::{Metadata, Millis, UsageEvent};
 use crate::store::{latency_report, Bucket, Filter, GroupBy, GroupSeries, LatencyReport, Stats};
 
@@ -252,13 +253,13 @@ impl Recent {
         }
         // Grouped first by symbol-level keys (cheap), then by the value's text: `coalesce` makes
         // a missing value and an empty one the same group.
-        let mut raw: HashMap<(i64, u64), Acc> = HashMap::new();
+        let mut raw: HashMap<(i64, u64), Acc, FastHash> = HashMap::default();
         for r in self.matching(f) {
             let at = bucket.map_or(0, |b| r.ts / b.ms() * b.ms());
             let g = by.map_or(0, |by| raw_key(r, by));
             raw.entry((at, g)).or_default().add(r);
         }
-        let mut merged: HashMap<(i64, String), Acc> = HashMap::new();
+        let mut merged: HashMap<(i64, String), Acc, FastHash> = HashMap::default();
         for ((at, _), acc) in raw {
             let value = match (by, acc.first) {
                 (Some(by), Some(r)) => self.value(&r, by),
@@ -268,7 +269,7 @@ impl Recent {
         }
         let mut out: GroupSeries = merged
             .into_iter()
-            .map(|((at, g), acc)| (Millis(at), g, acc.stats()))
+            .map(|((at, g), mut acc)| (Millis(at), g, acc.stats()))
             .collect();
         out.sort_by(|a, b| {
             (a.0, std::cmp::Reverse(a.2.requests), &a.1).cmp(&(
@@ -315,7 +316,8 @@ struct Acc {
     prompt: i128,
     completion: i128,
     cost_pico: i128,
-    users: HashSet<u32>,
+    /// Every row's user (with repeats): counted distinct at the end, cheaper than a set a group.
+    users: Vec<u32>,
     last_seen: i64,
     /// A row of the group, to read its value from.
     first: Option<Row>,
@@ -329,7 +331,7 @@ impl Acc {
         self.completion += i128::from(r.completion);
         self.cost_pico += i128::from(r.cost_pico);
         if r.user != NONE {
-            self.users.insert(r.user);
+            self.users.push(r.user);
         }
         self.last_seen = self.last_seen.max(r.ts);
         self.first.get_or_insert(*r);
@@ -348,8 +350,10 @@ impl Acc {
         }
     }
 
-    fn stats(&self) -> Stats {
+    fn stats(&mut self) -> Stats {
         let count = |n: i128| u64::try_from(n.max(0)).unwrap_or(u64::MAX);
+        self.users.sort_unstable();
+        self.users.dedup();
         Stats {
             requests: self.requests,
             errors: self.errors,
@@ -485,34 +489,30 @@ mod tests {
             GroupBy::Metadata("team".into()),
             GroupBy::Metadata("absent".into()),
         ];
-        let mut reader = store.reader.lock();
+        let reader = &store.reader;
         let recent = store.recent.read();
         for f in filters(now) {
             for b in [Bucket::Hour, Bucket::Day] {
-                let memory = query::series(&mut reader, &recent, &f, b).unwrap();
+                let memory = query::series(reader, &recent, &f, b).unwrap();
                 assert!(recent.covers(&f));
+                assert_eq!(memory, query::series(reader, &sql, &f, b).unwrap(), "{f:?}");
+                let memory = query::latency(reader, &recent, &f, b).unwrap();
                 assert_eq!(
                     memory,
-                    query::series(&mut reader, &sql, &f, b).unwrap(),
-                    "{f:?}"
-                );
-                let memory = query::latency(&mut reader, &recent, &f, b).unwrap();
-                assert_eq!(
-                    memory,
-                    query::latency(&mut reader, &sql, &f, b).unwrap(),
+                    query::latency(reader, &sql, &f, b).unwrap(),
                     "{f:?}"
                 );
                 for by in &groupings {
-                    let memory = query::series_by(&mut reader, &recent, &f, b, by).unwrap();
-                    let from_sql = query::series_by(&mut reader, &sql, &f, b, by).unwrap();
+                    let memory = query::series_by(reader, &recent, &f, b, by).unwrap();
+                    let from_sql = query::series_by(reader, &sql, &f, b, by).unwrap();
                     assert_eq!(memory, from_sql, "{f:?} {by:?}");
                 }
             }
             for by in &groupings {
-                let memory = query::groups(&mut reader, &recent, &f, by).unwrap();
+                let memory = query::groups(reader, &recent, &f, by).unwrap();
                 assert_eq!(
                     memory,
-                    query::groups(&mut reader, &sql, &f, by).unwrap(),
+                    query::groups(reader, &sql, &f, by).unwrap(),
                     "{f:?} {by:?}"
                 );
             }
