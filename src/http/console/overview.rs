@@ -15,6 +15,7 @@ use super::layout::usage_bar;
 use super::session::Signed;
 use crate::control::{api_keys, views};
 use crate::domain::budget::BudgetRef;
+use crate::domain::limits::UsageLimit;
 use crate::domain::Millis;
 use crate::http::extract::QueryMap;
 use crate::http::AppState;
@@ -128,17 +129,17 @@ async fn figures(app: &AppState, s: &Signed, p: &Picked, now: Millis) -> Result<
 /// providers, by the share used, as their views show it.
 fn closest_budgets(app: &AppState, s: &Signed, now: Millis) -> Markup {
     let state = app.ledger.state();
-    let mut rows: Vec<(Decimal, String, String, serde_json::Value)> = Vec::new();
-    let mut consider = |what: String,
-                        href: String,
-                        r: BudgetRef,
-                        l: &Option<crate::domain::limits::UsageLimit>| {
-        if let Some(limit) = l {
-            if limit.credit_limit > Decimal::ZERO {
-                let used = state.budget_used(&r, limit, now);
-                let view = views::usage_limit(&state, r, l, now);
-                rows.push((used / limit.credit_limit, what, href, view));
-            }
+    // (share used, what, href, budget): labels are made for the ten shown only.
+    type Candidate<'a> = (Decimal, Owner<'a>, BudgetRef, &'a Option<UsageLimit>);
+    let mut found: Vec<Candidate> = Vec::new();
+    let share = |r: &BudgetRef, l: &Option<UsageLimit>| {
+        l.as_ref()
+            .filter(|l| l.credit_limit > Decimal::ZERO)
+            .map(|l| state.budget_used(r, l, now) / l.credit_limit)
+    };
+    let mut consider = |owner, r: BudgetRef, l| {
+        if let Some(used) = share(&r, l) {
+            found.push((used, owner, r, l));
         }
     };
     let may = |scope: &str| s.caller.key.has_scope(scope);
@@ -149,8 +150,7 @@ fn closest_budgets(app: &AppState, s: &Signed, now: Millis) -> Markup {
         .filter(|k| api_keys::may_list(&s.caller, k))
     {
         consider(
-            format!("key {}", k.name),
-            format!("/console/keys/{}", k.id),
+            Owner::Key(&k.name, &k.id),
             BudgetRef::ApiKey(k.id.clone()),
             &k.usage_limits,
         );
@@ -161,8 +161,7 @@ fn closest_budgets(app: &AppState, s: &Signed, now: Millis) -> Markup {
         .filter(|w| workspaces && s.caller.sees(Some(&w.id)))
     {
         consider(
-            format!("workspace {}", w.name),
-            format!("/console/workspaces/{}", w.id),
+            Owner::Workspace(&w.name, &w.id),
             BudgetRef::Workspace(w.id.clone()),
             &w.usage_limits,
         );
@@ -173,14 +172,23 @@ fn closest_budgets(app: &AppState, s: &Signed, now: Millis) -> Markup {
         .filter(|p| providers && s.caller.sees(Some(&p.workspace_id)))
     {
         consider(
-            format!("provider {}", p.name),
-            "/console/providers".into(),
+            Owner::Provider(&p.name),
             BudgetRef::Provider(p.id.clone()),
             &p.usage_limits,
         );
     }
-    rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    rows.truncate(10);
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.label().cmp(&b.1.label())));
+    found.truncate(10);
+    let rows: Vec<(String, String, serde_json::Value)> = found
+        .into_iter()
+        .map(|(_, owner, r, l)| {
+            (
+                owner.label(),
+                owner.href(),
+                views::usage_limit(&state, r, l, now),
+            )
+        })
+        .collect();
     html! {
         section.panel {
             h2 { "Budgets closest to exhaustion" }
@@ -188,12 +196,37 @@ fn closest_budgets(app: &AppState, s: &Signed, now: Millis) -> Markup {
                 caption.sr { "Budgets by share used" }
                 thead { tr { th { "Budget of" } th { "Used" } } }
                 tbody {
-                    @for (_, what, href, view) in &rows {
+                    @for (what, href, view) in &rows {
                         tr { td { a href=(href) { (what) } } td { (usage_bar(view)) } }
                     }
                 }
             }
             @if rows.is_empty() { p.muted { "No budgets are set." } }
+        }
+    }
+}
+
+/// Whose budget a row of the overview shows.
+enum Owner<'a> {
+    Key(&'a str, &'a str),
+    Workspace(&'a str, &'a str),
+    Provider(&'a str),
+}
+
+impl Owner<'_> {
+    fn label(&self) -> String {
+        match self {
+            Owner::Key(name, _) => format!("key {name}"),
+            Owner::Workspace(name, _) => format!("workspace {name}"),
+            Owner::Provider(name) => format!("provider {name}"),
+        }
+    }
+
+    fn href(&self) -> String {
+        match self {
+            Owner::Key(_, id) => format!("/console/keys/{id}"),
+            Owner::Workspace(_, id) => format!("/console/workspaces/{id}"),
+            Owner::Provider(_) => "/console/providers".into(),
         }
     }
 }

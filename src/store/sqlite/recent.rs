@@ -267,9 +267,10 @@ impl Recent {
             };
             merged.entry((at, value)).or_default().merge(acc);
         }
+        let mut seen = Distinct::new(self.names.len());
         let mut out: GroupSeries = merged
             .into_iter()
-            .map(|((at, g), mut acc)| (Millis(at), g, acc.stats()))
+            .map(|((at, g), mut acc)| (Millis(at), g, acc.stats(&mut seen)))
             .collect();
         out.sort_by(|a, b| {
             (a.0, std::cmp::Reverse(a.2.requests), &a.1).cmp(&(
@@ -350,19 +351,51 @@ impl Acc {
         }
     }
 
-    fn stats(&mut self) -> Stats {
+    fn stats(&mut self, seen: &mut Distinct) -> Stats {
         let count = |n: i128| u64::try_from(n.max(0)).unwrap_or(u64::MAX);
-        self.users.sort_unstable();
-        self.users.dedup();
+        let users = seen.count(&mut self.users);
         Stats {
             requests: self.requests,
             errors: self.errors,
             prompt_tokens: count(self.prompt),
             completion_tokens: count(self.completion),
             cost_usd: Decimal::from_i128_with_scale(self.cost_pico, 12).normalize(),
-            users: self.users.len() as u64,
+            users,
             last_seen: Millis(self.last_seen),
         }
+    }
+}
+
+/// Counts distinct symbols: a sort for a few, a bitset over every symbol for many (a day's
+/// bucket of a month's traffic holds thousands of users' requests).
+struct Distinct {
+    bits: Vec<u64>,
+}
+
+impl Distinct {
+    fn new(symbols: usize) -> Distinct {
+        Distinct {
+            bits: vec![0; symbols / 64 + 1],
+        }
+    }
+
+    fn count(&mut self, users: &mut [u32]) -> u64 {
+        if users.len() <= 256 {
+            users.sort_unstable();
+            return users.chunk_by(|a, b| a == b).count() as u64;
+        }
+        self.bits.iter_mut().for_each(|w| *w = 0);
+        let mut n = 0;
+        for &u in users.iter() {
+            let (word, bit) = (u as usize / 64, 1u64 << (u % 64));
+            if let Some(w) = self.bits.get_mut(word) {
+                if *w & bit == 0 {
+                    *w |= bit;
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 }
 
@@ -530,6 +563,18 @@ mod tests {
         };
         assert!(!recent.covers(&by_trace), "trace ids are not kept");
         assert_eq!(std::mem::size_of::<Row>(), 80);
+    }
+
+    #[test]
+    fn distinct_users_are_counted_alike_by_sort_and_by_bitset() {
+        let mut seen = Distinct::new(5_000);
+        for n in [0usize, 1, 255, 256, 257, 4_000] {
+            let mut users: Vec<u32> = (0..n).map(|i| (i * 7 % 1_999) as u32).collect();
+            let mut expected = users.clone();
+            expected.sort_unstable();
+            expected.dedup();
+            assert_eq!(seen.count(&mut users), expected.len() as u64, "{n}");
+        }
     }
 
     #[test]
