@@ -174,13 +174,14 @@ fn count(d: Decimal) -> String {
     d.normalize().to_string()
 }
 
-/// The cost per bucket of the top groups (most cost first) and the rest as "other".
+/// The cost per bucket of the top groups (most cost first) and the rest as "other", and each
+/// bucket's totals (requests, errors, tokens and cost; not distinct users).
 pub async fn cost_stack(
     app: &AppState,
     s: &Signed,
     p: &Picked,
     at: &[Millis],
-) -> Result<Vec<Series>, String> {
+) -> Result<(Vec<Series>, Vec<Stats>), String> {
     let rows = app
         .store
         .series_by(p.filter.clone(), p.bucket, p.by.clone())
@@ -202,12 +203,20 @@ pub async fn cost_stack(
         })
         .collect();
     let mut other = vec![Decimal::ZERO; at.len()];
+    // Each bucket's totals are its groups' sums, so the request chart needs no query of its own.
+    let mut totals = vec![Stats::default(); at.len()];
     for (t, g, s) in &rows {
-        let Some(i) = index.get(t) else { continue };
+        let Some(&i) = index.get(t) else { continue };
         match top.iter().position(|x| x == g) {
-            Some(k) => series[k].values[*i] += s.cost_usd,
-            None => other[*i] += s.cost_usd,
+            Some(k) => series[k].values[i] += s.cost_usd,
+            None => other[i] += s.cost_usd,
         }
+        let total = &mut totals[i];
+        total.requests += s.requests;
+        total.errors += s.errors;
+        total.prompt_tokens = total.prompt_tokens.saturating_add(s.prompt_tokens);
+        total.completion_tokens = total.completion_tokens.saturating_add(s.completion_tokens);
+        total.cost_usd += s.cost_usd;
     }
     if other.iter().any(|v| !v.is_zero()) {
         series.push(Series {
@@ -215,7 +224,7 @@ pub async fn cost_stack(
             values: other,
         });
     }
-    Ok(series)
+    Ok((series, totals))
 }
 
 /// A chart and the table of its figures under it.
@@ -251,23 +260,6 @@ pub fn chart_with_table(
             }
         }
     }
-}
-
-/// The per-bucket stats of the filter, aligned on `at`.
-pub async fn series(app: &AppState, p: &Picked, at: &[Millis]) -> Result<Vec<Stats>, String> {
-    let rows = app
-        .store
-        .series(p.filter.clone(), p.bucket)
-        .await
-        .map_err(|e| e.to_string())?;
-    let index: HashMap<Millis, usize> = at.iter().enumerate().map(|(i, t)| (*t, i)).collect();
-    let mut out = vec![Stats::default(); at.len()];
-    for (t, s) in rows {
-        if let Some(i) = index.get(&t) {
-            out[*i] = s;
-        }
-    }
-    Ok(out)
 }
 
 /// Requests per bucket, the errors among them stacked on top.
@@ -340,8 +332,7 @@ async fn page_of(app: &AppState, s: &Signed, q: HashMap<String, String>) -> Mark
     };
     let daily = p.bucket == Bucket::Day;
     let figures = async {
-        let costs = cost_stack(app, s, &p, &at).await?;
-        let stats = series(app, &p, &at).await?;
+        let (costs, stats) = cost_stack(app, s, &p, &at).await?;
         let groups = app
             .store
             .groups(p.filter.clone(), p.by.clone())

@@ -65,10 +65,9 @@ async fn figures(app: &AppState, s: &Signed, p: &Picked, now: Millis) -> Result<
         let rows = app.store.groups(p.filter.clone(), GroupBy::ApiKey).await;
         rows.map_err(|e| e.to_string())
     };
-    let (spend, costs, stats, latency, mut keys) = tokio::try_join!(
+    let (spend, (costs, stats), latency, mut keys) = tokio::try_join!(
         an::spend_to_date(app, s, now),
         an::cost_stack(app, s, p, &at),
-        an::series(app, p, &at),
         latency,
         keys,
     )?;
