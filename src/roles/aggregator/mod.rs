@@ -16,7 +16,11 @@
 //! Alongside, a consumer of the config topic (a group of its own) writes every admin change's
 //! audit row to ClickHouse's `audit_log` ([`run_audit_consumer`]): the trail outlives the topic's
 //! compaction, which keeps only each entity's latest event.
+//!
+//! Here: the loops; `group` (the groups' members, and how one mends a group whose coordinator
+//! kept a stale plan, as tansu 0.6 does after an eviction) and `sink` (the embedded sinks).
 
+mod group;
 mod sink;
 
 pub use sink::spawn_sinks;
@@ -25,17 +29,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use self::group::{group_consumer, GroupConsumer};
 use super::Node;
 use crate::codec;
 use crate::domain::budget::{BudgetRef, Windowed};
 use crate::domain::limits::{BudgetKind, UsageLimit};
 use crate::domain::{AuditEntry, LimitEvent, LimitKind, Millis, UsageEvent};
-use crate::log::kafka::{client_config, topic_name, unpack};
+use crate::log::kafka::{topic_name, unpack};
 use crate::log::Topic;
 use crate::settings::Settings;
 use crate::store::clickhouse::{ClickhouseStore, EventRow, LimitRow};
@@ -83,7 +88,7 @@ pub async fn run(
 ) -> Result<(), AggregatorError> {
     let settings = &node.settings;
     let topic = topic_name(&settings.topic_prefix, Topic::Usage);
-    let consumer = group_consumer(settings, &group_id(settings), &topic)?;
+    let consumer = group_consumer(settings, &group_id(settings), &topic, shutdown.clone())?;
     tracing::info!(%topic, group = %group_id(settings), "aggregator consuming");
     let audit = {
         let (node, store, shutdown) = (node.clone(), store.clone(), shutdown.clone());
@@ -124,7 +129,7 @@ pub async fn run(
 /// The next batch: the first record that comes, then what follows within [`BATCH_WINDOW`], up
 /// to [`BATCH_MAX`] items, each record turned into items by `take`. None at shutdown.
 async fn gather<T>(
-    consumer: &StreamConsumer,
+    consumer: &GroupConsumer,
     shutdown: &mut watch::Receiver<bool>,
     who: &str,
     mut take: impl FnMut(&BorrowedMessage<'_>, &mut Vec<T>),
@@ -158,7 +163,7 @@ async fn gather<T>(
 
 /// Commits, per partition, the offset after the last of `positions` (asynchronously).
 fn commit_after(
-    consumer: &StreamConsumer,
+    consumer: &GroupConsumer,
     topic: &str,
     positions: impl Iterator<Item = (i32, i64)>,
 ) -> Result<(), rdkafka::error::KafkaError> {
@@ -172,25 +177,6 @@ fn commit_after(
         offsets.add_partition_offset(topic, p, Offset::Offset(o))?;
     }
     consumer.commit(&offsets, CommitMode::Async)
-}
-
-/// A member of consumer group `group` on `topic`, committing offsets itself (after the store has
-/// the batch) and starting from the beginning when the group has none.
-fn group_consumer(
-    settings: &Settings,
-    group: &str,
-    topic: &str,
-) -> Result<StreamConsumer, AggregatorError> {
-    let brokers = settings.kafka_brokers.clone().unwrap_or_default();
-    let consumer: StreamConsumer = client_config(&brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .create()?;
-    consumer.subscribe(&[topic])?;
-    Ok(consumer)
 }
 
 /// The audit consumers' group.
@@ -208,7 +194,12 @@ pub async fn run_audit_consumer(
 ) -> Result<(), AggregatorError> {
     let settings = &node.settings;
     let topic = topic_name(&settings.topic_prefix, Topic::Config);
-    let consumer = group_consumer(settings, &audit_group_id(settings), &topic)?;
+    let consumer = group_consumer(
+        settings,
+        &audit_group_id(settings),
+        &topic,
+        shutdown.clone(),
+    )?;
     loop {
         let take = |m: &BorrowedMessage<'_>, batch: &mut Vec<_>| batch.extend(audit_entries(m));
         let Some(batch) = gather(&consumer, &mut shutdown, "audit consumer", take).await else {
