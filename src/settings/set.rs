@@ -263,6 +263,16 @@ mod tests {
             e.to_string(),
             "setting when_kafka_down: expected spool or fail_closed"
         );
+        for (name, value) in [
+            ("console_session_ttl_ms", "0"),
+            ("console_signins_per_minute", "0"),
+            ("console_signins_per_minute", "99999999999"),
+        ] {
+            assert!(
+                Settings::default().set(name, value).is_err(),
+                "{name}={value}"
+            );
+        }
         let e = Settings::default().set("max_body_bytes", "10").unwrap_err();
         assert_eq!(e.to_string(), "setting max_body_bytes: at least 1024");
     }

@@ -63,9 +63,6 @@ fn workspaces_page(
     p: &Problem,
 ) -> Response {
     q.insert("page_size".into(), PAGE_SIZE.to_string());
-    if let Some(search) = q.get("search").cloned() {
-        q.insert("name".into(), search);
-    }
     let table = match listed(workspaces::list(&app.control, &s.caller, &q)) {
         Ok(v) => {
             let empty = vec![];

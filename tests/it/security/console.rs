@@ -348,6 +348,17 @@ async fn a_workspace_session_sees_and_changes_only_its_workspace() {
     );
     let p = b.get(&format!("/console/keys/{their_id}")).await;
     assert_eq!(p.status, 404, "{}", p.body);
+    // The lists' new search narrows what the key may list; it never widens it.
+    let (s, _, v) = harness::call(
+        "GET",
+        &format!("{}/v1/api-keys?search={their_id}", server.url),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["total"].as_u64()), (200, Some(0)), "{v}");
+    let p = b.get(&format!("/console/keys?search={their_id}")).await;
+    assert!(p.body.contains("No keys match."), "{}", p.body);
     let csrf = b.csrf().await;
     let before = server.state().api_keys[&their_id].clone();
     for path in ["", "/reset", "/delete"] {
