@@ -18,7 +18,7 @@ use std::error::Error as _;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -156,6 +156,8 @@ struct Activity {
     head_since: AtomicU64,
     /// When the connection last went idle, in µs after `epoch`.
     idle_since: AtomicU64,
+    /// The current request has a body not yet read to its end.
+    body_unread: AtomicBool,
 }
 
 impl Activity {
@@ -166,6 +168,7 @@ impl Activity {
             // A new connection owes its first request's headers from the moment it connected.
             head_since: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
+            body_unread: AtomicBool::new(false),
         }
     }
 
@@ -249,16 +252,64 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
                 .insert(super::console::session::ClientAddr(peer));
         }
         let in_flight = InFlight::start(self.activity.clone());
+        let activity = self.activity.clone();
+        activity.body_unread.store(
+            !hyper::body::Body::is_end_stream(req.body()),
+            Ordering::Release,
+        );
+        let req = req.map(|inner| WatchedBody {
+            inner,
+            activity: activity.clone(),
+        });
         // The router is always ready (axum's `Router::poll_ready`), so `call` needs no wait.
         let mut router = self.router.clone();
         let answer = router.call(req);
         Box::pin(async move {
-            let resp = answer.await?;
+            let mut resp = answer.await?;
+            // Answered before its body was read (a refusal that never reads an unauthenticated
+            // or oversized body): hyper closes the connection after this response, so say so, or
+            // a client reusing the connection would send its next request into the close.
+            if activity.body_unread.load(Ordering::Acquire) {
+                resp.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
             Ok(resp.map(|inner| TrackedBody {
                 inner,
                 _in_flight: in_flight,
             }))
         })
+    }
+}
+
+/// A request body that notes in the connection's [`Activity`] when it has been read to its end.
+struct WatchedBody {
+    inner: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.activity.body_unread.store(false, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

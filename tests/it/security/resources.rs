@@ -223,7 +223,22 @@ async fn unauthenticated_posts_are_refused_before_their_body_is_sent() {
         .await;
         let sent = String::from_utf8_lossy(&sent);
         assert!(sent.starts_with("HTTP/1.1 401"), "{path}: {sent}");
+        // The connection closes after the answer, and the answer says so: a client that reused
+        // it would send its next request into the close (the SDKs' "server disconnected").
+        assert!(sent.contains("\r\nconnection: close\r\n"), "{path}: {sent}");
     }
+    // A request without a body keeps its connection.
+    let mut s = TcpStream::connect(&at).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = within("GET /healthz is answered", s.read(&mut buf))
+        .await
+        .unwrap();
+    let sent = String::from_utf8_lossy(&buf[..n]);
+    assert!(sent.starts_with("HTTP/1.1 200"), "{sent}");
+    assert!(!sent.contains("connection: close"), "{sent}");
 }
 
 /// The `tollgate serve` binary with extra settings, started with an open-file soft limit of 256.
