@@ -251,8 +251,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             req.extensions_mut()
                 .insert(super::console::session::ClientAddr(peer));
         }
-        let in_flight = InFlight::start(self.activity.clone());
-        let activity = self.activity.clone();
+        let activity = &self.activity;
         activity.body_unread.store(
             !hyper::body::Body::is_end_stream(req.body()),
             Ordering::Release,
@@ -261,6 +260,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             inner,
             activity: activity.clone(),
         });
+        let in_flight = InFlight::start(activity.clone());
         // The router is always ready (axum's `Router::poll_ready`), so `call` needs no wait.
         let mut router = self.router.clone();
         let answer = router.call(req);
@@ -269,7 +269,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             // Answered before its body was read (a refusal that never reads an unauthenticated
             // or oversized body): hyper closes the connection after this response, so say so, or
             // a client reusing the connection would send its next request into the close.
-            if activity.body_unread.load(Ordering::Acquire) {
+            if in_flight.0.body_unread.load(Ordering::Acquire) {
                 resp.headers_mut().insert(
                     axum::http::header::CONNECTION,
                     axum::http::HeaderValue::from_static("close"),

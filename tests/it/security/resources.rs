@@ -227,18 +227,24 @@ async fn unauthenticated_posts_are_refused_before_their_body_is_sent() {
         // it would send its next request into the close (the SDKs' "server disconnected").
         assert!(sent.contains("\r\nconnection: close\r\n"), "{path}: {sent}");
     }
-    // A request without a body keeps its connection.
-    let mut s = TcpStream::connect(&at).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = within("GET /healthz is answered", s.read(&mut buf))
-        .await
-        .unwrap();
-    let sent = String::from_utf8_lossy(&buf[..n]);
-    assert!(sent.starts_with("HTTP/1.1 200"), "{sent}");
-    assert!(!sent.contains("connection: close"), "{sent}");
+    // A request without a body, or whose body was read (an authenticated POST refused for what
+    // its body says), keeps its connection.
+    let body = r#"{"name":1}"#;
+    let admin = &server.admin_key;
+    for (head, status) in [
+        ("GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n".to_string(), "200"),
+        (format!("POST /v1/configs HTTP/1.1\r\nhost: t\r\nx-portkey-api-key: {admin}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()), "400"),
+    ] {
+        let mut s = TcpStream::connect(&at).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = within("a request is answered", s.read(&mut buf))
+            .await
+            .unwrap();
+        let sent = String::from_utf8_lossy(&buf[..n]);
+        assert!(sent.starts_with(&format!("HTTP/1.1 {status}")), "{sent}");
+        assert!(!sent.contains("connection: close"), "{sent}");
+    }
 }
 
 /// The `tollgate serve` binary with extra settings, started with an open-file soft limit of 256.
